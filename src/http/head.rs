@@ -581,6 +581,24 @@ mod tests {
     }
 
     #[test]
+    fn unsupported_version_waits_for_the_line_then_is_505() {
+        let raw = b"GET / HTTP/2.0\r\n\r\n";
+        let line_end = raw.len() - 3;
+        for end in 0..raw.len() {
+            let expected = if end <= line_end {
+                Ok(Parsed::Partial)
+            } else {
+                Err(HttpError::UnsupportedVersion)
+            };
+            assert_eq!(
+                parse(raw.get(..end).unwrap_or_default(), &limits()),
+                expected,
+                "{end}"
+            );
+        }
+    }
+
+    #[test]
     fn accessors() {
         let (head, _) = complete(b"GET /v2/images?a=1&b=%20 HTTP/1.1\r\nX-Auth-Token: t\r\nX-Bin: \xff\r\nx-auth-token: second\r\n\r\n");
         assert_eq!(head.path(), "/v2/images");

@@ -73,7 +73,8 @@ impl Response {
 
     /// Adds a header. A name that is not a token, or a value containing CR, LF or NUL, is not
     /// added but logged: it would let whoever controls the value write arbitrary headers or a
-    /// second response (response splitting).
+    /// second response (response splitting). Content-Length, Transfer-Encoding and Connection
+    /// are accepted here but dropped by [`write_response`], which sets its own.
     pub fn header(mut self, name: &str, value: &str) -> Response {
         if !is_token(name.as_bytes()) {
             log::error!("refusing response header with invalid name {name:?}");
@@ -119,6 +120,16 @@ impl Response {
         self.headers
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Empty => f.write_str("Empty"),
+            Body::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Body::Reader { len, .. } => write!(f, "Reader {{ len: {len:?} }}"),
+        }
     }
 }
 
@@ -270,16 +281,6 @@ pub fn write_continue<W: Write>(out: &mut W) -> io::Result<()> {
     out.flush()
 }
 
-impl fmt::Debug for Body {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Body::Empty => f.write_str("Empty"),
-            Body::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
-            Body::Reader { len, .. } => write!(f, "Reader {{ len: {len:?} }}"),
-        }
-    }
-}
-
 /// How the response body is delimited on the wire (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
@@ -295,6 +296,7 @@ enum Framing {
 /// message twice, possibly contradictorily.
 const WRITER_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection"];
 
+/// Picks the response framing (RFC 9112 §6.3) from the status, the body and the version.
 fn framing(status: u16, body: &Body, version: Version) -> Framing {
     if status < 200 || status == 204 || status == 304 {
         return Framing::NoBody;
