@@ -425,6 +425,13 @@ impl RawConfig {
             };
             for properties in ini.section_all(Some(name)) {
                 for (key, value) in properties.iter() {
+                    // rust-ini folds a line without `=` (or a stray indented line) into the
+                    // next key's name. `scan` has reported those lines; the key itself is the
+                    // last line of the name, and its value still deserves checking.
+                    let key = match key.rsplit_once('\n') {
+                        Some((_, last_line)) if !structure_ok => last_line.trim(),
+                        _ => key,
+                    };
                     if !is_option_name(key) {
                         // `scan` reported the line that produced this key.
                         if structure_ok {

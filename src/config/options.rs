@@ -215,7 +215,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
         default: DefaultValue::Text("60"),
         on_reload: RELOAD_GENERATION,
-        doc: "glint's own: time allowed to receive a whole request head; the client gets 408 after it.",
+        doc: "glint's own: time allowed to receive a whole request head (request line and headers).",
         apply: |draft, value| {
             if let Value::Seconds(Some(timeout)) = value {
                 draft.client_header_timeout = timeout;
@@ -271,7 +271,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Integer { min: 256, max: 1_048_576, zero_means_min: None },
         default: DefaultValue::Text("16384"),
         on_reload: RELOAD_GENERATION,
-        doc: "Longest request line or header line in bytes; longer ones get 431 (414 for the request line).",
+        doc: "Longest request line or header line in bytes; a longer one fails the request.",
         apply: |draft, value| {
             if let Some(bytes) = value.integer::<usize>() {
                 draft.max_header_line = bytes;
@@ -383,7 +383,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Bool,
         default: DefaultValue::Text("false"),
         on_reload: RELOAD_LOG,
-        doc: "Log at debug level (one line per connection and per client error) instead of info.",
+        doc: "Log at debug level instead of info.",
         apply: |draft, value| {
             if let Value::Bool(debug) = value {
                 draft.debug = debug;
@@ -395,9 +395,9 @@ pub static OPTIONS: &[OptionSpec] = &[
         section: "DEFAULT",
         name: "public_endpoint",
         kind: Kind::Url,
-        default: DefaultValue::Derived("none: links use the request's Host header"),
+        default: DefaultValue::Derived("none"),
         on_reload: RELOAD_GENERATION,
-        doc: "Base URL clients reach glint at (behind a proxy), used in version links.",
+        doc: "Base URL clients reach glint at, for example behind a proxy; used in the links glint returns.",
         apply: |draft, value| {
             if let Value::Url(url) = value {
                 draft.public_endpoint = url;
