@@ -1,0 +1,889 @@
+//! Configuration: reads glint's INI file (glance-api.conf's option names) into a validated,
+//! immutable [`Config`].
+//!
+//! The master calls [`load`] at start, on every SIGHUP and for `--check-config`; a reload whose
+//! file does not load changes nothing. Children receive the master's `Config` across fork and
+//! never read the file. Every option lives in one table, [`OPTIONS`] (in `options.rs`), which
+//! drives parsing, the unknown-option warnings, [`Config::effective_settings`] and the options
+//! table in docs/OPERATIONS.md ([`options_markdown`]).
+//!
+//! Loading goes through two types: `RawConfig` holds what the file says (text values with their
+//! lines, unknown keys included), and only [`load`] / [`load_str`] turn it into a `Config`, so
+//! code downstream never checks a value again. All problems of a file are collected in one pass
+//! and reported together, as `FILE:LINE: [section] option: what is wrong; what to do`.
+//!
+//! This module has no side effects: it creates no folder or file, binds no socket and does not
+//! check that paths are writable (the master does that while applying a config, before it forks).
+//! It does not watch the file and knows nothing of how a reload is carried out; the `on_reload`
+//! text of each option only documents it.
+//!
+//! # Compatibility
+//!
+//! Values follow oslo.config: booleans are true/false/yes/no/on/off/1/0 in any case, a repeated
+//! single-valued key keeps its last value, a repeated section header continues the section, one
+//! pair of matching quotes around a value is dropped, `:` separates like `=`, and an indented line
+//! continues the value above it. Options and sections glint does not read are warnings, never
+//! errors, so an operator's existing glance-api.conf loads.
+//!
+//! # Reading INI
+//!
+//! rust-ini (0.21) does the value parsing, with backslash escapes off (so `C:\logs` and regex-like
+//! values keep their backslashes) and indented continuation lines on (off, they silently corrupt the
+//! next key). It reports no line numbers for values and it folds a line without `=` (or an
+//! indented comment after a blank line) into the next key's name. So `scan` walks the lines once
+//! the way oslo.config's parser does: it finds each key's line, and reports the lines rust-ini
+//! would misread. It also refuses a value ending in `\`, which rust-ini joins to the next line
+//! even with escapes off.
+
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ini::{Ini, ParseOption};
+
+pub use options::{
+    options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS,
+    MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
+};
+
+/// A validated configuration. Only [`load`] and [`load_str`] build one; each field's doc names
+/// its option, whose entry in [`OPTIONS`] says what a SIGHUP does with a new value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Absolute path of the file this configuration came from.
+    pub path: PathBuf,
+    /// `bind_host`: an IP address literal (v4 or v6) or `localhost`.
+    pub bind_host: String,
+    /// `bind_port`; 0 asks the kernel for a free port.
+    pub bind_port: u16,
+    /// `workers`: children per generation, 1 to 256.
+    pub workers: usize,
+    /// `worker_threads`: request threads per child, 1 to 1024.
+    pub worker_threads: usize,
+    /// `backlog`: listen(2) queue length, 1 to 65535.
+    pub backlog: i32,
+    /// `client_socket_timeout`: idle keep-alive timeout; `None` keeps idle connections open.
+    pub client_socket_timeout: Option<Duration>,
+    /// `client_header_timeout`: time to receive a whole request head.
+    pub client_header_timeout: Duration,
+    /// `client_body_timeout`: longest stall while reading a request body.
+    pub client_body_timeout: Duration,
+    /// `client_send_timeout`: longest stall while writing a response.
+    pub client_send_timeout: Duration,
+    /// `http_keepalive`: whether connections may serve more than one request.
+    pub http_keepalive: bool,
+    /// `max_header_line`: longest request or header line in bytes.
+    pub max_header_line: usize,
+    /// `tcp_keepidle`: TCP_KEEPIDLE on client sockets.
+    pub tcp_keepidle: Duration,
+    /// `graceful_shutdown_timeout`: how long draining children may take; `None` waits for ever.
+    pub graceful_shutdown_timeout: Option<Duration>,
+    /// `pid_file`: absolute path of the master's pid file.
+    pub pid_file: PathBuf,
+    /// `status_file`: absolute path of the master's JSON status file.
+    pub status_file: PathBuf,
+    /// `log_file`: absolute path of the log file; `None` logs to stderr.
+    pub log_file: Option<PathBuf>,
+    /// `log_dir`: absolute folder that a relative `log_file` was resolved against.
+    pub log_dir: Option<PathBuf>,
+    /// `use_stderr`: also log to stderr when `log_file` is set.
+    pub use_stderr: bool,
+    /// `debug`: log at debug level.
+    pub debug: bool,
+    /// `public_endpoint`: an http(s) URL without trailing `/`.
+    pub public_endpoint: Option<String>,
+}
+
+/// A configuration that loaded, with the warnings to log (each formatted like a [`Problem`]).
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Why a file was refused: every problem found in it, in line order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a config file. Displays as `FILE:LINE: [section] option: message`, leaving
+/// out the parts that are unknown; the message says what is wrong, then what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub section: Option<String>,
+    pub option: Option<String>,
+    pub message: String,
+}
+
+/// Reads and validates the config file at `path` (made absolute first).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file = absolute(path)?;
+    let bytes = match fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return Err(ConfigError::single(Problem::about_file(
+                file,
+                None,
+                format!("cannot read the config file: {error}; check --config-file"),
+            )))
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => load_str(&text, &file),
+        Err(error) => {
+            let valid_up_to = error.utf8_error().valid_up_to();
+            let bytes = error.into_bytes();
+            let line = 1 + bytes[..valid_up_to].iter().filter(|&&b| b == b'\n').count();
+            Err(ConfigError::single(Problem::about_file(
+                file,
+                Some(line),
+                format!(
+                    "the file is not UTF-8 text (bad byte at offset {valid_up_to}); \
+                     save it as UTF-8"
+                ),
+            )))
+        }
+    }
+}
+
+/// Validates config text as if read from `path`, which names the file in messages and anchors
+/// relative paths (it is made absolute first). Nothing is read from the filesystem.
+pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let file = absolute(path)?;
+    let mut report = Report::new(file.clone());
+    let raw = RawConfig::read(text, &mut report);
+    let config = build(&raw, &file, &mut report);
+    report.finish(config)
+}
+
+impl Config {
+    /// The address to bind, `HOST:PORT`, with an IPv6 host in brackets.
+    pub fn listen_address(&self) -> String {
+        match self.bind_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(address)) => format!("[{address}]:{}", self.bind_port),
+            _ => format!("{}:{}", self.bind_host, self.bind_port),
+        }
+    }
+
+    /// Every option with its effective value, in the file's own syntax, for `--check-config`.
+    /// Loading this text gives back the same settings.
+    pub fn effective_settings(&self) -> String {
+        let mut settings = String::new();
+        let mut current_section: Option<&str> = None;
+        for spec in OPTIONS {
+            if current_section != Some(spec.section) {
+                if current_section.is_some() {
+                    settings.push('\n');
+                }
+                settings.push_str(&format!("[{}]\n", spec.section));
+                current_section = Some(spec.section);
+            }
+            let value = (spec.show)(self);
+            if value.is_empty() {
+                settings.push_str(&format!("{} =\n", spec.name));
+            } else {
+                settings.push_str(&format!("{} = {value}\n", spec.name));
+            }
+        }
+        settings
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(section) = &self.section {
+            write!(f, "[{section}] ")?;
+        }
+        if let Some(option) = &self.option {
+            write!(f, "{option}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn single(problem: Problem) -> ConfigError {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+impl Problem {
+    fn about_file(file: PathBuf, line: Option<usize>, message: String) -> Problem {
+        Problem {
+            file,
+            line,
+            section: None,
+            option: None,
+            message,
+        }
+    }
+}
+
+/// The config path made absolute without touching the filesystem.
+fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|error| {
+        ConfigError::single(Problem::about_file(
+            path.to_path_buf(),
+            None,
+            format!("cannot make the config file's path absolute: {error}; check --config-file"),
+        ))
+    })
+}
+
+/// Collects the errors and warnings of one load, so that all of them are reported at once.
+struct Report {
+    /// The absolute path of the file, named by every problem.
+    file: PathBuf,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Report {
+    fn new(file: PathBuf) -> Report {
+        Report {
+            file,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn problem(
+        &self,
+        line: Option<usize>,
+        section: Option<&str>,
+        option: Option<&str>,
+        message: String,
+    ) -> Problem {
+        Problem {
+            file: self.file.clone(),
+            line,
+            section: section.map(str::to_string),
+            option: option.map(str::to_string),
+            message,
+        }
+    }
+
+    fn error(
+        &mut self,
+        line: Option<usize>,
+        section: Option<&str>,
+        option: Option<&str>,
+        message: String,
+    ) {
+        let problem = self.problem(line, section, option, message);
+        self.errors.push(problem);
+    }
+
+    fn warning(
+        &mut self,
+        line: Option<usize>,
+        section: Option<&str>,
+        option: Option<&str>,
+        message: String,
+    ) {
+        let problem = self.problem(line, section, option, message);
+        self.warnings.push(problem);
+    }
+
+    /// The config if nothing was wrong, else every error; both lists in line order.
+    fn finish(mut self, config: Config) -> Result<Loaded, ConfigError> {
+        // A stable sort keeps problems of one line in the order they were found; problems
+        // about the whole file (no line) come first.
+        self.errors.sort_by_key(|problem| problem.line.unwrap_or(0));
+        self.warnings
+            .sort_by_key(|problem| problem.line.unwrap_or(0));
+        if self.errors.is_empty() {
+            Ok(Loaded {
+                config,
+                warnings: self.warnings.iter().map(Problem::to_string).collect(),
+            })
+        } else {
+            Err(ConfigError {
+                problems: self.errors,
+            })
+        }
+    }
+}
+
+/// What the file says, unchecked: sections in order of first appearance (a repeated header
+/// continues its section), keys in order of first appearance, every value of a repeated key.
+#[derive(Debug, Default)]
+struct RawConfig {
+    sections: Vec<RawSection>,
+}
+
+#[derive(Debug)]
+struct RawSection {
+    name: String,
+    /// Line of the section's first header.
+    line: Option<usize>,
+    entries: Vec<RawEntry>,
+}
+
+#[derive(Debug)]
+struct RawEntry {
+    key: String,
+    /// Every value given to the key, in file order; single-valued options use the last.
+    values: Vec<RawValue>,
+}
+
+#[derive(Debug)]
+struct RawValue {
+    text: String,
+    /// The line of the `key = value` line; `None` only when rust-ini and `scan` disagree.
+    line: Option<usize>,
+}
+
+/// Where sections and keys sit in the file, as found by [`scan`].
+#[derive(Debug, Default)]
+struct Layout {
+    /// Each section with the line of its first header.
+    section_lines: Vec<(String, usize)>,
+    /// The lines of every `key = value` of a section, in file order.
+    key_lines: HashMap<(String, String), Vec<usize>>,
+}
+
+impl RawConfig {
+    /// Reads the text, reporting syntax errors with their lines.
+    fn read(text: &str, report: &mut Report) -> RawConfig {
+        // A byte-order mark would otherwise become part of the first section or key.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let n_errors_before = report.errors.len();
+        let layout = scan(text, report);
+        let structure_ok = report.errors.len() == n_errors_before;
+
+        let parse_option = ParseOption {
+            // oslo.config strips a pair of quotes only when they enclose the whole value;
+            // `options::parse` does that. rust-ini's quotes would also span lines.
+            enabled_quote: false,
+            enabled_escape: false,
+            enabled_indented_mutiline_value: true,
+            enabled_preserve_key_leading_whitespace: false,
+        };
+        let ini = match Ini::load_from_str_opt(text, parse_option) {
+            Ok(ini) => ini,
+            Err(error) => {
+                // After `scan` found a problem, rust-ini's error is nearly always an echo of it
+                // at a less helpful place; report it only when it is news.
+                if structure_ok {
+                    report.error(
+                        Some(error.line),
+                        None,
+                        None,
+                        format!(
+                            "syntax error at column {}: {}; fix the line so it is a \
+                             `[section]` header, a `name = value` line or a `#` comment",
+                            error.col, error.msg
+                        ),
+                    );
+                }
+                return RawConfig::default();
+            }
+        };
+
+        let mut raw = RawConfig::default();
+        // The general section (keys before any header) is reported by `scan` and read by no one.
+        for name in ini.sections().flatten() {
+            if raw.section(name).is_some() {
+                continue;
+            }
+            let mut section = RawSection {
+                name: name.to_string(),
+                line: layout.section_line(name),
+                entries: Vec::new(),
+            };
+            for properties in ini.section_all(Some(name)) {
+                for (key, value) in properties.iter() {
+                    // rust-ini folds a line without `=` (or a stray indented line) into the
+                    // next key's name. `scan` has reported those lines; the key itself is the
+                    // last line of the name, and its value still deserves checking.
+                    let key = match key.rsplit_once('\n') {
+                        Some((_, last_line)) if !structure_ok => last_line.trim(),
+                        _ => key,
+                    };
+                    if !is_option_name(key) {
+                        // `scan` reported the line that produced this key.
+                        if structure_ok {
+                            report.error(
+                                None,
+                                Some(name),
+                                None,
+                                format!(
+                                    "`{}` is not an option name; names are made of letters, \
+                                     digits, `_`, `-` and `.`",
+                                    key.escape_debug()
+                                ),
+                            );
+                        }
+                        continue;
+                    }
+                    let value = RawValue {
+                        text: value.to_string(),
+                        line: None,
+                    };
+                    match section.entries.iter_mut().find(|entry| entry.key == key) {
+                        Some(entry) => entry.values.push(value),
+                        None => section.entries.push(RawEntry {
+                            key: key.to_string(),
+                            values: vec![value],
+                        }),
+                    }
+                }
+            }
+            for entry in &mut section.entries {
+                let lines = layout
+                    .key_lines
+                    .get(&(name.to_string(), entry.key.clone()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                // Matched from the end, so the value that counts gets its line even if the
+                // two readers disagree on an earlier one.
+                for (value, line) in entry.values.iter_mut().rev().zip(lines.iter().rev()) {
+                    value.line = Some(*line);
+                }
+            }
+            raw.sections.push(section);
+        }
+        raw
+    }
+
+    fn section(&self, name: &str) -> Option<&RawSection> {
+        self.sections.iter().find(|section| section.name == name)
+    }
+
+    fn entry(&self, section: &str, key: &str) -> Option<&RawEntry> {
+        self.section(section)?
+            .entries
+            .iter()
+            .find(|entry| entry.key == key)
+    }
+
+    /// The line of the value that counts for `section` / `key`, if the file sets it.
+    fn line_of(&self, section: &str, key: &str) -> Option<usize> {
+        self.entry(section, key)?.values.last()?.line
+    }
+}
+
+impl Layout {
+    fn section_line(&self, name: &str) -> Option<usize> {
+        self.section_lines
+            .iter()
+            .find(|(section, _)| section == name)
+            .map(|(_, line)| *line)
+    }
+}
+
+/// Walks the lines as oslo.config's INI parser does, recording where sections and keys are and
+/// reporting each line that is not a header, a `name = value`, a comment, a blank line or the
+/// indented continuation of a value.
+fn scan(text: &str, report: &mut Report) -> Layout {
+    let mut layout = Layout::default();
+    let mut section: Option<String> = None;
+    // After a broken header, keys are not "outside any section": that would be a second,
+    // misleading error about the same mistake.
+    let mut header_broken = false;
+    // oslo.config: an indented line continues the value above it, until a blank or comment line.
+    let mut in_value = false;
+
+    for (index, line) in text.split('\n').enumerate() {
+        let line_number = index + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.contains('\r') {
+            report.error(
+                Some(line_number),
+                None,
+                None,
+                "the line holds a carriage return in its middle; save the file with Unix \
+                 (LF) or Windows (CRLF) line ends"
+                    .to_string(),
+            );
+            in_value = false;
+            continue;
+        }
+        if line.trim().is_empty() {
+            in_value = false;
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            if !in_value {
+                report.error(
+                    Some(line_number),
+                    section.as_deref(),
+                    None,
+                    format!(
+                        "`{}` is indented but continues no value (an indented line continues \
+                         the value above it); start it at column 1",
+                        snippet(line.trim())
+                    ),
+                );
+            } else if line.trim_end().ends_with('\\') {
+                report.error(
+                    Some(line_number),
+                    section.as_deref(),
+                    None,
+                    TRAILING_BACKSLASH.to_string(),
+                );
+            }
+            continue;
+        }
+        in_value = false;
+        if line.starts_with(['#', ';']) {
+            continue;
+        }
+        if line.starts_with('[') {
+            let name = line
+                .trim_end()
+                .strip_suffix(']')
+                .map(|inner| inner[1..].trim())
+                .filter(|name| !name.is_empty() && !name.contains(['[', ']']));
+            match name {
+                Some(name) => {
+                    section = Some(name.to_string());
+                    header_broken = false;
+                    if layout.section_line(name).is_none() {
+                        layout.section_lines.push((name.to_string(), line_number));
+                    }
+                }
+                None => {
+                    report.error(
+                        Some(line_number),
+                        None,
+                        None,
+                        format!(
+                            "`{}` is not a section header; write `[name]` alone on the line \
+                             (a comment goes on a line of its own)",
+                            snippet(line.trim_end())
+                        ),
+                    );
+                    section = None;
+                    header_broken = true;
+                }
+            }
+            continue;
+        }
+
+        let Some(separator) = line.find(['=', ':']) else {
+            report.error(
+                Some(line_number),
+                section.as_deref(),
+                None,
+                format!(
+                    "`{}` has no `=`; write `name = value`, or comment the line out with `#`",
+                    snippet(line.trim_end())
+                ),
+            );
+            continue;
+        };
+        // Whatever the key, following indented lines belong to this line, not to the next key.
+        in_value = true;
+        let key = line[..separator].trim();
+        if key.is_empty() {
+            report.error(
+                Some(line_number),
+                section.as_deref(),
+                None,
+                "the line starts with its separator; write the option name before the `=`"
+                    .to_string(),
+            );
+            continue;
+        }
+        if !is_option_name(key) {
+            report.error(
+                Some(line_number),
+                section.as_deref(),
+                None,
+                format!(
+                    "`{}` is not an option name; names are made of letters, digits, `_`, `-` \
+                     and `.`",
+                    snippet(key)
+                ),
+            );
+            continue;
+        }
+        match &section {
+            Some(section) => {
+                layout
+                    .key_lines
+                    .entry((section.clone(), key.to_string()))
+                    .or_default()
+                    .push(line_number);
+                if line.trim_end().ends_with('\\') {
+                    report.error(
+                        Some(line_number),
+                        Some(section),
+                        Some(key),
+                        TRAILING_BACKSLASH.to_string(),
+                    );
+                }
+            }
+            None if header_broken => {}
+            None => report.error(
+                Some(line_number),
+                None,
+                Some(key),
+                "the option comes before any section header; put it under [DEFAULT]".to_string(),
+            ),
+        }
+    }
+    layout
+}
+
+const TRAILING_BACKSLASH: &str = "the value ends with `\\`, which the INI reader takes as \
+                                  \"continue on the next line\"; remove the trailing backslash";
+
+/// Whether `key` can be an option name; anything else is a line the INI reader misread.
+fn is_option_name(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A line shortened for quoting in a message.
+fn snippet(text: &str) -> String {
+    const MAX_CHARS: usize = 60;
+    if text.chars().count() <= MAX_CHARS {
+        text.to_string()
+    } else {
+        let start: String = text.chars().take(MAX_CHARS).collect();
+        format!("{start}…")
+    }
+}
+
+/// A `Config` being assembled: defaults first, then the file's values, then derived values.
+#[derive(Debug, Default)]
+struct Draft {
+    bind_host: String,
+    bind_port: u16,
+    workers: usize,
+    worker_threads: usize,
+    backlog: i32,
+    client_socket_timeout: Option<Duration>,
+    client_header_timeout: Duration,
+    client_body_timeout: Duration,
+    client_send_timeout: Duration,
+    http_keepalive: bool,
+    max_header_line: usize,
+    tcp_keepidle: Duration,
+    graceful_shutdown_timeout: Option<Duration>,
+    pid_file: PathBuf,
+    /// `None` until set: the default depends on `pid_file`.
+    status_file: Option<PathBuf>,
+    /// Possibly relative until `finish`: it resolves against `log_dir`.
+    log_file: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    use_stderr: bool,
+    debug: bool,
+    public_endpoint: Option<String>,
+}
+
+/// Glance's default for `workers`: one per CPU, at most 8.
+const MAX_DEFAULT_WORKERS: usize = 8;
+
+impl Draft {
+    /// A draft with the derived defaults; `build` applies the table's text defaults on top.
+    fn new() -> Draft {
+        let n_cpus = std::thread::available_parallelism().map_or(1, |n_cpus| n_cpus.get());
+        Draft {
+            workers: n_cpus.min(MAX_DEFAULT_WORKERS),
+            ..Draft::default()
+        }
+    }
+
+    /// Works out derived values, checks options against each other and returns the `Config`.
+    fn finish(self, file: &Path, raw: &RawConfig, report: &mut Report) -> Config {
+        let folder = config_folder(file);
+        let status_file = self
+            .status_file
+            .unwrap_or_else(|| options::status_file_beside(&self.pid_file));
+        let log_file = self
+            .log_file
+            .map(|log_file| options::resolve(self.log_dir.as_deref().unwrap_or(folder), &log_file));
+
+        // Two of these sharing a file would overwrite each other's content.
+        let files = [
+            ("pid_file", Some(&self.pid_file)),
+            ("status_file", Some(&status_file)),
+            ("log_file", log_file.as_ref()),
+        ];
+        for (index, (name, path)) in files.iter().enumerate() {
+            for (earlier_name, earlier_path) in &files[..index] {
+                if path.is_some() && path == earlier_path {
+                    // Blame the option the file sets, preferring the later one.
+                    let (blamed, other) = if raw.line_of("DEFAULT", name).is_some() {
+                        (*name, *earlier_name)
+                    } else {
+                        (*earlier_name, *name)
+                    };
+                    report.error(
+                        raw.line_of("DEFAULT", blamed),
+                        Some("DEFAULT"),
+                        Some(blamed),
+                        format!("names the same file as {other}; give each its own file"),
+                    );
+                }
+            }
+        }
+
+        Config {
+            path: file.to_path_buf(),
+            bind_host: self.bind_host,
+            bind_port: self.bind_port,
+            workers: self.workers,
+            worker_threads: self.worker_threads,
+            backlog: self.backlog,
+            client_socket_timeout: self.client_socket_timeout,
+            client_header_timeout: self.client_header_timeout,
+            client_body_timeout: self.client_body_timeout,
+            client_send_timeout: self.client_send_timeout,
+            http_keepalive: self.http_keepalive,
+            max_header_line: self.max_header_line,
+            tcp_keepidle: self.tcp_keepidle,
+            graceful_shutdown_timeout: self.graceful_shutdown_timeout,
+            pid_file: self.pid_file,
+            status_file,
+            log_file,
+            log_dir: self.log_dir,
+            use_stderr: self.use_stderr,
+            debug: self.debug,
+            public_endpoint: self.public_endpoint,
+        }
+    }
+}
+
+/// The folder relative paths in `file` are resolved against.
+fn config_folder(file: &Path) -> &Path {
+    file.parent().unwrap_or(Path::new("/"))
+}
+
+/// Applies the table's defaults and the file's values, warns about what glint does not read,
+/// and finishes the `Config`. The `Config` is only handed out if `report` stays free of errors.
+fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
+    let folder = config_folder(file);
+    let mut draft = Draft::new();
+    for spec in OPTIONS {
+        if let DefaultValue::Text(text) = spec.default {
+            match options::parse(&spec.kind, text, folder) {
+                Ok(parsed) => (spec.apply)(&mut draft, parsed.value),
+                Err(message) => report.error(
+                    None,
+                    Some(spec.section),
+                    Some(spec.name),
+                    format!(
+                        "glint's built-in default is invalid ({message}); please report this bug"
+                    ),
+                ),
+            }
+        }
+        let Some(entry) = raw.entry(spec.section, spec.name) else {
+            continue;
+        };
+        let Some(value) = entry.values.last() else {
+            continue;
+        };
+        if entry.values.len() > 1 {
+            let earlier: Vec<String> = entry.values[..entry.values.len() - 1]
+                .iter()
+                .filter_map(|earlier| earlier.line)
+                .map(|line| line.to_string())
+                .collect();
+            let earlier = if earlier.is_empty() {
+                String::new()
+            } else {
+                format!(" (also on line {})", earlier.join(", "))
+            };
+            report.warning(
+                value.line,
+                Some(spec.section),
+                Some(spec.name),
+                format!("set more than once{earlier}; this last value is used, remove the others"),
+            );
+        }
+        match options::parse(&spec.kind, &value.text, folder) {
+            Ok(parsed) => {
+                if let Some(warning) = parsed.warning {
+                    report.warning(value.line, Some(spec.section), Some(spec.name), warning);
+                }
+                (spec.apply)(&mut draft, parsed.value);
+            }
+            Err(message) => report.error(value.line, Some(spec.section), Some(spec.name), message),
+        }
+    }
+    warn_about_unread(raw, report);
+    draft.finish(file, raw, report)
+}
+
+/// One warning per unknown section and per unknown option in a known section.
+fn warn_about_unread(raw: &RawConfig, report: &mut Report) {
+    for section in &raw.sections {
+        let name = section.name.as_str();
+        if !OPTIONS.iter().any(|spec| spec.section == name) {
+            let ignored = match section.entries.len() {
+                1 => "its 1 option is ignored".to_string(),
+                n_entries => format!("its {n_entries} options are ignored"),
+            };
+            let message = if options::is_glance_section(name) {
+                format!("section not used by glint yet; {ignored}")
+            } else {
+                match options::suggest_section(name) {
+                    Some(known) => format!("unknown section, {ignored}; did you mean [{known}]?"),
+                    None => format!("unknown section, {ignored}; check the section name"),
+                }
+            };
+            report.warning(section.line, Some(name), None, message);
+            continue;
+        }
+        for entry in &section.entries {
+            if options::find(name, &entry.key).is_some() {
+                continue;
+            }
+            let message = match options::suggest(name, &entry.key) {
+                Some(spec) if spec.name == entry.key => format!(
+                    "not an option of this section, ignored; it belongs in [{}], move it there",
+                    spec.section
+                ),
+                Some(spec) if spec.section == name => {
+                    format!("unknown option, ignored; did you mean {}?", spec.name)
+                }
+                Some(spec) => format!(
+                    "unknown option, ignored; did you mean [{}] {}?",
+                    spec.section, spec.name
+                ),
+                None => "unknown option, ignored (glint does not use it)".to_string(),
+            };
+            let line = entry.values.last().and_then(|value| value.line);
+            report.warning(line, Some(name), Some(&entry.key), message);
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The options table: every option glint reads, in one static list, and the value parsers it names.
+//!
+//! [`OPTIONS`] is the single source of truth for an option: the loader in [`super`] walks it to
+//! apply defaults and file values, the unknown-option warnings search it for suggestions,
+//! [`super::Config::effective_settings`] prints it for `--check-config`, and
+//! [`options_markdown`] renders it for docs/OPERATIONS.md (a unit test keeps the two equal).
+//! Adding an option means adding a field to `Config` and `Draft` and one entry here.
+//!
+//! This module does not read files or know about line numbers: it turns one value's text into a
+//! typed [`Value`] or into the sentence that says what is wrong with it. Names and defaults follow
+//! glance-api.conf (oslo.config) wherever Glance has the option, so an operator's file loads.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::{Config, Draft};
+
+/// One option glint reads from its config file.
+pub struct OptionSpec {
+    /// The INI section, `DEFAULT` for `[DEFAULT]`.
+    pub section: &'static str,
+    /// The key, spelled as in glance-api.conf when Glance has the option.
+    pub name: &'static str,
+    /// What values it takes; this decides how the text is parsed.
+    pub kind: Kind,
+    /// The value used when the file does not set it.
+    pub default: DefaultValue,
+    /// What a SIGHUP does with a changed value.
+    pub on_reload: &'static str,
+    /// One or two sentences for the operator.
+    pub doc: &'static str,
+    /// Stores a parsed value; the kind guarantees which `Value` variant arrives.
+    pub(super) apply: fn(&mut Draft, Value),
+    /// Renders the effective value in the syntax the file accepts, for `--check-config`.
+    pub(super) show: fn(&Config) -> String,
+}
+
+/// The type of an option's value, with its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// oslo.config's booleans: true/false, yes/no, on/off, 1/0, in any case.
+    Bool,
+    /// A decimal integer from `min` to `max`. `zero_means_min`, when set, is the warning given
+    /// for a 0 that Glance accepts but glint replaces by `min`.
+    Integer {
+        min: i64,
+        max: i64,
+        zero_means_min: Option<&'static str>,
+    },
+    /// Whole seconds up to `max`; 0 is allowed only when it means "never" (no limit).
+    Seconds { max: u64, zero_means_never: bool },
+    /// An IPv4 or IPv6 address literal, or `localhost`.
+    Host,
+    /// A file path; relative paths are resolved as `relative_to` says.
+    File {
+        optional: bool,
+        relative_to: RelativeTo,
+    },
+    /// An optional folder path, relative to the config file's folder.
+    Folder,
+    /// An optional `http://` or `https://` URL; trailing slashes are dropped.
+    Url,
+}
+
+/// What a relative path in the config file is relative to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelativeTo {
+    /// The folder holding the config file.
+    ConfigFolder,
+    /// `log_dir` when it is set, else the folder holding the config file.
+    LogDir,
+}
+
+/// An option's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Text parsed exactly like a value from the file (a test checks that each one parses).
+    Text(&'static str),
+    /// Worked out by the loader (from the machine or from other options); the text describes it.
+    Derived(&'static str),
+}
+
+/// A parsed value, before it is stored into the draft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Value {
+    Bool(bool),
+    Integer(i64),
+    Seconds(Option<Duration>),
+    Host(String),
+    Path(Option<PathBuf>),
+    Url(Option<String>),
+}
+
+/// A successful parse, with the warning some accepted values deserve.
+pub(super) struct Parsed {
+    pub(super) value: Value,
+    pub(super) warning: Option<String>,
+}
+
+/// The largest timeout in seconds: its value in milliseconds must fit poll(2)'s `int` timeout.
+pub const MAX_TIMEOUT_SECONDS: u64 = (i32::MAX as u64) / 1000;
+
+/// The largest `tcp_keepidle`: Linux refuses a larger TCP_KEEPIDLE (MAX_TCP_KEEPIDLE, tcp(7)).
+pub const MAX_TCP_KEEPIDLE_SECONDS: u64 = 32_767;
+
+const RELOAD_LISTENER: &str = "new listener bound before the new generation starts; the old one \
+                               closes once its generation has drained; a bind failure fails the reload";
+const RELOAD_WORKERS: &str = "the new generation has the new number of children; the old drains";
+const RELOAD_GENERATION: &str =
+    "applies to the new generation; the old keeps its value while it drains";
+const RELOAD_BACKLOG: &str = "applied to the open listener at once (listen(2) again)";
+const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
+const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
+const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
+                          draining children keep the old one";
+
+/// Every option glint reads, in the order `--check-config` and the docs list them.
+pub static OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        section: "DEFAULT",
+        name: "bind_host",
+        kind: Kind::Host,
+        default: DefaultValue::Text("0.0.0.0"),
+        on_reload: RELOAD_LISTENER,
+        doc: "Address to listen on: an IPv4 or IPv6 literal (`::` for all IPv6 addresses) or `localhost`.",
+        apply: |draft, value| {
+            if let Value::Host(host) = value {
+                draft.bind_host = host;
+            }
+        },
+        show: |config| config.bind_host.clone(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "bind_port",
+        kind: Kind::Integer { min: 0, max: 65535, zero_means_min: None },
+        default: DefaultValue::Text("9292"),
+        on_reload: RELOAD_LISTENER,
+        doc: "TCP port to listen on; 0 picks a free port (for tests).",
+        apply: |draft, value| {
+            if let Some(port) = value.integer::<u16>() {
+                draft.bind_port = port;
+            }
+        },
+        show: |config| config.bind_port.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "workers",
+        kind: Kind::Integer {
+            min: 1,
+            max: 256,
+            zero_means_min: Some(
+                "0 asks Glance to serve in the parent process, but glint always serves from \
+                 children; using 1 worker. Set workers = 1 to silence this warning",
+            ),
+        },
+        default: DefaultValue::Derived("number of CPUs, at most 8"),
+        on_reload: RELOAD_WORKERS,
+        doc: "Number of child processes serving requests. 0 is read as 1, with a warning.",
+        apply: |draft, value| {
+            if let Some(n_workers) = value.integer::<usize>() {
+                draft.workers = n_workers;
+            }
+        },
+        show: |config| config.workers.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "worker_threads",
+        kind: Kind::Integer { min: 1, max: 1024, zero_means_min: None },
+        default: DefaultValue::Text("16"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: threads per child, so the number of requests one child serves at once.",
+        apply: |draft, value| {
+            if let Some(n_threads) = value.integer::<usize>() {
+                draft.worker_threads = n_threads;
+            }
+        },
+        show: |config| config.worker_threads.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "backlog",
+        kind: Kind::Integer { min: 1, max: 65535, zero_means_min: None },
+        default: DefaultValue::Text("4096"),
+        on_reload: RELOAD_BACKLOG,
+        doc: "Length of the listen queue; the kernel caps it at net.core.somaxconn.",
+        apply: |draft, value| {
+            if let Some(backlog) = value.integer::<i32>() {
+                draft.backlog = backlog;
+            }
+        },
+        show: |config| config.backlog.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "client_socket_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: true },
+        default: DefaultValue::Text("900"),
+        on_reload: RELOAD_GENERATION,
+        doc: "How long an idle keep-alive connection stays open between requests; 0 keeps it open for ever.",
+        apply: |draft, value| {
+            if let Value::Seconds(timeout) = value {
+                draft.client_socket_timeout = timeout;
+            }
+        },
+        show: |config| show_seconds(config.client_socket_timeout),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "client_header_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("60"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: time allowed to receive a whole request head (request line and headers).",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.client_header_timeout = timeout;
+            }
+        },
+        show: |config| show_seconds(Some(config.client_header_timeout)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "client_body_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("60"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: longest stall allowed while reading a request body (an upload).",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.client_body_timeout = timeout;
+            }
+        },
+        show: |config| show_seconds(Some(config.client_body_timeout)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "client_send_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("60"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: longest stall allowed while writing a response (a download).",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.client_send_timeout = timeout;
+            }
+        },
+        show: |config| show_seconds(Some(config.client_send_timeout)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "http_keepalive",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Keep connections open between requests; when false every response closes its connection.",
+        apply: |draft, value| {
+            if let Value::Bool(keepalive) = value {
+                draft.http_keepalive = keepalive;
+            }
+        },
+        show: |config| config.http_keepalive.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "max_header_line",
+        kind: Kind::Integer { min: 256, max: 1_048_576, zero_means_min: None },
+        default: DefaultValue::Text("16384"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Longest request line or header line in bytes; a longer one fails the request.",
+        apply: |draft, value| {
+            if let Some(bytes) = value.integer::<usize>() {
+                draft.max_header_line = bytes;
+            }
+        },
+        show: |config| config.max_header_line.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "tcp_keepidle",
+        kind: Kind::Seconds { max: MAX_TCP_KEEPIDLE_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("600"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Idle time before the kernel sends TCP keep-alive probes on a client connection (TCP_KEEPIDLE).",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(idle)) = value {
+                draft.tcp_keepidle = idle;
+            }
+        },
+        show: |config| show_seconds(Some(config.tcp_keepidle)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "graceful_shutdown_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: true },
+        default: DefaultValue::Text("60"),
+        on_reload: RELOAD_DRAIN,
+        doc: "How long draining children may take before the master kills them; 0 waits for ever.",
+        apply: |draft, value| {
+            if let Value::Seconds(timeout) = value {
+                draft.graceful_shutdown_timeout = timeout;
+            }
+        },
+        show: |config| show_seconds(config.graceful_shutdown_timeout),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "pid_file",
+        kind: Kind::File { optional: false, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Text("/run/glint/glint-api.pid"),
+        on_reload: RELOAD_STATE_FILE,
+        doc: "glint's own: file holding the master's process id.",
+        apply: |draft, value| {
+            if let Value::Path(Some(path)) = value {
+                draft.pid_file = path;
+            }
+        },
+        show: |config| show_path(Some(&config.pid_file)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "status_file",
+        kind: Kind::File { optional: false, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Derived("beside `pid_file`: `<pid file name without extension>.status.json`"),
+        on_reload: RELOAD_STATE_FILE,
+        doc: "glint's own: JSON file where the master reports its generations and children.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.status_file = path;
+            }
+        },
+        show: |config| show_path(Some(&config.status_file)),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "log_file",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::LogDir },
+        default: DefaultValue::Derived("none: log to stderr"),
+        on_reload: RELOAD_LOG,
+        doc: "File to log to; a relative path is taken from `log_dir` when set.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.log_file = path;
+            }
+        },
+        show: |config| show_path(config.log_file.as_deref()),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "log_dir",
+        kind: Kind::Folder,
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_LOG,
+        doc: "Folder for a relative `log_file`.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.log_dir = path;
+            }
+        },
+        show: |config| show_path(config.log_dir.as_deref()),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "use_stderr",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_LOG,
+        doc: "Also log to stderr when `log_file` is set.",
+        apply: |draft, value| {
+            if let Value::Bool(use_stderr) = value {
+                draft.use_stderr = use_stderr;
+            }
+        },
+        show: |config| config.use_stderr.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "debug",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_LOG,
+        doc: "Log at debug level instead of info.",
+        apply: |draft, value| {
+            if let Value::Bool(debug) = value {
+                draft.debug = debug;
+            }
+        },
+        show: |config| config.debug.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "public_endpoint",
+        kind: Kind::Url,
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Base URL clients reach glint at, for example behind a proxy; used in the links glint returns.",
+        apply: |draft, value| {
+            if let Value::Url(url) = value {
+                draft.public_endpoint = url;
+            }
+        },
+        show: |config| config.public_endpoint.clone().unwrap_or_default(),
+    },
+];
+
+/// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
+/// unknown section. A section leaves this list's effect as soon as `OPTIONS` has an option in it.
+pub static GLANCE_SECTIONS: &[&str] = &[
+    "barbican",
+    "cors",
+    "database",
+    "glance_store",
+    "healthcheck",
+    "image_cache",
+    "image_format",
+    "image_import_opts",
+    "import_filtering_opts",
+    "key_manager",
+    "keystone_authtoken",
+    "os_brick",
+    "paste_deploy",
+    "profiler",
+    "store_type_location_strategy",
+    "task",
+    "taskflow_executor",
+    "wsgi",
+];
+
+/// Whether a section belongs to Glance (listed above or one of oslo's `[oslo_*]` sections).
+pub(super) fn is_glance_section(section: &str) -> bool {
+    GLANCE_SECTIONS.contains(&section) || section.starts_with("oslo_")
+}
+
+/// The option in `section` called `name`, if glint has one.
+pub(super) fn find(section: &str, name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS
+        .iter()
+        .find(|spec| spec.section == section && spec.name == name)
+}
+
+/// The known option nearest to `name` (edit distance at most 2), preferring `section`.
+pub(super) fn suggest(section: &str, name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS
+        .iter()
+        .map(|spec| {
+            (
+                edit_distance(spec.name, name),
+                spec.section != section,
+                spec,
+            )
+        })
+        .filter(|(distance, _, _)| *distance <= 2)
+        .min_by_key(|(distance, elsewhere, _)| (*distance, *elsewhere))
+        .map(|(_, _, spec)| spec)
+}
+
+/// The known section nearest to `section`, ignoring case (edit distance at most 2).
+pub(super) fn suggest_section(section: &str) -> Option<&'static str> {
+    let lowered = section.to_ascii_lowercase();
+    OPTIONS
+        .iter()
+        .map(|spec| spec.section)
+        .map(|known| (edit_distance(&known.to_ascii_lowercase(), &lowered), known))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// Parses one value of `kind`. `config_folder` anchors relative paths.
+pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Parsed, String> {
+    let text = strip_quotes(text.trim());
+    if text.contains('\n') {
+        return Err(
+            "the value continues on an indented line below it; a value must fit on one \
+                    line: unindent the next line if it is an option, or start it at column 1 \
+                    if it is a comment"
+                .to_string(),
+        );
+    }
+    let plain = |value| Parsed {
+        value,
+        warning: None,
+    };
+    match *kind {
+        Kind::Bool => parse_bool(text).map(|flag| plain(Value::Bool(flag))),
+        Kind::Integer {
+            min,
+            max,
+            zero_means_min,
+        } => {
+            let number = parse_integer(text, min, max, zero_means_min.is_some())?;
+            match zero_means_min {
+                Some(warning) if number == 0 => Ok(Parsed {
+                    value: Value::Integer(min),
+                    warning: Some(warning.to_string()),
+                }),
+                _ => Ok(plain(Value::Integer(number))),
+            }
+        }
+        Kind::Seconds {
+            max,
+            zero_means_never,
+        } => parse_seconds(text, max, zero_means_never).map(|secs| plain(Value::Seconds(secs))),
+        Kind::Host => parse_host(text).map(|host| plain(Value::Host(host))),
+        Kind::File {
+            optional,
+            relative_to,
+        } => {
+            let path = parse_path(text, optional, true)?;
+            let path = match relative_to {
+                RelativeTo::ConfigFolder => path.map(|path| resolve(config_folder, &path)),
+                // Resolved by the loader once log_dir is known.
+                RelativeTo::LogDir => path,
+            };
+            Ok(plain(Value::Path(path)))
+        }
+        Kind::Folder => {
+            let path = parse_path(text, true, false)?;
+            Ok(plain(Value::Path(
+                path.map(|path| resolve(config_folder, &path)),
+            )))
+        }
+        Kind::Url => parse_url(text).map(|url| plain(Value::Url(url))),
+    }
+}
+
+/// Joins a relative `path` to `folder` and drops `.` components and doubled slashes.
+/// `..` is kept: removing it without looking at the filesystem could change the meaning.
+pub(super) fn resolve(folder: &Path, path: &Path) -> PathBuf {
+    folder
+        .join(path)
+        .components()
+        .filter(|component| *component != Component::CurDir)
+        .collect()
+}
+
+/// The options table in Markdown, as docs/OPERATIONS.md carries it between its markers.
+pub fn options_markdown() -> String {
+    let mut table = String::from(
+        "| option | section | type | default | on SIGHUP | meaning |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for spec in OPTIONS {
+        let default = match spec.default {
+            DefaultValue::Text(text) => format!("`{text}`"),
+            DefaultValue::Derived(text) => text.to_string(),
+        };
+        let cells = [
+            format!("`{}`", spec.name),
+            spec.section.to_string(),
+            spec.kind.describe(),
+            default,
+            spec.on_reload.to_string(),
+            spec.doc.to_string(),
+        ];
+        let cells: Vec<String> = cells.iter().map(|cell| cell.replace('|', "\\|")).collect();
+        table.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    table
+}
+
+impl Kind {
+    /// The type column of the docs table.
+    pub fn describe(&self) -> String {
+        match *self {
+            Kind::Bool => "boolean".to_string(),
+            Kind::Integer { min, max, .. } => format!("integer, {min} to {max}"),
+            Kind::Seconds {
+                max,
+                zero_means_never: true,
+            } => {
+                format!("seconds, 0 to {max}; 0 = no limit")
+            }
+            Kind::Seconds {
+                max,
+                zero_means_never: false,
+            } => format!("seconds, 1 to {max}"),
+            Kind::Host => "IP address or `localhost`".to_string(),
+            Kind::File {
+                optional: false, ..
+            } => "file path".to_string(),
+            Kind::File { optional: true, .. } => "file path, optional".to_string(),
+            Kind::Folder => "folder path, optional".to_string(),
+            Kind::Url => "http(s) URL, optional".to_string(),
+        }
+    }
+}
+
+impl Value {
+    /// The integer converted to a field's type; the kind's range makes the conversion succeed.
+    fn integer<T: TryFrom<i64>>(self) -> Option<T> {
+        match self {
+            Value::Integer(number) => T::try_from(number).ok(),
+            _ => None,
+        }
+    }
+}
+
+fn show_seconds(timeout: Option<Duration>) -> String {
+    timeout.map_or(0, |timeout| timeout.as_secs()).to_string()
+}
+
+fn show_path(path: Option<&Path>) -> String {
+    path.map(|path| path.display().to_string())
+        .unwrap_or_default()
+}
+
+/// oslo.config strips one pair of matching quotes around a value; so do we.
+fn strip_quotes(text: &str) -> &str {
+    for quote in ['"', '\''] {
+        if text.len() >= 2 && text.starts_with(quote) && text.ends_with(quote) {
+            return &text[1..text.len() - 1];
+        }
+    }
+    text
+}
+
+/// A hint for values that carry a comment after them, which INI files do not allow.
+fn inline_comment_hint(text: &str) -> &'static str {
+    if text.contains(" #") || text.contains(" ;") || text.contains("\t#") || text.contains("\t;") {
+        " (comments after a value are not supported: put the comment on a line of its own)"
+    } else {
+        ""
+    }
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    // The spellings oslo.config's Boolean type accepts.
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!(
+            "`{text}` is not a boolean{}; use true or false (yes/no, on/off and 1/0 work too)",
+            inline_comment_hint(text)
+        )),
+    }
+}
+
+fn parse_integer(text: &str, min: i64, max: i64, zero_allowed: bool) -> Result<i64, String> {
+    let range = if zero_allowed {
+        format!("from {min} to {max} (0 is read as {min})")
+    } else {
+        format!("from {min} to {max}")
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` is not a decimal integer{}; use a whole number {range}",
+            inline_comment_hint(text)
+        ));
+    }
+    match text.parse::<i64>() {
+        Ok(number) if (min..=max).contains(&number) || (zero_allowed && number == 0) => Ok(number),
+        // Digits that overflow i64 are out of range too.
+        _ => Err(format!(
+            "{text} is out of range; use a whole number {range}"
+        )),
+    }
+}
+
+fn parse_seconds(text: &str, max: u64, zero_means_never: bool) -> Result<Option<Duration>, String> {
+    let min = u64::from(!zero_means_never);
+    let range = if zero_means_never {
+        format!("from 0 to {max} (0 means no limit)")
+    } else {
+        format!("from 1 to {max}")
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` is not a whole number of seconds{}; write the seconds without a unit, {range}",
+            inline_comment_hint(text)
+        ));
+    }
+    match text.parse::<u64>() {
+        Ok(0) if zero_means_never => Ok(None),
+        Ok(secs) if (min..=max).contains(&secs) => Ok(Some(Duration::from_secs(secs))),
+        _ => Err(format!(
+            "{text} seconds is out of range; use whole seconds {range}"
+        )),
+    }
+}
+
+fn parse_host(text: &str) -> Result<String, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok("localhost".to_string());
+    }
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(address.to_string());
+    }
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'));
+    if let Some(inner) = unbracketed.filter(|inner| inner.parse::<IpAddr>().is_ok()) {
+        return Err(format!(
+            "`{text}` has brackets; write the IPv6 address without them: {inner}"
+        ));
+    }
+    Err(format!(
+        "`{text}` is not an IP address{}; use an IPv4 or IPv6 address literal \
+         (0.0.0.0 or :: for all addresses) or localhost",
+        inline_comment_hint(text)
+    ))
+}
+
+fn parse_path(text: &str, optional: bool, names_a_file: bool) -> Result<Option<PathBuf>, String> {
+    if text.is_empty() {
+        return if optional {
+            Ok(None)
+        } else {
+            Err("is empty; give a path, or remove the line to use the default".to_string())
+        };
+    }
+    if text.contains('\0') {
+        return Err("contains a NUL byte, which no path can hold; remove it".to_string());
+    }
+    if names_a_file && (text.ends_with('/') || text.ends_with("/.") || text.ends_with("/..")) {
+        return Err(format!("`{text}` names a folder; give the path of a file"));
+    }
+    Ok(Some(PathBuf::from(text)))
+}
+
+fn parse_url(text: &str) -> Result<Option<String>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let lowered = text.to_ascii_lowercase();
+    let rest = ["http://", "https://"]
+        .into_iter()
+        .find(|scheme| lowered.starts_with(scheme))
+        .and_then(|scheme| text.get(scheme.len()..));
+    let Some(rest) = rest else {
+        return Err(format!("`{text}` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"));
+    };
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{text}` contains a space or control character; a URL cannot"
+        ));
+    }
+    if rest.split('/').next().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host; write the full base URL, such as https://images.example.com:9292"));
+    }
+    if text.contains('?') || text.contains('#') {
+        return Err(format!(
+            "`{text}` has a query or fragment; give only scheme, host, port and path"
+        ));
+    }
+    Ok(Some(text.trim_end_matches('/').to_string()))
+}
+
+/// The number of single-character insertions, deletions and substitutions turning `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, char_a) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, char_b) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(char_a != *char_b);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The default status file: beside `pid_file`, named after it without its extension.
+pub(super) fn status_file_beside(pid_file: &Path) -> PathBuf {
+    let mut name: OsString = pid_file
+        .file_stem()
+        .map(|stem| stem.to_os_string())
+        .unwrap_or_else(|| OsString::from("glint-api"));
+    name.push(".status.json");
+    pid_file.with_file_name(name)
+}

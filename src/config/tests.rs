@@ -1,0 +1,839 @@
+//! Tests of the config loader, table-driven: one helper per outcome (loads, refuses) and a list
+//! of cases per concern, so that a new option only needs new rows.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+/// Every test pretends to read this file; nothing is read from disk unless a test says so.
+const CONFIG_PATH: &str = "/etc/glint/glint-api.conf";
+
+fn load_text(text: &str) -> Result<Loaded, ConfigError> {
+    load_str(text, Path::new(CONFIG_PATH))
+}
+
+/// Loads `text`, failing the test with every problem if the file is refused.
+fn loads(text: &str) -> Loaded {
+    match load_text(text) {
+        Ok(loaded) => loaded,
+        Err(error) => panic!("expected the config to load, got:\n{error}\n--- config ---\n{text}"),
+    }
+}
+
+/// Loads `text`, failing the test if the file is accepted.
+fn refused(text: &str) -> ConfigError {
+    match load_text(text) {
+        Ok(loaded) => panic!(
+            "expected the config to be refused, it loaded as {:#?}\n--- config ---\n{text}",
+            loaded.config
+        ),
+        Err(error) => error,
+    }
+}
+
+fn spec(name: &str) -> &'static OptionSpec {
+    OPTIONS
+        .iter()
+        .find(|spec| spec.name == name)
+        .unwrap_or_else(|| panic!("no option {name} in OPTIONS"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults
+
+#[test]
+fn empty_file_gives_the_documented_defaults() {
+    for text in ["", "[DEFAULT]\n", "# only a comment\n\n"] {
+        let loaded = loads(text);
+        assert_eq!(loaded.warnings, Vec::<String>::new());
+        let config = loaded.config;
+        let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.path, PathBuf::from(CONFIG_PATH));
+        assert_eq!(config.bind_host, "0.0.0.0");
+        assert_eq!(config.bind_port, 9292);
+        assert_eq!(config.workers, n_cpus.min(8));
+        assert_eq!(config.worker_threads, 16);
+        assert_eq!(config.backlog, 4096);
+        assert_eq!(config.client_socket_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(config.client_header_timeout, Duration::from_secs(60));
+        assert_eq!(config.client_body_timeout, Duration::from_secs(60));
+        assert_eq!(config.client_send_timeout, Duration::from_secs(60));
+        assert!(config.http_keepalive);
+        assert_eq!(config.max_header_line, 16384);
+        assert_eq!(config.tcp_keepidle, Duration::from_secs(600));
+        assert_eq!(
+            config.graceful_shutdown_timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(config.pid_file, PathBuf::from("/run/glint/glint-api.pid"));
+        assert_eq!(
+            config.status_file,
+            PathBuf::from("/run/glint/glint-api.status.json")
+        );
+        assert_eq!(config.log_file, None);
+        assert_eq!(config.log_dir, None);
+        assert!(!config.use_stderr);
+        assert!(!config.debug);
+        assert_eq!(config.public_endpoint, None);
+    }
+}
+
+#[test]
+fn every_text_default_parses_with_its_own_kind() {
+    for spec in OPTIONS {
+        if let DefaultValue::Text(text) = spec.default {
+            let parsed = options::parse(&spec.kind, text, Path::new("/"));
+            assert!(
+                parsed.is_ok(),
+                "default of {} does not parse: {:?}",
+                spec.name,
+                parsed.err()
+            );
+        }
+    }
+}
+
+#[test]
+fn option_names_are_unique_and_well_formed() {
+    for (index, spec) in OPTIONS.iter().enumerate() {
+        assert!(is_option_name(spec.name), "{}", spec.name);
+        assert!(
+            OPTIONS[..index]
+                .iter()
+                .all(|earlier| (earlier.section, earlier.name) != (spec.section, spec.name)),
+            "{} is listed twice",
+            spec.name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values, option by option
+
+/// (option, value in the file, effective value as `--check-config` shows it).
+const GOOD_VALUES: &[(&str, &str, &str)] = &[
+    ("bind_host", "0.0.0.0", "0.0.0.0"),
+    ("bind_host", "127.0.0.1", "127.0.0.1"),
+    ("bind_host", "::", "::"),
+    ("bind_host", "::1", "::1"),
+    ("bind_host", "2001:DB8::0:1", "2001:db8::1"),
+    ("bind_host", "localhost", "localhost"),
+    ("bind_host", "LocalHost", "localhost"),
+    ("bind_port", "0", "0"),
+    ("bind_port", "1", "1"),
+    ("bind_port", "65535", "65535"),
+    ("bind_port", "009292", "9292"),
+    ("workers", "1", "1"),
+    ("workers", "256", "256"),
+    ("worker_threads", "1", "1"),
+    ("worker_threads", "1024", "1024"),
+    ("backlog", "1", "1"),
+    ("backlog", "65535", "65535"),
+    ("client_socket_timeout", "0", "0"),
+    ("client_socket_timeout", "1", "1"),
+    ("client_socket_timeout", "2147483", "2147483"),
+    ("client_header_timeout", "1", "1"),
+    ("client_header_timeout", "2147483", "2147483"),
+    ("client_body_timeout", "1", "1"),
+    ("client_body_timeout", "30", "30"),
+    ("client_send_timeout", "1", "1"),
+    ("client_send_timeout", "2147483", "2147483"),
+    ("http_keepalive", "false", "false"),
+    ("http_keepalive", "True", "true"),
+    ("max_header_line", "256", "256"),
+    ("max_header_line", "1048576", "1048576"),
+    ("tcp_keepidle", "1", "1"),
+    ("tcp_keepidle", "32767", "32767"),
+    ("graceful_shutdown_timeout", "0", "0"),
+    ("graceful_shutdown_timeout", "2147483", "2147483"),
+    ("pid_file", "/var/run/glint.pid", "/var/run/glint.pid"),
+    ("pid_file", "glint.pid", "/etc/glint/glint.pid"),
+    (
+        "pid_file",
+        "./run/../glint.pid",
+        "/etc/glint/run/../glint.pid",
+    ),
+    ("pid_file", r"/srv/a\b\glint.pid", r"/srv/a\b\glint.pid"),
+    ("status_file", "/var/run/glint.json", "/var/run/glint.json"),
+    (
+        "status_file",
+        "state/status.json",
+        "/etc/glint/state/status.json",
+    ),
+    (
+        "log_file",
+        "/var/log/glint/api.log",
+        "/var/log/glint/api.log",
+    ),
+    ("log_file", "api.log", "/etc/glint/api.log"),
+    ("log_file", "", ""),
+    ("log_dir", "/var/log/glint", "/var/log/glint"),
+    ("log_dir", "/var/log/glint/", "/var/log/glint"),
+    ("log_dir", "logs", "/etc/glint/logs"),
+    ("log_dir", "", ""),
+    ("use_stderr", "yes", "true"),
+    ("use_stderr", "0", "false"),
+    ("debug", "on", "true"),
+    ("debug", "OFF", "false"),
+    (
+        "public_endpoint",
+        "http://images.example.com",
+        "http://images.example.com",
+    ),
+    (
+        "public_endpoint",
+        "https://[2001:db8::1]:9292/",
+        "https://[2001:db8::1]:9292",
+    ),
+    (
+        "public_endpoint",
+        "HTTPS://example.com/glance//",
+        "HTTPS://example.com/glance",
+    ),
+    ("public_endpoint", "", ""),
+    // oslo.config drops one pair of quotes around the whole value.
+    ("bind_host", "\"::1\"", "::1"),
+    ("pid_file", "'/run/with space.pid'", "/run/with space.pid"),
+];
+
+#[test]
+fn every_option_accepts_its_good_values() {
+    for &(name, value, shown) in GOOD_VALUES {
+        let text = format!("[DEFAULT]\n{name} = {value}\n");
+        let loaded = loads(&text);
+        assert_eq!((spec(name).show)(&loaded.config), shown, "{name} = {value}");
+        assert_eq!(loaded.warnings, Vec::<String>::new(), "{name} = {value}");
+    }
+}
+
+#[test]
+fn every_option_has_good_and_bad_value_cases() {
+    for spec in OPTIONS {
+        assert!(
+            GOOD_VALUES.iter().any(|case| case.0 == spec.name),
+            "no good value for {}",
+            spec.name
+        );
+        assert!(
+            BAD_VALUES.iter().any(|case| case.0 == spec.name),
+            "no bad value for {}",
+            spec.name
+        );
+    }
+}
+
+/// (option, value in the file, the message it must get).
+const BAD_VALUES: &[(&str, &str, &str)] = &[
+    ("bind_host", "example.com", "`example.com` is not an IP address; use an IPv4 or IPv6 address literal (0.0.0.0 or :: for all addresses) or localhost"),
+    ("bind_host", "[::1]", "`[::1]` has brackets; write the IPv6 address without them: ::1"),
+    ("bind_host", "", "`` is not an IP address; use an IPv4 or IPv6 address literal (0.0.0.0 or :: for all addresses) or localhost"),
+    ("bind_host", "10.0.0.256", "`10.0.0.256` is not an IP address; use an IPv4 or IPv6 address literal (0.0.0.0 or :: for all addresses) or localhost"),
+    ("bind_port", "-1", "-1 is out of range; use a whole number from 0 to 65535"),
+    ("bind_port", "65536", "65536 is out of range; use a whole number from 0 to 65535"),
+    ("bind_port", "0x10", "`0x10` is not a decimal integer; use a whole number from 0 to 65535"),
+    ("bind_port", "+80", "`+80` is not a decimal integer; use a whole number from 0 to 65535"),
+    ("bind_port", "9292 # the API port", "`9292 # the API port` is not a decimal integer (comments after a value are not supported: put the comment on a line of its own); use a whole number from 0 to 65535"),
+    ("bind_port", "99999999999999999999999", "99999999999999999999999 is out of range; use a whole number from 0 to 65535"),
+    ("workers", "257", "257 is out of range; use a whole number from 1 to 256 (0 is read as 1)"),
+    ("workers", "-1", "-1 is out of range; use a whole number from 1 to 256 (0 is read as 1)"),
+    ("workers", "four", "`four` is not a decimal integer; use a whole number from 1 to 256 (0 is read as 1)"),
+    ("worker_threads", "0", "0 is out of range; use a whole number from 1 to 1024"),
+    ("worker_threads", "1025", "1025 is out of range; use a whole number from 1 to 1024"),
+    ("backlog", "0", "0 is out of range; use a whole number from 1 to 65535"),
+    ("backlog", "65536", "65536 is out of range; use a whole number from 1 to 65535"),
+    ("client_socket_timeout", "2147484", "2147484 seconds is out of range; use whole seconds from 0 to 2147483 (0 means no limit)"),
+    ("client_socket_timeout", "-5", "-5 seconds is out of range; use whole seconds from 0 to 2147483 (0 means no limit)"),
+    ("client_socket_timeout", "1.5", "`1.5` is not a whole number of seconds; write the seconds without a unit, from 0 to 2147483 (0 means no limit)"),
+    ("client_header_timeout", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("client_header_timeout", "60s", "`60s` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
+    ("client_body_timeout", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("client_send_timeout", "2147484", "2147484 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("http_keepalive", "maybe", "`maybe` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("http_keepalive", "t", "`t` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("http_keepalive", "", "`` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("max_header_line", "255", "255 is out of range; use a whole number from 256 to 1048576"),
+    ("max_header_line", "1048577", "1048577 is out of range; use a whole number from 256 to 1048576"),
+    ("tcp_keepidle", "0", "0 seconds is out of range; use whole seconds from 1 to 32767"),
+    ("tcp_keepidle", "32768", "32768 seconds is out of range; use whole seconds from 1 to 32767"),
+    ("graceful_shutdown_timeout", "soon", "`soon` is not a whole number of seconds; write the seconds without a unit, from 0 to 2147483 (0 means no limit)"),
+    ("pid_file", "", "is empty; give a path, or remove the line to use the default"),
+    ("pid_file", "/run/glint/", "`/run/glint/` names a folder; give the path of a file"),
+    ("status_file", "/run/glint/..", "`/run/glint/..` names a folder; give the path of a file"),
+    ("status_file", "", "is empty; give a path, or remove the line to use the default"),
+    ("log_file", "/var/log/", "`/var/log/` names a folder; give the path of a file"),
+    ("log_dir", "/var/\0log", "contains a NUL byte, which no path can hold; remove it"),
+    ("use_stderr", "2", "`2` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("debug", "enabled", "`enabled` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("public_endpoint", "images.example.com", "`images.example.com` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
+    ("public_endpoint", "ftp://example.com", "`ftp://example.com` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
+    ("public_endpoint", "http://", "`http://` has no host; write the full base URL, such as https://images.example.com:9292"),
+    ("public_endpoint", "https:///path", "`https:///path` has no host; write the full base URL, such as https://images.example.com:9292"),
+    ("public_endpoint", "http://example.com/?x=1", "`http://example.com/?x=1` has a query or fragment; give only scheme, host, port and path"),
+    ("public_endpoint", "http://exa mple.com", "`http://exa mple.com` contains a space or control character; a URL cannot"),
+];
+
+#[test]
+fn every_option_rejects_its_bad_values_with_line_and_fix() {
+    for &(name, value, message) in BAD_VALUES {
+        let text = format!("[DEFAULT]\n# a comment\n{name} = {value}\n");
+        let error = refused(&text);
+        let expected = Problem {
+            file: PathBuf::from(CONFIG_PATH),
+            line: Some(3),
+            section: Some("DEFAULT".to_string()),
+            option: Some(name.to_string()),
+            message: message.to_string(),
+        };
+        assert_eq!(error.problems, vec![expected], "{name} = {value}");
+    }
+}
+
+#[test]
+fn booleans_accept_oslo_spellings_in_any_case() {
+    let cases = [
+        ("true", true),
+        ("TRUE", true),
+        ("yes", true),
+        ("Yes", true),
+        ("on", true),
+        ("ON", true),
+        ("1", true),
+        ("false", false),
+        ("False", false),
+        ("no", false),
+        ("NO", false),
+        ("off", false),
+        ("Off", false),
+        ("0", false),
+    ];
+    for (text, expected) in cases {
+        let config = loads(&format!(
+            "[DEFAULT]\nhttp_keepalive = {text}\ndebug = {text}\n"
+        ))
+        .config;
+        assert_eq!(config.http_keepalive, expected, "{text}");
+        assert_eq!(config.debug, expected, "{text}");
+    }
+}
+
+#[test]
+fn workers_zero_is_read_as_one_with_a_warning() {
+    let loaded = loads("[DEFAULT]\nworkers = 0\n");
+    assert_eq!(loaded.config.workers, 1);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:2: [DEFAULT] workers: 0 asks Glance to serve in the \
+             parent process, but glint always serves from children; using 1 worker. Set \
+             workers = 1 to silence this warning"
+                .to_string()
+        ]
+    );
+}
+
+#[test]
+fn zero_timeouts_mean_no_limit() {
+    let config =
+        loads("[DEFAULT]\nclient_socket_timeout = 0\ngraceful_shutdown_timeout = 0\n").config;
+    assert_eq!(config.client_socket_timeout, None);
+    assert_eq!(config.graceful_shutdown_timeout, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// rust-ini pitfalls and INI syntax
+
+#[test]
+fn indented_line_continues_the_value_and_is_refused_for_single_values() {
+    // Without indented continuation, rust-ini would read a key named "  workers".
+    let error = refused("[DEFAULT]\nbind_port = 9292\n  workers = 4\n");
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].line, Some(2));
+    assert_eq!(error.problems[0].option.as_deref(), Some("bind_port"));
+    assert!(
+        error.problems[0]
+            .message
+            .contains("continues on an indented line"),
+        "{error}"
+    );
+}
+
+#[test]
+fn indented_comment_right_after_a_value_is_part_of_it() {
+    let error = refused("[DEFAULT]\nbind_port = 9292\n    # the port\nworkers = 2\n");
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].line, Some(2));
+    assert!(error.problems[0]
+        .message
+        .contains("start it at column 1 if it is a comment"));
+}
+
+#[test]
+fn indented_line_after_a_blank_line_is_refused_with_its_line() {
+    // rust-ini would fold the indented comment into the next key's name, or into the value above.
+    for text in [
+        "[DEFAULT]\n\n  # indented comment\nbind_port = 1\n",
+        "[DEFAULT]\nbind_port = 1\n\n  # indented comment\nworkers = 2\n",
+        "  # indented at the top\n[DEFAULT]\nbind_port = 1\n",
+    ] {
+        let error = refused(text);
+        let indented_line = text
+            .lines()
+            .position(|line| line.starts_with("  "))
+            .map(|i| i + 1);
+        let problem = error
+            .problems
+            .iter()
+            .find(|problem| {
+                problem
+                    .message
+                    .contains("is indented but continues no value")
+            })
+            .unwrap_or_else(|| panic!("no indentation problem in:\n{error}"));
+        assert_eq!(problem.line, indented_line, "{error}");
+    }
+}
+
+#[test]
+fn key_without_equals_is_an_error_with_its_line() {
+    // rust-ini would read the next key as "bind_port\nworkers" and lose workers silently.
+    let error = refused("[DEFAULT]\nbind_port\nworkers = 2\n");
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:2: [DEFAULT] `bind_port` has no `=`; write `name = value`, \
+         or comment the line out with `#`"
+    );
+    // At the end of the file rust-ini fails outright; the message is the same.
+    let error = refused("[DEFAULT]\nworkers = 2\nbind_port");
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].line, Some(3));
+}
+
+#[test]
+fn malformed_lines_are_errors_with_their_lines() {
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[DEFAULT]\nbind port = 1\n",
+            2,
+            "`bind port` is not an option name",
+        ),
+        ("[DEFAULT]\n= 1\n", 2, "the line starts with its separator"),
+        (
+            "[DEFAULT]\nbind_port: 1\nbind$port = 2\n",
+            3,
+            "`bind$port` is not an option name",
+        ),
+        (
+            "[DEFAULT\nbind_port = 1\n",
+            1,
+            "`[DEFAULT` is not a section header",
+        ),
+        (
+            "[DEFAULT] # main\nbind_port = 1\n",
+            1,
+            "is not a section header",
+        ),
+        ("[]\nbind_port = 1\n", 1, "`[]` is not a section header"),
+        (
+            "bind_port = 1\n[DEFAULT]\n",
+            1,
+            "the option comes before any section header; put it under [DEFAULT]",
+        ),
+        (
+            "[DEFAULT]\nlog_dir = C:\\logs\\\nworkers = 2\n",
+            2,
+            "the value ends with `\\`",
+        ),
+        (
+            "[DEFAULT]\nbind_port = 1\rworkers = 2\n",
+            2,
+            "carriage return",
+        ),
+    ];
+    for &(text, line, message) in cases {
+        let error = refused(text);
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|problem| problem.line == Some(line) && problem.message.contains(message)),
+            "expected line {line}: {message}\ngot:\n{error}\n--- config ---\n{text}"
+        );
+    }
+}
+
+#[test]
+fn repeated_default_sections_are_merged() {
+    let loaded =
+        loads("[DEFAULT]\nbind_port = 1\n[glance_store]\nstores = file\n[DEFAULT]\nworkers = 3\n");
+    assert_eq!(loaded.config.bind_port, 1);
+    assert_eq!(loaded.config.workers, 3);
+}
+
+#[test]
+fn repeated_key_keeps_the_last_value_with_a_warning() {
+    let loaded = loads("[DEFAULT]\nbind_port = 1\nworkers = 2\n[DEFAULT]\nbind_port = 3\n");
+    assert_eq!(loaded.config.bind_port, 3);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:5: [DEFAULT] bind_port: set more than once (also on \
+             line 2); this last value is used, remove the others"
+                .to_string()
+        ]
+    );
+    // The line of a bad value is the line of the last occurrence, the one that counts.
+    let error = refused("[DEFAULT]\nbind_port = 1\nbind_port = x\n");
+    assert_eq!(error.problems[0].line, Some(3));
+}
+
+#[test]
+fn backslashes_in_values_are_kept() {
+    let config = loads("[DEFAULT]\nlog_dir = /var/log/a\\tb\\n\nlog_file = c\\x41.log\n").config;
+    assert_eq!(config.log_dir, Some(PathBuf::from("/var/log/a\\tb\\n")));
+    assert_eq!(
+        config.log_file,
+        Some(PathBuf::from("/var/log/a\\tb\\n/c\\x41.log"))
+    );
+}
+
+#[test]
+fn syntax_variants_oslo_accepts_load() {
+    let cases = [
+        "[DEFAULT]\nbind_port: 1234\n",
+        "[DEFAULT]\nbind_port=1234\n",
+        "[DEFAULT]\r\nbind_port = 1234\r\n",
+        "\u{feff}[DEFAULT]\nbind_port = 1234\n",
+        "; comment\n# comment\n[ DEFAULT ]\n\tbind_port_is_not_this = x\n",
+        "[DEFAULT]\nbind_port = \"1234\"\n",
+        "[DEFAULT]\nbind_port = 1234\n\n\n",
+    ];
+    for text in cases {
+        let loaded = load_text(text);
+        match loaded {
+            Ok(loaded) => {
+                assert_eq!(loaded.config.bind_port, 1234, "{text:?}");
+                assert!(
+                    loaded.warnings.is_empty(),
+                    "{text:?}: {:?}",
+                    loaded.warnings
+                );
+            }
+            // The tab-indented line after a header continues nothing: oslo refuses it too.
+            Err(error) => assert!(text.contains('\t'), "{text:?}: {error}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder_or_log_dir() {
+    // (settings, pid_file, status_file, log_file)
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "",
+            "/run/glint/glint-api.pid",
+            "/run/glint/glint-api.status.json",
+            None,
+        ),
+        (
+            "pid_file = run/api.pid",
+            "/etc/glint/run/api.pid",
+            "/etc/glint/run/api.status.json",
+            None,
+        ),
+        (
+            "pid_file = /run/x/glint",
+            "/run/x/glint",
+            "/run/x/glint.status.json",
+            None,
+        ),
+        (
+            "pid_file = /run/x/g.pid.old",
+            "/run/x/g.pid.old",
+            "/run/x/g.pid.status.json",
+            None,
+        ),
+        (
+            "status_file = s.json",
+            "/run/glint/glint-api.pid",
+            "/etc/glint/s.json",
+            None,
+        ),
+        (
+            "log_file = api.log",
+            "/run/glint/glint-api.pid",
+            "/run/glint/glint-api.status.json",
+            Some("/etc/glint/api.log"),
+        ),
+        (
+            "log_file = api.log\nlog_dir = /var/log/glint",
+            "/run/glint/glint-api.pid",
+            "/run/glint/glint-api.status.json",
+            Some("/var/log/glint/api.log"),
+        ),
+        (
+            "log_dir = logs\nlog_file = ./api.log",
+            "/run/glint/glint-api.pid",
+            "/run/glint/glint-api.status.json",
+            Some("/etc/glint/logs/api.log"),
+        ),
+        (
+            "log_dir = logs\nlog_file = /var/log/api.log",
+            "/run/glint/glint-api.pid",
+            "/run/glint/glint-api.status.json",
+            Some("/var/log/api.log"),
+        ),
+    ];
+    for &(settings, pid_file, status_file, log_file) in cases {
+        let config = loads(&format!("[DEFAULT]\n{settings}\n")).config;
+        assert_eq!(config.pid_file, PathBuf::from(pid_file), "{settings}");
+        assert_eq!(config.status_file, PathBuf::from(status_file), "{settings}");
+        assert_eq!(config.log_file, log_file.map(PathBuf::from), "{settings}");
+    }
+}
+
+#[test]
+fn relative_config_path_is_made_absolute_first() {
+    let loaded = load_str(
+        "[DEFAULT]\npid_file = glint.pid\n",
+        Path::new("conf/glint.conf"),
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    let current_dir = std::env::current_dir().expect("current dir");
+    assert_eq!(loaded.config.path, current_dir.join("conf/glint.conf"));
+    assert_eq!(loaded.config.pid_file, current_dir.join("conf/glint.pid"));
+}
+
+#[test]
+fn state_and_log_files_must_differ() {
+    let error = refused("[DEFAULT]\npid_file = /run/g.pid\nstatus_file = /run/g.pid\n");
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:3: [DEFAULT] status_file: names the same file as pid_file; \
+         give each its own file"
+    );
+    let error = refused("[DEFAULT]\nlog_file = /run/glint/glint-api.status.json\n");
+    assert_eq!(error.problems[0].line, Some(2));
+    assert_eq!(error.problems[0].option.as_deref(), Some("log_file"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+#[test]
+fn every_problem_is_reported_at_once_in_line_order() {
+    let text = "\
+[DEFAULT]
+bind_port = 70000
+workers = 2
+backlog
+debug = perhaps
+[glance_store]
+filesystem_store_datadir = /srv/images
+[DEFAULT]
+bind_host = example.com
+";
+    let error = refused(text);
+    let lines: Vec<Option<usize>> = error.problems.iter().map(|problem| problem.line).collect();
+    assert_eq!(lines, vec![Some(2), Some(4), Some(5), Some(9)], "{error}");
+    assert_eq!(
+        error.to_string().lines().next(),
+        Some(
+            "/etc/glint/glint-api.conf:2: [DEFAULT] bind_port: 70000 is out of range; use a \
+             whole number from 0 to 65535"
+        )
+    );
+    assert_eq!(error.to_string().lines().count(), 4);
+}
+
+#[test]
+fn unknown_options_and_sections_are_warnings_with_suggestions() {
+    let text = "\
+[DEFAULT]
+bind_prot = 9293
+show_image_direct_url = true
+Workers = 2
+[default]
+debug = true
+[glance_store]
+stores = file
+default_store = file
+[oslo_policy]
+enforce_scope = true
+[my_backend]
+x = 1
+[paste_deploy]
+debug = true
+";
+    let loaded = loads(text);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:2: [DEFAULT] bind_prot: unknown option, ignored; did you mean bind_port?",
+            "/etc/glint/glint-api.conf:3: [DEFAULT] show_image_direct_url: unknown option, ignored (glint does not use it)",
+            "/etc/glint/glint-api.conf:4: [DEFAULT] Workers: unknown option, ignored; did you mean workers?",
+            "/etc/glint/glint-api.conf:5: [default] unknown section, its 1 option is ignored; did you mean [DEFAULT]?",
+            "/etc/glint/glint-api.conf:7: [glance_store] section not used by glint yet; its 2 options are ignored",
+            "/etc/glint/glint-api.conf:10: [oslo_policy] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
+            "/etc/glint/glint-api.conf:14: [paste_deploy] section not used by glint yet; its 1 option is ignored",
+        ]
+    );
+    assert_eq!(loaded.config.bind_port, 9292);
+    assert!(!loaded.config.debug);
+}
+
+#[test]
+fn problem_display_leaves_out_unknown_parts() {
+    let file = PathBuf::from("/etc/glint/glint-api.conf");
+    let full = Problem {
+        file: file.clone(),
+        line: Some(7),
+        section: Some("DEFAULT".to_string()),
+        option: Some("workers".to_string()),
+        message: "is wrong; fix it".to_string(),
+    };
+    assert_eq!(
+        full.to_string(),
+        "/etc/glint/glint-api.conf:7: [DEFAULT] workers: is wrong; fix it"
+    );
+    let bare = Problem::about_file(file, None, "cannot read".to_string());
+    assert_eq!(bare.to_string(), "/etc/glint/glint-api.conf: cannot read");
+}
+
+#[test]
+fn missing_file_names_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.conf");
+    let error = load(&path).expect_err("absent file must not load");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: cannot read the config file: No such file or directory (os error 2); check --config-file",
+            path.display()
+        )
+    );
+    let error = load(dir.path()).expect_err("a folder must not load");
+    assert!(
+        error.to_string().contains("cannot read the config file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn file_on_disk_loads_with_paths_relative_to_its_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("glint-api.conf");
+    std::fs::write(&path, "[DEFAULT]\npid_file = glint.pid\nbind_port = 0\n")
+        .expect("write config");
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.config.path, path);
+    assert_eq!(loaded.config.pid_file, dir.path().join("glint.pid"));
+    assert_eq!(loaded.config.bind_port, 0);
+    // The loader has no side effects: nothing appeared beside the config.
+    let entries = std::fs::read_dir(dir.path()).expect("read dir").count();
+    assert_eq!(entries, 1);
+}
+
+#[test]
+fn non_utf8_file_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("latin1.conf");
+    std::fs::write(&path, b"[DEFAULT]\n# caf\xe9\nbind_port = 1\n").expect("write config");
+    let error = load(&path).expect_err("latin-1 must not load");
+    assert_eq!(error.problems[0].line, Some(2));
+    assert!(
+        error.problems[0].message.contains("save it as UTF-8"),
+        "{error}"
+    );
+}
+
+#[test]
+fn no_input_panics() {
+    // Every prefix of a file full of awkward constructs, and each line alone, must give
+    // an answer, never a panic.
+    let text =
+        "\u{feff}[DEFAULT]\r\nbind_host = \"::1\nworkers = '0'\n  continued \\\n\t\n[a]b]\n= x\n\
+                ;c\n[DEFAULT] x\nlog_file = ./é/\\\n\\x41 = 1\n[\n]\nbind_port:\u{0}\n";
+    for end in (0..=text.len()).filter(|&end| text.is_char_boundary(end)) {
+        let _ = load_text(&text[..end]);
+    }
+    for line in text.lines() {
+        let _ = load_text(line);
+        let _ = load_text(&format!("[DEFAULT]\n{line}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs: listen address, --check-config, docs
+
+#[test]
+fn listen_address_brackets_ipv6() {
+    let cases = [
+        ("0.0.0.0", "0.0.0.0:9292"),
+        ("::", "[::]:9292"),
+        ("fe80::1", "[fe80::1]:9292"),
+        ("localhost", "localhost:9292"),
+    ];
+    for (host, address) in cases {
+        let config = loads(&format!("[DEFAULT]\nbind_host = {host}\n")).config;
+        assert_eq!(config.listen_address(), address);
+    }
+}
+
+#[test]
+fn effective_settings_list_every_option_and_load_back_unchanged() {
+    let config = loads(
+        "[DEFAULT]\nbind_host = ::1\nworkers = 3\nclient_socket_timeout = 0\nlog_dir = logs\n\
+         log_file = api.log\npublic_endpoint = https://example.com/\n",
+    )
+    .config;
+    let settings = config.effective_settings();
+    assert!(
+        settings.starts_with("[DEFAULT]\nbind_host = ::1\nbind_port = 9292\n"),
+        "{settings}"
+    );
+    for spec in OPTIONS {
+        assert!(
+            settings.contains(&format!("\n{} =", spec.name)),
+            "{} missing:\n{settings}",
+            spec.name
+        );
+    }
+    let reloaded = loads(&settings);
+    assert_eq!(reloaded.warnings, Vec::<String>::new());
+    assert_eq!(reloaded.config, config);
+}
+
+const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md");
+const TABLE_BEGIN: &str = "<!-- options:begin -->\n";
+const TABLE_END: &str = "<!-- options:end -->";
+
+#[test]
+fn operations_doc_options_table_matches_the_options_table() {
+    let doc =
+        std::fs::read_to_string(DOC_PATH).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
+    let (before, rest) = doc
+        .split_once(TABLE_BEGIN)
+        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_BEGIN:?}"));
+    let (table, after) = rest
+        .split_once(TABLE_END)
+        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_END:?}"));
+    let expected = options_markdown();
+    if table == expected {
+        return;
+    }
+    if std::env::var_os("GLINT_BLESS").is_some_and(|bless| bless == "1") {
+        let updated = format!("{before}{TABLE_BEGIN}{expected}{TABLE_END}{after}");
+        std::fs::write(DOC_PATH, updated).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
+        return;
+    }
+    panic!(
+        "the options table in docs/OPERATIONS.md differs from config::OPTIONS.\n\
+         Regenerate it with:\n\n    GLINT_BLESS=1 cargo test --lib config::tests::operations_doc\n\n\
+         --- expected table ---\n{expected}--- table in the file ---\n{table}"
+    );
+}
