@@ -4,7 +4,25 @@
 //! # Layout
 //!
 //! - [`config`]: the options table, the INI loader and the validated, immutable [`config::Config`].
-//! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer.
+//! - [`master`]: the single-threaded parent: binds listeners, forks generations of children,
+//!   reloads on SIGHUP, reaps and respawns, writes the pid and [`status`] files.
+//! - [`child`]: a worker process: an [`acceptor`] thread and a [`pool`] of worker threads.
+//! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
+//!   and the per-connection serve loop.
+//! - [`api`]: the Glance API as an `http::serve::Handler`.
+//! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
+//!
+//! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
 
+pub mod acceptor;
+pub mod api;
+pub mod child;
 pub mod config;
 pub mod http;
+pub mod listener;
+pub mod logging;
+pub mod master;
+pub mod pool;
+pub mod signals;
+pub mod status;
+pub mod timestamp;

@@ -1,9 +1,15 @@
-//! The HTTP/1.1 layer: parsing request heads, decoding bodies and writing responses.
+//! The HTTP/1.1 layer: parsing request heads, decoding bodies, writing responses, and the loop
+//! that serves one connection.
 //!
-//! This layer knows nothing of Glance or of processes; it works on byte slices and
-//! `BufRead`/`Write` values so that every piece can be tested without a socket.
+//! This layer knows nothing of Glance or of processes. The parsing pieces work on byte slices and
+//! `BufRead`/`Write` values so that each can be tested without a socket; `connection` and `serve`
+//! put them on a `TcpStream`.
 
 pub mod body;
+pub mod connection;
 pub mod error;
 pub mod head;
 pub mod response;
+pub mod serve;
+
+pub use error::HttpError;

@@ -1,0 +1,477 @@
+//! A child's acceptor thread: the one poll loop that owns every connection not being served.
+//!
+//! It polls the wake fd (signals and returning workers), the shared listening socket (only while
+//! this child has room for more connections, so unaccepted ones stay in the backlog for another
+//! child), and every connection that waits: for its first request, between requests (keep-alive),
+//! or for the client to close after our FIN. It reads request heads without blocking and hands a
+//! connection to the worker pool only once a whole head has arrived, so a slow or idle client
+//! never pins a worker thread.
+//!
+//! # Drain
+//!
+//! On SIGHUP, SIGTERM or SIGQUIT the acceptor stops polling the listener and closes its copy of
+//! the fd (never `shutdown()`, which would stop the socket for every process). It then serves
+//! what it has: connections whose first request has not fully arrived still get it served,
+//! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
+//! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
+//! joins its workers and exits 0.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::http::connection::{Connection, HEAD_READ_CHUNK};
+use crate::http::head::{self, Parsed};
+use crate::http::response::{self, Response, WriteOptions};
+use crate::http::serve::{Disposition, Settings};
+use crate::http::HttpError;
+use crate::logging;
+use crate::pool::Returned;
+use crate::signals::{ChildRequest, SignalWatch};
+
+/// The most connections one child holds at once (waiting, queued and being served). Past it the
+/// child stops accepting and leaves new connections in the shared backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How long a connection we closed FIN-first is kept to discard what the client still sends,
+/// so that our last response is not destroyed by a reset before the client reads it.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long accepting pauses after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest poll(2) sleep with nothing scheduled; bounds how late a deadline is noticed.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// What a waiting connection waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Accepted; its first request head has not fully arrived. Bounded by the header timeout,
+    /// and served even when a drain starts meanwhile.
+    FirstRequest,
+    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`.
+    Idle,
+    /// Part of a later request's head has arrived. Bounded by the header timeout.
+    Head,
+    /// We sent FIN; discarding the client's bytes until it closes or [`CLOSE_LINGER`] passes.
+    Closing,
+}
+
+/// A connection in the poll set.
+struct Waiting {
+    connection: Connection,
+    wait: Wait,
+    deadline: Option<Instant>,
+    /// What happens to it at the end of this loop iteration. Events are handled by index into
+    /// the poll set, so nothing is removed from `waiting` until they all are.
+    fate: Fate,
+}
+
+/// The end-of-iteration decision for a waiting connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Stay,
+    /// A whole head (or an invalid one) has arrived: to a worker.
+    Dispatch,
+    /// Closed by the client, failed, or expired: drop (closes the socket).
+    Drop,
+}
+
+/// The acceptor's state. Built by `child::run`, consumed by [`Acceptor::run`].
+pub struct Acceptor {
+    /// The shared listener; `None` once draining.
+    pub listener: Option<TcpListener>,
+    pub signals: SignalWatch<ChildRequest>,
+    /// Feeds the worker pool; dropped at the end to stop the workers.
+    pub jobs: Sender<Connection>,
+    /// Connections coming back from workers.
+    pub returns: Receiver<Returned>,
+    /// Set once draining; workers read it to answer with `Connection: close`.
+    pub draining: Arc<AtomicBool>,
+    pub settings: Arc<Settings>,
+    /// `tcp_keepidle`, applied to each accepted socket.
+    pub tcp_keepidle: Duration,
+    waiting: Vec<Waiting>,
+    /// Connections whose head is complete, waiting for a free worker.
+    ready: VecDeque<Connection>,
+    /// Connections handed to workers and not yet returned.
+    in_flight: usize,
+    /// Accepting is paused until then after a resource error.
+    accept_paused_until: Option<Instant>,
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: TcpListener,
+        signals: SignalWatch<ChildRequest>,
+        jobs: Sender<Connection>,
+        returns: Receiver<Returned>,
+        draining: Arc<AtomicBool>,
+        settings: Arc<Settings>,
+        tcp_keepidle: Duration,
+    ) -> Acceptor {
+        Acceptor {
+            listener: Some(listener),
+            signals,
+            jobs,
+            returns,
+            draining,
+            settings,
+            tcp_keepidle,
+            waiting: Vec::new(),
+            ready: VecDeque::new(),
+            in_flight: 0,
+            accept_paused_until: None,
+        }
+    }
+
+    /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
+    /// the pool's workers.
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let accepting = self.listener.is_some()
+                && self.open_connections() < MAX_CONNECTIONS
+                && self.accept_paused_until.is_none_or(|until| now >= until);
+            let mut fds = Vec::with_capacity(2 + self.waiting.len());
+            fds.push(pollfd(self.signals.fd().as_raw_fd()));
+            if accepting {
+                if let Some(listener) = &self.listener {
+                    fds.push(pollfd(listener.as_raw_fd()));
+                }
+            }
+            let first_connection = fds.len();
+            for waiting in &self.waiting {
+                fds.push(pollfd(waiting.connection.fd()));
+            }
+            let timeout = self.poll_timeout(now);
+            // SAFETY: `fds` is a valid pollfd array for the call's duration.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    timeout.as_millis().min(i32::MAX as u128) as i32,
+                )
+            };
+            if n < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll() failed in the acceptor: {error}");
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+                continue;
+            }
+            // Connection events first: bytes that arrived before a drain request are seen
+            // before the drain decides which connections are idle.
+            for (index, fd) in fds[first_connection..].iter().enumerate() {
+                if fd.revents != 0 {
+                    self.on_readable(index);
+                }
+            }
+            self.expire(Instant::now());
+            self.settle();
+            for request in self.signals.take() {
+                match request {
+                    ChildRequest::Drain => self.begin_drain(),
+                    ChildRequest::ReopenLogs => {
+                        if let Err(error) = logging::reopen() {
+                            log::error!("SIGUSR1: {error}");
+                        }
+                    }
+                }
+            }
+            while let Ok(returned) = self.returns.try_recv() {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                self.on_returned(returned);
+            }
+            if accepting && fds.get(1).is_some_and(|fd| fd.revents != 0) {
+                self.accept_all();
+            }
+            self.dispatch();
+            if self.listener.is_none()
+                && self.waiting.is_empty()
+                && self.ready.is_empty()
+                && self.in_flight == 0
+            {
+                log::info!("drained; exiting");
+                return;
+            }
+        }
+    }
+
+    fn open_connections(&self) -> usize {
+        self.waiting.len() + self.ready.len() + self.in_flight
+    }
+
+    /// The nearest deadline, at most [`MAX_POLL`] away.
+    fn poll_timeout(&self, now: Instant) -> Duration {
+        let mut next = now + MAX_POLL;
+        for waiting in &self.waiting {
+            if let Some(deadline) = waiting.deadline {
+                next = next.min(deadline);
+            }
+        }
+        if let Some(until) = self.accept_paused_until {
+            next = next.min(until.max(now));
+        }
+        next.saturating_duration_since(now)
+    }
+
+    /// The connection at `index` in `waiting` is readable (or hung up).
+    fn on_readable(&mut self, index: usize) {
+        let Some(waiting) = self.waiting.get_mut(index) else {
+            return;
+        };
+        let result = waiting.connection.read_more(HEAD_READ_CHUNK);
+        match result {
+            Ok(0) => {
+                // The client closed. Between requests or after our FIN that is the normal end;
+                // in the middle of a head the client gave up and there is no one to answer.
+                waiting.fate = Fate::Drop;
+            }
+            Ok(_) if waiting.wait == Wait::Closing => {
+                let n = waiting.connection.buffered().len();
+                waiting.connection.consume_buffered(n);
+            }
+            Ok(_) => {
+                if waiting.wait == Wait::Idle {
+                    waiting.wait = Wait::Head;
+                    waiting.deadline = Some(Instant::now() + self.settings.header_timeout);
+                }
+                match head::parse(waiting.connection.buffered(), &self.settings.limits) {
+                    Ok(Parsed::Partial) => {}
+                    // Complete, or invalid: either way a worker answers it.
+                    Ok(Parsed::Complete(..)) | Err(_) => waiting.fate = Fate::Dispatch,
+                }
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => waiting.fate = Fate::Drop,
+        }
+    }
+
+    /// Applies each waiting connection's fate: dispatch to the ready queue, drop, or stay.
+    fn settle(&mut self) {
+        let mut index = 0;
+        while index < self.waiting.len() {
+            match self.waiting[index].fate {
+                Fate::Stay => index += 1,
+                Fate::Drop => {
+                    self.waiting.swap_remove(index);
+                }
+                Fate::Dispatch => {
+                    let waiting = self.waiting.swap_remove(index);
+                    self.ready.push_back(waiting.connection);
+                }
+            }
+        }
+    }
+
+    /// Acts on every connection whose deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        for waiting in &mut self.waiting {
+            let Some(deadline) = waiting.deadline else {
+                continue;
+            };
+            if waiting.fate != Fate::Stay || deadline > now {
+                continue;
+            }
+            match waiting.wait {
+                Wait::FirstRequest | Wait::Head if !waiting.connection.buffered().is_empty() => {
+                    log::debug!(
+                        "{}: request head not received within client_header_timeout; answering 408",
+                        waiting.connection.peer()
+                    );
+                    answer_timeout(&waiting.connection);
+                    close_gracefully(waiting, now);
+                }
+                Wait::FirstRequest | Wait::Head => waiting.fate = Fate::Drop,
+                Wait::Idle => close_gracefully(waiting, now),
+                Wait::Closing => waiting.fate = Fate::Drop,
+            }
+        }
+    }
+
+    /// SIGHUP, SIGTERM or SIGQUIT: stop accepting, close idle connections FIN-first.
+    fn begin_drain(&mut self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Dropping our fd leaves the socket open in the master and the other children.
+        self.listener = None;
+        let now = Instant::now();
+        let mut n_idle = 0;
+        for waiting in &mut self.waiting {
+            if waiting.wait == Wait::Idle {
+                close_gracefully(waiting, now);
+                n_idle += 1;
+            }
+        }
+        log::info!(
+            "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
+             request, {n_idle} idle keep-alive connection(s) closed",
+            self.in_flight + self.ready.len(),
+            self.waiting
+                .iter()
+                .filter(|w| matches!(w.wait, Wait::FirstRequest | Wait::Head))
+                .count(),
+        );
+    }
+
+    /// A worker is done with a connection.
+    fn on_returned(&mut self, returned: Returned) {
+        let Returned {
+            connection,
+            disposition,
+        } = returned;
+        if connection.stream().set_nonblocking(true).is_err() {
+            return;
+        }
+        let now = Instant::now();
+        match disposition {
+            Disposition::Gone => {}
+            Disposition::Close => {
+                let mut waiting = Waiting {
+                    connection,
+                    wait: Wait::Closing,
+                    deadline: None,
+                    fate: Fate::Stay,
+                };
+                close_gracefully(&mut waiting, now);
+                self.waiting.push(waiting);
+            }
+            Disposition::KeepAlive => {
+                if !connection.buffered().is_empty() {
+                    // A pipelined request follows: complete heads go to a worker, partial ones
+                    // wait for the rest.
+                    match head::parse(connection.buffered(), &self.settings.limits) {
+                        Ok(Parsed::Partial) => self.waiting.push(Waiting {
+                            connection,
+                            wait: Wait::Head,
+                            deadline: Some(now + self.settings.header_timeout),
+                            fate: Fate::Stay,
+                        }),
+                        _ => self.ready.push_back(connection),
+                    }
+                    return;
+                }
+                let mut waiting = Waiting {
+                    connection,
+                    wait: Wait::Idle,
+                    deadline: self.settings.idle_timeout.map(|idle| now + idle),
+                    fate: Fate::Stay,
+                };
+                if self.draining.load(Ordering::SeqCst) {
+                    close_gracefully(&mut waiting, now);
+                }
+                self.waiting.push(waiting);
+            }
+        }
+    }
+
+    /// Accepts until the backlog is empty or this child is full.
+    fn accept_all(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let now = Instant::now();
+        while self.waiting.len() + self.ready.len() + self.in_flight < MAX_CONNECTIONS {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(error) = prepare_socket(&stream, self.tcp_keepidle) {
+                        log::debug!("{peer}: cannot set up the accepted socket: {error}");
+                        continue;
+                    }
+                    self.waiting.push(Waiting {
+                        connection: Connection::new(stream, peer),
+                        wait: Wait::FirstRequest,
+                        deadline: Some(now + self.settings.header_timeout),
+                        fate: Fate::Stay,
+                    });
+                }
+                Err(error) => match error.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) | Some(libc::ECONNABORTED) => continue,
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        log::warn!(
+                            "accept() failed: {error}; pausing accepts for {} ms (raise the \
+                             open-files limit if this repeats)",
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                        break;
+                    }
+                    _ => {
+                        log::error!("accept() failed: {error}; pausing accepts");
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                        break;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Hands ready connections to free workers; a full channel means every worker is busy.
+    fn dispatch(&mut self) {
+        while let Some(connection) = self.ready.pop_front() {
+            match self.jobs.try_send(connection) {
+                Ok(()) => self.in_flight += 1,
+                Err(TrySendError::Full(connection)) => {
+                    self.ready.push_front(connection);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+}
+
+fn pollfd(fd: i32) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Non-blocking, no Nagle delay (responses are written whole), TCP keepalive after
+/// `tcp_keepidle`.
+fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    stream.set_nonblocking(true)?;
+    stream.set_nodelay(true)?;
+    setsockopt(stream, sockopt::KeepAlive, &true).map_err(io::Error::from)?;
+    let seconds = tcp_keepidle.as_secs().clamp(1, u32::MAX as u64) as u32;
+    setsockopt(stream, sockopt::TcpKeepIdle, &seconds).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Best-effort 408 on a connection whose head did not arrive in time (non-blocking: a client
+/// too slow to send is not waited for to receive either).
+fn answer_timeout(connection: &Connection) {
+    let error = HttpError::HeaderTimeout;
+    let response = Response::text(error.status(), &format!("{}\n", error.message()));
+    let options = WriteOptions {
+        version: crate::http::head::Version::Http11,
+        keep_alive: false,
+        head_request: false,
+    };
+    let _ = response::write_response(&mut connection.stream(), response, &options);
+}
+
+/// Sends FIN and keeps the connection to discard what the client still sends.
+fn close_gracefully(waiting: &mut Waiting, now: Instant) {
+    let _ = waiting.connection.stream().shutdown(Shutdown::Write);
+    waiting.wait = Wait::Closing;
+    waiting.deadline = Some(now + CLOSE_LINGER);
+}

@@ -1,0 +1,171 @@
+//! A child (worker process): what runs between `fork()` in the master and `exit`.
+//!
+//! A child serves one generation's config on that generation's listener with an acceptor thread
+//! (`acceptor`) and a fixed pool of worker threads (`pool`). It reports ready to the master by
+//! writing one byte on a pipe once both are running, and drains on SIGHUP, SIGTERM or SIGQUIT.
+//! It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start with its config (the
+//! master never respawns that), and with the signal's default when killed.
+
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+
+use crate::acceptor::Acceptor;
+use crate::api::Api;
+use crate::config::Config;
+use crate::http::head::Limits;
+use crate::http::serve::{Handler, Settings};
+use crate::logging;
+use crate::master::log_destination;
+use crate::pool::Pool;
+use crate::signals::{SignalSpec, SignalWatch};
+
+/// Exit code of a child that cannot start with its config; the master does not respawn it.
+pub const EXIT_CANNOT_START: i32 = 2;
+
+/// Everything a child gets from the master at fork.
+pub struct Start {
+    pub config: Arc<Config>,
+    pub generation: u64,
+    /// A dup of the generation's listening socket (the original fd is closed with the master's
+    /// other descriptors).
+    pub listener: std::io::Result<TcpListener>,
+    /// Write end of the ready pipe.
+    pub ready: OwnedFd,
+    /// The signal mask to restore once the child's handlers are in place.
+    pub signal_mask: SigSet,
+}
+
+/// Runs the child. The caller (the master's `spawn`, in the forked process) has already removed
+/// the master's signal handlers; handled signals are still blocked. Returns the exit code.
+pub fn run(start: Start) -> i32 {
+    let Start {
+        config,
+        generation,
+        listener,
+        ready,
+        signal_mask,
+    } = start;
+    let master_pid = nix::unistd::getppid();
+    // If the master dies (even by SIGKILL), the kernel sends us SIGTERM and we drain and exit
+    // rather than run on as an orphan. Checked against a master that died before this call.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
+        || nix::unistd::getppid() != master_pid
+    {
+        return EXIT_CANNOT_START;
+    }
+    let role = format!("child gen {generation}");
+    if let Err(error) = logging::configure(&log_destination(&config), &role) {
+        eprintln!("glint-api child: {error}");
+        return EXIT_CANNOT_START;
+    }
+    let listener = match listener {
+        Ok(listener) => listener,
+        Err(error) => {
+            log::error!("cannot duplicate the listening socket: {error}");
+            return EXIT_CANNOT_START;
+        }
+    };
+    let mut keep = vec![0, 1, 2, listener.as_raw_fd(), ready.as_raw_fd()];
+    keep.extend(logging::file_fd());
+    close_inherited_fds(&keep);
+
+    let signals = match SignalWatch::register(|spec: &SignalSpec| spec.child) {
+        Ok(signals) => signals,
+        Err(error) => {
+            log::error!("cannot register signal handlers: {error}");
+            return EXIT_CANNOT_START;
+        }
+    };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
+    // A panic anywhere in this process is logged as one line rather than printed to stderr.
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+
+    let settings = Arc::new(settings_for(&config));
+    let handler: Arc<dyn Handler> = Arc::new(Api::new(config.clone(), generation));
+    let draining = Arc::new(AtomicBool::new(false));
+    let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
+    let waker = match signals.waker() {
+        Ok(waker) => waker,
+        Err(error) => {
+            log::error!("cannot create the acceptor's wake fd: {error}");
+            return EXIT_CANNOT_START;
+        }
+    };
+    let (pool, jobs) = match Pool::start(
+        config.worker_threads,
+        handler,
+        settings.clone(),
+        draining.clone(),
+        returns_tx,
+        waker,
+    ) {
+        Ok(started) => started,
+        Err(error) => {
+            log::error!(
+                "cannot start {} worker threads: {error}; lower worker_threads",
+                config.worker_threads
+            );
+            return EXIT_CANNOT_START;
+        }
+    };
+    let acceptor = Acceptor::new(
+        listener,
+        signals,
+        jobs,
+        returns_rx,
+        draining,
+        settings,
+        config.tcp_keepidle,
+    );
+    report_ready(ready);
+    log::info!("serving with {} worker thread(s)", config.worker_threads);
+    acceptor.run();
+    pool.join();
+    log::info!("exiting");
+    0
+}
+
+/// The HTTP layer's settings for a generation's config.
+pub fn settings_for(config: &Config) -> Settings {
+    Settings {
+        limits: Limits::new(config.max_header_line),
+        keep_alive: config.http_keepalive,
+        header_timeout: config.client_header_timeout,
+        idle_timeout: config.client_socket_timeout,
+        body_timeout: config.client_body_timeout,
+        send_timeout: config.client_send_timeout,
+    }
+}
+
+/// Writes the ready byte and closes the pipe. A failure means the master is gone; PDEATHSIG
+/// will end us.
+fn report_ready(ready: OwnedFd) {
+    let _ = nix::unistd::write(&ready, b"R");
+}
+
+/// Closes every descriptor inherited from the master except `keep`: other generations'
+/// listeners (an old listener held open by a new child would keep queueing connections nobody
+/// accepts), other children's pipes, the master's signal pipe.
+fn close_inherited_fds(keep: &[RawFd]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // `entries` is consumed above, so its own directory fd is already closed; closing that
+    // number again fails harmlessly with EBADF.
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // SAFETY: the descriptor is inherited and owned by no live object of this process:
+            // the master's objects that own them are never used again in the child.
+            unsafe {
+                libc::close(fd);
+            }
+        }
+    }
+}

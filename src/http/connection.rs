@@ -1,0 +1,120 @@
+//! A client connection: the socket plus the bytes read from it and not yet used.
+//!
+//! The same `Connection` moves between the acceptor (which reads request heads without blocking
+//! while the connection waits in its poll set) and a worker thread (which parses the head, reads
+//! the body with blocking reads bounded by timeouts, and writes the response). Bytes read past the
+//! end of one request (a pipelined next request) stay in the buffer and travel with it.
+
+use std::io::{self, BufRead, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+
+/// How much one read asks for; also the most a body read keeps buffered.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// How much the acceptor reads at a time while a request head arrives.
+pub const HEAD_READ_CHUNK: usize = 4 * 1024;
+
+/// A client connection. Owns its socket: dropping it closes the socket.
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// `buffer[start..]` holds bytes received and not yet consumed.
+    buffer: Vec<u8>,
+    start: usize,
+    /// Requests answered on this connection so far.
+    pub requests_served: u64,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Connection {
+        Connection {
+            stream,
+            peer,
+            buffer: Vec::new(),
+            start: 0,
+            requests_served: 0,
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// The bytes received and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        self.buffer.get(self.start..).unwrap_or(&[])
+    }
+
+    /// Marks `n` buffered bytes as used.
+    pub fn consume_buffered(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buffer.len());
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads once from the socket, at most `chunk` bytes, appending to the buffer; returns the
+    /// number of bytes read (0 at end of stream). On a non-blocking socket this may fail with
+    /// `WouldBlock`. The acceptor reads heads in small chunks ([`HEAD_READ_CHUNK`]) so that many
+    /// slow clients cost little memory; body reads use [`READ_CHUNK`].
+    pub fn read_more(&mut self, chunk: usize) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        let old_len = self.buffer.len();
+        self.buffer.resize(old_len + chunk, 0);
+        let result = (&self.stream).read(&mut self.buffer[old_len..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buffer.truncate(old_len + n);
+        result
+    }
+
+    /// Releases the buffer's memory when nothing is buffered, so that an idle keep-alive
+    /// connection costs a socket and little else.
+    pub fn shrink_if_empty(&mut self) {
+        if self.buffered().is_empty() {
+            self.buffer = Vec::new();
+            self.start = 0;
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.buffered().is_empty() && out.len() >= READ_CHUNK {
+            // Large reads bypass the buffer: no copy for bulk body data.
+            return (&self.stream).read(out);
+        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Connection {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.buffered().is_empty() {
+            self.buffer.clear();
+            self.start = 0;
+            self.read_more(READ_CHUNK)?;
+        }
+        Ok(self.buffered())
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consume_buffered(n);
+    }
+}

@@ -1,0 +1,330 @@
+//! The request/response loop a worker thread runs on one connection, and the [`Handler`] trait
+//! the application implements.
+//!
+//! A worker gets a connection from the acceptor once a request head has arrived (or the acceptor
+//! gave up on it), serves that request and any complete pipelined ones behind it, and hands the
+//! connection back with a [`Disposition`]: park it until the next request, close it FIN-first, or
+//! it is gone. Keep-alive is decided per response, from the request (its version and `Connection`
+//! header), the `http_keepalive` option, whether the body was read to its end, and whether the
+//! child is draining. A draining child answers every request it has taken with
+//! `Connection: close` (RFC 9112 §9.6).
+
+use std::io::{self, BufRead, Read};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::body::{self, BodyReader};
+use super::connection::Connection;
+use super::error::HttpError;
+use super::head::{self, Framing, Limits, Parsed, RequestHead, Version};
+use super::response::{self, Response, WriteOptions};
+
+/// After a response, an unread request body is read and discarded up to this many bytes so the
+/// connection can be reused; a larger remainder closes the connection instead.
+pub const MAX_DISCARD_BYTES: u64 = 1024 * 1024;
+
+/// What the application implements: one request in, one response out. Called on worker threads
+/// concurrently; a panic is caught, answered with 500 and the connection closed.
+pub trait Handler: Send + Sync {
+    fn handle(&self, request: &mut Request<'_>) -> Response;
+}
+
+/// The per-connection limits and timeouts, from the config of the child's generation.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub limits: Limits,
+    /// `http_keepalive`: when false every response closes its connection.
+    pub keep_alive: bool,
+    /// Longest wait for a whole request head (`client_header_timeout`).
+    pub header_timeout: Duration,
+    /// Longest wait between requests on a keep-alive connection (`client_socket_timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// Longest stall while reading a request body (`client_body_timeout`).
+    pub body_timeout: Duration,
+    /// Longest stall while writing a response (`client_send_timeout`).
+    pub send_timeout: Duration,
+}
+
+/// What the worker hands back to the acceptor with the connection.
+pub enum Disposition {
+    /// Keep it open: wait in the poller for the next request.
+    KeepAlive,
+    /// Close it FIN-first: shut down our side, then discard what the client still sends until it
+    /// closes, so that a response it has not read yet is not destroyed by a reset.
+    Close,
+    /// Nothing more can be done with it (the client left, or a write failed): drop it.
+    Gone,
+}
+
+/// One request as the handler sees it: the head, the peer, and the body as a `Read`.
+pub struct Request<'a> {
+    pub head: RequestHead,
+    pub peer: SocketAddr,
+    body: BodyReader<&'a mut Connection>,
+    /// `Expect: 100-continue` was asked and the interim response is not sent yet; it is sent
+    /// when the handler first reads the body, so a handler that refuses the request early never
+    /// makes the client send the body.
+    continue_pending: bool,
+}
+
+impl Request<'_> {
+    /// The method, e.g. "GET".
+    pub fn method(&self) -> &str {
+        &self.head.method
+    }
+
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    /// True once the whole body has been read.
+    pub fn body_finished(&self) -> bool {
+        self.body.is_finished()
+    }
+}
+
+impl Read for Request<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            let connection: &mut Connection = self.body.get_mut();
+            response::write_continue(&mut connection.stream())?;
+        }
+        self.body.read(out)
+    }
+}
+
+/// Serves requests on `connection` until it must be parked, closed or dropped.
+pub fn serve(
+    connection: &mut Connection,
+    handler: &dyn Handler,
+    settings: &Settings,
+    draining: &AtomicBool,
+) -> Disposition {
+    let stream = connection.stream();
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_write_timeout(Some(settings.send_timeout))
+            .is_err()
+    {
+        return Disposition::Gone;
+    }
+    loop {
+        let head = match read_head(connection, settings) {
+            Ok(Some(head)) => head,
+            Ok(None) => return Disposition::Gone,
+            Err(HeadFailure::Io) => return Disposition::Gone,
+            Err(HeadFailure::Http(error)) => return reject(connection, &error),
+        };
+        match serve_one(connection, head, handler, settings, draining) {
+            Disposition::KeepAlive => {}
+            other => return other,
+        }
+        // Pipelined requests: serve what is complete here; anything else waits in the poller.
+        match head::parse(connection.buffered(), &settings.limits) {
+            Ok(Parsed::Complete(..)) | Err(_) => continue,
+            Ok(Parsed::Partial) => return Disposition::KeepAlive,
+        }
+    }
+}
+
+/// Why no head could be read.
+enum HeadFailure {
+    /// The socket failed or timed out with nothing useful to answer.
+    Io,
+    /// The client sent something we answer with an error status.
+    Http(HttpError),
+}
+
+/// Parses the head at the front of the buffer, reading more (blocking, bounded by the header
+/// timeout) when it is incomplete. `Ok(None)`: the client closed the connection between requests.
+fn read_head(
+    connection: &mut Connection,
+    settings: &Settings,
+) -> Result<Option<RequestHead>, HeadFailure> {
+    let deadline = Instant::now() + settings.header_timeout;
+    loop {
+        match head::parse(connection.buffered(), &settings.limits) {
+            Ok(Parsed::Complete(head, used)) => {
+                connection.consume_buffered(used);
+                return Ok(Some(head));
+            }
+            Ok(Parsed::Partial) => {}
+            Err(error) => return Err(HeadFailure::Http(error)),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadFailure::Http(HttpError::HeaderTimeout));
+        }
+        if connection.stream().set_read_timeout(Some(left)).is_err() {
+            return Err(HeadFailure::Io);
+        }
+        match connection.read_more(super::connection::HEAD_READ_CHUNK) {
+            Ok(0) if connection.buffered().is_empty() => return Ok(None),
+            // EOF in the middle of a head: the client gave up; there is no one to answer.
+            Ok(0) => return Err(HeadFailure::Io),
+            Ok(_) => {}
+            Err(error) if is_timeout(&error) => {
+                return Err(HeadFailure::Http(HttpError::HeaderTimeout))
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(HeadFailure::Io),
+        }
+    }
+}
+
+/// Answers a request we could not parse, and closes.
+fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
+    log::debug!(
+        "{}: answering {} to a bad request: {error}",
+        connection.peer(),
+        error.status()
+    );
+    let response = Response::text(error.status(), &format!("{}\n", error.message()));
+    let options = WriteOptions {
+        version: Version::Http11,
+        keep_alive: false,
+        head_request: false,
+    };
+    match response::write_response(&mut connection.stream(), response, &options) {
+        Ok(_) => Disposition::Close,
+        Err(_) => Disposition::Gone,
+    }
+}
+
+/// Runs the handler for one request and writes its response.
+fn serve_one(
+    connection: &mut Connection,
+    head: RequestHead,
+    handler: &dyn Handler,
+    settings: &Settings,
+    draining: &AtomicBool,
+) -> Disposition {
+    let started = Instant::now();
+    if connection
+        .stream()
+        .set_read_timeout(Some(settings.body_timeout))
+        .is_err()
+    {
+        return Disposition::Gone;
+    }
+    let version = head.version;
+    let is_head = head.method == "HEAD";
+    let wants_keep_alive = head.keep_alive;
+    let framing = head.framing;
+    let method = head.method.clone();
+    let target = head.target.clone();
+    let expect_continue = head.expect_continue;
+    let peer = connection.peer();
+
+    let (response, body_clean) = {
+        let mut request = Request {
+            head,
+            peer,
+            body: BodyReader::new(framing, &mut *connection),
+            continue_pending: expect_continue && framing != Framing::None,
+        };
+        let response = match catch_unwind(AssertUnwindSafe(|| handler.handle(&mut request))) {
+            Ok(response) => response,
+            Err(_) => {
+                log::error!("handler panicked on {method} {target}; answering 500");
+                return finish_with(
+                    connection,
+                    Response::text(500, "Internal Server Error\n"),
+                    version,
+                    false,
+                    is_head,
+                );
+            }
+        };
+        // A body the handler did not read is discarded, within bounds, so the connection can
+        // carry the next request. Not when the client still waits for 100 Continue: it may never
+        // send the body, and waiting for it would stall until the body timeout.
+        let body_clean = !request.continue_pending && discard_rest(&mut request.body);
+        (response, body_clean)
+    };
+
+    let status = response.status;
+    let keep_alive =
+        settings.keep_alive && wants_keep_alive && body_clean && !draining.load(Ordering::SeqCst);
+    let options = WriteOptions {
+        version,
+        keep_alive,
+        head_request: is_head,
+    };
+    let written = response::write_response(&mut connection.stream(), response, &options);
+    connection.requests_served += 1;
+    let elapsed = started.elapsed();
+    match written {
+        Ok(written) => {
+            log::info!(
+                target: "access",
+                "{peer} \"{method} {target}\" {status} {} {:.1}ms",
+                written.body_bytes,
+                elapsed.as_secs_f64() * 1000.0
+            );
+            if keep_alive && !written.must_close {
+                connection.shrink_if_empty();
+                Disposition::KeepAlive
+            } else {
+                Disposition::Close
+            }
+        }
+        Err(error) => {
+            log::info!(
+                target: "access",
+                "{peer} \"{method} {target}\" {status} - {:.1}ms (response not completed: {error})",
+                elapsed.as_secs_f64() * 1000.0
+            );
+            Disposition::Gone
+        }
+    }
+}
+
+/// Writes `response` and closes: the path for failures after the head was parsed.
+fn finish_with(
+    connection: &mut Connection,
+    response: Response,
+    version: Version,
+    keep_alive: bool,
+    head_request: bool,
+) -> Disposition {
+    let options = WriteOptions {
+        version,
+        keep_alive,
+        head_request,
+    };
+    match response::write_response(&mut connection.stream(), response, &options) {
+        Ok(_) => Disposition::Close,
+        Err(_) => Disposition::Gone,
+    }
+}
+
+/// Reads and drops what is left of the body, up to [`MAX_DISCARD_BYTES`]. True when the body
+/// ended cleanly, so the connection is positioned at the next request.
+fn discard_rest<R: BufRead>(body: &mut BodyReader<R>) -> bool {
+    if body.is_finished() {
+        return true;
+    }
+    let mut limited = body.by_ref().take(MAX_DISCARD_BYTES);
+    let mut sink = io::sink();
+    match io::copy(&mut limited, &mut sink) {
+        Ok(_) => body.is_finished(),
+        Err(error) => {
+            if let Some(http) = body::http_error(&error) {
+                log::debug!("request body invalid after the response was chosen: {http}");
+            }
+            false
+        }
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,181 @@
+//! Process-wide logging: one line per record, tagged with the process's role, written whole.
+//!
+//! The master and every child write to the same destination (a file opened with `O_APPEND`, and/or
+//! stderr). Each record is formatted into one buffer and written with a single `write(2)`, so lines
+//! from different processes never interleave. The destination lives in a global [`Sink`] that can
+//! be replaced at run time: the master swaps it when a reload changes `log_file`, `log_dir`,
+//! `use_stderr` or `debug`, a child sets its own right after `fork()`, and SIGUSR1 reopens the file
+//! by path (logrotate's `postrotate`).
+//!
+//! The logger itself is env_logger, installed once per master; children inherit it through
+//! `fork()` and only change the sink and the role shown in each line. The level is controlled with
+//! `log::set_max_level` (the `debug` option), so it can change without rebuilding the logger.
+//! `RUST_LOG` is not consulted: the config file is the one place that sets logging.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::timestamp;
+
+/// Where log lines go, as the config describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// The log file, opened for appending; `None` means stderr only.
+    pub file: Option<PathBuf>,
+    /// Also write to stderr when a file is set (`use_stderr`).
+    pub also_stderr: bool,
+    /// Log at debug level (`debug`).
+    pub debug: bool,
+}
+
+/// The global sink: the open log file (if any), how it was opened, and the role tag.
+struct Sink {
+    destination: Destination,
+    file: Option<File>,
+    /// "master" or "child gen N", shown in every line after the pid.
+    role: String,
+}
+
+/// Guarded by a std `Mutex`: records are written from several threads of a child, and holding
+/// the lock across the single `write(2)` is what keeps a line whole within a process.
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+/// Installs the logger for this process (the master calls it once, before any fork) and writes
+/// to `destination`. Fails if the log file cannot be opened, naming the path.
+pub fn init(destination: &Destination, role: &str) -> io::Result<()> {
+    configure(destination, role)?;
+    let logger = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Trace)
+        .format(format_record)
+        .target(env_logger::Target::Pipe(Box::new(SinkWriter)))
+        .build();
+    // A second init in the same process (unit tests) keeps the first logger; the sink is global.
+    let _ = log::set_boxed_logger(Box::new(logger));
+    set_level(destination.debug);
+    Ok(())
+}
+
+/// Switches this process to `destination` and `role`. The new file is opened before the old one is
+/// closed, so a destination that cannot be opened leaves logging as it was and returns the error.
+pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
+    let file = match &destination.file {
+        Some(path) => Some(open_log_file(path)?),
+        None => None,
+    };
+    let mut sink = lock();
+    *sink = Some(Sink {
+        destination: destination.clone(),
+        file,
+        role: role.to_string(),
+    });
+    drop(sink);
+    set_level(destination.debug);
+    Ok(())
+}
+
+/// Reopens the log file by its path, for SIGUSR1 after a rotation. On failure the old file stays
+/// in use and the error (with its path) is returned for the caller to log.
+pub fn reopen() -> io::Result<()> {
+    let mut guard = lock();
+    let Some(sink) = guard.as_mut() else {
+        return Ok(());
+    };
+    if let Some(path) = &sink.destination.file {
+        sink.file = Some(open_log_file(path)?);
+    }
+    Ok(())
+}
+
+/// The raw fd of the open log file, which a freshly forked child must keep open while it closes
+/// the master's other descriptors.
+pub fn file_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    lock()
+        .as_ref()
+        .and_then(|sink| sink.file.as_ref().map(|file| file.as_raw_fd()))
+}
+
+fn set_level(debug: bool) {
+    log::set_max_level(if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Sink>> {
+    // A panic while logging must not silence every later line: take the data even if poisoned.
+    SINK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Opens `path` for appending, creating its folder first (a fresh checkout keeps its logs under
+/// var/, which does not exist until the first start).
+fn open_log_file(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot create log directory {}: {error}", parent.display()),
+            )
+        })?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot open log file {}: {error}", path.display()),
+            )
+        })
+}
+
+/// `2026-11-26T11:42:35.123456Z INFO glint-api[1234] master: message`
+fn format_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
+    let role = lock()
+        .as_ref()
+        .map(|sink| sink.role.clone())
+        .unwrap_or_default();
+    writeln!(
+        buf,
+        "{} {:<5} glint-api[{}] {}: {}",
+        timestamp::rfc3339_micros(SystemTime::now()),
+        record.level(),
+        std::process::id(),
+        role,
+        record.args()
+    )
+}
+
+/// The writer env_logger writes each formatted record into, in one `write_all` call.
+struct SinkWriter;
+
+impl Write for SinkWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut guard = lock();
+        match guard.as_mut() {
+            Some(sink) => {
+                if let Some(file) = sink.file.as_mut() {
+                    // Errors writing a log line have nowhere to be reported; dropping the line is
+                    // better than failing the request that logged it.
+                    let _ = file.write_all(line);
+                }
+                if sink.file.is_none() || sink.destination.also_stderr {
+                    let _ = io::stderr().write_all(line);
+                }
+            }
+            None => {
+                let _ = io::stderr().write_all(line);
+            }
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

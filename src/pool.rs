@@ -1,0 +1,101 @@
+//! A child's fixed pool of worker threads, fed connections by the acceptor over a bounded
+//! crossbeam channel.
+//!
+//! A worker takes a connection whose request head has arrived, serves it (see
+//! `http::serve::serve`), and sends it back to the acceptor with its disposition, waking the
+//! acceptor's poll. The pool never grows: connections beyond what the workers can take wait in
+//! the acceptor, and unaccepted ones wait in the listen backlog where another child may take them.
+//! The acceptor ends the pool by dropping the job sender: each worker's `recv()` fails once the
+//! queue is empty, the worker returns, and `Pool::join` collects them.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::http::connection::Connection;
+use crate::http::serve::{self, Disposition, Handler, Settings};
+use crate::signals::Waker;
+
+/// A connection coming back from a worker.
+pub struct Returned {
+    pub connection: Connection,
+    pub disposition: Disposition,
+}
+
+/// The worker threads of one child.
+pub struct Pool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `n_threads` workers. Returns the pool and the sender the acceptor feeds; the
+    /// channel holds at most one waiting connection per worker, so the acceptor sees "full" as
+    /// "every worker is busy".
+    pub fn start(
+        n_threads: usize,
+        handler: Arc<dyn Handler>,
+        settings: Arc<Settings>,
+        draining: Arc<AtomicBool>,
+        returns: Sender<Returned>,
+        waker: Waker,
+    ) -> std::io::Result<(Pool, Sender<Connection>)> {
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Connection>(n_threads);
+        let mut threads = Vec::with_capacity(n_threads);
+        for index in 0..n_threads {
+            let worker = Worker {
+                jobs: jobs_rx.clone(),
+                returns: returns.clone(),
+                handler: handler.clone(),
+                settings: settings.clone(),
+                draining: draining.clone(),
+                waker: waker.clone(),
+            };
+            let thread = thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || worker.run())?;
+            threads.push(thread);
+        }
+        Ok((Pool { threads }, jobs_tx))
+    }
+
+    /// Waits for every worker to finish (after the job sender was dropped).
+    pub fn join(self) {
+        for thread in self.threads {
+            if thread.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+/// One worker thread's share of the pool.
+struct Worker {
+    jobs: Receiver<Connection>,
+    returns: Sender<Returned>,
+    handler: Arc<dyn Handler>,
+    settings: Arc<Settings>,
+    draining: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl Worker {
+    fn run(self) {
+        while let Ok(mut connection) = self.jobs.recv() {
+            let disposition = serve::serve(
+                &mut connection,
+                &*self.handler,
+                &self.settings,
+                &self.draining,
+            );
+            // The acceptor owns the connection's next step; if it is gone (the child is ending),
+            // dropping the connection here closes it.
+            let _ = self.returns.send(Returned {
+                connection,
+                disposition,
+            });
+            self.waker.wake();
+        }
+    }
+}
