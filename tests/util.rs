@@ -1,0 +1,472 @@
+//! The test harness: start the real `glint-api` binary with a config in a temporary directory,
+//! read its status file, send it signals, wait for conditions with deadlines, and talk HTTP to it
+//! over real sockets.
+//!
+//! `Server`'s `Drop` kills the master and every child it knows of, so a failing test leaves no
+//! process behind. Waits poll a condition until a deadline and fail with a message that includes
+//! the server log; no test sleeps in place of a condition.
+
+// Not every helper is used by every build of the test binary while tests are added.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The default deadline for a server to reach a state.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running glint-api master and its temporary directory.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    master: Option<Child>,
+    pub master_pid: i32,
+}
+
+impl Server {
+    /// Starts a server whose config is the harness's base config (loopback, an ephemeral port,
+    /// pid/status/log in the temporary dir) followed by `extra` lines for `[DEFAULT]`.
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("glint-api.conf");
+        fs::write(&config_path, base_config(extra)).expect("write config");
+        Server::start_with(dir, config_path)
+    }
+
+    /// Starts a server on a config file already written.
+    pub fn start_with(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
+        let master = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+            .arg("--config-file")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.path().join("stderr.log")).expect("stderr file"),
+            ))
+            .spawn()
+            .expect("spawn glint-api");
+        let master_pid = master.id() as i32;
+        let server = Server {
+            dir,
+            config_path,
+            master: Some(master),
+            master_pid,
+        };
+        server.wait_for("the first generation to serve", DEADLINE, |status| {
+            status["phase"] == "running" && status["generation"] == 1
+        });
+        server
+    }
+
+    /// Replaces the config with the base config plus `extra`.
+    pub fn write_config(&self, extra: &str) {
+        self.write_config_text(&base_config(extra));
+    }
+
+    /// Replaces the config file with exactly `text`.
+    pub fn write_config_text(&self, text: &str) {
+        let temporary = self.config_path.with_extension("tmp");
+        fs::write(&temporary, text).expect("write config");
+        fs::rename(&temporary, &self.config_path).expect("rename config");
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The status document, or Null while it does not exist or is unreadable.
+    pub fn status(&self) -> Value {
+        fs::read_to_string(self.path("glint-api.status.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The address the current generation listens on.
+    pub fn addr(&self) -> SocketAddr {
+        let status = self.status();
+        status["listen"][0]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in status: {status}\n{}", self.log()))
+    }
+
+    /// The pids of live children, optionally only those in `state`.
+    pub fn children(&self, state: Option<&str>) -> Vec<i32> {
+        let status = self.status();
+        status["children"]
+            .as_array()
+            .map(|children| {
+                children
+                    .iter()
+                    .filter(|c| state.is_none_or(|s| c["state"] == s))
+                    .filter_map(|c| c["pid"].as_i64().map(|pid| pid as i32))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we started.
+        unsafe {
+            libc::kill(self.master_pid, signal);
+        }
+    }
+
+    /// Sends SIGHUP and waits for the verdict of that reload; returns the `last_reload` record.
+    pub fn reload(&self) -> Value {
+        let before = self.status()["reloads_requested"].as_u64().unwrap_or(0);
+        self.signal(libc::SIGHUP);
+        let mut last = Value::Null;
+        self.wait_for("the reload's verdict", DEADLINE, |status| {
+            last = status["last_reload"].clone();
+            status["reload_in_progress"].is_null()
+                && status["last_reload"]["number"].as_u64().unwrap_or(0) > before
+        });
+        last
+    }
+
+    /// Polls the status file until `condition` holds, or panics after `deadline` with the log.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        deadline: Duration,
+        mut condition: impl FnMut(&Value) -> bool,
+    ) {
+        let end = Instant::now() + deadline;
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}\nstatus: {status:#}\n--- log ---\n{}",
+                    self.log()
+                );
+            }
+            if let Some(master) = self.master_exited() {
+                panic!(
+                    "the master exited ({master}) while waiting for {what}\n--- log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The master's exit status if it has exited.
+    pub fn master_exited(&self) -> Option<String> {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on our own child; reaping here is fine because `Child`
+        // is only used to kill it afterwards.
+        let rc = unsafe { libc::waitpid(self.master_pid, &mut status, libc::WNOHANG) };
+        if rc == self.master_pid {
+            Some(describe_wait_status(status))
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the master to exit; returns its wait status description.
+    pub fn wait_exit(&mut self, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(master) = self.master.as_mut() {
+                if let Ok(Some(status)) = master.try_wait() {
+                    self.master = None;
+                    return format!("{status}");
+                }
+            } else {
+                return "already reaped".into();
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "the master did not exit within {deadline:?}\n--- log ---\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's log file and its stderr.
+    pub fn log(&self) -> String {
+        let log = fs::read_to_string(self.path("glint-api.log")).unwrap_or_default();
+        let stderr = fs::read_to_string(self.path("stderr.log")).unwrap_or_default();
+        format!("{log}--- stderr ---\n{stderr}")
+    }
+
+    /// Polls the log until it contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        while !self.log().contains(needle) {
+            if Instant::now() >= end {
+                panic!(
+                    "timed out waiting for {needle:?} in the log\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Connects to the current listener.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr()).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        stream
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let children = self.children(None);
+        // SAFETY: kill(2) on processes this test started.
+        unsafe {
+            libc::kill(self.master_pid, libc::SIGKILL);
+            for pid in children {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        if let Some(mut master) = self.master.take() {
+            let _ = master.wait();
+        }
+    }
+}
+
+/// The base config: loopback, ephemeral port, two workers, state files in the test's dir
+/// (relative paths resolve against the config's folder).
+pub fn base_config(extra: &str) -> String {
+    format!(
+        "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nworkers = 2\nworker_threads = 4\n\
+         pid_file = glint-api.pid\nlog_file = glint-api.log\ngraceful_shutdown_timeout = 30\n\
+         {extra}\n"
+    )
+}
+
+pub fn describe_wait_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("wait status {status}")
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the field after the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The pids whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let fields: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent)
+                    && fields.first() != Some(&"Z")
+                {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    pids
+}
+
+/// Waits until `condition` holds or panics with `what` after `deadline`.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !condition() {
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Whether the server said it will close the connection.
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// Reads one response from `reader` (after a request with method `method`). Errors on EOF or a
+/// malformed response; `Ok(None)` when the connection was closed before any byte arrived.
+pub fn read_response<R: BufRead>(reader: &mut R, method: &str) -> io::Result<Option<Response>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "EOF in response head",
+            ));
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" || line == b"\n" {
+            // Skip interim 1xx responses.
+            if head.starts_with(b"HTTP/1.1 1") {
+                head.clear();
+                continue;
+            }
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    parsed.parse(&head).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{e}: {:?}", String::from_utf8_lossy(&head)),
+        )
+    })?;
+    let status = parsed.code.unwrap_or(0);
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let no_body =
+        method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    if no_body {
+        return Ok(Some(response));
+    }
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let size = usize::from_str_radix(size_line.trim(), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                let mut end = String::new();
+                reader.read_line(&mut end)?;
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = response.header("content-length") {
+        let length: usize = length
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
+        response.body.resize(length, 0);
+        reader.read_exact(&mut response.body)?;
+    } else {
+        reader.read_to_end(&mut response.body)?;
+    }
+    Ok(Some(response))
+}
+
+/// Sends raw bytes on a new connection and reads one response.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> io::Result<Option<Response>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(request)?;
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, "GET")
+}
+
+/// `GET path` on a new connection, `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes())?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))
+}
+
+/// After the server should have closed: true if the peer has closed (read returns 0 or reset).
+pub fn peer_closed(stream: &mut TcpStream, deadline: Duration) -> bool {
+    stream.set_read_timeout(Some(deadline)).ok();
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_)) && {
+        // Distinguish a timeout (still open) from EOF/reset.
+        match stream.read(&mut byte) {
+            Ok(0) => true,
+            Err(error) => !matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            Ok(_) => false,
+        }
+    }
+}
+
+/// The path of a file in the temporary directory of a test that has no server.
+pub fn temp_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("glint-api.conf");
+    fs::write(&path, text).expect("write config");
+    path
+}
