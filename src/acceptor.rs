@@ -68,6 +68,8 @@ struct Waiting {
     connection: Connection,
     wait: Wait,
     deadline: Option<Instant>,
+    /// It was closed while idle between requests (not after a response that said close).
+    after_idle: bool,
     /// What happens to it at the end of this loop iteration. Events are handled by index into
     /// the poll set, so nothing is removed from `waiting` until they all are.
     fate: Fate,
@@ -237,6 +239,17 @@ impl Acceptor {
             }
             Ok(_) if waiting.wait == Wait::Closing => {
                 let n = waiting.connection.buffered().len();
+                if waiting.connection.requests_served > 0 && waiting.after_idle {
+                    // The client sent on a keep-alive connection after our FIN had left: the
+                    // request is lost to it and must be retried (HTTP/1.1 allows that for
+                    // idempotent requests). Logged so reload storms can be correlated.
+                    log::info!(
+                        "{}: discarded {n} byte(s) a client sent after we closed its idle \
+                         keep-alive connection",
+                        waiting.connection.peer()
+                    );
+                    waiting.after_idle = false;
+                }
                 waiting.connection.consume_buffered(n);
             }
             Ok(_) => {
@@ -295,7 +308,7 @@ impl Acceptor {
                     close_gracefully(waiting, now);
                 }
                 Wait::FirstRequest | Wait::Head => waiting.fate = Fate::Drop,
-                Wait::Idle => close_gracefully(waiting, now),
+                Wait::Idle => close_idle(waiting, now, &self.settings),
                 Wait::Closing => waiting.fate = Fate::Drop,
             }
         }
@@ -312,8 +325,10 @@ impl Acceptor {
         let mut n_idle = 0;
         for waiting in &mut self.waiting {
             if waiting.wait == Wait::Idle {
-                close_gracefully(waiting, now);
-                n_idle += 1;
+                close_idle(waiting, now, &self.settings);
+                if waiting.wait == Wait::Closing {
+                    n_idle += 1;
+                }
             }
         }
         log::info!(
@@ -345,6 +360,7 @@ impl Acceptor {
                     wait: Wait::Closing,
                     deadline: None,
                     fate: Fate::Stay,
+                    after_idle: false,
                 };
                 close_gracefully(&mut waiting, now);
                 self.waiting.push(waiting);
@@ -359,6 +375,7 @@ impl Acceptor {
                             wait: Wait::Head,
                             deadline: Some(now + self.settings.header_timeout),
                             fate: Fate::Stay,
+                            after_idle: false,
                         }),
                         _ => self.ready.push_back(connection),
                     }
@@ -369,9 +386,10 @@ impl Acceptor {
                     wait: Wait::Idle,
                     deadline: self.settings.idle_timeout.map(|idle| now + idle),
                     fate: Fate::Stay,
+                    after_idle: false,
                 };
                 if self.draining.load(Ordering::SeqCst) {
-                    close_gracefully(&mut waiting, now);
+                    close_idle(&mut waiting, now, &self.settings);
                 }
                 self.waiting.push(waiting);
             }
@@ -396,6 +414,7 @@ impl Acceptor {
                         wait: Wait::FirstRequest,
                         deadline: Some(now + self.settings.header_timeout),
                         fate: Fate::Stay,
+                        after_idle: false,
                     });
                 }
                 Err(error) => match error.raw_os_error() {
@@ -467,6 +486,30 @@ fn answer_timeout(connection: &Connection) {
         head_request: false,
     };
     let _ = response::write_response(&mut connection.stream(), response, &options);
+}
+
+/// Closes a connection that waits idle between requests, unless a request has just arrived on it:
+/// bytes already in the socket are read first, and if they are there the connection is kept to
+/// serve them. This narrows the one unavoidable race of closing keep-alive connections (a client
+/// sending just as our FIN leaves) to the time between two system calls.
+fn close_idle(waiting: &mut Waiting, now: Instant, settings: &Settings) {
+    match waiting.connection.read_available(HEAD_READ_CHUNK) {
+        Ok(0) if waiting.connection.buffered().is_empty() => {
+            close_gracefully(waiting, now);
+            waiting.after_idle = true;
+        }
+        Ok(_) => {
+            waiting.wait = Wait::Head;
+            waiting.deadline = Some(now + settings.header_timeout);
+            if !matches!(
+                head::parse(waiting.connection.buffered(), &settings.limits),
+                Ok(Parsed::Partial)
+            ) {
+                waiting.fate = Fate::Dispatch;
+            }
+        }
+        Err(_) => waiting.fate = Fate::Drop,
+    }
 }
 
 /// Sends FIN and keeps the connection to discard what the client still sends.

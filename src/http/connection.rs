@@ -80,6 +80,37 @@ impl Connection {
         result
     }
 
+    /// Reads what has already arrived, without blocking even on a blocking socket
+    /// (`MSG_DONTWAIT`), at most `chunk` bytes. Returns 0 when nothing is there or the peer
+    /// closed; errors other than "would block" are returned.
+    pub fn read_available(&mut self, chunk: usize) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        let old_len = self.buffer.len();
+        self.buffer.resize(old_len + chunk, 0);
+        // SAFETY: recv(2) into the `chunk` bytes just reserved at the end of the buffer.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                self.buffer[old_len..].as_mut_ptr().cast(),
+                chunk,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            self.buffer.truncate(old_len);
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(error),
+            };
+        }
+        self.buffer.truncate(old_len + n as usize);
+        Ok(n as usize)
+    }
+
     /// Releases the buffer's memory when nothing is buffered, so that an idle keep-alive
     /// connection costs a socket and little else.
     pub fn shrink_if_empty(&mut self) {

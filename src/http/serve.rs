@@ -248,8 +248,13 @@ fn serve_one(
     };
 
     let status = response.status;
-    let keep_alive =
-        settings.keep_alive && wants_keep_alive && body_clean && !draining.load(Ordering::SeqCst);
+    // A draining child keeps the connection only for a request that has already reached it
+    // (pipelined behind this one): a request already sent is answered. Anything sent later
+    // meets `Connection: close`, which tells the client not to send it here.
+    let keep_alive = settings.keep_alive
+        && wants_keep_alive
+        && body_clean
+        && (!draining.load(Ordering::SeqCst) || next_request_arrived(connection, settings));
     let options = WriteOptions {
         version,
         keep_alive,
@@ -320,6 +325,18 @@ fn discard_rest<R: BufRead>(body: &mut BodyReader<R>) -> bool {
             false
         }
     }
+}
+
+/// Whether a whole next request head is already here: in the buffer, or in the socket's receive
+/// queue (read without blocking).
+fn next_request_arrived(connection: &mut Connection, settings: &Settings) -> bool {
+    if connection.buffered().is_empty() {
+        let _ = connection.read_available(super::connection::HEAD_READ_CHUNK);
+    }
+    matches!(
+        head::parse(connection.buffered(), &settings.limits),
+        Ok(Parsed::Complete(..))
+    )
 }
 
 fn is_timeout(error: &io::Error) -> bool {
