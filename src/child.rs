@@ -121,6 +121,10 @@ pub fn run(start: Start) -> i32 {
         settings,
         config.tcp_keepidle,
     );
+    if fault_injected_start_failure(generation) {
+        log::error!("GLINT_FAULT_CHILD_START={generation}: failing this child's start on purpose");
+        return EXIT_CANNOT_START;
+    }
     report_ready(ready);
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
@@ -139,6 +143,15 @@ pub fn settings_for(config: &Config) -> Settings {
         body_timeout: config.client_body_timeout,
         send_timeout: config.client_send_timeout,
     }
+}
+
+/// The environment variable that makes every child of one generation fail its start, for the
+/// integration test of a reload whose new generation cannot start (no real failure of a child's
+/// start can be provoked on demand). It has no other effect; operators never set it.
+pub const FAULT_CHILD_START: &str = "GLINT_FAULT_CHILD_START";
+
+fn fault_injected_start_failure(generation: u64) -> bool {
+    std::env::var(FAULT_CHILD_START).is_ok_and(|value| value.trim() == generation.to_string())
 }
 
 /// Writes the ready byte and closes the pipe. A failure means the master is gone; PDEATHSIG

@@ -3,8 +3,10 @@
 //!
 //! Modules:
 //! - `util`: the harness (start a server, status file, signals, waits, a small HTTP client).
-//! - `lifecycle`: start, stop, reload, respawn, bad configs: the master's behaviour.
+//! - `lifecycle`: start and stop, the master's basic behaviour.
+//! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 
 mod util;
 
 mod lifecycle;
+mod reload;

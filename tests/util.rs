@@ -33,15 +33,25 @@ impl Server {
     /// Starts a server whose config is the harness's base config (loopback, an ephemeral port,
     /// pid/status/log in the temporary dir) followed by `extra` lines for `[DEFAULT]`.
     pub fn start(extra: &str) -> Server {
+        Server::start_env(extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the master (and so its children).
+    pub fn start_env(extra: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config_path = dir.path().join("glint-api.conf");
         fs::write(&config_path, base_config(extra)).expect("write config");
-        Server::start_with(dir, config_path)
+        Server::start_with(dir, config_path, env)
     }
 
     /// Starts a server on a config file already written.
-    pub fn start_with(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Server {
         let master = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+            .envs(env.iter().copied())
             .arg("--config-file")
             .arg(&config_path)
             .stdin(Stdio::null())

@@ -328,15 +328,18 @@ fn discard_rest<R: BufRead>(body: &mut BodyReader<R>) -> bool {
 }
 
 /// Whether a whole next request head is already here: in the buffer, or in the socket's receive
-/// queue (read without blocking).
+/// queue (read without blocking). An invalid head counts: it is answered with its error.
 fn next_request_arrived(connection: &mut Connection, settings: &Settings) -> bool {
-    if connection.buffered().is_empty() {
-        let _ = connection.read_available(super::connection::HEAD_READ_CHUNK);
+    loop {
+        match head::parse(connection.buffered(), &settings.limits) {
+            Ok(Parsed::Partial) => {}
+            Ok(Parsed::Complete(..)) | Err(_) => return true,
+        }
+        match connection.read_available(super::connection::HEAD_READ_CHUNK) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
     }
-    matches!(
-        head::parse(connection.buffered(), &settings.limits),
-        Ok(Parsed::Complete(..))
-    )
 }
 
 fn is_timeout(error: &io::Error) -> bool {

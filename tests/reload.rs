@@ -1,0 +1,531 @@
+//! Reloads seen from the client's side: no request fails while generations are replaced, long
+//! transfers span several reloads intact, idle connections do not hold a drain open, and a bad
+//! config or a failed start changes nothing.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{self, read_response, Server, DEADLINE};
+
+/// How long the reload storm lasts.
+const STORM: Duration = Duration::from_secs(4);
+
+/// Upper bound on requests per client thread, so the loops end even if the clock misbehaves.
+const MAX_REQUESTS_PER_CLIENT: u64 = 200_000;
+
+/// What the client threads of the storm saw.
+#[derive(Default)]
+struct Tally {
+    succeeded: AtomicU64,
+    /// Fresh connections used (one per request in fresh mode).
+    fresh_connections: AtomicU64,
+    /// A reused keep-alive connection found closed before the client sent on it: the tolerated
+    /// event (the client reconnects, nothing was lost).
+    closed_idle_before_send: AtomicU64,
+    /// A reused keep-alive connection that gave EOF with no response byte after the client sent:
+    /// tolerated only when the server logged that it had already closed the connection (the
+    /// client's bytes arrived after our FIN).
+    closed_idle_after_send: AtomicU64,
+    failed: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 20 {
+            failures.push(what);
+        }
+    }
+}
+
+const HEALTHCHECK: &[u8] = b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n";
+const HEALTHCHECK_CLOSE: &[u8] =
+    b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\r\n";
+
+/// One request per new connection; every failure counts.
+fn fresh_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
+    for _ in 0..MAX_REQUESTS_PER_CLIENT {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        tally.fresh_connections.fetch_add(1, Ordering::SeqCst);
+        let result = util::raw_exchange(addr, HEALTHCHECK_CLOSE);
+        match result {
+            Ok(Some(response)) if response.status == 200 && response.body == b"OK" => {
+                tally.succeeded.fetch_add(1, Ordering::SeqCst);
+            }
+            other => tally.fail(format!("fresh connection: {other:?}")),
+        }
+    }
+}
+
+/// Requests on one keep-alive connection, reconnecting when the server closes it.
+fn keepalive_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
+    let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    for _ in 0..MAX_REQUESTS_PER_CLIENT {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        // Like urllib3's is_connection_dropped: look before reusing.
+        if let Some((stream, _)) = &connection {
+            if closed_by_peer(stream) {
+                tally.closed_idle_before_send.fetch_add(1, Ordering::SeqCst);
+                connection = None;
+            }
+        }
+        let reused = connection.is_some();
+        if connection.is_none() {
+            tally.fresh_connections.fetch_add(1, Ordering::SeqCst);
+            match TcpStream::connect(addr) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                    let reader = BufReader::new(stream.try_clone().unwrap());
+                    connection = Some((stream, reader));
+                }
+                Err(error) => {
+                    tally.fail(format!("connect: {error}"));
+                    continue;
+                }
+            }
+        }
+        let (stream, reader) = connection.as_mut().expect("connected above");
+        if let Err(error) = stream.write_all(HEALTHCHECK) {
+            if reused {
+                // Our write met the server's close of an idle connection.
+                tally.closed_idle_after_send.fetch_add(1, Ordering::SeqCst);
+            } else {
+                tally.fail(format!("write on a fresh connection: {error}"));
+            }
+            connection = None;
+            continue;
+        }
+        match read_response(reader, "GET") {
+            Ok(Some(response)) if response.status == 200 && response.body == b"OK" => {
+                tally.succeeded.fetch_add(1, Ordering::SeqCst);
+                if response.closes() {
+                    connection = None;
+                }
+            }
+            Ok(None) if reused => {
+                tally.closed_idle_after_send.fetch_add(1, Ordering::SeqCst);
+                connection = None;
+            }
+            other => {
+                tally.fail(format!("keep-alive (reused: {reused}): {other:?}"));
+                connection = None;
+            }
+        }
+    }
+}
+
+/// True if the peer has closed `stream` (a non-blocking peek sees EOF or an error).
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// A small deterministic generator for reload intervals (no crate needed).
+fn next_interval(state: &mut u64) -> Duration {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    Duration::from_millis(100 + (*state >> 33) % 201)
+}
+
+/// The core promise: SIGHUP every 100-300 ms for several seconds under concurrent load on fresh
+/// and keep-alive connections, and no connection is refused and no request fails.
+#[test]
+fn no_request_fails_while_sighup_arrives_every_100_to_300_ms() {
+    let server = Server::start("workers = 2\nworker_threads = 4");
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for index in 0..6 {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        clients.push(thread::spawn(move || {
+            if index % 2 == 0 {
+                fresh_client(addr, &stop, &tally)
+            } else {
+                keepalive_client(addr, &stop, &tally)
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut seed = 0x5eed_u64;
+    let mut n_sighups = 0;
+    while started.elapsed() < STORM {
+        // The pacing of the storm, not a wait for a condition.
+        thread::sleep(next_interval(&mut seed));
+        server.signal(libc::SIGHUP);
+        n_sighups += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    server.wait_for("the storm to settle", DEADLINE, |status| {
+        status["reload_in_progress"].is_null()
+            && status["draining"].as_array().is_some_and(|d| d.is_empty())
+            && status["children"].as_array().is_some_and(|c| c.len() == 2)
+    });
+    let status = server.status();
+    let server_side_closes = server
+        .log()
+        .matches("after we closed its idle keep-alive connection")
+        .count() as u64;
+    let succeeded = tally.succeeded.load(Ordering::SeqCst);
+    let failed = tally.failed.load(Ordering::SeqCst);
+    let before_send = tally.closed_idle_before_send.load(Ordering::SeqCst);
+    let after_send = tally.closed_idle_after_send.load(Ordering::SeqCst);
+    println!(
+        "reload storm: {n_sighups} SIGHUPs -> {} reloads succeeded, {succeeded} \
+         requests succeeded, {failed} failed, {} connections opened; keep-alive connections \
+         closed while idle: {before_send} seen before sending, {after_send} after sending \
+         (server logged {server_side_closes} such late sends)",
+        status["reloads_succeeded"],
+        tally.fresh_connections.load(Ordering::SeqCst),
+    );
+    let failures = tally.failures.lock().unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {failures:#?}\n{}",
+        server.log()
+    );
+    assert!(
+        succeeded > 500,
+        "too little load to prove anything: {succeeded}"
+    );
+    assert!(
+        status["reloads_succeeded"].as_u64().unwrap_or(0) >= 5,
+        "too few reloads happened: {status}"
+    );
+    assert_eq!(status["reloads_failed"], 0, "{status}");
+    assert!(
+        after_send <= server_side_closes,
+        "{after_send} requests got no answer on a reused connection, but the server closed \
+         only {server_side_closes} connections before their request arrived"
+    );
+    let children = util::children_of(server.master_pid);
+    assert_eq!(
+        children.len(),
+        2,
+        "processes under the master: {children:?}"
+    );
+}
+
+/// A chunked request body sent slowly while the child that took it is told to drain twice: the
+/// child waits for the whole body, answers it, and answers the request pipelined behind it.
+#[test]
+fn slow_request_body_spanning_reloads_is_read_whole() {
+    let server = Server::start("workers = 2");
+    let mut stream = server.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // A first request makes sure a child of generation 1 has accepted the connection (until
+    // then it could wait in the shared backlog and be taken by the next generation).
+    stream.write_all(HEALTHCHECK).unwrap();
+    let response = read_response(&mut reader, "GET").unwrap().unwrap();
+    assert_eq!(response.status, 200);
+    // POST /versions is answered 405, but only after the server has read (and discarded) the
+    // body, so that the connection stays usable for the request behind it.
+    stream
+        .write_all(b"POST /versions HTTP/1.1\r\nHost: glint\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'x'; 16 * 1024];
+    for index in 0..12 {
+        write!(stream, "{:x};piece={index}\r\n", chunk.len()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        if index % 4 == 1 {
+            let verdict = server.reload();
+            assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+            // The child holding our half-sent request must still be there, draining.
+            let draining = server.status()["draining"].clone();
+            assert!(
+                draining.as_array().is_some_and(|d| !d.is_empty()),
+                "no child is draining while our body is unfinished: {}",
+                server.status()
+            );
+        }
+    }
+    stream
+        .write_all(b"0\r\nx-trailer: 1\r\n\r\nGET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut reader, "POST")
+        .unwrap()
+        .expect("a response");
+    assert_eq!(first.status, 405, "{first:?}");
+    let second = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("the pipelined request is answered");
+    assert_eq!((second.status, second.text().as_str()), (200, "OK"));
+    assert!(
+        second.closes(),
+        "a draining child closes after the last request: {second:?}"
+    );
+    assert!(
+        util::peer_closed(&mut stream, DEADLINE),
+        "the server closes after it"
+    );
+}
+
+/// 1,000 pipelined requests whose responses the client reads slowly, with reloads between
+/// reads: the child blocked writing to us finishes every response, intact, then closes.
+#[test]
+fn slow_response_read_spanning_reloads_completes_intact() {
+    let server = Server::start("workers = 2");
+    let addr = server.addr();
+    let expected = util::get(addr, "/versions").unwrap();
+    assert_eq!(expected.status, 200);
+    let mut stream = server.connect();
+    let request = format!("GET /versions HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let n_requests = 1_000;
+    stream
+        .write_all(request.repeat(n_requests).as_bytes())
+        .unwrap();
+    let mut reader = BufReader::with_capacity(1024, stream.try_clone().unwrap());
+    let mut generations_seen = Vec::new();
+    for index in 0..n_requests {
+        if index % 250 == 10 {
+            let verdict = server.reload();
+            assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+            generations_seen.push(verdict["generation"].clone());
+        }
+        let response = read_response(&mut reader, "GET")
+            .unwrap_or_else(|error| panic!("response {index}: {error}\n{}", server.log()))
+            .unwrap_or_else(|| panic!("response {index}: connection closed\n{}", server.log()));
+        assert_eq!(response.status, 200, "response {index}");
+        assert_eq!(response.body, expected.body, "response {index} differs");
+        if index + 1 < n_requests {
+            assert!(!response.closes(), "response {index} closed early");
+        } else {
+            assert!(
+                response.closes(),
+                "the last response tells the client to close"
+            );
+        }
+    }
+    assert_eq!(generations_seen.len(), 4);
+    assert!(util::peer_closed(&mut stream, DEADLINE));
+}
+
+/// An idle keep-alive connection does not hold its draining child open: it is closed between
+/// requests, FIN first (the client reads EOF, not a reset), and the child exits.
+#[test]
+fn idle_keepalive_connection_is_closed_fin_first_and_does_not_hold_the_drain() {
+    let server = Server::start("workers = 1\nclient_socket_timeout = 0");
+    let old_child = server.children(None)[0];
+    let mut stream = server.connect();
+    stream.write_all(HEALTHCHECK).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let response = read_response(&mut reader, "GET").unwrap().unwrap();
+    assert!(!response.closes());
+    let reload_sent = Instant::now();
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    let mut byte = [0u8; 1];
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let read = std::io::Read::read(&mut stream, &mut byte);
+    assert!(matches!(read, Ok(0)), "expected EOF (FIN), got {read:?}");
+    util::wait_until("the old child to exit", Duration::from_secs(5), || {
+        !util::process_alive(old_child)
+    });
+    println!(
+        "idle connection closed and old child gone {:?} after SIGHUP",
+        reload_sent.elapsed()
+    );
+}
+
+/// Bad configs at reload change nothing and say where they are wrong; fixing the file works.
+#[test]
+fn invalid_config_at_reload_keeps_the_old_generation_and_reports_the_line() {
+    let server = Server::start("workers = 2");
+    let children = server.children(None);
+    let good = std::fs::read_to_string(&server.config_path).unwrap();
+    let cases: [(&str, Option<String>, &str); 3] = [
+        (
+            "syntax error",
+            Some("[DEFAULT\nworkers = 2\n".to_string()),
+            "glint-api.conf:1: `[DEFAULT` is not a section header",
+        ),
+        (
+            "bad value",
+            Some(format!("{good}workers = many\n")),
+            "[DEFAULT] workers: `many` is not a decimal integer",
+        ),
+        ("missing file", None, "cannot read the config file"),
+    ];
+    for (name, text, expected) in cases {
+        match &text {
+            Some(text) => server.write_config_text(text),
+            None => std::fs::remove_file(&server.config_path).unwrap(),
+        }
+        let verdict = server.reload();
+        assert_eq!(verdict["outcome"], "failed", "{name}: {verdict}");
+        let error = verdict["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(expected),
+            "{name}: {error:?} lacks {expected:?}"
+        );
+        let status = server.status();
+        assert_eq!(status["generation"], 1, "{name}: {status}");
+        assert_eq!(server.children(Some("serving")), children, "{name}");
+        assert!(server.log().contains(expected), "{name}: not logged");
+        assert_eq!(
+            util::get(server.addr(), "/healthcheck").unwrap().status,
+            200
+        );
+    }
+    if let Some(line) = server.log().lines().find(|l| l.contains("workers: `many`")) {
+        assert!(
+            line.contains("glint-api.conf:"),
+            "the error names file and line: {line}"
+        );
+    }
+    server.write_config_text(&good);
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+    assert_eq!(server.status()["reloads_failed"], 3);
+}
+
+/// A new generation whose children cannot start is drained; the old one keeps serving and the
+/// reload is reported failed. The next reload succeeds.
+#[test]
+fn failed_start_of_the_new_generation_keeps_the_old_one() {
+    let server = Server::start_env("workers = 2", &[("GLINT_FAULT_CHILD_START", "2")]);
+    let children = server.children(None);
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    assert!(
+        verdict["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exited before it was ready")),
+        "{verdict}"
+    );
+    assert_eq!(server.status()["generation"], 1);
+    assert_eq!(server.children(Some("serving")), children);
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+    assert_eq!(verdict["generation"], 3);
+}
+
+/// kill -9 of a child: the master logs it and a replacement serves.
+#[test]
+fn killed_child_is_replaced() {
+    let server = Server::start("workers = 2");
+    let children = server.children(None);
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe {
+        libc::kill(children[0], libc::SIGKILL);
+    }
+    server.wait_for("a replacement child", DEADLINE, |status| {
+        let pids: Vec<i64> = status["children"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["state"] == "serving")
+                    .filter_map(|c| c["pid"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.len() == 2 && !pids.contains(&(children[0] as i64))
+    });
+    assert!(
+        server.log().contains("was killed by SIGKILL"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+}
+
+/// SIGTERM right behind a SIGHUP: the master exits 0 and leaves no process behind.
+#[test]
+fn sigterm_during_a_reload_exits_cleanly_without_orphans() {
+    let mut server = Server::start("workers = 2");
+    let config = server.config_path.to_string_lossy().into_owned();
+    server.signal(libc::SIGHUP);
+    server.signal(libc::SIGTERM);
+    let exit = server.wait_exit(DEADLINE);
+    assert_eq!(exit, "exit status: 0", "{}", server.log());
+    util::wait_until("every glint process of this test to exit", DEADLINE, || {
+        processes_with_arg(&config).is_empty()
+    });
+}
+
+/// The pids of live processes whose command line contains `needle`.
+fn processes_with_arg(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && util::process_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The status file is valid JSON after every change and names what the docs say it names.
+#[test]
+fn status_file_describes_generations_and_the_last_reload() {
+    let server = Server::start("workers = 1");
+    let verdict = server.reload();
+    let status: Value = server.status();
+    for field in [
+        "master_pid",
+        "phase",
+        "generation",
+        "workers",
+        "listen",
+        "children",
+        "draining",
+        "reload_in_progress",
+        "last_reload",
+        "reloads_requested",
+        "reloads_succeeded",
+        "reloads_failed",
+        "updated_at",
+    ] {
+        assert!(status.get(field).is_some(), "missing {field}: {status}");
+    }
+    assert_eq!(verdict["generation"], 2);
+    assert!(verdict["finished_at"].is_string());
+    assert!(reader_lines_are_whole(&server.log()));
+}
+
+/// Every log line starts with a timestamp: lines from several processes never interleave.
+fn reader_lines_are_whole(log: &str) -> bool {
+    log.split("--- stderr ---")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .all(|line| line.len() > 27 && line.as_bytes()[4] == b'-' && line.contains(" glint-api["))
+}
