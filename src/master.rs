@@ -150,15 +150,17 @@ impl Master {
         let signals = SignalWatch::register(|spec: &SignalSpec| spec.master)
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
-        let listener = Listener::bind(&config.listen_address(), config.backlog)
-            .map_err(|error| format!("{error}; is another server on that address?"))?;
+        prepare_state_files(&config)?;
+        write_pid_file(&config.pid_file)?;
+        let listener = Listener::bind(&config.listen_address(), config.backlog).map_err(|error| {
+            let _ = fs::remove_file(&config.pid_file);
+            format!("{error}; is another server on that address?")
+        })?;
         log::info!(
             "listening on {} (configured {})",
             listener.local,
             listener.configured
         );
-        prepare_state_files(&config)?;
-        write_pid_file(&config.pid_file)?;
         let mut master = Master {
             pid_file: config.pid_file.clone(),
             status_file: config.status_file.clone(),
@@ -214,6 +216,10 @@ impl Master {
                 break;
             }
             let requests = self.signals.take();
+            if requests.contains(&MasterRequest::Reload) {
+                // The config may have changed after it was read: reload once serving.
+                self.reload_again = true;
+            }
             let stop = requests
                 .iter()
                 .any(|r| matches!(r, MasterRequest::StopNow | MasterRequest::StopGracefully));

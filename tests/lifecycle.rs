@@ -58,3 +58,101 @@ fn sigterm_stops_gracefully_and_removes_the_pid_file() {
         });
     }
 }
+
+/// SIGINT stops at once: children are killed, the master exits 0 and removes its pid file.
+#[test]
+fn sigint_stops_immediately() {
+    let mut server = Server::start("");
+    let children = server.children(None);
+    server.signal(libc::SIGINT);
+    let exit = server.wait_exit(DEADLINE);
+    assert_eq!(exit, "exit status: 0", "{}", server.log());
+    assert!(!server.path("glint-api.pid").exists());
+    for pid in children {
+        util::wait_until("children to be gone", Duration::from_secs(5), || {
+            !util::process_alive(pid)
+        });
+    }
+}
+
+/// SIGUSR1 after the log file was renamed (logrotate): the master and the children write to a
+/// fresh file at the configured path.
+#[test]
+fn sigusr1_reopens_the_log_file_after_a_rename() {
+    let server = Server::start("");
+    let log = server.path("glint-api.log");
+    let rotated = server.path("glint-api.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    util::wait_until("the master to reopen its log", DEADLINE, || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("log file reopened"))
+    });
+    // Each child reopens on its own SIGUSR1; poll with requests until one lands in the new file.
+    util::wait_until("a child's access line in the new file", DEADLINE, || {
+        let _ = util::get(server.addr(), "/healthcheck");
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET /healthcheck\" 200"))
+    });
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        old.contains("generation 1 serving"),
+        "the old file keeps its lines"
+    );
+}
+
+/// `--check-config` validates without starting anything: exit 0 and the effective settings for a
+/// good file, exit 1 and every problem with its line for a bad one.
+#[test]
+fn check_config_reports_effective_settings_or_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = util::temp_config(dir.path(), "[DEFAULT]\nbind_port = 9393\nworkers = 3\n");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .args(["--check-config", "--config-file"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("bind_port = 9393") && stdout.contains("workers = 3"),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("glint-api.pid").exists());
+
+    let bad = util::temp_config(
+        dir.path(),
+        "[DEFAULT]\nworkers = many\nbind_prot = 1\nbackLog\nbind_port = 70000\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .args(["--check-config", "--config-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "glint-api.conf:2: [DEFAULT] workers",
+        "glint-api.conf:4:",
+        "glint-api.conf:5: [DEFAULT] bind_port",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from:\n{stderr}"
+        );
+    }
+}
+
+/// A second master on the same pid file refuses to start while the first runs.
+#[test]
+fn second_master_with_the_same_pid_file_refuses_to_start() {
+    let server = Server::start("");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .arg("--config-file")
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("which is running; stop it first"), "{stderr}");
+    assert!(server.path("glint-api.pid").exists(), "the first master's pid file stays");
+    assert_eq!(util::get(server.addr(), "/healthcheck").unwrap().status, 200);
+}
