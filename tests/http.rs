@@ -100,7 +100,7 @@ fn bad(name: &'static str, request: impl Into<Vec<u8>>, status: u16) -> Bad {
 fn request_line_of(len: usize) -> Vec<u8> {
     let fixed = "GET /healthcheck? HTTP/1.1".len();
     format!(
-        "GET /healthcheck?{} HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /healthcheck?{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         "a".repeat(len - fixed)
     )
     .into_bytes()
@@ -109,16 +109,17 @@ fn request_line_of(len: usize) -> Vec<u8> {
 /// A request to /healthcheck with one header line of exactly `len` bytes (without CRLF).
 fn header_line_of(len: usize) -> Vec<u8> {
     format!(
-        "GET /healthcheck HTTP/1.1\r\nX: {}\r\nConnection: close\r\n\r\n",
+        "GET /healthcheck HTTP/1.1\r\nHost: x\r\nX: {}\r\nConnection: close\r\n\r\n",
         "v".repeat(len - "X: ".len())
     )
     .into_bytes()
 }
 
-/// A request to /healthcheck with exactly `count` header fields, `Connection: close` included.
+/// A request to /healthcheck with exactly `count` header fields, `Host` and `Connection: close`
+/// included.
 fn with_headers(count: usize) -> Vec<u8> {
-    let mut request = b"GET /healthcheck HTTP/1.1\r\nConnection: close\r\n".to_vec();
-    for i in 1..count {
+    let mut request = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_vec();
+    for i in 2..count {
         request.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
     }
     request.extend_from_slice(b"\r\n");
@@ -129,9 +130,9 @@ fn bad_requests() -> Vec<Bad> {
     let mut cases = vec![
         // Request line.
         bad("request line without a version", "GET /healthcheck\r\n\r\n", 400),
-        bad("request line with two spaces", "GET  /healthcheck HTTP/1.1\r\n\r\n", 400),
-        bad("request line of garbage", "\x01\x02\x03 / HTTP/1.1\r\n\r\n", 400),
-        bad("absolute-form target", "GET http://x/healthcheck HTTP/1.1\r\n\r\n", 400),
+        bad("request line with two spaces", "GET  /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        bad("request line of garbage", "\x01\x02\x03 / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        bad("absolute-form target", "GET http://x/healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         bad("lowercase version", "GET /healthcheck http/1.1\r\n\r\n", 400),
         bad("HTTP/2.0 is not supported", "GET /healthcheck HTTP/2.0\r\n\r\n", 505),
         bad("HTTP/0.9 is not supported", "GET /healthcheck HTTP/0.9\r\n\r\n", 505),
@@ -140,25 +141,25 @@ fn bad_requests() -> Vec<Bad> {
         bad("header line over max_header_line", header_line_of(LINE_LIMIT + 1), 431),
         bad("101 header fields", with_headers(101), 431),
         // Malformed header lines.
-        bad("header without a colon", "GET /healthcheck HTTP/1.1\r\nX-A b\r\n\r\n", 400),
-        bad("space before the colon", "GET /healthcheck HTTP/1.1\r\nX-A : b\r\n\r\n", 400),
-        bad("obs-fold", "GET /healthcheck HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n", 400),
-        bad("NUL in a header value", "GET /healthcheck HTTP/1.1\r\nX-A: a\0b\r\n\r\n", 400),
+        bad("header without a colon", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-A b\r\n\r\n", 400),
+        bad("space before the colon", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n", 400),
+        bad("obs-fold", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400),
+        bad("NUL in a header value", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", 400),
         // Content-Length.
-        bad("Content-Length negative", "POST /versions HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        bad("Content-Length with a plus sign", "POST /versions HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", 400),
-        bad("Content-Length not a number", "POST /versions HTTP/1.1\r\nContent-Length: five\r\n\r\n", 400),
-        bad("Content-Length overflowing u64", "POST /versions HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n", 400),
-        bad("two differing Content-Lengths", "POST /versions HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-        bad("a Content-Length list that differs", "POST /versions HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\nhello!", 400),
+        bad("Content-Length negative", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        bad("Content-Length with a plus sign", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", 400),
+        bad("Content-Length not a number", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: five\r\n\r\n", 400),
+        bad("Content-Length overflowing u64", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551616\r\n\r\n", 400),
+        bad("two differing Content-Lengths", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+        bad("a Content-Length list that differs", "POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!", 400),
         // Transfer-Encoding.
-        bad("Transfer-Encoding and Content-Length", "POST /versions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
-        bad("Transfer-Encoding gzip, not ending in chunked", "POST /versions HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        bad("Transfer-Encoding chunked twice", "POST /versions HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
-        bad("Transfer-Encoding gzip then chunked", "POST /versions HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        bad("Transfer-Encoding and Content-Length", "POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+        bad("Transfer-Encoding gzip, not ending in chunked", "POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        bad("Transfer-Encoding chunked twice", "POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+        bad("Transfer-Encoding gzip then chunked", "POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
         bad("Transfer-Encoding on HTTP/1.0", "POST /versions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         // Expect.
-        bad("Expect other than 100-continue", "GET /healthcheck HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", 417),
+        bad("Expect other than 100-continue", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", 417),
     ];
     // Chunked bodies. FIXME(bug): the server answers a malformed or truncated chunked body with
     // the route's own status (here the healthcheck's 200, with `Connection: close`) instead of
@@ -166,22 +167,43 @@ fn bad_requests() -> Vec<Bad> {
     // written (serve.rs `discard_rest` only logs it at debug). Expected: 400 Bad Request with
     // `Connection: close`. Set `fixme_actual` to None once fixed.
     let mut body_cases = vec![
-        bad("chunk size zz", "GET /healthcheck HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
-        bad("chunk size of 17 hex digits", "GET /healthcheck HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000001\r\nh\r\n0\r\n\r\n", 400),
-        bad("chunk data longer than its size", "GET /healthcheck HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n", 400),
+        bad("chunk size zz", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+        bad("chunk size of 17 hex digits", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000001\r\nh\r\n0\r\n\r\n", 400),
+        bad("malformed trailer field", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nNo colon\r\n\r\nGET /sneaky HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        bad("chunk data longer than its size", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n", 400),
         Bad {
             shut_write: true,
-            ..bad("chunked body truncated by a close", "GET /healthcheck HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 400)
+            ..bad("chunked body truncated by a close", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 400)
         },
         Bad {
             shut_write: true,
-            ..bad("Content-Length body truncated by a close", "GET /healthcheck HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel", 400)
+            ..bad("Content-Length body truncated by a close", "GET /healthcheck HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel", 400)
         },
     ];
     for case in &mut body_cases {
         case.fixme_actual = Some(200);
     }
     cases.extend(body_cases);
+    // Host. FIXME(bug): RFC 9112 §3.2 says a server MUST answer 400 to an HTTP/1.1 request
+    // without a Host header or with more than one; the server serves both (200, and keeps the
+    // connection alive unless asked to close). Expected: 400 with `Connection: close`. The
+    // requests ask for the close so that today's answer passes the close checks.
+    let mut host_cases = vec![
+        bad(
+            "HTTP/1.1 without Host",
+            "GET /healthcheck HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        bad(
+            "two Host headers",
+            "GET /healthcheck HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+    ];
+    for case in &mut host_cases {
+        case.fixme_actual = Some(200);
+    }
+    cases.extend(host_cases);
     cases
 }
 
@@ -203,8 +225,12 @@ fn bad_requests_get_their_status_then_a_close() {
             (Err(e), _) => Some(format!("no readable response: {e}")),
         };
         if let Some(problem) = verdict {
+            let note = match case.fixme_actual {
+                Some(_) => format!(" (today's answer, see its FIXME; correct: {})", case.status),
+                None => String::new(),
+            };
             failures.push(format!(
-                "{}: {problem}\n  request:  {}\n  expected: {status} with Connection: close, then EOF\n  response: {response:?}\n  after it: {rest:?}",
+                "{}: {problem}\n  request:  {}\n  expected: {status}{note} with Connection: close, then EOF\n  response: {response:?}\n  after it: {rest:?}",
                 case.name,
                 show(&case.request),
             ));
@@ -227,11 +253,11 @@ fn smuggled_request_behind_te_and_cl_is_never_served() {
     let server = Server::start("workers = 1");
     let smuggled: &[&[u8]] = &[
         // TE wins for a front end, CL for us: the body would end after "0\r\n\r\n".
-        b"POST /versions HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\n\r\n",
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\nHost: x\r\n\r\n",
         // CL covers the hidden request for a front end; chunked would stop before it.
-        b"POST /versions HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\n\r\n",
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 30\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\nHost: x\r\n\r\n",
         // An obfuscated Transfer-Encoding.
-        b"POST /versions HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\n\r\n",
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /sneaky HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for request in smuggled {
         let (response, rest) = util::exchange_then_eof(server.addr(), request, false, ANSWER);
@@ -295,7 +321,7 @@ fn connection_close_is_honoured() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
     let response = client.exchange(
-        b"GET /healthcheck HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         "GET",
     );
     assert_eq!(response.status, 200, "{response:?}");
@@ -331,7 +357,7 @@ fn http10_closes_by_default_and_keeps_alive_when_asked() {
 fn http_keepalive_false_closes_every_connection() {
     let server = Server::start("http_keepalive = false");
     let mut client = Client::connect(server.addr());
-    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
     assert!(response.status == 200 && response.closes(), "{response:?}");
     client.closed_cleanly().unwrap();
 }
@@ -343,8 +369,14 @@ fn head_has_content_length_but_no_body() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
     for path in ["/healthcheck", "/versions", "/"] {
-        let get = client.exchange(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes(), "GET");
-        let head = client.exchange(format!("HEAD {path} HTTP/1.1\r\n\r\n").as_bytes(), "HEAD");
+        let get = client.exchange(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            "GET",
+        );
+        let head = client.exchange(
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            "HEAD",
+        );
         assert_eq!(head.status, get.status, "{path}: {head:?}");
         assert_eq!(
             head.header("content-length"),
@@ -354,7 +386,7 @@ fn head_has_content_length_but_no_body() {
         assert!(head.body.is_empty());
     }
     // Had a body followed a HEAD response, this would read it as a status line.
-    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
     assert_eq!(response.text(), "OK");
 }
 
@@ -363,12 +395,12 @@ fn pipelined_requests_in_one_write_are_answered_in_order() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
     client.send(
-        b"GET /healthcheck HTTP/1.1\r\n\r\n\
-          GET /versions HTTP/1.1\r\n\r\n\
-          HEAD /healthcheck HTTP/1.1\r\n\r\n\
-          POST /healthcheck HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
-          GET /nowhere HTTP/1.1\r\n\r\n\
-          GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /versions HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /healthcheck HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     let expected = [
         ("GET", 200),
@@ -402,7 +434,9 @@ fn pipelined_requests_in_one_write_are_answered_in_order() {
 fn expect_100_continue_to_a_refusing_route_gets_the_final_status_and_a_close() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
-    client.send(b"POST /versions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    client.send(
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
     let mut status_line = String::new();
     client.reader.read_line(&mut status_line).unwrap();
     assert!(
@@ -425,7 +459,7 @@ fn expect_100_continue_to_a_refusing_route_gets_the_final_status_and_a_close() {
 fn expect_100_continue_without_a_body_is_served_normally() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
-    client.send(b"GET /healthcheck HTTP/1.1\r\nExpect: 100-continue\r\n\r\n");
+    client.send(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");
     let mut status_line = String::new();
     client.reader.read_line(&mut status_line).unwrap();
     assert!(status_line.starts_with("HTTP/1.1 200 "), "{status_line:?}");
@@ -440,7 +474,7 @@ fn expect_100_continue_without_a_body_is_served_normally() {
     }
     let mut ok = [0u8; 2];
     client.reader.read_exact(&mut ok).unwrap();
-    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
     assert_eq!(response.status, 200);
 }
 
@@ -453,7 +487,8 @@ fn unread_body_is_discarded_up_to_one_mebibyte() {
     for (length, keeps_alive) in [(1000, true), (MIB, true), (MIB + 1, false)] {
         let mut client = Client::connect(server.addr());
         client.send(
-            format!("POST /versions HTTP/1.1\r\nContent-Length: {length}\r\n\r\n").as_bytes(),
+            format!("POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+                .as_bytes(),
         );
         client.send(&vec![b'x'; length]);
         let response = client.response("POST", &format!("body of {length} bytes"));
@@ -461,7 +496,7 @@ fn unread_body_is_discarded_up_to_one_mebibyte() {
         assert_eq!(response.header("allow"), Some("GET, HEAD"), "{response:?}");
         assert_eq!(response.closes(), !keeps_alive, "{length}: {response:?}");
         if keeps_alive {
-            let next = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+            let next = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
             assert_eq!(next.status, 200, "after a body of {length} bytes: {next:?}");
         } else {
             client
@@ -477,12 +512,13 @@ fn unread_body_is_discarded_up_to_one_mebibyte() {
 fn chunked_body_with_extensions_and_trailers_is_consumed_exactly() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
-    let request: &[u8] = b"POST /versions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let request: &[u8] =
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;name=value\r\nhello\r\n\
         6 ;x=\"q\"\r\n world\r\n\
         A\r\n0123456789\r\n\
         0;last\r\nExpires: never\r\nX-Checksum: abc\r\n\r\n\
-        GET /healthcheck HTTP/1.1\r\n\r\n";
+        GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n";
     client.send(request);
     let first = client.response("POST", "the chunked POST");
     assert_eq!(first.status, 405, "{first:?}");
@@ -543,7 +579,7 @@ fn request_bytes_never_reach_response_headers() {
         }
     }
     // Percent-encoded CR LF in the path stays in the path.
-    let request = b"GET /%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let request = b"GET /%0d%0aSet-Cookie:%20a=b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let response = util::raw_exchange(server.addr(), request).unwrap().unwrap();
     assert_eq!(response.status, 404);
     assert!(response.header("set-cookie").is_none(), "{response:?}");
@@ -597,7 +633,7 @@ fn silent_connection_is_closed_without_a_response_after_client_header_timeout() 
 fn idle_keep_alive_connection_is_closed_fin_first_after_client_socket_timeout() {
     let server = Server::start("client_socket_timeout = 1");
     let mut client = Client::connect(server.addr());
-    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
     assert!(response.status == 200 && !response.closes(), "{response:?}");
     let started = Instant::now();
     let mut byte = [0u8; 1];
@@ -627,7 +663,7 @@ fn assert_fresh_client_served(server: &Server, while_: &str) {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     stream
-        .write_all(b"GET /healthcheck HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let response = read_response(&mut BufReader::new(stream), "GET");
     assert!(
@@ -660,7 +696,7 @@ fn idle_keep_alive_connections_do_not_starve_a_new_client() {
     let mut held = Vec::new();
     for i in 0..10 {
         let mut client = Client::connect(server.addr());
-        let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+        let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
         assert!(
             response.status == 200 && !response.closes(),
             "{i}: {response:?}"
@@ -673,8 +709,8 @@ fn idle_keep_alive_connections_do_not_starve_a_new_client() {
 /// FIXME(bug): a client that sends a head announcing a body and then stalls pins a worker
 /// thread for up to `client_body_timeout` (60 s by default), even on a route that never reads
 /// the body: serve.rs `discard_rest` blocks on it. With `worker_threads = 2`, two such clients
-/// (`POST /versions HTTP/1.1\r\nContent-Length: 100\r\n\r\nab`, then nothing) keep every other
-/// client waiting. Expected: a fresh GET /healthcheck gets 200 within 2 s (e.g. a refusing
+/// (`POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab`, then nothing)
+/// keep every other client waiting. Expected: a fresh GET /healthcheck gets 200 within 2 s (e.g. a refusing
 /// route's unread body is not waited for: answer and close). Actual: no answer until a stalled
 /// client leaves. This asserts the actual behaviour; flip to `assert_fresh_client_served`.
 #[test]
@@ -682,12 +718,17 @@ fn stalled_unread_bodies_pin_every_worker_thread() {
     let server = Server::start(STARVED);
     let mut stalled = Vec::new();
     for i in 0..2 {
-        // One request first, so the connection is already accepted and idle in the acceptor:
-        // the stalled head then reaches a worker before the fresh client's head is even read.
+        // The stalled POST is pipelined behind a GET in one write: once the GET's answer is
+        // here, the worker that wrote it has gone straight on to the POST (it never returns
+        // the connection to the acceptor in between), so both workers are pinned before the
+        // fresh client connects.
         let mut client = Client::connect(server.addr());
-        let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\n\r\n", "GET");
+        client.send(
+            b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab",
+        );
+        let response = client.response("GET", "the GET before the stalled POST");
         assert_eq!(response.status, 200, "{i}: {response:?}");
-        client.send(b"POST /versions HTTP/1.1\r\nContent-Length: 100\r\n\r\nab");
         stalled.push(client);
     }
     let mut fresh = Client::connect(server.addr());
@@ -695,11 +736,13 @@ fn stalled_unread_bodies_pin_every_worker_thread() {
     socket
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
-    fresh.send(b"GET /healthcheck HTTP/1.1\r\nConnection: close\r\n\r\n");
+    fresh.send(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let blocked = fresh.reader.fill_buf().map(<[u8]>::to_vec);
     assert!(
         blocked.is_err(),
-        "the fresh client was answered within 1 s ({blocked:?}): the FIXME is fixed, flip this test"
+        "the fresh client was answered within 1 s ({blocked:?}): the FIXME is fixed, flip this \
+         test\n--- log ---\n{}",
+        server.log()
     );
     // Once the stalled clients leave, the workers are free again.
     drop(stalled);
@@ -747,8 +790,8 @@ impl Rng {
 fn garbage(rng: &mut Rng) -> Vec<Vec<u8>> {
     let valid: &[&[u8]] = &[
         b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"POST /versions HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-        b"POST /v2/images HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n",
+        b"POST /versions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /v2/images HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nT: v\r\n\r\n",
         b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
     ];
     let mut cases = Vec::new();
@@ -792,7 +835,7 @@ fn garbage(rng: &mut Rng) -> Vec<Vec<u8>> {
             // Invalid bytes in a header name or value.
             _ => {
                 let (name_len, value_len) = (rng.below(10), rng.below(60));
-                let mut request = b"GET /healthcheck HTTP/1.1\r\n".to_vec();
+                let mut request = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
                 request.extend(rng.nasty(name_len));
                 request.extend_from_slice(b": ");
                 request.extend(rng.nasty(value_len));
