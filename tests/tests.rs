@@ -3,10 +3,12 @@
 //!
 //! Modules:
 //! - `util`: the harness (start a server, status file, signals, waits, a small HTTP client).
-//! - `lifecycle`: start and stop, the master's basic behaviour.
+//! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
+//! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
 
 mod util;
 
+mod http;
 mod lifecycle;
 mod reload;

@@ -480,3 +480,48 @@ pub fn temp_config(dir: &Path, text: &str) -> PathBuf {
     fs::write(&path, text).expect("write config");
     path
 }
+
+/// `bytes` with everything but printable ASCII escaped, for failure messages.
+pub fn show(bytes: &[u8]) -> String {
+    let mut text = bytes.escape_ascii().to_string();
+    if text.len() > 600 {
+        let tail = text.split_off(text.len() - 100);
+        text.truncate(500);
+        text = format!("{text}...({} bytes)...{tail}", bytes.len());
+    }
+    text
+}
+
+/// Reads until the peer closes. `Ok` with what arrived (no more responses should have) after a
+/// FIN; `Err` on a reset or when nothing closes the connection before the read timeout.
+pub fn read_to_eof<R: Read>(reader: &mut R) -> io::Result<Vec<u8>> {
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).map(|_| rest)
+}
+
+/// Sends `request` on a new connection (then half-closes it when `shut_write`), reads one
+/// response (to a HEAD if `request` starts with one) and then whatever follows until the server closes or `deadline` passes.
+pub fn exchange_then_eof(
+    addr: SocketAddr,
+    request: &[u8],
+    shut_write: bool,
+    deadline: Duration,
+) -> (io::Result<Option<Response>>, io::Result<Vec<u8>>) {
+    let mut stream = match TcpStream::connect(addr) {
+        Ok(stream) => stream,
+        Err(error) => return (Err(error), Ok(Vec::new())),
+    };
+    let _ = stream.set_read_timeout(Some(deadline));
+    // A server that refuses early may close before the whole request is written; what it
+    // answered is still readable.
+    let _ = stream.write_all(request);
+    if shut_write {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+    let mut reader = BufReader::new(stream);
+    let start = request.iter().position(|b| !b"\r\n".contains(b));
+    let is_head = start.is_some_and(|i| request[i..].starts_with(b"HEAD "));
+    let response = read_response(&mut reader, if is_head { "HEAD" } else { "GET" });
+    let rest = read_to_eof(&mut reader);
+    (response, rest)
+}
