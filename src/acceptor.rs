@@ -177,7 +177,6 @@ impl Acceptor {
                 }
             }
             self.expire(Instant::now());
-            self.settle();
             for request in self.signals.take() {
                 match request {
                     ChildRequest::Drain => self.begin_drain(),
@@ -195,6 +194,9 @@ impl Acceptor {
             if accepting && fds.get(1).is_some_and(|fd| fd.revents != 0) {
                 self.accept_all();
             }
+            // Fates are applied only now: the drain and returning connections can also decide
+            // that a connection goes to a worker, and it must not wait for the next wake-up.
+            self.settle();
             self.dispatch();
             if self.listener.is_none()
                 && self.waiting.is_empty()

@@ -85,7 +85,14 @@ pub fn run(start: Start) -> i32 {
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
 
     let settings = Arc::new(settings_for(&config));
-    let handler: Arc<dyn Handler> = Arc::new(Api::new(config.clone(), generation));
+    let local_address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            log::error!("getsockname() on the listening socket failed: {error}");
+            return EXIT_CANNOT_START;
+        }
+    };
+    let handler: Arc<dyn Handler> = Arc::new(Api::new(config.clone(), generation, local_address));
     let draining = Arc::new(AtomicBool::new(false));
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
     let waker = match signals.waker() {

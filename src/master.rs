@@ -152,10 +152,11 @@ impl Master {
         raise_fd_limit();
         prepare_state_files(&config)?;
         write_pid_file(&config.pid_file)?;
-        let listener = Listener::bind(&config.listen_address(), config.backlog).map_err(|error| {
-            let _ = fs::remove_file(&config.pid_file);
-            format!("{error}; is another server on that address?")
-        })?;
+        let listener =
+            Listener::bind(&config.listen_address(), config.backlog).map_err(|error| {
+                let _ = fs::remove_file(&config.pid_file);
+                format!("{error}; is another server on that address?")
+            })?;
         log::info!(
             "listening on {} (configured {})",
             listener.local,

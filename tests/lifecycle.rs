@@ -152,7 +152,16 @@ fn second_master_with_the_same_pid_file_refuses_to_start() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("which is running; stop it first"), "{stderr}");
-    assert!(server.path("glint-api.pid").exists(), "the first master's pid file stays");
-    assert_eq!(util::get(server.addr(), "/healthcheck").unwrap().status, 200);
+    assert!(
+        stderr.contains("which is running; stop it first"),
+        "{stderr}"
+    );
+    assert!(
+        server.path("glint-api.pid").exists(),
+        "the first master's pid file stays"
+    );
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
 }

@@ -230,61 +230,6 @@ fn no_request_fails_while_sighup_arrives_every_100_to_300_ms() {
     );
 }
 
-/// A chunked request body sent slowly while the child that took it is told to drain twice: the
-/// child waits for the whole body, answers it, and answers the request pipelined behind it.
-#[test]
-fn slow_request_body_spanning_reloads_is_read_whole() {
-    let server = Server::start("workers = 2");
-    let mut stream = server.connect();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    // A first request makes sure a child of generation 1 has accepted the connection (until
-    // then it could wait in the shared backlog and be taken by the next generation).
-    stream.write_all(HEALTHCHECK).unwrap();
-    let response = read_response(&mut reader, "GET").unwrap().unwrap();
-    assert_eq!(response.status, 200);
-    // POST /versions is answered 405, but only after the server has read (and discarded) the
-    // body, so that the connection stays usable for the request behind it.
-    stream
-        .write_all(b"POST /versions HTTP/1.1\r\nHost: glint\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .unwrap();
-    let chunk = vec![b'x'; 16 * 1024];
-    for index in 0..12 {
-        write!(stream, "{:x};piece={index}\r\n", chunk.len()).unwrap();
-        stream.write_all(&chunk).unwrap();
-        stream.write_all(b"\r\n").unwrap();
-        if index % 4 == 1 {
-            let verdict = server.reload();
-            assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
-            // The child holding our half-sent request must still be there, draining.
-            let draining = server.status()["draining"].clone();
-            assert!(
-                draining.as_array().is_some_and(|d| !d.is_empty()),
-                "no child is draining while our body is unfinished: {}",
-                server.status()
-            );
-        }
-    }
-    stream
-        .write_all(b"0\r\nx-trailer: 1\r\n\r\nGET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n")
-        .unwrap();
-    let first = read_response(&mut reader, "POST")
-        .unwrap()
-        .expect("a response");
-    assert_eq!(first.status, 405, "{first:?}");
-    let second = read_response(&mut reader, "GET")
-        .unwrap()
-        .expect("the pipelined request is answered");
-    assert_eq!((second.status, second.text().as_str()), (200, "OK"));
-    assert!(
-        second.closes(),
-        "a draining child closes after the last request: {second:?}"
-    );
-    assert!(
-        util::peer_closed(&mut stream, DEADLINE),
-        "the server closes after it"
-    );
-}
-
 /// 1,000 pipelined requests whose responses the client reads slowly, with reloads between
 /// reads: the child blocked writing to us finishes every response, intact, then closes.
 #[test]

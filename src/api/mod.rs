@@ -7,6 +7,7 @@
 
 mod versions;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -19,11 +20,18 @@ use crate::http::serve::{Handler, Request};
 pub struct Api {
     config: Arc<Config>,
     generation: u64,
+    /// The address the child's listener is bound to (the real port when bind_port is 0), for
+    /// links when neither public_endpoint nor a usable Host header gives one.
+    local_address: SocketAddr,
 }
 
 impl Api {
-    pub fn new(config: Arc<Config>, generation: u64) -> Api {
-        Api { config, generation }
+    pub fn new(config: Arc<Config>, generation: u64, local_address: SocketAddr) -> Api {
+        Api {
+            config,
+            generation,
+            local_address,
+        }
     }
 
     /// The generation whose config this handler serves.
@@ -41,8 +49,10 @@ impl Handler for Api {
         match segments.as_slice() {
             ["healthcheck"] if read_only => Response::text(200, "OK"),
             ["healthcheck"] => method_not_allowed(request, "GET, HEAD"),
-            [] if read_only => versions::document(request, &self.config, 300),
-            ["versions"] if read_only => versions::document(request, &self.config, 200),
+            [] if read_only => versions::document(request, &self.config, self.local_address, 300),
+            ["versions"] if read_only => {
+                versions::document(request, &self.config, self.local_address, 200)
+            }
             [] | ["versions"] => method_not_allowed(request, "GET, HEAD"),
             _ => error(request, 404, "The resource could not be found."),
         }

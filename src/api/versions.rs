@@ -2,6 +2,8 @@
 //! them. glanceclient calls `/versions` first and needs an id starting with "v2"; openstacksdk
 //! picks the highest version and follows its `self` link.
 
+use std::net::SocketAddr;
+
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -14,12 +16,17 @@ pub const MINOR_VERSIONS: &[u32] = &[17, 16, 15, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3
 
 /// The versions document with `status`. Links use `public_endpoint` when set, else the Host the
 /// client addressed (as Glance does with the request's host URL).
-pub fn document(request: &Request<'_>, config: &Config, status: u16) -> Response {
+pub fn document(
+    request: &Request<'_>,
+    config: &Config,
+    local_address: SocketAddr,
+    status: u16,
+) -> Response {
     let base = match &config.public_endpoint {
         Some(endpoint) => endpoint.clone(),
         None => match request.head.header_str("host") {
             Some(host) if is_plausible_host(host) => format!("http://{host}"),
-            _ => format!("http://{}", config.listen_address()),
+            _ => format!("http://{local_address}"),
         },
     };
     let versions: Vec<Value> = MINOR_VERSIONS

@@ -56,6 +56,8 @@ pub enum HttpError {
     BodyTruncated,
     /// The client did not send a complete head in time (RFC 9110 §15.5.9: 408).
     HeaderTimeout,
+    /// An HTTP/1.1 request without a Host header, or with more than one (RFC 9112 §3.2: 400).
+    BadHost,
 }
 
 impl HttpError {
@@ -71,7 +73,8 @@ impl HttpError {
             | HttpError::BadTransferEncoding
             | HttpError::TransferEncodingOnHttp10
             | HttpError::BadChunk
-            | HttpError::BodyTruncated => 400,
+            | HttpError::BodyTruncated
+            | HttpError::BadHost => 400,
             HttpError::HeaderTimeout => 408,
             HttpError::UriTooLong => 414,
             HttpError::ExpectationFailed => 417,
@@ -104,6 +107,7 @@ impl HttpError {
             HttpError::BadChunk => "Malformed chunked body",
             HttpError::BodyTruncated => "Request body ended early",
             HttpError::HeaderTimeout => "Timed out waiting for the request headers",
+            HttpError::BadHost => "An HTTP/1.1 request needs exactly one Host header",
         }
     }
 }
@@ -122,6 +126,7 @@ mod tests {
 
     const ALL: &[(HttpError, u16)] = &[
         (HttpError::BadRequestLine, 400),
+        (HttpError::BadHost, 400),
         (HttpError::TooManyEmptyLines, 400),
         (HttpError::BadTarget, 400),
         (HttpError::UriTooLong, 414),

@@ -99,6 +99,20 @@ impl Limits {
     }
 }
 
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks a Host header or
+/// has more than one. Kept apart from [`parse`] so that the parser's tests can use short heads.
+pub fn check_host(head: &RequestHead) -> Result<(), HttpError> {
+    let n_hosts = head
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("host"))
+        .count();
+    if head.version == Version::Http11 && n_hosts != 1 || n_hosts > 1 {
+        return Err(HttpError::BadHost);
+    }
+    Ok(())
+}
+
 impl RequestHead {
     /// The value of the first header with this name (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {

@@ -9,7 +9,7 @@
 //! child is draining. A draining child answers every request it has taken with
 //! `Connection: close` (RFC 9112 §9.6).
 
-use std::io::{self, BufRead, Read};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,7 +114,10 @@ pub fn serve(
     }
     loop {
         let head = match read_head(connection, settings) {
-            Ok(Some(head)) => head,
+            Ok(Some(head)) => match head::check_host(&head) {
+                Ok(()) => head,
+                Err(error) => return reject(connection, &error),
+            },
             Ok(None) => return Disposition::Gone,
             Err(HeadFailure::Io) => return Disposition::Gone,
             Err(HeadFailure::Http(error)) => return reject(connection, &error),
@@ -240,11 +243,24 @@ fn serve_one(
                 );
             }
         };
-        // A body the handler did not read is discarded, within bounds, so the connection can
-        // carry the next request. Not when the client still waits for 100 Continue: it may never
-        // send the body, and waiting for it would stall until the body timeout.
-        let body_clean = !request.continue_pending && discard_rest(&mut request.body);
-        (response, body_clean)
+        // A body the handler did not read is discarded if it has already arrived, so the
+        // connection can carry the next request; a body still on its way is not waited for (a
+        // client could stall it and pin this thread): the response closes the connection and
+        // the acceptor discards the rest while it lingers. Not when the client still waits for
+        // 100 Continue: it may never send the body.
+        let leftover = if request.continue_pending {
+            Leftover::Unfinished
+        } else {
+            discard_arrived(&mut request.body)
+        };
+        let response = match leftover {
+            Leftover::Invalid(error) => {
+                log::debug!("{peer}: request body invalid: {error}");
+                Response::text(error.status(), &format!("{}\n", error.message()))
+            }
+            _ => response,
+        };
+        (response, matches!(leftover, Leftover::Clean))
     };
 
     let status = response.status;
@@ -308,22 +324,36 @@ fn finish_with(
     }
 }
 
-/// Reads and drops what is left of the body, up to [`MAX_DISCARD_BYTES`]. True when the body
-/// ended cleanly, so the connection is positioned at the next request.
-fn discard_rest<R: BufRead>(body: &mut BodyReader<R>) -> bool {
+/// What was left of a request body after the handler.
+enum Leftover {
+    /// The body ended cleanly: the connection is positioned at the next request.
+    Clean,
+    /// More body is on its way (or more than [`MAX_DISCARD_BYTES`]): close after the response.
+    Unfinished,
+    /// The body is malformed or was cut short: the response becomes this error.
+    Invalid(HttpError),
+}
+
+/// Reads and drops what has already arrived of the body, up to [`MAX_DISCARD_BYTES`], without
+/// blocking.
+fn discard_arrived(body: &mut BodyReader<&mut Connection>) -> Leftover {
     if body.is_finished() {
-        return true;
+        return Leftover::Clean;
+    }
+    let stream = body.get_mut().stream();
+    if stream.set_nonblocking(true).is_err() {
+        return Leftover::Unfinished;
     }
     let mut limited = body.by_ref().take(MAX_DISCARD_BYTES);
-    let mut sink = io::sink();
-    match io::copy(&mut limited, &mut sink) {
-        Ok(_) => body.is_finished(),
-        Err(error) => {
-            if let Some(http) = body::http_error(&error) {
-                log::debug!("request body invalid after the response was chosen: {http}");
-            }
-            false
-        }
+    let result = io::copy(&mut limited, &mut io::sink());
+    let _ = body.get_mut().stream().set_nonblocking(false);
+    match result {
+        Ok(_) if body.is_finished() => Leftover::Clean,
+        Ok(_) => Leftover::Unfinished,
+        Err(error) => match body::http_error(&error) {
+            Some(http) => Leftover::Invalid(*http),
+            None => Leftover::Unfinished,
+        },
     }
 }
 
