@@ -236,6 +236,33 @@ impl Store {
         Ok(())
     }
 
+    /// Removes the temporary files of uploads whose owner `is_alive` says is gone, in every
+    /// configured data directory, and returns their paths. Failures are logged, not returned.
+    pub fn remove_abandoned_temp_files(&self, is_alive: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+        self.remove_abandoned_temp_files_in(&[], is_alive)
+    }
+
+    /// [`Store::remove_abandoned_temp_files`], also sweeping `extra_dirs`: the data directories
+    /// of earlier configurations, where uploads that were in progress at a reload may have died.
+    pub fn remove_abandoned_temp_files_in(
+        &self,
+        extra_dirs: &[PathBuf],
+        is_alive: impl Fn(&str) -> bool,
+    ) -> Vec<PathBuf> {
+        let mut dirs: Vec<&Path> = Vec::new();
+        let configured = self
+            .settings
+            .datadirs
+            .iter()
+            .map(|(path, _)| path.as_path());
+        for dir in configured.chain(extra_dirs.iter().map(PathBuf::as_path)) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        abandoned::sweep(dirs, is_alive)
+    }
+
     /// The data directory for an upload of `declared_size` bytes.
     ///
     /// A directory whose free space cannot be read is left out with a warning; if that leaves

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 const ID: &str = "6f0e8a9c-7d3b-4f1e-9a2c-1b2c3d4e5f60";
+const OTHER_ID: &str = "0b7a6c1e-2f3d-4c5b-8a9e-7d6c5b4a3f21";
 const GIB: u64 = 1 << 30;
 
 const MD5_EMPTY: &str = "d41d8cd98f00b204e9800998ecf8427e";
@@ -50,6 +51,14 @@ fn names_in(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// A token whose process has exited and been reaped.
+fn dead_token() -> String {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    format!("{pid}-1")
 }
 
 fn upload_all(store: &Store, data: &[u8], chunk: usize, declared: Option<u64>) -> Stored {
@@ -465,4 +474,66 @@ fn locations_must_be_absolute_regular_files() {
     let directory = root.path().to_string_lossy().into_owned();
     let error = store.open_data(&directory).unwrap_err();
     assert!(error.to_string().contains(&directory), "{error}");
+}
+
+// Abandoned uploads.
+
+#[test]
+fn sweep_removes_only_dead_owners_temporary_files() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("images");
+    let old_dir = root.path().join("old-images");
+    let store = open_one(&dir);
+    fs::create_dir(&old_dir).unwrap();
+
+    let dead = dead_token();
+    let dead_in_dir = dir.join(format!(".{ID}.{dead}.tmp"));
+    let dead_in_old_dir = old_dir.join(format!(".{OTHER_ID}.{dead}.tmp"));
+    let malformed_owner = dir.join(format!(".{OTHER_ID}.not_a_token.tmp"));
+    fs::write(&dead_in_dir, b"partial").unwrap();
+    fs::write(&dead_in_old_dir, b"partial").unwrap();
+    fs::write(&malformed_owner, b"partial").unwrap();
+    // Kept: a live upload, finished data, a file that only looks similar, and a directory.
+    let mut live = store.begin_upload(OTHER_ID, None, &owner_token()).unwrap();
+    live.write(b"in progress").unwrap();
+    fs::write(dir.join(ID), b"finished").unwrap();
+    fs::write(dir.join(format!("{ID}.{dead}.tmp")), b"not ours").unwrap();
+    fs::create_dir(dir.join(format!(".{ID}.9-9.tmp"))).unwrap();
+
+    let mut removed = store.remove_abandoned_temp_files(owner_alive);
+    removed.sort();
+    let mut expected = vec![dead_in_dir.clone(), malformed_owner.clone()];
+    expected.sort();
+    assert_eq!(removed, expected);
+    assert!(
+        dead_in_old_dir.exists(),
+        "old dirs are swept only when named"
+    );
+
+    let removed = store.remove_abandoned_temp_files_in(
+        &[old_dir.clone(), dir.clone(), root.path().join("gone")],
+        owner_alive,
+    );
+    assert_eq!(removed, [dead_in_old_dir]);
+
+    live.finish().unwrap();
+    assert_eq!(
+        names_in(&dir),
+        [
+            format!(".{ID}.9-9.tmp"),
+            OTHER_ID.to_string(),
+            ID.to_string(),
+            format!("{ID}.{dead}.tmp"),
+        ]
+    );
+}
+
+#[test]
+fn sweep_asks_is_alive_about_each_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let store = open_one(root.path());
+    fs::write(root.path().join(format!(".{ID}.1-1.tmp")), b"").unwrap();
+    fs::write(root.path().join(format!(".{OTHER_ID}.2-2.tmp")), b"").unwrap();
+    let removed = store.remove_abandoned_temp_files(|owner| owner == "1-1");
+    assert_eq!(removed, [root.path().join(format!(".{OTHER_ID}.2-2.tmp"))]);
 }
