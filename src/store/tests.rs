@@ -104,10 +104,27 @@ fn open_creates_missing_datadirs() {
 
 #[test]
 fn open_makes_relative_datadirs_absolute() {
-    let store = Store::open(settings(&[(Path::new("target/store-relative-test"), 0)])).unwrap();
+    // A relative path to a fresh temporary directory: up to / from the current directory, then
+    // down again.
+    let root = tempfile::tempdir().unwrap();
+    let current = std::env::current_dir().unwrap();
+    let mut relative = PathBuf::new();
+    for _ in current.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(root.path().strip_prefix("/").unwrap());
+    relative.push("images");
+    assert!(relative.is_relative());
+    let store = Store::open(settings(&[(&relative, 0)])).unwrap();
     let (datadir, _) = &store.settings().datadirs[0];
     assert!(datadir.is_absolute(), "{}", datadir.display());
-    fs::remove_dir(datadir).unwrap();
+    assert!(root.path().join("images").is_dir());
+    let stored = upload_all(&store, b"x", 1, None);
+    assert!(
+        Path::new(&stored.location).is_absolute(),
+        "{}",
+        stored.location
+    );
 }
 
 #[test]
