@@ -25,4 +25,5 @@ pub mod master;
 pub mod pool;
 pub mod signals;
 pub mod status;
+pub mod store;
 pub mod timestamp;

@@ -1,0 +1,118 @@
+//! Owner tokens: which process an upload's temporary file belongs to, in a form that survives the
+//! process and can later be checked against the live process table.
+//!
+//! A token is `<pid>-<start time>`, the start time being field 22 of `/proc/<pid>/stat` (clock
+//! ticks since boot). A pid alone is not enough: pids are reused, and a temporary file left by a
+//! crashed child would look owned by whatever process got its pid. The pair is unique until the
+//! next reboot. This is Linux-specific; where `/proc` is missing the start time is recorded as 0
+//! and [`owner_alive`] answers from the pid alone, erring towards "alive".
+
+use std::fs;
+use std::io;
+
+/// The token of the calling process.
+///
+/// It is computed on every call, never cached: a child forked by the master has a new pid, and a
+/// token cached before the fork would name the master.
+pub fn owner_token() -> String {
+    let pid = std::process::id();
+    let start_time = fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| start_time_from_stat(&stat))
+        .unwrap_or(0);
+    format!("{pid}-{start_time}")
+}
+
+/// Whether the process named by `token` is still running. False for a malformed token.
+///
+/// When the process's stat file exists but cannot be read or parsed, the answer is "alive": a
+/// caller uses this to decide whether to delete a file, and keeping a stray file is the lesser harm.
+pub fn owner_alive(token: &str) -> bool {
+    let Some((pid, start_time)) = parse_token(token) else {
+        return false;
+    };
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => match start_time_from_stat(&stat) {
+            // A token made without /proc carries 0: only the pid can be compared.
+            Some(actual) => start_time == 0 || actual == start_time,
+            None => true,
+        },
+        Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+        Err(_) => true,
+    }
+}
+
+/// Splits `<pid>-<start time>`, both plain decimal numbers, the pid nonzero.
+pub(crate) fn parse_token(token: &str) -> Option<(u32, u64)> {
+    let (pid, start_time) = token.split_once('-')?;
+    let is_decimal =
+        |text: &str| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
+    if !is_decimal(pid) || !is_decimal(start_time) {
+        return None;
+    }
+    let pid: u32 = pid.parse().ok()?;
+    let start_time: u64 = start_time.parse().ok()?;
+    (pid != 0).then_some((pid, start_time))
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line.
+///
+/// Field 2 is the command name in parentheses and may itself contain spaces and parentheses, so
+/// the fields are counted from the last `)`: the first field after it is field 3.
+fn start_time_from_stat(stat: &str) -> Option<u64> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_token_is_alive() {
+        let token = owner_token();
+        assert!(
+            token.starts_with(&format!("{}-", std::process::id())),
+            "{token}"
+        );
+        assert!(owner_alive(&token), "{token}");
+    }
+
+    #[test]
+    fn same_pid_with_another_start_time_is_dead() {
+        // The pid is ours, but the start time says it was another process that had our pid.
+        let (pid, start_time) = parse_token(&owner_token()).unwrap();
+        assert!(!owner_alive(&format!("{pid}-{}", start_time + 1)));
+    }
+
+    #[test]
+    fn exited_process_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        child.wait().unwrap();
+        // Reaped, so /proc/<pid> is gone (unless the pid was reused in between, which the start
+        // time then tells apart).
+        let start_time = start_time_from_stat(&stat).unwrap_or(1);
+        assert!(!owner_alive(&format!("{pid}-{start_time}")));
+    }
+
+    #[test]
+    fn malformed_tokens_are_dead() {
+        for token in [
+            "", "-", "12", "12-", "-12", "0-5", "a-1", "1-b", "1-2-3", "+1-2", " 1-2",
+        ] {
+            assert!(parse_token(token).is_none(), "{token:?} parsed");
+            assert!(!owner_alive(token), "{token:?} alive");
+        }
+    }
+
+    #[test]
+    fn start_time_is_counted_after_the_command_name() {
+        let mut fields: Vec<String> = (3..=52).map(|field| field.to_string()).collect();
+        fields[22 - 3] = "987654".into();
+        let stat = format!("4242 (a) b (c) {}\n", fields.join(" "));
+        assert_eq!(start_time_from_stat(&stat), Some(987654));
+        assert_eq!(start_time_from_stat("garbage"), None);
+    }
+}

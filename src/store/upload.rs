@@ -1,0 +1,264 @@
+//! [`Upload`]: one image's data on its way to disk, from the temporary file to the final name.
+//!
+//! Each chunk is hashed (md5 for `checksum`, the configured algorithm for `os_hash_value`) and
+//! written straight to the file in the same call, so the data is read once and memory stays at
+//! the size of the chunk the caller passes in, whatever the image size.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use sha2::{Sha256, Sha384, Sha512};
+
+use super::{HashKind, StoreError, Stored};
+
+/// Mode of the temporary file while it is being written: private until `finish` applies the
+/// configured permissions, so nobody reads a partial image.
+const TEMPORARY_MODE: u32 = 0o600;
+
+/// An upload in progress. Dropping it without [`Upload::finish`] removes the temporary file, so
+/// a failed or abandoned upload leaves nothing behind (a crash can, and
+/// [`super::Store::remove_abandoned_temp_files`] cleans up after it).
+pub struct Upload {
+    /// The temporary file, open for writing. Writes go straight to it, unbuffered.
+    file: File,
+    /// `<datadir>/.<image id>.<owner>.tmp`: where the data lives until `finish`.
+    temporary: PathBuf,
+    /// `<datadir>/<image id>`: where `finish` renames it.
+    final_path: PathBuf,
+    /// The chosen data directory, fsynced after the rename so that the new name is durable.
+    datadir: PathBuf,
+    /// The size the client announced, checked by `finish`.
+    declared_size: Option<u64>,
+    /// `image_size_cap`: `write` refuses to go beyond it.
+    size_cap: u64,
+    /// The mode `finish` gives the file.
+    file_perm: u32,
+    bytes_written: u64,
+    md5: Md5,
+    hash: Hasher,
+    /// Set when a write failed: the file may then hold bytes that neither `bytes_written` nor the
+    /// hashes account for, so the upload can only be dropped.
+    failed: bool,
+    /// True until the rename; while it holds, `Drop` removes the temporary file.
+    temporary_exists: bool,
+}
+
+impl Upload {
+    /// Writes a chunk, hashing it in the same pass.
+    ///
+    /// Errors: [`StoreError::SizeCapExceeded`] when the chunk would take the data past the cap
+    /// (nothing of it is written), [`StoreError::Full`] on ENOSPC or EDQUOT, [`StoreError::Io`].
+    /// After an error the upload cannot be finished.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
+        let total = self.bytes_written.saturating_add(data.len() as u64);
+        if total > self.size_cap {
+            self.failed = true;
+            return Err(StoreError::SizeCapExceeded { cap: self.size_cap });
+        }
+        if let Err(error) = self.file.write_all(data) {
+            self.failed = true;
+            return Err(StoreError::from_io(
+                &self.temporary,
+                "write image data to",
+                error,
+            ));
+        }
+        self.md5.update(data);
+        self.hash.update(data);
+        self.bytes_written = total;
+        Ok(())
+    }
+
+    /// Bytes accepted so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Completes the upload: checks the size against the declared size, applies the
+    /// permissions, fsyncs the file, renames it to `<datadir>/<image id>` and fsyncs the
+    /// directory. Only then does the data exist under its final name; on any error it does not,
+    /// and the temporary file is gone too.
+    ///
+    /// A file already under the final name is replaced: the registry, not the filesystem, says
+    /// whether an image has data, and such a file can only be left from a crash between this
+    /// rename and the registry update.
+    pub fn finish(mut self) -> Result<Stored, StoreError> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
+        if let Some(declared) = self.declared_size {
+            if declared != self.bytes_written {
+                return Err(StoreError::SizeMismatch {
+                    declared,
+                    actual: self.bytes_written,
+                });
+            }
+        }
+        // fchmod rather than relying on the mode given at creation: that one is filtered by the
+        // umask, and the configured permissions are meant exactly.
+        self.file
+            .set_permissions(Permissions::from_mode(self.file_perm))
+            .map_err(|error| {
+                StoreError::from_io(&self.temporary, "set the permissions of", error)
+            })?;
+        // The data must be on disk before the name points at it; otherwise a crash after the
+        // rename could leave a complete-looking file with missing blocks.
+        self.file
+            .sync_all()
+            .map_err(|error| StoreError::from_io(&self.temporary, "fsync", error))?;
+        fs::rename(&self.temporary, &self.final_path).map_err(|error| {
+            StoreError::from_io(&self.final_path, "rename the temporary file to", error)
+        })?;
+        self.temporary_exists = false;
+        if let Err(error) = sync_directory(&self.datadir) {
+            // The caller will treat the upload as failed, so the file must not stay: it would be
+            // data no image points at.
+            let _ = fs::remove_file(&self.final_path);
+            return Err(StoreError::from_io(
+                &self.datadir,
+                "fsync data directory",
+                error,
+            ));
+        }
+        let md5 = std::mem::take(&mut self.md5);
+        let hash = std::mem::replace(&mut self.hash, Hasher::new(HashKind::Sha256));
+        let (hash_algo, hash_value) = hash.finish();
+        Ok(Stored {
+            location: self.final_path.to_string_lossy().into_owned(),
+            size: self.bytes_written,
+            checksum: hex(&md5.finalize()),
+            hash_algo,
+            hash_value,
+        })
+    }
+
+    /// Creates the temporary file for `image_id` in `datadir`.
+    ///
+    /// The temporary lives in the data directory itself, not in /tmp: rename(2) is atomic only
+    /// within one filesystem, and the free space that chose the directory is the space the data
+    /// will use. It is created with O_EXCL so that two uploads can never write into one file.
+    pub(crate) fn create(
+        datadir: &Path,
+        image_id: &str,
+        owner: &str,
+        declared_size: Option<u64>,
+        size_cap: u64,
+        file_perm: u32,
+        hash_kind: HashKind,
+    ) -> Result<Upload, StoreError> {
+        let temporary = datadir.join(super::abandoned::temporary_name(image_id, owner));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(TEMPORARY_MODE)
+            .open(&temporary)
+            .map_err(|error| StoreError::from_io(&temporary, "create temporary file", error))?;
+        Ok(Upload {
+            file,
+            temporary,
+            final_path: datadir.join(image_id),
+            datadir: datadir.to_path_buf(),
+            declared_size,
+            size_cap,
+            file_perm,
+            bytes_written: 0,
+            md5: Md5::new(),
+            hash: Hasher::new(hash_kind),
+            failed: false,
+            temporary_exists: true,
+        })
+    }
+
+    /// The path of the temporary file (for tests and log lines).
+    pub fn temporary_path(&self) -> &Path {
+        &self.temporary
+    }
+
+    fn failed_error(&self) -> StoreError {
+        StoreError::Io {
+            path: self.temporary.clone(),
+            action: "continue writing",
+            source: io::Error::other("an earlier write to this upload failed"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Upload")
+            .field("temporary", &self.temporary)
+            .field("declared_size", &self.declared_size)
+            .field("bytes_written", &self.bytes_written)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.temporary_exists {
+            if let Err(error) = fs::remove_file(&self.temporary) {
+                log::warn!(
+                    "cannot remove temporary image file {}: {error}",
+                    self.temporary.display()
+                );
+            }
+        }
+    }
+}
+
+/// fsyncs a directory, making the names created or removed in it durable.
+pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// The `os_hash_value` hasher.
+enum Hasher {
+    Sha256(Sha256),
+    Sha384(Sha384),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn new(kind: HashKind) -> Hasher {
+        match kind {
+            HashKind::Sha256 => Hasher::Sha256(Sha256::new()),
+            HashKind::Sha384 => Hasher::Sha384(Sha384::new()),
+            HashKind::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(hasher) => hasher.update(data),
+            Hasher::Sha384(hasher) => hasher.update(data),
+            Hasher::Sha512(hasher) => hasher.update(data),
+        }
+    }
+
+    /// The algorithm's Glance name and the hex digest.
+    fn finish(self) -> (&'static str, String) {
+        match self {
+            Hasher::Sha256(hasher) => (HashKind::Sha256.name(), hex(&hasher.finalize())),
+            Hasher::Sha384(hasher) => (HashKind::Sha384.name(), hex(&hasher.finalize())),
+            Hasher::Sha512(hasher) => (HashKind::Sha512.name(), hex(&hasher.finalize())),
+        }
+    }
+}
+
+/// Lowercase hex, as Glance shows `checksum` and `os_hash_value`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
