@@ -49,7 +49,7 @@ use std::time::Duration;
 use ini::{Ini, ParseOption};
 
 pub use options::{
-    options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS,
+    options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS, MAX_API_LIMIT,
     MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
 };
 
@@ -99,6 +99,59 @@ pub struct Config {
     pub debug: bool,
     /// `public_endpoint`: an http(s) URL without trailing `/`.
     pub public_endpoint: Option<String>,
+    /// `image_size_cap`: largest image in bytes, 1 to `i64::MAX`.
+    pub image_size_cap: u64,
+    /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
+    pub hashing_algorithm: HashAlgorithm,
+    /// `limit_param_default`: page size of a list request without `limit`; at most
+    /// `api_limit_max`.
+    pub limit_param_default: usize,
+    /// `api_limit_max`: largest page size of a list request.
+    pub api_limit_max: usize,
+}
+
+/// The algorithms `hashing_algorithm` accepts: the SHA-2 family, as Glance's `os_hash_algo`
+/// names them. Glance accepts any hashlib name; glint refuses weak or unusual ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HashAlgorithm {
+    Sha256,
+    Sha384,
+    #[default]
+    Sha512,
+}
+
+/// The names of [`HashAlgorithm`]'s variants, as the config file and `os_hash_algo` spell them.
+pub const HASH_ALGORITHM_NAMES: &[&str] = &["sha256", "sha384", "sha512"];
+
+impl HashAlgorithm {
+    /// Every algorithm, in the order of [`HASH_ALGORITHM_NAMES`].
+    pub const ALL: [HashAlgorithm; 3] = [
+        HashAlgorithm::Sha256,
+        HashAlgorithm::Sha384,
+        HashAlgorithm::Sha512,
+    ];
+
+    /// The lowercase name, as in the config file and in an image's `os_hash_algo`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha384 => "sha384",
+            HashAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// The algorithm called `name` (lowercase), if glint offers it.
+    pub fn from_name(name: &str) -> Option<HashAlgorithm> {
+        HashAlgorithm::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.name() == name)
+    }
+}
+
+impl fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A configuration that loaded, with the warnings to log (each formatted like a [`Problem`]).
@@ -706,6 +759,10 @@ struct Draft {
     use_stderr: bool,
     debug: bool,
     public_endpoint: Option<String>,
+    image_size_cap: u64,
+    hashing_algorithm: HashAlgorithm,
+    limit_param_default: usize,
+    api_limit_max: usize,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -756,6 +813,27 @@ impl Draft {
             }
         }
 
+        if self.limit_param_default > self.api_limit_max {
+            // Blame the option the file sets, preferring the default page size.
+            let blamed = if raw.line_of("DEFAULT", "limit_param_default").is_some()
+                || raw.line_of("DEFAULT", "api_limit_max").is_none()
+            {
+                "limit_param_default"
+            } else {
+                "api_limit_max"
+            };
+            report.error(
+                raw.line_of("DEFAULT", blamed),
+                Some("DEFAULT"),
+                Some(blamed),
+                format!(
+                    "limit_param_default ({}) is larger than api_limit_max ({}); make \
+                     limit_param_default at most api_limit_max",
+                    self.limit_param_default, self.api_limit_max
+                ),
+            );
+        }
+
         Config {
             path: file.to_path_buf(),
             bind_host: self.bind_host,
@@ -778,6 +856,10 @@ impl Draft {
             use_stderr: self.use_stderr,
             debug: self.debug,
             public_endpoint: self.public_endpoint,
+            image_size_cap: self.image_size_cap,
+            hashing_algorithm: self.hashing_algorithm,
+            limit_param_default: self.limit_param_default,
+            api_limit_max: self.api_limit_max,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, Draft};
+use super::{Config, Draft, HashAlgorithm, HASH_ALGORITHM_NAMES};
 
 /// One option glint reads from its config file.
 pub struct OptionSpec {
@@ -62,6 +62,11 @@ pub enum Kind {
     Folder,
     /// An optional `http://` or `https://` URL; trailing slashes are dropped.
     Url,
+    /// One of `accepted` (lowercase), in any case; `refusal` completes "`VALUE` is not ...".
+    Choice {
+        accepted: &'static [&'static str],
+        refusal: &'static str,
+    },
 }
 
 /// What a relative path in the config file is relative to.
@@ -91,6 +96,8 @@ pub(super) enum Value {
     Host(String),
     Path(Option<PathBuf>),
     Url(Option<String>),
+    /// The accepted spelling, from the kind's list.
+    Choice(&'static str),
 }
 
 /// A successful parse, with the warning some accepted values deserve.
@@ -102,6 +109,9 @@ pub(super) struct Parsed {
 /// The largest timeout in seconds: its value in milliseconds must fit poll(2)'s `int` timeout.
 pub const MAX_TIMEOUT_SECONDS: u64 = (i32::MAX as u64) / 1000;
 
+/// The largest `limit_param_default` and `api_limit_max`.
+pub const MAX_API_LIMIT: i64 = 1_000_000;
+
 /// The largest `tcp_keepidle`: Linux refuses a larger TCP_KEEPIDLE (MAX_TCP_KEEPIDLE, tcp(7)).
 pub const MAX_TCP_KEEPIDLE_SECONDS: u64 = 32_767;
 
@@ -111,6 +121,8 @@ const RELOAD_WORKERS: &str = "the new generation has the new number of children;
 const RELOAD_GENERATION: &str =
     "applies to the new generation; the old keeps its value while it drains";
 const RELOAD_BACKLOG: &str = "applied to the open listener at once (listen(2) again)";
+const RELOAD_UPLOAD_LIMIT: &str =
+    "applies to the new generation; uploads in flight keep the old cap";
 const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
 const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
 const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
@@ -405,6 +417,67 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |config| config.public_endpoint.clone().unwrap_or_default(),
     },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "image_size_cap",
+        kind: Kind::Integer { min: 1, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("1099511627776"),
+        on_reload: RELOAD_UPLOAD_LIMIT,
+        doc: "Largest image in bytes (default 1 TiB); a larger upload fails with 413.",
+        apply: |draft, value| {
+            if let Some(bytes) = value.integer::<u64>() {
+                draft.image_size_cap = bytes;
+            }
+        },
+        show: |config| config.image_size_cap.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "hashing_algorithm",
+        kind: Kind::Choice {
+            accepted: HASH_ALGORITHM_NAMES,
+            refusal: "a hashing algorithm glint offers",
+        },
+        default: DefaultValue::Text("sha512"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Algorithm of an image's `os_hash_value`, computed while it uploads (the md5 `checksum` is always computed too). Existing images keep the hash they were stored with.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                if let Some(algorithm) = HashAlgorithm::from_name(name) {
+                    draft.hashing_algorithm = algorithm;
+                }
+            }
+        },
+        show: |config| config.hashing_algorithm.name().to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "limit_param_default",
+        kind: Kind::Integer { min: 1, max: MAX_API_LIMIT, zero_means_min: None },
+        default: DefaultValue::Text("25"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Page size of a list request that gives no `limit`; at most `api_limit_max`.",
+        apply: |draft, value| {
+            if let Some(limit) = value.integer::<usize>() {
+                draft.limit_param_default = limit;
+            }
+        },
+        show: |config| config.limit_param_default.to_string(),
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "api_limit_max",
+        kind: Kind::Integer { min: 1, max: MAX_API_LIMIT, zero_means_min: None },
+        default: DefaultValue::Text("1000"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Largest page a list request gets; a larger `limit` is lowered to it.",
+        apply: |draft, value| {
+            if let Some(limit) = value.integer::<usize>() {
+                draft.api_limit_max = limit;
+            }
+        },
+        show: |config| config.api_limit_max.to_string(),
+    },
 ];
 
 /// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
@@ -525,6 +598,9 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
             )))
         }
         Kind::Url => parse_url(text).map(|url| plain(Value::Url(url))),
+        Kind::Choice { accepted, refusal } => {
+            parse_choice(text, accepted, refusal).map(|choice| plain(Value::Choice(choice)))
+        }
     }
 }
 
@@ -586,6 +662,7 @@ impl Kind {
             Kind::File { optional: true, .. } => "file path, optional".to_string(),
             Kind::Folder => "folder path, optional".to_string(),
             Kind::Url => "http(s) URL, optional".to_string(),
+            Kind::Choice { accepted, .. } => format!("one of {}", accepted.join(", ")),
         }
     }
 }
@@ -750,6 +827,27 @@ fn parse_url(text: &str) -> Result<Option<String>, String> {
         ));
     }
     Ok(Some(text.trim_end_matches('/').to_string()))
+}
+
+fn parse_choice(
+    text: &str,
+    accepted: &'static [&'static str],
+    refusal: &str,
+) -> Result<&'static str, String> {
+    if let Some(choice) = accepted
+        .iter()
+        .find(|choice| choice.eq_ignore_ascii_case(text))
+    {
+        return Ok(choice);
+    }
+    let choices = match accepted {
+        [only] => only.to_string(),
+        _ => format!("one of {}", accepted.join(", ")),
+    };
+    Err(format!(
+        "`{text}` is not {refusal}{}; use {choices}",
+        inline_comment_hint(text)
+    ))
 }
 
 /// The number of single-character insertions, deletions and substitutions turning `a` into `b`.

@@ -76,6 +76,10 @@ fn empty_file_gives_the_documented_defaults() {
         assert!(!config.use_stderr);
         assert!(!config.debug);
         assert_eq!(config.public_endpoint, None);
+        assert_eq!(config.image_size_cap, 1 << 40);
+        assert_eq!(config.hashing_algorithm, HashAlgorithm::Sha512);
+        assert_eq!(config.limit_param_default, 25);
+        assert_eq!(config.api_limit_max, 1000);
     }
 }
 
@@ -192,6 +196,20 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "HTTPS://example.com/glance",
     ),
     ("public_endpoint", "", ""),
+    ("image_size_cap", "1", "1"),
+    ("image_size_cap", "1099511627776", "1099511627776"),
+    (
+        "image_size_cap",
+        "9223372036854775807",
+        "9223372036854775807",
+    ),
+    ("hashing_algorithm", "sha256", "sha256"),
+    ("hashing_algorithm", "SHA384", "sha384"),
+    ("hashing_algorithm", "Sha512", "sha512"),
+    ("limit_param_default", "1", "1"),
+    ("limit_param_default", "1000", "1000"),
+    ("api_limit_max", "25", "25"),
+    ("api_limit_max", "1000000", "1000000"),
     // oslo.config drops one pair of quotes around the whole value.
     ("bind_host", "\"::1\"", "::1"),
     ("pid_file", "'/run/with space.pid'", "/run/with space.pid"),
@@ -271,6 +289,21 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("public_endpoint", "https:///path", "`https:///path` has no host; write the full base URL, such as https://images.example.com:9292"),
     ("public_endpoint", "http://example.com/?x=1", "`http://example.com/?x=1` has a query or fragment; give only scheme, host, port and path"),
     ("public_endpoint", "http://exa mple.com", "`http://exa mple.com` contains a space or control character; a URL cannot"),
+    ("image_size_cap", "0", "0 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "9223372036854775808", "9223372036854775808 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "-1", "-1 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "1TiB", "`1TiB` is not a decimal integer; use a whole number from 1 to 9223372036854775807"),
+    ("hashing_algorithm", "md5", "`md5` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha1", "`sha1` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "whirlpool", "`whirlpool` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha3_512", "`sha3_512` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "", "`` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha512 # default", "`sha512 # default` is not a hashing algorithm glint offers (comments after a value are not supported: put the comment on a line of its own); use one of sha256, sha384, sha512"),
+    ("limit_param_default", "0", "0 is out of range; use a whole number from 1 to 1000000"),
+    ("limit_param_default", "1001", "limit_param_default (1001) is larger than api_limit_max (1000); make limit_param_default at most api_limit_max"),
+    ("api_limit_max", "0", "0 is out of range; use a whole number from 1 to 1000000"),
+    ("api_limit_max", "1000001", "1000001 is out of range; use a whole number from 1 to 1000000"),
+    ("api_limit_max", "24", "limit_param_default (25) is larger than api_limit_max (24); make limit_param_default at most api_limit_max"),
 ];
 
 #[test]
@@ -330,6 +363,66 @@ fn workers_zero_is_read_as_one_with_a_warning() {
                 .to_string()
         ]
     );
+}
+
+#[test]
+fn hash_algorithm_names_match_the_accepted_values() {
+    assert_eq!(
+        HashAlgorithm::ALL.map(|algorithm| algorithm.name()),
+        HASH_ALGORITHM_NAMES
+    );
+    for algorithm in HashAlgorithm::ALL {
+        assert_eq!(HashAlgorithm::from_name(algorithm.name()), Some(algorithm));
+        assert_eq!(algorithm.to_string(), algorithm.name());
+    }
+    assert_eq!(HashAlgorithm::from_name("SHA512"), None);
+    let config = loads("[DEFAULT]\nhashing_algorithm = SHA256\n").config;
+    assert_eq!(config.hashing_algorithm, HashAlgorithm::Sha256);
+}
+
+#[test]
+fn page_limits_are_checked_against_each_other() {
+    // (settings, the problem's line and option, or None when the file loads)
+    let cases: &[(&str, Option<(usize, &str)>)] = &[
+        ("limit_param_default = 1000", None),
+        ("limit_param_default = 7\napi_limit_max = 7", None),
+        (
+            "api_limit_max = 1000000\nlimit_param_default = 1000000",
+            None,
+        ),
+        (
+            "limit_param_default = 50\napi_limit_max = 40",
+            Some((2, "limit_param_default")),
+        ),
+        (
+            "api_limit_max = 40\nlimit_param_default = 50",
+            Some((3, "limit_param_default")),
+        ),
+        (
+            "workers = 2\napi_limit_max = 10",
+            Some((3, "api_limit_max")),
+        ),
+    ];
+    for &(settings, expected) in cases {
+        let text = format!("[DEFAULT]\n{settings}\n");
+        match expected {
+            None => {
+                let config = loads(&text).config;
+                assert!(config.limit_param_default <= config.api_limit_max);
+            }
+            Some((line, option)) => {
+                let error = refused(&text);
+                assert_eq!(error.problems.len(), 1, "{error}");
+                assert_eq!(error.problems[0].line, Some(line), "{error}");
+                assert_eq!(error.problems[0].option.as_deref(), Some(option), "{error}");
+                assert!(
+                    error.problems[0].message.contains("limit_param_default")
+                        && error.problems[0].message.contains("api_limit_max"),
+                    "{error}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
