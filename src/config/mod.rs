@@ -20,7 +20,8 @@
 //! # Compatibility
 //!
 //! Values follow oslo.config: booleans are true/false/yes/no/on/off/1/0 in any case, a repeated
-//! single-valued key keeps its last value, a repeated section header continues the section, one
+//! single-valued key keeps its last value (a multi-valued one, [`Kind::is_multi_valued`], keeps
+//! every value with its own line), a repeated section header continues the section, one
 //! pair of matching quotes around a value is dropped, `:` separates like `=`, and an indented line
 //! continues the value above it. Options and sections glint does not read are warnings, never
 //! errors, so an operator's existing glance-api.conf loads.
@@ -49,7 +50,7 @@ use std::time::Duration;
 use ini::{Ini, ParseOption};
 
 pub use options::{
-    options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS,
+    options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS, MAX_API_LIMIT,
     MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
 };
 
@@ -99,6 +100,81 @@ pub struct Config {
     pub debug: bool,
     /// `public_endpoint`: an http(s) URL without trailing `/`.
     pub public_endpoint: Option<String>,
+    /// `image_size_cap`: largest image in bytes, 1 to `i64::MAX`.
+    pub image_size_cap: u64,
+    /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
+    pub hashing_algorithm: HashAlgorithm,
+    /// `limit_param_default`: page size of a list request without `limit`; at most
+    /// `api_limit_max`.
+    pub limit_param_default: usize,
+    /// `api_limit_max`: largest page size of a list request.
+    pub api_limit_max: usize,
+    /// `[glance_store] filesystem_store_datadirs` in file order without exact duplicates, or
+    /// else one entry, `filesystem_store_datadir` with priority 0. Paths are absolute; no two
+    /// entries share a path.
+    pub datadirs: Vec<DataDir>,
+    /// `[glance_store] filesystem_store_file_perm`: the mode of new image files, never 0 (a 0
+    /// in the file gives [`DEFAULT_FILE_PERM`]) and always readable by the owner.
+    pub filesystem_store_file_perm: u32,
+    /// `[database] connection`: absolute path of the SQLite file holding image metadata.
+    pub database_path: PathBuf,
+}
+
+/// One folder images are stored in, from `[glance_store]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDir {
+    /// Absolute folder path.
+    pub path: PathBuf,
+    /// Uploads go to the highest priority that has room; may be negative.
+    pub priority: i64,
+}
+
+/// The mode of image files when `filesystem_store_file_perm` is 0: never world-readable unless
+/// the operator asks for it.
+pub const DEFAULT_FILE_PERM: u32 = 0o640;
+
+/// The algorithms `hashing_algorithm` accepts: the SHA-2 family, as Glance's `os_hash_algo`
+/// names them. Glance accepts any hashlib name; glint refuses weak or unusual ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HashAlgorithm {
+    Sha256,
+    Sha384,
+    #[default]
+    Sha512,
+}
+
+/// The names of [`HashAlgorithm`]'s variants, as the config file and `os_hash_algo` spell them.
+pub const HASH_ALGORITHM_NAMES: &[&str] = &["sha256", "sha384", "sha512"];
+
+impl HashAlgorithm {
+    /// Every algorithm, in the order of [`HASH_ALGORITHM_NAMES`].
+    pub const ALL: [HashAlgorithm; 3] = [
+        HashAlgorithm::Sha256,
+        HashAlgorithm::Sha384,
+        HashAlgorithm::Sha512,
+    ];
+
+    /// The lowercase name, as in the config file and in an image's `os_hash_algo`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha384 => "sha384",
+            HashAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// The algorithm called `name` (lowercase), if glint offers it.
+    pub fn from_name(name: &str) -> Option<HashAlgorithm> {
+        HashAlgorithm::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.name() == name)
+    }
+}
+
+impl fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A configuration that loaded, with the warnings to log (each formatted like a [`Problem`]).
@@ -188,11 +264,16 @@ impl Config {
                 settings.push_str(&format!("[{}]\n", spec.section));
                 current_section = Some(spec.section);
             }
-            let value = (spec.show)(self);
-            if value.is_empty() {
-                settings.push_str(&format!("{} =\n", spec.name));
-            } else {
-                settings.push_str(&format!("{} = {value}\n", spec.name));
+            let values = (spec.show)(self);
+            if values.is_empty() {
+                settings.push_str(&format!("# {} is not set\n", spec.name));
+            }
+            for value in values {
+                if value.is_empty() {
+                    settings.push_str(&format!("{} =\n", spec.name));
+                } else {
+                    settings.push_str(&format!("{} = {value}\n", spec.name));
+                }
             }
         }
         settings
@@ -706,6 +787,16 @@ struct Draft {
     use_stderr: bool,
     debug: bool,
     public_endpoint: Option<String>,
+    image_size_cap: u64,
+    hashing_algorithm: HashAlgorithm,
+    limit_param_default: usize,
+    api_limit_max: usize,
+    /// The `filesystem_store_datadir` value (or default); used when `datadirs` stays empty.
+    filesystem_store_datadir: PathBuf,
+    /// Every `filesystem_store_datadirs` value that parsed, in file order, duplicates included.
+    datadirs: Vec<DataDir>,
+    filesystem_store_file_perm: u32,
+    database_path: PathBuf,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -733,28 +824,63 @@ impl Draft {
 
         // Two of these sharing a file would overwrite each other's content.
         let files = [
-            ("pid_file", Some(&self.pid_file)),
-            ("status_file", Some(&status_file)),
-            ("log_file", log_file.as_ref()),
+            ("DEFAULT", "pid_file", Some(&self.pid_file)),
+            ("DEFAULT", "status_file", Some(&status_file)),
+            ("DEFAULT", "log_file", log_file.as_ref()),
+            ("database", "connection", Some(&self.database_path)),
         ];
-        for (index, (name, path)) in files.iter().enumerate() {
-            for (earlier_name, earlier_path) in &files[..index] {
+        for (index, (section, name, path)) in files.iter().enumerate() {
+            for (earlier_section, earlier_name, earlier_path) in &files[..index] {
                 if path.is_some() && path == earlier_path {
                     // Blame the option the file sets, preferring the later one.
-                    let (blamed, other) = if raw.line_of("DEFAULT", name).is_some() {
-                        (*name, *earlier_name)
+                    let (blamed, other) = if raw.line_of(section, name).is_some() {
+                        ((*section, *name), (*earlier_section, *earlier_name))
                     } else {
-                        (*earlier_name, *name)
+                        ((*earlier_section, *earlier_name), (*section, *name))
+                    };
+                    let other = if other.0 == blamed.0 {
+                        other.1.to_string()
+                    } else {
+                        format!("[{}] {}", other.0, other.1)
                     };
                     report.error(
-                        raw.line_of("DEFAULT", blamed),
-                        Some("DEFAULT"),
-                        Some(blamed),
+                        raw.line_of(blamed.0, blamed.1),
+                        Some(blamed.0),
+                        Some(blamed.1),
                         format!("names the same file as {other}; give each its own file"),
                     );
                 }
             }
         }
+
+        if self.limit_param_default > self.api_limit_max {
+            // Blame the option the file sets, preferring the default page size.
+            let blamed = if raw.line_of("DEFAULT", "limit_param_default").is_some()
+                || raw.line_of("DEFAULT", "api_limit_max").is_none()
+            {
+                "limit_param_default"
+            } else {
+                "api_limit_max"
+            };
+            report.error(
+                raw.line_of("DEFAULT", blamed),
+                Some("DEFAULT"),
+                Some(blamed),
+                format!(
+                    "limit_param_default ({}) is larger than api_limit_max ({}); make \
+                     limit_param_default at most api_limit_max",
+                    self.limit_param_default, self.api_limit_max
+                ),
+            );
+        }
+
+        let datadirs = finish_datadirs(
+            self.filesystem_store_datadir,
+            self.datadirs,
+            raw,
+            folder,
+            report,
+        );
 
         Config {
             path: file.to_path_buf(),
@@ -778,8 +904,102 @@ impl Draft {
             use_stderr: self.use_stderr,
             debug: self.debug,
             public_endpoint: self.public_endpoint,
+            image_size_cap: self.image_size_cap,
+            hashing_algorithm: self.hashing_algorithm,
+            limit_param_default: self.limit_param_default,
+            api_limit_max: self.api_limit_max,
+            datadirs,
+            filesystem_store_file_perm: self.filesystem_store_file_perm,
+            database_path: self.database_path,
         }
     }
+}
+
+/// The image folders: `filesystem_store_datadirs` without its exact duplicates (a warning each),
+/// else `filesystem_store_datadir` alone. Reports a path given two priorities and the two
+/// options set together, as glance_store refuses both.
+fn finish_datadirs(
+    datadir: PathBuf,
+    datadirs: Vec<DataDir>,
+    raw: &RawConfig,
+    folder: &Path,
+    report: &mut Report,
+) -> Vec<DataDir> {
+    const SECTION: &str = "glance_store";
+    const NAME: &str = "filesystem_store_datadirs";
+    // `build` applied exactly the values that parse, in file order; parsing again pairs each
+    // of them with its line.
+    let lines: Vec<Option<usize>> = raw
+        .entry(SECTION, NAME)
+        .map(|entry| entry.values.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|value| options::parse(&Kind::DataDirs, &value.text, folder).is_ok())
+        .map(|value| value.line)
+        .collect();
+    if let Some(line) = raw.line_of(SECTION, "filesystem_store_datadir") {
+        if let Some(first) = raw
+            .entry(SECTION, NAME)
+            .and_then(|entry| entry.values.first())
+        {
+            let also = first
+                .line
+                .map_or(String::new(), |line| format!(" (line {line})"));
+            report.error(
+                Some(line),
+                Some(SECTION),
+                Some("filesystem_store_datadir"),
+                format!(
+                    "is set together with {NAME}{also}; set one of them: \
+                     filesystem_store_datadir for one folder, {NAME} for several"
+                ),
+            );
+        }
+    }
+    if datadirs.is_empty() {
+        return vec![DataDir {
+            path: datadir,
+            priority: 0,
+        }];
+    }
+    let mut kept: Vec<(DataDir, Option<usize>)> = Vec::with_capacity(datadirs.len());
+    for (index, datadir) in datadirs.into_iter().enumerate() {
+        let line = lines.get(index).copied().flatten();
+        let Some((earlier, earlier_line)) = kept
+            .iter()
+            .find(|(earlier, _)| earlier.path == datadir.path)
+        else {
+            kept.push((datadir, line));
+            continue;
+        };
+        let on_line = earlier_line.map_or(String::new(), |line| format!(" on line {line}"));
+        if earlier.priority == datadir.priority {
+            report.warning(
+                line,
+                Some(SECTION),
+                Some(NAME),
+                format!(
+                    "`{}` with priority {} is already listed{on_line}; remove this line",
+                    datadir.path.display(),
+                    datadir.priority
+                ),
+            );
+        } else {
+            report.error(
+                line,
+                Some(SECTION),
+                Some(NAME),
+                format!(
+                    "`{}` is listed with priority {} and{on_line} with priority {}; give each \
+                     folder one priority and list it once",
+                    datadir.path.display(),
+                    datadir.priority,
+                    earlier.priority
+                ),
+            );
+        }
+    }
+    kept.into_iter().map(|(datadir, _)| datadir).collect()
 }
 
 /// The folder relative paths in `file` are resolved against.
@@ -809,10 +1029,16 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
         let Some(entry) = raw.entry(spec.section, spec.name) else {
             continue;
         };
-        let Some(value) = entry.values.last() else {
+        let Some(last) = entry.values.last() else {
             continue;
         };
-        if entry.values.len() > 1 {
+        let values = if spec.kind.is_multi_valued() {
+            entry.values.as_slice()
+        } else {
+            std::slice::from_ref(last)
+        };
+        if entry.values.len() > 1 && !spec.kind.is_multi_valued() {
+            let value = last;
             let earlier: Vec<String> = entry.values[..entry.values.len() - 1]
                 .iter()
                 .filter_map(|earlier| earlier.line)
@@ -830,14 +1056,18 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
                 format!("set more than once{earlier}; this last value is used, remove the others"),
             );
         }
-        match options::parse(&spec.kind, &value.text, folder) {
-            Ok(parsed) => {
-                if let Some(warning) = parsed.warning {
-                    report.warning(value.line, Some(spec.section), Some(spec.name), warning);
+        for value in values {
+            match options::parse(&spec.kind, &value.text, folder) {
+                Ok(parsed) => {
+                    if let Some(warning) = parsed.warning {
+                        report.warning(value.line, Some(spec.section), Some(spec.name), warning);
+                    }
+                    (spec.apply)(&mut draft, parsed.value);
                 }
-                (spec.apply)(&mut draft, parsed.value);
+                Err(message) => {
+                    report.error(value.line, Some(spec.section), Some(spec.name), message)
+                }
             }
-            Err(message) => report.error(value.line, Some(spec.section), Some(spec.name), message),
         }
     }
     warn_about_unread(raw, report);

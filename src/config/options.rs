@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, Draft};
+use super::{Config, DataDir, Draft, HashAlgorithm, DEFAULT_FILE_PERM, HASH_ALGORITHM_NAMES};
 
 /// One option glint reads from its config file.
 pub struct OptionSpec {
@@ -33,8 +33,10 @@ pub struct OptionSpec {
     pub doc: &'static str,
     /// Stores a parsed value; the kind guarantees which `Value` variant arrives.
     pub(super) apply: fn(&mut Draft, Value),
-    /// Renders the effective value in the syntax the file accepts, for `--check-config`.
-    pub(super) show: fn(&Config) -> String,
+    /// Renders the effective value in the syntax the file accepts, for `--check-config`: one
+    /// text per `name = value` line, so none when the option is not in effect (a multi-valued
+    /// option left unset, or the one of two alternatives that the other replaces).
+    pub(super) show: fn(&Config) -> Vec<String>,
 }
 
 /// The type of an option's value, with its limits.
@@ -58,10 +60,24 @@ pub enum Kind {
         optional: bool,
         relative_to: RelativeTo,
     },
-    /// An optional folder path, relative to the config file's folder.
-    Folder,
+    /// A folder path, relative to the config file's folder.
+    Folder { optional: bool },
     /// An optional `http://` or `https://` URL; trailing slashes are dropped.
     Url,
+    /// One of `accepted` (lowercase), in any case; `refusal` completes "`VALUE` is not ...".
+    Choice {
+        accepted: &'static [&'static str],
+        refusal: &'static str,
+    },
+    /// glance_store's `filesystem_store_datadirs`: a multi-valued key, each value a folder and
+    /// an optional integer priority, `PATH:PRIORITY`, split on the last colon.
+    DataDirs,
+    /// An octal file mode as glance_store reads it (`0640` or `640`), 0 to 0777.
+    FileMode,
+    /// glance_store's `stores`: a comma list that must name `file`; other stores draw a warning.
+    StoreList,
+    /// An SQLAlchemy SQLite URL, `sqlite:///RELATIVE/PATH` or `sqlite:////ABSOLUTE/PATH`.
+    SqliteUrl,
 }
 
 /// What a relative path in the config file is relative to.
@@ -91,6 +107,12 @@ pub(super) enum Value {
     Host(String),
     Path(Option<PathBuf>),
     Url(Option<String>),
+    /// The accepted spelling, from the kind's list.
+    Choice(&'static str),
+    DataDir(DataDir),
+    FileMode(u32),
+    /// The store names, in file order, `file` among them.
+    Stores(Vec<String>),
 }
 
 /// A successful parse, with the warning some accepted values deserve.
@@ -102,6 +124,9 @@ pub(super) struct Parsed {
 /// The largest timeout in seconds: its value in milliseconds must fit poll(2)'s `int` timeout.
 pub const MAX_TIMEOUT_SECONDS: u64 = (i32::MAX as u64) / 1000;
 
+/// The largest `limit_param_default` and `api_limit_max`.
+pub const MAX_API_LIMIT: i64 = 1_000_000;
+
 /// The largest `tcp_keepidle`: Linux refuses a larger TCP_KEEPIDLE (MAX_TCP_KEEPIDLE, tcp(7)).
 pub const MAX_TCP_KEEPIDLE_SECONDS: u64 = 32_767;
 
@@ -111,6 +136,13 @@ const RELOAD_WORKERS: &str = "the new generation has the new number of children;
 const RELOAD_GENERATION: &str =
     "applies to the new generation; the old keeps its value while it drains";
 const RELOAD_BACKLOG: &str = "applied to the open listener at once (listen(2) again)";
+const RELOAD_UPLOAD_LIMIT: &str =
+    "applies to the new generation; uploads in flight keep the old cap";
+const RELOAD_STORE: &str = "applies to the new generation: new uploads follow the new layout; \
+                            uploads in flight finish in the old one; existing images stay \
+                            readable where they are";
+const RELOAD_DATABASE: &str =
+    "applies to the new generation (the old one keeps its connection while it drains)";
 const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
 const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
 const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
@@ -130,7 +162,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.bind_host = host;
             }
         },
-        show: |config| config.bind_host.clone(),
+        show: |config| vec![config.bind_host.clone()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -144,7 +176,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.bind_port = port;
             }
         },
-        show: |config| config.bind_port.to_string(),
+        show: |config| vec![config.bind_port.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -165,7 +197,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.workers = n_workers;
             }
         },
-        show: |config| config.workers.to_string(),
+        show: |config| vec![config.workers.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -179,7 +211,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.worker_threads = n_threads;
             }
         },
-        show: |config| config.worker_threads.to_string(),
+        show: |config| vec![config.worker_threads.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -193,7 +225,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.backlog = backlog;
             }
         },
-        show: |config| config.backlog.to_string(),
+        show: |config| vec![config.backlog.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -207,7 +239,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.client_socket_timeout = timeout;
             }
         },
-        show: |config| show_seconds(config.client_socket_timeout),
+        show: |config| vec![show_seconds(config.client_socket_timeout)],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -221,7 +253,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.client_header_timeout = timeout;
             }
         },
-        show: |config| show_seconds(Some(config.client_header_timeout)),
+        show: |config| vec![show_seconds(Some(config.client_header_timeout))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -235,7 +267,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.client_body_timeout = timeout;
             }
         },
-        show: |config| show_seconds(Some(config.client_body_timeout)),
+        show: |config| vec![show_seconds(Some(config.client_body_timeout))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -249,7 +281,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.client_send_timeout = timeout;
             }
         },
-        show: |config| show_seconds(Some(config.client_send_timeout)),
+        show: |config| vec![show_seconds(Some(config.client_send_timeout))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -263,7 +295,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.http_keepalive = keepalive;
             }
         },
-        show: |config| config.http_keepalive.to_string(),
+        show: |config| vec![config.http_keepalive.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -277,7 +309,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.max_header_line = bytes;
             }
         },
-        show: |config| config.max_header_line.to_string(),
+        show: |config| vec![config.max_header_line.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -291,7 +323,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.tcp_keepidle = idle;
             }
         },
-        show: |config| show_seconds(Some(config.tcp_keepidle)),
+        show: |config| vec![show_seconds(Some(config.tcp_keepidle))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -305,7 +337,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.graceful_shutdown_timeout = timeout;
             }
         },
-        show: |config| show_seconds(config.graceful_shutdown_timeout),
+        show: |config| vec![show_seconds(config.graceful_shutdown_timeout)],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -319,7 +351,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.pid_file = path;
             }
         },
-        show: |config| show_path(Some(&config.pid_file)),
+        show: |config| vec![show_path(Some(&config.pid_file))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -333,7 +365,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.status_file = path;
             }
         },
-        show: |config| show_path(Some(&config.status_file)),
+        show: |config| vec![show_path(Some(&config.status_file))],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -347,12 +379,12 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.log_file = path;
             }
         },
-        show: |config| show_path(config.log_file.as_deref()),
+        show: |config| vec![show_path(config.log_file.as_deref())],
     },
     OptionSpec {
         section: "DEFAULT",
         name: "log_dir",
-        kind: Kind::Folder,
+        kind: Kind::Folder { optional: true },
         default: DefaultValue::Derived("none"),
         on_reload: RELOAD_LOG,
         doc: "Folder for a relative `log_file`.",
@@ -361,7 +393,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.log_dir = path;
             }
         },
-        show: |config| show_path(config.log_dir.as_deref()),
+        show: |config| vec![show_path(config.log_dir.as_deref())],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -375,7 +407,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.use_stderr = use_stderr;
             }
         },
-        show: |config| config.use_stderr.to_string(),
+        show: |config| vec![config.use_stderr.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -389,7 +421,7 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.debug = debug;
             }
         },
-        show: |config| config.debug.to_string(),
+        show: |config| vec![config.debug.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -403,7 +435,156 @@ pub static OPTIONS: &[OptionSpec] = &[
                 draft.public_endpoint = url;
             }
         },
-        show: |config| config.public_endpoint.clone().unwrap_or_default(),
+        show: |config| vec![config.public_endpoint.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "image_size_cap",
+        kind: Kind::Integer { min: 1, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("1099511627776"),
+        on_reload: RELOAD_UPLOAD_LIMIT,
+        doc: "Largest image in bytes (default 1 TiB); a larger upload fails with 413.",
+        apply: |draft, value| {
+            if let Some(bytes) = value.integer::<u64>() {
+                draft.image_size_cap = bytes;
+            }
+        },
+        show: |config| vec![config.image_size_cap.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "hashing_algorithm",
+        kind: Kind::Choice {
+            accepted: HASH_ALGORITHM_NAMES,
+            refusal: "a hashing algorithm glint offers",
+        },
+        default: DefaultValue::Text("sha512"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Algorithm of an image's `os_hash_value`, computed while it uploads (the md5 `checksum` is always computed too). Existing images keep the hash they were stored with.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                if let Some(algorithm) = HashAlgorithm::from_name(name) {
+                    draft.hashing_algorithm = algorithm;
+                }
+            }
+        },
+        show: |config| vec![config.hashing_algorithm.name().to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "limit_param_default",
+        kind: Kind::Integer { min: 1, max: MAX_API_LIMIT, zero_means_min: None },
+        default: DefaultValue::Text("25"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Page size of a list request that gives no `limit`; at most `api_limit_max`.",
+        apply: |draft, value| {
+            if let Some(limit) = value.integer::<usize>() {
+                draft.limit_param_default = limit;
+            }
+        },
+        show: |config| vec![config.limit_param_default.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "api_limit_max",
+        kind: Kind::Integer { min: 1, max: MAX_API_LIMIT, zero_means_min: None },
+        default: DefaultValue::Text("1000"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Largest page a list request gets; a larger `limit` is lowered to it.",
+        apply: |draft, value| {
+            if let Some(limit) = value.integer::<usize>() {
+                draft.api_limit_max = limit;
+            }
+        },
+        show: |config| vec![config.api_limit_max.to_string()],
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "filesystem_store_datadir",
+        kind: Kind::Folder { optional: false },
+        default: DefaultValue::Text("/var/lib/glance/images"),
+        on_reload: RELOAD_STORE,
+        doc: "Folder holding the image files (Glance's default folder). Setting it together with `filesystem_store_datadirs` is an error.",
+        apply: |draft, value| {
+            if let Value::Path(Some(path)) = value {
+                draft.filesystem_store_datadir = path;
+            }
+        },
+        show: |config| match config.datadirs.as_slice() {
+            [only] if only.priority == 0 => vec![show_path(Some(&only.path))],
+            _ => Vec::new(),
+        },
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "filesystem_store_datadirs",
+        kind: Kind::DataDirs,
+        default: DefaultValue::Derived("none: `filesystem_store_datadir` with priority 0"),
+        on_reload: RELOAD_STORE,
+        doc: "Several image folders: repeat the key, one `PATH:PRIORITY` per line, split on the last `:` (a path holding `:` needs a priority). The priority is an integer, 0 when left out; uploads go to the highest priority with room.",
+        apply: |draft, value| {
+            if let Value::DataDir(datadir) = value {
+                draft.datadirs.push(datadir);
+            }
+        },
+        show: |config| match config.datadirs.as_slice() {
+            [only] if only.priority == 0 => Vec::new(),
+            datadirs => datadirs
+                .iter()
+                .map(|datadir| format!("{}:{}", datadir.path.display(), datadir.priority))
+                .collect(),
+        },
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "filesystem_store_file_perm",
+        kind: Kind::FileMode,
+        default: DefaultValue::Text("0"),
+        on_reload: RELOAD_STORE,
+        doc: "Octal mode of new image files, such as `0640`; the owner must keep read permission. 0 means glint's default, 0640: image files are never world-readable unless the operator asks.",
+        apply: |draft, value| {
+            if let Value::FileMode(mode) = value {
+                draft.filesystem_store_file_perm = if mode == 0 { DEFAULT_FILE_PERM } else { mode };
+            }
+        },
+        show: |config| vec![format!("{:04o}", config.filesystem_store_file_perm)],
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "default_store",
+        kind: Kind::Choice {
+            accepted: &["file"],
+            refusal: "available: glint stores images on the filesystem only",
+        },
+        default: DefaultValue::Text("file"),
+        on_reload: RELOAD_STORE,
+        doc: "Accepted so that Glance's files load; glint stores images on the filesystem only, so `file` is the only value.",
+        apply: |_, _| {},
+        show: |_| vec!["file".to_string()],
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "stores",
+        kind: Kind::StoreList,
+        default: DefaultValue::Text("file"),
+        on_reload: RELOAD_STORE,
+        doc: "Accepted so that Glance's files load; the list must include `file`. Other stores (`http`, ...) draw one warning and are not served.",
+        apply: |_, _| {},
+        show: |_| vec!["file".to_string()],
+    },
+    OptionSpec {
+        section: "database",
+        name: "connection",
+        kind: Kind::SqliteUrl,
+        default: DefaultValue::Text("sqlite:////var/lib/glint/glint.sqlite"),
+        on_reload: RELOAD_DATABASE,
+        doc: "SQLite file holding image metadata: `sqlite:///RELATIVE/PATH` (relative to the config folder) or `sqlite:////ABSOLUTE/PATH`. Other databases are refused.",
+        apply: |draft, value| {
+            if let Value::Path(Some(path)) = value {
+                draft.database_path = path;
+            }
+        },
+        show: |config| vec![format!("sqlite:///{}", config.database_path.display())],
     },
 ];
 
@@ -412,8 +593,6 @@ pub static OPTIONS: &[OptionSpec] = &[
 pub static GLANCE_SECTIONS: &[&str] = &[
     "barbican",
     "cors",
-    "database",
-    "glance_store",
     "healthcheck",
     "image_cache",
     "image_format",
@@ -518,13 +697,29 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
             };
             Ok(plain(Value::Path(path)))
         }
-        Kind::Folder => {
-            let path = parse_path(text, true, false)?;
+        Kind::Folder { optional } => {
+            let path = parse_path(text, optional, false)?;
             Ok(plain(Value::Path(
                 path.map(|path| resolve(config_folder, &path)),
             )))
         }
         Kind::Url => parse_url(text).map(|url| plain(Value::Url(url))),
+        Kind::Choice { accepted, refusal } => {
+            parse_choice(text, accepted, refusal).map(|choice| plain(Value::Choice(choice)))
+        }
+        Kind::DataDirs => {
+            let DataDir { path, priority } = parse_datadir(text)?;
+            Ok(plain(Value::DataDir(DataDir {
+                path: resolve(config_folder, &path),
+                priority,
+            })))
+        }
+        Kind::FileMode => parse_file_mode(text).map(|mode| plain(Value::FileMode(mode))),
+        Kind::StoreList => parse_stores(text),
+        Kind::SqliteUrl => {
+            let path = parse_sqlite_url(text)?;
+            Ok(plain(Value::Path(Some(resolve(config_folder, &path)))))
+        }
     }
 }
 
@@ -564,6 +759,11 @@ pub fn options_markdown() -> String {
 }
 
 impl Kind {
+    /// Whether every value of a repeated key counts, instead of only the last.
+    pub fn is_multi_valued(&self) -> bool {
+        matches!(self, Kind::DataDirs)
+    }
+
     /// The type column of the docs table.
     pub fn describe(&self) -> String {
         match *self {
@@ -584,8 +784,17 @@ impl Kind {
                 optional: false, ..
             } => "file path".to_string(),
             Kind::File { optional: true, .. } => "file path, optional".to_string(),
-            Kind::Folder => "folder path, optional".to_string(),
+            Kind::Folder { optional: true } => "folder path, optional".to_string(),
+            Kind::Folder { optional: false } => "folder path".to_string(),
+            Kind::DataDirs => "`PATH:PRIORITY`, repeatable: a folder and an integer".to_string(),
+            Kind::FileMode => "octal file mode, 0 to 0777".to_string(),
+            Kind::StoreList => "comma-separated store names, including `file`".to_string(),
+            Kind::SqliteUrl => "`sqlite:///` URL of a file".to_string(),
             Kind::Url => "http(s) URL, optional".to_string(),
+            Kind::Choice { accepted, .. } => match accepted {
+                [only] => format!("`{only}` only"),
+                _ => format!("one of {}", accepted.join(", ")),
+            },
         }
     }
 }
@@ -750,6 +959,175 @@ fn parse_url(text: &str) -> Result<Option<String>, String> {
         ));
     }
     Ok(Some(text.trim_end_matches('/').to_string()))
+}
+
+fn parse_choice(
+    text: &str,
+    accepted: &'static [&'static str],
+    refusal: &str,
+) -> Result<&'static str, String> {
+    if let Some(choice) = accepted
+        .iter()
+        .find(|choice| choice.eq_ignore_ascii_case(text))
+    {
+        return Ok(choice);
+    }
+    let choices = match accepted {
+        [only] => only.to_string(),
+        _ => format!("one of {}", accepted.join(", ")),
+    };
+    Err(format!(
+        "`{text}` is not {refusal}{}; use {choices}",
+        inline_comment_hint(text)
+    ))
+}
+
+/// glance_store's `_get_datadir_path_and_priority`: split on the last `:`, strip both parts, an
+/// empty or missing priority is 0, any other priority must be an integer.
+fn parse_datadir(text: &str) -> Result<DataDir, String> {
+    let (path, priority) = match text.rsplit_once(':') {
+        Some((path, priority)) => (path.trim(), priority.trim()),
+        None => (text, ""),
+    };
+    let priority = if priority.is_empty() {
+        0
+    } else {
+        let digits = priority.strip_prefix(['-', '+']).unwrap_or(priority);
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(format!(
+                "`{priority}` after the last `:` is not an integer priority{}; write PATH:PRIORITY \
+                 such as /srv/images:10 (a path holding `:` needs the priority: `{text}:0`)",
+                inline_comment_hint(priority)
+            ));
+        }
+        priority.parse::<i64>().map_err(|_| {
+            format!(
+                "priority {priority} is out of range; use a whole number from {} to {}",
+                i64::MIN,
+                i64::MAX
+            )
+        })?
+    };
+    if path.is_empty() {
+        return Err(format!(
+            "`{text}` names no folder; write PATH:PRIORITY such as /srv/images:10"
+        ));
+    }
+    let path = parse_path(path, false, false)?.unwrap_or_default();
+    Ok(DataDir { path, priority })
+}
+
+/// glance_store reads the mode as decimal digits and takes them as octal (`int(str(perm), 8)`),
+/// so `0640` and `640` are the same mode. Like glance_store, a mode the owner cannot read is
+/// refused: glint could not serve its own files.
+fn parse_file_mode(text: &str) -> Result<u32, String> {
+    const HOW: &str = "write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default";
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` is not an octal file mode{}; {HOW}",
+            inline_comment_hint(text)
+        ));
+    }
+    if text.bytes().any(|byte| byte == b'8' || byte == b'9') {
+        return Err(format!(
+            "`{text}` is not an octal file mode (octal digits go from 0 to 7); {HOW}"
+        ));
+    }
+    let mode = match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o777 => mode,
+        _ => {
+            return Err(format!(
+                "{text} is out of range (setuid, setgid and sticky bits are not allowed); {HOW}"
+            ))
+        }
+    };
+    if mode != 0 && mode & 0o400 == 0 {
+        return Err(format!(
+            "{text} does not let the owner read the image files, so glint could not serve them; \
+             add owner read (0400), as in 0640"
+        ));
+    }
+    Ok(mode)
+}
+
+/// glance_store's `stores` list. glint serves `file` only; it must be there so that a Glance
+/// file that disables the filesystem store is not silently changed.
+fn parse_stores(text: &str) -> Result<Parsed, String> {
+    let names: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !names.iter().any(|name| name.eq_ignore_ascii_case("file")) {
+        return Err(format!(
+            "`{text}` does not include file{}; glint stores images on the filesystem: add file \
+             to the list",
+            inline_comment_hint(text)
+        ));
+    }
+    let others: Vec<String> = names
+        .iter()
+        .filter(|name| !name.eq_ignore_ascii_case("file"))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    let warning = match others.as_slice() {
+        [] => None,
+        [other] => Some(format!(
+            "{other} is not served by glint, which stores images on the filesystem only; \
+             set stores = file to silence this warning"
+        )),
+        _ => Some(format!(
+            "{} are not served by glint, which stores images on the filesystem only; set \
+             stores = file to silence this warning",
+            others.join(", ")
+        )),
+    };
+    Ok(Parsed {
+        value: Value::Stores(names),
+        warning,
+    })
+}
+
+/// SQLAlchemy's SQLite URLs: `sqlite:///` then the path, so a fourth slash makes it absolute.
+/// Messages never repeat a URL that is not SQLite's: it may hold a password.
+fn parse_sqlite_url(text: &str) -> Result<PathBuf, String> {
+    const HOW: &str = "use sqlite:///RELATIVE/PATH (relative to the config folder) or \
+                       sqlite:////ABSOLUTE/PATH";
+    let scheme = text.split_once(':').map_or("", |(scheme, _)| scheme);
+    if !scheme.eq_ignore_ascii_case("sqlite") {
+        let named = if scheme.is_empty() || scheme.contains(char::is_whitespace) {
+            "is not a database URL".to_string()
+        } else {
+            format!("names a `{scheme}` database")
+        };
+        return Err(format!(
+            "{named}; glint keeps its metadata in SQLite; {HOW}"
+        ));
+    }
+    let rest = &text[scheme.len() + 1..];
+    let Some(path) = rest.strip_prefix("///") else {
+        return Err(if rest == "//" {
+            format!("`{text}` is an in-memory database, which loses every image at restart; {HOW}")
+        } else {
+            format!("`{text}` is not a SQLite file URL; {HOW}")
+        });
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err(format!(
+            "`{text}` is an in-memory database, which loses every image at restart; {HOW}"
+        ));
+    }
+    if path.contains('?') {
+        return Err(format!(
+            "`{text}` has query parameters, which glint does not support; remove the `?` and \
+             what follows"
+        ));
+    }
+    match parse_path(path, false, true) {
+        Ok(path) => Ok(path.unwrap_or_default()),
+        Err(message) => Err(message),
+    }
 }
 
 /// The number of single-character insertions, deletions and substitutions turning `a` into `b`.

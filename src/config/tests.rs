@@ -32,6 +32,11 @@ fn refused(text: &str) -> ConfigError {
     }
 }
 
+/// The effective value of option `name`, as `--check-config` shows it, one line per value.
+fn shown(name: &str, config: &Config) -> String {
+    (spec(name).show)(config).join("\n")
+}
+
 fn spec(name: &str) -> &'static OptionSpec {
     OPTIONS
         .iter()
@@ -76,6 +81,22 @@ fn empty_file_gives_the_documented_defaults() {
         assert!(!config.use_stderr);
         assert!(!config.debug);
         assert_eq!(config.public_endpoint, None);
+        assert_eq!(config.image_size_cap, 1 << 40);
+        assert_eq!(config.hashing_algorithm, HashAlgorithm::Sha512);
+        assert_eq!(config.limit_param_default, 25);
+        assert_eq!(config.api_limit_max, 1000);
+        assert_eq!(
+            config.datadirs,
+            vec![DataDir {
+                path: PathBuf::from("/var/lib/glance/images"),
+                priority: 0
+            }]
+        );
+        assert_eq!(config.filesystem_store_file_perm, 0o640);
+        assert_eq!(
+            config.database_path,
+            PathBuf::from("/var/lib/glint/glint.sqlite")
+        );
     }
 }
 
@@ -192,6 +213,73 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "HTTPS://example.com/glance",
     ),
     ("public_endpoint", "", ""),
+    ("image_size_cap", "1", "1"),
+    ("image_size_cap", "1099511627776", "1099511627776"),
+    (
+        "image_size_cap",
+        "9223372036854775807",
+        "9223372036854775807",
+    ),
+    ("hashing_algorithm", "sha256", "sha256"),
+    ("hashing_algorithm", "SHA384", "sha384"),
+    ("hashing_algorithm", "Sha512", "sha512"),
+    ("limit_param_default", "1", "1"),
+    ("limit_param_default", "1000", "1000"),
+    ("api_limit_max", "25", "25"),
+    ("api_limit_max", "1000000", "1000000"),
+    ("filesystem_store_datadir", "/srv/images", "/srv/images"),
+    ("filesystem_store_datadir", "/srv/images/", "/srv/images"),
+    ("filesystem_store_datadir", "images", "/etc/glint/images"),
+    // Only filesystem_store_datadirs splits on `:`.
+    ("filesystem_store_datadir", "/mnt/a:b", "/mnt/a:b"),
+    ("filesystem_store_datadirs", "/srv/a:10", "/srv/a:10"),
+    ("filesystem_store_datadirs", "/srv/a:-3", "/srv/a:-3"),
+    (
+        "filesystem_store_datadirs",
+        "fast : +2",
+        "/etc/glint/fast:2",
+    ),
+    ("filesystem_store_datadirs", "/mnt/x:y:7", "/mnt/x:y:7"),
+    (
+        "filesystem_store_datadirs",
+        "/srv/a:9223372036854775807",
+        "/srv/a:9223372036854775807",
+    ),
+    (
+        "filesystem_store_datadirs",
+        "/srv/a:-9223372036854775808",
+        "/srv/a:-9223372036854775808",
+    ),
+    // Priority 0 is the plain one-folder layout, shown as filesystem_store_datadir.
+    ("filesystem_store_datadirs", "/srv/a:0", ""),
+    ("filesystem_store_file_perm", "0", "0640"),
+    ("filesystem_store_file_perm", "0000", "0640"),
+    ("filesystem_store_file_perm", "0640", "0640"),
+    ("filesystem_store_file_perm", "640", "0640"),
+    ("filesystem_store_file_perm", "0600", "0600"),
+    ("filesystem_store_file_perm", "400", "0400"),
+    ("filesystem_store_file_perm", "0777", "0777"),
+    ("default_store", "file", "file"),
+    ("default_store", "File", "file"),
+    ("stores", "file", "file"),
+    ("stores", " file , ", "file"),
+    ("stores", "FILE", "file"),
+    (
+        "connection",
+        "sqlite:////var/lib/glint/meta.sqlite",
+        "sqlite:////var/lib/glint/meta.sqlite",
+    ),
+    (
+        "connection",
+        "sqlite:///glint.sqlite",
+        "sqlite:////etc/glint/glint.sqlite",
+    ),
+    (
+        "connection",
+        "sqlite:///./db/../g.db",
+        "sqlite:////etc/glint/db/../g.db",
+    ),
+    ("connection", "SQLite:////srv/g.db", "sqlite:////srv/g.db"),
     // oslo.config drops one pair of quotes around the whole value.
     ("bind_host", "\"::1\"", "::1"),
     ("pid_file", "'/run/with space.pid'", "/run/with space.pid"),
@@ -199,10 +287,10 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
 
 #[test]
 fn every_option_accepts_its_good_values() {
-    for &(name, value, shown) in GOOD_VALUES {
-        let text = format!("[DEFAULT]\n{name} = {value}\n");
+    for &(name, value, expected) in GOOD_VALUES {
+        let text = format!("[{}]\n{name} = {value}\n", spec(name).section);
         let loaded = loads(&text);
-        assert_eq!((spec(name).show)(&loaded.config), shown, "{name} = {value}");
+        assert_eq!(shown(name, &loaded.config), expected, "{name} = {value}");
         assert_eq!(loaded.warnings, Vec::<String>::new(), "{name} = {value}");
     }
 }
@@ -271,17 +359,69 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("public_endpoint", "https:///path", "`https:///path` has no host; write the full base URL, such as https://images.example.com:9292"),
     ("public_endpoint", "http://example.com/?x=1", "`http://example.com/?x=1` has a query or fragment; give only scheme, host, port and path"),
     ("public_endpoint", "http://exa mple.com", "`http://exa mple.com` contains a space or control character; a URL cannot"),
+    ("image_size_cap", "0", "0 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "9223372036854775808", "9223372036854775808 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "-1", "-1 is out of range; use a whole number from 1 to 9223372036854775807"),
+    ("image_size_cap", "1TiB", "`1TiB` is not a decimal integer; use a whole number from 1 to 9223372036854775807"),
+    ("hashing_algorithm", "md5", "`md5` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha1", "`sha1` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "whirlpool", "`whirlpool` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha3_512", "`sha3_512` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "", "`` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
+    ("hashing_algorithm", "sha512 # default", "`sha512 # default` is not a hashing algorithm glint offers (comments after a value are not supported: put the comment on a line of its own); use one of sha256, sha384, sha512"),
+    ("limit_param_default", "0", "0 is out of range; use a whole number from 1 to 1000000"),
+    ("limit_param_default", "1001", "limit_param_default (1001) is larger than api_limit_max (1000); make limit_param_default at most api_limit_max"),
+    ("api_limit_max", "0", "0 is out of range; use a whole number from 1 to 1000000"),
+    ("api_limit_max", "1000001", "1000001 is out of range; use a whole number from 1 to 1000000"),
+    ("api_limit_max", "24", "limit_param_default (25) is larger than api_limit_max (24); make limit_param_default at most api_limit_max"),
+    ("filesystem_store_datadir", "", "is empty; give a path, or remove the line to use the default"),
+    ("filesystem_store_datadir", "/srv/\0images", "contains a NUL byte, which no path can hold; remove it"),
+    ("filesystem_store_datadirs", "/srv/a:fast", "`fast` after the last `:` is not an integer priority; write PATH:PRIORITY such as /srv/images:10 (a path holding `:` needs the priority: `/srv/a:fast:0`)"),
+    ("filesystem_store_datadirs", "/srv/a:1.5", "`1.5` after the last `:` is not an integer priority; write PATH:PRIORITY such as /srv/images:10 (a path holding `:` needs the priority: `/srv/a:1.5:0`)"),
+    ("filesystem_store_datadirs", "/srv/a:-", "`-` after the last `:` is not an integer priority; write PATH:PRIORITY such as /srv/images:10 (a path holding `:` needs the priority: `/srv/a:-:0`)"),
+    ("filesystem_store_datadirs", "/srv/a:99999999999999999999", "priority 99999999999999999999 is out of range; use a whole number from -9223372036854775808 to 9223372036854775807"),
+    ("filesystem_store_datadirs", ":5", "`:5` names no folder; write PATH:PRIORITY such as /srv/images:10"),
+    ("filesystem_store_datadirs", "", "`` names no folder; write PATH:PRIORITY such as /srv/images:10"),
+    ("filesystem_store_datadirs", "/srv/\0a:1", "contains a NUL byte, which no path can hold; remove it"),
+    ("filesystem_store_file_perm", "0648", "`0648` is not an octal file mode (octal digits go from 0 to 7); write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "rw-r-----", "`rw-r-----` is not an octal file mode; write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "0o640", "`0o640` is not an octal file mode; write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "-1", "`-1` is not an octal file mode; write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "", "`` is not an octal file mode; write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "1777", "1777 is out of range (setuid, setgid and sticky bits are not allowed); write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "77777777777777777777", "77777777777777777777 is out of range (setuid, setgid and sticky bits are not allowed); write an octal mode from 0 to 0777 such as 0640, or 0 for glint's default"),
+    ("filesystem_store_file_perm", "0200", "0200 does not let the owner read the image files, so glint could not serve them; add owner read (0400), as in 0640"),
+    ("filesystem_store_file_perm", "044", "044 does not let the owner read the image files, so glint could not serve them; add owner read (0400), as in 0640"),
+    ("default_store", "swift", "`swift` is not available: glint stores images on the filesystem only; use file"),
+    ("default_store", "http", "`http` is not available: glint stores images on the filesystem only; use file"),
+    ("default_store", "", "`` is not available: glint stores images on the filesystem only; use file"),
+    ("stores", "http", "`http` does not include file; glint stores images on the filesystem: add file to the list"),
+    ("stores", "swift, rbd", "`swift, rbd` does not include file; glint stores images on the filesystem: add file to the list"),
+    ("stores", "", "`` does not include file; glint stores images on the filesystem: add file to the list"),
+    ("stores", "files", "`files` does not include file; glint stores images on the filesystem: add file to the list"),
+    ("connection", "mysql+pymysql://glance:secret@db.example.com/glance", "names a `mysql+pymysql` database; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "postgresql://glance@db/glance", "names a `postgresql` database; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "/var/lib/glint/glint.sqlite", "is not a database URL; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "", "is not a database URL; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite://", "`sqlite://` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite:///", "`sqlite:///` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite:///:memory:", "`sqlite:///:memory:` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite://host/glint.sqlite", "`sqlite://host/glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite:glint.sqlite", "`sqlite:glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "sqlite:///glint.sqlite?timeout=5", "`sqlite:///glint.sqlite?timeout=5` has query parameters, which glint does not support; remove the `?` and what follows"),
+    ("connection", "sqlite:////var/lib/glint/", "`/var/lib/glint/` names a folder; give the path of a file"),
 ];
 
 #[test]
 fn every_option_rejects_its_bad_values_with_line_and_fix() {
     for &(name, value, message) in BAD_VALUES {
-        let text = format!("[DEFAULT]\n# a comment\n{name} = {value}\n");
+        let section = spec(name).section;
+        let text = format!("[{section}]\n# a comment\n{name} = {value}\n");
         let error = refused(&text);
         let expected = Problem {
             file: PathBuf::from(CONFIG_PATH),
             line: Some(3),
-            section: Some("DEFAULT".to_string()),
+            section: Some(section.to_string()),
             option: Some(name.to_string()),
             message: message.to_string(),
         };
@@ -329,6 +469,296 @@ fn workers_zero_is_read_as_one_with_a_warning() {
              workers = 1 to silence this warning"
                 .to_string()
         ]
+    );
+}
+
+#[test]
+fn hash_algorithm_names_match_the_accepted_values() {
+    assert_eq!(
+        HashAlgorithm::ALL.map(|algorithm| algorithm.name()),
+        HASH_ALGORITHM_NAMES
+    );
+    for algorithm in HashAlgorithm::ALL {
+        assert_eq!(HashAlgorithm::from_name(algorithm.name()), Some(algorithm));
+        assert_eq!(algorithm.to_string(), algorithm.name());
+    }
+    assert_eq!(HashAlgorithm::from_name("SHA512"), None);
+    let config = loads("[DEFAULT]\nhashing_algorithm = SHA256\n").config;
+    assert_eq!(config.hashing_algorithm, HashAlgorithm::Sha256);
+}
+
+#[test]
+fn page_limits_are_checked_against_each_other() {
+    // (settings, the problem's line and option, or None when the file loads)
+    let cases: &[(&str, Option<(usize, &str)>)] = &[
+        ("limit_param_default = 1000", None),
+        ("limit_param_default = 7\napi_limit_max = 7", None),
+        (
+            "api_limit_max = 1000000\nlimit_param_default = 1000000",
+            None,
+        ),
+        (
+            "limit_param_default = 50\napi_limit_max = 40",
+            Some((2, "limit_param_default")),
+        ),
+        (
+            "api_limit_max = 40\nlimit_param_default = 50",
+            Some((3, "limit_param_default")),
+        ),
+        (
+            "workers = 2\napi_limit_max = 10",
+            Some((3, "api_limit_max")),
+        ),
+    ];
+    for &(settings, expected) in cases {
+        let text = format!("[DEFAULT]\n{settings}\n");
+        match expected {
+            None => {
+                let config = loads(&text).config;
+                assert!(config.limit_param_default <= config.api_limit_max);
+            }
+            Some((line, option)) => {
+                let error = refused(&text);
+                assert_eq!(error.problems.len(), 1, "{error}");
+                assert_eq!(error.problems[0].line, Some(line), "{error}");
+                assert_eq!(error.problems[0].option.as_deref(), Some(option), "{error}");
+                assert!(
+                    error.problems[0].message.contains("limit_param_default")
+                        && error.problems[0].message.contains("api_limit_max"),
+                    "{error}"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image store and database
+
+fn datadir(path: &str, priority: i64) -> DataDir {
+    DataDir {
+        path: PathBuf::from(path),
+        priority,
+    }
+}
+
+#[test]
+fn datadirs_keep_every_line_in_file_order() {
+    // (the [glance_store] section, the folders the config gets)
+    let cases: &[(&str, &[(&str, i64)])] = &[
+        ("", &[("/var/lib/glance/images", 0)]),
+        (
+            "filesystem_store_datadir = /srv/images",
+            &[("/srv/images", 0)],
+        ),
+        (
+            "filesystem_store_datadirs = /srv/a:10\nfilesystem_store_datadirs = /srv/b",
+            &[("/srv/a", 10), ("/srv/b", 0)],
+        ),
+        (
+            "filesystem_store_datadirs = /srv/a:\nfilesystem_store_datadirs = b:-1\n\
+             filesystem_store_datadirs = /mnt/c:d:+3",
+            &[("/srv/a", 0), ("/etc/glint/b", -1), ("/mnt/c:d", 3)],
+        ),
+        // A repeated section header continues the list.
+        (
+            "filesystem_store_datadirs = /srv/a:1\n[DEFAULT]\nworkers = 2\n[glance_store]\n\
+             filesystem_store_datadirs = /srv/b:2",
+            &[("/srv/a", 1), ("/srv/b", 2)],
+        ),
+        (
+            "filesystem_store_datadirs = '/srv/quoted dir:4'",
+            &[("/srv/quoted dir", 4)],
+        ),
+    ];
+    for &(settings, expected) in cases {
+        let loaded = loads(&format!("[glance_store]\n{settings}\n"));
+        let expected: Vec<DataDir> = expected
+            .iter()
+            .map(|&(path, priority)| datadir(path, priority))
+            .collect();
+        assert_eq!(loaded.config.datadirs, expected, "{settings}");
+        assert_eq!(loaded.warnings, Vec::<String>::new(), "{settings}");
+    }
+}
+
+#[test]
+fn every_bad_datadirs_line_is_reported_with_its_own_line() {
+    let text = "\
+[glance_store]
+filesystem_store_datadirs = /srv/a:1
+filesystem_store_datadirs = /srv/b:x
+filesystem_store_datadirs = /srv/c:2
+filesystem_store_datadirs = :3
+filesystem_store_datadirs = /srv/d:y
+";
+    let error = refused(text);
+    let lines: Vec<Option<usize>> = error.problems.iter().map(|problem| problem.line).collect();
+    assert_eq!(lines, vec![Some(3), Some(5), Some(6)], "{error}");
+    for problem in &error.problems {
+        assert_eq!(problem.section.as_deref(), Some("glance_store"));
+        assert_eq!(problem.option.as_deref(), Some("filesystem_store_datadirs"));
+    }
+}
+
+#[test]
+fn datadirs_duplicates_warn_and_conflicts_are_errors() {
+    let loaded = loads(
+        "[glance_store]\nfilesystem_store_datadirs = /srv/a:1\nfilesystem_store_datadirs = \
+         /srv/b:2\nfilesystem_store_datadirs = /srv/a/:1\n",
+    );
+    assert_eq!(
+        loaded.config.datadirs,
+        vec![datadir("/srv/a", 1), datadir("/srv/b", 2)]
+    );
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:4: [glance_store] filesystem_store_datadirs: `/srv/a` \
+             with priority 1 is already listed on line 2; remove this line"
+                .to_string()
+        ]
+    );
+
+    // A relative and an absolute spelling of one folder are the same folder.
+    let error = refused(
+        "[glance_store]\nfilesystem_store_datadirs = images:1\nfilesystem_store_datadirs = \
+         /srv/b:2\nfilesystem_store_datadirs = /etc/glint/./images:5\n",
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:4: [glance_store] filesystem_store_datadirs: \
+         `/etc/glint/images` is listed with priority 5 and on line 2 with priority 1; give each \
+         folder one priority and list it once"
+    );
+}
+
+#[test]
+fn datadir_and_datadirs_together_are_an_error() {
+    let text = "\
+[glance_store]
+filesystem_store_datadirs = /srv/a:1
+filesystem_store_datadir = /srv/images
+filesystem_store_datadirs = /srv/b:2
+";
+    let error = refused(text);
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:3: [glance_store] filesystem_store_datadir: is set together \
+         with filesystem_store_datadirs (line 2); set one of them: filesystem_store_datadir for \
+         one folder, filesystem_store_datadirs for several"
+    );
+    // Setting filesystem_store_datadir to its default value is setting it too.
+    let error = refused(
+        "[glance_store]\nfilesystem_store_datadir = /var/lib/glance/images\n\
+         filesystem_store_datadirs = /srv/a\n",
+    );
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].line, Some(2));
+}
+
+#[test]
+fn only_single_valued_options_warn_when_repeated() {
+    let loaded = loads(
+        "[glance_store]\nfilesystem_store_datadirs = /a:1\nfilesystem_store_datadirs = /b:1\n\
+         [glance_store]\nfilesystem_store_datadirs = /c:2\n",
+    );
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    assert_eq!(loaded.config.datadirs.len(), 3);
+
+    let loaded =
+        loads("[glance_store]\nfilesystem_store_datadir = /a\nfilesystem_store_datadir = /b\n");
+    assert_eq!(loaded.config.datadirs, vec![datadir("/b", 0)]);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:3: [glance_store] filesystem_store_datadir: set more \
+             than once (also on line 2); this last value is used, remove the others"
+                .to_string()
+        ]
+    );
+}
+
+#[test]
+fn stores_other_than_file_draw_one_warning() {
+    let cases = [
+        ("file,http", "`http` is not served by glint"),
+        (
+            "http, file ,swift,",
+            "`http`, `swift` are not served by glint",
+        ),
+    ];
+    for (stores, warning) in cases {
+        let loaded = loads(&format!(
+            "[glance_store]\ndefault_store = file\nstores = {stores}\n"
+        ));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].starts_with(&format!(
+                "/etc/glint/glint-api.conf:3: [glance_store] stores: {warning}, which stores \
+                 images on the filesystem only; set stores = file to silence this warning"
+            )),
+            "{:?}",
+            loaded.warnings
+        );
+    }
+}
+
+#[test]
+fn database_errors_never_repeat_a_foreign_url() {
+    // The URL of another database may carry a password, and errors go to logs.
+    let error = refused("[database]\nconnection = mysql+pymysql://glance:s3cret@db/glance\n");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("glint keeps its metadata in SQLite; use sqlite:///"),
+        "{error}"
+    );
+}
+
+#[test]
+fn database_file_must_differ_from_the_state_and_log_files() {
+    let error = refused(
+        "[DEFAULT]\nlog_file = /var/lib/glint/glint.sqlite\n[database]\n\
+         connection = sqlite:////var/lib/glint/glint.sqlite\n",
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:4: [database] connection: names the same file as [DEFAULT] \
+         log_file; give each its own file"
+    );
+    let error = refused("[DEFAULT]\npid_file = /var/lib/glint/glint.sqlite\n");
+    assert_eq!(error.problems[0].line, Some(2));
+    assert_eq!(error.problems[0].option.as_deref(), Some("pid_file"));
+}
+
+#[test]
+fn glance_store_and_database_sections_warn_per_unknown_option() {
+    let text = "\
+[glance_store]
+filesystem_store_datadir = /srv/images
+swift_store_container = glance
+filesystem_store_datadirz = /srv/other
+[database]
+connection = sqlite:///glint.sqlite
+max_pool_size = 10
+[DEFAULT]
+filesystem_store_file_perm = 0640
+";
+    let loaded = loads(text);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:3: [glance_store] swift_store_container: unknown option, ignored (glint does not use it)",
+            "/etc/glint/glint-api.conf:4: [glance_store] filesystem_store_datadirz: unknown option, ignored; did you mean filesystem_store_datadir?",
+            "/etc/glint/glint-api.conf:7: [database] max_pool_size: unknown option, ignored (glint does not use it)",
+            "/etc/glint/glint-api.conf:9: [DEFAULT] filesystem_store_file_perm: not an option of this section, ignored; it belongs in [glance_store], move it there",
+        ]
+    );
+    assert_eq!(
+        loaded.config.database_path,
+        PathBuf::from("/etc/glint/glint.sqlite")
     );
 }
 
@@ -660,7 +1090,7 @@ Workers = 2
 debug = true
 [glance_store]
 stores = file
-default_store = file
+rbd_store_pool = images
 [oslo_policy]
 enforce_scope = true
 [my_backend]
@@ -676,7 +1106,7 @@ debug = true
             "/etc/glint/glint-api.conf:3: [DEFAULT] show_image_direct_url: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:4: [DEFAULT] Workers: unknown option, ignored; did you mean workers?",
             "/etc/glint/glint-api.conf:5: [default] unknown section, its 1 option is ignored; did you mean [DEFAULT]?",
-            "/etc/glint/glint-api.conf:7: [glance_store] section not used by glint yet; its 2 options are ignored",
+            "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:10: [oslo_policy] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
             "/etc/glint/glint-api.conf:14: [paste_deploy] section not used by glint yet; its 1 option is ignored",
@@ -757,7 +1187,11 @@ fn no_input_panics() {
     // an answer, never a panic.
     let text =
         "\u{feff}[DEFAULT]\r\nbind_host = \"::1\nworkers = '0'\n  continued \\\n\t\n[a]b]\n= x\n\
-                ;c\n[DEFAULT] x\nlog_file = ./é/\\\n\\x41 = 1\n[\n]\nbind_port:\u{0}\n";
+                ;c\n[DEFAULT] x\nlog_file = ./é/\\\n\\x41 = 1\n[\n]\nbind_port:\u{0}\n\
+                [glance_store]\nfilesystem_store_datadirs = :\nfilesystem_store_datadirs = é:-\n\
+                filesystem_store_datadirs = /a:1\nfilesystem_store_datadirs = /a:2\n\
+                filesystem_store_datadir = é\nfilesystem_store_file_perm = 9\nstores = ,\n\
+                [database]\nconnection = sqlite:\nconnection = é:\nconnection = sqlite:///?\n";
     for end in (0..=text.len()).filter(|&end| text.is_char_boundary(end)) {
         let _ = load_text(&text[..end]);
     }
@@ -798,7 +1232,8 @@ fn effective_settings_list_every_option_and_load_back_unchanged() {
     );
     for spec in OPTIONS {
         assert!(
-            settings.contains(&format!("\n{} =", spec.name)),
+            settings.contains(&format!("\n{} =", spec.name))
+                || settings.contains(&format!("\n# {} is not set\n", spec.name)),
             "{} missing:\n{settings}",
             spec.name
         );
@@ -806,6 +1241,58 @@ fn effective_settings_list_every_option_and_load_back_unchanged() {
     let reloaded = loads(&settings);
     assert_eq!(reloaded.warnings, Vec::<String>::new());
     assert_eq!(reloaded.config, config);
+}
+
+#[test]
+fn effective_settings_show_the_image_folders_either_way() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "",
+            &[
+                "filesystem_store_datadir = /var/lib/glance/images\n",
+                "# filesystem_store_datadirs is not set\n",
+            ],
+        ),
+        (
+            "filesystem_store_datadirs = /srv/a:0",
+            &[
+                "filesystem_store_datadir = /srv/a\n",
+                "# filesystem_store_datadirs is not set\n",
+            ],
+        ),
+        (
+            "filesystem_store_datadirs = /srv/a:3\nfilesystem_store_datadirs = /mnt/x:y:0\n\
+             filesystem_store_datadirs = b:-1",
+            &["# filesystem_store_datadir is not set\n\
+                 filesystem_store_datadirs = /srv/a:3\n\
+                 filesystem_store_datadirs = /mnt/x:y:0\n\
+                 filesystem_store_datadirs = /etc/glint/b:-1\n"],
+        ),
+    ];
+    for &(settings, expected) in cases {
+        let config = loads(&format!(
+            "[glance_store]\n{settings}\nfilesystem_store_file_perm = 600\n\
+             stores = file, http\n[database]\nconnection = sqlite:///db/glint.sqlite\n"
+        ))
+        .config;
+        let effective = config.effective_settings();
+        for line in expected {
+            assert!(effective.contains(line), "{line:?} missing:\n{effective}");
+        }
+        assert!(effective.contains("\n[glance_store]\n"), "{effective}");
+        assert!(
+            effective.contains("filesystem_store_file_perm = 0600\n"),
+            "{effective}"
+        );
+        assert!(effective.contains("stores = file\n"), "{effective}");
+        assert!(
+            effective.contains("[database]\nconnection = sqlite:////etc/glint/db/glint.sqlite\n"),
+            "{effective}"
+        );
+        let reloaded = loads(&effective);
+        assert_eq!(reloaded.warnings, Vec::<String>::new(), "{effective}");
+        assert_eq!(reloaded.config, config, "{effective}");
+    }
 }
 
 const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md");
