@@ -44,6 +44,8 @@
 mod image;
 mod migrations;
 mod query;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
