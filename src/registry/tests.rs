@@ -1073,6 +1073,29 @@ fn open_creates_the_folder_and_sets_the_pragmas() {
 }
 
 #[test]
+fn children_opening_a_new_database_at_once_all_succeed() {
+    // Each thread stands for a child opening the registry right after the fork: they race to
+    // switch the new file to WAL and to migrate it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = db_path(&dir);
+    let barrier = std::sync::Barrier::new(6);
+    thread::scope(|scope| {
+        for index in 0..6 {
+            let (path, barrier) = (&path, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                let registry = Registry::open(path).expect("open");
+                registry
+                    .create(&Image::new(format!("from-{index}")))
+                    .expect("create");
+            });
+        }
+    });
+    let registry = Registry::open(&path).expect("open");
+    assert_eq!(registry.list(&ListQuery::default()).expect("list").len(), 6);
+}
+
+#[test]
 fn migrating_twice_changes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
