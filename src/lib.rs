@@ -23,6 +23,7 @@ pub mod listener;
 pub mod logging;
 pub mod master;
 pub mod pool;
+pub mod registry;
 pub mod signals;
 pub mod status;
 pub mod store;

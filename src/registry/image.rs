@@ -1,0 +1,313 @@
+//! The [`Image`] record and how it maps onto the `images`, `image_properties` and `image_tags`
+//! tables.
+//!
+//! Everything here runs on a connection or transaction the caller already holds: the functions
+//! neither begin nor commit, so [`super::Registry`] decides what is atomic.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::RegistryError;
+use crate::timestamp;
+
+/// One image's metadata, as the API shows it (minus the derived `self`, `file` and `schema`),
+/// plus the two fields the store needs (`location`, `upload_owner`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    /// The image's UUID; never reused, not even after the image is deleted.
+    pub id: String,
+    pub name: Option<String>,
+    /// queued, saving, active, killed, deleted, deactivated, uploading, importing.
+    pub status: String,
+    /// public, private, shared or community.
+    pub visibility: String,
+    pub protected: bool,
+    pub os_hidden: bool,
+    /// Hex md5 of the data.
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub owner: Option<String>,
+    pub size: Option<u64>,
+    pub virtual_size: Option<u64>,
+    pub container_format: Option<String>,
+    pub disk_format: Option<String>,
+    pub min_ram: i64,
+    pub min_disk: i64,
+    /// Sorted and without duplicates whenever the registry hands an image out.
+    pub tags: Vec<String>,
+    /// Custom properties; Glance's schema allows only string values.
+    pub properties: BTreeMap<String, String>,
+    /// "YYYY-MM-DDTHH:MM:SSZ".
+    pub created_at: String,
+    /// "YYYY-MM-DDTHH:MM:SSZ"; every write through the registry sets it to now.
+    pub updated_at: String,
+    /// Absolute path of the data file, once the image is active.
+    pub location: Option<String>,
+    /// Opaque token of the process uploading the data while the status is "saving"; see
+    /// [`super::Registry::recover_abandoned_uploads`].
+    pub upload_owner: Option<String>,
+}
+
+impl Image {
+    /// A new image with Glance's defaults: queued, visibility "shared", not protected, not
+    /// hidden, min_ram and min_disk 0, no tags, created and updated now.
+    pub fn new(id: impl Into<String>) -> Image {
+        let now = timestamp::rfc3339_seconds(SystemTime::now());
+        Image {
+            id: id.into(),
+            name: None,
+            status: "queued".to_string(),
+            visibility: "shared".to_string(),
+            protected: false,
+            os_hidden: false,
+            checksum: None,
+            os_hash_algo: None,
+            os_hash_value: None,
+            owner: None,
+            size: None,
+            virtual_size: None,
+            container_format: None,
+            disk_format: None,
+            min_ram: 0,
+            min_disk: 0,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+            created_at: now.clone(),
+            updated_at: now,
+            location: None,
+            upload_owner: None,
+        }
+    }
+
+    /// Sorts the tags and drops duplicates, the form the registry stores and returns.
+    pub fn normalize_tags(&mut self) {
+        self.tags.sort();
+        self.tags.dedup();
+    }
+}
+
+/// The `images` columns [`from_row`] reads, in its order, qualified for use in joins.
+pub(super) const COLUMNS: &str = "images.id, images.name, images.status, images.visibility, \
+    images.protected, images.os_hidden, images.checksum, images.os_hash_algo, \
+    images.os_hash_value, images.owner, images.size, images.virtual_size, \
+    images.container_format, images.disk_format, images.min_ram, images.min_disk, \
+    images.created_at, images.updated_at, images.location, images.upload_owner";
+
+/// Reads the scalar fields selected by [`COLUMNS`]; tags and properties come from
+/// [`load_details`].
+pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
+    Ok(Image {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: row.get(2)?,
+        visibility: row.get(3)?,
+        protected: row.get(4)?,
+        os_hidden: row.get(5)?,
+        checksum: row.get(6)?,
+        os_hash_algo: row.get(7)?,
+        os_hash_value: row.get(8)?,
+        owner: row.get(9)?,
+        size: row.get(10)?,
+        virtual_size: row.get(11)?,
+        container_format: row.get(12)?,
+        disk_format: row.get(13)?,
+        min_ram: row.get(14)?,
+        min_disk: row.get(15)?,
+        tags: Vec::new(),
+        properties: BTreeMap::new(),
+        created_at: row.get(16)?,
+        updated_at: row.get(17)?,
+        location: row.get(18)?,
+        upload_owner: row.get(19)?,
+    })
+}
+
+/// Fills in the tags and custom properties of `image`.
+///
+/// One indexed lookup per table and image: SQLite runs in-process, so a page of a thousand
+/// images costs a few milliseconds, and the statements are cached per connection.
+pub(super) fn load_details(connection: &Connection, image: &mut Image) -> rusqlite::Result<()> {
+    let mut tags =
+        connection.prepare_cached("SELECT tag FROM image_tags WHERE image_id = ?1 ORDER BY tag")?;
+    image.tags = tags
+        .query_map([&image.id], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut properties = connection
+        .prepare_cached("SELECT name, value FROM image_properties WHERE image_id = ?1")?;
+    image.properties = properties
+        .query_map([&image.id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(())
+}
+
+/// The image with this id unless it is deleted, with its tags and properties.
+pub(super) fn select_live(
+    connection: &Connection,
+    id: &str,
+) -> Result<Option<Image>, RegistryError> {
+    let context = || format!("read image {id}");
+    let sql = format!("SELECT {COLUMNS} FROM images WHERE images.id = ?1 AND images.deleted = 0");
+    let found = connection
+        .prepare_cached(&sql)
+        .and_then(|mut statement| statement.query_row([id], from_row).optional())
+        .map_err(RegistryError::sql(context()))?;
+    let Some(mut image) = found else {
+        return Ok(None);
+    };
+    load_details(connection, &mut image).map_err(RegistryError::sql(context()))?;
+    Ok(Some(image))
+}
+
+/// Whether a row with this id exists, deleted or not.
+pub(super) fn id_taken(connection: &Connection, id: &str) -> Result<bool, RegistryError> {
+    connection
+        .prepare_cached("SELECT 1 FROM images WHERE id = ?1")
+        .and_then(|mut statement| statement.exists([id]))
+        .map_err(RegistryError::sql(format!("look up image id {id}")))
+}
+
+/// Inserts a new image row with its tags and properties; `order` is the hidden microsecond key
+/// for both `created_order` and `updated_order`.
+pub(super) fn insert(
+    connection: &Connection,
+    image: &Image,
+    order: i64,
+) -> Result<(), RegistryError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO images (id, name, status, visibility, protected, os_hidden, checksum, \
+             os_hash_algo, os_hash_value, owner, size, virtual_size, container_format, \
+             disk_format, min_ram, min_disk, created_at, updated_at, location, upload_owner, \
+             created_order, updated_order) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+             ?17, ?18, ?19, ?20, ?21, ?21)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                image.id,
+                image.name,
+                image.status,
+                image.visibility,
+                image.protected,
+                image.os_hidden,
+                image.checksum,
+                image.os_hash_algo,
+                image.os_hash_value,
+                image.owner,
+                image.size,
+                image.virtual_size,
+                image.container_format,
+                image.disk_format,
+                image.min_ram,
+                image.min_disk,
+                image.created_at,
+                image.updated_at,
+                image.location,
+                image.upload_owner,
+                order,
+            ])
+        })
+        .map_err(RegistryError::sql(format!("insert image {}", image.id)))?;
+    write_details(connection, image)
+}
+
+/// Overwrites every field of an existing image row and replaces its tags and properties;
+/// `updated_order` is the hidden microsecond key matching `image.updated_at`.
+pub(super) fn write(
+    connection: &Connection,
+    image: &Image,
+    updated_order: i64,
+) -> Result<(), RegistryError> {
+    connection
+        .prepare_cached(
+            "UPDATE images SET name = ?2, status = ?3, visibility = ?4, protected = ?5, \
+             os_hidden = ?6, checksum = ?7, os_hash_algo = ?8, os_hash_value = ?9, owner = ?10, \
+             size = ?11, virtual_size = ?12, container_format = ?13, disk_format = ?14, \
+             min_ram = ?15, min_disk = ?16, created_at = ?17, updated_at = ?18, \
+             location = ?19, upload_owner = ?20, updated_order = ?21 \
+             WHERE id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                image.id,
+                image.name,
+                image.status,
+                image.visibility,
+                image.protected,
+                image.os_hidden,
+                image.checksum,
+                image.os_hash_algo,
+                image.os_hash_value,
+                image.owner,
+                image.size,
+                image.virtual_size,
+                image.container_format,
+                image.disk_format,
+                image.min_ram,
+                image.min_disk,
+                image.created_at,
+                image.updated_at,
+                image.location,
+                image.upload_owner,
+                updated_order,
+            ])
+        })
+        .map_err(RegistryError::sql(format!("update image {}", image.id)))?;
+    delete_details(connection, &image.id)?;
+    write_details(connection, image)
+}
+
+/// Turns the row into a tombstone: status "deleted", flagged, its tags and properties gone.
+/// The row stays so that the id is never reused.
+pub(super) fn mark_deleted(
+    connection: &Connection,
+    id: &str,
+    now: &str,
+    now_order: i64,
+) -> Result<(), RegistryError> {
+    connection
+        .prepare_cached(
+            "UPDATE images SET deleted = 1, status = 'deleted', deleted_at = ?2, \
+             updated_at = ?2, updated_order = ?3 WHERE id = ?1",
+        )
+        .and_then(|mut statement| statement.execute(params![id, now, now_order]))
+        .map_err(RegistryError::sql(format!("mark image {id} deleted")))?;
+    delete_details(connection, id)
+}
+
+fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError> {
+    let context = || format!("remove the tags and properties of image {id}");
+    for sql in [
+        "DELETE FROM image_tags WHERE image_id = ?1",
+        "DELETE FROM image_properties WHERE image_id = ?1",
+    ] {
+        connection
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([id]))
+            .map_err(RegistryError::sql(context()))?;
+    }
+    Ok(())
+}
+
+fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryError> {
+    let context = || format!("write the tags and properties of image {}", image.id);
+    let mut tags = connection
+        .prepare_cached("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?1, ?2)")
+        .map_err(RegistryError::sql(context()))?;
+    for tag in &image.tags {
+        tags.execute(params![image.id, tag])
+            .map_err(RegistryError::sql(context()))?;
+    }
+    let mut properties = connection
+        .prepare_cached("INSERT INTO image_properties (image_id, name, value) VALUES (?1, ?2, ?3)")
+        .map_err(RegistryError::sql(context()))?;
+    for (name, value) in &image.properties {
+        properties
+            .execute(params![image.id, name, value])
+            .map_err(RegistryError::sql(context()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The registry's schema as an append-only list of migrations, versioned by
+//! `PRAGMA user_version`.
+//!
+//! Entry `i` of [`MIGRATIONS`] takes the schema from version `i` to version `i + 1`. Every child
+//! runs [`migrate`] when it opens the registry; the first one to take the exclusive lock applies
+//! whatever is missing, and the others then find `user_version` already current and do nothing.
+//!
+//! # Compatibility
+//!
+//! Never edit, reorder or remove an entry: a database in the field has already run it, and an
+//! older binary may still be serving from the same file during a reload (two generations overlap).
+//! Only compatible changes may be appended: new tables, new indexes, new columns that are nullable
+//! or have a default. An older binary that finds a `user_version` beyond its own list keeps
+//! working, because everything it reads and writes is still there.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::RegistryError;
+
+/// The migrations, oldest first. Append only (see the module doc).
+pub const MIGRATIONS: &[&str] = &[
+    // 1: images, their custom properties and tags.
+    //
+    // `deleted` keeps the row of a deleted image as a tombstone, so its id is never reused
+    // (Glance answers 409 to a create with a deleted image's id). `created_order` and
+    // `updated_order` are microseconds since the epoch, hidden from the API: they order images
+    // created or updated within the same second.
+    "
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY NOT NULL,
+        name TEXT,
+        status TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        protected INTEGER NOT NULL DEFAULT 0,
+        os_hidden INTEGER NOT NULL DEFAULT 0,
+        checksum TEXT,
+        os_hash_algo TEXT,
+        os_hash_value TEXT,
+        owner TEXT,
+        size INTEGER,
+        virtual_size INTEGER,
+        container_format TEXT,
+        disk_format TEXT,
+        min_ram INTEGER NOT NULL DEFAULT 0,
+        min_disk INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        created_order INTEGER NOT NULL,
+        updated_order INTEGER NOT NULL,
+        location TEXT,
+        upload_owner TEXT,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        deleted_at TEXT
+    );
+    CREATE TABLE image_properties (
+        image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (image_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE image_tags (
+        image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX images_by_created ON images (created_at, created_order, id) WHERE deleted = 0;
+    CREATE INDEX images_by_updated ON images (updated_at, updated_order, id) WHERE deleted = 0;
+    CREATE INDEX images_by_name ON images (name) WHERE deleted = 0;
+    CREATE INDEX images_by_status ON images (status) WHERE deleted = 0;
+    CREATE INDEX images_by_owner ON images (owner) WHERE deleted = 0;
+    CREATE INDEX image_properties_by_value ON image_properties (name, value);
+    CREATE INDEX image_tags_by_tag ON image_tags (tag);
+    ",
+];
+
+/// Brings the schema up to date in one exclusive transaction: either every missing migration is
+/// applied and `user_version` records it, or nothing changes.
+///
+/// The exclusive lock waits for the busy timeout like any writer, so children that open the
+/// database at the same moment apply the migrations once, one after the other.
+pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(RegistryError::sql("begin the migration transaction"))?;
+    let version: i64 = transaction
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(RegistryError::sql("read PRAGMA user_version"))?;
+    let version = usize::try_from(version).unwrap_or(0);
+    if version > MIGRATIONS.len() {
+        // A newer binary migrated the file; its changes are compatible by the rule above.
+        log::info!(
+            "registry schema is at version {version}, newer than this binary's {}; using it as is",
+            MIGRATIONS.len()
+        );
+        return Ok(());
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        transaction
+            .execute_batch(sql)
+            .map_err(RegistryError::sql(format!(
+                "apply registry migration {}",
+                index + 1
+            )))?;
+    }
+    if version < MIGRATIONS.len() {
+        transaction
+            .pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(RegistryError::sql("set PRAGMA user_version"))?;
+        log::info!(
+            "registry schema migrated from version {version} to {}",
+            MIGRATIONS.len()
+        );
+    }
+    transaction
+        .commit()
+        .map_err(RegistryError::sql("commit the migration transaction"))
+}

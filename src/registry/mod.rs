@@ -1,0 +1,519 @@
+//! The image registry: every image's metadata in one SQLite file, shared by all children.
+//!
+//! [`Registry`] is the only type in glint that opens SQLite. The API asks it to create, get,
+//! list, update and delete [`Image`]s; the store asks it to move an image through its upload
+//! states and to recover uploads whose process died. The registry knows nothing of HTTP or of
+//! data files: it records where a file is (`location`) but never touches it.
+//!
+//! - `migrations`: the schema, as an append-only list applied on open.
+//! - `image`: the [`Image`] record and its mapping onto the tables.
+//! - `query`: [`ListQuery`], filters, sort order and marker pagination.
+//!
+//! # Locking
+//!
+//! Several child processes, each with several worker threads, use the same file at once. Each
+//! child calls [`Registry::open`] after the fork: a SQLite connection must never cross a
+//! `fork()` (the child would share the parent's file locks and WAL index), so the master never
+//! opens the registry, and a `Registry` must not be used in a process other than the one that
+//! opened it. Within a process, a `Registry` is shared by the worker threads and lends each
+//! call one of a few connections (see [`DEFAULT_MAX_CONNECTIONS`]).
+//!
+//! Every connection uses the WAL journal, so readers never wait for writers and a writer waits
+//! only for another writer. SQLite admits one writer at a time across all processes; a writer
+//! that finds the lock taken waits up to [`BUSY_TIMEOUT`] for it. Only then does the call fail,
+//! with [`RegistryError::Sql`] (see [`RegistryError::is_busy`]).
+//!
+//! Every write starts with `BEGIN IMMEDIATE`, which takes the write lock before reading. A
+//! deferred transaction that reads and then writes may find that another process wrote in
+//! between; SQLite then fails it at once with SQLITE_BUSY, whatever the busy timeout, because
+//! waiting could not help. Taking the lock first makes the busy timeout apply and makes every
+//! read-modify-write ([`Registry::update`], [`Registry::delete`]) atomic, so two clients
+//! updating the same image never lose an update. The closures those methods take run while the
+//! write lock is held, so they must be quick and must not call the registry.
+//!
+//! Reads run in a deferred transaction so that an image and its tags and properties, or a marker
+//! and the page after it, come from one snapshot.
+//!
+//! # Compatibility
+//!
+//! The schema changes only by appending to `migrations::MIGRATIONS`, and only compatibly (see
+//! that module): during a reload two generations, built from different binaries, may share the
+//! file. `synchronous=NORMAL` with WAL keeps the database consistent after a crash of the
+//! machine but may lose the last transactions before it; a crash of a process loses nothing.
+
+mod image;
+mod migrations;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+pub use image::Image;
+pub use migrations::MIGRATIONS;
+pub use query::{Filters, ListQuery, SortDir, SortKey};
+
+use crate::timestamp;
+
+/// How long a call waits for another connection, in this process or another, to release the
+/// write lock before it fails. Long enough for any single registry transaction, which holds
+/// the lock for milliseconds.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many connections one [`Registry`] opens at most. A call beyond that waits for a
+/// connection to come back. Writers are serialized by SQLite anyway, so more connections only
+/// help concurrent readers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
+
+/// The registry of one process: a small pool of connections to the database file.
+///
+/// `Send + Sync`; share it between threads by reference or `Arc`.
+pub struct Registry {
+    /// The database file, for opening more connections.
+    path: PathBuf,
+    /// Idle connections and how many are open in all, idle or lent out.
+    pool: Mutex<Pool>,
+    /// Signalled when a connection comes back or an open fails, for callers waiting in
+    /// `lease` because `max_connections` are lent out.
+    returned: Condvar,
+    /// The most connections `pool` may hold open.
+    max_connections: usize,
+}
+
+/// Why a registry call failed.
+#[derive(Debug)]
+pub enum RegistryError {
+    /// `create` with the id of an existing or deleted image (Glance: 409).
+    Duplicate,
+    /// The list marker is not the id of an image that exists and is not deleted (Glance: 400).
+    BadMarker,
+    /// The folder of the database file could not be created.
+    CreateFolder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file system holding the database does not support WAL (for example a network file
+    /// system without shared memory); `mode` is the journal mode SQLite kept.
+    NoWal { path: PathBuf, mode: String },
+    /// SQLite failed; `context` says what the registry was doing. A database still locked after
+    /// [`BUSY_TIMEOUT`] is one of these (see [`RegistryError::is_busy`]).
+    Sql {
+        context: String,
+        source: rusqlite::Error,
+    },
+}
+
+struct Pool {
+    idle: Vec<Connection>,
+    n_open: usize,
+}
+
+/// A connection lent out of the pool; going out of scope gives it back.
+struct Lease<'registry> {
+    registry: &'registry Registry,
+    /// Always Some until `drop`.
+    connection: Option<Connection>,
+}
+
+/// One instant in the two forms the tables keep.
+struct Now {
+    /// "YYYY-MM-DDTHH:MM:SSZ", what the API shows.
+    seconds: String,
+    /// Microseconds since the epoch, the hidden key ordering ties within a second.
+    micros: i64,
+}
+
+impl Registry {
+    /// Opens the database at `path`, creating the file and its folder, and migrates it. Each
+    /// child calls this after the fork (see "Locking" in the module doc).
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        Registry::open_with(path, DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// [`Registry::open`] with at most `max_connections` (at least 1) open at once.
+    pub fn open_with(path: &Path, max_connections: usize) -> Result<Registry, RegistryError> {
+        if let Some(folder) = path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(folder).map_err(|source| RegistryError::CreateFolder {
+                path: folder.to_path_buf(),
+                source,
+            })?;
+        }
+        let registry = Registry {
+            path: path.to_path_buf(),
+            pool: Mutex::new(Pool {
+                idle: Vec::new(),
+                n_open: 0,
+            }),
+            returned: Condvar::new(),
+            max_connections: max_connections.max(1),
+        };
+        let mut lease = registry.lease()?;
+        migrations::migrate(&mut lease)?;
+        drop(lease);
+        Ok(registry)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records a new image. Its tags are stored sorted and unique; its timestamps as given.
+    /// [`RegistryError::Duplicate`] if the id is taken, also by a deleted image: Glance never
+    /// reuses an id.
+    pub fn create(&self, image: &Image) -> Result<(), RegistryError> {
+        let mut image = image.clone();
+        image.normalize_tags();
+        let mut lease = self.lease()?;
+        let transaction = begin_immediate(&mut lease)?;
+        if image::id_taken(&transaction, &image.id)? {
+            return Err(RegistryError::Duplicate);
+        }
+        image::insert(&transaction, &image, Now::take().micros)?;
+        commit(transaction)
+    }
+
+    /// The image with this id; None if there is none or it is deleted.
+    pub fn get(&self, id: &str) -> Result<Option<Image>, RegistryError> {
+        let mut lease = self.lease()?;
+        let transaction = lease
+            .transaction()
+            .map_err(RegistryError::sql("begin a read transaction"))?;
+        image::select_live(&transaction, id)
+        // Dropping the read transaction rolls it back, which for a read only ends it.
+    }
+
+    /// One page of images; see the `query` module for the order and the marker.
+    pub fn list(&self, query: &ListQuery) -> Result<Vec<Image>, RegistryError> {
+        let mut lease = self.lease()?;
+        let transaction = lease
+            .transaction()
+            .map_err(RegistryError::sql("begin a read transaction"))?;
+        query::list(&transaction, query)
+    }
+
+    /// Read-modify-write in one `BEGIN IMMEDIATE` transaction: `change` gets the current image
+    /// and edits it, or refuses with its own error, which is returned and changes nothing.
+    /// The edited image is written with its tags sorted and unique and `updated_at` now, and
+    /// returned. The id cannot change: an edit to it is discarded. None if there is no such
+    /// image (or it is deleted); `change` is then not called.
+    ///
+    /// `change` runs while this process holds the database's write lock: it must be quick and
+    /// must not call the registry.
+    pub fn update<E: From<RegistryError>>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Image) -> Result<(), E>,
+    ) -> Result<Option<Image>, E> {
+        let mut lease = self.lease()?;
+        let transaction = begin_immediate(&mut lease)?;
+        let Some(mut image) = image::select_live(&transaction, id)? else {
+            return Ok(None);
+        };
+        let stored_id = image.id.clone();
+        change(&mut image)?;
+        let now = Now::take();
+        image.id = stored_id;
+        image.updated_at = now.seconds;
+        image.normalize_tags();
+        image::write(&transaction, &image, now.micros)?;
+        commit(transaction)?;
+        Ok(Some(image))
+    }
+
+    /// Deletes the image: it is no longer listed or found, and its id stays taken. Returns the
+    /// image as it was, so the caller can remove its data. `refuse` is called inside the
+    /// transaction with the current image and may veto with its own error (a protected image:
+    /// 403). None if there is no such image.
+    ///
+    /// `refuse` runs while the write lock is held; see [`Registry::update`].
+    pub fn delete<E: From<RegistryError>>(
+        &self,
+        id: &str,
+        refuse: impl FnOnce(&Image) -> Result<(), E>,
+    ) -> Result<Option<Image>, E> {
+        let mut lease = self.lease()?;
+        let transaction = begin_immediate(&mut lease)?;
+        let Some(image) = image::select_live(&transaction, id)? else {
+            return Ok(None);
+        };
+        refuse(&image)?;
+        let now = Now::take();
+        image::mark_deleted(&transaction, id, &now.seconds, now.micros)?;
+        commit(transaction)?;
+        Ok(Some(image))
+    }
+
+    /// Finds images in status "saving" whose uploading process is gone (`is_alive` says no to
+    /// their `upload_owner`, or they have none), sets them back to "queued" with no upload
+    /// owner, and returns them as they were before, so the caller can remove their temporary
+    /// files. A failed upload returns the image to queued in Glance too.
+    ///
+    /// `is_alive` runs while the write lock is held: it must be quick (a `kill(pid, 0)`).
+    pub fn recover_abandoned_uploads(
+        &self,
+        is_alive: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Image>, RegistryError> {
+        let mut lease = self.lease()?;
+        let transaction = begin_immediate(&mut lease)?;
+        let context = "find images in status saving";
+        let sql = format!(
+            "SELECT {} FROM images WHERE images.status = 'saving' AND images.deleted = 0 \
+             ORDER BY images.id",
+            image::COLUMNS
+        );
+        let saving: Vec<Image> = transaction
+            .prepare(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_map([], image::from_row)?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(RegistryError::sql(context))?;
+        let now = Now::take();
+        let mut abandoned = Vec::new();
+        for mut stored in saving {
+            if stored.upload_owner.as_deref().is_some_and(&is_alive) {
+                continue;
+            }
+            image::load_details(&transaction, &mut stored).map_err(RegistryError::sql(context))?;
+            let mut reset = stored.clone();
+            reset.status = "queued".to_string();
+            reset.upload_owner = None;
+            reset.updated_at = now.seconds.clone();
+            image::write(&transaction, &reset, now.micros)?;
+            abandoned.push(stored);
+        }
+        commit(transaction)?;
+        Ok(abandoned)
+    }
+
+    /// Lends out an idle connection, opens a new one if fewer than `max_connections` are open,
+    /// or else waits for one to come back.
+    fn lease(&self) -> Result<Lease<'_>, RegistryError> {
+        let mut pool = self.lock_pool();
+        loop {
+            if let Some(connection) = pool.idle.pop() {
+                return Ok(Lease {
+                    registry: self,
+                    connection: Some(connection),
+                });
+            }
+            if pool.n_open < self.max_connections {
+                pool.n_open += 1;
+                drop(pool);
+                // Opening may wait on the journal mode change; do it without the pool lock.
+                return match open_connection(&self.path) {
+                    Ok(connection) => Ok(Lease {
+                        registry: self,
+                        connection: Some(connection),
+                    }),
+                    Err(error) => {
+                        self.lock_pool().n_open -= 1;
+                        self.returned.notify_one();
+                        Err(error)
+                    }
+                };
+            }
+            pool = self
+                .returned
+                .wait(pool)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// The pool's state is a list and a count that no panic can leave half-updated, so a
+    /// poisoned lock is still good to use.
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let mut pool = self.registry.lock_pool();
+        if connection.is_autocommit() {
+            pool.idle.push(connection);
+        } else {
+            // A transaction whose rollback failed is still open on it: never lend it again.
+            pool.n_open -= 1;
+            drop(pool);
+            drop(connection);
+        }
+        self.registry.returned.notify_one();
+    }
+}
+
+impl Deref for Lease<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.connection
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Now {
+    fn take() -> Now {
+        let time = SystemTime::now();
+        let micros = time
+            .duration_since(UNIX_EPOCH)
+            .map(|since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Now {
+            seconds: timestamp::rfc3339_seconds(time),
+            micros,
+        }
+    }
+}
+
+impl RegistryError {
+    /// Wraps a SQLite error with what the registry was doing, for `map_err`.
+    fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> RegistryError {
+        let context = context.into();
+        move |source| RegistryError::Sql { context, source }
+    }
+
+    /// Whether SQLite gave up waiting for a lock (after [`BUSY_TIMEOUT`]).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            RegistryError::Sql { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Duplicate => {
+                formatter.write_str("an image with this id exists or existed")
+            }
+            RegistryError::BadMarker => formatter.write_str("the marker is not the id of an image"),
+            RegistryError::CreateFolder { path, .. } => {
+                write!(
+                    formatter,
+                    "cannot create the registry folder {}",
+                    path.display()
+                )
+            }
+            RegistryError::NoWal { path, mode } => write!(
+                formatter,
+                "the registry {} cannot use the WAL journal (SQLite kept journal_mode={mode}); \
+                 put it on a local file system",
+                path.display()
+            ),
+            RegistryError::Sql { context, .. } => {
+                write!(formatter, "registry: failed to {context}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegistryError::CreateFolder { source, .. } => Some(source),
+            RegistryError::Sql { source, .. } => Some(source),
+            RegistryError::Duplicate | RegistryError::BadMarker | RegistryError::NoWal { .. } => {
+                None
+            }
+        }
+    }
+}
+
+/// Opens one connection and sets its pragmas before anything else uses it.
+fn open_connection(path: &Path) -> Result<Connection, RegistryError> {
+    let context = |what: &str| format!("{what} {}", path.display());
+    let connection = Connection::open(path).map_err(RegistryError::sql(context("open")))?;
+    // First, so that everything after it, including the journal mode change, waits for locks.
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(RegistryError::sql(context("set the busy timeout on")))?;
+    set_wal(&connection, path)?;
+    // With WAL, NORMAL syncs only at checkpoints: still consistent after a power loss.
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(RegistryError::sql(context("set synchronous=NORMAL on")))?;
+    connection
+        .pragma_update(None, "foreign_keys", true)
+        .map_err(RegistryError::sql(context("enable foreign keys on")))?;
+    Ok(connection)
+}
+
+/// Switches the file to the WAL journal (a no-op once it is: the mode is stored in the file).
+///
+/// The first switch needs the file to itself, and SQLite may answer SQLITE_BUSY at once rather
+/// than call the busy handler, when several children open a new database together; so retry
+/// until [`BUSY_TIMEOUT`].
+fn set_wal(connection: &Connection, path: &Path) -> Result<(), RegistryError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let result = connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        match result {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(RegistryError::NoWal {
+                    path: path.to_path_buf(),
+                    mode,
+                })
+            }
+            Err(error)
+                if Instant::now() < deadline
+                    && matches!(
+                        error.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => {
+                return Err(RegistryError::Sql {
+                    context: format!("set journal_mode=WAL on {}", path.display()),
+                    source: error,
+                })
+            }
+        }
+    }
+}
+
+fn begin_immediate(
+    connection: &mut Connection,
+) -> Result<rusqlite::Transaction<'_>, RegistryError> {
+    connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(RegistryError::sql("begin a write transaction"))
+}
+
+fn commit(transaction: rusqlite::Transaction<'_>) -> Result<(), RegistryError> {
+    transaction
+        .commit()
+        .map_err(RegistryError::sql("commit a write transaction"))
+}

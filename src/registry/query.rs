@@ -1,0 +1,356 @@
+//! Listing images: filters, sort keys and marker pagination, turned into one SQL query.
+//!
+//! # Order
+//!
+//! The images are sorted by the requested keys, then by `created_at` descending and `id`
+//! descending unless those keys were requested already (Glance's `paginate_query` appends the
+//! same two). `id` is unique, so the order is total and the same on every call.
+//! `created_at` and `updated_at` have one-second resolution; ties within a second are ordered by
+//! a hidden microsecond column written with them, in the same direction.
+//!
+//! NULL is smaller than every value, as in SQLite and MySQL (the database Glance is usually
+//! run on): an ascending sort lists images without a name (or size, owner, formats) first, a
+//! descending sort lists them last. Text compares bytewise (SQLite's BINARY collation).
+//!
+//! # Pagination
+//!
+//! A marker is the id of an image that is not deleted (it need not match the filters). The page
+//! starts strictly after the marker's position in the order above: the query compares the sort
+//! columns with the marker's values, column by column, with the NULL rule above. Because the
+//! order is total, walking pages with the last id of each page as the next marker returns every
+//! image exactly once, as long as no image is changed meanwhile.
+
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, OptionalExtension};
+
+use super::image::{self, Image};
+use super::RegistryError;
+
+/// What to list and in which order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListQuery {
+    pub filters: Filters,
+    /// The requested sort, most significant first; the tie-breakers of the module doc follow.
+    pub sort: Vec<(SortKey, SortDir)>,
+    /// At most this many images; the API applies its own default and maximum.
+    pub limit: usize,
+    /// Start after the image with this id.
+    pub marker: Option<String>,
+}
+
+impl Default for ListQuery {
+    /// No filters, the default order, no limit, from the start.
+    fn default() -> ListQuery {
+        ListQuery {
+            filters: Filters::default(),
+            sort: Vec::new(),
+            limit: usize::MAX,
+            marker: None,
+        }
+    }
+}
+
+/// Conditions an image must meet to be listed; every field that is set must hold. Deleted
+/// images are never listed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filters {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    /// None lists every visibility but "community" (Glance lists community images only when
+    /// asked); `Some("all")` lists every visibility.
+    pub visibility: Option<String>,
+    pub owner: Option<String>,
+    /// The image must carry every one of these tags.
+    pub tags: Vec<String>,
+    pub protected: Option<bool>,
+    /// None is the same as `Some(false)`: hidden images are listed only with `os_hidden=true`,
+    /// and then only they are.
+    pub os_hidden: Option<bool>,
+    /// Inclusive; an image without a size does not match a size filter.
+    pub size_min: Option<u64>,
+    /// Inclusive.
+    pub size_max: Option<u64>,
+    /// Custom property equality filters; all must hold.
+    pub properties: Vec<(String, String)>,
+}
+
+/// An attribute images can be sorted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    Name,
+    Status,
+    ContainerFormat,
+    DiskFormat,
+    Size,
+    Id,
+    CreatedAt,
+    UpdatedAt,
+    Visibility,
+    Owner,
+    MinRam,
+    MinDisk,
+}
+
+/// The direction of one sort key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortDir {
+    Asc,
+    Desc,
+}
+
+/// Every sort key once: its Glance name (`sort_key`, `sort=`) and the columns it sorts by.
+const SORT_KEYS: &[(SortKey, &str, &[&str])] = &[
+    (SortKey::Name, "name", &["name"]),
+    (SortKey::Status, "status", &["status"]),
+    (
+        SortKey::ContainerFormat,
+        "container_format",
+        &["container_format"],
+    ),
+    (SortKey::DiskFormat, "disk_format", &["disk_format"]),
+    (SortKey::Size, "size", &["size"]),
+    (SortKey::Id, "id", &["id"]),
+    (
+        SortKey::CreatedAt,
+        "created_at",
+        &["created_at", "created_order"],
+    ),
+    (
+        SortKey::UpdatedAt,
+        "updated_at",
+        &["updated_at", "updated_order"],
+    ),
+    (SortKey::Visibility, "visibility", &["visibility"]),
+    (SortKey::Owner, "owner", &["owner"]),
+    (SortKey::MinRam, "min_ram", &["min_ram"]),
+    (SortKey::MinDisk, "min_disk", &["min_disk"]),
+];
+
+impl SortKey {
+    /// Every sort key, in the order of the table above.
+    pub fn all() -> impl Iterator<Item = SortKey> {
+        SORT_KEYS.iter().map(|(key, _, _)| *key)
+    }
+
+    /// The key Glance calls `name` ("created_at", "disk_format", ...); None if unknown.
+    pub fn parse(name: &str) -> Option<SortKey> {
+        SORT_KEYS
+            .iter()
+            .find(|(_, glance_name, _)| *glance_name == name)
+            .map(|(key, _, _)| *key)
+    }
+
+    /// The Glance name of this key.
+    pub fn name(self) -> &'static str {
+        self.entry().1
+    }
+
+    fn columns(self) -> &'static [&'static str] {
+        self.entry().2
+    }
+
+    fn entry(self) -> &'static (SortKey, &'static str, &'static [&'static str]) {
+        SORT_KEYS
+            .iter()
+            .find(|(key, _, _)| *key == self)
+            .expect("SORT_KEYS lists every SortKey")
+    }
+}
+
+impl SortDir {
+    /// "asc" or "desc", as Glance spells them; None otherwise.
+    pub fn parse(name: &str) -> Option<SortDir> {
+        match name {
+            "asc" => Some(SortDir::Asc),
+            "desc" => Some(SortDir::Desc),
+            _ => None,
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            SortDir::Asc => "ASC",
+            SortDir::Desc => "DESC",
+        }
+    }
+}
+
+/// The full order: the requested keys without repeats, then the tie-breakers.
+pub(super) fn effective_sort(requested: &[(SortKey, SortDir)]) -> Vec<(SortKey, SortDir)> {
+    let mut sort: Vec<(SortKey, SortDir)> = Vec::new();
+    let tie_breakers = [
+        (SortKey::CreatedAt, SortDir::Desc),
+        (SortKey::Id, SortDir::Desc),
+    ];
+    for (key, dir) in requested.iter().chain(tie_breakers.iter()) {
+        if !sort.iter().any(|(seen, _)| seen == key) {
+            sort.push((*key, *dir));
+        }
+    }
+    sort
+}
+
+/// Runs `query` on `connection`, which should be inside a transaction so that the marker and
+/// the page come from the same snapshot.
+pub(super) fn list(
+    connection: &Connection,
+    query: &ListQuery,
+) -> Result<Vec<Image>, RegistryError> {
+    let columns: Vec<(&str, SortDir)> = effective_sort(&query.sort)
+        .into_iter()
+        .flat_map(|(key, dir)| key.columns().iter().map(move |column| (*column, dir)))
+        .collect();
+
+    let mut conditions = vec!["images.deleted = 0".to_string()];
+    let mut values: Vec<Value> = Vec::new();
+    filter_conditions(&query.filters, &mut conditions, &mut values);
+    if let Some(marker) = &query.marker {
+        let marker_values = marker_values(connection, marker, &columns)?;
+        conditions.push(after_marker(&columns, marker_values, &mut values));
+    }
+
+    let order = columns
+        .iter()
+        .map(|(column, dir)| format!("images.{column} {}", dir.sql()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    values.push(Value::Integer(
+        i64::try_from(query.limit).unwrap_or(i64::MAX),
+    ));
+    let sql = format!(
+        "SELECT {} FROM images WHERE {} ORDER BY {order} LIMIT ?",
+        image::COLUMNS,
+        conditions.join(" AND "),
+    );
+    let context = "list images";
+    let mut statement = connection
+        .prepare(&sql)
+        .map_err(RegistryError::sql(context))?;
+    let mut images: Vec<Image> = statement
+        .query_map(params_from_iter(values), image::from_row)
+        .and_then(|rows| rows.collect())
+        .map_err(RegistryError::sql(context))?;
+    for image in &mut images {
+        image::load_details(connection, image).map_err(RegistryError::sql(context))?;
+    }
+    Ok(images)
+}
+
+/// Appends one SQL condition per set filter, with `?` placeholders bound from `values`.
+fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &mut Vec<Value>) {
+    let mut add = |condition: &str, bound: &[Value]| {
+        conditions.push(condition.to_string());
+        values.extend_from_slice(bound);
+    };
+    for (column, value) in [
+        ("name", &filters.name),
+        ("status", &filters.status),
+        ("owner", &filters.owner),
+    ] {
+        if let Some(value) = value {
+            add(
+                &format!("images.{column} = ?"),
+                &[Value::Text(value.clone())],
+            );
+        }
+    }
+    match filters.visibility.as_deref() {
+        None => add("images.visibility <> 'community'", &[]),
+        Some("all") => {}
+        Some(visibility) => add(
+            "images.visibility = ?",
+            &[Value::Text(visibility.to_string())],
+        ),
+    }
+    if let Some(protected) = filters.protected {
+        add("images.protected = ?", &[Value::Integer(protected.into())]);
+    }
+    let os_hidden = filters.os_hidden.unwrap_or(false);
+    add("images.os_hidden = ?", &[Value::Integer(os_hidden.into())]);
+    for (bound, operator) in [(filters.size_min, ">="), (filters.size_max, "<=")] {
+        if let Some(bound) = bound {
+            // Sizes beyond i64 cannot be stored, so the largest storable one stands in.
+            let bound = i64::try_from(bound).unwrap_or(i64::MAX);
+            add(
+                &format!("images.size {operator} ?"),
+                &[Value::Integer(bound)],
+            );
+        }
+    }
+    for tag in &filters.tags {
+        add(
+            "EXISTS (SELECT 1 FROM image_tags WHERE image_tags.image_id = images.id \
+             AND image_tags.tag = ?)",
+            &[Value::Text(tag.clone())],
+        );
+    }
+    for (name, value) in &filters.properties {
+        add(
+            "EXISTS (SELECT 1 FROM image_properties WHERE image_properties.image_id = images.id \
+             AND image_properties.name = ? AND image_properties.value = ?)",
+            &[Value::Text(name.clone()), Value::Text(value.clone())],
+        );
+    }
+}
+
+/// The marker image's values of the sort columns; [`RegistryError::BadMarker`] if there is no
+/// such image or it is deleted.
+fn marker_values(
+    connection: &Connection,
+    marker: &str,
+    columns: &[(&str, SortDir)],
+) -> Result<Vec<Value>, RegistryError> {
+    let selected = columns
+        .iter()
+        .map(|(column, _)| *column)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {selected} FROM images WHERE id = ?1 AND deleted = 0");
+    connection
+        .query_row(&sql, [marker], |row| {
+            (0..columns.len())
+                .map(|index| row.get::<_, Value>(index))
+                .collect::<rusqlite::Result<Vec<Value>>>()
+        })
+        .optional()
+        .map_err(RegistryError::sql(format!("read marker image {marker}")))?
+        .ok_or(RegistryError::BadMarker)
+}
+
+/// The condition "comes strictly after the marker": for some column i, the row equals the
+/// marker on every column before i and comes after it on column i, in that column's direction,
+/// with NULL below every value.
+fn after_marker(
+    columns: &[(&str, SortDir)],
+    marker_values: Vec<Value>,
+    values: &mut Vec<Value>,
+) -> String {
+    let mut alternatives = Vec::with_capacity(columns.len());
+    for (index, ((column, dir), marker_value)) in columns.iter().zip(&marker_values).enumerate() {
+        let mut terms = Vec::with_capacity(index + 1);
+        for ((earlier, _), earlier_value) in columns[..index].iter().zip(&marker_values) {
+            // IS compares NULLs as equal to each other, unlike =.
+            terms.push(format!("images.{earlier} IS ?"));
+            values.push(earlier_value.clone());
+        }
+        let is_null = matches!(marker_value, Value::Null);
+        let beyond = match (dir, is_null) {
+            // Ascending past NULL: any value.
+            (SortDir::Asc, true) => format!("images.{column} IS NOT NULL"),
+            // Ascending past a value: a greater one (a NULL row compares as NULL: false).
+            (SortDir::Asc, false) => format!("images.{column} > ?"),
+            // Descending past NULL: nothing is smaller.
+            (SortDir::Desc, true) => "0".to_string(),
+            // Descending past a value: a smaller one or NULL.
+            (SortDir::Desc, false) => {
+                format!("(images.{column} IS NULL OR images.{column} < ?)")
+            }
+        };
+        if !is_null {
+            values.push(marker_value.clone());
+        }
+        terms.push(beyond);
+        alternatives.push(format!("({})", terms.join(" AND ")));
+    }
+    format!("({})", alternatives.join(" OR "))
+}
