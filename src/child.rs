@@ -15,13 +15,15 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
 use crate::acceptor::Acceptor;
 use crate::api::Api;
-use crate::config::Config;
+use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
 use crate::logging;
 use crate::master::log_destination;
 use crate::pool::Pool;
+use crate::registry::Registry;
 use crate::signals::{SignalSpec, SignalWatch};
+use crate::store::{self, Store};
 
 /// Exit code of a child that cannot start with its config; the master does not respawn it.
 pub const EXIT_CANNOT_START: i32 = 2;
@@ -92,7 +94,31 @@ pub fn run(start: Start) -> i32 {
             return EXIT_CANNOT_START;
         }
     };
-    let handler: Arc<dyn Handler> = Arc::new(Api::new(config.clone(), generation, local_address));
+    // Each child opens its own database connections and store after fork: a SQLite connection
+    // must never cross a fork.
+    let registry = match Registry::open(&config.database_path) {
+        Ok(registry) => Arc::new(registry),
+        Err(error) => {
+            log::error!(
+                "cannot open the image database {}: {error}",
+                config.database_path.display()
+            );
+            return EXIT_CANNOT_START;
+        }
+    };
+    let store = match Store::open(store_settings(&config)) {
+        Ok(store) => Arc::new(store),
+        Err(error) => {
+            log::error!("cannot open the image store: {error}");
+            return EXIT_CANNOT_START;
+        }
+    };
+    let api = Api::new(config.clone(), generation, local_address, registry, store);
+    if let Err(error) = api.recover() {
+        // Serving is still right: recovery runs again at the next child's start.
+        log::error!("recovery of abandoned uploads failed: {error}");
+    }
+    let handler: Arc<dyn Handler> = Arc::new(api);
     let draining = Arc::new(AtomicBool::new(false));
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
     let waker = match signals.waker() {
@@ -138,6 +164,24 @@ pub fn run(start: Start) -> i32 {
     pool.join();
     log::info!("exiting");
     0
+}
+
+/// The store's settings for a generation's config.
+pub fn store_settings(config: &Config) -> store::Settings {
+    store::Settings {
+        datadirs: config
+            .datadirs
+            .iter()
+            .map(|datadir| (datadir.path.clone(), datadir.priority))
+            .collect(),
+        file_perm: config.filesystem_store_file_perm,
+        size_cap: config.image_size_cap,
+        hash: match config.hashing_algorithm {
+            HashAlgorithm::Sha256 => store::HashKind::Sha256,
+            HashAlgorithm::Sha384 => store::HashKind::Sha384,
+            HashAlgorithm::Sha512 => store::HashKind::Sha512,
+        },
+    }
 }
 
 /// The HTTP layer's settings for a generation's config.

@@ -10,6 +10,7 @@
 //! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
+//! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem.
 //! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.

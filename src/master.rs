@@ -151,6 +151,7 @@ impl Master {
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
         prepare_state_files(&config)?;
+        check_storage(&config)?;
         write_pid_file(&config.pid_file)?;
         let listener =
             Listener::bind(&config.listen_address(), config.backlog).map_err(|error| {
@@ -606,6 +607,7 @@ impl Master {
             }
         }
         prepare_state_files(config)?;
+        check_storage(config)?;
         let destination = log_destination(config);
         // Opening the file checks that the new destination is usable; children open their own.
         if let Some(path) = &destination.file {
@@ -998,6 +1000,22 @@ fn prepare_state_files(config: &Config) -> Result<(), String> {
             format!("cannot create log directory {}: {error}", parent.display())
         })?;
     }
+    Ok(())
+}
+
+/// Opens the store (creating missing data directories, checking they are writable) and the
+/// image database (creating and migrating it) once in the master, so that a bad data directory
+/// or database path fails the start or the reload before any child is forked. Both are closed
+/// again before any fork: a SQLite connection must not cross one.
+fn check_storage(config: &Config) -> Result<(), String> {
+    crate::store::Store::open(child::store_settings(config))
+        .map_err(|error| format!("{error}; fix filesystem_store_datadir(s)"))?;
+    crate::registry::Registry::open(&config.database_path).map_err(|error| {
+        format!(
+            "cannot open the image database {}: {error}; fix [database] connection",
+            config.database_path.display()
+        )
+    })?;
     Ok(())
 }
 

@@ -310,7 +310,7 @@ fn invalid_config_at_reload_keeps_the_old_generation_and_reports_the_line() {
         ),
         (
             "bad value",
-            Some(format!("{good}workers = many\n")),
+            Some(util::base_config("workers = many")),
             "[DEFAULT] workers: `many` is not a decimal integer",
         ),
         ("missing file", None, "cannot read the config file"),

@@ -252,13 +252,15 @@ impl Drop for Server {
     }
 }
 
-/// The base config: loopback, ephemeral port, two workers, state files in the test's dir
-/// (relative paths resolve against the config's folder).
+/// The base config: loopback, ephemeral port, two workers, state files, image data and the
+/// database in the test's dir (relative paths resolve against the config's folder). `extra`
+/// lines go into `[DEFAULT]`.
 pub fn base_config(extra: &str) -> String {
     format!(
         "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nworkers = 2\nworker_threads = 4\n\
          pid_file = glint-api.pid\nlog_file = glint-api.log\ngraceful_shutdown_timeout = 30\n\
-         {extra}\n"
+         {extra}\n\n[glance_store]\nfilesystem_store_datadir = images\n\n\
+         [database]\nconnection = sqlite:///glint.sqlite\n"
     )
 }
 

@@ -1,20 +1,35 @@
-//! The Glance Image API v2 as a [`Handler`]: routing, and the error responses Glance clients
-//! understand.
+//! The Glance Image API v2 as a [`Handler`]: routing, and the answers Glance clients understand.
 //!
-//! Routing is one `match` on the method and the path's segments. This issue serves the
-//! healthcheck and version discovery; the images API slots in as more arms under `/v2`.
-//! `api` knows nothing of processes or sockets: it gets a parsed request and returns a response.
+//! Routing is one `match` on the method and the path's segments; every route returns
+//! `Result<Response, ApiError>` and [`error::ApiError::into_response`] is the one place an error
+//! becomes a response. `api` knows nothing of processes or sockets: it gets a parsed request and
+//! the child's [`Registry`] and [`Store`], and returns a response.
+//!
+//! - `images`: metadata routes (create, list, show, patch, delete, tags);
+//! - `image_data`: upload and download of image data;
+//! - `representation`: an image's JSON and the rules for attributes clients send;
+//! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
+//! - `schemas`, `versions`: the documents clients discover the API with;
+//! - `error`: the API's error type and its rendering.
 
+pub mod error;
+mod image_data;
+mod images;
+mod list_query;
+mod patch;
+pub mod representation;
+mod schemas;
 mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde_json::json;
-
 use crate::config::Config;
 use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
+use crate::registry::{Registry, RegistryError};
+use crate::store::Store;
+use error::ApiError;
 
 /// The application one child serves, built from its generation's config.
 pub struct Api {
@@ -23,14 +38,27 @@ pub struct Api {
     /// The address the child's listener is bound to (the real port when bind_port is 0), for
     /// links when neither public_endpoint nor a usable Host header gives one.
     local_address: SocketAddr,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    /// Identifies this process as the uploader of an image in `saving` (see `store::owner_token`).
+    owner_token: String,
 }
 
 impl Api {
-    pub fn new(config: Arc<Config>, generation: u64, local_address: SocketAddr) -> Api {
+    pub fn new(
+        config: Arc<Config>,
+        generation: u64,
+        local_address: SocketAddr,
+        registry: Arc<Registry>,
+        store: Arc<Store>,
+    ) -> Api {
         Api {
             config,
             generation,
             local_address,
+            registry,
+            store,
+            owner_token: crate::store::owner_token(),
         }
     }
 
@@ -38,54 +66,151 @@ impl Api {
     pub fn generation(&self) -> u64 {
         self.generation
     }
-}
 
-impl Handler for Api {
-    fn handle(&self, request: &mut Request<'_>) -> Response {
+    /// Repairs what a dead process left behind: images stuck in `saving` under an uploader that
+    /// no longer runs go back to `queued`, and the temporary files of dead uploaders are
+    /// removed. Each child runs it as it starts, so a crash is repaired by its replacement.
+    pub fn recover(&self) -> Result<(), RegistryError> {
+        let recovered = self
+            .registry
+            .recover_abandoned_uploads(crate::store::owner_alive)?;
+        for image in &recovered {
+            log::warn!(
+                "image {} was left in saving by a process that died; it is queued again",
+                image.id
+            );
+        }
+        for path in self
+            .store
+            .remove_abandoned_temp_files(crate::store::owner_alive)
+        {
+            log::warn!(
+                "removed {}, left by an upload whose process died",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn route(&self, request: &mut Request<'_>) -> Result<Response, ApiError> {
         let method = request.method().to_string();
         let path = request.path().to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let read_only = matches!(method.as_str(), "GET" | "HEAD");
+        const READ: &str = "GET, HEAD";
         match segments.as_slice() {
-            ["healthcheck"] if read_only => Response::text(200, "OK"),
-            ["healthcheck"] => method_not_allowed(request, "GET, HEAD"),
-            [] if read_only => versions::document(request, &self.config, self.local_address, 300),
-            ["versions"] if read_only => {
-                versions::document(request, &self.config, self.local_address, 200)
+            ["healthcheck"] if read_only => Ok(Response::text(200, "OK")),
+            [] if read_only => Ok(versions::document(
+                request,
+                &self.config,
+                self.local_address,
+                300,
+            )),
+            ["versions"] if read_only => Ok(versions::document(
+                request,
+                &self.config,
+                self.local_address,
+                200,
+            )),
+            ["healthcheck"] | [] | ["versions"] => Err(ApiError::MethodNotAllowed { allow: READ }),
+            [version, rest @ ..] if is_v2(version) => self.route_v2(request, &method, rest),
+            _ => Err(ApiError::NotFound(
+                "The resource could not be found.".to_string(),
+            )),
+        }
+    }
+
+    /// Routes under `/v2/` (and `/v2.N/`, for the minor versions the version document lists).
+    fn route_v2(
+        &self,
+        request: &mut Request<'_>,
+        method: &str,
+        segments: &[&str],
+    ) -> Result<Response, ApiError> {
+        let read_only = matches!(method, "GET" | "HEAD");
+        match (method, segments) {
+            (_, ["schemas", name @ ..]) if read_only => {
+                let schema = match name {
+                    ["image"] => schemas::image(),
+                    ["images"] => schemas::images(),
+                    ["metadefs", "namespace"] => schemas::metadefs_namespace(),
+                    ["metadefs", "resource_type"] => schemas::metadefs_resource_type(),
+                    _ => {
+                        return Err(ApiError::NotFound(
+                            "The resource could not be found.".to_string(),
+                        ))
+                    }
+                };
+                Ok(Response::json(200, &schema))
             }
-            [] | ["versions"] => method_not_allowed(request, "GET, HEAD"),
-            _ => error(request, 404, "The resource could not be found."),
+            (_, ["images"]) if read_only => self.list_images(request),
+            ("POST", ["images"]) => self.create_image(request),
+            (_, ["images"]) => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, POST",
+            }),
+            (_, ["images", id]) if read_only => self.show_image(id),
+            ("PATCH", ["images", id]) => self.update_image(request, id),
+            ("DELETE", ["images", id]) => self.delete_image(id),
+            (_, ["images", _]) => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, PATCH, DELETE",
+            }),
+            (_, ["images", id, "file"]) if read_only => self.download(request, id),
+            ("PUT", ["images", id, "file"]) => self.upload(request, id),
+            (_, ["images", _, "file"]) => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, PUT",
+            }),
+            ("PUT", ["images", id, "tags", tag]) => self.add_tag(id, &decode_segment(tag)?),
+            ("DELETE", ["images", id, "tags", tag]) => self.delete_tag(id, &decode_segment(tag)?),
+            (_, ["images", _, "tags", _]) => Err(ApiError::MethodNotAllowed {
+                allow: "PUT, DELETE",
+            }),
+            _ => Err(ApiError::NotFound(
+                "The resource could not be found.".to_string(),
+            )),
         }
     }
 }
 
-/// An error in the form the client asked for: Glance's JSON body when the client accepts JSON
-/// (openstacksdk), plain text otherwise (glanceclient reads the Content-Type and crashes on a
-/// JSON body it did not ask for). Always with a Content-Type.
-pub fn error(request: &Request<'_>, status: u16, message: &str) -> Response {
-    let title = crate::http::response::reason_phrase(status);
-    let wants_json = request
-        .head
-        .header_str("accept")
-        .is_some_and(|accept| accept.contains("application/json"));
-    if wants_json {
-        Response::json(
-            status,
-            &json!({"message": message, "code": format!("{status} {title}"), "title": title}),
-        )
-    } else {
-        Response::text(status, &format!("{status} {title}\n\n{message}\n"))
+impl Handler for Api {
+    fn handle(&self, request: &mut Request<'_>) -> Response {
+        match self.route(request) {
+            Ok(response) => response,
+            Err(error) => error.into_response(request),
+        }
     }
 }
 
-fn method_not_allowed(request: &Request<'_>, allow: &str) -> Response {
-    error(
-        request,
-        405,
-        &format!(
-            "The method {} is not allowed for this resource.",
-            request.method()
-        ),
-    )
-    .header("Allow", allow)
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> ApiError {
+        match error {
+            RegistryError::Duplicate => ApiError::Conflict("The image already exists.".to_string()),
+            RegistryError::BadMarker => {
+                ApiError::BadRequest("The marker is not the id of a listed image.".to_string())
+            }
+            other if other.is_busy() => ApiError::Unavailable(format!(
+                "The image database is busy; retry the request. ({other})"
+            )),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// `v2` or `v2.N` for a minor version we list.
+fn is_v2(segment: &str) -> bool {
+    match segment.strip_prefix("v2") {
+        Some("") => true,
+        Some(minor) => minor
+            .strip_prefix('.')
+            .and_then(|minor| minor.parse::<u32>().ok())
+            .is_some_and(|minor| versions::MINOR_VERSIONS.contains(&minor)),
+        None => false,
+    }
+}
+
+/// A path segment with its percent-encoding decoded (tags may contain any character).
+fn decode_segment(segment: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| ApiError::BadRequest("Path segments must be UTF-8.".to_string()))
 }

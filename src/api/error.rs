@@ -1,0 +1,137 @@
+//! The API's one error type and the one place it becomes a response.
+//!
+//! Every handler returns `Result<Response, ApiError>`; `ApiError::into_response` picks the status
+//! and renders the body the way Glance clients read it: `{"message", "code", "title"}` JSON for a
+//! client that accepts JSON (openstacksdk), plain text otherwise (glanceclient reads the
+//! Content-Type and falls over on a JSON body it did not ask for). A client's mistake is logged
+//! at debug; only `Internal` is an operator's problem and is logged at error.
+
+use std::fmt;
+
+use serde_json::json;
+
+use crate::http::response::{reason_phrase, Response};
+use crate::http::serve::Request;
+
+/// A failed API request.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed JSON, a value of the wrong type, a bad filter or marker.
+    BadRequest(String),
+    /// 403: read-only or reserved attributes, protected images, removing a base attribute.
+    Forbidden(String),
+    /// 404: no such image, tag or route.
+    NotFound(String),
+    /// 405, with the methods the resource allows.
+    MethodNotAllowed { allow: &'static str },
+    /// 409: an image in the wrong state, a duplicate id, a property already present or absent.
+    Conflict(String),
+    /// 410: the image was deleted while its data was being uploaded.
+    Gone(String),
+    /// 413: an image larger than image_size_cap, or no room in any data directory.
+    TooLarge(String),
+    /// 415, with the patch media types when the route is PATCH.
+    UnsupportedMediaType { message: String, accept_patch: bool },
+    /// 416: an unsatisfiable Range; carries the size for `Content-Range: bytes */SIZE`.
+    RangeNotSatisfiable { size: u64 },
+    /// 500: something broke on our side (the registry or the store); logged at error.
+    Internal(String),
+    /// 503: the metadata database stayed locked for longer than its busy timeout.
+    Unavailable(String),
+}
+
+/// The media types PATCH accepts, newest first (sent as `Accept-Patch` with a 415).
+pub const PATCH_MEDIA_TYPES: &str =
+    "application/openstack-images-v2.1-json-patch, application/openstack-images-v2.0-json-patch";
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::Gone(_) => 410,
+            ApiError::TooLarge(_) => 413,
+            ApiError::UnsupportedMediaType { .. } => 415,
+            ApiError::RangeNotSatisfiable { .. } => 416,
+            ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(message)
+            | ApiError::Forbidden(message)
+            | ApiError::NotFound(message)
+            | ApiError::Conflict(message)
+            | ApiError::Gone(message)
+            | ApiError::TooLarge(message)
+            | ApiError::Unavailable(message) => message.clone(),
+            ApiError::UnsupportedMediaType { message, .. } => message.clone(),
+            ApiError::MethodNotAllowed { .. } => {
+                "The method is not allowed for this resource.".to_string()
+            }
+            ApiError::RangeNotSatisfiable { .. } => {
+                "The requested range is not satisfiable.".to_string()
+            }
+            // The details are in the log; the client gets no internals.
+            ApiError::Internal(_) => "The server has either erred or is incapable of \
+                                      performing the requested operation."
+                .to_string(),
+        }
+    }
+
+    /// The response for this error, in the form the client asked for.
+    pub fn into_response(self, request: &Request<'_>) -> Response {
+        match &self {
+            ApiError::Internal(detail) => log::error!(
+                "{} {}: internal error: {detail}",
+                request.method(),
+                request.path()
+            ),
+            other => log::debug!("{} {}: {other}", request.method(), request.path()),
+        }
+        let response = render(request, self.status(), &self.message());
+        match self {
+            ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
+            ApiError::UnsupportedMediaType {
+                accept_patch: true, ..
+            } => response.header("Accept-Patch", PATCH_MEDIA_TYPES),
+            ApiError::RangeNotSatisfiable { size } => {
+                response.header("Content-Range", &format!("bytes */{size}"))
+            }
+            _ => response,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Internal(detail) => write!(f, "{} (500): {detail}", self.message()),
+            _ => write!(f, "{} ({})", self.message(), self.status()),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// An error body: Glance's JSON when the client accepts JSON, text otherwise.
+pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
+    let title = reason_phrase(status);
+    let wants_json = request
+        .head
+        .header_str("accept")
+        .is_some_and(|accept| accept.contains("application/json"));
+    if wants_json {
+        Response::json(
+            status,
+            &json!({"message": message, "code": format!("{status} {title}"), "title": title}),
+        )
+    } else {
+        Response::text(status, &format!("{status} {title}\n\n{message}\n"))
+    }
+}

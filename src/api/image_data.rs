@@ -1,0 +1,326 @@
+//! Image data: `PUT /v2/images/{id}/file` (upload) and `GET /v2/images/{id}/file` (download).
+//!
+//! An upload moves the image from `queued` to `saving` (recording this process as the
+//! uploader), streams the body into the store in fixed-size chunks while hashing it, and only
+//! after the store has renamed the complete file into place turns the image `active`. Every
+//! failure on the way puts the image back to `queued`, and the store removes its temporary file,
+//! so no partial data is ever visible. If this process dies mid-upload, the next child to start
+//! finds the image still `saving` under a dead uploader and recovers it (see `Api::recover`).
+//!
+//! A download sends the file with sendfile(2) (`Body::File`), whole or one byte range.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use super::error::ApiError;
+use super::images::check_id;
+use super::Api;
+use crate::http::head::Framing;
+use crate::http::response::{Body, Response};
+use crate::http::serve::Request;
+use crate::store::{StoreError, Stored};
+
+/// How much of an upload is read from the socket and written to the store at a time.
+pub const UPLOAD_CHUNK: usize = 64 * 1024;
+
+impl Api {
+    /// `PUT /v2/images/{id}/file`.
+    pub(super) fn upload(&self, request: &mut Request<'_>, id: &str) -> Result<Response, ApiError> {
+        let media_type = request
+            .head
+            .header_str("content-type")
+            .and_then(|value| value.split(';').next())
+            .map(|value| value.trim().to_ascii_lowercase());
+        if media_type.as_deref() != Some("application/octet-stream") {
+            return Err(ApiError::UnsupportedMediaType {
+                message: "Image data must be sent as application/octet-stream.".to_string(),
+                accept_patch: false,
+            });
+        }
+        check_id(id)?;
+        let declared = declared_size(request)?;
+        let cap = self.config.image_size_cap;
+        if declared.is_some_and(|size| size > cap) {
+            return Err(ApiError::TooLarge(format!(
+                "Image exceeds the storage quota: the image is {} bytes and image_size_cap is {cap}.",
+                declared.unwrap_or(0)
+            )));
+        }
+        let owner = self.owner_token.clone();
+        self.registry
+            .update(id, |image| {
+                if image.status != "queued" {
+                    return Err(ApiError::Conflict(format!(
+                        "Image status transition from {} to saving is not allowed",
+                        image.status
+                    )));
+                }
+                if image.disk_format.is_none() || image.container_format.is_none() {
+                    return Err(ApiError::BadRequest(
+                        "Properties disk_format, container_format must be set prior to saving \
+                         data."
+                            .to_string(),
+                    ));
+                }
+                image.status = "saving".to_string();
+                image.upload_owner = Some(owner.clone());
+                Ok(())
+            })?
+            .ok_or_else(|| super::images::not_found(id))?;
+
+        let stored = match self.receive(request, id, declared) {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.requeue(id);
+                return Err(error);
+            }
+        };
+        let committed = self.registry.update(id, |image| {
+            if image.status != "saving" || image.upload_owner.as_deref() != Some(owner.as_str()) {
+                return Err(ApiError::Conflict(
+                    "The image changed state during the upload.".to_string(),
+                ));
+            }
+            image.status = "active".to_string();
+            image.size = Some(stored.size);
+            image.checksum = Some(stored.checksum.clone());
+            image.os_hash_algo = Some(stored.hash_algo.to_string());
+            image.os_hash_value = Some(stored.hash_value.clone());
+            image.location = Some(stored.location.clone());
+            image.upload_owner = None;
+            Ok(())
+        });
+        match committed {
+            Ok(Some(_)) => {
+                log::info!("image {id} is active: {} bytes", stored.size);
+                Ok(Response::new(204))
+            }
+            Ok(None) | Err(_) => {
+                // Deleted (or taken over) while we wrote: the data belongs to nothing.
+                if let Err(error) = self.store.delete_data(&stored.location) {
+                    log::error!(
+                        "cannot remove the data of image {id}, deleted during its upload: {error}"
+                    );
+                }
+                if let Err(error @ ApiError::Unavailable(_) | error @ ApiError::Internal(_)) =
+                    committed
+                {
+                    return Err(error);
+                }
+                Err(ApiError::Gone(format!(
+                    "Image {id} could not be found after upload. The image may have been deleted \
+                     during the upload."
+                )))
+            }
+        }
+    }
+
+    /// Streams the request body into a new store upload and finishes it.
+    fn receive(
+        &self,
+        request: &mut Request<'_>,
+        id: &str,
+        declared: Option<u64>,
+    ) -> Result<Stored, ApiError> {
+        let mut upload = self
+            .store
+            .begin_upload(id, declared, &self.owner_token)
+            .map_err(store_error)?;
+        let mut buffer = vec![0u8; UPLOAD_CHUNK];
+        loop {
+            let n = match request.read(&mut buffer) {
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::info!(
+                        "upload of image {id} interrupted after {} bytes: {error}",
+                        upload.bytes_written()
+                    );
+                    return Err(ApiError::BadRequest(
+                        match crate::http::body::http_error(&error) {
+                            Some(http) => http.message().to_string(),
+                            None => format!("The upload was interrupted: {error}"),
+                        },
+                    ));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            upload.write(&buffer[..n]).map_err(store_error)?;
+        }
+        upload.finish().map_err(store_error)
+    }
+
+    /// Puts an image whose upload failed back to `queued`, if it is still ours.
+    fn requeue(&self, id: &str) {
+        let owner = self.owner_token.as_str();
+        let result = self.registry.update(id, |image| {
+            if image.status == "saving" && image.upload_owner.as_deref() == Some(owner) {
+                image.status = "queued".to_string();
+                image.upload_owner = None;
+            }
+            Ok::<(), ApiError>(())
+        });
+        if let Err(error) = result {
+            log::error!("image {id} may stay in saving after a failed upload: {error}");
+        }
+    }
+
+    /// `GET /v2/images/{id}/file`.
+    pub(super) fn download(&self, request: &Request<'_>, id: &str) -> Result<Response, ApiError> {
+        let image = self.find(id)?;
+        if image.status == "deactivated" {
+            return Err(ApiError::Forbidden(
+                "The requested image has been deactivated. Image data download is forbidden."
+                    .to_string(),
+            ));
+        }
+        let (Some(location), "active") = (&image.location, image.status.as_str()) else {
+            // Glance answers 204 for an image that has no data (yet).
+            return Ok(Response::new(204));
+        };
+        let (mut file, size) = self
+            .store
+            .open_data(location)
+            .map_err(|error| match error {
+                StoreError::NotFound => {
+                    log::error!(
+                        "the data of active image {id} is missing at {location}; restore the file \
+                     or delete the image"
+                    );
+                    ApiError::Internal(format!("data of image {id} missing at {location}"))
+                }
+                other => store_error(other),
+            })?;
+        let range = match request.head.header_str("range") {
+            Some(value) => Some(parse_range(value, size)?),
+            None => None,
+        };
+        let response = match range {
+            None => {
+                let mut response =
+                    Response::new(200).header("Content-Type", "application/octet-stream");
+                if let Some(checksum) = &image.checksum {
+                    response = response.header("Content-MD5", checksum);
+                }
+                response.body = Body::File { file, len: size };
+                response
+            }
+            Some((first, last)) => {
+                file.seek(SeekFrom::Start(first))
+                    .map_err(|error| ApiError::Internal(format!("seek in {location}: {error}")))?;
+                let mut response = Response::new(206)
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Range", &format!("bytes {first}-{last}/{size}"));
+                response.body = Body::File {
+                    file,
+                    len: last - first + 1,
+                };
+                response
+            }
+        };
+        Ok(response)
+    }
+}
+
+/// The size the client announced: `x-openstack-image-size` (glanceclient sends it with chunked
+/// uploads), else the Content-Length of the body.
+fn declared_size(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
+    if let Some(value) = request.head.header_str("x-openstack-image-size") {
+        return value.trim().parse().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("Invalid x-openstack-image-size: {value:?}"))
+        });
+    }
+    Ok(match request.head.framing {
+        Framing::Length(length) => Some(length),
+        _ => None,
+    })
+}
+
+/// One byte range (RFC 9110 §14.1.2): `bytes=A-B`, `bytes=A-` or `bytes=-N`, as inclusive
+/// (first, last). Several ranges, or one outside the file, are 416.
+fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
+    let unsatisfiable = || ApiError::RangeNotSatisfiable { size };
+    let spec = value
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(unsatisfiable)?;
+    if spec.contains(',') || size == 0 {
+        return Err(unsatisfiable());
+    }
+    let (start, end) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (start, end) = (start.trim(), end.trim());
+    let number = |text: &str| text.parse::<u64>().map_err(|_| unsatisfiable());
+    let (first, last) = match (start.is_empty(), end.is_empty()) {
+        (true, true) => return Err(unsatisfiable()),
+        (true, false) => {
+            let suffix = number(end)?;
+            if suffix == 0 {
+                return Err(unsatisfiable());
+            }
+            (size.saturating_sub(suffix), size - 1)
+        }
+        (false, true) => (number(start)?, size - 1),
+        (false, false) => (number(start)?, number(end)?.min(size - 1)),
+    };
+    if first > last || first >= size {
+        return Err(unsatisfiable());
+    }
+    Ok((first, last))
+}
+
+/// A store failure as the client sees it.
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Full => ApiError::TooLarge(
+            "Image storage media is full: there is not enough disk space on the image storage \
+             media."
+                .to_string(),
+        ),
+        StoreError::TooLarge { cap } | StoreError::SizeCapExceeded { cap } => ApiError::TooLarge(
+            format!("Image exceeds the storage quota: image_size_cap is {cap} bytes."),
+        ),
+        StoreError::SizeMismatch { declared, actual } => ApiError::BadRequest(format!(
+            "Provided image size must match the stored image size. (provided size: {declared}, \
+             stored size: {actual})"
+        )),
+        StoreError::NotFound => ApiError::NotFound("Image data not found.".to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let ok = [
+            ("bytes=0-0", 10, (0, 0)),
+            ("bytes=0-9", 10, (0, 9)),
+            ("bytes=2-", 10, (2, 9)),
+            ("bytes=-3", 10, (7, 9)),
+            ("bytes=-30", 10, (0, 9)),
+            ("bytes=5-100", 10, (5, 9)),
+        ];
+        for (value, size, expected) in ok {
+            assert_eq!(parse_range(value, size).unwrap(), expected, "{value}");
+        }
+        for (value, size) in [
+            ("bytes=10-", 10),
+            ("bytes=5-2", 10),
+            ("bytes=-0", 10),
+            ("bytes=0-1,3-4", 10),
+            ("items=0-1", 10),
+            ("bytes=a-b", 10),
+            ("bytes=-", 10),
+            ("bytes=0-0", 0),
+        ] {
+            assert_eq!(
+                parse_range(value, size).unwrap_err().status(),
+                416,
+                "{value}"
+            );
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The JSON schemas glint serves under `/v2/schemas/`: the image and image-list schemas that
+//! glanceclient downloads and validates every image against, and the two metadefs schemas it
+//! fetches (and caches) at first use even though glint serves no metadefs.
+//!
+//! The image schema is Glance's `get_base_properties` with its default format lists, minus the
+//! multi-store and location attributes glint does not serve. Custom properties are strings
+//! (`additionalProperties`), which is what makes the schema "permissive".
+
+use serde_json::{json, Value};
+
+use super::representation::{CONTAINER_FORMATS, DISK_FORMATS, MAX_NAME, VISIBILITIES};
+
+/// `GET /v2/schemas/image`.
+pub fn image() -> Value {
+    let nullable_enum = |values: &[&str]| {
+        let mut values: Vec<Value> = values.iter().map(|v| json!(v)).collect();
+        values.insert(0, Value::Null);
+        Value::Array(values)
+    };
+    json!({
+        "name": "image",
+        "properties": {
+            "id": {
+                "type": "string",
+                "description": "An identifier for the image",
+                "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+            },
+            "name": {"type": ["null", "string"], "description": "Descriptive name for the image", "maxLength": MAX_NAME},
+            "status": {
+                "type": "string", "readOnly": true, "description": "Status of the image",
+                "enum": ["queued", "saving", "active", "killed", "deleted", "uploading", "importing", "pending_delete", "deactivated"]
+            },
+            "visibility": {"type": "string", "description": "Scope of image accessibility", "enum": VISIBILITIES},
+            "protected": {"type": "boolean", "description": "If true, image will not be deletable."},
+            "os_hidden": {"type": "boolean", "description": "If true, image will not appear in default image list response."},
+            "checksum": {"type": ["null", "string"], "readOnly": true, "description": "md5 hash of image contents.", "maxLength": 32},
+            "os_hash_algo": {"type": ["null", "string"], "readOnly": true, "description": "Algorithm to calculate the os_hash_value", "maxLength": 64},
+            "os_hash_value": {"type": ["null", "string"], "readOnly": true, "description": "Hexdigest of the image contents using the algorithm specified by the os_hash_algo", "maxLength": 128},
+            "owner": {"type": ["null", "string"], "description": "Owner of the image", "maxLength": MAX_NAME},
+            "size": {"type": ["null", "integer"], "readOnly": true, "description": "Size of image file in bytes"},
+            "virtual_size": {"type": ["null", "integer"], "readOnly": true, "description": "Virtual size of image in bytes"},
+            "container_format": {"type": ["null", "string"], "description": "Format of the container", "enum": nullable_enum(CONTAINER_FORMATS)},
+            "disk_format": {"type": ["null", "string"], "description": "Format of the disk", "enum": nullable_enum(DISK_FORMATS)},
+            "created_at": {"type": "string", "readOnly": true, "description": "Date and time of image registration"},
+            "updated_at": {"type": "string", "readOnly": true, "description": "Date and time of the last image modification"},
+            "tags": {"type": "array", "description": "List of strings related to the image", "items": {"type": "string", "maxLength": MAX_NAME}},
+            "direct_url": {"type": "string", "readOnly": true, "description": "URL to access the image file kept in external store"},
+            "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image."},
+            "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
+            "self": {"type": "string", "readOnly": true, "description": "An image self url"},
+            "file": {"type": "string", "readOnly": true, "description": "An image file url"},
+            "schema": {"type": "string", "readOnly": true, "description": "An image schema url"}
+        },
+        "additionalProperties": {"type": "string"},
+        "links": [
+            {"rel": "self", "href": "{self}"},
+            {"rel": "enclosure", "href": "{file}"},
+            {"rel": "describedby", "href": "{schema}"}
+        ]
+    })
+}
+
+/// `GET /v2/schemas/images`.
+pub fn images() -> Value {
+    json!({
+        "name": "images",
+        "properties": {
+            "images": {"type": "array", "items": image()},
+            "schema": {"type": "string"},
+            "first": {"type": "string"},
+            "next": {"type": "string"}
+        },
+        "links": [
+            {"rel": "first", "href": "{first}"},
+            {"rel": "next", "href": "{next}"},
+            {"rel": "describedby", "href": "{schema}"}
+        ]
+    })
+}
+
+/// `GET /v2/schemas/metadefs/namespace`: glanceclient caches it at first use.
+pub fn metadefs_namespace() -> Value {
+    json!({
+        "name": "namespace",
+        "properties": {
+            "namespace": {"type": "string", "maxLength": 80, "description": "The unique namespace text."},
+            "display_name": {"type": "string", "maxLength": 80},
+            "description": {"type": "string", "maxLength": 500},
+            "visibility": {"type": "string", "enum": ["public", "private"]},
+            "protected": {"type": "boolean"},
+            "owner": {"type": "string", "maxLength": 255},
+            "created_at": {"type": "string", "readOnly": true, "format": "date-time"},
+            "updated_at": {"type": "string", "readOnly": true, "format": "date-time"},
+            "schema": {"type": "string", "readOnly": true},
+            "self": {"type": "string", "readOnly": true},
+            "resource_type_associations": {"type": "array", "items": {"type": "object"}},
+            "properties": {"type": "object"},
+            "objects": {"type": "array", "items": {"type": "object"}},
+            "tags": {"type": "array", "items": {"type": "object"}}
+        },
+        "additionalProperties": false,
+        "required": ["namespace"]
+    })
+}
+
+/// `GET /v2/schemas/metadefs/resource_type`.
+pub fn metadefs_resource_type() -> Value {
+    json!({
+        "name": "resource_type_association",
+        "properties": {
+            "name": {"type": "string", "maxLength": 80, "description": "Resource type names should be aligned with Heat resource types whenever possible."},
+            "prefix": {"type": "string", "maxLength": 80},
+            "properties_target": {"type": "string", "maxLength": 80},
+            "created_at": {"type": "string", "readOnly": true, "format": "date-time"},
+            "updated_at": {"type": "string", "readOnly": true, "format": "date-time"}
+        },
+        "additionalProperties": false,
+        "required": ["name"]
+    })
+}
