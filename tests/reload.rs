@@ -230,6 +230,78 @@ fn no_request_fails_while_sighup_arrives_every_100_to_300_ms() {
     );
 }
 
+/// An image upload sent slowly while the child that took it is told to drain three times: the
+/// child waits for the whole body, stores it, and the data downloads intact afterwards.
+#[test]
+fn slow_request_body_spanning_reloads_is_stored_whole() {
+    let server = Server::start("workers = 2");
+    let addr = server.addr();
+    let create = util::raw_exchange(
+        addr,
+        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+          Content-Length: 50\r\nConnection: close\r\n\r\n\
+          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(create.status, 201, "{create:?}");
+    let id = serde_json::from_slice::<Value>(&create.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut stream = server.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // A first request makes sure a child of generation 1 has accepted the connection (until
+    // then it could wait in the shared backlog and be taken by the next generation).
+    stream.write_all(HEALTHCHECK).unwrap();
+    let response = read_response(&mut reader, "GET").unwrap().unwrap();
+    assert_eq!(response.status, 200);
+    write!(
+        stream,
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let mut sent = Vec::new();
+    for index in 0..12u8 {
+        let chunk: Vec<u8> = (0..16 * 1024)
+            .map(|i| (i as u8) ^ index.wrapping_mul(31))
+            .collect();
+        write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+        stream.write_all(&chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+        sent.extend_from_slice(&chunk);
+        if index % 4 == 1 {
+            let verdict = server.reload();
+            assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+            // The child holding our half-sent upload must still be there, draining.
+            assert!(
+                server.status()["draining"]
+                    .as_array()
+                    .is_some_and(|d| !d.is_empty()),
+                "no child is draining while our upload is unfinished: {}",
+                server.status()
+            );
+        }
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let response = read_response(&mut reader, "PUT")
+        .unwrap()
+        .expect("a response");
+    assert_eq!(response.status, 204, "{response:?}\n{}", server.log());
+    assert!(
+        response.closes(),
+        "a draining child closes after the upload"
+    );
+    let download = util::get(server.addr(), &format!("/v2/images/{id}/file")).unwrap();
+    assert_eq!(download.status, 200);
+    assert!(
+        download.body == sent,
+        "the stored image differs from what was sent"
+    );
+}
+
 /// 1,000 pipelined requests whose responses the client reads slowly, with reloads between
 /// reads: the child blocked writing to us finishes every response, intact, then closes.
 #[test]

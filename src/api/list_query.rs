@@ -226,8 +226,9 @@ fn sort_dir(name: &str) -> Result<SortDir, ApiError> {
     }
 }
 
+/// `true` or `false` in any case, as Glance lower-cases them (openstacksdk sends `True`).
 fn boolean_filter(name: &str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
-    match value {
+    match value.map(str::to_ascii_lowercase).as_deref() {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
