@@ -1,0 +1,97 @@
+"""Shared reporting for the interop test scripts (stdlib only).
+
+Each check is a function that raises on failure (`Failed` with a message, or any exception); the
+runner runs every check in order, prints one line per check, the details of every failure, and
+a closing `NAME: N passed, M failed` line, and writes the counts as JSON to the file named by
+--results (read by scripts/interop/run).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+
+
+class Failed(Exception):
+    """A check's assertion failed; the message says what was expected and what came back."""
+
+
+def check(condition, message):
+    if not condition:
+        raise Failed(message)
+
+
+def equal(actual, expected, what):
+    if actual != expected:
+        raise Failed(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+def digests(data):
+    """(md5 hex, sha512 hex) of bytes."""
+    return hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest()
+
+
+def random_data(size):
+    """Incompressible bytes; size chosen by the caller to straddle buffer boundaries."""
+    return os.urandom(size)
+
+
+def unique(prefix):
+    """A name no earlier run on the same server used."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def parse_args(description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--url", required=True, help="glint endpoint, http://127.0.0.1:PORT")
+    parser.add_argument("--workdir", required=True, help="a scratch directory for data files")
+    parser.add_argument("--results", help="write {passed, failed, failures} as JSON here")
+    parser.add_argument("-k", dest="only", help="run only checks whose name contains this")
+    return parser.parse_args()
+
+
+def run_checks(suite, checks, args):
+    """Runs `checks` (functions) in order; never stops at a failure. Returns the exit code."""
+    passed, failures = 0, []
+    for fn in checks:
+        name = fn.__name__
+        if args.only and args.only not in name:
+            continue
+        started = time.monotonic()
+        try:
+            fn()
+        except Exception as error:  # noqa: BLE001 - every failure is reported, none stops the run
+            elapsed = time.monotonic() - started
+            failures.append(name)
+            print(f"FAIL {suite}.{name} ({elapsed:.1f}s)", flush=True)
+            if isinstance(error, Failed):
+                detail = str(error)
+            else:
+                detail = "".join(traceback.format_exception(error)).rstrip()
+            for line in detail.splitlines():
+                print(f"    {line}", flush=True)
+        else:
+            passed += 1
+            print(f"ok   {suite}.{name} ({time.monotonic() - started:.1f}s)", flush=True)
+    print(f"{suite}: {passed} passed, {len(failures)} failed", flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"passed": passed, "failed": len(failures), "failures": failures}, f)
+    return 1 if failures else 0
+
+
+def clean_os_environ():
+    """The environment without any OS_* variable of the caller's (a stray OS_CLOUD or
+    OS_AUTH_URL would send the clients to keystone)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+
+
+def main_guard(fn):
+    try:
+        sys.exit(fn())
+    except KeyboardInterrupt:
+        sys.exit(130)

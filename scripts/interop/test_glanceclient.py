@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""python-glanceclient's `glance` CLI against a running glint, without keystone.
+
+Run by scripts/interop/run with the venv's python:
+    .venv/bin/python scripts/interop/test_glanceclient.py --url http://127.0.0.1:PORT --workdir D
+
+The CLI is the one in the venv's bin, with OS_IMAGE_URL and OS_AUTH_TOKEN set (the token is sent
+as X-Auth-Token and never checked). HOME should be a scratch directory: glanceclient caches the
+schemas it fetches under ~/.glanceclient. Set GLINT_INTEROP_DEBUG=1 to pass --debug to every
+command (request/response logs land in the failure reports).
+
+Every check creates the images it needs, so one failure does not cascade into the others. A
+failing check prints the commands it ran with their exit status, stdout and stderr.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import traceback
+import uuid
+
+from common import (
+    Failed,
+    check,
+    clean_os_environ,
+    digests,
+    equal,
+    main_guard,
+    parse_args,
+    random_data,
+    run_checks,
+    unique,
+)
+
+ARGS = None
+GLANCE = os.path.join(os.path.dirname(sys.executable), "glance")
+COMMAND_TIMEOUT = 120
+
+
+class Result:
+    def __init__(self, argv, rc, out, err):
+        self.argv, self.rc, self.out, self.err = argv, rc, out, err
+
+    def report(self):
+        return (
+            f"$ {shlex.join(self.argv)}\n"
+            f"  exit status {self.rc}\n"
+            f"  --- stdout ---\n{indent(self.out)}\n"
+            f"  --- stderr ---\n{indent(self.err)}"
+        )
+
+
+def indent(text):
+    return "\n".join("  " + line for line in text.rstrip("\n").splitlines()) or "  (empty)"
+
+
+class Session:
+    """Runs `glance` commands and keeps their results for the failure report."""
+
+    def __init__(self):
+        self.results = []
+
+    def glance(self, *argv, stdin_bytes=None, debug=False):
+        full = [GLANCE]
+        if debug or os.environ.get("GLINT_INTEROP_DEBUG"):
+            full.append("--debug")
+        full += [str(a) for a in argv]
+        env = clean_os_environ()
+        env.update(OS_IMAGE_URL=ARGS.url, OS_AUTH_TOKEN="x", PYTHONUNBUFFERED="1")
+        if stdin_bytes is None:
+            # glanceclient reads image data from any stdin that is not a terminal (even
+            # /dev/null), so a command without data runs with stdin closed, as in cron.
+            kwargs = {"stdin": None, "preexec_fn": lambda: os.close(0)}
+        else:
+            kwargs = {"input": stdin_bytes}
+        try:
+            done = subprocess.run(
+                full, env=env, capture_output=True, timeout=COMMAND_TIMEOUT, **kwargs
+            )
+            result = Result(
+                full,
+                done.returncode,
+                done.stdout.decode("utf-8", "replace"),
+                done.stderr.decode("utf-8", "replace"),
+            )
+        except subprocess.TimeoutExpired as timeout:
+            result = Result(
+                full,
+                f"timed out after {COMMAND_TIMEOUT}s",
+                (timeout.stdout or b"").decode("utf-8", "replace"),
+                (timeout.stderr or b"").decode("utf-8", "replace"),
+            )
+        self.results.append(result)
+        return result
+
+    def ok(self, *argv, **kwargs):
+        """Runs a command that must exit 0."""
+        result = self.glance(*argv, **kwargs)
+        check(result.rc == 0, f"`glance {shlex.join(map(str, argv))}` failed")
+        return result
+
+    def fails(self, *argv, **kwargs):
+        """Runs a command that must exit non-zero without a Python traceback."""
+        result = self.glance(*argv, **kwargs)
+        check(result.rc != 0, f"`glance {shlex.join(map(str, argv))}` succeeded; it must fail")
+        no_crash(result)
+        return result
+
+    def show(self, image_id):
+        """`image-show` parsed into a dict of strings (no column wrapping)."""
+        return parse_dict(self.ok("image-show", "--max-column-width", "100000", image_id).out)
+
+    def create(self, *argv):
+        """`image-create` with `argv`; returns the printed image."""
+        return parse_dict(self.ok("image-create", *argv).out)
+
+    def delete_quietly(self, image_id):
+        self.glance("image-update", "--protected", "False", image_id)
+        self.glance("image-delete", image_id)
+
+
+def no_crash(result):
+    """The client printed an error, not a crash: glanceclient turns a server error it cannot
+    parse (say flat JSON, or no Content-Type) into an AttributeError or KeyError."""
+    text = result.out + result.err
+    for marker in ("Traceback", "object has no attribute", "KeyError", "JSONDecodeError", "Expecting value"):
+        check(marker not in text, f"the client crashed on the server's answer ({marker!r})")
+
+
+def parse_table(text):
+    """Rows of the prettytable(s) in `text`, as lists of cell strings, header rows included.
+    A wrapped cell continues on rows whose first cell is empty; they are joined on."""
+    rows = []
+    for line in text.splitlines():
+        line = line.rstrip()
+        if not (line.startswith("|") and line.endswith("|")):
+            continue
+        cells = [c.strip() for c in line[1:-1].split("|")]
+        if rows and cells and cells[0] == "" and len(cells) == len(rows[-1]):
+            rows[-1] = [a + (" " if a and b else "") + b for a, b in zip(rows[-1], cells)]
+        else:
+            rows.append(cells)
+    return rows
+
+
+def parse_dict(text):
+    """`print_dict` output (Property | Value) into a dict."""
+    rows = parse_table(text)
+    check(rows and rows[0] == ["Property", "Value"], f"no Property/Value table in:\n{text}")
+    return {row[0]: row[1] for row in rows[1:] if len(row) == 2}
+
+
+def parse_list(text):
+    """`print_list` output into a list of dicts keyed by column name."""
+    rows = parse_table(text)
+    if not rows:
+        return []
+    header = rows[0]
+    return [dict(zip(header, row)) for row in rows[1:]]
+
+
+def write_file(name, data):
+    path = os.path.join(ARGS.workdir, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def check_data_fields(image, data, what):
+    """The image is active and its size and hashes are those of `data`."""
+    md5, sha512 = digests(data)
+    equal(image.get("status"), "active", f"{what}: status")
+    equal(image.get("size"), str(len(data)), f"{what}: size")
+    equal(image.get("checksum"), md5, f"{what}: checksum (md5)")
+    equal(image.get("os_hash_algo"), "sha512", f"{what}: os_hash_algo")
+    equal(image.get("os_hash_value"), sha512, f"{what}: os_hash_value")
+
+
+def tags_of(image):
+    try:
+        return json.loads(image.get("tags", "null"))
+    except ValueError as error:
+        raise Failed(f"tags is not a JSON list: {image.get('tags')!r}") from error
+
+
+# Each check below runs its commands through a Session; `checked` attaches the session's
+# command log to any failure.
+
+
+def checked(fn):
+    def wrapper():
+        session = Session()
+        try:
+            fn(session)
+        except Exception as error:
+            log = "\n".join(r.report() for r in session.results)
+            raise Failed(f"{describe(error)}\n--- commands ---\n{log}") from error
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def describe(error):
+    if isinstance(error, Failed):
+        return str(error)
+    return "".join(traceback.format_exception(error)).rstrip()
+
+
+@checked
+def discovery_and_schemas(s):
+    """`/versions`, the schemas glanceclient caches under ~/.glanceclient, an empty-ish list."""
+    s.ok("image-list")
+    schema_path = os.path.expanduser("~/.glanceclient/image_schema.json")
+    check(os.path.isfile(schema_path), f"glanceclient cached no image schema at {schema_path}")
+    with open(schema_path) as f:
+        schema = json.load(f)
+    equal(schema.get("name"), "image", "cached image schema name")
+    equal(schema.get("additionalProperties"), {"type": "string"}, "additionalProperties")
+    for prop in ("id", "name", "status", "disk_format", "container_format", "tags", "checksum"):
+        check(prop in schema.get("properties", {}), f"image schema lacks property {prop!r}")
+
+
+@checked
+def create_with_file(s):
+    """`image-create --file`: POST then a chunked PUT of the data, then the image is active."""
+    data = random_data(1024 * 1024 + 4097)
+    path = write_file("create.bin", data)
+    name = unique("gc-create-file")
+    image = s.create(
+        "--name", name, "--disk-format", "raw", "--container-format", "bare", "--file", path
+    )
+    equal(image.get("name"), name, "name")
+    shown = s.show(image["id"])
+    check_data_fields(shown, data, "image-show after image-create --file")
+    equal(shown.get("disk_format"), "raw", "disk_format")
+    equal(shown.get("container_format"), "bare", "container_format")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def create_metadata_only(s):
+    """`image-create` with properties and no data: a queued image with the defaults."""
+    name = unique("gc-create-meta")
+    image = s.create(
+        "--name", name,
+        "--disk-format", "qcow2",
+        "--container-format", "bare",
+        "--property", "os_distro=debian",
+        "--property", "interop_key=some value",
+    )
+    shown = s.show(image["id"])
+    expected = {
+        "name": name,
+        "status": "queued",
+        "disk_format": "qcow2",
+        "container_format": "bare",
+        "os_distro": "debian",
+        "interop_key": "some value",
+        "visibility": "shared",
+        "protected": "False",
+        "os_hidden": "False",
+        "min_ram": "0",
+        "min_disk": "0",
+        "size": "None",
+        "checksum": "None",
+    }
+    for key, value in expected.items():
+        equal(shown.get(key), value, f"image-show {key}")
+    equal(tags_of(shown), [], "tags")
+    check(len(shown.get("id", "")) == 36, f"id is not a UUID: {shown.get('id')!r}")
+    for stamp in ("created_at", "updated_at"):
+        value = shown.get(stamp, "")
+        check(len(value) == 20 and value.endswith("Z"), f"{stamp} {value!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def upload_and_download(s):
+    """`image-upload --file` (chunked, with x-openstack-image-size), then `image-download --file`,
+    which glanceclient verifies against os_hash_value; we compare the bytes and both hashes."""
+    data = random_data(3 * 65536 + 17)
+    path = write_file("upload.bin", data)
+    image = s.create("--name", unique("gc-upload"), "--disk-format", "raw", "--container-format", "bare")
+    s.ok("image-upload", "--file", path, image["id"])
+    shown = s.show(image["id"])
+    check_data_fields(shown, data, "image-show after image-upload")
+    out = os.path.join(ARGS.workdir, "download.bin")
+    s.ok("image-download", "--file", out, image["id"])
+    with open(out, "rb") as f:
+        got = f.read()
+    equal(len(got), len(data), "downloaded size")
+    check(got == data, "downloaded bytes differ from the uploaded ones")
+    md5, sha512 = digests(got)
+    equal(sha512, shown["os_hash_value"], "sha512 of the download vs os_hash_value")
+    equal(md5, shown["checksum"], "md5 of the download vs checksum")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def upload_from_stdin(s):
+    """`image-upload` with the data on a pipe: size unknown, no x-openstack-image-size."""
+    data = random_data(200_000)
+    image = s.create("--name", unique("gc-stdin"), "--disk-format", "raw", "--container-format", "bare")
+    s.ok("image-upload", image["id"], stdin_bytes=data)
+    check_data_fields(s.show(image["id"]), data, "image-show after upload from stdin")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def download_without_data(s):
+    """`image-download` of a queued image: the server's 204 becomes 'has no data'."""
+    image = s.create("--name", unique("gc-nodata"), "--disk-format", "raw", "--container-format", "bare")
+    out = os.path.join(ARGS.workdir, "nodata.bin")
+    result = s.fails("image-download", "--file", out, image["id"])
+    check("has no data" in result.err, "expected glanceclient's 'Image ... has no data.'")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def list_pages(s):
+    """More than 20 images listed with --page-size 5: glanceclient follows `next` (limit=5,
+    sort_key=name, sort_dir=asc, marker=...); every image appears exactly once, names ascending."""
+    prefix = unique("gc-page")
+    created = {}
+    for i in range(23):
+        image = s.create("--name", f"{prefix}-{i:02d}", "--disk-format", "raw", "--container-format", "bare")
+        created[image["id"]] = image["name"]
+    s.results.clear()  # the creates passed; keep the failure report to the listing
+
+    result = s.ok("image-list", "--page-size", "5", debug=True)
+    rows = parse_list(result.out)
+    ids = [row.get("ID") for row in rows]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    check(not duplicates, f"listed more than once: {duplicates}")
+    missing = sorted(set(created) - set(ids))
+    check(not missing, f"created but not listed: {missing}")
+    names = [row.get("Name", "") for row in rows]
+    equal(names, sorted(names), "names in the default glanceclient order (name asc)")
+    requests = [l for l in result.err.splitlines() if "curl" in l and "/v2/images?" in l]
+    check(
+        len(requests) >= len(ids) // 5,
+        f"{len(ids)} images in pages of 5 took {len(requests)} list request(s)",
+    )
+    for line in requests:
+        check("limit=5" in line, f"a page request without limit=5: {line}")
+
+    limited = parse_list(s.ok("image-list", "--page-size", "5", "--limit", "7").out)
+    equal(len(limited), 7, "rows of image-list --limit 7 --page-size 5")
+    for image_id in created:
+        s.glance("image-delete", image_id)
+
+
+@checked
+def update_properties(s):
+    """`image-update`: add, replace and remove custom properties and change base ones (glanceclient
+    sends a json-patch, `replace` for absent base properties, and `replace /tags` when tagged)."""
+    image = s.create(
+        "--name", unique("gc-update"),
+        "--disk-format", "raw",
+        "--container-format", "bare",
+        "--property", "keep=1",
+        "--property", "change=old",
+        "--property", "drop=me",
+    )
+    s.ok("image-tag-update", image["id"], "before-update")
+    new_name = unique("gc-updated")
+    s.ok(
+        "image-update",
+        "--name", new_name,
+        "--min-ram", "512",
+        "--property", "change=new",
+        "--property", "added=yes",
+        "--remove-property", "drop",
+        image["id"],
+    )
+    shown = s.show(image["id"])
+    equal(shown.get("name"), new_name, "name")
+    equal(shown.get("min_ram"), "512", "min_ram")
+    equal(shown.get("keep"), "1", "untouched property")
+    equal(shown.get("change"), "new", "replaced property")
+    equal(shown.get("added"), "yes", "added property")
+    check("drop" not in shown, f"removed property still there: drop={shown.get('drop')!r}")
+    equal(tags_of(shown), ["before-update"], "tags kept through image-update")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def tags(s):
+    """`image-tag-update` (PUT .../tags/T) twice is idempotent; `image-tag-delete` removes one."""
+    image = s.create("--name", unique("gc-tags"), "--disk-format", "raw", "--container-format", "bare")
+    s.ok("image-tag-update", image["id"], "alpha")
+    s.ok("image-tag-update", image["id"], "beta")
+    s.ok("image-tag-update", image["id"], "alpha")
+    equal(sorted(tags_of(s.show(image["id"]))), ["alpha", "beta"], "tags after three tag-updates")
+    s.ok("image-tag-delete", image["id"], "alpha")
+    equal(tags_of(s.show(image["id"])), ["beta"], "tags after tag-delete alpha")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def delete(s):
+    """`image-delete` then `image-show` of the same id: gone (404)."""
+    image = s.create("--name", unique("gc-delete"), "--disk-format", "raw", "--container-format", "bare")
+    s.ok("image-delete", image["id"])
+    result = s.fails("image-show", image["id"])
+    check("404" in result.err, "image-show after delete must report a 404")
+
+
+@checked
+def show_unknown_is_404(s):
+    """`image-show` of an unknown id: glanceclient prints 'HTTP <body>' from the server's text
+    answer, which must carry the 404."""
+    image_id = str(uuid.uuid4())
+    result = s.fails("image-show", image_id)
+    check("404" in result.err, "the error message does not mention 404")
+    check("not found" in result.err.lower(), "the error message does not say 'Not Found'")
+
+
+@checked
+def delete_unknown_is_404(s):
+    image_id = str(uuid.uuid4())
+    result = s.fails("image-delete", image_id)
+    check(
+        f"No image with an ID of '{image_id}' exists." in result.err,
+        "glanceclient's message for a 404 on delete is missing",
+    )
+
+
+@checked
+def delete_protected_is_403(s):
+    """Deleting a protected image: 403, which glanceclient reports as 'not permitted'; the image
+    stays; unprotected it deletes."""
+    image = s.create(
+        "--name", unique("gc-protected"),
+        "--disk-format", "raw",
+        "--container-format", "bare",
+        "--protected", "True",
+    )
+    equal(image.get("protected"), "True", "protected after create")
+    result = s.fails("image-delete", image["id"])
+    check(
+        f"You are not permitted to delete the image '{image['id']}'." in result.err,
+        "glanceclient's message for a 403 on delete is missing",
+    )
+    equal(s.show(image["id"]).get("status"), "queued", "the protected image is still there")
+    s.ok("image-update", "--protected", "False", image["id"])
+    s.ok("image-delete", image["id"])
+
+
+@checked
+def upload_to_active_is_409(s):
+    """A second upload to an active image: 409; the image keeps its data."""
+    data = random_data(10_000)
+    path = write_file("first.bin", data)
+    image = s.create(
+        "--name", unique("gc-conflict"), "--disk-format", "raw", "--container-format", "bare", "--file", path
+    )
+    other = write_file("second.bin", random_data(5_000))
+    result = s.fails("image-upload", "--file", other, image["id"])
+    check("409" in result.err, "the error message does not mention 409")
+    check_data_fields(s.show(image["id"]), data, "image-show after the refused upload")
+    s.delete_quietly(image["id"])
+
+
+CHECKS = [
+    discovery_and_schemas,
+    create_with_file,
+    create_metadata_only,
+    upload_and_download,
+    upload_from_stdin,
+    download_without_data,
+    list_pages,
+    update_properties,
+    tags,
+    delete,
+    show_unknown_is_404,
+    delete_unknown_is_404,
+    delete_protected_is_403,
+    upload_to_active_is_409,
+]
+
+
+def main():
+    global ARGS
+    ARGS = parse_args(__doc__.splitlines()[0])
+    check(os.access(GLANCE, os.X_OK), f"no glance CLI at {GLANCE}: run scripts/interop/setup-venv")
+    return run_checks("glanceclient", CHECKS, ARGS)
+
+
+if __name__ == "__main__":
+    main_guard(main)
