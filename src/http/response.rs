@@ -12,6 +12,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 
 use crate::http::head::{is_token, Version};
 
@@ -30,10 +32,11 @@ pub enum Body {
         reader: Box<dyn Read + Send>,
         len: Option<u64>,
     },
-    /// `len` bytes of a file from its current position. Kept apart from `Reader` because
-    /// `std::io::copy` from a `File` (or a `Take<File>`) to a `TcpStream` uses sendfile(2) only
-    /// when it sees the concrete types: image downloads then reach the socket without a copy
-    /// through user space.
+    /// `len` bytes of a file from its current position, sent with sendfile(2) when the writer
+    /// is a socket ([`Sink::socket_fd`]): image downloads reach the socket without a copy
+    /// through user space. (`std::io::copy` deliberately does not use sendfile from a file to a
+    /// socket, since later changes to the file could show in bytes already "sent"; image files
+    /// never change once renamed into place, so here it is safe.)
     File {
         file: std::fs::File,
         len: u64,
@@ -206,7 +209,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// A status outside 100..=999 is a programming error: it is logged and sent as 500.
 ///
 /// On any error some bytes may already be on the wire: the connection must be closed.
-pub fn write_response<W: Write>(
+pub fn write_response<W: Sink>(
     out: &mut W,
     response: Response,
     options: &WriteOptions,
@@ -270,7 +273,10 @@ pub fn write_response<W: Write>(
         }
         Body::File { file, len } => {
             out.write_all(&head)?;
-            let copied = io::copy(&mut file.take(len), out)?;
+            let copied = match out.socket_fd() {
+                Some(socket) => send_file(&file, socket, len)?,
+                None => io::copy(&mut file.take(len), out)?,
+            };
             if copied < len {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -292,6 +298,60 @@ pub fn write_response<W: Write>(
         body_bytes,
         must_close,
     })
+}
+
+/// Where a response is written: anything `Write`, and for a socket its fd, so that a file body
+/// can go out with sendfile(2).
+pub trait Sink: Write {
+    /// The socket's fd, or `None` for a writer that is not a socket.
+    fn socket_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+impl Sink for Vec<u8> {}
+
+impl Sink for &TcpStream {
+    fn socket_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
+impl Sink for TcpStream {
+    fn socket_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
+
+/// The most one sendfile(2) call is asked to send, to stay within its per-call limit.
+const SENDFILE_CHUNK: u64 = 1 << 30;
+
+/// Sends `len` bytes of `file`, from its current position, to `socket` with sendfile(2). On a
+/// blocking socket with a send timeout, a stalled client ends it with `WouldBlock`.
+fn send_file(file: &std::fs::File, socket: RawFd, len: u64) -> io::Result<u64> {
+    let mut offset: libc::off_t = {
+        let mut file_ref = file;
+        io::Seek::stream_position(&mut file_ref)? as libc::off_t
+    };
+    let mut sent = 0u64;
+    while sent < len {
+        let count = (len - sent).min(SENDFILE_CHUNK) as usize;
+        // SAFETY: both descriptors are open for the call's duration; `offset` is ours.
+        let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut offset, count) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if n == 0 {
+            // The file is shorter than its recorded size.
+            break;
+        }
+        sent += n as u64;
+    }
+    Ok(sent)
 }
 
 /// Writes the interim response `100 Continue` (RFC 9110 §15.2.1) and flushes it, so the
@@ -589,6 +649,8 @@ mod tests {
         data: Vec<u8>,
         largest_write: usize,
     }
+
+    impl Sink for Recorder {}
 
     impl Write for Recorder {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
