@@ -321,6 +321,10 @@ impl Acceptor {
         if self.draining.swap(true, Ordering::SeqCst) {
             return;
         }
+        // A last sweep of the backlog: connections the kernel completed before now are ours
+        // to serve (with Connection: close). When a reload moved the listen address, nobody
+        // else would ever accept them.
+        self.accept_all();
         // Dropping our fd leaves the socket open in the master and the other children.
         self.listener = None;
         let now = Instant::now();

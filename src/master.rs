@@ -794,7 +794,11 @@ impl Master {
         }
     }
 
-    /// Closes every listener that no live child, the current config or a pending reload uses.
+    /// Closes the master's copy of every listener that neither the current config, a pending
+    /// reload nor a child that still accepts (starting or serving) uses. Draining children hold
+    /// their own copy until they stop accepting, which they do at once: closing ours as soon as
+    /// a reload moves the address means the old address refuses new connections quickly instead
+    /// of queueing them where nobody will accept them.
     fn close_unused_listeners(&mut self) {
         let current = self.config.listen_address();
         let pending = self.reload.as_ref().map(|r| r.config.listen_address());
@@ -803,10 +807,13 @@ impl Master {
         self.listeners.retain(|listener| {
             let used = listener.configured == current
                 || pending.as_deref() == Some(listener.configured.as_str())
-                || children.iter().any(|c| c.listen == listener.configured);
+                || children.iter().any(|c| {
+                    c.listen == listener.configured
+                        && matches!(c.state, ChildState::Starting | ChildState::Serving)
+                });
             if !used {
                 log::info!(
-                    "closing listener {} (configured {}): its generation has drained",
+                    "closing listener {} (configured {}): no generation accepts on it any more",
                     listener.local,
                     listener.configured
                 );

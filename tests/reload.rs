@@ -546,3 +546,154 @@ fn reader_lines_are_whole(log: &str) -> bool {
         .lines()
         .all(|line| line.len() > 27 && line.as_bytes()[4] == b'-' && line.contains(" glint-api["))
 }
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// bind_port changed by SIGHUP while keep-alive clients work on the old port: the new port
+/// serves, every request already sent on the old port is answered, and then the old port stops
+/// taking connections.
+#[test]
+fn changed_bind_port_moves_the_listener_and_requests_in_flight_complete() {
+    let server = Server::start("workers = 2");
+    let old_addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, tally) = (stop.clone(), tally.clone());
+        // Requests on connections opened before the move; the client stops reconnecting once
+        // the old port is gone (refusals after the move are the documented behaviour).
+        clients.push(thread::spawn(move || {
+            let Ok(stream) = TcpStream::connect(old_addr) else {
+                tally.fail("connect to the old port before the move".into());
+                return;
+            };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            for _ in 0..MAX_REQUESTS_PER_CLIENT {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if writer.write_all(HEALTHCHECK).is_err() {
+                    tally.closed_idle_after_send.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                match read_response(&mut reader, "GET") {
+                    Ok(Some(response)) if response.status == 200 => {
+                        tally.succeeded.fetch_add(1, Ordering::SeqCst);
+                        if response.closes() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        tally.closed_idle_after_send.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    other => {
+                        tally.fail(format!("on the old port: {other:?}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    util::wait_until("some load on the old port", DEADLINE, || {
+        tally.succeeded.load(Ordering::SeqCst) > 200
+    });
+    let new_port = free_port();
+    server.write_config(&format!("workers = 2\nbind_port = {new_port}"));
+    let verdict = server.reload();
+    assert_eq!(
+        verdict["outcome"],
+        "succeeded",
+        "{verdict}\n{}",
+        server.log()
+    );
+    let new_addr: SocketAddr = format!("127.0.0.1:{new_port}").parse().unwrap();
+    assert_eq!(
+        server.addr(),
+        new_addr,
+        "the status file lists the new address"
+    );
+    assert_eq!(util::get(new_addr, "/healthcheck").unwrap().status, 200);
+    for client in clients {
+        client.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let failures = tally.failures.lock().unwrap();
+    assert_eq!(tally.failed.load(Ordering::SeqCst), 0, "{failures:#?}");
+    let late = tally.closed_idle_after_send.load(Ordering::SeqCst);
+    let logged = server
+        .log()
+        .matches("after we closed its idle keep-alive connection")
+        .count() as u64;
+    assert!(
+        late <= logged,
+        "{late} requests unanswered, {logged} late sends logged"
+    );
+    util::wait_until("the old port to refuse connections", DEADLINE, || {
+        TcpStream::connect(old_addr).is_err()
+    });
+    assert!(
+        server.log().contains("closing listener"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A new port that is already taken fails the whole reload: nothing changes, the old port keeps
+/// serving, and the error says what to do.
+#[test]
+fn reload_to_a_taken_port_fails_and_the_old_port_keeps_serving() {
+    let server = Server::start("workers = 1");
+    let old_addr = server.addr();
+    let children = server.children(None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    server.write_config(&format!("workers = 1\nbind_port = {port}"));
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    let error = verdict["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("cannot listen on the new address") && error.contains("free the port"),
+        "{error}"
+    );
+    assert_eq!(server.addr(), old_addr);
+    assert_eq!(server.children(Some("serving")), children);
+    assert_eq!(util::get(old_addr, "/healthcheck").unwrap().status, 200);
+}
+
+/// log_file changed by SIGHUP (Glance's own reload test did this): the master and the new
+/// generation write to the new file.
+#[test]
+fn changed_log_file_takes_effect_at_reload() {
+    let server = Server::start("workers = 1");
+    server.write_config("workers = 1\nlog_file = other.log");
+    // The base config names glint-api.log; the last value of a repeated key wins.
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+    let other = server.path("other.log");
+    util::wait_until(
+        "the new generation to log to the new file",
+        DEADLINE,
+        || {
+            let _ = util::get(server.addr(), "/healthcheck");
+            std::fs::read_to_string(&other).is_ok_and(|text| {
+                text.contains("child gen 2") && text.contains("\"GET /healthcheck\" 200")
+            })
+        },
+    );
+    let new_text = std::fs::read_to_string(&other).unwrap();
+    assert!(
+        new_text.contains("master"),
+        "the master logs there too:\n{new_text}"
+    );
+}
