@@ -1024,3 +1024,722 @@ fn schemas_are_served_as_json_documents() {
         glance.expect(&response, 404, path);
     }
 }
+
+/// Each filter, alone and combined, selects exactly the images it should; the default list
+/// leaves out community and hidden images.
+#[test]
+fn list_filters_select_exactly_the_matching_images() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    // name: (create fields, bytes of data to upload)
+    let images: [(&str, Value, usize); 6] = [
+        (
+            "a",
+            json!({"visibility": "public", "tags": ["x", "y"], "protected": true, "owner": "o1", "hw_arch": "x86_64"}),
+            0,
+        ),
+        (
+            "b",
+            json!({"visibility": "private", "tags": ["x"], "owner": "o2"}),
+            100,
+        ),
+        ("c", json!({"visibility": "community", "tags": ["x"]}), 0),
+        ("d", json!({"os_hidden": true, "hw_arch": "x86_64"}), 0),
+        ("e", json!({"hw_arch": "aarch64", "owner": "o1"}), 1000),
+        ("f", json!({"name": "a", "tags": ["y"]}), 0),
+    ];
+    for (name, fields, size) in &images {
+        let mut fields = fields.clone();
+        fields["disk_format"] = json!("raw");
+        fields["container_format"] = json!("bare");
+        if fields.get("name").is_none() {
+            fields["name"] = json!(name);
+        }
+        fields["label"] = json!(name);
+        let id = glance.create(fields)["id"].as_str().unwrap().to_string();
+        if *size > 0 {
+            glance.upload_ok(&id, &data(*size, 1));
+        }
+    }
+    // The query and the labels of the images it lists, in the default order (newest first).
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["f", "e", "b", "a"]),
+        ("name=a", &["f", "a"]),
+        ("name=nothing", &[]),
+        ("status=active", &["e", "b"]),
+        ("status=queued", &["f", "a"]),
+        ("status=saving", &[]),
+        ("visibility=public", &["a"]),
+        ("visibility=private", &["b"]),
+        ("visibility=shared", &["f", "e"]),
+        ("visibility=community", &["c"]),
+        ("visibility=all", &["f", "e", "c", "b", "a"]),
+        ("visibility=all&os_hidden=true", &["d"]),
+        ("owner=o1", &["e", "a"]),
+        ("owner=o3", &[]),
+        ("tag=x", &["b", "a"]),
+        ("tag=x&tag=y", &["a"]),
+        ("tag=y", &["f", "a"]),
+        ("tag=z", &[]),
+        ("protected=true", &["a"]),
+        ("protected=false", &["f", "e", "b"]),
+        ("os_hidden=true", &["d"]),
+        ("os_hidden=false", &["f", "e", "b", "a"]),
+        ("size_min=100", &["e", "b"]),
+        ("size_min=101", &["e"]),
+        ("size_max=100", &["b"]),
+        ("size_max=99", &[]),
+        ("size_min=100&size_max=1000", &["e", "b"]),
+        ("size_min=0", &["e", "b"]),
+        ("hw_arch=x86_64", &["a"]),
+        ("hw_arch=x86_64&os_hidden=true", &["d"]),
+        ("hw_arch=aarch64&owner=o1", &["e"]),
+        ("label=c&visibility=community", &["c"]),
+        ("name=a&tag=y&visibility=public", &["a"]),
+        ("unknown_property=x", &[]),
+    ];
+    let mut failures = Vec::new();
+    for (query, expected) in cases {
+        let list = glance.list(query);
+        let labels: Vec<&str> = list["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|image| image["label"].as_str().unwrap_or("?"))
+            .collect();
+        if labels != *expected {
+            failures.push(format!("?{query}: expected {expected:?}, got {labels:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "filters that listed the wrong images:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Sorting by `sort_key`/`sort_dir` (repeated) and by `sort=key:dir,...`, with Glance's
+/// tie-breaker (created_at descending).
+#[test]
+fn list_sorts_by_repeated_sort_keys_and_by_the_sort_parameter() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    for (name, min_ram) in [("b", 2), ("a", 1), ("c", 1), ("d", 3)] {
+        glance.create(json!({"name": name, "min_ram": min_ram}));
+    }
+    let cases: &[(&str, &[&str])] = &[
+        ("", &["d", "c", "a", "b"]),
+        ("sort_dir=asc", &["b", "a", "c", "d"]),
+        ("sort_key=name", &["d", "c", "b", "a"]),
+        ("sort_key=name&sort_dir=asc", &["a", "b", "c", "d"]),
+        ("sort_key=min_ram&sort_dir=asc", &["c", "a", "b", "d"]),
+        (
+            "sort_key=min_ram&sort_key=name&sort_dir=asc&sort_dir=asc",
+            &["a", "c", "b", "d"],
+        ),
+        (
+            "sort_key=min_ram&sort_key=name&sort_dir=asc&sort_dir=desc",
+            &["c", "a", "b", "d"],
+        ),
+        (
+            "sort_key=min_ram&sort_key=name&sort_dir=desc",
+            &["d", "b", "c", "a"],
+        ),
+        ("sort_key=created_at&sort_dir=asc", &["b", "a", "c", "d"]),
+        ("sort=name:asc", &["a", "b", "c", "d"]),
+        ("sort=name", &["d", "c", "b", "a"]),
+        ("sort=min_ram:asc,name:desc", &["c", "a", "b", "d"]),
+        ("sort=min_ram,name:asc", &["d", "b", "a", "c"]),
+        ("sort=min_ram:asc&sort=name:asc", &["a", "c", "b", "d"]),
+    ];
+    for (query, expected) in cases {
+        assert_eq!(names(&glance.list(query)), *expected, "?{query}");
+    }
+}
+
+/// Pages are `limit_param_default` long by default and at most `api_limit_max`; following
+/// `next` walks every image exactly once; `first` repeats the query.
+#[test]
+fn list_pages_follow_next_links_over_every_image_exactly_once() {
+    let server = Server::start("limit_param_default = 3\napi_limit_max = 5");
+    let glance = Glance::new(&server);
+    let mut created = Vec::new();
+    for index in 0..12 {
+        created.push(glance.create(json!({"name": format!("img-{index:02}")}))["id"].clone());
+    }
+    let newest_first: Vec<String> = (0..12).rev().map(|i| format!("img-{i:02}")).collect();
+
+    let page = glance.list("");
+    assert_eq!(names(&page), newest_first[..3], "the default limit");
+    assert_eq!(page["first"], "/v2/images");
+    assert_eq!(page["schema"], "/v2/schemas/images");
+    assert_eq!(
+        page["next"],
+        json!(format!(
+            "/v2/images?marker={}",
+            created[9].as_str().unwrap()
+        ))
+    );
+    assert_eq!(
+        names(&glance.list("limit=100")).len(),
+        5,
+        "api_limit_max caps limit"
+    );
+    let empty = glance.list("limit=0");
+    assert_eq!(names(&empty), Vec::<String>::new());
+    assert!(
+        empty.get("next").is_none(),
+        "no next after an empty page: {empty}"
+    );
+
+    // (query, expected page sizes, the order of names)
+    let ascending: Vec<String> = (0..12).map(|i| format!("img-{i:02}")).collect();
+    let walks: [(&str, &[usize], &[String]); 4] = [
+        ("", &[3, 3, 3, 3, 0], &newest_first),
+        (
+            "limit=4&sort_key=name&sort_dir=asc",
+            &[4, 4, 4, 0],
+            &ascending,
+        ),
+        ("limit=100", &[5, 5, 2], &newest_first),
+        ("limit=5&name=img-03", &[1], &newest_first[8..9]),
+    ];
+    for (query, sizes, order) in walks {
+        let first = if query.is_empty() {
+            "/v2/images".to_string()
+        } else {
+            format!("/v2/images?{query}")
+        };
+        let mut path = first.clone();
+        let mut seen = Vec::new();
+        let mut page_sizes = Vec::new();
+        for _ in 0..20 {
+            let page = glance.list_path(&path);
+            assert_eq!(page["first"], json!(first), "first of {path}");
+            page_sizes.push(page["images"].as_array().unwrap().len());
+            seen.extend(names(&page));
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert!(next.starts_with("/v2/images?"), "next of {path}: {next}");
+                    path = next.to_string();
+                }
+                None => break,
+            }
+        }
+        assert_eq!(page_sizes, sizes, "page sizes walking ?{query}");
+        assert_eq!(seen, order, "images seen walking ?{query}");
+    }
+}
+
+#[test]
+fn list_refuses_bad_parameters_with_400() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    glance.create(json!({"name": "one"}));
+    let cases = [
+        ("limit=-1", "limit param must be positive"),
+        ("limit=x", "limit param must be an integer"),
+        ("limit=", "limit param must be an integer"),
+        ("sort_key=bogus", "Invalid sort key: bogus"),
+        ("sort_key=checksum", "Invalid sort key: checksum"),
+        ("sort_dir=up", "Invalid sort direction: up"),
+        (
+            "sort_key=name&sort_dir=sideways",
+            "Invalid sort direction: sideways",
+        ),
+        ("sort=name:sideways", "Invalid sort direction: sideways"),
+        ("sort=bogus:asc", "Invalid sort key: bogus"),
+        ("sort=name&sort_key=name", "cannot be combined"),
+        ("sort=name&sort_dir=asc", "cannot be combined"),
+        (
+            "sort_key=name&sort_key=id&sort_dir=asc&sort_dir=desc&sort_dir=asc",
+            "does not match",
+        ),
+        ("marker=0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1", "marker"),
+        ("marker=not-a-uuid", "marker"),
+        ("status=happy", "Invalid status value: happy"),
+        ("visibility=everyone", "Invalid visibility value: everyone"),
+        (
+            "protected=yes",
+            "Invalid value 'yes' for 'protected' filter",
+        ),
+        ("os_hidden=1", "Invalid value '1' for 'os_hidden' filter"),
+        ("size_min=-3", "Invalid value for size_min"),
+        ("size_max=big", "Invalid value for size_max"),
+    ];
+    for (query, fragment) in cases {
+        let response = glance.request(
+            "GET",
+            &format!("/v2/images?{query}"),
+            &[("Accept", JSON)],
+            None,
+        );
+        glance.expect_error(&response, 400, fragment, &format!("GET /v2/images?{query}"));
+    }
+}
+
+/// PATCH in both dialects: add, replace and remove on base attributes and custom properties,
+/// and the tag list replaced.
+#[test]
+fn patch_adds_replaces_and_removes_in_both_dialects() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = glance.create(json!({"name": "before", "hw_arch": "x86_64", "tags": ["old"]}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let steps: Vec<(&str, Value, Vec<(&str, Value)>)> = vec![
+        (
+            PATCH_V21,
+            json!([
+                {"op": "replace", "path": "/name", "value": "after"},
+                {"op": "add", "path": "/min_ram", "value": 512},
+                {"op": "add", "path": "/hw_arch", "value": "aarch64"},
+                {"op": "add", "path": "/os_distro", "value": "cirros"},
+                {"op": "replace", "path": "/tags", "value": ["t2", "t1", "t1"]},
+                {"op": "replace", "path": "/disk_format", "value": "qcow2"},
+                {"op": "replace", "path": "/visibility", "value": "public"},
+                {"op": "add", "path": "/a~1b~0c", "value": "escaped"},
+            ]),
+            vec![
+                ("name", json!("after")),
+                ("min_ram", json!(512)),
+                ("hw_arch", json!("aarch64")),
+                ("os_distro", json!("cirros")),
+                ("tags", json!(["t1", "t2"])),
+                ("disk_format", json!("qcow2")),
+                ("visibility", json!("public")),
+                ("a/b~c", json!("escaped")),
+            ],
+        ),
+        (
+            PATCH_V21,
+            json!([
+                {"op": "remove", "path": "/hw_arch"},
+                {"op": "replace", "path": "/os_distro", "value": "fedora"},
+                {"op": "replace", "path": "/name", "value": null},
+                {"op": "replace", "path": "/tags", "value": []},
+            ]),
+            vec![
+                ("hw_arch", Value::Null),
+                ("os_distro", json!("fedora")),
+                ("name", Value::Null),
+                ("tags", json!([])),
+            ],
+        ),
+        (
+            PATCH_V20,
+            json!([
+                {"add": "/hw_arch", "value": "riscv64"},
+                {"replace": "/name", "value": "v2.0"},
+                {"remove": "/os_distro"},
+                {"replace": "/protected", "value": true},
+            ]),
+            vec![
+                ("hw_arch", json!("riscv64")),
+                ("name", json!("v2.0")),
+                ("os_distro", Value::Null),
+                ("protected", json!(true)),
+            ],
+        ),
+        (
+            "application/openstack-images-v2.1-json-patch; charset=UTF-8",
+            json!([{"op": "replace", "path": "/protected", "value": false}]),
+            vec![("protected", json!(false))],
+        ),
+        (PATCH_V21, json!([]), vec![("name", json!("v2.0"))]),
+    ];
+    for (media_type, operations, expected) in steps {
+        let what = format!("PATCH ({media_type}) {operations}");
+        let response = glance.patch(&id, media_type, &operations);
+        let image = glance.image(&response, 200, &what);
+        for (name, value) in expected {
+            // An absent custom property is shown as null here.
+            assert_eq!(
+                image.get(name).cloned().unwrap_or(Value::Null),
+                value,
+                "{name} after {what}: {image:#}"
+            );
+        }
+        assert_eq!(glance.show(&id), image, "show after {what}");
+    }
+}
+
+/// Every refused patch answers its status, and changes nothing, even when operations before the
+/// refused one were valid.
+#[test]
+fn refused_patches_change_nothing() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = glance.create(json!({"name": "kept", "hw_arch": "x86_64"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = glance.show(&id);
+    let rename = json!({"op": "replace", "path": "/name", "value": "changed"});
+    let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "read-only status",
+            PATCH_V21,
+            json!([rename, {"op": "replace", "path": "/status", "value": "active"}]),
+            403,
+            "Attribute 'status' is read-only.",
+        ),
+        (
+            "read-only checksum",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/checksum", "value": "x"}]),
+            403,
+            "read-only",
+        ),
+        (
+            "read-only size",
+            PATCH_V21,
+            json!([{"op": "replace", "path": "/size", "value": 5}]),
+            403,
+            "read-only",
+        ),
+        (
+            "remove id",
+            PATCH_V21,
+            json!([{"op": "remove", "path": "/id"}]),
+            403,
+            "read-only",
+        ),
+        (
+            "reserved deleted",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/deleted", "value": "x"}]),
+            403,
+            "Attribute 'deleted' is reserved.",
+        ),
+        (
+            "reserved location",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/location", "value": "file:///etc/passwd"}]),
+            403,
+            "reserved",
+        ),
+        (
+            "reserved prefix",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/os_glance_x", "value": "x"}]),
+            403,
+            "reserved",
+        ),
+        (
+            "remove a base attribute",
+            PATCH_V21,
+            json!([rename, {"op": "remove", "path": "/name"}]),
+            403,
+            "Property name may not be removed.",
+        ),
+        (
+            "remove an absent property",
+            PATCH_V21,
+            json!([rename, {"op": "remove", "path": "/absent"}]),
+            409,
+            "Property absent does not exist.",
+        ),
+        (
+            "replace an absent property",
+            PATCH_V21,
+            json!([rename, {"op": "replace", "path": "/absent", "value": "x"}]),
+            409,
+            "does not exist",
+        ),
+        (
+            "v2.0 add of a present property",
+            PATCH_V20,
+            json!([{"replace": "/name", "value": "changed"}, {"add": "/hw_arch", "value": "x"}]),
+            409,
+            "Property hw_arch already present.",
+        ),
+        (
+            "v2.0 add of a base attribute",
+            PATCH_V20,
+            json!([{"add": "/name", "value": "x"}]),
+            409,
+            "already present",
+        ),
+        (
+            "a number for a property",
+            PATCH_V21,
+            json!([rename, {"op": "add", "path": "/hw_arch", "value": 5}]),
+            400,
+            "is not of type 'string'",
+        ),
+        (
+            "an unknown visibility",
+            PATCH_V21,
+            json!([rename, {"op": "replace", "path": "/visibility", "value": "everyone"}]),
+            400,
+            "is not one of",
+        ),
+        (
+            "a negative min_ram",
+            PATCH_V21,
+            json!([{"op": "replace", "path": "/min_ram", "value": -1}]),
+            400,
+            "whole number",
+        ),
+        (
+            "a string for tags",
+            PATCH_V21,
+            json!([{"op": "replace", "path": "/tags", "value": "t"}]),
+            400,
+            "is not of type 'array'",
+        ),
+        (
+            "an unknown op",
+            PATCH_V21,
+            json!([{"op": "move", "path": "/name", "value": "x"}]),
+            400,
+            "Invalid operation",
+        ),
+        (
+            "no op",
+            PATCH_V21,
+            json!([{"path": "/name", "value": "x"}]),
+            400,
+            "Unable to find 'op'",
+        ),
+        (
+            "no path",
+            PATCH_V21,
+            json!([{"op": "add", "value": "x"}]),
+            400,
+            "Unable to find 'path'",
+        ),
+        (
+            "no value",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/name"}]),
+            400,
+            "requires a member named \"value\"",
+        ),
+        (
+            "a nested path",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/a/b", "value": "x"}]),
+            400,
+            "Invalid JSON pointer",
+        ),
+        (
+            "a relative path",
+            PATCH_V21,
+            json!([{"op": "add", "path": "name", "value": "x"}]),
+            400,
+            "Invalid JSON pointer",
+        ),
+        (
+            "a bad escape",
+            PATCH_V21,
+            json!([{"op": "add", "path": "/a~2", "value": "x"}]),
+            400,
+            "Invalid JSON pointer",
+        ),
+        (
+            "an object",
+            PATCH_V21,
+            json!({"op": "add", "path": "/name", "value": "x"}),
+            400,
+            "JSON array",
+        ),
+        (
+            "a string operation",
+            PATCH_V21,
+            json!(["add"]),
+            400,
+            "must be JSON objects",
+        ),
+        (
+            "v2.0 with two ops",
+            PATCH_V20,
+            json!([{"add": "/x", "replace": "/y", "value": "z"}]),
+            400,
+            "exactly one of",
+        ),
+        (
+            "v2.0 with the v2.1 form",
+            PATCH_V20,
+            json!([{"op": "add", "path": "/x", "value": "z"}]),
+            400,
+            "exactly one of",
+        ),
+    ];
+    for (name, media_type, operations, status, fragment) in &cases {
+        let response = glance.patch(&id, media_type, operations);
+        glance.expect_error(
+            &response,
+            *status,
+            fragment,
+            &format!("patch with {name}: {operations}"),
+        );
+        assert_eq!(
+            glance.show(&id),
+            before,
+            "the image after a patch with {name}"
+        );
+    }
+    let malformed = glance.send_json("PATCH", &format!("/v2/images/{id}"), PATCH_V21, b"[{");
+    glance.expect_error(&malformed, 400, "Malformed JSON", "malformed patch");
+    // Other media types: 415 naming the two that work.
+    for media_type in [
+        Some(JSON),
+        Some("application/json-patch+json"),
+        Some("text/plain"),
+        None,
+    ] {
+        let mut headers = vec![("Accept", JSON)];
+        if let Some(media_type) = media_type {
+            headers.push(("Content-Type", media_type));
+        }
+        let body = json!([rename]).to_string();
+        let response = glance.request(
+            "PATCH",
+            &format!("/v2/images/{id}"),
+            &headers,
+            Some((Framing::Length, body.as_bytes())),
+        );
+        glance.expect(
+            &response,
+            415,
+            &format!("PATCH with Content-Type {media_type:?}"),
+        );
+        assert_eq!(
+            response.header("accept-patch"),
+            Some("application/openstack-images-v2.1-json-patch, application/openstack-images-v2.0-json-patch"),
+            "Accept-Patch with Content-Type {media_type:?}"
+        );
+    }
+    assert_eq!(
+        glance.show(&id),
+        before,
+        "the image after every refused patch"
+    );
+}
+
+#[test]
+fn delete_removes_the_record_and_the_data_file_and_refuses_protected_images() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let id = glance.create_uploadable("doomed");
+    let bytes = data(70_000, 2);
+    glance.upload_ok(&id, &bytes);
+    assert_eq!(
+        fs::read(datadir.join(&id)).ok(),
+        Some(bytes),
+        "the data file"
+    );
+    let queued = glance.create_uploadable("never uploaded");
+
+    let response = glance.patch(
+        &id,
+        PATCH_V21,
+        &json!([{"op": "replace", "path": "/protected", "value": true}]),
+    );
+    glance.image(&response, 200, "protect");
+    let response = glance.delete(&id);
+    glance.expect_error(
+        &response,
+        403,
+        &format!("Image {id} is protected and cannot be deleted."),
+        "delete a protected image",
+    );
+    assert_eq!(glance.show(&id)["status"], "active");
+    assert_files(&server, &datadir, &[&id], "after the refused delete");
+
+    let response = glance.patch(
+        &id,
+        PATCH_V21,
+        &json!([{"op": "replace", "path": "/protected", "value": false}]),
+    );
+    glance.image(&response, 200, "unprotect");
+    glance.expect(&glance.delete(&id), 204, "delete");
+    assert_files(&server, &datadir, &[], "after the delete");
+    let response = glance.request(
+        "GET",
+        &format!("/v2/images/{id}"),
+        &[("Accept", JSON)],
+        None,
+    );
+    glance.expect(&response, 404, "show after delete");
+    glance.expect(&glance.download(&id, None), 404, "download after delete");
+    glance.expect(&glance.delete(&id), 404, "second delete");
+    assert!(names(&glance.list("visibility=all"))
+        .iter()
+        .all(|name| name != "doomed"));
+
+    glance.expect(
+        &glance.delete(&queued),
+        204,
+        "delete of an image without data",
+    );
+    assert_eq!(names(&glance.list("visibility=all")), Vec::<String>::new());
+}
+
+#[test]
+fn tags_are_added_and_removed_one_at_a_time() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = glance.create(json!({"name": "tagged", "tags": ["b"]}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tag = |method: &str, encoded: &str| {
+        glance.request(
+            method,
+            &format!("/v2/images/{id}/tags/{encoded}"),
+            &[("Accept", JSON)],
+            None,
+        )
+    };
+    for (method, encoded, status, tags_after) in [
+        ("PUT", "a", 204, json!(["a", "b"])),
+        ("PUT", "a", 204, json!(["a", "b"])),
+        ("PUT", "with%20space", 204, json!(["a", "b", "with space"])),
+        (
+            "PUT",
+            "caf%C3%A9",
+            204,
+            json!(["a", "b", "café", "with space"]),
+        ),
+        ("DELETE", "b", 204, json!(["a", "café", "with space"])),
+        ("DELETE", "with%20space", 204, json!(["a", "café"])),
+        ("DELETE", "absent", 404, json!(["a", "café"])),
+        ("DELETE", "b", 404, json!(["a", "café"])),
+        ("PUT", "%FF", 400, json!(["a", "café"])),
+        ("PUT", &"t".repeat(256), 400, json!(["a", "café"])),
+        (
+            "PUT",
+            &"t".repeat(255),
+            204,
+            json!(["a", "café", "t".repeat(255)]),
+        ),
+    ] {
+        let response = tag(method, encoded);
+        glance.expect(&response, status, &format!("{method} tag {encoded}"));
+        assert_eq!(
+            glance.show(&id)["tags"],
+            tags_after,
+            "tags after {method} {encoded}"
+        );
+    }
+    let response = tag("DELETE", "absent");
+    glance.expect_error(
+        &response,
+        404,
+        "Tag absent not found.",
+        "delete an absent tag",
+    );
+    assert_eq!(
+        names(&glance.list("tag=with%20space")),
+        Vec::<String>::new()
+    );
+    assert_eq!(names(&glance.list("tag=caf%C3%A9")), ["tagged"]);
+    let response = tag("GET", "a");
+    glance.expect(&response, 405, "GET of a tag");
+    assert_eq!(response.header("allow"), Some("PUT, DELETE"));
+}
