@@ -1743,3 +1743,492 @@ fn tags_are_added_and_removed_one_at_a_time() {
     glance.expect(&response, 405, "GET of a tag");
     assert_eq!(response.header("allow"), Some("PUT, DELETE"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Image data: uploads, downloads, ranges, refusals, caps, hashes, abandoned uploads.
+// ---------------------------------------------------------------------------------------------
+
+/// Asserts that image `id` is active with `bytes` as its data: size, checksum and hash in the
+/// record, the data file, and a whole download with its headers.
+fn assert_active_with(
+    glance: &Glance<'_>,
+    id: &str,
+    bytes: &[u8],
+    hash_algo: &str,
+    hash: &str,
+    what: &str,
+) {
+    let image = glance.show(id);
+    assert_eq!(image["status"], "active", "{what}: {image:#}");
+    assert_eq!(image["size"], json!(bytes.len()), "{what}: size");
+    assert_eq!(image["checksum"], json!(md5_hex(bytes)), "{what}: checksum");
+    assert_eq!(
+        image["os_hash_algo"],
+        json!(hash_algo),
+        "{what}: os_hash_algo"
+    );
+    assert_eq!(image["os_hash_value"], json!(hash), "{what}: os_hash_value");
+    let response = glance.download(id, None);
+    glance.expect(&response, 200, &format!("{what}: download"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/octet-stream"),
+        "{what}"
+    );
+    assert_eq!(
+        response.header("content-length"),
+        Some(bytes.len().to_string().as_str()),
+        "{what}"
+    );
+    assert_eq!(
+        response.header("content-md5"),
+        Some(md5_hex(bytes).as_str()),
+        "{what}"
+    );
+    assert!(
+        response.body == bytes,
+        "{what}: the downloaded bytes differ from the uploaded ones"
+    );
+}
+
+/// Content-Length and chunked, each with and without `x-openstack-image-size`: the image goes
+/// from queued to active with the size and hashes of what was sent, and the data file is in
+/// place with mode 0640 and no temporary file beside it.
+#[test]
+fn upload_in_every_framing_makes_the_image_active_with_its_size_and_hashes() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let mut ids = Vec::new();
+    for (index, (framing, declare)) in [
+        (Framing::Length, false),
+        (Framing::Length, true),
+        (Framing::Chunked, false),
+        (Framing::Chunked, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = format!("{framing:?} upload, size declared: {declare}");
+        let id = glance.create_uploadable(&what);
+        assert_eq!(glance.status_of(&id), "queued");
+        // Sizes around the server's 64 KiB chunk, and one that is not a multiple of anything.
+        let bytes = data([65_536, 65_537, 300_001, 1][index], index as u64);
+        let declared = declare.then_some(bytes.len() as u64);
+        let response = glance.upload(&id, &bytes, framing, declared);
+        glance.expect(&response, 204, &what);
+        assert_active_with(&glance, &id, &bytes, "sha512", &sha512_hex(&bytes), &what);
+        let path = datadir.join(&id);
+        assert!(
+            fs::read(&path).ok() == Some(bytes.clone()),
+            "{what}: the data file {}",
+            path.display()
+        );
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{what}: mode of the data file");
+        ids.push(id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_files(&server, &datadir, &ids, "after the uploads");
+    // An empty image is an image too.
+    let id = glance.create_uploadable("empty");
+    glance.upload_ok(&id, b"");
+    assert_active_with(
+        &glance,
+        &id,
+        b"",
+        "sha512",
+        &sha512_hex(b""),
+        "empty upload",
+    );
+}
+
+#[test]
+fn download_answers_ranges_with_206_and_bad_ranges_with_416() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = glance.create_uploadable("ranged");
+    let bytes = data(100_000, 3);
+    let size = bytes.len();
+    glance.upload_ok(&id, &bytes);
+    // (Range, first, last)
+    let ranges = [
+        ("bytes=0-99".to_string(), 0, 99),
+        ("bytes=0-0".to_string(), 0, 0),
+        (format!("bytes={}-", size - 10), size - 10, size - 1),
+        ("bytes=-25".to_string(), size - 25, size - 1),
+        (format!("bytes=-{}", size * 2), 0, size - 1),
+        ("bytes=5-".to_string(), 5, size - 1),
+        (format!("bytes=50000-{}", size * 3), 50_000, size - 1),
+        (
+            format!("bytes={}-{}", size - 1, size - 1),
+            size - 1,
+            size - 1,
+        ),
+    ];
+    for (range, first, last) in &ranges {
+        let response = glance.download(&id, Some(range));
+        glance.expect(&response, 206, range);
+        assert_eq!(
+            response.header("content-range"),
+            Some(format!("bytes {first}-{last}/{size}").as_str()),
+            "{range}"
+        );
+        assert_eq!(
+            response.header("content-length"),
+            Some((last - first + 1).to_string().as_str()),
+            "{range}"
+        );
+        assert!(
+            response.body == bytes[*first..=*last],
+            "{range}: wrong bytes"
+        );
+    }
+    let bad = [
+        format!("bytes={size}-"),
+        format!("bytes={}-{}", size + 5, size + 10),
+        "bytes=5-2".to_string(),
+        "bytes=-0".to_string(),
+        "bytes=0-1,3-4".to_string(),
+        "bytes=0-1, 5-6".to_string(),
+        "items=0-1".to_string(),
+        "bytes=a-b".to_string(),
+        "bytes=-".to_string(),
+        "bytes=".to_string(),
+    ];
+    for range in &bad {
+        let response = glance.download(&id, Some(range));
+        glance.expect(&response, 416, range);
+        assert_eq!(
+            response.header("content-range"),
+            Some(format!("bytes */{size}").as_str()),
+            "{range}"
+        );
+    }
+    // An image without data answers 204, with or without a Range.
+    let queued = glance.create_uploadable("queued");
+    for range in [None, Some("bytes=0-1")] {
+        let response = glance.download(&queued, range);
+        glance.expect(
+            &response,
+            204,
+            &format!("download of a queued image, Range {range:?}"),
+        );
+        assert!(response.body.is_empty());
+    }
+}
+
+/// Uploads the API refuses, and that each refusal leaves the image queued and no file behind.
+#[test]
+fn refused_uploads_leave_the_image_queued_and_no_file() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let bytes = data(100_000, 4);
+    let id = glance.create_uploadable("refused");
+
+    let no_formats = glance.create(json!({"name": "no formats", "disk_format": "raw"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = glance.upload(&no_formats, &bytes, Framing::Length, None);
+    glance.expect_error(
+        &response,
+        400,
+        "Properties disk_format, container_format must be set prior to saving data.",
+        "upload without container_format",
+    );
+    assert_eq!(glance.status_of(&no_formats), "queued");
+
+    for content_type in [Some("application/json"), Some("text/plain"), None] {
+        let mut headers = vec![("Accept", JSON)];
+        if let Some(content_type) = content_type {
+            headers.push(("Content-Type", content_type));
+        }
+        let response = glance.request(
+            "PUT",
+            &format!("/v2/images/{id}/file"),
+            &headers,
+            Some((Framing::Length, &bytes)),
+        );
+        glance.expect_error(
+            &response,
+            415,
+            "application/octet-stream",
+            &format!("upload as {content_type:?}"),
+        );
+    }
+    let response = glance.request(
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("x-openstack-image-size", "ten"),
+            ("Accept", JSON),
+        ],
+        Some((Framing::Length, &bytes)),
+    );
+    glance.expect_error(
+        &response,
+        400,
+        "Invalid x-openstack-image-size",
+        "a size that is not a number",
+    );
+
+    // The declared size differs from what arrives: 400, and the image is queued again.
+    let size = bytes.len() as u64;
+    for (framing, declared) in [
+        (Framing::Length, 10),
+        (Framing::Length, size + 1),
+        (Framing::Length, size - 1),
+        (Framing::Chunked, 10),
+        (Framing::Chunked, size + 1000),
+    ] {
+        let what = format!("{framing:?} upload of {size} bytes declared as {declared}");
+        let response = glance.upload(&id, &bytes, framing, Some(declared));
+        glance.expect_error(
+            &response,
+            400,
+            "Provided image size must match the stored image size.",
+            &what,
+        );
+        assert_eq!(glance.status_of(&id), "queued", "{what}");
+        assert_files(&server, &datadir, &[], &what);
+    }
+    assert_eq!(glance.show(&id)["size"], Value::Null);
+
+    glance.upload_ok(&id, &bytes);
+    for framing in [Framing::Length, Framing::Chunked] {
+        let response = glance.upload(&id, b"other", framing, None);
+        glance.expect_error(
+            &response,
+            409,
+            "Image status transition from active to saving is not allowed",
+            "upload to an active image",
+        );
+    }
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "after the refused re-uploads",
+    );
+    assert_files(&server, &datadir, &[&id], "after all refusals");
+}
+
+/// `image_size_cap`: at the cap is fine; over it is 413 whether the size was declared (refused
+/// before any byte is stored) or only discovered while the data arrived.
+#[test]
+fn uploads_over_image_size_cap_are_413_declared_or_not() {
+    let server = Server::start("image_size_cap = 1000");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let id = glance.create_uploadable("capped");
+    for (framing, size, declared) in [
+        (Framing::Length, 1001, None),
+        (Framing::Length, 100_000, None),
+        (Framing::Chunked, 1001, None),
+        (Framing::Chunked, 100_000, None),
+        (Framing::Chunked, 1001, Some(1001)),
+        (Framing::Length, 500, Some(2000)),
+    ] {
+        let what = format!("{framing:?} upload of {size} bytes declared as {declared:?}");
+        let response = glance.upload(&id, &data(size, 5), framing, declared);
+        glance.expect_error(&response, 413, "image_size_cap", &what);
+        assert_eq!(glance.status_of(&id), "queued", "{what}");
+        assert_files(&server, &datadir, &[], &what);
+    }
+    let exactly = data(1000, 6);
+    let response = glance.upload(&id, &exactly, Framing::Chunked, None);
+    glance.expect(&response, 204, "an upload of exactly image_size_cap bytes");
+    assert_active_with(
+        &glance,
+        &id,
+        &exactly,
+        "sha512",
+        &sha512_hex(&exactly),
+        "at the cap",
+    );
+}
+
+#[test]
+fn hashing_algorithm_sha256_gives_sha256_hashes() {
+    let server = Server::start("hashing_algorithm = sha256");
+    let glance = Glance::new(&server);
+    let id = glance.create_uploadable("sha256");
+    let bytes = data(123_456, 7);
+    glance.upload_ok(&id, &bytes);
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha256",
+        &hex(&Sha256::digest(&bytes)),
+        "sha256",
+    );
+}
+
+/// Polls until image `id` has `status` and `dir` holds exactly `files`, or panics with both.
+fn wait_for_image(
+    glance: &Glance<'_>,
+    id: &str,
+    status: &str,
+    dir: &Path,
+    files: &[&str],
+    what: &str,
+) {
+    let mut expected: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let actual_status = glance.status_of(id);
+        let actual_files = files_in(dir);
+        if actual_status == status && actual_files == expected {
+            return;
+        }
+        if std::time::Instant::now() >= end {
+            panic!(
+                "{what}: timed out waiting for image {id} to be {status} with files {expected:?} in {}: \
+                 it is {actual_status} with {actual_files:?}\n--- log ---\n{}",
+                dir.display(),
+                glance.server.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `dir` holds an upload's temporary file for `id`, and returns its name.
+fn wait_for_temporary_file(server: &Server, dir: &Path, id: &str) -> String {
+    let prefix = format!(".{id}.");
+    let mut name = None;
+    util::wait_until(
+        &format!("a temporary file for {id} in {}", dir.display()),
+        DEADLINE,
+        || {
+            name = files_in(dir)
+                .into_iter()
+                .find(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+            name.is_some()
+        },
+    );
+    let name = name.unwrap_or_else(|| panic!("no temporary file\n{}", server.log()));
+    name
+}
+
+/// Starts `PUT /v2/images/{id}/file` on a new connection and sends `first` of the body (framed
+/// as `framing`, `total` bytes in all when it is Length); returns the connection.
+fn start_upload(
+    server: &Server,
+    id: &str,
+    framing: Framing,
+    total: usize,
+    first: &[u8],
+) -> TcpStream {
+    let mut stream = server.connect();
+    let framing_header = match framing {
+        Framing::Length => format!("Content-Length: {total}"),
+        Framing::Chunked => "Transfer-Encoding: chunked".to_string(),
+    };
+    let head = format!(
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nAccept: application/json\r\n\
+         Content-Type: application/octet-stream\r\n{framing_header}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    send_piece(&mut stream, framing, first);
+    stream
+}
+
+/// Sends one piece of an upload body (one chunk when chunked).
+fn send_piece(stream: &mut TcpStream, framing: Framing, piece: &[u8]) {
+    match framing {
+        Framing::Length => stream.write_all(piece).unwrap(),
+        Framing::Chunked => {
+            let mut encoded = format!("{:x}\r\n", piece.len()).into_bytes();
+            encoded.extend_from_slice(piece);
+            encoded.extend_from_slice(b"\r\n");
+            stream.write_all(&encoded).unwrap();
+        }
+    }
+}
+
+/// A client that goes away in the middle of an upload: the image is queued again and its
+/// temporary file removed, whichever the framing.
+#[test]
+fn client_disconnecting_mid_upload_leaves_the_image_queued_and_no_file() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let bytes = data(1024 * 1024, 8);
+    for framing in [Framing::Length, Framing::Chunked] {
+        let id = glance.create_uploadable(&format!("abandoned {framing:?}"));
+        let stream = start_upload(&server, &id, framing, bytes.len(), &bytes[..256 * 1024]);
+        wait_for_temporary_file(&server, &datadir, &id);
+        assert_eq!(
+            glance.status_of(&id),
+            "saving",
+            "{framing:?}: during the upload"
+        );
+        drop(stream);
+        wait_for_image(
+            &glance,
+            &id,
+            "queued",
+            &datadir,
+            &[],
+            &format!("{framing:?} upload abandoned"),
+        );
+        // The image takes data again.
+        glance.upload_ok(&id, &bytes);
+        assert_files(
+            &server,
+            &datadir,
+            &[&id],
+            &format!("{framing:?}: after the retry"),
+        );
+        glance.expect(&glance.delete(&id), 204, "delete");
+    }
+}
+
+/// The image is deleted while its data is arriving: the upload ends with 410 and neither the
+/// data nor the temporary file stays.
+#[test]
+fn image_deleted_during_its_upload_answers_410_and_leaves_no_file() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let bytes = data(512 * 1024, 9);
+    let id = glance.create_uploadable("deleted while uploading");
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    let mut stream = start_upload(&server, &id, Framing::Chunked, bytes.len(), first);
+    wait_for_temporary_file(&server, &datadir, &id);
+    glance.expect(&glance.delete(&id), 204, "delete during the upload");
+    send_piece(&mut stream, Framing::Chunked, second);
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, "PUT")
+        .unwrap_or_else(|error| panic!("the upload's response: {error}\n{}", server.log()))
+        .unwrap_or_else(|| panic!("no response to the upload\n{}", server.log()));
+    glance.expect_error(
+        &response,
+        410,
+        "may have been deleted during the upload",
+        "the upload's end",
+    );
+    assert_files(
+        &server,
+        &datadir,
+        &[],
+        "after the upload of a deleted image",
+    );
+    let response = glance.request(
+        "GET",
+        &format!("/v2/images/{id}"),
+        &[("Accept", JSON)],
+        None,
+    );
+    glance.expect(&response, 404, "show after all");
+}
