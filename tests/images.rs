@@ -2232,3 +2232,446 @@ fn image_deleted_during_its_upload_answers_410_and_leaves_no_file() {
     );
     glance.expect(&response, 404, "show after all");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Transfers across reloads, data directories changed at reload, crashes, a removed datadir.
+// ---------------------------------------------------------------------------------------------
+
+/// The harness's base config with `glance_store` lines in place of its one data directory.
+fn config_with_datadirs(extra: &str, glance_store: &str) -> String {
+    let base = util::base_config(extra);
+    assert!(base.contains("filesystem_store_datadir = images\n"));
+    base.replace("filesystem_store_datadir = images\n", glance_store)
+}
+
+/// Reads a response head, leaving the body in `reader`: the status and the headers.
+fn read_head(reader: &mut BufReader<TcpStream>, what: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|error| panic!("{what}: reading the head: {error}"));
+        assert!(n > 0, "{what}: EOF in the response head after {lines:?}");
+        if line == "\r\n" {
+            break;
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    let status = lines
+        .first()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no status line in {lines:?}"));
+    let headers = lines[1..]
+        .iter()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// A 20 MiB upload and a 20 MiB download, each moved in pieces with a SIGHUP between pieces:
+/// the children holding them drain meanwhile, and both transfers complete intact.
+#[test]
+fn upload_and_download_in_flight_complete_across_several_reloads() {
+    const SIZE: usize = 20 * 1024 * 1024;
+    const PIECES: usize = 4;
+    let piece = SIZE / PIECES;
+    let server = Server::start("workers = 2");
+    let glance = Glance::new(&server);
+    let stored = data(SIZE, 10);
+    let arriving = data(SIZE, 11);
+    let stored_id = glance.create_uploadable("stored before the reloads");
+    glance.upload_ok(&stored_id, &stored);
+    let arriving_id = glance.create_uploadable("uploaded across the reloads");
+
+    let mut upload = start_upload(
+        &server,
+        &arriving_id,
+        Framing::Length,
+        SIZE,
+        &arriving[..piece],
+    );
+    let mut download = server.connect();
+    download
+        .write_all(
+            format!("GET /v2/images/{stored_id}/file HTTP/1.1\r\nHost: glint\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut reader = BufReader::new(download);
+    let (status, headers) = read_head(&mut reader, "the download");
+    assert_eq!(status, 200, "{headers:?}\n{}", server.log());
+    assert!(
+        headers.contains(&("content-length".to_string(), SIZE.to_string())),
+        "{headers:?}"
+    );
+    let mut received = vec![0u8; SIZE];
+    reader.read_exact(&mut received[..piece]).unwrap();
+
+    for index in 1..PIECES {
+        let verdict = server.reload();
+        assert_eq!(
+            verdict["outcome"],
+            "succeeded",
+            "reload {index}: {verdict}\n{}",
+            server.log()
+        );
+        let status = server.status();
+        assert!(
+            status["draining"].as_array().is_some_and(|d| !d.is_empty()),
+            "reload {index}: the children holding the transfers should be draining: {status:#}"
+        );
+        send_piece(
+            &mut upload,
+            Framing::Length,
+            &arriving[index * piece..(index + 1) * piece],
+        );
+        reader
+            .read_exact(&mut received[index * piece..(index + 1) * piece])
+            .unwrap_or_else(|error| panic!("download piece {index}: {error}\n{}", server.log()));
+    }
+    let mut upload_reader = BufReader::new(upload);
+    let response = read_response(&mut upload_reader, "PUT")
+        .unwrap_or_else(|error| panic!("the upload's response: {error}\n{}", server.log()))
+        .unwrap_or_else(|| panic!("no response to the upload\n{}", server.log()));
+    glance.expect(&response, 204, "the upload that spanned the reloads");
+    assert!(
+        response.closes(),
+        "a draining child closes after the response: {response:?}"
+    );
+    assert!(
+        received == stored,
+        "the download that spanned the reloads differs from the image"
+    );
+    assert!(
+        util::peer_closed(reader.get_mut(), DEADLINE),
+        "the download's connection is closed after it"
+    );
+
+    assert_active_with(
+        &glance,
+        &arriving_id,
+        &arriving,
+        "sha512",
+        &sha512_hex(&arriving),
+        "uploaded across reloads",
+    );
+    assert_active_with(
+        &glance,
+        &stored_id,
+        &stored,
+        "sha512",
+        &sha512_hex(&stored),
+        "stored before the reloads",
+    );
+    server.wait_for(
+        "the old generations to finish draining",
+        DEADLINE,
+        |status| status["draining"].as_array().is_some_and(|d| d.is_empty()),
+    );
+    assert_eq!(server.status()["generation"], json!(PIECES));
+}
+
+/// A reload that adds a data directory with a higher priority: new uploads go there, images
+/// stored before stay readable where they are.
+#[test]
+fn datadir_added_at_reload_with_a_higher_priority_takes_new_uploads() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let (images, other) = (server.path("images"), server.path("other"));
+    let before = data(50_000, 12);
+    let before_id = glance.create_uploadable("before");
+    glance.upload_ok(&before_id, &before);
+
+    server.write_config_text(&config_with_datadirs(
+        "",
+        "filesystem_store_datadirs = other:100\nfilesystem_store_datadirs = images:0\n",
+    ));
+    let verdict = server.reload();
+    assert_eq!(
+        verdict["outcome"],
+        "succeeded",
+        "{verdict}\n{}",
+        server.log()
+    );
+
+    let mut after_ids = Vec::new();
+    for (framing, declared) in [
+        (Framing::Length, None),
+        (Framing::Chunked, None),
+        (Framing::Chunked, Some(60_000)),
+    ] {
+        let what = format!("{framing:?} upload after the reload");
+        let bytes = data(60_000, 13);
+        let id = glance.create_uploadable(&what);
+        let response = glance.upload(&id, &bytes, framing, declared);
+        glance.expect(&response, 204, &what);
+        assert!(
+            fs::read(other.join(&id)).ok() == Some(bytes.clone()),
+            "{what}: not in {}",
+            other.display()
+        );
+        assert_active_with(&glance, &id, &bytes, "sha512", &sha512_hex(&bytes), &what);
+        after_ids.push(id);
+    }
+    assert_files(&server, &images, &[&before_id], "the old data directory");
+    let after: Vec<&str> = after_ids.iter().map(String::as_str).collect();
+    assert_files(&server, &other, &after, "the new data directory");
+    assert_active_with(
+        &glance,
+        &before_id,
+        &before,
+        "sha512",
+        &sha512_hex(&before),
+        "stored before the reload",
+    );
+}
+
+/// kill -9 of the child receiving an upload: the child that replaces it finds the image in
+/// `saving` under a dead uploader and queues it again, and removes the temporary file.
+#[test]
+fn killed_uploading_child_leaves_the_image_queued_and_no_temporary_file() {
+    let server = Server::start("workers = 1");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let children = server.children(Some("serving"));
+    assert_eq!(children.len(), 1, "{}", server.log());
+    let uploader = children[0];
+    let bytes = data(4 * 1024 * 1024, 14);
+    let id = glance.create_uploadable("crashed upload");
+    let _stream = start_upload(
+        &server,
+        &id,
+        Framing::Length,
+        bytes.len(),
+        &bytes[..1024 * 1024],
+    );
+    let temporary = wait_for_temporary_file(&server, &datadir, &id);
+    assert!(
+        temporary.starts_with(&format!(".{id}.{uploader}-")),
+        "the temporary file {temporary} is not owned by child {uploader}"
+    );
+    assert_eq!(glance.status_of(&id), "saving");
+
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe {
+        libc::kill(uploader, libc::SIGKILL);
+    }
+    server.wait_for("a replacement child", DEADLINE, |status| {
+        let serving: Vec<i64> = status["children"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter(|c| c["state"] == "serving")
+                    .filter_map(|c| c["pid"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        serving.len() == 1 && serving[0] != i64::from(uploader)
+    });
+    wait_for_image(
+        &glance,
+        &id,
+        "queued",
+        &datadir,
+        &[],
+        "after the uploader was killed",
+    );
+    let log = server.log();
+    for line in [
+        format!("image {id} was left in saving by a process that died; it is queued again"),
+        format!("{temporary}, left by an upload whose process died"),
+    ] {
+        assert!(log.contains(&line), "the log lacks {line:?}\n{log}");
+    }
+    glance.upload_ok(&id, &bytes);
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "the upload retried",
+    );
+}
+
+/// The data directory disappears under a running server: uploads fail with 500 (the log names
+/// the directory), downloads of images whose file is gone fail with 500 (the log names the
+/// image and the file), and the server keeps serving; recreating the directory heals uploads.
+#[test]
+fn datadir_removed_at_runtime_fails_uploads_and_reports_missing_data() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let stored = data(10_000, 15);
+    let stored_id = glance.create_uploadable("stored");
+    glance.upload_ok(&stored_id, &stored);
+    let waiting_id = glance.create_uploadable("waiting");
+    fs::remove_dir_all(&datadir).unwrap();
+
+    for framing in [Framing::Length, Framing::Chunked] {
+        let response = glance.upload(&waiting_id, b"some data", framing, None);
+        // An Internal error: the client gets Glance's generic message, the operator the cause.
+        glance.expect_error(
+            &response,
+            500,
+            "The server has either erred",
+            &format!("{framing:?} upload into a removed datadir"),
+        );
+        assert_eq!(glance.status_of(&waiting_id), "queued", "{framing:?}");
+    }
+    let datadir_text = datadir.display().to_string();
+    server.wait_for_log(
+        &format!("cannot read the free space of data directory {datadir_text}"),
+        DEADLINE,
+    );
+
+    let response = glance.download(&stored_id, None);
+    glance.expect_error(
+        &response,
+        500,
+        "The server has either erred",
+        "download of an image whose file is gone",
+    );
+    server.wait_for_log(
+        &format!("the data of active image {stored_id} is missing at {datadir_text}/{stored_id}; restore the file or delete the image"),
+        DEADLINE,
+    );
+    assert_eq!(glance.status_of(&stored_id), "active");
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+    assert_eq!(names(&glance.list("")).len(), 2);
+
+    fs::create_dir(&datadir).unwrap();
+    let bytes = data(5_000, 16);
+    glance.upload_ok(&waiting_id, &bytes);
+    assert_active_with(
+        &glance,
+        &waiting_id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "after the datadir came back",
+    );
+    glance.expect(
+        &glance.delete(&stored_id),
+        204,
+        "delete of the image whose file is gone",
+    );
+    assert_files(&server, &datadir, &[&waiting_id], "the recreated datadir");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A genuinely full filesystem.
+// ---------------------------------------------------------------------------------------------
+
+/// A small tmpfs, unmounted on drop (also when the test fails).
+struct SmallFilesystem {
+    /// Holds the mount point; removed after the unmount.
+    _parent: tempfile::TempDir,
+    mount_point: PathBuf,
+}
+
+impl SmallFilesystem {
+    fn mount(size: &str) -> Result<SmallFilesystem, String> {
+        let parent = tempfile::tempdir().map_err(|error| format!("tempdir: {error}"))?;
+        let mount_point = parent.path().join("small");
+        fs::create_dir(&mount_point).map_err(|error| format!("mkdir: {error}"))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .map_err(|error| format!("mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs -o size={size}: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallFilesystem {
+            _parent: parent,
+            mount_point,
+        })
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // Something still holds it (a child that was not reaped yet): detach it lazily so
+            // that nothing stays mounted.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
+    }
+}
+
+/// A 4 MiB filesystem as the datadir: an 8 MiB upload is 413 whether its size is known up front
+/// (no room anywhere) or found out by ENOSPC; the image is queued again, nothing is left on the
+/// filesystem, and a smaller upload then succeeds.
+#[test]
+fn full_filesystem_answers_413_and_leaves_nothing_behind() {
+    let small = match SmallFilesystem::mount("4m") {
+        Ok(small) => small,
+        Err(error) => {
+            println!("SKIPPED: cannot mount a small filesystem here: {error}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        config_with_datadirs(
+            "",
+            &format!(
+                "filesystem_store_datadir = {}\n",
+                small.mount_point.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(dir, config_path, &[]);
+    let glance = Glance::new(&server);
+    let datadir = &small.mount_point;
+    let big = data(8 * 1024 * 1024, 17);
+    let id = glance.create_uploadable("too big for the disk");
+    for (framing, declared) in [
+        (Framing::Length, None),
+        (Framing::Chunked, Some(big.len() as u64)),
+        (Framing::Chunked, None),
+    ] {
+        let what =
+            format!("{framing:?} upload of 8 MiB declared as {declared:?} to a 4 MiB filesystem");
+        let response = glance.upload(&id, &big, framing, declared);
+        glance.expect_error(&response, 413, "Image storage media is full", &what);
+        assert_eq!(glance.status_of(&id), "queued", "{what}");
+        assert_files(&server, datadir, &[], &what);
+    }
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+    let fits = data(1024 * 1024, 18);
+    glance.upload_ok(&id, &fits);
+    assert_active_with(
+        &glance,
+        &id,
+        &fits,
+        "sha512",
+        &sha512_hex(&fits),
+        "an upload that fits",
+    );
+    assert_files(&server, datadir, &[&id], "after the upload that fits");
+    drop(server);
+}
