@@ -2675,3 +2675,195 @@ fn full_filesystem_answers_413_and_leaves_nothing_behind() {
     assert_files(&server, datadir, &[&id], "after the upload that fits");
     drop(server);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Probes of Glance behaviours beyond the basics.
+// ---------------------------------------------------------------------------------------------
+
+/// Glance also filters on `disk_format`, `container_format`, `checksum`, `os_hash_value` and
+/// `id`; a filter the server ignores lists images that do not match (see the FIXME).
+#[test]
+fn list_filters_on_formats_checksum_hash_and_id() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let raw =
+        glance.create(json!({"name": "raw", "disk_format": "raw", "container_format": "bare"}));
+    let qcow2 =
+        glance.create(json!({"name": "qcow2", "disk_format": "qcow2", "container_format": "ovf"}));
+    let raw_id = raw["id"].as_str().unwrap().to_string();
+    let bytes = data(1000, 19);
+    glance.upload_ok(&raw_id, &bytes);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("disk_format=qcow2".into(), vec!["qcow2"]),
+        ("disk_format=raw".into(), vec!["raw"]),
+        ("container_format=ovf".into(), vec!["qcow2"]),
+        (format!("checksum={}", md5_hex(&bytes)), vec!["raw"]),
+        (format!("os_hash_value={}", sha512_hex(&bytes)), vec!["raw"]),
+        (
+            format!("id={}", qcow2["id"].as_str().unwrap()),
+            vec!["qcow2"],
+        ),
+    ];
+    // FIXME(bug): these parameters are in list_query's RESERVED_PARAMETERS (so they are not
+    // custom-property filters) but no filter is built from them: the server ignores them and
+    // lists every image. Glance applies them; each query should list only `expected`.
+    let everything = ["qcow2", "raw"];
+    for (query, expected) in &cases {
+        let listed = names(&glance.list(query));
+        assert_ne!(
+            listed, *expected,
+            "?{query} is fixed: make this test assert `expected`"
+        );
+        assert_eq!(
+            listed, everything,
+            "?{query} (today's behaviour: the filter is ignored)"
+        );
+    }
+    assert_eq!(names(&glance.list("")), everything);
+}
+
+/// Glance refuses to change the formats of an image that has data (403 "Attribute
+/// container_format can be only replaced for a queued image."); see the FIXME.
+#[test]
+fn formats_of_an_active_image_cannot_be_replaced() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = glance.create_uploadable("active");
+    glance.upload_ok(&id, b"data");
+    for (name, value) in [("disk_format", "qcow2"), ("container_format", "ovf")] {
+        let response = glance.patch(
+            &id,
+            PATCH_V21,
+            &json!([{"op": "replace", "path": format!("/{name}"), "value": value}]),
+        );
+        // FIXME(bug): Glance answers 403 "Attribute {name} can be only replaced for a queued
+        // image." (glance/domain/__init__.py); glint accepts the change on an active image,
+        // so the recorded format no longer describes the stored data. Expected 403, actual 200.
+        let image = glance.image(
+            &response,
+            200,
+            &format!("replace {name} of an active image (today's behaviour)"),
+        );
+        assert_eq!(image[name], json!(value));
+    }
+}
+
+#[test]
+fn second_upload_to_an_image_being_uploaded_is_409() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let id = glance.create_uploadable("busy");
+    let bytes = data(256 * 1024, 20);
+    let (first, second) = bytes.split_at(128 * 1024);
+    let mut stream = start_upload(&server, &id, Framing::Length, bytes.len(), first);
+    wait_for_temporary_file(&server, &datadir, &id);
+    let response = glance.upload(&id, b"other data", Framing::Length, None);
+    glance.expect_error(
+        &response,
+        409,
+        "Image status transition from saving to saving is not allowed",
+        "a second upload",
+    );
+    send_piece(&mut stream, Framing::Length, second);
+    let response = read_response(&mut BufReader::new(stream), "PUT")
+        .unwrap()
+        .unwrap();
+    glance.expect(&response, 204, "the first upload");
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "the first upload's data",
+    );
+}
+
+/// With `Expect: 100-continue`, an upload refused on its declared size is refused before the
+/// client is asked for the body.
+#[test]
+fn upload_over_the_cap_with_expect_100_continue_is_refused_without_asking_for_the_body() {
+    let server = Server::start("image_size_cap = 1000");
+    let glance = Glance::new(&server);
+    let id = glance.create_uploadable("expecting");
+    let mut stream = server.connect();
+    stream
+        .write_all(
+            format!(
+                "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: 2000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = read_head(&mut reader, "the upload");
+    assert_eq!(status, 413, "{headers:?}\n{}", server.log());
+    assert_eq!(glance.status_of(&id), "queued");
+}
+
+/// Glance's quotas: 128 tags and 128 custom properties per image; more is 413.
+#[test]
+fn tag_and_property_quotas_are_413() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let tags: Vec<String> = (0..128).map(|i| format!("t{i}")).collect();
+    let id = glance.create(json!({"tags": tags}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = glance.request(
+        "PUT",
+        &format!("/v2/images/{id}/tags/one-more"),
+        &[("Accept", JSON)],
+        None,
+    );
+    glance.expect_error(
+        &response,
+        413,
+        "Maximum number of tags exceeded (128).",
+        "the 129th tag",
+    );
+    let too_many: Vec<String> = (0..129).map(|i| format!("t{i}")).collect();
+    let response = glance.send_json(
+        "POST",
+        "/v2/images",
+        JSON,
+        json!({"tags": too_many}).to_string().as_bytes(),
+    );
+    glance.expect(&response, 413, "create with 129 tags");
+    let mut properties = serde_json::Map::new();
+    for i in 0..128 {
+        properties.insert(format!("p{i}"), json!("v"));
+    }
+    let id = glance.create(Value::Object(properties.clone()))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = glance.patch(
+        &id,
+        PATCH_V21,
+        &json!([{"op": "add", "path": "/p128", "value": "v"}]),
+    );
+    glance.expect_error(
+        &response,
+        413,
+        "Maximum number of properties exceeded (128).",
+        "the 129th property",
+    );
+    let response = glance.patch(
+        &id,
+        PATCH_V21,
+        &json!([{"op": "replace", "path": "/p5", "value": "w"}]),
+    );
+    glance.image(&response, 200, "replacing one of 128 properties");
+    properties.insert("p128".into(), json!("v"));
+    let response = glance.send_json(
+        "POST",
+        "/v2/images",
+        JSON,
+        Value::Object(properties).to_string().as_bytes(),
+    );
+    glance.expect(&response, 413, "create with 129 properties");
+}
