@@ -811,7 +811,9 @@ fn unknown_and_non_uuid_image_ids_are_404_on_every_route() {
         "1",
         "0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1x",
     ] {
-        let routes: Vec<(&str, String, Option<(&str, &[u8])>)> = vec![
+        // (method, path, Content-Type and body)
+        type Route<'a> = (&'a str, String, Option<(&'a str, &'a [u8])>);
+        let routes: Vec<Route> = vec![
             ("GET", format!("/v2/images/{id}"), None),
             ("HEAD", format!("/v2/images/{id}"), None),
             (
@@ -857,7 +859,15 @@ fn error_bodies_are_json_when_asked_for_and_text_otherwise() {
     glance.upload_ok(&id, b"0123456789");
     let unknown = "/v2/images/0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1";
     // (method, path, headers, body, status, title)
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Option<&[u8]>, u16, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        String,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a [u8]>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/v2/images?limit=x".into(),
@@ -1300,7 +1310,9 @@ fn patch_adds_replaces_and_removes_in_both_dialects() {
         .as_str()
         .unwrap()
         .to_string();
-    let steps: Vec<(&str, Value, Vec<(&str, Value)>)> = vec![
+    // (media type, operations, attributes expected afterwards)
+    type Step<'a> = (&'a str, Value, Vec<(&'a str, Value)>);
+    let steps: Vec<Step> = vec![
         (
             PATCH_V21,
             json!([
