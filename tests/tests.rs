@@ -6,9 +6,11 @@
 //! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
+//! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
 
 mod util;
 
 mod http;
+mod images;
 mod lifecycle;
 mod reload;
