@@ -582,20 +582,15 @@ fn create_keeps_a_client_chosen_id_and_refuses_it_again_with_409() {
     let image = glance.create(json!({"id": chosen, "name": "chosen"}));
     assert_eq!(image["id"], json!(id), "the id is kept, in lowercase");
     assert_eq!(glance.show(&id)["name"], "chosen");
-    // FIXME(bug): create accepted the id "6F0E..." and stored it as "6f0e...", so the id the
-    // client chose should name the image: GET /v2/images/6F0E... should be 200 (lookups should
-    // canonicalise the UUID as create does). Today it is 404 "No image found with ID 6F0E...".
+    // The id the client chose names the image in any case: lookups canonicalise the UUID as
+    // create does.
     let response = glance.request(
         "GET",
         &format!("/v2/images/{chosen}"),
         &[("Accept", JSON)],
         None,
     );
-    glance.expect(
-        &response,
-        404,
-        "show by the uppercase id the client chose (today's behaviour)",
-    );
+    glance.expect(&response, 200, "show by the uppercase id the client chose");
 
     for body in [json!({"id": id}), json!({"id": chosen, "name": "again"})] {
         let response = glance.send_json("POST", "/v2/images", JSON, body.to_string().as_bytes());
@@ -2709,7 +2704,7 @@ fn full_filesystem_answers_413_and_leaves_nothing_behind() {
 // ---------------------------------------------------------------------------------------------
 
 /// Glance also filters on `disk_format`, `container_format`, `checksum`, `os_hash_value` and
-/// `id`; a filter the server ignores lists images that do not match (see the FIXME).
+/// `id`.
 #[test]
 fn list_filters_on_formats_checksum_hash_and_id() {
     let server = Server::start("");
@@ -2732,26 +2727,15 @@ fn list_filters_on_formats_checksum_hash_and_id() {
             vec!["qcow2"],
         ),
     ];
-    // FIXME(bug): these parameters are in list_query's RESERVED_PARAMETERS (so they are not
-    // custom-property filters) but no filter is built from them: the server ignores them and
-    // lists every image. Glance applies them; each query should list only `expected`.
-    let everything = ["qcow2", "raw"];
     for (query, expected) in &cases {
-        let listed = names(&glance.list(query));
-        assert_ne!(
-            listed, *expected,
-            "?{query} is fixed: make this test assert `expected`"
-        );
-        assert_eq!(
-            listed, everything,
-            "?{query} (today's behaviour: the filter is ignored)"
-        );
+        assert_eq!(names(&glance.list(query)), *expected, "?{query}");
     }
+    let everything = ["qcow2", "raw"];
     assert_eq!(names(&glance.list("")), everything);
 }
 
 /// Glance refuses to change the formats of an image that has data (403 "Attribute
-/// container_format can be only replaced for a queued image."); see the FIXME.
+/// container_format can be only replaced for a queued image.").
 #[test]
 fn formats_of_an_active_image_cannot_be_replaced() {
     let server = Server::start("");
@@ -2764,16 +2748,15 @@ fn formats_of_an_active_image_cannot_be_replaced() {
             PATCH_V21,
             &json!([{"op": "replace", "path": format!("/{name}"), "value": value}]),
         );
-        // FIXME(bug): Glance answers 403 "Attribute {name} can be only replaced for a queued
-        // image." (glance/domain/__init__.py); glint accepts the change on an active image,
-        // so the recorded format no longer describes the stored data. Expected 403, actual 200.
-        let image = glance.image(
+        glance.expect_error(
             &response,
-            200,
-            &format!("replace {name} of an active image (today's behaviour)"),
+            403,
+            &format!("Attribute {name} can be only replaced for a queued image."),
+            &format!("replace {name} of an active image"),
         );
-        assert_eq!(image[name], json!(value));
     }
+    let image = glance.show(&id);
+    assert_eq!(image["disk_format"], "raw", "{image}");
 }
 
 #[test]

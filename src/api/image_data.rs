@@ -36,7 +36,7 @@ impl Api {
                 accept_patch: false,
             });
         }
-        check_id(id)?;
+        let id = &check_id(id)?;
         let declared = declared_size(request)?;
         let cap = self.config.image_size_cap;
         if declared.is_some_and(|size| size > cap) {

@@ -102,7 +102,7 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
         let changes = patch::parse(&read_json(request)?, dialect)?;
-        check_id(id)?;
+        let id = &check_id(id)?;
         let image = self
             .registry
             .update(id, |image| patch::apply(image, &changes, dialect))?
@@ -113,7 +113,7 @@ impl Api {
     /// `DELETE /v2/images/{id}`: the record first, then the data, so that no reader is ever
     /// sent to a file that is gone.
     pub(super) fn delete_image(&self, id: &str) -> Result<Response, ApiError> {
-        check_id(id)?;
+        let id = &check_id(id)?;
         let image = self
             .registry
             .delete(id, |image| {
@@ -137,7 +137,7 @@ impl Api {
 
     /// `PUT /v2/images/{id}/tags/{tag}`.
     pub(super) fn add_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
-        check_id(id)?;
+        let id = &check_id(id)?;
         let tag = representation::valid_tag(tag)?;
         self.registry
             .update(id, |image| {
@@ -152,7 +152,7 @@ impl Api {
 
     /// `DELETE /v2/images/{id}/tags/{tag}`.
     pub(super) fn delete_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
-        check_id(id)?;
+        let id = &check_id(id)?;
         self.registry
             .update(id, |image| {
                 let before = image.tags.len();
@@ -168,7 +168,7 @@ impl Api {
 
     /// The image with `id`, or 404 (also for an id that is not a UUID: no image can have it).
     pub(super) fn find(&self, id: &str) -> Result<Image, ApiError> {
-        check_id(id)?;
+        let id = &check_id(id)?;
         self.registry.get(id)?.ok_or_else(|| not_found(id))
     }
 }
@@ -206,10 +206,11 @@ pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("No image found with ID {id}"))
 }
 
-/// Image ids are UUIDs; anything else cannot name an image.
-pub(super) fn check_id(id: &str) -> Result<(), ApiError> {
+/// Image ids are UUIDs; anything else cannot name an image. Returns the id in the canonical
+/// lowercase form the registry stores, so an id a client chose in upper case still names it.
+pub(super) fn check_id(id: &str) -> Result<String, ApiError> {
     match uuid::Uuid::try_parse(id) {
-        Ok(_) => Ok(()),
+        Ok(uuid) => Ok(uuid.hyphenated().to_string()),
         Err(_) => Err(not_found(id)),
     }
 }

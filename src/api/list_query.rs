@@ -91,9 +91,15 @@ pub fn parse(
     };
     let sort = sort_order(&all("sort"), &all("sort_key"), &all("sort_dir"))?;
 
+    let text = |name: &str| single(name).map(str::to_string);
     let mut filters = Filters {
-        name: single("name").map(str::to_string),
-        owner: single("owner").map(str::to_string),
+        name: text("name"),
+        owner: text("owner"),
+        id: text("id").map(|id| id.to_ascii_lowercase()),
+        disk_format: text("disk_format"),
+        container_format: text("container_format"),
+        checksum: text("checksum"),
+        os_hash_value: text("os_hash_value"),
         ..Filters::default()
     };
     if let Some(status) = single("status") {

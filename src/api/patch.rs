@@ -126,6 +126,15 @@ pub fn parse(document: &Value, dialect: Dialect) -> Result<Vec<Change>, ApiError
 /// Applies `changes` to `image` in order, with Glance's semantics for each operation.
 pub fn apply(image: &mut Image, changes: &[Change], dialect: Dialect) -> Result<(), ApiError> {
     for change in changes {
+        // Glance (glance/domain): the formats describe the stored data, so they can change
+        // only while there is none.
+        if let Change::Add { name, .. } | Change::Replace { name, .. } = change {
+            if (name == "disk_format" || name == "container_format") && image.status != "queued" {
+                return Err(ApiError::Forbidden(format!(
+                    "Attribute {name} can be only replaced for a queued image."
+                )));
+            }
+        }
         match change {
             Change::Replace { name, value } => {
                 if !is_base(name) && !image.properties.contains_key(name) {

@@ -60,6 +60,12 @@ pub struct Filters {
     /// asked); `Some("all")` lists every visibility.
     pub visibility: Option<String>,
     pub owner: Option<String>,
+    /// Equality filters on base attributes Glance also filters by.
+    pub id: Option<String>,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub checksum: Option<String>,
+    pub os_hash_value: Option<String>,
     /// The image must carry every one of these tags.
     pub tags: Vec<String>,
     pub protected: Option<bool>,
@@ -246,6 +252,11 @@ fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &m
         ("name", &filters.name),
         ("status", &filters.status),
         ("owner", &filters.owner),
+        ("id", &filters.id),
+        ("disk_format", &filters.disk_format),
+        ("container_format", &filters.container_format),
+        ("checksum", &filters.checksum),
+        ("os_hash_value", &filters.os_hash_value),
     ] {
         if let Some(value) = value {
             add(
