@@ -178,25 +178,32 @@ fn available<R: BufRead>(inner: &mut R) -> Result<&[u8], Stop> {
     Ok(available)
 }
 
-/// Copies up to `remaining` body bytes into `buf`, consuming exactly what it copies.
+/// Reads up to `remaining` body bytes into `buf`, consuming exactly what it returns. It goes
+/// through `Read::read` rather than `fill_buf`: a reader that can hand large reads straight from
+/// the socket (`http::connection::Connection` does when its buffer is empty) then spares the
+/// upload path a copy through the buffer.
 fn read_data<R: BufRead>(
     inner: &mut R,
     remaining: &mut u64,
     buf: &mut [u8],
 ) -> Result<usize, Stop> {
-    if *remaining == 0 {
+    if *remaining == 0 || buf.is_empty() {
         return Ok(0);
     }
-    let available = available(inner)?;
-    let n = usize::try_from(*remaining)
+    let wanted = usize::try_from(*remaining)
         .unwrap_or(usize::MAX)
-        .min(available.len())
         .min(buf.len());
-    // `n` is no larger than either slice, so neither `get` can fail.
-    if let (Some(dst), Some(src)) = (buf.get_mut(..n), available.get(..n)) {
-        dst.copy_from_slice(src);
+    let target = buf.get_mut(..wanted).unwrap_or_default();
+    let n = loop {
+        match inner.read(target) {
+            Ok(n) => break n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(Stop::Io(error)),
+        }
+    };
+    if n == 0 {
+        return Err(Stop::Http(HttpError::BodyTruncated));
     }
-    inner.consume(n);
     *remaining -= n as u64;
     Ok(n)
 }
