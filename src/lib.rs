@@ -23,6 +23,7 @@ pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod master;
+pub mod notify;
 pub mod pool;
 pub mod registry;
 pub mod signals;
