@@ -19,6 +19,7 @@ pub mod acceptor;
 pub mod api;
 pub mod child;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod listener;
 pub mod logging;
