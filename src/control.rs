@@ -37,7 +37,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::config::{self, Config};
+use crate::config::{self, ServerFiles};
 
 /// How long `reload` waits for the master's verdict, and `stop` for the master to exit, unless
 /// `--timeout` says otherwise (`stop` waits longer when `graceful_shutdown_timeout` is longer).
@@ -111,9 +111,22 @@ impl Report {
 
 /// Runs `command` against the server configured in `config_path`, waiting at most `timeout`
 /// (`None`: the command's default).
+///
+/// `reload` needs a valid file (see the module doc); `stop` and `status` only need to know where
+/// the pid and status files are, so an operator's half-finished edit elsewhere in the file does
+/// not keep them from finding the server (`config::load_server_files`).
 pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> Report {
-    let loaded = match config::load(config_path) {
-        Ok(loaded) => loaded,
+    let files = match command {
+        Command::Reload => config::load(config_path).map(|loaded| {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            ServerFiles::of(&loaded.config)
+        }),
+        Command::Stop | Command::Status => config::load_server_files(config_path),
+    };
+    let files = match files {
+        Ok(files) => files,
         Err(error) => {
             let consequence = match command {
                 Command::Reload => {
@@ -121,8 +134,8 @@ pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> R
                      configuration. Fix the lines above and run reload again"
                 }
                 Command::Stop | Command::Status => {
-                    "cannot find the pid file: the configuration is invalid. Fix it, or signal \
-                     the master directly (kill -TERM PID, with the pid from its pid file)"
+                    "cannot tell where the pid file is. Fix the lines above, or signal the \
+                     master directly (kill -TERM PID, with the pid from its pid file)"
                 }
             };
             return Report::new(
@@ -135,23 +148,22 @@ pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> R
             );
         }
     };
-    let config = loaded.config;
     match command {
-        Command::Reload => reload(&config, timeout.unwrap_or(DEFAULT_TIMEOUT)),
-        Command::Stop => stop(&config, timeout.unwrap_or_else(|| stop_timeout(&config))),
-        Command::Status => status(&config),
+        Command::Reload => reload(&files, timeout.unwrap_or(DEFAULT_TIMEOUT)),
+        Command::Stop => stop(&files, timeout.unwrap_or_else(|| stop_timeout(&files))),
+        Command::Status => status(&files),
     }
 }
 
 /// `stop`'s default bound: long enough for the master's own drain bound to run out.
-fn stop_timeout(config: &Config) -> Duration {
-    match config.graceful_shutdown_timeout {
+fn stop_timeout(files: &ServerFiles) -> Duration {
+    match files.graceful_shutdown_timeout {
         Some(bound) => DEFAULT_TIMEOUT.max(bound + STOP_MARGIN),
         None => DEFAULT_TIMEOUT,
     }
 }
 
-fn reload(config: &Config, timeout: Duration) -> Report {
+fn reload(config: &ServerFiles, timeout: Duration) -> Report {
     let master = match find_master(config) {
         Ok(master) => master,
         Err(not_found) => return not_found.report("nothing to reload"),
@@ -245,7 +257,7 @@ fn reload_verdict(status: &Value) -> Report {
     )
 }
 
-fn stop(config: &Config, timeout: Duration) -> Report {
+fn stop(config: &ServerFiles, timeout: Duration) -> Report {
     let master = match find_master(config) {
         Ok(master) => master,
         Err(NotFound::NotRunning(why)) => {
@@ -288,7 +300,7 @@ fn stop(config: &Config, timeout: Duration) -> Report {
     )
 }
 
-fn status(config: &Config) -> Report {
+fn status(config: &ServerFiles) -> Report {
     let master = match find_master(config) {
         Ok(master) => master,
         Err(NotFound::NotRunning(why)) => {
@@ -398,7 +410,7 @@ impl NotFound {
 }
 
 /// Finds the master through `config`'s pid file (see "Which master" in the module doc).
-fn find_master(config: &Config) -> Result<Master, NotFound> {
+fn find_master(config: &ServerFiles) -> Result<Master, NotFound> {
     let pid_file = &config.pid_file;
     let text = match fs::read_to_string(pid_file) {
         Ok(text) => text,
@@ -552,9 +564,11 @@ mod tests {
     fn stop_waits_past_the_drain_bound_by_default() {
         let dir = std::env::temp_dir();
         let config = |extra: &str| {
-            config::load_str(&format!("[DEFAULT]\n{extra}\n"), &dir.join("g.conf"))
-                .unwrap()
-                .config
+            ServerFiles::of(
+                &config::load_str(&format!("[DEFAULT]\n{extra}\n"), &dir.join("g.conf"))
+                    .unwrap()
+                    .config,
+            )
         };
         assert_eq!(stop_timeout(&config("")), DEFAULT_TIMEOUT + STOP_MARGIN);
         assert_eq!(

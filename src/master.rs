@@ -252,6 +252,9 @@ impl Master {
         log::info!("{serving}");
         self.write_status();
         self.notifier.ready(&serving);
+        if self.reload_again {
+            self.notifier.reloading("reloading: SIGHUP while starting");
+        }
         Ok(())
     }
 
@@ -276,6 +279,15 @@ impl Master {
             }
             if requests.contains(&MasterRequest::Reload) {
                 self.reloads_requested += 1;
+                if self.phase == Phase::Running {
+                    // systemd waits for this after its SIGHUP, even one merged into the reload
+                    // under way (see `notify`).
+                    self.notifier.reloading(&format!(
+                        "reloading {} (SIGHUP #{})",
+                        self.config_path.display(),
+                        self.reloads_requested
+                    ));
+                }
                 match self.phase {
                     Phase::Running if self.reload.is_some() => {
                         if !self.reload_again {
@@ -549,10 +561,7 @@ impl Master {
             "SIGHUP: reloading {} for generation {generation}",
             self.config_path.display()
         );
-        self.notifier.reloading(&format!(
-            "reloading {} for generation {generation}",
-            self.config_path.display()
-        ));
+
         let loaded = match config::load(&self.config_path) {
             Ok(loaded) => loaded,
             Err(error) => {

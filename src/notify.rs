@@ -5,15 +5,18 @@
 //! messages when glint serves and when a reload it asked for (by SIGHUP) is over:
 //!
 //! - `READY=1` (with `MAINPID=` and `STATUS=`) once the first generation serves;
-//! - `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC in µs, which systemd requires to tell
-//!   this reload from an older one) when a reload begins;
+//! - `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC in µs) for every SIGHUP the master
+//!   takes in, including one merged into a reload already under way;
 //! - `READY=1` with `STATUS=` saying how it ended, whether the new generation serves or the
 //!   reload was rejected or failed: either way the server serves again;
 //! - `STOPPING=1` when a stop begins.
 //!
-//! A [`Notifier`] sends a message only when the state it announces changes, so reloads that
-//! follow one another at once (SIGHUPs that arrived during a reload) read to systemd as one
-//! reload, which ends when the last of them does.
+//! Why a `RELOADING=1` per SIGHUP: after `systemctl reload` sends SIGHUP, systemd accepts only a
+//! `RELOADING=1` whose `MONOTONIC_USEC=` is not older than its signal as the start of that
+//! reload, then waits for `READY=1` (systemd's src/core/service.c, `service_notify_message`).
+//! A SIGHUP merged into a pending reload is served by the reload that follows it, so the master
+//! sends `READY=1` only when no reload follows at once: systemd then sees one reload that ends
+//! with the last.
 //!
 //! # What it does not do
 //!
@@ -127,10 +130,10 @@ impl Notifier {
         self.send(&message);
     }
 
-    /// A reload begins. Does nothing if one is already announced (a reload that follows
-    /// another at once) or the server is stopping.
+    /// A SIGHUP was taken in: a reload begins, or one more will follow the reload under way.
+    /// Sent each time, with a fresh timestamp (see the module doc); nothing once stopping.
     pub fn reloading(&mut self, status: &str) {
-        if matches!(self.announced, Announced::Reloading | Announced::Stopping) {
+        if self.announced == Announced::Stopping {
             return;
         }
         let message = format!(
@@ -262,19 +265,24 @@ mod tests {
         );
         assert!(ready.contains("STATUS=generation 1 serving\n"), "{ready}");
 
-        // Two reloads in a row read as one; the second READY carries no MAINPID.
+        // Each SIGHUP gets its RELOADING with a timestamp no older than itself; one READY ends
+        // both, and carries no MAINPID.
+        let sighup = monotonic_usec();
         notifier.reloading("reloading");
-        notifier.reloading("reloading again");
+        let second_sighup = monotonic_usec();
+        notifier.reloading("one more reload");
         notifier.ready("generation 3\nserving");
         notifier.ready("ignored: already ready");
-        let reloading = receive(&socket);
-        let before = monotonic_usec();
-        let usec: u64 = reloading
-            .lines()
-            .find_map(|line| line.strip_prefix("MONOTONIC_USEC="))
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"));
-        assert!(reloading.starts_with("RELOADING=1\n") && usec <= before);
+        let usec = |message: String| -> u64 {
+            assert!(message.starts_with("RELOADING=1\n"), "{message}");
+            message
+                .lines()
+                .find_map(|line| line.strip_prefix("MONOTONIC_USEC="))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {message:?}"))
+        };
+        assert!(usec(receive(&socket)) >= sighup);
+        assert!(usec(receive(&socket)) >= second_sighup);
         assert_eq!(receive(&socket), "READY=1\nSTATUS=generation 3 serving\n");
 
         notifier.stopping("stopping");
