@@ -6,9 +6,12 @@
 //! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
+//! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
+//!   systemd notify messages.
 
 mod util;
 
+mod control;
 mod http;
 mod lifecycle;
 mod reload;
