@@ -11,6 +11,8 @@
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem.
+//! - [`control`]: the operator commands `glint-api reload|stop|status`, which signal the master
+//!   and read its verdict from the status file; [`notify`]: systemd's notify protocol.
 //! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
