@@ -11,6 +11,8 @@
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem.
+//! - [`control`]: the operator commands `glint-api reload|stop|status`, which signal the master
+//!   and read its verdict from the status file; [`notify`]: systemd's notify protocol.
 //! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
@@ -19,10 +21,12 @@ pub mod acceptor;
 pub mod api;
 pub mod child;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod master;
+pub mod notify;
 pub mod pool;
 pub mod registry;
 pub mod signals;

@@ -1,22 +1,41 @@
-//! The `glint-api` command: parses the command line, loads the config, and hands over to the
-//! master. One place formats fatal errors and chooses the exit code:
+//! The `glint-api` command: parses the command line, then either runs the server (loads the
+//! config and hands over to the master) or runs an operator command (`reload`, `stop`, `status`,
+//! in `control`) against the server that runs. One place formats fatal errors and chooses the
+//! exit code, and this is the table (docs/OPERATIONS.md repeats it):
 //!
-//! - 0: the server stopped normally, or `--check-config` found the config valid;
-//! - 1: the config is invalid, or the server could not start (the message says why);
+//! - 0: the server stopped normally; `--check-config` found the config valid; `reload`
+//!   succeeded; `stop` stopped the server, or it was not running; `status` found it running;
+//! - 1: the config is invalid; the server could not start; `reload` was refused or failed (the
+//!   old generation keeps serving); a command could not signal the master or read its files;
+//! - 3: `reload` or `status` found no server running (LSB's "program is not running");
+//! - 4: `reload` got no verdict, or `stop` saw no exit, within `--timeout`;
 //! - 64: the command line is wrong.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use glint::config;
+use glint::control::{self, Command, Verdict};
 use glint::logging;
 use glint::master::{self, Master};
 
 const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
+       glint-api reload|stop|status [--config-file FILE] [--timeout SECONDS]
 
-  --config-file FILE  the config file (default /etc/glint/glint-api.conf)
+  --config-file FILE  the config file (default /etc/glint/glint-api.conf); for the commands,
+                      the file the server runs with: it names the pid and status files
   --check-config      validate the config, print the effective settings, exit 0 or 1
-  --help              this text";
+  --timeout SECONDS   how long reload waits for the verdict, stop for the exit
+                      (default 60; stop: at least graceful_shutdown_timeout + 10)
+  --help              this text
+
+  reload   validate the config, send SIGHUP, wait for the verdict: exit 0 with the new
+           generation, 1 with the problems (the old generation keeps serving),
+           3 if not running, 4 at the timeout
+  stop     send SIGTERM and wait until the server has drained and exited: exit 0
+           (also when it was not running), 4 at the timeout
+  status   describe the running server: exit 0 running, 3 not running";
 
 /// The default config path, as packages install it.
 const DEFAULT_CONFIG: &str = "/etc/glint/glint-api.conf";
@@ -25,6 +44,9 @@ const DEFAULT_CONFIG: &str = "/etc/glint/glint-api.conf";
 struct Args {
     config_file: PathBuf,
     check_config: bool,
+    /// An operator command instead of running the server.
+    command: Option<Command>,
+    timeout: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -39,6 +61,21 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Some(command) = args.command {
+        let report = control::run(command, &args.config_file, args.timeout);
+        // `status` answers the question asked, so "not running" is its output, not an error.
+        if report.verdict == Verdict::Success || command == Command::Status {
+            println!("{}", report.message);
+        } else {
+            eprintln!("{}", report.message);
+        }
+        return ExitCode::from(match report.verdict {
+            Verdict::Success => 0,
+            Verdict::Failed => 1,
+            Verdict::NotRunning => 3,
+            Verdict::TimedOut => 4,
+        });
+    }
     let loaded = match config::load(&args.config_file) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -97,8 +134,27 @@ fn loaded_logs_to_file() -> bool {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut config_file = PathBuf::from(DEFAULT_CONFIG);
     let mut check_config = false;
+    let mut command = None;
+    let mut timeout = None;
+    let mut first = true;
     while let Some(arg) = args.next() {
+        let is_first = std::mem::replace(&mut first, false);
         match arg.as_str() {
+            "reload" | "stop" | "status" if is_first => {
+                command = Some(match arg.as_str() {
+                    "reload" => Command::Reload,
+                    "stop" => Command::Stop,
+                    _ => Command::Status,
+                });
+            }
+            "--timeout" => {
+                timeout = Some(parse_timeout(
+                    &args.next().ok_or("--timeout needs a number of seconds")?,
+                )?);
+            }
+            _ if arg.starts_with("--timeout=") => {
+                timeout = Some(parse_timeout(&arg["--timeout=".len()..])?);
+            }
             "--config-file" => {
                 config_file = args.next().ok_or("--config-file needs a file name")?.into();
             }
@@ -110,8 +166,25 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if command.is_some() && check_config {
+        return Err("--check-config does not go with a command; use one or the other".into());
+    }
+    if timeout.is_some() && !matches!(command, Some(Command::Reload | Command::Stop)) {
+        return Err("--timeout goes with reload or stop only".into());
+    }
     Ok(Some(Args {
         config_file,
         check_config,
+        command,
+        timeout,
     }))
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
+        _ => Err(format!(
+            "--timeout {text:?}: give a whole number of seconds, 1 or more"
+        )),
+    }
 }

@@ -39,6 +39,7 @@ use crate::child;
 use crate::config::{self, Config};
 use crate::listener::Listener;
 use crate::logging;
+use crate::notify::Notifier;
 use crate::signals::{self, MasterRequest, SignalSpec, SignalWatch};
 use crate::status::{self, ChildStatus, ReloadStatus, Status};
 use crate::timestamp;
@@ -139,6 +140,8 @@ pub struct Master {
     last_reload: Option<ReloadStatus>,
     /// Something changed since the status file was last written.
     status_dirty: bool,
+    /// Tells systemd (`$NOTIFY_SOCKET`) when the server serves, reloads and stops.
+    notifier: Notifier,
 }
 
 impl Master {
@@ -147,6 +150,8 @@ impl Master {
     /// operator when any of that fails; nothing is left running then.
     pub fn start(config: Config) -> Result<Master, String> {
         let config = Arc::new(config);
+        // First, while nothing is forked yet: children must not inherit NOTIFY_SOCKET.
+        let notifier = Notifier::from_env();
         let signals = SignalWatch::register(|spec: &SignalSpec| spec.master)
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
@@ -183,6 +188,7 @@ impl Master {
             reloads_failed: 0,
             last_reload: None,
             status_dirty: true,
+            notifier,
         };
         master.start_first_generation()?;
         Ok(master)
@@ -238,12 +244,17 @@ impl Master {
             }
         }
         self.generation = 1;
-        log::info!(
+        let serving = format!(
             "generation 1 serving with {} worker(s) on {}",
             config.workers,
             self.listen_addresses().join(", ")
         );
+        log::info!("{serving}");
         self.write_status();
+        self.notifier.ready(&serving);
+        if self.reload_again {
+            self.notifier.reloading("reloading: SIGHUP while starting");
+        }
         Ok(())
     }
 
@@ -256,6 +267,7 @@ impl Master {
             self.reap();
             if requests.contains(&MasterRequest::StopNow) {
                 log::info!("SIGINT: stopping now");
+                self.notifier.stopping("stopping now (SIGINT)");
                 self.kill_all(Signal::SIGKILL);
                 self.reap_blocking();
                 self.remove_state_files();
@@ -267,6 +279,15 @@ impl Master {
             }
             if requests.contains(&MasterRequest::Reload) {
                 self.reloads_requested += 1;
+                if self.phase == Phase::Running {
+                    // systemd waits for this after its SIGHUP, even one merged into the reload
+                    // under way (see `notify`).
+                    self.notifier.reloading(&format!(
+                        "reloading {} (SIGHUP #{})",
+                        self.config_path.display(),
+                        self.reloads_requested
+                    ));
+                }
                 match self.phase {
                     Phase::Running if self.reload.is_some() => {
                         if !self.reload_again {
@@ -540,6 +561,7 @@ impl Master {
             "SIGHUP: reloading {} for generation {generation}",
             self.config_path.display()
         );
+
         let loaded = match config::load(&self.config_path) {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -692,8 +714,25 @@ impl Master {
         self.finish_reload(reload.record, None);
     }
 
-    /// Records the end of a reload attempt in the counters and the status file.
+    /// Records the end of a reload attempt in the counters and the status file, and tells systemd
+    /// the server serves again, unless another reload follows at once (SIGHUPs that arrived
+    /// during this one): systemd then sees one reload that ends with the last.
     fn finish_reload(&mut self, mut record: ReloadStatus, error: Option<String>) {
+        if !(self.reload_again && self.phase == Phase::Running) {
+            let verdict = match &error {
+                None => format!(
+                    "reload #{} succeeded: generation {} serving with {} worker(s)",
+                    record.number, self.generation, self.config.workers
+                ),
+                Some(error) => format!(
+                    "reload #{} failed, generation {} keeps serving: {}",
+                    record.number,
+                    self.generation,
+                    error.lines().next().unwrap_or_default()
+                ),
+            };
+            self.notifier.ready(&verdict);
+        }
         record.finished_at = Some(timestamp::rfc3339_seconds(SystemTime::now()));
         match &error {
             None => {
@@ -741,6 +780,8 @@ impl Master {
                 None => String::new(),
             }
         );
+        self.notifier
+            .stopping("stopping gracefully: children are draining");
         let deadline = bound.map(|bound| Instant::now() + bound);
         self.phase = Phase::StoppingGracefully { deadline };
         self.reload = None;

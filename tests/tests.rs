@@ -7,9 +7,12 @@
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
 //! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
+//! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
+//!   systemd notify messages.
 
 mod util;
 
+mod control;
 mod http;
 mod images;
 mod lifecycle;

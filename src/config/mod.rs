@@ -203,6 +203,59 @@ pub struct Problem {
 
 /// Reads and validates the config file at `path` (made absolute first).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let (file, text) = read_file(path)?;
+    load_str(&text, &file)
+}
+
+/// Where a running server keeps its pid and status files, and its drain bound, as far as a
+/// config file tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub pid_file: PathBuf,
+    pub status_file: PathBuf,
+    pub graceful_shutdown_timeout: Option<Duration>,
+}
+
+impl ServerFiles {
+    pub fn of(config: &Config) -> ServerFiles {
+        ServerFiles {
+            pid_file: config.pid_file.clone(),
+            status_file: config.status_file.clone(),
+            graceful_shutdown_timeout: config.graceful_shutdown_timeout,
+        }
+    }
+}
+
+/// Reads the [`ServerFiles`] from the config file at `path`, even when other options in it are
+/// invalid: `glint-api stop` and `status` must find a server whose file an operator is in the
+/// middle of editing. Refuses the file when it cannot be read, when a problem is about
+/// `pid_file` or `status_file`, or when a problem names no option (a line the reader could not
+/// make sense of might have been either). An invalid `graceful_shutdown_timeout` reads as its
+/// default. This is no [`Config`]: nothing runs on it.
+pub fn load_server_files(path: &Path) -> Result<ServerFiles, ConfigError> {
+    let (file, text) = read_file(path)?;
+    let mut report = Report::new(file.clone());
+    let raw = RawConfig::read(&text, &mut report);
+    let config = build(&raw, &file, &mut report);
+    let blocking: Vec<Problem> = report
+        .errors
+        .into_iter()
+        .filter(|problem| {
+            matches!(
+                problem.option.as_deref(),
+                None | Some("pid_file") | Some("status_file")
+            )
+        })
+        .collect();
+    if blocking.is_empty() {
+        Ok(ServerFiles::of(&config))
+    } else {
+        Err(ConfigError { problems: blocking })
+    }
+}
+
+/// The absolute path of the config file at `path`, and its text.
+fn read_file(path: &Path) -> Result<(PathBuf, String), ConfigError> {
     let file = absolute(path)?;
     let bytes = match fs::read(&file) {
         Ok(bytes) => bytes,
@@ -215,7 +268,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         }
     };
     match String::from_utf8(bytes) {
-        Ok(text) => load_str(&text, &file),
+        Ok(text) => Ok((file, text)),
         Err(error) => {
             let valid_up_to = error.utf8_error().valid_up_to();
             let bytes = error.into_bytes();

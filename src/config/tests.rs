@@ -1324,3 +1324,35 @@ fn operations_doc_options_table_matches_the_options_table() {
          --- expected table ---\n{expected}--- table in the file ---\n{table}"
     );
 }
+
+/// `glint-api stop` and `status` read where the pid and status files are from a file that is
+/// otherwise invalid, but not from one whose problems could be about those files.
+#[test]
+fn server_files_are_found_in_a_file_with_unrelated_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("glint-api.conf");
+    let server_files = |text: &str| {
+        std::fs::write(&path, text).expect("write config");
+        load_server_files(&path)
+    };
+    let files = server_files(
+        "[DEFAULT]\nworkers = many\npid_file = run/g.pid\ngraceful_shutdown_timeout = 5\n",
+    )
+    .expect("unrelated errors do not hide the pid file");
+    assert_eq!(
+        files,
+        ServerFiles {
+            pid_file: dir.path().join("run/g.pid"),
+            status_file: dir.path().join("run/g.status.json"),
+            graceful_shutdown_timeout: Some(Duration::from_secs(5)),
+        }
+    );
+    for text in [
+        "[DEFAULT]\npid_file =\n",
+        "[DEFAULT]\nstatus_file = \\\n",
+        "[DEFAULT]\nno equals sign here\npid_file = g.pid\n",
+    ] {
+        assert!(server_files(text).is_err(), "accepted:\n{text}");
+    }
+    assert!(load_server_files(&dir.path().join("missing.conf")).is_err());
+}
