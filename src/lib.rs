@@ -10,13 +10,15 @@
 //! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
-//! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem.
+//! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
+//!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
 
 pub mod acceptor;
 pub mod api;
+pub mod cache;
 pub mod child;
 pub mod config;
 pub mod http;
