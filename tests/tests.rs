@@ -6,9 +6,11 @@
 //! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
+//! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 
 mod util;
 
+mod cache;
 mod http;
 mod lifecycle;
 mod reload;

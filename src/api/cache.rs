@@ -91,8 +91,7 @@ impl Api {
                 let image = self.find(id)?;
                 if image.status != "active" {
                     return Err(ApiError::BadRequest(
-                        "Only images with status active can be targeted for queueing"
-                            .to_string(),
+                        "Only images with status active can be targeted for queueing".to_string(),
                     ));
                 }
                 if !cache.contains(id) {

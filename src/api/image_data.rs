@@ -185,7 +185,13 @@ impl Api {
         };
         if let Some(hit) = self.cache_lookup(request, &image) {
             log::debug!("cache hit: image {id} served from {}", hit.path.display());
-            return file_response(request, &image, hit.file, hit.size, &hit.path.to_string_lossy());
+            return file_response(
+                request,
+                &image,
+                hit.file,
+                hit.size,
+                &hit.path.to_string_lossy(),
+            );
         }
         let (file, size) = self
             .store
@@ -238,7 +244,8 @@ fn file_response(
     };
     let response = match range {
         None => {
-            let mut response = Response::new(200).header("Content-Type", "application/octet-stream");
+            let mut response =
+                Response::new(200).header("Content-Type", "application/octet-stream");
             if let Some(checksum) = &image.checksum {
                 response = response.header("Content-MD5", checksum);
             }

@@ -107,9 +107,7 @@ impl Cache {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    return Err(CacheError::io(&path, "read the store data for", error))
-                }
+                Err(error) => return Err(CacheError::io(&path, "read the store data for", error)),
             };
             copied += n as u64;
             if copied > expected.size {
@@ -125,7 +123,11 @@ impl Cache {
                 image_id: image_id.to_string(),
                 what: format!(
                     "the store has {}{copied} bytes, the image {}",
-                    if copied > expected.size { "more than " } else { "" },
+                    if copied > expected.size {
+                        "more than "
+                    } else {
+                        ""
+                    },
                     expected.size
                 ),
             });

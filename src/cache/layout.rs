@@ -44,7 +44,9 @@ impl Layout {
     }
 
     pub(crate) fn incomplete(&self, image_id: &str, owner: &str) -> PathBuf {
-        self.root.join(INCOMPLETE).join(format!("{image_id}.{owner}"))
+        self.root
+            .join(INCOMPLETE)
+            .join(format!("{image_id}.{owner}"))
     }
 
     pub(crate) fn queued(&self, image_id: &str) -> PathBuf {

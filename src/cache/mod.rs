@@ -173,11 +173,9 @@ impl Cache {
             CacheError::io(&settings.dir, "make the image cache path absolute", error)
         })?;
         let layout = Layout { root };
-        for folder in std::iter::once(layout.root.clone()).chain(
-            layout::SUBFOLDERS
-                .iter()
-                .map(|name| layout.folder(name)),
-        ) {
+        for folder in std::iter::once(layout.root.clone())
+            .chain(layout::SUBFOLDERS.iter().map(|name| layout.folder(name)))
+        {
             fs::create_dir_all(&folder)
                 .map_err(|error| CacheError::io(&folder, "create image cache folder", error))?;
         }
@@ -190,7 +188,9 @@ impl Cache {
             .truncate(true)
             .mode(0o600)
             .open(&probe)
-            .map_err(|error| CacheError::io(&probe, "create a file in image cache folder", error))?;
+            .map_err(|error| {
+                CacheError::io(&probe, "create a file in image cache folder", error)
+            })?;
         fs::remove_file(&probe)
             .map_err(|error| CacheError::io(&probe, "remove the write probe", error))?;
         Ok(Cache {
@@ -239,7 +239,10 @@ impl Cache {
             }
         };
         if !expected.agrees_with(&record) {
-            self.discard(image_id, "it was made for other image data (size or hash differ)");
+            self.discard(
+                image_id,
+                "it was made for other image data (size or hash differ)",
+            );
             return None;
         }
         if fingerprint.size() != expected.size {
@@ -262,7 +265,10 @@ impl Cache {
             match verify::hash_file(&mut file, &expected.hash) {
                 Ok((digester, n_bytes)) => {
                     let mismatch = if n_bytes != expected.size {
-                        Some(format!("read {n_bytes} bytes, the image has {}", expected.size))
+                        Some(format!(
+                            "read {n_bytes} bytes, the image has {}",
+                            expected.size
+                        ))
                     } else {
                         expected.hash.describe_mismatch(digester)
                     };

@@ -97,13 +97,7 @@ impl Drop for Prefetcher {
     }
 }
 
-fn run(
-    cache: &Cache,
-    registry: &Registry,
-    store: &Store,
-    stop: &AtomicBool,
-    wakes: &Receiver<()>,
-) {
+fn run(cache: &Cache, registry: &Registry, store: &Store, stop: &AtomicBool, wakes: &Receiver<()>) {
     let owner = crate::store::owner_token();
     loop {
         while !stop.load(Ordering::SeqCst) {

@@ -95,7 +95,9 @@ impl Cache {
         let claimed = self.layout.claimed(image_id, owner);
         if requeue {
             if let Err(error) = fs::rename(&claimed, self.layout.queued(image_id)) {
-                log::warn!("cannot put the prefetch of image {image_id} back in the queue: {error}");
+                log::warn!(
+                    "cannot put the prefetch of image {image_id} back in the queue: {error}"
+                );
             }
         } else {
             remove_if_present(&claimed);

@@ -35,7 +35,10 @@ fn stored(dir: &Path, id: &str, data: &[u8]) -> (File, Expected) {
     image.checksum = Some(crate::store::hex(&Md5::digest(data)));
     image.os_hash_algo = Some("sha512".to_string());
     image.os_hash_value = Some(crate::store::hex(&Sha512::digest(data)));
-    (File::open(path).unwrap(), Expected::of_image(&image).unwrap())
+    (
+        File::open(path).unwrap(),
+        Expected::of_image(&image).unwrap(),
+    )
 }
 
 fn fill(cache: &Cache, dir: &Path, id: &str, data: &[u8]) -> (FillOutcome, Expected) {
@@ -66,7 +69,12 @@ fn filled_entry_is_a_verified_hit_and_counts_hits() {
     assert_eq!(entries[0].1.hits, 2);
     assert_eq!(entries[0].1.size, 10_000);
     // Nothing unfinished is left behind.
-    assert_eq!(fs::read_dir(cache.dir().join("incomplete")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(cache.dir().join("incomplete"))
+            .unwrap()
+            .count(),
+        0
+    );
     let (_, again) = fill(&cache, dir.path(), ID_A, &data);
     assert_eq!(again, expected);
 }
@@ -117,7 +125,12 @@ fn store_data_that_does_not_match_the_image_is_not_published() {
         .unwrap_err();
     assert!(matches!(error, CacheError::Mismatch { .. }), "{error}");
     assert!(!cache.contains(ID_A));
-    assert_eq!(fs::read_dir(cache.dir().join("incomplete")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(cache.dir().join("incomplete"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -130,7 +143,12 @@ fn stopped_fill_leaves_nothing() {
         .unwrap_err();
     assert!(matches!(error, CacheError::Stopped));
     assert!(!cache.contains(ID_A));
-    assert_eq!(fs::read_dir(cache.dir().join("incomplete")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(cache.dir().join("incomplete"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -177,8 +195,16 @@ fn queue_is_claimed_once_and_released() {
 fn sweep_removes_dead_writers_files_and_requeues_their_claims() {
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), 1 << 20);
-    fs::write(cache.dir().join("incomplete").join(format!("{ID_A}.99-1")), b"x").unwrap();
-    fs::write(cache.dir().join("incomplete").join(format!("{ID_B}.42-1")), b"x").unwrap();
+    fs::write(
+        cache.dir().join("incomplete").join(format!("{ID_A}.99-1")),
+        b"x",
+    )
+    .unwrap();
+    fs::write(
+        cache.dir().join("incomplete").join(format!("{ID_B}.42-1")),
+        b"x",
+    )
+    .unwrap();
     cache.queue(ID_C).unwrap();
     assert_eq!(cache.claim_next("99-1").as_deref(), Some(ID_C));
     let swept = cache.sweep(|owner| owner == "42-1");
