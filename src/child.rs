@@ -1,7 +1,8 @@
 //! A child (worker process): what runs between `fork()` in the master and `exit`.
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
-//! (`acceptor`) and a fixed pool of worker threads (`pool`). It reports ready to the master by
+//! (`acceptor`) and a fixed pool of worker threads (`pool`), plus, with a caching flavor, one
+//! image cache prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It reports ready to the master by
 //! writing one byte on a pipe once both are running, and drains on SIGHUP, SIGTERM or SIGQUIT.
 //! It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start with its config (the
 //! master never respawns that), and with the signal's default when killed.
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
 use crate::acceptor::Acceptor;
-use crate::api::Api;
+use crate::api::{Api, CachePipeline};
+use crate::cache::{self, Cache, Prefetcher};
 use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
@@ -113,7 +115,45 @@ pub fn run(start: Start) -> i32 {
             return EXIT_CANNOT_START;
         }
     };
-    let api = Api::new(config.clone(), generation, local_address, registry, store);
+    // With a caching flavor: the cache folder (created and checked by the master before the
+    // fork, opened again here) and this child's prefetcher thread.
+    let mut prefetcher = None;
+    let cache = if config.flavor.uses_cache() {
+        let cache = match Cache::open(cache_settings(&config)) {
+            Ok(cache) => Arc::new(cache),
+            Err(error) => {
+                log::error!("cannot open the image cache: {error}");
+                return EXIT_CANNOT_START;
+            }
+        };
+        for path in cache.sweep(store::owner_alive) {
+            log::warn!(
+                "image cache: removed or requeued {}, left by a process that died or stalled",
+                path.display()
+            );
+        }
+        match Prefetcher::start(cache.clone(), registry.clone(), store.clone()) {
+            Ok(started) => {
+                let waker = started.waker();
+                prefetcher = Some(started);
+                Some(CachePipeline { cache, waker })
+            }
+            Err(error) => {
+                log::error!("cannot start the image cache prefetcher thread: {error}");
+                return EXIT_CANNOT_START;
+            }
+        }
+    } else {
+        None
+    };
+    let api = Api::new(
+        config.clone(),
+        generation,
+        local_address,
+        registry,
+        store,
+        cache,
+    );
     if let Err(error) = api.recover() {
         // Serving is still right: recovery runs again at the next child's start.
         log::error!("recovery of abandoned uploads failed: {error}");
@@ -162,6 +202,11 @@ pub fn run(start: Start) -> i32 {
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
     pool.join();
+    // After the workers: a fill stopped by a drain leaves nothing and goes back to the queue,
+    // where a child of the new generation (or a later one) takes it up.
+    if let Some(prefetcher) = prefetcher {
+        prefetcher.finish();
+    }
     log::info!("exiting");
     0
 }
@@ -181,6 +226,15 @@ pub fn store_settings(config: &Config) -> store::Settings {
             HashAlgorithm::Sha384 => store::HashKind::Sha384,
             HashAlgorithm::Sha512 => store::HashKind::Sha512,
         },
+    }
+}
+
+/// The image cache's settings for a generation's config.
+pub fn cache_settings(config: &Config) -> cache::Settings {
+    cache::Settings {
+        dir: config.image_cache_dir.clone(),
+        max_size: config.image_cache_max_size,
+        stall_time: config.image_cache_stall_time,
     }
 }
 

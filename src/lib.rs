@@ -10,7 +10,8 @@
 //! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
-//! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem.
+//! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
+//!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`control`]: the operator commands `glint-api reload|stop|status`, which signal the master
 //!   and read its verdict from the status file; [`notify`]: systemd's notify protocol.
 //! - [`signals`], [`listener`], [`logging`], [`timestamp`]: the small parts they share.
@@ -19,6 +20,7 @@
 
 pub mod acceptor;
 pub mod api;
+pub mod cache;
 pub mod child;
 pub mod config;
 pub mod control;

@@ -1051,13 +1051,19 @@ fn prepare_state_files(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Opens the store (creating missing data directories, checking they are writable) and the
-/// image database (creating and migrating it) once in the master, so that a bad data directory
-/// or database path fails the start or the reload before any child is forked. Both are closed
-/// again before any fork: a SQLite connection must not cross one.
+/// Opens the store (creating missing data directories, checking they are writable), the image
+/// cache folder when the flavor uses one (creating it, checking it is writable; no thread is
+/// started) and the image database (creating and migrating it) once in the master, so that a bad
+/// data directory, cache folder or database path fails the start or the reload before any child
+/// is forked. All are closed again before any fork: a SQLite connection must not cross one.
 fn check_storage(config: &Config) -> Result<(), String> {
     crate::store::Store::open(child::store_settings(config))
         .map_err(|error| format!("{error}; fix filesystem_store_datadir(s)"))?;
+    if config.flavor.uses_cache() {
+        crate::cache::Cache::open(child::cache_settings(config)).map_err(|error| {
+            format!("{error}; fix [image_cache] image_cache_dir, or set [paste_deploy] flavor to no cache")
+        })?;
+    }
     crate::registry::Registry::open(&config.database_path).map_err(|error| {
         format!(
             "cannot open the image database {}: {error}; fix [database] connection",

@@ -9,9 +9,11 @@
 //! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
 //! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
 //!   systemd notify messages.
+//! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 
 mod util;
 
+mod cache;
 mod control;
 mod http;
 mod images;

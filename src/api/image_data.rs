@@ -7,7 +7,10 @@
 //! so no partial data is ever visible. If this process dies mid-upload, the next child to start
 //! finds the image still `saving` under a dead uploader and recovers it (see `Api::recover`).
 //!
-//! A download sends the file with sendfile(2) (`Body::File`), whole or one byte range.
+//! A download sends the file with sendfile(2) (`Body::File`), whole or one byte range. With the
+//! `caching` or `cachemanagement` flavor it is sent from the image cache when the cache holds a
+//! verified copy (logged at debug as "cache hit"); otherwise from the store, and a GET queues
+//! the image for this child's prefetcher (see `cache`).
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -17,6 +20,7 @@ use super::Api;
 use crate::http::head::Framing;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
+use crate::registry::Image;
 use crate::store::{StoreError, Stored};
 
 /// How much of an upload is read from the socket and written to the store at a time.
@@ -179,7 +183,17 @@ impl Api {
             // Glance answers 204 for an image that has no data (yet).
             return Ok(Response::new(204));
         };
-        let (mut file, size) = self
+        if let Some(hit) = self.cache_lookup(request, &image) {
+            log::debug!("cache hit: image {id} served from {}", hit.path.display());
+            return file_response(
+                request,
+                &image,
+                hit.file,
+                hit.size,
+                &hit.path.to_string_lossy(),
+            );
+        }
+        let (file, size) = self
             .store
             .open_data(location)
             .map_err(|error| match error {
@@ -192,35 +206,66 @@ impl Api {
                 }
                 other => store_error(other),
             })?;
-        let range = match request.head.header_str("range") {
-            Some(value) => Some(parse_range(value, size)?),
-            None => None,
-        };
-        let response = match range {
-            None => {
-                let mut response =
-                    Response::new(200).header("Content-Type", "application/octet-stream");
-                if let Some(checksum) = &image.checksum {
-                    response = response.header("Content-MD5", checksum);
-                }
-                response.body = Body::File { file, len: size };
-                response
-            }
-            Some((first, last)) => {
-                file.seek(SeekFrom::Start(first))
-                    .map_err(|error| ApiError::Internal(format!("seek in {location}: {error}")))?;
-                let mut response = Response::new(206)
-                    .header("Content-Type", "application/octet-stream")
-                    .header("Content-Range", &format!("bytes {first}-{last}/{size}"));
-                response.body = Body::File {
-                    file,
-                    len: last - first + 1,
-                };
-                response
-            }
-        };
-        Ok(response)
+        file_response(request, &image, file, size, location)
     }
+
+    /// With a caching flavor: the verified cache entry of `image`, if there is one. On a miss
+    /// of a GET the image is queued, so that this child's prefetcher copies it into the cache
+    /// while (or after) the store's copy is sent.
+    fn cache_lookup(&self, request: &Request<'_>, image: &Image) -> Option<crate::cache::Hit> {
+        let pipeline = self.cache.as_ref()?;
+        let expected = crate::cache::Expected::of_image(image)?;
+        if let Some(hit) = pipeline.cache.lookup(&image.id, &expected) {
+            return Some(hit);
+        }
+        log::debug!("cache miss: image {}", image.id);
+        if request.method() == "GET" && !pipeline.cache.contains(&image.id) {
+            match pipeline.cache.queue(&image.id) {
+                Ok(_) => pipeline.waker.wake(),
+                Err(error) => log::warn!("image cache: {error}"),
+            }
+        }
+        None
+    }
+}
+
+/// The download response for `file` (`size` bytes, found at `location`): whole, or the one
+/// byte range the request asks for.
+fn file_response(
+    request: &Request<'_>,
+    image: &Image,
+    mut file: std::fs::File,
+    size: u64,
+    location: &str,
+) -> Result<Response, ApiError> {
+    let range = match request.head.header_str("range") {
+        Some(value) => Some(parse_range(value, size)?),
+        None => None,
+    };
+    let response = match range {
+        None => {
+            let mut response =
+                Response::new(200).header("Content-Type", "application/octet-stream");
+            if let Some(checksum) = &image.checksum {
+                response = response.header("Content-MD5", checksum);
+            }
+            response.body = Body::File { file, len: size };
+            response
+        }
+        Some((first, last)) => {
+            file.seek(SeekFrom::Start(first))
+                .map_err(|error| ApiError::Internal(format!("seek in {location}: {error}")))?;
+            let mut response = Response::new(206)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Range", &format!("bytes {first}-{last}/{size}"));
+            response.body = Body::File {
+                file,
+                len: last - first + 1,
+            };
+            response
+        }
+    };
+    Ok(response)
 }
 
 /// The size the client announced: `x-openstack-image-size` (glanceclient sends it with chunked

@@ -131,6 +131,12 @@ impl Api {
                 log::error!("image {id} deleted, but its data could not be removed: {error}");
             }
         }
+        // A cached copy could never be served again (a hit needs an active image), but it
+        // would take room until evicted.
+        if let Some(pipeline) = &self.cache {
+            pipeline.cache.dequeue(id);
+            pipeline.cache.remove(id);
+        }
         log::info!("deleted image {id}");
         Ok(Response::new(204))
     }

@@ -6,12 +6,15 @@
 //! the child's [`Registry`] and [`Store`], and returns a response.
 //!
 //! - `images`: metadata routes (create, list, show, patch, delete, tags);
-//! - `image_data`: upload and download of image data;
+//! - `image_data`: upload and download of image data (through the image cache with the
+//!   `caching` and `cachemanagement` flavors);
+//! - `cache`: Glance's cache API, `/v2/cache`, with the `cachemanagement` flavor only;
 //! - `representation`: an image's JSON and the rules for attributes clients send;
 //! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
 //! - `schemas`, `versions`: the documents clients discover the API with;
 //! - `error`: the API's error type and its rendering.
 
+mod cache;
 pub mod error;
 mod image_data;
 mod images;
@@ -24,7 +27,7 @@ mod versions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Flavor};
 use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
 use crate::registry::{Registry, RegistryError};
@@ -42,6 +45,15 @@ pub struct Api {
     store: Arc<Store>,
     /// Identifies this process as the uploader of an image in `saving` (see `store::owner_token`).
     owner_token: String,
+    /// The image cache, when the flavor uses one (`[paste_deploy] flavor`).
+    cache: Option<CachePipeline>,
+}
+
+/// The image cache as the API uses it: the cache folder, and the waker of this child's
+/// prefetcher, which fills what the API queues.
+pub struct CachePipeline {
+    pub cache: Arc<crate::cache::Cache>,
+    pub waker: crate::cache::Waker,
 }
 
 impl Api {
@@ -51,6 +63,7 @@ impl Api {
         local_address: SocketAddr,
         registry: Arc<Registry>,
         store: Arc<Store>,
+        cache: Option<CachePipeline>,
     ) -> Api {
         Api {
             config,
@@ -59,6 +72,7 @@ impl Api {
             registry,
             store,
             owner_token: crate::store::owner_token(),
+            cache,
         }
     }
 
@@ -159,6 +173,9 @@ impl Api {
             (_, ["images", _, "file"]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PUT",
             }),
+            (_, ["cache", ..]) if self.config.flavor == Flavor::CacheManagement => {
+                self.route_cache(request, method, &segments[1..])
+            }
             ("PUT", ["images", id, "tags", tag]) => self.add_tag(id, &decode_segment(tag)?),
             ("DELETE", ["images", id, "tags", tag]) => self.delete_tag(id, &decode_segment(tag)?),
             (_, ["images", _, "tags", _]) => Err(ApiError::MethodNotAllowed {

@@ -118,6 +118,54 @@ pub struct Config {
     pub filesystem_store_file_perm: u32,
     /// `[database] connection`: absolute path of the SQLite file holding image metadata.
     pub database_path: PathBuf,
+    /// `[paste_deploy] flavor`: the request pipeline, with or without the image cache.
+    pub flavor: Flavor,
+    /// `[image_cache] image_cache_dir`: absolute folder of the image cache.
+    pub image_cache_dir: PathBuf,
+    /// `[image_cache] image_cache_max_size`: bytes the cache may hold before it evicts.
+    pub image_cache_max_size: u64,
+    /// `[image_cache] image_cache_stall_time`: age after which an unfinished cache entry is
+    /// removed even if its writer still runs.
+    pub image_cache_stall_time: Duration,
+}
+
+/// `[paste_deploy] flavor`: which request pipeline a generation serves, as Glance's paste
+/// pipelines `glance-api`, `glance-api-caching` and `glance-api-cachemanagement`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavor {
+    /// No cache: downloads read the store.
+    #[default]
+    Plain,
+    /// Downloads go through the image cache.
+    Caching,
+    /// The image cache plus the cache API under `/v2/cache`.
+    CacheManagement,
+}
+
+/// The flavors glint accepts, as the config file spells them.
+pub const FLAVOR_NAMES: &[&str] = &["", "caching", "cachemanagement"];
+
+impl Flavor {
+    /// The name in the config file (`""` for the plain pipeline).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flavor::Plain => "",
+            Flavor::Caching => "caching",
+            Flavor::CacheManagement => "cachemanagement",
+        }
+    }
+
+    /// The flavor called `name` (lowercase), if glint has it.
+    pub fn from_name(name: &str) -> Option<Flavor> {
+        [Flavor::Plain, Flavor::Caching, Flavor::CacheManagement]
+            .into_iter()
+            .find(|flavor| flavor.name() == name)
+    }
+
+    /// Whether downloads go through the image cache.
+    pub fn uses_cache(&self) -> bool {
+        !matches!(self, Flavor::Plain)
+    }
 }
 
 /// One folder images are stored in, from `[glance_store]`.
@@ -850,6 +898,10 @@ struct Draft {
     datadirs: Vec<DataDir>,
     filesystem_store_file_perm: u32,
     database_path: PathBuf,
+    flavor: Flavor,
+    image_cache_dir: PathBuf,
+    image_cache_max_size: u64,
+    image_cache_stall_time: Duration,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -964,6 +1016,10 @@ impl Draft {
             datadirs,
             filesystem_store_file_perm: self.filesystem_store_file_perm,
             database_path: self.database_path,
+            flavor: self.flavor,
+            image_cache_dir: self.image_cache_dir,
+            image_cache_max_size: self.image_cache_max_size,
+            image_cache_stall_time: self.image_cache_stall_time,
         }
     }
 }

@@ -15,7 +15,10 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, DataDir, Draft, HashAlgorithm, DEFAULT_FILE_PERM, HASH_ALGORITHM_NAMES};
+use super::{
+    Config, DataDir, Draft, Flavor, HashAlgorithm, DEFAULT_FILE_PERM, FLAVOR_NAMES,
+    HASH_ALGORITHM_NAMES,
+};
 
 /// One option glint reads from its config file.
 pub struct OptionSpec {
@@ -78,6 +81,9 @@ pub enum Kind {
     StoreList,
     /// An SQLAlchemy SQLite URL, `sqlite:///RELATIVE/PATH` or `sqlite:////ABSOLUTE/PATH`.
     SqliteUrl,
+    /// `[paste_deploy] flavor`: one of [`FLAVOR_NAMES`]; Glance's keystone flavors are refused
+    /// with their own message, since glint has no keystone.
+    Flavor,
 }
 
 /// What a relative path in the config file is relative to.
@@ -113,6 +119,7 @@ pub(super) enum Value {
     FileMode(u32),
     /// The store names, in file order, `file` among them.
     Stores(Vec<String>),
+    Flavor(Flavor),
 }
 
 /// A successful parse, with the warning some accepted values deserve.
@@ -145,6 +152,10 @@ const RELOAD_DATABASE: &str =
     "applies to the new generation (the old one keeps its connection while it drains)";
 const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
 const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
+const RELOAD_FLAVOR: &str = "applies to the new generation; requests in flight finish in the \
+                             old pipeline while it drains";
+const RELOAD_CACHE: &str = "applies to the new generation; the old keeps its value while it \
+                            drains (both may share the cache folder)";
 const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
                           draining children keep the old one";
 
@@ -586,6 +597,62 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |config| vec![format!("sqlite:///{}", config.database_path.display())],
     },
+    OptionSpec {
+        section: "paste_deploy",
+        name: "flavor",
+        kind: Kind::Flavor,
+        default: DefaultValue::Derived("empty: no image cache"),
+        on_reload: RELOAD_FLAVOR,
+        doc: "The request pipeline, as Glance's paste flavors: empty for none, `caching` to serve downloads through the image cache, `cachemanagement` to add the cache API (`/v2/cache`). glint has no keystone, so `keystone` and `keystone+...` are refused.",
+        apply: |draft, value| {
+            if let Value::Flavor(flavor) = value {
+                draft.flavor = flavor;
+            }
+        },
+        show: |config| vec![config.flavor.name().to_string()],
+    },
+    OptionSpec {
+        section: "image_cache",
+        name: "image_cache_dir",
+        kind: Kind::Folder { optional: false },
+        default: DefaultValue::Text("/var/lib/glance/image-cache"),
+        on_reload: RELOAD_CACHE,
+        doc: "Folder of the image cache (used with flavor `caching` or `cachemanagement`), best on a fast local disk; every child shares it. It is created at start or reload if missing.",
+        apply: |draft, value| {
+            if let Value::Path(Some(path)) = value {
+                draft.image_cache_dir = path;
+            }
+        },
+        show: |config| vec![show_path(Some(&config.image_cache_dir))],
+    },
+    OptionSpec {
+        section: "image_cache",
+        name: "image_cache_max_size",
+        kind: Kind::Integer { min: 0, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("10737418240"),
+        on_reload: RELOAD_CACHE,
+        doc: "Bytes the image cache may hold (default 10 GiB); after each new entry the least recently used entries are removed until the total fits. An image larger than this is never cached.",
+        apply: |draft, value| {
+            if let Some(bytes) = value.integer::<u64>() {
+                draft.image_cache_max_size = bytes;
+            }
+        },
+        show: |config| vec![config.image_cache_max_size.to_string()],
+    },
+    OptionSpec {
+        section: "image_cache",
+        name: "image_cache_stall_time",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("86400"),
+        on_reload: RELOAD_CACHE,
+        doc: "An unfinished cache entry older than this is removed when a child starts, even if its writer still runs (a writer that is gone is cleaned up at once).",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(stall)) = value {
+                draft.image_cache_stall_time = stall;
+            }
+        },
+        show: |config| vec![show_seconds(Some(config.image_cache_stall_time))],
+    },
 ];
 
 /// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
@@ -594,14 +661,12 @@ pub static GLANCE_SECTIONS: &[&str] = &[
     "barbican",
     "cors",
     "healthcheck",
-    "image_cache",
     "image_format",
     "image_import_opts",
     "import_filtering_opts",
     "key_manager",
     "keystone_authtoken",
     "os_brick",
-    "paste_deploy",
     "profiler",
     "store_type_location_strategy",
     "task",
@@ -716,6 +781,7 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         }
         Kind::FileMode => parse_file_mode(text).map(|mode| plain(Value::FileMode(mode))),
         Kind::StoreList => parse_stores(text),
+        Kind::Flavor => parse_flavor(text).map(|flavor| plain(Value::Flavor(flavor))),
         Kind::SqliteUrl => {
             let path = parse_sqlite_url(text)?;
             Ok(plain(Value::Path(Some(resolve(config_folder, &path)))))
@@ -790,6 +856,14 @@ impl Kind {
             Kind::FileMode => "octal file mode, 0 to 0777".to_string(),
             Kind::StoreList => "comma-separated store names, including `file`".to_string(),
             Kind::SqliteUrl => "`sqlite:///` URL of a file".to_string(),
+            Kind::Flavor => {
+                let named: Vec<String> = FLAVOR_NAMES
+                    .iter()
+                    .filter(|name| !name.is_empty())
+                    .map(|name| format!("`{name}`"))
+                    .collect();
+                format!("empty or one of {}", named.join(", "))
+            }
             Kind::Url => "http(s) URL, optional".to_string(),
             Kind::Choice { accepted, .. } => match accepted {
                 [only] => format!("`{only}` only"),
@@ -1087,6 +1161,32 @@ fn parse_stores(text: &str) -> Result<Parsed, String> {
         value: Value::Stores(names),
         warning,
     })
+}
+
+/// paste_deploy's `flavor`. Glance's keystone flavors get their own refusal: glint has no
+/// keystone middleware, and silently serving without authentication would be worse.
+fn parse_flavor(text: &str) -> Result<Flavor, String> {
+    let lowered = text.to_ascii_lowercase();
+    if let Some(flavor) = Flavor::from_name(&lowered) {
+        return Ok(flavor);
+    }
+    let accepted = "use one of \"\" (empty, no cache), caching, cachemanagement";
+    if lowered == "keystone" || lowered.starts_with("keystone+") {
+        let without = lowered.strip_prefix("keystone+").unwrap_or("");
+        return Err(format!(
+            "`{text}` needs keystone, and glint has no keystone (it does not authenticate \
+             requests); {accepted}{}",
+            if without.is_empty() {
+                String::new()
+            } else {
+                format!(" (`{without}` is the same pipeline without keystone)")
+            }
+        ));
+    }
+    Err(format!(
+        "`{text}` is not a pipeline flavor glint has{}; {accepted}",
+        inline_comment_hint(text)
+    ))
 }
 
 /// SQLAlchemy's SQLite URLs: `sqlite:///` then the path, so a fourth slash makes it absolute.

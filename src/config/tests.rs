@@ -97,6 +97,13 @@ fn empty_file_gives_the_documented_defaults() {
             config.database_path,
             PathBuf::from("/var/lib/glint/glint.sqlite")
         );
+        assert_eq!(config.flavor, Flavor::Plain);
+        assert_eq!(
+            config.image_cache_dir,
+            PathBuf::from("/var/lib/glance/image-cache")
+        );
+        assert_eq!(config.image_cache_max_size, 10 << 30);
+        assert_eq!(config.image_cache_stall_time, Duration::from_secs(86400));
     }
 }
 
@@ -280,6 +287,15 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "sqlite:////etc/glint/db/../g.db",
     ),
     ("connection", "SQLite:////srv/g.db", "sqlite:////srv/g.db"),
+    ("flavor", "", ""),
+    ("flavor", "caching", "caching"),
+    ("flavor", "CacheManagement", "cachemanagement"),
+    ("image_cache_dir", "/srv/cache", "/srv/cache"),
+    ("image_cache_dir", "cache/", "/etc/glint/cache"),
+    ("image_cache_max_size", "0", "0"),
+    ("image_cache_max_size", "10737418240", "10737418240"),
+    ("image_cache_stall_time", "1", "1"),
+    ("image_cache_stall_time", "86400", "86400"),
     // oslo.config drops one pair of quotes around the whole value.
     ("bind_host", "\"::1\"", "::1"),
     ("pid_file", "'/run/with space.pid'", "/run/with space.pid"),
@@ -410,6 +426,15 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("connection", "sqlite:glint.sqlite", "`sqlite:glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
     ("connection", "sqlite:///glint.sqlite?timeout=5", "`sqlite:///glint.sqlite?timeout=5` has query parameters, which glint does not support; remove the `?` and what follows"),
     ("connection", "sqlite:////var/lib/glint/", "`/var/lib/glint/` names a folder; give the path of a file"),
+    ("flavor", "keystone", "`keystone` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement"),
+    ("flavor", "keystone+caching", "`keystone+caching` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement (`caching` is the same pipeline without keystone)"),
+    ("flavor", "keystone+cachemanagement", "`keystone+cachemanagement` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement (`cachemanagement` is the same pipeline without keystone)"),
+    ("flavor", "cache", "`cache` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement"),
+    ("image_cache_dir", "", "is empty; give a path, or remove the line to use the default"),
+    ("image_cache_max_size", "-1", "-1 is out of range; use a whole number from 0 to 9223372036854775807"),
+    ("image_cache_max_size", "10G", "`10G` is not a decimal integer; use a whole number from 0 to 9223372036854775807"),
+    ("image_cache_stall_time", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("image_cache_stall_time", "1d", "`1d` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
 ];
 
 #[test]
@@ -1095,6 +1120,8 @@ rbd_store_pool = images
 enforce_scope = true
 [my_backend]
 x = 1
+[image_format]
+disk_formats = raw
 [paste_deploy]
 debug = true
 ";
@@ -1109,7 +1136,8 @@ debug = true
             "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:10: [oslo_policy] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
-            "/etc/glint/glint-api.conf:14: [paste_deploy] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:14: [image_format] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:17: [paste_deploy] debug: not an option of this section, ignored; it belongs in [DEFAULT], move it there",
         ]
     );
     assert_eq!(loaded.config.bind_port, 9292);

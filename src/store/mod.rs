@@ -64,6 +64,7 @@ use std::path::{Path, PathBuf};
 pub use error::StoreError;
 pub use owner::{owner_alive, owner_token};
 pub use upload::Upload;
+pub(crate) use upload::{hex, Hasher};
 
 use placement::Candidate;
 

@@ -219,15 +219,15 @@ pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// The `os_hash_value` hasher.
-enum Hasher {
+/// The `os_hash_value` hasher (also used by the image cache to verify its entries).
+pub(crate) enum Hasher {
     Sha256(Sha256),
     Sha384(Sha384),
     Sha512(Sha512),
 }
 
 impl Hasher {
-    fn new(kind: HashKind) -> Hasher {
+    pub(crate) fn new(kind: HashKind) -> Hasher {
         match kind {
             HashKind::Sha256 => Hasher::Sha256(Sha256::new()),
             HashKind::Sha384 => Hasher::Sha384(Sha384::new()),
@@ -235,7 +235,7 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(hasher) => hasher.update(data),
             Hasher::Sha384(hasher) => hasher.update(data),
@@ -244,7 +244,7 @@ impl Hasher {
     }
 
     /// The algorithm's Glance name and the hex digest.
-    fn finish(self) -> (&'static str, String) {
+    pub(crate) fn finish(self) -> (&'static str, String) {
         match self {
             Hasher::Sha256(hasher) => (HashKind::Sha256.name(), hex(&hasher.finalize())),
             Hasher::Sha384(hasher) => (HashKind::Sha384.name(), hex(&hasher.finalize())),
@@ -254,7 +254,7 @@ impl Hasher {
 }
 
 /// Lowercase hex, as Glance shows `checksum` and `os_hash_value`.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut text = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
