@@ -27,6 +27,14 @@
 //! while it was idle is counted and replaced, and is not a failure (every HTTP client does the
 //! same). A reused connection closed after the request was sent is a failure, also counted apart.
 //!
+//! # Plain load
+//!
+//! With `--reload-every-ms 0` (the default) it sends no signal and is a plain load generator
+//! (scripts/bench-load): `--warmup-s` leaves the first seconds out of the request rate and the
+//! percentiles, and `--rss` samples the resident memory (`VmRSS`) of the master and of each of
+//! its children every [`RSS_PERIOD`] and reports the maxima, with the CPU time the server's
+//! processes and the generator itself used during the run.
+//!
 //! It deliberately does not do HTTPS, chunked responses, pipelining or IPv6.
 
 use std::collections::HashSet;
@@ -47,8 +55,10 @@ const DEFAULT_STEADY_S: f64 = 2.0;
 /// with no signal in this time before them count as steady state.
 const RELOAD_WINDOW: Duration = Duration::from_millis(500);
 /// The first requests of a run see cold connections and caches; they count in the totals but not
-/// in the latency percentiles.
-const WARMUP: Duration = Duration::from_millis(250);
+/// in the latency percentiles nor in the request rate. `--warmup-s` changes it.
+const DEFAULT_WARMUP_S: f64 = 0.25;
+/// How often `--rss` samples the server's processes.
+const RSS_PERIOD: Duration = Duration::from_millis(200);
 /// Bound on connect, on each write and on each read; hitting it is a "timeout" failure.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Shortest time between two probe connections after a reload signal.
@@ -69,8 +79,9 @@ const MAX_BODY: usize = 1024 * 1024;
 
 const USAGE: &str = "usage: reload_load --url http://IPV4:PORT/PATH --master-pid PID \
 [--reload-signal HUP] [--clients N] [--mode keepalive|fresh|mixed] [--duration S] \
-[--steady-s S] [--reload-every-ms MIN-MAX|0] [--label NAME] [--json]
-       reload_load --table FILE   (side-by-side table of the --json lines in FILE)";
+[--steady-s S] [--reload-every-ms MIN-MAX|0] [--warmup-s S] [--rss] [--label NAME] [--json]
+       reload_load --table FILE        (side-by-side table of the --json lines in FILE)
+       reload_load --load-table FILE   (the same for plain load runs: rate, latency, RSS, CPU)";
 
 /// Signals a master may take as "reload", by the names `kill -s` uses.
 const SIGNALS: &[(&str, libc::c_int)] = &[
@@ -105,6 +116,10 @@ struct Args {
     steady: Duration,
     /// Range of the random interval between reload signals, in ms; `None`: no reloads.
     reload_every_ms: Option<(u64, u64)>,
+    /// Requests started before this are left out of the rate and the percentiles.
+    warmup: Duration,
+    /// Sample the memory and CPU time of the master and its children.
+    rss: bool,
     label: String,
     json: bool,
 }
@@ -178,12 +193,17 @@ struct Response {
 
 fn main() -> ExitCode {
     let mut words = std::env::args().skip(1).peekable();
-    if words.peek().map(String::as_str) == Some("--table") {
+    let table = match words.peek().map(String::as_str) {
+        Some("--table") => Some(TABLE_ROWS),
+        Some("--load-table") => Some(LOAD_TABLE_ROWS),
+        _ => None,
+    };
+    if let Some(rows) = table {
         let Some(path) = words.nth(1) else {
             eprintln!("reload_load: --table needs a file of --json lines\n{USAGE}");
             return ExitCode::from(2);
         };
-        return match print_table(&path) {
+        return match print_table(&path, rows) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("reload_load: {message}");
@@ -216,11 +236,17 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut duration = None;
     let mut steady = Duration::from_secs_f64(DEFAULT_STEADY_S);
     let mut reload_every_ms = None;
+    let mut warmup = Duration::from_secs_f64(DEFAULT_WARMUP_S);
+    let mut rss = false;
     let mut label = String::new();
     let mut json = false;
     while let Some(word) = words.next() {
         if word == "--json" {
             json = true;
+            continue;
+        }
+        if word == "--rss" {
+            rss = true;
             continue;
         }
         let mut value = || words.next().ok_or_else(|| format!("{word} needs a value"));
@@ -249,6 +275,7 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
             "--duration" => duration = Some(parse_seconds(&word, &value()?)?),
             "--steady-s" => steady = parse_seconds(&word, &value()?)?,
             "--reload-every-ms" => reload_every_ms = parse_range(&value()?)?,
+            "--warmup-s" => warmup = parse_seconds(&word, &value()?)?,
             "--label" => label = value()?,
             _ => return Err(format!("unknown argument {word}")),
         }
@@ -262,10 +289,13 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
     if reload_every_ms.is_some() && steady >= duration {
         return Err("--steady-s must be shorter than --duration, or no reload is sent".into());
     }
-    let master_pid = match (master_pid, reload_every_ms) {
-        (Some(pid), _) => pid,
-        (None, None) => 0,
-        (None, Some(_)) => return Err("--master-pid is required with reloads".into()),
+    if warmup >= duration {
+        return Err("--warmup-s must be shorter than --duration".into());
+    }
+    let master_pid = match (master_pid, reload_every_ms, rss) {
+        (Some(pid), _, _) => pid,
+        (None, None, false) => 0,
+        (None, _, _) => return Err("--master-pid is required with reloads or --rss".into()),
     };
     Ok(Args {
         server,
@@ -278,6 +308,8 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
         duration,
         steady,
         reload_every_ms,
+        warmup,
+        rss,
         label,
         json,
     })
@@ -339,6 +371,24 @@ struct Report {
     clients: Vec<ClientStats>,
     reloads: ReloadStats,
     elapsed: Duration,
+    /// With `--rss`: what the sampler saw.
+    resources: Option<Resources>,
+    /// CPU time (user + system) the generator itself used, in seconds.
+    client_cpu_s: f64,
+}
+
+/// Memory and CPU time of the server's processes during a run.
+#[derive(Debug, Default)]
+struct Resources {
+    /// Largest VmRSS of the master seen, in KiB.
+    master_max_kib: u64,
+    /// Largest VmRSS seen of each child, in KiB, by pid, in the order they were first seen.
+    children_max_kib: Vec<(libc::pid_t, u64)>,
+    /// CPU time (user + system, in clock ticks) of the master and of each child when first seen.
+    cpu_first_ticks: Vec<(libc::pid_t, u64)>,
+    /// The same, at the last sample.
+    cpu_last_ticks: Vec<(libc::pid_t, u64)>,
+    n_samples: u64,
 }
 
 /// Runs the clients and the reload driver and collects what they saw.
@@ -346,7 +396,11 @@ fn run(args: &Args) -> Report {
     let started = Instant::now();
     let deadline = started + args.duration;
     let reloads = Arc::new(Mutex::new(ReloadStats::default()));
+    let client_cpu_before = own_cpu_s();
     thread::scope(|scope| {
+        let sampler = args
+            .rss
+            .then(|| scope.spawn(move || sample_resources(args.master_pid, deadline)));
         let driver = args.reload_every_ms.map(|range| {
             let reloads = Arc::clone(&reloads);
             scope.spawn(move || drive_reloads(args, range, started, deadline, &reloads))
@@ -369,11 +423,14 @@ fn run(args: &Args) -> Report {
             driver.join().expect("the reload driver panicked");
         }
         let elapsed = started.elapsed();
+        let resources = sampler.map(|sampler| sampler.join().expect("the sampler panicked"));
         let reloads = std::mem::take(&mut *reloads.lock().expect("reload stats poisoned"));
         Report {
             clients,
             reloads,
             elapsed,
+            resources,
+            client_cpu_s: own_cpu_s() - client_cpu_before,
         }
     })
 }
@@ -423,7 +480,7 @@ fn run_client(args: &Args, mode: Mode, started: Instant, deadline: Instant) -> C
             Ok(response) if response.status == 200 => {
                 let end = Instant::now();
                 stats.succeeded += 1;
-                if start >= started + WARMUP {
+                if start >= started + args.warmup {
                     stats.samples.push(Sample {
                         start_us: (start - started).as_micros() as u64,
                         latency_us: u32::try_from((end - start).as_micros()).unwrap_or(u32::MAX),
@@ -839,6 +896,109 @@ fn sock_diag_lookup(fd: libc::c_int, local: SocketAddrV4, remote: SocketAddrV4) 
     (inode != 0).then_some(u64::from(inode))
 }
 
+/// The `--rss` sampler: every [`RSS_PERIOD`] until `deadline`, the VmRSS and the CPU time of
+/// `master` and of each of its children (a child that appears later is added when first seen).
+fn sample_resources(master: libc::pid_t, deadline: Instant) -> Resources {
+    let mut resources = Resources::default();
+    loop {
+        let sampled = Instant::now();
+        if let Some(kib) = rss_kib(master) {
+            resources.master_max_kib = resources.master_max_kib.max(kib);
+        }
+        let mut pids = vec![master];
+        pids.extend(children_of(master));
+        for &pid in &pids[1..] {
+            let Some(kib) = rss_kib(pid) else { continue };
+            match resources
+                .children_max_kib
+                .iter_mut()
+                .find(|(seen, _)| *seen == pid)
+            {
+                Some((_, max)) => *max = (*max).max(kib),
+                None => resources.children_max_kib.push((pid, kib)),
+            }
+        }
+        for pid in pids {
+            let Some(ticks) = cpu_ticks(pid) else {
+                continue;
+            };
+            if !resources
+                .cpu_first_ticks
+                .iter()
+                .any(|(seen, _)| *seen == pid)
+            {
+                resources.cpu_first_ticks.push((pid, ticks));
+            }
+            match resources
+                .cpu_last_ticks
+                .iter_mut()
+                .find(|(seen, _)| *seen == pid)
+            {
+                Some((_, last)) => *last = ticks,
+                None => resources.cpu_last_ticks.push((pid, ticks)),
+            }
+        }
+        resources.n_samples += 1;
+        if sampled >= deadline {
+            return resources;
+        }
+        sleep_until((sampled + RSS_PERIOD).min(deadline));
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User plus system CPU time of a process, in clock ticks (`utime` and `stime` of
+/// `/proc/PID/stat`, fields 14 and 15).
+fn cpu_ticks(pid: libc::pid_t) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which ends at the last ')', start with field 3 (state).
+    let (_, fields) = stat.rsplit_once(')')?;
+    let mut fields = fields.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn own_cpu_s() -> f64 {
+    // SAFETY: rusage is plain data; all zeroes is a valid value, and getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: usage is valid for writing.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+impl Resources {
+    /// CPU seconds the master and the children used between their first and last samples.
+    fn cpu_s(&self) -> (f64, f64) {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut master = 0.0;
+        let mut children = 0.0;
+        for &(pid, first) in &self.cpu_first_ticks {
+            let Some(&(_, last)) = self.cpu_last_ticks.iter().find(|(seen, _)| *seen == pid) else {
+                continue;
+            };
+            let used = last.saturating_sub(first) as f64 / ticks_per_s;
+            if self.children_max_kib.iter().any(|(child, _)| *child == pid) {
+                children += used;
+            } else {
+                master += used;
+            }
+        }
+        (master, children)
+    }
+}
+
 fn sleep_until(when: Instant) {
     let now = Instant::now();
     if when > now {
@@ -981,6 +1141,29 @@ fn print_summary(args: &Args, report: &Report) {
         summary.succeeded as f64 / seconds
     );
     println!(
+        "rate       {:.0} req/s after a warm-up of {:.2} s",
+        measured_rate(args, report, &summary),
+        args.warmup.as_secs_f64()
+    );
+    if let Some(resources) = &report.resources {
+        let (master_cpu, children_cpu) = resources.cpu_s();
+        let children: Vec<String> = resources
+            .children_max_kib
+            .iter()
+            .map(|(pid, kib)| format!("{pid}: {:.1}", *kib as f64 / 1024.0))
+            .collect();
+        println!(
+            "rss MiB    master max {:.1}  children max {}  ({} samples)",
+            resources.master_max_kib as f64 / 1024.0,
+            children.join(", "),
+            resources.n_samples
+        );
+        println!(
+            "cpu s      master {master_cpu:.2}  children {children_cpu:.2}  load generator {:.2}",
+            report.client_cpu_s
+        );
+    }
+    println!(
         "failures   refused {}  connect-other {}  reset {}  eof-no-response {}  bad-status {}  timeout {}  other {}",
         failures.connect_refused,
         failures.connect_other,
@@ -1029,10 +1212,51 @@ fn print_summary(args: &Args, report: &Report) {
     );
 }
 
+/// Successful requests per second, counting only those that started after the warm-up.
+fn measured_rate(args: &Args, report: &Report, summary: &Summary) -> f64 {
+    let measured = (summary.steady_us.len() + summary.reload_us.len()) as f64;
+    let seconds = report.elapsed.saturating_sub(args.warmup).as_secs_f64();
+    if seconds > 0.0 {
+        measured / seconds
+    } else {
+        0.0
+    }
+}
+
 fn report_json(args: &Args, report: &Report) -> serde_json::Value {
     let summary = summarize(report);
     let failures = &summary.failures;
+    let resources = report.resources.as_ref().map(|resources| {
+        let (master_cpu, children_cpu) = resources.cpu_s();
+        let per_request_us = |seconds: f64| {
+            (summary.succeeded > 0).then(|| seconds * 1e6 / summary.succeeded as f64)
+        };
+        serde_json::json!({
+            "samples": resources.n_samples,
+            "rss_mib": {
+                "master_max": resources.master_max_kib as f64 / 1024.0,
+                "children_max": resources
+                    .children_max_kib
+                    .iter()
+                    .map(|(_, kib)| *kib as f64 / 1024.0)
+                    .collect::<Vec<_>>(),
+            },
+            "cpu_s": {
+                "master": master_cpu,
+                "children": children_cpu,
+                "load_generator": report.client_cpu_s,
+            },
+            "cpu_us_per_request": {
+                "server": per_request_us(master_cpu + children_cpu),
+                "load_generator": per_request_us(report.client_cpu_s),
+            },
+        })
+    });
     serde_json::json!({
+        "url_path": args.path,
+        "warmup_s": args.warmup.as_secs_f64(),
+        "requests_per_s": measured_rate(args, report, &summary),
+        "resources": resources,
         "label": args.label,
         "mode": mode_name(args.mode),
         "clients": args.n_clients,
@@ -1115,8 +1339,64 @@ const TABLE_ROWS: &[(&str, &[&str])] = &[
     ("signal->new gen max ms", &["new_generation_ms", "max"]),
 ];
 
-/// Prints the `--json` lines of `path` side by side, one column per run.
-fn print_table(path: &str) -> Result<(), String> {
+/// Rows of the side-by-side table of plain load runs (`--load-table`).
+const LOAD_TABLE_ROWS: &[(&str, &[&str])] = &[
+    ("requests/s", &["requests_per_s"]),
+    ("p50 ms", &["steady", "p50_ms"]),
+    ("p99 ms", &["steady", "p99_ms"]),
+    ("max ms", &["steady", "max_ms"]),
+    ("requests sent", &["sent"]),
+    ("failed", &["failed"]),
+    (
+        "closed idle before send (ok)",
+        &["keepalive_closed_idle_before_send"],
+    ),
+    (
+        "RSS master max MiB",
+        &["resources", "rss_mib", "master_max"],
+    ),
+    (
+        "RSS children max MiB",
+        &["resources", "rss_mib", "children_max"],
+    ),
+    ("CPU s master", &["resources", "cpu_s", "master"]),
+    ("CPU s children", &["resources", "cpu_s", "children"]),
+    (
+        "CPU s load generator",
+        &["resources", "cpu_s", "load_generator"],
+    ),
+    (
+        "server CPU us/request",
+        &["resources", "cpu_us_per_request", "server"],
+    ),
+    (
+        "generator CPU us/request",
+        &["resources", "cpu_us_per_request", "load_generator"],
+    ),
+];
+
+/// One table cell: floats with two decimals, lists of numbers joined by " / ".
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(number) if number.is_f64() => {
+            format!("{:.2}", number.as_f64().unwrap_or(f64::NAN))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| match item.as_f64() {
+                Some(number) => format!("{number:.1}"),
+                None => cell(item),
+            })
+            .collect::<Vec<_>>()
+            .join(" / "),
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints the `--json` lines of `path` side by side, one column per run, one row per `rows`.
+fn print_table(path: &str, rows: &[(&str, &[&str])]) -> Result<(), String> {
     let text = fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
     let runs: Vec<serde_json::Value> = text
         .lines()
@@ -1124,7 +1404,7 @@ fn print_table(path: &str) -> Result<(), String> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .map_err(|error| format!("{path}: not a --json line: {error}"))?;
-    let heading_width = TABLE_ROWS
+    let heading_width = rows
         .iter()
         .map(|(heading, _)| heading.len())
         .max()
@@ -1139,23 +1419,29 @@ fn print_table(path: &str) -> Result<(), String> {
             )
         })
         .collect();
-    let width = titles.iter().map(String::len).max().unwrap_or(0).max(10);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(_, keys)| {
+            runs.iter()
+                .map(|run| cell(keys.iter().fold(run, |value, key| &value[*key])))
+                .collect()
+        })
+        .collect();
+    let width = titles
+        .iter()
+        .chain(cells.iter().flatten())
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max(10);
     print!("{:heading_width$}", "");
     for title in &titles {
         print!("  {title:>width$}");
     }
     println!();
-    for (heading, keys) in TABLE_ROWS {
+    for ((heading, _), row) in rows.iter().zip(&cells) {
         print!("{heading:heading_width$}");
-        for run in &runs {
-            let value = keys.iter().fold(run, |value, key| &value[*key]);
-            let cell = match value {
-                serde_json::Value::Number(number) if number.is_f64() => {
-                    format!("{:.2}", number.as_f64().unwrap_or(f64::NAN))
-                }
-                serde_json::Value::Null => "-".to_string(),
-                other => other.to_string(),
-            };
+        for cell in row {
             print!("  {cell:>width$}");
         }
         println!();
