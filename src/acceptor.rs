@@ -354,7 +354,8 @@ impl Acceptor {
             connection,
             disposition,
         } = returned;
-        if connection.stream().set_nonblocking(true).is_err() {
+        let mut connection = connection;
+        if connection.set_blocking(false).is_err() {
             return;
         }
         let now = Instant::now();
@@ -415,8 +416,15 @@ impl Acceptor {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");
                         continue;
                     }
+                    let mut connection = Connection::new(stream, peer);
+                    if let Err(error) = connection.set_blocking(false) {
+                        log::debug!(
+                            "{peer}: cannot make the accepted socket non-blocking: {error}"
+                        );
+                        continue;
+                    }
                     self.waiting.push(Waiting {
-                        connection: Connection::new(stream, peer),
+                        connection,
                         wait: Wait::FirstRequest,
                         deadline: Some(now + self.settings.header_timeout),
                         fate: Fate::Stay,
@@ -469,11 +477,10 @@ fn pollfd(fd: i32) -> libc::pollfd {
     }
 }
 
-/// Non-blocking, no Nagle delay (responses are written whole), TCP keepalive after
-/// `tcp_keepidle`.
+/// No Nagle delay (responses are written whole), TCP keepalive after `tcp_keepidle`. (The
+/// connection is made non-blocking through `Connection`, which tracks the socket's mode.)
 fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
-    stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
     setsockopt(stream, sockopt::KeepAlive, &true).map_err(io::Error::from)?;
     let seconds = tcp_keepidle.as_secs().clamp(1, u32::MAX as u64) as u32;

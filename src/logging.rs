@@ -15,6 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -43,6 +44,10 @@ struct Sink {
 /// the lock across the single `write(2)` is what keeps a line whole within a process.
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
+/// This process's pid, for every line; `configure` sets it (the master at start, a child right
+/// after its fork), which spares a getpid(2) per line.
+static PID: AtomicU32 = AtomicU32::new(0);
+
 /// Installs the logger for this process (the master calls it once, before any fork) and writes
 /// to `destination`. Fails if the log file cannot be opened, naming the path.
 pub fn init(destination: &Destination, role: &str) -> io::Result<()> {
@@ -65,6 +70,7 @@ pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
         Some(path) => Some(open_log_file(path)?),
         None => None,
     };
+    PID.store(std::process::id(), Ordering::Relaxed);
     let mut sink = lock();
     *sink = Some(Sink {
         destination: destination.clone(),
@@ -145,7 +151,7 @@ fn format_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> 
         "{} {:<5} glint-api[{}] {}: {}",
         timestamp::rfc3339_micros(SystemTime::now()),
         record.level(),
-        std::process::id(),
+        PID.load(Ordering::Relaxed),
         role,
         record.args()
     )

@@ -8,6 +8,7 @@
 use std::io::{self, BufRead, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 /// How much one read asks for; also the most a body read keeps buffered.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -24,6 +25,12 @@ pub struct Connection {
     start: usize,
     /// Requests answered on this connection so far.
     pub requests_served: u64,
+    /// The socket's mode and timeouts as last set, so that handing the connection between the
+    /// acceptor (non-blocking) and a worker (blocking, with timeouts) costs a system call only
+    /// when something actually changes.
+    blocking: bool,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 impl Connection {
@@ -34,7 +41,51 @@ impl Connection {
             buffer: Vec::new(),
             start: 0,
             requests_served: 0,
+            // std's accepted sockets are blocking, without timeouts.
+            blocking: true,
+            read_timeout: None,
+            write_timeout: None,
         }
+    }
+
+    /// Puts the socket in blocking (worker) or non-blocking (acceptor) mode.
+    pub fn set_blocking(&mut self, blocking: bool) -> io::Result<()> {
+        if self.blocking != blocking {
+            self.stream.set_nonblocking(!blocking)?;
+            self.blocking = blocking;
+        }
+        Ok(())
+    }
+
+    /// SO_RCVTIMEO: the longest a blocking read waits.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.read_timeout != Some(timeout) {
+            self.stream.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// SO_SNDTIMEO: the longest a blocking write waits.
+    pub fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.write_timeout != Some(timeout) {
+            self.stream.set_write_timeout(Some(timeout))?;
+            self.write_timeout = Some(timeout);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for bytes (or the peer's close) to arrive, without reading them.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        let mut fd = [libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let millis = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+        // SAFETY: a one-element pollfd array valid for the call.
+        let n = unsafe { libc::poll(fd.as_mut_ptr(), 1, millis) };
+        n > 0 && fd[0].revents != 0
     }
 
     pub fn stream(&self) -> &TcpStream {
