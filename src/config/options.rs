@@ -15,7 +15,10 @@ use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::{Config, DataDir, Draft, HashAlgorithm, DEFAULT_FILE_PERM, HASH_ALGORITHM_NAMES};
+use super::{
+    Config, DataDir, Draft, HashAlgorithm, AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM,
+    HASH_ALGORITHM_NAMES,
+};
 
 /// One option glint reads from its config file.
 pub struct OptionSpec {
@@ -78,6 +81,9 @@ pub enum Kind {
     StoreList,
     /// An SQLAlchemy SQLite URL, `sqlite:///RELATIVE/PATH` or `sqlite:////ABSOLUTE/PATH`.
     SqliteUrl,
+    /// `auth_strategy`: one of [`AUTH_STRATEGY_NAMES`], in any case; Glance's `keystone` gets
+    /// its own refusal, which offers `token`.
+    AuthStrategy,
 }
 
 /// What a relative path in the config file is relative to.
@@ -147,6 +153,9 @@ const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload repla
 const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
 const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
                           draining children keep the old one";
+const RELOAD_AUTH: &str = "the token file is read again while the config loads (an unreadable or \
+                           empty one fails the reload); the new generation checks the new \
+                           tokens, the old one keeps its own while it drains";
 
 /// Every option glint reads, in the order `--check-config` and the docs list them.
 pub static OPTIONS: &[OptionSpec] = &[
@@ -499,6 +508,34 @@ pub static OPTIONS: &[OptionSpec] = &[
         show: |config| vec![config.api_limit_max.to_string()],
     },
     OptionSpec {
+        section: "DEFAULT",
+        name: "auth_strategy",
+        kind: Kind::AuthStrategy,
+        default: DefaultValue::Text("noauth"),
+        on_reload: RELOAD_AUTH,
+        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Glance's `keystone` is refused: glint has no keystone.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.auth_strategy = name;
+            }
+        },
+        show: |config| vec![config.auth_strategy.name().to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "auth_token_file",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_AUTH,
+        doc: "glint's own: the tokens of `auth_strategy = token`, one per line (`#` comments and blank lines ignored). Required under `token`; keep it private (0600): glint warns when every user can read it.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.auth_token_file = path;
+            }
+        },
+        show: |config| vec![show_path(config.auth_token_file.as_deref())],
+    },
+    OptionSpec {
         section: "glance_store",
         name: "filesystem_store_datadir",
         kind: Kind::Folder { optional: false },
@@ -716,6 +753,7 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         }
         Kind::FileMode => parse_file_mode(text).map(|mode| plain(Value::FileMode(mode))),
         Kind::StoreList => parse_stores(text),
+        Kind::AuthStrategy => parse_auth_strategy(text).map(|name| plain(Value::Choice(name))),
         Kind::SqliteUrl => {
             let path = parse_sqlite_url(text)?;
             Ok(plain(Value::Path(Some(resolve(config_folder, &path)))))
@@ -791,6 +829,7 @@ impl Kind {
             Kind::StoreList => "comma-separated store names, including `file`".to_string(),
             Kind::SqliteUrl => "`sqlite:///` URL of a file".to_string(),
             Kind::Url => "http(s) URL, optional".to_string(),
+            Kind::AuthStrategy => format!("one of {}", AUTH_STRATEGY_NAMES.join(", ")),
             Kind::Choice { accepted, .. } => match accepted {
                 [only] => format!("`{only}` only"),
                 _ => format!("one of {}", accepted.join(", ")),
@@ -980,6 +1019,19 @@ fn parse_choice(
         "`{text}` is not {refusal}{}; use {choices}",
         inline_comment_hint(text)
     ))
+}
+
+/// `auth_strategy`. Glance's default is `keystone`, so a Glance file often says it: the refusal
+/// explains that glint cannot do it and offers `token`.
+fn parse_auth_strategy(text: &str) -> Result<&'static str, String> {
+    if text.eq_ignore_ascii_case("keystone") {
+        return Err(
+            "`keystone` is not available: glint has no keystone client; use token \
+                    (tokens listed in auth_token_file) or noauth (on a trusted address only)"
+                .to_string(),
+        );
+    }
+    parse_choice(text, AUTH_STRATEGY_NAMES, "an access control glint offers")
 }
 
 /// glance_store's `_get_datadir_path_and_priority`: split on the last `:`, strip both parts, an
