@@ -6,9 +6,11 @@
 //! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
+//! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
 
 mod util;
 
+mod auth;
 mod http;
 mod lifecycle;
 mod reload;
