@@ -45,11 +45,10 @@ pub fn check(strategy: &AuthStrategy, request: &Request<'_>) -> Result<(), ApiEr
 /// segments as the router matches them (so `/versions/` and `//` are open too).
 fn is_open(path: &str) -> bool {
     let mut segments = path.split('/').filter(|segment| !segment.is_empty());
-    match (segments.next(), segments.next()) {
-        (None, _) => true,
-        (Some("healthcheck" | "versions"), None) => true,
-        _ => false,
-    }
+    matches!(
+        (segments.next(), segments.next()),
+        (None, _) | (Some("healthcheck" | "versions"), None)
+    )
 }
 
 #[cfg(test)]

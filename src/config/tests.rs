@@ -1216,8 +1216,11 @@ fn no_input_panics() {
 // ---------------------------------------------------------------------------------------------
 // Access control: the token file
 
-/// A config file and a token file in a fresh folder; `tokens` is `None` for no token file.
-fn with_token_file(config: &str, tokens: Option<(&[u8], u32)>) -> (tempfile::TempDir, PathBuf) {
+/// The content and mode of a token file, or `None` for no file.
+type TokenFile<'a> = Option<(&'a [u8], u32)>;
+
+/// A config file and a token file in a fresh folder.
+fn with_token_file(config: &str, tokens: TokenFile<'_>) -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("glint-api.conf");
@@ -1262,7 +1265,7 @@ fn token_strategy_reads_the_token_file_relative_to_the_config_folder() {
 
 #[test]
 fn token_file_problems_are_errors_at_the_option_line() {
-    let cases: &[(Option<(&[u8], u32)>, &str)] = &[
+    let cases: &[(TokenFile<'_>, &str)] = &[
         (None, "cannot read `DIR/tokens`: No such file or directory (os error 2); create it with one token per line (mode 0600, owned by the user glint runs as) or fix the path"),
         (Some((b"", 0o600)), "`DIR/tokens` lists no token (only blank lines and # comments); add one token per line"),
         (Some((b"# nobody yet\n\n", 0o600)), "`DIR/tokens` lists no token (only blank lines and # comments); add one token per line"),
