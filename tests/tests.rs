@@ -10,9 +10,11 @@
 //! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
 //!   systemd notify messages.
 //! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
+//! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
 
 mod util;
 
+mod auth;
 mod cache;
 mod control;
 mod http;

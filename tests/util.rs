@@ -527,3 +527,31 @@ pub fn exchange_then_eof(
     let rest = read_to_eof(&mut reader);
     (response, rest)
 }
+
+/// Sends `method path` with `headers` and `body` on a new connection (`Connection: close`, a
+/// Content-Length whenever there is a body or the method usually has one) and reads the response.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    // A server that answers before reading the body (a 401) may close before all is written.
+    let _ = stream.write_all(&bytes);
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader, method)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))
+}

@@ -51,6 +51,11 @@ def parse_args(description):
     parser.add_argument("--workdir", required=True, help="a scratch directory for data files")
     parser.add_argument("--results", help="write {passed, failed, failures} as JSON here")
     parser.add_argument("-k", dest="only", help="run only checks whose name contains this")
+    parser.add_argument(
+        "--token",
+        help="glint runs with auth_strategy = token and lists this token: send it, and also run "
+        "the checks that a wrong (or missing) token gets a clean 401",
+    )
     return parser.parse_args()
 
 

@@ -4,8 +4,10 @@
 Run by scripts/interop/run with the venv's python:
     .venv/bin/python scripts/interop/test_glanceclient.py --url http://127.0.0.1:PORT --workdir D
 
-The CLI is the one in the venv's bin, with OS_IMAGE_URL and OS_AUTH_TOKEN set (the token is sent
-as X-Auth-Token and never checked). HOME should be a scratch directory: glanceclient caches the
+The CLI is the one in the venv's bin, with OS_IMAGE_URL and OS_AUTH_TOKEN set: glanceclient sends
+the token as X-Auth-Token and skips keystone. Against glint's default noauth the token is a dummy
+that nobody checks; with --token (glint running with auth_strategy = token) it is that token, and
+one more check runs: a wrong token gets a clean 401. HOME should be a scratch directory: glanceclient caches the
 schemas it fetches under ~/.glanceclient. Set GLINT_INTEROP_DEBUG=1 to pass --debug to every
 command (request/response logs land in the failure reports).
 
@@ -62,13 +64,13 @@ class Session:
     def __init__(self):
         self.results = []
 
-    def glance(self, *argv, stdin_bytes=None, debug=False):
+    def glance(self, *argv, stdin_bytes=None, debug=False, token=None):
         full = [GLANCE]
         if debug or os.environ.get("GLINT_INTEROP_DEBUG"):
             full.append("--debug")
         full += [str(a) for a in argv]
         env = clean_os_environ()
-        env.update(OS_IMAGE_URL=ARGS.url, OS_AUTH_TOKEN="x", PYTHONUNBUFFERED="1")
+        env.update(OS_IMAGE_URL=ARGS.url, OS_AUTH_TOKEN=token or ARGS.token or "x", PYTHONUNBUFFERED="1")
         if stdin_bytes is None:
             # glanceclient reads image data from any stdin that is not a terminal (even
             # /dev/null), so a command without data runs with stdin closed, as in cron.
@@ -464,6 +466,19 @@ def upload_to_active_is_409(s):
     s.delete_quietly(image["id"])
 
 
+@checked
+def wrong_token_is_a_clean_401(s):
+    """auth_strategy = token, OS_AUTH_TOKEN not in glint's token file: glint answers 401 and
+    glanceclient reports it as bad credentials, exit status 1, no traceback; the right token
+    still lists."""
+    result = s.fails("image-list", token="not-" + ARGS.token)
+    check(
+        "Invalid OpenStack Identity credentials" in result.err,
+        "glanceclient's message for a 401 is missing",
+    )
+    s.ok("image-list")
+
+
 CHECKS = [
     discovery_and_schemas,
     create_with_file,
@@ -486,7 +501,8 @@ def main():
     global ARGS
     ARGS = parse_args(__doc__.splitlines()[0])
     check(os.access(GLANCE, os.X_OK), f"no glance CLI at {GLANCE}: run scripts/interop/setup-venv")
-    return run_checks("glanceclient", CHECKS, ARGS)
+    checks = CHECKS + ([wrong_token_is_a_clean_401] if ARGS.token else [])
+    return run_checks("glanceclient", checks, ARGS)
 
 
 if __name__ == "__main__":

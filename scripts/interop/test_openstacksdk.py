@@ -7,8 +7,12 @@ Run by scripts/interop/run with the venv's python:
 The connection is `openstack.connect(auth_type="none", auth={"endpoint": URL},
 image_endpoint_override=URL)` with clouds.yaml and OS_* variables ignored: openstacksdk then
 discovers the version at URL (GET / -> 300 with the versions document) and talks to URL/v2/, with
-`Accept: application/json`, so errors come back as JSON. A failing check prints the exception and
-the last requests openstacksdk logged.
+`Accept: application/json`, so errors come back as JSON. With --token (glint running with
+auth_strategy = token) the connection is `auth_type="admin_token", auth={"endpoint": URL, "token":
+TOKEN}` instead: keystoneauth's static-token plugin (keystoneauth1.token_endpoint.Token), which
+sends the token as X-Auth-Token on every request and never calls keystone; two more checks run:
+a wrong token and no token each get a clean 401. A failing check prints the exception and the
+last requests openstacksdk logged.
 """
 
 import hashlib
@@ -300,7 +304,45 @@ def errors():
     delete_quietly(active)
 
 
+def connect(token):
+    """A connection to glint: with a static token (admin_token plugin) or, for None, none."""
+    if token is None:
+        auth_type, auth = "none", {"endpoint": ARGS.url}
+    else:
+        auth_type, auth = "admin_token", {"endpoint": ARGS.url, "token": token}
+    return openstack.connect(
+        auth_type=auth_type,
+        auth=auth,
+        image_endpoint_override=ARGS.url,
+        load_yaml_config=False,
+        load_envvars=False,
+    )
+
+
+def expect_401(connection, what):
+    """Listing through `connection` fails with a 401 HttpException carrying glint's message."""
+    error = expect_http_error(
+        exceptions.HttpException, 401, what, lambda: list(connection.image.images(limit=1, paginated=False))
+    )
+    check("X-Auth-Token" in str(error), f"{what}: glint's message is missing from {error!r}")
+
+
+@checked
+def wrong_token_is_a_clean_401():
+    """auth_strategy = token and a token glint does not list: 401 as an HttpException whose
+    message is glint's; discovery (open) still worked, and the right token still lists."""
+    expect_401(connect("not-" + ARGS.token), "list with a wrong token")
+    list(CONN.image.images(limit=1, paginated=False))
+
+
+@checked
+def no_token_is_a_clean_401():
+    """auth_strategy = token and auth_type none (no X-Auth-Token at all): 401."""
+    expect_401(connect(None), "list without a token")
+
+
 CHECKS = [discovery, create_with_data, create_from_file, download, list_images, update_properties, tags, delete, errors]
+AUTH_CHECKS = [wrong_token_is_a_clean_401, no_token_is_a_clean_401]
 
 
 def main():
@@ -312,14 +354,9 @@ def main():
         logger.setLevel(logging.DEBUG)
         logger.addHandler(RECENT)
         logger.propagate = False
-    CONN = openstack.connect(
-        auth_type="none",
-        auth={"endpoint": ARGS.url},
-        image_endpoint_override=ARGS.url,
-        load_yaml_config=False,
-        load_envvars=False,
-    )
-    return run_checks("openstacksdk", CHECKS, ARGS)
+    CONN = connect(ARGS.token)
+    checks = CHECKS + (AUTH_CHECKS if ARGS.token else [])
+    return run_checks("openstacksdk", checks, ARGS)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ use crate::http::serve::Request;
 pub enum ApiError {
     /// 400: malformed JSON, a value of the wrong type, a bad filter or marker.
     BadRequest(String),
+    /// 401: `auth_strategy = token` and no listed `X-Auth-Token`; sent with
+    /// [`WWW_AUTHENTICATE`].
+    Unauthorized(String),
     /// 403: read-only or reserved attributes, protected images, removing a base attribute.
     Forbidden(String),
     /// 404: no such image, tag or route.
@@ -40,6 +43,12 @@ pub enum ApiError {
     Unavailable(String),
 }
 
+/// The challenge of a 401 (RFC 9110 §11.6.1 requires one): the scheme names the header the
+/// client must send, the realm names the server. keystonemiddleware sends `Keystone uri=...`,
+/// which would send a client to a keystone that does not exist; Glance clients do not read
+/// the header either way.
+pub const WWW_AUTHENTICATE: &str = "X-Auth-Token realm=\"glint\"";
+
 /// The media types PATCH accepts, newest first (sent as `Accept-Patch` with a 415).
 pub const PATCH_MEDIA_TYPES: &str =
     "application/openstack-images-v2.1-json-patch, application/openstack-images-v2.0-json-patch";
@@ -48,6 +57,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -64,6 +74,7 @@ impl ApiError {
     fn message(&self) -> String {
         match self {
             ApiError::BadRequest(message)
+            | ApiError::Unauthorized(message)
             | ApiError::Forbidden(message)
             | ApiError::NotFound(message)
             | ApiError::Conflict(message)
@@ -96,6 +107,7 @@ impl ApiError {
         }
         let response = render(request, self.status(), &self.message());
         match self {
+            ApiError::Unauthorized(_) => response.header("WWW-Authenticate", WWW_AUTHENTICATE),
             ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
             ApiError::UnsupportedMediaType {
                 accept_patch: true, ..

@@ -12,8 +12,10 @@
 //! - `representation`: an image's JSON and the rules for attributes clients send;
 //! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
 //! - `schemas`, `versions`: the documents clients discover the API with;
+//! - `auth`: the `auth_strategy = token` check every request passes before routing;
 //! - `error`: the API's error type and its rendering.
 
+mod auth;
 mod cache;
 pub mod error;
 mod image_data;
@@ -190,7 +192,9 @@ impl Api {
 
 impl Handler for Api {
     fn handle(&self, request: &mut Request<'_>) -> Response {
-        match self.route(request) {
+        let routed =
+            auth::check(&self.config.auth_strategy, request).and_then(|()| self.route(request));
+        match routed {
             Ok(response) => response,
             Err(error) => error.into_response(request),
         }

@@ -13,7 +13,10 @@
 //! and reported together, as `FILE:LINE: [section] option: what is wrong; what to do`.
 //!
 //! This module has no side effects: it creates no folder or file, binds no socket and does not
-//! check that paths are writable (the master does that while applying a config, before it forks).
+//! check that paths are writable (the master does that while applying a config, before it
+//! forks). The one file it reads besides the config is the token file of `auth_strategy = token`
+//! (`tokens.rs`): its tokens are part of the `Config`, so a token file that cannot be read fails
+//! the load like a bad value, and a SIGHUP re-reads it.
 //! It does not watch the file and knows nothing of how a reload is carried out; the `on_reload`
 //! text of each option only documents it.
 //!
@@ -39,6 +42,7 @@
 mod options;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,6 +57,7 @@ pub use options::{
     options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS, MAX_API_LIMIT,
     MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
 };
+pub use tokens::{TokenFileError, Tokens};
 
 /// A validated configuration. Only [`load`] and [`load_str`] build one; each field's doc names
 /// its option, whose entry in [`OPTIONS`] says what a SIGHUP does with a new value.
@@ -127,6 +132,10 @@ pub struct Config {
     /// `[image_cache] image_cache_stall_time`: age after which an unfinished cache entry is
     /// removed even if its writer still runs.
     pub image_cache_stall_time: Duration,
+    /// `auth_strategy`, with the tokens of `auth_token_file` when it is `token`.
+    pub auth_strategy: AuthStrategy,
+    /// `auth_token_file`: absolute path of the token file, if set (read only under `token`).
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// `[paste_deploy] flavor`: which request pipeline a generation serves, as Glance's paste
@@ -165,6 +174,30 @@ impl Flavor {
     /// Whether downloads go through the image cache.
     pub fn uses_cache(&self) -> bool {
         !matches!(self, Flavor::Plain)
+    }
+}
+
+/// Who may use the API (`auth_strategy`). Glance's default, `keystone`, is refused: glint has
+/// no keystone client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthStrategy {
+    /// Anyone who reaches the listener may do anything, as in Glance's `noauth` (the default).
+    NoAuth,
+    /// Every request but health check and version discovery must carry an `X-Auth-Token` from
+    /// `auth_token_file`; the tokens were read when the config loaded.
+    Token(Tokens),
+}
+
+/// The names of `auth_strategy`'s accepted values, as the config file spells them.
+pub const AUTH_STRATEGY_NAMES: &[&str] = &["noauth", "token"];
+
+impl AuthStrategy {
+    /// The name as the config file spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthStrategy::NoAuth => "noauth",
+            AuthStrategy::Token(_) => "token",
+        }
     }
 }
 
@@ -334,7 +367,8 @@ fn read_file(path: &Path) -> Result<(PathBuf, String), ConfigError> {
 }
 
 /// Validates config text as if read from `path`, which names the file in messages and anchors
-/// relative paths (it is made absolute first). Nothing is read from the filesystem.
+/// relative paths (it is made absolute first). Nothing else is read from the filesystem, except
+/// the token file when the text sets `auth_strategy = token`.
 pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     let file = absolute(path)?;
     let mut report = Report::new(file.clone());
@@ -902,6 +936,9 @@ struct Draft {
     image_cache_dir: PathBuf,
     image_cache_max_size: u64,
     image_cache_stall_time: Duration,
+    /// One of [`AUTH_STRATEGY_NAMES`]; the tokens are read by `finish`.
+    auth_strategy: &'static str,
+    auth_token_file: Option<PathBuf>,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -986,6 +1023,12 @@ impl Draft {
             folder,
             report,
         );
+        let auth_strategy = finish_auth_strategy(
+            self.auth_strategy,
+            self.auth_token_file.as_deref(),
+            raw,
+            report,
+        );
 
         Config {
             path: file.to_path_buf(),
@@ -1020,8 +1063,99 @@ impl Draft {
             image_cache_dir: self.image_cache_dir,
             image_cache_max_size: self.image_cache_max_size,
             image_cache_stall_time: self.image_cache_stall_time,
+            auth_strategy,
+            auth_token_file: self.auth_token_file,
         }
     }
+}
+
+/// The access control: under `token`, reads the token file. A missing `auth_token_file`, a file
+/// that cannot be read, lists no token or holds a token a header cannot carry is an error at
+/// the option's line; a file others can read draws a warning. Under `noauth` a set
+/// `auth_token_file` draws a warning: the operator probably meant to turn tokens on.
+/// No message quotes a token.
+fn finish_auth_strategy(
+    strategy: &str,
+    token_file: Option<&Path>,
+    raw: &RawConfig,
+    report: &mut Report,
+) -> AuthStrategy {
+    const SECTION: &str = "DEFAULT";
+    const FILE_OPTION: &str = "auth_token_file";
+    let file_line = raw.line_of(SECTION, FILE_OPTION);
+    if strategy != "token" {
+        if let Some(path) = token_file {
+            report.warning(
+                file_line,
+                Some(SECTION),
+                Some(FILE_OPTION),
+                format!(
+                    "`{}` is not read because auth_strategy is {strategy}, so anyone who \
+                     reaches glint may use the API; set auth_strategy = token to require its \
+                     tokens, or remove this line",
+                    path.display()
+                ),
+            );
+        }
+        return AuthStrategy::NoAuth;
+    }
+    let Some(path) = token_file else {
+        report.error(
+            raw.line_of(SECTION, "auth_strategy"),
+            Some(SECTION),
+            Some("auth_strategy"),
+            "token needs the tokens: set auth_token_file to a file with one token per line"
+                .to_string(),
+        );
+        return AuthStrategy::Token(Tokens::default());
+    };
+    let mut error = |message: String| {
+        report.error(file_line, Some(SECTION), Some(FILE_OPTION), message);
+        AuthStrategy::Token(Tokens::default())
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(io_error) => {
+            return error(format!(
+                "cannot read `{}`: {io_error}; create it with one token per line (mode 0600, \
+                 owned by the user glint runs as) or fix the path",
+                path.display()
+            ))
+        }
+    };
+    let tokens = match Tokens::parse(&bytes) {
+        Ok(tokens) => tokens,
+        Err(TokenFileError::Empty) => {
+            return error(format!(
+                "`{}` lists no token (only blank lines and # comments); add one token per line",
+                path.display()
+            ))
+        }
+        Err(TokenFileError::BadToken { line }) => {
+            return error(format!(
+                "line {line} of `{}` holds a character an X-Auth-Token header cannot carry \
+                 (a token is visible ASCII without spaces); fix or remove that line",
+                path.display()
+            ))
+        }
+    };
+    if let Ok(metadata) = fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o7777;
+        if mode & 0o004 != 0 {
+            report.warning(
+                file_line,
+                Some(SECTION),
+                Some(FILE_OPTION),
+                format!(
+                    "`{}` holds secrets but every user can read it (mode {mode:04o}); \
+                     chmod o-r it, as in 0600",
+                    path.display()
+                ),
+            );
+        }
+    }
+    AuthStrategy::Token(tokens)
 }
 
 /// The image folders: `filesystem_store_datadirs` without its exact duplicates (a warning each),

@@ -16,8 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Config, DataDir, Draft, Flavor, HashAlgorithm, DEFAULT_FILE_PERM, FLAVOR_NAMES,
-    HASH_ALGORITHM_NAMES,
+    Config, DataDir, Draft, Flavor, HashAlgorithm, AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM,
+    FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
 };
 
 /// One option glint reads from its config file.
@@ -84,6 +84,9 @@ pub enum Kind {
     /// `[paste_deploy] flavor`: one of [`FLAVOR_NAMES`]; Glance's keystone flavors are refused
     /// with their own message, since glint has no keystone.
     Flavor,
+    /// `auth_strategy`: one of [`AUTH_STRATEGY_NAMES`], in any case; Glance's `keystone` gets
+    /// its own refusal, which offers `token`.
+    AuthStrategy,
 }
 
 /// What a relative path in the config file is relative to.
@@ -158,6 +161,9 @@ const RELOAD_CACHE: &str = "applies to the new generation; the old keeps its val
                             drains (both may share the cache folder)";
 const RELOAD_LOG: &str = "the master and the new generation log to the new destination; \
                           draining children keep the old one";
+const RELOAD_AUTH: &str = "the token file is read again while the config loads (an unreadable or \
+                           empty one fails the reload); the new generation checks the new \
+                           tokens, the old one keeps its own while it drains";
 
 /// Every option glint reads, in the order `--check-config` and the docs list them.
 pub static OPTIONS: &[OptionSpec] = &[
@@ -510,6 +516,34 @@ pub static OPTIONS: &[OptionSpec] = &[
         show: |config| vec![config.api_limit_max.to_string()],
     },
     OptionSpec {
+        section: "DEFAULT",
+        name: "auth_strategy",
+        kind: Kind::AuthStrategy,
+        default: DefaultValue::Text("noauth"),
+        on_reload: RELOAD_AUTH,
+        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Glance's `keystone` is refused: glint has no keystone.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.auth_strategy = name;
+            }
+        },
+        show: |config| vec![config.auth_strategy.name().to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "auth_token_file",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_AUTH,
+        doc: "glint's own: the tokens of `auth_strategy = token`, one per line (`#` comments and blank lines ignored). Required under `token`; keep it private (0600): glint warns when every user can read it.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.auth_token_file = path;
+            }
+        },
+        show: |config| vec![show_path(config.auth_token_file.as_deref())],
+    },
+    OptionSpec {
         section: "glance_store",
         name: "filesystem_store_datadir",
         kind: Kind::Folder { optional: false },
@@ -782,6 +816,7 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         Kind::FileMode => parse_file_mode(text).map(|mode| plain(Value::FileMode(mode))),
         Kind::StoreList => parse_stores(text),
         Kind::Flavor => parse_flavor(text).map(|flavor| plain(Value::Flavor(flavor))),
+        Kind::AuthStrategy => parse_auth_strategy(text).map(|name| plain(Value::Choice(name))),
         Kind::SqliteUrl => {
             let path = parse_sqlite_url(text)?;
             Ok(plain(Value::Path(Some(resolve(config_folder, &path)))))
@@ -865,6 +900,7 @@ impl Kind {
                 format!("empty or one of {}", named.join(", "))
             }
             Kind::Url => "http(s) URL, optional".to_string(),
+            Kind::AuthStrategy => format!("one of {}", AUTH_STRATEGY_NAMES.join(", ")),
             Kind::Choice { accepted, .. } => match accepted {
                 [only] => format!("`{only}` only"),
                 _ => format!("one of {}", accepted.join(", ")),
@@ -1054,6 +1090,19 @@ fn parse_choice(
         "`{text}` is not {refusal}{}; use {choices}",
         inline_comment_hint(text)
     ))
+}
+
+/// `auth_strategy`. Glance's default is `keystone`, so a Glance file often says it: the refusal
+/// explains that glint cannot do it and offers `token`.
+fn parse_auth_strategy(text: &str) -> Result<&'static str, String> {
+    if text.eq_ignore_ascii_case("keystone") {
+        return Err(
+            "`keystone` is not available: glint has no keystone client; use token \
+                    (tokens listed in auth_token_file) or noauth (on a trusted address only)"
+                .to_string(),
+        );
+    }
+    parse_choice(text, AUTH_STRATEGY_NAMES, "an access control glint offers")
 }
 
 /// glance_store's `_get_datadir_path_and_priority`: split on the last `:`, strip both parts, an

@@ -104,6 +104,8 @@ fn empty_file_gives_the_documented_defaults() {
         );
         assert_eq!(config.image_cache_max_size, 10 << 30);
         assert_eq!(config.image_cache_stall_time, Duration::from_secs(86400));
+        assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
+        assert_eq!(config.auth_token_file, None);
     }
 }
 
@@ -230,6 +232,10 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("hashing_algorithm", "sha256", "sha256"),
     ("hashing_algorithm", "SHA384", "sha384"),
     ("hashing_algorithm", "Sha512", "sha512"),
+    // `token` needs a readable token file: see the token file tests below.
+    ("auth_strategy", "noauth", "noauth"),
+    ("auth_strategy", "NoAuth", "noauth"),
+    ("auth_token_file", "", ""),
     ("limit_param_default", "1", "1"),
     ("limit_param_default", "1000", "1000"),
     ("api_limit_max", "25", "25"),
@@ -385,6 +391,12 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("hashing_algorithm", "sha3_512", "`sha3_512` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
     ("hashing_algorithm", "", "`` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
     ("hashing_algorithm", "sha512 # default", "`sha512 # default` is not a hashing algorithm glint offers (comments after a value are not supported: put the comment on a line of its own); use one of sha256, sha384, sha512"),
+    ("auth_strategy", "keystone", "`keystone` is not available: glint has no keystone client; use token (tokens listed in auth_token_file) or noauth (on a trusted address only)"),
+    ("auth_strategy", "Keystone", "`keystone` is not available: glint has no keystone client; use token (tokens listed in auth_token_file) or noauth (on a trusted address only)"),
+    ("auth_strategy", "none", "`none` is not an access control glint offers; use one of noauth, token"),
+    ("auth_strategy", "", "`` is not an access control glint offers; use one of noauth, token"),
+    ("auth_strategy", "token", "token needs the tokens: set auth_token_file to a file with one token per line"),
+    ("auth_token_file", "/etc/glint/", "`/etc/glint/` names a folder; give the path of a file"),
     ("limit_param_default", "0", "0 is out of range; use a whole number from 1 to 1000000"),
     ("limit_param_default", "1001", "limit_param_default (1001) is larger than api_limit_max (1000); make limit_param_default at most api_limit_max"),
     ("api_limit_max", "0", "0 is out of range; use a whole number from 1 to 1000000"),
@@ -1227,6 +1239,116 @@ fn no_input_panics() {
         let _ = load_text(line);
         let _ = load_text(&format!("[DEFAULT]\n{line}"));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access control: the token file
+
+/// The content and mode of a token file, or `None` for no file.
+type TokenFile<'a> = Option<(&'a [u8], u32)>;
+
+/// A config file and a token file in a fresh folder.
+fn with_token_file(config: &str, tokens: TokenFile<'_>) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("glint-api.conf");
+    std::fs::write(&path, config).expect("write config");
+    if let Some((bytes, mode)) = tokens {
+        let token_path = dir.path().join("tokens");
+        std::fs::write(&token_path, bytes).expect("write tokens");
+        std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(mode))
+            .expect("chmod tokens");
+    }
+    (dir, path)
+}
+
+const TOKEN_CONFIG: &str = "[DEFAULT]\nauth_strategy = token\nauth_token_file = tokens\n";
+
+#[test]
+fn token_strategy_reads_the_token_file_relative_to_the_config_folder() {
+    let (dir, path) = with_token_file(TOKEN_CONFIG, Some((b"# ops\nalpha\n\n beta \n", 0o600)));
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    let config = loaded.config;
+    assert_eq!(config.auth_token_file, Some(dir.path().join("tokens")));
+    let AuthStrategy::Token(tokens) = &config.auth_strategy else {
+        panic!("expected token auth, got {:?}", config.auth_strategy);
+    };
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.accepts(b"alpha") && tokens.accepts(b"beta"));
+    assert!(!tokens.accepts(b"# ops"));
+    assert_eq!(shown("auth_strategy", &config), "token");
+    // The effective settings name the file and never a token, and load back unchanged.
+    let settings = config.effective_settings();
+    assert!(!settings.contains("alpha"), "{settings}");
+    let again = load_str(&settings, &path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(again.config, config);
+    // Neither does the Debug form, which a test failure or a panic may print.
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("alpha") && !debug.contains("beta"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn token_file_problems_are_errors_at_the_option_line() {
+    let cases: &[(TokenFile<'_>, &str)] = &[
+        (None, "cannot read `DIR/tokens`: No such file or directory (os error 2); create it with one token per line (mode 0600, owned by the user glint runs as) or fix the path"),
+        (Some((b"", 0o600)), "`DIR/tokens` lists no token (only blank lines and # comments); add one token per line"),
+        (Some((b"# nobody yet\n\n", 0o600)), "`DIR/tokens` lists no token (only blank lines and # comments); add one token per line"),
+        (Some((b"good\nnot good\n", 0o600)), "line 2 of `DIR/tokens` holds a character an X-Auth-Token header cannot carry (a token is visible ASCII without spaces); fix or remove that line"),
+    ];
+    for (tokens, message) in cases {
+        let (dir, path) = with_token_file(TOKEN_CONFIG, *tokens);
+        let error = load(&path).expect_err("must be refused");
+        let expected = Problem {
+            file: path.clone(),
+            line: Some(3),
+            section: Some("DEFAULT".to_string()),
+            option: Some("auth_token_file".to_string()),
+            message: message.replace("DIR", &dir.path().display().to_string()),
+        };
+        assert_eq!(error.problems, vec![expected]);
+        assert!(!error.to_string().contains("good"), "{error}");
+    }
+}
+
+#[test]
+fn token_file_readable_by_everyone_draws_a_warning() {
+    let (dir, path) = with_token_file(TOKEN_CONFIG, Some((b"alpha\n", 0o644)));
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        loaded.warnings,
+        vec![format!(
+            "{}:3: [DEFAULT] auth_token_file: `{}` holds secrets but every user can read it \
+             (mode 0644); chmod o-r it, as in 0600",
+            path.display(),
+            dir.path().join("tokens").display()
+        )]
+    );
+    for private in [0o600, 0o640, 0o400] {
+        let (_dir, path) = with_token_file(TOKEN_CONFIG, Some((b"alpha\n", private)));
+        let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(loaded.warnings, Vec::<String>::new(), "mode {private:o}");
+    }
+}
+
+#[test]
+fn token_file_under_noauth_is_not_read_and_draws_a_warning() {
+    let (_dir, path) = with_token_file("[DEFAULT]\nauth_token_file = missing\n", None);
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.config.auth_strategy, AuthStrategy::NoAuth);
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].contains(":2: [DEFAULT] auth_token_file: ")
+            && loaded.warnings[0].ends_with(
+                "is not read because auth_strategy is noauth, so anyone who reaches glint may \
+                 use the API; set auth_strategy = token to require its tokens, or remove this line"
+            ),
+        "{:?}",
+        loaded.warnings
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
