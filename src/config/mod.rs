@@ -70,6 +70,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// `backlog`: listen(2) queue length, 1 to 65535.
     pub backlog: i32,
+    /// `max_client_connections`: connections one child holds open at once, 1 to 1048576.
+    pub max_client_connections: usize,
     /// `client_socket_timeout`: idle keep-alive timeout; `None` keeps idle connections open.
     pub client_socket_timeout: Option<Duration>,
     /// `client_header_timeout`: time to receive a whole request head.
@@ -770,6 +772,7 @@ struct Draft {
     workers: usize,
     worker_threads: usize,
     backlog: i32,
+    max_client_connections: usize,
     client_socket_timeout: Option<Duration>,
     client_header_timeout: Duration,
     client_body_timeout: Duration,
@@ -889,6 +892,7 @@ impl Draft {
             workers: self.workers,
             worker_threads: self.worker_threads,
             backlog: self.backlog,
+            max_client_connections: self.max_client_connections,
             client_socket_timeout: self.client_socket_timeout,
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,
