@@ -6,9 +6,14 @@
 //! - `lifecycle`: start and stop, signals, --check-config: the master's basic behaviour.
 //! - `reload`: reloads seen from the client's side: no failed request, drains, bad configs.
 //! - `http`: the HTTP/1.1 layer from a client's socket: bad requests, keep-alive, timeouts, garbage.
+//! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
+//!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
+//! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 
 mod util;
 
+mod faults;
+mod hostile;
 mod http;
 mod lifecycle;
 mod reload;
