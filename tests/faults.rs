@@ -263,7 +263,8 @@ fn database_locked_by_another_process_for_3_s_delays_a_create_which_then_succeed
 fn config_file_deleted_replaced_by_a_directory_or_not_utf8_at_reload_keeps_the_old_generation() {
     let server = Server::start("workers = 2");
     let good = fs::read(&server.config_path).unwrap();
-    let breakages: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Breakage<'a> = (&'static str, Box<dyn Fn() + 'a>);
+    let breakages: Vec<Breakage> = vec![
         (
             "deleted",
             Box::new(|| fs::remove_file(&server.config_path).unwrap()),

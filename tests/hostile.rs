@@ -370,6 +370,9 @@ fn idle_connection_floods_are_bounded_by_max_client_connections() {
 // Bodies.
 // ---------------------------------------------------------------------------------------------
 
+/// What a test sends as a body: the next piece, given the bytes sent so far; `None` ends it.
+type BodySource = Box<dyn FnMut(u64) -> Option<Vec<u8>> + Send>;
+
 /// An endless chunked body: 4 KiB chunks for as long as the server reads.
 fn endless_chunks(limit: u64) -> impl FnMut(u64) -> Option<Vec<u8>> + Send + 'static {
     let mut chunk = b"1000\r\n".to_vec();
@@ -410,7 +413,7 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
         )
         .into_bytes()
     };
-    let cases: Vec<(&str, Vec<u8>, Box<dyn FnMut(u64) -> Option<Vec<u8>> + Send>)> = vec![
+    let cases: Vec<(&str, Vec<u8>, BodySource)> = vec![
         (
             "endless chunked upload",
             upload("Transfer-Encoding: chunked"),
