@@ -35,9 +35,17 @@ use crate::logging;
 use crate::pool::Returned;
 use crate::signals::{ChildRequest, SignalWatch};
 
-/// The most connections one child holds at once (waiting, queued and being served). Past it the
-/// child stops accepting and leaves new connections in the shared backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// What the acceptor applies to the connections it accepts, from the generation's config.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptSettings {
+    /// `tcp_keepidle`, applied to each accepted socket.
+    pub tcp_keepidle: Duration,
+    /// `max_client_connections`: the most connections this child holds at once (waiting,
+    /// queued and being served). At the limit the child stops polling the listener and leaves
+    /// new connections in the shared backlog for the other children; each one costs a
+    /// descriptor and a read buffer, so this bounds both.
+    pub max_connections: usize,
+}
 
 /// How long a connection we closed FIN-first is kept to discard what the client still sends,
 /// so that our last response is not destroyed by a reset before the client reads it.
@@ -97,8 +105,7 @@ pub struct Acceptor {
     /// Set once draining; workers read it to answer with `Connection: close`.
     pub draining: Arc<AtomicBool>,
     pub settings: Arc<Settings>,
-    /// `tcp_keepidle`, applied to each accepted socket.
-    pub tcp_keepidle: Duration,
+    pub accept: AcceptSettings,
     waiting: Vec<Waiting>,
     /// Connections whose head is complete, waiting for a free worker.
     ready: VecDeque<Connection>,
@@ -116,7 +123,7 @@ impl Acceptor {
         returns: Receiver<Returned>,
         draining: Arc<AtomicBool>,
         settings: Arc<Settings>,
-        tcp_keepidle: Duration,
+        accept: AcceptSettings,
     ) -> Acceptor {
         Acceptor {
             listener: Some(listener),
@@ -125,7 +132,7 @@ impl Acceptor {
             returns,
             draining,
             settings,
-            tcp_keepidle,
+            accept,
             waiting: Vec::new(),
             ready: VecDeque::new(),
             in_flight: 0,
@@ -139,7 +146,7 @@ impl Acceptor {
         loop {
             let now = Instant::now();
             let accepting = self.listener.is_some()
-                && self.open_connections() < MAX_CONNECTIONS
+                && self.open_connections() < self.accept.max_connections
                 && self.accept_paused_until.is_none_or(|until| now >= until);
             let mut fds = Vec::with_capacity(2 + self.waiting.len());
             fds.push(pollfd(self.signals.fd().as_raw_fd()));
@@ -409,10 +416,10 @@ impl Acceptor {
             return;
         };
         let now = Instant::now();
-        while self.waiting.len() + self.ready.len() + self.in_flight < MAX_CONNECTIONS {
+        while self.open_connections() < self.accept.max_connections {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Err(error) = prepare_socket(&stream, self.tcp_keepidle) {
+                    if let Err(error) = prepare_socket(&stream, self.accept.tcp_keepidle) {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");
                         continue;
                     }

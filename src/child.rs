@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
-use crate::acceptor::Acceptor;
+use crate::acceptor::{AcceptSettings, Acceptor};
 use crate::api::{Api, CachePipeline};
 use crate::cache::{self, Cache, Prefetcher};
 use crate::config::{Config, HashAlgorithm};
@@ -192,7 +192,10 @@ pub fn run(start: Start) -> i32 {
         returns_rx,
         draining,
         settings,
-        config.tcp_keepidle,
+        AcceptSettings {
+            tcp_keepidle: config.tcp_keepidle,
+            max_connections: config.max_client_connections,
+        },
     );
     if fault_injected_start_failure(generation) {
         log::error!("GLINT_FAULT_CHILD_START={generation}: failing this child's start on purpose");

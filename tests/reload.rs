@@ -21,19 +21,19 @@ const MAX_REQUESTS_PER_CLIENT: u64 = 200_000;
 
 /// What the client threads of the storm saw.
 #[derive(Default)]
-struct Tally {
-    succeeded: AtomicU64,
+pub struct Tally {
+    pub succeeded: AtomicU64,
     /// Fresh connections used (one per request in fresh mode).
-    fresh_connections: AtomicU64,
+    pub fresh_connections: AtomicU64,
     /// A reused keep-alive connection found closed before the client sent on it: the tolerated
     /// event (the client reconnects, nothing was lost).
-    closed_idle_before_send: AtomicU64,
+    pub closed_idle_before_send: AtomicU64,
     /// A reused keep-alive connection that gave EOF with no response byte after the client sent:
     /// tolerated only when the server logged that it had already closed the connection (the
     /// client's bytes arrived after our FIN).
-    closed_idle_after_send: AtomicU64,
-    failed: AtomicU64,
-    failures: Mutex<Vec<String>>,
+    pub closed_idle_after_send: AtomicU64,
+    pub failed: AtomicU64,
+    pub failures: Mutex<Vec<String>>,
 }
 
 impl Tally {
@@ -51,7 +51,7 @@ const HEALTHCHECK_CLOSE: &[u8] =
     b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\r\n";
 
 /// One request per new connection; every failure counts.
-fn fresh_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
+pub fn fresh_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -68,7 +68,7 @@ fn fresh_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
 }
 
 /// Requests on one keep-alive connection, reconnecting when the server closes it.
-fn keepalive_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
+pub fn keepalive_client(addr: SocketAddr, stop: &AtomicBool, tally: &Tally) {
     let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         if stop.load(Ordering::SeqCst) {

@@ -11,12 +11,17 @@
 //!   systemd notify messages.
 //! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 //! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
+//! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
+//!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
+//! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 
 mod util;
 
 mod auth;
 mod cache;
 mod control;
+mod faults;
+mod hostile;
 mod http;
 mod images;
 mod lifecycle;

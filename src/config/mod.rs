@@ -75,6 +75,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// `backlog`: listen(2) queue length, 1 to 65535.
     pub backlog: i32,
+    /// `max_client_connections`: connections one child holds open at once, 1 to 1048576.
+    pub max_client_connections: usize,
     /// `client_socket_timeout`: idle keep-alive timeout; `None` keeps idle connections open.
     pub client_socket_timeout: Option<Duration>,
     /// `client_header_timeout`: time to receive a whole request head.
@@ -905,6 +907,7 @@ struct Draft {
     workers: usize,
     worker_threads: usize,
     backlog: i32,
+    max_client_connections: usize,
     client_socket_timeout: Option<Duration>,
     client_header_timeout: Duration,
     client_body_timeout: Duration,
@@ -1037,6 +1040,7 @@ impl Draft {
             workers: self.workers,
             worker_threads: self.worker_threads,
             backlog: self.backlog,
+            max_client_connections: self.max_client_connections,
             client_socket_timeout: self.client_socket_timeout,
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,

@@ -246,6 +246,20 @@ pub static OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         section: "DEFAULT",
+        name: "max_client_connections",
+        kind: Kind::Integer { min: 1, max: 1_048_576, zero_means_min: None },
+        default: DefaultValue::Text("4096"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own (nginx's worker_connections): connections one child holds open at once, idle, waiting for a head or being served; at the limit the child stops accepting and leaves new connections in the backlog for the other children.",
+        apply: |draft, value| {
+            if let Some(n_connections) = value.integer::<usize>() {
+                draft.max_client_connections = n_connections;
+            }
+        },
+        show: |config| vec![config.max_client_connections.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
         name: "client_socket_timeout",
         kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: true },
         default: DefaultValue::Text("900"),

@@ -60,6 +60,7 @@ fn empty_file_gives_the_documented_defaults() {
         assert_eq!(config.workers, n_cpus.min(8));
         assert_eq!(config.worker_threads, 16);
         assert_eq!(config.backlog, 4096);
+        assert_eq!(config.max_client_connections, 4096);
         assert_eq!(config.client_socket_timeout, Some(Duration::from_secs(900)));
         assert_eq!(config.client_header_timeout, Duration::from_secs(60));
         assert_eq!(config.client_body_timeout, Duration::from_secs(60));
@@ -160,6 +161,8 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("worker_threads", "1024", "1024"),
     ("backlog", "1", "1"),
     ("backlog", "65535", "65535"),
+    ("max_client_connections", "1", "1"),
+    ("max_client_connections", "1048576", "1048576"),
     ("client_socket_timeout", "0", "0"),
     ("client_socket_timeout", "1", "1"),
     ("client_socket_timeout", "2147483", "2147483"),
@@ -352,6 +355,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("worker_threads", "1025", "1025 is out of range; use a whole number from 1 to 1024"),
     ("backlog", "0", "0 is out of range; use a whole number from 1 to 65535"),
     ("backlog", "65536", "65536 is out of range; use a whole number from 1 to 65535"),
+    ("max_client_connections", "0", "0 is out of range; use a whole number from 1 to 1048576"),
+    ("max_client_connections", "1048577", "1048577 is out of range; use a whole number from 1 to 1048576"),
     ("client_socket_timeout", "2147484", "2147484 seconds is out of range; use whole seconds from 0 to 2147483 (0 means no limit)"),
     ("client_socket_timeout", "-5", "-5 seconds is out of range; use whole seconds from 0 to 2147483 (0 means no limit)"),
     ("client_socket_timeout", "1.5", "`1.5` is not a whole number of seconds; write the seconds without a unit, from 0 to 2147483 (0 means no limit)"),
