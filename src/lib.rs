@@ -23,6 +23,7 @@ pub mod api;
 pub mod cache;
 pub mod child;
 pub mod config;
+pub mod handoff;
 pub mod control;
 pub mod http;
 pub mod listener;

@@ -93,6 +93,10 @@ pub struct Config {
     pub tcp_keepidle: Duration,
     /// `graceful_shutdown_timeout`: how long draining children may take; `None` waits for ever.
     pub graceful_shutdown_timeout: Option<Duration>,
+    /// `reload_handoff`: a draining child hands its keep-alive connections to the new generation.
+    pub reload_handoff: bool,
+    /// `reload_strategy`: the whole new generation at once, or one child at a time.
+    pub reload_strategy: ReloadStrategy,
     /// `pid_file`: absolute path of the master's pid file.
     pub pid_file: PathBuf,
     /// `status_file`: absolute path of the master's JSON status file.
@@ -138,6 +142,28 @@ pub struct Config {
     pub auth_strategy: AuthStrategy,
     /// `auth_token_file`: absolute path of the token file, if set (read only under `token`).
     pub auth_token_file: Option<PathBuf>,
+}
+
+/// `reload_strategy`: how a reload replaces the children.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// Fork the whole new generation, then drain the old one: up to twice the workers for the
+    /// length of a drain.
+    #[default]
+    Parallel,
+    /// Replace one child at a time (start one new, drain one old, wait for it to exit): at most
+    /// `workers + 1` children ever run.
+    Rolling,
+}
+
+impl ReloadStrategy {
+    /// The name in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReloadStrategy::Parallel => "parallel",
+            ReloadStrategy::Rolling => "rolling",
+        }
+    }
 }
 
 /// `[paste_deploy] flavor`: which request pipeline a generation serves, as Glance's paste
@@ -916,6 +942,8 @@ struct Draft {
     max_header_line: usize,
     tcp_keepidle: Duration,
     graceful_shutdown_timeout: Option<Duration>,
+    reload_handoff: bool,
+    reload_strategy: ReloadStrategy,
     pid_file: PathBuf,
     /// `None` until set: the default depends on `pid_file`.
     status_file: Option<PathBuf>,
@@ -1049,6 +1077,8 @@ impl Draft {
             max_header_line: self.max_header_line,
             tcp_keepidle: self.tcp_keepidle,
             graceful_shutdown_timeout: self.graceful_shutdown_timeout,
+            reload_handoff: self.reload_handoff,
+            reload_strategy: self.reload_strategy,
             pid_file: self.pid_file,
             status_file,
             log_file,

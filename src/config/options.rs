@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Config, DataDir, Draft, Flavor, HashAlgorithm, AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM,
+    Config, DataDir, Draft, Flavor, ReloadStrategy, HashAlgorithm, AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM,
     FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
 };
 
@@ -154,6 +154,10 @@ const RELOAD_STORE: &str = "applies to the new generation: new uploads follow th
 const RELOAD_DATABASE: &str =
     "applies to the new generation (the old one keeps its connection while it drains)";
 const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
+const RELOAD_HANDOFF: &str = "the new value decides how the reload that reads it drains the \
+                              generation it replaces";
+const RELOAD_STRATEGY: &str = "the new value decides how the reload that reads it replaces the \
+                               children";
 const RELOAD_STATE_FILE: &str = "the master writes the new file and removes the old one";
 const RELOAD_FLAVOR: &str = "applies to the new generation; requests in flight finish in the \
                              old pipeline while it drains";
@@ -369,6 +373,41 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![show_seconds(config.graceful_shutdown_timeout)],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "reload_handoff",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_HANDOFF,
+        doc: "glint's own: at a reload, draining children hand their idle keep-alive connections (with any bytes already read) to the new generation instead of closing them.",
+        apply: |draft, value| {
+            if let Value::Bool(handoff) = value {
+                draft.reload_handoff = handoff;
+            }
+        },
+        show: |config| vec![config.reload_handoff.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "reload_strategy",
+        kind: Kind::Choice {
+            accepted: &["parallel", "rolling"],
+            refusal: "a reload strategy (parallel: the whole generation at once; rolling: one child at a time)",
+        },
+        default: DefaultValue::Text("parallel"),
+        on_reload: RELOAD_STRATEGY,
+        doc: "glint's own: `parallel` forks the whole new generation, then drains the old one (up to twice `workers` for a drain); `rolling` replaces one child at a time, so at most `workers` + 1 children ever run.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.reload_strategy = if name == "rolling" {
+                    ReloadStrategy::Rolling
+                } else {
+                    ReloadStrategy::Parallel
+                };
+            }
+        },
+        show: |config| vec![config.reload_strategy.name().to_string()],
     },
     OptionSpec {
         section: "DEFAULT",

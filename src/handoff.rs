@@ -1,0 +1,227 @@
+//! Handing client connections from a draining child to the new generation, so that a reload
+//! closes no keep-alive connection (`reload_handoff`).
+//!
+//! # Who talks to whom
+//!
+//! The generations talk directly; the master only introduces them. For every generation the
+//! master creates one *handoff channel*: a `SOCK_SEQPACKET` socket pair whose receive end every
+//! child of that generation polls (the kernel gives each message to exactly one reader, which
+//! spreads adopted connections over the children) and whose send end the master keeps. When a
+//! reload commits, the master passes the new generation's send end to each older child over that
+//! child's *control socket* (a pair made at fork), then sends it SIGHUP. A draining child then
+//! sends each idle keep-alive connection, with the bytes it has already read from it, as one
+//! message: the socket's fd as `SCM_RIGHTS` and the bytes as payload.
+//!
+//! A relay through the master was the alternative. It would make the single-threaded master copy
+//! every connection's bytes and handle every fd at the busiest moment (a reload), and a relayed
+//! fd would be in flight twice. Directly, the master's part is one message per old child and
+//! reload; a child's part is a non-blocking `sendmsg`.
+//!
+//! # Failure
+//!
+//! A message that cannot be sent (the channel is full, the bytes are too many, the socket is
+//! gone) leaves the connection with its child, which closes it FIN-first as without handoff. The
+//! master keeps each generation's receive end while that generation has children, so messages
+//! sent to a generation whose children have all just died wait for their respawned
+//! replacements; when a generation ends for good, the master forwards whatever is still queued
+//! to the current generation.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+
+/// The most bytes a handed-off connection may carry along (what it had read of its next
+/// request); a connection with more is closed instead. A whole request head is at most
+/// `http::head::Limits::max_head_bytes`, 64 KiB with the default `max_header_line`.
+pub const MAX_CARRIED_BYTES: usize = 128 * 1024;
+
+/// Message tags: the first payload byte says what the message carries.
+const TAG_CONNECTION: u8 = b'C';
+const TAG_TARGET: u8 = b'T';
+
+/// A socket pair for connection messages or control messages: `(one end, other end)`, both
+/// non-blocking and close-on-exec.
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|error| io::Error::other(format!("socketpair(AF_UNIX, SOCK_SEQPACKET): {error}")))
+}
+
+/// Sends a connection (its socket and the bytes already read from it) on `channel`.
+/// `WouldBlock` means the channel is full.
+pub fn send_connection(channel: BorrowedFd<'_>, stream: BorrowedFd<'_>, carried: &[u8]) -> io::Result<()> {
+    if carried.len() > MAX_CARRIED_BYTES {
+        return Err(io::Error::other(format!(
+            "{} bytes read ahead, more than a handoff carries",
+            carried.len()
+        )));
+    }
+    send(channel, TAG_CONNECTION, carried, stream)
+}
+
+/// Receives one connection from `channel`: `None` when nothing is queued.
+pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Vec<u8>)>> {
+    match receive(channel, MAX_CARRIED_BYTES + 1)? {
+        Some((TAG_CONNECTION, carried, fd)) => Ok(Some((fd, carried))),
+        Some((tag, _, _)) => Err(io::Error::other(format!(
+            "unexpected message {tag:?} on a handoff channel"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Master to child, on the child's control socket: "hand your connections to `target`".
+pub fn send_target(control: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    send(control, TAG_TARGET, &[], target)
+}
+
+/// A child reads its control socket: the newest handoff target sent, if any. Several may be
+/// queued when reloads follow each other; the last one is the current generation's.
+pub fn receive_target(control: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let mut newest = None;
+    while let Some((tag, _, fd)) = receive(control, 16)? {
+        if tag == TAG_TARGET {
+            newest = Some(fd);
+        }
+    }
+    Ok(newest)
+}
+
+fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let tag = [tag];
+    let iov = [IoSlice::new(&tag), IoSlice::new(payload)];
+    let fds = [fd.as_raw_fd()];
+    let cmsgs = [ControlMessage::ScmRights(&fds)];
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(io::Error::from(errno)),
+        }
+    }
+}
+
+/// One message: its tag, payload and the fd it carried. `None` when nothing is queued or the
+/// other end is gone. A message without an fd is dropped (no sender of ours makes one).
+fn receive(socket: BorrowedFd<'_>, max_payload: usize) -> io::Result<Option<(u8, Vec<u8>, OwnedFd)>> {
+    loop {
+        let mut tag = [0u8; 1];
+        let mut payload = vec![0u8; max_payload];
+        let mut cmsg_buffer = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (n, fd, truncated) = {
+            let mut iov = [IoSliceMut::new(&mut tag), IoSliceMut::new(&mut payload)];
+            let message = match recvmsg::<()>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg_buffer),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(message) => message,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(errno) => return Err(io::Error::from(errno)),
+            };
+            let mut fd = None;
+            if let Ok(cmsgs) = message.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        for raw in fds {
+                            // SAFETY: the kernel just installed this descriptor for us; nothing
+                            // else owns it. Extra ones (none are sent) are closed on drop.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            if fd.is_none() {
+                                fd = Some(owned);
+                            }
+                        }
+                    }
+                }
+            }
+            (
+                message.bytes,
+                fd,
+                message.flags.contains(MsgFlags::MSG_TRUNC),
+            )
+        };
+        if n == 0 {
+            // End of stream: every sender has closed its end.
+            return Ok(None);
+        }
+        let Some(fd) = fd else {
+            continue;
+        };
+        if truncated {
+            // More bytes than any sender of ours sends: drop the connection (closing it) rather
+            // than serve a request with a hole in it.
+            log::warn!("dropped a handed-over connection whose message was truncated");
+            continue;
+        }
+        payload.truncate(n - 1);
+        return Ok(Some((tag[0], payload, fd)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_connection_and_its_bytes_cross_a_real_socket_pair() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let (receive_end, send_end) = pair().unwrap();
+        send_connection(send_end.as_fd(), server_side.as_fd(), b"GET / HT").unwrap();
+        drop(server_side);
+        let (fd, carried) = receive_connection(receive_end.as_fd()).unwrap().unwrap();
+        assert_eq!(carried, b"GET / HT");
+        let mut adopted = TcpStream::from(fd);
+        client.write_all(b"ping").unwrap();
+        let mut buffer = [0u8; 4];
+        adopted.read_exact(&mut buffer).unwrap();
+        assert_eq!(&buffer, b"ping");
+        assert!(receive_connection(receive_end.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_empty_carry_and_the_newest_target_win() {
+        let (a, b) = pair().unwrap();
+        let (x, _y) = pair().unwrap();
+        send_target(b.as_fd(), x.as_fd()).unwrap();
+        send_target(b.as_fd(), x.as_fd()).unwrap();
+        assert!(receive_target(a.as_fd()).unwrap().is_some());
+        assert!(receive_target(a.as_fd()).unwrap().is_none());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        send_connection(b.as_fd(), server_side.as_fd(), b"").unwrap();
+        let (_, carried) = receive_connection(a.as_fd()).unwrap().unwrap();
+        assert!(carried.is_empty());
+    }
+
+    #[test]
+    fn too_many_carried_bytes_are_refused_before_sending() {
+        let (_a, b) = pair().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let carried = vec![b'x'; MAX_CARRIED_BYTES + 1];
+        assert!(send_connection(b.as_fd(), server_side.as_fd(), &carried).is_err());
+    }
+}
