@@ -19,13 +19,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::handoff;
 use crate::http::connection::{Connection, HEAD_READ_CHUNK};
 use crate::http::head::{self, Parsed};
 use crate::http::response::{self, Response, WriteOptions};
@@ -102,10 +103,16 @@ pub struct Acceptor {
     pub jobs: Sender<Connection>,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
-    /// Set once draining; workers read it to answer with `Connection: close`.
+    /// Set once draining without a handoff target; workers read it to answer with
+    /// `Connection: close`. With a target, responses keep the connection, which then moves to
+    /// the new generation.
     pub draining: Arc<AtomicBool>,
     pub settings: Arc<Settings>,
     pub accept: AcceptSettings,
+    /// This child's ends of the handoff machinery (see `handoff`).
+    handoff: Handoff,
+    /// The drain has begun (SIGHUP, SIGTERM or SIGQUIT).
+    drain_started: bool,
     waiting: Vec<Waiting>,
     /// Connections whose head is complete, waiting for a free worker.
     ready: VecDeque<Connection>,
@@ -116,6 +123,7 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         listener: TcpListener,
         signals: SignalWatch<ChildRequest>,
@@ -124,6 +132,7 @@ impl Acceptor {
         draining: Arc<AtomicBool>,
         settings: Arc<Settings>,
         accept: AcceptSettings,
+        handoff: Handoff,
     ) -> Acceptor {
         Acceptor {
             listener: Some(listener),
@@ -133,6 +142,8 @@ impl Acceptor {
             draining,
             settings,
             accept,
+            handoff,
+            drain_started: false,
             waiting: Vec::new(),
             ready: VecDeque::new(),
             in_flight: 0,
@@ -148,13 +159,17 @@ impl Acceptor {
             let accepting = self.listener.is_some()
                 && self.open_connections() < self.accept.max_connections
                 && self.accept_paused_until.is_none_or(|until| now >= until);
-            let mut fds = Vec::with_capacity(2 + self.waiting.len());
+            let mut fds = Vec::with_capacity(4 + self.waiting.len());
             fds.push(pollfd(self.signals.fd().as_raw_fd()));
-            if accepting {
-                if let Some(listener) = &self.listener {
-                    fds.push(pollfd(listener.as_raw_fd()));
-                }
-            }
+            // Fixed slots: the listener, the handoff channel and the control socket, each with
+            // fd -1 (ignored by poll) when absent, so their indices never move.
+            let listener_fd = match (&self.listener, accepting) {
+                (Some(listener), true) => listener.as_raw_fd(),
+                _ => -1,
+            };
+            fds.push(pollfd(listener_fd));
+            fds.push(pollfd(self.handoff.receive_fd()));
+            fds.push(pollfd(self.handoff.control_fd()));
             let first_connection = fds.len();
             for waiting in &self.waiting {
                 fds.push(pollfd(waiting.connection.fd()));
@@ -184,6 +199,9 @@ impl Acceptor {
                 }
             }
             self.expire(Instant::now());
+            if fds[3].revents != 0 {
+                self.handoff.read_control();
+            }
             for request in self.signals.take() {
                 match request {
                     ChildRequest::Drain => self.begin_drain(),
@@ -198,8 +216,11 @@ impl Acceptor {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.on_returned(returned);
             }
-            if accepting && fds.get(1).is_some_and(|fd| fd.revents != 0) {
+            if accepting && fds[1].revents != 0 {
                 self.accept_all();
+            }
+            if fds[2].revents != 0 {
+                self.adopt_all(fds[2].revents);
             }
             // Fates are applied only now: the drain and returning connections can also decide
             // that a connection goes to a worker, and it must not wait for the next wake-up.
@@ -325,8 +346,14 @@ impl Acceptor {
 
     /// SIGHUP, SIGTERM or SIGQUIT: stop accepting, close idle connections FIN-first.
     fn begin_drain(&mut self) {
-        if self.draining.swap(true, Ordering::SeqCst) {
+        if self.drain_started {
             return;
+        }
+        self.drain_started = true;
+        // The master sends the new generation's channel before its SIGHUP, so it is queued.
+        self.handoff.read_control();
+        if !self.handoff.has_target() {
+            self.draining.store(true, Ordering::SeqCst);
         }
         // A last sweep of the backlog: connections the kernel completed before now are ours
         // to serve (with Connection: close). When a reload moved the listen address, nobody
@@ -335,8 +362,19 @@ impl Acceptor {
         // Dropping our fd leaves the socket open in the master and the other children.
         self.listener = None;
         let now = Instant::now();
-        let mut n_idle = 0;
+        let (mut n_idle, mut n_handed) = (0, 0);
         for waiting in &mut self.waiting {
+            if waiting.fate != Fate::Stay {
+                continue;
+            }
+            let waits_for_a_request =
+                matches!(waiting.wait, Wait::Idle | Wait::FirstRequest | Wait::Head);
+            if waits_for_a_request && self.handoff.has_target() {
+                if self.handoff.hand_off(waiting) {
+                    n_handed += 1;
+                    continue;
+                }
+            }
             if waiting.wait == Wait::Idle {
                 close_idle(waiting, now, &self.settings);
                 if waiting.wait == Wait::Closing {
@@ -346,13 +384,55 @@ impl Acceptor {
         }
         log::info!(
             "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
-             request, {n_idle} idle keep-alive connection(s) closed",
+             request, {n_handed} connection(s) handed to the new generation, {n_idle} idle \
+             keep-alive connection(s) closed",
             self.in_flight + self.ready.len(),
             self.waiting
                 .iter()
+                .filter(|w| w.fate == Fate::Stay)
                 .filter(|w| matches!(w.wait, Wait::FirstRequest | Wait::Head))
                 .count(),
         );
+    }
+
+    /// Takes in every connection queued on this generation's handoff channel. A draining child
+    /// passes them on at once if it has a target of its own.
+    fn adopt_all(&mut self, revents: i16) {
+        let now = Instant::now();
+        while let Some((connection, carried)) = self.handoff.adopt() {
+            let wait = if carried.is_empty() {
+                Wait::Idle
+            } else {
+                Wait::Head
+            };
+            let mut waiting = Waiting {
+                connection,
+                wait,
+                deadline: match wait {
+                    Wait::Idle => self.settings.idle_timeout.map(|idle| now + idle),
+                    _ => Some(now + self.settings.header_timeout),
+                },
+                after_idle: false,
+                fate: Fate::Stay,
+            };
+            if !matches!(
+                head::parse(waiting.connection.buffered(), &self.settings.limits),
+                Ok(Parsed::Partial)
+            ) {
+                waiting.fate = Fate::Dispatch;
+            } else if self.drain_started {
+                if !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
+                    && waiting.wait == Wait::Idle
+                {
+                    close_idle(&mut waiting, now, &self.settings);
+                }
+            }
+            self.waiting.push(waiting);
+        }
+        if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            // The other end is gone (the master died): stop polling a socket that stays ready.
+            self.handoff.lose_receive();
+        }
     }
 
     /// A worker is done with a connection.
@@ -384,13 +464,19 @@ impl Acceptor {
                     // A pipelined request follows: complete heads go to a worker, partial ones
                     // wait for the rest.
                     match head::parse(connection.buffered(), &self.settings.limits) {
-                        Ok(Parsed::Partial) => self.waiting.push(Waiting {
-                            connection,
-                            wait: Wait::Head,
-                            deadline: Some(now + self.settings.header_timeout),
-                            fate: Fate::Stay,
-                            after_idle: false,
-                        }),
+                        Ok(Parsed::Partial) => {
+                            let mut waiting = Waiting {
+                                connection,
+                                wait: Wait::Head,
+                                deadline: Some(now + self.settings.header_timeout),
+                                fate: Fate::Stay,
+                                after_idle: false,
+                            };
+                            if self.drain_started && self.handoff.has_target() {
+                                self.handoff.hand_off(&mut waiting);
+                            }
+                            self.waiting.push(waiting);
+                        }
                         _ => self.ready.push_back(connection),
                     }
                     return;
@@ -402,7 +488,9 @@ impl Acceptor {
                     fate: Fate::Stay,
                     after_idle: false,
                 };
-                if self.draining.load(Ordering::SeqCst) {
+                if self.drain_started
+                    && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
+                {
                     close_idle(&mut waiting, now, &self.settings);
                 }
                 self.waiting.push(waiting);
@@ -537,4 +625,130 @@ fn close_gracefully(waiting: &mut Waiting, now: Instant) {
     let _ = waiting.connection.stream().shutdown(Shutdown::Write);
     waiting.wait = Wait::Closing;
     waiting.deadline = Some(now + CLOSE_LINGER);
+}
+
+/// A child's ends of the handoff machinery: its generation's channel (connections handed to
+/// it), its control socket (where the master sends the new generation's channel), and that
+/// target once received. Every end is optional: a child without them drains by closing.
+#[derive(Default)]
+pub struct Handoff {
+    receive: Option<OwnedFd>,
+    control: Option<OwnedFd>,
+    target: Option<OwnedFd>,
+}
+
+impl Handoff {
+    pub fn new(receive: Option<OwnedFd>, control: Option<OwnedFd>) -> Handoff {
+        Handoff {
+            receive,
+            control,
+            target: None,
+        }
+    }
+
+    fn receive_fd(&self) -> i32 {
+        self.receive.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    fn control_fd(&self) -> i32 {
+        self.control.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    fn has_target(&self) -> bool {
+        self.target.is_some()
+    }
+
+    fn lose_receive(&mut self) {
+        self.receive = None;
+    }
+
+    /// Reads the control socket: the newest target replaces the one held. A control socket at
+    /// end of stream (the master is gone) is dropped.
+    fn read_control(&mut self) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        match handoff::receive_target(control.as_fd()) {
+            Ok(Some(target)) => self.target = Some(target),
+            Ok(None) => {
+                if peer_closed(control.as_raw_fd()) {
+                    self.control = None;
+                }
+            }
+            Err(error) => {
+                log::warn!("handoff control socket: {error}; this child will close instead");
+                self.control = None;
+            }
+        }
+    }
+
+    /// Sends `waiting`'s connection to the target. On success it is marked to be dropped here
+    /// (our copy of the fd closes; the client's connection lives on in the new generation).
+    fn hand_off(&mut self, waiting: &mut Waiting) -> bool {
+        let Some(target) = &self.target else {
+            return false;
+        };
+        let connection = &waiting.connection;
+        match handoff::send_connection(
+            target.as_fd(),
+            connection.stream().as_fd(),
+            connection.buffered(),
+        ) {
+            Ok(()) => {
+                log::debug!("{}: handed to the new generation", connection.peer());
+                waiting.fate = Fate::Drop;
+                true
+            }
+            Err(error) => {
+                log::warn!(
+                    "{}: cannot hand the connection to the new generation ({error}); closing it",
+                    connection.peer()
+                );
+                false
+            }
+        }
+    }
+
+    /// One connection from this generation's channel, as a `Connection` with the bytes the
+    /// old child had read from it.
+    fn adopt(&mut self) -> Option<(Connection, Vec<u8>)> {
+        let receive = self.receive.as_ref()?;
+        loop {
+            match handoff::receive_connection(receive.as_fd()) {
+                Ok(Some((fd, carried))) => {
+                    let stream = TcpStream::from(fd);
+                    let Ok(peer) = stream.peer_addr() else {
+                        // The client left while the connection was in transit.
+                        continue;
+                    };
+                    let mut connection = Connection::with_buffered(stream, peer, &carried);
+                    if connection.set_blocking(false).is_err() {
+                        continue;
+                    }
+                    log::debug!("{peer}: adopted from a draining generation");
+                    return Some((connection, carried));
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    log::warn!("handoff channel: {error}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Whether the peer of a (non-blocking) socket has closed: a zero-byte peek.
+fn peer_closed(fd: i32) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a local.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
-use crate::acceptor::{AcceptSettings, Acceptor};
+use crate::acceptor::{AcceptSettings, Acceptor, Handoff};
 use crate::api::{Api, CachePipeline};
 use crate::cache::{self, Cache, Prefetcher};
 use crate::config::{Config, HashAlgorithm};
@@ -41,6 +41,10 @@ pub struct Start {
     pub ready: OwnedFd,
     /// The signal mask to restore once the child's handlers are in place.
     pub signal_mask: SigSet,
+    /// A dup of the receive end of this generation's handoff channel.
+    pub handoff_receive: Option<OwnedFd>,
+    /// This child's end of its control socket with the master.
+    pub control: Option<OwnedFd>,
 }
 
 /// Runs the child. The caller (the master's `spawn`, in the forked process) has already removed
@@ -52,6 +56,8 @@ pub fn run(start: Start) -> i32 {
         listener,
         ready,
         signal_mask,
+        handoff_receive,
+        control,
     } = start;
     let master_pid = nix::unistd::getppid();
     // If the master dies (even by SIGKILL), the kernel sends us SIGTERM and we drain and exit
@@ -74,6 +80,8 @@ pub fn run(start: Start) -> i32 {
         }
     };
     let mut keep = vec![0, 1, 2, listener.as_raw_fd(), ready.as_raw_fd()];
+    keep.extend(handoff_receive.as_ref().map(|fd| fd.as_raw_fd()));
+    keep.extend(control.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(logging::file_fd());
     close_inherited_fds(&keep);
 
@@ -196,6 +204,7 @@ pub fn run(start: Start) -> i32 {
             tcp_keepidle: config.tcp_keepidle,
             max_connections: config.max_client_connections,
         },
+        Handoff::new(handoff_receive, control),
     );
     if fault_injected_start_failure(generation) {
         log::error!("GLINT_FAULT_CHILD_START={generation}: failing this child's start on purpose");

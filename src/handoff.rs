@@ -57,7 +57,11 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends a connection (its socket and the bytes already read from it) on `channel`.
 /// `WouldBlock` means the channel is full.
-pub fn send_connection(channel: BorrowedFd<'_>, stream: BorrowedFd<'_>, carried: &[u8]) -> io::Result<()> {
+pub fn send_connection(
+    channel: BorrowedFd<'_>,
+    stream: BorrowedFd<'_>,
+    carried: &[u8],
+) -> io::Result<()> {
     if carried.len() > MAX_CARRIED_BYTES {
         return Err(io::Error::other(format!(
             "{} bytes read ahead, more than a handoff carries",
@@ -117,7 +121,10 @@ fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> 
 
 /// One message: its tag, payload and the fd it carried. `None` when nothing is queued or the
 /// other end is gone. A message without an fd is dropped (no sender of ours makes one).
-fn receive(socket: BorrowedFd<'_>, max_payload: usize) -> io::Result<Option<(u8, Vec<u8>, OwnedFd)>> {
+fn receive(
+    socket: BorrowedFd<'_>,
+    max_payload: usize,
+) -> io::Result<Option<(u8, Vec<u8>, OwnedFd)>> {
     loop {
         let mut tag = [0u8; 1];
         let mut payload = vec![0u8; max_payload];

@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +37,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::child;
 use crate::config::{self, Config};
+use crate::handoff;
 use crate::listener::Listener;
 use crate::logging;
 use crate::notify::Notifier;
@@ -95,6 +96,17 @@ struct ChildHandle {
     ready: Option<OwnedFd>,
     /// The configured address of the listener it serves.
     listen: String,
+    /// The master's end of the child's control socket, on which a reload sends the new
+    /// generation's handoff channel (see `handoff`).
+    control: Option<OwnedFd>,
+}
+
+/// A generation's handoff channel (see `handoff`): its children poll `receive`; older children
+/// get a copy of `send` when this generation takes over.
+struct Channel {
+    generation: u64,
+    receive: OwnedFd,
+    send: OwnedFd,
 }
 
 /// A reload between its fork of the new generation and its verdict.
@@ -124,6 +136,8 @@ pub struct Master {
     phase: Phase,
     listeners: Vec<Listener>,
     children: Vec<ChildHandle>,
+    /// One handoff channel per generation that has children or is about to.
+    channels: Vec<Channel>,
     reload: Option<PendingReload>,
     /// A SIGHUP arrived while a reload was in progress: reload once more when it ends.
     reload_again: bool,
@@ -178,6 +192,7 @@ impl Master {
             phase: Phase::Running,
             listeners: vec![listener],
             children: Vec::new(),
+            channels: Vec::new(),
             reload: None,
             reload_again: false,
             respawns: VecDeque::new(),
@@ -312,6 +327,7 @@ impl Master {
             self.respawn_due();
             self.kill_overdue();
             self.close_unused_listeners();
+            self.close_finished_channels();
             if let Phase::StoppingGracefully { .. } = self.phase {
                 if self.children.is_empty() {
                     self.remove_state_files();
@@ -696,6 +712,9 @@ impl Master {
         self.config = config.clone();
         self.respawns.clear();
         self.young_deaths = 0;
+        if config.reload_handoff {
+            self.send_handoff_targets(reload.generation);
+        }
         let older: Vec<u64> = self
             .children
             .iter()
@@ -747,6 +766,58 @@ impl Master {
         record.error = error;
         self.last_reload = Some(record);
         self.status_dirty = true;
+    }
+
+    /// Tells every child older than `generation` (serving or already draining) to hand its
+    /// keep-alive connections to `generation`'s channel. Sent before the SIGHUP, so a child
+    /// finds it queued when its drain begins. A child that cannot be told closes instead.
+    fn send_handoff_targets(&mut self, generation: u64) {
+        let Some(channel) = self.channels.iter().find(|c| c.generation == generation) else {
+            return;
+        };
+        for child in self.children.iter().filter(|c| c.generation < generation) {
+            let Some(control) = &child.control else {
+                continue;
+            };
+            if let Err(error) = handoff::send_target(control.as_fd(), channel.send.as_fd()) {
+                log::warn!(
+                    "cannot send the handoff channel to child {} ({error}); it will close its \
+                     idle connections instead",
+                    child.pid
+                );
+            }
+        }
+    }
+
+    /// Closes the handoff channels of generations that are over (no child left, neither current
+    /// nor pending). Connections still queued on one are forwarded to the current generation,
+    /// so none is lost to a race between the last child's exit and a late handoff.
+    fn close_finished_channels(&mut self) {
+        let current = self.generation;
+        let pending = self.reload.as_ref().map(|r| r.generation);
+        let children = &self.children;
+        let (finished, kept): (Vec<Channel>, Vec<Channel>) =
+            self.channels.drain(..).partition(|channel| {
+                channel.generation != current
+                    && Some(channel.generation) != pending
+                    && !children.iter().any(|c| c.generation == channel.generation)
+            });
+        self.channels = kept;
+        let target = self.channels.iter().find(|c| c.generation == current);
+        for channel in finished {
+            while let Ok(Some((fd, carried))) = handoff::receive_connection(channel.receive.as_fd())
+            {
+                let forwarded = target.is_some_and(|target| {
+                    handoff::send_connection(target.send.as_fd(), fd.as_fd(), &carried).is_ok()
+                });
+                if !forwarded {
+                    log::warn!(
+                        "closed a connection left on generation {}'s handoff channel",
+                        channel.generation
+                    );
+                }
+            }
+        }
     }
 
     /// Sends SIGHUP to every child of `generation` that is not draining yet.
@@ -875,6 +946,14 @@ impl Master {
     /// before it has removed the master's handlers (they write into the master's self-pipe); the
     /// child unblocks them once its own are registered (see `child::run`).
     fn spawn(&mut self, generation: u64, config: &Arc<Config>) -> Result<Pid, String> {
+        if !self.channels.iter().any(|c| c.generation == generation) {
+            let (receive, send) = handoff::pair().map_err(|error| error.to_string())?;
+            self.channels.push(Channel {
+                generation,
+                receive,
+                send,
+            });
+        }
         let address = config.listen_address();
         let listener = self
             .listeners
@@ -883,6 +962,7 @@ impl Master {
             .ok_or_else(|| format!("no listener for {address}"))?;
         let (ready_read, ready_write) =
             nix::unistd::pipe().map_err(|error| format!("pipe() failed: {error}"))?;
+        let (control_master, control_child) = handoff::pair().map_err(|error| error.to_string())?;
         let mask = signals::master_sigset();
         let mut old_mask = nix::sys::signal::SigSet::empty();
         let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old_mask));
@@ -890,13 +970,21 @@ impl Master {
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 drop(ready_read);
+                drop(control_master);
                 self.signals.unregister();
+                let handoff_receive = self
+                    .channels
+                    .iter()
+                    .find(|c| c.generation == generation)
+                    .and_then(|c| c.receive.try_clone().ok());
                 let start = child::Start {
                     config: config.clone(),
                     generation,
                     listener: listener.socket.try_clone(),
                     ready: ready_write,
                     signal_mask: old_mask,
+                    handoff_receive,
+                    control: Some(control_child),
                 };
                 let code = child::run(start);
                 std::process::exit(code);
@@ -904,6 +992,7 @@ impl Master {
             Ok(ForkResult::Parent { child }) => {
                 let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
                 drop(ready_write);
+                drop(control_child);
                 log::info!("started child {child} for generation {generation}");
                 self.children.push(ChildHandle {
                     pid: child,
@@ -912,6 +1001,7 @@ impl Master {
                     started: Instant::now(),
                     ready: Some(ready_read),
                     listen: address,
+                    control: Some(control_master),
                 });
                 self.status_dirty = true;
                 Ok(child)

@@ -2301,7 +2301,8 @@ fn upload_and_download_in_flight_complete_across_several_reloads() {
     const SIZE: usize = 20 * 1024 * 1024;
     const PIECES: usize = 4;
     let piece = SIZE / PIECES;
-    let server = Server::start("workers = 2");
+    // Without handoff, so the draining child's `Connection: close` is part of what is checked.
+    let server = Server::start("workers = 2\nreload_handoff = false");
     let glance = Glance::new(&server);
     let stored = data(SIZE, 10);
     let arriving = data(SIZE, 11);

@@ -16,8 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Config, DataDir, Draft, Flavor, ReloadStrategy, HashAlgorithm, AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM,
-    FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
+    Config, DataDir, Draft, Flavor, HashAlgorithm, ReloadStrategy, AUTH_STRATEGY_NAMES,
+    DEFAULT_FILE_PERM, FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
 };
 
 /// One option glint reads from its config file.

@@ -48,6 +48,19 @@ impl Connection {
         }
     }
 
+    /// A connection handed over from another process, with the bytes that process had read
+    /// from it and not used. Its mode and timeouts are unknown, so the first `set_*` call of
+    /// each kind makes its system call.
+    pub fn with_buffered(stream: TcpStream, peer: SocketAddr, carried: &[u8]) -> Connection {
+        let mut connection = Connection::new(stream, peer);
+        connection.buffer = carried.to_vec();
+        connection.blocking = true;
+        connection.requests_served = 1;
+        connection.read_timeout = Some(Duration::ZERO);
+        connection.write_timeout = Some(Duration::ZERO);
+        connection
+    }
+
     /// Puts the socket in blocking (worker) or non-blocking (acceptor) mode.
     pub fn set_blocking(&mut self, blocking: bool) -> io::Result<()> {
         if self.blocking != blocking {
