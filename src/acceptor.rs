@@ -369,11 +369,9 @@ impl Acceptor {
             }
             let waits_for_a_request =
                 matches!(waiting.wait, Wait::Idle | Wait::FirstRequest | Wait::Head);
-            if waits_for_a_request && self.handoff.has_target() {
-                if self.handoff.hand_off(waiting) {
-                    n_handed += 1;
-                    continue;
-                }
+            if waits_for_a_request && self.handoff.has_target() && self.handoff.hand_off(waiting) {
+                n_handed += 1;
+                continue;
             }
             if waiting.wait == Wait::Idle {
                 close_idle(waiting, now, &self.settings);

@@ -21,7 +21,8 @@ pub mod error;
 mod image_data;
 mod images;
 mod list_query;
-mod patch;
+/// Public so that the fuzz targets in `fuzz/` can drive the JSON-patch parser and applier.
+pub mod patch;
 pub mod representation;
 mod schemas;
 mod versions;
