@@ -418,12 +418,12 @@ impl Acceptor {
                 Ok(Parsed::Partial)
             ) {
                 waiting.fate = Fate::Dispatch;
-            } else if self.drain_started {
-                if !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
-                    && waiting.wait == Wait::Idle
-                {
-                    close_idle(&mut waiting, now, &self.settings);
-                }
+            } else if self.drain_started
+                && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
+                && waiting.wait == Wait::Idle
+            {
+                // A draining child without a target of its own closes what it is handed.
+                close_idle(&mut waiting, now, &self.settings);
             }
             self.waiting.push(waiting);
         }
