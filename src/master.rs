@@ -36,7 +36,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::child;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ReloadStrategy};
 use crate::handoff;
 use crate::listener::Listener;
 use crate::logging;
@@ -113,8 +113,26 @@ struct Channel {
 struct PendingReload {
     generation: u64,
     config: Arc<Config>,
+    /// When the child being waited for must be ready (renewed at each rolling step).
     deadline: Instant,
     record: ReloadStatus,
+    /// For `reload_strategy = rolling`: the replacement's progress; `None` for parallel.
+    rolling: Option<Rolling>,
+}
+
+/// A rolling reload's progress: one new child is started, and once it is ready one old child
+/// drains and must have exited before the next new child starts, so that at most `workers + 1`
+/// children run at any time.
+struct Rolling {
+    /// New children forked so far.
+    n_started: usize,
+    /// The old children still to replace, in the order they will drain.
+    old: VecDeque<Pid>,
+    /// The old child draining in this step; the next step waits until it has exited.
+    draining: Option<Pid>,
+    /// How many old children this reload has drained: if it fails, as many are started again
+    /// with the old config, so the server does not end up with fewer children.
+    n_replaced: usize,
 }
 
 /// A child of the current generation that died and will be replaced at `due`.
@@ -604,7 +622,10 @@ impl Master {
             return;
         }
         self.last_generation = generation;
-        for _ in 0..config.workers {
+        let rolling = config.reload_strategy == ReloadStrategy::Rolling;
+        // Parallel: the whole generation now. Rolling: one child; `advance_reload` does the rest.
+        let n_first = if rolling { 1 } else { config.workers };
+        for _ in 0..n_first {
             if let Err(error) = self.spawn(generation, &config) {
                 log::error!(
                     "reload failed, generation {} keeps serving: {error}",
@@ -615,13 +636,78 @@ impl Master {
                 return;
             }
         }
+        let rolling = rolling.then(|| Rolling {
+            n_started: 1,
+            old: self
+                .children
+                .iter()
+                .filter(|c| c.generation < generation && c.state == ChildState::Serving)
+                .map(|c| c.pid)
+                .collect(),
+            draining: None,
+            n_replaced: 0,
+        });
         self.reload = Some(PendingReload {
             generation,
             config,
             deadline: Instant::now() + CHILD_READY_TIMEOUT,
             record,
+            rolling,
         });
         self.status_dirty = true;
+    }
+
+    /// One step of a rolling reload, called from `advance_reload` while no new child is
+    /// starting: drain one old child once the newest new child is ready, start the next new
+    /// child once that old child has exited. Returns true when every new child is started and
+    /// ready (the reload can commit).
+    fn advance_rolling(&mut self) -> bool {
+        let Some(reload) = &mut self.reload else {
+            return false;
+        };
+        let generation = reload.generation;
+        let workers = reload.config.workers;
+        let handoff = reload.config.reload_handoff;
+        let bound = reload.config.graceful_shutdown_timeout;
+        let Some(rolling) = &mut reload.rolling else {
+            return false;
+        };
+        if let Some(pid) = rolling.draining {
+            if self.children.iter().any(|c| c.pid == pid) {
+                return false;
+            }
+            rolling.draining = None;
+        }
+        // The newest new child is ready: drain one old child, if one is left to replace.
+        let mut drained = None;
+        while let Some(pid) = rolling.old.pop_front() {
+            if self.children.iter().any(|c| c.pid == pid) {
+                drained = Some(pid);
+                break;
+            }
+        }
+        if let Some(pid) = drained {
+            rolling.draining = Some(pid);
+            rolling.n_replaced += 1;
+            if handoff {
+                self.send_handoff_target_to(pid, generation);
+            }
+            self.drain_child(pid, bound);
+            log::info!("rolling reload: child {pid} drains for generation {generation}");
+            return false;
+        }
+        if rolling.n_started < workers {
+            rolling.n_started += 1;
+            reload.deadline = Instant::now() + CHILD_READY_TIMEOUT;
+            let config = reload.config.clone();
+            if let Err(error) = self.spawn(generation, &config) {
+                // The next `advance_reload` sees fewer live children than started and fails
+                // the reload.
+                log::error!("rolling reload: {error}");
+            }
+            return false;
+        }
+        true
     }
 
     /// Does everything a new config needs that can fail, before any child is forked: the
@@ -668,7 +754,11 @@ impl Master {
     fn advance_reload(&mut self) {
         let Some(reload) = &self.reload else { return };
         let generation = reload.generation;
-        let workers = reload.config.workers;
+        // A rolling reload expects only the children it has started so far.
+        let workers = match &reload.rolling {
+            Some(rolling) => rolling.n_started,
+            None => reload.config.workers,
+        };
         let (mut n_alive, mut n_ready) = (0, 0);
         for child in self.children.iter().filter(|c| c.generation == generation) {
             n_alive += 1;
@@ -676,7 +766,17 @@ impl Master {
                 n_ready += 1;
             }
         }
-        if n_ready == workers {
+        let complete = n_ready == workers;
+        if complete && reload.rolling.is_some() {
+            // Every child started so far is ready: the rolling reload takes its next step.
+            if self.advance_rolling() {
+                let reload = self.reload.take().expect("checked above");
+                self.commit_reload(reload);
+            }
+            return;
+        }
+        let Some(reload) = &self.reload else { return };
+        if complete {
             let reload = self.reload.take().expect("checked above");
             self.commit_reload(reload);
         } else if n_alive < workers || Instant::now() >= reload.deadline {
@@ -696,6 +796,18 @@ impl Master {
                 self.generation
             );
             self.drain_generation(generation, reload.config.graceful_shutdown_timeout);
+            if let Some(rolling) = &reload.rolling {
+                // Put back what this reload took away: the old children it drained.
+                let config = self.config.clone();
+                for _ in 0..rolling.n_replaced {
+                    if let Err(error) = self.spawn(self.generation, &config) {
+                        log::error!(
+                            "cannot start a replacement of generation {}: {error}",
+                            self.generation
+                        );
+                    }
+                }
+            }
             self.finish_reload(reload.record, Some(error));
         }
     }
@@ -786,6 +898,37 @@ impl Master {
                     child.pid
                 );
             }
+        }
+    }
+
+    /// Tells one child to hand its connections to `generation`'s channel.
+    fn send_handoff_target_to(&self, pid: Pid, generation: u64) {
+        let Some(channel) = self.channels.iter().find(|c| c.generation == generation) else {
+            return;
+        };
+        let Some(control) = self
+            .children
+            .iter()
+            .find(|c| c.pid == pid)
+            .and_then(|c| c.control.as_ref())
+        else {
+            return;
+        };
+        if let Err(error) = handoff::send_target(control.as_fd(), channel.send.as_fd()) {
+            log::warn!("cannot send the handoff channel to child {pid} ({error}); it will close its idle connections instead");
+        }
+    }
+
+    /// Sends SIGHUP to one child and marks it draining.
+    fn drain_child(&mut self, pid: Pid, bound: Option<Duration>) {
+        let deadline = bound.map(|bound| Instant::now() + bound);
+        if let Some(child) = self.children.iter_mut().find(|c| c.pid == pid) {
+            if let Err(error) = kill(child.pid, Signal::SIGHUP) {
+                log::error!("kill({}, SIGHUP) failed: {error}", child.pid);
+            }
+            child.state = ChildState::Draining { deadline };
+            child.ready = None;
+            self.status_dirty = true;
         }
     }
 

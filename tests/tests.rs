@@ -13,6 +13,7 @@
 //! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
+//! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 
 mod util;
@@ -21,6 +22,7 @@ mod auth;
 mod cache;
 mod control;
 mod faults;
+mod handoff;
 mod hostile;
 mod http;
 mod images;

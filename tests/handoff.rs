@@ -1,0 +1,377 @@
+//! Keep-alive connections handed from a draining child to the new generation (`reload_handoff`),
+//! and the rolling reload strategy.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{self, read_response, Server, DEADLINE};
+
+const HEALTHCHECK: &[u8] = b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n";
+
+/// What the keep-alive clients saw.
+#[derive(Default)]
+struct Seen {
+    succeeded: AtomicU64,
+    /// Connections the server closed (EOF or reset, before or after a send): none is allowed.
+    closed_by_server: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+/// One keep-alive connection for the whole run; any close by the server is counted, and the
+/// client reconnects so the run goes on.
+fn keepalive_only_client(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    seen: &Seen,
+    ports: &Mutex<Vec<u16>>,
+) {
+    let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    for _ in 0..200_000 {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if connection.is_none() {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            ports
+                .lock()
+                .unwrap()
+                .push(stream.local_addr().unwrap().port());
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            connection = Some((stream, reader));
+        }
+        let (stream, reader) = connection.as_mut().unwrap();
+        let result = stream
+            .write_all(HEALTHCHECK)
+            .map_err(|e| e.to_string())
+            .and_then(|()| read_response(reader, "GET").map_err(|e| e.to_string()));
+        match result {
+            Ok(Some(response)) if response.status == 200 && !response.closes() => {
+                seen.succeeded.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Some(response)) => {
+                seen.closed_by_server.fetch_add(1, Ordering::SeqCst);
+                seen.failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("closing response: {response:?}"));
+                connection = None;
+            }
+            other => {
+                seen.closed_by_server.fetch_add(1, Ordering::SeqCst);
+                seen.failures.lock().unwrap().push(format!("{other:?}"));
+                connection = None;
+            }
+        }
+    }
+}
+
+/// Keep-alive-only clients under SIGHUP every 100-300 ms: no request fails, the server closes
+/// no connection, and each connection's requests move on to the newer generations.
+#[test]
+fn keepalive_connections_survive_reloads_every_100_to_300_ms() {
+    let server = Server::start("workers = 2\nworker_threads = 4");
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let ports = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
+            thread::spawn(move || keepalive_only_client(addr, &stop, &seen, &ports))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut seed = 0x0ddba11_u64;
+    while started.elapsed() < Duration::from_secs(4) {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        // The pacing of the reloads, not a wait for a condition.
+        thread::sleep(Duration::from_millis(100 + (seed >> 33) % 201));
+        server.signal(libc::SIGHUP);
+    }
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let generation = server.status()["generation"].as_u64().unwrap();
+    let succeeded = seen.succeeded.load(Ordering::SeqCst);
+    let closed = seen.closed_by_server.load(Ordering::SeqCst);
+    let log = server.log();
+    let handed = log
+        .matches(" connection(s) handed to the new generation")
+        .count();
+    println!(
+        "handoff storm: {generation} generations, {succeeded} requests, {closed} connections \
+         closed by the server, {} connections opened",
+        ports.lock().unwrap().len()
+    );
+    assert_eq!(
+        closed,
+        0,
+        "the server closed connections: {:#?}",
+        seen.failures.lock().unwrap()
+    );
+    assert!(succeeded > 500, "too little load: {succeeded}");
+    assert!(generation >= 10, "too few reloads: {generation}");
+    assert!(handed > 0, "no drain reported a handoff:\n{log}");
+    // Each client connection, opened once, was served by several generations.
+    for port in ports.lock().unwrap().iter() {
+        let generations: std::collections::BTreeSet<&str> = log
+            .lines()
+            .filter(|line| line.contains(&format!("127.0.0.1:{port} \"GET /healthcheck\"")))
+            .filter_map(|line| line.split("child gen ").nth(1))
+            .filter_map(|rest| rest.split(':').next())
+            .collect();
+        assert!(
+            generations.len() >= 3,
+            "connection from port {port} was served by generations {generations:?} only"
+        );
+    }
+}
+
+/// A connection idle at the reload, with a request then sent on it: the new generation
+/// answers it, on the same connection.
+#[test]
+fn idle_connection_is_served_by_the_new_generation_after_a_reload() {
+    let server = Server::start("workers = 1");
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(HEALTHCHECK).unwrap();
+    assert_eq!(
+        read_response(&mut reader, "GET").unwrap().unwrap().status,
+        200
+    );
+    let old_child = server.children(None)[0];
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    util::wait_until("the old child to exit", DEADLINE, || {
+        !util::process_alive(old_child)
+    });
+    stream.write_all(HEALTHCHECK).unwrap();
+    let response = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("an answer");
+    assert_eq!((response.status, response.closes()), (200, false));
+    let line = format!("child gen 2: 127.0.0.1:{port} \"GET /healthcheck\" 200");
+    server.wait_for_log(&line, DEADLINE);
+}
+
+/// A request half sent when the drain begins travels with its connection: the bytes the old
+/// child had read go along, the rest arrives at the new child, and the request is answered.
+#[test]
+fn partly_received_request_is_handed_over_with_its_bytes() {
+    let server = Server::start("workers = 1");
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(HEALTHCHECK).unwrap();
+    assert_eq!(
+        read_response(&mut reader, "GET").unwrap().unwrap().status,
+        200
+    );
+    // Half a head: whether the old child has read it yet or not, it goes along.
+    stream.write_all(b"GET /versions HTTP/1.1\r\nHo").unwrap();
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    server.wait_for_log("1 connection(s) handed to the new generation", DEADLINE);
+    stream.write_all(b"st: glint\r\n\r\n").unwrap();
+    let response = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(response.status, 200, "{response:?}");
+    server.wait_for_log(
+        &format!("child gen 2: 127.0.0.1:{port} \"GET /versions\" 200"),
+        DEADLINE,
+    );
+}
+
+/// Requests pipelined behind a request in flight at the reload: the complete one already
+/// buffered is served by the old child after the request in flight, and the partial one behind
+/// it travels to the new generation with its bytes and is served there.
+#[test]
+fn pipelined_requests_behind_a_request_in_flight_are_all_answered() {
+    let server = Server::start("workers = 1");
+    let create = util::raw_exchange(
+        server.addr(),
+        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+          Content-Length: 50\r\nConnection: close\r\n\r\n\
+          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
+    )
+    .unwrap()
+    .unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // An upload whose body is half sent keeps the old child's worker on this connection.
+    write!(
+        stream,
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
+    )
+    .unwrap();
+    let image_path = format!("/v2/images/{id}");
+    util::wait_until("the upload to begin", DEADLINE, || {
+        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
+    });
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    // The rest of the body, a whole request, and half of another, in one write.
+    stream
+        .write_all(
+            b"doneGET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\nGET /versions HTTP/1.1\r\nHo",
+        )
+        .unwrap();
+    let old_child = server.status()["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["generation"] == 1)
+        .and_then(|c| c["pid"].as_i64())
+        .expect("the old child drains") as i32;
+    let upload = read_response(&mut reader, "PUT")
+        .unwrap()
+        .expect("the upload's answer");
+    assert_eq!((upload.status, upload.closes()), (204, false), "{upload:?}");
+    let health = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("the pipelined GET");
+    assert_eq!((health.status, health.text().as_str()), (200, "OK"));
+    // The old child hands the connection, with the half request, over and exits.
+    util::wait_until("the old child to exit", DEADLINE, || {
+        !util::process_alive(old_child)
+    });
+    stream.write_all(b"st: glint\r\n\r\n").unwrap();
+    let versions = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("the request handed over");
+    assert_eq!(versions.status, 200, "{versions:?}");
+    server.wait_for_log(
+        &format!("child gen 2: 127.0.0.1:{port} \"GET /versions\" 200"),
+        DEADLINE,
+    );
+}
+
+/// The new generation's child dies right after the reload, holding the connection handed to
+/// it: the connection closes with it while idle (the client sees the close before it sends
+/// anything, so no request is lost), and a new connection is served by the respawned child.
+#[test]
+fn handoff_to_a_generation_that_dies_at_once_loses_no_request() {
+    let server = Server::start("workers = 1");
+    let mut stream = server.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(HEALTHCHECK).unwrap();
+    assert_eq!(
+        read_response(&mut reader, "GET").unwrap().unwrap().status,
+        200
+    );
+    let old_child = server.children(None)[0];
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    util::wait_until("the old child to hand over and exit", DEADLINE, || {
+        !util::process_alive(old_child)
+    });
+    let new_children = server.children(Some("serving"));
+    for pid in &new_children {
+        // SAFETY: kill(2) on a child of the server this test started.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    assert!(
+        util::peer_closed(&mut stream, DEADLINE),
+        "the connection closes with the child that held it"
+    );
+    server.wait_for("a respawned child", DEADLINE, |status| {
+        status["children"].as_array().is_some_and(|children| {
+            children.iter().any(|c| {
+                let pid = c["pid"].as_i64().unwrap_or(0) as i32;
+                c["state"] == "serving" && !new_children.contains(&pid)
+            })
+        })
+    });
+    let response = util::get(server.addr(), "/healthcheck").unwrap();
+    assert_eq!((response.status, response.text().as_str()), (200, "OK"));
+}
+
+/// With `reload_handoff = false` an idle keep-alive connection is closed at the reload (FIN
+/// first), as without handoff.
+#[test]
+fn handoff_disabled_closes_idle_connections_at_a_reload() {
+    let server = Server::start("workers = 1\nreload_handoff = false");
+    let mut stream = server.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(HEALTHCHECK).unwrap();
+    assert_eq!(
+        read_response(&mut reader, "GET").unwrap().unwrap().status,
+        200
+    );
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    assert!(util::peer_closed(&mut stream, DEADLINE));
+    server.wait_for_log(
+        "0 connection(s) handed to the new generation, 1 idle",
+        DEADLINE,
+    );
+}
+
+/// reload_strategy = rolling replaces one child at a time: sampled throughout, never more than
+/// workers + 1 children, and no request fails.
+#[test]
+fn rolling_reload_never_runs_more_than_workers_plus_one_children() {
+    let server = Server::start("workers = 3\nreload_strategy = rolling");
+    let addr = server.addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let ports = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
+            thread::spawn(move || keepalive_only_client(addr, &stop, &seen, &ports))
+        })
+        .collect();
+    let sampling = {
+        let stop = stop.clone();
+        let master = server.master_pid;
+        thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(Ordering::SeqCst) {
+                most = most.max(util::children_of(master).len());
+                thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    for _ in 0..4 {
+        let verdict = server.reload();
+        assert_eq!(
+            verdict["outcome"],
+            "succeeded",
+            "{verdict}\n{}",
+            server.log()
+        );
+    }
+    server.wait_for("the last drain", DEADLINE, |status| {
+        status["draining"].as_array().is_some_and(|d| d.is_empty())
+            && status["children"].as_array().is_some_and(|c| c.len() == 3)
+    });
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let most = sampling.join().unwrap();
+    println!("rolling: at most {most} children at once");
+    assert!(most <= 4, "{most} children ran at once with workers = 3");
+    assert_eq!(
+        seen.closed_by_server.load(Ordering::SeqCst),
+        0,
+        "{:#?}",
+        seen.failures.lock().unwrap()
+    );
+    assert!(seen.succeeded.load(Ordering::SeqCst) > 100);
+    assert_eq!(server.status()["generation"], 5);
+}
