@@ -6,7 +6,6 @@
 //! codes are kept where clients or people read them (glance/api/v2/images.py).
 
 use std::io::Read;
-use std::time::SystemTime;
 
 use serde_json::{json, Map, Value};
 
@@ -16,7 +15,6 @@ use super::{list_query, patch, Api};
 use crate::http::response::Response;
 use crate::http::serve::Request;
 use crate::registry::Image;
-use crate::timestamp;
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
@@ -30,8 +28,7 @@ impl Api {
                 "Request body must be a JSON object.".to_string(),
             ));
         };
-        let now = timestamp::rfc3339_seconds(SystemTime::now());
-        let mut image = new_image(uuid::Uuid::new_v4().to_string(), now);
+        let mut image = Image::new(uuid::Uuid::new_v4().to_string());
         for (name, value) in &fields {
             if name == "id" {
                 image.id = parse_image_id(value)?;
@@ -176,34 +173,6 @@ impl Api {
     pub(super) fn find(&self, id: &str) -> Result<Image, ApiError> {
         let id = &check_id(id)?;
         self.registry.get(id)?.ok_or_else(|| not_found(id))
-    }
-}
-
-/// A fresh image record with Glance's defaults.
-fn new_image(id: String, now: String) -> Image {
-    Image {
-        id,
-        name: None,
-        status: "queued".to_string(),
-        visibility: "shared".to_string(),
-        protected: false,
-        os_hidden: false,
-        checksum: None,
-        os_hash_algo: None,
-        os_hash_value: None,
-        owner: None,
-        size: None,
-        virtual_size: None,
-        container_format: None,
-        disk_format: None,
-        min_ram: 0,
-        min_disk: 0,
-        tags: Vec::new(),
-        properties: Default::default(),
-        created_at: now.clone(),
-        updated_at: now,
-        location: None,
-        upload_owner: None,
     }
 }
 

@@ -203,30 +203,10 @@ mod tests {
     use serde_json::json;
 
     fn image() -> Image {
-        Image {
-            id: "3f4c2b9e-0000-4000-8000-000000000001".into(),
-            name: Some("a".into()),
-            status: "queued".into(),
-            visibility: "shared".into(),
-            protected: false,
-            os_hidden: false,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            owner: None,
-            size: None,
-            virtual_size: None,
-            container_format: None,
-            disk_format: None,
-            min_ram: 0,
-            min_disk: 0,
-            tags: vec![],
-            properties: [("k".to_string(), "v".to_string())].into_iter().collect(),
-            created_at: String::new(),
-            updated_at: String::new(),
-            location: None,
-            upload_owner: None,
-        }
+        let mut image = Image::new("3f4c2b9e-0000-4000-8000-000000000001");
+        image.name = Some("a".into());
+        image.properties.insert("k".to_string(), "v".to_string());
+        image
     }
 
     fn run(patch: Value, dialect: Dialect) -> Result<Image, ApiError> {

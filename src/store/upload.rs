@@ -1,8 +1,8 @@
 //! [`Upload`]: one image's data on its way to disk, from the temporary file to the final name.
 //!
-//! Each chunk is hashed (md5 for `checksum`, the configured algorithm for `os_hash_value`) and
-//! written straight to the file in the same call, so the data is read once and memory stays at
-//! the size of the chunk the caller passes in, whatever the image size.
+//! Each chunk is written straight to the file and hashed (md5 for `checksum`, the configured
+//! algorithm for `os_hash_value`) by the upload's hashing thread, which gets a copy over a
+//! bounded channel; memory stays at a few chunks, whatever the image size.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -37,8 +37,8 @@ pub struct Upload {
     /// The mode `finish` gives the file.
     file_perm: u32,
     bytes_written: u64,
-    md5: Md5,
-    hash: Hasher,
+    /// md5 and the os_hash, computed while the data is written.
+    hashing: Hashing,
     /// Set when a write failed: the file may then hold bytes that neither `bytes_written` nor the
     /// hashes account for, so the upload can only be dropped.
     failed: bool,
@@ -61,6 +61,8 @@ impl Upload {
             self.failed = true;
             return Err(StoreError::SizeCapExceeded { cap: self.size_cap });
         }
+        // Handed to the hashing thread first, so hashing this chunk overlaps with writing it.
+        self.hashing.update(data);
         if let Err(error) = self.file.write_all(data) {
             self.failed = true;
             return Err(StoreError::from_io(
@@ -69,8 +71,6 @@ impl Upload {
                 error,
             ));
         }
-        self.md5.update(data);
-        self.hash.update(data);
         self.bytes_written = total;
         Ok(())
     }
@@ -126,13 +126,12 @@ impl Upload {
                 error,
             ));
         }
-        let md5 = std::mem::take(&mut self.md5);
-        let hash = std::mem::replace(&mut self.hash, Hasher::new(HashKind::Sha256));
-        let (hash_algo, hash_value) = hash.finish();
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::Done);
+        let (checksum, hash_algo, hash_value) = hashing.finish();
         Ok(Stored {
             location: self.final_path.to_string_lossy().into_owned(),
             size: self.bytes_written,
-            checksum: hex(&md5.finalize()),
+            checksum,
             hash_algo,
             hash_value,
         })
@@ -168,8 +167,7 @@ impl Upload {
             size_cap,
             file_perm,
             bytes_written: 0,
-            md5: Md5::new(),
-            hash: Hasher::new(hash_kind),
+            hashing: Hashing::start(hash_kind),
             failed: false,
             temporary_exists: true,
         })
@@ -220,6 +218,102 @@ pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
 }
 
 /// The `os_hash_value` hasher (also used by the image cache to verify its entries).
+/// How many chunks may wait for the hashing thread; the writer blocks when it is this far
+/// ahead, so memory stays at a few chunks whatever the image size.
+const HASH_QUEUE_CHUNKS: usize = 4;
+
+/// md5 (`checksum`) and the configured os_hash of an upload. The two digests of one pass over
+/// the data cost more CPU than receiving and writing it, so they run on a thread of their own,
+/// fed copies of the chunks over a bounded channel: on two cores an upload goes at about the
+/// hashing rate instead of hashing + I/O in series. If the thread cannot be started the hashes
+/// are computed inline, slower but the same.
+enum Hashing {
+    Threaded {
+        chunks: Option<crossbeam_channel::Sender<Vec<u8>>>,
+        thread: Option<std::thread::JoinHandle<(Md5, Hasher)>>,
+    },
+    /// Boxed: the hasher states are large, and this variant is the rare fallback.
+    Inline(Box<(Md5, Hasher)>),
+    /// `finish` has taken the digests.
+    Done,
+}
+
+impl Hashing {
+    fn start(kind: HashKind) -> Hashing {
+        let (sender, receiver) = crossbeam_channel::bounded::<Vec<u8>>(HASH_QUEUE_CHUNKS);
+        let spawned = std::thread::Builder::new()
+            .name("upload-hash".to_string())
+            .spawn(move || {
+                let (mut md5, mut hash) = (Md5::new(), Hasher::new(kind));
+                for chunk in receiver {
+                    md5.update(&chunk);
+                    hash.update(&chunk);
+                }
+                (md5, hash)
+            });
+        match spawned {
+            Ok(thread) => Hashing::Threaded {
+                chunks: Some(sender),
+                thread: Some(thread),
+            },
+            Err(error) => {
+                log::warn!("cannot start a hashing thread ({error}); hashing inline");
+                Hashing::Inline(Box::new((Md5::new(), Hasher::new(kind))))
+            }
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hashing::Threaded {
+                chunks: Some(chunks),
+                ..
+            } => {
+                // The thread only stops when the sender is dropped, so a send cannot fail.
+                let _ = chunks.send(data.to_vec());
+            }
+            Hashing::Inline(hashers) => {
+                hashers.0.update(data);
+                hashers.1.update(data);
+            }
+            _ => {}
+        }
+    }
+
+    /// `(checksum, os_hash_algo, os_hash_value)`.
+    fn finish(mut self) -> (String, &'static str, String) {
+        let (md5, hash) = match &mut self {
+            Hashing::Threaded { chunks, thread } => {
+                chunks.take();
+                match thread.take().map(|thread| thread.join()) {
+                    Some(Ok(digests)) => digests,
+                    _ => (Md5::new(), Hasher::new(HashKind::Sha512)),
+                }
+            }
+            Hashing::Inline(hashers) => (
+                std::mem::take(&mut hashers.0),
+                std::mem::replace(&mut hashers.1, Hasher::new(HashKind::Sha512)),
+            ),
+            Hashing::Done => (Md5::new(), Hasher::new(HashKind::Sha512)),
+        };
+        let (algo, value) = hash.finish();
+        (hex(&md5.finalize()), algo, value)
+    }
+}
+
+impl Drop for Hashing {
+    /// An abandoned upload stops its thread (dropping the sender ends its loop) and waits for
+    /// it, so no thread outlives its upload.
+    fn drop(&mut self) {
+        if let Hashing::Threaded { chunks, thread } = self {
+            chunks.take();
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 pub(crate) enum Hasher {
     Sha256(Sha256),
     Sha384(Sha384),
