@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::{self, read_response, show, Response, Server};
@@ -716,6 +717,43 @@ fn stalled_unread_bodies_do_not_pin_worker_threads() {
         stalled.push(client);
     }
     assert_fresh_client_served(&server, "4 clients stalled in their request bodies");
+}
+
+/// A JSON body trickled to a route that reads it (image create) is due whole within
+/// client_header_timeout: the trickling clients get 408 at that deadline and their workers are
+/// free again, however slowly they keep sending.
+#[test]
+fn trickled_json_bodies_get_408_at_the_header_deadline() {
+    let server = Server::start(&format!("{STARVED}\nclient_header_timeout = 1"));
+    let started = Instant::now();
+    let mut clients: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut client = Client::connect(server.addr());
+            client.send(
+                b"POST /v2/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            );
+            client
+        })
+        .collect();
+    // Each keeps sending a byte now and then, well within the 60 s stall timeout.
+    for _ in 0..3 {
+        for client in &mut clients {
+            client.send(b" ");
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        let response = client.response("POST", "a trickled JSON body");
+        assert_eq!(response.status, 408, "{i}: {response:?}");
+        assert!(response.closes(), "{i}: {response:?}");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the deadline is the header timeout (1 s), not the stall timeout: {elapsed:?}"
+    );
+    assert_fresh_client_served(&server, "after the trickled bodies timed out");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2700,6 +2700,78 @@ fn full_filesystem_answers_413_and_leaves_nothing_behind() {
     drop(server);
 }
 
+/// A data directory made read-only at runtime (a real read-only remount): uploads fail with
+/// 500 and a log line naming the path and the error, the image goes back to queued, existing
+/// images stay downloadable, and once the directory is writable again uploads work without a
+/// restart.
+#[test]
+fn read_only_datadir_fails_uploads_and_recovers_when_writable_again() {
+    let small = match SmallFilesystem::mount("16m") {
+        Ok(small) => small,
+        Err(error) => {
+            println!("SKIPPED: cannot mount a small filesystem here: {error}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        config_with_datadirs(
+            "",
+            &format!(
+                "filesystem_store_datadir = {}\n",
+                small.mount_point.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(dir, config_path, &[]);
+    let glance = Glance::new(&server);
+    let stored = data(256 * 1024, 21);
+    let existing = glance.create_uploadable("stored before");
+    glance.upload_ok(&existing, &stored);
+
+    let remount = |mode: &str| {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&small.mount_point)
+            .output()
+    };
+    match remount("ro") {
+        Ok(output) if output.status.success() => {}
+        other => {
+            println!("SKIPPED: cannot remount the data directory read-only here: {other:?}");
+            return;
+        }
+    }
+    let id = glance.create_uploadable("refused while read-only");
+    let bytes = data(64 * 1024, 22);
+    let response = glance.upload(&id, &bytes, Framing::Length, None);
+    glance.expect(&response, 500, "an upload to a read-only data directory");
+    assert_eq!(glance.status_of(&id), "queued");
+    server.wait_for_log("Read-only file system", DEADLINE);
+    let download = util::get(server.addr(), &format!("/v2/images/{existing}/file")).unwrap();
+    assert!(
+        download.status == 200 && download.body == stored,
+        "an existing image stays readable: {}",
+        download.status
+    );
+
+    let output = remount("rw").expect("remount rw");
+    assert!(output.status.success(), "{output:?}");
+    glance.upload_ok(&id, &bytes);
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "an upload once the directory is writable again",
+    );
+    drop(server);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Probes of Glance behaviours beyond the basics.
 // ---------------------------------------------------------------------------------------------

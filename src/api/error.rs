@@ -27,6 +27,8 @@ pub enum ApiError {
     NotFound(String),
     /// 405, with the methods the resource allows.
     MethodNotAllowed { allow: &'static str },
+    /// 408: a small (JSON) body that did not arrive within its deadline.
+    RequestTimeout(String),
     /// 409: an image in the wrong state, a duplicate id, a property already present or absent.
     Conflict(String),
     /// 410: the image was deleted while its data was being uploaded.
@@ -61,6 +63,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::RequestTimeout(_) => 408,
             ApiError::Conflict(_) => 409,
             ApiError::Gone(_) => 410,
             ApiError::TooLarge(_) => 413,
@@ -77,6 +80,7 @@ impl ApiError {
             | ApiError::Unauthorized(message)
             | ApiError::Forbidden(message)
             | ApiError::NotFound(message)
+            | ApiError::RequestTimeout(message)
             | ApiError::Conflict(message)
             | ApiError::Gone(message)
             | ApiError::TooLarge(message)

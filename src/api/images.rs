@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::representation::{self, check_writable, image_json};
 use super::{list_query, patch, Api};
+use crate::config::Config;
 use crate::http::response::Response;
 use crate::http::serve::Request;
 use crate::registry::Image;
@@ -23,7 +24,7 @@ impl Api {
     /// `POST /v2/images`.
     pub(super) fn create_image(&self, request: &mut Request<'_>) -> Result<Response, ApiError> {
         require_json(request)?;
-        let Value::Object(fields) = read_json(request)? else {
+        let Value::Object(fields) = read_json(request, &self.config)? else {
             return Err(ApiError::BadRequest(
                 "Request body must be a JSON object.".to_string(),
             ));
@@ -98,7 +99,7 @@ impl Api {
         id: &str,
     ) -> Result<Response, ApiError> {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
-        let changes = patch::parse(&read_json(request)?, dialect)?;
+        let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
         let id = &check_id(id)?;
         let image = self
             .registry
@@ -224,10 +225,21 @@ fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
 }
 
 /// Reads and parses a JSON body of at most [`MAX_JSON_BODY`] bytes.
-fn read_json(request: &mut Request<'_>) -> Result<Value, ApiError> {
+fn read_json(request: &mut Request<'_>, config: &Config) -> Result<Value, ApiError> {
+    // A JSON body is small: it is due whole within client_header_timeout, like a head, so a
+    // trickling client cannot pin a worker thread for longer than that.
+    request.limit_body_time(config.client_header_timeout, config.client_body_timeout);
     let mut body = Vec::new();
     let read = request.take(MAX_JSON_BODY + 1).read_to_end(&mut body);
     if let Err(error) = read {
+        if matches!(
+            error.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) {
+            return Err(ApiError::RequestTimeout(
+                "The request body did not arrive in time.".to_string(),
+            ));
+        }
         return Err(ApiError::BadRequest(
             match crate::http::body::http_error(&error) {
                 Some(http) => http.message().to_string(),

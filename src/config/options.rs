@@ -282,7 +282,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
         default: DefaultValue::Text("60"),
         on_reload: RELOAD_GENERATION,
-        doc: "glint's own: time allowed to receive a whole request head (request line and headers).",
+        doc: "glint's own: time allowed to receive a whole request head (request line and headers), and a whole JSON request body (image create and update).",
         apply: |draft, value| {
             if let Value::Seconds(Some(timeout)) = value {
                 draft.client_header_timeout = timeout;

@@ -67,9 +67,20 @@ pub struct Request<'a> {
     /// when the handler first reads the body, so a handler that refuses the request early never
     /// makes the client send the body.
     continue_pending: bool,
+    /// A whole-body deadline the handler may set (see [`Request::limit_body_time`]); reads
+    /// otherwise only bound each stall (`client_body_timeout`).
+    body_deadline: Option<(Instant, Duration)>,
 }
 
 impl Request<'_> {
+    /// Makes the rest of the body due within `limit`: each read then waits at most until that
+    /// deadline (and at most the usual stall timeout), and a body still unfinished then fails
+    /// with `TimedOut`. For small bodies read whole (JSON), so that a client trickling one
+    /// byte per stall timeout cannot hold a worker thread for ever.
+    pub fn limit_body_time(&mut self, limit: Duration, stall: Duration) {
+        self.body_deadline = Some((Instant::now() + limit, stall));
+    }
+
     /// The method, e.g. "GET".
     pub fn method(&self) -> &str {
         &self.head.method
@@ -92,6 +103,16 @@ impl Read for Request<'_> {
             self.continue_pending = false;
             let connection: &mut Connection = self.body.get_mut();
             response::write_continue(&mut connection.stream())?;
+        }
+        if let Some((deadline, stall)) = self.body_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request body did not arrive in time",
+                ));
+            }
+            self.body.get_mut().set_read_timeout(left.min(stall))?;
         }
         self.body.read(out)
     }
@@ -229,6 +250,7 @@ fn serve_one(
             peer,
             body: BodyReader::new(framing, &mut *connection),
             continue_pending: expect_continue && framing != Framing::None,
+            body_deadline: None,
         };
         let response = match catch_unwind(AssertUnwindSafe(|| handler.handle(&mut request))) {
             Ok(response) => response,
