@@ -82,21 +82,50 @@ fn sigusr1_reopens_the_log_file_after_a_rename() {
     let server = Server::start("");
     let log = server.path("glint-api.log");
     let rotated = server.path("glint-api.log.1");
+    let mut n_requests = 0;
+    let mut request = |path: &str| {
+        assert_eq!(util::get(server.addr(), path).unwrap().status, 200);
+        n_requests += 1;
+    };
+    for _ in 0..20 {
+        request("/healthcheck");
+    }
     std::fs::rename(&log, &rotated).unwrap();
+    // Between the rename and the reopen, lines still go to the renamed file (logrotate's
+    // window): none may be lost.
+    for _ in 0..20 {
+        request("/healthcheck");
+    }
     server.signal(libc::SIGUSR1);
     util::wait_until("the master to reopen its log", DEADLINE, || {
         std::fs::read_to_string(&log).is_ok_and(|text| text.contains("log file reopened"))
     });
     // Each child reopens on its own SIGUSR1; poll with requests until one lands in the new file.
     util::wait_until("a child's access line in the new file", DEADLINE, || {
-        let _ = util::get(server.addr(), "/healthcheck");
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET /healthcheck\" 200"))
+        request("/versions");
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET /versions\" 200"))
     });
     let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap();
     assert!(
         old.contains("generation 1 serving"),
         "the old file keeps its lines"
     );
+    let access_lines = |text: &str| {
+        text.lines()
+            .filter(|line| {
+                line.contains("\"GET /healthcheck\" 200") || line.contains("\"GET /versions\" 200")
+            })
+            .count()
+    };
+    assert_eq!(
+        access_lines(&old) + access_lines(&new),
+        n_requests,
+        "every request has its access line in one of the two files"
+    );
+    for line in old.lines().chain(new.lines()) {
+        assert!(line.contains(" glint-api["), "a broken line: {line:?}");
+    }
 }
 
 /// `--check-config` validates without starting anything: exit 0 and the effective settings for a
