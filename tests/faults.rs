@@ -22,6 +22,7 @@ use crate::util::{self, read_response, Response, Server, DEADLINE};
 /// How long a test waits for an answer before calling the server stuck.
 const ANSWER: Duration = Duration::from_secs(10);
 
+/// One request with a body of `content_type`, on a new connection.
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -29,17 +30,8 @@ fn request(
     content_type: &str,
     body: &[u8],
 ) -> Response {
-    let mut bytes = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body);
-    match util::exchange_then_eof(addr, &bytes, false, Duration::from_secs(40)).0 {
-        Ok(Some(response)) => response,
-        other => panic!("{method} {path}: {other:?}"),
-    }
+    util::request(addr, method, path, &[("Content-Type", content_type)], body)
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
 }
 
 const CREATE: &str = r#"{"name":"fault","disk_format":"raw","container_format":"bare"}"#;
@@ -72,31 +64,12 @@ fn data(len: usize) -> Vec<u8> {
 
 /// The pids of the master's children that are zombies (exited, not reaped).
 fn zombies_of(parent: i32) -> Vec<i32> {
-    let mut zombies = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        if fields.first() == Some(&"Z")
-            && fields.get(1).and_then(|p| p.parse().ok()) == Some(parent)
-        {
-            zombies.push(pid);
-        }
-    }
-    zombies
+    util::proc_pids()
+        .into_iter()
+        .filter(|&pid| {
+            util::state_and_parent(pid).is_some_and(|(state, ppid)| ppid == parent && state == "Z")
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

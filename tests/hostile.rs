@@ -168,6 +168,7 @@ fn create_image(addr: SocketAddr) -> String {
     image["id"].as_str().unwrap().to_string()
 }
 
+/// One request with a body of `content_type`, on a new connection.
 fn json_request(
     addr: SocketAddr,
     method: &str,
@@ -175,17 +176,8 @@ fn json_request(
     content_type: &str,
     body: &[u8],
 ) -> Response {
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    match util::exchange_then_eof(addr, &request, false, ANSWER).0 {
-        Ok(Some(response)) => response,
-        other => panic!("{method} {path}: {other:?}"),
-    }
+    util::request(addr, method, path, &[("Content-Type", content_type)], body)
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
 }
 
 /// Every file under `dir`, relative, sorted.

@@ -2623,6 +2623,26 @@ impl SmallFilesystem {
     }
 }
 
+impl SmallFilesystem {
+    /// A server whose only data directory is this filesystem.
+    fn server(&self) -> Server {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("glint-api.conf");
+        fs::write(
+            &config_path,
+            config_with_datadirs(
+                "",
+                &format!(
+                    "filesystem_store_datadir = {}\n",
+                    self.mount_point.display()
+                ),
+            ),
+        )
+        .unwrap();
+        Server::start_with(dir, config_path, &[])
+    }
+}
+
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         let unmounted = Command::new("umount")
@@ -2652,20 +2672,7 @@ fn full_filesystem_answers_413_and_leaves_nothing_behind() {
             return;
         }
     };
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let config_path = dir.path().join("glint-api.conf");
-    fs::write(
-        &config_path,
-        config_with_datadirs(
-            "",
-            &format!(
-                "filesystem_store_datadir = {}\n",
-                small.mount_point.display()
-            ),
-        ),
-    )
-    .unwrap();
-    let server = Server::start_with(dir, config_path, &[]);
+    let server = small.server();
     let glance = Glance::new(&server);
     let datadir = &small.mount_point;
     let big = data(8 * 1024 * 1024, 17);
@@ -2713,20 +2720,7 @@ fn read_only_datadir_fails_uploads_and_recovers_when_writable_again() {
             return;
         }
     };
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let config_path = dir.path().join("glint-api.conf");
-    fs::write(
-        &config_path,
-        config_with_datadirs(
-            "",
-            &format!(
-                "filesystem_store_datadir = {}\n",
-                small.mount_point.display()
-            ),
-        ),
-    )
-    .unwrap();
-    let server = Server::start_with(dir, config_path, &[]);
+    let server = small.server();
     let glance = Glance::new(&server);
     let stored = data(256 * 1024, 21);
     let existing = glance.create_uploadable("stored before");

@@ -501,21 +501,13 @@ fn sigterm_during_a_reload_exits_cleanly_without_orphans() {
 
 /// The pids of live processes whose command line contains `needle`.
 fn processes_with_arg(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) && util::process_alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
+    util::proc_pids()
+        .into_iter()
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(needle) && util::process_alive(pid)
+        })
+        .collect()
 }
 
 /// The status file is valid JSON after every change and names what the docs say it names.

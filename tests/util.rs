@@ -289,34 +289,34 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// The pids whose parent is `parent`.
+/// The pids of every process, from /proc.
+pub fn proc_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// A process's state letter and parent pid, from /proc/PID/stat.
+pub fn state_and_parent(pid: i32) -> Option<(String, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised command name: state, ppid, ...
+    let mut fields = stat.rsplit(')').next()?.split_whitespace();
+    let state = fields.next()?.to_string();
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// The live (not zombie) pids whose parent is `parent`.
 pub fn children_of(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-                let fields: Vec<&str> = stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .collect();
-                if fields.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent)
-                    && fields.first() != Some(&"Z")
-                {
-                    pids.push(pid);
-                }
-            }
-        }
-    }
-    pids
+    proc_pids()
+        .into_iter()
+        .filter(|&pid| {
+            state_and_parent(pid).is_some_and(|(state, ppid)| ppid == parent && state != "Z")
+        })
+        .collect()
 }
 
 /// Waits until `condition` holds or panics with `what` after `deadline`.
