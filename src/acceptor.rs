@@ -52,6 +52,13 @@ pub struct AcceptSettings {
 /// so that our last response is not destroyed by a reset before the client reads it.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// How long a draining child keeps retrying to hand over a connection while the new
+/// generation's channel is full, before it closes the connection instead.
+pub const HANDOFF_RETRY: Duration = Duration::from_secs(5);
+
+/// How often those retries happen.
+const HANDOFF_RETRY_POLL: Duration = Duration::from_millis(5);
+
 /// How long accepting pauses after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -79,6 +86,9 @@ struct Waiting {
     deadline: Option<Instant>,
     /// It was closed while idle between requests (not after a response that said close).
     after_idle: bool,
+    /// The handoff channel was full when this connection was to be handed over: retry until
+    /// then, and close it only if the channel stays full.
+    handoff_retry: Option<Instant>,
     /// What happens to it at the end of this loop iteration. Events are handled by index into
     /// the poll set, so nothing is removed from `waiting` until they all are.
     fate: Fate,
@@ -222,6 +232,7 @@ impl Acceptor {
             if fds[2].revents != 0 {
                 self.adopt_all(fds[2].revents);
             }
+            self.retry_handoffs();
             // Fates are applied only now: the drain and returning connections can also decide
             // that a connection goes to a worker, and it must not wait for the next wake-up.
             self.settle();
@@ -251,6 +262,9 @@ impl Acceptor {
         }
         if let Some(until) = self.accept_paused_until {
             next = next.min(until.max(now));
+        }
+        if self.waiting.iter().any(|w| w.handoff_retry.is_some()) {
+            next = next.min(now + HANDOFF_RETRY_POLL);
         }
         next.saturating_duration_since(now)
     }
@@ -393,6 +407,27 @@ impl Acceptor {
         );
     }
 
+    /// Retries the handoffs that met a full channel; one that keeps failing is closed as
+    /// without handoff (an idle one FIN-first; one with part of a request waits to be served).
+    fn retry_handoffs(&mut self) {
+        let now = Instant::now();
+        for waiting in &mut self.waiting {
+            if waiting.handoff_retry.is_none() || waiting.fate != Fate::Stay {
+                continue;
+            }
+            if waiting.wait == Wait::Closing {
+                waiting.handoff_retry = None;
+                continue;
+            }
+            if !self.handoff.hand_off(waiting) {
+                waiting.handoff_retry = None;
+                if waiting.wait == Wait::Idle {
+                    close_idle(waiting, now, &self.settings);
+                }
+            }
+        }
+    }
+
     /// Takes in every connection queued on this generation's handoff channel. A draining child
     /// passes them on at once if it has a target of its own.
     fn adopt_all(&mut self, revents: i16) {
@@ -411,6 +446,7 @@ impl Acceptor {
                     _ => Some(now + self.settings.header_timeout),
                 },
                 after_idle: false,
+                handoff_retry: None,
                 fate: Fate::Stay,
             };
             if !matches!(
@@ -453,6 +489,7 @@ impl Acceptor {
                     deadline: None,
                     fate: Fate::Stay,
                     after_idle: false,
+                    handoff_retry: None,
                 };
                 close_gracefully(&mut waiting, now);
                 self.waiting.push(waiting);
@@ -469,6 +506,7 @@ impl Acceptor {
                                 deadline: Some(now + self.settings.header_timeout),
                                 fate: Fate::Stay,
                                 after_idle: false,
+                                handoff_retry: None,
                             };
                             if self.drain_started && self.handoff.has_target() {
                                 self.handoff.hand_off(&mut waiting);
@@ -485,6 +523,7 @@ impl Acceptor {
                     deadline: self.settings.idle_timeout.map(|idle| now + idle),
                     fate: Fate::Stay,
                     after_idle: false,
+                    handoff_retry: None,
                 };
                 if self.drain_started
                     && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
@@ -522,6 +561,7 @@ impl Acceptor {
                         deadline: Some(now + self.settings.header_timeout),
                         fate: Fate::Stay,
                         after_idle: false,
+                        handoff_retry: None,
                     });
                 }
                 Err(error) => match error.raw_os_error() {
@@ -697,11 +737,29 @@ impl Handoff {
                 waiting.fate = Fate::Drop;
                 true
             }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // The channel is full: the new generation is still taking in what came before.
+                // Keep the connection and retry (the acceptor polls again within
+                // HANDOFF_RETRY_POLL) until HANDOFF_RETRY has passed.
+                let now = Instant::now();
+                let until = *waiting.handoff_retry.get_or_insert(now + HANDOFF_RETRY);
+                if now < until {
+                    return true;
+                }
+                log::warn!(
+                    "{}: the handoff channel stayed full for {} s; closing the connection",
+                    connection.peer(),
+                    HANDOFF_RETRY.as_secs()
+                );
+                waiting.handoff_retry = None;
+                false
+            }
             Err(error) => {
                 log::warn!(
                     "{}: cannot hand the connection to the new generation ({error}); closing it",
                     connection.peer()
                 );
+                waiting.handoff_retry = None;
                 false
             }
         }

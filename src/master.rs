@@ -399,7 +399,10 @@ impl Master {
             deadline: Some(deadline),
         } = self.phase
         {
-            next = next.min(deadline);
+            // Past it, every child has been killed (`kill_overdue`); only SIGCHLD matters now.
+            if deadline > now {
+                next = next.min(deadline);
+            }
         }
         next.saturating_duration_since(now)
     }
@@ -678,9 +681,13 @@ impl Master {
             }
             rolling.draining = None;
         }
-        // The newest new child is ready: drain one old child, if one is left to replace.
+        // The newest new child is ready: drain one old child for it (one per new child started,
+        // so the count stays at workers + 1), if one is left to replace.
         let mut drained = None;
-        while let Some(pid) = rolling.old.pop_front() {
+        while rolling.n_replaced < rolling.n_started {
+            let Some(pid) = rolling.old.pop_front() else {
+                break;
+            };
             if self.children.iter().any(|c| c.pid == pid) {
                 drained = Some(pid);
                 break;
@@ -1014,7 +1021,7 @@ impl Master {
     /// Kills the children whose drain overran its bound, naming them.
     fn kill_overdue(&mut self) {
         let now = Instant::now();
-        for child in &self.children {
+        for child in &mut self.children {
             if let ChildState::Draining {
                 deadline: Some(deadline),
             } = child.state
@@ -1026,6 +1033,10 @@ impl Master {
                         child.generation
                     );
                     let _ = kill(child.pid, Signal::SIGKILL);
+                    // Killed once: the deadline has done its work. A child in uninterruptible
+                    // sleep may take a while to die; the master waits for SIGCHLD rather than
+                    // spinning on a deadline in the past.
+                    child.state = ChildState::Draining { deadline: None };
                 }
             }
         }

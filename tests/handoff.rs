@@ -365,6 +365,25 @@ fn rolling_reload_never_runs_more_than_workers_plus_one_children() {
     }
     let most = sampling.join().unwrap();
     println!("rolling: at most {most} children at once");
+    // One old child drains per new child started: by the time the second new child of
+    // generation 2 starts, exactly one old child has drained for it.
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let second_start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains("started child") && line.ends_with("for generation 2"))
+        .nth(1)
+        .map(|(index, _)| index)
+        .expect("a second child of generation 2 started");
+    let drained_before = lines[..second_start]
+        .iter()
+        .filter(|line| line.contains("drains for generation 2"))
+        .count();
+    assert_eq!(
+        drained_before, 1,
+        "old children drained before the second new child started"
+    );
     assert!(most <= 4, "{most} children ran at once with workers = 3");
     assert_eq!(
         seen.closed_by_server.load(Ordering::SeqCst),
@@ -374,4 +393,69 @@ fn rolling_reload_never_runs_more_than_workers_plus_one_children() {
     );
     assert!(seen.succeeded.load(Ordering::SeqCst) > 100);
     assert_eq!(server.status()["generation"], 5);
+}
+
+/// More idle keep-alive connections than the handoff channel's buffer holds at once (a few
+/// hundred messages): the draining children wait for room and retry, and no connection is
+/// closed.
+#[test]
+fn many_idle_connections_are_all_handed_over() {
+    raise_fd_limit(4096);
+    let server = Server::start("workers = 2");
+    let addr = server.addr();
+    let n_connections = 800;
+    let mut connections: Vec<(TcpStream, BufReader<TcpStream>)> = (0..n_connections)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            (stream, reader)
+        })
+        .collect();
+    for (stream, reader) in &mut connections {
+        stream.write_all(HEALTHCHECK).unwrap();
+        assert_eq!(read_response(reader, "GET").unwrap().unwrap().status, 200);
+    }
+    let old_children = server.children(None);
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    util::wait_until(
+        "the old children to hand everything over and exit",
+        DEADLINE,
+        || old_children.iter().all(|pid| !util::process_alive(*pid)),
+    );
+    let mut closed = 0;
+    for (stream, reader) in &mut connections {
+        let answered = stream.write_all(HEALTHCHECK).is_ok()
+            && read_response(reader, "GET").is_ok_and(|r| r.is_some_and(|r| r.status == 200));
+        if !answered {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed,
+        0,
+        "{closed} of {n_connections} connections were not carried over\n{}",
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("handoff") || l.contains("hand "))
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Raises this process's soft limit on open files (the test holds many sockets).
+fn raise_fd_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

@@ -89,6 +89,8 @@ impl Api {
             }),
             ("PUT", [id]) => {
                 let image = self.find(id)?;
+                // The canonical (lowercase) id, as the cache names its files.
+                let id = &image.id.clone();
                 if image.status != "active" {
                     return Err(ApiError::BadRequest(
                         "Only images with status active can be targeted for queueing".to_string(),
@@ -103,7 +105,8 @@ impl Api {
                 Ok(Response::new(202))
             }
             ("DELETE", [id]) => {
-                self.find(id)?;
+                let image = self.find(id)?;
+                let id = &image.id;
                 cache.dequeue(id);
                 cache.remove(id);
                 Ok(Response::new(204))

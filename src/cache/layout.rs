@@ -38,9 +38,16 @@ impl Layout {
         self.root.join(META).join(image_id)
     }
 
-    /// The temporary name of a record being rewritten by `owner`.
+    /// A temporary name for a record being rewritten by `owner`. Each call gets its own (a
+    /// per-process sequence number goes with the image id): several worker threads of one
+    /// process rewrite the same record when they serve the same image at once, and sharing one
+    /// temporary file would interleave their writes.
     pub(crate) fn record_temporary(&self, image_id: &str, owner: &str) -> PathBuf {
-        self.root.join(META).join(format!(".{image_id}.{owner}"))
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root
+            .join(META)
+            .join(format!(".{image_id}-{n}.{owner}"))
     }
 
     pub(crate) fn incomplete(&self, image_id: &str, owner: &str) -> PathBuf {

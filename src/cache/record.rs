@@ -63,7 +63,10 @@ pub(crate) fn read(path: &Path) -> io::Result<Option<Record>> {
 pub(crate) fn write(path: &Path, temporary: &Path, record: &Record) -> io::Result<()> {
     let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
     let result = (|| {
-        let mut file = fs::File::create(temporary)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(temporary)?;
         file.write_all(&bytes)?;
         drop(file);
         fs::rename(temporary, path)

@@ -125,11 +125,10 @@ pub fn serve(
     settings: &Settings,
     draining: &AtomicBool,
 ) -> Disposition {
-    let stream = connection.stream();
-    if stream.set_nonblocking(false).is_err()
-        || stream
-            .set_write_timeout(Some(settings.send_timeout))
-            .is_err()
+    // Through `Connection`, which tracks the socket's mode: the acceptor relies on it to put the
+    // socket back in non-blocking mode when the connection returns.
+    if connection.set_blocking(true).is_err()
+        || connection.set_write_timeout(settings.send_timeout).is_err()
     {
         return Disposition::Gone;
     }
@@ -183,7 +182,7 @@ fn read_head(
         if left.is_zero() {
             return Err(HeadFailure::Http(HttpError::HeaderTimeout));
         }
-        if connection.stream().set_read_timeout(Some(left)).is_err() {
+        if connection.set_read_timeout(left).is_err() {
             return Err(HeadFailure::Io);
         }
         match connection.read_more(super::connection::HEAD_READ_CHUNK) {
@@ -228,11 +227,7 @@ fn serve_one(
     draining: &AtomicBool,
 ) -> Disposition {
     let started = Instant::now();
-    if connection
-        .stream()
-        .set_read_timeout(Some(settings.body_timeout))
-        .is_err()
-    {
+    if connection.set_read_timeout(settings.body_timeout).is_err() {
         return Disposition::Gone;
     }
     let version = head.version;
@@ -362,13 +357,12 @@ fn discard_arrived(body: &mut BodyReader<&mut Connection>) -> Leftover {
     if body.is_finished() {
         return Leftover::Clean;
     }
-    let stream = body.get_mut().stream();
-    if stream.set_nonblocking(true).is_err() {
+    if body.get_mut().set_blocking(false).is_err() {
         return Leftover::Unfinished;
     }
     let mut limited = body.by_ref().take(MAX_DISCARD_BYTES);
     let result = io::copy(&mut limited, &mut io::sink());
-    let _ = body.get_mut().stream().set_nonblocking(false);
+    let _ = body.get_mut().set_blocking(true);
     match result {
         Ok(_) if body.is_finished() => Leftover::Clean,
         Ok(_) => Leftover::Unfinished,

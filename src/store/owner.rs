@@ -37,9 +37,21 @@ pub fn owner_alive(token: &str) -> bool {
             Some(actual) => start_time == 0 || actual == start_time,
             None => true,
         },
-        Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+        // Without /proc (start time 0, or no /proc at all), a missing stat file says nothing:
+        // ask the kernel whether the pid exists (ESRCH: it does not).
+        Err(error) if error.kind() == io::ErrorKind::NotFound && start_time != 0 => {
+            !std::path::Path::new("/proc/self/stat").exists() && pid_exists(pid as i32)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => pid_exists(pid as i32),
         Err(_) => true,
     }
+}
+
+/// kill(pid, 0): false only when the kernel says there is no such process.
+fn pid_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Splits `<pid>-<start time>`, both plain decimal numbers, the pid nonzero.
