@@ -71,13 +71,15 @@ impl Api {
             })?
             .ok_or_else(|| super::images::not_found(id))?;
 
-        let stored = match self.receive(request, id, declared) {
-            Ok(stored) => stored,
-            Err(error) => {
-                self.requeue(id);
-                return Err(error);
-            }
+        // From here on the image is `saving` under this process: whatever happens next (an
+        // error on any path, even a panic caught by the worker), the guard puts it back to
+        // `queued` unless the upload commits.
+        let mut saving = SavingGuard {
+            api: self,
+            id,
+            committed: false,
         };
+        let stored = self.receive(request, id, declared)?;
         let committed = self.registry.update(id, |image| {
             if image.status != "saving" || image.upload_owner.as_deref() != Some(owner.as_str()) {
                 return Err(ApiError::Conflict(
@@ -95,6 +97,7 @@ impl Api {
         });
         match committed {
             Ok(Some(_)) => {
+                saving.committed = true;
                 log::info!("image {id} is active: {} bytes", stored.size);
                 Ok(Response::new(204))
             }
@@ -166,7 +169,12 @@ impl Api {
             Ok::<(), ApiError>(())
         });
         if let Err(error) = result {
-            log::error!("image {id} may stay in saving after a failed upload: {error}");
+            // Left `saving` under this live process, the image would refuse every new upload
+            // until this child exits and a later one recovers it: say so, with the way out.
+            log::error!(
+                "image {id} stays in saving after a failed upload ({error}); it returns to \
+                 queued when this child exits (reload to make that happen now)"
+            );
         }
     }
 
@@ -266,6 +274,23 @@ fn file_response(
         }
     };
     Ok(response)
+}
+
+/// Puts an image whose upload did not commit back to `queued` when dropped: the one place that
+/// covers every failure after the move to `saving`, including a panic unwinding through the
+/// handler.
+struct SavingGuard<'a> {
+    api: &'a Api,
+    id: &'a str,
+    committed: bool,
+}
+
+impl Drop for SavingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.api.requeue(self.id);
+        }
+    }
 }
 
 /// The size the client announced: `x-openstack-image-size` (glanceclient sends it with chunked

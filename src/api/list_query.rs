@@ -17,6 +17,10 @@ const STATUSES: &[&str] = &[
     "deactivated",
 ];
 
+/// The most tag and custom-property filters one list request may carry: each becomes a
+/// condition of the query, and SQLite refuses an expression deeper than 1000.
+pub const MAX_FILTERS: usize = 100;
+
 /// Parameters that are not filters on custom properties.
 const RESERVED_PARAMETERS: &[&str] = &[
     "limit",
@@ -128,6 +132,11 @@ pub fn parse(
             filters.properties.push((name.clone(), value.clone()));
         }
     }
+    if filters.properties.len() + filters.tags.len() > MAX_FILTERS {
+        return Err(ApiError::BadRequest(format!(
+            "Too many filters: at most {MAX_FILTERS} tag and property filters in one request."
+        )));
+    }
 
     let link_parameters = pairs
         .iter()
@@ -139,7 +148,8 @@ pub fn parse(
             filters,
             sort,
             limit,
-            marker: single("marker").map(str::to_string),
+            // Ids are stored in lowercase; a marker copied in another case still names its image.
+            marker: single("marker").map(str::to_ascii_lowercase),
         },
         link_parameters,
     })

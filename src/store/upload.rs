@@ -100,6 +100,16 @@ impl Upload {
                 });
             }
         }
+        // The digests before the name: an upload whose hashes could not be computed must never
+        // appear under its final name.
+        let hashing = std::mem::replace(&mut self.hashing, Hashing::Done);
+        let Some((checksum, hash_algo, hash_value)) = hashing.finish() else {
+            return Err(StoreError::Io {
+                path: self.temporary.clone(),
+                action: "hash",
+                source: io::Error::other("the upload's hashing thread failed"),
+            });
+        };
         // fchmod rather than relying on the mode given at creation: that one is filtered by the
         // umask, and the configured permissions are meant exactly.
         self.file
@@ -126,8 +136,6 @@ impl Upload {
                 error,
             ));
         }
-        let hashing = std::mem::replace(&mut self.hashing, Hashing::Done);
-        let (checksum, hash_algo, hash_value) = hashing.finish();
         Ok(Stored {
             location: self.final_path.to_string_lossy().into_owned(),
             size: self.bytes_written,
@@ -234,6 +242,8 @@ enum Hashing {
     },
     /// Boxed: the hasher states are large, and this variant is the rare fallback.
     Inline(Box<(Md5, Hasher)>),
+    /// The hashing thread is gone (it panicked): the digests cannot be trusted.
+    Broken,
     /// `finish` has taken the digests.
     Done,
 }
@@ -264,40 +274,43 @@ impl Hashing {
     }
 
     fn update(&mut self, data: &[u8]) {
-        match self {
+        let sent = match self {
             Hashing::Threaded {
                 chunks: Some(chunks),
                 ..
-            } => {
-                // The thread only stops when the sender is dropped, so a send cannot fail.
-                let _ = chunks.send(data.to_vec());
-            }
+            } => chunks.send(data.to_vec()).is_ok(),
             Hashing::Inline(hashers) => {
                 hashers.0.update(data);
                 hashers.1.update(data);
+                true
             }
-            _ => {}
+            _ => true,
+        };
+        // The thread stops early only if it panicked; then nothing it computes counts.
+        if !sent {
+            *self = Hashing::Broken;
         }
     }
 
-    /// `(checksum, os_hash_algo, os_hash_value)`.
-    fn finish(mut self) -> (String, &'static str, String) {
+    /// `(checksum, os_hash_algo, os_hash_value)`, or `None` when the digests cannot be trusted
+    /// (the hashing thread failed).
+    fn finish(mut self) -> Option<(String, &'static str, String)> {
         let (md5, hash) = match &mut self {
             Hashing::Threaded { chunks, thread } => {
                 chunks.take();
                 match thread.take().map(|thread| thread.join()) {
                     Some(Ok(digests)) => digests,
-                    _ => (Md5::new(), Hasher::new(HashKind::Sha512)),
+                    _ => return None,
                 }
             }
             Hashing::Inline(hashers) => (
                 std::mem::take(&mut hashers.0),
                 std::mem::replace(&mut hashers.1, Hasher::new(HashKind::Sha512)),
             ),
-            Hashing::Done => (Md5::new(), Hasher::new(HashKind::Sha512)),
+            Hashing::Broken | Hashing::Done => return None,
         };
         let (algo, value) = hash.finish();
-        (hex(&md5.finalize()), algo, value)
+        Some((hex(&md5.finalize()), algo, value))
     }
 }
 
