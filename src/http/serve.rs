@@ -21,6 +21,11 @@ use super::error::HttpError;
 use super::head::{self, Framing, Limits, Parsed, RequestHead, Version};
 use super::response::{self, Response, WriteOptions};
 
+/// How long a worker waits, after a response on a keep-alive connection, for the client's next
+/// request before handing the connection back to the acceptor. Back-to-back clients send within
+/// this; an idle one costs its worker no longer than this.
+pub const KEEPALIVE_LINGER: Duration = Duration::from_millis(1);
+
 /// After a response, an unread request body is read and discarded up to this many bytes so the
 /// connection can be reused; a larger remainder closes the connection instead.
 pub const MAX_DISCARD_BYTES: u64 = 1024 * 1024;
@@ -146,7 +151,17 @@ pub fn serve(
             Disposition::KeepAlive => {}
             other => return other,
         }
-        // Pipelined requests: serve what is complete here; anything else waits in the poller.
+        // Pipelined requests: serve what is complete here. A client that sends its next
+        // request right after reading a response is waited for briefly, which spares the
+        // hand-off to the acceptor and back; anything else waits in the acceptor's poll set.
+        if connection.buffered().is_empty()
+            && connection.wait_readable(KEEPALIVE_LINGER)
+            && connection
+                .read_available(super::connection::HEAD_READ_CHUNK)
+                .is_err()
+        {
+            return Disposition::Gone;
+        }
         match head::parse(connection.buffered(), &settings.limits) {
             Ok(Parsed::Complete(..)) | Err(_) => continue,
             Ok(Parsed::Partial) => return Disposition::KeepAlive,
