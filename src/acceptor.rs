@@ -432,8 +432,12 @@ impl Acceptor {
     /// passes them on at once if it has a target of its own.
     fn adopt_all(&mut self, revents: i16) {
         let now = Instant::now();
-        while let Some((connection, carried)) = self.handoff.adopt() {
-            let wait = if carried.is_empty() {
+        while let Some((connection, carried, first_request)) = self.handoff.adopt() {
+            // A connection that has not served a request yet keeps the header deadline, as it
+            // had in the old child; an idle keep-alive one gets the idle timeout.
+            let wait = if first_request {
+                Wait::FirstRequest
+            } else if carried.is_empty() {
                 Wait::Idle
             } else {
                 Wait::Head
@@ -731,6 +735,7 @@ impl Handoff {
             target.as_fd(),
             connection.stream().as_fd(),
             connection.buffered(),
+            waiting.wait == Wait::FirstRequest,
         ) {
             Ok(()) => {
                 log::debug!("{}: handed to the new generation", connection.peer());
@@ -767,22 +772,25 @@ impl Handoff {
 
     /// One connection from this generation's channel, as a `Connection` with the bytes the
     /// old child had read from it.
-    fn adopt(&mut self) -> Option<(Connection, Vec<u8>)> {
+    fn adopt(&mut self) -> Option<(Connection, Vec<u8>, bool)> {
         let receive = self.receive.as_ref()?;
         loop {
             match handoff::receive_connection(receive.as_fd()) {
-                Ok(Some((fd, carried))) => {
+                Ok(Some((fd, carried, first_request))) => {
                     let stream = TcpStream::from(fd);
                     let Ok(peer) = stream.peer_addr() else {
                         // The client left while the connection was in transit.
                         continue;
                     };
                     let mut connection = Connection::with_buffered(stream, peer, &carried);
+                    if first_request {
+                        connection.requests_served = 0;
+                    }
                     if connection.set_blocking(false).is_err() {
                         continue;
                     }
                     log::debug!("{peer}: adopted from a draining generation");
-                    return Some((connection, carried));
+                    return Some((connection, carried, first_request));
                 }
                 Ok(None) => return None,
                 Err(error) => {

@@ -39,8 +39,11 @@ use nix::sys::socket::{
 /// `http::head::Limits::max_head_bytes`, 64 KiB with the default `max_header_line`.
 pub const MAX_CARRIED_BYTES: usize = 128 * 1024;
 
-/// Message tags: the first payload byte says what the message carries.
+/// Message tags: the first payload byte says what the message carries. A connection that has
+/// not served a request yet travels as `TAG_FIRST_REQUEST`, so its new child keeps giving it the
+/// header deadline rather than the (longer) idle timeout.
 const TAG_CONNECTION: u8 = b'C';
+const TAG_FIRST_REQUEST: u8 = b'F';
 const TAG_TARGET: u8 = b'T';
 
 /// A socket pair for connection messages or control messages: `(one end, other end)`, both
@@ -61,6 +64,7 @@ pub fn send_connection(
     channel: BorrowedFd<'_>,
     stream: BorrowedFd<'_>,
     carried: &[u8],
+    first_request: bool,
 ) -> io::Result<()> {
     if carried.len() > MAX_CARRIED_BYTES {
         return Err(io::Error::other(format!(
@@ -68,13 +72,20 @@ pub fn send_connection(
             carried.len()
         )));
     }
-    send(channel, TAG_CONNECTION, carried, stream)
+    let tag = if first_request {
+        TAG_FIRST_REQUEST
+    } else {
+        TAG_CONNECTION
+    };
+    send(channel, tag, carried, stream)
 }
 
-/// Receives one connection from `channel`: `None` when nothing is queued.
-pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Vec<u8>)>> {
+/// Receives one connection from `channel`: its socket, the bytes already read from it, and
+/// whether it has yet to serve its first request. `None` when nothing is queued.
+pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Vec<u8>, bool)>> {
     match receive(channel, MAX_CARRIED_BYTES + 1)? {
-        Some((TAG_CONNECTION, carried, fd)) => Ok(Some((fd, carried))),
+        Some((TAG_CONNECTION, carried, fd)) => Ok(Some((fd, carried, false))),
+        Some((TAG_FIRST_REQUEST, carried, fd)) => Ok(Some((fd, carried, true))),
         Some((tag, _, _)) => Err(io::Error::other(format!(
             "unexpected message {tag:?} on a handoff channel"
         ))),
@@ -194,9 +205,10 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         let (receive_end, send_end) = pair().unwrap();
-        send_connection(send_end.as_fd(), server_side.as_fd(), b"GET / HT").unwrap();
+        send_connection(send_end.as_fd(), server_side.as_fd(), b"GET / HT", false).unwrap();
         drop(server_side);
-        let (fd, carried) = receive_connection(receive_end.as_fd()).unwrap().unwrap();
+        let (fd, carried, first) = receive_connection(receive_end.as_fd()).unwrap().unwrap();
+        assert!(!first);
         assert_eq!(carried, b"GET / HT");
         let mut adopted = TcpStream::from(fd);
         client.write_all(b"ping").unwrap();
@@ -217,9 +229,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
-        send_connection(b.as_fd(), server_side.as_fd(), b"").unwrap();
-        let (_, carried) = receive_connection(a.as_fd()).unwrap().unwrap();
-        assert!(carried.is_empty());
+        send_connection(b.as_fd(), server_side.as_fd(), b"", true).unwrap();
+        let (_, carried, first) = receive_connection(a.as_fd()).unwrap().unwrap();
+        assert!(carried.is_empty() && first);
     }
 
     #[test]
@@ -229,6 +241,6 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         let carried = vec![b'x'; MAX_CARRIED_BYTES + 1];
-        assert!(send_connection(b.as_fd(), server_side.as_fd(), &carried).is_err());
+        assert!(send_connection(b.as_fd(), server_side.as_fd(), &carried, false).is_err());
     }
 }

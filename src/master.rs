@@ -955,10 +955,12 @@ impl Master {
         self.channels = kept;
         let target = self.channels.iter().find(|c| c.generation == current);
         for channel in finished {
-            while let Ok(Some((fd, carried))) = handoff::receive_connection(channel.receive.as_fd())
+            while let Ok(Some((fd, carried, first))) =
+                handoff::receive_connection(channel.receive.as_fd())
             {
                 let forwarded = target.is_some_and(|target| {
-                    handoff::send_connection(target.send.as_fd(), fd.as_fd(), &carried).is_ok()
+                    handoff::send_connection(target.send.as_fd(), fd.as_fd(), &carried, first)
+                        .is_ok()
                 });
                 if !forwarded {
                     log::warn!(

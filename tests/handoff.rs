@@ -459,3 +459,26 @@ fn raise_fd_limit(wanted: u64) {
         }
     }
 }
+
+/// A connection that has not sent its first request when it is handed over keeps the header
+/// deadline in the new generation (not the longer idle timeout of keep-alive connections).
+#[test]
+fn connection_handed_over_before_its_first_request_keeps_the_header_deadline() {
+    let server =
+        Server::start("workers = 1\nclient_header_timeout = 1\nclient_socket_timeout = 60");
+    let mut stream = server.connect();
+    // Nothing sent. The old child accepts it (at the latest in its drain's last sweep of the
+    // backlog) and hands it over.
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    let started = Instant::now();
+    server.wait_for_log("1 connection(s) handed to the new generation", DEADLINE);
+    assert!(
+        util::peer_closed(&mut stream, Duration::from_secs(10)),
+        "the silent connection is closed at the header deadline"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}: the idle timeout (60 s) was applied instead",
+        started.elapsed()
+    );
+}

@@ -38,8 +38,10 @@
 //!
 //! The schema changes only by appending to `migrations::MIGRATIONS`, and only compatibly (see
 //! that module): during a reload two generations, built from different binaries, may share the
-//! file. `synchronous=NORMAL` with WAL keeps the database consistent after a crash of the
-//! machine but may lose the last transactions before it; a crash of a process loses nothing.
+//! file. `synchronous=FULL` makes every committed transaction durable before the call returns:
+//! a delete is on disk before the image's file is unlinked, and an upload's `active` before the
+//! 204, so a power loss cannot bring back an image whose data is gone. Metadata writes are few
+//! next to image data, so the fsync per commit costs little.
 
 mod image;
 mod migrations;
@@ -459,8 +461,8 @@ fn open_connection(path: &Path) -> Result<Connection, RegistryError> {
     set_wal(&connection, path)?;
     // With WAL, NORMAL syncs only at checkpoints: still consistent after a power loss.
     connection
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(RegistryError::sql(context("set synchronous=NORMAL on")))?;
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(RegistryError::sql(context("set synchronous=FULL on")))?;
     connection
         .pragma_update(None, "foreign_keys", true)
         .map_err(RegistryError::sql(context("enable foreign keys on")))?;

@@ -1068,7 +1068,7 @@ fn open_creates_the_folder_and_sets_the_pragmas() {
     };
     assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
     assert_eq!(pragma("foreign_keys"), "Integer(1)");
-    assert_eq!(pragma("synchronous"), "Integer(1)"); // NORMAL
+    assert_eq!(pragma("synchronous"), "Integer(2)"); // FULL
     assert_eq!(pragma("busy_timeout"), "Integer(30000)");
 }
 
