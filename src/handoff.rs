@@ -19,8 +19,10 @@
 //!
 //! # Failure
 //!
-//! A message that cannot be sent (the channel is full, the bytes are too many, the socket is
-//! gone) leaves the connection with its child, which closes it FIN-first as without handoff. The
+//! A full channel (it holds a few hundred messages) is waited out: the draining child keeps the
+//! connection and retries for a while (`acceptor::HANDOFF_RETRY`). A message that still cannot
+//! be sent (the channel stays full, the bytes are too many, the socket is gone) leaves the
+//! connection with its child, which closes it FIN-first as without handoff. The
 //! master keeps each generation's receive end while that generation has children, so messages
 //! sent to a generation whose children have all just died wait for their respawned
 //! replacements; when a generation ends for good, the master forwards whatever is still queued
