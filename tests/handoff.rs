@@ -466,9 +466,18 @@ fn raise_fd_limit(wanted: u64) {
 fn connection_handed_over_before_its_first_request_keeps_the_header_deadline() {
     let server =
         Server::start("workers = 1\nclient_header_timeout = 1\nclient_socket_timeout = 60");
+    let old_child = server.children(None)[0];
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{old_child}/fd"))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    let before = open_fds();
     let mut stream = server.connect();
-    // Nothing sent. The old child accepts it (at the latest in its drain's last sweep of the
-    // backlog) and hands it over.
+    // Nothing sent; the old child has accepted it once it holds one more descriptor.
+    util::wait_until("the old child to accept the connection", DEADLINE, || {
+        open_fds() > before
+    });
     assert_eq!(server.reload()["outcome"], "succeeded");
     let started = Instant::now();
     server.wait_for_log("1 connection(s) handed to the new generation", DEADLINE);
