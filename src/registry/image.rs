@@ -185,33 +185,38 @@ pub(super) fn insert(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
              ?17, ?18, ?19, ?20, ?21, ?21)",
         )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                image.id,
-                image.name,
-                image.status,
-                image.visibility,
-                image.protected,
-                image.os_hidden,
-                image.checksum,
-                image.os_hash_algo,
-                image.os_hash_value,
-                image.owner,
-                image.size,
-                image.virtual_size,
-                image.container_format,
-                image.disk_format,
-                image.min_ram,
-                image.min_disk,
-                image.created_at,
-                image.updated_at,
-                image.location,
-                image.upload_owner,
-                order,
-            ])
-        })
+        .and_then(|mut statement| statement.execute(&row_parameters(image, &order)[..]))
         .map_err(RegistryError::sql(format!("insert image {}", image.id)))?;
     write_details(connection, image)
+}
+
+/// The row's columns as ?1..?21 for both `insert` and `write`: every field in column order,
+/// then the hidden order key (`created_order` and `updated_order` for an insert, `updated_order`
+/// for an update).
+fn row_parameters<'a>(image: &'a Image, order: &'a i64) -> [&'a dyn rusqlite::ToSql; 21] {
+    [
+        &image.id,
+        &image.name,
+        &image.status,
+        &image.visibility,
+        &image.protected,
+        &image.os_hidden,
+        &image.checksum,
+        &image.os_hash_algo,
+        &image.os_hash_value,
+        &image.owner,
+        &image.size,
+        &image.virtual_size,
+        &image.container_format,
+        &image.disk_format,
+        &image.min_ram,
+        &image.min_disk,
+        &image.created_at,
+        &image.updated_at,
+        &image.location,
+        &image.upload_owner,
+        order,
+    ]
 }
 
 /// Overwrites every field of an existing image row and replaces its tags and properties;
@@ -230,31 +235,7 @@ pub(super) fn write(
              location = ?19, upload_owner = ?20, updated_order = ?21 \
              WHERE id = ?1",
         )
-        .and_then(|mut statement| {
-            statement.execute(params![
-                image.id,
-                image.name,
-                image.status,
-                image.visibility,
-                image.protected,
-                image.os_hidden,
-                image.checksum,
-                image.os_hash_algo,
-                image.os_hash_value,
-                image.owner,
-                image.size,
-                image.virtual_size,
-                image.container_format,
-                image.disk_format,
-                image.min_ram,
-                image.min_disk,
-                image.created_at,
-                image.updated_at,
-                image.location,
-                image.upload_owner,
-                updated_order,
-            ])
-        })
+        .and_then(|mut statement| statement.execute(&row_parameters(image, &updated_order)[..]))
         .map_err(RegistryError::sql(format!("update image {}", image.id)))?;
     delete_details(connection, &image.id)?;
     write_details(connection, image)
