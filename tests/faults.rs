@@ -17,27 +17,15 @@ use serde_json::Value;
 
 use crate::hostile::{assert_fresh_client_served, raise_fd_limit};
 use crate::reload::{fresh_client, keepalive_client, Tally};
-use crate::util::{self, read_response, Response, Server, DEADLINE};
+use crate::util::{self, read_response, Server, DEADLINE};
 
 /// How long a test waits for an answer before calling the server stuck.
 const ANSWER: Duration = Duration::from_secs(10);
 
-/// One request with a body of `content_type`, on a new connection.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> Response {
-    util::request(addr, method, path, &[("Content-Type", content_type)], body)
-        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
-}
-
 const CREATE: &str = r#"{"name":"fault","disk_format":"raw","container_format":"bare"}"#;
 
 fn create_image(addr: SocketAddr) -> String {
-    let response = request(
+    let response = util::send_body(
         addr,
         "POST",
         "/v2/images",
@@ -142,7 +130,7 @@ fn killed_child_mid_download_is_respawned_and_the_image_downloads_whole() {
     let id = create_image(addr);
     let image = data(16 * 1024 * 1024);
     let path = format!("/v2/images/{id}/file");
-    let uploaded = request(addr, "PUT", &path, "application/octet-stream", &image);
+    let uploaded = util::send_body(addr, "PUT", &path, "application/octet-stream", &image);
     assert_eq!(uploaded.status, 204, "{}", uploaded.text());
     let child = server.children(Some("serving"))[0];
 
@@ -194,7 +182,7 @@ fn database_locked_by_another_process_for_3_s_delays_a_create_which_then_succeed
     let locked_at = Instant::now();
     let creator = thread::spawn(move || {
         let started = Instant::now();
-        let response = request(
+        let response = util::send_body(
             addr,
             "POST",
             "/v2/images",

@@ -70,21 +70,47 @@ fn keepalive_only_client(
     }
 }
 
+/// A set of `keepalive_only_client` threads and what they share.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Seen>,
+    /// The local port of every connection the clients opened.
+    ports: Arc<Mutex<Vec<u16>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Clients {
+    fn start(addr: SocketAddr, n_clients: usize) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Seen::default());
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n_clients)
+            .map(|_| {
+                let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
+                thread::spawn(move || keepalive_only_client(addr, &stop, &seen, &ports))
+            })
+            .collect();
+        Clients {
+            stop,
+            seen,
+            ports,
+            threads,
+        }
+    }
+}
+
 /// Keep-alive-only clients under SIGHUP every 100-300 ms: no request fails, the server closes
 /// no connection, and each connection's requests move on to the newer generations.
 #[test]
 fn keepalive_connections_survive_reloads_every_100_to_300_ms() {
     let server = Server::start("workers = 2\nworker_threads = 4");
     let addr = server.addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let ports = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..6)
-        .map(|_| {
-            let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
-            thread::spawn(move || keepalive_only_client(addr, &stop, &seen, &ports))
-        })
-        .collect();
+    let Clients {
+        stop,
+        seen,
+        ports,
+        threads: clients,
+    } = Clients::start(addr, 6);
     let started = Instant::now();
     let mut seed = 0x0ddba11_u64;
     while started.elapsed() < Duration::from_secs(4) {
@@ -325,15 +351,12 @@ fn handoff_disabled_closes_idle_connections_at_a_reload() {
 fn rolling_reload_never_runs_more_than_workers_plus_one_children() {
     let server = Server::start("workers = 3\nreload_strategy = rolling");
     let addr = server.addr();
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Seen::default());
-    let ports = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
-            thread::spawn(move || keepalive_only_client(addr, &stop, &seen, &ports))
-        })
-        .collect();
+    let Clients {
+        stop,
+        seen,
+        threads: clients,
+        ..
+    } = Clients::start(addr, 4);
     let sampling = {
         let stop = stop.clone();
         let master = server.master_pid;

@@ -156,7 +156,7 @@ fn send_while_reading(
 /// Creates an image (201) and returns its id.
 fn create_image(addr: SocketAddr) -> String {
     let body = r#"{"name":"hostile","disk_format":"raw","container_format":"bare"}"#;
-    let response = json_request(
+    let response = util::send_body(
         addr,
         "POST",
         "/v2/images",
@@ -166,18 +166,6 @@ fn create_image(addr: SocketAddr) -> String {
     assert_eq!(response.status, 201, "{}", response.text());
     let image: Value = serde_json::from_slice(&response.body).unwrap();
     image["id"].as_str().unwrap().to_string()
-}
-
-/// One request with a body of `content_type`, on a new connection.
-fn json_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> Response {
-    util::request(addr, method, path, &[("Content-Type", content_type)], body)
-        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
 }
 
 /// Every file under `dir`, relative, sorted.
@@ -752,7 +740,7 @@ fn oversized_nested_and_invalid_json_is_refused_and_changes_nothing() {
             400,
         ),
     ] {
-        let response = json_request(addr, "POST", "/v2/images", "application/json", &body);
+        let response = util::send_body(addr, "POST", "/v2/images", "application/json", &body);
         assert_eq!(response.status, status, "{name}: {}", response.text());
         watch.check(&server, name);
     }
@@ -825,7 +813,7 @@ fn oversized_nested_and_invalid_json_is_refused_and_changes_nothing() {
     ];
     let mut failures = Vec::new();
     for (name, body, status) in &cases {
-        let response = json_request(addr, "PATCH", &path, patch, body);
+        let response = util::send_body(addr, "PATCH", &path, patch, body);
         if response.status != *status {
             failures.push(format!(
                 "{name}: expected {status}, got {} {}",

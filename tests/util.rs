@@ -528,6 +528,19 @@ pub fn exchange_then_eof(
     (response, rest)
 }
 
+/// One request with a body of `content_type` on a new connection; panics (naming the request)
+/// if no response comes back.
+pub fn send_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    request(addr, method, path, &[("Content-Type", content_type)], body)
+        .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+}
+
 /// Sends `method path` with `headers` and `body` on a new connection (`Connection: close`, a
 /// Content-Length whenever there is a body or the method usually has one) and reads the response.
 pub fn request(
