@@ -1177,24 +1177,20 @@ fn print_summary(args: &Args, report: &Report) {
         "keepalive  closed-idle-before-send {} (tolerated)  closed-after-send {} (failed)  server-close-after-response {}",
         summary.idle_closed_before_send, summary.closed_after_send, summary.server_closed_after_response
     );
-    println!(
-        "latency ms steady    p50 {}  p99 {}  max {}  over {} ms {}  (n={})",
-        show(ms(percentile(&summary.steady_us, 0.50))),
-        show(ms(percentile(&summary.steady_us, 0.99))),
-        show(ms(summary.steady_us.last().copied())),
-        SLOW.as_millis(),
-        n_slow(&summary.steady_us),
-        summary.steady_us.len()
-    );
-    println!(
-        "latency ms reloading p50 {}  p99 {}  max {}  over {} ms {}  (n={})",
-        show(ms(percentile(&summary.reload_us, 0.50))),
-        show(ms(percentile(&summary.reload_us, 0.99))),
-        show(ms(summary.reload_us.last().copied())),
-        SLOW.as_millis(),
-        n_slow(&summary.reload_us),
-        summary.reload_us.len()
-    );
+    for (label, sorted_us) in [
+        ("steady   ", &summary.steady_us),
+        ("reloading", &summary.reload_us),
+    ] {
+        println!(
+            "latency ms {label} p50 {}  p99 {}  max {}  over {} ms {}  (n={})",
+            show(ms(percentile(sorted_us, 0.50))),
+            show(ms(percentile(sorted_us, 0.99))),
+            show(ms(sorted_us.last().copied())),
+            SLOW.as_millis(),
+            n_slow(sorted_us),
+            sorted_us.len()
+        );
+    }
     println!(
         "reloads    SIG{} sent {}  new generation seen {}  not seen within {} s {}  probe failures {}",
         args.signal.0,
