@@ -34,7 +34,7 @@ use crate::http::serve::{Disposition, Settings};
 use crate::http::HttpError;
 use crate::logging;
 use crate::pool::Returned;
-use crate::signals::{ChildRequest, SignalWatch};
+use crate::process::signals::{ChildRequest, SignalWatch};
 
 /// What the acceptor applies to the connections it accepts, from the generation's config.
 #[derive(Clone, Copy, Debug)]

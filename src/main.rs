@@ -16,9 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use glint::config;
-use glint::control::{self, Command, Verdict};
 use glint::logging;
-use glint::master::{self, Master};
+use glint::operator::control::{self, Command, Verdict};
+use glint::process::master::{self, Master};
 
 const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
        glint-api reload|stop|status [--config-file FILE] [--timeout SECONDS]

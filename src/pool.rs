@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::http::connection::Connection;
 use crate::http::serve::{self, Disposition, Handler, Settings};
-use crate::signals::Waker;
+use crate::process::signals::Waker;
 
 /// A connection coming back from a worker.
 pub struct Returned {

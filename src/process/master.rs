@@ -35,14 +35,14 @@ use nix::sys::signal::{kill, sigprocmask, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::child;
 use crate::config::{self, Config, ReloadStrategy};
 use crate::handoff;
-use crate::listener::Listener;
 use crate::logging;
-use crate::notify::Notifier;
-use crate::signals::{self, MasterRequest, SignalSpec, SignalWatch};
-use crate::status::{self, ChildStatus, ReloadStatus, Status};
+use crate::operator::notify::Notifier;
+use crate::operator::status::{self, ChildStatus, Outcome, ReloadStatus, Status};
+use crate::process::child;
+use crate::process::listener::Listener;
+use crate::process::signals::{self, MasterRequest, SignalSpec, SignalWatch};
 use crate::timestamp;
 
 /// How long a new child may take to report ready before its generation is abandoned.
@@ -589,9 +589,10 @@ impl Master {
         let record = ReloadStatus {
             number: self.reloads_requested,
             generation,
+            began_monotonic_ns: status::monotonic_ns(),
             started_at: timestamp::rfc3339_seconds(SystemTime::now()),
             finished_at: None,
-            outcome: "in_progress",
+            outcome: Outcome::InProgress,
             error: None,
         };
         log::info!(
@@ -874,11 +875,11 @@ impl Master {
         record.finished_at = Some(timestamp::rfc3339_seconds(SystemTime::now()));
         match &error {
             None => {
-                record.outcome = "succeeded";
+                record.outcome = Outcome::Succeeded;
                 self.reloads_succeeded += 1;
             }
             Some(_) => {
-                record.outcome = "failed";
+                record.outcome = Outcome::Failed;
                 self.reloads_failed += 1;
             }
         }
@@ -1202,7 +1203,7 @@ impl Master {
     /// "running".
     fn phase_stopped_status(&mut self) {
         let mut status = self.status();
-        status.phase = "stopped";
+        status.phase = status::Phase::Stopped;
         status.children.clear();
         status.draining.clear();
         if let Err(error) = status::write(&self.status_file, &status) {
@@ -1223,12 +1224,17 @@ impl Master {
         Status {
             master_pid: std::process::id(),
             phase: match self.phase {
-                Phase::Running if self.generation == 0 => "starting",
-                Phase::Running => "running",
-                Phase::StoppingGracefully { .. } => "stopping",
+                Phase::Running if self.generation == 0 => status::Phase::Starting,
+                Phase::Running => status::Phase::Running,
+                Phase::StoppingGracefully { .. } => status::Phase::Stopping,
             },
             generation: self.generation,
             workers: self.config.workers,
+            serving: self
+                .children
+                .iter()
+                .filter(|c| c.generation == self.generation && c.state == ChildState::Serving)
+                .count(),
             listen: self.listen_addresses(),
             children: self
                 .children
@@ -1237,9 +1243,9 @@ impl Master {
                     pid: c.pid.as_raw() as u32,
                     generation: c.generation,
                     state: match c.state {
-                        ChildState::Starting => "starting",
-                        ChildState::Serving => "serving",
-                        ChildState::Draining { .. } => "draining",
+                        ChildState::Starting => status::ChildState::Starting,
+                        ChildState::Serving => status::ChildState::Serving,
+                        ChildState::Draining { .. } => status::ChildState::Draining,
                     },
                 })
                 .collect(),
@@ -1249,6 +1255,7 @@ impl Master {
                 .filter(|c| matches!(c.state, ChildState::Draining { .. }))
                 .map(|c| c.pid.as_raw() as u32)
                 .collect(),
+            respawns: Vec::new(),
             reload_in_progress: self.reload.as_ref().map(|r| r.record.clone()),
             last_reload: self.last_reload.clone(),
             reloads_requested: self.reloads_requested,

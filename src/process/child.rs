@@ -21,10 +21,10 @@ use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
 use crate::logging;
-use crate::master::log_destination;
 use crate::pool::Pool;
+use crate::process::master::log_destination;
+use crate::process::signals::{SignalSpec, SignalWatch};
 use crate::registry::Registry;
-use crate::signals::{SignalSpec, SignalWatch};
 use crate::store::{self, Store};
 
 /// Exit code of a child that cannot start with its config; the master does not respawn it.

@@ -1,0 +1,13 @@
+//! What an operator and a service manager see of a running server, and how they act on it.
+//!
+//! - [`control`]: the commands `glint-api reload|stop|status`, which find the master, signal it
+//!   and read its verdict from the status file.
+//! - [`status`]: the status file, the master's only report: typed on both sides, written
+//!   atomically by the master, read by the commands.
+//! - [`notify`]: systemd's notify protocol (READY, RELOADING, STOPPING).
+//!
+//! Nothing here forks, reaps or serves; that is [`crate::process`].
+
+pub mod control;
+pub mod notify;
+pub mod status;
