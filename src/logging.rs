@@ -32,6 +32,17 @@ pub struct Destination {
     pub debug: bool,
 }
 
+impl Destination {
+    /// Where the logs of a process running `config` go.
+    pub fn of(config: &crate::config::Config) -> Destination {
+        Destination {
+            file: config.log_file.clone(),
+            also_stderr: config.use_stderr,
+            debug: config.debug,
+        }
+    }
+}
+
 /// The global sink: the open log file (if any), how it was opened, and the role tag.
 struct Sink {
     destination: Destination,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use glint::config;
 use glint::logging;
 use glint::operator::control::{self, Command, Verdict};
-use glint::process::master::{self, Master};
+use glint::process::master::Master;
 
 const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
        glint-api reload|stop|status [--config-file FILE] [--timeout SECONDS]
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = logging::init(&master::log_destination(&loaded.config), "master") {
+    if let Err(error) = logging::init(&logging::Destination::of(&loaded.config), "master") {
         eprintln!("glint-api: {error}");
         return ExitCode::from(1);
     }

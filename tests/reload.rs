@@ -439,7 +439,8 @@ fn failed_start_of_the_new_generation_keeps_the_old_one() {
     assert!(
         verdict["error"]
             .as_str()
-            .is_some_and(|e| e.contains("exited before it was ready")),
+            .is_some_and(|e| e.contains("could not start")
+                && e.contains("GLINT_FAULT_CHILD_START: failing the start of child")),
         "{verdict}"
     );
     assert_eq!(server.status()["generation"], 1);

@@ -1,16 +1,26 @@
-//! A child (worker process): what runs between `fork()` in the master and `exit`.
+//! A child (worker process): what runs between `fork()` in the master and `_exit`.
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
 //! (`acceptor`) and a fixed pool of worker threads (`pool`), plus, with a caching flavor, one
-//! image cache prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It reports ready to the master by
-//! writing one byte on a pipe once both are running, and drains on SIGHUP, SIGTERM or SIGQUIT.
-//! It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start with its config (the
-//! master never respawns that), and with the signal's default when killed.
+//! image cache prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It
+//! reports on its ready pipe once all of them run (`R`), or why it cannot start (`E` and the
+//! reason, which the master puts in the reload's verdict), and drains on SIGHUP, SIGTERM or
+//! SIGQUIT. It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start, and with
+//! the signal's default when killed.
+//!
+//! # A drain always ends
+//!
+//! The master kills a child still draining at `graceful_shutdown_timeout`. A child whose master
+//! has died (the kernel then sends it SIGTERM, `PR_SET_PDEATHSIG`) has nobody to do that, so
+//! every drain arms `alarm(2)` for that bound plus [`DRAIN_ALARM_MARGIN`] (the master, when
+//! alive, kills first); with no bound configured, a child whose master is gone still stops after
+//! [`ORPHAN_DRAIN_BOUND`].
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
@@ -22,23 +32,59 @@ use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
 use crate::logging;
 use crate::pool::Pool;
-use crate::process::master::log_destination;
 use crate::process::signals::{SignalSpec, SignalWatch};
 use crate::registry::Registry;
 use crate::store::{self, Store};
 
-/// Exit code of a child that cannot start with its config; the master does not respawn it.
+/// Exit code of a child that could not start; it said why on its ready pipe.
 pub const EXIT_CANNOT_START: i32 = 2;
+
+/// How long past `graceful_shutdown_timeout` a draining child's own alarm fires: later than the
+/// master's kill, so that only a child without a master is ended by it.
+pub const DRAIN_ALARM_MARGIN: Duration = Duration::from_secs(5);
+
+/// The drain bound of a child whose master has died when `graceful_shutdown_timeout = 0` (no
+/// bound): the option's default.
+pub const ORPHAN_DRAIN_BOUND: Duration = Duration::from_secs(60);
+
+/// The write end of the pipe on which a child tells the master how its start went.
+pub struct ReadyPipe(OwnedFd);
+
+impl ReadyPipe {
+    pub fn new(fd: OwnedFd) -> ReadyPipe {
+        ReadyPipe(fd)
+    }
+
+    /// Reports ready and closes the pipe. A failure means the master is gone; PDEATHSIG will
+    /// end us.
+    fn ready(self) {
+        let _ = nix::unistd::write(&self.0, b"R");
+    }
+
+    /// Logs why the child cannot start, tells the master the same (one write, at most
+    /// `PIPE_BUF` bytes, so the master reads it whole), and gives the exit code.
+    fn failed(self, reason: &str) -> i32 {
+        log::error!("{reason}");
+        let mut message = Vec::with_capacity(reason.len() + 1);
+        message.push(b'E');
+        message.extend_from_slice(reason.as_bytes());
+        message.truncate(libc::PIPE_BUF);
+        let _ = nix::unistd::write(&self.0, &message);
+        EXIT_CANNOT_START
+    }
+}
 
 /// Everything a child gets from the master at fork.
 pub struct Start {
     pub config: Arc<Config>,
     pub generation: u64,
+    /// The how-many-th child started for the generation (1-based; 0 for a respawn).
+    pub nth: usize,
     /// A dup of the generation's listening socket (the original fd is closed with the master's
     /// other descriptors).
     pub listener: std::io::Result<TcpListener>,
-    /// Write end of the ready pipe.
-    pub ready: OwnedFd,
+    /// How the child reports its start.
+    pub ready: ReadyPipe,
     /// The signal mask to restore once the child's handlers are in place.
     pub signal_mask: SigSet,
     /// A dup of the receive end of this generation's handoff channel.
@@ -47,12 +93,14 @@ pub struct Start {
     pub control: Option<OwnedFd>,
 }
 
-/// Runs the child. The caller (the master's `spawn`, in the forked process) has already removed
-/// the master's signal handlers; handled signals are still blocked. Returns the exit code.
+/// Runs the child. The caller (`spawn`, in the forked process) has already removed the master's
+/// signal handlers; handled signals are still blocked. Returns the exit code, which the caller
+/// passes to `_exit`.
 pub fn run(start: Start) -> i32 {
     let Start {
         config,
         generation,
+        nth,
         listener,
         ready,
         signal_mask,
@@ -65,21 +113,20 @@ pub fn run(start: Start) -> i32 {
     if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err()
         || nix::unistd::getppid() != master_pid
     {
-        return EXIT_CANNOT_START;
+        return ready.failed("the master exited while this child started");
     }
     let role = format!("child gen {generation}");
-    if let Err(error) = logging::configure(&log_destination(&config), &role) {
+    if let Err(error) = logging::configure(&logging::Destination::of(&config), &role) {
         eprintln!("glint-api child: {error}");
-        return EXIT_CANNOT_START;
+        return ready.failed(&format!("cannot open the log: {error}"));
     }
     let listener = match listener {
         Ok(listener) => listener,
         Err(error) => {
-            log::error!("cannot duplicate the listening socket: {error}");
-            return EXIT_CANNOT_START;
+            return ready.failed(&format!("cannot duplicate the listening socket: {error}"));
         }
     };
-    let mut keep = vec![0, 1, 2, listener.as_raw_fd(), ready.as_raw_fd()];
+    let mut keep = vec![0, 1, 2, listener.as_raw_fd(), ready.0.as_raw_fd()];
     keep.extend(handoff_receive.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(control.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(logging::file_fd());
@@ -88,8 +135,7 @@ pub fn run(start: Start) -> i32 {
     let signals = match SignalWatch::register(|spec: &SignalSpec| spec.child) {
         Ok(signals) => signals,
         Err(error) => {
-            log::error!("cannot register signal handlers: {error}");
-            return EXIT_CANNOT_START;
+            return ready.failed(&format!("cannot register signal handlers: {error}"));
         }
     };
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
@@ -100,8 +146,9 @@ pub fn run(start: Start) -> i32 {
     let local_address = match listener.local_addr() {
         Ok(address) => address,
         Err(error) => {
-            log::error!("getsockname() on the listening socket failed: {error}");
-            return EXIT_CANNOT_START;
+            return ready.failed(&format!(
+                "getsockname() on the listening socket failed: {error}"
+            ));
         }
     };
     // Each child opens its own database connections and store after fork: a SQLite connection
@@ -109,18 +156,19 @@ pub fn run(start: Start) -> i32 {
     let registry = match Registry::open(&config.database_path) {
         Ok(registry) => Arc::new(registry),
         Err(error) => {
-            log::error!(
-                "cannot open the image database {}: {error}",
+            return ready.failed(&format!(
+                "cannot open the image database {}: {error}; fix [database] connection, or \
+                 what holds the database",
                 config.database_path.display()
-            );
-            return EXIT_CANNOT_START;
+            ));
         }
     };
     let store = match Store::open(store_settings(&config)) {
         Ok(store) => Arc::new(store),
         Err(error) => {
-            log::error!("cannot open the image store: {error}");
-            return EXIT_CANNOT_START;
+            return ready.failed(&format!(
+                "cannot open the image store: {error}; fix filesystem_store_datadir(s)"
+            ));
         }
     };
     // With a caching flavor: the cache folder (created and checked by the master before the
@@ -130,8 +178,10 @@ pub fn run(start: Start) -> i32 {
         let cache = match Cache::open(cache_settings(&config)) {
             Ok(cache) => Arc::new(cache),
             Err(error) => {
-                log::error!("cannot open the image cache: {error}");
-                return EXIT_CANNOT_START;
+                return ready.failed(&format!(
+                    "cannot open the image cache: {error}; fix [image_cache] image_cache_dir, \
+                     or set [paste_deploy] flavor to no cache"
+                ));
             }
         };
         for path in cache.sweep(store::owner_alive) {
@@ -147,8 +197,9 @@ pub fn run(start: Start) -> i32 {
                 Some(CachePipeline { cache, waker })
             }
             Err(error) => {
-                log::error!("cannot start the image cache prefetcher thread: {error}");
-                return EXIT_CANNOT_START;
+                return ready.failed(&format!(
+                    "cannot start the image cache prefetcher thread: {error}"
+                ));
             }
         }
     } else {
@@ -172,8 +223,7 @@ pub fn run(start: Start) -> i32 {
     let waker = match signals.waker() {
         Ok(waker) => waker,
         Err(error) => {
-            log::error!("cannot create the acceptor's wake fd: {error}");
-            return EXIT_CANNOT_START;
+            return ready.failed(&format!("cannot create the acceptor's wake fd: {error}"));
         }
     };
     let (pool, jobs) = match Pool::start(
@@ -186,11 +236,10 @@ pub fn run(start: Start) -> i32 {
     ) {
         Ok(started) => started,
         Err(error) => {
-            log::error!(
+            return ready.failed(&format!(
                 "cannot start {} worker threads: {error}; lower worker_threads",
                 config.worker_threads
-            );
-            return EXIT_CANNOT_START;
+            ));
         }
     };
     let acceptor = Acceptor::new(
@@ -206,13 +255,16 @@ pub fn run(start: Start) -> i32 {
         },
         Handoff::new(handoff_receive, control),
     );
-    if fault_injected_start_failure(generation) {
-        log::error!("GLINT_FAULT_CHILD_START={generation}: failing this child's start on purpose");
-        return EXIT_CANNOT_START;
+    if fault_injected_start_failure(generation, nth) {
+        return ready.failed(&format!(
+            "{FAULT_CHILD_START}: failing the start of child {nth} of generation {generation} \
+             on purpose"
+        ));
     }
-    report_ready(ready);
+    ready.ready();
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
+    arm_drain_alarm(&config, master_pid);
     pool.join();
     // After the workers: a fill stopped by a drain leaves nothing and goes back to the queue,
     // where a child of the new generation (or a later one) takes it up.
@@ -262,19 +314,47 @@ pub fn settings_for(config: &Config) -> Settings {
     }
 }
 
-/// The environment variable that makes every child of one generation fail its start, for the
-/// integration test of a reload whose new generation cannot start (no real failure of a child's
-/// start can be provoked on demand). It has no other effect; operators never set it.
+/// The environment variable that makes children fail their start, for the integration tests of
+/// reloads whose new children cannot start (no real failure of a child's start can be provoked
+/// on demand). `GEN` fails every child of generation GEN; `GEN/NTH` only the NTH child started
+/// for it (1-based). It has no other effect; operators never set it.
 pub const FAULT_CHILD_START: &str = "GLINT_FAULT_CHILD_START";
 
-fn fault_injected_start_failure(generation: u64) -> bool {
-    std::env::var(FAULT_CHILD_START).is_ok_and(|value| value.trim() == generation.to_string())
+fn fault_injected_start_failure(generation: u64, nth: usize) -> bool {
+    let Ok(value) = std::env::var(FAULT_CHILD_START) else {
+        return false;
+    };
+    fault_matches(value.trim(), generation, nth)
 }
 
-/// Writes the ready byte and closes the pipe. A failure means the master is gone; PDEATHSIG
-/// will end us.
-fn report_ready(ready: OwnedFd) {
-    let _ = nix::unistd::write(&ready, b"R");
+/// Whether a `GLINT_FAULT_CHILD_START` value names child `nth` of `generation`.
+fn fault_matches(value: &str, generation: u64, nth: usize) -> bool {
+    match value.split_once('/') {
+        Some((gen, which)) => gen == generation.to_string() && which == nth.to_string(),
+        None => value == generation.to_string(),
+    }
+}
+
+/// Bounds this child's drain by itself (module doc, "A drain always ends"): SIGALRM's default
+/// action ends the process. Called when the acceptor has stopped, before the workers finish.
+fn arm_drain_alarm(config: &Config, master_pid: nix::unistd::Pid) {
+    let master_gone = nix::unistd::getppid() != master_pid;
+    let bound = match (config.graceful_shutdown_timeout, master_gone) {
+        (Some(bound), _) => bound + DRAIN_ALARM_MARGIN,
+        (None, true) => ORPHAN_DRAIN_BOUND,
+        (None, false) => return,
+    };
+    if master_gone {
+        log::warn!(
+            "the master is gone; finishing the requests in progress for at most {} s",
+            bound.as_secs()
+        );
+    }
+    let seconds = bound.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+    // SAFETY: alarm(2) only arms a timer.
+    unsafe {
+        libc::alarm(seconds);
+    }
 }
 
 /// Closes every descriptor inherited from the master except `keep`: other generations'
@@ -297,5 +377,21 @@ fn close_inherited_fds(keep: &[RawFd]) {
                 libc::close(fd);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fault_matches;
+
+    #[test]
+    fn the_fault_hook_names_a_generation_or_one_child_of_it() {
+        assert!(fault_matches("3", 3, 1));
+        assert!(fault_matches("3", 3, 2));
+        assert!(!fault_matches("3", 4, 1));
+        assert!(fault_matches("3/2", 3, 2));
+        assert!(!fault_matches("3/2", 3, 1));
+        assert!(!fault_matches("3/2", 2, 2));
+        assert!(!fault_matches("x", 3, 1));
     }
 }

@@ -1,16 +1,24 @@
 //! The process layer: everything about the tree of processes that serves, and nothing about
 //! what they serve.
 //!
-//! - [`master`]: the single-threaded parent's loop, which binds listeners, forks generations of
-//!   children, reloads on SIGHUP, reaps and respawns.
-//! - [`child`]: what a forked child does between `fork()` and `exit`.
+//! - [`machine`]: the master's rules as a pure state machine (events in, actions out): reload
+//!   and its verdict, respawn and backoff, drain deadlines, stop. No I/O; unit-tested alone.
+//! - [`master`]: the single-threaded parent's loop, which gathers events (signals, ready pipes,
+//!   exits, time), carries out the machine's actions, and owns the listeners, handoff channels,
+//!   children's pipes, pid and status files.
+//! - [`spawn`]: the one `fork()`, after which the child never returns into master code.
+//! - [`child`]: what a forked child does between `fork()` and `_exit`.
 //! - [`signals`]: the one table of handled signals and the flag-and-pipe watch.
 //! - [`listener`]: the listening sockets the master keeps across reloads.
+//! - [`error`]: a failed system call, named with its errno.
 //!
 //! The operator's side of the same processes (the commands, the status file, systemd's notify
 //! protocol) is in [`crate::operator`].
 
 pub mod child;
+pub mod error;
 pub mod listener;
+pub mod machine;
 pub mod master;
 pub mod signals;
+pub mod spawn;
