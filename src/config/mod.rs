@@ -363,10 +363,41 @@ pub fn load_server_files(path: &Path) -> Result<ServerFiles, ConfigError> {
     }
 }
 
+/// Reads a file the loader needs (the config file, the token file) without ever blocking: the
+/// master loads configs inside its loop, and opening a FIFO, or reading a device, would stop
+/// it. The file is opened with `O_NONBLOCK` (so opening a FIFO does not wait for a writer) and
+/// anything but a regular file is refused.
+fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        let kind = if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(std::io::Error::other(format!(
+            "it is {kind}, not a regular file (reading it could block the server)"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The absolute path of the config file at `path`, and its text.
 fn read_file(path: &Path) -> Result<(PathBuf, String), ConfigError> {
     let file = absolute(path)?;
-    let bytes = match fs::read(&file) {
+    let bytes = match read_regular_file(&file) {
         Ok(bytes) => bytes,
         Err(error) => {
             return Err(ConfigError::single(Problem::about_file(
@@ -1147,7 +1178,7 @@ fn finish_auth_strategy(
         report.error(file_line, Some(SECTION), Some(FILE_OPTION), message);
         AuthStrategy::Token(Tokens::default())
     };
-    let bytes = match fs::read(path) {
+    let bytes = match read_regular_file(path) {
         Ok(bytes) => bytes,
         Err(io_error) => {
             return error(format!(

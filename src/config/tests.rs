@@ -1517,3 +1517,33 @@ fn server_files_are_found_in_a_file_with_unrelated_errors() {
     }
     assert!(load_server_files(&dir.path().join("missing.conf")).is_err());
 }
+
+/// Issue 9, fault 3: a token file (or config file) that is a FIFO is refused at once, not
+/// waited on: the master loads configs inside its loop.
+#[test]
+fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("tokens");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let config = dir.path().join("glint-api.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[DEFAULT]\nauth_strategy = token\nauth_token_file = {}\n",
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let error = load(&config).err().expect("a FIFO token file is refused");
+    let text = error.to_string();
+    assert!(text.contains("it is a FIFO, not a regular file"), "{text}");
+    let error = load(&fifo).err().expect("a FIFO config file is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("it is a FIFO, not a regular file"),
+        "{error}"
+    );
+}
