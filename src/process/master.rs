@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ use crate::logging;
 use crate::operator::notify::Notifier;
 use crate::operator::status::{self, ChildStatus, Outcome, ReloadStatus, RespawnStatus, Status};
 use crate::process::child;
-use crate::process::listener::Listener;
+use crate::process::listener::{self, Listener};
 use crate::process::machine::{
     self, Action, ChildSignal, ChildState, Event, Exit, Machine, Notice, Phase, Plan, Record,
 };
@@ -87,6 +88,8 @@ pub struct Master {
     /// The current generation (0 while the first one starts: then generation 1's config rules).
     current: u64,
     listeners: Vec<Listener>,
+    /// The listener (by its `requested` address) of each generation in `configs`.
+    listener_of: BTreeMap<u64, SocketAddr>,
     /// One handoff channel per generation that has children or is about to.
     channels: BTreeMap<u64, Channel>,
     children: HashMap<Pid, ChildIo>,
@@ -136,6 +139,7 @@ impl Master {
             requested_status_file: None,
             configs: BTreeMap::from([(1, config)]),
             current: 0,
+            listener_of: BTreeMap::from([(1, listener.requested)]),
             listeners: vec![listener],
             channels: BTreeMap::new(),
             children: HashMap::new(),
@@ -328,9 +332,10 @@ impl Master {
                 // The verdict goes where the new config says, too (see the field's doc).
                 self.requested_status_file =
                     (config.status_file != self.status_file).then(|| config.status_file.clone());
-                self.prepare_for(&config).map(|()| {
+                self.prepare_for(&config).map(|listener| {
                     let plan = plan_of(&config);
                     self.configs.insert(generation, config);
+                    self.listener_of.insert(generation, listener);
                     plan
                 })
             }
@@ -339,15 +344,40 @@ impl Master {
     }
 
     /// The listener for a changed address, the backlog, the state file directories, the log
-    /// file: what a config needs that can fail, done before any child is forked.
-    fn prepare_for(&mut self, config: &Config) -> Result<(), String> {
-        let address = config.listen_address();
-        match self.listeners.iter().find(|l| l.configured == address) {
-            Some(listener) => listener
-                .set_backlog(config.backlog)
-                .map_err(|error| error.to_string())?,
+    /// file: what a config needs that can fail, done before any child is forked. Returns the
+    /// key of the config's listener.
+    fn prepare_for(&mut self, config: &Config) -> Result<SocketAddr, String> {
+        let configured = config.listen_address();
+        let addresses = listener::resolve(&configured).map_err(|error| {
+            format!("cannot listen on the new address: {error}; fix bind_host/bind_port")
+        })?;
+        let key = match self.listeners.iter().find(|l| l.serves(&addresses)) {
+            Some(listener) => {
+                listener
+                    .set_backlog(config.backlog)
+                    .map_err(|error| error.to_string())?;
+                listener.requested
+            }
             None => {
-                let listener = Listener::bind(&address, config.backlog).map_err(|error| {
+                let address = addresses[0];
+                // Moving to an overlapping address on the same port (listener module doc).
+                let overlapping: Vec<&Listener> = self
+                    .listeners
+                    .iter()
+                    .filter(|l| l.overlaps(address))
+                    .collect();
+                for listener in &overlapping {
+                    listener
+                        .allow_port_reuse()
+                        .map_err(|error| error.to_string())?;
+                }
+                let listener = Listener::bind_address(
+                    &configured,
+                    address,
+                    config.backlog,
+                    !overlapping.is_empty(),
+                )
+                .map_err(|error| {
                     format!(
                         "cannot listen on the new address: {error}; free the port or fix \
                          bind_host/bind_port"
@@ -358,9 +388,11 @@ impl Master {
                     listener.local,
                     listener.configured
                 );
+                let key = listener.requested;
                 self.listeners.push(listener);
+                key
             }
-        }
+        };
         prepare_state_files(config)?;
         if let Some(path) = &config.log_file {
             // Opening the file checks that the new destination is usable; children open their
@@ -377,7 +409,7 @@ impl Master {
                     )
                 })?;
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Forks the `nth` child of `generation`.
@@ -391,12 +423,12 @@ impl Master {
             let (receive, send) = handoff::pair().map_err(|error| error.to_string())?;
             entry.insert(Channel { receive, send });
         }
-        let address = config.listen_address();
+        let key = self.listener_of.get(&generation).copied();
         let listener = self
             .listeners
             .iter()
-            .find(|l| l.configured == address)
-            .ok_or_else(|| format!("no listener for {address}"))?;
+            .find(|l| Some(l.requested) == key)
+            .ok_or_else(|| format!("no listener for generation {generation}"))?;
         let request = spawn::Spawn {
             config: &config,
             generation,
@@ -501,14 +533,17 @@ impl Master {
     /// so the old address refuses new connections quickly instead of queueing them where nobody
     /// will accept them.
     fn close_unused_listeners(&mut self) {
-        let used: Vec<String> = self
-            .configs
+        let current = self.current.max(1);
+        let used: Vec<SocketAddr> = self
+            .listener_of
             .iter()
-            .filter(|(generation, _)| self.machine.generation_in_use(**generation, true))
-            .map(|(_, config)| config.listen_address())
+            .filter(|(generation, _)| {
+                **generation == current || self.machine.generation_in_use(**generation, true)
+            })
+            .map(|(_, key)| *key)
             .collect();
         self.listeners.retain(|listener| {
-            let keep = used.contains(&listener.configured);
+            let keep = used.contains(&listener.requested);
             if !keep {
                 log::info!(
                     "closing listener {} (configured {}): no generation accepts on it any more",
@@ -556,16 +591,18 @@ impl Master {
     fn forget_unused_configs(&mut self) {
         let machine = &self.machine;
         let current = self.current.max(1);
-        self.configs.retain(|generation, _| {
+        let in_use = |generation: &u64| {
             *generation == current || machine.generation_in_use(*generation, false)
-        });
+        };
+        self.configs.retain(|generation, _| in_use(generation));
+        self.listener_of.retain(|generation, _| in_use(generation));
     }
 
     fn listen_addresses(&self) -> Vec<String> {
-        let current = self.config().listen_address();
+        let key = self.listener_of.get(&self.current.max(1)).copied();
         self.listeners
             .iter()
-            .filter(|l| l.configured == current)
+            .filter(|l| Some(l.requested) == key)
             .map(|l| l.local.to_string())
             .collect()
     }
