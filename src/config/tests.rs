@@ -1536,10 +1536,10 @@ fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
         ),
     )
     .unwrap();
-    let error = load(&config).err().expect("a FIFO token file is refused");
+    let error = load(&config).expect_err("a FIFO token file is refused");
     let text = error.to_string();
     assert!(text.contains("it is a FIFO, not a regular file"), "{text}");
-    let error = load(&fifo).err().expect("a FIFO config file is refused");
+    let error = load(&fifo).expect_err("a FIFO config file is refused");
     assert!(
         error
             .to_string()
