@@ -488,9 +488,33 @@ fn token_file_that_is_a_fifo_fails_the_reload_without_freezing_the_master() {
 // Rolling reloads.
 // ---------------------------------------------------------------------------------------------
 
-/// The size of the image the old child is kept busy sending: more than the socket buffers of a
-/// loopback connection hold, so the child cannot finish while the client does not read.
-const LARGE_IMAGE: usize = 32 * 1024 * 1024;
+/// The size of the image the old child is kept busy sending: with the client's receive buffer
+/// capped (`set_small_receive_buffer`), more than the sender's socket buffer holds (at most
+/// `tcp_wmem` max, 4 MiB by default), so the child cannot finish while the client does not read.
+const LARGE_IMAGE: usize = 12 * 1024 * 1024;
+
+/// Caps the kernel's receive buffer of `stream`, so that a sender the client does not read from
+/// blocks after far less than `LARGE_IMAGE`, whatever the system's autotuning limits are.
+fn set_small_receive_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: setsockopt(2) on an open socket with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt(SO_RCVBUF): {}",
+        io::Error::last_os_error()
+    );
+}
 
 /// Issue 9, fault 6: "A rolling reload that fails part-way closes connections already handed
 /// over."
@@ -522,6 +546,7 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
     // The download the old child is busy with: its head and a first part are read, then the
     // client stops reading.
     let mut download = server.connect();
+    set_small_receive_buffer(&download);
     download
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: glint\r\n\r\n").as_bytes())
         .unwrap();
@@ -545,6 +570,14 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
         },
     );
     let mut lock = DbLock::take(&server.path("glint.sqlite"));
+    // The precondition: the old child has not finished the download (it logs the request once
+    // the whole response is written), so the next new child can start only after the lock.
+    assert!(
+        !server.log().contains(&format!("\"GET {path}\" 200")),
+        "the old child finished the download before the lock was taken: the socket buffers \
+         hold more than LARGE_IMAGE here\n{}",
+        server.log()
+    );
     // Let the old child finish the download and exit; the next new child then starts and hangs
     // on the lock.
     let mut rest = vec![0; LARGE_IMAGE - received.len()];
