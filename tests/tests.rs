@@ -15,6 +15,9 @@
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
+//! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
+//!   processes: respawn order, temporary start failures, a master that must never block, failed
+//!   and endless rolling reloads, process groups, the master's death, signals during start.
 
 mod util;
 
@@ -27,4 +30,5 @@ mod hostile;
 mod http;
 mod images;
 mod lifecycle;
+mod process_faults;
 mod reload;

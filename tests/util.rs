@@ -74,6 +74,52 @@ impl Server {
         server
     }
 
+    /// Like `start`, with the master in a process group of its own (`setpgid(0, 0)` before exec),
+    /// so that a test can signal the whole group (`kill(-pgid, ...)`) as a terminal would.
+    pub fn start_in_own_process_group(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("glint-api.conf");
+        fs::write(&config_path, base_config(extra)).expect("write config");
+        let server = Server::launch(dir, config_path, &[], true);
+        server.wait_for("the first generation to serve", DEADLINE, |status| {
+            status["phase"] == "running" && status["generation"] == 1
+        });
+        server
+    }
+
+    /// Starts the master on a config file already written and returns at once, without waiting
+    /// for the first generation (for tests that act while the server is starting). With
+    /// `own_process_group`, the master leads a process group of its own.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        env: &[(&str, &str)],
+        own_process_group: bool,
+    ) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glint-api"));
+        command
+            .envs(env.iter().copied())
+            .arg("--config-file")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.path().join("stderr.log")).expect("stderr file"),
+            ));
+        if own_process_group {
+            command.process_group(0);
+        }
+        let master = command.spawn().expect("spawn glint-api");
+        let master_pid = master.id() as i32;
+        Server {
+            dir,
+            config_path,
+            master: Some(master),
+            master_pid,
+        }
+    }
+
     /// Replaces the config with the base config plus `extra`.
     pub fn write_config(&self, extra: &str) {
         self.write_config_text(&base_config(extra));
