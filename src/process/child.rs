@@ -12,9 +12,10 @@
 //!
 //! The master kills a child still draining at `graceful_shutdown_timeout`. A child whose master
 //! has died (the kernel then sends it SIGTERM, `PR_SET_PDEATHSIG`) has nobody to do that, so
-//! every drain arms `alarm(2)` for that bound plus [`DRAIN_ALARM_MARGIN`] (the master, when
-//! alive, kills first); with no bound configured, a child whose master is gone still stops after
-//! [`ORPHAN_DRAIN_BOUND`].
+//! the first drain signal arms `alarm(2)` for that bound plus [`DRAIN_ALARM_MARGIN`] (the
+//! master, when alive, kills first); with no bound configured, a child whose master is gone
+//! when its drain begins still stops after [`ORPHAN_DRAIN_BOUND`]. A child whose master dies
+//! after the drain began, with no bound configured, is not bounded: it was told "no bound".
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -138,6 +139,9 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&format!("cannot register signal handlers: {error}"));
         }
     };
+    if let Err(error) = register_drain_alarm(&config, master_pid) {
+        return ready.failed(&format!("cannot register the drain alarm: {error}"));
+    }
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
     // A panic anywhere in this process is logged as one line rather than printed to stderr.
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
@@ -264,7 +268,15 @@ pub fn run(start: Start) -> i32 {
     ready.ready();
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
-    arm_drain_alarm(&config, master_pid);
+    if nix::unistd::getppid() != master_pid {
+        log::warn!(
+            "the master is gone; requests in progress get at most {} s (the drain alarm)",
+            config
+                .graceful_shutdown_timeout
+                .map_or(ORPHAN_DRAIN_BOUND, |bound| bound + DRAIN_ALARM_MARGIN)
+                .as_secs()
+        );
+    }
     pool.join();
     // After the workers: a fill stopped by a drain leaves nothing and goes back to the queue,
     // where a child of the new generation (or a later one) takes it up.
@@ -335,26 +347,49 @@ fn fault_matches(value: &str, generation: u64, nth: usize) -> bool {
     }
 }
 
-/// Bounds this child's drain by itself (module doc, "A drain always ends"): SIGALRM's default
-/// action ends the process. Called when the acceptor has stopped, before the workers finish.
-fn arm_drain_alarm(config: &Config, master_pid: nix::unistd::Pid) {
-    let master_gone = nix::unistd::getppid() != master_pid;
-    let bound = match (config.graceful_shutdown_timeout, master_gone) {
-        (Some(bound), _) => bound + DRAIN_ALARM_MARGIN,
-        (None, true) => ORPHAN_DRAIN_BOUND,
-        (None, false) => return,
-    };
-    if master_gone {
-        log::warn!(
-            "the master is gone; finishing the requests in progress for at most {} s",
-            bound.as_secs()
-        );
+/// Bounds this child's drain by itself (module doc, "A drain always ends"): the first drain
+/// signal (SIGHUP, SIGTERM, SIGQUIT) arms `alarm(2)`, whose SIGALRM ends the process by its
+/// default action. This runs inside the signal handler, beside the flag the acceptor acts on,
+/// because the drain can begin with the master already gone and the workers stuck in a
+/// request; so it only calls async-signal-safe functions (`getppid`, `alarm`) and an atomic.
+fn register_drain_alarm(config: &Config, master_pid: nix::unistd::Pid) -> std::io::Result<()> {
+    let with_master = config
+        .graceful_shutdown_timeout
+        .map(|bound| seconds(bound + DRAIN_ALARM_MARGIN));
+    let orphan = seconds(
+        config
+            .graceful_shutdown_timeout
+            .map_or(ORPHAN_DRAIN_BOUND, |bound| bound + DRAIN_ALARM_MARGIN),
+    );
+    let master = master_pid.as_raw();
+    let armed = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGQUIT] {
+        let armed = armed.clone();
+        let action = move || {
+            // SAFETY (of the whole closure): getppid(2) and alarm(2) are async-signal-safe.
+            let master_gone = unsafe { libc::getppid() } != master;
+            let bound = if master_gone {
+                Some(orphan)
+            } else {
+                with_master
+            };
+            if let Some(bound) = bound {
+                if !armed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    unsafe {
+                        libc::alarm(bound);
+                    }
+                }
+            }
+        };
+        // SAFETY: the action is async-signal-safe (above).
+        unsafe { signal_hook::low_level::register(signal, action) }?;
     }
-    let seconds = bound.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
-    // SAFETY: alarm(2) only arms a timer.
-    unsafe {
-        libc::alarm(seconds);
-    }
+    Ok(())
+}
+
+/// Whole seconds for alarm(2), at least 1.
+fn seconds(duration: Duration) -> u32 {
+    duration.as_secs().clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// Closes every descriptor inherited from the master except `keep`: other generations'
