@@ -37,9 +37,6 @@ const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
            (also when it was not running), 4 at the timeout
   status   describe the running server: exit 0 running, 3 not running";
 
-/// The default config path, as packages install it.
-const DEFAULT_CONFIG: &str = "/etc/glint/glint-api.conf";
-
 /// What the command line asks for.
 struct Args {
     config_file: PathBuf,
@@ -132,7 +129,7 @@ fn loaded_logs_to_file() -> bool {
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut config_file = PathBuf::from(DEFAULT_CONFIG);
+    let mut config_file = PathBuf::from(control::DEFAULT_CONFIG_FILE);
     let mut check_config = false;
     let mut command = None;
     let mut timeout = None;

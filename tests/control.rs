@@ -2,9 +2,10 @@
 //! the notify messages a service manager reads from `$NOTIFY_SOCKET`.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::util::{self, Server, DEADLINE};
@@ -436,5 +437,279 @@ fn notify_socket_gets_ready_reloading_and_stopping() {
             "unexpected notification after STOPPING: {:?}",
             String::from_utf8_lossy(&buffer[..n])
         );
+    }
+}
+
+/// Issue 9, fault 5: a reload can move `pid_file`. The new file does not exist until the master
+/// has read the new config, so the commands find the master by its command line in /proc, say
+/// so, and the master then writes the new pid file and removes the old one.
+#[test]
+fn reload_command_applies_a_new_pid_file() {
+    let server = Server::start("status_file = glint-api.status.json");
+    server.write_config("status_file = glint-api.status.json\npid_file = run/moved.pid");
+    let found = format!(
+        "found the master (pid {}) by its command line in /proc",
+        server.master_pid
+    );
+    let status = glint(&["status"], &server.config_path);
+    let what = show("status before the reload", &status);
+    assert_eq!(status.status.code(), Some(0), "{what}");
+    assert!(
+        stdout(&status).contains("no pid file at") && stdout(&status).contains(&found),
+        "{what}"
+    );
+
+    let output = glint(&["reload"], &server.config_path);
+    let what = show("reload", &output);
+    assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
+    assert!(
+        stdout(&output).contains(&found) && stdout(&output).contains("reload #1 succeeded"),
+        "{what}"
+    );
+    assert_eq!(
+        fs::read_to_string(server.path("run/moved.pid"))
+            .unwrap_or_default()
+            .trim(),
+        server.master_pid.to_string(),
+        "{}",
+        server.log()
+    );
+    assert!(
+        !server.path("glint-api.pid").exists(),
+        "the old pid file is left"
+    );
+    let status = glint(&["status"], &server.config_path);
+    let what = show("status after the reload", &status);
+    assert_eq!(status.status.code(), Some(0), "{what}");
+    assert!(!stdout(&status).contains("by its command line"), "{what}");
+}
+
+/// Issue 9, fault 5: a reload can move `status_file`. The command waits for the verdict in the
+/// new file, which the master writes only once it has read the new config; `stop` then follows
+/// the server through it.
+#[test]
+fn reload_command_applies_a_new_status_file() {
+    let mut server = Server::start("");
+    server.write_config("status_file = state/moved.json");
+    let output = glint(&["reload"], &server.config_path);
+    let what = show("reload", &output);
+    assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
+    assert!(
+        stdout(&output).contains("reload #1 succeeded: generation 2 serving"),
+        "{what}"
+    );
+    let moved_path = server.path("state/moved.json");
+    let moved = |key: &str| -> serde_json::Value {
+        fs::read_to_string(&moved_path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|status| status[key].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(moved("master_pid"), server.master_pid, "{}", server.log());
+    assert_eq!(moved("generation"), 2);
+
+    let stop = glint(&["stop", "--timeout", "20"], &server.config_path);
+    assert_eq!(stop.status.code(), Some(0), "{}", show("stop", &stop));
+    assert_eq!(server.wait_exit(DEADLINE), "exit status: 0");
+    assert_eq!(moved("phase"), "stopped");
+}
+
+/// Issue 9, fault 4: `reload` gives the verdict of the reload its own SIGHUP caused, not of one
+/// already under way when it ran. A plain SIGHUP starts reload #1, held up on the database, whose
+/// generation cannot start; the operator edits the file and runs `glint-api reload`, whose
+/// reload (#2) succeeds. The command must say #2 succeeded (exit 0), not #1 failed (exit 1).
+///
+/// The order is forced, not timed: reload #1 waits for a database lock the test holds until the
+/// command has signalled, and reload #2 (rolling) waits for the old child to drain an upload the
+/// test finishes only after the command has read the status file showing #1's failure.
+#[test]
+fn reload_command_reports_its_own_reload_not_one_already_under_way() {
+    let server = Server::start_env("workers = 1", &[("GLINT_FAULT_CHILD_START", "2")]);
+    let mut upload = Upload::start(&server);
+    let database = rusqlite::Connection::open(server.path("glint.sqlite")).unwrap();
+    database.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    server.signal(libc::SIGHUP);
+    // A master blocked on the lock (while it checks storage) writes no status meanwhile, so its
+    // log says as well that reload #1 began.
+    util::wait_until("reload #1 to begin", DEADLINE, || {
+        server.log().contains("SIGHUP: reloading")
+            || !server.status()["reload_in_progress"].is_null()
+    });
+    server.write_config("workers = 1\nreload_strategy = rolling");
+    let opens = FileOpens::watch(server.dir.path(), "glint-api.status.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .args(["reload", "--timeout", "20", "--config-file"])
+        .arg(&server.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run glint-api reload");
+    // The command reads the status file before its SIGHUP and again after it, so its second
+    // open means its SIGHUP is sent. Nothing else opens that name: the master writes a
+    // temporary file and renames it.
+    let mut exited = || command.try_wait().unwrap().is_some();
+    opens.wait_for(2, DEADLINE, &mut exited);
+    database.execute_batch("COMMIT").unwrap();
+    // Reload #1 fails; reload #2 waits for the old child, which waits for the upload.
+    util::wait_until("reload #1 to fail and reload #2 to begin", DEADLINE, || {
+        let status = server.status();
+        status["last_reload"]["number"] == 1 && status["reload_in_progress"]["number"] == 2
+    });
+    // The test's own reads above are in the queue; the next open after them is the command's,
+    // of a file that shows #1's failure until the upload ends.
+    opens.discard_queued();
+    opens.wait_for(1, DEADLINE, &mut exited);
+    upload.finish(&server);
+    let output = command
+        .wait_with_output()
+        .expect("wait for glint-api reload");
+    let what = show("reload", &output);
+    assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
+    assert!(
+        stdout(&output).contains("reload #2 succeeded: generation 3 serving with 1 worker(s)"),
+        "{what}"
+    );
+}
+
+/// An upload whose body is half sent: the child serving it cannot finish draining until the
+/// test sends the rest.
+struct Upload {
+    stream: std::net::TcpStream,
+}
+
+impl Upload {
+    fn start(server: &Server) -> Upload {
+        let create = util::send_body(
+            server.addr(),
+            "POST",
+            "/v2/images",
+            "application/json",
+            br#"{"disk_format": "raw", "container_format": "bare"}"#,
+        );
+        assert_eq!(create.status, 201, "{create:?}");
+        let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut stream = server.connect();
+        write!(
+            stream,
+            "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
+        )
+        .unwrap();
+        // Once the image is `saving`, a worker is inside the request: a drain waits for it.
+        util::wait_until("the upload to begin", DEADLINE, || {
+            util::get(server.addr(), &format!("/v2/images/{id}")).is_ok_and(|image| {
+                serde_json::from_slice::<serde_json::Value>(&image.body)
+                    .is_ok_and(|image| image["status"] == "saving")
+            })
+        });
+        Upload { stream }
+    }
+
+    fn finish(&mut self, server: &Server) {
+        self.stream.write_all(b"done").unwrap();
+        let mut reader = std::io::BufReader::new(&self.stream);
+        let response = util::read_response(&mut reader, "PUT")
+            .unwrap()
+            .expect("a response to the upload");
+        assert_eq!(response.status, 204, "{response:?}\n{}", server.log());
+    }
+}
+
+/// Counts the opens of one file name in a directory with inotify, so a test can tell that
+/// another process has read a file a given number of times.
+struct FileOpens {
+    inotify: std::os::fd::OwnedFd,
+    name: Vec<u8>,
+}
+
+impl FileOpens {
+    fn watch(dir: &Path, name: &str) -> FileOpens {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: inotify_init1 returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        assert!(
+            fd >= 0,
+            "inotify_init1: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let inotify = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_OPEN) };
+        assert!(
+            watch >= 0,
+            "inotify_add_watch: {}",
+            std::io::Error::last_os_error()
+        );
+        FileOpens {
+            inotify,
+            name: name.as_bytes().to_vec(),
+        }
+    }
+
+    /// Forgets the opens queued so far (a test's own reads).
+    fn discard_queued(&self) {
+        use std::os::fd::AsRawFd;
+        let mut buffer = vec![0u8; 64 * 1024];
+        // SAFETY: reads into a buffer of the given length; the descriptor is non-blocking.
+        while unsafe {
+            libc::read(
+                self.inotify.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        } > 0
+        {}
+    }
+
+    /// Waits until the file has been opened `n` more times, or until `done` says there is no
+    /// point (the process that would open it has exited), or panics at `deadline`.
+    fn wait_for(&self, n: usize, deadline: Duration, done: &mut dyn FnMut() -> bool) {
+        use std::os::fd::AsRawFd;
+        let end = std::time::Instant::now() + deadline;
+        let mut seen = 0;
+        let mut buffer = vec![0u8; 64 * 1024];
+        while seen < n && !done() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the file was opened {seen} time(s), not {n}, within {deadline:?}"
+            );
+            let mut poll = libc::pollfd {
+                fd: self.inotify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // At most 20 ms, to look at `done` again.
+            let millis = left.min(Duration::from_millis(20)).as_millis() as i32;
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut poll, 1, millis) };
+            // SAFETY: reads into a buffer of the given length.
+            let got = unsafe {
+                libc::read(
+                    self.inotify.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            let mut at = 0;
+            // Each event: wd (4), mask (4), cookie (4), len (4), then `len` bytes of name padded
+            // with NULs.
+            while got > 0 && at + 16 <= got as usize {
+                let len = u32::from_ne_bytes(buffer[at + 12..at + 16].try_into().unwrap()) as usize;
+                let name = &buffer[at + 16..at + 16 + len];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(len)];
+                if name == self.name.as_slice() {
+                    seen += 1;
+                }
+                at += 16 + len;
+            }
+        }
     }
 }
