@@ -178,7 +178,15 @@ impl Acceptor {
                 _ => -1,
             };
             fds.push(pollfd(listener_fd));
-            fds.push(pollfd(self.handoff.receive_fd()));
+            // The handoff channel, like the listener, only while this child has room: what it
+            // cannot hold stays queued for a sibling or for later.
+            let adopting = self.open_connections() < self.accept.max_connections
+                && self.handoff.may_adopt(self.open_connections(), now);
+            fds.push(pollfd(if adopting {
+                self.handoff.receive_fd()
+            } else {
+                -1
+            }));
             fds.push(pollfd(self.handoff.control_fd()));
             let first_connection = fds.len();
             for waiting in &self.waiting {
@@ -396,7 +404,7 @@ impl Acceptor {
         }
         log::info!(
             "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
-             request, {n_handed} connection(s) handed to the new generation, {n_idle} idle \
+             request, {n_handed} connection(s) queued for the new generation, {n_idle} idle \
              keep-alive connection(s) closed",
             self.in_flight + self.ready.len(),
             self.waiting
@@ -432,12 +440,26 @@ impl Acceptor {
     /// passes them on at once if it has a target of its own.
     fn adopt_all(&mut self, revents: i16) {
         let now = Instant::now();
-        while let Some((connection, carried, first_request)) = self.handoff.adopt() {
+        loop {
+            let open_connections = self.open_connections();
+            if open_connections >= self.accept.max_connections {
+                // Like the listener's backlog, the channel keeps what this child has no room
+                // for: a sibling takes it, or this child once a connection closes.
+                if self.handoff.has_queued() {
+                    self.handoff
+                        .warn_connection_limit(self.accept.max_connections, now);
+                }
+                break;
+            }
+            let (connection, first_request) = match self.handoff.adopt(open_connections) {
+                Adoption::Adopted(connection, first_request) => (connection, first_request),
+                Adoption::Empty | Adoption::NoRoom => break,
+            };
             // A connection that has not served a request yet keeps the header deadline, as it
             // had in the old child; an idle keep-alive one gets the idle timeout.
             let wait = if first_request {
                 Wait::FirstRequest
-            } else if carried.is_empty() {
+            } else if connection.buffered().is_empty() {
                 Wait::Idle
             } else {
                 Wait::Head
@@ -669,6 +691,20 @@ fn close_gracefully(waiting: &mut Waiting, now: Instant) {
     waiting.deadline = Some(now + CLOSE_LINGER);
 }
 
+/// How many descriptors a child keeps free when it adopts a connection: room for what its
+/// workers open while serving (an image file, a temporary upload file, a database connection)
+/// and for the adopted socket itself. A child with fewer free leaves handed-over connections
+/// queued on its generation's channel, where a sibling or, later, it takes them.
+pub const ADOPTION_DESCRIPTOR_RESERVE: usize = 16;
+
+/// How soon a child that stopped adopting for want of descriptors looks again even though
+/// none of its connections closed (its workers may have closed files meanwhile).
+const ADOPTION_RECHECK: Duration = Duration::from_secs(1);
+
+/// The shortest time between two warnings that a child cannot adopt for the same reason, so
+/// that a child that stays full does not write one line per connection that closes.
+const ADOPTION_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A child's ends of the handoff machinery: its generation's channel (connections handed to
 /// it), its control socket (where the master sends the new generation's channel), and that
 /// target once received. Every end is optional: a child without them drains by closing.
@@ -677,14 +713,41 @@ pub struct Handoff {
     receive: Option<OwnedFd>,
     control: Option<OwnedFd>,
     target: Option<OwnedFd>,
+    /// A descriptor held only to be given up right before the control socket is read, so that
+    /// a child at its open-files limit still has a number for the target's descriptor to land
+    /// on (a target lost to `MSG_CTRUNC` would make the child close its connections).
+    spare: Option<OwnedFd>,
+    /// Adoption stopped for want of descriptors: resume when fewer than this many connections
+    /// are open, or at this instant.
+    descriptor_pause: Option<(usize, Instant)>,
+    /// When the child last warned that it could not adopt, per reason.
+    warned_connection_limit: Option<Instant>,
+    warned_descriptor_limit: Option<Instant>,
+}
+
+/// What one attempt to adopt a connection gave.
+enum Adoption {
+    /// A connection, with the bytes the old child had read from it, and whether it has yet to
+    /// serve its first request.
+    Adopted(Connection, bool),
+    /// Nothing is queued (or the channel is gone).
+    Empty,
+    /// This child has no descriptors to spare; what is queued stays queued.
+    NoRoom,
 }
 
 impl Handoff {
     pub fn new(receive: Option<OwnedFd>, control: Option<OwnedFd>) -> Handoff {
+        // The spare is a duplicate of the control socket because that needs no path and cannot
+        // fail for any reason but the limit it guards against.
+        let spare = control
+            .as_ref()
+            .and_then(|control| control.try_clone().ok());
         Handoff {
             receive,
             control,
-            target: None,
+            spare,
+            ..Handoff::default()
         }
     }
 
@@ -704,28 +767,90 @@ impl Handoff {
         self.receive = None;
     }
 
+    /// Whether the channel may be polled with `open_connections` held: not while adoption is
+    /// paused for want of descriptors, unless a connection has closed since or the pause is over.
+    fn may_adopt(&mut self, open_connections: usize, now: Instant) -> bool {
+        match self.descriptor_pause {
+            Some((paused_at, until)) if open_connections >= paused_at && now < until => false,
+            Some(_) => {
+                self.descriptor_pause = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Whether a message waits on this generation's channel (without taking it).
+    fn has_queued(&self) -> bool {
+        let Some(receive) = &self.receive else {
+            return false;
+        };
+        let mut fds = [pollfd(receive.as_raw_fd())];
+        // SAFETY: a one-element pollfd array for the call's duration; no wait.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        n > 0 && fds[0].revents & libc::POLLIN != 0
+    }
+
+    /// Says (at most once per [`ADOPTION_WARNING_INTERVAL`]) that this child holds
+    /// `max_connections` and leaves handed-over connections queued.
+    fn warn_connection_limit(&mut self, max_connections: usize, now: Instant) {
+        if self
+            .warned_connection_limit
+            .is_some_and(|at| now < at + ADOPTION_WARNING_INTERVAL)
+        {
+            return;
+        }
+        self.warned_connection_limit = Some(now);
+        log::warn!(
+            "cannot adopt more handed-over connections: at max_client_connections \
+             ({max_connections}); they stay queued on this generation's handoff channel for \
+             another child, or for this one as its connections close"
+        );
+    }
+
     /// Reads the control socket: the newest target replaces the one held. A control socket at
     /// end of stream (the master is gone) is dropped.
     fn read_control(&mut self) {
         let Some(control) = &self.control else {
             return;
         };
-        match handoff::receive_target(control.as_fd()) {
-            Ok(Some(target)) => self.target = Some(target),
-            Ok(None) => {
-                if peer_closed(control.as_raw_fd()) {
-                    self.control = None;
+        let keep_control = loop {
+            // Give the spare up so that the target's descriptor has a number to land on.
+            self.spare = None;
+            match handoff::receive_target(control.as_fd()) {
+                Ok(Some(target)) => {
+                    // The target it replaces is closed here, which frees the spare's number.
+                    self.target = Some(target);
+                    self.spare = control.try_clone().ok();
+                }
+                Ok(None) => break !peer_closed(control.as_raw_fd()),
+                Err(error @ handoff::ReceiveError::DescriptorDiscarded) => {
+                    log::error!(
+                        "lost a handoff target sent by the master: {error}; at its drain this \
+                         child will close its idle connections instead of handing them over \
+                         unless a later target arrives; raise the open-files limit \
+                         (RLIMIT_NOFILE {})",
+                        open_files_limit()
+                    );
+                }
+                Err(error) => {
+                    log::warn!("handoff control socket: {error}; this child will close instead");
+                    break false;
                 }
             }
-            Err(error) => {
-                log::warn!("handoff control socket: {error}; this child will close instead");
-                self.control = None;
-            }
+        };
+        if self.spare.is_none() {
+            self.spare = control.try_clone().ok();
+        }
+        if !keep_control {
+            self.control = None;
+            self.spare = None;
         }
     }
 
     /// Sends `waiting`'s connection to the target. On success it is marked to be dropped here
-    /// (our copy of the fd closes; the client's connection lives on in the new generation).
+    /// (our copy of the fd closes; the client's connection lives on, queued on the new
+    /// generation's channel until one of its children takes it).
     fn hand_off(&mut self, waiting: &mut Waiting) -> bool {
         let Some(target) = &self.target else {
             return false;
@@ -738,7 +863,7 @@ impl Handoff {
             waiting.wait == Wait::FirstRequest,
         ) {
             Ok(()) => {
-                log::debug!("{}: handed to the new generation", connection.peer());
+                log::debug!("{}: queued for the new generation", connection.peer());
                 waiting.fate = Fate::Drop;
                 true
             }
@@ -771,35 +896,95 @@ impl Handoff {
     }
 
     /// One connection from this generation's channel, as a `Connection` with the bytes the
-    /// old child had read from it.
-    fn adopt(&mut self) -> Option<(Connection, Vec<u8>, bool)> {
-        let receive = self.receive.as_ref()?;
+    /// old child had read from it; taken only if this child has [`ADOPTION_DESCRIPTOR_RESERVE`]
+    /// descriptors free (`open_connections` is what it holds, remembered to know when one has
+    /// closed).
+    fn adopt(&mut self, open_connections: usize) -> Adoption {
+        let Some(receive) = &self.receive else {
+            return Adoption::Empty;
+        };
         loop {
-            match handoff::receive_connection(receive.as_fd()) {
-                Ok(Some((fd, carried, first_request))) => {
-                    let stream = TcpStream::from(fd);
+            match handoff::descriptors_free(receive.as_fd(), ADOPTION_DESCRIPTOR_RESERVE + 1) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.pause_for_descriptors(open_connections);
+                    return Adoption::NoRoom;
+                }
+                Err(error) => {
+                    log::warn!("{error}; not adopting handed-over connections for now");
+                    self.pause_for_descriptors(open_connections);
+                    return Adoption::NoRoom;
+                }
+            }
+            match handoff::take_connection(receive.as_fd()) {
+                Ok(Some(received)) => {
+                    let stream = TcpStream::from(received.fd);
                     let Ok(peer) = stream.peer_addr() else {
                         // The client left while the connection was in transit.
                         continue;
                     };
-                    let mut connection = Connection::with_buffered(stream, peer, &carried);
-                    if first_request {
+                    let mut connection = Connection::with_buffered(stream, peer, &received.carried);
+                    if received.first_request {
                         connection.requests_served = 0;
                     }
                     if connection.set_blocking(false).is_err() {
                         continue;
                     }
                     log::debug!("{peer}: adopted from a draining generation");
-                    return Some((connection, carried, first_request));
+                    return Adoption::Adopted(connection, received.first_request);
                 }
-                Ok(None) => return None,
+                Ok(None) => return Adoption::Empty,
+                Err(error @ handoff::ReceiveError::DescriptorDiscarded) => {
+                    // The reserve was taken by the workers between the check and the receive.
+                    log::error!(
+                        "lost a connection handed over from a draining generation: {error}; \
+                         raise the open-files limit (RLIMIT_NOFILE {}) so that children keep \
+                         {ADOPTION_DESCRIPTOR_RESERVE} descriptors free",
+                        open_files_limit()
+                    );
+                    self.pause_for_descriptors(open_connections);
+                    return Adoption::NoRoom;
+                }
+                Err(error @ handoff::ReceiveError::PayloadTruncated) => {
+                    log::error!(
+                        "lost a connection handed over from a draining generation: {error}"
+                    );
+                }
                 Err(error) => {
                     log::warn!("handoff channel: {error}");
-                    return None;
+                    return Adoption::Empty;
                 }
             }
         }
     }
+
+    /// Stops polling the channel until a connection closes or [`ADOPTION_RECHECK`] passes, and
+    /// says so (at most once per [`ADOPTION_WARNING_INTERVAL`]).
+    fn pause_for_descriptors(&mut self, open_connections: usize) {
+        let now = Instant::now();
+        self.descriptor_pause = Some((open_connections, now + ADOPTION_RECHECK));
+        if self
+            .warned_descriptor_limit
+            .is_some_and(|at| now < at + ADOPTION_WARNING_INTERVAL)
+        {
+            return;
+        }
+        self.warned_descriptor_limit = Some(now);
+        log::warn!(
+            "cannot adopt more handed-over connections: at the open-files limit (RLIMIT_NOFILE \
+             {}, of which {ADOPTION_DESCRIPTOR_RESERVE} are kept free for the workers) with \
+             {open_connections} connection(s) open; they stay queued on this generation's \
+             handoff channel for another child, or for this one as its connections close; raise \
+             the open-files limit (LimitNOFILE=, ulimit -n) if this repeats",
+            open_files_limit()
+        );
+    }
+}
+
+/// This process's soft RLIMIT_NOFILE, for messages (0 if getrlimit fails).
+fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft)
 }
 
 /// Whether the peer of a (non-blocking) socket has closed: a zero-byte peek.
