@@ -15,18 +15,28 @@
 //! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
 //! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
 //! joins its workers and exits 0.
+//!
+//! With a handoff target (`reload_handoff`), connections waiting for a request are handed to
+//! the new generation instead of closed, and requests in flight keep their connection so that
+//! it goes along once answered. A newer target may arrive at any time; the drain then hands
+//! what it still holds to that one. What can be sent or adopted, and when, is decided by
+//! `handoff::Handoff`; this loop polls its fds and decides what happens to the connections it
+//! keeps.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+// The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
+pub use crate::handoff::Handoff;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::handoff;
+use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
 use crate::http::connection::{Connection, HEAD_READ_CHUNK};
 use crate::http::head::{self, Parsed};
 use crate::http::response::{self, Response, WriteOptions};
@@ -51,13 +61,6 @@ pub struct AcceptSettings {
 /// How long a connection we closed FIN-first is kept to discard what the client still sends,
 /// so that our last response is not destroyed by a reset before the client reads it.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// How long a draining child keeps retrying to hand over a connection while the new
-/// generation's channel is full, before it closes the connection instead.
-pub const HANDOFF_RETRY: Duration = Duration::from_secs(5);
-
-/// How often those retries happen.
-const HANDOFF_RETRY_POLL: Duration = Duration::from_millis(5);
 
 /// How long accepting pauses after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -181,7 +184,9 @@ impl Acceptor {
             // The handoff channel, like the listener, only while this child has room: what it
             // cannot hold stays queued for a sibling or for later.
             let adopting = self.open_connections() < self.accept.max_connections
-                && self.handoff.may_adopt(self.open_connections(), now);
+                && self
+                    .handoff
+                    .may_adopt(self.open_connections(), self.drain_started, now);
             fds.push(pollfd(if adopting {
                 self.handoff.receive_fd()
             } else {
@@ -217,8 +222,8 @@ impl Acceptor {
                 }
             }
             self.expire(Instant::now());
-            if fds[3].revents != 0 {
-                self.handoff.read_control();
+            if fds[3].revents != 0 && self.handoff.read_control() && self.drain_started {
+                self.on_new_target();
             }
             for request in self.signals.take() {
                 match request {
@@ -383,16 +388,12 @@ impl Acceptor {
         self.accept_all();
         // Dropping our fd leaves the socket open in the master and the other children.
         self.listener = None;
+        let n_handed = self.hand_over_waiting();
         let now = Instant::now();
-        let (mut n_idle, mut n_handed) = (0, 0);
+        let mut n_idle = 0;
         for waiting in &mut self.waiting {
-            if waiting.fate != Fate::Stay {
-                continue;
-            }
-            let waits_for_a_request =
-                matches!(waiting.wait, Wait::Idle | Wait::FirstRequest | Wait::Head);
-            if waits_for_a_request && self.handoff.has_target() && self.handoff.hand_off(waiting) {
-                n_handed += 1;
+            // Handed over, or waiting for room on the target's channel, or busy.
+            if waiting.fate != Fate::Stay || waiting.handoff_retry.is_some() {
                 continue;
             }
             if waiting.wait == Wait::Idle {
@@ -415,6 +416,44 @@ impl Acceptor {
         );
     }
 
+    /// Hands every connection that waits for a request to the target (none without one).
+    /// Returns how many were queued.
+    fn hand_over_waiting(&mut self) -> usize {
+        if !self.handoff.has_target() {
+            return 0;
+        }
+        let mut n_queued = 0;
+        for waiting in &mut self.waiting {
+            let waits_for_a_request =
+                matches!(waiting.wait, Wait::Idle | Wait::FirstRequest | Wait::Head);
+            if waiting.fate == Fate::Stay
+                && waits_for_a_request
+                && hand_off(&mut self.handoff, waiting) == Sent::Queued
+            {
+                n_queued += 1;
+            }
+        }
+        n_queued
+    }
+
+    /// A draining child got a (newer) target: what it still holds that waits for a request
+    /// goes there, and responses keep their connections again, to be handed over in turn. A
+    /// reload that fails part-way sends a draining child such a target (back to its own
+    /// generation's serving children).
+    fn on_new_target(&mut self) {
+        self.draining.store(false, Ordering::SeqCst);
+        for waiting in &mut self.waiting {
+            // The retry bound was for the previous target's channel.
+            waiting.handoff_retry = None;
+        }
+        let n_queued = self.hand_over_waiting();
+        log::info!(
+            "draining: a new handoff target; {n_queued} connection(s) queued for it, {} request(s) \
+             in progress",
+            self.in_flight + self.ready.len()
+        );
+    }
+
     /// Retries the handoffs that met a full channel; one that keeps failing is closed as
     /// without handoff (an idle one FIN-first; one with part of a request waits to be served).
     fn retry_handoffs(&mut self) {
@@ -427,11 +466,8 @@ impl Acceptor {
                 waiting.handoff_retry = None;
                 continue;
             }
-            if !self.handoff.hand_off(waiting) {
-                waiting.handoff_retry = None;
-                if waiting.wait == Wait::Idle {
-                    close_idle(waiting, now, &self.settings);
-                }
+            if hand_off(&mut self.handoff, waiting) == Sent::Kept && waiting.wait == Wait::Idle {
+                close_idle(waiting, now, &self.settings);
             }
         }
     }
@@ -442,6 +478,13 @@ impl Acceptor {
         let now = Instant::now();
         loop {
             let open_connections = self.open_connections();
+            if !self
+                .handoff
+                .may_adopt(open_connections, self.drain_started, now)
+            {
+                // Paused for want of descriptors, or relaying to a target that leads back here.
+                break;
+            }
             if open_connections >= self.accept.max_connections {
                 // Like the listener's backlog, the channel keeps what this child has no room
                 // for: a sibling takes it, or this child once a connection closes.
@@ -481,7 +524,7 @@ impl Acceptor {
             ) {
                 waiting.fate = Fate::Dispatch;
             } else if self.drain_started
-                && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
+                && hand_off(&mut self.handoff, &mut waiting) == Sent::Kept
                 && waiting.wait == Wait::Idle
             {
                 // A draining child without a target of its own closes what it is handed.
@@ -534,8 +577,8 @@ impl Acceptor {
                                 after_idle: false,
                                 handoff_retry: None,
                             };
-                            if self.drain_started && self.handoff.has_target() {
-                                self.handoff.hand_off(&mut waiting);
+                            if self.drain_started {
+                                hand_off(&mut self.handoff, &mut waiting);
                             }
                             self.waiting.push(waiting);
                         }
@@ -551,9 +594,7 @@ impl Acceptor {
                     after_idle: false,
                     handoff_retry: None,
                 };
-                if self.drain_started
-                    && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
-                {
+                if self.drain_started && hand_off(&mut self.handoff, &mut waiting) == Sent::Kept {
                     close_idle(&mut waiting, now, &self.settings);
                 }
                 self.waiting.push(waiting);
@@ -691,313 +732,18 @@ fn close_gracefully(waiting: &mut Waiting, now: Instant) {
     waiting.deadline = Some(now + CLOSE_LINGER);
 }
 
-/// How many descriptors a child keeps free when it adopts a connection: room for what its
-/// workers open while serving (an image file, a temporary upload file, a database connection)
-/// and for the adopted socket itself. A child with fewer free leaves handed-over connections
-/// queued on its generation's channel, where a sibling or, later, it takes them.
-pub const ADOPTION_DESCRIPTOR_RESERVE: usize = 16;
-
-/// How soon a child that stopped adopting for want of descriptors looks again even though
-/// none of its connections closed (its workers may have closed files meanwhile).
-const ADOPTION_RECHECK: Duration = Duration::from_secs(1);
-
-/// The shortest time between two warnings that a child cannot adopt for the same reason, so
-/// that a child that stays full does not write one line per connection that closes.
-const ADOPTION_WARNING_INTERVAL: Duration = Duration::from_secs(60);
-
-/// A child's ends of the handoff machinery: its generation's channel (connections handed to
-/// it), its control socket (where the master sends the new generation's channel), and that
-/// target once received. Every end is optional: a child without them drains by closing.
-#[derive(Default)]
-pub struct Handoff {
-    receive: Option<OwnedFd>,
-    control: Option<OwnedFd>,
-    target: Option<OwnedFd>,
-    /// A descriptor held only to be given up right before the control socket is read, so that
-    /// a child at its open-files limit still has a number for the target's descriptor to land
-    /// on (a target lost to `MSG_CTRUNC` would make the child close its connections).
-    spare: Option<OwnedFd>,
-    /// Adoption stopped for want of descriptors: resume when fewer than this many connections
-    /// are open, or at this instant.
-    descriptor_pause: Option<(usize, Instant)>,
-    /// When the child last warned that it could not adopt, per reason.
-    warned_connection_limit: Option<Instant>,
-    warned_descriptor_limit: Option<Instant>,
-}
-
-/// What one attempt to adopt a connection gave.
-enum Adoption {
-    /// A connection, with the bytes the old child had read from it, and whether it has yet to
-    /// serve its first request.
-    Adopted(Connection, bool),
-    /// Nothing is queued (or the channel is gone).
-    Empty,
-    /// This child has no descriptors to spare; what is queued stays queued.
-    NoRoom,
-}
-
-impl Handoff {
-    pub fn new(receive: Option<OwnedFd>, control: Option<OwnedFd>) -> Handoff {
-        // The spare is a duplicate of the control socket because that needs no path and cannot
-        // fail for any reason but the limit it guards against.
-        let spare = control
-            .as_ref()
-            .and_then(|control| control.try_clone().ok());
-        Handoff {
-            receive,
-            control,
-            spare,
-            ..Handoff::default()
-        }
+/// Offers `waiting`'s connection to the handoff target, and records the outcome on it: queued
+/// (dropped here at the end of the iteration), retrying (kept, retried by
+/// `retry_handoffs`), or kept (to be treated as without handoff).
+fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
+    let first_request = waiting.wait == Wait::FirstRequest;
+    let sent = handoff.send(
+        &waiting.connection,
+        first_request,
+        &mut waiting.handoff_retry,
+    );
+    if sent == Sent::Queued {
+        waiting.fate = Fate::Drop;
     }
-
-    fn receive_fd(&self) -> i32 {
-        self.receive.as_ref().map_or(-1, |fd| fd.as_raw_fd())
-    }
-
-    fn control_fd(&self) -> i32 {
-        self.control.as_ref().map_or(-1, |fd| fd.as_raw_fd())
-    }
-
-    fn has_target(&self) -> bool {
-        self.target.is_some()
-    }
-
-    fn lose_receive(&mut self) {
-        self.receive = None;
-    }
-
-    /// Whether the channel may be polled with `open_connections` held: not while adoption is
-    /// paused for want of descriptors, unless a connection has closed since or the pause is over.
-    fn may_adopt(&mut self, open_connections: usize, now: Instant) -> bool {
-        match self.descriptor_pause {
-            Some((paused_at, until)) if open_connections >= paused_at && now < until => false,
-            Some(_) => {
-                self.descriptor_pause = None;
-                true
-            }
-            None => true,
-        }
-    }
-
-    /// Whether a message waits on this generation's channel (without taking it).
-    fn has_queued(&self) -> bool {
-        let Some(receive) = &self.receive else {
-            return false;
-        };
-        let mut fds = [pollfd(receive.as_raw_fd())];
-        // SAFETY: a one-element pollfd array for the call's duration; no wait.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-        n > 0 && fds[0].revents & libc::POLLIN != 0
-    }
-
-    /// Says (at most once per [`ADOPTION_WARNING_INTERVAL`]) that this child holds
-    /// `max_connections` and leaves handed-over connections queued.
-    fn warn_connection_limit(&mut self, max_connections: usize, now: Instant) {
-        if self
-            .warned_connection_limit
-            .is_some_and(|at| now < at + ADOPTION_WARNING_INTERVAL)
-        {
-            return;
-        }
-        self.warned_connection_limit = Some(now);
-        log::warn!(
-            "cannot adopt more handed-over connections: at max_client_connections \
-             ({max_connections}); they stay queued on this generation's handoff channel for \
-             another child, or for this one as its connections close"
-        );
-    }
-
-    /// Reads the control socket: the newest target replaces the one held. A control socket at
-    /// end of stream (the master is gone) is dropped.
-    fn read_control(&mut self) {
-        let Some(control) = &self.control else {
-            return;
-        };
-        let keep_control = loop {
-            // Give the spare up so that the target's descriptor has a number to land on.
-            self.spare = None;
-            match handoff::receive_target(control.as_fd()) {
-                Ok(Some(target)) => {
-                    // The target it replaces is closed here, which frees the spare's number.
-                    self.target = Some(target);
-                    self.spare = control.try_clone().ok();
-                }
-                Ok(None) => break !peer_closed(control.as_raw_fd()),
-                Err(error @ handoff::ReceiveError::DescriptorDiscarded) => {
-                    log::error!(
-                        "lost a handoff target sent by the master: {error}; at its drain this \
-                         child will close its idle connections instead of handing them over \
-                         unless a later target arrives; raise the open-files limit \
-                         (RLIMIT_NOFILE {})",
-                        open_files_limit()
-                    );
-                }
-                Err(error) => {
-                    log::warn!("handoff control socket: {error}; this child will close instead");
-                    break false;
-                }
-            }
-        };
-        if self.spare.is_none() {
-            self.spare = control.try_clone().ok();
-        }
-        if !keep_control {
-            self.control = None;
-            self.spare = None;
-        }
-    }
-
-    /// Sends `waiting`'s connection to the target. On success it is marked to be dropped here
-    /// (our copy of the fd closes; the client's connection lives on, queued on the new
-    /// generation's channel until one of its children takes it).
-    fn hand_off(&mut self, waiting: &mut Waiting) -> bool {
-        let Some(target) = &self.target else {
-            return false;
-        };
-        let connection = &waiting.connection;
-        match handoff::send_connection(
-            target.as_fd(),
-            connection.stream().as_fd(),
-            connection.buffered(),
-            waiting.wait == Wait::FirstRequest,
-        ) {
-            Ok(()) => {
-                log::debug!("{}: queued for the new generation", connection.peer());
-                waiting.fate = Fate::Drop;
-                true
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // The channel is full: the new generation is still taking in what came before.
-                // Keep the connection and retry (the acceptor polls again within
-                // HANDOFF_RETRY_POLL) until HANDOFF_RETRY has passed.
-                let now = Instant::now();
-                let until = *waiting.handoff_retry.get_or_insert(now + HANDOFF_RETRY);
-                if now < until {
-                    return true;
-                }
-                log::warn!(
-                    "{}: the handoff channel stayed full for {} s; closing the connection",
-                    connection.peer(),
-                    HANDOFF_RETRY.as_secs()
-                );
-                waiting.handoff_retry = None;
-                false
-            }
-            Err(error) => {
-                log::warn!(
-                    "{}: cannot hand the connection to the new generation ({error}); closing it",
-                    connection.peer()
-                );
-                waiting.handoff_retry = None;
-                false
-            }
-        }
-    }
-
-    /// One connection from this generation's channel, as a `Connection` with the bytes the
-    /// old child had read from it; taken only if this child has [`ADOPTION_DESCRIPTOR_RESERVE`]
-    /// descriptors free (`open_connections` is what it holds, remembered to know when one has
-    /// closed).
-    fn adopt(&mut self, open_connections: usize) -> Adoption {
-        let Some(receive) = &self.receive else {
-            return Adoption::Empty;
-        };
-        loop {
-            match handoff::descriptors_free(receive.as_fd(), ADOPTION_DESCRIPTOR_RESERVE + 1) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.pause_for_descriptors(open_connections);
-                    return Adoption::NoRoom;
-                }
-                Err(error) => {
-                    log::warn!("{error}; not adopting handed-over connections for now");
-                    self.pause_for_descriptors(open_connections);
-                    return Adoption::NoRoom;
-                }
-            }
-            match handoff::take_connection(receive.as_fd()) {
-                Ok(Some(received)) => {
-                    let stream = TcpStream::from(received.fd);
-                    let Ok(peer) = stream.peer_addr() else {
-                        // The client left while the connection was in transit.
-                        continue;
-                    };
-                    let mut connection = Connection::with_buffered(stream, peer, &received.carried);
-                    if received.first_request {
-                        connection.requests_served = 0;
-                    }
-                    if connection.set_blocking(false).is_err() {
-                        continue;
-                    }
-                    log::debug!("{peer}: adopted from a draining generation");
-                    return Adoption::Adopted(connection, received.first_request);
-                }
-                Ok(None) => return Adoption::Empty,
-                Err(error @ handoff::ReceiveError::DescriptorDiscarded) => {
-                    // The reserve was taken by the workers between the check and the receive.
-                    log::error!(
-                        "lost a connection handed over from a draining generation: {error}; \
-                         raise the open-files limit (RLIMIT_NOFILE {}) so that children keep \
-                         {ADOPTION_DESCRIPTOR_RESERVE} descriptors free",
-                        open_files_limit()
-                    );
-                    self.pause_for_descriptors(open_connections);
-                    return Adoption::NoRoom;
-                }
-                Err(error @ handoff::ReceiveError::PayloadTruncated) => {
-                    log::error!(
-                        "lost a connection handed over from a draining generation: {error}"
-                    );
-                }
-                Err(error) => {
-                    log::warn!("handoff channel: {error}");
-                    return Adoption::Empty;
-                }
-            }
-        }
-    }
-
-    /// Stops polling the channel until a connection closes or [`ADOPTION_RECHECK`] passes, and
-    /// says so (at most once per [`ADOPTION_WARNING_INTERVAL`]).
-    fn pause_for_descriptors(&mut self, open_connections: usize) {
-        let now = Instant::now();
-        self.descriptor_pause = Some((open_connections, now + ADOPTION_RECHECK));
-        if self
-            .warned_descriptor_limit
-            .is_some_and(|at| now < at + ADOPTION_WARNING_INTERVAL)
-        {
-            return;
-        }
-        self.warned_descriptor_limit = Some(now);
-        log::warn!(
-            "cannot adopt more handed-over connections: at the open-files limit (RLIMIT_NOFILE \
-             {}, of which {ADOPTION_DESCRIPTOR_RESERVE} are kept free for the workers) with \
-             {open_connections} connection(s) open; they stay queued on this generation's \
-             handoff channel for another child, or for this one as its connections close; raise \
-             the open-files limit (LimitNOFILE=, ulimit -n) if this repeats",
-            open_files_limit()
-        );
-    }
-}
-
-/// This process's soft RLIMIT_NOFILE, for messages (0 if getrlimit fails).
-fn open_files_limit() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or(0, |(soft, _)| soft)
-}
-
-/// Whether the peer of a (non-blocking) socket has closed: a zero-byte peek.
-fn peer_closed(fd: i32) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv(2) of at most one byte into a local.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 0
+    sent
 }

@@ -706,3 +706,58 @@ fn log_lines_about_handoff(log: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// A child that is already draining takes a newer target: a connection busy with an upload
+/// through two reloads goes, once answered, to the latest generation (the one a failed reload
+/// would send back is just such a target, issue 9 fault 6).
+#[test]
+fn a_draining_child_hands_over_to_the_latest_target() {
+    let server = Server::start("workers = 1");
+    let create = util::raw_exchange(
+        server.addr(),
+        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+          Content-Length: 50\r\nConnection: close\r\n\r\n\
+          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
+    )
+    .unwrap()
+    .unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // Half an upload keeps the first child's worker on this connection through both reloads.
+    write!(
+        stream,
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
+    )
+    .unwrap();
+    let image_path = format!("/v2/images/{id}");
+    util::wait_until("the upload to begin", DEADLINE, || {
+        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
+    });
+    let first_child = server.children(None)[0];
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    server.wait_for_log("draining: a new handoff target", DEADLINE);
+    stream.write_all(b"done").unwrap();
+    let upload = read_response(&mut reader, "PUT")
+        .unwrap()
+        .expect("the upload's answer");
+    assert_eq!((upload.status, upload.closes()), (204, false), "{upload:?}");
+    util::wait_until("the first child to exit", DEADLINE, || {
+        !util::process_alive(first_child)
+    });
+    stream.write_all(HEALTHCHECK).unwrap();
+    let health = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(health.status, 200, "{health:?}");
+    server.wait_for_log(
+        &format!("child gen 3: 127.0.0.1:{port} \"GET /healthcheck\" 200"),
+        DEADLINE,
+    );
+}
