@@ -15,23 +15,31 @@
 //! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
 //! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
 //! joins its workers and exits 0.
+//!
+//! With a handoff target (`reload_handoff`), connections waiting for a request are handed to
+//! the new generation instead of closed, and requests in flight keep their connection so that
+//! it goes along once answered. A newer target may arrive at any time; the drain then hands
+//! what it still holds to that one. What can be sent or adopted, and when, is decided by
+//! `handoff::Handoff`; this loop polls its fds and decides what happens to the connections it
+//! keeps.
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::net::{TcpListener, TcpStream};
+
+// The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
+pub use crate::handoff::Handoff;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::handoff;
-use crate::http::connection::{Connection, HEAD_READ_CHUNK};
-use crate::http::head::{self, Parsed};
-use crate::http::response::{self, Response, WriteOptions};
+use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
+use crate::http::connection::Connection;
+use crate::http::parked::{ArrivedHead, Next, Parked, Ready, Step, Wait};
 use crate::http::serve::{Disposition, Settings};
-use crate::http::HttpError;
 use crate::logging;
 use crate::pool::Returned;
 use crate::process::signals::{ChildRequest, SignalWatch};
@@ -48,16 +56,7 @@ pub struct AcceptSettings {
     pub max_connections: usize,
 }
 
-/// How long a connection we closed FIN-first is kept to discard what the client still sends,
-/// so that our last response is not destroyed by a reset before the client reads it.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// How long a draining child keeps retrying to hand over a connection while the new
-/// generation's channel is full, before it closes the connection instead.
-pub const HANDOFF_RETRY: Duration = Duration::from_secs(5);
-
-/// How often those retries happen.
-const HANDOFF_RETRY_POLL: Duration = Duration::from_millis(5);
+pub use crate::http::parked::CLOSE_LINGER;
 
 /// How long accepting pauses after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -65,27 +64,9 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest poll(2) sleep with nothing scheduled; bounds how late a deadline is noticed.
 const MAX_POLL: Duration = Duration::from_secs(1);
 
-/// What a waiting connection waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
-    /// Accepted; its first request head has not fully arrived. Bounded by the header timeout,
-    /// and served even when a drain starts meanwhile.
-    FirstRequest,
-    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`.
-    Idle,
-    /// Part of a later request's head has arrived. Bounded by the header timeout.
-    Head,
-    /// We sent FIN; discarding the client's bytes until it closes or [`CLOSE_LINGER`] passes.
-    Closing,
-}
-
-/// A connection in the poll set.
+/// A connection in the poll set: its parked state, and what the acceptor decided for it.
 struct Waiting {
-    connection: Connection,
-    wait: Wait,
-    deadline: Option<Instant>,
-    /// It was closed while idle between requests (not after a response that said close).
-    after_idle: bool,
+    parked: Parked,
     /// The handoff channel was full when this connection was to be handed over: retry until
     /// then, and close it only if the channel stays full.
     handoff_retry: Option<Instant>,
@@ -94,13 +75,35 @@ struct Waiting {
     fate: Fate,
 }
 
+impl Waiting {
+    fn new(parked: Parked) -> Waiting {
+        Waiting {
+            parked,
+            handoff_retry: None,
+            fate: Fate::Stay,
+        }
+    }
+
+    /// Records what an event did to the parked connection.
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Stay => {}
+            Step::Serve(head) => self.fate = Fate::Dispatch(head),
+            Step::Drop => self.fate = Fate::Drop,
+        }
+    }
+
+    fn stays(&self) -> bool {
+        matches!(self.fate, Fate::Stay)
+    }
+}
+
 /// The end-of-iteration decision for a waiting connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
     Stay,
-    /// A whole head (or an invalid one) has arrived: to a worker.
-    Dispatch,
-    /// Closed by the client, failed, or expired: drop (closes the socket).
+    /// A whole head (or an invalid one) has arrived, parsed: to a worker with it.
+    Dispatch(ArrivedHead),
+    /// Closed by the client, failed, expired or handed over: drop (closes our socket).
     Drop,
 }
 
@@ -110,7 +113,7 @@ pub struct Acceptor {
     pub listener: Option<TcpListener>,
     pub signals: SignalWatch<ChildRequest>,
     /// Feeds the worker pool; dropped at the end to stop the workers.
-    pub jobs: Sender<Connection>,
+    pub jobs: Sender<Ready>,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
     /// Set once draining without a handoff target; workers read it to answer with
@@ -125,7 +128,7 @@ pub struct Acceptor {
     drain_started: bool,
     waiting: Vec<Waiting>,
     /// Connections whose head is complete, waiting for a free worker.
-    ready: VecDeque<Connection>,
+    ready: VecDeque<Ready>,
     /// Connections handed to workers and not yet returned.
     in_flight: usize,
     /// Accepting is paused until then after a resource error.
@@ -137,7 +140,7 @@ impl Acceptor {
     pub fn new(
         listener: TcpListener,
         signals: SignalWatch<ChildRequest>,
-        jobs: Sender<Connection>,
+        jobs: Sender<Ready>,
         returns: Receiver<Returned>,
         draining: Arc<AtomicBool>,
         settings: Arc<Settings>,
@@ -178,11 +181,21 @@ impl Acceptor {
                 _ => -1,
             };
             fds.push(pollfd(listener_fd));
-            fds.push(pollfd(self.handoff.receive_fd()));
+            // The handoff channel, like the listener, only while this child has room: what it
+            // cannot hold stays queued for a sibling or for later.
+            let adopting = self.open_connections() < self.accept.max_connections
+                && self
+                    .handoff
+                    .may_adopt(self.open_connections(), self.drain_started, now);
+            fds.push(pollfd(if adopting {
+                self.handoff.receive_fd()
+            } else {
+                -1
+            }));
             fds.push(pollfd(self.handoff.control_fd()));
             let first_connection = fds.len();
             for waiting in &self.waiting {
-                fds.push(pollfd(waiting.connection.fd()));
+                fds.push(pollfd(waiting.parked.connection().fd()));
             }
             let timeout = self.poll_timeout(now);
             // SAFETY: `fds` is a valid pollfd array for the call's duration.
@@ -209,8 +222,8 @@ impl Acceptor {
                 }
             }
             self.expire(Instant::now());
-            if fds[3].revents != 0 {
-                self.handoff.read_control();
+            if fds[3].revents != 0 && self.handoff.read_control() && self.drain_started {
+                self.on_new_target();
             }
             for request in self.signals.take() {
                 match request {
@@ -256,7 +269,7 @@ impl Acceptor {
     fn poll_timeout(&self, now: Instant) -> Duration {
         let mut next = now + MAX_POLL;
         for waiting in &self.waiting {
-            if let Some(deadline) = waiting.deadline {
+            if let Some(deadline) = waiting.parked.deadline() {
                 next = next.min(deadline);
             }
         }
@@ -274,61 +287,24 @@ impl Acceptor {
         let Some(waiting) = self.waiting.get_mut(index) else {
             return;
         };
-        let result = waiting.connection.read_more(HEAD_READ_CHUNK);
-        match result {
-            Ok(0) => {
-                // The client closed. Between requests or after our FIN that is the normal end;
-                // in the middle of a head the client gave up and there is no one to answer.
-                waiting.fate = Fate::Drop;
-            }
-            Ok(_) if waiting.wait == Wait::Closing => {
-                let n = waiting.connection.buffered().len();
-                if waiting.connection.requests_served > 0 && waiting.after_idle {
-                    // The client sent on a keep-alive connection after our FIN had left: the
-                    // request is lost to it and must be retried (HTTP/1.1 allows that for
-                    // idempotent requests). Logged so reload storms can be correlated.
-                    log::info!(
-                        "{}: discarded {n} byte(s) a client sent after we closed its idle \
-                         keep-alive connection",
-                        waiting.connection.peer()
-                    );
-                    waiting.after_idle = false;
-                }
-                waiting.connection.consume_buffered(n);
-            }
-            Ok(_) => {
-                if waiting.wait == Wait::Idle {
-                    waiting.wait = Wait::Head;
-                    waiting.deadline = Some(Instant::now() + self.settings.header_timeout);
-                }
-                match head::parse(waiting.connection.buffered(), &self.settings.limits) {
-                    Ok(Parsed::Partial) => {}
-                    // Complete, or invalid: either way a worker answers it.
-                    Ok(Parsed::Complete(..)) | Err(_) => waiting.fate = Fate::Dispatch,
-                }
-            }
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => waiting.fate = Fate::Drop,
-        }
+        let step = waiting.parked.on_readable(Instant::now(), &self.settings);
+        waiting.apply(step);
     }
 
     /// Applies each waiting connection's fate: dispatch to the ready queue, drop, or stay.
     fn settle(&mut self) {
         let mut index = 0;
         while index < self.waiting.len() {
-            match self.waiting[index].fate {
-                Fate::Stay => index += 1,
-                Fate::Drop => {
-                    self.waiting.swap_remove(index);
-                }
-                Fate::Dispatch => {
-                    let waiting = self.waiting.swap_remove(index);
-                    self.ready.push_back(waiting.connection);
-                }
+            if self.waiting[index].stays() {
+                index += 1;
+                continue;
+            }
+            let waiting = self.waiting.swap_remove(index);
+            if let Fate::Dispatch(head) = waiting.fate {
+                self.ready.push_back(Ready {
+                    connection: waiting.parked.into_connection(),
+                    head,
+                });
             }
         }
     }
@@ -336,24 +312,9 @@ impl Acceptor {
     /// Acts on every connection whose deadline has passed.
     fn expire(&mut self, now: Instant) {
         for waiting in &mut self.waiting {
-            let Some(deadline) = waiting.deadline else {
-                continue;
-            };
-            if waiting.fate != Fate::Stay || deadline > now {
-                continue;
-            }
-            match waiting.wait {
-                Wait::FirstRequest | Wait::Head if !waiting.connection.buffered().is_empty() => {
-                    log::debug!(
-                        "{}: request head not received within client_header_timeout; answering 408",
-                        waiting.connection.peer()
-                    );
-                    answer_timeout(&waiting.connection);
-                    close_gracefully(waiting, now);
-                }
-                Wait::FirstRequest | Wait::Head => waiting.fate = Fate::Drop,
-                Wait::Idle => close_idle(waiting, now, &self.settings),
-                Wait::Closing => waiting.fate = Fate::Drop,
+            if waiting.stays() && waiting.parked.deadline().is_some_and(|at| at <= now) {
+                let step = waiting.parked.on_deadline(now, &self.settings);
+                waiting.apply(step);
             }
         }
     }
@@ -375,35 +336,68 @@ impl Acceptor {
         self.accept_all();
         // Dropping our fd leaves the socket open in the master and the other children.
         self.listener = None;
+        let n_handed = self.hand_over_waiting();
         let now = Instant::now();
-        let (mut n_idle, mut n_handed) = (0, 0);
+        let mut n_idle = 0;
         for waiting in &mut self.waiting {
-            if waiting.fate != Fate::Stay {
+            // Handed over, or waiting for room on the target's channel, or busy.
+            if !waiting.stays() || waiting.handoff_retry.is_some() {
                 continue;
             }
-            let waits_for_a_request =
-                matches!(waiting.wait, Wait::Idle | Wait::FirstRequest | Wait::Head);
-            if waits_for_a_request && self.handoff.has_target() && self.handoff.hand_off(waiting) {
-                n_handed += 1;
-                continue;
-            }
-            if waiting.wait == Wait::Idle {
-                close_idle(waiting, now, &self.settings);
-                if waiting.wait == Wait::Closing {
+            if waiting.parked.wait() == Wait::Idle {
+                let step = waiting.parked.close_idle(now, &self.settings);
+                waiting.apply(step);
+                if waiting.parked.wait() == Wait::Closing {
                     n_idle += 1;
                 }
             }
         }
         log::info!(
             "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
-             request, {n_handed} connection(s) handed to the new generation, {n_idle} idle \
+             request, {n_handed} connection(s) queued for the new generation, {n_idle} idle \
              keep-alive connection(s) closed",
             self.in_flight + self.ready.len(),
             self.waiting
                 .iter()
-                .filter(|w| w.fate == Fate::Stay)
-                .filter(|w| matches!(w.wait, Wait::FirstRequest | Wait::Head))
+                .filter(|w| w.stays())
+                .filter(|w| matches!(w.parked.wait(), Wait::FirstRequest | Wait::Head))
                 .count(),
+        );
+    }
+
+    /// Hands every connection that waits for a request to the target (none without one).
+    /// Returns how many were queued.
+    fn hand_over_waiting(&mut self) -> usize {
+        if !self.handoff.has_target() {
+            return 0;
+        }
+        let mut n_queued = 0;
+        for waiting in &mut self.waiting {
+            if waiting.stays()
+                && waiting.parked.waits_for_a_request()
+                && hand_off(&mut self.handoff, waiting) == Sent::Queued
+            {
+                n_queued += 1;
+            }
+        }
+        n_queued
+    }
+
+    /// A draining child got a (newer) target: what it still holds that waits for a request
+    /// goes there, and responses keep their connections again, to be handed over in turn. A
+    /// reload that fails part-way sends a draining child such a target (back to its own
+    /// generation's serving children).
+    fn on_new_target(&mut self) {
+        self.draining.store(false, Ordering::SeqCst);
+        for waiting in &mut self.waiting {
+            // The retry bound was for the previous target's channel.
+            waiting.handoff_retry = None;
+        }
+        let n_queued = self.hand_over_waiting();
+        log::info!(
+            "draining: a new handoff target; {n_queued} connection(s) queued for it, {} request(s) \
+             in progress",
+            self.in_flight + self.ready.len()
         );
     }
 
@@ -412,18 +406,18 @@ impl Acceptor {
     fn retry_handoffs(&mut self) {
         let now = Instant::now();
         for waiting in &mut self.waiting {
-            if waiting.handoff_retry.is_none() || waiting.fate != Fate::Stay {
+            if waiting.handoff_retry.is_none() || !waiting.stays() {
                 continue;
             }
-            if waiting.wait == Wait::Closing {
+            if waiting.parked.wait() == Wait::Closing {
                 waiting.handoff_retry = None;
                 continue;
             }
-            if !self.handoff.hand_off(waiting) {
-                waiting.handoff_retry = None;
-                if waiting.wait == Wait::Idle {
-                    close_idle(waiting, now, &self.settings);
-                }
+            if hand_off(&mut self.handoff, waiting) == Sent::Kept
+                && waiting.parked.wait() == Wait::Idle
+            {
+                let step = waiting.parked.close_idle(now, &self.settings);
+                waiting.apply(step);
             }
         }
     }
@@ -432,40 +426,32 @@ impl Acceptor {
     /// passes them on at once if it has a target of its own.
     fn adopt_all(&mut self, revents: i16) {
         let now = Instant::now();
-        while let Some((connection, carried, first_request)) = self.handoff.adopt() {
+        loop {
+            let open_connections = self.open_connections();
+            if !self
+                .handoff
+                .may_adopt(open_connections, self.drain_started, now)
+            {
+                // Paused for want of descriptors, or relaying to a target that leads back here.
+                break;
+            }
+            if open_connections >= self.accept.max_connections {
+                // Like the listener's backlog, the channel keeps what this child has no room
+                // for: a sibling takes it, or this child once a connection closes.
+                if self.handoff.has_queued() {
+                    self.handoff
+                        .warn_connection_limit(self.accept.max_connections, now);
+                }
+                break;
+            }
+            let (connection, first_request) = match self.handoff.adopt(open_connections) {
+                Adoption::Adopted(connection, first_request) => (connection, first_request),
+                Adoption::Empty | Adoption::NoRoom => break,
+            };
             // A connection that has not served a request yet keeps the header deadline, as it
             // had in the old child; an idle keep-alive one gets the idle timeout.
-            let wait = if first_request {
-                Wait::FirstRequest
-            } else if carried.is_empty() {
-                Wait::Idle
-            } else {
-                Wait::Head
-            };
-            let mut waiting = Waiting {
-                connection,
-                wait,
-                deadline: match wait {
-                    Wait::Idle => self.settings.idle_timeout.map(|idle| now + idle),
-                    _ => Some(now + self.settings.header_timeout),
-                },
-                after_idle: false,
-                handoff_retry: None,
-                fate: Fate::Stay,
-            };
-            if !matches!(
-                head::parse(waiting.connection.buffered(), &self.settings.limits),
-                Ok(Parsed::Partial)
-            ) {
-                waiting.fate = Fate::Dispatch;
-            } else if self.drain_started
-                && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
-                && waiting.wait == Wait::Idle
-            {
-                // A draining child without a target of its own closes what it is handed.
-                close_idle(&mut waiting, now, &self.settings);
-            }
-            self.waiting.push(waiting);
+            let next = Parked::between_requests(connection, first_request, now, &self.settings);
+            self.park(next, now);
         }
         if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             // The other end is gone (the master died): stop polling a socket that stays ready.
@@ -486,53 +472,31 @@ impl Acceptor {
         let now = Instant::now();
         match disposition {
             Disposition::Gone => {}
-            Disposition::Close => {
-                let mut waiting = Waiting {
-                    connection,
-                    wait: Wait::Closing,
-                    deadline: None,
-                    fate: Fate::Stay,
-                    after_idle: false,
-                    handoff_retry: None,
-                };
-                close_gracefully(&mut waiting, now);
-                self.waiting.push(waiting);
-            }
+            Disposition::Close => self
+                .waiting
+                .push(Waiting::new(Parked::closing(connection, now))),
+            // A pipelined request may follow: a complete head goes to a worker, a partial one
+            // waits for the rest.
             Disposition::KeepAlive => {
-                if !connection.buffered().is_empty() {
-                    // A pipelined request follows: complete heads go to a worker, partial ones
-                    // wait for the rest.
-                    match head::parse(connection.buffered(), &self.settings.limits) {
-                        Ok(Parsed::Partial) => {
-                            let mut waiting = Waiting {
-                                connection,
-                                wait: Wait::Head,
-                                deadline: Some(now + self.settings.header_timeout),
-                                fate: Fate::Stay,
-                                after_idle: false,
-                                handoff_retry: None,
-                            };
-                            if self.drain_started && self.handoff.has_target() {
-                                self.handoff.hand_off(&mut waiting);
-                            }
-                            self.waiting.push(waiting);
-                        }
-                        _ => self.ready.push_back(connection),
-                    }
-                    return;
-                }
-                let mut waiting = Waiting {
-                    connection,
-                    wait: Wait::Idle,
-                    deadline: self.settings.idle_timeout.map(|idle| now + idle),
-                    fate: Fate::Stay,
-                    after_idle: false,
-                    handoff_retry: None,
-                };
+                let next = Parked::between_requests(connection, false, now, &self.settings);
+                self.park(next, now);
+            }
+        }
+    }
+
+    /// Queues a connection whose head is complete for a worker, or parks it. A draining child
+    /// hands a parked one over, or closes it if it is idle and cannot.
+    fn park(&mut self, next: Next, now: Instant) {
+        match next {
+            Next::Serve(ready) => self.ready.push_back(ready),
+            Next::Park(parked) => {
+                let mut waiting = Waiting::new(parked);
                 if self.drain_started
-                    && !(self.handoff.has_target() && self.handoff.hand_off(&mut waiting))
+                    && hand_off(&mut self.handoff, &mut waiting) == Sent::Kept
+                    && waiting.parked.wait() == Wait::Idle
                 {
-                    close_idle(&mut waiting, now, &self.settings);
+                    let step = waiting.parked.close_idle(now, &self.settings);
+                    waiting.apply(step);
                 }
                 self.waiting.push(waiting);
             }
@@ -559,14 +523,11 @@ impl Acceptor {
                         );
                         continue;
                     }
-                    self.waiting.push(Waiting {
+                    self.waiting.push(Waiting::new(Parked::accepted(
                         connection,
-                        wait: Wait::FirstRequest,
-                        deadline: Some(now + self.settings.header_timeout),
-                        fate: Fate::Stay,
-                        after_idle: false,
-                        handoff_retry: None,
-                    });
+                        now,
+                        &self.settings,
+                    )));
                 }
                 Err(error) => match error.raw_os_error() {
                     Some(libc::EAGAIN) => break,
@@ -593,11 +554,11 @@ impl Acceptor {
 
     /// Hands ready connections to free workers; a full channel means every worker is busy.
     fn dispatch(&mut self) {
-        while let Some(connection) = self.ready.pop_front() {
-            match self.jobs.try_send(connection) {
+        while let Some(ready) = self.ready.pop_front() {
+            match self.jobs.try_send(ready) {
                 Ok(()) => self.in_flight += 1,
-                Err(TrySendError::Full(connection)) => {
-                    self.ready.push_front(connection);
+                Err(TrySendError::Full(ready)) => {
+                    self.ready.push_front(ready);
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => return,
@@ -625,194 +586,18 @@ fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> 
     Ok(())
 }
 
-/// Best-effort 408 on a connection whose head did not arrive in time (non-blocking: a client
-/// too slow to send is not waited for to receive either).
-fn answer_timeout(connection: &Connection) {
-    let error = HttpError::HeaderTimeout;
-    let response = Response::text(error.status(), &format!("{}\n", error.message()));
-    let options = WriteOptions {
-        version: crate::http::head::Version::Http11,
-        keep_alive: false,
-        head_request: false,
-    };
-    let _ = response::write_response(&mut connection.stream(), response, &options);
-}
-
-/// Closes a connection that waits idle between requests, unless a request has just arrived on it:
-/// bytes already in the socket are read first, and if they are there the connection is kept to
-/// serve them. This narrows the one unavoidable race of closing keep-alive connections (a client
-/// sending just as our FIN leaves) to the time between two system calls.
-fn close_idle(waiting: &mut Waiting, now: Instant, settings: &Settings) {
-    match waiting.connection.read_available(HEAD_READ_CHUNK) {
-        Ok(0) if waiting.connection.buffered().is_empty() => {
-            close_gracefully(waiting, now);
-            waiting.after_idle = true;
-        }
-        Ok(_) => {
-            waiting.wait = Wait::Head;
-            waiting.deadline = Some(now + settings.header_timeout);
-            if !matches!(
-                head::parse(waiting.connection.buffered(), &settings.limits),
-                Ok(Parsed::Partial)
-            ) {
-                waiting.fate = Fate::Dispatch;
-            }
-        }
-        Err(_) => waiting.fate = Fate::Drop,
+/// Offers `waiting`'s connection to the handoff target, and records the outcome on it: queued
+/// (dropped here at the end of the iteration), retrying (kept, retried by
+/// `retry_handoffs`), or kept (to be treated as without handoff).
+fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
+    let first_request = waiting.parked.wait() == Wait::FirstRequest;
+    let sent = handoff.send(
+        waiting.parked.connection(),
+        first_request,
+        &mut waiting.handoff_retry,
+    );
+    if sent == Sent::Queued {
+        waiting.fate = Fate::Drop;
     }
-}
-
-/// Sends FIN and keeps the connection to discard what the client still sends.
-fn close_gracefully(waiting: &mut Waiting, now: Instant) {
-    let _ = waiting.connection.stream().shutdown(Shutdown::Write);
-    waiting.wait = Wait::Closing;
-    waiting.deadline = Some(now + CLOSE_LINGER);
-}
-
-/// A child's ends of the handoff machinery: its generation's channel (connections handed to
-/// it), its control socket (where the master sends the new generation's channel), and that
-/// target once received. Every end is optional: a child without them drains by closing.
-#[derive(Default)]
-pub struct Handoff {
-    receive: Option<OwnedFd>,
-    control: Option<OwnedFd>,
-    target: Option<OwnedFd>,
-}
-
-impl Handoff {
-    pub fn new(receive: Option<OwnedFd>, control: Option<OwnedFd>) -> Handoff {
-        Handoff {
-            receive,
-            control,
-            target: None,
-        }
-    }
-
-    fn receive_fd(&self) -> i32 {
-        self.receive.as_ref().map_or(-1, |fd| fd.as_raw_fd())
-    }
-
-    fn control_fd(&self) -> i32 {
-        self.control.as_ref().map_or(-1, |fd| fd.as_raw_fd())
-    }
-
-    fn has_target(&self) -> bool {
-        self.target.is_some()
-    }
-
-    fn lose_receive(&mut self) {
-        self.receive = None;
-    }
-
-    /// Reads the control socket: the newest target replaces the one held. A control socket at
-    /// end of stream (the master is gone) is dropped.
-    fn read_control(&mut self) {
-        let Some(control) = &self.control else {
-            return;
-        };
-        match handoff::receive_target(control.as_fd()) {
-            Ok(Some(target)) => self.target = Some(target),
-            Ok(None) => {
-                if peer_closed(control.as_raw_fd()) {
-                    self.control = None;
-                }
-            }
-            Err(error) => {
-                log::warn!("handoff control socket: {error}; this child will close instead");
-                self.control = None;
-            }
-        }
-    }
-
-    /// Sends `waiting`'s connection to the target. On success it is marked to be dropped here
-    /// (our copy of the fd closes; the client's connection lives on in the new generation).
-    fn hand_off(&mut self, waiting: &mut Waiting) -> bool {
-        let Some(target) = &self.target else {
-            return false;
-        };
-        let connection = &waiting.connection;
-        match handoff::send_connection(
-            target.as_fd(),
-            connection.stream().as_fd(),
-            connection.buffered(),
-            waiting.wait == Wait::FirstRequest,
-        ) {
-            Ok(()) => {
-                log::debug!("{}: handed to the new generation", connection.peer());
-                waiting.fate = Fate::Drop;
-                true
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // The channel is full: the new generation is still taking in what came before.
-                // Keep the connection and retry (the acceptor polls again within
-                // HANDOFF_RETRY_POLL) until HANDOFF_RETRY has passed.
-                let now = Instant::now();
-                let until = *waiting.handoff_retry.get_or_insert(now + HANDOFF_RETRY);
-                if now < until {
-                    return true;
-                }
-                log::warn!(
-                    "{}: the handoff channel stayed full for {} s; closing the connection",
-                    connection.peer(),
-                    HANDOFF_RETRY.as_secs()
-                );
-                waiting.handoff_retry = None;
-                false
-            }
-            Err(error) => {
-                log::warn!(
-                    "{}: cannot hand the connection to the new generation ({error}); closing it",
-                    connection.peer()
-                );
-                waiting.handoff_retry = None;
-                false
-            }
-        }
-    }
-
-    /// One connection from this generation's channel, as a `Connection` with the bytes the
-    /// old child had read from it.
-    fn adopt(&mut self) -> Option<(Connection, Vec<u8>, bool)> {
-        let receive = self.receive.as_ref()?;
-        loop {
-            match handoff::receive_connection(receive.as_fd()) {
-                Ok(Some((fd, carried, first_request))) => {
-                    let stream = TcpStream::from(fd);
-                    let Ok(peer) = stream.peer_addr() else {
-                        // The client left while the connection was in transit.
-                        continue;
-                    };
-                    let mut connection = Connection::with_buffered(stream, peer, &carried);
-                    if first_request {
-                        connection.requests_served = 0;
-                    }
-                    if connection.set_blocking(false).is_err() {
-                        continue;
-                    }
-                    log::debug!("{peer}: adopted from a draining generation");
-                    return Some((connection, carried, first_request));
-                }
-                Ok(None) => return None,
-                Err(error) => {
-                    log::warn!("handoff channel: {error}");
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// Whether the peer of a (non-blocking) socket has closed: a zero-byte peek.
-fn peer_closed(fd: i32) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv(2) of at most one byte into a local.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 0
+    sent
 }

@@ -15,6 +15,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::http::connection::Connection;
+use crate::http::parked::Ready;
 use crate::http::serve::{self, Disposition, Handler, Settings};
 use crate::process::signals::Waker;
 
@@ -40,8 +41,8 @@ impl Pool {
         draining: Arc<AtomicBool>,
         returns: Sender<Returned>,
         waker: Waker,
-    ) -> std::io::Result<(Pool, Sender<Connection>)> {
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Connection>(n_threads);
+    ) -> std::io::Result<(Pool, Sender<Ready>)> {
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Ready>(n_threads);
         let mut threads = Vec::with_capacity(n_threads);
         for index in 0..n_threads {
             let worker = Worker {
@@ -72,7 +73,7 @@ impl Pool {
 
 /// One worker thread's share of the pool.
 struct Worker {
-    jobs: Receiver<Connection>,
+    jobs: Receiver<Ready>,
     returns: Sender<Returned>,
     handler: Arc<dyn Handler>,
     settings: Arc<Settings>,
@@ -82,9 +83,14 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        while let Ok(mut connection) = self.jobs.recv() {
+        while let Ok(Ready {
+            mut connection,
+            head,
+        }) = self.jobs.recv()
+        {
             let disposition = serve::serve(
                 &mut connection,
+                head,
                 &*self.handler,
                 &self.settings,
                 &self.draining,

@@ -129,7 +129,7 @@ fn keepalive_connections_survive_reloads_every_100_to_300_ms() {
     let closed = seen.closed_by_server.load(Ordering::SeqCst);
     let log = server.log();
     let handed = log
-        .matches(" connection(s) handed to the new generation")
+        .matches(" connection(s) queued for the new generation")
         .count();
     println!(
         "handoff storm: {generation} generations, {succeeded} requests, {closed} connections \
@@ -203,7 +203,7 @@ fn partly_received_request_is_handed_over_with_its_bytes() {
     // Half a head: whether the old child has read it yet or not, it goes along.
     stream.write_all(b"GET /versions HTTP/1.1\r\nHo").unwrap();
     assert_eq!(server.reload()["outcome"], "succeeded");
-    server.wait_for_log("1 connection(s) handed to the new generation", DEADLINE);
+    server.wait_for_log("1 connection(s) queued for the new generation", DEADLINE);
     stream.write_all(b"st: glint\r\n\r\n").unwrap();
     let response = read_response(&mut reader, "GET")
         .unwrap()
@@ -340,7 +340,7 @@ fn handoff_disabled_closes_idle_connections_at_a_reload() {
     assert_eq!(server.reload()["outcome"], "succeeded");
     assert!(util::peer_closed(&mut stream, DEADLINE));
     server.wait_for_log(
-        "0 connection(s) handed to the new generation, 1 idle",
+        "0 connection(s) queued for the new generation, 1 idle",
         DEADLINE,
     );
 }
@@ -503,7 +503,7 @@ fn connection_handed_over_before_its_first_request_keeps_the_header_deadline() {
     });
     assert_eq!(server.reload()["outcome"], "succeeded");
     let started = Instant::now();
-    server.wait_for_log("1 connection(s) handed to the new generation", DEADLINE);
+    server.wait_for_log("1 connection(s) queued for the new generation", DEADLINE);
     assert!(
         util::peer_closed(&mut stream, Duration::from_secs(10)),
         "the silent connection is closed at the header deadline"
@@ -512,5 +512,252 @@ fn connection_handed_over_before_its_first_request_keeps_the_header_deadline() {
         started.elapsed() < Duration::from_secs(5),
         "closed after {:?}: the idle timeout (60 s) was applied instead",
         started.elapsed()
+    );
+}
+
+/// Issue 9, fault 7: a child at its descriptor limit is handed more connections than it can
+/// hold. Hard limit 64 on the master and the children, 70 idle keep-alive connections, a reload
+/// from 2 workers to 1: the new child takes what it has room for, the rest stay queued on its
+/// generation's channel, and each is taken up as soon as a slot frees. Every connection answers
+/// a request after the reload (none was closed by the server), and the log says that the child
+/// could not adopt them all.
+#[test]
+fn connections_a_child_has_no_descriptors_for_stay_queued_until_it_has() {
+    let server = Server::start("workers = 2");
+    // The master's limit is inherited by the children it forks at the reload; the children
+    // running now get theirs directly.
+    lower_fd_limit(server.master_pid, 64);
+    for child in server.children(None) {
+        lower_fd_limit(child, 64);
+    }
+    let n_connections = 70;
+    let mut connections = open_served_connections(&server, n_connections);
+    let old_children = server.children(None);
+    server.write_config("workers = 1");
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    util::wait_until(
+        "the old children to hand everything over and exit",
+        DEADLINE,
+        || old_children.iter().all(|pid| !util::process_alive(*pid)),
+    );
+    let closed = answer_each_then_close(&mut connections);
+    let log = server.log();
+    println!(
+        "descriptor limit 64: {} of {n_connections} connections closed by the server\n{}",
+        closed.len(),
+        log_lines_about_handoff(&log)
+    );
+    assert_eq!(
+        closed.len(),
+        0,
+        "{} of {n_connections} connections were closed by the server: {closed:?}\n{}",
+        closed.len(),
+        log_lines_about_handoff(&log)
+    );
+    assert!(
+        log.contains("cannot adopt more handed-over connections: at the open-files limit"),
+        "the log does not say that the child could not adopt:\n{}",
+        log_lines_about_handoff(&log)
+    );
+}
+
+/// Issue 9, fault 7, the other limit: `max_client_connections` also holds for connections
+/// handed over. The new child holds at most 10; the rest wait on the channel and are served as
+/// the first ones close.
+#[test]
+fn adoption_respects_max_client_connections() {
+    let server = Server::start("workers = 1");
+    let n_connections = 30;
+    let mut connections = open_served_connections(&server, n_connections);
+    let old_children = server.children(None);
+    server.write_config("workers = 1\nmax_client_connections = 10");
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    util::wait_until(
+        "the old child to hand everything over and exit",
+        DEADLINE,
+        || old_children.iter().all(|pid| !util::process_alive(*pid)),
+    );
+    let new_child = server.children(None)[0];
+    let held = open_sockets(new_child);
+    let closed = answer_each_then_close(&mut connections);
+    let log = server.log();
+    assert_eq!(
+        closed.len(),
+        0,
+        "{} of {n_connections} connections were closed by the server: {closed:?}\n{}",
+        closed.len(),
+        log_lines_about_handoff(&log)
+    );
+    assert!(
+        held <= 10,
+        "the new child held {held} client sockets with max_client_connections = 10"
+    );
+    assert!(
+        log.contains("cannot adopt more handed-over connections: at max_client_connections (10)"),
+        "the log does not say that the child could not adopt:\n{}",
+        log_lines_about_handoff(&log)
+    );
+}
+
+/// Opens `n` keep-alive connections and has each served one request.
+fn open_served_connections(server: &Server, n: usize) -> Vec<(TcpStream, BufReader<TcpStream>)> {
+    let addr = server.addr();
+    let mut connections: Vec<(TcpStream, BufReader<TcpStream>)> = (0..n)
+        .map(|_| {
+            let stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            (stream, reader)
+        })
+        .collect();
+    for (stream, reader) in &mut connections {
+        stream.write_all(HEALTHCHECK).unwrap();
+        let response = read_response(reader, "GET").unwrap().expect("an answer");
+        assert_eq!((response.status, response.closes()), (200, false));
+    }
+    connections
+}
+
+/// Sends a request on every connection at once, and closes each one once it is answered (which
+/// frees a slot in the child that held it). Returns how each connection that did not get an
+/// answer ended.
+fn answer_each_then_close(connections: &mut Vec<(TcpStream, BufReader<TcpStream>)>) -> Vec<String> {
+    let threads: Vec<thread::JoinHandle<Option<String>>> = connections
+        .drain(..)
+        .map(|(mut stream, mut reader)| {
+            thread::spawn(move || {
+                let result = stream
+                    .write_all(HEALTHCHECK)
+                    .map_err(|error| error.to_string())
+                    .and_then(|()| {
+                        read_response(&mut reader, "GET").map_err(|error| error.to_string())
+                    });
+                match result {
+                    Ok(Some(response)) if response.status == 200 => None,
+                    other => Some(format!("{other:?}")),
+                }
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .filter_map(|thread| thread.join().unwrap())
+        .collect()
+}
+
+/// Sets RLIMIT_NOFILE (soft and hard) of a running process of the server.
+fn lower_fd_limit(pid: i32, n: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: prlimit(2) on a process of the server this test started, with a valid struct.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(
+        rc,
+        0,
+        "prlimit({pid}, RLIMIT_NOFILE, {n}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// How many established TCP connections a process holds open (its listener not counted).
+fn open_sockets(pid: i32) -> usize {
+    const ESTABLISHED: &str = "01";
+    let sockets_in_use: std::collections::HashSet<String> =
+        std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.get(3) == Some(&ESTABLISHED))
+            .filter_map(|fields| fields.get(9).map(|inode| inode.to_string()))
+            .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let target = target.to_string_lossy().to_string();
+                    let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    sockets_in_use.contains(inode).then_some(())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The log lines a handoff failure would show.
+fn log_lines_about_handoff(log: &str) -> String {
+    log.lines()
+        .filter(|line| {
+            [
+                "handoff",
+                "hand",
+                "adopt",
+                "draining",
+                "open-files",
+                "descriptor",
+            ]
+            .iter()
+            .any(|word| line.contains(word))
+        })
+        .take(30)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A child that is already draining takes a newer target: a connection busy with an upload
+/// through two reloads goes, once answered, to the latest generation (the one a failed reload
+/// would send back is just such a target, issue 9 fault 6).
+#[test]
+fn a_draining_child_hands_over_to_the_latest_target() {
+    let server = Server::start("workers = 1");
+    let create = util::raw_exchange(
+        server.addr(),
+        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+          Content-Length: 50\r\nConnection: close\r\n\r\n\
+          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
+    )
+    .unwrap()
+    .unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // Half an upload keeps the first child's worker on this connection through both reloads.
+    write!(
+        stream,
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
+    )
+    .unwrap();
+    let image_path = format!("/v2/images/{id}");
+    util::wait_until("the upload to begin", DEADLINE, || {
+        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
+    });
+    let first_child = server.children(None)[0];
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    server.wait_for_log("draining: a new handoff target", DEADLINE);
+    stream.write_all(b"done").unwrap();
+    let upload = read_response(&mut reader, "PUT")
+        .unwrap()
+        .expect("the upload's answer");
+    assert_eq!((upload.status, upload.closes()), (204, false), "{upload:?}");
+    util::wait_until("the first child to exit", DEADLINE, || {
+        !util::process_alive(first_child)
+    });
+    stream.write_all(HEALTHCHECK).unwrap();
+    let health = read_response(&mut reader, "GET")
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(health.status, 200, "{health:?}");
+    server.wait_for_log(
+        &format!("child gen 3: 127.0.0.1:{port} \"GET /healthcheck\" 200"),
+        DEADLINE,
     );
 }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod connection;
 pub mod error;
 pub mod head;
+pub mod parked;
 pub mod response;
 pub mod serve;
 

@@ -1,8 +1,8 @@
 //! The request/response loop a worker thread runs on one connection, and the [`Handler`] trait
 //! the application implements.
 //!
-//! A worker gets a connection from the acceptor once a request head has arrived (or the acceptor
-//! gave up on it), serves that request and any complete pipelined ones behind it, and hands the
+//! A worker gets a connection from the acceptor once a request head has arrived, with that head
+//! as the acceptor parsed it (`parked::Ready`; it is not parsed again), serves that request and any complete pipelined ones behind it, and hands the
 //! connection back with a [`Disposition`]: park it until the next request, close it FIN-first, or
 //! it is gone. Keep-alive is decided per response, from the request (its version and `Connection`
 //! header), the `http_keepalive` option, whether the body was read to its end, and whether the
@@ -19,6 +19,7 @@ use super::body::{self, BodyReader};
 use super::connection::Connection;
 use super::error::HttpError;
 use super::head::{self, Framing, Limits, Parsed, RequestHead, Version};
+use super::parked::ArrivedHead;
 use super::response::{self, Response, WriteOptions};
 
 /// How long a worker waits, after a response on a keep-alive connection, for the client's next
@@ -123,9 +124,11 @@ impl Read for Request<'_> {
     }
 }
 
-/// Serves requests on `connection` until it must be parked, closed or dropped.
+/// Serves requests on `connection`, the first one with its `head` as the acceptor parsed it,
+/// until the connection must be parked, closed or dropped.
 pub fn serve(
     connection: &mut Connection,
+    head: ArrivedHead,
     handler: &dyn Handler,
     settings: &Settings,
     draining: &AtomicBool,
@@ -137,15 +140,17 @@ pub fn serve(
     {
         return Disposition::Gone;
     }
+    let mut arrived = head;
     loop {
-        let head = match read_head(connection, settings) {
-            Ok(Some(head)) => match head::check_host(&head) {
-                Ok(()) => head,
-                Err(error) => return reject(connection, &error),
-            },
-            Ok(None) => return Disposition::Gone,
-            Err(HeadFailure::Io) => return Disposition::Gone,
-            Err(HeadFailure::Http(error)) => return reject(connection, &error),
+        let head = match arrived {
+            Ok((head, used)) => {
+                connection.consume_buffered(used);
+                match head::check_host(&head) {
+                    Ok(()) => head,
+                    Err(error) => return reject(connection, &error),
+                }
+            }
+            Err(error) => return reject(connection, &error),
         };
         match serve_one(connection, head, handler, settings, draining) {
             Disposition::KeepAlive => {}
@@ -162,55 +167,11 @@ pub fn serve(
         {
             return Disposition::Gone;
         }
-        match head::parse(connection.buffered(), &settings.limits) {
-            Ok(Parsed::Complete(..)) | Err(_) => continue,
+        arrived = match head::parse(connection.buffered(), &settings.limits) {
+            Ok(Parsed::Complete(head, used)) => Ok((head, used)),
+            Err(error) => Err(error),
             Ok(Parsed::Partial) => return Disposition::KeepAlive,
-        }
-    }
-}
-
-/// Why no head could be read.
-enum HeadFailure {
-    /// The socket failed or timed out with nothing useful to answer.
-    Io,
-    /// The client sent something we answer with an error status.
-    Http(HttpError),
-}
-
-/// Parses the head at the front of the buffer, reading more (blocking, bounded by the header
-/// timeout) when it is incomplete. `Ok(None)`: the client closed the connection between requests.
-fn read_head(
-    connection: &mut Connection,
-    settings: &Settings,
-) -> Result<Option<RequestHead>, HeadFailure> {
-    let deadline = Instant::now() + settings.header_timeout;
-    loop {
-        match head::parse(connection.buffered(), &settings.limits) {
-            Ok(Parsed::Complete(head, used)) => {
-                connection.consume_buffered(used);
-                return Ok(Some(head));
-            }
-            Ok(Parsed::Partial) => {}
-            Err(error) => return Err(HeadFailure::Http(error)),
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadFailure::Http(HttpError::HeaderTimeout));
-        }
-        if connection.set_read_timeout(left).is_err() {
-            return Err(HeadFailure::Io);
-        }
-        match connection.read_more(super::connection::HEAD_READ_CHUNK) {
-            Ok(0) if connection.buffered().is_empty() => return Ok(None),
-            // EOF in the middle of a head: the client gave up; there is no one to answer.
-            Ok(0) => return Err(HeadFailure::Io),
-            Ok(_) => {}
-            Err(error) if is_timeout(&error) => {
-                return Err(HeadFailure::Http(HttpError::HeaderTimeout))
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(HeadFailure::Io),
-        }
+        };
     }
 }
 
@@ -401,11 +362,4 @@ fn next_request_arrived(connection: &mut Connection, settings: &Settings) -> boo
             Ok(_) => {}
         }
     }
-}
-
-fn is_timeout(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }

@@ -1,32 +1,12 @@
-//! Handing client connections from a draining child to the new generation, so that a reload
-//! closes no keep-alive connection (`reload_handoff`).
+//! The handoff's wire format: the socket pairs, and the messages that cross them.
 //!
-//! # Who talks to whom
-//!
-//! The generations talk directly; the master only introduces them. For every generation the
-//! master creates one *handoff channel*: a `SOCK_SEQPACKET` socket pair whose receive end every
-//! child of that generation polls (the kernel gives each message to exactly one reader, which
-//! spreads adopted connections over the children) and whose send end the master keeps. When a
-//! reload commits, the master passes the new generation's send end to each older child over that
-//! child's *control socket* (a pair made at fork), then sends it SIGHUP. A draining child then
-//! sends each idle keep-alive connection, with the bytes it has already read from it, as one
-//! message: the socket's fd as `SCM_RIGHTS` and the bytes as payload.
-//!
-//! A relay through the master was the alternative. It would make the single-threaded master copy
-//! every connection's bytes and handle every fd at the busiest moment (a reload), and a relayed
-//! fd would be in flight twice. Directly, the master's part is one message per old child and
-//! reload; a child's part is a non-blocking `sendmsg`.
-//!
-//! # Failure
-//!
-//! A full channel (it holds a few hundred messages) is waited out: the draining child keeps the
-//! connection and retries for a while (`acceptor::HANDOFF_RETRY`). A message that still cannot
-//! be sent (the channel stays full, the bytes are too many, the socket is gone) leaves the
-//! connection with its child, which closes it FIN-first as without handoff. The
-//! master keeps each generation's receive end while that generation has children, so messages
-//! sent to a generation whose children have all just died wait for their respawned
-//! replacements; when a generation ends for good, the master forwards whatever is still queued
-//! to the current generation.
+//! Every message is one `SOCK_SEQPACKET` record: a tag byte saying what it carries, a payload,
+//! and exactly one descriptor as `SCM_RIGHTS`. On a generation's channel a message is a client
+//! connection (its socket, and the bytes already read from it as payload); on a child's control
+//! socket it is a handoff target (the send end of a generation's channel, no payload).
+//! Receiving reports every message that did not arrive whole (`MSG_CTRUNC`, `MSG_TRUNC`, no
+//! descriptor) as a [`ReceiveError`]; nothing is skipped in silence. What a process does with
+//! a message is not decided here: see `child_side` for the child, the master for itself.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -82,15 +62,87 @@ pub fn send_connection(
     send(channel, tag, carried, stream)
 }
 
+/// A connection taken from a handoff channel.
+#[derive(Debug)]
+pub struct Received {
+    /// The client's socket.
+    pub fd: OwnedFd,
+    /// The bytes the sending child had read from it and not used.
+    pub carried: Vec<u8>,
+    /// It has yet to serve its first request.
+    pub first_request: bool,
+}
+
+/// Why a message could not be taken whole from a handoff channel or a control socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReceiveError {
+    /// recvmsg(2) failed.
+    Recvmsg(nix::errno::Errno),
+    /// `MSG_CTRUNC`: the kernel could not install the descriptor the message carried (this
+    /// process is at its open-files limit), so it closed it. The message is consumed: a
+    /// connection is lost with it.
+    DescriptorDiscarded,
+    /// `MSG_TRUNC`: the payload was longer than any sender of ours sends; the message (and the
+    /// descriptor it carried) is dropped rather than used with a hole in it.
+    PayloadTruncated,
+    /// A message that carried no descriptor; no sender of ours makes one.
+    NoDescriptor,
+    /// A message whose tag does not belong on this socket.
+    UnexpectedTag(u8),
+}
+
+impl std::fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReceiveError::Recvmsg(errno) => write!(f, "recvmsg() failed: {errno}"),
+            ReceiveError::DescriptorDiscarded => f.write_str(
+                "recvmsg() returned MSG_CTRUNC: the descriptor the message carried could not be \
+                 installed (the open-files limit is reached) and was closed",
+            ),
+            ReceiveError::PayloadTruncated => {
+                f.write_str("recvmsg() returned MSG_TRUNC: a message longer than any sender sends")
+            }
+            ReceiveError::NoDescriptor => f.write_str("a message without a descriptor"),
+            ReceiveError::UnexpectedTag(tag) => write!(f, "a message with the unknown tag {tag:?}"),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {}
+
+impl From<ReceiveError> for io::Error {
+    fn from(error: ReceiveError) -> io::Error {
+        match error {
+            ReceiveError::Recvmsg(errno) => io::Error::from(errno),
+            other => io::Error::other(other),
+        }
+    }
+}
+
 /// Receives one connection from `channel`: its socket, the bytes already read from it, and
 /// whether it has yet to serve its first request. `None` when nothing is queued.
 pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, Vec<u8>, bool)>> {
+    Ok(take_connection(channel)?
+        .map(|received| (received.fd, received.carried, received.first_request)))
+}
+
+/// Receives one connection from `channel`, with a typed error: a caller that can do something
+/// about a lost descriptor (a child that stops adopting) needs to tell it from other failures.
+/// `None` when nothing is queued. The caller checks for a free descriptor first (see
+/// [`descriptors_free`]): a message whose descriptor cannot be installed is lost.
+pub fn take_connection(channel: BorrowedFd<'_>) -> Result<Option<Received>, ReceiveError> {
     match receive(channel, MAX_CARRIED_BYTES + 1)? {
-        Some((TAG_CONNECTION, carried, fd)) => Ok(Some((fd, carried, false))),
-        Some((TAG_FIRST_REQUEST, carried, fd)) => Ok(Some((fd, carried, true))),
-        Some((tag, _, _)) => Err(io::Error::other(format!(
-            "unexpected message {tag:?} on a handoff channel"
-        ))),
+        Some((TAG_CONNECTION, carried, fd)) => Ok(Some(Received {
+            fd,
+            carried,
+            first_request: false,
+        })),
+        Some((TAG_FIRST_REQUEST, carried, fd)) => Ok(Some(Received {
+            fd,
+            carried,
+            first_request: true,
+        })),
+        Some((tag, _, _)) => Err(ReceiveError::UnexpectedTag(tag)),
         None => Ok(None),
     }
 }
@@ -100,16 +152,33 @@ pub fn send_target(control: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Resul
     send(control, TAG_TARGET, &[], target)
 }
 
-/// A child reads its control socket: the newest handoff target sent, if any. Several may be
-/// queued when reloads follow each other; the last one is the current generation's.
-pub fn receive_target(control: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
-    let mut newest = None;
-    while let Some((tag, _, fd)) = receive(control, 16)? {
-        if tag == TAG_TARGET {
-            newest = Some(fd);
+/// A child reads one message from its control socket: a handoff target, if one is queued.
+pub fn receive_target(control: BorrowedFd<'_>) -> Result<Option<OwnedFd>, ReceiveError> {
+    match receive(control, 16)? {
+        Some((TAG_TARGET, _, fd)) => Ok(Some(fd)),
+        Some((tag, _, _)) => Err(ReceiveError::UnexpectedTag(tag)),
+        None => Ok(None),
+    }
+}
+
+/// Whether this process could open `n` more descriptors now: they are taken (duplicates of
+/// `probe`) and given back at once. RLIMIT_NOFILE bounds descriptor numbers, and the kernel
+/// hands out the lowest free one, so `n` successful dups mean `n` free numbers under the limit.
+pub fn descriptors_free(probe: BorrowedFd<'_>, n: usize) -> io::Result<bool> {
+    let mut taken = Vec::with_capacity(n);
+    for _ in 0..n {
+        match probe.try_clone_to_owned() {
+            Ok(fd) => taken.push(fd),
+            Err(error) if error.raw_os_error() == Some(libc::EMFILE) => return Ok(false),
+            Err(error) => {
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("fcntl(F_DUPFD_CLOEXEC) of the handoff channel: {error}"),
+                ))
+            }
         }
     }
-    Ok(newest)
+    Ok(true)
 }
 
 fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -133,16 +202,17 @@ fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> 
 }
 
 /// One message: its tag, payload and the fd it carried. `None` when nothing is queued or the
-/// other end is gone. A message without an fd is dropped (no sender of ours makes one).
+/// other end is gone. A message that did not arrive whole is consumed and reported, never
+/// skipped in silence.
 fn receive(
     socket: BorrowedFd<'_>,
     max_payload: usize,
-) -> io::Result<Option<(u8, Vec<u8>, OwnedFd)>> {
+) -> Result<Option<(u8, Vec<u8>, OwnedFd)>, ReceiveError> {
     loop {
         let mut tag = [0u8; 1];
         let mut payload = vec![0u8; max_payload];
         let mut cmsg_buffer = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let (n, fd, truncated) = {
+        let (n, fd, flags) = {
             let mut iov = [IoSliceMut::new(&mut tag), IoSliceMut::new(&mut payload)];
             let message = match recvmsg::<()>(
                 socket.as_raw_fd(),
@@ -153,7 +223,7 @@ fn receive(
                 Ok(message) => message,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-                Err(errno) => return Err(io::Error::from(errno)),
+                Err(errno) => return Err(ReceiveError::Recvmsg(errno)),
             };
             let mut fd = None;
             if let Ok(cmsgs) = message.cmsgs() {
@@ -170,26 +240,22 @@ fn receive(
                     }
                 }
             }
-            (
-                message.bytes,
-                fd,
-                message.flags.contains(MsgFlags::MSG_TRUNC),
-            )
+            (message.bytes, fd, message.flags)
         };
-        if n == 0 {
+        if n == 0 && fd.is_none() && !flags.contains(MsgFlags::MSG_CTRUNC) {
             // End of stream: every sender has closed its end.
             return Ok(None);
         }
-        let Some(fd) = fd else {
-            continue;
-        };
-        if truncated {
-            // More bytes than any sender of ours sends: drop the connection (closing it) rather
-            // than serve a request with a hole in it.
-            log::warn!("dropped a handed-over connection whose message was truncated");
-            continue;
+        if flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(ReceiveError::DescriptorDiscarded);
         }
-        payload.truncate(n - 1);
+        if flags.contains(MsgFlags::MSG_TRUNC) {
+            return Err(ReceiveError::PayloadTruncated);
+        }
+        let Some(fd) = fd else {
+            return Err(ReceiveError::NoDescriptor);
+        };
+        payload.truncate(n.saturating_sub(1));
         return Ok(Some((tag[0], payload, fd)));
     }
 }
@@ -221,11 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_carry_and_the_newest_target_win() {
+    fn an_empty_carry_and_targets_one_at_a_time() {
         let (a, b) = pair().unwrap();
         let (x, _y) = pair().unwrap();
         send_target(b.as_fd(), x.as_fd()).unwrap();
         send_target(b.as_fd(), x.as_fd()).unwrap();
+        assert!(receive_target(a.as_fd()).unwrap().is_some());
         assert!(receive_target(a.as_fd()).unwrap().is_some());
         assert!(receive_target(a.as_fd()).unwrap().is_none());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
