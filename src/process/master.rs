@@ -571,12 +571,27 @@ impl Master {
                 continue;
             };
             let target = self.channels.get(&current);
-            while let Ok(Some((fd, carried, first))) =
-                handoff::receive_connection(channel.receive.as_fd())
-            {
+            loop {
+                let received = match handoff::take_connection(channel.receive.as_fd()) {
+                    Ok(Some(received)) => received,
+                    Ok(None) | Err(handoff::ReceiveError::Recvmsg(_)) => break,
+                    Err(error) => {
+                        // One bad message costs its connection, not the ones queued behind it.
+                        log::warn!(
+                            "lost a connection left on generation {generation}'s handoff \
+                             channel: {error}"
+                        );
+                        continue;
+                    }
+                };
                 let forwarded = target.is_some_and(|target| {
-                    handoff::send_connection(target.send.as_fd(), fd.as_fd(), &carried, first)
-                        .is_ok()
+                    handoff::send_connection(
+                        target.send.as_fd(),
+                        received.fd.as_fd(),
+                        &received.carried,
+                        received.first_request,
+                    )
+                    .is_ok()
                 });
                 if !forwarded {
                     log::warn!(
