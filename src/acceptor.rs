@@ -109,8 +109,9 @@ enum Fate {
 
 /// The acceptor's state. Built by `child::run`, consumed by [`Acceptor::run`].
 pub struct Acceptor {
-    /// The shared listener; `None` once draining.
-    pub listener: Option<TcpListener>,
+    /// The generation's listeners (its own first, then any overlapping socket it took over;
+    /// see `process::listener`); empty once draining.
+    pub listeners: Vec<TcpListener>,
     pub signals: SignalWatch<ChildRequest>,
     /// Feeds the worker pool; dropped at the end to stop the workers.
     pub jobs: Sender<Ready>,
@@ -138,7 +139,7 @@ pub struct Acceptor {
 impl Acceptor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        listener: TcpListener,
+        listeners: Vec<TcpListener>,
         signals: SignalWatch<ChildRequest>,
         jobs: Sender<Ready>,
         returns: Receiver<Returned>,
@@ -148,7 +149,7 @@ impl Acceptor {
         handoff: Handoff,
     ) -> Acceptor {
         Acceptor {
-            listener: Some(listener),
+            listeners,
             signals,
             jobs,
             returns,
@@ -169,19 +170,14 @@ impl Acceptor {
     pub fn run(mut self) {
         loop {
             let now = Instant::now();
-            let accepting = self.listener.is_some()
+            let accepting = !self.listeners.is_empty()
                 && self.open_connections() < self.accept.max_connections
                 && self.accept_paused_until.is_none_or(|until| now >= until);
-            let mut fds = Vec::with_capacity(4 + self.waiting.len());
+            let mut fds = Vec::with_capacity(3 + self.listeners.len() + self.waiting.len());
             fds.push(pollfd(self.signals.fd().as_raw_fd()));
-            // Fixed slots: the listener, the handoff channel and the control socket, each with
-            // fd -1 (ignored by poll) when absent, so their indices never move.
-            let listener_fd = match (&self.listener, accepting) {
-                (Some(listener), true) => listener.as_raw_fd(),
-                _ => -1,
-            };
-            fds.push(pollfd(listener_fd));
-            // The handoff channel, like the listener, only while this child has room: what it
+            // Fixed slots: the handoff channel and the control socket, each with fd -1 (ignored
+            // by poll) when absent, so their indices never move; then the listeners.
+            // The handoff channel, like the listeners, only while this child has room: what it
             // cannot hold stays queued for a sibling or for later.
             let adopting = self.open_connections() < self.accept.max_connections
                 && self
@@ -193,6 +189,9 @@ impl Acceptor {
                 -1
             }));
             fds.push(pollfd(self.handoff.control_fd()));
+            for listener in &self.listeners {
+                fds.push(pollfd(if accepting { listener.as_raw_fd() } else { -1 }));
+            }
             let first_connection = fds.len();
             for waiting in &self.waiting {
                 fds.push(pollfd(waiting.parked.connection().fd()));
@@ -222,7 +221,7 @@ impl Acceptor {
                 }
             }
             self.expire(Instant::now());
-            if fds[3].revents != 0 && self.handoff.read_control() && self.drain_started {
+            if fds[2].revents != 0 && self.handoff.read_control() && self.drain_started {
                 self.on_new_target();
             }
             for request in self.signals.take() {
@@ -239,18 +238,18 @@ impl Acceptor {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.on_returned(returned);
             }
-            if accepting && fds[1].revents != 0 {
+            if accepting && fds[3..first_connection].iter().any(|fd| fd.revents != 0) {
                 self.accept_all();
             }
-            if fds[2].revents != 0 {
-                self.adopt_all(fds[2].revents);
+            if fds[1].revents != 0 {
+                self.adopt_all(fds[1].revents);
             }
             self.retry_handoffs();
             // Fates are applied only now: the drain and returning connections can also decide
             // that a connection goes to a worker, and it must not wait for the next wake-up.
             self.settle();
             self.dispatch();
-            if self.listener.is_none()
+            if self.listeners.is_empty()
                 && self.waiting.is_empty()
                 && self.ready.is_empty()
                 && self.in_flight == 0
@@ -334,8 +333,8 @@ impl Acceptor {
         // to serve (with Connection: close). When a reload moved the listen address, nobody
         // else would ever accept them.
         self.accept_all();
-        // Dropping our fd leaves the socket open in the master and the other children.
-        self.listener = None;
+        // Dropping our fds leaves the sockets open in the master and the other children.
+        self.listeners.clear();
         let n_handed = self.hand_over_waiting();
         let now = Instant::now();
         let mut n_idle = 0;
@@ -503,14 +502,18 @@ impl Acceptor {
         }
     }
 
-    /// Accepts until the backlog is empty or this child is full.
+    /// Accepts from each listener until its backlog is empty or this child is full.
     fn accept_all(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
+        for index in 0..self.listeners.len() {
+            self.accept_from(index);
+        }
+    }
+
+    /// Accepts from one listener until its backlog is empty or this child is full.
+    fn accept_from(&mut self, index: usize) {
         let now = Instant::now();
         while self.open_connections() < self.accept.max_connections {
-            match listener.accept() {
+            match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
                     if let Err(error) = prepare_socket(&stream, self.accept.tcp_keepidle) {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");

@@ -698,3 +698,66 @@ fn changed_log_file_takes_effect_at_reload() {
         "the master logs there too:\n{new_text}"
     );
 }
+
+/// Issue 9, fault 8: `bind_host` moves between overlapping addresses on one port (127.0.0.1 to
+/// the wildcard 0.0.0.0, then to `localhost`, which resolves to 127.0.0.1 again) while clients
+/// open a fresh connection per request to 127.0.0.1: every reload succeeds, and no connection is
+/// refused or fails. Before the fix, the first reload failed with EADDRINUSE ("free the port").
+#[test]
+fn bind_host_moves_between_overlapping_addresses_on_one_port() {
+    let port = free_port();
+    let server = Server::start(&format!("bind_port = {port}"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let succeeded = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, succeeded, failures) = (stop.clone(), succeeded.clone(), failures.clone());
+            thread::spawn(move || {
+                for _ in 0..MAX_REQUESTS_PER_CLIENT {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match util::raw_exchange(addr, HEALTHCHECK_CLOSE) {
+                        Ok(Some(response)) if response.status == 200 => {
+                            succeeded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    util::wait_until("some load", DEADLINE, || {
+        succeeded.load(Ordering::SeqCst) > 100
+    });
+    for host in ["0.0.0.0", "localhost", "127.0.0.1"] {
+        server.write_config(&format!("bind_port = {port}\nbind_host = {host}"));
+        let verdict = server.reload();
+        assert_eq!(
+            verdict["outcome"],
+            "succeeded",
+            "to {host}: {verdict}\n{}",
+            server.log()
+        );
+        let before = succeeded.load(Ordering::SeqCst);
+        util::wait_until("requests served after the move", DEADLINE, || {
+            succeeded.load(Ordering::SeqCst) > before + 100
+        });
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        succeeded.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)]
+    );
+    // `localhost` and `127.0.0.1` are one listener: the last move bound nothing new.
+    assert_eq!(server.status()["listen"][0], format!("127.0.0.1:{port}"));
+}

@@ -81,9 +81,9 @@ pub struct Start {
     pub generation: u64,
     /// The how-many-th child started for the generation (1-based; 0 for a respawn).
     pub nth: usize,
-    /// A dup of the generation's listening socket (the original fd is closed with the master's
-    /// other descriptors).
-    pub listener: std::io::Result<TcpListener>,
+    /// Dups of the generation's listening sockets, its own first (the originals are closed
+    /// with the master's other descriptors).
+    pub listeners: std::io::Result<Vec<TcpListener>>,
     /// How the child reports its start.
     pub ready: ReadyPipe,
     /// The signal mask to restore once the child's handlers are in place.
@@ -102,7 +102,7 @@ pub fn run(start: Start) -> i32 {
         config,
         generation,
         nth,
-        listener,
+        listeners,
         ready,
         signal_mask,
         handoff_receive,
@@ -121,13 +121,15 @@ pub fn run(start: Start) -> i32 {
         eprintln!("glint-api child: {error}");
         return ready.failed(&format!("cannot open the log: {error}"));
     }
-    let listener = match listener {
-        Ok(listener) => listener,
+    let listeners = match listeners {
+        Ok(listeners) if !listeners.is_empty() => listeners,
+        Ok(_) => return ready.failed("no listening socket was passed to this child"),
         Err(error) => {
             return ready.failed(&format!("cannot duplicate the listening socket: {error}"));
         }
     };
-    let mut keep = vec![0, 1, 2, listener.as_raw_fd(), ready.0.as_raw_fd()];
+    let mut keep = vec![0, 1, 2, ready.0.as_raw_fd()];
+    keep.extend(listeners.iter().map(|listener| listener.as_raw_fd()));
     keep.extend(handoff_receive.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(control.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(logging::file_fd());
@@ -147,7 +149,8 @@ pub fn run(start: Start) -> i32 {
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
 
     let settings = Arc::new(settings_for(&config));
-    let local_address = match listener.local_addr() {
+    // The generation's own listener comes first; its address goes into version links.
+    let local_address = match listeners[0].local_addr() {
         Ok(address) => address,
         Err(error) => {
             return ready.failed(&format!(
@@ -247,7 +250,7 @@ pub fn run(start: Start) -> i32 {
         }
     };
     let acceptor = Acceptor::new(
-        listener,
+        listeners,
         signals,
         jobs,
         returns_rx,

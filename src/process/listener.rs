@@ -17,11 +17,19 @@
 //! `127.0.0.1:9292` to `0.0.0.0:9292` (or back) keeps the port while the old socket must keep
 //! serving until the new generation is ready, and Linux refuses a second bind of an overlapping
 //! address with EADDRINUSE unless both sockets carry `SO_REUSEPORT`. So, only for such a move,
-//! the master sets `SO_REUSEPORT` on the old socket and binds the new one with it. Both then
-//! accept; the kernel gives a connection to the most specific match, so `127.0.0.1` keeps going
-//! to the old socket until it closes, and no connection is refused in between. Listeners are
-//! otherwise bound without `SO_REUSEPORT`, so that a second server started by mistake on the
+//! the master sets `SO_REUSEPORT` on the old socket and binds the new one with it. Listeners
+//! are otherwise bound without `SO_REUSEPORT`, so that a second server started by mistake on the
 //! same port still fails loudly.
+//!
+//! Both sockets then take connections, and the kernel gives each to the most specific match:
+//! clients of `127.0.0.1` keep arriving on the old socket. Closing it would reset whatever it
+//! has queued (Linux migrates a closing listener's queue only within one `SO_REUSEPORT` group,
+//! and these are two). So a generation whose address covers an older socket (the wildcard on
+//! the same port) takes that socket over: its children accept on both, and the old socket
+//! stays open as long as generations that cover it serve. Moving the other way (wildcard to
+//! `127.0.0.1`) needs nothing: the new, more specific socket takes `127.0.0.1`'s clients from
+//! its bind on, and the wildcard closes with the old generation, as any address no longer
+//! configured does.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -56,6 +64,15 @@ pub fn resolve(configured: &str) -> io::Result<Vec<SocketAddr>> {
         )));
     }
     Ok(addresses)
+}
+
+/// Whether a socket bound for `wide` receives every connection `narrow` does: the same port and
+/// family, and `wide` is the wildcard (or the same address).
+pub fn covers(wide: SocketAddr, narrow: SocketAddr) -> bool {
+    wide.port() == narrow.port()
+        && wide.port() != 0
+        && wide.is_ipv4() == narrow.is_ipv4()
+        && (wide.ip().is_unspecified() || wide.ip() == narrow.ip())
 }
 
 impl Listener {

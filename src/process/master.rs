@@ -88,8 +88,9 @@ pub struct Master {
     /// The current generation (0 while the first one starts: then generation 1's config rules).
     current: u64,
     listeners: Vec<Listener>,
-    /// The listener (by its `requested` address) of each generation in `configs`.
-    listener_of: BTreeMap<u64, SocketAddr>,
+    /// The listeners (by their `requested` address) of each generation in `configs`: its own
+    /// first, then the overlapping sockets it takes over (`listener` module doc).
+    listeners_of: BTreeMap<u64, Vec<SocketAddr>>,
     /// One handoff channel per generation that has children or is about to.
     channels: BTreeMap<u64, Channel>,
     children: HashMap<Pid, ChildIo>,
@@ -139,7 +140,7 @@ impl Master {
             requested_status_file: None,
             configs: BTreeMap::from([(1, config)]),
             current: 0,
-            listener_of: BTreeMap::from([(1, listener.requested)]),
+            listeners_of: BTreeMap::from([(1, vec![listener.requested])]),
             listeners: vec![listener],
             channels: BTreeMap::new(),
             children: HashMap::new(),
@@ -332,10 +333,10 @@ impl Master {
                 // The verdict goes where the new config says, too (see the field's doc).
                 self.requested_status_file =
                     (config.status_file != self.status_file).then(|| config.status_file.clone());
-                self.prepare_for(&config).map(|listener| {
+                self.prepare_for(&config).map(|listeners| {
                     let plan = plan_of(&config);
                     self.configs.insert(generation, config);
-                    self.listener_of.insert(generation, listener);
+                    self.listeners_of.insert(generation, listeners);
                     plan
                 })
             }
@@ -345,8 +346,9 @@ impl Master {
 
     /// The listener for a changed address, the backlog, the state file directories, the log
     /// file: what a config needs that can fail, done before any child is forked. Returns the
-    /// key of the config's listener.
-    fn prepare_for(&mut self, config: &Config) -> Result<SocketAddr, String> {
+    /// keys of the config's listeners: its own, then the overlapping ones its address covers,
+    /// which its children take over so that nothing queued on them is ever reset.
+    fn prepare_for(&mut self, config: &Config) -> Result<Vec<SocketAddr>, String> {
         let configured = config.listen_address();
         let addresses = listener::resolve(&configured).map_err(|error| {
             format!("cannot listen on the new address: {error}; fix bind_host/bind_port")
@@ -393,6 +395,13 @@ impl Master {
                 key
             }
         };
+        let mut keys = vec![key];
+        keys.extend(
+            self.listeners
+                .iter()
+                .filter(|l| l.requested != key && listener::covers(key, l.local))
+                .map(|l| l.requested),
+        );
         prepare_state_files(config)?;
         if let Some(path) = &config.log_file {
             // Opening the file checks that the new destination is usable; children open their
@@ -409,7 +418,7 @@ impl Master {
                     )
                 })?;
         }
-        Ok(key)
+        Ok(keys)
     }
 
     /// Forks the `nth` child of `generation`.
@@ -423,17 +432,24 @@ impl Master {
             let (receive, send) = handoff::pair().map_err(|error| error.to_string())?;
             entry.insert(Channel { receive, send });
         }
-        let key = self.listener_of.get(&generation).copied();
-        let listener = self
-            .listeners
+        let keys = self
+            .listeners_of
+            .get(&generation)
+            .cloned()
+            .unwrap_or_default();
+        let listeners: Vec<&std::net::TcpListener> = keys
             .iter()
-            .find(|l| Some(l.requested) == key)
-            .ok_or_else(|| format!("no listener for generation {generation}"))?;
+            .filter_map(|key| self.listeners.iter().find(|l| l.requested == *key))
+            .map(|l| &l.socket)
+            .collect();
+        if listeners.is_empty() {
+            return Err(format!("no listener for generation {generation}"));
+        }
         let request = spawn::Spawn {
             config: &config,
             generation,
             nth,
-            listener: &listener.socket,
+            listeners,
             handoff_receive: &self.channels[&generation].receive,
         };
         let Forked {
@@ -535,12 +551,12 @@ impl Master {
     fn close_unused_listeners(&mut self) {
         let current = self.current.max(1);
         let used: Vec<SocketAddr> = self
-            .listener_of
+            .listeners_of
             .iter()
             .filter(|(generation, _)| {
                 **generation == current || self.machine.generation_in_use(**generation, true)
             })
-            .map(|(_, key)| *key)
+            .flat_map(|(_, keys)| keys.iter().copied())
             .collect();
         self.listeners.retain(|listener| {
             let keep = used.contains(&listener.requested);
@@ -610,11 +626,15 @@ impl Master {
             *generation == current || machine.generation_in_use(*generation, false)
         };
         self.configs.retain(|generation, _| in_use(generation));
-        self.listener_of.retain(|generation, _| in_use(generation));
+        self.listeners_of.retain(|generation, _| in_use(generation));
     }
 
     fn listen_addresses(&self) -> Vec<String> {
-        let key = self.listener_of.get(&self.current.max(1)).copied();
+        let key = self
+            .listeners_of
+            .get(&self.current.max(1))
+            .and_then(|keys| keys.first())
+            .copied();
         self.listeners
             .iter()
             .filter(|l| Some(l.requested) == key)

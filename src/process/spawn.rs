@@ -54,7 +54,9 @@ pub struct Spawn<'a> {
     /// The how-many-th child started for this generation (1-based; 0 for a respawn), for the
     /// test hook `GLINT_FAULT_CHILD_START`.
     pub nth: usize,
-    pub listener: &'a TcpListener,
+    /// The generation's listeners, its own first (see `listener`, "Moving between overlapping
+    /// addresses").
+    pub listeners: Vec<&'a TcpListener>,
     /// The receive end of the generation's handoff channel.
     pub handoff_receive: &'a OwnedFd,
 }
@@ -83,7 +85,11 @@ pub fn spawn(
                 config: request.config.clone(),
                 generation: request.generation,
                 nth: request.nth,
-                listener: request.listener.try_clone(),
+                listeners: request
+                    .listeners
+                    .iter()
+                    .map(|listener| listener.try_clone())
+                    .collect(),
                 ready: child::ReadyPipe::new(ready_write),
                 signal_mask: old_mask,
                 handoff_receive: request.handoff_receive.try_clone().ok(),
