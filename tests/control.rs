@@ -515,6 +515,25 @@ fn reload_command_applies_a_new_status_file() {
     assert_eq!(moved("phase"), "stopped");
 }
 
+/// Issue 9, fault 5, a failed reload: its config names another `status_file`, and its new
+/// generation cannot start. The master writes the verdict to the new file too, so the command
+/// reports the failure (exit 1) instead of waiting for a file that never comes (exit 4 before).
+#[test]
+fn reload_command_reports_a_failed_reload_that_moves_the_status_file() {
+    let server = Server::start_env("", &[("GLINT_FAULT_CHILD_START", "2")]);
+    server.write_config("status_file = state/moved.json");
+    let output = glint(&["reload", "--timeout", "20"], &server.config_path);
+    let what = show("reload", &output);
+    assert_eq!(output.status.code(), Some(1), "{what}\n{}", server.log());
+    assert!(
+        stderr(&output).contains("reload #1 failed")
+            && stderr(&output).contains("GLINT_FAULT_CHILD_START"),
+        "{what}"
+    );
+    // The old status file still serves the running generation.
+    assert_eq!(server.status()["generation"], 1);
+}
+
 /// Issue 9, fault 4: `reload` gives the verdict of the reload its own SIGHUP caused, not of one
 /// already under way when it ran. A plain SIGHUP starts reload #1, held up on the database, whose
 /// generation cannot start; the operator edits the file and runs `glint-api reload`, whose
