@@ -221,32 +221,8 @@ fn partly_received_request_is_handed_over_with_its_bytes() {
 #[test]
 fn pipelined_requests_behind_a_request_in_flight_are_all_answered() {
     let server = Server::start("workers = 1");
-    let create = util::raw_exchange(
-        server.addr(),
-        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
-          Content-Length: 50\r\nConnection: close\r\n\r\n\
-          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
-    )
-    .unwrap()
-    .unwrap();
-    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut stream = server.connect();
-    let port = stream.local_addr().unwrap().port();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
     // An upload whose body is half sent keeps the old child's worker on this connection.
-    write!(
-        stream,
-        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
-    )
-    .unwrap();
-    let image_path = format!("/v2/images/{id}");
-    util::wait_until("the upload to begin", DEADLINE, || {
-        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
-    });
+    let (mut stream, port, mut reader) = half_sent_upload(&server);
     assert_eq!(server.reload()["outcome"], "succeeded");
     // The rest of the body, a whole request, and half of another, in one write.
     stream
@@ -713,32 +689,8 @@ fn log_lines_about_handoff(log: &str) -> String {
 #[test]
 fn a_draining_child_hands_over_to_the_latest_target() {
     let server = Server::start("workers = 1");
-    let create = util::raw_exchange(
-        server.addr(),
-        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
-          Content-Length: 50\r\nConnection: close\r\n\r\n\
-          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
-    )
-    .unwrap()
-    .unwrap();
-    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut stream = server.connect();
-    let port = stream.local_addr().unwrap().port();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
     // Half an upload keeps the first child's worker on this connection through both reloads.
-    write!(
-        stream,
-        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
-    )
-    .unwrap();
-    let image_path = format!("/v2/images/{id}");
-    util::wait_until("the upload to begin", DEADLINE, || {
-        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
-    });
+    let (mut stream, port, mut reader) = half_sent_upload(&server);
     let first_child = server.children(None)[0];
     assert_eq!(server.reload()["outcome"], "succeeded");
     assert_eq!(server.reload()["outcome"], "succeeded");
@@ -760,4 +712,36 @@ fn a_draining_child_hands_over_to_the_latest_target() {
         &format!("child gen 3: 127.0.0.1:{port} \"GET /healthcheck\" 200"),
         DEADLINE,
     );
+}
+
+/// Creates an image and starts its upload on a new connection with half of an 8-byte body
+/// sent, then waits until the image is `saving`: a worker of the current child is now held on
+/// that connection. Returns the connection, its local port and a reader on it.
+fn half_sent_upload(server: &Server) -> (TcpStream, u16, BufReader<TcpStream>) {
+    let create = util::raw_exchange(
+        server.addr(),
+        b"POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+          Content-Length: 50\r\nConnection: close\r\n\r\n\
+          {\"disk_format\": \"raw\", \"container_format\": \"bare\"}",
+    )
+    .unwrap()
+    .unwrap();
+    let id = serde_json::from_slice::<serde_json::Value>(&create.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stream = server.connect();
+    let port = stream.local_addr().unwrap().port();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    write!(
+        stream,
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 8\r\n\r\nhalf"
+    )
+    .unwrap();
+    let image_path = format!("/v2/images/{id}");
+    util::wait_until("the upload to begin", DEADLINE, || {
+        util::get(server.addr(), &image_path).is_ok_and(|r| r.text().contains("\"saving\""))
+    });
+    (stream, port, reader)
 }
