@@ -217,15 +217,8 @@ fn reload(master: &Master, timeout: Duration) -> Report {
         return report;
     }
     let t0 = status::monotonic_ns();
-    if let Err(error) = kill(master.pid, Signal::SIGHUP) {
-        return Report::new(
-            Verdict::Failed,
-            format!(
-                "glint-api: kill({}, SIGHUP) failed: {error}; run reload as the user that runs \
-                 the server, or as root",
-                master.pid
-            ),
-        );
+    if let Err(report) = master.send(Signal::SIGHUP, "reload") {
+        return report;
     }
     loop {
         if let Some(status) = master.status() {
@@ -296,15 +289,8 @@ fn stop(master: &Master, timeout: Duration) -> Report {
     if let Some(report) = master.wait_until_handled(Signal::SIGTERM, deadline, timeout) {
         return report;
     }
-    if let Err(error) = kill(master.pid, Signal::SIGTERM) {
-        return Report::new(
-            Verdict::Failed,
-            format!(
-                "glint-api: kill({}, SIGTERM) failed: {error}; run stop as the user that runs \
-                 the server, or as root",
-                master.pid
-            ),
-        );
+    if let Err(report) = master.send(Signal::SIGTERM, "stop") {
+        return report;
     }
     while process_alive(master.pid) {
         if Instant::now() >= deadline {
@@ -643,6 +629,21 @@ fn server_config_file(args: &[String]) -> Option<PathBuf> {
 }
 
 impl Master {
+    /// Sends `signal` for `command`; the report says what to do when it is refused.
+    fn send(&self, signal: Signal, command: &str) -> Result<(), Report> {
+        kill(self.pid, signal).map_err(|error| {
+            Report::new(
+                Verdict::Failed,
+                format!(
+                    "glint-api: kill({}, {}) failed: {error}; run {command} as the user that \
+                     runs the server, or as root",
+                    self.pid,
+                    signal.as_str()
+                ),
+            )
+        })
+    }
+
     /// The status document if it is this master's (an older master's file may still be there
     /// while this one starts). `None` also while it cannot be read: the callers poll.
     fn status(&self) -> Option<Status> {
