@@ -580,7 +580,7 @@ fn pollfd(fd: i32) -> libc::pollfd {
 
 /// No Nagle delay (responses are written whole), TCP keepalive after `tcp_keepidle`. (The
 /// connection is made non-blocking through `Connection`, which tracks the socket's mode.)
-fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> {
+pub fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     stream.set_nodelay(true)?;
     setsockopt(stream, sockopt::KeepAlive, &true).map_err(io::Error::from)?;

@@ -14,6 +14,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -139,16 +140,32 @@ fn open_log_file(path: &Path) -> io::Result<File> {
             )
         })?;
     }
-    OpenOptions::new()
+    // O_NONBLOCK for the open only: a FIFO without a reader fails (ENXIO) instead of
+    // blocking the master; the flag is cleared at once, so writes stay whole.
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("cannot open log file {}: {error}", path.display()),
-            )
-        })
+        .and_then(|file| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl(2) on a descriptor `file` owns; no memory is passed.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0
+                || unsafe {
+                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+                } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(file)
+        });
+    file.map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot open log file {}: {error}", path.display()),
+        )
+    })
 }
 
 /// `2026-11-26T11:42:35.123456Z INFO glint-api[1234] master: message`

@@ -761,3 +761,67 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
     // `localhost` and `127.0.0.1` are one listener: the last move bound nothing new.
     assert_eq!(server.status()["listen"][0], format!("127.0.0.1:{port}"));
 }
+
+/// Review of issue 9's fault 8 fix: narrowing `bind_host` from the wildcard to 127.0.0.1 binds
+/// the specific socket, which takes 127.0.0.1's clients at once; when that reload fails (its
+/// children cannot start), the master passes what queued on the new socket to the serving
+/// generation before closing it, so no client is reset. The next reload then succeeds.
+#[test]
+fn a_failed_narrowing_of_bind_host_resets_no_queued_connection() {
+    let port = free_port();
+    let server = Server::start_env(
+        &format!("bind_port = {port}\nbind_host = 0.0.0.0"),
+        &[("GLINT_FAULT_CHILD_START", "2")],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let succeeded = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, succeeded, failures) = (stop.clone(), succeeded.clone(), failures.clone());
+            thread::spawn(move || {
+                for _ in 0..MAX_REQUESTS_PER_CLIENT {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match util::raw_exchange(addr, HEALTHCHECK_CLOSE) {
+                        Ok(Some(response)) if response.status == 200 => {
+                            succeeded.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    util::wait_until("some load", DEADLINE, || {
+        succeeded.load(Ordering::SeqCst) > 100
+    });
+    server.write_config(&format!("bind_port = {port}\nbind_host = 127.0.0.1"));
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    let before = succeeded.load(Ordering::SeqCst);
+    util::wait_until("requests served after the failed reload", DEADLINE, || {
+        succeeded.load(Ordering::SeqCst) > before + 100
+    });
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+    let before = succeeded.load(Ordering::SeqCst);
+    util::wait_until("requests served after the move", DEADLINE, || {
+        succeeded.load(Ordering::SeqCst) > before + 100
+    });
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failures.len(),
+        succeeded.load(Ordering::SeqCst),
+        &failures[..failures.len().min(5)],
+        server.log()
+    );
+}

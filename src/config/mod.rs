@@ -363,11 +363,11 @@ pub fn load_server_files(path: &Path) -> Result<ServerFiles, ConfigError> {
     }
 }
 
-/// Reads a file the loader needs (the config file, the token file) without ever blocking: the
-/// master loads configs inside its loop, and opening a FIFO, or reading a device, would stop
+/// Reads a file the loader needs (the config file, the token file; the master's pid file too)
+/// without ever blocking: the master loads configs inside its loop, and opening a FIFO, or reading a device, would stop
 /// it. The file is opened with `O_NONBLOCK` (so opening a FIFO does not wait for a writer) and
 /// anything but a regular file is refused.
-fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mut file = fs::OpenOptions::new()

@@ -10,12 +10,12 @@
 //!
 //! # A drain always ends
 //!
-//! The master kills a child still draining at `graceful_shutdown_timeout`. A child whose master
-//! has died (the kernel then sends it SIGTERM, `PR_SET_PDEATHSIG`) has nobody to do that, so
-//! the first drain signal arms `alarm(2)` for that bound plus [`DRAIN_ALARM_MARGIN`] (the
-//! master, when alive, kills first); with no bound configured, a child whose master is gone
-//! when its drain begins still stops after [`ORPHAN_DRAIN_BOUND`]. A child whose master dies
-//! after the drain began, with no bound configured, is not bounded: it was told "no bound".
+//! The master kills a child still draining at its deadline (`graceful_shutdown_timeout` of the
+//! config that replaced the child's). A child whose master has died has nobody to do that: the
+//! kernel sends it SIGTERM (`PR_SET_PDEATHSIG`), and a drain signal taken while the master is
+//! gone arms `alarm(2)` for the child's own `graceful_shutdown_timeout` plus
+//! [`DRAIN_ALARM_MARGIN`], or [`ORPHAN_DRAIN_BOUND`] when it has none. So an orphan's drain
+//! always ends, whether the master died before or during it.
 
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -40,11 +40,10 @@ use crate::store::{self, Store};
 /// Exit code of a child that could not start; it said why on its ready pipe.
 pub const EXIT_CANNOT_START: i32 = 2;
 
-/// How long past `graceful_shutdown_timeout` a draining child's own alarm fires: later than the
-/// master's kill, so that only a child without a master is ended by it.
+/// How long past its own `graceful_shutdown_timeout` an orphaned child's drain alarm fires.
 pub const DRAIN_ALARM_MARGIN: Duration = Duration::from_secs(5);
 
-/// The drain bound of a child whose master has died when `graceful_shutdown_timeout = 0` (no
+/// The drain bound of a child whose master has died, when `graceful_shutdown_timeout = 0` (no
 /// bound): the option's default.
 pub const ORPHAN_DRAIN_BOUND: Duration = Duration::from_secs(60);
 
@@ -350,16 +349,15 @@ fn fault_matches(value: &str, generation: u64, nth: usize) -> bool {
     }
 }
 
-/// Bounds this child's drain by itself (module doc, "A drain always ends"): the first drain
-/// signal (SIGHUP, SIGTERM, SIGQUIT) arms `alarm(2)`, whose SIGALRM ends the process by its
-/// default action. This runs inside the signal handler, beside the flag the acceptor acts on,
-/// because the drain can begin with the master already gone and the workers stuck in a
-/// request; so it only calls async-signal-safe functions (`getppid`, `alarm`) and an atomic.
+/// Bounds this child's drain when its master is gone (module doc, "A drain always ends"): a
+/// drain signal (SIGHUP, SIGTERM, SIGQUIT; the parent-death signal is SIGTERM) taken while the
+/// master is gone arms `alarm(2)` once, and SIGALRM's default action ends the process. While
+/// the master lives it does nothing: the master's own deadline, from the config that replaced
+/// this one, rules. It runs inside the signal handler, beside the flag the acceptor acts on,
+/// because the workers may be stuck in a request; so it only calls async-signal-safe functions
+/// (`getppid`, `alarm`) and touches an atomic.
 fn register_drain_alarm(config: &Config, master_pid: nix::unistd::Pid) -> std::io::Result<()> {
-    let with_master = config
-        .graceful_shutdown_timeout
-        .map(|bound| seconds(bound + DRAIN_ALARM_MARGIN));
-    let orphan = seconds(
+    let bound = seconds(
         config
             .graceful_shutdown_timeout
             .map_or(ORPHAN_DRAIN_BOUND, |bound| bound + DRAIN_ALARM_MARGIN),
@@ -371,16 +369,9 @@ fn register_drain_alarm(config: &Config, master_pid: nix::unistd::Pid) -> std::i
         let action = move || {
             // SAFETY (of the whole closure): getppid(2) and alarm(2) are async-signal-safe.
             let master_gone = unsafe { libc::getppid() } != master;
-            let bound = if master_gone {
-                Some(orphan)
-            } else {
-                with_master
-            };
-            if let Some(bound) = bound {
-                if !armed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    unsafe {
-                        libc::alarm(bound);
-                    }
+            if master_gone && !armed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                unsafe {
+                    libc::alarm(bound);
                 }
             }
         };
@@ -399,7 +390,38 @@ fn seconds(duration: Duration) -> u32 {
 /// listeners (an old listener held open by a new child would keep queueing connections nobody
 /// accepts), other children's pipes, the master's signal pipe.
 fn close_inherited_fds(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd >= 0).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    // close_range(2) over the gaps between the kept descriptors: no /proc needed, one call per
+    // gap. Linux before 5.9 lacks it (ENOSYS); then walk /proc/self/fd.
+    let mut first: u32 = 0;
+    for fd in keep
+        .iter()
+        .map(|fd| *fd as u32)
+        .chain(std::iter::once(u32::MAX))
+    {
+        if fd > first {
+            let last = if fd == u32::MAX { u32::MAX } else { fd - 1 };
+            // SAFETY: closes descriptors owned by no live object of this process (the
+            // master's objects that own them are never used again in the child).
+            let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+            if rc != 0 {
+                close_inherited_fds_by_proc(&keep);
+                return;
+            }
+        }
+        first = fd.saturating_add(1);
+    }
+}
+
+/// The fallback of `close_inherited_fds`: every descriptor /proc lists, but `keep`.
+fn close_inherited_fds_by_proc(keep: &[RawFd]) {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        log::warn!(
+            "cannot list /proc/self/fd and close_range(2) failed: this child keeps descriptors \
+             of the master (old listeners among them); mount /proc"
+        );
         return;
     };
     let fds: Vec<RawFd> = entries
@@ -409,8 +431,7 @@ fn close_inherited_fds(keep: &[RawFd]) {
     // number again fails harmlessly with EBADF.
     for fd in fds {
         if !keep.contains(&fd) {
-            // SAFETY: the descriptor is inherited and owned by no live object of this process:
-            // the master's objects that own them are never used again in the child.
+            // SAFETY: as in `close_inherited_fds`.
             unsafe {
                 libc::close(fd);
             }

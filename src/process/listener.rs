@@ -27,9 +27,11 @@
 //! and these are two). So a generation whose address covers an older socket (the wildcard on
 //! the same port) takes that socket over: its children accept on both, and the old socket
 //! stays open as long as generations that cover it serve. Moving the other way (wildcard to
-//! `127.0.0.1`) needs nothing: the new, more specific socket takes `127.0.0.1`'s clients from
-//! its bind on, and the wildcard closes with the old generation, as any address no longer
-//! configured does.
+//! `127.0.0.1`) binds the specific socket, which takes `127.0.0.1`'s clients from its bind on:
+//! they wait in its queue until the new generation serves (a start, milliseconds as a rule, 30 s
+//! at most). Should that reload fail, the master accepts what is queued on the new socket before
+//! it closes it and passes it to the current generation (`Master::close_unused_listeners`), so
+//! nothing is reset either way.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -71,8 +73,15 @@ pub fn resolve(configured: &str) -> io::Result<Vec<SocketAddr>> {
 pub fn covers(wide: SocketAddr, narrow: SocketAddr) -> bool {
     wide.port() == narrow.port()
         && wide.port() != 0
-        && wide.is_ipv4() == narrow.is_ipv4()
-        && (wide.ip().is_unspecified() || wide.ip() == narrow.ip())
+        && (wide.ip() == narrow.ip()
+            || (wide.ip().is_unspecified()
+                && (wide.is_ipv4() == narrow.is_ipv4() || dual_stack(wide))))
+}
+
+/// Whether `address` is the IPv6 wildcard, which on Linux (`net.ipv6.bindv6only = 0`, the
+/// default; std does not set IPV6_V6ONLY) also takes IPv4 connections.
+fn dual_stack(address: SocketAddr) -> bool {
+    address.is_ipv6() && address.ip().is_unspecified()
 }
 
 impl Listener {
@@ -135,7 +144,7 @@ impl Listener {
     }
 
     /// Whether binding `address` would collide with this socket: the same port (not 0) and the
-    /// same address, or either is the wildcard of the same family.
+    /// same address, or either is a wildcard that takes the other's connections.
     pub fn overlaps(&self, address: SocketAddr) -> bool {
         let mine = self.local;
         mine.port() == address.port()
@@ -200,5 +209,22 @@ mod tests {
         specific.allow_port_reuse().unwrap();
         let beside = Listener::bind_address("0.0.0.0", wildcard, 16, true).unwrap();
         assert_eq!(beside.local.port(), port);
+    }
+
+    #[test]
+    fn a_wildcard_covers_the_addresses_it_takes_connections_for() {
+        let v4: SocketAddr = "127.0.0.1:9292".parse().unwrap();
+        let any4: SocketAddr = "0.0.0.0:9292".parse().unwrap();
+        let any6: SocketAddr = "[::]:9292".parse().unwrap();
+        assert!(covers(any4, v4));
+        assert!(!covers(v4, any4));
+        assert!(covers(any6, v4), "the IPv6 wildcard is dual-stack on Linux");
+        assert!(covers(any6, any4));
+        assert!(!covers(any4, "[::1]:9292".parse().unwrap()));
+        assert!(!covers(any4, "127.0.0.1:9293".parse().unwrap()));
+        assert!(!covers(
+            "0.0.0.0:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        ));
     }
 }

@@ -450,17 +450,15 @@ impl Machine {
             }
             MasterRequest::StopGracefully => match self.phase {
                 Phase::Running => self.begin_graceful_stop(now, actions),
-                Phase::Starting => {
-                    log::info!("stopped by a signal while starting");
-                    self.begin_exit(0, "stopping while starting", actions);
-                }
+                // Ready children drain like any; starters drain too, within their start deadline.
+                Phase::Starting => self.begin_graceful_stop(now, actions),
                 _ => {}
             },
             MasterRequest::StopNow => match self.phase {
                 Phase::Exiting { .. } | Phase::Exited => {}
                 _ => {
                     log::info!("SIGINT: stopping now");
-                    self.begin_exit(0, "stopping now (SIGINT)", actions);
+                    self.begin_exit(now, 0, "stopping now (SIGINT)", actions);
                 }
             },
             MasterRequest::ReopenLogs => {
@@ -585,14 +583,7 @@ impl Machine {
         generation: u64,
         actions: &mut Vec<Action>,
     ) {
-        let wanted = match self.phase {
-            Phase::Starting => generation == 1,
-            Phase::Running => {
-                generation == self.generation || Some(generation) == self.pending_generation()
-            }
-            Phase::Stopping | Phase::Exiting { .. } | Phase::Exited => false,
-        };
-        if wanted {
+        if self.wants_child_of(generation) {
             return;
         }
         match self.phase {
@@ -671,7 +662,12 @@ impl Machine {
                     );
                     self.fail_reload(now, error, actions);
                 } else if self.phase == Phase::Starting {
-                    self.begin_exit(EXIT_START_FAILED, "the first generation failed", actions);
+                    self.begin_exit(
+                        now,
+                        EXIT_START_FAILED,
+                        "the first generation failed",
+                        actions,
+                    );
                 } else {
                     let young = lived < YOUNG_DEATH;
                     let attempt = if young { child.attempt + 1 } else { 0 };
@@ -696,6 +692,7 @@ impl Machine {
         } else if self.phase == Phase::Starting {
             log::error!("the first generation of children did not start; see the lines above");
             self.begin_exit(
+                now,
                 EXIT_START_FAILED,
                 "the first generation did not start",
                 actions,
@@ -881,13 +878,20 @@ impl Machine {
         if let Some(generation) = target.filter(|&g| g != child.generation) {
             actions.push(Action::SendHandoffTarget { pid, generation });
         }
-        if matches!(child.state, ChildState::Draining { .. }) {
-            return;
-        }
-        actions.push(Action::Signal { pid, signal });
-        child.state = ChildState::Draining {
-            deadline: bound.map(|bound| now + bound),
+        let start_deadline = match child.state {
+            ChildState::Draining { .. } => return,
+            ChildState::Starting { deadline } => deadline,
+            ChildState::Serving => None,
         };
+        actions.push(Action::Signal { pid, signal });
+        // A child still starting keeps its start deadline: a start that hangs (a mount, a lock)
+        // must end even when drains have no bound.
+        let drain_deadline = bound.map(|bound| now + bound);
+        let deadline = match (start_deadline, drain_deadline) {
+            (Some(start), Some(drain)) => Some(start.min(drain)),
+            (start, drain) => start.or(drain),
+        };
+        child.state = ChildState::Draining { deadline };
         self.dirty = true;
     }
 
@@ -923,11 +927,32 @@ impl Machine {
         self.dirty = true;
     }
 
+    /// Whether a fork for `generation` is still wanted: the loop skips a queued `Spawn` whose
+    /// reason went away in the same batch (a fork failure failed the reload, a stop began).
+    pub fn wants_child_of(&self, generation: u64) -> bool {
+        match self.phase {
+            Phase::Starting => generation == 1,
+            Phase::Running => {
+                generation == self.generation || Some(generation) == self.pending_generation()
+            }
+            Phase::Stopping | Phase::Exiting { .. } | Phase::Exited => false,
+        }
+    }
+
     /// Kills every child; exit with `code` once none is left.
-    fn begin_exit(&mut self, code: i32, why: &str, actions: &mut Vec<Action>) {
+    fn begin_exit(&mut self, now: Instant, code: i32, why: &str, actions: &mut Vec<Action>) {
         actions.push(Action::Notify(Notice::Stopping(why.to_string())));
         self.phase = Phase::Exiting { code };
-        self.reload = None;
+        if let Some(reload) = self.reload.take() {
+            self.finish_reload(
+                now,
+                reload.record,
+                Some(format!(
+                    "the server stopped before the reload finished ({why})"
+                )),
+                actions,
+            );
+        }
         self.reload_again = false;
         self.respawns.clear();
         for child in &mut self.children {

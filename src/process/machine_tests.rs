@@ -561,3 +561,110 @@ fn backoff_doubles_from_the_start_value_up_to_the_cap() {
     assert_eq!(backoff(2), RESPAWN_BACKOFF_START * 2);
     assert_eq!(backoff(40), RESPAWN_BACKOFF_MAX);
 }
+
+/// Review: a child still starting when it is told to drain keeps its start deadline, so a
+/// start that hangs ends even with no drain bound, and a stop then finishes.
+#[test]
+fn a_starter_told_to_drain_keeps_its_start_deadline() {
+    let mut h = Harness::running(Plan {
+        drain_bound: None,
+        ..plan(2)
+    });
+    h.sighup();
+    let new = h.pids_in(2);
+    h.exit(new[0], 2);
+    assert!(matches!(
+        h.state_of(new[1]),
+        Some(ChildState::Draining { deadline: Some(_) })
+    ));
+    h.take_actions();
+    h.advance(CHILD_READY_TIMEOUT);
+    assert!(h.take_actions().contains(&Action::Signal {
+        pid: new[1],
+        signal: ChildSignal::Kill
+    }));
+    h.event(Event::Request(MasterRequest::StopGracefully));
+    for pid in h.pids_in(1) {
+        h.exit(pid, 0);
+    }
+    h.kill9(new[1]);
+    assert_eq!(h.take_actions().last(), Some(&Action::Exit(0)));
+}
+
+/// Review: a fork answered for a generation whose reload already failed is not wanted (the
+/// loop skips such a queued `Spawn`).
+#[test]
+fn a_generation_whose_reload_failed_is_no_longer_wanted() {
+    let mut h = Harness::running(plan(3));
+    h.machine
+        .handle(h.now, Event::Request(MasterRequest::Reload));
+    h.machine.handle(
+        h.now,
+        Event::ConfigLoaded {
+            generation: 2,
+            result: Ok(plan(3)),
+        },
+    );
+    assert!(h.machine.wants_child_of(2));
+    h.machine.handle(
+        h.now,
+        Event::Spawned {
+            generation: 2,
+            attempt: 0,
+            result: Err("fork() failed while spawning a child for generation 2: EAGAIN".into()),
+        },
+    );
+    assert!(!h.machine.wants_child_of(2));
+    assert!(h.machine.wants_child_of(1));
+}
+
+/// Review: SIGINT during a reload still gives that reload a verdict.
+#[test]
+fn sigint_during_a_reload_records_its_verdict() {
+    let mut h = Harness::running(plan(1));
+    h.sighup();
+    h.event(Event::Request(MasterRequest::StopNow));
+    assert_eq!(h.machine.reload_counts(), (1, 0, 1));
+    assert!(h.machine.reload_in_progress().is_none());
+    let error = h
+        .machine
+        .last_reload()
+        .unwrap()
+        .result
+        .clone()
+        .unwrap()
+        .unwrap();
+    assert!(
+        error.contains("stopped before the reload finished"),
+        "{error}"
+    );
+}
+
+/// Review: SIGTERM while the first generation starts drains the ready children (their
+/// requests finish) instead of killing them.
+#[test]
+fn sigterm_while_starting_drains_the_ready_children() {
+    let now = Instant::now();
+    let (mut machine, _) = Machine::start(now, plan(2));
+    for pid in [7, 8] {
+        machine.handle(
+            now,
+            Event::Spawned {
+                generation: 1,
+                attempt: 0,
+                result: Ok(pid),
+            },
+        );
+    }
+    machine.handle(now, Event::ChildReady { pid: 7 });
+    let actions = machine.handle(now, Event::Request(MasterRequest::StopGracefully));
+    assert!(actions.contains(&Action::Signal {
+        pid: 7,
+        signal: ChildSignal::Stop
+    }));
+    assert!(!actions.contains(&Action::Signal {
+        pid: 7,
+        signal: ChildSignal::Kill
+    }));
+    assert_eq!(machine.phase(), Phase::Stopping);
+}

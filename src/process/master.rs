@@ -60,6 +60,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// `PIPE_BUF`).
 const READY_MESSAGE_MAX: usize = 4096;
 
+/// The most connections the master takes from a listener it closes (`forward_queued`): a
+/// backlog's worth, so the loop's work stays bounded.
+const FORWARD_MAX: usize = 4096;
+
 /// How the master exits: the process exit code.
 pub type ExitCode = i32;
 
@@ -161,13 +165,17 @@ impl Master {
             self.wait();
             let mut events = self.read_ready_pipes();
             events.extend(self.reap());
-            events.extend(
-                self.signals
-                    .take()
-                    .into_iter()
-                    .filter(|request| *request != MasterRequest::Reap)
-                    .map(Event::Request),
-            );
+            // Stop requests first: a SIGHUP and a SIGTERM taken in one wake-up must not fork a
+            // generation only to drain it at once.
+            let mut requests = self.signals.take();
+            requests.retain(|request| *request != MasterRequest::Reap);
+            requests.sort_by_key(|request| {
+                !matches!(
+                    request,
+                    MasterRequest::StopNow | MasterRequest::StopGracefully
+                )
+            });
+            events.extend(requests.into_iter().map(Event::Request));
             events.push(Event::Tick);
             for event in events {
                 let actions = self.machine.handle(Instant::now(), event);
@@ -188,6 +196,11 @@ impl Master {
         while let Some(action) = queue.pop_front() {
             let event = match action {
                 Action::LoadConfig { generation } => Some(self.load_config(generation)),
+                // A fork queued in this batch whose reason went away since (an earlier fork
+                // failed the reload, a stop began) is not made.
+                Action::Spawn { generation, .. } if !self.machine.wants_child_of(generation) => {
+                    None
+                }
                 Action::Spawn {
                     generation,
                     nth,
@@ -271,23 +284,7 @@ impl Master {
     fn read_ready_pipes(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         for (pid, io) in &mut self.children {
-            let Some(ready) = &io.ready else { continue };
-            let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-                continue;
-            }
-            let mut message = vec![0u8; READY_MESSAGE_MAX];
-            let n = nix::unistd::read(ready.as_raw_fd(), &mut message).unwrap_or(0);
-            io.ready = None;
-            let pid = pid.as_raw();
-            match message[..n].split_first() {
-                Some((b'R', _)) => events.push(Event::ChildReady { pid }),
-                Some((b'E', reason)) => events.push(Event::ChildFailedToStart {
-                    pid,
-                    reason: String::from_utf8_lossy(reason).into_owned(),
-                }),
-                _ => {}
-            }
+            events.extend(read_ready_pipe(*pid, io));
         }
         events
     }
@@ -312,7 +309,10 @@ impl Master {
                 }
                 _ => continue,
             };
-            self.children.remove(&pid);
+            // What it wrote on its ready pipe just before it died comes before its exit.
+            if let Some(mut io) = self.children.remove(&pid) {
+                events.extend(read_ready_pipe(pid, &mut io));
+            }
             events.push(Event::ChildExited {
                 pid: pid.as_raw(),
                 exit,
@@ -469,6 +469,10 @@ impl Master {
     }
 
     fn signal(&self, pid: Pid, signal: ChildSignal) {
+        // A child reaped earlier in this batch: its pid may already belong to another process.
+        if !self.children.contains_key(&pid) {
+            return;
+        }
         let signal = match signal {
             ChildSignal::Drain => Signal::SIGHUP,
             ChildSignal::Stop => Signal::SIGTERM,
@@ -548,6 +552,12 @@ impl Master {
     /// Draining children hold their own copy until they stop accepting, which they do at once,
     /// so the old address refuses new connections quickly instead of queueing them where nobody
     /// will accept them.
+    ///
+    /// Whatever is queued on a listener when the master closes it would be reset by the last
+    /// close (a failed reload's new socket, whose children all died; the old port after a
+    /// move). So the master first accepts what is queued, without blocking, and passes it to the
+    /// current generation's handoff channel as a connection yet to send its first request: the
+    /// one moment the master accepts.
     fn close_unused_listeners(&mut self) {
         let current = self.current.max(1);
         let used: Vec<SocketAddr> = self
@@ -558,17 +568,53 @@ impl Master {
             })
             .flat_map(|(_, keys)| keys.iter().copied())
             .collect();
-        self.listeners.retain(|listener| {
-            let keep = used.contains(&listener.requested);
-            if !keep {
-                log::info!(
-                    "closing listener {} (configured {}): no generation accepts on it any more",
-                    listener.local,
-                    listener.configured
+        let (kept, closing): (Vec<Listener>, Vec<Listener>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|listener| used.contains(&listener.requested));
+        self.listeners = kept;
+        for listener in closing {
+            let n_forwarded = self.forward_queued(&listener);
+            log::info!(
+                "closing listener {} (configured {}): no generation accepts on it any more{}",
+                listener.local,
+                listener.configured,
+                if n_forwarded > 0 {
+                    format!("; {n_forwarded} queued connection(s) passed to the current generation")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    /// Accepts what is queued on `listener` (at most [`FORWARD_MAX`]) and passes it to the
+    /// current generation; returns how many went. What cannot go is closed, as the listener's
+    /// close would have done.
+    fn forward_queued(&self, listener: &Listener) -> usize {
+        let target = self.channels.get(&self.current.max(1));
+        let keepidle = self.config().tcp_keepidle;
+        let mut n_forwarded = 0;
+        for _ in 0..FORWARD_MAX {
+            let Ok((stream, _)) = listener.socket.accept() else {
+                break;
+            };
+            let prepared = crate::acceptor::prepare_socket(&stream, keepidle)
+                .and_then(|()| stream.set_nonblocking(true));
+            let sent = prepared.is_ok()
+                && target.is_some_and(|target| {
+                    handoff::send_connection(target.send.as_fd(), stream.as_fd(), &[], true).is_ok()
+                });
+            if sent {
+                n_forwarded += 1;
+            } else {
+                log::warn!(
+                    "closed a connection queued on listener {} as it closed: the current \
+                     generation's handoff channel did not take it",
+                    listener.local
                 );
             }
-            keep
-        });
+        }
+        n_forwarded
     }
 
     /// Closes the handoff channels of generations that are over (no child left, neither current
@@ -660,9 +706,11 @@ impl Master {
             },
             generation,
             workers: self.config().workers,
+            // Every ready child that is not draining accepts: during a reload that includes
+            // the new generation's ready children.
             serving: children
                 .iter()
-                .filter(|c| c.generation == generation && c.state == ChildState::Serving)
+                .filter(|c| c.state == ChildState::Serving)
                 .count(),
             listen: self.listen_addresses(),
             children: if machine.phase() == Phase::Exited {
@@ -715,6 +763,27 @@ impl Master {
                 log::error!("{error}");
             }
         }
+    }
+}
+
+/// Reads one child's ready pipe if it has something (see `Master::read_ready_pipes`).
+fn read_ready_pipe(pid: Pid, io: &mut ChildIo) -> Option<Event> {
+    let ready = io.ready.as_ref()?;
+    let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+        return None;
+    }
+    let mut message = vec![0u8; READY_MESSAGE_MAX];
+    let n = nix::unistd::read(ready.as_raw_fd(), &mut message).unwrap_or(0);
+    io.ready = None;
+    let pid = pid.as_raw();
+    match message[..n].split_first() {
+        Some((b'R', _)) => Some(Event::ChildReady { pid }),
+        Some((b'E', reason)) => Some(Event::ChildFailedToStart {
+            pid,
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        }),
+        _ => None,
     }
 }
 
@@ -817,7 +886,10 @@ fn check_storage(config: &Config) -> Result<(), String> {
 
 /// Writes our pid to `path` atomically, refusing if it names another live glint master.
 fn write_pid_file(path: &Path) -> Result<(), String> {
-    if let Ok(text) = fs::read_to_string(path) {
+    // Read without blocking (a FIFO in its place must not stop the master); a path that is not
+    // a regular file fails the write below, with the path named.
+    if let Ok(bytes) = config::read_regular_file(path) {
+        let text = String::from_utf8_lossy(&bytes);
         if let Ok(pid) = text.trim().parse::<i32>() {
             let ours = pid == std::process::id() as i32;
             if !ours && pid > 0 && kill(Pid::from_raw(pid), None).is_ok() {

@@ -107,6 +107,9 @@ pub fn spawn(
         }
         Ok(ForkResult::Parent { child }) => {
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            // The child does the same; doing it here too closes the window in which a signal to
+            // the master's group would still reach it. Either may lose the race harmlessly.
+            let _ = setpgid(child, child);
             Ok(Forked {
                 pid: child,
                 ready: ready_read,
