@@ -8,6 +8,7 @@
 //! - `migrations`: the schema, as an append-only list applied on open.
 //! - `image`: the [`Image`] record and its mapping onto the tables.
 //! - `query`: [`ListQuery`], filters, sort order and marker pagination.
+//! - `status`: [`ImageStatus`] and the words it is stored and shown as.
 //!
 //! # Locking
 //!
@@ -46,6 +47,7 @@
 mod image;
 mod migrations;
 mod query;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +62,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 pub use image::Image;
 pub use migrations::MIGRATIONS;
 pub use query::{Filters, ListQuery, SortDir, SortKey};
+pub use status::{ImageStatus, UnknownImageStatus};
 
 use crate::timestamp;
 
