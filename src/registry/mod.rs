@@ -258,8 +258,8 @@ impl Registry {
         Ok(Some(image))
     }
 
-    /// Finds images in status "saving" whose uploading process is gone (`is_alive` says no to
-    /// their `upload_owner`, or they have none), sets them back to "queued" with no upload
+    /// Finds images in status `Saving` whose uploading process is gone (`is_alive` says no to
+    /// their `upload_owner`, or they have none), sets them back to `Queued` with no upload
     /// owner, and returns them as they were before, so the caller can remove their temporary
     /// files. A failed upload returns the image to queued in Glance too.
     ///
@@ -272,7 +272,7 @@ impl Registry {
         let transaction = begin_immediate(&mut lease)?;
         let context = "find images in status saving";
         let sql = format!(
-            "SELECT {} FROM images WHERE images.status = 'saving' AND images.deleted = 0 \
+            "SELECT {} FROM images WHERE images.status = ?1 AND images.deleted = 0 \
              ORDER BY images.id",
             image::COLUMNS
         );
@@ -280,7 +280,7 @@ impl Registry {
             .prepare(&sql)
             .and_then(|mut statement| {
                 statement
-                    .query_map([], image::from_row)?
+                    .query_map([ImageStatus::Saving], image::from_row)?
                     .collect::<rusqlite::Result<_>>()
             })
             .map_err(RegistryError::sql(context))?;
@@ -292,7 +292,7 @@ impl Registry {
             }
             image::load_details(&transaction, &mut stored).map_err(RegistryError::sql(context))?;
             let mut reset = stored.clone();
-            reset.status = "queued".to_string();
+            reset.status = ImageStatus::Queued;
             reset.upload_owner = None;
             reset.updated_at = now.seconds.clone();
             image::write(&transaction, &reset, now.micros)?;
