@@ -1074,6 +1074,13 @@ fn list_filters_select_exactly_the_matching_images() {
         ("status=active", &["e", "b"]),
         ("status=queued", &["f", "a"]),
         ("status=saving", &[]),
+        // Glance's other statuses are valid filters that glint never matches.
+        ("status=killed", &[]),
+        ("status=deleted", &[]),
+        ("status=deactivated", &[]),
+        ("status=pending_delete", &[]),
+        ("status=uploading", &[]),
+        ("status=importing", &[]),
         ("visibility=public", &["a"]),
         ("visibility=private", &["b"]),
         ("visibility=shared", &["f", "e"]),
@@ -1275,6 +1282,12 @@ fn list_refuses_bad_parameters_with_400() {
         ("marker=0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1", "marker"),
         ("marker=not-a-uuid", "marker"),
         ("status=happy", "Invalid status value: happy"),
+        ("status=Active", "Invalid status value: Active"),
+        (
+            "status=pending-delete",
+            "Invalid status value: pending-delete",
+        ),
+        ("status=", "Invalid status value: "),
         ("visibility=everyone", "Invalid visibility value: everyone"),
         (
             "protected=yes",
