@@ -1074,6 +1074,13 @@ fn list_filters_select_exactly_the_matching_images() {
         ("status=active", &["e", "b"]),
         ("status=queued", &["f", "a"]),
         ("status=saving", &[]),
+        // Glance's other statuses are valid filters that glint never matches.
+        ("status=killed", &[]),
+        ("status=deleted", &[]),
+        ("status=deactivated", &[]),
+        ("status=pending_delete", &[]),
+        ("status=uploading", &[]),
+        ("status=importing", &[]),
         ("visibility=public", &["a"]),
         ("visibility=private", &["b"]),
         ("visibility=shared", &["f", "e"]),
@@ -1275,6 +1282,12 @@ fn list_refuses_bad_parameters_with_400() {
         ("marker=0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1", "marker"),
         ("marker=not-a-uuid", "marker"),
         ("status=happy", "Invalid status value: happy"),
+        ("status=Active", "Invalid status value: Active"),
+        (
+            "status=pending-delete",
+            "Invalid status value: pending-delete",
+        ),
+        ("status=", "Invalid status value: "),
         ("visibility=everyone", "Invalid visibility value: everyone"),
         (
             "protected=yes",
@@ -1293,6 +1306,66 @@ fn list_refuses_bad_parameters_with_400() {
         );
         glance.expect_error(&response, 400, fragment, &format!("GET /v2/images?{query}"));
     }
+}
+
+/// A status word in the database that this binary does not know (written by a newer release or
+/// by hand) answers 500 where the image would be read, with an error log line naming the word;
+/// the other images are served as before and no child dies.
+#[test]
+fn an_unknown_status_in_the_database_is_a_500_with_the_word_in_the_log() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let children = server.children(None);
+    let odd = glance.create(json!({"name": "odd"}))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let fine = glance.create(json!({"name": "fine"}))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    rusqlite::Connection::open(server.path("glint.sqlite"))
+        .and_then(|database| {
+            database.execute(
+                "UPDATE images SET status = 'frozen' WHERE id = ?1",
+                [odd.as_str()],
+            )
+        })
+        .expect("write an unknown status");
+
+    for path in [format!("/v2/images/{odd}"), "/v2/images".to_string()] {
+        let response = glance.request("GET", &path, &[("Accept", JSON)], None);
+        glance.expect_error(&response, 500, "The server has either erred", &path);
+        assert!(
+            !glance.message(&response).contains("frozen"),
+            "{path}: internals leaked to the client"
+        );
+    }
+    server.wait_for_log("unknown image status \"frozen\"", DEADLINE);
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|line| line.contains("internal error") && line.contains("\"frozen\"")),
+        "the 500 is logged with its cause\n{}",
+        server.log()
+    );
+
+    assert_eq!(glance.status_of(&fine), "queued");
+    assert_eq!(names(&glance.list("status=queued")), ["fine"]);
+    let response = glance.request("GET", "/v2/images?status=frozen", &[("Accept", JSON)], None);
+    glance.expect_error(
+        &response,
+        400,
+        "Invalid status value: frozen",
+        "filter by the word",
+    );
+    assert_eq!(
+        server.children(None),
+        children,
+        "no child died\n{}",
+        server.log()
+    );
 }
 
 /// PATCH in both dialects: add, replace and remove on base attributes and custom properties,

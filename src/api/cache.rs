@@ -24,6 +24,7 @@ use super::images::not_found;
 use super::Api;
 use crate::http::response::Response;
 use crate::http::serve::Request;
+use crate::registry::ImageStatus;
 
 impl Api {
     /// Routes `/v2/cache` and below; `segments` follow `cache`.
@@ -91,7 +92,7 @@ impl Api {
                 let image = self.find(id)?;
                 // The canonical (lowercase) id, as the cache names its files.
                 let id = &image.id.clone();
-                if image.status != "active" {
+                if image.status != ImageStatus::Active {
                     return Err(ApiError::BadRequest(
                         "Only images with status active can be targeted for queueing".to_string(),
                     ));

@@ -135,6 +135,23 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// `error` and each of its causes, joined by ": ", for the detail of an `Internal` error: the
+/// one log line an operator gets should say what broke, not only what was being done.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let message = error.to_string();
+        // Some errors (rusqlite's) already end their message with their cause's.
+        if !text.ends_with(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
+}
+
 /// An error body: Glance's JSON when the client accepts JSON, text otherwise.
 pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
     let title = reason_phrase(status);
@@ -149,5 +166,36 @@ pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
         )
     } else {
         Response::text(status, &format!("{status} {title}\n\n{message}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{RegistryError, UnknownImageStatus};
+
+    #[test]
+    fn with_causes_shows_each_message_of_the_chain_once() {
+        let unknown = UnknownImageStatus {
+            value: "frozen".to_string(),
+        };
+        // rusqlite's message already ends with its cause's, which is also its source.
+        let error = RegistryError::Sql {
+            context: "read image x".to_string(),
+            source: rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                Box::new(unknown),
+            ),
+        };
+        let text = with_causes(&error);
+        assert!(
+            text.starts_with("registry: failed to read image x: Conversion error"),
+            "{text}"
+        );
+        assert_eq!(text.matches("\"frozen\"").count(), 1, "{text}");
+
+        let without_cause = RegistryError::BadMarker;
+        assert_eq!(with_causes(&without_cause), without_cause.to_string());
     }
 }

@@ -20,7 +20,7 @@ use super::Api;
 use crate::http::head::Framing;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
-use crate::registry::Image;
+use crate::registry::{Image, ImageStatus};
 use crate::store::{StoreError, Stored};
 
 /// How much of an upload is read from the socket and written to the store at a time.
@@ -52,7 +52,7 @@ impl Api {
         let owner = self.owner_token.clone();
         self.registry
             .update(id, |image| {
-                if image.status != "queued" {
+                if image.status != ImageStatus::Queued {
                     return Err(ApiError::Conflict(format!(
                         "Image status transition from {} to saving is not allowed",
                         image.status
@@ -65,7 +65,7 @@ impl Api {
                             .to_string(),
                     ));
                 }
-                image.status = "saving".to_string();
+                image.status = ImageStatus::Saving;
                 image.upload_owner = Some(owner.clone());
                 Ok(())
             })?
@@ -81,12 +81,14 @@ impl Api {
         };
         let stored = self.receive(request, id, declared)?;
         let committed = self.registry.update(id, |image| {
-            if image.status != "saving" || image.upload_owner.as_deref() != Some(owner.as_str()) {
+            if image.status != ImageStatus::Saving
+                || image.upload_owner.as_deref() != Some(owner.as_str())
+            {
                 return Err(ApiError::Conflict(
                     "The image changed state during the upload.".to_string(),
                 ));
             }
-            image.status = "active".to_string();
+            image.status = ImageStatus::Active;
             image.size = Some(stored.size);
             image.checksum = Some(stored.checksum.clone());
             image.os_hash_algo = Some(stored.hash_algo.to_string());
@@ -162,8 +164,8 @@ impl Api {
     fn requeue(&self, id: &str) {
         let owner = self.owner_token.as_str();
         let result = self.registry.update(id, |image| {
-            if image.status == "saving" && image.upload_owner.as_deref() == Some(owner) {
-                image.status = "queued".to_string();
+            if image.status == ImageStatus::Saving && image.upload_owner.as_deref() == Some(owner) {
+                image.status = ImageStatus::Queued;
                 image.upload_owner = None;
             }
             Ok::<(), ApiError>(())
@@ -181,13 +183,13 @@ impl Api {
     /// `GET /v2/images/{id}/file`.
     pub(super) fn download(&self, request: &Request<'_>, id: &str) -> Result<Response, ApiError> {
         let image = self.find(id)?;
-        if image.status == "deactivated" {
+        if image.status == ImageStatus::Deactivated {
             return Err(ApiError::Forbidden(
                 "The requested image has been deactivated. Image data download is forbidden."
                     .to_string(),
             ));
         }
-        let (Some(location), "active") = (&image.location, image.status.as_str()) else {
+        let (Some(location), ImageStatus::Active) = (&image.location, image.status) else {
             // Glance answers 204 for an image that has no data (yet).
             return Ok(Response::new(204));
         };

@@ -212,7 +212,9 @@ impl From<RegistryError> for ApiError {
             other if other.is_busy() => ApiError::Unavailable(format!(
                 "The image database is busy; retry the request. ({other})"
             )),
-            other => ApiError::Internal(other.to_string()),
+            // The whole chain: `RegistryError` shows one level ("failed to read image X"), and
+            // the operator needs the cause (SQLite's message, an unknown status word).
+            other => ApiError::Internal(error::with_causes(&other)),
         }
     }
 }

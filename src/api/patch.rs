@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::representation::{self, check_writable, is_base};
-use crate::registry::Image;
+use crate::registry::{Image, ImageStatus};
 
 /// The two dialects, by media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +129,9 @@ pub fn apply(image: &mut Image, changes: &[Change], dialect: Dialect) -> Result<
         // Glance (glance/domain): the formats describe the stored data, so they can change
         // only while there is none.
         if let Change::Add { name, .. } | Change::Replace { name, .. } = change {
-            if (name == "disk_format" || name == "container_format") && image.status != "queued" {
+            if (name == "disk_format" || name == "container_format")
+                && image.status != ImageStatus::Queued
+            {
                 return Err(ApiError::Forbidden(format!(
                     "Attribute {name} can be only replaced for a queued image."
                 )));

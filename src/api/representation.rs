@@ -75,7 +75,7 @@ pub fn image_json(image: &Image) -> Value {
     let base = json!({
         "id": image.id,
         "name": image.name,
-        "status": image.status,
+        "status": image.status.as_str(),
         "visibility": image.visibility,
         "protected": image.protected,
         "os_hidden": image.os_hidden,

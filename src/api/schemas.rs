@@ -9,6 +9,7 @@
 use serde_json::{json, Value};
 
 use super::representation::{CONTAINER_FORMATS, DISK_FORMATS, MAX_NAME, VISIBILITIES};
+use crate::registry::ImageStatus;
 
 /// `GET /v2/schemas/image`.
 pub fn image() -> Value {
@@ -28,7 +29,7 @@ pub fn image() -> Value {
             "name": {"type": ["null", "string"], "description": "Descriptive name for the image", "maxLength": MAX_NAME},
             "status": {
                 "type": "string", "readOnly": true, "description": "Status of the image",
-                "enum": ["queued", "saving", "active", "killed", "deleted", "uploading", "importing", "pending_delete", "deactivated"]
+                "enum": ImageStatus::ALL.map(ImageStatus::as_str)
             },
             "visibility": {"type": "string", "description": "Scope of image accessibility", "enum": VISIBILITIES},
             "protected": {"type": "boolean", "description": "If true, image will not be deletable."},

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Cache, CacheError, Expected, FillOutcome};
-use crate::registry::Registry;
+use crate::registry::{ImageStatus, Registry};
 use crate::store::Store;
 
 /// How often the prefetcher looks at the queue without being woken: the longest a prefetch
@@ -137,7 +137,7 @@ fn prefetch(
             return false;
         }
     };
-    let (Some(location), "active") = (&image.location, image.status.as_str()) else {
+    let (Some(location), ImageStatus::Active) = (&image.location, image.status) else {
         log::info!(
             "image cache: not prefetching image {image_id}: it is {}, not active with data",
             image.status

@@ -29,7 +29,7 @@ fn stored(dir: &Path, id: &str, data: &[u8]) -> (File, Expected) {
     let path = dir.join(format!("store-{id}"));
     fs::write(&path, data).unwrap();
     let mut image = Image::new(id);
-    image.status = "active".to_string();
+    image.status = crate::registry::ImageStatus::Active;
     image.size = Some(data.len() as u64);
     image.checksum = Some(crate::store::hex(&Md5::digest(data)));
     image.os_hash_algo = Some("sha512".to_string());

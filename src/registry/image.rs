@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::RegistryError;
+use super::{ImageStatus, RegistryError};
 use crate::timestamp;
 
 /// One image's metadata, as the API shows it (minus the derived `self`, `file` and `schema`),
@@ -19,8 +19,8 @@ pub struct Image {
     /// The image's UUID; never reused, not even after the image is deleted.
     pub id: String,
     pub name: Option<String>,
-    /// queued, saving, active, killed, deleted, deactivated, uploading, importing.
-    pub status: String,
+    /// Queued until data is uploaded; see [`ImageStatus`] for the others.
+    pub status: ImageStatus,
     /// public, private, shared or community.
     pub visibility: String,
     pub protected: bool,
@@ -46,7 +46,7 @@ pub struct Image {
     pub updated_at: String,
     /// Absolute path of the data file, once the image is active.
     pub location: Option<String>,
-    /// Opaque token of the process uploading the data while the status is "saving"; see
+    /// Opaque token of the process uploading the data while the status is `Saving`; see
     /// [`super::Registry::recover_abandoned_uploads`].
     pub upload_owner: Option<String>,
 }
@@ -59,7 +59,7 @@ impl Image {
         Image {
             id: id.into(),
             name: None,
-            status: "queued".to_string(),
+            status: ImageStatus::Queued,
             visibility: "shared".to_string(),
             protected: false,
             os_hidden: false,
@@ -98,6 +98,9 @@ pub(super) const COLUMNS: &str = "images.id, images.name, images.status, images.
 
 /// Reads the scalar fields selected by [`COLUMNS`]; tags and properties come from
 /// [`load_details`].
+///
+/// A status word this binary does not know fails the read with a conversion error carrying
+/// [`super::UnknownImageStatus`] (see that type for why it is not mapped to a variant).
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
     Ok(Image {
         id: row.get(0)?,
@@ -241,7 +244,7 @@ pub(super) fn write(
     write_details(connection, image)
 }
 
-/// Turns the row into a tombstone: status "deleted", flagged, its tags and properties gone.
+/// Turns the row into a tombstone: status `Deleted`, flagged, its tags and properties gone.
 /// The row stays so that the id is never reused.
 pub(super) fn mark_deleted(
     connection: &Connection,
@@ -251,10 +254,12 @@ pub(super) fn mark_deleted(
 ) -> Result<(), RegistryError> {
     connection
         .prepare_cached(
-            "UPDATE images SET deleted = 1, status = 'deleted', deleted_at = ?2, \
+            "UPDATE images SET deleted = 1, status = ?4, deleted_at = ?2, \
              updated_at = ?2, updated_order = ?3 WHERE id = ?1",
         )
-        .and_then(|mut statement| statement.execute(params![id, now, now_order]))
+        .and_then(|mut statement| {
+            statement.execute(params![id, now, now_order, ImageStatus::Deleted])
+        })
         .map_err(RegistryError::sql(format!("mark image {id} deleted")))?;
     delete_details(connection, id)
 }

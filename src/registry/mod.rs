@@ -8,6 +8,7 @@
 //! - `migrations`: the schema, as an append-only list applied on open.
 //! - `image`: the [`Image`] record and its mapping onto the tables.
 //! - `query`: [`ListQuery`], filters, sort order and marker pagination.
+//! - `status`: [`ImageStatus`] and the words it is stored and shown as.
 //!
 //! # Locking
 //!
@@ -46,6 +47,7 @@
 mod image;
 mod migrations;
 mod query;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +62,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 pub use image::Image;
 pub use migrations::MIGRATIONS;
 pub use query::{Filters, ListQuery, SortDir, SortKey};
+pub use status::{ImageStatus, UnknownImageStatus};
 
 use crate::timestamp;
 
@@ -255,8 +258,8 @@ impl Registry {
         Ok(Some(image))
     }
 
-    /// Finds images in status "saving" whose uploading process is gone (`is_alive` says no to
-    /// their `upload_owner`, or they have none), sets them back to "queued" with no upload
+    /// Finds images in status `Saving` whose uploading process is gone (`is_alive` says no to
+    /// their `upload_owner`, or they have none), sets them back to `Queued` with no upload
     /// owner, and returns them as they were before, so the caller can remove their temporary
     /// files. A failed upload returns the image to queued in Glance too.
     ///
@@ -269,7 +272,7 @@ impl Registry {
         let transaction = begin_immediate(&mut lease)?;
         let context = "find images in status saving";
         let sql = format!(
-            "SELECT {} FROM images WHERE images.status = 'saving' AND images.deleted = 0 \
+            "SELECT {} FROM images WHERE images.status = ?1 AND images.deleted = 0 \
              ORDER BY images.id",
             image::COLUMNS
         );
@@ -277,7 +280,7 @@ impl Registry {
             .prepare(&sql)
             .and_then(|mut statement| {
                 statement
-                    .query_map([], image::from_row)?
+                    .query_map([ImageStatus::Saving], image::from_row)?
                     .collect::<rusqlite::Result<_>>()
             })
             .map_err(RegistryError::sql(context))?;
@@ -289,7 +292,7 @@ impl Registry {
             }
             image::load_details(&transaction, &mut stored).map_err(RegistryError::sql(context))?;
             let mut reset = stored.clone();
-            reset.status = "queued".to_string();
+            reset.status = ImageStatus::Queued;
             reset.upload_owner = None;
             reset.updated_at = now.seconds.clone();
             image::write(&transaction, &reset, now.micros)?;

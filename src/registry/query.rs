@@ -10,7 +10,8 @@
 //!
 //! NULL is smaller than every value, as in SQLite and MySQL (the database Glance is usually
 //! run on): an ascending sort lists images without a name (or size, owner, formats) first, a
-//! descending sort lists them last. Text compares bytewise (SQLite's BINARY collation).
+//! descending sort lists them last. Text compares bytewise (SQLite's BINARY collation); `status`
+//! sorts by its stored word (`active` before `queued`), as in Glance, not by lifecycle order.
 //!
 //! # Pagination
 //!
@@ -24,7 +25,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 use super::image::{self, Image};
-use super::RegistryError;
+use super::{ImageStatus, RegistryError};
 
 /// What to list and in which order.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,7 +56,7 @@ impl Default for ListQuery {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
     pub name: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ImageStatus>,
     /// None lists every visibility but "community" (Glance lists community images only when
     /// asked); `Some("all")` lists every visibility.
     pub visibility: Option<String>,
@@ -250,7 +251,6 @@ fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &m
     };
     for (column, value) in [
         ("name", &filters.name),
-        ("status", &filters.status),
         ("owner", &filters.owner),
         ("id", &filters.id),
         ("disk_format", &filters.disk_format),
@@ -264,6 +264,12 @@ fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &m
                 &[Value::Text(value.clone())],
             );
         }
+    }
+    if let Some(status) = filters.status {
+        add(
+            "images.status = ?",
+            &[Value::Text(status.as_str().to_string())],
+        );
     }
     match filters.visibility.as_deref() {
         None => add("images.visibility <> 'community'", &[]),

@@ -73,7 +73,7 @@ fn create_then_get_round_trips_every_field() {
     let (_dir, registry) = temp_registry();
     let mut image = Image::new("6f1c7f4e-0000-4000-8000-000000000001");
     image.name = Some("cirros".to_string());
-    image.status = "active".to_string();
+    image.status = ImageStatus::Active;
     image.visibility = "public".to_string();
     image.protected = true;
     image.os_hidden = true;
@@ -109,12 +109,115 @@ fn a_new_image_has_glance_defaults() {
     let image = Image::new("defaults");
     registry.create(&image).expect("create");
     let stored = registry.get("defaults").expect("get").expect("found");
-    assert_eq!(stored.status, "queued");
+    assert_eq!(stored.status, ImageStatus::Queued);
     assert_eq!(stored.visibility, "shared");
     assert!(!stored.protected && !stored.os_hidden);
     assert_eq!((stored.min_ram, stored.min_disk), (0, 0));
     assert!(stored.tags.is_empty() && stored.properties.is_empty());
     assert_eq!(stored.created_at.len(), "YYYY-MM-DDTHH:MM:SSZ".len());
+}
+
+#[test]
+fn every_status_is_stored_as_glances_word_in_the_status_column() {
+    let (dir, registry) = temp_registry();
+    let connection = Connection::open(db_path(&dir)).expect("open");
+    let stored_word = |id: &str| -> String {
+        connection
+            .query_row("SELECT status FROM images WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .expect("read the column")
+    };
+    for status in ImageStatus::ALL {
+        // Written through the registry: the column holds the word older binaries wrote.
+        let id = format!("written-{status}");
+        let mut image = Image::new(&id);
+        image.status = status;
+        registry.create(&image).expect("create");
+        assert_eq!(stored_word(&id), status.as_str());
+        assert_eq!(
+            registry.get(&id).expect("get").expect("found").status,
+            status
+        );
+
+        // Written as text, as a database from before the enum holds it: read as the variant.
+        let id = format!("legacy-{status}");
+        registry.create(&Image::new(&id)).expect("create");
+        connection
+            .execute(
+                "UPDATE images SET status = ?2 WHERE id = ?1",
+                [id.as_str(), status.as_str()],
+            )
+            .expect("write the word");
+        assert_eq!(
+            registry.get(&id).expect("get").expect("found").status,
+            status
+        );
+    }
+    registry
+        .delete("written-active", |_| Ok::<(), RegistryError>(()))
+        .expect("delete");
+    assert_eq!(stored_word("written-active"), "deleted");
+}
+
+#[test]
+fn an_unknown_status_in_the_database_fails_the_read_naming_the_word() {
+    let (dir, registry) = temp_registry();
+    registry.create(&Image::new("fine")).expect("create");
+    registry.create(&Image::new("odd")).expect("create");
+    Connection::open(db_path(&dir))
+        .expect("open")
+        .execute("UPDATE images SET status = 'frozen' WHERE id = 'odd'", [])
+        .expect("write an unknown word");
+
+    let unknown_word = |error: RegistryError| {
+        let RegistryError::Sql {
+            source: rusqlite::Error::FromSqlConversionFailure(_, _, cause),
+            ..
+        } = &error
+        else {
+            panic!("not a conversion failure: {error:?}");
+        };
+        cause
+            .downcast_ref::<UnknownImageStatus>()
+            .map(|unknown| unknown.value.clone())
+    };
+    let error = registry.get("odd").expect_err("get");
+    assert!(!error.is_busy());
+    assert_eq!(unknown_word(error), Some("frozen".to_string()));
+    // A page that holds the row fails as a whole: serving it would break clients that
+    // validate the status against the schema, and leaving it out would be a silent lie.
+    let error = registry.list(&ListQuery::default()).expect_err("list");
+    assert_eq!(unknown_word(error), Some("frozen".to_string()));
+    // Changing the row through the registry fails too, and changes nothing.
+    let error = registry
+        .update("odd", |image| {
+            image.status = ImageStatus::Active;
+            Ok::<(), RegistryError>(())
+        })
+        .expect_err("update");
+    assert_eq!(unknown_word(error), Some("frozen".to_string()));
+    let stored: String = Connection::open(db_path(&dir))
+        .expect("open")
+        .query_row("SELECT status FROM images WHERE id = 'odd'", [], |row| {
+            row.get(0)
+        })
+        .expect("read the column");
+    assert_eq!(stored, "frozen");
+
+    // Other images are unaffected, and a filter that excludes the row lists the rest.
+    assert_eq!(
+        registry.get("fine").expect("get").map(|image| image.status),
+        Some(ImageStatus::Queued)
+    );
+    let queued = ListQuery {
+        filters: Filters {
+            status: Some(ImageStatus::Queued),
+            ..Filters::default()
+        },
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(&registry.list(&queued).expect("list queued")), ["fine"]);
 }
 
 #[test]
@@ -289,7 +392,7 @@ fn filter_fixture(registry: &Registry) {
                  properties: &[(&str, &str)]| {
         let mut image = Image::new(id);
         image.name = name.map(str::to_string);
-        image.status = status.to_string();
+        image.status = status.parse().expect("a status");
         image.visibility = visibility.to_string();
         image.owner = owner.map(str::to_string);
         image.tags = tags.iter().map(|tag| tag.to_string()).collect();
@@ -405,7 +508,7 @@ fn every_filter_selects_exactly_the_matching_images() {
         (
             "status",
             Filters {
-                status: text("active"),
+                status: Some(ImageStatus::Active),
                 ..Filters::default()
             },
             &["a", "c"],
@@ -623,7 +726,11 @@ fn sort_fixture(registry: &Registry) {
         Some("Alpha"),
         Some("gamma"),
     ];
-    let statuses = ["queued", "active", "saving"];
+    let statuses = [
+        ImageStatus::Queued,
+        ImageStatus::Active,
+        ImageStatus::Saving,
+    ];
     let containers = [Some("bare"), None, Some("ovf")];
     let disks = [Some("qcow2"), Some("raw"), None, Some("iso")];
     let sizes = [Some(10), None, Some(1 << 33), Some(10), Some(0)];
@@ -641,7 +748,7 @@ fn sort_fixture(registry: &Registry) {
         let id = format!("{:02}-{}", (index * 7) % 30, ["x", "y"][index % 2]);
         let mut image = Image::new(id);
         image.name = names[next(names.len())].map(str::to_string);
-        image.status = statuses[next(statuses.len())].to_string();
+        image.status = statuses[next(statuses.len())];
         image.container_format = containers[next(containers.len())].map(str::to_string);
         image.disk_format = disks[next(disks.len())].map(str::to_string);
         image.size = sizes[next(sizes.len())];
@@ -693,7 +800,8 @@ fn reference_order(path: &Path, images: &[Image], sort: &[(SortKey, SortDir)]) -
     let compare = |key: SortKey, a: &Image, b: &Image| -> Ordering {
         match key {
             SortKey::Name => a.name.cmp(&b.name),
-            SortKey::Status => a.status.cmp(&b.status),
+            // SQL sorts the stored word, not the lifecycle order.
+            SortKey::Status => a.status.as_str().cmp(b.status.as_str()),
             SortKey::ContainerFormat => a.container_format.cmp(&b.container_format),
             SortKey::DiskFormat => a.disk_format.cmp(&b.disk_format),
             SortKey::Size => a.size.cmp(&b.size),
@@ -1188,7 +1296,7 @@ fn recover_abandoned_uploads_requeues_only_images_whose_uploader_is_gone() {
     let (_dir, registry) = temp_registry();
     let image = |id: &str, status: &str, owner: Option<&str>| {
         let mut image = Image::new(id);
-        image.status = status.to_string();
+        image.status = status.parse().expect("a status");
         image.upload_owner = owner.map(str::to_string);
         image.tags = vec!["t".to_string()];
         image
@@ -1213,7 +1321,7 @@ fn recover_abandoned_uploads_requeues_only_images_whose_uploader_is_gone() {
     // Returned as they were, so the caller can find their temporary files.
     assert_eq!(ids(&recovered), ["dead", "ownerless"]);
     assert_eq!(recovered[0].upload_owner.as_deref(), Some("pid:2"));
-    assert_eq!(recovered[0].status, "saving");
+    assert_eq!(recovered[0].status, ImageStatus::Saving);
     assert_eq!(recovered[0].tags, ["t"]);
 
     for (id, status, owner) in [
