@@ -22,8 +22,9 @@ pub struct Status {
     pub generation: u64,
     /// The configured number of children of the current generation.
     pub workers: usize,
-    /// How many children of the current generation serve now. Fewer than `workers` while a
-    /// child is being replaced; 0 means no child serves and clients wait in the listen queue
+    /// How many children accept new connections now: ready and not draining, of the current
+    /// generation or, during a reload, of the new one. Fewer than `workers` while a child is
+    /// being replaced; 0 means no child serves and clients wait in the listen queue
     /// (`respawns` says when the next try is due and why the last one failed).
     #[serde(default)]
     pub serving: usize,
