@@ -181,8 +181,36 @@ fn format_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> 
         record.level(),
         PID.load(Ordering::Relaxed),
         role,
-        record.args()
+        escape_message(&record.args().to_string())
     )
+}
+
+/// What continues a record on a further line: a line of the log that starts with it is never
+/// the start of a record (those start with a timestamp).
+pub const CONTINUATION: &str = "    ";
+
+/// Makes a message safe to write as one record, whatever a client put into it (a path, a query,
+/// a header, a JSON value may reach a debug line): a line break starts a continuation line
+/// ([`CONTINUATION`]), so no client can forge a record of its own, and every other control
+/// character (NUL, CR, ESC, DEL, ...) is written as `\u{XX}`. Tabs stay. Operators' multi-line
+/// messages (every problem of a config file) read as before, indented.
+pub fn escape_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut escaped = String::with_capacity(message.len() + 16);
+    for c in message.chars() {
+        match c {
+            '\n' => {
+                escaped.push('\n');
+                escaped.push_str(CONTINUATION);
+            }
+            '\t' => escaped.push(c),
+            c if c.is_control() => escaped.push_str(&format!("\\u{{{:02x}}}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// The writer env_logger writes each formatted record into, in one `write_all` call.
@@ -211,5 +239,27 @@ impl Write for SinkWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_message;
+
+    #[test]
+    fn client_bytes_cannot_forge_a_record_or_write_control_characters() {
+        assert_eq!(escape_message("GET /v2/images 200"), "GET /v2/images 200");
+        assert_eq!(
+            escape_message("/x\n2026-01-01T00:00:00Z ERROR glint-api[1] master: forged"),
+            "/x\n    2026-01-01T00:00:00Z ERROR glint-api[1] master: forged"
+        );
+        assert_eq!(
+            escape_message("a\0b\rc\u{1b}[31md\u{7f}"),
+            "a\\u{00}b\\u{0d}c\\u{1b}[31md\\u{7f}"
+        );
+        assert_eq!(escape_message("tab\tkept"), "tab\tkept");
+        // Every line after the first starts with the continuation indent.
+        let escaped = escape_message("one\ntwo\n\nthree");
+        assert!(escaped.lines().skip(1).all(|line| line.starts_with("    ")));
     }
 }

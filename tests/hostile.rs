@@ -831,3 +831,61 @@ fn oversized_nested_and_invalid_json_is_refused_and_changes_nothing() {
     );
     watch.check(&server, "invalid JSON patches");
 }
+
+/// Issue 10, hole 9: with `debug = true`, what a client sends reaches debug lines. A `%0A` in
+/// the path (and in a query and a JSON value) must not start a forged record, and `%00` must not
+/// write a NUL: every line of the log starts with a timestamp or with the continuation indent,
+/// and the log holds no control character but the line breaks.
+#[test]
+fn client_input_cannot_forge_log_records_or_write_control_characters() {
+    let server = Server::start("workers = 1\ndebug = true");
+    let forged =
+        "%0A2026-01-01T00:00:00.000000Z%20ERROR%20glint-api[1]%20master:%20forged%00%1B[31m";
+    for target in [
+        format!("/v2/images/{forged}"),
+        format!("/v2/images?name={forged}"),
+        format!("/{forged}"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\r\n");
+        util::raw_exchange(server.addr(), request.as_bytes())
+            .unwrap()
+            .expect("an answer");
+    }
+    let body = "{\"name\": \"x\\n2026-01-01T00:00:00.000000Z ERROR glint-api[1] master: forged\\u0000\", \"bogus\\n\": 1}";
+    let request = format!(
+        "POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    util::raw_exchange(server.addr(), request.as_bytes())
+        .unwrap()
+        .expect("an answer");
+    // Each request above ends with an access line; the last one's marks that all were logged.
+    server.wait_for_log("\"POST /v2/images\"", util::DEADLINE);
+    let log = fs::read(server.path("glint-api.log")).unwrap();
+    assert!(
+        !log.iter()
+            .any(|&b| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f),
+        "the log holds a control character:\n{}",
+        show(&log)
+    );
+    let text = String::from_utf8_lossy(&log);
+    for line in text.lines() {
+        let is_record = line.len() > 27
+            && line.as_bytes()[4] == b'-'
+            && line.as_bytes()[10] == b'T'
+            && line.contains(" glint-api[");
+        assert!(
+            is_record || line.starts_with("    "),
+            "a line that is neither a record nor a continuation: {line:?}"
+        );
+        assert!(
+            !(is_record && line.contains("master: forged")),
+            "a forged record: {line:?}"
+        );
+    }
+    assert!(
+        text.contains("forged"),
+        "the client's text was not logged at all, so this test proves nothing:\n{text}"
+    );
+}
