@@ -387,3 +387,63 @@ fn uploaded_image_file_is_never_world_readable_by_default() {
     let mode = fs::metadata(stored[0]).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o640, "{}", stored[0].display());
 }
+
+/// Issue 10, hole 5: a rolling reload that revokes a token is done with the whole generation at
+/// once, so no old child takes a new connection under the old token list once the new generation
+/// serves (the rule is unit-tested in `process::machine`); after the verdict, every fresh request
+/// with the revoked token is refused and the kept token works.
+#[test]
+fn a_rolling_reload_that_revokes_a_token_replaces_every_child_at_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = dir.path().join("tokens");
+    write_tokens(&tokens, &[TOKEN, OTHER_TOKEN]);
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        util::base_config(
+            "auth_strategy = token\nauth_token_file = tokens\nreload_strategy = rolling",
+        ),
+    )
+    .expect("write config");
+    let server = Server::start_with(dir, config_path, &[]);
+    assert_eq!(
+        call(
+            server.addr(),
+            "GET",
+            "/v2/images",
+            Some(OTHER_TOKEN),
+            &[],
+            b""
+        )
+        .status,
+        200
+    );
+    write_tokens(&tokens, &[TOKEN]);
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "succeeded", "{verdict}");
+    assert!(
+        server
+            .log()
+            .contains("the access control changed, so all children are replaced at once"),
+        "{}",
+        server.log()
+    );
+    for attempt in 0..50 {
+        let response = call(
+            server.addr(),
+            "GET",
+            "/v2/images",
+            Some(OTHER_TOKEN),
+            &[],
+            b"",
+        );
+        assert_eq!(
+            response.status, 401,
+            "attempt {attempt}: the revoked token worked"
+        );
+    }
+    assert_eq!(
+        call(server.addr(), "GET", "/v2/images", Some(TOKEN), &[], b"").status,
+        200
+    );
+}

@@ -25,6 +25,8 @@
 //!   never given up.
 //! - **Stop modes are sticky.** Once stopping, the machine only waits for children to exit,
 //!   kills those past their deadline, and exits when none is left.
+//! - **Access control never lags a reload:** a reload that changes it is never rolling, so old
+//!   children stop taking connections as soon as the new generation serves.
 //! - **Every wait has a deadline:** a start ([`CHILD_READY_TIMEOUT`]), a drain (the plan's
 //!   `drain_bound`), a rolling step ([`ROLLING_STEP_TIMEOUT`]), a respawn's backoff.
 
@@ -69,6 +71,10 @@ pub struct Plan {
     /// `graceful_shutdown_timeout`: how long a drain may take before the child is killed
     /// (`None`: no bound).
     pub drain_bound: Option<Duration>,
+    /// The access control (`auth_strategy`, the tokens) differs from the current generation's.
+    /// A rolling reload would leave old children taking new connections under the old rules
+    /// until each is replaced, so such a reload replaces the whole generation at once.
+    pub access_changed: bool,
 }
 
 /// Something that happened, as the master's loop saw it.
@@ -519,7 +525,15 @@ impl Machine {
             }
         };
         reload.plan = Some(plan);
-        if plan.rolling {
+        let rolling = plan.rolling && !plan.access_changed;
+        if plan.rolling && !rolling {
+            log::info!(
+                "reload for generation {generation}: the access control changed, so all \
+                 children are replaced at once (not rolling): no old child may take a new \
+                 connection under the old rules once the new generation serves"
+            );
+        }
+        if rolling {
             reload.rolling = Some(Rolling {
                 old: self
                     .children
@@ -533,7 +547,7 @@ impl Machine {
             });
         }
         // Parallel: the whole generation now. Rolling: one child; `advance_reload` does the rest.
-        let n_first = if plan.rolling { 1 } else { plan.workers };
+        let n_first = if rolling { 1 } else { plan.workers };
         for nth in 1..=n_first {
             reload.n_started = nth;
             actions.push(Action::Spawn {

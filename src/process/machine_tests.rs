@@ -14,6 +14,7 @@ fn plan(workers: usize) -> Plan {
         rolling: false,
         handoff: true,
         drain_bound: Some(Duration::from_secs(60)),
+        access_changed: false,
     }
 }
 
@@ -667,4 +668,32 @@ fn sigterm_while_starting_drains_the_ready_children() {
         signal: ChildSignal::Kill
     }));
     assert_eq!(machine.phase(), Phase::Stopping);
+}
+
+/// Issue 10, hole 5: a rolling reload that changes the access control (a revoked token) is
+/// carried out in parallel: the whole new generation starts at once, and every old child
+/// drains as soon as it is ready, instead of old children serving the old rules step by step.
+#[test]
+fn a_reload_that_changes_access_control_is_never_rolling() {
+    let mut h = Harness::running(Plan {
+        rolling: true,
+        ..plan(3)
+    });
+    let old = h.pids_in(1);
+    h.next_config = Ok(Plan {
+        rolling: true,
+        access_changed: true,
+        ..plan(3)
+    });
+    h.sighup();
+    assert_eq!(Harness::spawns(&h.take_actions()), 3, "all at once");
+    h.ready_all(2);
+    let actions = h.take_actions();
+    for pid in old {
+        assert!(actions.contains(&Action::Signal {
+            pid,
+            signal: ChildSignal::Drain
+        }));
+    }
+    assert_eq!(h.machine.generation(), 2);
 }

@@ -135,7 +135,7 @@ impl Master {
             listener.configured
         );
         let now = Instant::now();
-        let (machine, actions) = Machine::start(now, plan_of(&config));
+        let (machine, actions) = Machine::start(now, plan_of(&config, None));
         let mut master = Master {
             machine,
             config_path: config.path.clone(),
@@ -334,7 +334,7 @@ impl Master {
                 self.requested_status_file =
                     (config.status_file != self.status_file).then(|| config.status_file.clone());
                 self.prepare_for(&config).map(|listeners| {
-                    let plan = plan_of(&config);
+                    let plan = plan_of(&config, Some(self.config()));
                     self.configs.insert(generation, config);
                     self.listeners_of.insert(generation, listeners);
                     plan
@@ -826,13 +826,15 @@ impl Clock {
     }
 }
 
-/// What the machine needs of a config.
-fn plan_of(config: &Config) -> Plan {
+/// What the machine needs of a config, `current` being the config it would replace.
+fn plan_of(config: &Config, current: Option<&Config>) -> Plan {
     Plan {
         workers: config.workers,
         rolling: config.reload_strategy == ReloadStrategy::Rolling,
         handoff: config.reload_handoff,
         drain_bound: config.graceful_shutdown_timeout,
+        access_changed: current
+            .is_some_and(|current| current.auth_strategy != config.auth_strategy),
     }
 }
 
