@@ -98,6 +98,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    glint::process::master::restrict_creation_mask();
     if let Err(error) = logging::init(&logging::Destination::of(&loaded.config), "master") {
         eprintln!("glint-api: {error}");
         return ExitCode::from(1);

@@ -14,6 +14,8 @@
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
+//! - `files`: what glint writes on disk: modes closed to other users, no write through a
+//!   planted link.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
@@ -25,6 +27,7 @@ mod auth;
 mod cache;
 mod control;
 mod faults;
+mod files;
 mod handoff;
 mod hostile;
 mod http;

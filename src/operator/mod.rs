@@ -5,9 +5,12 @@
 //! - [`status`]: the status file, the master's only report: typed on both sides, written
 //!   atomically by the master, read by the commands.
 //! - [`notify`]: systemd's notify protocol (READY, RELOADING, STOPPING).
+//! - [`state_file`]: how the pid and status files are written (atomically, never through a
+//!   planted link) and which directories may hold them.
 //!
 //! Nothing here forks, reaps or serves; that is [`crate::process`].
 
 pub mod control;
 pub mod notify;
+pub mod state_file;
 pub mod status;

@@ -8,7 +8,7 @@
 //! (docs/OPERATIONS.md): add fields, never rename or remove one.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -147,28 +147,19 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
-/// Writes `status` to `path` atomically (temporary file in the same directory, then rename).
+/// Writes `status` to `path` atomically and safely (`state_file`).
 pub fn write(path: &Path, status: &Status) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(status).map_err(io::Error::other)?;
     text.push(b'\n');
-    // The temporary file lives in the target's directory: rename(2) is atomic only within one
-    // filesystem. The pid in its name keeps two masters (a misconfiguration) from mixing writes.
-    let temporary = path.with_file_name(format!(
+    // The pid in the temporary name keeps two masters (a misconfiguration) from mixing writes.
+    let temporary = format!(
         ".{}.{}.tmp",
         path.file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default(),
         std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::File::create(&temporary)?;
-        file.write_all(&text)?;
-        fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result.map_err(|error| {
+    );
+    super::state_file::write_atomically(path, &temporary, &text).map_err(|error| {
         io::Error::new(
             error.kind(),
             format!("cannot write status file {}: {error}", path.display()),

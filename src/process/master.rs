@@ -43,6 +43,7 @@ use crate::config::{self, Config, ReloadStrategy};
 use crate::handoff;
 use crate::logging;
 use crate::operator::notify::Notifier;
+use crate::operator::state_file;
 use crate::operator::status::{self, ChildStatus, Outcome, ReloadStatus, RespawnStatus, Status};
 use crate::process::child;
 use crate::process::listener::{self, Listener};
@@ -63,6 +64,10 @@ const READY_MESSAGE_MAX: usize = 4096;
 /// The most connections the master takes from a listener it closes (`forward_queued`): a
 /// backlog's worth, so the loop's work stays bounded.
 const FORWARD_MAX: usize = 4096;
+
+/// The file creation mask of the master and its children: no write for the group, nothing for
+/// others (files 0640, directories 0750 at most).
+pub const CREATION_MASK: libc::mode_t = 0o027;
 
 /// How the master exits: the process exit code.
 pub type ExitCode = i32;
@@ -118,6 +123,7 @@ impl Master {
         let config = Arc::new(config);
         // First, while nothing is forked yet: children must not inherit NOTIFY_SOCKET.
         let notifier = Notifier::from_env();
+        restrict_creation_mask();
         let signals = SignalWatch::register(|spec: &SignalSpec| spec.master)
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
@@ -850,6 +856,7 @@ fn prepare_state_files(config: &Config) -> Result<(), String> {
                     path.display()
                 )
             })?;
+            state_file::check_directory(parent)?;
         }
     }
     if let Some(parent) = config.log_file.as_deref().and_then(Path::parent) {
@@ -886,6 +893,15 @@ fn check_storage(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Sets [`CREATION_MASK`]: everything glint creates from then on (the database and its WAL, the
+/// cache records, the log, the state files, the directories) is closed to other users, so
+/// metadata is readable only by glint's user and group (issue 10, hole 10). Image files get
+/// `filesystem_store_file_perm` explicitly. Children inherit the mask. `main` calls it before it
+/// opens the log; `Master::start` again, for callers that start a master directly.
+pub fn restrict_creation_mask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(CREATION_MASK));
+}
+
 /// Writes our pid to `path` atomically, refusing if it names another live glint master.
 fn write_pid_file(path: &Path) -> Result<(), String> {
     // Read without blocking (a FIFO in its place must not stop the master); a path that is not
@@ -903,10 +919,18 @@ fn write_pid_file(path: &Path) -> Result<(), String> {
             }
         }
     }
-    let temporary = path.with_extension("pid.tmp");
-    fs::write(&temporary, format!("{}\n", std::process::id()))
-        .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|error| format!("cannot write pid file {}: {error}", path.display()))
+    let temporary = format!(
+        "{}.tmp",
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    state_file::write_atomically(
+        path,
+        &temporary,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )
+    .map_err(|error| format!("cannot write pid file {}: {error}", path.display()))
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor, and the

@@ -1,0 +1,147 @@
+//! What glint writes on disk, from a local user's side: no file of metadata readable by other
+//! users, and no state file written through a link someone else planted (issue 10, holes 7 and
+//! 10).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::util::{self, Server, DEADLINE};
+
+/// Every file glint created under `dir` (recursively), but the image data files, with its mode.
+fn created_files(dir: &Path, out: &mut Vec<(String, u32)>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let metadata = fs::symlink_metadata(&path).unwrap();
+        if metadata.is_dir() {
+            out.push((path.display().to_string(), metadata.mode() & 0o7777));
+            created_files(&path, out);
+        } else {
+            out.push((path.display().to_string(), metadata.mode() & 0o7777));
+        }
+    }
+}
+
+/// Issue 10, hole 10: under the usual umask 022, the database, its WAL and SHM, the cache's
+/// records, the log, the status and pid files and every directory glint made are closed to other
+/// users (mode & 0o007 == 0) and not group-writable; image files keep
+/// `filesystem_store_file_perm` (0640).
+#[test]
+fn metadata_files_are_not_readable_by_other_users() {
+    // SAFETY: umask(2) only sets this process's mask; the server inherits it at spawn.
+    let previous = unsafe { libc::umask(0o022) };
+    let server = Server::start(
+        "\n[paste_deploy]\nflavor = caching\n\n[image_cache]\nimage_cache_dir = cache\n",
+    );
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let created = util::request(
+        server.addr(),
+        "POST",
+        "/v2/images",
+        &[("Content-Type", "application/json")],
+        br#"{"disk_format": "raw", "container_format": "bare", "name": "secret-name"}"#,
+    )
+    .unwrap();
+    assert_eq!(created.status, 201);
+    let id = serde_json::from_slice::<serde_json::Value>(&created.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v2/images/{id}/file");
+    let put = util::request(
+        server.addr(),
+        "PUT",
+        &path,
+        &[("Content-Type", "application/octet-stream")],
+        b"image bytes",
+    )
+    .unwrap();
+    assert_eq!(put.status, 204);
+    // A whole download queues a prefetch; wait until the cache holds a record for it.
+    assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
+    util::wait_until("the cache record", DEADLINE, || {
+        fs::read_dir(server.path("cache/meta"))
+            .map(|entries| entries.count() > 0)
+            .unwrap_or(false)
+    });
+    let mut files = Vec::new();
+    created_files(server.dir.path(), &mut files);
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in [
+        "glint.sqlite",
+        "glint.sqlite-wal",
+        "glint-api.log",
+        "glint-api.status.json",
+    ] {
+        assert!(
+            names.iter().any(|name| name.ends_with(expected)),
+            "{expected} not found among {names:?}"
+        );
+    }
+    let open: Vec<String> = files
+        .iter()
+        .filter(|(name, _)| !name.ends_with("glint-api.conf") && !name.ends_with("stderr.log"))
+        .filter(|(_, mode)| mode & 0o027 != 0)
+        .map(|(name, mode)| format!("{name} {mode:04o}"))
+        .collect();
+    assert!(
+        open.is_empty(),
+        "readable by others or group-writable: {open:#?}"
+    );
+}
+
+/// Issue 10, hole 7: a symlink planted at the pid file's temporary name, and at the status
+/// file's, must not make the master write through it.
+#[test]
+fn state_files_are_never_written_through_a_planted_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("glint-api.pid.tmp")).unwrap();
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(&config_path, util::base_config("")).unwrap();
+    let server = Server::start_with(dir, config_path, &[]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(
+        fs::read_to_string(server.path("glint-api.pid"))
+            .unwrap()
+            .trim(),
+        server.master_pid.to_string()
+    );
+    let status_temporary =
+        server.path(&format!(".glint-api.status.json.{}.tmp", server.master_pid));
+    std::os::unix::fs::symlink(&victim, &status_temporary).unwrap();
+    assert_eq!(server.reload()["outcome"], "succeeded");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(server.status()["generation"], 2);
+}
+
+/// Issue 10, hole 7: a pid directory every user may write, without the sticky bit, is refused
+/// at start with what to do; nothing is started.
+#[test]
+fn a_pid_directory_writable_by_everyone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        util::base_config("pid_file = open/glint-api.pid\nstatus_file = glint-api.status.json"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .arg("--config-file")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let log = fs::read_to_string(dir.path().join("glint-api.log")).unwrap_or_default();
+    let said = format!("{}{log}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        said.contains("is writable by every user (mode 0777) and not sticky"),
+        "{said}"
+    );
+    assert!(!open.join("glint-api.pid").exists());
+}
