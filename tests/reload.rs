@@ -700,7 +700,8 @@ fn changed_log_file_takes_effect_at_reload() {
 }
 
 /// Issue 9, fault 8: `bind_host` moves between overlapping addresses on one port (127.0.0.1 to
-/// the wildcard 0.0.0.0, then to `localhost`, which resolves to 127.0.0.1 again) while clients
+/// the wildcard 0.0.0.0, then to `localhost`, which resolves to 127.0.0.1 again, then to the
+/// dual-stack wildcard `::`) while clients
 /// open a fresh connection per request to 127.0.0.1: every reload succeeds, and no connection is
 /// refused or fails. Before the fix, the first reload failed with EADDRINUSE ("free the port").
 #[test]
@@ -732,7 +733,7 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
     util::wait_until("some load", DEADLINE, || {
         succeeded.load(Ordering::SeqCst) > 100
     });
-    for host in ["0.0.0.0", "localhost", "127.0.0.1"] {
+    for host in ["0.0.0.0", "localhost", "127.0.0.1", "::"] {
         server.write_config(&format!("bind_port = {port}\nbind_host = {host}"));
         let verdict = server.reload();
         assert_eq!(
@@ -745,7 +746,13 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
         util::wait_until("requests served after the move", DEADLINE, || {
             succeeded.load(Ordering::SeqCst) > before + 100
         });
+        if host == "127.0.0.1" {
+            // `localhost` and `127.0.0.1` are one listener: that move bound nothing new.
+            assert_eq!(server.status()["listen"][0], format!("127.0.0.1:{port}"));
+        }
     }
+    // `::` takes IPv4 too (dual stack), so it was bound beside 127.0.0.1 and took it over.
+    assert_eq!(server.status()["listen"][0], format!("[::]:{port}"));
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().unwrap();
@@ -758,8 +765,6 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
         succeeded.load(Ordering::SeqCst),
         &failures[..failures.len().min(5)]
     );
-    // `localhost` and `127.0.0.1` are one listener: the last move bound nothing new.
-    assert_eq!(server.status()["listen"][0], format!("127.0.0.1:{port}"));
 }
 
 /// Review of issue 9's fault 8 fix: narrowing `bind_host` from the wildcard to 127.0.0.1 binds

@@ -140,8 +140,10 @@ pub const MAX_API_LIMIT: i64 = 1_000_000;
 /// The largest `tcp_keepidle`: Linux refuses a larger TCP_KEEPIDLE (MAX_TCP_KEEPIDLE, tcp(7)).
 pub const MAX_TCP_KEEPIDLE_SECONDS: u64 = 32_767;
 
-const RELOAD_LISTENER: &str = "new listener bound before the new generation starts; the old one \
-                               closes once its generation has drained; a bind failure fails the reload";
+const RELOAD_LISTENER: &str = "new listener bound before the new generation starts (the same \
+                               socket if the address resolves the same; beside the old one on an \
+                               overlapping address); the old one stops taking connections when the \
+                               new generation takes over; a bind failure fails the reload";
 const RELOAD_WORKERS: &str = "the new generation has the new number of children; the old drains";
 const RELOAD_GENERATION: &str =
     "applies to the new generation; the old keeps its value while it drains";

@@ -81,6 +81,8 @@ pub enum ChildState {
     Serving,
     /// Told to drain; finishing what it accepted.
     Draining,
+    /// Killed (an immediate stop); the master waits for its exit.
+    Killed,
 }
 
 /// A child of the current generation that died and will be started again.

@@ -146,13 +146,7 @@ impl Listener {
     /// Whether binding `address` would collide with this socket: the same port (not 0) and the
     /// same address, or either is a wildcard that takes the other's connections.
     pub fn overlaps(&self, address: SocketAddr) -> bool {
-        let mine = self.local;
-        mine.port() == address.port()
-            && address.port() != 0
-            && mine.is_ipv4() == address.is_ipv4()
-            && (mine.ip() == address.ip()
-                || mine.ip().is_unspecified()
-                || address.ip().is_unspecified())
+        covers(self.local, address) || covers(address, self.local)
     }
 
     /// Lets an overlapping socket be bound beside this one (module doc).

@@ -187,6 +187,9 @@ pub enum ChildState {
     Serving,
     /// Told to drain; killed at `deadline` (`None`: no bound, or already killed).
     Draining { deadline: Option<Instant> },
+    /// Killed outright (SIGINT, a failed start of the server, an unwanted fork while exiting);
+    /// only its exit is awaited.
+    Killed,
 }
 
 /// One live child.
@@ -416,7 +419,11 @@ impl Machine {
             || Some(generation) == self.pending_generation()
             || self.children.iter().any(|child| {
                 child.generation == generation
-                    && !(accepting && matches!(child.state, ChildState::Draining { .. }))
+                    && !(accepting
+                        && matches!(
+                            child.state,
+                            ChildState::Draining { .. } | ChildState::Killed
+                        ))
             })
     }
 
@@ -539,7 +546,8 @@ impl Machine {
                     .children
                     .iter()
                     .filter(|c| {
-                        c.generation < generation && !matches!(c.state, ChildState::Draining { .. })
+                        c.generation < generation
+                            && !matches!(c.state, ChildState::Draining { .. } | ChildState::Killed)
                     })
                     .map(|c| c.pid)
                     .collect(),
@@ -607,7 +615,7 @@ impl Machine {
                     signal: ChildSignal::Kill,
                 });
                 if let Some(child) = self.children.iter_mut().find(|c| c.pid == pid) {
-                    child.state = ChildState::Draining { deadline: None };
+                    child.state = ChildState::Killed;
                 }
             }
             _ => {
@@ -645,6 +653,7 @@ impl Machine {
             return;
         }
         match child.state {
+            ChildState::Killed => log::info!("child {pid} (generation {generation}) {how}"),
             ChildState::Draining { .. } => {
                 if exit == Exit::Code(0) {
                     log::info!("child {pid} (generation {generation}) drained and exited");
@@ -893,7 +902,7 @@ impl Machine {
             actions.push(Action::SendHandoffTarget { pid, generation });
         }
         let start_deadline = match child.state {
-            ChildState::Draining { .. } => return,
+            ChildState::Draining { .. } | ChildState::Killed => return,
             ChildState::Starting { deadline } => deadline,
             ChildState::Serving => None,
         };
@@ -974,8 +983,7 @@ impl Machine {
                 pid: child.pid,
                 signal: ChildSignal::Kill,
             });
-            // Killed: no deadline left to act on.
-            child.state = ChildState::Draining { deadline: None };
+            child.state = ChildState::Killed;
         }
         self.dirty = true;
     }

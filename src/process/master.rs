@@ -731,6 +731,7 @@ impl Master {
                             ChildState::Starting { .. } => status::ChildState::Starting,
                             ChildState::Serving => status::ChildState::Serving,
                             ChildState::Draining { .. } => status::ChildState::Draining,
+                            ChildState::Killed => status::ChildState::Killed,
                         },
                     })
                     .collect()
@@ -761,13 +762,17 @@ impl Master {
         }
     }
 
-    /// Writes the status file (and the one a pending config names, if it differs).
+    /// Writes the status file, and the one a reload's config names if it differs, up to and
+    /// including that reload's verdict (then that file is left as the record of it).
     fn write_status(&mut self) {
         let status = self.status();
         for path in std::iter::once(&self.status_file).chain(&self.requested_status_file) {
             if let Err(error) = status::write(path, &status) {
                 log::error!("{error}");
             }
+        }
+        if self.machine.reload_in_progress().is_none() {
+            self.requested_status_file = None;
         }
     }
 }
