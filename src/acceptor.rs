@@ -29,12 +29,15 @@ use std::net::{TcpListener, TcpStream};
 
 // The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
 pub use crate::handoff::Handoff;
-use std::os::fd::AsRawFd;
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
 use crate::http::connection::Connection;
@@ -96,6 +99,18 @@ impl Waiting {
     fn stays(&self) -> bool {
         matches!(self.fate, Fate::Stay)
     }
+}
+
+/// Where the fds that may be absent from one poll set sit in it (and so in its revents).
+struct PollSlots {
+    /// The handoff channel: polled only while this child has room and the channel exists.
+    receive: Option<usize>,
+    /// The control socket: polled while the master is there.
+    control: Option<usize>,
+    /// The listeners: all polled while accepting, none otherwise (then empty).
+    listeners: Range<usize>,
+    /// The first waiting connection; the others follow in `waiting`'s order.
+    first_connection: usize,
 }
 
 /// The end-of-iteration decision for a waiting connection.
@@ -168,60 +183,39 @@ impl Acceptor {
     /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
     /// the pool's workers.
     pub fn run(mut self) {
+        // What poll reported for each slot of the poll set; kept across iterations so that
+        // its memory is reused (the poll set itself borrows the fds, so it cannot be).
+        let mut revents: Vec<PollFlags> = Vec::new();
         loop {
             let now = Instant::now();
             let accepting = !self.listeners.is_empty()
                 && self.open_connections() < self.accept.max_connections
                 && self.accept_paused_until.is_none_or(|until| now >= until);
-            let mut fds = Vec::with_capacity(3 + self.listeners.len() + self.waiting.len());
-            fds.push(pollfd(self.signals.fd().as_raw_fd()));
-            // Fixed slots: the handoff channel and the control socket, each with fd -1 (ignored
-            // by poll) when absent, so their indices never move; then the listeners.
             // The handoff channel, like the listeners, only while this child has room: what it
             // cannot hold stays queued for a sibling or for later.
             let adopting = self.open_connections() < self.accept.max_connections
                 && self
                     .handoff
                     .may_adopt(self.open_connections(), self.drain_started, now);
-            fds.push(pollfd(if adopting {
-                self.handoff.receive_fd()
-            } else {
-                -1
-            }));
-            fds.push(pollfd(self.handoff.control_fd()));
-            for listener in &self.listeners {
-                fds.push(pollfd(if accepting { listener.as_raw_fd() } else { -1 }));
-            }
-            let first_connection = fds.len();
-            for waiting in &self.waiting {
-                fds.push(pollfd(waiting.parked.connection().fd()));
-            }
-            let timeout = self.poll_timeout(now);
-            // SAFETY: `fds` is a valid pollfd array for the call's duration.
-            let n = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    timeout.as_millis().min(i32::MAX as u128) as i32,
-                )
-            };
-            if n < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
-                    log::error!("poll() failed in the acceptor: {error}");
+            let slots = match self.wait(accepting, adopting, now, &mut revents) {
+                Ok(slots) => slots,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    log::error!("poll() failed in the acceptor: {}", io::Error::from(errno));
                     std::thread::sleep(ACCEPT_BACKOFF);
+                    continue;
                 }
-                continue;
-            }
+            };
+            let fired = |slot: Option<usize>| slot.is_some_and(|index| !revents[index].is_empty());
             // Connection events first: bytes that arrived before a drain request are seen
             // before the drain decides which connections are idle.
-            for (index, fd) in fds[first_connection..].iter().enumerate() {
-                if fd.revents != 0 {
+            for (index, events) in revents[slots.first_connection..].iter().enumerate() {
+                if !events.is_empty() {
                     self.on_readable(index);
                 }
             }
             self.expire(Instant::now());
-            if fds[2].revents != 0 && self.handoff.read_control() && self.drain_started {
+            if fired(slots.control) && self.handoff.read_control() && self.drain_started {
                 self.on_new_target();
             }
             for request in self.signals.take() {
@@ -238,11 +232,15 @@ impl Acceptor {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.on_returned(returned);
             }
-            if accepting && fds[3..first_connection].iter().any(|fd| fd.revents != 0) {
+            if accepting
+                && revents[slots.listeners]
+                    .iter()
+                    .any(|events| !events.is_empty())
+            {
                 self.accept_all();
             }
-            if fds[1].revents != 0 {
-                self.adopt_all(fds[1].revents);
+            if let Some(index) = slots.receive.filter(|&index| !revents[index].is_empty()) {
+                self.adopt_all(revents[index]);
             }
             self.retry_handoffs();
             // Fates are applied only now: the drain and returning connections can also decide
@@ -258,6 +256,58 @@ impl Acceptor {
                 return;
             }
         }
+    }
+
+    /// Waits in poll(2) on the wake fd, the handoff channel (when `adopting`), the control
+    /// socket, the listeners (when `accepting`) and every waiting connection, until one is
+    /// ready or the nearest deadline. Fills `revents` with what each slot reported and says
+    /// where each slot is in it; a slot not polled is not in the set at all.
+    fn wait(
+        &self,
+        accepting: bool,
+        adopting: bool,
+        now: Instant,
+        revents: &mut Vec<PollFlags>,
+    ) -> nix::Result<PollSlots> {
+        let mut fds = Vec::with_capacity(3 + self.listeners.len() + self.waiting.len());
+        // The wake fd is always polled and its revents never read: signals and returning
+        // workers are collected every iteration anyway.
+        add_slot(&mut fds, self.signals.fd());
+        let receive = self
+            .handoff
+            .receive_fd()
+            .filter(|_| adopting)
+            .map(|fd| add_slot(&mut fds, fd));
+        let control = self.handoff.control_fd().map(|fd| add_slot(&mut fds, fd));
+        let first_listener = fds.len();
+        if accepting {
+            for listener in &self.listeners {
+                add_slot(&mut fds, listener.as_fd());
+            }
+        }
+        let listeners = first_listener..fds.len();
+        // Last, so that a connection's index in `waiting` is its offset from here.
+        let first_connection = fds.len();
+        for waiting in &self.waiting {
+            add_slot(&mut fds, waiting.parked.connection().fd());
+        }
+        // poll(2) takes whole milliseconds up to i32::MAX; the timeout is at most MAX_POLL.
+        let timeout = PollTimeout::try_from(self.poll_timeout(now)).unwrap_or(PollTimeout::MAX);
+        revents.clear();
+        poll(&mut fds, timeout)?;
+        // nix answers `None` for a bit it has no name for. Linux reports only what was asked
+        // (POLLIN) and POLLERR, POLLHUP, POLLNVAL, all named; were another to appear, it
+        // counts as an event, as any nonzero revents did before.
+        revents.extend(
+            fds.iter()
+                .map(|fd| fd.revents().unwrap_or(PollFlags::POLLIN)),
+        );
+        Ok(PollSlots {
+            receive,
+            control,
+            listeners,
+            first_connection,
+        })
     }
 
     fn open_connections(&self) -> usize {
@@ -423,7 +473,7 @@ impl Acceptor {
 
     /// Takes in every connection queued on this generation's handoff channel. A draining child
     /// passes them on at once if it has a target of its own.
-    fn adopt_all(&mut self, revents: i16) {
+    fn adopt_all(&mut self, revents: PollFlags) {
         let now = Instant::now();
         loop {
             let open_connections = self.open_connections();
@@ -452,7 +502,7 @@ impl Acceptor {
             let next = Parked::between_requests(connection, first_request, now, &self.settings);
             self.park(next, now);
         }
-        if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+        if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
             // The other end is gone (the master died): stop polling a socket that stays ready.
             self.handoff.lose_receive();
         }
@@ -570,12 +620,10 @@ impl Acceptor {
     }
 }
 
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+/// Adds `fd` to a poll set, for reading; returns its index there.
+fn add_slot<'fd>(fds: &mut Vec<PollFd<'fd>>, fd: BorrowedFd<'fd>) -> usize {
+    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    fds.len() - 1
 }
 
 /// No Nagle delay (responses are written whole), TCP keepalive after `tcp_keepidle`. (The

@@ -148,16 +148,14 @@ fn open_log_file(path: &Path) -> io::Result<File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .and_then(|file| {
+            use nix::fcntl::{fcntl, FcntlArg, OFlag};
             use std::os::fd::AsRawFd;
-            // SAFETY: fcntl(2) on a descriptor `file` owns; no memory is passed.
-            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-            if flags < 0
-                || unsafe {
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
-                } < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
+            // Every other bit is kept as the kernel reported it, named by nix or not.
+            let flags = OFlag::from_bits_retain(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)?);
+            fcntl(
+                file.as_raw_fd(),
+                FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+            )?;
             Ok(file)
         });
     file.map_err(|error| {
@@ -244,7 +242,10 @@ impl Write for SinkWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_message;
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn client_bytes_cannot_forge_a_record_or_write_control_characters() {
@@ -261,5 +262,29 @@ mod tests {
         // Every line after the first starts with the continuation indent.
         let escaped = escape_message("one\ntwo\n\nthree");
         assert!(escaped.lines().skip(1).all(|line| line.starts_with("    ")));
+    }
+
+    #[test]
+    fn a_log_file_is_opened_for_appending_and_left_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = open_log_file(&dir.path().join("var/log/glint.log")).unwrap();
+        let flags = OFlag::from_bits_retain(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).unwrap());
+        assert!(flags.contains(OFlag::O_APPEND), "{flags:?}");
+        assert!(!flags.contains(OFlag::O_NONBLOCK), "{flags:?}");
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_is_refused_instead_of_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("glint.log");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+        let error = open_log_file(&fifo).unwrap_err();
+        // ENXIO, wrapped with the path.
+        assert_eq!(
+            error.kind(),
+            io::Error::from_raw_os_error(libc::ENXIO).kind(),
+            "{error}"
+        );
+        assert!(error.to_string().contains("glint.log"), "{error}");
     }
 }

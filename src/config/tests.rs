@@ -1524,9 +1524,7 @@ fn server_files_are_found_in_a_file_with_unrelated_errors() {
 fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("tokens");
-    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let config = dir.path().join("glint-api.conf");
     std::fs::write(
         &config,

@@ -11,8 +11,10 @@
 use std::collections::HashSet;
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::wire::{self, ReceiveError};
 use crate::http::connection::Connection;
@@ -108,14 +110,14 @@ impl Handoff {
         }
     }
 
-    /// The channel's fd for poll(2), -1 (ignored by poll) when there is none.
-    pub fn receive_fd(&self) -> RawFd {
-        self.receive.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    /// The channel's fd for poll(2), `None` when there is none.
+    pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.receive.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// The control socket's fd for poll(2), -1 when there is none.
-    pub fn control_fd(&self) -> RawFd {
-        self.control.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    /// The control socket's fd for poll(2), `None` when there is none.
+    pub fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.control.as_ref().map(|fd| fd.as_fd())
     }
 
     pub fn has_target(&self) -> bool {
@@ -149,14 +151,11 @@ impl Handoff {
         let Some(receive) = &self.receive else {
             return false;
         };
-        let mut fds = [libc::pollfd {
-            fd: receive.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: a one-element pollfd array for the call's duration; no wait.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-        n > 0 && fds[0].revents & libc::POLLIN != 0
+        let mut fds = [PollFd::new(receive.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|revents| revents.contains(PollFlags::POLLIN))
     }
 
     /// Says (at most once per `ADOPTION_WARNING_INTERVAL`) that this child holds
@@ -512,6 +511,6 @@ mod tests {
         let mut handoff = Handoff::new(None, Some(control_child));
         drop(control_master);
         assert!(!handoff.read_control());
-        assert_eq!(handoff.control_fd(), -1);
+        assert!(handoff.control_fd().is_none());
     }
 }

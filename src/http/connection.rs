@@ -7,8 +7,12 @@
 
 use std::io::{self, BufRead, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, MsgFlags};
 
 /// How much one read asks for; also the most a body read keeps buffered.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -90,15 +94,11 @@ impl Connection {
 
     /// Waits up to `timeout` for bytes (or the peer's close) to arrive, without reading them.
     pub fn wait_readable(&self, timeout: Duration) -> bool {
-        let mut fd = [libc::pollfd {
-            fd: self.stream.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        let millis = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-        // SAFETY: a one-element pollfd array valid for the call.
-        let n = unsafe { libc::poll(fd.as_mut_ptr(), 1, millis) };
-        n > 0 && fd[0].revents != 0
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        // poll(2) takes whole milliseconds up to i32::MAX; a longer wait is cut to that.
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        // An event nix has no name for (`None`) still counts: something arrived.
+        poll(&mut fds, timeout).is_ok_and(|n| n > 0) && fds[0].any().unwrap_or(true)
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -109,8 +109,9 @@ impl Connection {
         self.peer
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+    /// The socket, for poll(2).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 
     /// The bytes received and not yet consumed.
@@ -154,25 +155,17 @@ impl Connection {
         }
         let old_len = self.buffer.len();
         self.buffer.resize(old_len + chunk, 0);
-        // SAFETY: recv(2) into the `chunk` bytes just reserved at the end of the buffer.
-        let n = unsafe {
-            libc::recv(
-                self.stream.as_raw_fd(),
-                self.buffer[old_len..].as_mut_ptr().cast(),
-                chunk,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            self.buffer.truncate(old_len);
-            let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(error),
-            };
+        let result = recv(
+            self.stream.as_raw_fd(),
+            &mut self.buffer[old_len..],
+            MsgFlags::MSG_DONTWAIT,
+        );
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buffer.truncate(old_len + n);
+        match result {
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(0),
+            result => result.map_err(io::Error::from),
         }
-        self.buffer.truncate(old_len + n as usize);
-        Ok(n as usize)
     }
 
     /// Releases the buffer's memory when nothing is buffered, so that an idle keep-alive

@@ -13,7 +13,10 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::errno::Errno;
+use nix::sys::sendfile::sendfile;
 
 use crate::http::head::{is_token, Version};
 
@@ -304,7 +307,7 @@ pub fn write_response<W: Sink>(
 /// can go out with sendfile(2).
 pub trait Sink: Write {
     /// The socket's fd, or `None` for a writer that is not a socket.
-    fn socket_fd(&self) -> Option<RawFd> {
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
 }
@@ -312,14 +315,14 @@ pub trait Sink: Write {
 impl Sink for Vec<u8> {}
 
 impl Sink for &TcpStream {
-    fn socket_fd(&self) -> Option<RawFd> {
-        Some(self.as_raw_fd())
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
 impl Sink for TcpStream {
-    fn socket_fd(&self) -> Option<RawFd> {
-        Some(self.as_raw_fd())
+    fn socket_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -328,7 +331,7 @@ const SENDFILE_CHUNK: u64 = 1 << 30;
 
 /// Sends `len` bytes of `file`, from its current position, to `socket` with sendfile(2). On a
 /// blocking socket with a send timeout, a stalled client ends it with `WouldBlock`.
-fn send_file(file: &std::fs::File, socket: RawFd, len: u64) -> io::Result<u64> {
+fn send_file(file: &std::fs::File, socket: BorrowedFd<'_>, len: u64) -> io::Result<u64> {
     let mut offset: libc::off_t = {
         let mut file_ref = file;
         io::Seek::stream_position(&mut file_ref)? as libc::off_t
@@ -336,15 +339,11 @@ fn send_file(file: &std::fs::File, socket: RawFd, len: u64) -> io::Result<u64> {
     let mut sent = 0u64;
     while sent < len {
         let count = (len - sent).min(SENDFILE_CHUNK) as usize;
-        // SAFETY: both descriptors are open for the call's duration; `offset` is ours.
-        let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut offset, count) };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
+        let n = match sendfile(socket, file, Some(&mut offset), count) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(io::Error::from(errno)),
+        };
         if n == 0 {
             // The file is shorter than its recorded size.
             break;
@@ -494,6 +493,45 @@ mod tests {
         keep_alive: true,
         head_request: false,
     };
+
+    /// A connected pair of TCP sockets on the loopback: (ours, the peer's).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    #[test]
+    fn send_file_sends_from_the_files_position_and_stops_at_its_end() {
+        use std::io::{Seek, SeekFrom};
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"0123456789").unwrap();
+        file.seek(SeekFrom::Start(3)).unwrap();
+        let (ours, mut peer) = socket_pair();
+        assert_eq!(send_file(&file, ours.as_fd(), 4).unwrap(), 4);
+        // Shorter than asked: what there is, and the caller reports the shortfall.
+        assert_eq!(send_file(&file, ours.as_fd(), 100).unwrap(), 7);
+        drop(ours);
+        let mut received = Vec::new();
+        peer.read_to_end(&mut received).unwrap();
+        // The file's own position is not moved: both calls start at 3.
+        assert_eq!(received, b"34563456789");
+    }
+
+    #[test]
+    fn send_file_to_a_closed_peer_fails_with_its_errno() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[b'x'; 1 << 20]).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let (ours, peer) = socket_pair();
+        drop(peer);
+        // The first bytes may still be taken by the kernel; a later call meets the reset.
+        let error = (0..100)
+            .find_map(|_| send_file(&file, ours.as_fd(), 1 << 20).err())
+            .expect("sending to a closed peer fails");
+        assert!(error.raw_os_error().is_some(), "{error}");
+    }
 
     fn reader(data: &[u8], len: Option<u64>) -> Body {
         Body::Reader {

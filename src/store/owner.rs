@@ -10,6 +10,10 @@
 use std::fs;
 use std::io;
 
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
 /// The token of the calling process.
 ///
 /// It is computed on every call, never cached: a child forked by the master has a new pid, and a
@@ -49,9 +53,9 @@ pub fn owner_alive(token: &str) -> bool {
 
 /// kill(pid, 0): false only when the kernel says there is no such process.
 fn pid_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    // No signal: the kernel only checks that the process exists and may be signalled. EPERM
+    // (another user's process) and any other failure still mean it may exist.
+    !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
 }
 
 /// Splits `<pid>-<start time>`, both plain decimal numbers, the pid nonzero.
@@ -107,6 +111,19 @@ mod tests {
         // time then tells apart).
         let start_time = start_time_from_stat(&stat).unwrap_or(1);
         assert!(!owner_alive(&format!("{pid}-{start_time}")));
+    }
+
+    #[test]
+    fn pid_exists_is_false_only_for_a_pid_the_kernel_does_not_know() {
+        assert!(pid_exists(std::process::id() as i32));
+        // pid 1 always exists; signalling it is refused (EPERM) unless we are root, and a
+        // refusal still means it exists.
+        assert!(pid_exists(1));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        // Reaped: ESRCH (pids are handed out in increasing order, so it is not reused this soon).
+        assert!(!pid_exists(pid));
     }
 
     #[test]

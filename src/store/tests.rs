@@ -163,8 +163,7 @@ fn unwritable_datadir_is_an_error_naming_it() {
     fs::create_dir(&read_only).unwrap();
     fs::set_permissions(&read_only, fs::Permissions::from_mode(0o555)).unwrap();
     // Root ignores directory modes; sysfs refuses new files even to root.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let is_root = nix::unistd::geteuid().is_root();
     let datadir = if is_root {
         PathBuf::from("/sys")
     } else {
