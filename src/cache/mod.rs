@@ -14,6 +14,8 @@
 //! - `verify`: hashing an entry and the per-process memo of verified files;
 //! - `fill`: the copy from the store, publication and eviction;
 //! - `queue`: the prefetch queue shared by every process, and the sweep of abandoned work;
+//! - `space`: the free-space reserve a fill leaves on the cache's filesystem;
+//! - `backoff`: the shared record of failed fills, which keeps downloads from queueing them again;
 //! - `prefetcher`: the background thread of each child;
 //! - `error`: [`CacheError`].
 //!
@@ -57,12 +59,14 @@
 //! Eviction lists the cache folder after each fill, which is cheap for the hundreds to thousands
 //! of entries a cache of images holds.
 
+mod backoff;
 mod error;
 mod fill;
 mod layout;
 mod prefetcher;
 mod queue;
 mod record;
+pub mod space;
 mod verify;
 
 #[cfg(test)]
@@ -76,6 +80,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF};
 pub use error::CacheError;
 pub use fill::FillOutcome;
 pub use prefetcher::{Prefetcher, Waker};
@@ -204,6 +209,28 @@ impl Cache {
     /// The cache folder (absolute).
     pub fn dir(&self) -> &Path {
         &self.layout.root
+    }
+
+    /// Whether a download that missed should queue `image_id` (`size` bytes) for a prefetch:
+    /// not when it is larger than `image_cache_max_size` (it would never be cached), nor while
+    /// a failed fill of it backs off (see `backoff`). Why not is logged at debug.
+    pub fn wants(&self, image_id: &str, size: u64) -> bool {
+        if size > self.max_size {
+            log::debug!(
+                "image cache: not queueing image {image_id}: its {size} bytes exceed \
+                 image_cache_max_size"
+            );
+            return false;
+        }
+        if let Some(remaining) = self.backoff_remaining(image_id) {
+            log::debug!(
+                "image cache: not queueing image {image_id}: its last fill failed; retried in \
+                 {} s at the earliest",
+                remaining.as_secs() + 1
+            );
+            return false;
+        }
+        true
     }
 
     /// The entry of `image_id` if the cache holds one whose data is `expected`, verified (see
