@@ -540,6 +540,15 @@ fn failed_fill_is_not_retried_by_any_download_until_its_backoff_ends() {
             server.wait_for_log(&attempt, DEADLINE);
         }
     }
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(&attempt)).collect();
+    assert_eq!(lines.len(), 1, "fill attempts of {GETS} GETs:\n{log}");
+    assert!(
+        lines[0].contains("not retried for 60 s (failure 1 in a row)")
+            && lines[0].contains("free space on the cache's filesystem"),
+        "{}",
+        lines[0]
+    );
     let marker: Value =
         serde_json::from_slice(&fs::read(disk.cache_dir().join("failed").join(&id)).unwrap())
             .unwrap();
@@ -552,15 +561,6 @@ fn failed_fill_is_not_retried_by_any_download_until_its_backoff_ends() {
     assert!(
         marker["retry_after"].as_f64().unwrap() > now,
         "the {GETS} GETs outlasted the 60 s backoff: {marker}"
-    );
-    let log = server.log();
-    let lines: Vec<&str> = log.lines().filter(|line| line.contains(&attempt)).collect();
-    assert_eq!(lines.len(), 1, "fill attempts of {GETS} GETs:\n{log}");
-    assert!(
-        lines[0].contains("not retried for 60 s (failure 1 in a row)")
-            && lines[0].contains("free space on the cache's filesystem"),
-        "{}",
-        lines[0]
     );
     assert_eq!(marker["failures"], 1, "{marker}");
     assert_eq!(
@@ -587,15 +587,6 @@ fn upload_that_fits_succeeds_while_the_cache_would_have_taken_its_space() {
     util::wait_until("the prefetch queue to be empty", DEADLINE, || {
         pending(&disk.cache_dir()).is_empty()
     });
-    let log = server.log();
-    assert!(
-        log.contains(&format!("cannot cache image {first_id}"))
-            && log.contains("keeps that space for uploads")
-            && log.contains(&disk.mount_point.join("images").display().to_string()),
-        "the refusal names the data directory that shares the disk:\n{log}"
-    );
-    assert!(!cache_file_on(&disk, &first_id).exists());
-
     let second = image_data(15, 3 << 20);
     let body = br#"{"disk_format": "raw", "container_format": "bare"}"#;
     let created = request(
@@ -624,6 +615,15 @@ fn upload_that_fits_succeeds_while_the_cache_would_have_taken_its_space() {
         uploaded.text(),
         server.log()
     );
+    let log = server.log();
+    assert!(
+        log.contains(&format!("cannot cache image {first_id}"))
+            && log.contains("keeps that space for uploads")
+            && log.contains(&disk.mount_point.join("images").display().to_string()),
+        "the refusal names the data directory that shares the disk:\n{log}"
+    );
+    assert!(!cache_file_on(&disk, &first_id).exists());
+
     assert!(download(addr, &first_id).body == first);
     assert!(download(addr, &second_id).body == second);
 }
