@@ -545,7 +545,7 @@ fn failed_fill_is_not_retried_by_any_download_until_its_backoff_ends() {
     assert_eq!(lines.len(), 1, "fill attempts of {GETS} GETs:\n{log}");
     assert!(
         lines[0].contains("not retried for 60 s (failure 1 in a row)")
-            && lines[0].contains("free space on the cache's filesystem"),
+            && lines[0].contains("make room on the cache's filesystem"),
         "{}",
         lines[0]
     );

@@ -3,11 +3,13 @@
 //!
 //! A download of an image the cache holds is served from the cache (a *hit*) after its data was
 //! checked against the image's hash ([`Cache::lookup`]). A download it does not hold (a *miss*)
-//! is served from the store as without a cache, and queues the image; the child's background
+//! is served from the store as without a cache, and, if it read the whole image, queues the
+//! image (unless a failed fill of it backs off, see `backoff`); the child's background
 //! [`Prefetcher`] then copies the store's file into the cache ([`Cache::fill`]), hashing it on
 //! the way, and publishes it only if size and hash match the image. `PUT /v2/cache/{id}` queues
 //! an image the same way. After each new entry, least recently used entries are removed until the
-//! cache holds at most `image_cache_max_size` bytes.
+//! cache holds at most `image_cache_max_size` bytes. A fill never leaves less than the free-space
+//! reserve on the cache's filesystem (see `space`), which it may share with the data directories.
 //!
 //! - `layout`: the folders and file names;
 //! - `record`: the small JSON record beside each entry (size, hashes, hits, access times);

@@ -184,9 +184,9 @@ fn prefetch(
     let wait = super::backoff::delay(marker.failures).as_secs();
     let what_to_do = match &error {
         CacheError::NoRoom { .. } => format!(
-            "free space on the cache's filesystem, or move image_cache_dir to a disk with room \
-             (the cache always leaves max({} MiB, {} %) of its filesystem free)",
-            super::space::RESERVE_BYTES >> 20,
+            "make room on the cache's filesystem, or move image_cache_dir to a disk with room \
+             (the cache always leaves max({} GiB, {} %) of its filesystem free)",
+            super::space::RESERVE_BYTES >> 30,
             super::space::RESERVE_PERCENT
         ),
         CacheError::Mismatch { .. } => format!("check the data file {location}"),
