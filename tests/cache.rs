@@ -1,10 +1,14 @@
 //! The image cache and the reloadable pipeline flavors, from a client's side: hits served from
 //! the cache (proved by removing the store's copy), eviction at the size bound, a damaged cache
-//! file never served, the cache API, and flavors switched by SIGHUP under load.
+//! file never served, the cache API, and flavors switched by SIGHUP under load. The cache's
+//! resource bounds (issue 10, hole 4): a partial read queues nothing, and on a real small
+//! filesystem holding both the data and the cache, a failed fill backs off and the cache never
+//! takes the room an upload needs.
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -363,4 +367,267 @@ fn flavor_switched_by_sighup_under_load_changes_behaviour_and_fails_no_request()
         succeeded.load(Ordering::SeqCst),
         log.matches("cache hit").count()
     );
+}
+
+/// The prefetches queued or claimed in a cache folder.
+fn pending(cache_dir: &Path) -> Vec<String> {
+    ["queued", "prefetching"]
+        .iter()
+        .flat_map(|folder| fs::read_dir(cache_dir.join(folder)).unwrap())
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A GET of `id` with a `Range` header.
+fn ranged(addr: SocketAddr, id: &str, range: &str) -> util::Response {
+    util::raw_exchange(
+        addr,
+        format!(
+            "GET /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nRange: {range}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// A 1-byte (or any partial) range read queues no prefetch: the queue stays empty, no cache
+/// file appears and no fill is logged. The handler queues before it answers, so each check right
+/// after a response is exact: a queued prefetch is in `queued/`, then `prefetching/`, until its
+/// data is published. A range that covers every byte, and a plain GET, queue one.
+#[test]
+fn partial_range_read_queues_nothing_and_a_whole_read_does() {
+    let server = Server::start(&cache_config("caching", 10 << 20));
+    let addr = server.addr();
+    let cache_dir = server.path("cache");
+    let data = image_data(11, 300_000);
+    let id = create_image(addr, &data);
+    for (range, body) in [
+        ("bytes=0-0", &data[..1]),
+        ("bytes=150000-150000", &data[150_000..150_001]),
+        ("bytes=-1", &data[299_999..]),
+        ("bytes=1-", &data[1..]),
+        ("bytes=0-299998", &data[..299_999]),
+    ] {
+        let response = ranged(addr, &id, range);
+        assert_eq!(response.status, 206, "{range}: {response:?}");
+        assert!(response.body == body, "{range}: wrong bytes");
+        assert_eq!(
+            pending(&cache_dir),
+            Vec::<String>::new(),
+            "{range} queued a prefetch"
+        );
+        assert!(
+            !cache_file(&server, &id).exists(),
+            "{range} cached the image"
+        );
+    }
+    assert!(
+        !server.log().contains(&format!("cached image {id}")),
+        "{}",
+        server.log()
+    );
+    // A range covering every byte is a whole read.
+    let whole = ranged(addr, &id, "bytes=0-");
+    assert_eq!(whole.status, 206);
+    assert!(whole.body == data);
+    wait_cached(&server, &id, data.len());
+    server.wait_for_log(&format!("cached image {id}"), DEADLINE);
+    // A plain GET of another image.
+    let other_data = image_data(12, 200_000);
+    let other = create_image(addr, &other_data);
+    assert!(download(addr, &other).body == other_data);
+    wait_cached(&server, &other, other_data.len());
+}
+
+/// A small tmpfs for one test, unmounted on drop (also when the test fails). The test FAILS when
+/// it cannot be mounted: these tests run as root.
+struct SmallDisk {
+    /// Holds the mount point; removed after the unmount.
+    _parent: tempfile::TempDir,
+    mount_point: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let mount_point = parent.path().join("small");
+        fs::create_dir(&mount_point).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "cannot mount a {size} tmpfs (these tests must run as root): {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        SmallDisk {
+            _parent: parent,
+            mount_point,
+        }
+    }
+
+    /// A server with the caching flavor whose data directory and cache folder are both on this
+    /// filesystem, as in the default layout (`/var/lib/glance/images` and
+    /// `/var/lib/glance/image-cache` on one disk).
+    fn server(&self) -> Server {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config_path = dir.path().join("glint-api.conf");
+        let base = util::base_config(&format!(
+            "debug = true\n\n[paste_deploy]\nflavor = caching\n\n[image_cache]\n\
+             image_cache_dir = {}\nimage_cache_max_size = {}\n",
+            self.cache_dir().display(),
+            1u64 << 30
+        ));
+        assert!(base.contains("filesystem_store_datadir = images\n"));
+        let text = base.replace(
+            "filesystem_store_datadir = images\n",
+            &format!(
+                "filesystem_store_datadir = {}\n",
+                self.mount_point.join("images").display()
+            ),
+        );
+        fs::write(&config_path, text).unwrap();
+        Server::start_with(dir, config_path, &[])
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.mount_point.join("cache")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // A child not reaped yet may hold it: detach it lazily so nothing stays mounted.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
+    }
+}
+
+/// On an 8 MiB filesystem holding a 5 MiB image, the cache cannot hold a copy. Ten whole GETs,
+/// each followed by waiting until the prefetch queue is empty again (so any fill a GET caused has
+/// ended), make exactly one fill attempt: the first failure backs off for 60 s in a marker every
+/// child reads, and the window ends before that. Before the fix each GET made one (10 ENOSPC).
+#[test]
+fn failed_fill_is_not_retried_by_any_download_until_its_backoff_ends() {
+    const GETS: usize = 10;
+    let disk = SmallDisk::mount("8m");
+    let server = disk.server();
+    let addr = server.addr();
+    let data = image_data(13, 5 << 20);
+    let id = create_image(addr, &data);
+    let attempt = format!("cannot cache image {id}");
+    for get in 0..GETS {
+        let response = download(addr, &id);
+        assert_eq!(response.status, 200, "GET {get}: {response:?}");
+        assert!(response.body == data, "GET {get}: wrong bytes");
+        util::wait_until("the prefetch queue to be empty", DEADLINE, || {
+            pending(&disk.cache_dir()).is_empty()
+        });
+        if get == 0 {
+            server.wait_for_log(&attempt, DEADLINE);
+        }
+    }
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(&attempt)).collect();
+    assert_eq!(lines.len(), 1, "fill attempts of {GETS} GETs:\n{log}");
+    assert!(
+        lines[0].contains("not retried for 60 s (failure 1 in a row)")
+            && lines[0].contains("make room on the cache's filesystem"),
+        "{}",
+        lines[0]
+    );
+    let marker: Value =
+        serde_json::from_slice(&fs::read(disk.cache_dir().join("failed").join(&id)).unwrap())
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The window must end inside the backoff for the bound to be the claim's: if this machine
+    // was so slow that it did not, the test cannot judge and fails.
+    assert!(
+        marker["retry_after"].as_f64().unwrap() > now,
+        "the {GETS} GETs outlasted the 60 s backoff: {marker}"
+    );
+    assert_eq!(marker["failures"], 1, "{marker}");
+    assert_eq!(
+        fs::read_dir(disk.cache_dir().join("incomplete"))
+            .unwrap()
+            .count(),
+        0,
+        "an unfinished cache file was left on the disk"
+    );
+}
+
+/// On an 8 MiB filesystem holding the data and the cache, a 3 MiB image is downloaded (before the
+/// fix the cache then copied it, leaving 2 MiB) and a second 3 MiB upload, which fits the disk,
+/// must succeed: the cache keeps its reserve free for uploads (before the fix: 413).
+#[test]
+fn upload_that_fits_succeeds_while_the_cache_would_have_taken_its_space() {
+    let disk = SmallDisk::mount("8m");
+    let server = disk.server();
+    let addr = server.addr();
+    let first = image_data(14, 3 << 20);
+    let first_id = create_image(addr, &first);
+    assert!(download(addr, &first_id).body == first);
+    // Whatever the cache decides, it has decided once the prefetch queue is empty again.
+    util::wait_until("the prefetch queue to be empty", DEADLINE, || {
+        pending(&disk.cache_dir()).is_empty()
+    });
+    let second = image_data(15, 3 << 20);
+    let body = br#"{"disk_format": "raw", "container_format": "bare"}"#;
+    let created = request(
+        addr,
+        "POST",
+        "/v2/images",
+        "Content-Type: application/json\r\n",
+        body,
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let second_id = serde_json::from_slice::<Value>(&created.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uploaded = request(
+        addr,
+        "PUT",
+        &format!("/v2/images/{second_id}/file"),
+        "Content-Type: application/octet-stream\r\n",
+        &second,
+    );
+    assert_eq!(
+        uploaded.status,
+        204,
+        "an upload that fits the disk failed: {}\n{}",
+        uploaded.text(),
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains(&format!("cannot cache image {first_id}"))
+            && log.contains("keeps that space for uploads")
+            && log.contains(&disk.mount_point.join("images").display().to_string()),
+        "the refusal names the data directory that shares the disk:\n{log}"
+    );
+    assert!(!cache_file_on(&disk, &first_id).exists());
+
+    assert!(download(addr, &first_id).body == first);
+    assert!(download(addr, &second_id).body == second);
+}
+
+fn cache_file_on(disk: &SmallDisk, id: &str) -> PathBuf {
+    disk.cache_dir().join(id)
 }

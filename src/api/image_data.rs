@@ -9,8 +9,8 @@
 //!
 //! A download sends the file with sendfile(2) (`Body::File`), whole or one byte range. With the
 //! `caching` or `cachemanagement` flavor it is sent from the image cache when the cache holds a
-//! verified copy (logged at debug as "cache hit"); otherwise from the store, and a GET queues
-//! the image for this child's prefetcher (see `cache`).
+//! verified copy (logged at debug as "cache hit"); otherwise from the store, and a GET of the
+//! whole image queues it for this child's prefetcher (see `cache`).
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -220,8 +220,11 @@ impl Api {
     }
 
     /// With a caching flavor: the verified cache entry of `image`, if there is one. On a miss
-    /// of a GET the image is queued, so that this child's prefetcher copies it into the cache
-    /// while (or after) the store's copy is sent.
+    /// of a GET of the whole image the image is queued, so that this child's prefetcher copies
+    /// it into the cache while (or after) the store's copy is sent. A GET of part of the image
+    /// (a `Range` that leaves bytes out) queues nothing: otherwise a 1-byte read would cost a
+    /// copy of the whole image. Nor does a miss while a failed fill of the image backs off, or
+    /// of an image larger than the cache (see `Cache::wants`).
     fn cache_lookup(&self, request: &Request<'_>, image: &Image) -> Option<crate::cache::Hit> {
         let pipeline = self.cache.as_ref()?;
         let expected = crate::cache::Expected::of_image(image)?;
@@ -229,13 +232,33 @@ impl Api {
             return Some(hit);
         }
         log::debug!("cache miss: image {}", image.id);
-        if request.method() == "GET" && !pipeline.cache.contains(&image.id) {
+        if request.method() == "GET"
+            && reads_whole(request, expected.size)
+            && !pipeline.cache.contains(&image.id)
+            && pipeline.cache.wants(&image.id, expected.size)
+        {
             match pipeline.cache.queue(&image.id) {
                 Ok(_) => pipeline.waker.wake(),
                 Err(error) => log::warn!("image cache: {error}"),
             }
         }
         None
+    }
+}
+
+/// Whether `request` reads all `size` bytes: no `Range`, or one that covers the whole image. A
+/// `Range` that does not parse is answered 416 later and reads nothing.
+fn reads_whole(request: &Request<'_>, size: u64) -> bool {
+    covers_whole(request.head.header_str("range"), size)
+}
+
+/// Whether a request with this `Range` header (or none) reads all `size` bytes.
+fn covers_whole(range: Option<&str>, size: u64) -> bool {
+    match range {
+        None => true,
+        Some(value) => {
+            size > 0 && matches!(parse_range(value, size), Ok((0, last)) if last == size - 1)
+        }
     }
 }
 
@@ -364,6 +387,29 @@ fn store_error(error: StoreError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_range_covering_the_whole_image_is_a_whole_read() {
+        for (range, whole) in [
+            (None, true),
+            (Some("bytes=0-"), true),
+            (Some("bytes=0-9"), true),
+            (Some("bytes=0-1000"), true),
+            (Some("bytes=-10"), true),
+            (Some("bytes=-11"), true),
+            (Some("bytes=0-0"), false),
+            (Some("bytes=0-8"), false),
+            (Some("bytes=1-"), false),
+            (Some("bytes=-9"), false),
+            (Some("bytes=9-9"), false),
+            (Some("bytes=0-1,2-9"), false),
+            (Some("bytes=x"), false),
+        ] {
+            assert_eq!(covers_whole(range, 10), whole, "{range:?}");
+        }
+        assert!(!covers_whole(Some("bytes=0-"), 0));
+        assert!(covers_whole(None, 0));
+    }
 
     #[test]
     fn ranges() {

@@ -21,6 +21,16 @@ pub enum CacheError {
     Mismatch { image_id: String, what: String },
     /// The fill was stopped because the process is draining; nothing was published.
     Stopped,
+    /// Copying the image would leave less than the free-space reserve on the cache's filesystem
+    /// (see `space`); nothing was published. `shared_with` lists the data directories on that
+    /// filesystem, whose uploads the reserve protects.
+    NoRoom {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+        reserve: u64,
+        shared_with: Vec<PathBuf>,
+    },
 }
 
 impl CacheError {
@@ -46,6 +56,33 @@ impl fmt::Display for CacheError {
                 "the store's data of image {image_id} does not match the image: {what}"
             ),
             CacheError::Stopped => f.write_str("stopped because the process is draining"),
+            CacheError::NoRoom {
+                path,
+                needed,
+                free,
+                reserve,
+                shared_with,
+            } => {
+                write!(
+                    f,
+                    "not enough free space in {}: {needed} more bytes would leave less than the \
+                     reserve of {reserve} bytes free ({free} bytes are free)",
+                    path.display()
+                )?;
+                if !shared_with.is_empty() {
+                    let dirs: Vec<String> = shared_with
+                        .iter()
+                        .map(|dir| dir.display().to_string())
+                        .collect();
+                    write!(
+                        f,
+                        "; the data directory {} is on the same filesystem and keeps that space \
+                         for uploads",
+                        dirs.join(", ")
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }

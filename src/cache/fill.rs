@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::record::{self, Record};
+use super::space::{self, Space, RECHECK_EVERY};
 use super::verify::HASH_CHUNK;
 use super::{layout, Cache, CacheError, Expected};
 
@@ -49,11 +50,18 @@ impl Cache {
     /// it against `expected`, publishes it and evicts least recently used entries until the
     /// cache fits `image_cache_max_size`. `stop` is checked between chunks: when it is set the
     /// fill ends with [`CacheError::Stopped`] and leaves nothing behind.
+    ///
+    /// A fill that would leave less than the free-space reserve on the cache's filesystem (see
+    /// `space`) does not start, and one that finds the reserve reached while it copies (an upload
+    /// took the space meanwhile) stops; both end with [`CacheError::NoRoom`] and leave nothing
+    /// behind. `data_dirs` are the store's data directories: those on the cache's filesystem are
+    /// named in the error, since the reserve is then the room their uploads have.
     pub fn fill(
         &self,
         image_id: &str,
         source: &mut File,
         expected: &Expected,
+        data_dirs: &[PathBuf],
         stop: &AtomicBool,
     ) -> Result<FillOutcome, CacheError> {
         if !layout::is_name_part(image_id) {
@@ -69,6 +77,7 @@ impl Cache {
         if self.contains(image_id) {
             return Ok(FillOutcome::AlreadyCached);
         }
+        self.check_room(expected.size, data_dirs)?;
         let owner = crate::store::owner_token();
         let path = self.layout.incomplete(image_id, &owner);
         let mut file = match OpenOptions::new()
@@ -109,6 +118,9 @@ impl Cache {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(CacheError::io(&path, "read the store data for", error)),
             };
+            if (copied / RECHECK_EVERY) != ((copied + n as u64) / RECHECK_EVERY) {
+                self.check_room(expected.size.saturating_sub(copied), data_dirs)?;
+            }
             copied += n as u64;
             if copied > expected.size {
                 break;
@@ -163,6 +175,24 @@ impl Cache {
         incomplete.published = true;
         self.evict();
         Ok(FillOutcome::Filled { size: copied })
+    }
+
+    /// Fails with [`CacheError::NoRoom`] unless `more` bytes can be written to the cache's
+    /// filesystem while leaving the reserve free.
+    fn check_room(&self, more: u64, data_dirs: &[PathBuf]) -> Result<(), CacheError> {
+        let root = &self.layout.root;
+        let space = Space::of(root)
+            .map_err(|error| CacheError::io(root, "read the free space (statvfs) of", error))?;
+        if space.has_room_for(more) {
+            return Ok(());
+        }
+        Err(CacheError::NoRoom {
+            path: root.clone(),
+            needed: more,
+            free: space.free,
+            reserve: space::reserve(space.total),
+            shared_with: space::sharing_filesystem(root, data_dirs),
+        })
     }
 
     /// Removes least recently used entries until the published entries total at most

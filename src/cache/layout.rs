@@ -6,6 +6,8 @@
 //! <image_cache_dir>/incomplete/<image id>.<owner> data being written; never served
 //! <image_cache_dir>/queued/<image id>             a prefetch waiting for any child
 //! <image_cache_dir>/prefetching/<image id>.<owner> a prefetch claimed by one process
+//! <image_cache_dir>/failed/<image id>             the backoff after a failed fill (`backoff`)
+//! <image_cache_dir>/failed/.<image id>.<owner>    a marker being written
 //! ```
 //!
 //! Every subfolder lives inside the cache folder so that the renames between them stay on one
@@ -16,12 +18,13 @@
 use std::path::{Path, PathBuf};
 
 /// The subfolders the cache creates, in the order `Cache::open` makes them.
-pub(crate) const SUBFOLDERS: [&str; 4] = [META, INCOMPLETE, QUEUED, PREFETCHING];
+pub(crate) const SUBFOLDERS: [&str; 5] = [META, INCOMPLETE, QUEUED, PREFETCHING, FAILED];
 
 pub(crate) const META: &str = "meta";
 pub(crate) const INCOMPLETE: &str = "incomplete";
 pub(crate) const QUEUED: &str = "queued";
 pub(crate) const PREFETCHING: &str = "prefetching";
+pub(crate) const FAILED: &str = "failed";
 
 /// The paths of one cache folder.
 #[derive(Clone, Debug)]
@@ -64,6 +67,14 @@ impl Layout {
         self.root
             .join(PREFETCHING)
             .join(format!("{image_id}.{owner}"))
+    }
+
+    pub(crate) fn failed(&self, image_id: &str) -> PathBuf {
+        self.root.join(FAILED).join(image_id)
+    }
+
+    pub(crate) fn failed_temporary(&self, image_id: &str, owner: &str) -> PathBuf {
+        self.root.join(FAILED).join(format!(".{image_id}.{owner}"))
     }
 
     pub(crate) fn folder(&self, name: &str) -> PathBuf {

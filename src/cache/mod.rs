@@ -3,17 +3,21 @@
 //!
 //! A download of an image the cache holds is served from the cache (a *hit*) after its data was
 //! checked against the image's hash ([`Cache::lookup`]). A download it does not hold (a *miss*)
-//! is served from the store as without a cache, and queues the image; the child's background
+//! is served from the store as without a cache, and, if it read the whole image, queues the
+//! image (unless a failed fill of it backs off, see `backoff`); the child's background
 //! [`Prefetcher`] then copies the store's file into the cache ([`Cache::fill`]), hashing it on
 //! the way, and publishes it only if size and hash match the image. `PUT /v2/cache/{id}` queues
 //! an image the same way. After each new entry, least recently used entries are removed until the
-//! cache holds at most `image_cache_max_size` bytes.
+//! cache holds at most `image_cache_max_size` bytes. A fill never leaves less than the free-space
+//! reserve on the cache's filesystem (see `space`), which it may share with the data directories.
 //!
 //! - `layout`: the folders and file names;
 //! - `record`: the small JSON record beside each entry (size, hashes, hits, access times);
 //! - `verify`: hashing an entry and the per-process memo of verified files;
 //! - `fill`: the copy from the store, publication and eviction;
 //! - `queue`: the prefetch queue shared by every process, and the sweep of abandoned work;
+//! - `space`: the free-space reserve a fill leaves on the cache's filesystem;
+//! - `backoff`: the shared record of failed fills, which keeps downloads from queueing them again;
 //! - `prefetcher`: the background thread of each child;
 //! - `error`: [`CacheError`].
 //!
@@ -57,12 +61,14 @@
 //! Eviction lists the cache folder after each fill, which is cheap for the hundreds to thousands
 //! of entries a cache of images holds.
 
+mod backoff;
 mod error;
 mod fill;
 mod layout;
 mod prefetcher;
 mod queue;
 mod record;
+pub mod space;
 mod verify;
 
 #[cfg(test)]
@@ -76,6 +82,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF};
 pub use error::CacheError;
 pub use fill::FillOutcome;
 pub use prefetcher::{Prefetcher, Waker};
@@ -204,6 +211,28 @@ impl Cache {
     /// The cache folder (absolute).
     pub fn dir(&self) -> &Path {
         &self.layout.root
+    }
+
+    /// Whether a download that missed should queue `image_id` (`size` bytes) for a prefetch:
+    /// not when it is larger than `image_cache_max_size` (it would never be cached), nor while
+    /// a failed fill of it backs off (see `backoff`). Why not is logged at debug.
+    pub fn wants(&self, image_id: &str, size: u64) -> bool {
+        if size > self.max_size {
+            log::debug!(
+                "image cache: not queueing image {image_id}: its {size} bytes exceed \
+                 image_cache_max_size"
+            );
+            return false;
+        }
+        if let Some(remaining) = self.backoff_remaining(image_id) {
+            log::debug!(
+                "image cache: not queueing image {image_id}: its last fill failed; retried in \
+                 {} s at the earliest",
+                remaining.as_secs() + 1
+            );
+            return false;
+        }
+        true
     }
 
     /// The entry of `image_id` if the cache holds one whose data is `expected`, verified (see

@@ -155,28 +155,53 @@ fn prefetch(
             return false;
         }
     };
-    match cache.fill(image_id, &mut source, &expected, stop) {
+    let data_dirs: Vec<std::path::PathBuf> = store
+        .settings()
+        .datadirs
+        .iter()
+        .map(|(dir, _)| dir.clone())
+        .collect();
+    let error = match cache.fill(image_id, &mut source, &expected, &data_dirs, stop) {
         Ok(FillOutcome::Filled { size }) => {
+            cache.note_success(image_id);
             log::info!("image cache: cached image {image_id} ({size} bytes)");
-            false
+            return false;
         }
-        Ok(FillOutcome::AlreadyCached) | Ok(FillOutcome::InProgress) => false,
+        Ok(FillOutcome::AlreadyCached) | Ok(FillOutcome::InProgress) => return false,
         Ok(FillOutcome::TooLarge) => {
             log::info!(
                 "image cache: not caching image {image_id}: its {} bytes exceed \
                  image_cache_max_size",
                 expected.size
             );
-            false
+            return false;
         }
-        Err(CacheError::Stopped) => true,
-        Err(error @ CacheError::Mismatch { .. }) => {
-            log::error!("image cache: {error}; check the data file {location}");
-            false
-        }
-        Err(error) => {
-            log::warn!("image cache: cannot cache image {image_id}: {error}");
-            false
-        }
+        Err(CacheError::Stopped) => return true,
+        Err(error) => error,
+    };
+    // One line per failed fill: downloads do not queue the image again until the backoff ends.
+    let marker = cache.note_failure(image_id, &error.to_string());
+    let wait = super::backoff::delay(marker.failures).as_secs();
+    let what_to_do = match &error {
+        CacheError::NoRoom { .. } => format!(
+            "make room on the cache's filesystem, or move image_cache_dir to a disk with room \
+             (the cache always leaves max({} GiB, {} %) of its filesystem free)",
+            super::space::RESERVE_BYTES >> 30,
+            super::space::RESERVE_PERCENT
+        ),
+        CacheError::Mismatch { .. } => format!("check the data file {location}"),
+        _ => "check the cache folder and its disk".to_string(),
+    };
+    let line = format!(
+        "image cache: cannot cache image {image_id}: {error}; not retried for {wait} s (failure \
+         {} in a row); {what_to_do}; with flavor cachemanagement, PUT /v2/cache/{image_id} retries \
+         at once",
+        marker.failures
+    );
+    if matches!(error, CacheError::Mismatch { .. }) {
+        log::error!("{line}");
+    } else {
+        log::warn!("{line}");
     }
+    false
 }

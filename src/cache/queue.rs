@@ -147,11 +147,12 @@ impl Cache {
                 swept.push(path);
             }
         }
+        swept.extend(self.sweep_markers(&is_alive));
         swept
     }
 
     /// The file names in one subfolder.
-    fn names_in(&self, folder: &str) -> Vec<String> {
+    pub(crate) fn names_in(&self, folder: &str) -> Vec<String> {
         match fs::read_dir(self.layout.folder(folder)) {
             Ok(listing) => listing
                 .flatten()

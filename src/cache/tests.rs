@@ -43,7 +43,7 @@ fn stored(dir: &Path, id: &str, data: &[u8]) -> (File, Expected) {
 fn fill(cache: &Cache, dir: &Path, id: &str, data: &[u8]) -> (FillOutcome, Expected) {
     let (mut source, expected) = stored(dir, id, data);
     let outcome = cache
-        .fill(id, &mut source, &expected, &AtomicBool::new(false))
+        .fill(id, &mut source, &expected, &[], &AtomicBool::new(false))
         .unwrap();
     (outcome, expected)
 }
@@ -120,7 +120,7 @@ fn store_data_that_does_not_match_the_image_is_not_published() {
     let (_, expected) = stored(dir.path(), ID_A, b"the real data");
     let (mut other, _) = stored(dir.path(), ID_B, b"other data!!!");
     let error = cache
-        .fill(ID_A, &mut other, &expected, &AtomicBool::new(false))
+        .fill(ID_A, &mut other, &expected, &[], &AtomicBool::new(false))
         .unwrap_err();
     assert!(matches!(error, CacheError::Mismatch { .. }), "{error}");
     assert!(!cache.contains(ID_A));
@@ -138,7 +138,7 @@ fn stopped_fill_leaves_nothing() {
     let cache = open(dir.path(), 1 << 20);
     let (mut source, expected) = stored(dir.path(), ID_A, &[1u8; 1000]);
     let error = cache
-        .fill(ID_A, &mut source, &expected, &AtomicBool::new(true))
+        .fill(ID_A, &mut source, &expected, &[], &AtomicBool::new(true))
         .unwrap_err();
     assert!(matches!(error, CacheError::Stopped));
     assert!(!cache.contains(ID_A));
@@ -226,4 +226,123 @@ fn remove_and_clear() {
     assert!(!cache.remove(ID_A));
     assert_eq!(cache.clear(), 1);
     assert!(cache.entries().is_empty());
+}
+
+#[test]
+fn reserve_is_the_larger_of_one_gib_and_five_percent() {
+    const GIB: u64 = 1 << 30;
+    assert_eq!(space::reserve(8 << 20), GIB);
+    assert_eq!(space::reserve(20 * GIB), GIB);
+    assert_eq!(space::reserve(100 * GIB), 5 * GIB);
+    assert_eq!(space::reserve(2000 * GIB), 100 * GIB);
+    let disk = space::Space {
+        free: 3 * GIB,
+        total: 10 * GIB,
+    };
+    assert!(disk.has_room_for(2 * GIB));
+    assert!(!disk.has_room_for(2 * GIB + 1));
+    assert!(!disk.has_room_for(4 * GIB));
+}
+
+#[test]
+fn fill_that_would_break_the_reserve_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), u64::MAX);
+    let (mut source, mut expected) = stored(dir.path(), ID_A, b"small data");
+    // More than any filesystem here has free: refused before a byte is written.
+    expected.size = 1 << 62;
+    let error = cache
+        .fill(
+            ID_A,
+            &mut source,
+            &expected,
+            &[dir.path().to_path_buf()],
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+    let CacheError::NoRoom {
+        needed,
+        reserve,
+        ref shared_with,
+        ..
+    } = error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!(needed, 1 << 62);
+    assert!(reserve >= space::RESERVE_BYTES);
+    // The data directory (the temporary dir) is on the cache's filesystem and is named.
+    assert_eq!(shared_with, &vec![dir.path().to_path_buf()]);
+    assert!(
+        error.to_string().contains("keeps that space for uploads"),
+        "{error}"
+    );
+    assert_eq!(
+        fs::read_dir(cache.dir().join("incomplete"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn backoff_doubles_from_one_minute_up_to_one_hour() {
+    let waits: Vec<u64> = (1..=9).map(|n| backoff::delay(n).as_secs()).collect();
+    assert_eq!(waits, vec![60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+    assert_eq!(backoff::delay(u32::MAX).as_secs(), 3600);
+    let first = backoff::next(None, 1000.0, "e");
+    assert_eq!((first.failures, first.retry_after), (1, 1060.0));
+    // A failure after the wait ended (but within the hour after it) doubles the wait.
+    let second = backoff::next(Some(&first), 1100.0, "e");
+    assert_eq!((second.failures, second.retry_after), (2, 1220.0));
+    // More than an hour after the wait ended: counts as a first failure again.
+    let fresh = backoff::next(Some(&second), 1220.0 + 3601.0, "e");
+    assert_eq!(fresh.failures, 1);
+}
+
+#[test]
+fn failed_fill_marker_holds_downloads_back_for_every_process_until_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 20);
+    assert!(cache.wants(ID_A, 100));
+    assert!(!cache.wants(ID_A, 2 << 20), "larger than the cache");
+    let marker = cache.note_failure(ID_A, "disk full");
+    assert_eq!(marker.failures, 1);
+    // Another process (another handle on the folder) sees the same backoff.
+    let other = open(dir.path(), 1 << 20);
+    let remaining = other.backoff_remaining(ID_A).unwrap();
+    assert!(
+        remaining <= backoff::FIRST_BACKOFF && remaining.as_secs() >= 58,
+        "{remaining:?}"
+    );
+    assert!(!other.wants(ID_A, 100));
+    assert!(other.wants(ID_B, 100));
+    assert_eq!(other.note_failure(ID_A, "disk full").failures, 2);
+    // Still waiting: the sweep keeps it.
+    assert!(cache.sweep(|_| true).is_empty());
+    cache.note_success(ID_A);
+    assert!(cache.wants(ID_A, 100));
+    assert!(!cache.dir().join("failed").join(ID_A).exists());
+}
+
+#[test]
+fn sweep_removes_expired_markers_and_dead_writers_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), 1 << 20);
+    let failed = cache.dir().join("failed");
+    let expired = backoff::Marker {
+        failures: 3,
+        retry_after: record::now_seconds() - 3601.0,
+        error: "old".to_string(),
+    };
+    fs::write(failed.join(ID_A), serde_json::to_vec(&expired).unwrap()).unwrap();
+    cache.note_failure(ID_B, "recent");
+    fs::write(failed.join(format!(".{ID_C}.99-1")), b"{").unwrap();
+    let mut swept = cache.sweep(|owner| owner != "99-1");
+    swept.sort();
+    assert_eq!(
+        swept,
+        vec![failed.join(format!(".{ID_C}.99-1")), failed.join(ID_A)]
+    );
+    assert!(failed.join(ID_B).exists());
 }
