@@ -6,8 +6,9 @@
 //! - [`config`]: the options table, the INI loader and the validated, immutable [`config::Config`].
 //! - [`process`]: the single-threaded master (binds listeners, forks generations of children,
 //!   reloads on SIGHUP, reaps and respawns) and what a forked child does first.
-//! - [`acceptor`], [`pool`], [`handoff`]: inside a child, the acceptor thread, the worker
-//!   threads, and the passing of connections from one generation to the next.
+//! - [`serve`]: inside a child, the acceptor thread and the worker threads; [`handoff`]: the
+//!   passing of connections from one generation to the next, both sides.
+//! - [`signals`]: the one table of handled signals, for the master and the children.
 //! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`.
@@ -19,7 +20,6 @@
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
 
-pub mod acceptor;
 pub mod api;
 pub mod cache;
 pub mod config;
@@ -27,8 +27,9 @@ pub mod handoff;
 pub mod http;
 pub mod logging;
 pub mod operator;
-pub mod pool;
 pub mod process;
 pub mod registry;
+pub mod serve;
+pub mod signals;
 pub mod store;
 pub mod timestamp;

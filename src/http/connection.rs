@@ -206,3 +206,17 @@ impl BufRead for Connection {
         self.consume_buffered(n);
     }
 }
+
+/// No Nagle delay (responses are written whole), TCP keepalive after `tcp_keepidle`. (The
+/// connection is made non-blocking through `Connection`, which tracks the socket's mode.)
+pub fn prepare_accepted(
+    stream: &std::net::TcpStream,
+    tcp_keepidle: std::time::Duration,
+) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    stream.set_nodelay(true)?;
+    setsockopt(stream, sockopt::KeepAlive, &true).map_err(io::Error::from)?;
+    let seconds = tcp_keepidle.as_secs().clamp(1, u32::MAX as u64) as u32;
+    setsockopt(stream, sockopt::TcpKeepIdle, &seconds).map_err(io::Error::from)?;
+    Ok(())
+}

@@ -25,16 +25,16 @@ use std::time::Duration;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 
-use crate::acceptor::{AcceptSettings, Acceptor, Handoff};
 use crate::api::{Api, CachePipeline};
 use crate::cache::{self, Cache, Prefetcher};
 use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
 use crate::logging;
-use crate::pool::Pool;
-use crate::process::signals::{SignalSpec, SignalWatch};
 use crate::registry::Registry;
+use crate::serve::acceptor::{AcceptSettings, Acceptor, Handoff};
+use crate::serve::pool::Pool;
+use crate::signals::{SignalSpec, SignalWatch};
 use crate::store::{self, Store};
 
 /// Exit code of a child that could not start; it said why on its ready pipe.

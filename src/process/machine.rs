@@ -33,7 +33,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::process::signals::MasterRequest;
+use crate::signals::MasterRequest;
 
 /// How long a new child may take to report ready; past it, it is killed and counts as failed.
 pub const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(30);

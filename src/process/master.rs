@@ -50,8 +50,8 @@ use crate::process::listener::{self, Listener};
 use crate::process::machine::{
     self, Action, ChildSignal, ChildState, Event, Exit, Machine, Notice, Phase, Plan, Record,
 };
-use crate::process::signals::{MasterRequest, SignalSpec, SignalWatch};
 use crate::process::spawn::{self, Forked};
+use crate::signals::{MasterRequest, SignalSpec, SignalWatch};
 use crate::timestamp;
 
 /// The longest the master sleeps in poll(2) with nothing scheduled.
@@ -604,7 +604,7 @@ impl Master {
             let Ok((stream, _)) = listener.socket.accept() else {
                 break;
             };
-            let prepared = crate::acceptor::prepare_socket(&stream, keepidle)
+            let prepared = crate::http::connection::prepare_accepted(&stream, keepidle)
                 .and_then(|()| stream.set_nonblocking(true));
             let sent = prepared.is_ok()
                 && target.is_some_and(|target| {

@@ -8,7 +8,6 @@
 //!   children's pipes, pid and status files.
 //! - [`spawn`]: the one `fork()`, after which the child never returns into master code.
 //! - [`child`]: what a forked child does between `fork()` and `_exit`.
-//! - [`signals`]: the one table of handled signals and the flag-and-pipe watch.
 //! - [`listener`]: the listening sockets the master keeps across reloads.
 //! - [`error`]: a failed system call, named with its errno.
 //!
@@ -20,5 +19,4 @@ pub mod error;
 pub mod listener;
 pub mod machine;
 pub mod master;
-pub mod signals;
 pub mod spawn;

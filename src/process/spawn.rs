@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::handoff;
 use crate::process::child;
 use crate::process::error::SysError;
-use crate::process::signals::{self, MasterRequest, SignalWatch};
+use crate::signals::{self, MasterRequest, SignalWatch};
 
 /// Exit code of a child whose main thread panicked (sysexits' EX_SOFTWARE).
 pub const EXIT_PANIC: i32 = 70;

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::http::connection::Connection;
 use crate::http::parked::Ready;
 use crate::http::serve::{self, Disposition, Handler, Settings};
-use crate::process::signals::Waker;
+use crate::signals::Waker;
 
 /// A connection coming back from a worker.
 pub struct Returned {

@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 
 // The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
 pub use crate::handoff::Handoff;
@@ -40,12 +40,13 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
+use crate::http::connection::prepare_accepted;
 use crate::http::connection::Connection;
 use crate::http::parked::{ArrivedHead, Next, Parked, Ready, Step, Wait};
 use crate::http::serve::{Disposition, Settings};
 use crate::logging;
-use crate::pool::Returned;
-use crate::process::signals::{ChildRequest, SignalWatch};
+use crate::serve::pool::Returned;
+use crate::signals::{ChildRequest, SignalWatch};
 
 /// What the acceptor applies to the connections it accepts, from the generation's config.
 #[derive(Clone, Copy, Debug)]
@@ -565,7 +566,7 @@ impl Acceptor {
         while self.open_connections() < self.accept.max_connections {
             match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
-                    if let Err(error) = prepare_socket(&stream, self.accept.tcp_keepidle) {
+                    if let Err(error) = prepare_accepted(&stream, self.accept.tcp_keepidle) {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");
                         continue;
                     }
@@ -624,17 +625,6 @@ impl Acceptor {
 fn add_slot<'fd>(fds: &mut Vec<PollFd<'fd>>, fd: BorrowedFd<'fd>) -> usize {
     fds.push(PollFd::new(fd, PollFlags::POLLIN));
     fds.len() - 1
-}
-
-/// No Nagle delay (responses are written whole), TCP keepalive after `tcp_keepidle`. (The
-/// connection is made non-blocking through `Connection`, which tracks the socket's mode.)
-pub fn prepare_socket(stream: &TcpStream, tcp_keepidle: Duration) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    stream.set_nodelay(true)?;
-    setsockopt(stream, sockopt::KeepAlive, &true).map_err(io::Error::from)?;
-    let seconds = tcp_keepidle.as_secs().clamp(1, u32::MAX as u64) as u32;
-    setsockopt(stream, sockopt::TcpKeepIdle, &seconds).map_err(io::Error::from)?;
-    Ok(())
 }
 
 /// Offers `waiting`'s connection to the handoff target, and records the outcome on it: queued
