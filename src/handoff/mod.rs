@@ -52,14 +52,16 @@
 //! - `wire.rs`: the socket pairs and the messages (tags, `SCM_RIGHTS`, truncation).
 //! - `child_side.rs`: a child's ends ([`Handoff`]): reading targets from its control socket,
 //!   sending connections while it drains, adopting them while it has room.
-//! - The master's side (one channel per generation, targets sent before SIGHUP, what is left on
-//!   a finished generation's channel forwarded) lives with the master in `process/master.rs`.
+//! - `master_side.rs`: the master's ends ([`Channels`]): one channel per generation, targets
+//!   sent before SIGHUP, what is left on a finished generation's channel passed on.
 
 mod child_side;
+mod master_side;
 mod wire;
 
 pub(crate) use child_side::HANDOFF_RETRY_POLL;
 pub use child_side::{Adoption, Handoff, Sent, ADOPTION_DESCRIPTOR_RESERVE, HANDOFF_RETRY};
+pub use master_side::Channels;
 pub use wire::{
     descriptors_free, pair, receive_connection, receive_target, send_connection, send_target,
     take_connection, ReceiveError, Received, MAX_CARRIED_BYTES,

@@ -203,6 +203,8 @@ pub struct Child {
     pub attempt: u32,
     /// Why it could not start, as it said on its ready pipe.
     pub failure: Option<String>,
+    /// It reported ready once (its acceptor ran, and sweeps its backlog when it drains).
+    pub was_ready: bool,
 }
 
 /// A place of the current generation waiting for its next child.
@@ -412,15 +414,19 @@ impl Machine {
     }
 
     /// Whether anything of `generation` still needs its handoff channel or its listener: it is
-    /// current or pending, or has a child; `accepting` asks only for children that accept
-    /// (starting or serving).
+    /// current or pending, or has a child; `accepting` asks only for children that may still
+    /// take connections off its listener: starting or serving, or told to drain before they
+    /// were ever ready. Such a child holds the listener without having swept it, so the master
+    /// must keep (and finally sweep) its own copy until that child is gone; a child that was
+    /// ready sweeps the backlog itself when its drain begins.
     pub fn generation_in_use(&self, generation: u64, accepting: bool) -> bool {
         generation == self.generation
             || Some(generation) == self.pending_generation()
             || self.children.iter().any(|child| {
                 child.generation == generation
-                    && !(accepting
-                        && matches!(
+                    && (!accepting
+                        || !child.was_ready
+                        || !matches!(
                             child.state,
                             ChildState::Draining { .. } | ChildState::Killed
                         ))
@@ -585,6 +591,7 @@ impl Machine {
                     started: now,
                     attempt,
                     failure: None,
+                    was_ready: false,
                 });
                 self.dirty = true;
                 self.release_if_unwanted(now, pid, generation, actions);
@@ -631,6 +638,7 @@ impl Machine {
         };
         if let ChildState::Starting { .. } = child.state {
             child.state = ChildState::Serving;
+            child.was_ready = true;
             log::info!("child {pid} (generation {}) is ready", child.generation);
             self.dirty = true;
         }

@@ -80,13 +80,6 @@ struct ChildIo {
     control: OwnedFd,
 }
 
-/// A generation's handoff channel (see `handoff`): its children poll `receive`; older children
-/// get `send` as their target when this generation takes over.
-struct Channel {
-    receive: OwnedFd,
-    send: OwnedFd,
-}
-
 /// The master's whole state: the machine, and the descriptors and files its decisions act on.
 pub struct Master {
     machine: Machine,
@@ -101,7 +94,7 @@ pub struct Master {
     /// first, then the overlapping sockets it takes over (`listener` module doc).
     listeners_of: BTreeMap<u64, Vec<SocketAddr>>,
     /// One handoff channel per generation that has children or is about to.
-    channels: BTreeMap<u64, Channel>,
+    channels: handoff::Channels,
     children: HashMap<Pid, ChildIo>,
     signals: SignalWatch<MasterRequest>,
     /// The pid file and status file this master writes (they move when a reload changes them).
@@ -152,7 +145,7 @@ impl Master {
             current: 0,
             listeners_of: BTreeMap::from([(1, vec![listener.requested])]),
             listeners: vec![listener],
-            channels: BTreeMap::new(),
+            channels: handoff::Channels::new(),
             children: HashMap::new(),
             signals,
             notifier,
@@ -434,10 +427,10 @@ impl Master {
             .get(&generation)
             .cloned()
             .ok_or_else(|| format!("no config loaded for generation {generation}"))?;
-        if let std::collections::btree_map::Entry::Vacant(entry) = self.channels.entry(generation) {
-            let (receive, send) = handoff::pair().map_err(|error| error.to_string())?;
-            entry.insert(Channel { receive, send });
-        }
+        let handoff_receive = self
+            .channels
+            .receive_end(generation)
+            .map_err(|error| error.to_string())?;
         let keys = self
             .listeners_of
             .get(&generation)
@@ -456,7 +449,7 @@ impl Master {
             generation,
             nth,
             listeners,
-            handoff_receive: &self.channels[&generation].receive,
+            handoff_receive,
         };
         let Forked {
             pid,
@@ -496,11 +489,10 @@ impl Master {
     /// Tells one child to hand its keep-alive connections to `generation`'s channel. Sent before
     /// its SIGHUP, so the child finds it queued when its drain begins; a later one replaces it.
     fn send_handoff_target(&self, pid: Pid, generation: u64) {
-        let (Some(channel), Some(io)) = (self.channels.get(&generation), self.children.get(&pid))
-        else {
+        let Some(io) = self.children.get(&pid) else {
             return;
         };
-        if let Err(error) = handoff::send_target(io.control.as_fd(), channel.send.as_fd()) {
+        if let Err(error) = self.channels.send_target(io.control.as_fd(), generation) {
             log::warn!(
                 "cannot send the handoff channel of generation {generation} to child {pid} \
                  ({error}); it will close its idle connections instead"
@@ -597,7 +589,7 @@ impl Master {
     /// current generation; returns how many went. What cannot go is closed, as the listener's
     /// close would have done.
     fn forward_queued(&self, listener: &Listener) -> usize {
-        let target = self.channels.get(&self.current.max(1));
+        let current = self.current.max(1);
         let keepidle = self.config().tcp_keepidle;
         let mut n_forwarded = 0;
         for _ in 0..FORWARD_MAX {
@@ -606,10 +598,8 @@ impl Master {
             };
             let prepared = crate::http::connection::prepare_accepted(&stream, keepidle)
                 .and_then(|()| stream.set_nonblocking(true));
-            let sent = prepared.is_ok()
-                && target.is_some_and(|target| {
-                    handoff::send_connection(target.send.as_fd(), stream.as_fd(), &[], true).is_ok()
-                });
+            let sent =
+                prepared.is_ok() && self.channels.pass_new_connection(current, stream.as_fd());
             if sent {
                 n_forwarded += 1;
             } else {
@@ -624,50 +614,13 @@ impl Master {
     }
 
     /// Closes the handoff channels of generations that are over (no child left, neither current
-    /// nor pending). Connections still queued on one are forwarded to the current generation,
-    /// so none is lost to a race between the last child's exit and a late handoff.
+    /// nor pending), passing what is still queued on them to the current generation.
     fn close_finished_channels(&mut self) {
-        let current = self.machine.generation();
-        let finished: Vec<u64> = self
-            .channels
-            .keys()
-            .copied()
-            .filter(|generation| !self.machine.generation_in_use(*generation, false))
-            .collect();
-        for generation in finished {
-            let Some(channel) = self.channels.remove(&generation) else {
-                continue;
-            };
-            let target = self.channels.get(&current);
-            loop {
-                let received = match handoff::take_connection(channel.receive.as_fd()) {
-                    Ok(Some(received)) => received,
-                    Ok(None) | Err(handoff::ReceiveError::Recvmsg(_)) => break,
-                    Err(error) => {
-                        // One bad message costs its connection, not the ones queued behind it.
-                        log::warn!(
-                            "lost a connection left on generation {generation}'s handoff \
-                             channel: {error}"
-                        );
-                        continue;
-                    }
-                };
-                let forwarded = target.is_some_and(|target| {
-                    handoff::send_connection(
-                        target.send.as_fd(),
-                        received.fd.as_fd(),
-                        &received.carried,
-                        received.first_request,
-                    )
-                    .is_ok()
-                });
-                if !forwarded {
-                    log::warn!(
-                        "closed a connection left on generation {generation}'s handoff channel"
-                    );
-                }
-            }
-        }
+        let machine = &self.machine;
+        self.channels.close_finished(
+            |generation| machine.generation_in_use(generation, false),
+            machine.generation(),
+        );
     }
 
     /// Drops the configs of generations nothing uses any more.

@@ -20,7 +20,7 @@
 //! every child draining at once with nowhere to hand its connections.
 
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub struct Spawn<'a> {
     /// addresses").
     pub listeners: Vec<&'a TcpListener>,
     /// The receive end of the generation's handoff channel.
-    pub handoff_receive: &'a OwnedFd,
+    pub handoff_receive: BorrowedFd<'a>,
 }
 
 /// Forks one child. In the child this function never returns (see the module doc).
@@ -92,7 +92,7 @@ pub fn spawn(
                     .collect(),
                 ready: child::ReadyPipe::new(ready_write),
                 signal_mask: old_mask,
-                handoff_receive: request.handoff_receive.try_clone().ok(),
+                handoff_receive: request.handoff_receive.try_clone_to_owned().ok(),
                 control: Some(control_child),
             };
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
