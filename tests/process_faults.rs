@@ -900,3 +900,33 @@ fn sigusr1_taken_during_start_reopens_the_master_log() {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Issue 9, fault 11: "a panic on a child's main thread unwinds through the master's code".
+///
+/// With the debug-build hook `GLINT_FAULT_CHILD_PANIC=2`, generation 2's children panic on
+/// their main thread during their start. The panic is logged as one line, the child ends with
+/// `_exit(70)` (never by unwinding out of `main`, which would exit 101 after dropping the
+/// master's state in the child), the reload fails with that reason, and generation 1 serves on.
+#[test]
+fn a_child_that_panics_exits_70_without_unwinding_into_the_master() {
+    let server = Server::start_env("workers = 1", &[("GLINT_FAULT_CHILD_PANIC", "2")]);
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    let error = verdict["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("exited with code 70"),
+        "{verdict}\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("panic: ") && log.contains("GLINT_FAULT_CHILD_PANIC"),
+        "{log}"
+    );
+    assert!(!log.contains("exited with code 101"), "{log}");
+    assert_eq!(server.status()["generation"], 1);
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+}

@@ -261,7 +261,10 @@ pub fn run(start: Start) -> i32 {
         },
         Handoff::new(handoff_receive, control),
     );
-    if fault_injected_start_failure(generation, nth) {
+    if fault_injected(FAULT_CHILD_PANIC, generation, nth) {
+        panic!("{FAULT_CHILD_PANIC}: child {nth} of generation {generation} panics on purpose");
+    }
+    if fault_injected(FAULT_CHILD_START, generation, nth) {
         return ready.failed(&format!(
             "{FAULT_CHILD_START}: failing the start of child {nth} of generation {generation} \
              on purpose"
@@ -331,11 +334,19 @@ pub fn settings_for(config: &Config) -> Settings {
 /// The environment variable that makes children fail their start, for the integration tests of
 /// reloads whose new children cannot start (no real failure of a child's start can be provoked
 /// on demand). `GEN` fails every child of generation GEN; `GEN/NTH` only the NTH child started
-/// for it (1-based). It has no other effect; operators never set it.
+/// for it (1-based). Read only by debug builds (the ones the tests run): a release binary has no
+/// test hook.
 pub const FAULT_CHILD_START: &str = "GLINT_FAULT_CHILD_START";
 
-fn fault_injected_start_failure(generation: u64, nth: usize) -> bool {
-    let Ok(value) = std::env::var(FAULT_CHILD_START) else {
+/// Like [`FAULT_CHILD_START`], but the child panics on its main thread instead, for the test
+/// that a panic never unwinds into the master's code (`spawn`). Debug builds only.
+pub const FAULT_CHILD_PANIC: &str = "GLINT_FAULT_CHILD_PANIC";
+
+fn fault_injected(variable: &str, generation: u64, nth: usize) -> bool {
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    let Ok(value) = std::env::var(variable) else {
         return false;
     };
     fault_matches(value.trim(), generation, nth)
