@@ -15,6 +15,8 @@
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
+//! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
+//!   metadata cap, list pages cut by size, a child's peak under hostile lists.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
@@ -22,6 +24,7 @@
 mod util;
 
 mod auth;
+mod bounds;
 mod cache;
 mod control;
 mod faults;

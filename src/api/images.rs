@@ -7,18 +7,96 @@
 
 use std::io::Read;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::representation::{self, check_writable, image_json};
 use super::{list_query, patch, Api};
 use crate::config::Config;
-use crate::http::response::Response;
+use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
 use crate::registry::Image;
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
+
+/// The most bytes of image documents one list page holds. A page stops before the image that
+/// would take it past this, and then links the next page although it has fewer than `limit`
+/// images: Glance's `limit` is a maximum, and glanceclient and openstacksdk follow `next`
+/// whatever the page's length. The first image is always taken, so every page makes progress;
+/// `image_metadata_size_cap` is at most this, so only an image stored before that cap (or
+/// grown by an upload's checksum and hash) can make a page larger. docs/RELIABILITY.md
+/// ("Memory of a child") quotes this value.
+pub const LIST_PAGE_BYTES: usize = 1024 * 1024;
+
+/// A list page being written: `{"images":[` and each image's document as it comes, then the
+/// links. It holds the JSON text of the page and nothing else; each image is dropped once
+/// written.
+struct ListPage {
+    /// The JSON text so far; its capacity never grows past `budget` (or the first image).
+    text: Vec<u8>,
+    budget: usize,
+    n_images: usize,
+    last_id: Option<String>,
+    /// The page stopped before an image because of its size: there is more to list.
+    cut: bool,
+}
+
+impl ListPage {
+    const OPEN: &'static [u8] = b"{\"images\":[";
+
+    fn new(budget: usize) -> ListPage {
+        let mut text = Vec::with_capacity(4096.min(budget));
+        text.extend_from_slice(ListPage::OPEN);
+        ListPage {
+            text,
+            budget,
+            n_images: 0,
+            last_id: None,
+            cut: false,
+        }
+    }
+
+    /// Adds `image` if it fits the budget (or is the first); false when the page is done.
+    fn push(&mut self, image: &Image) -> bool {
+        let needed = self.text.len() + 1 + representation::document_len(image);
+        if self.n_images > 0 && needed > self.budget {
+            self.cut = true;
+            return false;
+        }
+        let document = image_json(image);
+        if needed > self.text.capacity() {
+            // Grow by doubling as `Vec` does, but never past what the budget (or the first
+            // image) needs: the page's memory is its bound, not twice it.
+            let capacity = (self.text.capacity() * 2).clamp(needed, self.budget.max(needed));
+            self.text.reserve_exact(capacity - self.text.len());
+        }
+        if self.n_images > 0 {
+            self.text.push(b',');
+        }
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut self.text, &document);
+        self.n_images += 1;
+        self.last_id = Some(image.id.clone());
+        true
+    }
+
+    /// The page's JSON text: the images, then `first`, `schema` and `next` when there is one.
+    fn finish(mut self, first: &str, next: Option<&str>) -> Vec<u8> {
+        let mut tail = b"],\"first\":".to_vec();
+        let _ = serde_json::to_writer(&mut tail, first);
+        tail.extend_from_slice(b",\"schema\":\"/v2/schemas/images\"");
+        if let Some(next) = next {
+            tail.extend_from_slice(b",\"next\":");
+            let _ = serde_json::to_writer(&mut tail, next);
+        }
+        tail.push(b'}');
+        // Exactly: a full page would otherwise double its buffer for a few hundred bytes.
+        self.text.reserve_exact(tail.len());
+        self.text.extend_from_slice(&tail);
+        self.text
+    }
+}
 
 impl Api {
     /// `POST /v2/images`.
@@ -38,6 +116,7 @@ impl Api {
             check_writable(name)?;
             representation::set_attribute(&mut image, name, value)?;
         }
+        representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
         self.registry.create(&image).map_err(|error| match error {
             crate::registry::RegistryError::Duplicate => ApiError::Conflict(format!(
                 "Image with identifier {} already exists!",
@@ -50,15 +129,18 @@ impl Api {
             .header("Location", &format!("/v2/images/{}", image.id)))
     }
 
-    /// `GET /v2/images`.
+    /// `GET /v2/images`: the page is written image by image into one buffer of at most
+    /// [`LIST_PAGE_BYTES`] (see [`ListPage`]), taking the images from the registry one at a
+    /// time, so a page of a thousand large images costs no more than a small page.
     pub(super) fn list_images(&self, request: &Request<'_>) -> Result<Response, ApiError> {
         let parsed = list_query::parse(
             request.head.query(),
             self.config.limit_param_default,
             self.config.api_limit_max,
         )?;
-        let images = self.registry.list(&parsed.query)?;
-        let mut body = Map::new();
+        let mut page = ListPage::new(LIST_PAGE_BYTES);
+        self.registry
+            .list_each(&parsed.query, |image| page.push(&image))?;
         let first = if parsed.link_parameters.is_empty() {
             "/v2/images".to_string()
         } else {
@@ -68,22 +150,18 @@ impl Api {
             }
             format!("/v2/images?{}", serializer.finish())
         };
-        // A full page may have more behind it; Glance links the next page only then.
-        if parsed.query.limit > 0 && images.len() == parsed.query.limit {
-            if let Some(last) = images.last() {
-                body.insert(
-                    "next".to_string(),
-                    json!(list_query::next_link(&parsed.link_parameters, &last.id)),
-                );
+        // A full page may have more behind it; Glance links the next page only then. A page
+        // cut short by its size has more behind it for certain.
+        let full = parsed.query.limit > 0 && page.n_images == parsed.query.limit;
+        let next = match &page.last_id {
+            Some(last) if full || page.cut => {
+                Some(list_query::next_link(&parsed.link_parameters, last))
             }
-        }
-        body.insert(
-            "images".to_string(),
-            Value::Array(images.iter().map(image_json).collect()),
-        );
-        body.insert("first".to_string(), json!(first));
-        body.insert("schema".to_string(), json!("/v2/schemas/images"));
-        Ok(Response::json(200, &Value::Object(body)))
+            _ => None,
+        };
+        let mut response = Response::new(200).header("Content-Type", "application/json");
+        response.body = Body::Bytes(page.finish(&first, next.as_deref()));
+        Ok(response)
     }
 
     /// `GET /v2/images/{id}`.
@@ -101,9 +179,14 @@ impl Api {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
         let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
         let id = &check_id(id)?;
+        let cap = self.config.image_metadata_size_cap;
         let image = self
             .registry
-            .update(id, |image| patch::apply(image, &changes, dialect))?
+            .update(id, |image| {
+                let before = representation::document_len(image);
+                patch::apply(image, &changes, dialect)?;
+                representation::check_metadata_size(image, Some(before), cap)
+            })?
             .ok_or_else(|| not_found(id))?;
         Ok(Response::json(200, &image_json(&image)))
     }
@@ -143,12 +226,14 @@ impl Api {
     pub(super) fn add_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
         let id = &check_id(id)?;
         let tag = representation::valid_tag(tag)?;
+        let cap = self.config.image_metadata_size_cap;
         self.registry
             .update(id, |image| {
+                let before = representation::document_len(image);
                 let mut tags = image.tags.clone();
                 tags.push(tag.clone());
                 image.tags = representation::tags(&json!(tags))?;
-                Ok::<(), ApiError>(())
+                representation::check_metadata_size(image, Some(before), cap)
             })?
             .ok_or_else(|| not_found(id))?;
         Ok(Response::new(204))
