@@ -59,12 +59,12 @@ impl ListPage {
 
     /// Adds `image` if it fits the budget (or is the first); false when the page is done.
     fn push(&mut self, image: &Image) -> bool {
-        let needed = self.text.len() + 1 + representation::document_len(image);
+        let document = image_json(image);
+        let needed = self.text.len() + 1 + representation::json_len(&document);
         if self.n_images > 0 && needed > self.budget {
             self.cut = true;
             return false;
         }
-        let document = image_json(image);
         if needed > self.text.capacity() {
             // Grow by doubling as `Vec` does, but never past what the budget (or the first
             // image) needs: the page's memory is its bound, not twice it.
