@@ -128,7 +128,8 @@ fn list_all(server: &Server) -> Result<(Vec<String>, usize), String> {
 /// Issue 10, hole 1: ten images of 128 properties of 65,535 bytes took a child from 181 MB to
 /// 404 MB with one list, 1.38 GB with six. Here 4 images are filled as far as the server lets a
 /// client (15 more such properties per PATCH, until 413 or 128), then 6 clients walk the whole
-/// list 3 times while 2 others show the images and send 1 MiB creates over the cap. Every page
+/// list 3 times while 2 others show the images, send 1 MiB creates over the cap and 1 MiB
+/// creates of half a million JSON values. Every page
 /// must stay under `LIST_PAGE_BYTES` and list each image once, and the child's peak resident
 /// memory (`VmHWM`) must stay under its idle size plus the stated bound.
 #[test]
@@ -216,6 +217,11 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
                             Value::Object(fields).to_string().as_bytes(),
                         );
                         statuses.push(create.map_or(0, |response| response.status));
+                        // 1 MiB of `[0,0,...]`: 524,288 values, 16 MiB as a parsed tree.
+                        let zeros =
+                            [b"{\"tags\":[".as_slice(), &b"0,".repeat(524_270), b"0]}"].concat();
+                        let create = try_send(&server, "POST", "/v2/images", JSON, &zeros);
+                        statuses.push(create.map_or(0, |response| response.status));
                     }
                     statuses
                 })
@@ -270,9 +276,12 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
         "every fill past the cap is refused with 413"
     );
     let expected_mixed: Vec<u16> = (0..2)
-        .flat_map(|_| ids.iter().flat_map(|_| [200, 413]))
+        .flat_map(|_| ids.iter().flat_map(|_| [200, 413, 413]))
         .collect();
-    assert_eq!(mixed, expected_mixed, "shows 200, creates over the cap 413");
+    assert_eq!(
+        mixed, expected_mixed,
+        "shows 200, creates over the cap 413, creates of too many JSON values 413"
+    );
 }
 
 /// `image_metadata_size_cap` at its limit and one byte over, on every route that grows an

@@ -20,6 +20,13 @@ use crate::registry::Image;
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
 
+/// The most values (objects, arrays, strings, numbers, literals) a JSON request body may hold;
+/// more is 413 before it is parsed. A parsed value costs 32 bytes or more whatever its text,
+/// so 1 MiB of `[0,0,...]` would take 16 MiB as a tree; at this many values the tree costs
+/// little beyond the body's own strings. The largest body a client needs (a create with 128
+/// properties and 128 tags, or a patch of as many operations) has under a thousand values.
+pub const MAX_JSON_VALUES: usize = 4096;
+
 /// The most bytes of image documents one list page holds. A page stops before the image that
 /// would take it past this, and then links the next page although it has fewer than `limit`
 /// images: Glance's `limit` is a maximum, and glanceclient and openstacksdk follow `next`
@@ -337,6 +344,130 @@ fn read_json(request: &mut Request<'_>, config: &Config) -> Result<Value, ApiErr
             "The request body is larger than {MAX_JSON_BODY} bytes."
         )));
     }
+    match json_shape(&body) {
+        JsonShape::Small => {}
+        JsonShape::TooManyValues => {
+            return Err(ApiError::TooLarge(format!(
+                "The request body holds more than {MAX_JSON_VALUES} JSON values."
+            )))
+        }
+        JsonShape::TooDeep => {
+            return Err(ApiError::BadRequest(format!(
+                "Malformed JSON in request body: recursion limit exceeded (more than \
+                 {MAX_JSON_DEPTH} levels of nesting)."
+            )))
+        }
+    }
     serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("Malformed JSON in request body: {error}")))
+}
+
+/// How deep a JSON body may nest: what serde_json parses (its recursion limit refuses 128
+/// levels), checked before parsing so that a body cannot have its values parsed before the
+/// parser meets the depth. Only the message changes: such a body was already 400.
+const MAX_JSON_DEPTH: usize = 127;
+
+/// What [`json_shape`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum JsonShape {
+    /// At most [`MAX_JSON_VALUES`] values, nested at most [`MAX_JSON_DEPTH`] deep: parse it.
+    Small,
+    TooManyValues,
+    TooDeep,
+}
+
+/// Counts, without parsing, an upper bound of the values `text` holds as JSON and its nesting
+/// depth, stopping at the first limit passed. Outside strings, every value but the first
+/// follows a `,` or opens an array or an object, and each string is a value (object keys too,
+/// which only overcounts). Text that is not JSON gets some count and is refused here or left
+/// to the parser, which reports it.
+fn json_shape(text: &[u8]) -> JsonShape {
+    json_shape_with(text, MAX_JSON_VALUES, MAX_JSON_DEPTH)
+}
+
+fn json_shape_with(text: &[u8], max_values: usize, max_depth: usize) -> JsonShape {
+    let mut n_values = 1usize;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                n_values += 1;
+            }
+            b',' => n_values += 1,
+            b'[' | b'{' => {
+                n_values += 1;
+                depth += 1;
+                if depth > max_depth {
+                    return JsonShape::TooDeep;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if n_values > max_values {
+            return JsonShape::TooManyValues;
+        }
+    }
+    JsonShape::Small
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only_and_depth_at_serde_s_limit() {
+        use JsonShape::*;
+        let shape = |text: &[u8], max_values| json_shape_with(text, max_values, MAX_JSON_DEPTH);
+        assert_eq!(shape(b"{}", 2), Small);
+        assert_eq!(shape(b"{}", 1), TooManyValues);
+        // `{`, the key, the value: 3, plus the starting 1.
+        assert_eq!(shape(br#"{"a":"b"}"#, 4), Small);
+        assert_eq!(shape(br#"{"a":"b"}"#, 3), TooManyValues);
+        // Commas, brackets and escaped quotes inside a string are not values.
+        let inside = br#"["a,[{\",b"]"#;
+        assert_eq!(shape(inside, 3), Small);
+        assert_eq!(shape(inside, 2), TooManyValues);
+        // 1 MiB of zeros is 524,288 values: refused at the limit, whatever follows.
+        let zeros = [b"[".as_slice(), &b"0,".repeat(524_287), b"0]"].concat();
+        assert_eq!(json_shape(&zeros), TooManyValues);
+        assert_eq!(shape(&zeros, 524_289), Small);
+        // The depth serde_json parses passes, one more does not, even among few values.
+        let nested = |depth: usize| [vec![b'['; depth], vec![b']'; depth]].concat();
+        assert_eq!(json_shape_with(&nested(127), 1000, MAX_JSON_DEPTH), Small);
+        assert_eq!(json_shape_with(&nested(128), 1000, MAX_JSON_DEPTH), TooDeep);
+        assert!(serde_json::from_slice::<Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_slice::<Value>(&nested(128)).is_err());
+        // Closing brackets give the depth back: many shallow arrays are not deep.
+        assert_eq!(
+            json_shape_with(&b"[],".repeat(200), 1000, MAX_JSON_DEPTH),
+            Small
+        );
+        // The largest create a client needs: 128 properties and 128 tags.
+        let mut fields = serde_json::Map::new();
+        for i in 0..128 {
+            fields.insert(format!("p{i}"), json!("v"));
+        }
+        fields.insert(
+            "tags".to_string(),
+            json!((0..128).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+        );
+        assert_eq!(
+            json_shape(Value::Object(fields).to_string().as_bytes()),
+            Small
+        );
+    }
 }
