@@ -40,7 +40,8 @@ pub const LIST_PAGE_BYTES: usize = 1024 * 1024;
 /// links. It holds the JSON text of the page and nothing else; each image is dropped once
 /// written.
 struct ListPage {
-    /// The JSON text so far; its capacity never grows past `budget` (or the first image).
+    /// The JSON text so far; its capacity never grows past `budget` (or the first image), plus
+    /// the links.
     text: Vec<u8>,
     budget: usize,
     n_images: usize,
