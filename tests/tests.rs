@@ -17,6 +17,8 @@
 //! - `files`: what glint writes on disk: modes closed to other users, no write through a
 //!   planted link.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
+//! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
+//!   metadata cap, list pages cut by size, a child's peak under hostile lists.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
@@ -24,6 +26,7 @@
 mod util;
 
 mod auth;
+mod bounds;
 mod cache;
 mod control;
 mod faults;

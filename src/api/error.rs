@@ -154,7 +154,7 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// An error body: Glance's JSON when the client accepts JSON, text otherwise.
 pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
-    let title = reason_phrase(status);
+    let title = glance_title(status);
     let wants_json = request
         .head
         .header_str("accept")
@@ -166,6 +166,17 @@ pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
         )
     } else {
         Response::text(status, &format!("{status} {title}\n\n{message}\n"))
+    }
+}
+
+/// The title of a status in an error body. Glance's come from webob, which keeps RFC 2616's
+/// "Request Entity Too Large" for 413 (Glance's answer to its quotas and to image_size_cap)
+/// where RFC 9110 says "Content Too Large"; clients that show the title show Glance's. Other
+/// statuses keep RFC 9110's phrase (the status line always does).
+fn glance_title(status: u16) -> &'static str {
+    match status {
+        413 => "Request Entity Too Large",
+        _ => reason_phrase(status),
     }
 }
 

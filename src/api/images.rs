@@ -7,18 +7,104 @@
 
 use std::io::Read;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::representation::{self, check_writable, image_json};
 use super::{list_query, patch, Api};
 use crate::config::Config;
-use crate::http::response::Response;
+use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
 use crate::registry::Image;
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
+
+/// The most values (objects, arrays, strings, numbers, literals) a JSON request body may hold;
+/// more is 413 before it is parsed. A parsed value costs 32 bytes or more whatever its text,
+/// so 1 MiB of `[0,0,...]` would take 16 MiB as a tree; at this many values the tree costs
+/// little beyond the body's own strings. The largest body a client needs (a create with 128
+/// properties and 128 tags, or a patch of as many operations) has under a thousand values.
+pub const MAX_JSON_VALUES: usize = 4096;
+
+/// The most bytes of image documents one list page holds. A page stops before the image that
+/// would take it past this, and then links the next page although it has fewer than `limit`
+/// images: Glance's `limit` is a maximum, and glanceclient and openstacksdk follow `next`
+/// whatever the page's length. The first image is always taken, so every page makes progress;
+/// `image_metadata_size_cap` is at most this, so only an image stored before that cap (or
+/// grown by an upload's checksum and hash) can make a page larger. docs/RELIABILITY.md
+/// ("Memory of a child") quotes this value.
+pub const LIST_PAGE_BYTES: usize = 1024 * 1024;
+
+/// A list page being written: `{"images":[` and each image's document as it comes, then the
+/// links. It holds the JSON text of the page and nothing else; each image is dropped once
+/// written.
+struct ListPage {
+    /// The JSON text so far; its capacity never grows past `budget` (or the first image), plus
+    /// the links.
+    text: Vec<u8>,
+    budget: usize,
+    n_images: usize,
+    last_id: Option<String>,
+    /// The page stopped before an image because of its size: there is more to list.
+    cut: bool,
+}
+
+impl ListPage {
+    const OPEN: &'static [u8] = b"{\"images\":[";
+
+    fn new(budget: usize) -> ListPage {
+        let mut text = Vec::with_capacity(4096.min(budget));
+        text.extend_from_slice(ListPage::OPEN);
+        ListPage {
+            text,
+            budget,
+            n_images: 0,
+            last_id: None,
+            cut: false,
+        }
+    }
+
+    /// Adds `image` if it fits the budget (or is the first); false when the page is done.
+    fn push(&mut self, image: &Image) -> bool {
+        let document = image_json(image);
+        let needed = self.text.len() + 1 + representation::json_len(&document);
+        if self.n_images > 0 && needed > self.budget {
+            self.cut = true;
+            return false;
+        }
+        if needed > self.text.capacity() {
+            // Grow by doubling as `Vec` does, but never past what the budget (or the first
+            // image) needs: the page's memory is its bound, not twice it.
+            let capacity = (self.text.capacity() * 2).clamp(needed, self.budget.max(needed));
+            self.text.reserve_exact(capacity - self.text.len());
+        }
+        if self.n_images > 0 {
+            self.text.push(b',');
+        }
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut self.text, &document);
+        self.n_images += 1;
+        self.last_id = Some(image.id.clone());
+        true
+    }
+
+    /// The page's JSON text: the images, then `first`, `schema` and `next` when there is one.
+    fn finish(mut self, first: &str, next: Option<&str>) -> Vec<u8> {
+        let mut tail = b"],\"first\":".to_vec();
+        let _ = serde_json::to_writer(&mut tail, first);
+        tail.extend_from_slice(b",\"schema\":\"/v2/schemas/images\"");
+        if let Some(next) = next {
+            tail.extend_from_slice(b",\"next\":");
+            let _ = serde_json::to_writer(&mut tail, next);
+        }
+        tail.push(b'}');
+        // Exactly: a full page would otherwise double its buffer for a few hundred bytes.
+        self.text.reserve_exact(tail.len());
+        self.text.extend_from_slice(&tail);
+        self.text
+    }
+}
 
 impl Api {
     /// `POST /v2/images`.
@@ -38,6 +124,7 @@ impl Api {
             check_writable(name)?;
             representation::set_attribute(&mut image, name, value)?;
         }
+        representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
         self.registry.create(&image).map_err(|error| match error {
             crate::registry::RegistryError::Duplicate => ApiError::Conflict(format!(
                 "Image with identifier {} already exists!",
@@ -50,15 +137,18 @@ impl Api {
             .header("Location", &format!("/v2/images/{}", image.id)))
     }
 
-    /// `GET /v2/images`.
+    /// `GET /v2/images`: the page is written image by image into one buffer of at most
+    /// [`LIST_PAGE_BYTES`] (see [`ListPage`]), taking the images from the registry one at a
+    /// time, so a page of a thousand large images costs no more than a small page.
     pub(super) fn list_images(&self, request: &Request<'_>) -> Result<Response, ApiError> {
         let parsed = list_query::parse(
             request.head.query(),
             self.config.limit_param_default,
             self.config.api_limit_max,
         )?;
-        let images = self.registry.list(&parsed.query)?;
-        let mut body = Map::new();
+        let mut page = ListPage::new(LIST_PAGE_BYTES);
+        self.registry
+            .list_each(&parsed.query, |image| page.push(&image))?;
         let first = if parsed.link_parameters.is_empty() {
             "/v2/images".to_string()
         } else {
@@ -68,22 +158,18 @@ impl Api {
             }
             format!("/v2/images?{}", serializer.finish())
         };
-        // A full page may have more behind it; Glance links the next page only then.
-        if parsed.query.limit > 0 && images.len() == parsed.query.limit {
-            if let Some(last) = images.last() {
-                body.insert(
-                    "next".to_string(),
-                    json!(list_query::next_link(&parsed.link_parameters, &last.id)),
-                );
+        // A full page may have more behind it; Glance links the next page only then. A page
+        // cut short by its size has more behind it for certain.
+        let full = parsed.query.limit > 0 && page.n_images == parsed.query.limit;
+        let next = match &page.last_id {
+            Some(last) if full || page.cut => {
+                Some(list_query::next_link(&parsed.link_parameters, last))
             }
-        }
-        body.insert(
-            "images".to_string(),
-            Value::Array(images.iter().map(image_json).collect()),
-        );
-        body.insert("first".to_string(), json!(first));
-        body.insert("schema".to_string(), json!("/v2/schemas/images"));
-        Ok(Response::json(200, &Value::Object(body)))
+            _ => None,
+        };
+        let mut response = Response::new(200).header("Content-Type", "application/json");
+        response.body = Body::Bytes(page.finish(&first, next.as_deref()));
+        Ok(response)
     }
 
     /// `GET /v2/images/{id}`.
@@ -101,9 +187,14 @@ impl Api {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
         let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
         let id = &check_id(id)?;
+        let cap = self.config.image_metadata_size_cap;
         let image = self
             .registry
-            .update(id, |image| patch::apply(image, &changes, dialect))?
+            .update(id, |image| {
+                let before = representation::document_len(image);
+                patch::apply(image, &changes, dialect)?;
+                representation::check_metadata_size(image, Some(before), cap)
+            })?
             .ok_or_else(|| not_found(id))?;
         Ok(Response::json(200, &image_json(&image)))
     }
@@ -143,12 +234,14 @@ impl Api {
     pub(super) fn add_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
         let id = &check_id(id)?;
         let tag = representation::valid_tag(tag)?;
+        let cap = self.config.image_metadata_size_cap;
         self.registry
             .update(id, |image| {
+                let before = representation::document_len(image);
                 let mut tags = image.tags.clone();
                 tags.push(tag.clone());
                 image.tags = representation::tags(&json!(tags))?;
-                Ok::<(), ApiError>(())
+                representation::check_metadata_size(image, Some(before), cap)
             })?
             .ok_or_else(|| not_found(id))?;
         Ok(Response::new(204))
@@ -252,6 +345,130 @@ fn read_json(request: &mut Request<'_>, config: &Config) -> Result<Value, ApiErr
             "The request body is larger than {MAX_JSON_BODY} bytes."
         )));
     }
+    match json_shape(&body) {
+        JsonShape::Small => {}
+        JsonShape::TooManyValues => {
+            return Err(ApiError::TooLarge(format!(
+                "The request body holds more than {MAX_JSON_VALUES} JSON values."
+            )))
+        }
+        JsonShape::TooDeep => {
+            return Err(ApiError::BadRequest(format!(
+                "Malformed JSON in request body: recursion limit exceeded (more than \
+                 {MAX_JSON_DEPTH} levels of nesting)."
+            )))
+        }
+    }
     serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("Malformed JSON in request body: {error}")))
+}
+
+/// How deep a JSON body may nest: what serde_json parses (its recursion limit refuses 128
+/// levels), checked before parsing so that a body cannot have its values parsed before the
+/// parser meets the depth. Only the message changes: such a body was already 400.
+const MAX_JSON_DEPTH: usize = 127;
+
+/// What [`json_shape`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum JsonShape {
+    /// At most [`MAX_JSON_VALUES`] values, nested at most [`MAX_JSON_DEPTH`] deep: parse it.
+    Small,
+    TooManyValues,
+    TooDeep,
+}
+
+/// Counts, without parsing, an upper bound of the values `text` holds as JSON and its nesting
+/// depth, stopping at the first limit passed. Outside strings, every value but the first
+/// follows a `,` or opens an array or an object, and each string is a value (object keys too,
+/// which only overcounts). Text that is not JSON gets some count and is refused here or left
+/// to the parser, which reports it.
+fn json_shape(text: &[u8]) -> JsonShape {
+    json_shape_with(text, MAX_JSON_VALUES, MAX_JSON_DEPTH)
+}
+
+fn json_shape_with(text: &[u8], max_values: usize, max_depth: usize) -> JsonShape {
+    let mut n_values = 1usize;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                n_values += 1;
+            }
+            b',' => n_values += 1,
+            b'[' | b'{' => {
+                n_values += 1;
+                depth += 1;
+                if depth > max_depth {
+                    return JsonShape::TooDeep;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if n_values > max_values {
+            return JsonShape::TooManyValues;
+        }
+    }
+    JsonShape::Small
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_are_counted_outside_strings_only_and_depth_at_serde_s_limit() {
+        use JsonShape::*;
+        let shape = |text: &[u8], max_values| json_shape_with(text, max_values, MAX_JSON_DEPTH);
+        assert_eq!(shape(b"{}", 2), Small);
+        assert_eq!(shape(b"{}", 1), TooManyValues);
+        // `{`, the key, the value: 3, plus the starting 1.
+        assert_eq!(shape(br#"{"a":"b"}"#, 4), Small);
+        assert_eq!(shape(br#"{"a":"b"}"#, 3), TooManyValues);
+        // Commas, brackets and escaped quotes inside a string are not values.
+        let inside = br#"["a,[{\",b"]"#;
+        assert_eq!(shape(inside, 3), Small);
+        assert_eq!(shape(inside, 2), TooManyValues);
+        // 1 MiB of zeros is 524,288 values: refused at the limit, whatever follows.
+        let zeros = [b"[".as_slice(), &b"0,".repeat(524_287), b"0]"].concat();
+        assert_eq!(json_shape(&zeros), TooManyValues);
+        assert_eq!(shape(&zeros, 524_289), Small);
+        // The depth serde_json parses passes, one more does not, even among few values.
+        let nested = |depth: usize| [vec![b'['; depth], vec![b']'; depth]].concat();
+        assert_eq!(json_shape_with(&nested(127), 1000, MAX_JSON_DEPTH), Small);
+        assert_eq!(json_shape_with(&nested(128), 1000, MAX_JSON_DEPTH), TooDeep);
+        assert!(serde_json::from_slice::<Value>(&nested(127)).is_ok());
+        assert!(serde_json::from_slice::<Value>(&nested(128)).is_err());
+        // Closing brackets give the depth back: many shallow arrays are not deep.
+        assert_eq!(
+            json_shape_with(&b"[],".repeat(200), 1000, MAX_JSON_DEPTH),
+            Small
+        );
+        // The largest create a client needs: 128 properties and 128 tags.
+        let mut fields = serde_json::Map::new();
+        for i in 0..128 {
+            fields.insert(format!("p{i}"), json!("v"));
+        }
+        fields.insert(
+            "tags".to_string(),
+            json!((0..128).map(|i| format!("t{i}")).collect::<Vec<_>>()),
+        );
+        assert_eq!(
+            json_shape(Value::Object(fields).to_string().as_bytes()),
+            Small
+        );
+    }
 }

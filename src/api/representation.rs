@@ -66,12 +66,88 @@ pub const MAX_PROPERTY_VALUE: usize = 65_535;
 /// The longest name, owner, tag or property name (Glance's schema maxLength).
 pub const MAX_NAME: usize = 255;
 
+/// A writer that only counts what it is given.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length in bytes of `value` as the API sends it (compact JSON, as `Response::json` and
+/// the list write it), counted without building the text.
+pub fn json_len(value: &impl serde::Serialize) -> usize {
+    let mut counter = Counter(0);
+    // Serialising JSON values (string keys only) into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// The length in bytes of `image_json(image)` as the API sends it, worked out without building
+/// the document: the base attributes' object, plus a comma, the name, a colon and the value of
+/// each custom property (none shares a name with a base attribute; see [`image_json`]).
+pub fn document_len(image: &Image) -> usize {
+    let properties: usize = image
+        .properties
+        .iter()
+        .map(|(name, value)| 1 + string_len(name) + 1 + string_len(value))
+        .sum();
+    json_len(&base_json(image)) + properties
+}
+
+/// The length of `text` as a JSON string, quotes and escapes included.
+fn string_len(text: &str) -> usize {
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, text);
+    counter.0
+}
+
+/// Refuses an image whose JSON document (what `GET /v2/images/{id}` returns) would be longer
+/// than `cap` bytes (`image_metadata_size_cap`) with a 413 in the words of Glance's quota
+/// errors (glance/common/exception.py, `ImagePropertyLimitExceeded`, which Glance's images
+/// controller turns into 413). `before` is the document's length before the edit, for an
+/// existing image: an edit that does not grow the document is let through, so an image stored
+/// before the cap was lowered can still be trimmed.
+///
+/// The cap is on the whole document rather than on the properties alone because the document
+/// is what the API holds in memory and sends: it bounds what one image costs in a list page, a
+/// show or a patch, whatever the mix of properties, tags and escaping (a control character
+/// takes 6 bytes as JSON).
+pub fn check_metadata_size(
+    image: &Image,
+    before: Option<usize>,
+    cap: usize,
+) -> Result<(), ApiError> {
+    let attempted = document_len(image);
+    if attempted > cap && before.is_none_or(|before| attempted > before) {
+        return Err(ApiError::TooLarge(format!(
+            "The limit has been exceeded on the size of the image's metadata. Attempted: \
+             {attempted} bytes, Maximum: {cap} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// The image's JSON document, as `GET /v2/images/{id}` returns it.
 pub fn image_json(image: &Image) -> Value {
     let mut document = Map::new();
     for (name, value) in &image.properties {
         document.insert(name.clone(), Value::String(value.clone()));
     }
+    // Base attributes win over a custom property of the same name (none can be stored:
+    // `set_attribute` routes base names to their fields).
+    document.extend(base_json(image));
+    Value::Object(document)
+}
+
+/// The base attributes of the image's document.
+fn base_json(image: &Image) -> Map<String, Value> {
     let base = json!({
         "id": image.id,
         "name": image.name,
@@ -96,12 +172,10 @@ pub fn image_json(image: &Image) -> Value {
         "file": format!("/v2/images/{}/file", image.id),
         "schema": "/v2/schemas/image",
     });
-    if let Value::Object(base) = base {
-        // Base attributes win over a custom property of the same name (none can be stored:
-        // `set_attribute` routes base names to their fields).
-        document.extend(base);
+    match base {
+        Value::Object(base) => base,
+        _ => Map::new(),
     }
-    Value::Object(document)
 }
 
 /// Whether `name` is one of the image's base attributes (as opposed to a custom property).
@@ -283,5 +357,58 @@ fn non_negative(name: &str, value: &Value) -> Result<i64, ApiError> {
             i32::MAX
         ))),
         None => Err(schema_error(name, value, "integer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `document_len` is the length of the document `Response::json` sends, escapes and
+    /// multi-byte characters included, with and without properties and tags.
+    #[test]
+    fn document_len_is_the_length_of_the_serialized_document() {
+        let mut image = Image::new("5b2f0e37-5ab3-4cbd-9b1c-6d2c4c0f7c11");
+        assert_eq!(
+            document_len(&image),
+            serde_json::to_vec(&image_json(&image)).unwrap().len()
+        );
+        image.name = Some("caf\u{e9} \"quoted\" \u{1}".to_string());
+        image.tags = vec!["a\nb".to_string(), "\u{1F600}".to_string()];
+        image.checksum = Some("0".repeat(32));
+        image.size = Some(1 << 40);
+        image
+            .properties
+            .insert("ctl".to_string(), "\u{0}\u{1f}\\/".repeat(100));
+        image
+            .properties
+            .insert("\u{e9}t\u{e9}".to_string(), "plain".to_string());
+        let sent = serde_json::to_vec(&image_json(&image)).unwrap();
+        assert_eq!(document_len(&image), sent.len());
+        assert_eq!(json_len(&image_json(&image)), sent.len());
+    }
+
+    /// At the cap is allowed, one byte over is 413; an edit that does not grow an image
+    /// already over the cap is allowed, one that grows it is not.
+    #[test]
+    fn metadata_size_cap_allows_the_cap_and_edits_that_do_not_grow() {
+        let mut image = Image::new("5b2f0e37-5ab3-4cbd-9b1c-6d2c4c0f7c11");
+        image.properties.insert("pad".to_string(), String::new());
+        let cap = document_len(&image) + 100;
+        image.properties.insert("pad".to_string(), "x".repeat(100));
+        assert!(check_metadata_size(&image, None, cap).is_ok());
+        image.properties.insert("pad".to_string(), "x".repeat(101));
+        let error = check_metadata_size(&image, None, cap).unwrap_err();
+        assert_eq!(error.status(), 413);
+        assert!(
+            error.to_string().contains(&format!(
+                "Attempted: {} bytes, Maximum: {cap} bytes",
+                cap + 1
+            )),
+            "{error}"
+        );
+        assert!(check_metadata_size(&image, Some(cap + 1), cap).is_ok());
+        assert!(check_metadata_size(&image, Some(cap + 5), cap).is_ok());
+        assert!(check_metadata_size(&image, Some(cap), cap).is_err());
     }
 }

@@ -113,6 +113,9 @@ pub struct Config {
     pub public_endpoint: Option<String>,
     /// `image_size_cap`: largest image in bytes, 1 to `i64::MAX`.
     pub image_size_cap: u64,
+    /// `image_metadata_size_cap`: largest JSON document of one image's metadata, in bytes,
+    /// [`options::MIN_METADATA_SIZE_CAP`] to [`options::MAX_METADATA_SIZE_CAP`].
+    pub image_metadata_size_cap: usize,
     /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
     pub hashing_algorithm: HashAlgorithm,
     /// `limit_param_default`: page size of a list request without `limit`; at most
@@ -985,6 +988,7 @@ struct Draft {
     debug: bool,
     public_endpoint: Option<String>,
     image_size_cap: u64,
+    image_metadata_size_cap: usize,
     hashing_algorithm: HashAlgorithm,
     limit_param_default: usize,
     api_limit_max: usize,
@@ -1118,6 +1122,7 @@ impl Draft {
             debug: self.debug,
             public_endpoint: self.public_endpoint,
             image_size_cap: self.image_size_cap,
+            image_metadata_size_cap: self.image_metadata_size_cap,
             hashing_algorithm: self.hashing_algorithm,
             limit_param_default: self.limit_param_default,
             api_limit_max: self.api_limit_max,

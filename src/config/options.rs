@@ -137,6 +137,13 @@ pub const MAX_TIMEOUT_SECONDS: u64 = (i32::MAX as u64) / 1000;
 /// The largest `limit_param_default` and `api_limit_max`.
 pub const MAX_API_LIMIT: i64 = 1_000_000;
 
+/// The smallest `image_metadata_size_cap`: room for every base attribute at its longest.
+pub const MIN_METADATA_SIZE_CAP: i64 = 4096;
+
+/// The largest `image_metadata_size_cap`: one list page (`api::images::LIST_PAGE_BYTES`), so
+/// that every image fits a page and no page is larger.
+pub const MAX_METADATA_SIZE_CAP: i64 = 1024 * 1024;
+
 /// The largest `tcp_keepidle`: Linux refuses a larger TCP_KEEPIDLE (MAX_TCP_KEEPIDLE, tcp(7)).
 pub const MAX_TCP_KEEPIDLE_SECONDS: u64 = 32_767;
 
@@ -522,6 +529,20 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![config.image_size_cap.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "image_metadata_size_cap",
+        kind: Kind::Integer { min: MIN_METADATA_SIZE_CAP, max: MAX_METADATA_SIZE_CAP, zero_means_min: None },
+        default: DefaultValue::Text("262144"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: largest JSON document of one image's metadata in bytes (what `GET /v2/images/{id}` returns: attributes, tags and custom properties; default 256 KiB); a create, update or tag that would make an image's document larger gets 413, an edit that does not grow it is allowed. It bounds what one image costs wherever it is served (see docs/RELIABILITY.md, \"Memory of a child\"). Glance limits only counts (`image_property_quota`, `image_tag_quota`: 128 each), which let one image reach 8 MiB.",
+        apply: |draft, value| {
+            if let Some(bytes) = value.integer::<usize>() {
+                draft.image_metadata_size_cap = bytes;
+            }
+        },
+        show: |config| vec![config.image_metadata_size_cap.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",

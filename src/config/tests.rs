@@ -83,6 +83,7 @@ fn empty_file_gives_the_documented_defaults() {
         assert!(!config.debug);
         assert_eq!(config.public_endpoint, None);
         assert_eq!(config.image_size_cap, 1 << 40);
+        assert_eq!(config.image_metadata_size_cap, 256 * 1024);
         assert_eq!(config.hashing_algorithm, HashAlgorithm::Sha512);
         assert_eq!(config.limit_param_default, 25);
         assert_eq!(config.api_limit_max, 1000);
@@ -236,6 +237,8 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "9223372036854775807",
         "9223372036854775807",
     ),
+    ("image_metadata_size_cap", "4096", "4096"),
+    ("image_metadata_size_cap", "1048576", "1048576"),
     ("hashing_algorithm", "sha256", "sha256"),
     ("hashing_algorithm", "SHA384", "sha384"),
     ("hashing_algorithm", "Sha512", "sha512"),
@@ -392,6 +395,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("public_endpoint", "https:///path", "`https:///path` has no host; write the full base URL, such as https://images.example.com:9292"),
     ("public_endpoint", "http://example.com/?x=1", "`http://example.com/?x=1` has a query or fragment; give only scheme, host, port and path"),
     ("public_endpoint", "http://exa mple.com", "`http://exa mple.com` contains a space or control character; a URL cannot"),
+    ("image_metadata_size_cap", "4095", "4095 is out of range; use a whole number from 4096 to 1048576"),
+    ("image_metadata_size_cap", "1048577", "1048577 is out of range; use a whole number from 4096 to 1048576"),
     ("image_size_cap", "0", "0 is out of range; use a whole number from 1 to 9223372036854775807"),
     ("image_size_cap", "9223372036854775808", "9223372036854775808 is out of range; use a whole number from 1 to 9223372036854775807"),
     ("image_size_cap", "-1", "-1 is out of range; use a whole number from 1 to 9223372036854775807"),

@@ -199,11 +199,31 @@ impl Registry {
 
     /// One page of images; see the `query` module for the order and the marker.
     pub fn list(&self, query: &ListQuery) -> Result<Vec<Image>, RegistryError> {
+        let mut images = Vec::new();
+        self.list_each(query, |image| {
+            images.push(image);
+            true
+        })?;
+        Ok(images)
+    }
+
+    /// One page of images, handed to `visit` one at a time in order, until the page ends or
+    /// `visit` returns false; only the image being visited is held in memory, so a caller that
+    /// writes each one out as it comes bounds what a page costs (the API's list does). All
+    /// come from one snapshot, as with [`Registry::list`].
+    ///
+    /// `visit` runs while a connection is lent out and a read transaction is open: it must not
+    /// call the registry.
+    pub fn list_each(
+        &self,
+        query: &ListQuery,
+        visit: impl FnMut(Image) -> bool,
+    ) -> Result<(), RegistryError> {
         let mut lease = self.lease()?;
         let transaction = lease
             .transaction()
             .map_err(RegistryError::sql("begin a read transaction"))?;
-        query::list(&transaction, query)
+        query::for_each(&transaction, query, visit)
     }
 
     /// Read-modify-write in one `BEGIN IMMEDIATE` transaction: `change` gets the current image

@@ -198,11 +198,14 @@ pub(super) fn effective_sort(requested: &[(SortKey, SortDir)]) -> Vec<(SortKey, 
 }
 
 /// Runs `query` on `connection`, which should be inside a transaction so that the marker and
-/// the page come from the same snapshot.
-pub(super) fn list(
+/// the page come from the same snapshot, and hands each image, whole, to `visit` in order; stops
+/// early when `visit` returns false. Only one image is in memory at a time: the rows are read
+/// as `visit` takes them, not collected first.
+pub(super) fn for_each(
     connection: &Connection,
     query: &ListQuery,
-) -> Result<Vec<Image>, RegistryError> {
+    mut visit: impl FnMut(Image) -> bool,
+) -> Result<(), RegistryError> {
     let columns: Vec<(&str, SortDir)> = effective_sort(&query.sort)
         .into_iter()
         .flat_map(|(key, dir)| key.columns().iter().map(move |column| (*column, dir)))
@@ -233,14 +236,17 @@ pub(super) fn list(
     let mut statement = connection
         .prepare(&sql)
         .map_err(RegistryError::sql(context))?;
-    let mut images: Vec<Image> = statement
-        .query_map(params_from_iter(values), image::from_row)
-        .and_then(|rows| rows.collect())
+    let mut rows = statement
+        .query(params_from_iter(values))
         .map_err(RegistryError::sql(context))?;
-    for image in &mut images {
-        image::load_details(connection, image).map_err(RegistryError::sql(context))?;
+    while let Some(row) = rows.next().map_err(RegistryError::sql(context))? {
+        let mut image = image::from_row(row).map_err(RegistryError::sql(context))?;
+        image::load_details(connection, &mut image).map_err(RegistryError::sql(context))?;
+        if !visit(image) {
+            break;
+        }
     }
-    Ok(images)
+    Ok(())
 }
 
 /// Appends one SQL condition per set filter, with `?` placeholders bound from `values`.
