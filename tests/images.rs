@@ -3018,3 +3018,120 @@ fn tag_and_property_quotas_are_413() {
     );
     glance.expect(&response, 413, "create with 129 properties");
 }
+
+/// An upload in a child that drains after a reload, then kill -9 of that child: no child starts
+/// afterwards (the old generation is not respawned, the current one has no reason to be), so
+/// only the periodic recovery of the serving children can requeue the image. It does within
+/// one recovery period (5 s, `RECOVERY_PERIOD` in src/process/child.rs; 2 s allowed for
+/// scheduling and polling), removes the temporary file, and a new upload of the image succeeds,
+/// with the current generation's children unchanged and no reload.
+#[test]
+fn upload_killed_while_its_child_drains_is_recovered_by_the_serving_generation() {
+    const RECOVERY_PERIOD: Duration = Duration::from_secs(5);
+    const SCHEDULING_ALLOWANCE: Duration = Duration::from_secs(2);
+    let server = Server::start("workers = 2");
+    let glance = Glance::new(&server);
+    let datadir = server.path("images");
+    let first_generation = server.children(Some("serving"));
+    assert_eq!(first_generation.len(), 2, "{}", server.log());
+    let bytes = data(4 * 1024 * 1024, 15);
+    let id = glance.create_uploadable("upload killed in a draining child");
+    // Half the body on a keep-alive connection: the image is `saving` and stays so.
+    let _upload = start_upload(
+        &server,
+        &id,
+        Framing::Length,
+        bytes.len(),
+        &bytes[..bytes.len() / 2],
+    );
+    let temporary = wait_for_temporary_file(&server, &datadir, &id);
+    let uploader: i32 = temporary
+        .strip_prefix(&format!(".{id}."))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no uploader pid in {temporary}"));
+    assert!(
+        first_generation.contains(&uploader),
+        "the uploader {uploader} is not a child of generation 1 {first_generation:?}"
+    );
+    assert_eq!(glance.status_of(&id), "saving");
+
+    let verdict = server.reload();
+    assert_eq!(
+        verdict["outcome"],
+        "succeeded",
+        "{verdict}\n{}",
+        server.log()
+    );
+    let status = server.status();
+    assert_eq!(status["generation"], json!(2), "{status:#}");
+    assert!(
+        status["draining"]
+            .as_array()
+            .is_some_and(|draining| draining.contains(&json!(uploader))),
+        "the uploader {uploader} should be draining with its upload: {status:#}"
+    );
+    let mut serving = server.children(Some("serving"));
+    serving.sort_unstable();
+    assert_eq!(serving.len(), 2, "{status:#}");
+    assert!(!serving.contains(&uploader), "{status:#}");
+    let reloads = status["last_reload"]["number"].clone();
+    // While its uploader lives (draining), the image refuses another upload.
+    let refused = glance.upload(&id, b"too soon", Framing::Length, None);
+    glance.expect(
+        &refused,
+        409,
+        "an upload while the first one runs in a draining child",
+    );
+
+    // SAFETY: kill(2) on a child of the server this test started.
+    unsafe {
+        libc::kill(uploader, libc::SIGKILL);
+    }
+    let killed = std::time::Instant::now();
+    wait_for_image(
+        &glance,
+        &id,
+        "queued",
+        &datadir,
+        &[],
+        "after the draining uploader was killed",
+    );
+    let recovered_after = killed.elapsed();
+    eprintln!("recovered {recovered_after:?} after the kill");
+    assert!(
+        recovered_after <= RECOVERY_PERIOD + SCHEDULING_ALLOWANCE,
+        "recovered only {recovered_after:?} after the kill\n{}",
+        server.log()
+    );
+    // Both serving children started together, so their passes run at the same moments: the
+    // write-locked requeue lets exactly one of them requeue the image and remove the file.
+    let log = server.log();
+    for line in [
+        format!("image {id} was left in saving by a process that died; it is queued again"),
+        format!("{temporary}, left by an upload whose process died"),
+    ] {
+        assert_eq!(log.matches(&line).count(), 1, "{line:?} once\n{log}");
+    }
+
+    glance.upload_ok(&id, &bytes);
+    assert_active_with(
+        &glance,
+        &id,
+        &bytes,
+        "sha512",
+        &sha512_hex(&bytes),
+        "the upload retried after the recovery",
+    );
+    // Recovered by the generation that was serving, not by a child started for it.
+    let status = server.status();
+    let mut still_serving = server.children(Some("serving"));
+    still_serving.sort_unstable();
+    assert_eq!(still_serving, serving, "{status:#}");
+    assert_eq!(status["generation"], json!(2), "{status:#}");
+    assert_eq!(status["last_reload"]["number"], reloads, "{status:#}");
+    assert!(
+        !util::process_alive(uploader),
+        "the killed uploader {uploader} is still listed alive"
+    );
+}

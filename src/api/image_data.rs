@@ -4,8 +4,9 @@
 //! uploader), streams the body into the store in fixed-size chunks while hashing it, and only
 //! after the store has renamed the complete file into place turns the image `active`. Every
 //! failure on the way puts the image back to `queued`, and the store removes its temporary file,
-//! so no partial data is ever visible. If this process dies mid-upload, the next child to start
-//! finds the image still `saving` under a dead uploader and recovers it (see `Api::recover`).
+//! so no partial data is ever visible. If this process dies mid-upload, a serving child's
+//! maintenance thread (within `RECOVERY_PERIOD`), or the next child to start, finds the image still
+//! `saving` under a dead uploader and recovers it (see `Api::recover_abandoned`, `Api::recover`).
 //!
 //! A download sends the file with sendfile(2) (`Body::File`), whole or one byte range. With the
 //! `caching` or `cachemanagement` flavor it is sent from the image cache when the cache holds a

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::config::{Config, Flavor};
 use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Filters, ImageStatus, ListQuery, Registry, RegistryError};
 use crate::store::Store;
 use error::ApiError;
 
@@ -86,8 +86,71 @@ impl Api {
 
     /// Repairs what a dead process left behind: images stuck in `saving` under an uploader that
     /// no longer runs go back to `queued`, and the temporary files of dead uploaders are
-    /// removed. Each child runs it as it starts, so a crash is repaired by its replacement.
+    /// removed. Each child runs it once as it starts, before it reports ready, so a crash is
+    /// repaired by its replacement; while it serves, its maintenance thread runs
+    /// [`Api::recover_abandoned`] every few seconds.
     pub fn recover(&self) -> Result<(), RegistryError> {
+        self.requeue_abandoned_images()?;
+        self.remove_abandoned_temp_files();
+        Ok(())
+    }
+
+    /// One pass of the periodic recovery (the child's maintenance thread): the same repair as
+    /// [`Api::recover`], so that an upload whose process died (killed while draining, say) is
+    /// repaired within a period without waiting for a child to start. Returns how many images
+    /// went back to `queued`.
+    ///
+    /// It must stay cheap when nothing is abandoned, the usual case: it first only reads the
+    /// images in `saving` (the `images_by_status` index; a read never waits for SQLite's write
+    /// lock in WAL mode, so a held lock cannot stall a child's drain behind this thread) and
+    /// checks their uploaders in /proc. Only when one is gone does it take the write lock, in
+    /// [`Registry::recover_abandoned_uploads`], which decides again under the lock: several
+    /// children may run this at once, and an image is requeued by exactly one of them, only if
+    /// its uploader (pid and start time, so a live upload in another child or generation is
+    /// never taken for dead) is still gone. The data directories are listed only when an
+    /// image was requeued, or when `sweep_files` asks for it (a temporary file can outlive its
+    /// image's `saving`: an image deleted during its upload, then the uploader killed).
+    pub fn recover_abandoned(&self, sweep_files: bool) -> Result<usize, RegistryError> {
+        let requeued = if self.any_upload_abandoned()? {
+            self.requeue_abandoned_images()?
+        } else {
+            0
+        };
+        if requeued > 0 || sweep_files {
+            self.remove_abandoned_temp_files();
+        }
+        Ok(requeued)
+    }
+
+    /// Whether an image in `saving` has no live uploader, read without the write lock. Two
+    /// indexed queries, as the list filters take hidden and other images apart; each finds
+    /// nothing when no upload runs.
+    fn any_upload_abandoned(&self) -> Result<bool, RegistryError> {
+        for os_hidden in [false, true] {
+            let query = ListQuery {
+                filters: Filters {
+                    status: Some(ImageStatus::Saving),
+                    visibility: Some("all".to_string()),
+                    os_hidden: Some(os_hidden),
+                    ..Filters::default()
+                },
+                ..ListQuery::default()
+            };
+            let saving = self.registry.list(&query)?;
+            if saving.iter().any(|image| {
+                !image
+                    .upload_owner
+                    .as_deref()
+                    .is_some_and(crate::store::owner_alive)
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Puts images `saving` under a dead uploader back to `queued`, logs each, returns how many.
+    fn requeue_abandoned_images(&self) -> Result<usize, RegistryError> {
         let recovered = self
             .registry
             .recover_abandoned_uploads(crate::store::owner_alive)?;
@@ -97,6 +160,11 @@ impl Api {
                 image.id
             );
         }
+        Ok(recovered.len())
+    }
+
+    /// Removes the temporary files of dead uploaders and logs each.
+    fn remove_abandoned_temp_files(&self) {
         for path in self
             .store
             .remove_abandoned_temp_files(crate::store::owner_alive)
@@ -106,7 +174,6 @@ impl Api {
                 path.display()
             );
         }
-        Ok(())
     }
 
     fn route(&self, request: &mut Request<'_>) -> Result<Response, ApiError> {

@@ -1,8 +1,10 @@
 //! A child (worker process): what runs between `fork()` in the master and `_exit`.
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
-//! (`acceptor`) and a fixed pool of worker threads (`pool`), plus, with a caching flavor, one
-//! image cache prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It
+//! (`acceptor`) and a fixed pool of worker threads (`pool`), one maintenance thread
+//! (`serve::maintenance`) that recovers abandoned uploads every [`RECOVERY_PERIOD`] (told to stop
+//! as the drain starts, joined after the workers), plus, with a caching flavor, one image cache
+//! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It
 //! reports on its ready pipe once all of them run (`R`), or why it cannot start (`E` and the
 //! reason, which the master puts in the reload's verdict), and drains on SIGHUP, SIGTERM or
 //! SIGQUIT. It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start, and with
@@ -33,6 +35,7 @@ use crate::http::serve::{Handler, Settings};
 use crate::logging;
 use crate::registry::Registry;
 use crate::serve::acceptor::{AcceptSettings, Acceptor, Handoff};
+use crate::serve::maintenance::Maintenance;
 use crate::serve::pool::Pool;
 use crate::signals::{SignalSpec, SignalWatch};
 use crate::store::{self, Store};
@@ -46,6 +49,17 @@ pub const DRAIN_ALARM_MARGIN: Duration = Duration::from_secs(5);
 /// The drain bound of a child whose master has died, when `graceful_shutdown_timeout = 0` (no
 /// bound): the option's default.
 pub const ORPHAN_DRAIN_BOUND: Duration = Duration::from_secs(60);
+
+/// How often a serving child looks for uploads whose process died (an upload killed while its
+/// child drained leaves its image `saving`, refusing new uploads with 409, until someone looks):
+/// the bound, plus one pass, on how long such an image stays blocked. A pass that finds
+/// nothing is two indexed reads (see `Api::recover_abandoned`), so every child can afford it.
+pub const RECOVERY_PERIOD: Duration = Duration::from_secs(5);
+
+/// Every how many recovery passes the data directories are listed even when no image was
+/// requeued (12: once a minute), for temporary files whose image is no longer `saving`. Less
+/// often than the check itself because a listing costs in proportion to the images stored.
+pub const TEMP_FILE_SWEEP_EVERY: u64 = 12;
 
 /// The write end of the pipe on which a child tells the master how its start went.
 pub struct ReadyPipe(OwnedFd);
@@ -211,19 +225,19 @@ pub fn run(start: Start) -> i32 {
     } else {
         None
     };
-    let api = Api::new(
+    let api = Arc::new(Api::new(
         config.clone(),
         generation,
         local_address,
         registry,
         store,
         cache,
-    );
+    ));
     if let Err(error) = api.recover() {
-        // Serving is still right: recovery runs again at the next child's start.
+        // Serving is still right: the maintenance thread tries again every RECOVERY_PERIOD.
         log::error!("recovery of abandoned uploads failed: {error}");
     }
-    let handler: Arc<dyn Handler> = Arc::new(api);
+    let handler: Arc<dyn Handler> = api.clone();
     let draining = Arc::new(AtomicBool::new(false));
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
     let waker = match signals.waker() {
@@ -270,9 +284,18 @@ pub fn run(start: Start) -> i32 {
              on purpose"
         ));
     }
+    let mut maintenance = match start_maintenance(api) {
+        Ok(maintenance) => maintenance,
+        Err(error) => {
+            return ready.failed(&format!("cannot start the maintenance thread: {error}"));
+        }
+    };
     ready.ready();
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
+    // Recovery is the serving generation's job; a draining child stops looking at once (its own
+    // uploads in progress are alive, and the new generation's children look from now on).
+    maintenance.stop();
     if nix::unistd::getppid() != master_pid {
         log::warn!(
             "the master is gone; requests in progress get at most {} s (the drain alarm)",
@@ -283,6 +306,7 @@ pub fn run(start: Start) -> i32 {
         );
     }
     pool.join();
+    maintenance.finish();
     // After the workers: a fill stopped by a drain leaves nothing and goes back to the queue,
     // where a child of the new generation (or a later one) takes it up.
     if let Some(prefetcher) = prefetcher {
@@ -290,6 +314,29 @@ pub fn run(start: Start) -> i32 {
     }
     log::info!("exiting");
     0
+}
+
+/// Starts the thread that runs `Api::recover_abandoned` every [`RECOVERY_PERIOD`]. A failed
+/// pass is logged when the failures begin and when they end, not every period.
+fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
+    let mut failing = false;
+    Maintenance::start(RECOVERY_PERIOD, move |pass| {
+        match api.recover_abandoned(pass % TEMP_FILE_SWEEP_EVERY == 0) {
+            Ok(_) if failing => {
+                failing = false;
+                log::info!("recovery of abandoned uploads works again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                log::error!(
+                    "recovery of abandoned uploads failed: {error}; retrying every {} s",
+                    RECOVERY_PERIOD.as_secs()
+                );
+            }
+            Err(_) => {}
+        }
+    })
 }
 
 /// The store's settings for a generation's config.

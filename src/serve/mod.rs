@@ -1,9 +1,11 @@
 //! What serves inside a child: the acceptor thread, which owns every connection that waits
-//! (for a first request, between requests, for room on a worker) and the listeners, and the
-//! fixed pool of worker threads that run one request at a time.
+//! (for a first request, between requests, for room on a worker) and the listeners, the
+//! fixed pool of worker threads that run one request at a time, and the maintenance thread,
+//! which runs the periodic recovery of abandoned uploads.
 //!
-//! A child (`process::child`) starts both and joins them at the end of a drain; the master
+//! A child (`process::child`) starts them and joins them at the end of a drain; the master
 //! never runs any of this.
 
 pub mod acceptor;
+pub mod maintenance;
 pub mod pool;

@@ -31,11 +31,20 @@ pub fn owner_token() -> String {
 ///
 /// When the process's stat file exists but cannot be read or parsed, the answer is "alive": a
 /// caller uses this to decide whether to delete a file, and keeping a stray file is the lesser harm.
+///
+/// A zombie (state `Z`, or `X` while it is being reaped) is dead: it runs no code, so its upload
+/// can never go on, and its /proc entry stays until its parent reaps it. Recovery then does not
+/// wait for the master to reap a killed child.
 pub fn owner_alive(token: &str) -> bool {
     let Some((pid, start_time)) = parse_token(token) else {
         return false;
     };
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) if matches!(state_from_stat(&stat), Some('Z' | 'X')) => {
+            // Only the process the token names: a zombie that reused the pid is not it, and
+            // neither is alive.
+            false
+        }
         Ok(stat) => match start_time_from_stat(&stat) {
             // A token made without /proc carries 0: only the pid can be compared.
             Some(actual) => start_time == 0 || actual == start_time,
@@ -69,6 +78,13 @@ pub(crate) fn parse_token(token: &str) -> Option<(u32, u64)> {
     let pid: u32 = pid.parse().ok()?;
     let start_time: u64 = start_time.parse().ok()?;
     (pid != 0).then_some((pid, start_time))
+}
+
+/// Field 3 (state: `R`, `S`, `Z`...) of a `/proc/<pid>/stat` line, counted as in
+/// [`start_time_from_stat`].
+fn state_from_stat(stat: &str) -> Option<char> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().next()?.chars().next()
 }
 
 /// Field 22 (starttime) of a `/proc/<pid>/stat` line.
@@ -114,6 +130,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unreaped_zombie_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not waited for yet: once `true` has exited, /proc still lists it, as a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let stat = loop {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            if state_from_stat(&stat) == Some('Z') {
+                break stat;
+            }
+            assert!(std::time::Instant::now() < deadline, "no zombie: {stat}");
+            std::thread::yield_now();
+        };
+        let start_time = start_time_from_stat(&stat).unwrap();
+        assert!(!owner_alive(&format!("{pid}-{start_time}")));
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn pid_exists_is_false_only_for_a_pid_the_kernel_does_not_know() {
         assert!(pid_exists(std::process::id() as i32));
         // pid 1 always exists; signalling it is refused (EPERM) unless we are root, and a
@@ -143,5 +178,8 @@ mod tests {
         let stat = format!("4242 (a) b (c) {}\n", fields.join(" "));
         assert_eq!(start_time_from_stat(&stat), Some(987654));
         assert_eq!(start_time_from_stat("garbage"), None);
+        let zombie = format!("4242 (a) Z) Z {}\n", fields[1..].join(" "));
+        assert_eq!(state_from_stat(&zombie), Some('Z'));
+        assert_eq!(state_from_stat("4242 (a)"), None);
     }
 }
