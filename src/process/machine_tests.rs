@@ -283,6 +283,22 @@ fn a_failed_respawn_is_retried_with_backoff_forever() {
     assert_eq!(h.machine.phase(), Phase::Running);
 }
 
+/// A machine whose first generation of `workers` children was forked as `pids`, none ready.
+fn starting(now: Instant, workers: usize, pids: &[Pid]) -> Machine {
+    let (mut machine, _) = Machine::start(now, plan(workers));
+    for &pid in pids {
+        machine.handle(
+            now,
+            Event::Spawned {
+                generation: 1,
+                attempt: 0,
+                result: Ok(pid),
+            },
+        );
+    }
+    machine
+}
+
 fn child_exit_cannot_start() -> i32 {
     crate::process::child::EXIT_CANNOT_START
 }
@@ -446,17 +462,7 @@ fn signals_during_start_are_not_lost() {
 #[test]
 fn a_child_that_dies_before_the_first_generation_serves_fails_the_start() {
     let now = Instant::now();
-    let (mut machine, _) = Machine::start(now, plan(2));
-    for pid in [7, 8] {
-        machine.handle(
-            now,
-            Event::Spawned {
-                generation: 1,
-                attempt: 0,
-                result: Ok(pid),
-            },
-        );
-    }
+    let mut machine = starting(now, 2, &[7, 8]);
     let actions = machine.handle(
         now,
         Event::ChildExited {
@@ -646,17 +652,7 @@ fn sigint_during_a_reload_records_its_verdict() {
 #[test]
 fn sigterm_while_starting_drains_the_ready_children() {
     let now = Instant::now();
-    let (mut machine, _) = Machine::start(now, plan(2));
-    for pid in [7, 8] {
-        machine.handle(
-            now,
-            Event::Spawned {
-                generation: 1,
-                attempt: 0,
-                result: Ok(pid),
-            },
-        );
-    }
+    let mut machine = starting(now, 2, &[7, 8]);
     machine.handle(now, Event::ChildReady { pid: 7 });
     let actions = machine.handle(now, Event::Request(MasterRequest::StopGracefully));
     assert!(actions.contains(&Action::Signal {
