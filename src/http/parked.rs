@@ -40,7 +40,10 @@ pub enum Wait {
     /// Accepted; its first request head has not fully arrived. Bounded by the header timeout,
     /// and served even when a drain starts meanwhile.
     FirstRequest,
-    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`.
+    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`, or
+    /// by `client_header_timeout` when its last answer about credentials was a 401
+    /// (`Connection::refused_auth`). When a child is full, the idle connection parked the
+    /// longest gives way to a new client (see the acceptor).
     Idle,
     /// Part of a later request's head has arrived. Bounded by the header timeout.
     Head,
@@ -103,7 +106,7 @@ impl Parked {
             Wait::Head
         };
         let deadline = match wait {
-            Wait::Idle => settings.idle_timeout.map(|idle| now + idle),
+            Wait::Idle if !connection.refused_auth => settings.idle_timeout.map(|idle| now + idle),
             _ => Some(now + settings.header_timeout),
         };
         let parked = Parked {
@@ -147,6 +150,12 @@ impl Parked {
 
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Since when an idle connection has been idle: when its last response began (see
+    /// `Connection::last_response`).
+    pub fn idle_since(&self) -> Instant {
+        self.connection.last_response
     }
 
     /// Waiting for a request (first, next, or the rest of one): what a drain hands over.
