@@ -556,13 +556,20 @@ impl Acceptor {
                 }
                 break;
             }
-            let (connection, first_request) = match self.handoff.adopt(open_connections) {
-                Adoption::Adopted(connection, first_request) => (connection, first_request),
+            let (connection, with) = match self.handoff.adopt(open_connections) {
+                Adoption::Adopted(connection, with) => (connection, with),
                 Adoption::Empty | Adoption::NoRoom => break,
             };
-            // A connection that has not served a request yet keeps the header deadline, as it
-            // had in the old child; an idle keep-alive one gets the idle timeout.
-            let next = Parked::between_requests(connection, first_request, now, &self.settings);
+            // A connection whose wait is bounded by the header timeout (no request served yet,
+            // part of a head, idle after a 401) keeps the deadline it had in the old child; an
+            // idle keep-alive one gets this generation's idle timeout.
+            let next = Parked::between_requests(
+                connection,
+                with.first_request,
+                with.header_deadline,
+                now,
+                &self.settings,
+            );
             self.park(next, now);
         }
         if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
@@ -590,7 +597,7 @@ impl Acceptor {
             // A pipelined request may follow: a complete head goes to a worker, a partial one
             // waits for the rest.
             Disposition::KeepAlive => {
-                let next = Parked::between_requests(connection, false, now, &self.settings);
+                let next = Parked::between_requests(connection, false, None, now, &self.settings);
                 self.park(next, now);
             }
         }
@@ -701,6 +708,7 @@ fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
     let sent = handoff.send(
         waiting.parked.connection(),
         first_request,
+        waiting.parked.header_deadline(),
         &mut waiting.handoff_retry,
     );
     if sent == Sent::Queued {
