@@ -745,3 +745,59 @@ fn half_sent_upload(server: &Server) -> (TcpStream, u16, BufReader<TcpStream>) {
     });
     (stream, port, reader)
 }
+
+/// Issue 10, hole 8: the header deadline travels with a handed-over connection. With
+/// `client_header_timeout = 4`, a connection that sent part of a head and stalls, and a SIGHUP
+/// about every second (each reload hands it to the next generation), gets its 408 before
+/// 2 × 4 s after it connected (before: every handoff restarted the 4 s, and it lasted as long
+/// as the reloads did).
+#[test]
+fn header_deadline_travels_with_the_connection_across_reloads() {
+    let server =
+        Server::start("workers = 1\nclient_header_timeout = 4\nclient_socket_timeout = 60");
+    let connected = Instant::now();
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHo")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let bound = Duration::from_secs(8);
+    let mut answer = Vec::new();
+    let mut n_reloads = 0;
+    let closed = loop {
+        let mut buffer = [0u8; 1024];
+        match std::io::Read::read(&mut stream, &mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if connected.elapsed() > bound + Duration::from_secs(4) {
+                    break false;
+                }
+                server.signal(libc::SIGHUP);
+                n_reloads += 1;
+            }
+            Err(_) => break true,
+        }
+    };
+    let elapsed = connected.elapsed();
+    eprintln!("closed: {closed} after {elapsed:?}, {n_reloads} SIGHUPs");
+    assert!(closed, "never closed in {elapsed:?} ({n_reloads} SIGHUPs)");
+    assert!(
+        elapsed < bound,
+        "closed {elapsed:?} after connecting, {n_reloads} SIGHUPs: the header deadline (4 s) was \
+         restarted by the handoffs"
+    );
+    assert!(n_reloads >= 3, "only {n_reloads} SIGHUPs before the close");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -889,3 +889,123 @@ fn client_input_cannot_forge_log_records_or_write_control_characters() {
         "the client's text was not logged at all, so this test proves nothing:\n{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection slots held by idle and unauthenticated clients (issue 10, hole 2).
+// ---------------------------------------------------------------------------------------------
+
+const KEEPALIVE_HEALTHCHECK: &[u8] = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A keep-alive connection that has had one `GET /healthcheck` answered and stays open.
+fn served_keepalive(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(ANSWER)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(KEEPALIVE_HEALTHCHECK).unwrap();
+    let response = read_response(&mut reader, "GET").unwrap().unwrap();
+    assert!(response.status == 200 && !response.closes(), "{response:?}");
+    (stream, reader)
+}
+
+/// With `max_client_connections = 20` and 20 keep-alive connections idle after one request
+/// each, a 21st client is served (before: it waited in the backlog until an idle connection
+/// timed out, 900 s), and exactly one idle connection gave way to it: the one idle the longest
+/// (the first). The 19 others still serve requests.
+#[test]
+fn idle_keepalive_connections_give_way_to_a_new_client_oldest_first() {
+    let server = Server::start("workers = 1\nmax_client_connections = 20");
+    let mut idle: Vec<_> = (0..20).map(|_| served_keepalive(&server)).collect();
+    let mut fresh = TcpStream::connect(server.addr()).unwrap();
+    fresh.set_read_timeout(Some(ANSWER)).unwrap();
+    fresh
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let response = read_response(&mut BufReader::new(fresh), "GET");
+    eprintln!(
+        "the 21st client: {:?} after {:?}",
+        response.as_ref().map(|r| r.as_ref().map(|r| r.status)),
+        started.elapsed()
+    );
+    assert!(
+        matches!(&response, Ok(Some(r)) if r.status == 200),
+        "the 21st client with 20 idle connections held: {response:?}"
+    );
+    let (oldest, _) = &mut idle[0];
+    assert!(
+        util::peer_closed(oldest, ANSWER),
+        "the connection idle the longest was not closed"
+    );
+    let mut n_closed = 1;
+    for (stream, reader) in &mut idle[1..] {
+        let answered = stream
+            .write_all(KEEPALIVE_HEALTHCHECK)
+            .ok()
+            .and_then(|()| read_response(reader, "GET").ok().flatten());
+        if !matches!(answered, Some(r) if r.status == 200) {
+            n_closed += 1;
+        }
+    }
+    assert_eq!(
+        n_closed, 1,
+        "idle connections closed to make room for one client"
+    );
+}
+
+/// With `auth_strategy = token`, a keep-alive connection whose request got 401 waits for its
+/// next request `client_header_timeout` (2 s here), not `client_socket_timeout` (60 s): it is
+/// closed well before 10 s. A connection whose token was accepted, idle since before it, stays
+/// open and serves a request after that close.
+#[test]
+fn a_connection_refused_with_401_waits_only_the_header_timeout() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tokens = dir.path().join("tokens");
+    fs::write(&tokens, "good-token\n").unwrap();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        util::base_config(
+            "workers = 1\nauth_strategy = token\nauth_token_file = tokens\n\
+             client_header_timeout = 2\nclient_socket_timeout = 60",
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(dir, config_path, &[]);
+    let images = |token: Option<&str>| {
+        let token = token.map_or(String::new(), |t| format!("X-Auth-Token: {t}\r\n"));
+        format!("GET /v2/images HTTP/1.1\r\nHost: x\r\n{token}\r\n").into_bytes()
+    };
+    let open = |request: &[u8], status: u16| {
+        let mut stream = TcpStream::connect(server.addr()).unwrap();
+        stream.set_read_timeout(Some(ANSWER)).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        stream.write_all(request).unwrap();
+        let response = read_response(&mut reader, "GET").unwrap().unwrap();
+        assert!(
+            response.status == status && !response.closes(),
+            "{response:?}"
+        );
+        (stream, reader)
+    };
+    let (mut authenticated, mut authenticated_reader) = open(&images(Some("good-token")), 200);
+    let (mut refused, _) = open(&images(None), 401);
+    let refused_at = Instant::now();
+    assert!(
+        util::peer_closed(&mut refused, Duration::from_secs(10)),
+        "the connection refused with 401 was still open 10 s after its answer \
+         (client_socket_timeout = 60 applied)"
+    );
+    let closed_after = refused_at.elapsed();
+    eprintln!("the connection refused with 401 was closed {closed_after:?} after its answer");
+    authenticated
+        .write_all(&images(Some("good-token")))
+        .unwrap();
+    let response = read_response(&mut authenticated_reader, "GET");
+    assert!(
+        matches!(&response, Ok(Some(r)) if r.status == 200),
+        "the authenticated connection, idle longer than the refused one ({closed_after:?}): \
+         {response:?}"
+    );
+}

@@ -72,9 +72,10 @@ pub struct Handoff {
 
 /// What one attempt to adopt a connection gave.
 pub enum Adoption {
-    /// A connection, with the bytes the old child had read from it in its buffer, and whether
-    /// it has yet to serve its first request.
-    Adopted(Connection, bool),
+    /// A connection, with the bytes the old child had read from it in its buffer, and what
+    /// travelled with it: whether it has yet to serve its first request, and its header
+    /// deadline.
+    Adopted(Connection, wire::Carried),
     /// Nothing is queued (or the channel is gone).
     Empty,
     /// This child has no descriptors to spare; what is queued stays queued.
@@ -222,23 +223,30 @@ impl Handoff {
     }
 
     /// Sends `connection` (its socket and the bytes it has buffered) to the target.
-    /// `first_request` travels with it; `retry_until` is the caller's record of how long a full
-    /// channel is waited out for this connection (set on the first `Retrying`, cleared when
-    /// the attempt ends).
+    /// `first_request`, its `header_deadline` (when its wait is bounded by the header timeout)
+    /// and `Connection::refused_auth` travel with it; `retry_until` is the caller's record of
+    /// how long a full channel is waited out for this connection (set on the first `Retrying`,
+    /// cleared when the attempt ends).
     pub fn send(
         &mut self,
         connection: &Connection,
         first_request: bool,
+        header_deadline: Option<Instant>,
         retry_until: &mut Option<Instant>,
     ) -> Sent {
         let Some(target) = &self.target else {
             return Sent::Kept;
         };
-        match wire::send_connection(
+        let with = wire::Carried {
+            first_request,
+            header_deadline,
+            refused_auth: connection.refused_auth,
+        };
+        match wire::send_parked(
             target.as_fd(),
             connection.stream().as_fd(),
             connection.buffered(),
-            first_request,
+            &with,
         ) {
             Ok(()) => {
                 log::debug!("{}: queued for the new generation", connection.peer());
@@ -327,11 +335,12 @@ impl Handoff {
                     if received.first_request {
                         connection.requests_served = 0;
                     }
+                    connection.refused_auth = received.with.refused_auth;
                     if connection.set_blocking(false).is_err() {
                         continue;
                     }
                     log::debug!("{peer}: adopted from a draining generation");
-                    return Adoption::Adopted(connection, received.first_request);
+                    return Adoption::Adopted(connection, received.with);
                 }
                 Ok(None) => return Adoption::Empty,
                 Err(error @ ReceiveError::DescriptorDiscarded) => {
@@ -430,14 +439,14 @@ mod tests {
         let (_client_a, a) = connection();
         let mut retry = None;
         assert_eq!(
-            handoff.send(&a, false, &mut retry),
+            handoff.send(&a, false, None, &mut retry),
             Sent::Kept,
             "no target yet"
         );
 
         wire::send_target(control_master.as_fd(), first_send.as_fd()).unwrap();
         assert!(handoff.read_control());
-        assert_eq!(handoff.send(&a, false, &mut retry), Sent::Queued);
+        assert_eq!(handoff.send(&a, false, None, &mut retry), Sent::Queued);
         assert!(wire::take_connection(first_receive.as_fd())
             .unwrap()
             .is_some());
@@ -447,7 +456,7 @@ mod tests {
         assert!(handoff.read_control());
         assert!(!handoff.read_control(), "nothing more queued");
         let (_client_b, b) = connection();
-        assert_eq!(handoff.send(&b, true, &mut retry), Sent::Queued);
+        assert_eq!(handoff.send(&b, true, None, &mut retry), Sent::Queued);
         let received = wire::take_connection(second_receive.as_fd())
             .unwrap()
             .expect("the second target got it");
@@ -468,7 +477,7 @@ mod tests {
         wire::send_target(control_master.as_fd(), second_send.as_fd()).unwrap();
         assert!(handoff.read_control());
         let (_client, a) = connection();
-        assert_eq!(handoff.send(&a, false, &mut None), Sent::Queued);
+        assert_eq!(handoff.send(&a, false, None, &mut None), Sent::Queued);
         assert!(wire::take_connection(second_receive.as_fd())
             .unwrap()
             .is_some());
@@ -487,9 +496,18 @@ mod tests {
         let now = Instant::now();
         assert!(handoff.may_adopt(0, true, now));
         let (_client, a) = connection();
-        assert_eq!(handoff.send(&a, false, &mut None), Sent::Queued);
+        assert_eq!(handoff.send(&a, false, None, &mut None), Sent::Queued);
         drop(a);
-        assert!(matches!(handoff.adopt(0), Adoption::Adopted(_, false)));
+        assert!(matches!(
+            handoff.adopt(0),
+            Adoption::Adopted(
+                _,
+                wire::Carried {
+                    first_request: false,
+                    ..
+                }
+            )
+        ));
         assert!(
             !handoff.may_adopt(0, true, now),
             "it came back: stop relaying"

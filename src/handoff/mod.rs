@@ -63,6 +63,6 @@ pub(crate) use child_side::HANDOFF_RETRY_POLL;
 pub use child_side::{Adoption, Handoff, Sent, ADOPTION_DESCRIPTOR_RESERVE, HANDOFF_RETRY};
 pub use master_side::Channels;
 pub use wire::{
-    descriptors_free, pair, receive_connection, receive_target, send_connection, send_target,
-    take_connection, ReceiveError, Received, MAX_CARRIED_BYTES,
+    descriptors_free, pair, receive_connection, receive_target, send_connection, send_parked,
+    send_target, take_connection, Carried, ReceiveError, Received, MAX_CARRIED_BYTES,
 };

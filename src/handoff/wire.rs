@@ -10,6 +10,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -40,7 +41,29 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     .map_err(|error| io::Error::other(format!("socketpair(AF_UNIX, SOCK_SEQPACKET): {error}")))
 }
 
-/// Sends a connection (its socket and the bytes already read from it) on `channel`.
+/// What travels with a handed-off connection besides its socket and carried bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// It has yet to serve its first request.
+    pub first_request: bool,
+    /// When its wait for a request head ends, if that wait is bounded by
+    /// `client_header_timeout` (waiting for a first request, a partly received head, or idle
+    /// after a 401): the deadline travels with the connection, so a reload never extends it.
+    /// On the wire it is CLOCK_MONOTONIC nanoseconds, the same clock in every process.
+    pub header_deadline: Option<Instant>,
+    /// `Connection::refused_auth`: its last answer about credentials was a 401.
+    pub refused_auth: bool,
+}
+
+/// The fixed header of a connection message's payload, after the tag: the header deadline
+/// (u64 little-endian CLOCK_MONOTONIC nanoseconds, 0 for none) and a flags byte. Both ends are
+/// the same build (a reload re-executes nothing: the children of every generation run the
+/// master's binary), so the format needs no version.
+const CONNECTION_HEADER: usize = 9;
+const FLAG_REFUSED_AUTH: u8 = 1;
+
+/// Sends a connection (its socket and the bytes already read from it) on `channel`, with
+/// nothing but `first_request` known about its deadline (the master's relays).
 /// `WouldBlock` means the channel is full.
 pub fn send_connection(
     channel: BorrowedFd<'_>,
@@ -48,18 +71,76 @@ pub fn send_connection(
     carried: &[u8],
     first_request: bool,
 ) -> io::Result<()> {
+    let with = Carried {
+        first_request,
+        ..Carried::default()
+    };
+    send_parked(channel, stream, carried, &with)
+}
+
+/// Sends a connection with its bytes and what travels with it (`with`).
+/// `WouldBlock` means the channel is full.
+pub fn send_parked(
+    channel: BorrowedFd<'_>,
+    stream: BorrowedFd<'_>,
+    carried: &[u8],
+    with: &Carried,
+) -> io::Result<()> {
     if carried.len() > MAX_CARRIED_BYTES {
         return Err(io::Error::other(format!(
             "{} bytes read ahead, more than a handoff carries",
             carried.len()
         )));
     }
-    let tag = if first_request {
+    let tag = if with.first_request {
         TAG_FIRST_REQUEST
     } else {
         TAG_CONNECTION
     };
-    send(channel, tag, carried, stream)
+    let deadline_ns = with
+        .header_deadline
+        .map_or(0, |at| to_monotonic_ns(at).max(1));
+    let mut payload = Vec::with_capacity(CONNECTION_HEADER + carried.len());
+    payload.extend_from_slice(&deadline_ns.to_le_bytes());
+    payload.push(if with.refused_auth {
+        FLAG_REFUSED_AUTH
+    } else {
+        0
+    });
+    payload.extend_from_slice(carried);
+    send(channel, tag, &payload, stream)
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (0 if it cannot be read, which Linux never does).
+fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(now.tv_nsec()).unwrap_or(0))
+    })
+}
+
+/// `at` as CLOCK_MONOTONIC nanoseconds (`Instant` cannot say its own value).
+fn to_monotonic_ns(at: Instant) -> u64 {
+    let (now, now_ns) = (Instant::now(), monotonic_now_ns());
+    match at.checked_duration_since(now) {
+        Some(ahead) => now_ns.saturating_add(u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX)),
+        None => now_ns
+            .saturating_sub(u64::try_from(now.duration_since(at).as_nanos()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// CLOCK_MONOTONIC nanoseconds as an `Instant` of this process (a past one at the earliest
+/// `Instant` this process can represent near now: it has passed either way).
+fn from_monotonic_ns(ns: u64) -> Instant {
+    let (now, now_ns) = (Instant::now(), monotonic_now_ns());
+    if ns >= now_ns {
+        now + Duration::from_nanos(ns - now_ns)
+    } else {
+        now.checked_sub(Duration::from_nanos(now_ns - ns))
+            .unwrap_or(now)
+    }
 }
 
 /// A connection taken from a handoff channel.
@@ -71,6 +152,8 @@ pub struct Received {
     pub carried: Vec<u8>,
     /// It has yet to serve its first request.
     pub first_request: bool,
+    /// Its header deadline and flags, as sent.
+    pub with: Carried,
 }
 
 /// Why a message could not be taken whole from a handoff channel or a control socket.
@@ -89,6 +172,8 @@ pub enum ReceiveError {
     NoDescriptor,
     /// A message whose tag does not belong on this socket.
     UnexpectedTag(u8),
+    /// A connection message shorter than its fixed header; no sender of ours makes one.
+    ShortHeader,
 }
 
 impl std::fmt::Display for ReceiveError {
@@ -104,6 +189,9 @@ impl std::fmt::Display for ReceiveError {
             }
             ReceiveError::NoDescriptor => f.write_str("a message without a descriptor"),
             ReceiveError::UnexpectedTag(tag) => write!(f, "a message with the unknown tag {tag:?}"),
+            ReceiveError::ShortHeader => {
+                f.write_str("a connection message shorter than its header")
+            }
         }
     }
 }
@@ -131,20 +219,32 @@ pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd
 /// `None` when nothing is queued. The caller checks for a free descriptor first (see
 /// [`descriptors_free`]): a message whose descriptor cannot be installed is lost.
 pub fn take_connection(channel: BorrowedFd<'_>) -> Result<Option<Received>, ReceiveError> {
-    match receive(channel, MAX_CARRIED_BYTES + 1)? {
-        Some((TAG_CONNECTION, carried, fd)) => Ok(Some(Received {
-            fd,
-            carried,
-            first_request: false,
-        })),
-        Some((TAG_FIRST_REQUEST, carried, fd)) => Ok(Some(Received {
-            fd,
-            carried,
-            first_request: true,
-        })),
-        Some((tag, _, _)) => Err(ReceiveError::UnexpectedTag(tag)),
-        None => Ok(None),
-    }
+    let (tag, payload, fd) = match receive(channel, CONNECTION_HEADER + MAX_CARRIED_BYTES + 1)? {
+        Some(message) => message,
+        None => return Ok(None),
+    };
+    let first_request = match tag {
+        TAG_CONNECTION => false,
+        TAG_FIRST_REQUEST => true,
+        tag => return Err(ReceiveError::UnexpectedTag(tag)),
+    };
+    let Some((header, carried)) = payload.split_first_chunk::<CONNECTION_HEADER>() else {
+        return Err(ReceiveError::ShortHeader);
+    };
+    let mut deadline_ns = [0u8; 8];
+    deadline_ns.copy_from_slice(&header[..8]);
+    let deadline_ns = u64::from_le_bytes(deadline_ns);
+    let with = Carried {
+        first_request,
+        header_deadline: (deadline_ns != 0).then(|| from_monotonic_ns(deadline_ns)),
+        refused_auth: header[8] & FLAG_REFUSED_AUTH != 0,
+    };
+    Ok(Some(Received {
+        fd,
+        carried: carried.to_vec(),
+        first_request,
+        with,
+    }))
 }
 
 /// Master to child, on the child's control socket: "hand your connections to `target`".
@@ -311,5 +411,37 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         let carried = vec![b'x'; MAX_CARRIED_BYTES + 1];
         assert!(send_connection(b.as_fd(), server_side.as_fd(), &carried, false).is_err());
+    }
+
+    #[test]
+    fn the_header_deadline_and_flags_cross_as_monotonic_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let (receive_end, send_end) = pair().unwrap();
+        let now = Instant::now();
+        let ahead = now + Duration::from_secs(3);
+        let behind = now.checked_sub(Duration::from_secs(2)).unwrap_or(now);
+        for (deadline, refused_auth) in [(Some(ahead), true), (Some(behind), false), (None, false)]
+        {
+            let with = Carried {
+                first_request: true,
+                header_deadline: deadline,
+                refused_auth,
+            };
+            send_parked(send_end.as_fd(), server_side.as_fd(), b"GET", &with).unwrap();
+            let received = take_connection(receive_end.as_fd()).unwrap().unwrap();
+            assert_eq!(received.carried, b"GET");
+            assert!(received.first_request && received.with.first_request);
+            assert_eq!(received.with.refused_auth, refused_auth);
+            match (deadline, received.with.header_deadline) {
+                (None, None) => {}
+                (Some(sent), Some(got)) => {
+                    let error = if got > sent { got - sent } else { sent - got };
+                    assert!(error < Duration::from_millis(50), "off by {error:?}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::io::{self, BufRead, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -29,6 +29,15 @@ pub struct Connection {
     start: usize,
     /// Requests answered on this connection so far.
     pub requests_served: u64,
+    /// Its last answer that said anything about credentials was a 401: the latest response was
+    /// 401, and no request with an `X-Auth-Token` has been answered with another status since.
+    /// Such a connection waits between requests only `client_header_timeout`, not
+    /// `client_socket_timeout` (see `parked::Parked::between_requests`). Travels with a handoff.
+    pub refused_auth: bool,
+    /// When its last response began to be written (or it was accepted or adopted): the order
+    /// in which idle connections give way to new clients, oldest first. Taken before the write,
+    /// so a response the client has read is always stamped before any request it sends next.
+    pub last_response: Instant,
     /// The socket's mode and timeouts as last set, so that handing the connection between the
     /// acceptor (non-blocking) and a worker (blocking, with timeouts) costs a system call only
     /// when something actually changes.
@@ -45,6 +54,8 @@ impl Connection {
             buffer: Vec::new(),
             start: 0,
             requests_served: 0,
+            refused_auth: false,
+            last_response: Instant::now(),
             // std's accepted sockets are blocking, without timeouts.
             blocking: true,
             read_timeout: None,

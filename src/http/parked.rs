@@ -40,7 +40,10 @@ pub enum Wait {
     /// Accepted; its first request head has not fully arrived. Bounded by the header timeout,
     /// and served even when a drain starts meanwhile.
     FirstRequest,
-    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`.
+    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`, or
+    /// by `client_header_timeout` when its last answer about credentials was a 401
+    /// (`Connection::refused_auth`). When a child is full, the idle connection parked the
+    /// longest gives way to a new client (see the acceptor).
     Idle,
     /// Part of a later request's head has arrived. Bounded by the header timeout.
     Head,
@@ -89,9 +92,14 @@ impl Parked {
     /// A connection after a response that kept it open, or handed over from another process
     /// (`first_request`: it has not served one yet, so it keeps the header deadline rather than
     /// the longer idle timeout). Bytes it already holds are parsed at once.
+    ///
+    /// `header_deadline` is the deadline a handed-over connection brought along (see
+    /// [`Parked::header_deadline`]): a wait bounded by the header timeout keeps it rather than
+    /// starting anew, so a reload never extends it. Without one, the wait starts now.
     pub fn between_requests(
         connection: Connection,
         first_request: bool,
+        header_deadline: Option<Instant>,
         now: Instant,
         settings: &Settings,
     ) -> Next {
@@ -102,9 +110,10 @@ impl Parked {
         } else {
             Wait::Head
         };
+        let header_deadline = header_deadline.unwrap_or(now + settings.header_timeout);
         let deadline = match wait {
-            Wait::Idle => settings.idle_timeout.map(|idle| now + idle),
-            _ => Some(now + settings.header_timeout),
+            Wait::Idle if !connection.refused_auth => settings.idle_timeout.map(|idle| now + idle),
+            _ => Some(header_deadline),
         };
         let parked = Parked {
             connection,
@@ -147,6 +156,22 @@ impl Parked {
 
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Its deadline, if its wait is bounded by `client_header_timeout`: waiting for a first
+    /// request, for the rest of a head, or idle after a 401. What a handoff carries along.
+    pub fn header_deadline(&self) -> Option<Instant> {
+        match self.wait {
+            Wait::FirstRequest | Wait::Head => self.deadline,
+            Wait::Idle if self.connection.refused_auth => self.deadline,
+            Wait::Idle | Wait::Closing => None,
+        }
+    }
+
+    /// Since when an idle connection has been idle: when its last response began (see
+    /// `Connection::last_response`).
+    pub fn idle_since(&self) -> Instant {
+        self.connection.last_response
     }
 
     /// Waiting for a request (first, next, or the rest of one): what a drain hands over.
@@ -343,7 +368,7 @@ mod tests {
             connection.peer(),
             b"GET / HTTP/1.1\r\nContent-Length: +5\r\nHost: x\r\n\r\n",
         );
-        match Parked::between_requests(connection, false, Instant::now(), &settings) {
+        match Parked::between_requests(connection, false, None, Instant::now(), &settings) {
             Next::Serve(Ready {
                 head: Err(error), ..
             }) => {

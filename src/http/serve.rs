@@ -213,6 +213,7 @@ fn serve_one(
     let method = head.method.clone();
     let target = head.target.clone();
     let expect_continue = head.expect_continue;
+    let carried_token = head.header("X-Auth-Token").is_some();
     let peer = connection.peer();
 
     let (response, body_clean) = {
@@ -257,6 +258,14 @@ fn serve_one(
     };
 
     let status = response.status;
+    // What the answer says about the client's credentials (see `Connection::refused_auth`): a
+    // 401 marks the connection, a request with a token answered otherwise clears the mark, and
+    // any other answer (an open route such as /healthcheck) leaves it as it was.
+    if status == 401 {
+        connection.refused_auth = true;
+    } else if carried_token {
+        connection.refused_auth = false;
+    }
     // A draining child keeps the connection only for a request that has already reached it
     // (pipelined behind this one): a request already sent is answered. Anything sent later
     // meets `Connection: close`, which tells the client not to send it here.
@@ -269,6 +278,7 @@ fn serve_one(
         keep_alive,
         head_request: is_head,
     };
+    connection.last_response = Instant::now();
     let written = response::write_response(&mut connection.stream(), response, &options);
     connection.requests_served += 1;
     let elapsed = started.elapsed();

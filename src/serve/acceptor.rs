@@ -1,8 +1,9 @@
 //! A child's acceptor thread: the one poll loop that owns every connection not being served.
 //!
 //! It polls the wake fd (signals and returning workers), the shared listening socket (only while
-//! this child has room for more connections, so unaccepted ones stay in the backlog for another
-//! child), and every connection that waits: for its first request, between requests (keep-alive),
+//! this child has room for more connections, or holds an idle keep-alive connection that can
+//! give way to a new client; otherwise unaccepted ones stay in the backlog for another child),
+//! and every connection that waits: for its first request, between requests (keep-alive),
 //! or for the client to close after our FIN. It reads request heads without blocking and hands a
 //! connection to the worker pool only once a whole head has arrived, so a slow or idle client
 //! never pins a worker thread.
@@ -54,9 +55,11 @@ pub struct AcceptSettings {
     /// `tcp_keepidle`, applied to each accepted socket.
     pub tcp_keepidle: Duration,
     /// `max_client_connections`: the most connections this child holds at once (waiting,
-    /// queued and being served). At the limit the child stops polling the listener and leaves
-    /// new connections in the shared backlog for the other children; each one costs a
-    /// descriptor and a read buffer, so this bounds both.
+    /// queued and being served). At the limit a new client takes the place of the idle
+    /// keep-alive connection parked the longest (closed FIN-first, lingering outside the count);
+    /// with none idle the child stops polling the listener and leaves new connections in the
+    /// shared backlog for the other children. Each one costs a descriptor and a read buffer,
+    /// so this bounds both (lingering closes at most double the descriptors).
     pub max_connections: usize,
 }
 
@@ -77,6 +80,9 @@ struct Waiting {
     /// What happens to it at the end of this loop iteration. Events are handled by index into
     /// the poll set, so nothing is removed from `waiting` until they all are.
     fate: Fate,
+    /// It was an idle keep-alive connection closed (FIN-first) to make room for a new client;
+    /// while it lingers it does not count against `max_client_connections`.
+    reclaimed: bool,
 }
 
 impl Waiting {
@@ -85,6 +91,7 @@ impl Waiting {
             parked,
             handoff_retry: None,
             fate: Fate::Stay,
+            reclaimed: false,
         }
     }
 
@@ -150,6 +157,8 @@ pub struct Acceptor {
     in_flight: usize,
     /// Accepting is paused until then after a resource error.
     accept_paused_until: Option<Instant>,
+    /// Connections in `waiting` that are `reclaimed`: at most `max_connections`.
+    n_reclaimed: usize,
 }
 
 impl Acceptor {
@@ -178,6 +187,7 @@ impl Acceptor {
             ready: VecDeque::new(),
             in_flight: 0,
             accept_paused_until: None,
+            n_reclaimed: 0,
         }
     }
 
@@ -189,8 +199,11 @@ impl Acceptor {
         let mut revents: Vec<PollFlags> = Vec::new();
         loop {
             let now = Instant::now();
+            // A full child still polls the listener while it holds an idle keep-alive connection
+            // that can give way to a new client (see `make_room`).
             let accepting = !self.listeners.is_empty()
-                && self.open_connections() < self.accept.max_connections
+                && (self.open_connections() < self.accept.max_connections
+                    || self.oldest_idle().is_some())
                 && self.accept_paused_until.is_none_or(|until| now >= until);
             // The handoff channel, like the listeners, only while this child has room: what it
             // cannot hold stays queued for a sibling or for later.
@@ -311,8 +324,54 @@ impl Acceptor {
         })
     }
 
+    /// The connections that count against `max_client_connections`: all but the idle ones
+    /// closed to make room, which only linger (at most [`CLOSE_LINGER`]) to let our FIN go out
+    /// before the socket closes.
     fn open_connections(&self) -> usize {
-        self.waiting.len() + self.ready.len() + self.in_flight
+        self.waiting.len().saturating_sub(self.n_reclaimed) + self.ready.len() + self.in_flight
+    }
+
+    /// The keep-alive connection idle the longest (whose last response is the oldest), if one may give way to a new client:
+    /// not while draining (idle connections are handed over or closed then), and at most
+    /// `max_client_connections` lingering at once, so that this child never holds more than
+    /// twice that many descriptors for clients.
+    fn oldest_idle(&self) -> Option<usize> {
+        if self.drain_started || self.n_reclaimed >= self.accept.max_connections {
+            return None;
+        }
+        self.waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| {
+                w.stays() && w.handoff_retry.is_none() && w.parked.wait() == Wait::Idle
+            })
+            .min_by_key(|(_, w)| w.parked.idle_since())
+            .map(|(index, _)| index)
+    }
+
+    /// Past the limit (a new client was just accepted by a full child): closes idle keep-alive
+    /// connections, the one idle the longest first, FIN-first as every idle close, until the
+    /// child is back at its limit or none is left (nginx reuses connections the same way at
+    /// `worker_connections`). One whose next request has just arrived is served instead.
+    fn make_room(&mut self, now: Instant) {
+        while self.open_connections() > self.accept.max_connections {
+            let Some(index) = self.oldest_idle() else {
+                return;
+            };
+            let waiting = &mut self.waiting[index];
+            let step = waiting.parked.close_idle(now, &self.settings);
+            waiting.apply(step);
+            if waiting.stays() && waiting.parked.wait() == Wait::Closing {
+                waiting.reclaimed = true;
+                self.n_reclaimed += 1;
+                log::debug!(
+                    "{}: closed an idle keep-alive connection to make room for a new client \
+                     (max_client_connections = {})",
+                    waiting.parked.connection().peer(),
+                    self.accept.max_connections
+                );
+            }
+        }
     }
 
     /// The nearest deadline, at most [`MAX_POLL`] away.
@@ -350,6 +409,9 @@ impl Acceptor {
                 continue;
             }
             let waiting = self.waiting.swap_remove(index);
+            if waiting.reclaimed {
+                self.n_reclaimed = self.n_reclaimed.saturating_sub(1);
+            }
             if let Fate::Dispatch(head) = waiting.fate {
                 self.ready.push_back(Ready {
                     connection: waiting.parked.into_connection(),
@@ -494,13 +556,20 @@ impl Acceptor {
                 }
                 break;
             }
-            let (connection, first_request) = match self.handoff.adopt(open_connections) {
-                Adoption::Adopted(connection, first_request) => (connection, first_request),
+            let (connection, with) = match self.handoff.adopt(open_connections) {
+                Adoption::Adopted(connection, with) => (connection, with),
                 Adoption::Empty | Adoption::NoRoom => break,
             };
-            // A connection that has not served a request yet keeps the header deadline, as it
-            // had in the old child; an idle keep-alive one gets the idle timeout.
-            let next = Parked::between_requests(connection, first_request, now, &self.settings);
+            // A connection whose wait is bounded by the header timeout (no request served yet,
+            // part of a head, idle after a 401) keeps the deadline it had in the old child; an
+            // idle keep-alive one gets this generation's idle timeout.
+            let next = Parked::between_requests(
+                connection,
+                with.first_request,
+                with.header_deadline,
+                now,
+                &self.settings,
+            );
             self.park(next, now);
         }
         if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
@@ -528,7 +597,7 @@ impl Acceptor {
             // A pipelined request may follow: a complete head goes to a worker, a partial one
             // waits for the rest.
             Disposition::KeepAlive => {
-                let next = Parked::between_requests(connection, false, now, &self.settings);
+                let next = Parked::between_requests(connection, false, None, now, &self.settings);
                 self.park(next, now);
             }
         }
@@ -563,7 +632,8 @@ impl Acceptor {
     /// Accepts from one listener until its backlog is empty or this child is full.
     fn accept_from(&mut self, index: usize) {
         let now = Instant::now();
-        while self.open_connections() < self.accept.max_connections {
+        while self.open_connections() < self.accept.max_connections || self.oldest_idle().is_some()
+        {
             match self.listeners[index].accept() {
                 Ok((stream, peer)) => {
                     if let Err(error) = prepare_accepted(&stream, self.accept.tcp_keepidle) {
@@ -582,6 +652,9 @@ impl Acceptor {
                         now,
                         &self.settings,
                     )));
+                    // Accepted first, so that an idle connection gives way only to a client
+                    // this child actually took (not one a sibling with room got first).
+                    self.make_room(now);
                 }
                 Err(error) => match error.raw_os_error() {
                     Some(libc::EAGAIN) => break,
@@ -635,6 +708,7 @@ fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
     let sent = handoff.send(
         waiting.parked.connection(),
         first_request,
+        waiting.parked.header_deadline(),
         &mut waiting.handoff_retry,
     );
     if sent == Sent::Queued {
