@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::wire::{pair, send_connection, send_target, take_connection, ReceiveError};
+use super::wire::{pair, send_connection, send_parked, send_target, take_connection, ReceiveError};
 
 /// A generation's channel: its children poll `receive`; older children get `send` as their
 /// target when this generation takes over.
@@ -87,12 +87,13 @@ impl Channels {
                         continue;
                     }
                 };
+                // Passed on as it came: its bytes, its header deadline and its 401 mark.
                 let forwarded = target.is_some_and(|target| {
-                    send_connection(
+                    send_parked(
                         target.send.as_fd(),
                         received.fd.as_fd(),
                         &received.carried,
-                        received.first_request,
+                        &received.with,
                     )
                     .is_ok()
                 });
