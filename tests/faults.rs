@@ -191,10 +191,23 @@ fn database_locked_by_another_process_for_3_s_delays_a_create_which_then_succeed
         );
         (response, started.elapsed())
     });
+    let mut n_reads = 0;
     while locked_at.elapsed() < Duration::from_secs(3) {
         assert_fresh_client_served(&server, "the database is locked");
+        // A read of the registry itself (WAL: readers never wait for a writer's lock), not only
+        // /healthcheck, which never touches SQLite.
+        let list = util::get(addr, "/v2/images").unwrap();
+        assert_eq!(
+            list.status, 200,
+            "a registry read while the database is locked"
+        );
+        n_reads += 1;
         thread::sleep(Duration::from_millis(250));
     }
+    assert!(
+        n_reads >= 2,
+        "only {n_reads} registry read(s) during the lock"
+    );
     database.execute_batch("COMMIT").unwrap();
     let (response, took) = creator.join().unwrap();
     assert_eq!(
