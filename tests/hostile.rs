@@ -499,10 +499,13 @@ fn header_bombs_get_431_with_bounded_memory() {
 fn pipelined_requests_are_answered_in_order_and_stop_at_a_bad_one() {
     let server = Server::start("workers = 1\nworker_threads = 2");
     let watch = Watch::new(&server);
+    // Each request names an image that does not exist, and its 404 names that id back, so the
+    // order of the answers is seen, not only their number.
+    let id_of = |i: usize| format!("00000000-0000-4000-8000-{i:012}");
     let mut pipeline = Vec::new();
     for i in 0..500 {
         pipeline.extend_from_slice(
-            format!("GET /healthcheck?{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            format!("GET /v2/images/{} HTTP/1.1\r\nHost: x\r\n\r\n", id_of(i)).as_bytes(),
         );
     }
     pipeline
@@ -512,20 +515,19 @@ fn pipelined_requests_are_answered_in_order_and_stop_at_a_bad_one() {
     let mut writer = stream.try_clone().unwrap();
     let sender = thread::spawn(move || writer.write_all(&pipeline));
     let mut reader = BufReader::new(stream);
-    for i in 0..501 {
+    for i in 0..500 {
         match read_response(&mut reader, "GET") {
-            Ok(Some(response)) if response.status == 200 => {}
+            Ok(Some(response)) if response.status == 404 && response.text().contains(&id_of(i)) => {
+            }
             other => panic!("pipelined response {i}: {other:?}\n{}", server.log()),
         }
     }
+    match read_response(&mut reader, "GET") {
+        Ok(Some(response)) if response.status == 200 => {}
+        other => panic!("pipelined response 500 (healthcheck): {other:?}"),
+    }
     assert_eq!(util::read_to_eof(&mut reader).unwrap(), b"");
     sender.join().unwrap().unwrap();
-    for i in 0..500 {
-        assert!(
-            server.log().contains(&format!("/healthcheck?{i}\"")),
-            "request {i} not logged"
-        );
-    }
     watch.check(&server, "500 pipelined requests");
 
     let (response, rest) = util::exchange_then_eof(
