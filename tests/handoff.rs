@@ -401,20 +401,8 @@ fn rolling_reload_never_runs_more_than_workers_plus_one_children() {
 fn many_idle_connections_are_all_handed_over() {
     raise_fd_limit(4096);
     let server = Server::start("workers = 2");
-    let addr = server.addr();
     let n_connections = 800;
-    let mut connections: Vec<(TcpStream, BufReader<TcpStream>)> = (0..n_connections)
-        .map(|_| {
-            let stream = TcpStream::connect(addr).expect("connect");
-            stream.set_read_timeout(Some(DEADLINE)).unwrap();
-            let reader = BufReader::new(stream.try_clone().unwrap());
-            (stream, reader)
-        })
-        .collect();
-    for (stream, reader) in &mut connections {
-        stream.write_all(HEALTHCHECK).unwrap();
-        assert_eq!(read_response(reader, "GET").unwrap().unwrap().status, 200);
-    }
+    let mut connections = open_served_connections(&server, n_connections);
     let old_children = server.children(None);
     assert_eq!(server.reload()["outcome"], "succeeded");
     util::wait_until(
