@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,19 +23,6 @@ use crate::util::{self, read_response, Server, DEADLINE};
 const ANSWER: Duration = Duration::from_secs(10);
 
 const CREATE: &str = r#"{"name":"fault","disk_format":"raw","container_format":"bare"}"#;
-
-fn create_image(addr: SocketAddr) -> String {
-    let response = util::send_body(
-        addr,
-        "POST",
-        "/v2/images",
-        "application/json",
-        CREATE.as_bytes(),
-    );
-    assert_eq!(response.status, 201, "{}", response.text());
-    let image: Value = serde_json::from_slice(&response.body).unwrap();
-    image["id"].as_str().unwrap().to_string()
-}
 
 /// Pseudo-random bytes, so a truncated or shifted download cannot pass for the original.
 fn data(len: usize) -> Vec<u8> {
@@ -127,7 +114,7 @@ fn killed_master_takes_its_children_down_after_they_finish_in_flight_requests() 
 fn killed_child_mid_download_is_respawned_and_the_image_downloads_whole() {
     let server = Server::start("workers = 1");
     let addr = server.addr();
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let image = data(16 * 1024 * 1024);
     let path = format!("/v2/images/{id}/file");
     let uploaded = util::send_body(addr, "PUT", &path, "application/octet-stream", &image);
@@ -326,7 +313,7 @@ fn child_out_of_descriptors_backs_off_accepting_and_recovers_when_connections_cl
         || util::get(server.addr(), "/healthcheck").is_ok_and(|r| r.status == 200),
     );
     assert_fresh_client_served(&server, "recovery from EMFILE");
-    let id = create_image(server.addr());
+    let id = util::create_image(server.addr());
     assert!(!id.is_empty());
     assert_eq!(
         server.children(Some("serving")),

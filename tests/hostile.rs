@@ -154,20 +154,6 @@ fn send_while_reading(
 }
 
 /// Creates an image (201) and returns its id.
-fn create_image(addr: SocketAddr) -> String {
-    let body = r#"{"name":"hostile","disk_format":"raw","container_format":"bare"}"#;
-    let response = util::send_body(
-        addr,
-        "POST",
-        "/v2/images",
-        "application/json",
-        body.as_bytes(),
-    );
-    assert_eq!(response.status, 201, "{}", response.text());
-    let image: Value = serde_json::from_slice(&response.body).unwrap();
-    image["id"].as_str().unwrap().to_string()
-}
-
 /// Every file under `dir`, relative, sorted.
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -386,7 +372,7 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
     );
     watch.check(&server, "an endless chunked JSON body");
 
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let upload = |framing: &str| {
         format!(
             "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n"
@@ -606,7 +592,7 @@ fn hostile_paths_get_400_or_404_and_touch_no_file() {
     let server = Server::start("workers = 1");
     let watch = Watch::new(&server);
     let addr = server.addr();
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let files_before = files_under(server.dir.path());
     let request = |method: &str, target: &[u8]| {
         let mut request = format!("{method} ").into_bytes();
@@ -747,7 +733,7 @@ fn oversized_nested_and_invalid_json_is_refused_and_changes_nothing() {
         watch.check(&server, name);
     }
 
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let path = format!("/v2/images/{id}");
     let before = util::get(addr, &path).unwrap().body;
     let patch = "application/openstack-images-v2.1-json-patch";

@@ -25,28 +25,12 @@ use crate::util::{self, read_response, Response, Server, DEADLINE};
 
 const HEALTHCHECK: &[u8] = b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n";
 
-const CREATE: &str = r#"{"name":"process-fault","disk_format":"raw","container_format":"bare"}"#;
-
 /// Sends `signal` to `pid` (a process of the server this test started).
 fn kill(pid: i32, signal: i32) {
     // SAFETY: kill(2) has no memory effects; the pid is one of this test's server processes.
     unsafe {
         libc::kill(pid, signal);
     }
-}
-
-/// Creates an image (queued) and returns its id.
-fn create_image(addr: SocketAddr) -> String {
-    let response = util::send_body(
-        addr,
-        "POST",
-        "/v2/images",
-        "application/json",
-        CREATE.as_bytes(),
-    );
-    assert_eq!(response.status, 201, "{}", response.text());
-    let image: Value = serde_json::from_slice(&response.body).unwrap();
-    image["id"].as_str().unwrap().to_string()
 }
 
 /// An image's `status` as the API shows it, if it can be read.
@@ -203,7 +187,7 @@ impl Drop for Trickle {
 /// `saving`), so that it is in progress on a child of the generation serving now.
 fn upload_in_progress(server: &Server) -> Trickle {
     let addr = server.addr();
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let upload = Trickle::start(addr, &id);
     server.wait_for("a child to take the trickled upload", DEADLINE, |_| {
         image_status(addr, &id).as_deref() == Some("saving")
@@ -537,7 +521,7 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
     let old = server.children(Some("serving"));
     assert_eq!(old.len(), 1, "{}", server.status());
     let old = old[0];
-    let id = create_image(addr);
+    let id = util::create_image(addr);
     let path = format!("/v2/images/{id}/file");
     let image = vec![0x5a; LARGE_IMAGE];
     let uploaded = util::send_body(addr, "PUT", &path, "application/octet-stream", &image);

@@ -614,3 +614,18 @@ pub fn request(
     read_response(&mut reader, method)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))
 }
+
+/// Creates a raw, bare image with no data (`queued`) through the API and returns its id.
+pub fn create_image(addr: SocketAddr) -> String {
+    let body = r#"{"name":"test","disk_format":"raw","container_format":"bare"}"#;
+    let response = send_body(
+        addr,
+        "POST",
+        "/v2/images",
+        "application/json",
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 201, "{}", response.text());
+    let image: Value = serde_json::from_slice(&response.body).unwrap();
+    image["id"].as_str().unwrap().to_string()
+}
