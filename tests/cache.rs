@@ -8,7 +8,6 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -444,30 +443,17 @@ fn partial_range_read_queues_nothing_and_a_whole_read_does() {
 /// A small tmpfs for one test, unmounted on drop (also when the test fails). The test FAILS when
 /// it cannot be mounted: these tests run as root.
 struct SmallDisk {
-    /// Holds the mount point; removed after the unmount.
-    _parent: tempfile::TempDir,
+    /// The filesystem itself (unmounted when dropped).
+    _tmpfs: util::Tmpfs,
     mount_point: PathBuf,
 }
 
 impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
-        let parent = tempfile::tempdir().expect("temporary directory");
-        let mount_point = parent.path().join("small");
-        fs::create_dir(&mount_point).unwrap();
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mount_point)
-            .output()
-            .expect("run mount");
-        assert!(
-            output.status.success(),
-            "cannot mount a {size} tmpfs (these tests must run as root): {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        let tmpfs = util::Tmpfs::mount(size);
         SmallDisk {
-            _parent: parent,
-            mount_point,
+            mount_point: tmpfs.mount_point.clone(),
+            _tmpfs: tmpfs,
         }
     }
 
@@ -497,22 +483,6 @@ impl SmallDisk {
 
     fn cache_dir(&self) -> PathBuf {
         self.mount_point.join("cache")
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.mount_point)
-            .status()
-            .is_ok_and(|status| status.success());
-        if !unmounted {
-            // A child not reaped yet may hold it: detach it lazily so nothing stays mounted.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mount_point)
-                .status();
-        }
     }
 }
 

@@ -2667,32 +2667,18 @@ fn datadir_removed_at_runtime_fails_uploads_and_reports_missing_data() {
 
 /// A small tmpfs, unmounted on drop (also when the test fails).
 struct SmallFilesystem {
-    /// Holds the mount point; removed after the unmount.
-    _parent: tempfile::TempDir,
+    /// The filesystem itself (unmounted when dropped).
+    _tmpfs: util::Tmpfs,
     mount_point: PathBuf,
 }
 
 impl SmallFilesystem {
-    fn mount(size: &str) -> Result<SmallFilesystem, String> {
-        let parent = tempfile::tempdir().map_err(|error| format!("tempdir: {error}"))?;
-        let mount_point = parent.path().join("small");
-        fs::create_dir(&mount_point).map_err(|error| format!("mkdir: {error}"))?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mount_point)
-            .output()
-            .map_err(|error| format!("mount: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount -t tmpfs -o size={size}: {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+    fn mount(size: &str) -> SmallFilesystem {
+        let tmpfs = util::Tmpfs::mount(size);
+        SmallFilesystem {
+            mount_point: tmpfs.mount_point.clone(),
+            _tmpfs: tmpfs,
         }
-        Ok(SmallFilesystem {
-            _parent: parent,
-            mount_point,
-        })
     }
 }
 
@@ -2716,31 +2702,12 @@ impl SmallFilesystem {
     }
 }
 
-impl Drop for SmallFilesystem {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.mount_point)
-            .status()
-            .is_ok_and(|status| status.success());
-        if !unmounted {
-            // Something still holds it (a child that was not reaped yet): detach it lazily so
-            // that nothing stays mounted.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mount_point)
-                .status();
-        }
-    }
-}
-
 /// A 4 MiB filesystem as the datadir: an 8 MiB upload is 413 whether its size is known up front
 /// (no room anywhere) or found out by ENOSPC; the image is queued again, nothing is left on the
 /// filesystem, and a smaller upload then succeeds.
 #[test]
 fn full_filesystem_answers_413_and_leaves_nothing_behind() {
-    // A test that cannot set up its fault fails: CI runs as root, where mount works.
-    let small = SmallFilesystem::mount("4m")
-        .unwrap_or_else(|error| panic!("cannot mount a small filesystem (run as root): {error}"));
+    let small = SmallFilesystem::mount("4m");
     let server = small.server();
     let glance = Glance::new(&server);
     let datadir = &small.mount_point;
@@ -2782,8 +2749,7 @@ fn full_filesystem_answers_413_and_leaves_nothing_behind() {
 /// restart.
 #[test]
 fn read_only_datadir_fails_uploads_and_recovers_when_writable_again() {
-    let small = SmallFilesystem::mount("16m")
-        .unwrap_or_else(|error| panic!("cannot mount a small filesystem (run as root): {error}"));
+    let small = SmallFilesystem::mount("16m");
     let server = small.server();
     let glance = Glance::new(&server);
     let stored = data(256 * 1024, 21);

@@ -629,3 +629,50 @@ pub fn create_image(addr: SocketAddr) -> String {
     let image: Value = serde_json::from_slice(&response.body).unwrap();
     image["id"].as_str().unwrap().to_string()
 }
+
+/// A small tmpfs mounted for one test (a full disk, a read-only remount), unmounted when
+/// dropped. Mounting needs root, which CI has: a test that cannot mount fails, it never skips.
+pub struct Tmpfs {
+    /// Holds the mount point; removed after the unmount.
+    _parent: tempfile::TempDir,
+    pub mount_point: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let mount_point = parent.path().join("small");
+        fs::create_dir(&mount_point).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount_point)
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "cannot mount a {size} tmpfs (these tests must run as root): {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Tmpfs {
+            _parent: parent,
+            mount_point,
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            // A child not reaped yet may hold it: detach it lazily so nothing stays mounted.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
+    }
+}
