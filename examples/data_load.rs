@@ -17,8 +17,9 @@
 //! - `get --addr HOST:PORT --path PATH [--rss-pid PID] [--expect-bytes N]`: downloads PATH into a
 //!   1 MiB buffer that is discarded, and reports the rate.
 //! - `status --file STATUS_JSON`: prints glint's first listen port and its first child's pid.
-//! - `table --results FILE`: the side-by-side table of the JSON lines in FILE, best of each, and
-//!   the targets met or missed.
+//!
+//! The JSON lines of a run go into the benchmark's record, and `examples/bench_report.rs` renders
+//! them side by side, best of each, with the targets met or missed.
 //!
 //! With `--rss-pid PID`, a thread samples `VmRSS` in `/proc/PID/status` every 10 ms while the
 //! transfer runs and reports the maximum. Before the transfer it writes `5` to
@@ -49,15 +50,11 @@ const GET_BUFFER: usize = 1024 * 1024;
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// Bound on every socket read and write: a stuck server fails the run instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
-/// Targets from the issue.
-const DOWNLOAD_TARGET: f64 = 0.90;
-const UPLOAD_TARGET: f64 = 0.80;
-const RSS_TARGET_KIB: u64 = 32 * 1024;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: data_load gen|hash|write|put|get|status|table [options]");
+        eprintln!("usage: data_load gen|hash|write|put|get|status [options]");
         return ExitCode::from(2);
     };
     let options = match parse_options(&args[1..]) {
@@ -74,7 +71,6 @@ fn main() -> ExitCode {
         "put" => put(&options),
         "get" => get(&options),
         "status" => status(&options),
-        "table" => table(&options),
         other => Err(format!("unknown mode {other:?}")),
     };
     match result {
@@ -547,7 +543,7 @@ fn get(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-// ---- status, table ----------------------------------------------------------------------------
+// ---- status ----------------------------------------------------------------------------------
 
 fn status(options: &Options) -> Result<(), String> {
     let path = required(options, "file")?;
@@ -562,164 +558,5 @@ fn status(options: &Options) -> Result<(), String> {
         .as_u64()
         .ok_or("no children[0].pid in the status file")?;
     println!("{port} {child}");
-    Ok(())
-}
-
-/// The line with the highest `mbps` among those of `kind` and `label`, and how many there were.
-fn best<'a>(lines: &'a [Value], kind: &str, label: &str) -> (Option<&'a Value>, usize) {
-    let runs: Vec<&Value> = lines
-        .iter()
-        .filter(|line| line["kind"] == kind && line["label"] == label)
-        .collect();
-    let best = runs.iter().copied().max_by(|a, b| {
-        let (a, b) = (a["mbps"].as_f64(), b["mbps"].as_f64());
-        a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
-    });
-    (best, runs.len())
-}
-
-/// The largest value of `field` over the lines of `kind` and `label`.
-fn max_field(lines: &[Value], kind: &str, label: &str, field: &str) -> Option<u64> {
-    lines
-        .iter()
-        .filter(|line| line["kind"] == kind && line["label"] == label)
-        .filter_map(|line| line[field].as_u64())
-        .max()
-}
-
-fn table(options: &Options) -> Result<(), String> {
-    let path = required(options, "results")?;
-    let text = fs::read_to_string(path).map_err(io_error(path))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter(|line| line.starts_with('{'))
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
-    let rate = |line: Option<&Value>| line.and_then(|line| line["mbps"].as_f64());
-    let cell = |value: Option<f64>| value.map_or("-".to_string(), |value| format!("{value:.1}"));
-    let kib = |value: Option<u64>| {
-        value.map_or("-".to_string(), |value| {
-            format!("{value} KiB ({:.1} MiB)", value as f64 / 1024.0)
-        })
-    };
-    let runs = |count: usize| format!("best of {count}");
-
-    let (glint_down, n_glint_down) = best(&lines, "download", "glint");
-    let (nginx_down, n_nginx_down) = best(&lines, "download", "nginx");
-    let (glint_up, n_glint_up) = best(&lines, "upload", "glint");
-    let (hash, _) = best(&lines, "hash", "md5+sha512");
-    let (write, _) = best(&lines, "write", "write+fsync");
-
-    println!("| | MB/s | reference MB/s | ratio | target | child RSS max (10 ms samples) | child VmHWM |");
-    println!("|---|---:|---:|---:|---|---:|---:|");
-    let mut all_met = true;
-    let mut row = |name: &str,
-                   count: usize,
-                   value: Option<f64>,
-                   reference: Option<f64>,
-                   target: f64,
-                   reference_name: &str,
-                   kind: &str| {
-        let ratio = value
-            .zip(reference)
-            .map(|(value, reference)| value / reference);
-        let met = ratio.is_some_and(|ratio| ratio >= target);
-        all_met &= met;
-        let rss = max_field(&lines, kind, "glint", "rss_max_kib");
-        let hwm = max_field(&lines, kind, "glint", "hwm_kib");
-        println!(
-            "| {name} ({}) | {} | {} ({reference_name}) | {} | >= {:.0} %: **{}** | {} | {} |",
-            runs(count),
-            cell(value),
-            cell(reference),
-            ratio.map_or("-".to_string(), |ratio| format!("{:.0} %", ratio * 100.0)),
-            target * 100.0,
-            if met { "met" } else { "missed" },
-            kib(rss),
-            kib(hwm),
-        );
-    };
-    row(
-        "glint download",
-        n_glint_down,
-        rate(glint_down),
-        rate(nginx_down),
-        DOWNLOAD_TARGET,
-        "nginx",
-        "download",
-    );
-    row(
-        "glint upload",
-        n_glint_up,
-        rate(glint_up),
-        rate(hash),
-        UPLOAD_TARGET,
-        "md5+sha512, 1 core",
-        "upload",
-    );
-    println!(
-        "| nginx download ({}) | {} | | | | | |",
-        runs(n_nginx_down),
-        cell(rate(nginx_down))
-    );
-    println!(
-        "| md5+sha512, one pass, 1 core | {} | | | | | |",
-        cell(rate(hash))
-    );
-    if let Some(write) = write {
-        println!(
-            "| disk: 64 KiB writes + fsync, no hashing | {} | | | | | |",
-            cell(write["mbps"].as_f64())
-        );
-    }
-    if let Some(up) = glint_up {
-        println!(
-            "| glint upload, to the last body byte sent (before the server's fsync) | {} | | | | | |",
-            cell(up["mbps_body_sent"].as_f64())
-        );
-    }
-
-    for (name, line) in [("upload", glint_up), ("download", glint_down)] {
-        if let Some(line) = line {
-            println!(
-                "| glint child CPU during the best {name}: user / system s | {:.2} / {:.2} of {:.2} s elapsed | | | | | |",
-                line["cpu_user_s"].as_f64().unwrap_or(f64::NAN),
-                line["cpu_system_s"].as_f64().unwrap_or(f64::NAN),
-                line["seconds"].as_f64().unwrap_or(f64::NAN),
-            );
-        }
-    }
-
-    let rss = ["upload", "download"]
-        .iter()
-        .flat_map(|kind| {
-            [
-                max_field(&lines, kind, "glint", "rss_max_kib"),
-                max_field(&lines, kind, "glint", "hwm_kib"),
-            ]
-        })
-        .flatten()
-        .max();
-    let rss_met = rss.is_some_and(|rss| rss < RSS_TARGET_KIB);
-    all_met &= rss_met;
-    println!();
-    println!(
-        "child RSS under 32 MiB throughout: **{}** (highest VmRSS sample or VmHWM: {})",
-        if rss_met { "met" } else { "missed" },
-        kib(rss)
-    );
-    if let (Some(hash), Some(up)) = (hash, glint_up) {
-        let same = hash["md5"] == up["checksum"] && hash["sha512"] == up["os_hash_value"];
-        println!(
-            "glint's checksum and os_hash_value ({}) equal the reference's digests: {}",
-            up["os_hash_algo"].as_str().unwrap_or("?"),
-            if same { "yes" } else { "NO" }
-        );
-        all_met &= same;
-    }
-    println!(
-        "all targets: {}",
-        if all_met { "met" } else { "NOT all met" }
-    );
     Ok(())
 }

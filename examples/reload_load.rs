@@ -35,6 +35,9 @@
 //! its children every [`RSS_PERIOD`] and reports the maxima, with the CPU time the server's
 //! processes and the generator itself used during the run.
 //!
+//! With `--json` it prints one JSON line of the run after its summary; the benchmark scripts keep
+//! those lines in their record (`examples/bench_report.rs`), which renders them side by side.
+//!
 //! It deliberately does not do HTTPS, chunked responses, pipelining or IPv6.
 
 use std::collections::HashSet;
@@ -79,9 +82,7 @@ const MAX_BODY: usize = 1024 * 1024;
 
 const USAGE: &str = "usage: reload_load --url http://IPV4:PORT/PATH --master-pid PID \
 [--reload-signal HUP] [--clients N] [--mode keepalive|fresh|mixed] [--duration S] \
-[--steady-s S] [--reload-every-ms MIN-MAX|0] [--warmup-s S] [--rss] [--label NAME] [--json]
-       reload_load --table FILE        (side-by-side table of the --json lines in FILE)
-       reload_load --load-table FILE   (the same for plain load runs: rate, latency, RSS, CPU)";
+[--steady-s S] [--reload-every-ms MIN-MAX|0] [--warmup-s S] [--rss] [--label NAME] [--json]";
 
 /// Signals a master may take as "reload", by the names `kill -s` uses.
 const SIGNALS: &[(&str, libc::c_int)] = &[
@@ -192,25 +193,6 @@ struct Response {
 }
 
 fn main() -> ExitCode {
-    let mut words = std::env::args().skip(1).peekable();
-    let table = match words.peek().map(String::as_str) {
-        Some("--table") => Some(TABLE_ROWS),
-        Some("--load-table") => Some(LOAD_TABLE_ROWS),
-        _ => None,
-    };
-    if let Some(rows) = table {
-        let Some(path) = words.nth(1) else {
-            eprintln!("reload_load: --table needs a file of --json lines\n{USAGE}");
-            return ExitCode::from(2);
-        };
-        return match print_table(&path, rows) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("reload_load: {message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {
@@ -1296,151 +1278,4 @@ fn report_json(args: &Args, report: &Report) -> serde_json::Value {
             "max": summary.new_generation_ms.last().copied(),
         },
     })
-}
-
-/// Rows of the side-by-side table: heading and the path of the value in a `--json` line.
-const TABLE_ROWS: &[(&str, &[&str])] = &[
-    ("requests sent", &["sent"]),
-    ("succeeded", &["succeeded"]),
-    ("failed", &["failed"]),
-    ("  refused", &["failures", "connect_refused"]),
-    ("  reset", &["failures", "reset"]),
-    ("  EOF, no response", &["failures", "eof_without_response"]),
-    ("  bad status", &["failures", "bad_status"]),
-    ("  timeout", &["failures", "timeout"]),
-    ("  other", &["failures", "other"]),
-    (
-        "closed idle before send (ok)",
-        &["keepalive_closed_idle_before_send"],
-    ),
-    (
-        "closed after send (failed)",
-        &["keepalive_closed_after_send"],
-    ),
-    ("steady p50 ms", &["steady", "p50_ms"]),
-    ("steady p99 ms", &["steady", "p99_ms"]),
-    ("steady max ms", &["steady", "max_ms"]),
-    ("reloading p50 ms", &["reloading", "p50_ms"]),
-    ("reloading p99 ms", &["reloading", "p99_ms"]),
-    ("reloading max ms", &["reloading", "max_ms"]),
-    ("reloading over 100 ms", &["reloading", "n_slow"]),
-    ("reload signals sent", &["reloads_sent"]),
-    ("new generation seen", &["new_generation_seen"]),
-    ("new generation not seen", &["new_generation_not_seen"]),
-    (
-        "signal->new gen median ms",
-        &["new_generation_ms", "median"],
-    ),
-    ("signal->new gen p90 ms", &["new_generation_ms", "p90"]),
-    ("signal->new gen max ms", &["new_generation_ms", "max"]),
-];
-
-/// Rows of the side-by-side table of plain load runs (`--load-table`).
-const LOAD_TABLE_ROWS: &[(&str, &[&str])] = &[
-    ("requests/s", &["requests_per_s"]),
-    ("p50 ms", &["steady", "p50_ms"]),
-    ("p99 ms", &["steady", "p99_ms"]),
-    ("max ms", &["steady", "max_ms"]),
-    ("requests sent", &["sent"]),
-    ("failed", &["failed"]),
-    (
-        "closed idle before send (ok)",
-        &["keepalive_closed_idle_before_send"],
-    ),
-    (
-        "RSS master max MiB",
-        &["resources", "rss_mib", "master_max"],
-    ),
-    (
-        "RSS children max MiB",
-        &["resources", "rss_mib", "children_max"],
-    ),
-    ("CPU s master", &["resources", "cpu_s", "master"]),
-    ("CPU s children", &["resources", "cpu_s", "children"]),
-    (
-        "CPU s load generator",
-        &["resources", "cpu_s", "load_generator"],
-    ),
-    (
-        "server CPU us/request",
-        &["resources", "cpu_us_per_request", "server"],
-    ),
-    (
-        "generator CPU us/request",
-        &["resources", "cpu_us_per_request", "load_generator"],
-    ),
-];
-
-/// One table cell: floats with two decimals, lists of numbers joined by " / ".
-fn cell(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Number(number) if number.is_f64() => {
-            format!("{:.2}", number.as_f64().unwrap_or(f64::NAN))
-        }
-        serde_json::Value::Array(items) => items
-            .iter()
-            .map(|item| match item.as_f64() {
-                Some(number) => format!("{number:.1}"),
-                None => cell(item),
-            })
-            .collect::<Vec<_>>()
-            .join(" / "),
-        serde_json::Value::String(text) => text.clone(),
-        serde_json::Value::Null => "-".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Prints the `--json` lines of `path` side by side, one column per run, one row per `rows`.
-fn print_table(path: &str, rows: &[(&str, &[&str])]) -> Result<(), String> {
-    let text = fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
-    let runs: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|line| line.starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .map_err(|error| format!("{path}: not a --json line: {error}"))?;
-    let heading_width = rows
-        .iter()
-        .map(|(heading, _)| heading.len())
-        .max()
-        .unwrap_or(0);
-    let titles: Vec<String> = runs
-        .iter()
-        .map(|run| {
-            format!(
-                "{} {}",
-                run["label"].as_str().unwrap_or("?"),
-                run["mode"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|(_, keys)| {
-            runs.iter()
-                .map(|run| cell(keys.iter().fold(run, |value, key| &value[*key])))
-                .collect()
-        })
-        .collect();
-    let width = titles
-        .iter()
-        .chain(cells.iter().flatten())
-        .map(String::len)
-        .max()
-        .unwrap_or(0)
-        .max(10);
-    print!("{:heading_width$}", "");
-    for title in &titles {
-        print!("  {title:>width$}");
-    }
-    println!();
-    for ((heading, _), row) in rows.iter().zip(&cells) {
-        print!("{heading:heading_width$}");
-        for cell in row {
-            print!("  {cell:>width$}");
-        }
-        println!();
-    }
-    Ok(())
 }

@@ -1,0 +1,927 @@
+//! bench_report: the records of the benchmark runs and the one renderer of the tables in
+//! docs/BENCHMARKS.md.
+//!
+//! Every benchmark script (`scripts/bench-reload`, `bench-load`, `bench-data`,
+//! `bench-reload-memory`) collects the JSON lines its measuring tool prints and, at the end of a
+//! run, hands them to `bench_report record`, which writes one JSON record of that run: which
+//! benchmark and the command, the commit and whether the tree differed from it, the date, the
+//! machine, the settings, and every measurement of glint and of its reference from that run, side
+//! by side. `bench_report table FILE` prints the markdown table of a record, with its targets met
+//! or missed, its date and its commit. `bench_report doc MARKDOWN` regenerates every table of a
+//! document from the records it names, so that no table there is typed by hand:
+//!
+//! ```text
+//! <!-- bench_report table docs/benchmarks/NAME.json -->
+//! (generated; replaced by `bench_report doc`)
+//! <!-- /bench_report -->
+//! ```
+//!
+//! Usage:
+//!
+//! ```text
+//! bench_report record --bench reload|load|data|reload-memory --runs FILE --started DATE
+//!     --out FILE [--command TEXT] [--loadavg-start "1 5 15"] [--setting KEY=VALUE]...
+//!     [--fact KEY=VALUE]... [--note TEXT]...
+//! bench_report table FILE
+//! bench_report doc MARKDOWN [--check]
+//! ```
+//!
+//! `--runs` is a file of the tool's output: lines that start with `{` are the measurements, other
+//! lines are ignored. VALUEs that parse as JSON are kept as JSON, others as strings. The commit and
+//! the state of the tree come from `git` in the current directory; "dirty" lists the files that
+//! differ from the commit, untracked ones included, outside `docs/` (where the records go).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::{Command, ExitCode};
+
+use serde_json::{json, Map, Value};
+
+/// The version of the record format.
+const FORMAT: u64 = 1;
+/// The marker that opens a generated block in a markdown document; the record's path follows.
+const BEGIN: &str = "<!-- bench_report table ";
+/// The marker that closes it.
+const END: &str = "<!-- /bench_report -->";
+/// What regenerates the tables of docs/BENCHMARKS.md.
+const REGENERATE: &str = "scripts/bench-tables";
+
+/// Targets, from the issues that asked for each benchmark (issues 2, 3 and 5).
+const RELOAD_MEDIAN_MS: f64 = 50.0;
+const RELOAD_P99_FACTOR: f64 = 2.0;
+const DATA_DOWNLOAD_RATIO: f64 = 0.90;
+const DATA_UPLOAD_RATIO: f64 = 0.80;
+const DATA_RSS_KIB: u64 = 32 * 1024;
+const LOAD_IMAGE_RATIO: f64 = 0.5;
+const LOAD_P99_MS: f64 = 5.0;
+
+const USAGE: &str =
+    "usage: bench_report record --bench NAME --runs FILE --started DATE --out FILE \
+[--command TEXT] [--loadavg-start TEXT] [--setting K=V]... [--fact K=V]... [--note TEXT]...
+       bench_report table FILE
+       bench_report doc MARKDOWN [--check]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("record") => record(&args[1..]),
+        Some("table") if args.len() == 2 => render(&args[1]).map(|table| print!("{table}")),
+        Some("doc") if args.len() == 2 => doc(&args[1], false),
+        Some("doc") if args.len() == 3 && args[2] == "--check" => doc(&args[1], true),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("bench_report: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---- record -----------------------------------------------------------------------------------
+
+/// A JSON value from the command line: JSON if it parses, else the text as a string.
+fn value_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// `git ARGS` in the current directory, its output trimmed; `None` if git fails.
+fn git(args: &[&str]) -> Option<String> {
+    let output = Command::new("git").args(args).output().ok()?;
+    output.status.success().then(|| {
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_string()
+    })
+}
+
+/// The first value of `field` in /proc/cpuinfo.
+fn cpu_model() -> Option<String> {
+    let text = fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, model)| model.trim().to_string())
+}
+
+/// The three load averages of /proc/loadavg.
+fn loadavg() -> Option<String> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn record(args: &[String]) -> Result<(), String> {
+    let mut bench = None;
+    let mut runs_path = None;
+    let mut started = None;
+    let mut out = None;
+    let mut command = None;
+    let mut loadavg_start = None;
+    let mut settings = Map::new();
+    let mut facts = Map::new();
+    let mut notes = Vec::new();
+    let mut words = args.iter();
+    while let Some(option) = words.next() {
+        let value = words
+            .next()
+            .ok_or_else(|| format!("{option} needs a value\n{USAGE}"))?;
+        let pair = || {
+            value
+                .split_once('=')
+                .map(|(key, value)| (key.to_string(), value_of(value)))
+                .ok_or_else(|| format!("{option} {value}: expected KEY=VALUE"))
+        };
+        match option.as_str() {
+            "--bench" => bench = Some(value.clone()),
+            "--runs" => runs_path = Some(value.clone()),
+            "--started" => started = Some(value.clone()),
+            "--out" => out = Some(value.clone()),
+            "--command" => command = Some(value.clone()),
+            "--loadavg-start" => loadavg_start = Some(value.clone()),
+            "--setting" => {
+                let (key, value) = pair()?;
+                settings.insert(key, value);
+            }
+            "--fact" => {
+                let (key, value) = pair()?;
+                facts.insert(key, value);
+            }
+            "--note" => notes.push(Value::String(value.clone())),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    let bench = bench.ok_or("--bench is required")?;
+    let runs_path = runs_path.ok_or("--runs is required")?;
+    let out = out.ok_or("--out is required")?;
+    let text = fs::read_to_string(&runs_path).map_err(|error| format!("{runs_path}: {error}"))?;
+    let runs: Vec<Value> = text
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|error| format!("{runs_path}: a line that starts with {{ is not JSON: {error}"))?;
+    // Everything the build reads is outside docs/, and the records are written into docs/.
+    let dirty: Option<Vec<String>> = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=all",
+        "--",
+        ".",
+        ":(top,exclude)docs",
+    ])
+    .map(|status| {
+        status
+            .lines()
+            .filter_map(|line| line.get(3..))
+            .map(str::to_string)
+            .collect()
+    });
+    let record = json!({
+        "format": FORMAT,
+        "bench": bench,
+        "command": command,
+        "date": started,
+        "commit": git(&["rev-parse", "HEAD"]),
+        "dirty": dirty.as_ref().map(|paths| !paths.is_empty()),
+        "dirty_paths": dirty,
+        "machine": {
+            "nproc": std::thread::available_parallelism().ok().map(|n| n.get()),
+            "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_string()),
+            "cpu": cpu_model(),
+            "loadavg_start": loadavg_start,
+            "loadavg_end": loadavg(),
+        },
+        "settings": settings,
+        "facts": facts,
+        "notes": notes,
+        "runs": runs,
+    });
+    let text = serde_json::to_string_pretty(&record).map_err(|error| error.to_string())? + "\n";
+    fs::write(&out, text).map_err(|error| format!("{out}: {error}"))
+}
+
+// ---- helpers for the tables -------------------------------------------------------------------
+
+/// The value at `keys` under `value` (`Null` if any is missing).
+fn at<'a>(value: &'a Value, keys: &[&str]) -> &'a Value {
+    keys.iter().fold(value, |value, key| &value[*key])
+}
+
+/// A number with `decimals` decimals, or "-".
+fn num(value: &Value, decimals: usize) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_string(), |number| format!("{number:.decimals$}"))
+}
+
+/// An optional number with `decimals` decimals, or "-".
+fn opt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |number| format!("{number:.decimals$}"))
+}
+
+/// A markdown table: a first column of row headings (titled `corner`), then one right-aligned
+/// column per title.
+fn md_table(corner: &str, titles: &[String], rows: &[(String, Vec<String>)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| {corner} | {} |", titles.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(titles.len()));
+    for (heading, cells) in rows {
+        let _ = writeln!(out, "| {heading} | {} |", cells.join(" | "));
+    }
+    out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+fn short(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
+
+/// What the record says about where and when it was measured, and how to regenerate the table.
+fn provenance(path: &str, record: &Value) -> String {
+    let mut out = String::new();
+    let date = record["date"].as_str().unwrap_or("an unrecorded date");
+    let commit = record["commit"]
+        .as_str()
+        .map_or("an unrecorded commit".to_string(), |commit| {
+            format!("commit `{}`", short(commit))
+        });
+    let tree = match (&record["dirty"], record["dirty_paths"].as_array()) {
+        (Value::Bool(false), _) => "the tree as committed".to_string(),
+        (Value::Bool(true), Some(paths)) => format!(
+            "uncommitted changes to {}",
+            paths
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|path| format!("`{path}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => "the state of the tree not recorded".to_string(),
+    };
+    let machine = &record["machine"];
+    let mut host = Vec::new();
+    if let Some(nproc) = machine["nproc"].as_u64() {
+        host.push(format!("{nproc} CPUs"));
+    }
+    if let Some(cpu) = machine["cpu"].as_str() {
+        host.push(cpu.to_string());
+    }
+    if let Some(kernel) = machine["kernel"].as_str() {
+        host.push(format!("Linux {kernel}"));
+    }
+    let load = match (
+        machine["loadavg_start"].as_str(),
+        machine["loadavg_end"].as_str(),
+    ) {
+        (Some(start), Some(end)) => {
+            format!("; load average (1, 5, 15 min) {start} at the start, {end} at the end")
+        }
+        (None, Some(end)) => format!("; load average (1, 5, 15 min) {end} at the end"),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "- Measured {date} at {commit} ({tree}), on {}{load}.",
+        if host.is_empty() {
+            "an unrecorded machine".to_string()
+        } else {
+            host.join(", ")
+        }
+    );
+    if let Some(command) = record["command"].as_str() {
+        let _ = writeln!(out, "- Command: `{command}`.");
+    }
+    if let Some(settings) = record["settings"].as_object().filter(|map| !map.is_empty()) {
+        let settings: Vec<String> = settings
+            .iter()
+            .map(|(key, value)| match value {
+                Value::String(text) => format!("{key}: {text}"),
+                other => format!("{key}: {other}"),
+            })
+            .collect();
+        let _ = writeln!(out, "- Settings: {}.", settings.join("; "));
+    }
+    for note in record["notes"].as_array().into_iter().flatten() {
+        if let Some(note) = note.as_str() {
+            let _ = writeln!(out, "- Note: {note}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "- Generated from `{path}` by `{REGENERATE}` (`target/release/examples/bench_report table {path}`); not typed by hand."
+    );
+    out
+}
+
+/// The markdown table of the record at `path`, its targets and its provenance.
+fn render(path: &str) -> Result<String, String> {
+    let text = fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
+    let record: Value =
+        serde_json::from_str(&text).map_err(|error| format!("{path}: not a record: {error}"))?;
+    let runs = record["runs"]
+        .as_array()
+        .ok_or_else(|| format!("{path}: no runs"))?;
+    let body = match record["bench"].as_str() {
+        Some("reload") => reload_table(runs, &record),
+        Some("load") => load_table(runs, &record),
+        Some("data") => data_table(runs, &record),
+        Some("reload-memory") => memory_table(runs, &record),
+        other => return Err(format!("{path}: unknown bench {other:?}")),
+    };
+    Ok(format!("{body}\n{}", provenance(path, &record)))
+}
+
+// ---- reload -----------------------------------------------------------------------------------
+
+/// Failures by cause, the non-zero ones, as "reset 575, EOF 2".
+fn failure_causes(run: &Value) -> String {
+    let causes: Vec<String> = [
+        ("connect_refused", "refused"),
+        ("connect_other", "connect error"),
+        ("reset", "reset"),
+        ("eof_without_response", "EOF"),
+        ("bad_status", "bad status"),
+        ("timeout", "timeout"),
+        ("other", "other"),
+    ]
+    .iter()
+    .filter_map(|(key, name)| {
+        let count = run["failures"][key].as_u64().unwrap_or(0);
+        (count > 0).then(|| format!("{name} {count}"))
+    })
+    .collect();
+    if causes.is_empty() {
+        "-".to_string()
+    } else {
+        causes.join(", ")
+    }
+}
+
+fn reload_table(runs: &[Value], record: &Value) -> String {
+    let titles: Vec<String> = runs
+        .iter()
+        .map(|run| {
+            format!(
+                "{} {}",
+                run["label"].as_str().unwrap_or("?"),
+                run["mode"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let row = |heading: &str, cell: &dyn Fn(&Value) -> String| {
+        (heading.to_string(), runs.iter().map(cell).collect())
+    };
+    let p99_factor = |run: &Value| {
+        at(run, &["reloading", "p99_ms"])
+            .as_f64()
+            .zip(at(run, &["steady", "p99_ms"]).as_f64())
+            .map(|(reloading, steady)| reloading / steady)
+    };
+    let rows = vec![
+        row("requests sent", &|run| num(&run["sent"], 0)),
+        row("succeeded", &|run| num(&run["succeeded"], 0)),
+        row("**failed**", &|run| {
+            format!("**{}**", num(&run["failed"], 0))
+        }),
+        row("failed, by cause", &failure_causes),
+        row("closed by the server while idle (tolerated)", &|run| {
+            num(&run["keepalive_closed_idle_before_send"], 0)
+        }),
+        row("steady p50 ms", &|run| {
+            num(at(run, &["steady", "p50_ms"]), 2)
+        }),
+        row("steady p99 ms", &|run| {
+            num(at(run, &["steady", "p99_ms"]), 2)
+        }),
+        row("steady max ms", &|run| {
+            num(at(run, &["steady", "max_ms"]), 2)
+        }),
+        row("reloading p50 ms", &|run| {
+            num(at(run, &["reloading", "p50_ms"]), 2)
+        }),
+        row("**reloading p99 ms**", &|run| {
+            format!("**{}**", num(at(run, &["reloading", "p99_ms"]), 2))
+        }),
+        row("reloading p99 / steady p99", &|run| {
+            opt(p99_factor(run), 2) + "x"
+        }),
+        row("reloading max ms", &|run| {
+            num(at(run, &["reloading", "max_ms"]), 2)
+        }),
+        row("reloading requests over 100 ms", &|run| {
+            num(at(run, &["reloading", "n_slow"]), 0)
+        }),
+        row("SIGHUPs sent / new generation seen", &|run| {
+            format!(
+                "{} / {}",
+                num(&run["reloads_sent"], 0),
+                num(&run["new_generation_seen"], 0)
+            )
+        }),
+        row("**SIGHUP to new generation, median ms**", &|run| {
+            format!("**{}**", num(at(run, &["new_generation_ms", "median"]), 2))
+        }),
+        row("SIGHUP to new generation, p90 ms", &|run| {
+            num(at(run, &["new_generation_ms", "p90"]), 2)
+        }),
+        row("SIGHUP to new generation, max ms", &|run| {
+            num(at(run, &["new_generation_ms", "max"]), 2)
+        }),
+    ];
+    let mut out = md_table("", &titles, &rows);
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Targets (issue 2), for glint with its defaults (the runs labelled `glint`): no failed request; SIGHUP to the first response from the new generation, median under {RELOAD_MEDIAN_MS:.0} ms; p99 while reloading under {RELOAD_P99_FACTOR:.0}x the steady p99."
+    );
+    out.push('\n');
+    for (run, title) in runs.iter().zip(&titles) {
+        if run["label"] != "glint" {
+            continue;
+        }
+        let failed = run["failed"].as_u64();
+        let median = at(run, &["new_generation_ms", "median"]).as_f64();
+        let factor = p99_factor(run);
+        let _ = writeln!(
+            out,
+            "- {title}: failed {}: {}; median {} ms: {}; reloading p99 {}x steady: {}.",
+            opt(failed.map(|n| n as f64), 0),
+            verdict(failed == Some(0)),
+            opt(median, 2),
+            verdict(median.is_some_and(|median| median < RELOAD_MEDIAN_MS)),
+            opt(factor, 2),
+            verdict(factor.is_some_and(|factor| factor < RELOAD_P99_FACTOR)),
+        );
+    }
+    let facts = &record["facts"];
+    if let (Some(requested), Some(succeeded), Some(failed)) = (
+        facts["glint_reloads_requested"].as_u64(),
+        facts["glint_reloads_succeeded"].as_u64(),
+        facts["glint_reloads_failed"].as_u64(),
+    ) {
+        let _ = writeln!(
+            out,
+            "\nglint's status file at the end: {requested} reloads requested, {succeeded} succeeded, {failed} failed."
+        );
+    }
+    out
+}
+
+// ---- load -------------------------------------------------------------------------------------
+
+fn load_table(runs: &[Value], record: &Value) -> String {
+    let title = |run: &Value| {
+        format!(
+            "{} {}",
+            run["label"].as_str().unwrap_or("?"),
+            run["mode"].as_str().unwrap_or("?")
+        )
+    };
+    let titles: Vec<String> = runs.iter().map(title).collect();
+    let row = |heading: &str, cell: &dyn Fn(&Value) -> String| {
+        (heading.to_string(), runs.iter().map(cell).collect())
+    };
+    let resources =
+        |run: &Value, keys: &[&str], decimals: usize| num(at(&run["resources"], keys), decimals);
+    let rows = vec![
+        row("**requests/s**", &|run| {
+            format!("**{}**", num(&run["requests_per_s"], 0))
+        }),
+        row("p50 ms", &|run| num(at(run, &["steady", "p50_ms"]), 2)),
+        row("**p99 ms**", &|run| {
+            format!("**{}**", num(at(run, &["steady", "p99_ms"]), 2))
+        }),
+        row("max ms", &|run| num(at(run, &["steady", "max_ms"]), 2)),
+        row("requests sent", &|run| num(&run["sent"], 0)),
+        row("failed", &|run| num(&run["failed"], 0)),
+        row("RSS master max MiB", &|run| {
+            resources(run, &["rss_mib", "master_max"], 1)
+        }),
+        row("RSS children max MiB", &|run| {
+            at(&run["resources"], &["rss_mib", "children_max"])
+                .as_array()
+                .map_or("-".to_string(), |children| {
+                    children
+                        .iter()
+                        .map(|child| num(child, 1))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+        }),
+        row("CPU s master", &|run| {
+            resources(run, &["cpu_s", "master"], 2)
+        }),
+        row("CPU s children", &|run| {
+            resources(run, &["cpu_s", "children"], 2)
+        }),
+        row("CPU s load generator", &|run| {
+            resources(run, &["cpu_s", "load_generator"], 2)
+        }),
+        row("server CPU µs/request", &|run| {
+            resources(run, &["cpu_us_per_request", "server"], 1)
+        }),
+        row("load generator CPU µs/request", &|run| {
+            resources(run, &["cpu_us_per_request", "load_generator"], 1)
+        }),
+    ];
+    let mut out = md_table("", &titles, &rows);
+
+    // glint against nginx for each path and mode that both ran.
+    let find = |server: &str, path: &str, mode: &str| {
+        runs.iter().find(|run| {
+            run["label"].as_str() == Some(&format!("{server} {path}")) && run["mode"] == mode
+        })
+    };
+    let mut pairs = Vec::new();
+    for run in runs {
+        let label = run["label"].as_str().unwrap_or("");
+        let (Some(path), Some(mode)) = (label.strip_prefix("glint "), run["mode"].as_str()) else {
+            continue;
+        };
+        if let Some(nginx) = find("nginx", path, mode) {
+            let ratio = run["requests_per_s"]
+                .as_f64()
+                .zip(nginx["requests_per_s"].as_f64())
+                .map(|(glint, nginx)| glint / nginx);
+            pairs.push((path.to_string(), mode.to_string(), ratio, run, nginx));
+        }
+    }
+    out.push('\n');
+    if !pairs.is_empty() {
+        let ratios: Vec<String> = pairs
+            .iter()
+            .map(|(path, mode, ratio, _, _)| format!("{path} {mode} {}", opt(*ratio, 2)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "glint's requests/s as a share of nginx's, same run: {}.\n",
+            ratios.join(", ")
+        );
+    }
+    let clients = record["settings"]["clients"]
+        .as_u64()
+        .or_else(|| runs.first().and_then(|run| run["clients"].as_u64()));
+    let _ = writeln!(
+        out,
+        "Targets (issue 5): `GET /v2/images/{{id}}` with keep-alive at least {:.0} % of nginx's requests/s; p99 under {LOAD_P99_MS:.0} ms at 16 clients.\n",
+        LOAD_IMAGE_RATIO * 100.0
+    );
+    match pairs
+        .iter()
+        .find(|(path, mode, _, _, _)| path == "image" && mode == "keepalive")
+    {
+        Some((_, _, ratio, glint, nginx)) => {
+            let _ = writeln!(
+                out,
+                "- image, keep-alive: {} of nginx's requests/s ({} against {}): {}.",
+                opt(*ratio, 2),
+                num(&glint["requests_per_s"], 0),
+                num(&nginx["requests_per_s"], 0),
+                verdict(ratio.is_some_and(|ratio| ratio >= LOAD_IMAGE_RATIO))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "- image, keep-alive: not run side by side with nginx.");
+        }
+    }
+    let glint_p99: Vec<(String, Option<f64>)> = runs
+        .iter()
+        .filter(|run| {
+            run["label"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("glint"))
+        })
+        .map(|run| (title(run), at(run, &["steady", "p99_ms"]).as_f64()))
+        .collect();
+    let worst = glint_p99
+        .iter()
+        .filter_map(|(title, p99)| p99.map(|p99| (title, p99)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let all_met = glint_p99
+        .iter()
+        .all(|(_, p99)| p99.is_some_and(|p99| p99 < LOAD_P99_MS));
+    if let Some((title, p99)) = worst {
+        let _ = writeln!(
+            out,
+            "- p99 at {} clients, every glint run: highest {p99:.2} ms ({title}): {}.",
+            opt(clients.map(|n| n as f64), 0),
+            verdict(all_met && clients == Some(16))
+        );
+    }
+    let facts = &record["facts"];
+    if let (Some(lines), Some(bytes)) = (
+        facts["glint_log_lines"].as_u64(),
+        facts["glint_log_bytes"].as_u64(),
+    ) {
+        let _ = writeln!(
+            out,
+            "\nglint's log at the end: {lines} lines, {:.0} MB (one access line per request, as shipped).",
+            bytes as f64 / 1e6
+        );
+    }
+    out
+}
+
+// ---- data -------------------------------------------------------------------------------------
+
+/// The runs of `kind` and `label`.
+fn runs_of<'a>(runs: &'a [Value], kind: &str, label: &str) -> Vec<&'a Value> {
+    runs.iter()
+        .filter(|run| run["kind"] == kind && run["label"] == label)
+        .collect()
+}
+
+/// The run with the highest `mbps`.
+fn best<'a>(runs: &[&'a Value]) -> Option<&'a Value> {
+    runs.iter().copied().max_by(|a, b| {
+        let (a, b) = (a["mbps"].as_f64(), b["mbps"].as_f64());
+        a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+    })
+}
+
+/// The largest value of `field` over `runs`.
+fn max_u64(runs: &[&Value], field: &str) -> Option<u64> {
+    runs.iter().filter_map(|run| run[field].as_u64()).max()
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("-".to_string(), |kib| {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    })
+}
+
+fn data_table(runs: &[Value], record: &Value) -> String {
+    let glint_down = runs_of(runs, "download", "glint");
+    let nginx_down = runs_of(runs, "download", "nginx");
+    let glint_up = runs_of(runs, "upload", "glint");
+    let hash = runs_of(runs, "hash", "md5+sha512");
+    let write = runs_of(runs, "write", "write+fsync");
+    let rate = |runs: &[&Value]| best(runs).and_then(|run| run["mbps"].as_f64());
+    let ratio = |value: Option<f64>, reference: Option<f64>| {
+        value
+            .zip(reference)
+            .map(|(value, reference)| value / reference)
+    };
+    let down_ratio = ratio(rate(&glint_down), rate(&nginx_down));
+    let up_ratio = ratio(rate(&glint_up), rate(&hash));
+    let pct = |ratio: Option<f64>| ratio.map_or("-".to_string(), |r| format!("{:.0} %", r * 100.0));
+    let titles: Vec<String> = [
+        "MB/s (best)",
+        "reference MB/s (best), same run",
+        "ratio",
+        "target",
+        "child RSS max (10 ms samples)",
+        "child VmHWM",
+    ]
+    .iter()
+    .map(|title| title.to_string())
+    .collect();
+    let blank = |cells: &[String]| {
+        let mut cells = cells.to_vec();
+        cells.resize(titles.len(), String::new());
+        cells
+    };
+    let mut rows = vec![
+        (
+            format!("**glint download** (best of {})", glint_down.len()),
+            vec![
+                opt(rate(&glint_down), 1),
+                format!("{} (nginx)", opt(rate(&nginx_down), 1)),
+                format!("**{}**", pct(down_ratio)),
+                format!(
+                    ">= {:.0} %: {}",
+                    DATA_DOWNLOAD_RATIO * 100.0,
+                    verdict(down_ratio.is_some_and(|r| r >= DATA_DOWNLOAD_RATIO))
+                ),
+                mib(max_u64(&glint_down, "rss_max_kib")),
+                mib(max_u64(&glint_down, "hwm_kib")),
+            ],
+        ),
+        (
+            format!("**glint upload** (best of {})", glint_up.len()),
+            vec![
+                opt(rate(&glint_up), 1),
+                format!("{} (md5+sha512, 1 core)", opt(rate(&hash), 1)),
+                format!("**{}**", pct(up_ratio)),
+                format!(
+                    ">= {:.0} %: {}",
+                    DATA_UPLOAD_RATIO * 100.0,
+                    verdict(up_ratio.is_some_and(|r| r >= DATA_UPLOAD_RATIO))
+                ),
+                mib(max_u64(&glint_up, "rss_max_kib")),
+                mib(max_u64(&glint_up, "hwm_kib")),
+            ],
+        ),
+    ];
+    if let Some(up) = best(&glint_up) {
+        rows.push((
+            "glint upload, to the last body byte sent (before the server's fsync)".to_string(),
+            blank(&[num(&up["mbps_body_sent"], 1)]),
+        ));
+    }
+    if let Some(write) = best(&write) {
+        rows.push((
+            "disk: 64 KiB writes + fsync, no hashing (context, no target)".to_string(),
+            blank(&[num(&write["mbps"], 1)]),
+        ));
+    }
+    for (name, run) in [("upload", best(&glint_up)), ("download", best(&glint_down))] {
+        if let Some(run) = run {
+            rows.push((
+                format!("glint child CPU during the best {name}: user / system s"),
+                blank(&[format!(
+                    "{} / {} of {} s",
+                    num(&run["cpu_user_s"], 2),
+                    num(&run["cpu_system_s"], 2),
+                    num(&run["seconds"], 2)
+                )]),
+            ));
+        }
+    }
+    let mut out = md_table("", &titles, &rows);
+
+    // Every run, so that the spread is visible next to the best.
+    let every = |runs: &[&Value]| {
+        runs.iter()
+            .map(|run| num(&run["mbps"], 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "\nEvery run, MB/s: glint download {}; nginx download {}; glint upload {}; md5+sha512 {}; disk {}.",
+        every(&glint_down),
+        every(&nginx_down),
+        every(&glint_up),
+        every(&hash),
+        every(&write)
+    );
+
+    let transfers: Vec<&Value> = glint_up.iter().chain(&glint_down).copied().collect();
+    let rss = max_u64(&transfers, "rss_max_kib").max(max_u64(&transfers, "hwm_kib"));
+    let rss_met = rss.is_some_and(|rss| rss < DATA_RSS_KIB);
+    let _ = writeln!(
+        out,
+        "\nTargets (issue 3): download at least {:.0} % of nginx's rate: {}; upload at least {:.0} % of the single-core md5+sha512 rate: {}; glint child RSS under {} MiB throughout: {} ({} at most).",
+        DATA_DOWNLOAD_RATIO * 100.0,
+        verdict(down_ratio.is_some_and(|r| r >= DATA_DOWNLOAD_RATIO)),
+        DATA_UPLOAD_RATIO * 100.0,
+        verdict(up_ratio.is_some_and(|r| r >= DATA_UPLOAD_RATIO)),
+        DATA_RSS_KIB / 1024,
+        verdict(rss_met),
+        mib(rss)
+    );
+    if let (Some(hash), Some(up)) = (best(&hash), best(&glint_up)) {
+        let same = glint_up
+            .iter()
+            .all(|up| hash["md5"] == up["checksum"] && hash["sha512"] == up["os_hash_value"]);
+        let _ = writeln!(
+            out,
+            "Every upload's `checksum` and `os_hash_value` ({}) equal the reference's md5 and sha512: {}.",
+            up["os_hash_algo"].as_str().unwrap_or("?"),
+            if same { "yes" } else { "**NO**" }
+        );
+    }
+    if let Some(bytes) = record["settings"]["bytes"].as_u64() {
+        let _ = writeln!(out, "Image size {bytes} bytes; MB are 10^6 bytes.");
+    }
+    out
+}
+
+// ---- reload-memory ----------------------------------------------------------------------------
+
+fn memory_table(runs: &[Value], _record: &Value) -> String {
+    let samples: Vec<&Value> = runs.iter().filter(|run| run["kind"] == "sample").collect();
+    let rows: Vec<(String, Vec<String>)> = samples
+        .iter()
+        .map(|sample| {
+            (
+                num(&sample["reloads"], 0),
+                vec![num(&sample["vmrss_kib"], 0), num(&sample["seconds"], 1)],
+            )
+        })
+        .collect();
+    let mut out = md_table(
+        "reloads",
+        &["master VmRSS (KiB)".to_string(), "seconds".to_string()],
+        &rows,
+    );
+    let kib = |sample: Option<&&Value>| sample.and_then(|sample| sample["vmrss_kib"].as_i64());
+    let reloads = |sample: Option<&&Value>| sample.and_then(|sample| sample["reloads"].as_u64());
+    let (first, second, last) = (samples.first(), samples.get(1), samples.last());
+    out.push('\n');
+    if let (Some(first_kib), Some(last_kib)) = (kib(first), kib(last)) {
+        let _ = write!(
+            out,
+            "Growth from the first sample to the last: {} KiB",
+            last_kib - first_kib
+        );
+        if let (Some(second_kib), Some(from), Some(to)) =
+            (kib(second), reloads(second), reloads(last))
+        {
+            let _ = write!(
+                out,
+                "; from reload {from} to reload {to}: {} KiB",
+                last_kib - second_kib
+            );
+        }
+        out.push_str(".\n");
+    }
+    if let Some(end) = runs.iter().find(|run| run["kind"] == "end") {
+        let seconds = last.and_then(|sample| sample["seconds"].as_f64());
+        let succeeded = end["reloads_succeeded"].as_u64();
+        let per_reload = seconds
+            .zip(succeeded)
+            .filter(|(_, n)| *n > 0)
+            .map(|(seconds, n)| seconds * 1000.0 / n as f64);
+        let _ = writeln!(
+            out,
+            "glint's status file at the end: {} reloads succeeded, {} failed ({} ms per awaited reload on average); {} child(ren) left.",
+            num(&end["reloads_succeeded"], 0),
+            num(&end["reloads_failed"], 0),
+            opt(per_reload, 1),
+            num(&end["children"], 0),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Target (issue 5): the master's memory flat over 10,000 reloads; no reference server is named for it."
+    );
+    out
+}
+
+// ---- doc --------------------------------------------------------------------------------------
+
+/// Regenerates (or, with `check`, compares) every generated block of the markdown file.
+fn doc(path: &str, check: bool) -> Result<(), String> {
+    let text = fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
+    let mut out = String::new();
+    let mut lines = text.split_inclusive('\n');
+    let mut stale = Vec::new();
+    let mut blocks = 0;
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        let Some(record) = line
+            .trim_end()
+            .strip_prefix(BEGIN)
+            .and_then(|rest| rest.strip_suffix("-->"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let mut old = String::new();
+        let mut closed = false;
+        for line in lines.by_ref() {
+            if line.trim_end() == END {
+                closed = true;
+                break;
+            }
+            old.push_str(line);
+        }
+        if !closed {
+            return Err(format!("{path}: the block of {record} has no {END}"));
+        }
+        let new = render(record)?;
+        if old != new {
+            stale.push(record.to_string());
+        }
+        out.push_str(&new);
+        out.push_str(END);
+        out.push('\n');
+        blocks += 1;
+    }
+    if check {
+        if stale.is_empty() {
+            println!("{path}: {blocks} generated tables, all up to date");
+            return Ok(());
+        }
+        return Err(format!(
+            "{path}: tables differ from their records (run {REGENERATE}): {}",
+            stale.join(", ")
+        ));
+    }
+    if !stale.is_empty() {
+        fs::write(path, out).map_err(|error| format!("{path}: {error}"))?;
+    }
+    println!(
+        "{path}: {blocks} generated tables, {} rewritten",
+        stale.len()
+    );
+    Ok(())
+}
