@@ -19,17 +19,20 @@
 //! Usage:
 //!
 //! ```text
+//! bench_report tree
 //! bench_report record --bench reload|load|data|reload-memory --runs FILE --started DATE
-//!     --out FILE [--command TEXT] [--loadavg-start "1 5 15"] [--setting KEY=VALUE]...
-//!     [--fact KEY=VALUE]... [--note TEXT]...
+//!     --out FILE [--tree JSON] [--command TEXT] [--loadavg-start "1 5 15"]
+//!     [--setting KEY=VALUE]... [--fact KEY=VALUE]... [--note TEXT]...
 //! bench_report table FILE
 //! bench_report doc MARKDOWN [--check]
 //! ```
 //!
 //! `--runs` is a file of the tool's output: lines that start with `{` are the measurements, other
 //! lines are ignored. VALUEs that parse as JSON are kept as JSON, others as strings. The commit and
-//! the state of the tree come from `git` in the current directory; "dirty" lists the files that
-//! differ from the commit, untracked ones included, outside `docs/` (where the records go).
+//! the state of the tree come from `git` in the current directory: `tree` prints them as JSON, for
+//! a script to take them when it builds and hand them to `record --tree` at the end (without
+//! `--tree`, `record` takes them itself). "dirty" lists the files that differ from the commit,
+//! untracked ones included, outside `docs/` (where the records go).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -65,6 +68,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("record") => record(&args[1..]),
+        Some("tree") if args.len() == 1 => {
+            println!("{}", tree());
+            Ok(())
+        }
         Some("table") if args.len() == 2 => render(&args[1]).map(|table| print!("{table}")),
         Some("doc") if args.len() == 2 => doc(&args[1], false),
         Some("doc") if args.len() == 3 && args[2] == "--check" => doc(&args[1], true),
@@ -119,6 +126,31 @@ fn loadavg() -> Option<String> {
     )
 }
 
+/// The commit checked out, and the files that differ from it (untracked ones included) outside
+/// docs/: everything the build reads is outside docs/, and the records are written into it.
+fn tree() -> Value {
+    let dirty: Option<Vec<String>> = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=all",
+        "--",
+        ".",
+        ":(top,exclude)docs",
+    ])
+    .map(|status| {
+        status
+            .lines()
+            .filter_map(|line| line.get(3..))
+            .map(str::to_string)
+            .collect()
+    });
+    json!({
+        "commit": git(&["rev-parse", "HEAD"]),
+        "dirty": dirty.as_ref().map(|paths| !paths.is_empty()),
+        "dirty_paths": dirty,
+    })
+}
+
 fn record(args: &[String]) -> Result<(), String> {
     let mut bench = None;
     let mut runs_path = None;
@@ -126,6 +158,7 @@ fn record(args: &[String]) -> Result<(), String> {
     let mut out = None;
     let mut command = None;
     let mut loadavg_start = None;
+    let mut tree_json = None;
     let mut settings = Map::new();
     let mut facts = Map::new();
     let mut notes = Vec::new();
@@ -147,6 +180,7 @@ fn record(args: &[String]) -> Result<(), String> {
             "--out" => out = Some(value.clone()),
             "--command" => command = Some(value.clone()),
             "--loadavg-start" => loadavg_start = Some(value.clone()),
+            "--tree" => tree_json = Some(value.clone()),
             "--setting" => {
                 let (key, value) = pair()?;
                 settings.insert(key, value);
@@ -169,30 +203,20 @@ fn record(args: &[String]) -> Result<(), String> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .map_err(|error| format!("{runs_path}: a line that starts with {{ is not JSON: {error}"))?;
-    // Everything the build reads is outside docs/, and the records are written into docs/.
-    let dirty: Option<Vec<String>> = git(&[
-        "status",
-        "--porcelain",
-        "--untracked-files=all",
-        "--",
-        ".",
-        ":(top,exclude)docs",
-    ])
-    .map(|status| {
-        status
-            .lines()
-            .filter_map(|line| line.get(3..))
-            .map(str::to_string)
-            .collect()
-    });
+    let tree = match tree_json {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|error| format!("--tree {text}: {error}"))?
+        }
+        None => tree(),
+    };
     let record = json!({
         "format": FORMAT,
         "bench": bench,
         "command": command,
         "date": started,
-        "commit": git(&["rev-parse", "HEAD"]),
-        "dirty": dirty.as_ref().map(|paths| !paths.is_empty()),
-        "dirty_paths": dirty,
+        "commit": tree["commit"],
+        "dirty": tree["dirty"],
+        "dirty_paths": tree["dirty_paths"],
         "machine": {
             "nproc": std::thread::available_parallelism().ok().map(|n| n.get()),
             "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_string()),
@@ -756,22 +780,57 @@ fn data_table(runs: &[Value], record: &Value) -> String {
     }
     let mut out = md_table("", &titles, &rows);
 
-    // Every run, so that the spread is visible next to the best.
-    let every = |runs: &[&Value]| {
-        runs.iter()
-            .map(|run| num(&run["mbps"], 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let _ = writeln!(
-        out,
-        "\nEvery run, MB/s: glint download {}; nginx download {}; glint upload {}; md5+sha512 {}; disk {}.",
-        every(&glint_down),
-        every(&nginx_down),
-        every(&glint_up),
-        every(&hash),
-        every(&write)
-    );
+    // Every run, so that the spread is visible next to the best; run in rounds (each reference
+    // measured right beside the glint transfer it is compared with), one row per round.
+    let mbps = |runs: &[&Value], index: usize| runs.get(index).and_then(|run| run["mbps"].as_f64());
+    if record["settings"]["order"] == "rounds" {
+        let rounds = glint_up.len().max(glint_down.len());
+        let rows: Vec<(String, Vec<String>)> = (0..rounds)
+            .map(|index| {
+                let (up, hashed) = (mbps(&glint_up, index), mbps(&hash, index));
+                let (down, nginx) = (mbps(&glint_down, index), mbps(&nginx_down, index));
+                (
+                    format!("{}", index + 1),
+                    vec![
+                        opt(up, 1),
+                        opt(hashed, 1),
+                        pct(ratio(up, hashed)),
+                        opt(down, 1),
+                        opt(nginx, 1),
+                        pct(ratio(down, nginx)),
+                    ],
+                )
+            })
+            .collect();
+        let titles: Vec<String> = [
+            "glint upload MB/s",
+            "md5+sha512 MB/s",
+            "ratio",
+            "glint download MB/s",
+            "nginx download MB/s",
+            "ratio",
+        ]
+        .iter()
+        .map(|title| title.to_string())
+        .collect();
+        let _ = writeln!(out, "\nEach round, in the order run:\n");
+        out.push_str(&md_table("round", &titles, &rows));
+    } else {
+        let every = |runs: &[&Value]| {
+            runs.iter()
+                .map(|run| num(&run["mbps"], 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "\nEvery run, MB/s: glint download {}; nginx download {}; glint upload {}; md5+sha512 {}.",
+            every(&glint_down),
+            every(&nginx_down),
+            every(&glint_up),
+            every(&hash),
+        );
+    }
 
     let transfers: Vec<&Value> = glint_up.iter().chain(&glint_down).copied().collect();
     let rss = max_u64(&transfers, "rss_max_kib").max(max_u64(&transfers, "hwm_kib"));
@@ -842,6 +901,26 @@ fn memory_table(runs: &[Value], _record: &Value) -> String {
             );
         }
         out.push_str(".\n");
+        // The last sample that differs from the one before it: the series is flat after it.
+        let last_change = samples
+            .windows(2)
+            .rev()
+            .find(|pair| kib(pair.first()) != kib(pair.get(1)))
+            .and_then(|pair| reloads(pair.get(1)));
+        let end = reloads(last);
+        match (last_change, end) {
+            (Some(change), Some(end)) => {
+                let _ = writeln!(
+                    out,
+                    "The last change between two samples was at reload {change}; flat over the last {} reloads.",
+                    end - change
+                );
+            }
+            (None, Some(end)) => {
+                let _ = writeln!(out, "No change between any two samples over {end} reloads.");
+            }
+            _ => {}
+        }
     }
     if let Some(end) = runs.iter().find(|run| run["kind"] == "end") {
         let seconds = last.and_then(|sample| sample["seconds"].as_f64());
