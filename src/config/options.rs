@@ -329,6 +329,20 @@ pub static OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         section: "DEFAULT",
+        name: "client_send_min_rate",
+        kind: Kind::Integer { min: 0, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("1024"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: least average rate of a response, in bytes a second since it began, counted once `client_send_timeout` has passed; a client reading slower is disconnected. 0 turns the rule off (the stall timeout still applies).",
+        apply: |draft, value| {
+            if let Some(rate) = value.integer::<u64>() {
+                draft.client_send_min_rate = rate;
+            }
+        },
+        show: |config| vec![config.client_send_min_rate.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
         name: "http_keepalive",
         kind: Kind::Bool,
         default: DefaultValue::Text("true"),

@@ -375,6 +375,7 @@ pub fn settings_for(config: &Config) -> Settings {
         idle_timeout: config.client_socket_timeout,
         body_timeout: config.client_body_timeout,
         send_timeout: config.client_send_timeout,
+        send_min_rate: config.client_send_min_rate,
     }
 }
 
