@@ -133,12 +133,15 @@ fn slow_downloads_hold_no_worker_and_fresh_requests_are_answered() {
     // Trickle for 2 s at 8 KiB a second on half of them, answering fresh requests meanwhile.
     let until = Instant::now() + Duration::from_secs(2);
     let mut n_fresh = 0;
+    let mut slowest = Duration::ZERO;
     while Instant::now() < until {
         for (stream, body) in slow.iter_mut().step_by(2) {
             read_available(stream, body, 820);
         }
+        let asked = Instant::now();
         let health = get(addr, "/healthcheck").expect("/healthcheck during 16 slow downloads");
         assert_eq!(health.status, 200, "/healthcheck: {}", health.text());
+        slowest = slowest.max(asked.elapsed());
         let show = get(addr, &format!("/v2/images/{id}")).expect("image show");
         assert_eq!(show.status, 200, "show: {}", show.text());
         n_fresh += 1;
@@ -148,6 +151,7 @@ fn slow_downloads_hold_no_worker_and_fresh_requests_are_answered() {
         n_fresh >= 2,
         "only {n_fresh} rounds of fresh requests in 2 s"
     );
+    eprintln!("{n_fresh} rounds of fresh requests; the slowest /healthcheck took {slowest:?}");
 
     // A whole fresh download, at full speed, while the 16 are still parked.
     let fresh = get(addr, &format!("/v2/images/{id}/file")).expect("a fresh download");
