@@ -197,6 +197,11 @@ pub fn serve(
 
 /// Answers a request we could not parse, and closes.
 fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
+    // Written blocking (bounded by `client_send_timeout`): after a response the socket may be
+    // in the sender's non-blocking mode.
+    if connection.set_blocking(true).is_err() {
+        return Disposition::Gone;
+    }
     log::debug!(
         "{}: answering {} to a bad request: {error}",
         connection.peer(),
