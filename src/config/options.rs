@@ -277,7 +277,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: true },
         default: DefaultValue::Text("900"),
         on_reload: RELOAD_GENERATION,
-        doc: "How long an idle keep-alive connection stays open between requests; 0 keeps it open for ever.",
+        doc: "How long an idle keep-alive connection stays open between requests once its credentials were accepted (a connection that never authenticated, or was refused with 401, waits `client_header_timeout`); 0 keeps it open for ever.",
         apply: |draft, value| {
             if let Value::Seconds(timeout) = value {
                 draft.client_socket_timeout = timeout;
