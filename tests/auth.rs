@@ -471,9 +471,10 @@ fn keepalive_exchange(
 /// Issue 10, hole 2: a client that never authenticated must not hold a slot for long. With
 /// `client_header_timeout = 2` and `client_socket_timeout = 60`, a keep-alive connection that only
 /// called open routes (`/healthcheck`, `/versions`) is closed about 2 s after its answer, under
-/// `auth_strategy = token` and under `noauth` alike; a connection whose credentials were accepted
-/// (a listed token; under `noauth`, any API request) is still served afterwards, and so is an
-/// open-route connection that then sends a good token.
+/// `auth_strategy = token` and under `noauth` alike, and so is one whose good token was followed
+/// by a 401; a connection whose credentials were accepted (a listed token; under `noauth`, any
+/// API request), answered before those and so idle longer, is still served afterwards, and so
+/// is an open-route connection that then sent a good token.
 #[test]
 fn a_connection_that_never_authenticated_waits_only_the_header_timeout() {
     use std::io::Write;
@@ -495,8 +496,9 @@ fn a_connection_that_never_authenticated_waits_only_the_header_timeout() {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n{token}\r\n")
     };
     for (server, accepted_token) in [(&token_server, Some(TOKEN)), (&noauth_server, None)] {
-        let (mut open_only, _) = keepalive_exchange(server, &get("/healthcheck", None), 200);
-        let (mut versions_only, _) = keepalive_exchange(server, &get("/versions", None), 200);
+        // The trusted connections are answered first, so that when the untrusted ones have been
+        // closed, the trusted ones have been idle longer than `client_header_timeout`: had they
+        // been given that timeout, they would be closed already.
         let (mut authenticated, mut authenticated_reader) =
             keepalive_exchange(server, &get("/v2/images", accepted_token), 200);
         let (mut upgraded, mut upgraded_reader) =
@@ -508,19 +510,33 @@ fn a_connection_that_never_authenticated_waits_only_the_header_timeout() {
             .unwrap()
             .unwrap();
         assert_eq!(response.status, 200);
-        let answered = std::time::Instant::now();
-        for (name, stream) in [
-            ("/healthcheck", &mut open_only),
-            ("/versions", &mut versions_only),
-        ] {
+        let trusted_since = std::time::Instant::now();
+        let (open_only, _) = keepalive_exchange(server, &get("/healthcheck", None), 200);
+        let (versions_only, _) = keepalive_exchange(server, &get("/versions", None), 200);
+        let mut untrusted = vec![("/healthcheck", open_only), ("/versions", versions_only)];
+        if accepted_token.is_some() {
+            // Accepted, then refused: the 401 withdraws the trust.
+            let (mut refused, mut refused_reader) =
+                keepalive_exchange(server, &get("/v2/images", accepted_token), 200);
+            refused
+                .write_all(get("/v2/images", Some("not-a-listed-token")).as_bytes())
+                .unwrap();
+            let response = util::read_response(&mut refused_reader, "GET")
+                .unwrap()
+                .unwrap();
+            assert!(response.status == 401 && !response.closes(), "{response:?}");
+            untrusted.push(("/v2/images with a good token, then a bad one", refused));
+        }
+        for (name, mut stream) in untrusted {
             assert!(
-                util::peer_closed(stream, std::time::Duration::from_secs(10)),
-                "the connection that only called {name} was still open 10 s after its answer \
+                util::peer_closed(&mut stream, std::time::Duration::from_secs(10)),
+                "the connection that called {name} was still open 10 s after its answer \
                  (client_socket_timeout = 60 applied)"
             );
         }
-        let closed_after = answered.elapsed();
-        eprintln!("open-route connections closed {closed_after:?} after their answers");
+        let trusted_idle = trusted_since.elapsed();
+        eprintln!("untrusted connections closed; the trusted ones idle for {trusted_idle:?}");
+        assert!(trusted_idle >= std::time::Duration::from_secs(2));
         for (name, stream, reader) in [
             (
                 "authenticated",
@@ -535,8 +551,8 @@ fn a_connection_that_never_authenticated_waits_only_the_header_timeout() {
             let response = util::read_response(reader, "GET");
             assert!(
                 matches!(&response, Ok(Some(r)) if r.status == 200),
-                "the {name} connection, idle longer than the open-route ones ({closed_after:?}): \
-                 {response:?}"
+                "the {name} connection, idle {trusted_idle:?}, longer than \
+                 client_header_timeout: {response:?}"
             );
         }
     }

@@ -236,6 +236,9 @@ impl Parked {
     /// worker meets the error), readable or hung up otherwise.
     pub fn on_event(&mut self, now: Instant, settings: &Settings) -> Step {
         if self.wait == Wait::Sending {
+            if let Some(sending) = self.sending.as_mut() {
+                sending.resumable(now);
+            }
             return Step::Resume;
         }
         self.on_readable(now, settings)
@@ -383,6 +386,7 @@ mod tests {
             body_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(5),
             send_min_rate: 1024,
+            spill_dir: None,
         }
     }
 

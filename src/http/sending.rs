@@ -19,18 +19,27 @@
 //! Both are one deadline ([`Sending::deadline`]), recomputed after each write, that the
 //! acceptor polls against.
 //!
+//! The rate is measured from the response's first byte, and the time a parked response waits
+//! for a free worker after its socket had room again is not counted against the client: that
+//! wait is ours.
+//!
 //! # Memory
 //!
 //! A parked file body holds its file descriptor and an offset; an in-memory body (a list page,
-//! at most 1 MiB) holds its bytes. Parked in-memory bytes count against the child's
+//! at most 1 MiB) holds its unsent bytes, copied out of the response's buffers when it parks so
+//! that what is held is what is counted. Parked in-memory bytes count against the child's
 //! [`SendBudget`] (`worker_threads` × [`BUDGET_PER_WORKER`]); a response over
-//! [`ALWAYS_PARKED_BYTES`] that finds the budget full is finished by its worker, waiting for
-//! room under the same deadline, as before parking existed.
+//! [`ALWAYS_PARKED_BYTES`] that finds the budget full spills its unsent bytes to an unlinked
+//! file in the spill folder (the store's first data folder) and parks as a file body. Only if
+//! that fails too (a full disk) does its worker finish it, waiting for room under the same
+//! deadline.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -196,6 +205,56 @@ impl Outgoing {
         (self.head.len() + self.body.len()).saturating_sub(self.written)
     }
 
+    /// The in-memory bytes still to send, in one buffer of their size; the response's own
+    /// buffers (the whole head and body) are dropped.
+    fn take_unsent(&mut self) -> Vec<u8> {
+        let mut unsent = Vec::with_capacity(self.held_bytes());
+        unsent.extend_from_slice(self.head.get(self.written..).unwrap_or_default());
+        unsent.extend_from_slice(
+            self.body
+                .get(self.written.saturating_sub(self.head.len())..)
+                .unwrap_or_default(),
+        );
+        self.head = Vec::new();
+        self.body = Vec::new();
+        self.written = 0;
+        unsent
+    }
+
+    /// Keeps only the unsent bytes in memory, so that what it holds is what it is charged.
+    fn compact(&mut self) {
+        if self.written > 0 || self.body.capacity() > self.body.len() {
+            self.head = self.take_unsent();
+        }
+    }
+
+    /// Moves the unsent in-memory bytes to an unlinked file in `dir` (O_TMPFILE: it has no
+    /// name, and the space is freed when the response ends), to be sent from there. Only for a
+    /// response without a file part.
+    fn spill(&mut self, dir: &Path) -> io::Result<()> {
+        if self.file.is_some() {
+            return Err(io::Error::other("a file body is not spilled"));
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)?;
+        let unsent = self.take_unsent();
+        if let Err(error) = file.write_all(&unsent) {
+            // Put the bytes back: the worker finishes the response from memory.
+            self.head = unsent;
+            return Err(error);
+        }
+        self.file = Some(FileRest {
+            file,
+            offset: 0,
+            remaining: unsent.len() as u64,
+        });
+        Ok(())
+    }
+
     pub fn must_close(&self) -> bool {
         self.must_close
     }
@@ -253,8 +312,15 @@ pub struct SendRule {
 pub struct Sending {
     outgoing: Outgoing,
     record: AccessRecord,
-    /// The socket last took a byte (or the response began).
+    /// When its first byte was to be written: the rate rule's clock starts here.
+    began: Instant,
+    /// The socket last took a byte, or the client made room in it (or the response began).
     last_progress: Instant,
+    /// Time spent waiting for a worker after the socket had room: not the client's doing, so
+    /// not counted by the rate rule.
+    waited: Duration,
+    /// Since when it waits for a worker, once the acceptor saw room ([`Sending::resumable`]).
+    queued_at: Option<Instant>,
     /// Its share of the child's budget, held while it is parked with bytes in memory.
     reservation: Option<Reservation>,
 }
@@ -280,14 +346,29 @@ impl Sending {
         Sending {
             outgoing,
             record,
+            began: now,
             last_progress: now,
+            waited: Duration::ZERO,
+            queued_at: None,
             reservation: None,
         }
+    }
+
+    /// The acceptor saw room in the socket (POLLOUT): the client read, which counts as
+    /// progress, and from now until a worker takes it the wait is ours.
+    pub fn resumable(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.queued_at = Some(now);
     }
 
     /// Writes what the socket takes; see [`Outgoing::advance`]. Logs the access line when the
     /// response ends, either way.
     pub fn advance(&mut self, socket: &TcpStream, now: Instant) -> io::Result<Progress> {
+        if let Some(queued_at) = self.queued_at.take() {
+            let waited = now.saturating_duration_since(queued_at);
+            self.waited += waited;
+            self.last_progress = self.last_progress.max(now);
+        }
         let before = self.outgoing.sent;
         let result = self.outgoing.advance(socket);
         if self.outgoing.sent > before {
@@ -312,7 +393,7 @@ impl Sending {
         }
         // Fewer than min_rate × elapsed bytes is too slow; `sent` bytes buy sent / min_rate.
         let earned = Duration::from_secs_f64(self.outgoing.sent as f64 / rule.min_rate as f64);
-        let too_slow = self.record.started + rule.timeout.max(earned);
+        let too_slow = self.began + self.waited + rule.timeout.max(earned);
         stalled.min(too_slow)
     }
 
@@ -327,15 +408,37 @@ impl Sending {
         why
     }
 
-    /// Whether it may wait in the acceptor: its in-memory bytes are few, or fit in `budget`
-    /// (reserved until it ends). Otherwise its worker finishes it.
-    pub fn may_park(&mut self, budget: &Arc<SendBudget>) -> bool {
+    /// Makes it ready to wait in the acceptor, and says whether it may: its in-memory bytes are
+    /// few, or fit in `budget` (reserved until it ends), or were spilled to a file in
+    /// `spill_dir`. Otherwise (no budget, no spill) its worker finishes it.
+    pub fn may_park(&mut self, budget: &Arc<SendBudget>, spill_dir: Option<&Path>) -> bool {
+        if self.reservation.is_some() {
+            // Compacted when it first parked: it holds no more than it reserved.
+            return true;
+        }
         let held = self.outgoing.held_bytes();
-        if held <= ALWAYS_PARKED_BYTES || self.reservation.is_some() {
+        if held <= ALWAYS_PARKED_BYTES {
+            self.outgoing.compact();
             return true;
         }
         self.reservation = budget.reserve(held);
-        self.reservation.is_some()
+        if self.reservation.is_some() {
+            self.outgoing.compact();
+            return true;
+        }
+        match spill_dir.map(|dir| self.outgoing.spill(dir)) {
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
+                log::warn!(
+                    "cannot spill a {held}-byte response for a slow client to {}: {error}; its \
+                     worker waits for the client instead (free space there, or fewer slow \
+                     clients, end this)",
+                    spill_dir.map_or(String::new(), |dir| dir.display().to_string())
+                );
+                false
+            }
+            None => false,
+        }
     }
 
     /// The connection closes once this response is sent.
@@ -511,6 +614,97 @@ mod tests {
     }
 
     #[test]
+    fn over_the_budget_a_response_spills_to_an_unlinked_file_and_goes_out_whole() {
+        let budget = SendBudget::new(0);
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
+        let mut response = Response::new(200);
+        response.body = Body::Bytes(data.clone());
+        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
+            .ok()
+            .unwrap();
+        let mut sending = Sending::new(outgoing, record(Instant::now()), Instant::now());
+        let (ours, mut peer) = pair();
+        assert_eq!(
+            sending.advance(&ours, Instant::now()).unwrap(),
+            Progress::Blocked
+        );
+        assert!(sending.may_park(&budget, Some(dir.path())));
+        assert_eq!(
+            budget.used(),
+            0,
+            "a spilled response takes none of the budget"
+        );
+        assert_eq!(sending.outgoing.held_bytes(), 0, "nothing left in memory");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the spill file has no name"
+        );
+        let received = drive(&mut sending.outgoing, &ours, &mut peer);
+        let body_at = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(received[body_at..] == data[..], "the body differs");
+        // Nowhere to spill (not a folder): the worker keeps it.
+        let mut response = Response::new(200);
+        response.body = Body::Bytes(data);
+        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
+            .ok()
+            .unwrap();
+        let mut kept = Sending::new(outgoing, record(Instant::now()), Instant::now());
+        let (ours, _peer) = pair();
+        assert_eq!(
+            kept.advance(&ours, Instant::now()).unwrap(),
+            Progress::Blocked
+        );
+        assert!(!kept.may_park(&budget, Some(&dir.path().join("missing"))));
+    }
+
+    #[test]
+    fn a_parked_response_holds_only_its_unsent_bytes() {
+        let budget = SendBudget::new(4 * 1024 * 1024);
+        let mut response = Response::new(200);
+        response.body = Body::Bytes(vec![7u8; 1_000_000]);
+        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
+            .ok()
+            .unwrap();
+        let mut sending = Sending::new(outgoing, record(Instant::now()), Instant::now());
+        let (ours, _peer) = pair();
+        assert_eq!(
+            sending.advance(&ours, Instant::now()).unwrap(),
+            Progress::Blocked
+        );
+        let held = sending.outgoing.held_bytes();
+        assert!(held < 1_000_000, "something was sent");
+        assert!(sending.may_park(&budget, None));
+        assert_eq!(budget.used(), held);
+        let allocated = sending.outgoing.head.capacity() + sending.outgoing.body.capacity();
+        assert_eq!(allocated, held, "the sent part's memory is given back");
+    }
+
+    #[test]
+    fn time_waiting_for_a_worker_is_not_counted_against_the_client() {
+        let start = Instant::now();
+        let rule = SendRule {
+            timeout: Duration::from_secs(10),
+            min_rate: 1000,
+        };
+        let mut response = Response::new(200);
+        response.body = Body::Bytes(vec![0; 10]);
+        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
+            .ok()
+            .unwrap();
+        let mut sending = Sending::new(outgoing, record(start), start);
+        // Room at 15 s, a worker only at 25 s: those 10 s are ours.
+        sending.resumable(start + Duration::from_secs(15));
+        let (ours, _peer) = pair();
+        let _ = sending.advance(&ours, start + Duration::from_secs(25));
+        assert_eq!(sending.waited, Duration::from_secs(10));
+        sending.outgoing.sent = 20_000;
+        // 20,000 bytes buy 20 s, plus the 10 s waited.
+        assert_eq!(sending.deadline(&rule), start + Duration::from_secs(30));
+    }
+
+    #[test]
     fn the_deadline_is_the_stall_or_the_rate_whichever_comes_first() {
         let start = Instant::now();
         let rule = SendRule {
@@ -558,16 +752,19 @@ mod tests {
         let mut second = big(1024 * 1024);
         let mut third = big(1024 * 1024);
         let mut small = big(1000);
-        assert!(first.may_park(&budget));
-        assert!(second.may_park(&budget));
+        assert!(first.may_park(&budget, None));
+        assert!(second.may_park(&budget, None));
         assert!(
-            !third.may_park(&budget),
+            !third.may_park(&budget, None),
             "over the budget: its worker finishes it"
         );
-        assert!(small.may_park(&budget), "a small response always parks");
+        assert!(
+            small.may_park(&budget, None),
+            "a small response always parks"
+        );
         assert!(budget.used() > 2 * 1024 * 1024, "{}", budget.used());
         drop(first);
-        assert!(third.may_park(&budget), "room again once one ended");
+        assert!(third.may_park(&budget, None), "room again once one ended");
         drop(second);
         drop(third);
         assert_eq!(budget.used(), 0);

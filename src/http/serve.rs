@@ -57,6 +57,9 @@ pub struct Settings {
     pub send_timeout: Duration,
     /// Least average rate of a response, bytes a second (`client_send_min_rate`; 0: none).
     pub send_min_rate: u64,
+    /// Where a parked response over the child's memory budget spills its bytes (see
+    /// `sending`): the store's first data folder. `None`: nowhere, its worker finishes it.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -167,10 +170,10 @@ pub fn serve(
                 connection.consume_buffered(used);
                 match head::check_host(&head) {
                     Ok(()) => head,
-                    Err(error) => return reject(connection, &error),
+                    Err(error) => return reject(connection, &error, settings, budget),
                 }
             }
-            Err(error) => return reject(connection, &error),
+            Err(error) => return reject(connection, &error, settings, budget),
         };
         match serve_one(connection, head, handler, settings, draining, budget) {
             Disposition::KeepAlive => {}
@@ -196,12 +199,12 @@ pub fn serve(
 }
 
 /// Answers a request we could not parse, and closes.
-fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
-    // Written blocking (bounded by `client_send_timeout`): after a response the socket may be
-    // in the sender's non-blocking mode.
-    if connection.set_blocking(true).is_err() {
-        return Disposition::Gone;
-    }
+fn reject(
+    connection: &mut Connection,
+    error: &HttpError,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
     log::debug!(
         "{}: answering {} to a bad request: {error}",
         connection.peer(),
@@ -213,10 +216,15 @@ fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
         keep_alive: false,
         head_request: false,
     };
-    match response::write_response(&mut connection.stream(), response, &options) {
-        Ok(_) => Disposition::Close,
-        Err(_) => Disposition::Gone,
-    }
+    // The access log has no method or target to show for a request that did not parse.
+    let record = AccessRecord {
+        peer: connection.peer(),
+        method: "-".to_string(),
+        target: "-".to_string(),
+        status: error.status(),
+        started: Instant::now(),
+    };
+    respond(connection, response, &options, record, settings, budget)
 }
 
 /// Runs the handler for one request and writes its response.
@@ -257,13 +265,20 @@ fn serve_one(
             Ok(response) => response,
             Err(_) => {
                 log::error!("handler panicked on {method} {target}; answering 500");
-                return finish_with(
-                    connection,
-                    Response::text(500, "Internal Server Error\n"),
+                let options = WriteOptions {
                     version,
-                    false,
-                    is_head,
-                );
+                    keep_alive: false,
+                    head_request: is_head,
+                };
+                let record = AccessRecord {
+                    peer,
+                    method,
+                    target,
+                    status: 500,
+                    started,
+                };
+                let response = Response::text(500, "Internal Server Error\n");
+                return respond(connection, response, &options, record, settings, budget);
             }
         };
         // A body the handler did not read is discarded if it has already arrived, so the
@@ -316,7 +331,20 @@ fn serve_one(
         status,
         started,
     };
-    let outgoing = match Outgoing::new(response::prepare(response, &options)) {
+    respond(connection, response, &options, record, settings, budget)
+}
+
+/// Writes `response` to a request answered with `options`: through [`send`], or, for a
+/// streamed body, with blocking writes.
+fn respond(
+    connection: &mut Connection,
+    response: Response,
+    options: &WriteOptions,
+    record: AccessRecord,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
+    let outgoing = match Outgoing::new(response::prepare(response, options)) {
         Ok(outgoing) => outgoing,
         Err(streamed) => return write_streamed(connection, streamed, &record),
     };
@@ -359,7 +387,7 @@ pub fn send(
             connection.abort();
             return Disposition::Gone;
         }
-        if sending.may_park(budget) {
+        if sending.may_park(budget, settings.spill_dir.as_deref()) {
             return Disposition::Sending(Box::new(sending));
         }
         connection.wait_writable(deadline - now);
@@ -388,25 +416,6 @@ fn write_streamed(
             record.not_completed(&error);
             Disposition::Gone
         }
-    }
-}
-
-/// Writes `response` and closes: the path for failures after the head was parsed.
-fn finish_with(
-    connection: &mut Connection,
-    response: Response,
-    version: Version,
-    keep_alive: bool,
-    head_request: bool,
-) -> Disposition {
-    let options = WriteOptions {
-        version,
-        keep_alive,
-        head_request,
-    };
-    match response::write_response(&mut connection.stream(), response, &options) {
-        Ok(_) => Disposition::Close,
-        Err(_) => Disposition::Gone,
     }
 }
 

@@ -59,7 +59,8 @@ pub struct AcceptSettings {
     /// keep-alive connection parked the longest (closed FIN-first, lingering outside the count);
     /// with none idle the child stops polling the listener and leaves new connections in the
     /// shared backlog for the other children. Each one costs a descriptor and a read buffer,
-    /// so this bounds both (lingering closes at most double the descriptors).
+    /// so this bounds both: lingering closes add at most as many descriptors again, and a
+    /// parked response one more each (its image file, or its spill file).
     pub max_connections: usize,
 }
 
@@ -317,7 +318,8 @@ impl Acceptor {
         revents.clear();
         poll(&mut fds, timeout)?;
         // nix answers `None` for a bit it has no name for. Linux reports only what was asked
-        // (POLLIN) and POLLERR, POLLHUP, POLLNVAL, all named; were another to appear, it
+        // (POLLIN, or POLLOUT for a response waiting for room) and POLLERR, POLLHUP, POLLNVAL,
+        // all named; were another to appear, it
         // counts as an event, as any nonzero revents did before.
         revents.extend(
             fds.iter()
@@ -436,9 +438,11 @@ impl Acceptor {
                     connection: waiting.parked.into_connection(),
                     head,
                 })),
+                // Ahead of new requests: a response under way is already a worker's promise,
+                // and its client is waiting for it.
                 Fate::Resume => {
                     if let Some(resume) = waiting.parked.into_resume() {
-                        self.ready.push_back(Work::Response(resume));
+                        self.ready.push_front(Work::Response(resume));
                     }
                 }
                 Fate::Stay | Fate::Drop => {}
