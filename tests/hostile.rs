@@ -13,8 +13,6 @@
 use std::fs;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -151,42 +149,133 @@ impl Watch {
     }
 }
 
-/// Sends `request` on a new connection while reading the answer: a writer thread keeps sending
-/// (so a server that answers before reading everything is not blocked by our write) until it is
-/// done or the server closes. Returns the response and the bytes the writer managed to send.
-fn send_while_reading(
-    addr: SocketAddr,
-    head: Vec<u8>,
-    mut body: impl FnMut(u64) -> Option<Vec<u8>> + Send + 'static,
-) -> (Option<Response>, u64) {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(ANSWER)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_writer = stop.clone();
-    let sender = thread::spawn(move || {
-        let mut sent = 0u64;
-        if writer.write_all(&head).is_err() {
-            return sent;
-        }
-        sent += head.len() as u64;
-        while !stop_writer.load(Ordering::SeqCst) {
-            let Some(piece) = body(sent) else { break };
-            if writer.write_all(&piece).is_err() {
-                break;
-            }
-            sent += piece.len() as u64;
-        }
-        sent
-    });
-    let response = read_response(&mut BufReader::new(stream.try_clone().unwrap()), "POST");
-    stop.store(true, Ordering::SeqCst);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let sent = sender.join().unwrap();
-    (response.ok().flatten(), sent)
+/// How much a paced sender writes at a time after a head: 16 KiB of body (64 pieces per MiB).
+const BODY_PIECE: u64 = 16 * 1024;
+
+/// How much a paced sender writes at a time of a head: the acceptor's read size for heads
+/// (`HEAD_READ_CHUNK` in src/http/connection.rs).
+const HEAD_PIECE: u64 = 4 * 1024;
+
+/// The server's head limits with the default `max_header_line` (16,384; src/http/head.rs
+/// `Limits::new`): a line of more than 16,384 bytes, a head of 65,536 bytes without its end
+/// (`MIN_HEAD_BYTES`, since 2 x 16,384 is less), a 101st field (`MAX_HEADERS`).
+const MAX_HEADER_LINE: u64 = 16_384;
+const MAX_HEAD_BYTES: u64 = 65_536;
+const MAX_HEADERS: usize = 100;
+
+/// The largest JSON body (`MAX_JSON_BODY` in src/api/images.rs).
+const MAX_JSON_BODY: u64 = 1024 * 1024;
+
+/// What a paced send saw: the answer, and the length of each piece written, in order.
+struct Paced {
+    response: Option<Response>,
+    written: Vec<u64>,
 }
 
-/// Creates an image (201) and returns its id.
+impl Paced {
+    fn sent(&self) -> u64 {
+        self.written.iter().sum()
+    }
+
+    /// The body bytes written, when the first piece is the head and every later one carries
+    /// `BODY_PIECE` bytes of body (see [`endless_body`]).
+    fn body_sent(&self) -> u64 {
+        self.written.len().saturating_sub(1) as u64 * BODY_PIECE
+    }
+}
+
+/// Sends the pieces `next` gives (it gets the number of pieces written so far; `None` ends the
+/// request) on a new connection, in lock step with the server, then reads the answer.
+///
+/// A piece is written only once the server's process has read every byte before it (the
+/// server's socket has received all we wrote and holds none of it unread: `tcpi_bytes_received`
+/// and `idiag_rqueue` by a sock_diag lookup, [`util::peer_socket`]) and no answer has reached
+/// us. With `reader`, the pid of the serving child, it also waits until a thread of that child
+/// is blocked receiving from this connection ([`util::blocked_receiving`]): the server wants
+/// more. That is how bodies are paced: a worker that refuses a body reads and drops what has
+/// already arrived of it before answering (`discard_arrived` in src/http/serve.rs), so a piece
+/// sent while it decides would be counted as read. Heads go without it (the acceptor reads
+/// them, waiting in poll(2) on every connection at once).
+///
+/// So when the answer comes, the bytes sent are what the server read before it refused, plus
+/// at most the rest of the piece in which it decided, and (without `reader`, or if a sample
+/// catches a thread inside a non-blocking read) one more piece sent while the answer was on
+/// its way. That is how these tests measure how much was read before a refusal, without
+/// counting what the kernel's socket buffers hold (megabytes on loopback) or what a closing
+/// connection discards after the answer. (The child's /proc/PID/io `rchar` would not do: it
+/// counts read(2), and sockets are read with recv(2).)
+fn send_in_lock_step(
+    addr: SocketAddr,
+    reader: Option<i32>,
+    mut next: impl FnMut(usize) -> Option<Vec<u8>>,
+) -> Paced {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(ANSWER)).unwrap();
+    let mut written = Vec::new();
+    let mut server_fd = None;
+    'sending: while !util::readable_now(&stream) {
+        let Some(piece) = next(written.len()) else {
+            break;
+        };
+        if stream.write_all(&piece).is_err() {
+            break;
+        }
+        written.push(piece.len() as u64);
+        let total: u64 = written.iter().sum();
+        let deadline = Instant::now() + ANSWER;
+        loop {
+            if util::readable_now(&stream) {
+                break 'sending;
+            }
+            match util::peer_socket(&stream) {
+                // The server closed its socket: its answer (or the close) is readable next.
+                None => break,
+                Some(peer) if peer.received >= total && peer.unread == 0 => {
+                    let Some(pid) = reader else { break };
+                    if server_fd.is_none() {
+                        server_fd = util::fd_of_socket(pid, peer.inode);
+                    }
+                    if server_fd.is_some_and(|fd| util::blocked_receiving(pid, fd)) {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline {
+                // The server neither reads nor answers: the read below says what it did.
+                break 'sending;
+            }
+            // Polling the server's socket and threads, a condition with the deadline above.
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let response = read_response(&mut BufReader::new(&mut stream), "POST");
+    Paced {
+        response: response.ok().flatten(),
+        written,
+    }
+}
+
+/// `n` rounded up to a whole number of `piece`s.
+fn round_up(n: u64, piece: u64) -> u64 {
+    n.div_ceil(piece) * piece
+}
+
+/// Asserts that what a paced send put on the wire (`sent`) shows the server refused once it had
+/// `refused_at` bytes and not before: at least `refused_at`, at most the end of the piece that
+/// held byte `refused_at` plus one piece (see [`send_in_lock_step`]).
+fn assert_refused_at(what: &str, sent: u64, refused_at: u64, piece: u64) {
+    let most = round_up(refused_at, piece) + piece;
+    assert!(
+        (refused_at..=most).contains(&sent),
+        "{what}: {sent} bytes sent when the answer came; the server can refuse once it has \
+         {refused_at} and should have by {most} ({piece}-byte pieces)"
+    );
+    eprintln!(
+        "{what}: refused after {sent} bytes sent (limit crossed at {refused_at}, bound {most})"
+    );
+}
+
 /// Every file under `dir`, relative, sorted.
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -369,20 +458,31 @@ fn idle_connection_floods_are_bounded_by_max_client_connections() {
 // Bodies.
 // ---------------------------------------------------------------------------------------------
 
-/// What a test sends as a body: the next piece, given the bytes sent so far; `None` ends it.
-type BodySource = Box<dyn FnMut(u64) -> Option<Vec<u8>> + Send>;
-
-/// An endless chunked body: 4 KiB chunks for as long as the server reads.
-fn endless_chunks(limit: u64) -> impl FnMut(u64) -> Option<Vec<u8>> + Send + 'static {
-    let mut chunk = b"1000\r\n".to_vec();
-    chunk.extend_from_slice(&[b' '; 4096]);
-    chunk.extend_from_slice(b"\r\n");
-    move |sent| (sent < limit).then(|| chunk.clone())
+/// The pieces of a request whose body is endless: piece 0 is `head`, each later one
+/// `BODY_PIECE` bytes of body (as one chunk when `chunked`, raw otherwise), until `most` body
+/// bytes were written (far past any limit here: a server still reading then fails the test).
+fn endless_body(head: Vec<u8>, chunked: bool, most: u64) -> impl FnMut(usize) -> Option<Vec<u8>> {
+    let mut piece = Vec::new();
+    if chunked {
+        piece.extend_from_slice(format!("{BODY_PIECE:x}\r\n").as_bytes());
+    }
+    piece.extend(std::iter::repeat_n(b' ', BODY_PIECE as usize));
+    if chunked {
+        piece.extend_from_slice(b"\r\n");
+    }
+    move |index| match index {
+        0 => Some(head.clone()),
+        _ => (index as u64 - 1 < most / BODY_PIECE).then(|| piece.clone()),
+    }
 }
 
-/// An endless chunked JSON body to image create is cut at 1 MiB with 413; an endless chunked
-/// upload, one chunk that claims 2^60 bytes, and a declared length over `image_size_cap` all get
-/// 413; the image stays `queued` with no data file, and memory stays bounded.
+/// An endless chunked JSON body to image create is cut with 413 once it passes 1 MiB; an
+/// endless chunked upload and one chunk that claims 2^60 bytes once they pass `image_size_cap`;
+/// a declared length over the cap before any of its body is read. Each body is sent in lock
+/// step with the server's reads ([`send_in_lock_step`]), so the body bytes sent when the 413
+/// comes are what the server read, within one piece: asserted between the limit and the limit's
+/// piece plus one (1 MiB + 1 to 1 MiB + 32 KiB here). The image stays `queued` with no data file,
+/// and memory stays within the bound.
 #[test]
 fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
     let cap = 1024 * 1024;
@@ -393,15 +493,23 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
     let head = b"POST /v2/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                  Transfer-Encoding: chunked\r\n\r\n"
         .to_vec();
-    let (response, sent) = send_while_reading(addr, head, endless_chunks(256 * 1024 * 1024));
-    assert_eq!(
-        response.as_ref().map(|r| r.status),
-        Some(413),
-        "{response:?}"
+    let paced = send_in_lock_step(
+        addr,
+        Some(watch.pid),
+        endless_body(head, true, 8 * MAX_JSON_BODY),
     );
-    assert!(
-        sent < 256 * 1024 * 1024,
-        "the server read the whole 256 MiB"
+    assert_eq!(
+        paced.response.as_ref().map(|r| r.status),
+        Some(413),
+        "{:?}",
+        paced.response
+    );
+    // The body is decoded bytes: one byte past 1 MiB is the first the server can refuse.
+    assert_refused_at(
+        "an endless chunked JSON body",
+        paced.body_sent(),
+        MAX_JSON_BODY + 1,
+        BODY_PIECE,
     );
     watch.check(&server, "an endless chunked JSON body");
 
@@ -412,11 +520,14 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
         )
         .into_bytes()
     };
-    let cases: Vec<(&str, Vec<u8>, BodySource)> = vec![
+    // Each case: its head, whether its body pieces are chunks, and after how many body bytes
+    // the server can know to refuse it.
+    let cases: Vec<(&str, Vec<u8>, bool, u64)> = vec![
         (
             "endless chunked upload",
             upload("Transfer-Encoding: chunked"),
-            Box::new(endless_chunks(256 * 1024 * 1024)),
+            true,
+            cap + 1,
         ),
         (
             "one chunk claiming 2^60 bytes",
@@ -425,31 +536,32 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
                 head.extend_from_slice(b"1000000000000000\r\n");
                 head
             },
-            Box::new(|sent: u64| (sent < 256 * 1024 * 1024).then(|| vec![b'x'; 65536])),
+            false,
+            cap + 1,
         ),
         (
             "Content-Length one over image_size_cap",
             upload(&format!("Content-Length: {}", cap + 1)),
-            Box::new(move |sent: u64| (sent < cap + 1024).then(|| vec![b'x'; 65536])),
+            false,
+            0,
         ),
         (
             "Content-Length of 2^63-1",
             upload(&format!("Content-Length: {}", i64::MAX)),
-            Box::new(|_: u64| None),
+            false,
+            0,
         ),
     ];
-    for (name, head, body) in cases {
-        let (response, sent) = send_while_reading(addr, head, body);
+    for (name, head, chunked, refused_at) in cases {
+        let paced = send_in_lock_step(addr, Some(watch.pid), endless_body(head, chunked, 8 * cap));
         assert_eq!(
-            response.as_ref().map(|r| r.status),
+            paced.response.as_ref().map(|r| r.status),
             Some(413),
-            "{name}: {response:?}\n{}",
+            "{name}: {:?}\n{}",
+            paced.response,
             server.log()
         );
-        assert!(
-            sent < 256 * 1024 * 1024,
-            "{name}: the server read everything"
-        );
+        assert_refused_at(name, paced.body_sent(), refused_at, BODY_PIECE);
         let image = util::get(addr, &format!("/v2/images/{id}")).unwrap();
         let image: Value = serde_json::from_slice(&image.body).unwrap();
         assert_eq!(image["status"], "queued", "{name}: {image}");
@@ -466,48 +578,90 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
 // Heads.
 // ---------------------------------------------------------------------------------------------
 
-/// Heads built to exhaust memory: each is refused with 431 (or 414 for the request line) before
-/// more than the head limit is buffered.
+/// Heads built to exhaust memory: each is refused with 431 (or 414 for the request line) once
+/// it crosses its limit (a 64 KiB head, a 16,384-byte line, 100 fields), not after buffering
+/// the whole. Sent 4 KiB at a time in lock step with the server's reads
+/// ([`send_in_lock_step`]): the bytes sent when the answer comes lie between the byte that
+/// crossed the limit and the end of its piece plus one more (8 KiB past it at most).
 #[test]
 fn header_bombs_get_431_with_bounded_memory() {
     let server = Server::start("workers = 1");
     let watch = Watch::new(&server);
+    let start = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
     let line = "v".repeat(16_000);
-    let mut many_long = String::from("GET /healthcheck HTTP/1.1\r\nHost: x\r\n");
+    let mut many_long = start.clone();
     for i in 0..99 {
-        many_long.push_str(&format!("X-{i}: {line}\r\n"));
+        many_long.extend_from_slice(format!("X-{i}: {line}\r\n").as_bytes());
     }
-    many_long.push_str("\r\n");
-    let mut endless_line = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Endless: ".to_vec();
+    many_long.extend_from_slice(b"\r\n");
+    let mut endless_line = start.clone();
+    endless_line.extend_from_slice(b"X-Endless: ");
     endless_line.extend(std::iter::repeat_n(b'a', 1024 * 1024));
-    let mut endless_headers = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
+    // `Host` is the first field; the 101st, the first one too many, is `X99`.
+    let mut endless_headers = start.clone();
+    let mut field_101_at = 0;
     for i in 0..100_000 {
+        if i == MAX_HEADERS - 1 {
+            field_101_at = endless_headers.len() as u64;
+        }
         endless_headers.extend_from_slice(format!("X{i}: v\r\n").as_bytes());
     }
-    let mut long_name = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut long_name = start.clone();
     long_name.extend(std::iter::repeat_n(b'N', 20_000));
     long_name.extend_from_slice(b": v\r\n\r\n");
     let mut long_target = b"GET /".to_vec();
     long_target.extend(std::iter::repeat_n(b'p', 1024 * 1024));
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+    let after_start = start.len() as u64;
+    // Each case: the request, its status, and how many bytes the server needs to see that it
+    // is over a limit: a head of MAX_HEAD_BYTES without its end, a line one byte longer than
+    // MAX_HEADER_LINE (counted from its start), the first byte of the 101st field.
+    let cases: Vec<(&str, Vec<u8>, u16, u64)> = vec![
         (
             "99 header lines of 16,000 bytes (1.6 MB head)",
-            many_long.into_bytes(),
+            many_long,
             431,
+            MAX_HEAD_BYTES,
         ),
-        ("a header line of 1 MiB", endless_line, 431),
-        ("100,000 short header lines", endless_headers, 431),
-        ("a header name of 20,000 bytes", long_name, 431),
-        ("a request target of 1 MiB", long_target, 414),
+        (
+            "a header line of 1 MiB",
+            endless_line,
+            431,
+            after_start + MAX_HEADER_LINE + 1,
+        ),
+        (
+            "100,000 short header lines",
+            endless_headers,
+            431,
+            field_101_at + 1,
+        ),
+        (
+            "a header name of 20,000 bytes",
+            long_name,
+            431,
+            after_start + MAX_HEADER_LINE + 1,
+        ),
+        (
+            "a request target of 1 MiB",
+            long_target,
+            414,
+            MAX_HEADER_LINE + 1,
+        ),
     ];
-    for (name, request, status) in cases {
-        let (response, _) = send_while_reading(server.addr(), request, |_| None);
+    for (name, request, status, refused_at) in cases {
+        let pieces: Vec<Vec<u8>> = request
+            .chunks(HEAD_PIECE as usize)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let paced = send_in_lock_step(server.addr(), None, |index| pieces.get(index).cloned());
         assert!(
-            response
+            paced
+                .response
                 .as_ref()
                 .is_some_and(|r| r.status == status && r.closes()),
-            "{name}: expected {status} with a close, got {response:?}"
+            "{name}: expected {status} with a close, got {:?}",
+            paced.response
         );
+        assert_refused_at(name, paced.sent(), refused_at, HEAD_PIECE);
         watch.check(&server, name);
     }
 }
