@@ -300,9 +300,12 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
 
 /// 1,000 connections each sending its head one byte per round (every 100 ms): the child holds
 /// them all in its poll set without a thread each, a fresh client is served within a second, and
-/// every one of them is answered 408 and closed at `client_header_timeout`.
+/// every one of them is answered 408 and closed at `client_header_timeout`: not before (the
+/// kernel's arrival stamp of each 408 is at least 4 s after the test began to connect it, so
+/// after the server accepted it) and not much after (within 3 s more, the poll slack).
 #[test]
 fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_header_deadline() {
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(4);
     raise_fd_limit();
     let server = Server::start("workers = 1\nworker_threads = 4\nclient_header_timeout = 4");
     let watch = Watch::new(&server);
@@ -310,16 +313,19 @@ fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_heade
     let started = Instant::now();
     let mut streams = Vec::new();
     for i in 0..1000 {
+        // Before connect(2): the server can only accept, and start the deadline, after this.
+        let connecting = std::time::SystemTime::now();
         let mut stream = TcpStream::connect(server.addr()).expect("connect");
+        util::stamp_arrivals(&stream);
         stream
             .write_all(format!("GET /healthcheck?{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
             .unwrap();
-        streams.push(stream);
+        streams.push((connecting, stream));
     }
     let connected = started.elapsed();
     let mut rounds = 0;
     while started.elapsed() < Duration::from_millis(2500) {
-        for stream in &mut streams {
+        for (_, stream) in &mut streams {
             // Pacing the trickle, not waiting for a condition.
             let _ = stream.write_all(b"a");
         }
@@ -335,42 +341,58 @@ fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_heade
         "the child holds only {held} more descriptors: the slow connections were not accepted"
     );
     let (mut answered_408, mut other) = (0, Vec::new());
-    for stream in &mut streams {
+    let (mut earliest, mut latest) = (Duration::MAX, Duration::ZERO);
+    for (i, (connecting, stream)) in streams.iter_mut().enumerate() {
         stream.set_read_timeout(Some(ANSWER)).unwrap();
-        match read_response(&mut BufReader::new(&mut *stream), "GET") {
-            Ok(Some(response)) if response.status == 408 && response.closes() => answered_408 += 1,
+        // When the answer arrived, by the kernel's stamp: however late this loop reads it.
+        let arrived = util::first_arrival(stream)
+            .map(|at| at.duration_since(*connecting).unwrap_or(Duration::ZERO));
+        match (
+            arrived,
+            read_response(&mut BufReader::new(&mut *stream), "GET"),
+        ) {
+            (Ok(after), Ok(Some(response))) if response.status == 408 && response.closes() => {
+                answered_408 += 1;
+                earliest = earliest.min(after);
+                latest = latest.max(after);
+                assert!(
+                    after >= HEADER_TIMEOUT,
+                    "connection {i} was cut {after:?} after it connected, before the {HEADER_TIMEOUT:?} header deadline"
+                );
+                assert!(
+                    after < HEADER_TIMEOUT + Duration::from_secs(3),
+                    "connection {i} was cut only {after:?} after it connected"
+                );
+            }
             result => other.push(format!("{result:?}")),
         }
     }
-    let cut_after = started.elapsed();
     assert_eq!(
         answered_408,
         1000,
         "not 408: {:?}",
         &other[..other.len().min(5)]
     );
-    // Each was accepted within `connected` of the start; deadline 4 s, plus the poll slack.
-    assert!(
-        cut_after < connected + Duration::from_secs(4) + Duration::from_secs(3),
-        "the last slow connection was cut only after {cut_after:?}"
-    );
     drop(streams);
     watch.check(&server, "after the slowloris connections were cut");
     println!(
         "slowloris: 1000 connections in {connected:?}, {rounds} trickle rounds, all cut with 408 \
-         by {cut_after:?}; child VmRSS {} KiB, {} threads",
+         {earliest:?} to {latest:?} after each connected; child VmRSS {} KiB, {} threads",
         proc_status(watch.pid, "VmRSS"),
         proc_status(watch.pid, "Threads")
     );
 }
 
 /// `client_header_timeout` is a total deadline for the head, not a per-byte one: a client that
-/// keeps sending one header byte every 100 ms is answered 408 at the deadline.
+/// keeps sending one header byte every 100 ms is answered 408 at the deadline: not before 2 s
+/// after it began to connect (the kernel's arrival stamp of the 408), by 3.5 s, and while it was
+/// still trickling (a deadline reset by each byte would never fire during the 10 s trickle).
 #[test]
 fn header_trickle_of_one_byte_per_100_ms_is_cut_at_the_total_header_deadline() {
     let server = Server::start("workers = 1\nclient_header_timeout = 2");
+    let connecting = std::time::SystemTime::now();
     let mut stream = TcpStream::connect(server.addr()).unwrap();
-    let started = Instant::now();
+    util::stamp_arrivals(&stream);
     stream
         .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Trickle: ")
         .unwrap();
@@ -379,23 +401,31 @@ fn header_trickle_of_one_byte_per_100_ms_is_cut_at_the_total_header_deadline() {
         let mut sent = 0;
         while sent < 100 && writer.write_all(b"a").is_ok() {
             sent += 1;
+            // Pacing the trickle, not waiting for a condition.
             thread::sleep(Duration::from_millis(100));
         }
         sent
     });
     stream.set_read_timeout(Some(ANSWER)).unwrap();
+    let arrived = util::first_arrival(&stream)
+        .map(|at| at.duration_since(connecting).unwrap_or(Duration::ZERO));
     let response = read_response(&mut BufReader::new(stream.try_clone().unwrap()), "GET");
-    let elapsed = started.elapsed();
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let sent = trickler.join().unwrap();
     assert!(
         matches!(&response, Ok(Some(r)) if r.status == 408 && r.closes()),
         "{response:?}"
     );
+    let arrived = arrived.expect("the 408's arrival stamp");
     assert!(
-        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(3500),
-        "cut after {elapsed:?} having trickled {sent} bytes"
+        arrived >= Duration::from_secs(2) && arrived < Duration::from_millis(3500),
+        "cut {arrived:?} after connecting, having trickled {sent} bytes"
     );
+    assert!(
+        sent < 100,
+        "the trickle of {sent} bytes ran to its end before the cut"
+    );
+    eprintln!("trickle cut {arrived:?} after connecting, after {sent} bytes");
 }
 
 /// Silent connections beyond `max_client_connections` wait in the listen backlog instead of
