@@ -801,92 +801,253 @@ fn request_smuggling_variants_are_refused_and_the_hidden_request_never_served() 
 // Paths and JSON.
 // ---------------------------------------------------------------------------------------------
 
+/// Every regular file under `root` (recursively) with its length, modification time and
+/// content, by path relative to `root`, but those `skip` names (files glint rewrites as it
+/// serves: the database and its WAL and SHM, the log, the status file).
+fn file_states(
+    root: &std::path::Path,
+    skip: &[&str],
+) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime, Vec<u8>)> {
+    let mut states = std::collections::BTreeMap::new();
+    for name in files_under(root) {
+        if skip.iter().any(|skipped| name.ends_with(skipped)) {
+            continue;
+        }
+        let path = root.join(&name);
+        let metadata = fs::metadata(&path).unwrap_or_else(|error| panic!("{name}: {error}"));
+        let content = fs::read(&path).unwrap_or_default();
+        states.insert(
+            name,
+            (metadata.len(), metadata.modified().unwrap(), content),
+        );
+    }
+    states
+}
+
 /// Invalid UTF-8, NUL bytes and path traversal in request targets, image ids and tags: raw
 /// control bytes are refused by the HTTP layer with 400, percent-encoded ones reach the API and
-/// get 400 or 404, and nothing is written anywhere but the database and the data directory.
+/// get 400 or 404, and no file is created, changed or removed anywhere a traversal could reach.
+///
+/// The server's files sit deep, `P/a/b/c/{images,cache,glint.sqlite}` under its temporary
+/// directory P, with a file `sentinel` in c, b, a and P and another, uniquely named, in P's
+/// parent (the system's temporary directory): what one to five `..` from the data or cache
+/// directory name. Each traversal depth from 1 to 6 (6 reaches `/` with /tmp) is tried, as `%2F`
+/// and as `%2E%2E%2F`, as an image id to show, download, upload to (with a body) and delete, and
+/// to queue and delete in the cache (flavor `cachemanagement`), aimed at the sentinels and at a
+/// new, unique name. Afterwards every file under P but the database, log and status file is
+/// byte for byte and time for time what it was, the sentinel in P's parent too, and the new
+/// name exists at no depth (c up to P's grandparent); `/etc/passwd` is unchanged.
 #[test]
 fn hostile_paths_get_400_or_404_and_touch_no_file() {
-    let server = Server::start("workers = 1");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let root = dir.path().to_path_buf();
+    let c = root.join("a/b/c");
+    fs::create_dir_all(&c).unwrap();
+    let config = util::base_config(
+        "workers = 1\n\n[paste_deploy]\nflavor = cachemanagement\n\n\
+         [image_cache]\nimage_cache_dir = a/b/c/cache\n",
+    )
+    .replace(
+        "filesystem_store_datadir = images",
+        "filesystem_store_datadir = a/b/c/images",
+    )
+    .replace("sqlite:///glint.sqlite", "sqlite:///a/b/c/glint.sqlite");
+    assert!(
+        config.contains("= a/b/c/images") && config.contains("sqlite:///a/b/c/"),
+        "{config}"
+    );
+    let config_path = root.join("glint-api.conf");
+    fs::write(&config_path, config).unwrap();
+    // Unique names, so that what this test finds in shared directories is its own doing.
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let escape = format!("glint-escape-{unique}");
+    let outside = root.parent().expect("the temporary directory's parent");
+    let outer_sentinel = outside.join(format!("glint-sentinel-{unique}"));
+    // The levels one to six `..` reach from the data directory (and the cache directory).
+    let levels: Vec<std::path::PathBuf> = vec![
+        c.clone(),
+        root.join("a/b"),
+        root.join("a"),
+        root.clone(),
+        outside.to_path_buf(),
+        outside
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .to_path_buf(),
+    ];
+    for level in &levels[..4] {
+        fs::write(
+            level.join("sentinel"),
+            format!("sentinel in {}", level.display()),
+        )
+        .unwrap();
+    }
+    fs::write(&outer_sentinel, "sentinel outside").unwrap();
+    // Removed however the test ends.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _outer_sentinel_guard = RemoveOnDrop(outer_sentinel.clone());
+    let outer_sentinel_name = outer_sentinel
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let server = Server::start_with(dir, config_path, &[]);
     let watch = Watch::new(&server);
     let addr = server.addr();
     let id = util::create_image(addr);
-    let files_before = files_under(server.dir.path());
-    let request = |method: &str, target: &[u8]| {
+    let skip = [
+        "glint.sqlite",
+        "glint.sqlite-wal",
+        "glint.sqlite-shm",
+        "glint-api.log",
+        "glint-api.status.json",
+    ];
+    let before = file_states(&root, &skip);
+    let outer_before = fs::read(&outer_sentinel).unwrap();
+    let passwd_before = fs::metadata("/etc/passwd")
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+
+    let request = |method: &str, target: &[u8], body: &[u8]| {
         let mut request = format!("{method} ").into_bytes();
         request.extend_from_slice(target);
         request.extend_from_slice(
-            b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: 0\r\n\r\n",
+            format!(
+                " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
         );
+        request.extend_from_slice(body);
         request
     };
     let tag = |suffix: &str| format!("/v2/images/{id}/tags/{suffix}").into_bytes();
-    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+    let mut cases: Vec<(String, Vec<u8>, &[u16])> = vec![
         (
-            "raw invalid UTF-8 in the path",
-            request("GET", b"/v2/images/\xff\xfe"),
+            "raw invalid UTF-8 in the path".into(),
+            request("GET", b"/v2/images/\xff\xfe", b""),
             &[400],
         ),
         (
-            "raw NUL in the path",
-            request("GET", b"/v2/images/a\0b"),
+            "raw NUL in the path".into(),
+            request("GET", b"/v2/images/a\0b", b""),
             &[400],
         ),
         (
-            "percent-encoded invalid UTF-8 id",
-            request("GET", b"/v2/images/%ff%fe"),
+            "percent-encoded invalid UTF-8 id".into(),
+            request("GET", b"/v2/images/%ff%fe", b""),
             &[404],
         ),
         (
-            "percent-encoded NUL id",
-            request("GET", b"/v2/images/%00"),
+            "percent-encoded NUL id".into(),
+            request("GET", b"/v2/images/%00", b""),
             &[404],
         ),
         (
-            "dot-dot segments",
-            request("GET", b"/v2/images/../../../etc/passwd"),
+            "dot-dot segments".into(),
+            request("GET", b"/v2/images/../../../etc/passwd", b""),
             &[404],
         ),
         (
-            "encoded traversal as an id",
-            request("GET", b"/v2/images/..%2F..%2F..%2Fetc%2Fpasswd"),
+            "raw dot-dot segments in an upload".into(),
+            request(
+                "PUT",
+                b"/v2/images/../../../../sentinel/file",
+                b"overwritten",
+            ),
             &[404],
         ),
         (
-            "encoded traversal in a download",
-            request("GET", b"/v2/images/..%2F..%2Fglint.sqlite/file"),
+            "encoded traversal as an id".into(),
+            request("GET", b"/v2/images/..%2F..%2F..%2Fetc%2Fpasswd", b""),
             &[404],
         ),
         (
-            "traversal id in an upload",
-            request("PUT", b"/v2/images/..%2F..%2Fescape/file"),
+            "encoded traversal to the database in a download".into(),
+            request("GET", b"/v2/images/..%2Fglint.sqlite/file", b""),
             &[404],
         ),
         (
-            "traversal id in a delete",
-            request("DELETE", b"/v2/images/..%2Fglint.sqlite"),
+            "traversal to the database in a delete".into(),
+            request("DELETE", b"/v2/images/..%2Fglint.sqlite", b""),
             &[404],
         ),
         (
-            "percent-encoded invalid UTF-8 tag",
-            request("PUT", &tag("%ff%fe")),
+            "percent-encoded invalid UTF-8 tag".into(),
+            request("PUT", &tag("%ff%fe"), b""),
             &[400],
         ),
         (
-            "percent-encoded NUL tag",
-            request("PUT", &tag("a%00b")),
+            "percent-encoded NUL tag".into(),
+            request("PUT", &tag("a%00b"), b""),
             &[400, 204],
         ),
         (
-            "a tag of 256 characters",
-            request("PUT", &tag(&"t".repeat(256))),
+            "a tag of 256 characters".into(),
+            request("PUT", &tag(&"t".repeat(256)), b""),
             &[400],
         ),
         (
-            "a tag that looks like a path",
-            request("PUT", &tag("..%2F..%2Fescape")),
+            "a tag that looks like a path".into(),
+            request("PUT", &tag("..%2F..%2Fescape"), b""),
             &[204],
         ),
     ];
+    for depth in 1..=levels.len() {
+        // Depth 5 reaches the system's temporary directory, where the sentinel has its own name.
+        let sentinel = if depth == 5 {
+            outer_sentinel_name.as_str()
+        } else {
+            "sentinel"
+        };
+        for (encoding, up) in [("%2F", "..%2F"), ("%2E%2E%2F", "%2E%2E%2F")] {
+            let to = |name: &str| format!("{}{name}", up.repeat(depth));
+            let routes: Vec<(&str, String, &[u8])> = vec![
+                ("show", format!("/v2/images/{}", to(sentinel)), b""),
+                ("download", format!("/v2/images/{}/file", to(sentinel)), b""),
+                (
+                    "upload over a sentinel",
+                    format!("/v2/images/{}/file", to(sentinel)),
+                    b"overwritten",
+                ),
+                (
+                    "upload to a new name",
+                    format!("/v2/images/{}/file", to(&escape)),
+                    b"escaped",
+                ),
+                ("delete", format!("/v2/images/{}", to(sentinel)), b""),
+                ("cache queue", format!("/v2/cache/{}", to(&escape)), b""),
+                ("cache delete", format!("/v2/cache/{}", to(sentinel)), b""),
+            ];
+            for (route, target, body) in routes {
+                let method = match route {
+                    "show" | "download" => "GET",
+                    "delete" | "cache delete" => "DELETE",
+                    _ => "PUT",
+                };
+                cases.push((
+                    format!("{route}, {depth} levels up as {encoding}"),
+                    request(method, target.as_bytes(), body),
+                    &[404],
+                ));
+            }
+        }
+    }
     let mut failures = Vec::new();
     for (name, bytes, statuses) in &cases {
         let (response, _) = util::exchange_then_eof(addr, bytes, false, ANSWER);
@@ -901,15 +1062,29 @@ fn hostile_paths_get_400_or_404_and_touch_no_file() {
         failures.join("\n"),
         server.log()
     );
-    let mut files_after = files_under(server.dir.path());
-    files_after.retain(|f| {
-        !f.starts_with("glint.sqlite") && !f.ends_with(".log") && !f.ends_with(".json")
-    });
-    let mut files_expected = files_before.clone();
-    files_expected.retain(|f| {
-        !f.starts_with("glint.sqlite") && !f.ends_with(".log") && !f.ends_with(".json")
-    });
-    assert_eq!(files_after, files_expected, "files appeared or went");
+    assert_eq!(
+        file_states(&root, &skip),
+        before,
+        "a file under the server's directory was created, changed or removed"
+    );
+    assert_eq!(
+        fs::read(&outer_sentinel).ok(),
+        Some(outer_before),
+        "{} changed",
+        outer_sentinel.display()
+    );
+    for level in &levels {
+        let path = level.join(&escape);
+        assert!(!path.exists(), "{} was created", path.display());
+    }
+    assert_eq!(
+        fs::metadata("/etc/passwd")
+            .ok()
+            .map(|m| (m.len(), m.modified().ok())),
+        passwd_before,
+        "/etc/passwd changed"
+    );
+    eprintln!("{} hostile paths, no file touched", cases.len());
     watch.check(&server, "hostile paths");
 }
 
