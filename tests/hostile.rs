@@ -83,11 +83,11 @@ fn configured_worker_threads(server: &Server) -> u64 {
     let config = fs::read_to_string(&server.config_path).expect("read the config");
     config
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let (key, value) = line.split_once('=')?;
             (key.trim() == "worker_threads").then(|| value.trim().parse().ok())?
         })
-        .last()
         .unwrap_or_else(|| panic!("no worker_threads in the config:\n{config}"))
 }
 
