@@ -733,10 +733,19 @@ fn changed_bind_port_moves_the_listener_and_requests_in_flight_complete() {
         "the status file lists the new address"
     );
     assert_eq!(util::get(new_addr, "/healthcheck").unwrap().status, 200);
+    // With reload_handoff (the default) the connections made to the old port live on in the
+    // new generation: some more requests on them, then the clients stop (joined before the
+    // stop, they went on until MAX_REQUESTS_PER_CLIENT each, over a minute on 2 cores).
+    let after_move = tally.succeeded.load(Ordering::SeqCst);
+    util::wait_until(
+        "more requests on the old port's connections after the move",
+        DEADLINE,
+        || tally.succeeded.load(Ordering::SeqCst) > after_move + 200,
+    );
+    stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.join().unwrap();
     }
-    stop.store(true, Ordering::SeqCst);
     let failures = tally.failures.lock().unwrap();
     assert_eq!(tally.failed.load(Ordering::SeqCst), 0, "{failures:#?}");
     let late = tally.closed_idle_after_send.load(Ordering::SeqCst);
