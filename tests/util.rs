@@ -886,6 +886,11 @@ pub fn readable_now(stream: &TcpStream) -> bool {
 /// (SO_TIMESTAMPNS), so that [`first_arrival`] can tell when an answer came, however late the
 /// test reads it. Set it before the answer can arrive.
 pub fn stamp_arrivals(stream: &TcpStream) {
+    receive_timestamps_on();
+    set_timestamping(stream);
+}
+
+fn set_timestamping(stream: &TcpStream) {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: setsockopt(2) with an int option on a socket we own.
@@ -899,6 +904,39 @@ pub fn stamp_arrivals(stream: &TcpStream) {
         )
     };
     assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", io::Error::last_os_error());
+}
+
+/// Makes sure the kernel stamps received packets from now on. The first socket that asks for
+/// stamps turns them on system-wide only later, from a work queue (`net_enable_timestamp`), and
+/// the last one to close turns them off the same way; a packet that arrives in between carries
+/// no stamp, and TCP then gives none. So the first call keeps a socket asking for stamps open for
+/// the life of the test process and waits until a byte sent to it arrives stamped.
+fn receive_timestamps_on() {
+    static PROBE: std::sync::OnceLock<(TcpStream, TcpStream)> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the probe");
+        let probe = TcpStream::connect(listener.local_addr().unwrap()).expect("connect the probe");
+        set_timestamping(&probe);
+        probe.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (mut sender, _) = listener.accept().expect("accept the probe");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            sender.write_all(b"x").unwrap();
+            let stamped = first_arrival(&probe).is_ok();
+            let mut byte = [0u8; 1];
+            (&probe).read_exact(&mut byte).unwrap();
+            if stamped {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the kernel gave no receive timestamps within {DEADLINE:?}"
+            );
+            // Polling for the kernel's work queue, a condition with the deadline above.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (probe, sender)
+    });
 }
 
 /// When the first unread byte on `stream` arrived, by the kernel's stamp (CLOCK_REALTIME, as
