@@ -26,8 +26,9 @@ const MAX_PROPERTIES: usize = 128;
 
 /// What one worker thread may add to a child's resident memory (docs/RELIABILITY.md): two
 /// 1 MiB-sized copies at once (a request body and its parse, or a list page and one image),
-/// each up to twice its size while a `Vec` grows.
-pub const PER_WORKER_KIB: u64 = 4 * 1024;
+/// each up to twice its size while a `Vec` grows, and its share of the bytes that responses
+/// parked for want of socket room may hold (`http::sending::BUDGET_PER_WORKER`, 1 MiB).
+pub const PER_WORKER_KIB: u64 = 5 * 1024;
 
 /// What the registry's connections may add beyond that: `DEFAULT_MAX_CONNECTIONS` (4) SQLite
 /// page caches of 2,000 KiB each (SQLite's default `cache_size`) (docs/RELIABILITY.md).

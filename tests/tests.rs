@@ -22,6 +22,8 @@
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
+//! - `slow_readers`: downloads to clients that read slowly or not at all hold no worker, end whole
+//!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 
 mod util;
 
@@ -38,3 +40,4 @@ mod images;
 mod lifecycle;
 mod process_faults;
 mod reload;
+mod slow_readers;
