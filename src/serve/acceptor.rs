@@ -666,10 +666,13 @@ impl Acceptor {
 
     /// Accepts from one listener until its backlog is empty or this child is full.
     fn accept_from(&mut self, index: usize) {
-        let now = Instant::now();
         while self.open_connections() < self.accept.max_connections || self.oldest_idle().is_some()
         {
-            match self.listeners[index].accept() {
+            let accepted = self.listeners[index].accept();
+            // Read after each accept: a connection's header deadline counts from its own
+            // accept, not from the start of a batch that may have begun before it connected.
+            let now = Instant::now();
+            match accepted {
                 Ok((stream, peer)) => {
                     if let Err(error) = prepare_accepted(&stream, self.accept.tcp_keepidle) {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");
