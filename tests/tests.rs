@@ -14,8 +14,8 @@
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
-//! - `files`: what glint writes on disk: modes closed to other users, no write through a
-//!   planted link.
+//! - `files`: what glint writes on disk: modes closed to other users, the group of a setgid
+//!   directory, no write through a planted link.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 //! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
 //!   metadata cap, list pages cut by size, a child's peak under hostile lists.
