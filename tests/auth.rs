@@ -447,3 +447,113 @@ fn a_rolling_reload_that_revokes_a_token_replaces_every_child_at_once() {
         200
     );
 }
+
+/// Opens a keep-alive connection, sends `request` on it and checks the answer's status; returns
+/// the connection and its reader, for the next request.
+fn keepalive_exchange(
+    server: &Server,
+    request: &str,
+    status: u16,
+) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(request.as_bytes()).unwrap();
+    let response = util::read_response(&mut reader, "GET").unwrap().unwrap();
+    assert!(
+        response.status == status && !response.closes(),
+        "{request:?}: {response:?}"
+    );
+    (stream, reader)
+}
+
+/// Issue 10, hole 2: a client that never authenticated must not hold a slot for long. With
+/// `client_header_timeout = 2` and `client_socket_timeout = 60`, a keep-alive connection that only
+/// called open routes (`/healthcheck`, `/versions`) is closed about 2 s after its answer, under
+/// `auth_strategy = token` and under `noauth` alike, and so is one whose good token was followed
+/// by a 401; a connection whose credentials were accepted (a listed token; under `noauth`, any
+/// API request), answered before those and so idle longer, is still served afterwards, and so
+/// is an open-route connection that then sent a good token.
+#[test]
+fn a_connection_that_never_authenticated_waits_only_the_header_timeout() {
+    use std::io::Write;
+    let timeouts = "workers = 1\nclient_header_timeout = 2\nclient_socket_timeout = 60";
+    let dir = tempfile::tempdir().expect("temporary directory");
+    write_tokens(&dir.path().join("tokens"), &[TOKEN]);
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        util::base_config(&format!(
+            "{timeouts}\nauth_strategy = token\nauth_token_file = tokens"
+        )),
+    )
+    .unwrap();
+    let token_server = Server::start_with(dir, config_path, &[]);
+    let noauth_server = Server::start(timeouts);
+    let get = |path: &str, token: Option<&str>| {
+        let token = token.map_or(String::new(), |t| format!("X-Auth-Token: {t}\r\n"));
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{token}\r\n")
+    };
+    for (server, accepted_token) in [(&token_server, Some(TOKEN)), (&noauth_server, None)] {
+        // The trusted connections are answered first, so that when the untrusted ones have been
+        // closed, the trusted ones have been idle longer than `client_header_timeout`: had they
+        // been given that timeout, they would be closed already.
+        let (mut authenticated, mut authenticated_reader) =
+            keepalive_exchange(server, &get("/v2/images", accepted_token), 200);
+        let (mut upgraded, mut upgraded_reader) =
+            keepalive_exchange(server, &get("/healthcheck", None), 200);
+        upgraded
+            .write_all(get("/v2/images", accepted_token).as_bytes())
+            .unwrap();
+        let response = util::read_response(&mut upgraded_reader, "GET")
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status, 200);
+        let trusted_since = std::time::Instant::now();
+        let (open_only, _) = keepalive_exchange(server, &get("/healthcheck", None), 200);
+        let (versions_only, _) = keepalive_exchange(server, &get("/versions", None), 200);
+        let mut untrusted = vec![("/healthcheck", open_only), ("/versions", versions_only)];
+        if accepted_token.is_some() {
+            // Accepted, then refused: the 401 withdraws the trust.
+            let (mut refused, mut refused_reader) =
+                keepalive_exchange(server, &get("/v2/images", accepted_token), 200);
+            refused
+                .write_all(get("/v2/images", Some("not-a-listed-token")).as_bytes())
+                .unwrap();
+            let response = util::read_response(&mut refused_reader, "GET")
+                .unwrap()
+                .unwrap();
+            assert!(response.status == 401 && !response.closes(), "{response:?}");
+            untrusted.push(("/v2/images with a good token, then a bad one", refused));
+        }
+        for (name, mut stream) in untrusted {
+            assert!(
+                util::peer_closed(&mut stream, std::time::Duration::from_secs(10)),
+                "the connection that called {name} was still open 10 s after its answer \
+                 (client_socket_timeout = 60 applied)"
+            );
+        }
+        let trusted_idle = trusted_since.elapsed();
+        eprintln!("untrusted connections closed; the trusted ones idle for {trusted_idle:?}");
+        assert!(trusted_idle >= std::time::Duration::from_secs(2));
+        for (name, stream, reader) in [
+            (
+                "authenticated",
+                &mut authenticated,
+                &mut authenticated_reader,
+            ),
+            ("upgraded", &mut upgraded, &mut upgraded_reader),
+        ] {
+            stream
+                .write_all(get("/v2/images", accepted_token).as_bytes())
+                .unwrap();
+            let response = util::read_response(reader, "GET");
+            assert!(
+                matches!(&response, Ok(Some(r)) if r.status == 200),
+                "the {name} connection, idle {trusted_idle:?}, longer than \
+                 client_header_timeout: {response:?}"
+            );
+        }
+    }
+}

@@ -26,12 +26,20 @@ const MAX_PROPERTIES: usize = 128;
 
 /// What one worker thread may add to a child's resident memory (docs/RELIABILITY.md): two
 /// 1 MiB-sized copies at once (a request body and its parse, or a list page and one image),
-/// each up to twice its size while a `Vec` grows.
-const PER_WORKER_KIB: u64 = 4 * 1024;
+/// each up to twice its size while a `Vec` grows, and its share of the bytes that responses
+/// parked for want of socket room may hold (`http::sending::BUDGET_PER_WORKER`, 1 MiB).
+pub const PER_WORKER_KIB: u64 = 5 * 1024;
 
 /// What the registry's connections may add beyond that: `DEFAULT_MAX_CONNECTIONS` (4) SQLite
 /// page caches of 2,000 KiB each (SQLite's default `cache_size`) (docs/RELIABILITY.md).
-const SQLITE_KIB: u64 = 4 * 2000;
+pub const SQLITE_KIB: u64 = 4 * 2000;
+
+/// The bound docs/RELIABILITY.md states for a child's resident memory ("Memory of a child"):
+/// its idle size + the registry's page caches + [`PER_WORKER_KIB`] per worker thread. The one
+/// place it is computed: tests/hostile.rs checks every attack against it too.
+pub fn child_memory_bound_kib(idle_kib: u64, worker_threads: u64) -> u64 {
+    idle_kib + SQLITE_KIB + worker_threads * PER_WORKER_KIB
+}
 
 /// `worker_threads` in the harness's base config.
 const WORKER_THREADS: u64 = 4;
@@ -240,7 +248,7 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
 
     let peak_kib = proc_status(pid, "VmHWM");
     let after_kib = proc_status(pid, "VmRSS");
-    let bound_kib = idle_kib + SQLITE_KIB + WORKER_THREADS * PER_WORKER_KIB;
+    let bound_kib = child_memory_bound_kib(idle_kib, WORKER_THREADS);
     let largest_page = walks
         .iter()
         .flatten()

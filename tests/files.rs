@@ -91,6 +91,134 @@ fn metadata_files_are_not_readable_by_other_users() {
     );
 }
 
+/// Issue 10, hole 10, the group: glint's files belong to the group it runs as (systemd `Group=`,
+/// `start-stop-daemon --chuid USER:GROUP`), or, in a setgid directory, to that directory's group:
+/// the kernel gives a new file its directory's group, and a new directory the setgid bit too.
+/// This proves the second route. As root (CI), the server's directory is given gid 4242 (no such
+/// group need exist) and mode 2750, with every path inside it (database, log, pid and status
+/// files, data and cache directories); under umask 022, after an upload, a download and a cache
+/// fill, every file and directory glint created has gid 4242, files are 0640 or tighter and
+/// directories 2750 or tighter with the setgid bit kept (so what is created in them later
+/// inherits the group too). Running as root, glint would otherwise create them with gid 0.
+#[test]
+fn files_take_the_group_of_a_setgid_directory() {
+    const GROUP: u32 = 4242;
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), None, Some(GROUP))
+        .expect("chown the test directory to gid 4242 (these tests run as root)");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o2750)).unwrap();
+    let metadata = fs::metadata(dir.path()).unwrap();
+    assert_eq!(
+        (metadata.gid(), metadata.mode() & 0o7777),
+        (GROUP, 0o2750),
+        "the setgid directory could not be set up"
+    );
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        util::base_config(
+            "\n[paste_deploy]\nflavor = caching\n\n[image_cache]\nimage_cache_dir = cache\n",
+        ),
+    )
+    .unwrap();
+    // SAFETY: umask(2) only sets this process's mask; the server inherits it at spawn.
+    let previous = unsafe { libc::umask(0o022) };
+    let server = Server::start_with(dir, config_path, &[]);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let created = util::request(
+        server.addr(),
+        "POST",
+        "/v2/images",
+        &[("Content-Type", "application/json")],
+        br#"{"disk_format": "raw", "container_format": "bare", "name": "grouped"}"#,
+    )
+    .unwrap();
+    assert_eq!(created.status, 201);
+    let id = serde_json::from_slice::<serde_json::Value>(&created.body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v2/images/{id}/file");
+    let put = util::request(
+        server.addr(),
+        "PUT",
+        &path,
+        &[("Content-Type", "application/octet-stream")],
+        b"image bytes",
+    )
+    .unwrap();
+    assert_eq!(put.status, 204);
+    assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
+    util::wait_until("the cache record", DEADLINE, || {
+        fs::read_dir(server.path("cache/meta"))
+            .map(|entries| entries.count() > 0)
+            .unwrap_or(false)
+    });
+    let mut found = Vec::new();
+    collect_owned(server.dir.path(), &mut found);
+    let names: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
+    for expected in [
+        "glint.sqlite",
+        "glint.sqlite-wal",
+        "glint.sqlite-shm",
+        "glint-api.log",
+        "glint-api.pid",
+        "glint-api.status.json",
+        &format!("images/{id}"),
+        &format!("cache/{id}"),
+        "cache/meta",
+    ] {
+        assert!(
+            names.iter().any(|name| name.ends_with(expected)),
+            "{expected} not found among {names:?}"
+        );
+    }
+    let wrong: Vec<String> = found
+        .iter()
+        .filter(|(name, _, _, _)| {
+            !name.ends_with("glint-api.conf") && !name.ends_with("stderr.log")
+        })
+        .filter(|(_, is_dir, mode, gid)| {
+            let allowed = if *is_dir { 0o2750 } else { 0o640 };
+            *gid != GROUP || mode & !allowed != 0 || (*is_dir && mode & 0o2000 == 0)
+        })
+        .map(|(name, is_dir, mode, gid)| {
+            format!(
+                "{name}{} mode {mode:04o} gid {gid}",
+                if *is_dir { "/" } else { "" }
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not gid {GROUP}, or looser than 0640 (files) and 2750 (directories): {wrong:#?}"
+    );
+    let listed: Vec<String> = found
+        .iter()
+        .map(|(name, _, mode, gid)| format!("{name} {mode:04o} {gid}"))
+        .collect();
+    eprintln!("all gid {GROUP}:\n{}", listed.join("\n"));
+}
+
+/// Every file and directory under `dir` (recursively): its path, whether it is a directory,
+/// its mode bits and its group.
+fn collect_owned(dir: &Path, out: &mut Vec<(String, bool, u32, u32)>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let metadata = fs::symlink_metadata(&path).unwrap();
+        out.push((
+            path.display().to_string(),
+            metadata.is_dir(),
+            metadata.mode() & 0o7777,
+            metadata.gid(),
+        ));
+        if metadata.is_dir() {
+            collect_owned(&path, out);
+        }
+    }
+}
+
 /// Issue 10, hole 7: a symlink planted at the pid file's temporary name, and at the status
 /// file's, must not make the master write through it.
 #[test]

@@ -3,16 +3,16 @@
 //!
 //! Every test watches the child that serves it (`workers = 1`): after each attack a fresh client
 //! must get `GET /healthcheck` answered within [`FRESH_CLIENT`], the child's thread count must be
-//! what it was at start (`Threads` in /proc/PID/status: no thread per connection), and its
-//! resident memory must stay under [`RSS_BOUND`] (`VmRSS`: no unbounded buffering). The bound is
-//! generous on purpose: an idle debug-build child uses about 10 MiB, and a leak or a buffered
-//! body of the sizes sent here would blow through it.
+//! what it was at start (`Threads` in /proc/PID/status: no thread per connection), and its peak
+//! resident memory (`VmHWM`) must stay within the child bound docs/RELIABILITY.md states
+//! ("Memory of a child", computed by [`crate::bounds::child_memory_bound_kib`]): its idle
+//! `VmRSS` + 8,000 KiB + `worker_threads` x 5 MiB, 28,480 KiB over idle with the harness's 4
+//! worker threads. A buffered endless body or header section, or a buffer kept per slow
+//! connection, would pass it.
 
 use std::fs;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,6 @@ use crate::util::{self, read_response, show, Response, Server};
 
 /// How fast a fresh client must be served while an attack is under way.
 pub const FRESH_CLIENT: Duration = Duration::from_secs(1);
-
-/// The largest resident set a child may have during these tests (documented in
-/// docs/RELIABILITY.md).
-pub const RSS_BOUND_KIB: u64 = 64 * 1024;
 
 /// How long a test waits for an answer before calling the server stuck.
 const ANSWER: Duration = Duration::from_secs(10);
@@ -81,10 +77,26 @@ pub fn assert_fresh_client_served(server: &Server, during: &str) {
     );
 }
 
-/// The one child of a `workers = 1` server, with its thread count at start.
+/// `worker_threads` as the server's config file sets it (the harness's base config says 4; a
+/// test's own line comes after it, and the last value of a key wins).
+fn configured_worker_threads(server: &Server) -> u64 {
+    let config = fs::read_to_string(&server.config_path).expect("read the config");
+    config
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == "worker_threads").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no worker_threads in the config:\n{config}"))
+}
+
+/// The one child of a `workers = 1` server, with its thread count and memory at start.
 pub struct Watch {
     pub pid: i32,
     threads: u64,
+    idle_kib: u64,
+    worker_threads: u64,
 }
 
 impl Watch {
@@ -99,10 +111,18 @@ impl Watch {
         Watch {
             pid,
             threads: proc_status(pid, "Threads"),
+            idle_kib: proc_status(pid, "VmRSS"),
+            worker_threads: configured_worker_threads(server),
         }
     }
 
-    /// A fresh client is served in time; threads unchanged; memory under the bound.
+    /// The child's memory bound (docs/RELIABILITY.md, "Memory of a child").
+    pub fn bound_kib(&self) -> u64 {
+        crate::bounds::child_memory_bound_kib(self.idle_kib, self.worker_threads)
+    }
+
+    /// A fresh client is served in time; threads unchanged; the child's peak resident memory
+    /// since it started (`VmHWM`, so a peak between two checks counts) within its bound.
     pub fn check(&self, server: &Server, during: &str) {
         assert_fresh_client_served(server, during);
         let threads = proc_status(self.pid, "Threads");
@@ -110,50 +130,152 @@ impl Watch {
             threads, self.threads,
             "during {during}: the child's thread count changed"
         );
-        let rss = proc_status(self.pid, "VmRSS");
+        let peak = proc_status(self.pid, "VmHWM");
+        let bound = self.bound_kib();
         assert!(
-            rss < RSS_BOUND_KIB,
-            "during {during}: child VmRSS {rss} KiB over the bound of {RSS_BOUND_KIB} KiB"
+            peak <= bound,
+            "during {during}: the child's peak VmHWM {peak} KiB is over its bound {bound} KiB \
+             (idle VmRSS {} + SQLite {} + {} worker threads x {} KiB)",
+            self.idle_kib,
+            crate::bounds::SQLITE_KIB,
+            self.worker_threads,
+            crate::bounds::PER_WORKER_KIB
+        );
+        eprintln!(
+            "{during}: child peak {peak} KiB, {} over idle {}, bound {bound}",
+            peak - self.idle_kib.min(peak),
+            self.idle_kib
         );
     }
 }
 
-/// Sends `request` on a new connection while reading the answer: a writer thread keeps sending
-/// (so a server that answers before reading everything is not blocked by our write) until it is
-/// done or the server closes. Returns the response and the bytes the writer managed to send.
-fn send_while_reading(
-    addr: SocketAddr,
-    head: Vec<u8>,
-    mut body: impl FnMut(u64) -> Option<Vec<u8>> + Send + 'static,
-) -> (Option<Response>, u64) {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(ANSWER)).unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_writer = stop.clone();
-    let sender = thread::spawn(move || {
-        let mut sent = 0u64;
-        if writer.write_all(&head).is_err() {
-            return sent;
-        }
-        sent += head.len() as u64;
-        while !stop_writer.load(Ordering::SeqCst) {
-            let Some(piece) = body(sent) else { break };
-            if writer.write_all(&piece).is_err() {
-                break;
-            }
-            sent += piece.len() as u64;
-        }
-        sent
-    });
-    let response = read_response(&mut BufReader::new(stream.try_clone().unwrap()), "POST");
-    stop.store(true, Ordering::SeqCst);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let sent = sender.join().unwrap();
-    (response.ok().flatten(), sent)
+/// How much a paced sender writes at a time after a head: 16 KiB of body (64 pieces per MiB).
+const BODY_PIECE: u64 = 16 * 1024;
+
+/// How much a paced sender writes at a time of a head: the acceptor's read size for heads
+/// (`HEAD_READ_CHUNK` in src/http/connection.rs).
+const HEAD_PIECE: u64 = 4 * 1024;
+
+/// The server's head limits with the default `max_header_line` (16,384; src/http/head.rs
+/// `Limits::new`): a line of more than 16,384 bytes, a head of 65,536 bytes without its end
+/// (`MIN_HEAD_BYTES`, since 2 x 16,384 is less), a 101st field (`MAX_HEADERS`).
+const MAX_HEADER_LINE: u64 = 16_384;
+const MAX_HEAD_BYTES: u64 = 65_536;
+const MAX_HEADERS: usize = 100;
+
+/// The largest JSON body (`MAX_JSON_BODY` in src/api/images.rs).
+const MAX_JSON_BODY: u64 = 1024 * 1024;
+
+/// What a paced send saw: the answer, and the length of each piece written, in order.
+struct Paced {
+    response: Option<Response>,
+    written: Vec<u64>,
 }
 
-/// Creates an image (201) and returns its id.
+impl Paced {
+    fn sent(&self) -> u64 {
+        self.written.iter().sum()
+    }
+
+    /// The body bytes written, when the first piece is the head and every later one carries
+    /// `BODY_PIECE` bytes of body (see [`endless_body`]).
+    fn body_sent(&self) -> u64 {
+        self.written.len().saturating_sub(1) as u64 * BODY_PIECE
+    }
+}
+
+/// Sends the pieces `next` gives (it gets the number of pieces written so far; `None` ends the
+/// request) on a new connection, in lock step with the server, then reads the answer.
+///
+/// A piece is written only once the server's process has read every byte before it (the
+/// server's socket has received all we wrote and holds none of it unread: `tcpi_bytes_received`
+/// and `idiag_rqueue` by a sock_diag lookup, [`util::peer_socket`]) and no answer has reached
+/// us. With `reader`, the pid of the serving child, it also waits until a thread of that child
+/// is blocked receiving from this connection ([`util::blocked_receiving`]): the server wants
+/// more. That is how bodies are paced: a worker that refuses a body reads and drops what has
+/// already arrived of it before answering (`discard_arrived` in src/http/serve.rs), so a piece
+/// sent while it decides would be counted as read. Heads go without it (the acceptor reads
+/// them, waiting in poll(2) on every connection at once).
+///
+/// So when the answer comes, the bytes sent are what the server read before it refused, plus
+/// at most the rest of the piece in which it decided, and (without `reader`, or if a sample
+/// catches a thread inside a non-blocking read) one more piece sent while the answer was on
+/// its way. That is how these tests measure how much was read before a refusal, without
+/// counting what the kernel's socket buffers hold (megabytes on loopback) or what a closing
+/// connection discards after the answer. (The child's /proc/PID/io `rchar` would not do: it
+/// counts read(2), and sockets are read with recv(2).)
+fn send_in_lock_step(
+    addr: SocketAddr,
+    reader: Option<i32>,
+    mut next: impl FnMut(usize) -> Option<Vec<u8>>,
+) -> Paced {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(ANSWER)).unwrap();
+    let mut written = Vec::new();
+    let mut server_fd = None;
+    'sending: while !util::readable_now(&stream) {
+        let Some(piece) = next(written.len()) else {
+            break;
+        };
+        if stream.write_all(&piece).is_err() {
+            break;
+        }
+        written.push(piece.len() as u64);
+        let total: u64 = written.iter().sum();
+        let deadline = Instant::now() + ANSWER;
+        loop {
+            if util::readable_now(&stream) {
+                break 'sending;
+            }
+            match util::peer_socket(&stream) {
+                // The server closed its socket: its answer (or the close) is readable next.
+                None => break,
+                Some(peer) if peer.received >= total && peer.unread == 0 => {
+                    let Some(pid) = reader else { break };
+                    if server_fd.is_none() {
+                        server_fd = util::fd_of_socket(pid, peer.inode);
+                    }
+                    if server_fd.is_some_and(|fd| util::blocked_receiving(pid, fd)) {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline {
+                // The server neither reads nor answers: the read below says what it did.
+                break 'sending;
+            }
+            // Polling the server's socket and threads, a condition with the deadline above.
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let response = read_response(&mut BufReader::new(&mut stream), "POST");
+    Paced {
+        response: response.ok().flatten(),
+        written,
+    }
+}
+
+/// `n` rounded up to a whole number of `piece`s.
+fn round_up(n: u64, piece: u64) -> u64 {
+    n.div_ceil(piece) * piece
+}
+
+/// Asserts that what a paced send put on the wire (`sent`) shows the server refused once it had
+/// `refused_at` bytes and not before: at least `refused_at`, at most the end of the piece that
+/// held byte `refused_at` plus one piece (see [`send_in_lock_step`]).
+fn assert_refused_at(what: &str, sent: u64, refused_at: u64, piece: u64) {
+    let most = round_up(refused_at, piece) + piece;
+    assert!(
+        (refused_at..=most).contains(&sent),
+        "{what}: {sent} bytes sent when the answer came; the server can refuse once it has \
+         {refused_at} and should have by {most} ({piece}-byte pieces)"
+    );
+    eprintln!(
+        "{what}: refused after {sent} bytes sent (limit crossed at {refused_at}, bound {most})"
+    );
+}
+
 /// Every file under `dir`, relative, sorted.
 fn files_under(dir: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -178,9 +300,12 @@ fn files_under(dir: &std::path::Path) -> Vec<String> {
 
 /// 1,000 connections each sending its head one byte per round (every 100 ms): the child holds
 /// them all in its poll set without a thread each, a fresh client is served within a second, and
-/// every one of them is answered 408 and closed at `client_header_timeout`.
+/// every one of them is answered 408 and closed at `client_header_timeout`: not before (the
+/// kernel's arrival stamp of each 408 is at least 4 s after the test began to connect it, so
+/// after the server accepted it) and not much after (within 3 s more, the poll slack).
 #[test]
 fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_header_deadline() {
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(4);
     raise_fd_limit();
     let server = Server::start("workers = 1\nworker_threads = 4\nclient_header_timeout = 4");
     let watch = Watch::new(&server);
@@ -188,16 +313,19 @@ fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_heade
     let started = Instant::now();
     let mut streams = Vec::new();
     for i in 0..1000 {
+        // Before connect(2): the server can only accept, and start the deadline, after this.
+        let connecting = std::time::SystemTime::now();
         let mut stream = TcpStream::connect(server.addr()).expect("connect");
+        util::stamp_arrivals(&stream);
         stream
             .write_all(format!("GET /healthcheck?{i} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
             .unwrap();
-        streams.push(stream);
+        streams.push((connecting, stream));
     }
     let connected = started.elapsed();
     let mut rounds = 0;
     while started.elapsed() < Duration::from_millis(2500) {
-        for stream in &mut streams {
+        for (_, stream) in &mut streams {
             // Pacing the trickle, not waiting for a condition.
             let _ = stream.write_all(b"a");
         }
@@ -213,42 +341,58 @@ fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_heade
         "the child holds only {held} more descriptors: the slow connections were not accepted"
     );
     let (mut answered_408, mut other) = (0, Vec::new());
-    for stream in &mut streams {
+    let (mut earliest, mut latest) = (Duration::MAX, Duration::ZERO);
+    for (i, (connecting, stream)) in streams.iter_mut().enumerate() {
         stream.set_read_timeout(Some(ANSWER)).unwrap();
-        match read_response(&mut BufReader::new(&mut *stream), "GET") {
-            Ok(Some(response)) if response.status == 408 && response.closes() => answered_408 += 1,
+        // When the answer arrived, by the kernel's stamp: however late this loop reads it.
+        let arrived = util::first_arrival(stream)
+            .map(|at| at.duration_since(*connecting).unwrap_or(Duration::ZERO));
+        match (
+            arrived,
+            read_response(&mut BufReader::new(&mut *stream), "GET"),
+        ) {
+            (Ok(after), Ok(Some(response))) if response.status == 408 && response.closes() => {
+                answered_408 += 1;
+                earliest = earliest.min(after);
+                latest = latest.max(after);
+                assert!(
+                    after >= HEADER_TIMEOUT,
+                    "connection {i} was cut {after:?} after it connected, before the {HEADER_TIMEOUT:?} header deadline"
+                );
+                assert!(
+                    after < HEADER_TIMEOUT + Duration::from_secs(3),
+                    "connection {i} was cut only {after:?} after it connected"
+                );
+            }
             result => other.push(format!("{result:?}")),
         }
     }
-    let cut_after = started.elapsed();
     assert_eq!(
         answered_408,
         1000,
         "not 408: {:?}",
         &other[..other.len().min(5)]
     );
-    // Each was accepted within `connected` of the start; deadline 4 s, plus the poll slack.
-    assert!(
-        cut_after < connected + Duration::from_secs(4) + Duration::from_secs(3),
-        "the last slow connection was cut only after {cut_after:?}"
-    );
     drop(streams);
     watch.check(&server, "after the slowloris connections were cut");
     println!(
         "slowloris: 1000 connections in {connected:?}, {rounds} trickle rounds, all cut with 408 \
-         by {cut_after:?}; child VmRSS {} KiB, {} threads",
+         {earliest:?} to {latest:?} after each connected; child VmRSS {} KiB, {} threads",
         proc_status(watch.pid, "VmRSS"),
         proc_status(watch.pid, "Threads")
     );
 }
 
 /// `client_header_timeout` is a total deadline for the head, not a per-byte one: a client that
-/// keeps sending one header byte every 100 ms is answered 408 at the deadline.
+/// keeps sending one header byte every 100 ms is answered 408 at the deadline: not before 2 s
+/// after it began to connect (the kernel's arrival stamp of the 408), by 3.5 s, and while it was
+/// still trickling (a deadline reset by each byte would never fire during the 10 s trickle).
 #[test]
 fn header_trickle_of_one_byte_per_100_ms_is_cut_at_the_total_header_deadline() {
     let server = Server::start("workers = 1\nclient_header_timeout = 2");
+    let connecting = std::time::SystemTime::now();
     let mut stream = TcpStream::connect(server.addr()).unwrap();
-    let started = Instant::now();
+    util::stamp_arrivals(&stream);
     stream
         .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Trickle: ")
         .unwrap();
@@ -257,23 +401,140 @@ fn header_trickle_of_one_byte_per_100_ms_is_cut_at_the_total_header_deadline() {
         let mut sent = 0;
         while sent < 100 && writer.write_all(b"a").is_ok() {
             sent += 1;
+            // Pacing the trickle, not waiting for a condition.
             thread::sleep(Duration::from_millis(100));
         }
         sent
     });
     stream.set_read_timeout(Some(ANSWER)).unwrap();
+    let arrived = util::first_arrival(&stream)
+        .map(|at| at.duration_since(connecting).unwrap_or(Duration::ZERO));
     let response = read_response(&mut BufReader::new(stream.try_clone().unwrap()), "GET");
-    let elapsed = started.elapsed();
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let sent = trickler.join().unwrap();
     assert!(
         matches!(&response, Ok(Some(r)) if r.status == 408 && r.closes()),
         "{response:?}"
     );
+    let arrived = arrived.expect("the 408's arrival stamp");
     assert!(
-        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(3500),
-        "cut after {elapsed:?} having trickled {sent} bytes"
+        arrived >= Duration::from_secs(2) && arrived < Duration::from_millis(3500),
+        "cut {arrived:?} after connecting, having trickled {sent} bytes"
     );
+    assert!(
+        sent < 100,
+        "the trickle of {sent} bytes ran to its end before the cut"
+    );
+    eprintln!("trickle cut {arrived:?} after connecting, after {sent} bytes");
+}
+
+/// On a keep-alive connection, a later request's head is due `client_header_timeout` after its
+/// first byte, not after the previous answer: the connection idles 2.5 s (longer than the 2 s
+/// header timeout; `client_socket_timeout` is 60 s), then sends part of a head and stalls. The
+/// 408 arrives (by its kernel stamp) no earlier than 2 s after that first byte was sent, and
+/// before 3.5 s. (Its first request lists images, not `/healthcheck`: only a connection whose
+/// credentials the API accepted, under `noauth` any request to a route that is not open, waits
+/// `client_socket_timeout` between requests; one that called only open routes waits
+/// `client_header_timeout` and would be closed while it idles.)
+#[test]
+fn a_later_request_s_head_is_due_client_header_timeout_after_its_first_byte() {
+    let server =
+        Server::start("workers = 1\nclient_header_timeout = 2\nclient_socket_timeout = 60");
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(ANSWER)).unwrap();
+    util::stamp_arrivals(&stream);
+    stream
+        .write_all(b"GET /v2/images HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut BufReader::new(&mut stream), "GET")
+        .unwrap()
+        .unwrap();
+    assert!(first.status == 200 && !first.closes(), "{first:?}");
+    // The scenario: an idle keep-alive connection, longer than the header timeout.
+    thread::sleep(Duration::from_millis(2500));
+    let sending = std::time::SystemTime::now();
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHo")
+        .unwrap();
+    let arrived =
+        util::first_arrival(&stream).map(|at| at.duration_since(sending).unwrap_or(Duration::ZERO));
+    let response = read_response(&mut BufReader::new(&mut stream), "GET");
+    assert!(
+        matches!(&response, Ok(Some(r)) if r.status == 408 && r.closes()),
+        "{response:?}"
+    );
+    let arrived = arrived.expect("the 408's arrival stamp");
+    eprintln!("408 {arrived:?} after the first byte of the second head");
+    assert!(
+        arrived >= Duration::from_secs(2) && arrived < Duration::from_millis(3500),
+        "408 {arrived:?} after the first byte of the second head (client_header_timeout = 2)"
+    );
+}
+
+/// `client_body_timeout` bounds each stall in a body, not the whole body: an upload that sends
+/// a byte every 500 ms for 3 s (longer than the 2 s timeout, each stall shorter) is not cut,
+/// and when it then stalls, its answer (an error and a close) comes no earlier than 2 s after
+/// its last byte was sent (by the answer's kernel stamp) and before 3.5 s; the image goes back
+/// to `queued` and no data file is left.
+#[test]
+fn an_upload_is_cut_after_a_stall_of_client_body_timeout_and_not_for_its_length() {
+    let server = Server::start("workers = 1\nclient_body_timeout = 2");
+    let watch = Watch::new(&server);
+    let id = util::create_image(server.addr());
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream.set_read_timeout(Some(ANSWER)).unwrap();
+    util::stamp_arrivals(&stream);
+    stream
+        .write_all(
+            format!(
+                "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut last_sent = std::time::SystemTime::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            !util::readable_now(&stream),
+            "answered after {:?} while the body kept coming every 500 ms",
+            started.elapsed()
+        );
+        last_sent = std::time::SystemTime::now();
+        stream.write_all(b"x").unwrap();
+        // Pacing the trickle, not waiting for a condition.
+        thread::sleep(Duration::from_millis(500));
+    }
+    let arrived = util::first_arrival(&stream)
+        .map(|at| at.duration_since(last_sent).unwrap_or(Duration::ZERO));
+    let response = read_response(&mut BufReader::new(&mut stream), "PUT");
+    eprintln!(
+        "stalled upload: {:?} {arrived:?} after its last byte",
+        response
+            .as_ref()
+            .map(|r| r.as_ref().map(|r| (r.status, r.text())))
+    );
+    // 408, as a JSON body past its deadline gets, naming the option.
+    assert!(
+        matches!(&response, Ok(Some(r)) if r.status == 408
+            && r.text().contains("client_body_timeout") && r.closes()),
+        "{response:?}"
+    );
+    let arrived = arrived.expect("the answer's arrival stamp");
+    assert!(
+        arrived >= Duration::from_secs(2) && arrived < Duration::from_millis(3500),
+        "answered {arrived:?} after the last byte (client_body_timeout = 2)"
+    );
+    let image = util::get(server.addr(), &format!("/v2/images/{id}")).unwrap();
+    let image: Value = serde_json::from_slice(&image.body).unwrap();
+    assert_eq!(image["status"], "queued", "{image}");
+    assert_eq!(
+        files_under(&server.path("images")),
+        Vec::<String>::new(),
+        "the stalled upload left a file"
+    );
+    watch.check(&server, "a stalled upload");
 }
 
 /// Silent connections beyond `max_client_connections` wait in the listen backlog instead of
@@ -336,20 +597,31 @@ fn idle_connection_floods_are_bounded_by_max_client_connections() {
 // Bodies.
 // ---------------------------------------------------------------------------------------------
 
-/// What a test sends as a body: the next piece, given the bytes sent so far; `None` ends it.
-type BodySource = Box<dyn FnMut(u64) -> Option<Vec<u8>> + Send>;
-
-/// An endless chunked body: 4 KiB chunks for as long as the server reads.
-fn endless_chunks(limit: u64) -> impl FnMut(u64) -> Option<Vec<u8>> + Send + 'static {
-    let mut chunk = b"1000\r\n".to_vec();
-    chunk.extend_from_slice(&[b' '; 4096]);
-    chunk.extend_from_slice(b"\r\n");
-    move |sent| (sent < limit).then(|| chunk.clone())
+/// The pieces of a request whose body is endless: piece 0 is `head`, each later one
+/// `BODY_PIECE` bytes of body (as one chunk when `chunked`, raw otherwise), until `most` body
+/// bytes were written (far past any limit here: a server still reading then fails the test).
+fn endless_body(head: Vec<u8>, chunked: bool, most: u64) -> impl FnMut(usize) -> Option<Vec<u8>> {
+    let mut piece = Vec::new();
+    if chunked {
+        piece.extend_from_slice(format!("{BODY_PIECE:x}\r\n").as_bytes());
+    }
+    piece.extend(std::iter::repeat_n(b' ', BODY_PIECE as usize));
+    if chunked {
+        piece.extend_from_slice(b"\r\n");
+    }
+    move |index| match index {
+        0 => Some(head.clone()),
+        _ => (index as u64 - 1 < most / BODY_PIECE).then(|| piece.clone()),
+    }
 }
 
-/// An endless chunked JSON body to image create is cut at 1 MiB with 413; an endless chunked
-/// upload, one chunk that claims 2^60 bytes, and a declared length over `image_size_cap` all get
-/// 413; the image stays `queued` with no data file, and memory stays bounded.
+/// An endless chunked JSON body to image create is cut with 413 once it passes 1 MiB; an
+/// endless chunked upload and one chunk that claims 2^60 bytes once they pass `image_size_cap`;
+/// a declared length over the cap before any of its body is read. Each body is sent in lock
+/// step with the server's reads ([`send_in_lock_step`]), so the body bytes sent when the 413
+/// comes are what the server read, within one piece: asserted between the limit and the limit's
+/// piece plus one (1 MiB + 1 to 1 MiB + 32 KiB here). The image stays `queued` with no data file,
+/// and memory stays within the bound.
 #[test]
 fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
     let cap = 1024 * 1024;
@@ -360,15 +632,23 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
     let head = b"POST /v2/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                  Transfer-Encoding: chunked\r\n\r\n"
         .to_vec();
-    let (response, sent) = send_while_reading(addr, head, endless_chunks(256 * 1024 * 1024));
-    assert_eq!(
-        response.as_ref().map(|r| r.status),
-        Some(413),
-        "{response:?}"
+    let paced = send_in_lock_step(
+        addr,
+        Some(watch.pid),
+        endless_body(head, true, 8 * MAX_JSON_BODY),
     );
-    assert!(
-        sent < 256 * 1024 * 1024,
-        "the server read the whole 256 MiB"
+    assert_eq!(
+        paced.response.as_ref().map(|r| r.status),
+        Some(413),
+        "{:?}",
+        paced.response
+    );
+    // The body is decoded bytes: one byte past 1 MiB is the first the server can refuse.
+    assert_refused_at(
+        "an endless chunked JSON body",
+        paced.body_sent(),
+        MAX_JSON_BODY + 1,
+        BODY_PIECE,
     );
     watch.check(&server, "an endless chunked JSON body");
 
@@ -379,11 +659,14 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
         )
         .into_bytes()
     };
-    let cases: Vec<(&str, Vec<u8>, BodySource)> = vec![
+    // Each case: its head, whether its body pieces are chunks, and after how many body bytes
+    // the server can know to refuse it.
+    let cases: Vec<(&str, Vec<u8>, bool, u64)> = vec![
         (
             "endless chunked upload",
             upload("Transfer-Encoding: chunked"),
-            Box::new(endless_chunks(256 * 1024 * 1024)),
+            true,
+            cap + 1,
         ),
         (
             "one chunk claiming 2^60 bytes",
@@ -392,31 +675,32 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
                 head.extend_from_slice(b"1000000000000000\r\n");
                 head
             },
-            Box::new(|sent: u64| (sent < 256 * 1024 * 1024).then(|| vec![b'x'; 65536])),
+            false,
+            cap + 1,
         ),
         (
             "Content-Length one over image_size_cap",
             upload(&format!("Content-Length: {}", cap + 1)),
-            Box::new(move |sent: u64| (sent < cap + 1024).then(|| vec![b'x'; 65536])),
+            false,
+            0,
         ),
         (
             "Content-Length of 2^63-1",
             upload(&format!("Content-Length: {}", i64::MAX)),
-            Box::new(|_: u64| None),
+            false,
+            0,
         ),
     ];
-    for (name, head, body) in cases {
-        let (response, sent) = send_while_reading(addr, head, body);
+    for (name, head, chunked, refused_at) in cases {
+        let paced = send_in_lock_step(addr, Some(watch.pid), endless_body(head, chunked, 8 * cap));
         assert_eq!(
-            response.as_ref().map(|r| r.status),
+            paced.response.as_ref().map(|r| r.status),
             Some(413),
-            "{name}: {response:?}\n{}",
+            "{name}: {:?}\n{}",
+            paced.response,
             server.log()
         );
-        assert!(
-            sent < 256 * 1024 * 1024,
-            "{name}: the server read everything"
-        );
+        assert_refused_at(name, paced.body_sent(), refused_at, BODY_PIECE);
         let image = util::get(addr, &format!("/v2/images/{id}")).unwrap();
         let image: Value = serde_json::from_slice(&image.body).unwrap();
         assert_eq!(image["status"], "queued", "{name}: {image}");
@@ -433,48 +717,90 @@ fn endless_and_oversized_bodies_get_413_with_bounded_memory() {
 // Heads.
 // ---------------------------------------------------------------------------------------------
 
-/// Heads built to exhaust memory: each is refused with 431 (or 414 for the request line) before
-/// more than the head limit is buffered.
+/// Heads built to exhaust memory: each is refused with 431 (or 414 for the request line) once
+/// it crosses its limit (a 64 KiB head, a 16,384-byte line, 100 fields), not after buffering
+/// the whole. Sent 4 KiB at a time in lock step with the server's reads
+/// ([`send_in_lock_step`]): the bytes sent when the answer comes lie between the byte that
+/// crossed the limit and the end of its piece plus one more (8 KiB past it at most).
 #[test]
 fn header_bombs_get_431_with_bounded_memory() {
     let server = Server::start("workers = 1");
     let watch = Watch::new(&server);
+    let start = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
     let line = "v".repeat(16_000);
-    let mut many_long = String::from("GET /healthcheck HTTP/1.1\r\nHost: x\r\n");
+    let mut many_long = start.clone();
     for i in 0..99 {
-        many_long.push_str(&format!("X-{i}: {line}\r\n"));
+        many_long.extend_from_slice(format!("X-{i}: {line}\r\n").as_bytes());
     }
-    many_long.push_str("\r\n");
-    let mut endless_line = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Endless: ".to_vec();
+    many_long.extend_from_slice(b"\r\n");
+    let mut endless_line = start.clone();
+    endless_line.extend_from_slice(b"X-Endless: ");
     endless_line.extend(std::iter::repeat_n(b'a', 1024 * 1024));
-    let mut endless_headers = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
+    // `Host` is the first field; the 101st, the first one too many, is `X99`.
+    let mut endless_headers = start.clone();
+    let mut field_101_at = 0;
     for i in 0..100_000 {
+        if i == MAX_HEADERS - 1 {
+            field_101_at = endless_headers.len() as u64;
+        }
         endless_headers.extend_from_slice(format!("X{i}: v\r\n").as_bytes());
     }
-    let mut long_name = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n".to_vec();
+    let mut long_name = start.clone();
     long_name.extend(std::iter::repeat_n(b'N', 20_000));
     long_name.extend_from_slice(b": v\r\n\r\n");
     let mut long_target = b"GET /".to_vec();
     long_target.extend(std::iter::repeat_n(b'p', 1024 * 1024));
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+    let after_start = start.len() as u64;
+    // Each case: the request, its status, and how many bytes the server needs to see that it
+    // is over a limit: a head of MAX_HEAD_BYTES without its end, a line one byte longer than
+    // MAX_HEADER_LINE (counted from its start), the first byte of the 101st field.
+    let cases: Vec<(&str, Vec<u8>, u16, u64)> = vec![
         (
             "99 header lines of 16,000 bytes (1.6 MB head)",
-            many_long.into_bytes(),
+            many_long,
             431,
+            MAX_HEAD_BYTES,
         ),
-        ("a header line of 1 MiB", endless_line, 431),
-        ("100,000 short header lines", endless_headers, 431),
-        ("a header name of 20,000 bytes", long_name, 431),
-        ("a request target of 1 MiB", long_target, 414),
+        (
+            "a header line of 1 MiB",
+            endless_line,
+            431,
+            after_start + MAX_HEADER_LINE + 1,
+        ),
+        (
+            "100,000 short header lines",
+            endless_headers,
+            431,
+            field_101_at + 1,
+        ),
+        (
+            "a header name of 20,000 bytes",
+            long_name,
+            431,
+            after_start + MAX_HEADER_LINE + 1,
+        ),
+        (
+            "a request target of 1 MiB",
+            long_target,
+            414,
+            MAX_HEADER_LINE + 1,
+        ),
     ];
-    for (name, request, status) in cases {
-        let (response, _) = send_while_reading(server.addr(), request, |_| None);
+    for (name, request, status, refused_at) in cases {
+        let pieces: Vec<Vec<u8>> = request
+            .chunks(HEAD_PIECE as usize)
+            .map(<[u8]>::to_vec)
+            .collect();
+        let paced = send_in_lock_step(server.addr(), None, |index| pieces.get(index).cloned());
         assert!(
-            response
+            paced
+                .response
                 .as_ref()
                 .is_some_and(|r| r.status == status && r.closes()),
-            "{name}: expected {status} with a close, got {response:?}"
+            "{name}: expected {status} with a close, got {:?}",
+            paced.response
         );
+        assert_refused_at(name, paced.sent(), refused_at, HEAD_PIECE);
         watch.check(&server, name);
     }
 }
@@ -584,92 +910,258 @@ fn request_smuggling_variants_are_refused_and_the_hidden_request_never_served() 
 // Paths and JSON.
 // ---------------------------------------------------------------------------------------------
 
+/// Every regular file under `root` (recursively) with its length, modification time and
+/// content, by path relative to `root`, but those `skip` names (files glint rewrites as it
+/// serves: the database and its WAL and SHM, the log, the status file).
+fn file_states(
+    root: &std::path::Path,
+    skip: &[&str],
+) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime, Vec<u8>)> {
+    let mut states = std::collections::BTreeMap::new();
+    for name in files_under(root) {
+        if skip.iter().any(|skipped| name.ends_with(skipped)) {
+            continue;
+        }
+        let path = root.join(&name);
+        let metadata = fs::metadata(&path).unwrap_or_else(|error| panic!("{name}: {error}"));
+        let content = fs::read(&path).unwrap_or_default();
+        states.insert(
+            name,
+            (metadata.len(), metadata.modified().unwrap(), content),
+        );
+    }
+    states
+}
+
 /// Invalid UTF-8, NUL bytes and path traversal in request targets, image ids and tags: raw
 /// control bytes are refused by the HTTP layer with 400, percent-encoded ones reach the API and
-/// get 400 or 404, and nothing is written anywhere but the database and the data directory.
+/// get 400 or 404, and no file is created, changed or removed anywhere a traversal could reach.
+///
+/// The server's files sit deep, `P/a/b/c/{images,cache,glint.sqlite}` under its temporary
+/// directory P, with a file `sentinel` in c, b, a and P and another, uniquely named, in P's
+/// parent (the system's temporary directory): what one to five `..` from the data or cache
+/// directory name. Each traversal depth from 1 to 6 (6 reaches `/` with /tmp) is tried, as `%2F`
+/// and as `%2E%2E%2F`, as an image id to show, download, upload to (with a body) and delete, and
+/// to queue and delete in the cache (flavor `cachemanagement`), aimed at the sentinels and at a
+/// new, unique name. Afterwards every file under P but the database, log and status file is
+/// byte for byte and time for time what it was, the sentinel in P's parent too, and the new
+/// name exists at no depth (c up to P's grandparent); `/etc/passwd` is unchanged.
 #[test]
 fn hostile_paths_get_400_or_404_and_touch_no_file() {
-    let server = Server::start("workers = 1");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let root = dir.path().to_path_buf();
+    let c = root.join("a/b/c");
+    fs::create_dir_all(&c).unwrap();
+    let config = util::base_config(
+        "workers = 1\n\n[paste_deploy]\nflavor = cachemanagement\n\n\
+         [image_cache]\nimage_cache_dir = a/b/c/cache\n",
+    )
+    .replace(
+        "filesystem_store_datadir = images",
+        "filesystem_store_datadir = a/b/c/images",
+    )
+    .replace("sqlite:///glint.sqlite", "sqlite:///a/b/c/glint.sqlite");
+    assert!(
+        config.contains("= a/b/c/images") && config.contains("sqlite:///a/b/c/"),
+        "{config}"
+    );
+    let config_path = root.join("glint-api.conf");
+    fs::write(&config_path, config).unwrap();
+    // Unique names, so that what this test finds in shared directories is its own doing.
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let escape = format!("glint-escape-{unique}");
+    let outside = root.parent().expect("the temporary directory's parent");
+    let outer_sentinel = outside.join(format!("glint-sentinel-{unique}"));
+    // The levels one to six `..` reach from the data directory (and the cache directory).
+    let levels: Vec<std::path::PathBuf> = vec![
+        c.clone(),
+        root.join("a/b"),
+        root.join("a"),
+        root.clone(),
+        outside.to_path_buf(),
+        outside
+            .parent()
+            .unwrap_or(std::path::Path::new("/"))
+            .to_path_buf(),
+    ];
+    for level in &levels[..4] {
+        fs::write(
+            level.join("sentinel"),
+            format!("sentinel in {}", level.display()),
+        )
+        .unwrap();
+    }
+    fs::write(&outer_sentinel, "sentinel outside").unwrap();
+    // Removed however the test ends.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _outer_sentinel_guard = RemoveOnDrop(outer_sentinel.clone());
+    // What a traversal bug would leave outside the temporary directory is removed too.
+    let _escape_guards: Vec<RemoveOnDrop> = levels[4..]
+        .iter()
+        .map(|level| RemoveOnDrop(level.join(&escape)))
+        .collect();
+    let outer_sentinel_name = outer_sentinel
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let server = Server::start_with(dir, config_path, &[]);
     let watch = Watch::new(&server);
     let addr = server.addr();
     let id = util::create_image(addr);
-    let files_before = files_under(server.dir.path());
-    let request = |method: &str, target: &[u8]| {
+    let skip = [
+        "glint.sqlite",
+        "glint.sqlite-wal",
+        "glint.sqlite-shm",
+        "glint-api.log",
+        "glint-api.status.json",
+    ];
+    let before = file_states(&root, &skip);
+    let outer_before = fs::read(&outer_sentinel).unwrap();
+    let passwd_before = fs::metadata("/etc/passwd")
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+
+    let request = |method: &str, target: &[u8], body: &[u8]| {
         let mut request = format!("{method} ").into_bytes();
         request.extend_from_slice(target);
         request.extend_from_slice(
-            b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: 0\r\n\r\n",
+            format!(
+                " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
         );
+        request.extend_from_slice(body);
         request
     };
     let tag = |suffix: &str| format!("/v2/images/{id}/tags/{suffix}").into_bytes();
-    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+    let mut cases: Vec<(String, Vec<u8>, &[u16])> = vec![
         (
-            "raw invalid UTF-8 in the path",
-            request("GET", b"/v2/images/\xff\xfe"),
+            "raw invalid UTF-8 in the path".into(),
+            request("GET", b"/v2/images/\xff\xfe", b""),
             &[400],
         ),
         (
-            "raw NUL in the path",
-            request("GET", b"/v2/images/a\0b"),
+            "raw NUL in the path".into(),
+            request("GET", b"/v2/images/a\0b", b""),
             &[400],
         ),
         (
-            "percent-encoded invalid UTF-8 id",
-            request("GET", b"/v2/images/%ff%fe"),
+            "percent-encoded invalid UTF-8 id".into(),
+            request("GET", b"/v2/images/%ff%fe", b""),
             &[404],
         ),
         (
-            "percent-encoded NUL id",
-            request("GET", b"/v2/images/%00"),
+            "percent-encoded NUL id".into(),
+            request("GET", b"/v2/images/%00", b""),
             &[404],
         ),
         (
-            "dot-dot segments",
-            request("GET", b"/v2/images/../../../etc/passwd"),
+            "dot-dot segments".into(),
+            request("GET", b"/v2/images/../../../etc/passwd", b""),
             &[404],
         ),
         (
-            "encoded traversal as an id",
-            request("GET", b"/v2/images/..%2F..%2F..%2Fetc%2Fpasswd"),
+            "raw dot-dot segments in an upload".into(),
+            request(
+                "PUT",
+                b"/v2/images/../../../../sentinel/file",
+                b"overwritten",
+            ),
             &[404],
         ),
         (
-            "encoded traversal in a download",
-            request("GET", b"/v2/images/..%2F..%2Fglint.sqlite/file"),
+            "encoded traversal as an id".into(),
+            request("GET", b"/v2/images/..%2F..%2F..%2Fetc%2Fpasswd", b""),
             &[404],
         ),
         (
-            "traversal id in an upload",
-            request("PUT", b"/v2/images/..%2F..%2Fescape/file"),
+            "encoded traversal to the database in a download".into(),
+            request("GET", b"/v2/images/..%2Fglint.sqlite/file", b""),
             &[404],
         ),
         (
-            "traversal id in a delete",
-            request("DELETE", b"/v2/images/..%2Fglint.sqlite"),
+            "traversal to the database in a delete".into(),
+            request("DELETE", b"/v2/images/..%2Fglint.sqlite", b""),
             &[404],
         ),
         (
-            "percent-encoded invalid UTF-8 tag",
-            request("PUT", &tag("%ff%fe")),
+            "percent-encoded invalid UTF-8 tag".into(),
+            request("PUT", &tag("%ff%fe"), b""),
             &[400],
         ),
         (
-            "percent-encoded NUL tag",
-            request("PUT", &tag("a%00b")),
+            "percent-encoded NUL tag".into(),
+            request("PUT", &tag("a%00b"), b""),
             &[400, 204],
         ),
         (
-            "a tag of 256 characters",
-            request("PUT", &tag(&"t".repeat(256))),
+            "a tag of 256 characters".into(),
+            request("PUT", &tag(&"t".repeat(256)), b""),
             &[400],
         ),
         (
-            "a tag that looks like a path",
-            request("PUT", &tag("..%2F..%2Fescape")),
+            "a tag that looks like a path".into(),
+            request("PUT", &tag("..%2F..%2Fescape"), b""),
             &[204],
         ),
     ];
+    for depth in 1..=levels.len() {
+        // Depth 5 reaches the system's temporary directory, where the sentinel has its own name.
+        let sentinel = if depth == 5 {
+            outer_sentinel_name.as_str()
+        } else {
+            "sentinel"
+        };
+        for (encoding, up) in [("%2F", "..%2F"), ("%2E%2E%2F", "%2E%2E%2F")] {
+            let to = |name: &str| format!("{}{name}", up.repeat(depth));
+            let routes: Vec<(&str, String, &[u8])> = vec![
+                ("show", format!("/v2/images/{}", to(sentinel)), b""),
+                ("download", format!("/v2/images/{}/file", to(sentinel)), b""),
+                (
+                    "upload over a sentinel",
+                    format!("/v2/images/{}/file", to(sentinel)),
+                    b"overwritten",
+                ),
+                (
+                    "upload to a new name",
+                    format!("/v2/images/{}/file", to(&escape)),
+                    b"escaped",
+                ),
+                ("delete", format!("/v2/images/{}", to(sentinel)), b""),
+                ("cache queue", format!("/v2/cache/{}", to(&escape)), b""),
+                ("cache delete", format!("/v2/cache/{}", to(sentinel)), b""),
+            ];
+            for (route, target, body) in routes {
+                let method = match route {
+                    "show" | "download" => "GET",
+                    "delete" | "cache delete" => "DELETE",
+                    _ => "PUT",
+                };
+                cases.push((
+                    format!("{route}, {depth} levels up as {encoding}"),
+                    request(method, target.as_bytes(), body),
+                    &[404],
+                ));
+            }
+        }
+    }
     let mut failures = Vec::new();
     for (name, bytes, statuses) in &cases {
         let (response, _) = util::exchange_then_eof(addr, bytes, false, ANSWER);
@@ -684,15 +1176,37 @@ fn hostile_paths_get_400_or_404_and_touch_no_file() {
         failures.join("\n"),
         server.log()
     );
-    let mut files_after = files_under(server.dir.path());
-    files_after.retain(|f| {
-        !f.starts_with("glint.sqlite") && !f.ends_with(".log") && !f.ends_with(".json")
-    });
-    let mut files_expected = files_before.clone();
-    files_expected.retain(|f| {
-        !f.starts_with("glint.sqlite") && !f.ends_with(".log") && !f.ends_with(".json")
-    });
-    assert_eq!(files_after, files_expected, "files appeared or went");
+    let after = file_states(&root, &skip);
+    let created: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    let removed: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(k, state)| before.get(*k).is_some_and(|was| was != *state))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        created.is_empty() && removed.is_empty() && changed.is_empty(),
+        "under the server's directory: created {created:?}, removed {removed:?}, changed \
+         {changed:?}"
+    );
+    assert_eq!(
+        fs::read(&outer_sentinel).ok(),
+        Some(outer_before),
+        "{} changed",
+        outer_sentinel.display()
+    );
+    for level in &levels {
+        let path = level.join(&escape);
+        assert!(!path.exists(), "{} was created", path.display());
+    }
+    assert_eq!(
+        fs::metadata("/etc/passwd")
+            .ok()
+            .map(|m| (m.len(), m.modified().ok())),
+        passwd_before,
+        "/etc/passwd changed"
+    );
+    eprintln!("{} hostile paths, no file touched", cases.len());
     watch.check(&server, "hostile paths");
 }
 
@@ -940,10 +1454,52 @@ fn idle_keepalive_connections_give_way_to_a_new_client_oldest_first() {
     );
 }
 
+/// Idle connections closed to make room linger outside the count (to let our FIN go out) for at
+/// most `CLOSE_LINGER` (1 s), and at most `max_client_connections` of them at once: however
+/// fast new clients come, a child holds at most twice `max_client_connections` client
+/// descriptors. With the limit at 20, 60 clients each get one request answered and stay open,
+/// idle, one after another as fast as they are answered: every one is served (the last ones
+/// once a linger ends), and the child's descriptors, sampled after each answer, exceed their
+/// idle count by more than 20 (connections lingered) and never by more than 40.
+#[test]
+fn connections_closed_for_room_keep_a_child_within_twice_max_client_connections_descriptors() {
+    let server = Server::start("workers = 1\nmax_client_connections = 20");
+    let watch = Watch::new(&server);
+    let idle_fds = open_fds(watch.pid);
+    let mut held = Vec::new();
+    let (mut most, mut longest) = (0, Duration::ZERO);
+    for _ in 0..60 {
+        // Each within ANSWER (10 s): a client that waits for a lingering slot is served once
+        // the linger ends.
+        let started = Instant::now();
+        held.push(served_keepalive(&server));
+        longest = longest.max(started.elapsed());
+        most = most.max(open_fds(watch.pid).saturating_sub(idle_fds));
+    }
+    eprintln!(
+        "at most {most} client descriptors held with max_client_connections = 20; the longest \
+         wait for an answer {longest:?}"
+    );
+    assert!(
+        most > 20,
+        "never more than {most} client descriptors: no closed connection lingered, so this \
+         test did not try the bound"
+    );
+    assert!(
+        most <= 40,
+        "{most} client descriptors held, over twice max_client_connections (20)"
+    );
+    // Checked once the clients have gone: while all 40 descriptors are held, a new client
+    // rightly waits up to a linger for its slot.
+    drop(held);
+    watch.check(&server, "60 clients through 20 connection slots");
+}
+
 /// With `auth_strategy = token`, a keep-alive connection whose request got 401 waits for its
 /// next request `client_header_timeout` (2 s here), not `client_socket_timeout` (60 s): it is
-/// closed well before 10 s. A connection whose token was accepted, idle since before it, stays
-/// open and serves a request after that close.
+/// closed no earlier than 2 s after the 401 arrived (its kernel stamp) and before 10 s. A
+/// connection whose token was accepted, idle since before it, stays open and serves a request
+/// after that close.
 #[test]
 fn a_connection_refused_with_401_waits_only_the_header_timeout() {
     use std::os::unix::fs::PermissionsExt;
@@ -978,15 +1534,30 @@ fn a_connection_refused_with_401_waits_only_the_header_timeout() {
         (stream, reader)
     };
     let (mut authenticated, mut authenticated_reader) = open(&images(Some("good-token")), 200);
-    let (mut refused, _) = open(&images(None), 401);
-    let refused_at = Instant::now();
+    let mut refused = TcpStream::connect(server.addr()).unwrap();
+    refused.set_read_timeout(Some(ANSWER)).unwrap();
+    util::stamp_arrivals(&refused);
+    refused.write_all(&images(None)).unwrap();
+    let answered = util::first_arrival(&refused).expect("the 401's arrival stamp");
+    let response = read_response(&mut BufReader::new(&mut refused), "GET")
+        .unwrap()
+        .unwrap();
+    assert!(response.status == 401 && !response.closes(), "{response:?}");
     assert!(
         util::peer_closed(&mut refused, Duration::from_secs(10)),
         "the connection refused with 401 was still open 10 s after its answer \
          (client_socket_timeout = 60 applied)"
     );
-    let closed_after = refused_at.elapsed();
+    // Read after the close was seen, so at or after it.
+    let closed_after = std::time::SystemTime::now()
+        .duration_since(answered)
+        .unwrap_or(Duration::ZERO);
     eprintln!("the connection refused with 401 was closed {closed_after:?} after its answer");
+    assert!(
+        closed_after >= Duration::from_secs(2),
+        "the connection refused with 401 was closed {closed_after:?} after its answer, before \
+         client_header_timeout (2 s)"
+    );
     authenticated
         .write_all(&images(Some("good-token")))
         .unwrap();

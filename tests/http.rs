@@ -620,12 +620,13 @@ fn silent_connection_is_closed_without_a_response_after_client_header_timeout() 
     );
 }
 
-/// An idle keep-alive connection is closed with a FIN (read returns 0), never a reset.
+/// An idle keep-alive connection whose credentials were accepted (any API request under
+/// `noauth`) is closed after `client_socket_timeout` with a FIN (read returns 0), never a reset.
 #[test]
 fn idle_keep_alive_connection_is_closed_fin_first_after_client_socket_timeout() {
     let server = Server::start("client_socket_timeout = 1");
     let mut client = Client::connect(server.addr());
-    let response = client.exchange(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
+    let response = client.exchange(b"GET /v2/images HTTP/1.1\r\nHost: x\r\n\r\n", "GET");
     assert!(response.status == 200 && !response.closes(), "{response:?}");
     let started = Instant::now();
     let mut byte = [0u8; 1];

@@ -14,14 +14,16 @@
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
-//! - `files`: what glint writes on disk: modes closed to other users, no write through a
-//!   planted link.
+//! - `files`: what glint writes on disk: modes closed to other users, the group of a setgid
+//!   directory, no write through a planted link.
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 //! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
 //!   metadata cap, list pages cut by size, a child's peak under hostile lists.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
+//! - `slow_readers`: downloads to clients that read slowly or not at all hold no worker, end whole
+//!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 
 mod util;
 
@@ -38,3 +40,4 @@ mod images;
 mod lifecycle;
 mod process_faults;
 mod reload;
+mod slow_readers;

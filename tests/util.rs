@@ -676,3 +676,345 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the kernel knows about a connection: unread and unacknowledged bytes, arrival times.
+// ---------------------------------------------------------------------------------------------
+
+/// What the kernel says of the other end of a connection (the server's socket of a client's
+/// stream): the bytes it has received in order (`tcpi_bytes_received`), how many of them its
+/// process has not read yet (`idiag_rqueue`, rcv_nxt - copied_seq), and its inode (what
+/// /proc/PID/fd links name, `socket:[INODE]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerSocket {
+    pub received: u64,
+    pub unread: u64,
+    pub inode: u64,
+}
+
+/// `struct inet_diag_sockid` (linux/inet_diag.h): ports and addresses in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct inet_diag_req_v2`.
+#[repr(C)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+/// `struct inet_diag_msg`, the head of the answer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InetDiagMsg {
+    family: u8,
+    state: u8,
+    timer: u8,
+    retrans: u8,
+    id: InetDiagSockId,
+    expires: u32,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+/// The other end of `stream` as the kernel sees it, by an exact sock_diag lookup of the socket
+/// whose local address is `stream`'s peer and whose remote address is `stream` (netlink
+/// NETLINK_SOCK_DIAG, the interface of `ss`; it sees every socket of this network namespace,
+/// the server's included). `None` once that socket is closed. IPv4 only.
+pub fn peer_socket(stream: &TcpStream) -> Option<PeerSocket> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_INFO: u16 = 2;
+    let (SocketAddr::V4(server), SocketAddr::V4(client)) =
+        (stream.peer_addr().ok()?, stream.local_addr().ok()?)
+    else {
+        panic!("peer_socket looks up IPv4 connections only");
+    };
+    let address = |ip: std::net::Ipv4Addr| {
+        let mut bytes = [0u8; 16];
+        bytes[..4].copy_from_slice(&ip.octets());
+        bytes
+    };
+    #[repr(C)]
+    struct Request {
+        header: libc::nlmsghdr,
+        body: InetDiagReqV2,
+    }
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: std::mem::size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        body: InetDiagReqV2 {
+            family: libc::AF_INET as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 1 << (INET_DIAG_INFO - 1),
+            pad: 0,
+            states: !0,
+            id: InetDiagSockId {
+                sport: server.port().to_be(),
+                dport: client.port().to_be(),
+                src: address(*server.ip()),
+                dst: address(*client.ip()),
+                interface: 0,
+                // INET_DIAG_NOCOOKIE: look the socket up by its addresses.
+                cookie: [!0, !0],
+            },
+        },
+    };
+    // SAFETY: socket(2); the descriptor is owned (and closed) by `socket` below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    assert!(fd >= 0, "netlink socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: send(2) of the request, which lives until the call returns.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            (&request as *const Request).cast(),
+            std::mem::size_of::<Request>(),
+            0,
+        )
+    };
+    assert!(
+        sent > 0,
+        "sock_diag request: {}",
+        io::Error::last_os_error()
+    );
+    let mut answer = [0u64; 1024];
+    // SAFETY: recv(2) into a buffer we own, of its size.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            answer.as_mut_ptr().cast(),
+            std::mem::size_of_val(&answer),
+            0,
+        )
+    };
+    assert!(n > 0, "sock_diag answer: {}", io::Error::last_os_error());
+    // SAFETY: the buffer is u64-aligned and at least as long as the structs read from it;
+    // lengths are checked against `n` before each read.
+    unsafe {
+        let bytes = answer.as_ptr().cast::<u8>();
+        let header: libc::nlmsghdr = std::ptr::read_unaligned(bytes.cast());
+        if header.nlmsg_type == libc::NLMSG_ERROR as u16 {
+            let error: libc::c_int =
+                std::ptr::read_unaligned(bytes.add(std::mem::size_of::<libc::nlmsghdr>()).cast());
+            assert_eq!(
+                error,
+                -libc::ENOENT,
+                "sock_diag: {}",
+                io::Error::from_raw_os_error(-error)
+            );
+            return None;
+        }
+        assert_eq!(
+            header.nlmsg_type, SOCK_DIAG_BY_FAMILY,
+            "sock_diag answer type"
+        );
+        let end = (header.nlmsg_len as usize).min(n as usize);
+        let message_at = std::mem::size_of::<libc::nlmsghdr>();
+        let mut at = message_at + std::mem::size_of::<InetDiagMsg>();
+        assert!(at <= end, "short sock_diag answer");
+        let message: InetDiagMsg = std::ptr::read_unaligned(bytes.add(message_at).cast());
+        // The attributes: struct rtattr { u16 len; u16 type; } and its data, 4-byte aligned.
+        while at + 4 <= end {
+            let length = std::ptr::read_unaligned(bytes.add(at).cast::<u16>()) as usize;
+            let kind = std::ptr::read_unaligned(bytes.add(at + 2).cast::<u16>());
+            if length < 4 || at + length > end {
+                break;
+            }
+            if kind == INET_DIAG_INFO {
+                let mut info: libc::tcp_info = std::mem::zeroed();
+                let copy = (length - 4).min(std::mem::size_of::<libc::tcp_info>());
+                std::ptr::copy_nonoverlapping(
+                    bytes.add(at + 4),
+                    (&mut info as *mut libc::tcp_info).cast::<u8>(),
+                    copy,
+                );
+                return Some(PeerSocket {
+                    received: info.tcpi_bytes_received,
+                    unread: u64::from(message.rqueue),
+                    inode: u64::from(message.inode),
+                });
+            }
+            at += length.div_ceil(4) * 4;
+        }
+    }
+    // A socket without TCP information: closing (TIME_WAIT and the like).
+    None
+}
+
+/// Whether reading `stream` would return at once (data, the peer's close, or an error),
+/// without waiting and without reading.
+pub fn readable_now(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own, without waiting.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n > 0 && fds.revents != 0
+}
+
+/// Asks the kernel to stamp every segment `stream` receives with the time it arrived
+/// (SO_TIMESTAMPNS), so that [`first_arrival`] can tell when an answer came, however late the
+/// test reads it. Set it before the answer can arrive.
+pub fn stamp_arrivals(stream: &TcpStream) {
+    receive_timestamps_on();
+    set_timestamping(stream);
+}
+
+fn set_timestamping(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) with an int option on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", io::Error::last_os_error());
+}
+
+/// Makes sure the kernel stamps received packets from now on. The first socket that asks for
+/// stamps turns them on system-wide only later, from a work queue (`net_enable_timestamp`), and
+/// the last one to close turns them off the same way; a packet that arrives in between carries
+/// no stamp, and TCP then gives none. So the first call keeps a socket asking for stamps open for
+/// the life of the test process and waits until a byte sent to it arrives stamped.
+fn receive_timestamps_on() {
+    static PROBE: std::sync::OnceLock<(TcpStream, TcpStream)> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the probe");
+        let probe = TcpStream::connect(listener.local_addr().unwrap()).expect("connect the probe");
+        set_timestamping(&probe);
+        probe.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (mut sender, _) = listener.accept().expect("accept the probe");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            sender.write_all(b"x").unwrap();
+            let stamped = first_arrival(&probe).is_ok();
+            let mut byte = [0u8; 1];
+            (&probe).read_exact(&mut byte).unwrap();
+            if stamped {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the kernel gave no receive timestamps within {DEADLINE:?}"
+            );
+            // Polling for the kernel's work queue, a condition with the deadline above.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (probe, sender)
+    });
+}
+
+/// When the first unread byte on `stream` arrived, by the kernel's stamp (CLOCK_REALTIME, as
+/// `SystemTime`); waits for one as long as the stream's read timeout allows. Reads nothing
+/// (MSG_PEEK). Errors when nothing arrived, the peer closed without sending, or the kernel
+/// gave no stamp (see [`stamp_arrivals`]).
+pub fn first_arrival(stream: &TcpStream) -> io::Result<std::time::SystemTime> {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr with a timespec, aligned.
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: recvmsg(2) into the buffers described by `message`, which we own.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut message, libc::MSG_PEEK) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed without a byte",
+        ));
+    }
+    // SAFETY: walking the control messages recvmsg(2) filled in, within msg_controllen.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET
+                && (*header).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let stamp: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(header).cast());
+                return Ok(std::time::UNIX_EPOCH
+                    + Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32));
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    Err(io::Error::other(
+        "no SCM_TIMESTAMPNS: call stamp_arrivals first",
+    ))
+}
+
+/// The descriptor number process `pid` holds the socket `inode` under, from /proc/PID/fd.
+pub fn fd_of_socket(pid: i32, inode: u64) -> Option<i32> {
+    let target = format!("socket:[{inode}]");
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .find(|entry| {
+            fs::read_link(entry.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+        })
+        .and_then(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// Whether a thread of process `pid` is blocked in recvfrom(2) on descriptor `fd` (the system
+/// call a blocked thread is in, /proc/PID/task/TID/syscall, needs ptrace access: root): the
+/// process waits for more from that socket.
+pub fn blocked_receiving(pid: i32, fd: i32) -> bool {
+    let call = libc::SYS_recvfrom.to_string();
+    let descriptor = format!("0x{fd:x}");
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| {
+            fs::read_to_string(task.path().join("syscall")).is_ok_and(|line| {
+                let mut fields = line.split_whitespace();
+                fields.next() == Some(call.as_str()) && fields.next() == Some(descriptor.as_str())
+            })
+        })
+}

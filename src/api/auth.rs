@@ -21,16 +21,26 @@ use super::error::ApiError;
 /// token plugins).
 pub const TOKEN_HEADER: &str = "x-auth-token";
 
-/// `Ok` if `request` may proceed under `strategy`, else the 401 to answer.
-pub fn check(strategy: &AuthStrategy, request: &Request<'_>) -> Result<(), ApiError> {
-    let AuthStrategy::Token(tokens) = strategy else {
-        return Ok(());
-    };
+/// How a request that may proceed got through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// An open path: no credentials were asked for.
+    Open,
+    /// Its credentials were accepted (under `noauth`, every request to a path that is not open:
+    /// the API serves it as the one anonymous context).
+    Accepted,
+}
+
+/// How `request` may proceed under `strategy`, else the 401 to answer.
+pub fn check(strategy: &AuthStrategy, request: &Request<'_>) -> Result<Access, ApiError> {
     if is_open(request.path()) {
-        return Ok(());
+        return Ok(Access::Open);
     }
+    let AuthStrategy::Token(tokens) = strategy else {
+        return Ok(Access::Accepted);
+    };
     match request.head.header(TOKEN_HEADER) {
-        Some(token) if tokens.accepts(token) => Ok(()),
+        Some(token) if tokens.accepts(token) => Ok(Access::Accepted),
         Some(_) => Err(ApiError::Unauthorized(
             "The X-Auth-Token is not valid: it is not listed in glint's token file.".to_string(),
         )),

@@ -145,6 +145,16 @@ impl Api {
                         "upload of image {id} interrupted after {} bytes: {error}",
                         upload.bytes_written()
                     );
+                    // A stall past `client_body_timeout` shows as WouldBlock (SO_RCVTIMEO) or
+                    // TimedOut: 408, as for a JSON body that did not arrive in time.
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        return Err(ApiError::RequestTimeout(
+                            "The upload stalled for longer than client_body_timeout.".to_string(),
+                        ));
+                    }
                     return Err(ApiError::BadRequest(
                         match crate::http::body::http_error(&error) {
                             Some(http) => http.message().to_string(),

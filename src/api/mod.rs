@@ -260,12 +260,16 @@ impl Api {
 
 impl Handler for Api {
     fn handle(&self, request: &mut Request<'_>) -> Response {
-        let routed =
-            auth::check(&self.config.auth_strategy, request).and_then(|()| self.route(request));
-        match routed {
+        let access = auth::check(&self.config.auth_strategy, request);
+        let accepted = matches!(access, Ok(auth::Access::Accepted));
+        let routed = access.and_then(|_| self.route(request));
+        let response = match routed {
             Ok(response) => response,
             Err(error) => error.into_response(request),
-        }
+        };
+        // Whatever the route made of it, the credentials were good: the connection may idle
+        // as long as `client_socket_timeout` (see `http::serve`).
+        response.credentials_accepted(accepted)
     }
 }
 

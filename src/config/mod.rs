@@ -85,6 +85,8 @@ pub struct Config {
     pub client_body_timeout: Duration,
     /// `client_send_timeout`: longest stall while writing a response.
     pub client_send_timeout: Duration,
+    /// `client_send_min_rate`: least average bytes a second of a response (0: no rule).
+    pub client_send_min_rate: u64,
     /// `http_keepalive`: whether connections may serve more than one request.
     pub http_keepalive: bool,
     /// `max_header_line`: longest request or header line in bytes.
@@ -972,6 +974,7 @@ struct Draft {
     client_header_timeout: Duration,
     client_body_timeout: Duration,
     client_send_timeout: Duration,
+    client_send_min_rate: u64,
     http_keepalive: bool,
     max_header_line: usize,
     tcp_keepidle: Duration,
@@ -1108,6 +1111,7 @@ impl Draft {
             client_header_timeout: self.client_header_timeout,
             client_body_timeout: self.client_body_timeout,
             client_send_timeout: self.client_send_timeout,
+            client_send_min_rate: self.client_send_min_rate,
             http_keepalive: self.http_keepalive,
             max_header_line: self.max_header_line,
             tcp_keepidle: self.tcp_keepidle,

@@ -277,7 +277,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: true },
         default: DefaultValue::Text("900"),
         on_reload: RELOAD_GENERATION,
-        doc: "How long an idle keep-alive connection stays open between requests; 0 keeps it open for ever.",
+        doc: "How long an idle keep-alive connection stays open between requests once its credentials were accepted (a connection that never authenticated, or was refused with 401, waits `client_header_timeout`); 0 keeps it open for ever.",
         apply: |draft, value| {
             if let Value::Seconds(timeout) = value {
                 draft.client_socket_timeout = timeout;
@@ -326,6 +326,20 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![show_seconds(Some(config.client_send_timeout))],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "client_send_min_rate",
+        kind: Kind::Integer { min: 0, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("1024"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: least average rate of a response, in bytes a second since it began, counted once `client_send_timeout` has passed; a client reading slower is disconnected. 0 turns the rule off (the stall timeout still applies).",
+        apply: |draft, value| {
+            if let Some(rate) = value.integer::<u64>() {
+                draft.client_send_min_rate = rate;
+            }
+        },
+        show: |config| vec![config.client_send_min_rate.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",

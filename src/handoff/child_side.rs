@@ -224,7 +224,7 @@ impl Handoff {
 
     /// Sends `connection` (its socket and the bytes it has buffered) to the target.
     /// `first_request`, its `header_deadline` (when its wait is bounded by the header timeout)
-    /// and `Connection::refused_auth` travel with it; `retry_until` is the caller's record of
+    /// and `Connection::trusted` travel with it; `retry_until` is the caller's record of
     /// how long a full channel is waited out for this connection (set on the first `Retrying`,
     /// cleared when the attempt ends).
     pub fn send(
@@ -240,7 +240,7 @@ impl Handoff {
         let with = wire::Carried {
             first_request,
             header_deadline,
-            refused_auth: connection.refused_auth,
+            trusted: connection.trusted,
         };
         match wire::send_parked(
             target.as_fd(),
@@ -335,7 +335,7 @@ impl Handoff {
                     if received.first_request {
                         connection.requests_served = 0;
                     }
-                    connection.refused_auth = received.with.refused_auth;
+                    connection.trusted = received.with.trusted;
                     if connection.set_blocking(false).is_err() {
                         continue;
                     }

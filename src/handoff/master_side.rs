@@ -87,7 +87,7 @@ impl Channels {
                         continue;
                     }
                 };
-                // Passed on as it came: its bytes, its header deadline and its 401 mark.
+                // Passed on as it came: its bytes, its header deadline and its trust.
                 let forwarded = target.is_some_and(|target| {
                     send_parked(
                         target.send.as_fd(),

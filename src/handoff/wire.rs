@@ -48,11 +48,11 @@ pub struct Carried {
     pub first_request: bool,
     /// When its wait for a request head ends, if that wait is bounded by
     /// `client_header_timeout` (waiting for a first request, a partly received head, or idle
-    /// after a 401): the deadline travels with the connection, so a reload never extends it.
+    /// and not trusted): the deadline travels with the connection, so a reload never extends it.
     /// On the wire it is CLOCK_MONOTONIC nanoseconds, the same clock in every process.
     pub header_deadline: Option<Instant>,
-    /// `Connection::refused_auth`: its last answer about credentials was a 401.
-    pub refused_auth: bool,
+    /// `Connection::trusted`: its credentials were accepted, and no 401 came since.
+    pub trusted: bool,
 }
 
 /// The fixed header of a connection message's payload, after the tag: the header deadline
@@ -60,7 +60,7 @@ pub struct Carried {
 /// the same build (a reload re-executes nothing: the children of every generation run the
 /// master's binary), so the format needs no version.
 const CONNECTION_HEADER: usize = 9;
-const FLAG_REFUSED_AUTH: u8 = 1;
+const FLAG_TRUSTED: u8 = 1;
 
 /// Sends a connection (its socket and the bytes already read from it) on `channel`, with
 /// nothing but `first_request` known about its deadline (the master's relays).
@@ -102,11 +102,7 @@ pub fn send_parked(
         .map_or(0, |at| to_monotonic_ns(at).max(1));
     let mut payload = Vec::with_capacity(CONNECTION_HEADER + carried.len());
     payload.extend_from_slice(&deadline_ns.to_le_bytes());
-    payload.push(if with.refused_auth {
-        FLAG_REFUSED_AUTH
-    } else {
-        0
-    });
+    payload.push(if with.trusted { FLAG_TRUSTED } else { 0 });
     payload.extend_from_slice(carried);
     send(channel, tag, &payload, stream)
 }
@@ -237,7 +233,7 @@ pub fn take_connection(channel: BorrowedFd<'_>) -> Result<Option<Received>, Rece
     let with = Carried {
         first_request,
         header_deadline: (deadline_ns != 0).then(|| from_monotonic_ns(deadline_ns)),
-        refused_auth: header[8] & FLAG_REFUSED_AUTH != 0,
+        trusted: header[8] & FLAG_TRUSTED != 0,
     };
     Ok(Some(Received {
         fd,
@@ -422,18 +418,17 @@ mod tests {
         let now = Instant::now();
         let ahead = now + Duration::from_secs(3);
         let behind = now.checked_sub(Duration::from_secs(2)).unwrap_or(now);
-        for (deadline, refused_auth) in [(Some(ahead), true), (Some(behind), false), (None, false)]
-        {
+        for (deadline, trusted) in [(Some(ahead), true), (Some(behind), false), (None, false)] {
             let with = Carried {
                 first_request: true,
                 header_deadline: deadline,
-                refused_auth,
+                trusted,
             };
             send_parked(send_end.as_fd(), server_side.as_fd(), b"GET", &with).unwrap();
             let received = take_connection(receive_end.as_fd()).unwrap().unwrap();
             assert_eq!(received.carried, b"GET");
             assert!(received.first_request && received.with.first_request);
-            assert_eq!(received.with.refused_auth, refused_auth);
+            assert_eq!(received.with.trusted, trusted);
             match (deadline, received.with.header_deadline) {
                 (None, None) => {}
                 (Some(sent), Some(got)) => {

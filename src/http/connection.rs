@@ -2,7 +2,7 @@
 //!
 //! The same `Connection` moves between the acceptor (which reads request heads without blocking
 //! while the connection waits in its poll set) and a worker thread (which parses the head, reads
-//! the body with blocking reads bounded by timeouts, and writes the response). Bytes read past the
+//! the body with blocking reads bounded by timeouts, and writes the response without blocking). Bytes read past the
 //! end of one request (a pipelined next request) stay in the buffer and travel with it.
 
 use std::io::{self, BufRead, Read};
@@ -29,11 +29,13 @@ pub struct Connection {
     start: usize,
     /// Requests answered on this connection so far.
     pub requests_served: u64,
-    /// Its last answer that said anything about credentials was a 401: the latest response was
-    /// 401, and no request with an `X-Auth-Token` has been answered with another status since.
-    /// Such a connection waits between requests only `client_header_timeout`, not
-    /// `client_socket_timeout` (see `parked::Parked::between_requests`). Travels with a handoff.
-    pub refused_auth: bool,
+    /// A request on it was answered with its credentials accepted (`Response::
+    /// credentials_accepted`), and no 401 came since. Only such a connection waits between
+    /// requests as long as `client_socket_timeout`; one that never authenticated (open routes
+    /// only) or was last refused waits only `client_header_timeout` (see
+    /// `parked::Parked::between_requests`), so it cannot hold a slot for long. Travels with a
+    /// handoff.
+    pub trusted: bool,
     /// When its last response began to be written (or it was accepted or adopted): the order
     /// in which idle connections give way to new clients, oldest first. Taken before the write,
     /// so a response the client has read is always stamped before any request it sends next.
@@ -54,7 +56,7 @@ impl Connection {
             buffer: Vec::new(),
             start: 0,
             requests_served: 0,
-            refused_auth: false,
+            trusted: false,
             last_response: Instant::now(),
             // std's accepted sockets are blocking, without timeouts.
             blocking: true,
@@ -110,6 +112,26 @@ impl Connection {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         // An event nix has no name for (`None`) still counts: something arrived.
         poll(&mut fds, timeout).is_ok_and(|n| n > 0) && fds[0].any().unwrap_or(true)
+    }
+
+    /// Waits up to `timeout` for room in the socket's send buffer (or an error or hang-up,
+    /// which the next write reports).
+    pub fn wait_writable(&self, timeout: Duration) {
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLOUT)];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+    }
+
+    /// Makes the coming close a reset (SO_LINGER 0): what the kernel still holds to send is
+    /// discarded. For a response abandoned half-way: closing normally would let a slow client
+    /// go on receiving the megabytes queued in the send buffer long after we gave up on it.
+    pub fn abort(&self) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = setsockopt(&self.stream, sockopt::Linger, &linger);
     }
 
     pub fn stream(&self) -> &TcpStream {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod head;
 pub mod parked;
 pub mod response;
+pub mod sending;
 pub mod serve;
 
 pub use error::HttpError;

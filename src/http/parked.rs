@@ -1,10 +1,11 @@
-//! A connection parked between requests: the waiting half of a connection's life, with its
-//! deadlines, as a state machine the acceptor drives without blocking.
+//! A parked connection: the waiting half of a connection's life, with its deadlines, as a state
+//! machine the acceptor drives without blocking.
 //!
 //! A parked connection waits for its first request, sits idle between requests, holds part of
-//! a head, or lingers after our FIN. Each event (bytes arrived, a deadline passed, a drain that
-//! closes idle connections) moves it and returns a [`Step`]: stay parked, go to a worker with
-//! its head, or be dropped. The head is parsed here, once: a worker gets the parse result with
+//! a head, waits for room to send the rest of a response, or lingers after our FIN. Each event
+//! (bytes arrived, room to write, a deadline passed, a drain that closes idle connections)
+//! moves it and returns a [`Step`]: stay parked, go to a worker with its head or its unsent
+//! response, or be dropped. The head is parsed here, once: a worker gets the parse result with
 //! the connection ([`Ready`]) and never parses that head again.
 //!
 //! This type knows nothing of poll sets, workers or processes; the acceptor owns those. It
@@ -14,10 +15,13 @@ use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
+use nix::poll::PollFlags;
+
 use super::connection::{Connection, HEAD_READ_CHUNK};
 use super::error::HttpError;
 use super::head::{self, Parsed, RequestHead, Version};
 use super::response::{self, Response, WriteOptions};
+use super::sending::Sending;
 use super::serve::Settings;
 
 /// How long a connection we closed FIN-first is kept to discard what the client still sends,
@@ -34,19 +38,33 @@ pub struct Ready {
     pub head: ArrivedHead,
 }
 
+/// A connection with a response the socket now has room for, for a worker to go on sending.
+pub struct Resume {
+    pub connection: Connection,
+    pub sending: Box<Sending>,
+}
+
+/// What a worker is given.
+pub enum Work {
+    Request(Ready),
+    Response(Resume),
+}
+
 /// What a parked connection waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
     /// Accepted; its first request head has not fully arrived. Bounded by the header timeout,
     /// and served even when a drain starts meanwhile.
     FirstRequest,
-    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout`, or
-    /// by `client_header_timeout` when its last answer about credentials was a 401
-    /// (`Connection::refused_auth`). When a child is full, the idle connection parked the
+    /// Keep-alive, between requests, nothing received. Bounded by `client_socket_timeout` once
+    /// its credentials were accepted (`Connection::trusted`), else by `client_header_timeout`. When a child is full, the idle connection parked the
     /// longest gives way to a new client (see the acceptor).
     Idle,
     /// Part of a later request's head has arrived. Bounded by the header timeout.
     Head,
+    /// The socket could not take all of a response: waiting for room (POLLOUT). Bounded by
+    /// `client_send_timeout` and `client_send_min_rate` (see `sending`).
+    Sending,
     /// We sent FIN; discarding the client's bytes until it closes or [`CLOSE_LINGER`] passes.
     Closing,
 }
@@ -57,6 +75,8 @@ pub enum Step {
     Stay,
     /// A whole head (or an invalid one) has arrived: to a worker with it.
     Serve(ArrivedHead),
+    /// The socket has room (or failed) for the response being sent: to a worker to go on.
+    Resume,
     /// Closed by the client, failed, or expired: drop it (which closes the socket).
     Drop,
 }
@@ -76,6 +96,8 @@ pub struct Parked {
     /// It was closed while idle between requests (not after a response that said close), so
     /// bytes arriving now are a request the client sent just as our FIN left.
     after_idle: bool,
+    /// The rest of a response, while `wait` is `Sending`.
+    sending: Option<Box<Sending>>,
 }
 
 impl Parked {
@@ -86,6 +108,7 @@ impl Parked {
             wait: Wait::FirstRequest,
             deadline: Some(now + settings.header_timeout),
             after_idle: false,
+            sending: None,
         }
     }
 
@@ -112,7 +135,7 @@ impl Parked {
         };
         let header_deadline = header_deadline.unwrap_or(now + settings.header_timeout);
         let deadline = match wait {
-            Wait::Idle if !connection.refused_auth => settings.idle_timeout.map(|idle| now + idle),
+            Wait::Idle if connection.trusted => settings.idle_timeout.map(|idle| now + idle),
             _ => Some(header_deadline),
         };
         let parked = Parked {
@@ -120,6 +143,7 @@ impl Parked {
             wait,
             deadline,
             after_idle: false,
+            sending: None,
         };
         match parse(&parked.connection, settings) {
             Some(head) => Next::Serve(Ready {
@@ -137,9 +161,38 @@ impl Parked {
             wait: Wait::Closing,
             deadline: None,
             after_idle: false,
+            sending: None,
         };
         parked.close(now);
         parked
+    }
+
+    /// A connection whose response the socket could not take whole: wait for room.
+    pub fn sending(connection: Connection, sending: Box<Sending>, settings: &Settings) -> Parked {
+        Parked {
+            connection,
+            wait: Wait::Sending,
+            deadline: Some(sending.deadline(&settings.send_rule())),
+            after_idle: false,
+            sending: Some(sending),
+        }
+    }
+
+    /// What poll(2) watches it for: room to write while sending, bytes (or a close) otherwise.
+    pub fn interest(&self) -> PollFlags {
+        match self.wait {
+            Wait::Sending => PollFlags::POLLOUT,
+            _ => PollFlags::POLLIN,
+        }
+    }
+
+    /// For a worker, after [`Step::Resume`]: the connection and its unsent response.
+    pub fn into_resume(self) -> Option<Resume> {
+        let sending = self.sending?;
+        Some(Resume {
+            connection: self.connection,
+            sending,
+        })
     }
 
     pub fn connection(&self) -> &Connection {
@@ -159,12 +212,12 @@ impl Parked {
     }
 
     /// Its deadline, if its wait is bounded by `client_header_timeout`: waiting for a first
-    /// request, for the rest of a head, or idle after a 401. What a handoff carries along.
+    /// request, for the rest of a head, or idle without trust. What a handoff carries along.
     pub fn header_deadline(&self) -> Option<Instant> {
         match self.wait {
             Wait::FirstRequest | Wait::Head => self.deadline,
-            Wait::Idle if self.connection.refused_auth => self.deadline,
-            Wait::Idle | Wait::Closing => None,
+            Wait::Idle if !self.connection.trusted => self.deadline,
+            Wait::Idle | Wait::Sending | Wait::Closing => None,
         }
     }
 
@@ -179,8 +232,20 @@ impl Parked {
         matches!(self.wait, Wait::Idle | Wait::FirstRequest | Wait::Head)
     }
 
+    /// poll(2) reported the socket: writable while sending (the response goes on, or its
+    /// worker meets the error), readable or hung up otherwise.
+    pub fn on_event(&mut self, now: Instant, settings: &Settings) -> Step {
+        if self.wait == Wait::Sending {
+            if let Some(sending) = self.sending.as_mut() {
+                sending.resumable(now);
+            }
+            return Step::Resume;
+        }
+        self.on_readable(now, settings)
+    }
+
     /// The socket is readable (or hung up): read what is there and see what it makes.
-    pub fn on_readable(&mut self, now: Instant, settings: &Settings) -> Step {
+    fn on_readable(&mut self, now: Instant, settings: &Settings) -> Step {
         match self.connection.read_more(HEAD_READ_CHUNK) {
             // The client closed. Between requests or after our FIN that is the normal end; in
             // the middle of a head the client gave up and there is no one to answer.
@@ -235,6 +300,14 @@ impl Parked {
             }
             Wait::FirstRequest | Wait::Head => Step::Drop,
             Wait::Idle => self.close_idle(now, settings),
+            Wait::Sending => {
+                // Logged as an access line that says why; the close is a reset.
+                if let Some(sending) = &self.sending {
+                    sending.abandon(&settings.send_rule());
+                }
+                self.connection.abort();
+                Step::Drop
+            }
             Wait::Closing => Step::Drop,
         }
     }
@@ -312,6 +385,8 @@ mod tests {
             idle_timeout: Some(Duration::from_secs(60)),
             body_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(5),
+            send_min_rate: 1024,
+            spill_dir: None,
         }
     }
 

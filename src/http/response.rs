@@ -52,6 +52,8 @@ pub struct Response {
     pub status: u16,
     headers: Vec<(String, String)>,
     pub body: Body,
+    /// The application accepted the request's credentials (see [`Response::credentials_accepted`]).
+    pub accepted_credentials: bool,
 }
 
 /// What the writer needs to know about the request being answered.
@@ -82,7 +84,17 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Body::Empty,
+            accepted_credentials: false,
         }
+    }
+
+    /// Says whether the application accepted the request's credentials. The connection loop
+    /// uses it to bound how long the connection may then sit idle: only a client whose
+    /// credentials were accepted gets `client_socket_timeout`; others wait for their next
+    /// request only `client_header_timeout`.
+    pub fn credentials_accepted(mut self, accepted: bool) -> Response {
+        self.accepted_credentials = accepted;
+        self
     }
 
     /// Adds a header. A name that is not a token, or a value containing CR, LF or NUL, is not
@@ -217,33 +229,24 @@ pub fn write_response<W: Sink>(
     response: Response,
     options: &WriteOptions,
 ) -> io::Result<Written> {
-    let Response {
-        status,
-        headers,
-        body,
-    } = response;
-    let (status, headers, body) = if (100..=999).contains(&status) {
-        (status, headers, body)
-    } else {
-        log::error!("refusing to send invalid status {status}; sending 500 instead");
-        (500, Vec::new(), Body::Empty)
-    };
-    let interim = status < 200;
-    let framing = framing(status, &body, options.version);
-    // Only a body that is actually sent can need the close to delimit it.
-    let must_close =
-        !interim && (!options.keep_alive || (framing == Framing::Close && !options.head_request));
+    let prepared = prepare(response, options);
+    let must_close = prepared.must_close;
+    let body_bytes = write_prepared(out, prepared)?;
+    Ok(Written {
+        body_bytes,
+        must_close,
+    })
+}
 
-    let mut head = Vec::with_capacity(256);
-    write_head(
-        &mut head, status, &headers, framing, must_close, options, interim,
-    );
-    let skip_body = options.head_request || framing == Framing::NoBody;
+/// Writes a [`Prepared`] response with blocking writes; returns the body bytes written.
+pub fn write_prepared<W: Sink>(out: &mut W, prepared: Prepared) -> io::Result<u64> {
+    let Prepared {
+        mut head,
+        body,
+        chunked,
+        must_close: _,
+    } = prepared;
     let body_bytes = match body {
-        _ if skip_body => {
-            out.write_all(&head)?;
-            0
-        }
         Body::Empty => {
             out.write_all(&head)?;
             0
@@ -288,19 +291,60 @@ pub fn write_response<W: Sink>(
             }
             copied
         }
-        Body::Reader { reader, len: None } if framing == Framing::Chunked => {
-            write_chunked(out, head, reader)?
-        }
+        Body::Reader { reader, len: None } if chunked => write_chunked(out, head, reader)?,
         Body::Reader { reader, len: None } => {
             out.write_all(&head)?;
             copy_buffered(reader, out)?
         }
     };
     out.flush()?;
-    Ok(Written {
-        body_bytes,
+    Ok(body_bytes)
+}
+
+/// A response made ready for the wire: its head (status line and headers, framing included)
+/// and the body still to follow it. What [`write_response`] writes, and what
+/// `sending::Outgoing` sends without blocking.
+pub struct Prepared {
+    pub head: Vec<u8>,
+    /// The body to send after the head: `Empty` when none is sent (1xx, 204, 304, HEAD).
+    pub body: Body,
+    /// A `Reader` of unknown length goes out chunked (HTTP/1.1).
+    pub chunked: bool,
+    /// The connection must be closed once this response is sent (see [`Written::must_close`]).
+    pub must_close: bool,
+}
+
+/// Builds the head of `response` for a request with these `options`, and says what body follows.
+/// A status outside 100..=999 is a programming error: it is logged and sent as 500.
+pub fn prepare(response: Response, options: &WriteOptions) -> Prepared {
+    let Response {
+        status,
+        headers,
+        body,
+        accepted_credentials: _,
+    } = response;
+    let (status, headers, body) = if (100..=999).contains(&status) {
+        (status, headers, body)
+    } else {
+        log::error!("refusing to send invalid status {status}; sending 500 instead");
+        (500, Vec::new(), Body::Empty)
+    };
+    let interim = status < 200;
+    let framing = framing(status, &body, options.version);
+    // Only a body that is actually sent can need the close to delimit it.
+    let must_close =
+        !interim && (!options.keep_alive || (framing == Framing::Close && !options.head_request));
+    let mut head = Vec::with_capacity(256);
+    write_head(
+        &mut head, status, &headers, framing, must_close, options, interim,
+    );
+    let skip_body = options.head_request || framing == Framing::NoBody;
+    Prepared {
+        head,
+        body: if skip_body { Body::Empty } else { body },
+        chunked: framing == Framing::Chunked,
         must_close,
-    })
+    }
 }
 
 /// Where a response is written: anything `Write`, and for a socket its fd, so that a file body

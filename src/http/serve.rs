@@ -2,9 +2,11 @@
 //! the application implements.
 //!
 //! A worker gets a connection from the acceptor once a request head has arrived, with that head
-//! as the acceptor parsed it (`parked::Ready`; it is not parsed again), serves that request and any complete pipelined ones behind it, and hands the
-//! connection back with a [`Disposition`]: park it until the next request, close it FIN-first, or
-//! it is gone. Keep-alive is decided per response, from the request (its version and `Connection`
+//! as the acceptor parsed it (`parked::Ready`; it is not parsed again), serves that request and
+//! any complete pipelined ones behind it, and hands the connection back with a [`Disposition`]:
+//! park it until the next request, close it FIN-first, park it with the rest of a response the
+//! socket could not take yet (see `sending`), or it is gone. A worker given a parked response
+//! back ([`send`]) continues it where it stopped. Keep-alive is decided per response, from the request (its version and `Connection`
 //! header), the `http_keepalive` option, whether the body was read to its end, and whether the
 //! child is draining. A draining child answers every request it has taken with
 //! `Connection: close` (RFC 9112 §9.6).
@@ -13,6 +15,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::body::{self, BodyReader};
@@ -21,6 +24,7 @@ use super::error::HttpError;
 use super::head::{self, Framing, Limits, Parsed, RequestHead, Version};
 use super::parked::ArrivedHead;
 use super::response::{self, Response, WriteOptions};
+use super::sending::{AccessRecord, Outgoing, Progress, SendBudget, SendRule, Sending};
 
 /// How long a worker waits, after a response on a keep-alive connection, for the client's next
 /// request before handing the connection back to the acceptor. Back-to-back clients send within
@@ -51,6 +55,21 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Longest stall while writing a response (`client_send_timeout`).
     pub send_timeout: Duration,
+    /// Least average rate of a response, bytes a second (`client_send_min_rate`; 0: none).
+    pub send_min_rate: u64,
+    /// Where a parked response over the child's memory budget spills its bytes (see
+    /// `sending`): the store's first data folder. `None`: nowhere, its worker finishes it.
+    pub spill_dir: Option<std::path::PathBuf>,
+}
+
+impl Settings {
+    /// What a response's progress is held to (see `sending`).
+    pub fn send_rule(&self) -> SendRule {
+        SendRule {
+            timeout: self.send_timeout,
+            min_rate: self.send_min_rate,
+        }
+    }
 }
 
 /// What the worker hands back to the acceptor with the connection.
@@ -62,6 +81,9 @@ pub enum Disposition {
     Close,
     /// Nothing more can be done with it (the client left, or a write failed): drop it.
     Gone,
+    /// Its response is not all sent and the socket is full: wait in the poller for room, then
+    /// back to a worker with the rest (see `sending`).
+    Sending(Box<Sending>),
 }
 
 /// One request as the handler sees it: the head, the peer, and the body as a `Read`.
@@ -132,6 +154,7 @@ pub fn serve(
     handler: &dyn Handler,
     settings: &Settings,
     draining: &AtomicBool,
+    budget: &Arc<SendBudget>,
 ) -> Disposition {
     // Through `Connection`, which tracks the socket's mode: the acceptor relies on it to put the
     // socket back in non-blocking mode when the connection returns.
@@ -147,12 +170,12 @@ pub fn serve(
                 connection.consume_buffered(used);
                 match head::check_host(&head) {
                     Ok(()) => head,
-                    Err(error) => return reject(connection, &error),
+                    Err(error) => return reject(connection, &error, settings, budget),
                 }
             }
-            Err(error) => return reject(connection, &error),
+            Err(error) => return reject(connection, &error, settings, budget),
         };
-        match serve_one(connection, head, handler, settings, draining) {
+        match serve_one(connection, head, handler, settings, draining, budget) {
             Disposition::KeepAlive => {}
             other => return other,
         }
@@ -176,7 +199,12 @@ pub fn serve(
 }
 
 /// Answers a request we could not parse, and closes.
-fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
+fn reject(
+    connection: &mut Connection,
+    error: &HttpError,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
     log::debug!(
         "{}: answering {} to a bad request: {error}",
         connection.peer(),
@@ -188,10 +216,15 @@ fn reject(connection: &mut Connection, error: &HttpError) -> Disposition {
         keep_alive: false,
         head_request: false,
     };
-    match response::write_response(&mut connection.stream(), response, &options) {
-        Ok(_) => Disposition::Close,
-        Err(_) => Disposition::Gone,
-    }
+    // The access log has no method or target to show for a request that did not parse.
+    let record = AccessRecord {
+        peer: connection.peer(),
+        method: "-".to_string(),
+        target: "-".to_string(),
+        status: error.status(),
+        started: Instant::now(),
+    };
+    respond(connection, response, &options, record, settings, budget)
 }
 
 /// Runs the handler for one request and writes its response.
@@ -201,9 +234,14 @@ fn serve_one(
     handler: &dyn Handler,
     settings: &Settings,
     draining: &AtomicBool,
+    budget: &Arc<SendBudget>,
 ) -> Disposition {
     let started = Instant::now();
-    if connection.set_read_timeout(settings.body_timeout).is_err() {
+    // Blocking, with timeouts, while the handler reads the body; `send` switches to
+    // non-blocking for the response.
+    if connection.set_blocking(true).is_err()
+        || connection.set_read_timeout(settings.body_timeout).is_err()
+    {
         return Disposition::Gone;
     }
     let version = head.version;
@@ -213,7 +251,6 @@ fn serve_one(
     let method = head.method.clone();
     let target = head.target.clone();
     let expect_continue = head.expect_continue;
-    let carried_token = head.header("X-Auth-Token").is_some();
     let peer = connection.peer();
 
     let (response, body_clean) = {
@@ -228,13 +265,20 @@ fn serve_one(
             Ok(response) => response,
             Err(_) => {
                 log::error!("handler panicked on {method} {target}; answering 500");
-                return finish_with(
-                    connection,
-                    Response::text(500, "Internal Server Error\n"),
+                let options = WriteOptions {
                     version,
-                    false,
-                    is_head,
-                );
+                    keep_alive: false,
+                    head_request: is_head,
+                };
+                let record = AccessRecord {
+                    peer,
+                    method,
+                    target,
+                    status: 500,
+                    started,
+                };
+                let response = Response::text(500, "Internal Server Error\n");
+                return respond(connection, response, &options, record, settings, budget);
             }
         };
         // A body the handler did not read is discarded if it has already arrived, so the
@@ -258,13 +302,13 @@ fn serve_one(
     };
 
     let status = response.status;
-    // What the answer says about the client's credentials (see `Connection::refused_auth`): a
-    // 401 marks the connection, a request with a token answered otherwise clears the mark, and
-    // any other answer (an open route such as /healthcheck) leaves it as it was.
+    // What the answer says about the client's credentials (see `Connection::trusted`): a 401
+    // withdraws the trust, accepted credentials give it, and any other answer (an open route
+    // such as /healthcheck) leaves it as it was.
     if status == 401 {
-        connection.refused_auth = true;
-    } else if carried_token {
-        connection.refused_auth = false;
+        connection.trusted = false;
+    } else if response.accepted_credentials {
+        connection.trusted = true;
     }
     // A draining child keeps the connection only for a request that has already reached it
     // (pipelined behind this one): a request already sent is answered. Anything sent later
@@ -279,51 +323,99 @@ fn serve_one(
         head_request: is_head,
     };
     connection.last_response = Instant::now();
-    let written = response::write_response(&mut connection.stream(), response, &options);
     connection.requests_served += 1;
-    let elapsed = started.elapsed();
-    match written {
-        Ok(written) => {
-            log::info!(
-                target: "access",
-                "{peer} \"{method} {target}\" {status} {} {:.1}ms",
-                written.body_bytes,
-                elapsed.as_secs_f64() * 1000.0
-            );
-            if keep_alive && !written.must_close {
+    let record = AccessRecord {
+        peer,
+        method,
+        target,
+        status,
+        started,
+    };
+    respond(connection, response, &options, record, settings, budget)
+}
+
+/// Writes `response` to a request answered with `options`: through [`send`], or, for a
+/// streamed body, with blocking writes.
+fn respond(
+    connection: &mut Connection,
+    response: Response,
+    options: &WriteOptions,
+    record: AccessRecord,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
+    let outgoing = match Outgoing::new(response::prepare(response, options)) {
+        Ok(outgoing) => outgoing,
+        Err(streamed) => return write_streamed(connection, streamed, &record),
+    };
+    send(
+        connection,
+        Sending::new(outgoing, record, Instant::now()),
+        settings,
+        budget,
+    )
+}
+
+/// Sends a response (or what is left of one) without blocking. Done, the connection is kept
+/// or closed as the response said; when the socket is full, the response parks in the
+/// acceptor (`Disposition::Sending`) if it may, else this worker waits for room, under the
+/// same deadline either way (see `sending`).
+pub fn send(
+    connection: &mut Connection,
+    mut sending: Sending,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
+    if connection.set_blocking(false).is_err() {
+        return Disposition::Gone;
+    }
+    let rule = settings.send_rule();
+    loop {
+        match sending.advance(connection.stream(), Instant::now()) {
+            Ok(Progress::Done) if sending.must_close() => return Disposition::Close,
+            Ok(Progress::Done) => {
                 connection.shrink_if_empty();
-                Disposition::KeepAlive
-            } else {
-                Disposition::Close
+                return Disposition::KeepAlive;
             }
+            Ok(Progress::Blocked) => {}
+            Err(_) => return Disposition::Gone,
         }
-        Err(error) => {
-            log::info!(
-                target: "access",
-                "{peer} \"{method} {target}\" {status} - {:.1}ms (response not completed: {error})",
-                elapsed.as_secs_f64() * 1000.0
-            );
-            Disposition::Gone
+        let deadline = sending.deadline(&rule);
+        let now = Instant::now();
+        if deadline <= now {
+            sending.abandon(&rule);
+            connection.abort();
+            return Disposition::Gone;
         }
+        if sending.may_park(budget, settings.spill_dir.as_deref()) {
+            return Disposition::Sending(Box::new(sending));
+        }
+        connection.wait_writable(deadline - now);
     }
 }
 
-/// Writes `response` and closes: the path for failures after the head was parsed.
-fn finish_with(
+/// Writes a streamed (`Body::Reader`) response with blocking writes, each bounded by
+/// `client_send_timeout`.
+fn write_streamed(
     connection: &mut Connection,
-    response: Response,
-    version: Version,
-    keep_alive: bool,
-    head_request: bool,
+    prepared: response::Prepared,
+    record: &AccessRecord,
 ) -> Disposition {
-    let options = WriteOptions {
-        version,
-        keep_alive,
-        head_request,
-    };
-    match response::write_response(&mut connection.stream(), response, &options) {
-        Ok(_) => Disposition::Close,
-        Err(_) => Disposition::Gone,
+    let must_close = prepared.must_close;
+    match response::write_prepared(&mut connection.stream(), prepared) {
+        Ok(body_bytes) => {
+            record.completed(body_bytes);
+            if must_close {
+                Disposition::Close
+            } else {
+                connection.shrink_if_empty();
+                Disposition::KeepAlive
+            }
+        }
+        Err(error) => {
+            record.not_completed(&error);
+            Disposition::Gone
+        }
     }
 }
 

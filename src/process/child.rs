@@ -375,6 +375,13 @@ pub fn settings_for(config: &Config) -> Settings {
         idle_timeout: config.client_socket_timeout,
         body_timeout: config.client_body_timeout,
         send_timeout: config.client_send_timeout,
+        send_min_rate: config.client_send_min_rate,
+        // Uploads go to the highest priority first: the folder meant to take data.
+        spill_dir: config
+            .datadirs
+            .iter()
+            .max_by_key(|dir| dir.priority)
+            .map(|dir| dir.path.clone()),
     }
 }
 

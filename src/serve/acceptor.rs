@@ -43,7 +43,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
 use crate::http::connection::prepare_accepted;
 use crate::http::connection::Connection;
-use crate::http::parked::{ArrivedHead, Next, Parked, Ready, Step, Wait};
+use crate::http::parked::{ArrivedHead, Next, Parked, Ready, Step, Wait, Work};
 use crate::http::serve::{Disposition, Settings};
 use crate::logging;
 use crate::serve::pool::Returned;
@@ -59,7 +59,8 @@ pub struct AcceptSettings {
     /// keep-alive connection parked the longest (closed FIN-first, lingering outside the count);
     /// with none idle the child stops polling the listener and leaves new connections in the
     /// shared backlog for the other children. Each one costs a descriptor and a read buffer,
-    /// so this bounds both (lingering closes at most double the descriptors).
+    /// so this bounds both: lingering closes add at most as many descriptors again, and a
+    /// parked response one more each (its image file, or its spill file).
     pub max_connections: usize,
 }
 
@@ -100,6 +101,7 @@ impl Waiting {
         match step {
             Step::Stay => {}
             Step::Serve(head) => self.fate = Fate::Dispatch(head),
+            Step::Resume => self.fate = Fate::Resume,
             Step::Drop => self.fate = Fate::Drop,
         }
     }
@@ -126,6 +128,8 @@ enum Fate {
     Stay,
     /// A whole head (or an invalid one) has arrived, parsed: to a worker with it.
     Dispatch(ArrivedHead),
+    /// The socket has room for the response it is sending: to a worker to go on.
+    Resume,
     /// Closed by the client, failed, expired or handed over: drop (closes our socket).
     Drop,
 }
@@ -137,7 +141,7 @@ pub struct Acceptor {
     pub listeners: Vec<TcpListener>,
     pub signals: SignalWatch<ChildRequest>,
     /// Feeds the worker pool; dropped at the end to stop the workers.
-    pub jobs: Sender<Ready>,
+    pub jobs: Sender<Work>,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
     /// Set once draining without a handoff target; workers read it to answer with
@@ -151,8 +155,9 @@ pub struct Acceptor {
     /// The drain has begun (SIGHUP, SIGTERM or SIGQUIT).
     drain_started: bool,
     waiting: Vec<Waiting>,
-    /// Connections whose head is complete, waiting for a free worker.
-    ready: VecDeque<Ready>,
+    /// Connections whose head is complete, or whose response can go on, waiting for a free
+    /// worker.
+    ready: VecDeque<Work>,
     /// Connections handed to workers and not yet returned.
     in_flight: usize,
     /// Accepting is paused until then after a resource error.
@@ -166,7 +171,7 @@ impl Acceptor {
     pub fn new(
         listeners: Vec<TcpListener>,
         signals: SignalWatch<ChildRequest>,
-        jobs: Sender<Ready>,
+        jobs: Sender<Work>,
         returns: Receiver<Returned>,
         draining: Arc<AtomicBool>,
         settings: Arc<Settings>,
@@ -225,7 +230,7 @@ impl Acceptor {
             // before the drain decides which connections are idle.
             for (index, events) in revents[slots.first_connection..].iter().enumerate() {
                 if !events.is_empty() {
-                    self.on_readable(index);
+                    self.on_event(index);
                 }
             }
             self.expire(Instant::now());
@@ -303,14 +308,18 @@ impl Acceptor {
         // Last, so that a connection's index in `waiting` is its offset from here.
         let first_connection = fds.len();
         for waiting in &self.waiting {
-            add_slot(&mut fds, waiting.parked.connection().fd());
+            fds.push(PollFd::new(
+                waiting.parked.connection().fd(),
+                waiting.parked.interest(),
+            ));
         }
         // poll(2) takes whole milliseconds up to i32::MAX; the timeout is at most MAX_POLL.
         let timeout = PollTimeout::try_from(self.poll_timeout(now)).unwrap_or(PollTimeout::MAX);
         revents.clear();
         poll(&mut fds, timeout)?;
         // nix answers `None` for a bit it has no name for. Linux reports only what was asked
-        // (POLLIN) and POLLERR, POLLHUP, POLLNVAL, all named; were another to appear, it
+        // (POLLIN, or POLLOUT for a response waiting for room) and POLLERR, POLLHUP, POLLNVAL,
+        // all named; were another to appear, it
         // counts as an event, as any nonzero revents did before.
         revents.extend(
             fds.iter()
@@ -329,6 +338,18 @@ impl Acceptor {
     /// before the socket closes.
     fn open_connections(&self) -> usize {
         self.waiting.len().saturating_sub(self.n_reclaimed) + self.ready.len() + self.in_flight
+    }
+
+    /// Requests taken and not answered in full: with a worker, waiting for one, or parked with
+    /// part of their response unsent.
+    fn in_progress(&self) -> usize {
+        self.in_flight
+            + self.ready.len()
+            + self
+                .waiting
+                .iter()
+                .filter(|w| w.parked.wait() == Wait::Sending)
+                .count()
     }
 
     /// The keep-alive connection idle the longest (whose last response is the oldest), if one may give way to a new client:
@@ -391,12 +412,12 @@ impl Acceptor {
         next.saturating_duration_since(now)
     }
 
-    /// The connection at `index` in `waiting` is readable (or hung up).
-    fn on_readable(&mut self, index: usize) {
+    /// poll(2) reported the connection at `index` in `waiting`.
+    fn on_event(&mut self, index: usize) {
         let Some(waiting) = self.waiting.get_mut(index) else {
             return;
         };
-        let step = waiting.parked.on_readable(Instant::now(), &self.settings);
+        let step = waiting.parked.on_event(Instant::now(), &self.settings);
         waiting.apply(step);
     }
 
@@ -412,11 +433,19 @@ impl Acceptor {
             if waiting.reclaimed {
                 self.n_reclaimed = self.n_reclaimed.saturating_sub(1);
             }
-            if let Fate::Dispatch(head) = waiting.fate {
-                self.ready.push_back(Ready {
+            match waiting.fate {
+                Fate::Dispatch(head) => self.ready.push_back(Work::Request(Ready {
                     connection: waiting.parked.into_connection(),
                     head,
-                });
+                })),
+                // Ahead of new requests: a response under way is already a worker's promise,
+                // and its client is waiting for it.
+                Fate::Resume => {
+                    if let Some(resume) = waiting.parked.into_resume() {
+                        self.ready.push_front(Work::Response(resume));
+                    }
+                }
+                Fate::Stay | Fate::Drop => {}
             }
         }
     }
@@ -468,7 +497,7 @@ impl Acceptor {
             "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
              request, {n_handed} connection(s) queued for the new generation, {n_idle} idle \
              keep-alive connection(s) closed",
-            self.in_flight + self.ready.len(),
+            self.in_progress(),
             self.waiting
                 .iter()
                 .filter(|w| w.stays())
@@ -509,7 +538,7 @@ impl Acceptor {
         log::info!(
             "draining: a new handoff target; {n_queued} connection(s) queued for it, {} request(s) \
              in progress",
-            self.in_flight + self.ready.len()
+            self.in_progress()
         );
     }
 
@@ -561,7 +590,7 @@ impl Acceptor {
                 Adoption::Empty | Adoption::NoRoom => break,
             };
             // A connection whose wait is bounded by the header timeout (no request served yet,
-            // part of a head, idle after a 401) keeps the deadline it had in the old child; an
+            // part of a head, idle and not trusted) keeps the deadline it had in the old child; an
             // idle keep-alive one gets this generation's idle timeout.
             let next = Parked::between_requests(
                 connection,
@@ -594,6 +623,12 @@ impl Acceptor {
             Disposition::Close => self
                 .waiting
                 .push(Waiting::new(Parked::closing(connection, now))),
+            // The socket is full: wait here for room, then a worker goes on.
+            Disposition::Sending(sending) => self.waiting.push(Waiting::new(Parked::sending(
+                connection,
+                sending,
+                &self.settings,
+            ))),
             // A pipelined request may follow: a complete head goes to a worker, a partial one
             // waits for the rest.
             Disposition::KeepAlive => {
@@ -607,7 +642,7 @@ impl Acceptor {
     /// hands a parked one over, or closes it if it is idle and cannot.
     fn park(&mut self, next: Next, now: Instant) {
         match next {
-            Next::Serve(ready) => self.ready.push_back(ready),
+            Next::Serve(ready) => self.ready.push_back(Work::Request(ready)),
             Next::Park(parked) => {
                 let mut waiting = Waiting::new(parked);
                 if self.drain_started
@@ -631,10 +666,13 @@ impl Acceptor {
 
     /// Accepts from one listener until its backlog is empty or this child is full.
     fn accept_from(&mut self, index: usize) {
-        let now = Instant::now();
         while self.open_connections() < self.accept.max_connections || self.oldest_idle().is_some()
         {
-            match self.listeners[index].accept() {
+            let accepted = self.listeners[index].accept();
+            // Read after each accept: a connection's header deadline counts from its own
+            // accept, not from the start of a batch that may have begun before it connected.
+            let now = Instant::now();
+            match accepted {
                 Ok((stream, peer)) => {
                     if let Err(error) = prepare_accepted(&stream, self.accept.tcp_keepidle) {
                         log::debug!("{peer}: cannot set up the accepted socket: {error}");

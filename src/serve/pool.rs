@@ -2,7 +2,8 @@
 //! crossbeam channel.
 //!
 //! A worker takes a connection whose request head has arrived, serves it (see
-//! `http::serve::serve`), and sends it back to the acceptor with its disposition, waking the
+//! `http::serve::serve`), or one whose parked response the socket has room for again and goes
+//! on sending it (`http::serve::send`), and sends it back to the acceptor with its disposition, waking the
 //! acceptor's poll. The pool never grows: connections beyond what the workers can take wait in
 //! the acceptor, and unaccepted ones wait in the listen backlog where another child may take them.
 //! The acceptor ends the pool by dropping the job sender: each worker's `recv()` fails once the
@@ -15,7 +16,8 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::http::connection::Connection;
-use crate::http::parked::Ready;
+use crate::http::parked::{Ready, Resume, Work};
+use crate::http::sending::{SendBudget, BUDGET_PER_WORKER};
 use crate::http::serve::{self, Disposition, Handler, Settings};
 use crate::signals::Waker;
 
@@ -41,8 +43,10 @@ impl Pool {
         draining: Arc<AtomicBool>,
         returns: Sender<Returned>,
         waker: Waker,
-    ) -> std::io::Result<(Pool, Sender<Ready>)> {
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Ready>(n_threads);
+    ) -> std::io::Result<(Pool, Sender<Work>)> {
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Work>(n_threads);
+        // What responses parked for want of socket room may hold in memory, together.
+        let budget = SendBudget::new(n_threads.saturating_mul(BUDGET_PER_WORKER));
         let mut threads = Vec::with_capacity(n_threads);
         for index in 0..n_threads {
             let worker = Worker {
@@ -52,6 +56,7 @@ impl Pool {
                 settings: settings.clone(),
                 draining: draining.clone(),
                 waker: waker.clone(),
+                budget: budget.clone(),
             };
             let thread = thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -73,28 +78,42 @@ impl Pool {
 
 /// One worker thread's share of the pool.
 struct Worker {
-    jobs: Receiver<Ready>,
+    jobs: Receiver<Work>,
     returns: Sender<Returned>,
     handler: Arc<dyn Handler>,
     settings: Arc<Settings>,
     draining: Arc<AtomicBool>,
     waker: Waker,
+    budget: Arc<SendBudget>,
 }
 
 impl Worker {
     fn run(self) {
-        while let Ok(Ready {
-            mut connection,
-            head,
-        }) = self.jobs.recv()
-        {
-            let disposition = serve::serve(
-                &mut connection,
-                head,
-                &*self.handler,
-                &self.settings,
-                &self.draining,
-            );
+        while let Ok(work) = self.jobs.recv() {
+            let (connection, disposition) = match work {
+                Work::Request(Ready {
+                    mut connection,
+                    head,
+                }) => {
+                    let disposition = serve::serve(
+                        &mut connection,
+                        head,
+                        &*self.handler,
+                        &self.settings,
+                        &self.draining,
+                        &self.budget,
+                    );
+                    (connection, disposition)
+                }
+                Work::Response(Resume {
+                    mut connection,
+                    sending,
+                }) => {
+                    let disposition =
+                        serve::send(&mut connection, *sending, &self.settings, &self.budget);
+                    (connection, disposition)
+                }
+            };
             // The acceptor owns the connection's next step; if it is gone (the child is ending),
             // dropping the connection here closes it.
             let _ = self.returns.send(Returned {
