@@ -976,7 +976,8 @@ fn doc(path: &str, check: bool) -> Result<(), String> {
         if !closed {
             return Err(format!("{path}: the block of {record} has no {END}"));
         }
-        let new = render(record)?;
+        // A blank line before the closing marker ends the generated list for every renderer.
+        let new = render(record)? + "\n";
         if old != new {
             stale.push(record.to_string());
         }
