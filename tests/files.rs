@@ -35,36 +35,7 @@ fn metadata_files_are_not_readable_by_other_users() {
     );
     // SAFETY: as above.
     unsafe { libc::umask(previous) };
-    let created = util::request(
-        server.addr(),
-        "POST",
-        "/v2/images",
-        &[("Content-Type", "application/json")],
-        br#"{"disk_format": "raw", "container_format": "bare", "name": "secret-name"}"#,
-    )
-    .unwrap();
-    assert_eq!(created.status, 201);
-    let id = serde_json::from_slice::<serde_json::Value>(&created.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("/v2/images/{id}/file");
-    let put = util::request(
-        server.addr(),
-        "PUT",
-        &path,
-        &[("Content-Type", "application/octet-stream")],
-        b"image bytes",
-    )
-    .unwrap();
-    assert_eq!(put.status, 204);
-    // A whole download queues a prefetch; wait until the cache holds a record for it.
-    assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
-    util::wait_until("the cache record", DEADLINE, || {
-        fs::read_dir(server.path("cache/meta"))
-            .map(|entries| entries.count() > 0)
-            .unwrap_or(false)
-    });
+    make_every_kind_of_file(&server, "secret-name");
     let mut files = Vec::new();
     created_files(server.dir.path(), &mut files);
     let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
@@ -126,35 +97,7 @@ fn files_take_the_group_of_a_setgid_directory() {
     let server = Server::start_with(dir, config_path, &[]);
     // SAFETY: as above.
     unsafe { libc::umask(previous) };
-    let created = util::request(
-        server.addr(),
-        "POST",
-        "/v2/images",
-        &[("Content-Type", "application/json")],
-        br#"{"disk_format": "raw", "container_format": "bare", "name": "grouped"}"#,
-    )
-    .unwrap();
-    assert_eq!(created.status, 201);
-    let id = serde_json::from_slice::<serde_json::Value>(&created.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let path = format!("/v2/images/{id}/file");
-    let put = util::request(
-        server.addr(),
-        "PUT",
-        &path,
-        &[("Content-Type", "application/octet-stream")],
-        b"image bytes",
-    )
-    .unwrap();
-    assert_eq!(put.status, 204);
-    assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
-    util::wait_until("the cache record", DEADLINE, || {
-        fs::read_dir(server.path("cache/meta"))
-            .map(|entries| entries.count() > 0)
-            .unwrap_or(false)
-    });
+    let id = make_every_kind_of_file(&server, "grouped");
     let mut found = Vec::new();
     collect_owned(server.dir.path(), &mut found);
     let names: Vec<&str> = found.iter().map(|f| f.0.as_str()).collect();
@@ -272,4 +215,31 @@ fn a_pid_directory_writable_by_everyone_is_refused() {
         "{said}"
     );
     assert!(!open.join("glint-api.pid").exists());
+}
+
+/// Makes glint write every kind of file it has: an image (`name`) with data, downloaded whole so
+/// that the cache stores it and its record. Returns the image's id.
+fn make_every_kind_of_file(server: &Server, name: &str) -> String {
+    let id = util::create_image_from(
+        server.addr(),
+        &format!(r#"{{"disk_format": "raw", "container_format": "bare", "name": "{name}"}}"#),
+    );
+    let path = format!("/v2/images/{id}/file");
+    let put = util::request(
+        server.addr(),
+        "PUT",
+        &path,
+        &[("Content-Type", "application/octet-stream")],
+        b"image bytes",
+    )
+    .unwrap();
+    assert_eq!(put.status, 204);
+    // A whole download queues a prefetch; wait until the cache holds a record for it.
+    assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
+    util::wait_until("the cache record", DEADLINE, || {
+        fs::read_dir(server.path("cache/meta"))
+            .map(|entries| entries.count() > 0)
+            .unwrap_or(false)
+    });
+    id
 }

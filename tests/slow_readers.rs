@@ -12,7 +12,9 @@ use nix::sys::socket::{
     connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
 };
 
-use crate::util::{self, create_image, get, send_body, wait_until, Server, DEADLINE};
+use crate::util::{
+    self, create_image, create_image_from, get, send_body, wait_until, Server, DEADLINE,
+};
 
 /// The image the slow clients download: far larger than what the kernel's socket buffers on
 /// both sides can hold, so a client that stops reading leaves the server with bytes to send.
@@ -389,17 +391,12 @@ fn slow_readers_of_large_lists_spill_to_disk_and_hold_no_worker() {
     let addr = server.addr();
     let note = "x".repeat(50_000);
     for n in 0..20 {
-        let body = format!(
-            r#"{{"name":"big-{n}","disk_format":"raw","container_format":"bare","note":"{note}"}}"#
-        );
-        let response = send_body(
+        create_image_from(
             addr,
-            "POST",
-            "/v2/images",
-            "application/json",
-            body.as_bytes(),
+            &format!(
+                r#"{{"name":"big-{n}","disk_format":"raw","container_format":"bare","note":"{note}"}}"#
+            ),
         );
-        assert_eq!(response.status, 201, "{}", response.text());
     }
     let list = "/v2/images?limit=1000";
     let fast = get(addr, list).expect("a fast list");

@@ -617,7 +617,14 @@ pub fn request(
 
 /// Creates a raw, bare image with no data (`queued`) through the API and returns its id.
 pub fn create_image(addr: SocketAddr) -> String {
-    let body = r#"{"name":"test","disk_format":"raw","container_format":"bare"}"#;
+    create_image_from(
+        addr,
+        r#"{"name":"test","disk_format":"raw","container_format":"bare"}"#,
+    )
+}
+
+/// Creates an image from the JSON document `body` (a 201 is asserted) and returns its id.
+pub fn create_image_from(addr: SocketAddr, body: &str) -> String {
     let response = send_body(
         addr,
         "POST",

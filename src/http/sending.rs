@@ -506,6 +506,15 @@ mod tests {
         head_request: false,
     };
 
+    /// An outgoing 200 response with `bytes` as its body.
+    fn bytes_outgoing(bytes: Vec<u8>) -> Outgoing {
+        let mut response = Response::new(200);
+        response.body = Body::Bytes(bytes);
+        Outgoing::new(response::prepare(response, &OPTIONS))
+            .ok()
+            .unwrap()
+    }
+
     fn record(started: Instant) -> AccessRecord {
         AccessRecord {
             peer: "127.0.0.1:1".parse().unwrap(),
@@ -588,11 +597,7 @@ mod tests {
     #[test]
     fn an_in_memory_body_goes_out_whole_with_its_head_and_frees_its_memory() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(data.clone());
-        let mut outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let mut outgoing = bytes_outgoing(data.clone());
         let (ours, mut peer) = pair();
         assert_eq!(outgoing.advance(&ours).unwrap(), Progress::Blocked);
         assert!(outgoing.held_bytes() > 0 && outgoing.held_bytes() < data.len() + 100);
@@ -618,11 +623,7 @@ mod tests {
         let budget = SendBudget::new(0);
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(data.clone());
-        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let outgoing = bytes_outgoing(data.clone());
         let mut sending = Sending::new(outgoing, record(Instant::now()), Instant::now());
         let (ours, mut peer) = pair();
         assert_eq!(
@@ -645,11 +646,7 @@ mod tests {
         let body_at = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert!(received[body_at..] == data[..], "the body differs");
         // Nowhere to spill (not a folder): the worker keeps it.
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(data);
-        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let outgoing = bytes_outgoing(data);
         let mut kept = Sending::new(outgoing, record(Instant::now()), Instant::now());
         let (ours, _peer) = pair();
         assert_eq!(
@@ -662,11 +659,7 @@ mod tests {
     #[test]
     fn a_parked_response_holds_only_its_unsent_bytes() {
         let budget = SendBudget::new(4 * 1024 * 1024);
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(vec![7u8; 1_000_000]);
-        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let outgoing = bytes_outgoing(vec![7u8; 1_000_000]);
         let mut sending = Sending::new(outgoing, record(Instant::now()), Instant::now());
         let (ours, _peer) = pair();
         assert_eq!(
@@ -688,11 +681,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             min_rate: 1000,
         };
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(vec![0; 10]);
-        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let outgoing = bytes_outgoing(vec![0; 10]);
         let mut sending = Sending::new(outgoing, record(start), start);
         // Room at 15 s, a worker only at 25 s: those 10 s are ours.
         sending.resumable(start + Duration::from_secs(15));
@@ -711,11 +700,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             min_rate: 1000,
         };
-        let mut response = Response::new(200);
-        response.body = Body::Bytes(vec![0; 10]);
-        let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-            .ok()
-            .unwrap();
+        let outgoing = bytes_outgoing(vec![0; 10]);
         let mut sending = Sending::new(outgoing, record(start), start);
         // Nothing sent: the stall and the grace end together, at 10 s.
         assert_eq!(sending.deadline(&rule), start + Duration::from_secs(10));
@@ -741,12 +726,11 @@ mod tests {
         // Room for two 1 MiB bodies with their heads, not three.
         let budget = SendBudget::new(3 * 1024 * 1024);
         let big = |n: usize| {
-            let mut response = Response::new(200);
-            response.body = Body::Bytes(vec![0; n]);
-            let outgoing = Outgoing::new(response::prepare(response, &OPTIONS))
-                .ok()
-                .unwrap();
-            Sending::new(outgoing, record(Instant::now()), Instant::now())
+            Sending::new(
+                bytes_outgoing(vec![0; n]),
+                record(Instant::now()),
+                Instant::now(),
+            )
         };
         let mut first = big(1024 * 1024);
         let mut second = big(1024 * 1024);
