@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        for warning in &loaded.warnings {
+        for warning in loaded.every_warning() {
             eprintln!("warning: {warning}");
         }
         print!("{}", loaded.config.effective_settings());
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         eprintln!("glint-api: {error}");
         return ExitCode::from(1);
     }
-    for warning in &loaded.warnings {
+    for warning in loaded.every_warning() {
         log::warn!("{warning}");
     }
     log::info!(

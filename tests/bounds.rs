@@ -86,6 +86,9 @@ fn expect(response: &Response, status: u16, what: &str) {
     );
 }
 
+/// What webob's body template adds after the explanation in a JSON error's `message`.
+const WEBOB_MESSAGE_END: &str = "<br /><br />\n\n\n";
+
 /// A 413 with Glance's quota wording in its JSON error body.
 fn expect_quota_refusal(response: &Response, what: &str) {
     expect(response, 413, what);
@@ -97,7 +100,9 @@ fn expect_quota_refusal(response: &Response, what: &str) {
     let message = body["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with("The limit has been exceeded on the size of the image's metadata.")
-            && message.ends_with(&format!("Maximum: {METADATA_SIZE_CAP} bytes")),
+            && message.ends_with(&format!(
+                "Maximum: {METADATA_SIZE_CAP} bytes{WEBOB_MESSAGE_END}"
+            )),
         "{what}: {message:?}"
     );
 }
@@ -312,7 +317,7 @@ fn image_metadata_one_byte_over_its_size_cap_is_413_and_at_the_cap_is_served() {
             body["message"],
             format!(
                 "The limit has been exceeded on the size of the image's metadata. Attempted: \
-                 {attempted} bytes, Maximum: {CAP} bytes"
+                 {attempted} bytes, Maximum: {CAP} bytes{WEBOB_MESSAGE_END}"
             ),
             "{what}"
         );

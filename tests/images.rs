@@ -844,10 +844,10 @@ fn unknown_and_non_uuid_image_ids_are_404_on_every_route() {
     }
 }
 
-/// Errors are `{"message","code","title"}` JSON for a client that accepts JSON and text for
-/// every other, and always carry a Content-Type.
+/// Error bodies are Glance's (webob's): HTML, JSON `{"message", "code", "title"}` or plain text
+/// as webob negotiates them with `Accept` (HTML first on a tie), and always with a Content-Type.
 #[test]
-fn error_bodies_are_json_when_asked_for_and_text_otherwise() {
+fn error_bodies_are_negotiated_as_webob_does() {
     let server = Server::start("");
     let glance = Glance::new(&server);
     let id = glance.create_uploadable("errors");
@@ -911,16 +911,25 @@ fn error_bodies_are_json_when_asked_for_and_text_otherwise() {
             vec![("Range", "bytes=50-")],
             None,
             416,
-            "Range Not Satisfiable",
+            "Request Range Not Satisfiable",
         ),
     ];
+    // (Accept, the Content-Type webob answers it with)
+    let negotiation = [
+        (Some("application/json"), JSON),
+        (Some("*/*"), "text/html; charset=UTF-8"),
+        (
+            Some("application/json, text/plain, */*"),
+            "text/html; charset=UTF-8",
+        ),
+        (Some("text/html"), "text/html; charset=UTF-8"),
+        (Some("text/html;q=0.5, application/json;q=0.9"), JSON),
+        (Some("text/plain"), "text/plain; charset=UTF-8"),
+        (Some("*/*;q=0"), "text/plain; charset=UTF-8"),
+        (None, "text/plain; charset=UTF-8"),
+    ];
     for (method, path, headers, body, status, title) in &cases {
-        for accept in [
-            Some("application/json"),
-            Some("*/*"),
-            None,
-            Some("text/html"),
-        ] {
+        for (accept, expected_type) in negotiation {
             let mut all = headers.clone();
             if let Some(accept) = accept {
                 all.push(("Accept", accept));
@@ -931,30 +940,40 @@ fn error_bodies_are_json_when_asked_for_and_text_otherwise() {
             let content_type = response
                 .header("content-type")
                 .unwrap_or_else(|| panic!("{what}: no Content-Type: {response:?}"));
-            if accept == Some("application/json") {
-                assert_eq!(content_type, JSON, "{what}");
+            assert_eq!(content_type, expected_type, "{what}");
+            let text = response.text();
+            let code = format!("{status} {title}");
+            if expected_type == JSON {
+                // Python's json.dumps of webob's dict: its key order and separators.
+                assert!(text.starts_with("{\"message\": \""), "{what}: {text}");
                 let body: Value = serde_json::from_slice(&response.body).expect("JSON error body");
-                assert_eq!(
-                    body["code"],
-                    json!(format!("{status} {title}")),
-                    "{what}: {body}"
-                );
+                assert_eq!(body["code"], json!(code), "{what}: {body}");
                 assert_eq!(body["title"], json!(title), "{what}: {body}");
                 assert!(
-                    body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    body["message"].as_str().is_some_and(
+                        |m| m.len() > "<br /><br />\n".len() && m.contains("<br /><br />\n")
+                    ),
                     "{what}: {body}"
                 );
-                let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
-                assert_eq!(keys, ["code", "message", "title"], "{what}: {body}");
+                assert_eq!(body.as_object().map(|o| o.len()), Some(3), "{what}: {body}");
+            } else if expected_type.starts_with("text/html") {
+                // The 405 template has no empty detail and comment lines.
+                let end = if *status == 405 {
+                    "<br /><br />\n\n </body>\n</html>"
+                } else {
+                    "<br /><br />\n\n\n\n </body>\n</html>"
+                };
+                assert!(
+                    text.starts_with(&format!(
+                        "<html>\n <head>\n  <title>{code}</title>\n </head>\n <body>\n  \
+                         <h1>{code}</h1>\n  "
+                    )) && text.ends_with(end),
+                    "{what}: {text}"
+                );
             } else {
                 assert!(
-                    content_type.starts_with("text/plain"),
-                    "{what}: {content_type}"
-                );
-                assert!(
-                    response.text().starts_with(&format!("{status} {title}")),
-                    "{what}: {}",
-                    response.text()
+                    text.starts_with(&format!("{code}\n\n")) && !text.contains('<'),
+                    "{what}: {text}"
                 );
             }
         }
@@ -966,6 +985,93 @@ fn error_bodies_are_json_when_asked_for_and_text_otherwise() {
         Some((Framing::Length, b"")),
     );
     assert_eq!(response.header("allow"), Some("GET, HEAD, PATCH, DELETE"));
+}
+
+/// What the clients make of an error, as Glance's users see it: openstacksdk
+/// (`Accept: application/json`, keystoneauth's default) shows the JSON `message`, and with
+/// `application/json, text/plain, */*` the HTML page's text; glanceclient (requests'
+/// `Accept: */*`) shows the HTML page's text; openstacksdk's uploads send an empty `Accept`
+/// and get plain text, from which it shows only the reason, as with Glance.
+#[test]
+fn clients_find_the_message_in_the_error_body() {
+    let server = Server::start("");
+    let glance = Glance::new(&server);
+    let id = "0b4f6a52-6fd6-4e5a-9a4e-4ff8a7a2e4a1";
+    let path = format!("/v2/images/{id}");
+    let message = format!("No image found with ID {id}");
+    let get = |accept: &str| glance.request("GET", &path, &[("Accept", accept)], None);
+
+    let sdk = get("application/json");
+    glance.expect(&sdk, 404, "openstacksdk's Accept");
+    assert_eq!(
+        client_details(&sdk),
+        format!("{message}<br /><br />\n\n\n"),
+        "openstacksdk's details from {}",
+        sdk.text()
+    );
+    for accept in ["*/*", "application/json, text/plain, */*"] {
+        let html = get(accept);
+        glance.expect(&html, 404, accept);
+        assert_eq!(
+            client_details(&html),
+            format!("404 Not Found: {message}"),
+            "details with Accept {accept:?} from {}",
+            html.text()
+        );
+    }
+    let upload = get("");
+    glance.expect(&upload, 404, "an empty Accept");
+    assert_eq!(
+        upload.header("content-type"),
+        Some("text/plain; charset=UTF-8")
+    );
+    assert_eq!(upload.text(), format!("404 Not Found\n\n{message}\n\n   "));
+}
+
+/// The details openstacksdk's `raise_from_response` (openstack/exceptions.py) and glanceclient's
+/// `from_response` (glanceclient/exc.py) put in their exception: from JSON, the `message` of the
+/// nested objects or else of the top object (openstacksdk; glanceclient reads nested ones only);
+/// from HTML, each line stripped and without its `<...>` tags, empty and repeated lines left
+/// out, joined by ": " (both clients); nothing from plain text (openstacksdk then shows the
+/// reason phrase).
+fn client_details(response: &Response) -> String {
+    let content_type = response.header("content-type").unwrap_or_default();
+    if content_type.contains("application/json") {
+        let content: Value = serde_json::from_slice(&response.body).expect("JSON error body");
+        let object = content.as_object().expect("a JSON object");
+        let nested: Vec<&str> = object
+            .values()
+            .filter_map(|value| value["message"].as_str())
+            .collect();
+        if nested.is_empty() {
+            content["message"].as_str().unwrap_or_default().to_string()
+        } else {
+            nested.join("\n")
+        }
+    } else if content_type.contains("text/html") {
+        let mut lines: Vec<String> = Vec::new();
+        for line in response.text().lines() {
+            let mut text = String::new();
+            let mut rest = line.trim();
+            // re.sub(r'<.+?>', '', ...)
+            while let Some(start) = rest.find('<') {
+                match rest[start + 1..].get(1..).and_then(|after| after.find('>')) {
+                    Some(end) => {
+                        text.push_str(&rest[..start]);
+                        rest = &rest[start + 1 + 1 + end + 1..];
+                    }
+                    None => break,
+                }
+            }
+            text.push_str(rest);
+            if !text.is_empty() && !lines.contains(&text) {
+                lines.push(text);
+            }
+        }
+        lines.join(": ")
+    } else {
+        String::new()
+    }
 }
 
 #[test]

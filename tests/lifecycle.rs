@@ -194,3 +194,105 @@ fn second_master_with_the_same_pid_file_refuses_to_start() {
         200
     );
 }
+
+/// `--check-config` on `file_text` (in a fresh folder): (exit code, stdout, stderr).
+fn check_config(file_text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = util::temp_config(dir.path(), file_text);
+    std::fs::write(dir.path().join("tokens"), "alpha\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .args(["--check-config", "--config-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The start of the exposure warning (issue 11, part 6).
+const NO_AUTHENTICATION: &str =
+    "[DEFAULT] auth_strategy: NO AUTHENTICATION on a non-loopback address";
+
+/// `--check-config` warns about `noauth` on a non-loopback address, says what to do, and still
+/// finds the file valid; loopback addresses and token auth draw no such warning. Nothing binds.
+#[test]
+fn check_config_warns_about_noauth_on_a_non_loopback_address() {
+    for host in ["0.0.0.0", "::", "192.0.2.7"] {
+        let (code, _, stderr) = check_config(&format!("[DEFAULT]\nbind_host = {host}\n"));
+        assert_eq!(code, Some(0), "{stderr}");
+        let warning = stderr
+            .lines()
+            .find(|line| line.contains(NO_AUTHENTICATION))
+            .unwrap_or_else(|| panic!("no warning for {host}:\n{stderr}"));
+        assert!(warning.starts_with("warning: "), "{warning}");
+        for advice in [
+            &format!("bind_host is {host},"),
+            "may read, upload, change and delete every image",
+            "set auth_strategy = token with an auth_token_file",
+            "or bind_host = 127.0.0.1 to serve this host only",
+        ] {
+            assert!(
+                warning.contains(advice),
+                "{advice:?} missing from {warning}"
+            );
+        }
+    }
+    // The default bind_host is the wildcard.
+    let (_, _, stderr) = check_config("[DEFAULT]\nbind_port = 9393\n");
+    assert!(stderr.contains(NO_AUTHENTICATION), "{stderr}");
+    for text in [
+        "[DEFAULT]\nbind_host = 127.0.0.1\n",
+        "[DEFAULT]\nbind_host = ::1\n",
+        "[DEFAULT]\nbind_host = localhost\n",
+        "[DEFAULT]\nbind_host = 0.0.0.0\nauth_strategy = token\nauth_token_file = tokens\n",
+    ] {
+        let (code, _, stderr) = check_config(text);
+        assert_eq!(code, Some(0), "{text}: {stderr}");
+        assert!(!stderr.contains("NO AUTHENTICATION"), "{text}: {stderr}");
+    }
+}
+
+/// The lines of `log` that are the exposure warning at level WARN.
+fn exposure_warnings(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains(" WARN ") && line.contains(NO_AUTHENTICATION))
+        .count()
+}
+
+/// A server with `noauth` bound to 0.0.0.0 logs the warning at start and at every reload that
+/// applies such a config, and stops once a reload binds it to 127.0.0.1. No request is sent at
+/// all: the server is watched through its status file and log only.
+#[test]
+fn noauth_on_the_wildcard_address_warns_at_start_and_at_each_reload() {
+    let server = Server::start("bind_host = 0.0.0.0");
+    let log = server.log();
+    assert_eq!(exposure_warnings(&log), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains(" master: ") && line.contains("bind_host is 0.0.0.0,")),
+        "{log}"
+    );
+
+    server.write_config("bind_host = 0.0.0.0\nworkers = 1");
+    let verdict = server.reload();
+    assert_eq!(
+        verdict["outcome"],
+        "succeeded",
+        "{verdict}\n{}",
+        server.log()
+    );
+    assert_eq!(exposure_warnings(&server.log()), 2, "{}", server.log());
+
+    server.write_config("workers = 1");
+    let verdict = server.reload();
+    assert_eq!(
+        verdict["outcome"],
+        "succeeded",
+        "{verdict}\n{}",
+        server.log()
+    );
+    assert_eq!(exposure_warnings(&server.log()), 2, "{}", server.log());
+}

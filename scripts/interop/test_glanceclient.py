@@ -412,12 +412,17 @@ def delete(s):
 
 @checked
 def show_unknown_is_404(s):
-    """`image-show` of an unknown id: glanceclient prints 'HTTP <body>' from the server's text
-    answer, which must carry the 404."""
+    """`image-show` of an unknown id: glanceclient (requests' `Accept: */*`) gets Glance's HTML
+    error page and prints its text lines, which must carry the 404 and glint's message."""
     image_id = str(uuid.uuid4())
     result = s.fails("image-show", image_id)
     check("404" in result.err, "the error message does not mention 404")
     check("not found" in result.err.lower(), "the error message does not say 'Not Found'")
+    check(
+        f"No image found with ID {image_id}" in result.err,
+        "glint's message is missing from glanceclient's error",
+    )
+    check("<" not in result.err, "glanceclient printed HTML tags")
 
 
 @checked

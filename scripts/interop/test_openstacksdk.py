@@ -282,7 +282,10 @@ def errors():
     an active image; the SDK maps them to its exceptions and carries the server's message."""
     unknown = str(uuid.uuid4())
     error = expect_http_error(exceptions.NotFoundException, 404, "get_image(unknown)", CONN.image.get_image, unknown)
-    check(error.details, f"no message from the server's JSON error: {error!r}")
+    check(
+        f"No image found with ID {unknown}" in (error.details or ""),
+        f"glint's message is missing from the SDK's error: {error!r}",
+    )
 
     protected = new_image("sdk-protected", is_protected=True)
     check(CONN.image.get_image(protected.id).is_protected, "is_protected after create")

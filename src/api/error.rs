@@ -1,16 +1,17 @@
 //! The API's one error type and the one place it becomes a response.
 //!
 //! Every handler returns `Result<Response, ApiError>`; `ApiError::into_response` picks the status
-//! and renders the body the way Glance clients read it: `{"message", "code", "title"}` JSON for a
-//! client that accepts JSON (openstacksdk), plain text otherwise (glanceclient reads the
-//! Content-Type and falls over on a JSON body it did not ask for). A client's mistake is logged
-//! at debug; only `Internal` is an operator's problem and is logged at error.
+//! and renders the body as Glance does, through webob (`super::webob`): HTML, JSON
+//! `{"message", "code", "title"}` or plain text, negotiated from the request's `Accept` exactly
+//! as webob negotiates it. So each client reads what it reads from Glance: glanceclient, which
+//! sends `Accept: */*` and falls over on a JSON body, gets HTML and shows its text; openstacksdk,
+//! which sends `Accept: application/json`, gets JSON and shows its `message`. A client's mistake
+//! is logged at debug; only `Internal` is an operator's problem and is logged at error.
 
 use std::fmt;
 
-use serde_json::json;
-
-use crate::http::response::{reason_phrase, Response};
+use super::webob::{self, Fragment};
+use crate::http::response::{reason_phrase, Body, Response};
 use crate::http::serve::Request;
 
 /// A failed API request.
@@ -86,6 +87,7 @@ impl ApiError {
             | ApiError::TooLarge(message)
             | ApiError::Unavailable(message) => message.clone(),
             ApiError::UnsupportedMediaType { message, .. } => message.clone(),
+            // The body names the method (see `into_response`).
             ApiError::MethodNotAllowed { .. } => {
                 "The method is not allowed for this resource.".to_string()
             }
@@ -109,7 +111,15 @@ impl ApiError {
             ),
             other => log::debug!("{} {}: {other}", request.method(), request.path()),
         }
-        let response = render(request, self.status(), &self.message());
+        let message = self.message();
+        let fragment = match self {
+            // webob's 405 has its own template, which names the request's method.
+            ApiError::MethodNotAllowed { .. } => Fragment::MethodNotAllowed {
+                method: request.method(),
+            },
+            _ => Fragment::Explanation(&message),
+        };
+        let response = render_fragment(request, self.status(), fragment);
         match self {
             ApiError::Unauthorized(_) => response.header("WWW-Authenticate", WWW_AUTHENTICATE),
             ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
@@ -152,30 +162,38 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// An error body: Glance's JSON when the client accepts JSON, text otherwise.
+/// An error response whose body says `message`, in the format webob negotiates with the
+/// request's `Accept` (HTML, JSON or plain text; see `super::webob`).
 pub fn render(request: &Request<'_>, status: u16, message: &str) -> Response {
-    let title = glance_title(status);
-    let wants_json = request
-        .head
-        .header_str("accept")
-        .is_some_and(|accept| accept.contains("application/json"));
-    if wants_json {
-        Response::json(
-            status,
-            &json!({"message": message, "code": format!("{status} {title}"), "title": title}),
-        )
-    } else {
-        Response::text(status, &format!("{status} {title}\n\n{message}\n"))
-    }
+    render_fragment(request, status, Fragment::Explanation(message))
 }
 
-/// The title of a status in an error body. Glance's come from webob, which keeps RFC 2616's
-/// "Request Entity Too Large" for 413 (Glance's answer to its quotas and to image_size_cap)
-/// where RFC 9110 says "Content Too Large"; clients that show the title show Glance's. Other
-/// statuses keep RFC 9110's phrase (the status line always does).
+fn render_fragment(request: &Request<'_>, status: u16, fragment: Fragment<'_>) -> Response {
+    let accept = request
+        .head
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("accept"))
+        .map(|header| header.value.as_slice());
+    let format = webob::choose(accept);
+    let title = glance_title(status);
+    let body = webob::render(format, &format!("{status} {title}"), title, fragment);
+    let mut response = Response::new(status).header("Content-Type", format.content_type());
+    response.body = Body::Bytes(body.into_bytes());
+    response
+}
+
+/// The title of a status in an error body, webob's: it keeps RFC 2616's "Request Entity Too
+/// Large" for 413 (Glance's answer to its quotas and to image_size_cap) and "Request Range Not
+/// Satisfiable" for 416 where RFC 9110 says "Content Too Large" and "Range Not Satisfiable";
+/// clients that show the title show Glance's. The others are RFC 9110's phrases, as the status
+/// line always is.
 fn glance_title(status: u16) -> &'static str {
     match status {
         413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
+        416 => "Request Range Not Satisfiable",
+        422 => "Unprocessable Entity",
         _ => reason_phrase(status),
     }
 }

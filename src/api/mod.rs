@@ -13,7 +13,8 @@
 //! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
 //! - `schemas`, `versions`: the documents clients discover the API with;
 //! - `auth`: the `auth_strategy = token` check every request passes before routing;
-//! - `error`: the API's error type and its rendering.
+//! - `error`: the API's error type and its rendering; `webob`: the rules of Glance's error
+//!   bodies (webob's `Accept` negotiation and its HTML, JSON and text templates).
 
 mod auth;
 mod cache;
@@ -26,6 +27,7 @@ pub mod patch;
 pub mod representation;
 mod schemas;
 mod versions;
+mod webob;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -208,6 +208,15 @@ impl Flavor {
     pub fn uses_cache(&self) -> bool {
         !matches!(self, Flavor::Plain)
     }
+
+    /// Whether the pipeline authenticates requests itself (Glance's keystone flavors), so that
+    /// `auth_strategy = noauth` does not leave the API open. Every arm is spelled out, so that
+    /// a new flavor has to answer.
+    pub fn authenticates(&self) -> bool {
+        match self {
+            Flavor::Plain | Flavor::Caching | Flavor::CacheManagement => false,
+        }
+    }
 }
 
 /// Who may use the API (`auth_strategy`). Glance's default, `keystone`, is refused: glint has
@@ -296,6 +305,16 @@ impl fmt::Display for HashAlgorithm {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<String>,
+}
+
+impl Loaded {
+    /// What to tell the operator about this config, at start, at a reload and in
+    /// `--check-config`: the file's warnings, then [`Config::exposure_warning`].
+    pub fn every_warning(&self) -> Vec<String> {
+        let mut warnings = self.warnings.clone();
+        warnings.extend(self.config.exposure_warning());
+        warnings
+    }
 }
 
 /// Why a file was refused: every problem found in it, in line order.
@@ -450,6 +469,39 @@ impl Config {
         }
     }
 
+    /// The warning for an open API on a network: `auth_strategy = noauth` without a flavor
+    /// that authenticates, on a `bind_host` that is not a loopback address ([`is_loopback`]),
+    /// so anyone who reaches the address may read, upload, change and delete every image.
+    /// `None` when the API is closed or only this host can reach it.
+    pub fn exposure_warning(&self) -> Option<String> {
+        if !matches!(self.auth_strategy, AuthStrategy::NoAuth)
+            || self.flavor.authenticates()
+            || is_loopback(&self.bind_host)
+        {
+            return None;
+        }
+        let keystone = if FLAVOR_NAMES.iter().any(|name| name.starts_with("keystone")) {
+            ", or [paste_deploy] flavor = keystone with [keystone_authtoken]"
+        } else {
+            ""
+        };
+        let problem = Problem {
+            file: self.path.clone(),
+            line: None,
+            section: Some("DEFAULT".to_string()),
+            option: Some("auth_strategy".to_string()),
+            message: format!(
+                "NO AUTHENTICATION on a non-loopback address: auth_strategy is noauth and \
+                 bind_host is {}, so anyone who can reach {} may read, upload, change and \
+                 delete every image; set auth_strategy = token with an auth_token_file{keystone}, \
+                 or bind_host = 127.0.0.1 to serve this host only",
+                self.bind_host,
+                self.listen_address()
+            ),
+        };
+        Some(problem.to_string())
+    }
+
     /// Every option with its effective value, in the file's own syntax, for `--check-config`.
     /// Loading this text gives back the same settings.
     pub fn effective_settings(&self) -> String {
@@ -539,6 +591,26 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
             format!("cannot make the config file's path absolute: {error}; check --config-file"),
         ))
     })
+}
+
+/// Whether `bind_host` (as the loader keeps it: an IP address literal or `localhost`) reaches
+/// this host only: `localhost`, 127.0.0.0/8, `::1`, or `::ffff:127.x.y.z`. Decided without a
+/// name lookup, so the master never blocks on it; any other name counts as reachable from
+/// elsewhere.
+pub fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(address)) => address.is_loopback(),
+        Ok(IpAddr::V6(address)) => {
+            address.is_loopback()
+                || address
+                    .to_ipv4_mapped()
+                    .is_some_and(|mapped| mapped.is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 /// Collects the errors and warnings of one load, so that all of them are reported at once.

@@ -611,7 +611,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::AuthStrategy,
         default: DefaultValue::Text("noauth"),
         on_reload: RELOAD_AUTH,
-        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Glance's `keystone` is refused: glint has no keystone.",
+        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1; on any other `bind_host` glint warns at start, at each reload and in `--check-config`). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Glance's `keystone` is refused: glint has no keystone.",
         apply: |draft, value| {
             if let Value::Choice(name) = value {
                 draft.auth_strategy = name;

@@ -1373,6 +1373,90 @@ fn token_file_under_noauth_is_not_read_and_draws_a_warning() {
 // ---------------------------------------------------------------------------------------------
 // Outputs: listen address, --check-config, docs
 
+// ---------------------------------------------------------------------------------------------
+// Access control: no authentication on a network
+
+#[test]
+fn noauth_on_a_non_loopback_address_draws_the_exposure_warning() {
+    let exposed = [
+        "0.0.0.0",
+        "::",
+        "10.1.2.3",
+        "192.0.2.7",
+        "2001:db8::1",
+        "::ffff:10.0.0.1",
+    ];
+    for host in exposed {
+        let loaded = loads(&format!(
+            "[DEFAULT]\nbind_host = {host}\nbind_port = 9393\n"
+        ));
+        // Not one of the file's warnings (those are about lines), but among every warning.
+        assert_eq!(loaded.warnings, Vec::<String>::new(), "{host}");
+        let warning = loaded
+            .config
+            .exposure_warning()
+            .unwrap_or_else(|| panic!("no warning for noauth on {host}"));
+        assert_eq!(
+            loaded.every_warning(),
+            std::slice::from_ref(&warning),
+            "{host}"
+        );
+        let address = loaded.config.listen_address();
+        assert_eq!(
+            warning,
+            format!(
+                "{CONFIG_PATH}: [DEFAULT] auth_strategy: NO AUTHENTICATION on a non-loopback \
+                 address: auth_strategy is noauth and bind_host is {host}, so anyone who can \
+                 reach {address} may read, upload, change and delete every image; set \
+                 auth_strategy = token with an auth_token_file, or bind_host = 127.0.0.1 to \
+                 serve this host only"
+            )
+        );
+    }
+    // The default bind_host is the wildcard, so a file that sets neither option warns.
+    assert!(loads("").config.exposure_warning().is_some());
+    // After the file's own warnings.
+    let loaded = loads("[DEFAULT]\nbind_host = ::\nworkers = 0\n");
+    let every = loaded.every_warning();
+    assert_eq!(every.len(), 2, "{every:?}");
+    assert_eq!(every[0], loaded.warnings[0]);
+    assert!(every[1].contains("NO AUTHENTICATION"), "{every:?}");
+}
+
+#[test]
+fn noauth_on_loopback_or_token_auth_draws_no_exposure_warning() {
+    for host in [
+        "127.0.0.1",
+        "127.45.6.7",
+        "::1",
+        "localhost",
+        "LocalHost",
+        "::ffff:127.0.0.1",
+    ] {
+        let loaded = loads(&format!("[DEFAULT]\nbind_host = {host}\n"));
+        assert_eq!(loaded.config.exposure_warning(), None, "{host}");
+        assert_eq!(loaded.every_warning(), Vec::<String>::new(), "{host}");
+    }
+    let (_dir, path) = with_token_file(
+        &format!("{TOKEN_CONFIG}bind_host = 0.0.0.0\n"),
+        Some((b"alpha\n", 0o600)),
+    );
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.config.exposure_warning(), None);
+}
+
+#[test]
+fn loopback_is_decided_without_a_name_lookup() {
+    assert!(is_loopback("localhost"));
+    assert!(is_loopback("127.255.255.254"));
+    assert!(!is_loopback("128.0.0.1"));
+    assert!(!is_loopback("::2"));
+    // A name other than localhost is never looked up (the master must not block): it counts as
+    // reachable from elsewhere. The loader refuses such names anyway.
+    assert!(!is_loopback("loopback.example"));
+    assert!(!is_loopback("localhost.localdomain"));
+}
+
 #[test]
 fn listen_address_brackets_ipv6() {
     let cases = [

@@ -147,7 +147,7 @@ impl Report {
 pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> Report {
     let files = match command {
         Command::Reload => config::load(config_path).map(|loaded| {
-            for warning in &loaded.warnings {
+            for warning in loaded.every_warning() {
                 eprintln!("warning: {warning}");
             }
             ServerFiles::of(&loaded.config)

@@ -325,7 +325,7 @@ impl Master {
         let result = match config::load(&self.config_path) {
             Err(error) => Err(error.to_string()),
             Ok(loaded) => {
-                for warning in &loaded.warnings {
+                for warning in loaded.every_warning() {
                     log::warn!("{warning}");
                 }
                 let config = Arc::new(loaded.config);
