@@ -252,3 +252,82 @@ fn unreachable(url: &str, failures: &[String], deadline: &Deadline) -> Unreachab
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Domain, Principal, Secret};
+    use std::net::TcpListener;
+
+    fn client(retries: u32) -> Client {
+        Client::new(&KeystoneSettings {
+            auth_url: "http://127.0.0.1:1".to_string(),
+            identity_url: "http://127.0.0.1:1/v3".to_string(),
+            www_authenticate_uri: "http://127.0.0.1:1".to_string(),
+            user: Principal::Name {
+                name: "glint".to_string(),
+                domain: Domain::Name("Default".to_string()),
+            },
+            password: Secret::new("pw".to_string()),
+            project: Principal::Id("p".to_string()),
+            region_name: None,
+            interface: "internal",
+            service_token_roles: Vec::new(),
+            service_token_roles_required: false,
+            token_cache_time: None,
+            ca_certificates: None,
+            insecure: false,
+            http_connect_timeout: Duration::from_secs(1),
+            http_request_timeout: Duration::from_secs(1),
+            http_request_max_retries: retries,
+        })
+    }
+
+    #[test]
+    fn a_refused_connection_is_tried_again_at_once() {
+        // A port nobody listens on any more.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("bind")
+            .port();
+        let began = Instant::now();
+        let deadline = Deadline::after(Duration::from_secs(30));
+        let error = client(3)
+            .get(&format!("http://127.0.0.1:{port}/v3"), &[], &deadline)
+            .err()
+            .expect("refused");
+        assert!(error.detail.contains("(4 attempts"), "{error}");
+        assert!(error.detail.contains("refused"), "{error}");
+        // No sleeps between attempts: milliseconds; 5 s is slack for a loaded machine.
+        assert!(began.elapsed() < Duration::from_secs(5), "{error}");
+    }
+
+    #[test]
+    fn a_server_that_never_answers_costs_the_deadline_and_is_not_retried() {
+        // The kernel accepts connections into the backlog; nobody reads or answers.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let began = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(800));
+        let error = client(3)
+            .get(&format!("http://127.0.0.1:{port}/v3"), &[], &deadline)
+            .err()
+            .expect("timed out");
+        let took = began.elapsed();
+        assert!(error.detail.contains("timeout"), "{error}");
+        assert!(!error.detail.contains("attempts"), "not retried: {error}");
+        assert!(took >= Duration::from_millis(700), "{took:?}: {error}");
+        assert!(took < Duration::from_secs(5), "{took:?}: {error}");
+        // A deadline already past sends nothing.
+        let past = Deadline {
+            started: Instant::now(),
+            at: Instant::now(),
+        };
+        let error = client(3)
+            .get(&format!("http://127.0.0.1:{port}/v3"), &[], &past)
+            .err()
+            .expect("no time");
+        assert!(error.detail.contains("no time left"), "{error}");
+        drop(listener);
+    }
+}
