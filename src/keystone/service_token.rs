@@ -82,13 +82,21 @@ impl ServiceToken {
                 return Ok(issued.clone());
             }
         }
+        // Due for renewal but not expired: still good while Keystone cannot give a new one.
+        let usable = state
+            .issued
+            .as_ref()
+            .filter(|issued| now < issued.expires_at)
+            .cloned();
         if state
             .failed_at
             .is_some_and(|failed_at| failed_at >= deadline.started)
         {
-            return Err(Failure::Unavailable(
-                "getting glint's own token failed while this request waited for it".to_string(),
-            ));
+            return usable.ok_or_else(|| {
+                Failure::Unavailable(
+                    "getting glint's own token failed while this request waited for it".to_string(),
+                )
+            });
         }
         match authenticate(settings, client, deadline) {
             Ok(issued) => {
@@ -98,16 +106,15 @@ impl ServiceToken {
             }
             Err(failure) => {
                 state.failed_at = Some(Instant::now());
-                match &state.issued {
-                    // Not expired yet: keep using it while Keystone cannot give a new one.
-                    Some(issued) if Instant::now() < issued.expires_at => {
+                match usable {
+                    Some(issued) => {
                         log::warn!(
                             "keystone: cannot renew glint's own token before it expires \
                              ({failure}); using the current one meanwhile"
                         );
-                        Ok(issued.clone())
+                        Ok(issued)
                     }
-                    _ => Err(failure),
+                    None => Err(failure),
                 }
             }
         }
