@@ -11,7 +11,8 @@
 //! - [`signals`]: the one table of handled signals, for the master and the children.
 //! - [`http`]: our HTTP/1.1 layer on httparse: request heads, body decoders, response writer,
 //!   and the per-connection serve loop.
-//! - [`api`]: the Glance API as an `http::serve::Handler`.
+//! - [`api`]: the Glance API as an `http::serve::Handler`; [`keystone`]: Keystone token
+//!   validation for the keystone flavors, as keystonemiddleware's auth_token does it.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
 //!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`operator`]: the commands `glint-api reload|stop|status`, the status file they read, and
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod handoff;
 pub mod http;
+pub mod keystone;
 pub mod logging;
 pub mod operator;
 pub mod process;

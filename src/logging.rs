@@ -66,6 +66,11 @@ pub fn init(destination: &Destination, role: &str) -> io::Result<()> {
     configure(destination, role)?;
     let logger = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Trace)
+        // The HTTP client to Keystone and its TLS log every request at debug; glint's own
+        // `keystone:` lines say what an operator needs, so only their warnings pass.
+        .filter_module("ureq", log::LevelFilter::Warn)
+        .filter_module("ureq_proto", log::LevelFilter::Warn)
+        .filter_module("rustls", log::LevelFilter::Warn)
         .format(format_record)
         .target(env_logger::Target::Pipe(Box::new(SinkWriter)))
         .build();

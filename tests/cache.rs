@@ -263,7 +263,8 @@ fn cache_api_round_trip_and_prefetch_served_later_as_a_hit() {
 
 /// Flavor off -> caching -> off by SIGHUP while clients download without pause: every
 /// download succeeds and is intact, only the caching generation serves cache hits, and the cache
-/// API exists in none of them (it needs cachemanagement). A keystone flavor is refused.
+/// API exists in none of them (it needs cachemanagement). A keystone flavor without its
+/// [keystone_authtoken] options is refused.
 #[test]
 fn flavor_switched_by_sighup_under_load_changes_behaviour_and_fails_no_request() {
     let server = Server::start(&cache_config("", 10 << 20));
@@ -333,13 +334,15 @@ fn flavor_switched_by_sighup_under_load_changes_behaviour_and_fails_no_request()
     load_for(Duration::from_millis(500));
     assert_eq!(server.log().matches("cache hit").count(), hits_before);
 
+    // keystone+caching without its [keystone_authtoken] options is refused: nothing changes.
     server.write_config(&cache_config("keystone+caching", 10 << 20));
     let refused = server.reload();
     assert_eq!(refused["outcome"], "failed");
     assert!(
-        refused["error"].as_str().is_some_and(
-            |e| e.contains("[paste_deploy] flavor") && e.contains("glint has no keystone")
-        ),
+        refused["error"].as_str().is_some_and(|e| e.contains(
+            "[keystone_authtoken] auth_url: is required by the keystone flavor of \
+             [paste_deploy] flavor"
+        )),
         "{refused}"
     );
     load_for(Duration::from_millis(200));

@@ -11,6 +11,9 @@
 //!   systemd notify messages.
 //! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 //! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
+//! - `keystone`: Keystone token validation (the keystone flavors) against the real Keystone that
+//!   `scripts/test` starts (`GLINT_KEYSTONE_ENV`): valid, missing, forged, revoked and expired
+//!   tokens, service tokens, a paused and a stopped Keystone, SIGHUP, https with cafile.
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
@@ -37,6 +40,7 @@ mod handoff;
 mod hostile;
 mod http;
 mod images;
+mod keystone;
 mod lifecycle;
 mod process_faults;
 mod reload;

@@ -19,9 +19,9 @@ use crate::http::serve::Request;
 pub enum ApiError {
     /// 400: malformed JSON, a value of the wrong type, a bad filter or marker.
     BadRequest(String),
-    /// 401: `auth_strategy = token` and no listed `X-Auth-Token`; sent with
-    /// [`WWW_AUTHENTICATE`].
-    Unauthorized(String),
+    /// 401: no acceptable `X-Auth-Token` (`auth_strategy = token`, or Keystone); `challenge` is
+    /// the `WWW-Authenticate` value: [`WWW_AUTHENTICATE`], or `Keystone uri="..."`.
+    Unauthorized { message: String, challenge: String },
     /// 403: read-only or reserved attributes, protected images, removing a base attribute.
     Forbidden(String),
     /// 404: no such image, tag or route.
@@ -42,14 +42,15 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     /// 500: something broke on our side (the registry or the store); logged at error.
     Internal(String),
-    /// 503: the metadata database stayed locked for longer than its busy timeout.
+    /// 503: the metadata database stayed locked for longer than its busy timeout, or Keystone
+    /// cannot validate tokens.
     Unavailable(String),
 }
 
-/// The challenge of a 401 (RFC 9110 §11.6.1 requires one): the scheme names the header the
-/// client must send, the realm names the server. keystonemiddleware sends `Keystone uri=...`,
-/// which would send a client to a keystone that does not exist; Glance clients do not read
-/// the header either way.
+/// The challenge of a 401 under `auth_strategy = token` (RFC 9110 §11.6.1 requires one): the
+/// scheme names the header the client must send, the realm names the server.
+/// keystonemiddleware's `Keystone uri=...` is sent only with a keystone flavor: here it would
+/// send a client to a keystone that does not exist. Glance clients do not read the header.
 pub const WWW_AUTHENTICATE: &str = "X-Auth-Token realm=\"glint\"";
 
 /// The media types PATCH accepts, newest first (sent as `Accept-Patch` with a 415).
@@ -60,7 +61,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
-            ApiError::Unauthorized(_) => 401,
+            ApiError::Unauthorized { .. } => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -78,7 +79,7 @@ impl ApiError {
     fn message(&self) -> String {
         match self {
             ApiError::BadRequest(message)
-            | ApiError::Unauthorized(message)
+            | ApiError::Unauthorized { message, .. }
             | ApiError::Forbidden(message)
             | ApiError::NotFound(message)
             | ApiError::RequestTimeout(message)
@@ -121,7 +122,9 @@ impl ApiError {
         };
         let response = render_fragment(request, self.status(), fragment);
         match self {
-            ApiError::Unauthorized(_) => response.header("WWW-Authenticate", WWW_AUTHENTICATE),
+            ApiError::Unauthorized { challenge, .. } => {
+                response.header("WWW-Authenticate", &challenge)
+            }
             ApiError::MethodNotAllowed { allow } => response.header("Allow", allow),
             ApiError::UnsupportedMediaType {
                 accept_patch: true, ..

@@ -14,9 +14,10 @@
 //!
 //! This module has no side effects: it creates no folder or file, binds no socket and does not
 //! check that paths are writable (the master does that while applying a config, before it
-//! forks). The one file it reads besides the config is the token file of `auth_strategy = token`
-//! (`tokens.rs`): its tokens are part of the `Config`, so a token file that cannot be read fails
-//! the load like a bad value, and a SIGHUP re-reads it.
+//! forks), and never talks to Keystone. The files it reads besides the config are the token file
+//! of `auth_strategy = token` (`tokens.rs`) and, with a keystone flavor, `[keystone_authtoken]
+//! cafile` (`keystone.rs`): their contents are part of the `Config`, so such a file that cannot
+//! be read fails the load like a bad value, and a SIGHUP re-reads it.
 //! It does not watch the file and knows nothing of how a reload is carried out; the `on_reload`
 //! text of each option only documents it.
 //!
@@ -39,6 +40,7 @@
 //! would misread. It also refuses a value ending in `\`, which rust-ini joins to the next line
 //! even with escapes off.
 
+mod keystone;
 mod options;
 #[cfg(test)]
 mod tests;
@@ -53,6 +55,9 @@ use std::time::Duration;
 
 use ini::{Ini, ParseOption};
 
+pub use keystone::{
+    identity_v3_root, Domain, KeystoneAuthtoken, KeystoneSettings, Principal, Secret,
+};
 pub use options::{
     options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS, MAX_API_LIMIT,
     MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
@@ -147,6 +152,9 @@ pub struct Config {
     pub auth_strategy: AuthStrategy,
     /// `auth_token_file`: absolute path of the token file, if set (read only under `token`).
     pub auth_token_file: Option<PathBuf>,
+    /// `[keystone_authtoken]` as the file gives it, whatever the flavor (for `--check-config`);
+    /// what a keystone flavor runs on is in [`AuthStrategy::Keystone`].
+    pub keystone_authtoken: KeystoneAuthtoken,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -171,8 +179,10 @@ impl ReloadStrategy {
     }
 }
 
-/// `[paste_deploy] flavor`: which request pipeline a generation serves, as Glance's paste
-/// pipelines `glance-api`, `glance-api-caching` and `glance-api-cachemanagement`.
+/// `[paste_deploy] flavor`, less its `keystone` part: which request pipeline a generation
+/// serves, as Glance's paste pipelines `glance-api`, `glance-api-caching` and
+/// `glance-api-cachemanagement`. The `keystone` part (`keystone+caching`...) makes the access
+/// control [`AuthStrategy::Keystone`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Flavor {
     /// No cache: downloads read the store.
@@ -219,8 +229,8 @@ impl Flavor {
     }
 }
 
-/// Who may use the API (`auth_strategy`). Glance's default, `keystone`, is refused: glint has
-/// no keystone client.
+/// Who may use the API: `auth_strategy`, or Keystone when `[paste_deploy] flavor` starts with
+/// `keystone`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthStrategy {
     /// Anyone who reaches the listener may do anything, as in Glance's `noauth` (the default).
@@ -228,10 +238,13 @@ pub enum AuthStrategy {
     /// Every request but health check and version discovery must carry an `X-Auth-Token` from
     /// `auth_token_file`; the tokens were read when the config loaded.
     Token(Tokens),
+    /// Every request but health check and version discovery must carry an `X-Auth-Token` that
+    /// Keystone validates, as keystonemiddleware's auth_token does (`crate::keystone`).
+    Keystone(std::sync::Arc<KeystoneSettings>),
 }
 
 /// The names of `auth_strategy`'s accepted values, as the config file spells them.
-pub const AUTH_STRATEGY_NAMES: &[&str] = &["noauth", "token"];
+pub const AUTH_STRATEGY_NAMES: &[&str] = &["noauth", "token", "keystone"];
 
 impl AuthStrategy {
     /// The name as the config file spells it.
@@ -239,6 +252,7 @@ impl AuthStrategy {
         match self {
             AuthStrategy::NoAuth => "noauth",
             AuthStrategy::Token(_) => "token",
+            AuthStrategy::Keystone(_) => "keystone",
         }
     }
 }
@@ -503,7 +517,8 @@ impl Config {
     }
 
     /// Every option with its effective value, in the file's own syntax, for `--check-config`.
-    /// Loading this text gives back the same settings.
+    /// Loading this text gives back the same settings, except secrets (`[keystone_authtoken]
+    /// password`), which it only says are set.
     pub fn effective_settings(&self) -> String {
         let mut settings = String::new();
         let mut current_section: Option<&str> = None;
@@ -516,6 +531,10 @@ impl Config {
                 current_section = Some(spec.section);
             }
             let values = (spec.show)(self);
+            if matches!(spec.kind, Kind::Text { secret: true }) && !values.is_empty() {
+                settings.push_str(&format!("# {} is set (not shown)\n", spec.name));
+                continue;
+            }
             if values.is_empty() {
                 settings.push_str(&format!("# {} is not set\n", spec.name));
             }
@@ -1080,6 +1099,9 @@ struct Draft {
     /// One of [`AUTH_STRATEGY_NAMES`]; the tokens are read by `finish`.
     auth_strategy: &'static str,
     auth_token_file: Option<PathBuf>,
+    /// Whether `flavor` starts with `keystone`; `flavor` holds the rest.
+    keystone_flavor: bool,
+    keystone: KeystoneAuthtoken,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -1164,12 +1186,16 @@ impl Draft {
             folder,
             report,
         );
-        let auth_strategy = finish_auth_strategy(
-            self.auth_strategy,
-            self.auth_token_file.as_deref(),
-            raw,
-            report,
-        );
+        let auth_strategy = if self.keystone_flavor {
+            finish_keystone_strategy(self.auth_strategy, &self.keystone, raw, report)
+        } else {
+            finish_auth_strategy(
+                self.auth_strategy,
+                self.auth_token_file.as_deref(),
+                raw,
+                report,
+            )
+        };
 
         Config {
             path: file.to_path_buf(),
@@ -1211,7 +1237,39 @@ impl Draft {
             image_cache_stall_time: self.image_cache_stall_time,
             auth_strategy,
             auth_token_file: self.auth_token_file,
+            keystone_authtoken: self.keystone,
         }
+    }
+}
+
+/// The access control of a keystone flavor: `[keystone_authtoken]` checked (`keystone.rs`).
+/// An `auth_strategy` set to anything but `keystone` contradicts the flavor and is an error.
+fn finish_keystone_strategy(
+    strategy: &str,
+    section: &KeystoneAuthtoken,
+    raw: &RawConfig,
+    report: &mut Report,
+) -> AuthStrategy {
+    let flavor_line = raw.line_of("paste_deploy", "flavor");
+    if let Some(line) = raw.line_of("DEFAULT", "auth_strategy") {
+        if strategy != "keystone" {
+            report.error(
+                Some(line),
+                Some("DEFAULT"),
+                Some("auth_strategy"),
+                format!(
+                    "{strategy} contradicts the keystone flavor of [paste_deploy] flavor{}, \
+                     which validates every token with Keystone; remove this line, or choose a \
+                     flavor without keystone",
+                    flavor_line.map_or(String::new(), |line| format!(" (line {line})"))
+                ),
+            );
+        }
+    }
+    match keystone::finish(section, flavor_line, raw, report) {
+        Some(settings) => AuthStrategy::Keystone(std::sync::Arc::new(settings)),
+        // The load fails: `report` holds the errors.
+        None => AuthStrategy::NoAuth,
     }
 }
 
@@ -1229,6 +1287,17 @@ fn finish_auth_strategy(
     const SECTION: &str = "DEFAULT";
     const FILE_OPTION: &str = "auth_token_file";
     let file_line = raw.line_of(SECTION, FILE_OPTION);
+    if strategy == "keystone" {
+        report.error(
+            raw.line_of(SECTION, "auth_strategy"),
+            Some(SECTION),
+            Some("auth_strategy"),
+            "keystone needs a keystone pipeline: set [paste_deploy] flavor = keystone (or \
+             keystone+caching, keystone+cachemanagement) and the [keystone_authtoken] options"
+                .to_string(),
+        );
+        return AuthStrategy::NoAuth;
+    }
     if strategy != "token" {
         if let Some(path) = token_file {
             report.warning(

@@ -16,8 +16,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Config, DataDir, Draft, Flavor, HashAlgorithm, ReloadStrategy, AUTH_STRATEGY_NAMES,
-    DEFAULT_FILE_PERM, FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
+    keystone::Secret, AuthStrategy, Config, DataDir, Draft, Flavor, HashAlgorithm, ReloadStrategy,
+    AUTH_STRATEGY_NAMES, DEFAULT_FILE_PERM, FLAVOR_NAMES, HASH_ALGORITHM_NAMES,
 };
 
 /// One option glint reads from its config file.
@@ -81,12 +81,16 @@ pub enum Kind {
     StoreList,
     /// An SQLAlchemy SQLite URL, `sqlite:///RELATIVE/PATH` or `sqlite:////ABSOLUTE/PATH`.
     SqliteUrl,
-    /// `[paste_deploy] flavor`: one of [`FLAVOR_NAMES`]; Glance's keystone flavors are refused
-    /// with their own message, since glint has no keystone.
+    /// `[paste_deploy] flavor`: one of [`FLAVOR_NAMES`], alone or after `keystone+`, or
+    /// `keystone` alone.
     Flavor,
-    /// `auth_strategy`: one of [`AUTH_STRATEGY_NAMES`], in any case; Glance's `keystone` gets
-    /// its own refusal, which offers `token`.
+    /// `auth_strategy`: one of [`AUTH_STRATEGY_NAMES`], in any case.
     AuthStrategy,
+    /// Free text on one line without control characters; empty means unset. A `secret` is
+    /// never shown by `--check-config`.
+    Text { secret: bool },
+    /// oslo.config's ListOpt: comma-separated items, each trimmed, empty items dropped.
+    List,
 }
 
 /// What a relative path in the config file is relative to.
@@ -122,7 +126,14 @@ pub(super) enum Value {
     FileMode(u32),
     /// The store names, in file order, `file` among them.
     Stores(Vec<String>),
-    Flavor(Flavor),
+    /// The cache pipeline, and whether `keystone` comes before it.
+    Flavor {
+        keystone: bool,
+        cache: Flavor,
+    },
+    /// `None` for an empty value.
+    Text(Option<String>),
+    List(Vec<String>),
 }
 
 /// A successful parse, with the warning some accepted values deserve.
@@ -177,6 +188,11 @@ const RELOAD_LOG: &str = "the master and the new generation log to the new desti
 const RELOAD_AUTH: &str = "the token file is read again while the config loads (an unreadable or \
                            empty one fails the reload); the new generation checks the new \
                            tokens, the old one keeps its own while it drains";
+
+const RELOAD_KEYSTONE: &str = "applies to the new generation, which authenticates anew and starts \
+                               with an empty token cache; the old one keeps its settings and cache \
+                               while it drains; with a keystone flavor, a missing or bad value \
+                               fails the reload";
 
 /// Every option glint reads, in the order `--check-config` and the docs list them.
 pub static OPTIONS: &[OptionSpec] = &[
@@ -611,7 +627,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::AuthStrategy,
         default: DefaultValue::Text("noauth"),
         on_reload: RELOAD_AUTH,
-        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1; on any other `bind_host` glint warns at start, at each reload and in `--check-config`). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Glance's `keystone` is refused: glint has no keystone.",
+        doc: "Who may use the API. `noauth`: anyone who reaches the listener (keep it on a trusted address, such as 127.0.0.1; on any other `bind_host` glint warns at start, at each reload and in `--check-config`). `token`: every request but `/healthcheck`, `/` and `/versions` must carry an `X-Auth-Token` listed in `auth_token_file`, else 401. Keystone validation comes with a keystone `[paste_deploy] flavor`; `keystone` here is accepted only together with such a flavor, and any other value with one is an error.",
         apply: |draft, value| {
             if let Value::Choice(name) = value {
                 draft.auth_strategy = name;
@@ -727,13 +743,22 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Flavor,
         default: DefaultValue::Derived("empty: no image cache"),
         on_reload: RELOAD_FLAVOR,
-        doc: "The request pipeline, as Glance's paste flavors: empty for none, `caching` to serve downloads through the image cache, `cachemanagement` to add the cache API (`/v2/cache`). glint has no keystone, so `keystone` and `keystone+...` are refused.",
+        doc: "The request pipeline, as Glance's paste flavors: empty for none, `caching` to serve downloads through the image cache, `cachemanagement` to add the cache API (`/v2/cache`); `keystone`, `keystone+caching` and `keystone+cachemanagement` put Keystone token validation first (`[keystone_authtoken]`, see \"Access control\").",
         apply: |draft, value| {
-            if let Value::Flavor(flavor) = value {
-                draft.flavor = flavor;
+            if let Value::Flavor { keystone, cache } = value {
+                draft.keystone_flavor = keystone;
+                draft.flavor = cache;
             }
         },
-        show: |config| vec![config.flavor.name().to_string()],
+        show: |config| {
+            let cache = config.flavor.name();
+            let name = match (&config.auth_strategy, cache) {
+                (AuthStrategy::Keystone(_), "") => "keystone".to_string(),
+                (AuthStrategy::Keystone(_), cache) => format!("keystone+{cache}"),
+                _ => cache.to_string(),
+            };
+            vec![name]
+        },
     },
     OptionSpec {
         section: "image_cache",
@@ -776,6 +801,333 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![show_seconds(Some(config.image_cache_stall_time))],
+    },    OptionSpec {
+        section: "keystone_authtoken",
+        name: "www_authenticate_uri",
+        kind: Kind::Url,
+        default: DefaultValue::Derived("`auth_uri`, else `auth_url`"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The public Keystone URL a 401 names in `WWW-Authenticate: Keystone uri=\"...\"`, where clients get tokens.",
+        apply: |draft, value| {
+            if let Value::Url(url) = value {
+                draft.keystone.www_authenticate_uri = url;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.www_authenticate_uri.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "auth_uri",
+        kind: Kind::Url,
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The deprecated name of `www_authenticate_uri` (a warning asks to rename it); used only when that is unset.",
+        apply: |draft, value| {
+            if let Value::Url(url) = value {
+                draft.keystone.auth_uri = url;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.auth_uri.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "auth_url",
+        kind: Kind::Url,
+        default: DefaultValue::Derived("none; required by a keystone flavor"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "Keystone's URL for glint's own password authentication, with or without `/v3` (glint appends it; `/v2.0` is refused). Tokens are validated at the identity endpoint of the service catalog (`interface`, `region_name`), or here if the catalog has none.",
+        apply: |draft, value| {
+            if let Value::Url(url) = value {
+                draft.keystone.auth_url = url;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.auth_url.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "auth_type",
+        kind: Kind::Choice {
+            accepted: &["password", "v3password"],
+            refusal: "an auth plugin glint has (it authenticates itself with a password)",
+        },
+        default: DefaultValue::Text("password"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "keystoneauth's plugin for glint's own token: `password` (or its alias `v3password`), the only one glint has.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.keystone.auth_type = name;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.auth_type.to_string()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "username",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "glint's service user (required by a keystone flavor unless `user_id` is set); a user given by name needs `user_domain_name` or `user_domain_id`.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.username = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.username.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "user_id",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The service user's id, instead of `username` (an id wins when both are set).",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.user_id = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.user_id.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "password",
+        kind: Kind::Text { secret: true },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The service user's password (required by a keystone flavor). Never logged; `--check-config` shows only that it is set.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.password = text.map(Secret::new);
+            }
+        },
+        show: |config| config.keystone_authtoken.password.iter().map(|secret| secret.expose().to_string()).collect(),
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "user_domain_name",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The domain of `username`, such as `Default`.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.user_domain_name = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.user_domain_name.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "user_domain_id",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The domain of `username` by id, such as `default` (wins over `user_domain_name`).",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.user_domain_id = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.user_domain_id.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "project_name",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The project glint's own token is scoped to, such as `service` (required by a keystone flavor unless `project_id` is set); needs `project_domain_name` or `project_domain_id`.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.project_name = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.project_name.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "project_id",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The project of glint's own token by id, instead of `project_name`.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.project_id = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.project_id.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "project_domain_name",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The domain of `project_name`, such as `Default`.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.project_domain_name = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.project_domain_name.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "project_domain_id",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The domain of `project_name` by id (wins over `project_domain_name`).",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.project_domain_id = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.project_domain_id.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "region_name",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The region of the identity endpoint taken from the service catalog; unset, any region.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.keystone.region_name = text;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.region_name.clone().unwrap_or_default()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "interface",
+        kind: Kind::Choice {
+            accepted: &["internal", "public", "admin"],
+            refusal: "a catalog interface",
+        },
+        default: DefaultValue::Text("internal"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "The interface of the identity endpoint taken from the service catalog for validations.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.keystone.interface = name;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.interface.to_string()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "service_token_roles",
+        kind: Kind::List,
+        default: DefaultValue::Text("service"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "Roles (any of them) that make a valid `X-Service-Token` a service token, which lets the request's user token be expired (Keystone's `allow_expired`). Compared without case.",
+        apply: |draft, value| {
+            if let Value::List(roles) = value {
+                draft.keystone.service_token_roles = roles;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.service_token_roles.join(",")],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "service_token_roles_required",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "true: an `X-Service-Token` without one of `service_token_roles` is refused (401). false (keystonemiddleware's default, deprecated there): any valid token is accepted as `X-Service-Token`, but only one with such a role allows an expired user token.",
+        apply: |draft, value| {
+            if let Value::Bool(required) = value {
+                draft.keystone.service_token_roles_required = required;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.service_token_roles_required.to_string()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "token_cache_time",
+        kind: Kind::Integer { min: -1, max: MAX_TIMEOUT_SECONDS as i64, zero_means_min: None },
+        default: DefaultValue::Text("300"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "Seconds a child keeps a token's successful validation (never longer than the token's `expires_at`); so a revoked token is accepted for at most this long. -1 or 0: every request is validated with Keystone.",
+        apply: |draft, value| {
+            if let Value::Integer(seconds) = value {
+                draft.keystone.token_cache_time = seconds;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.token_cache_time.to_string()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "cafile",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Derived("none: the built-in Mozilla roots"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "PEM file of the CA certificates to trust for an https Keystone. Read while the config loads (with a keystone flavor): a file that cannot be read or holds no certificate fails the start or the reload.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.keystone.cafile = path;
+            }
+        },
+        show: |config| vec![show_path(config.keystone_authtoken.cafile.as_deref())],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "insecure",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "true: do not verify Keystone's https certificate (tests only: anyone on the path can then read the tokens).",
+        apply: |draft, value| {
+            if let Value::Bool(insecure) = value {
+                draft.keystone.insecure = insecure;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.insecure.to_string()],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "http_connect_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("5"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "Longest wait for one connection to Keystone (TCP and TLS); at most `http_request_timeout`. keystonemiddleware has no default (the kernel's, about 2 minutes); glint's is 5 s.",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.keystone.http_connect_timeout = timeout;
+            }
+        },
+        show: |config| vec![show_seconds(Some(config.keystone_authtoken.http_connect_timeout))],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "http_request_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("10"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "glint's own: the longest one client request waits for Keystone, all its calls and retries included (glint's own token, the validations); past it the request gets 503.",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.keystone.http_request_timeout = timeout;
+            }
+        },
+        show: |config| vec![show_seconds(Some(config.keystone_authtoken.http_request_timeout))],
+    },
+    OptionSpec {
+        section: "keystone_authtoken",
+        name: "http_request_max_retries",
+        kind: Kind::Integer { min: 0, max: 10, zero_means_min: None },
+        default: DefaultValue::Text("3"),
+        on_reload: RELOAD_KEYSTONE,
+        doc: "How many times a call to Keystone is tried again, at once, after its connection failed (refused, reset, connect timeout), within `http_request_timeout`. An answer that is late is not retried.",
+        apply: |draft, value| {
+            if let Some(retries) = value.integer::<u32>() {
+                draft.keystone.http_request_max_retries = retries;
+            }
+        },
+        show: |config| vec![config.keystone_authtoken.http_request_max_retries.to_string()],
     },
 ];
 
@@ -789,7 +1141,6 @@ pub static GLANCE_SECTIONS: &[&str] = &[
     "image_import_opts",
     "import_filtering_opts",
     "key_manager",
-    "keystone_authtoken",
     "os_brick",
     "profiler",
     "store_type_location_strategy",
@@ -905,7 +1256,11 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         }
         Kind::FileMode => parse_file_mode(text).map(|mode| plain(Value::FileMode(mode))),
         Kind::StoreList => parse_stores(text),
-        Kind::Flavor => parse_flavor(text).map(|flavor| plain(Value::Flavor(flavor))),
+        Kind::Flavor => {
+            parse_flavor(text).map(|(keystone, cache)| plain(Value::Flavor { keystone, cache }))
+        }
+        Kind::Text { .. } => parse_text(text).map(|text| plain(Value::Text(text))),
+        Kind::List => parse_list(text).map(|items| plain(Value::List(items))),
         Kind::AuthStrategy => parse_auth_strategy(text).map(|name| plain(Value::Choice(name))),
         Kind::SqliteUrl => {
             let path = parse_sqlite_url(text)?;
@@ -987,10 +1342,16 @@ impl Kind {
                     .filter(|name| !name.is_empty())
                     .map(|name| format!("`{name}`"))
                     .collect();
-                format!("empty or one of {}", named.join(", "))
+                format!(
+                    "empty or one of {}, each optionally after `keystone+`, or `keystone`",
+                    named.join(", ")
+                )
             }
             Kind::Url => "http(s) URL, optional".to_string(),
             Kind::AuthStrategy => format!("one of {}", AUTH_STRATEGY_NAMES.join(", ")),
+            Kind::Text { secret: false } => "text, optional".to_string(),
+            Kind::Text { secret: true } => "text, optional, secret".to_string(),
+            Kind::List => "comma-separated list".to_string(),
             Kind::Choice { accepted, .. } => match accepted {
                 [only] => format!("`{only}` only"),
                 _ => format!("one of {}", accepted.join(", ")),
@@ -1182,16 +1543,9 @@ fn parse_choice(
     ))
 }
 
-/// `auth_strategy`. Glance's default is `keystone`, so a Glance file often says it: the refusal
-/// explains that glint cannot do it and offers `token`.
+/// `auth_strategy`: `noauth`, `token`, or `keystone`, which the loader accepts only with a
+/// keystone flavor (the flavor is what turns Keystone on, as in Glance).
 fn parse_auth_strategy(text: &str) -> Result<&'static str, String> {
-    if text.eq_ignore_ascii_case("keystone") {
-        return Err(
-            "`keystone` is not available: glint has no keystone client; use token \
-                    (tokens listed in auth_token_file) or noauth (on a trusted address only)"
-                .to_string(),
-        );
-    }
     parse_choice(text, AUTH_STRATEGY_NAMES, "an access control glint offers")
 }
 
@@ -1302,30 +1656,50 @@ fn parse_stores(text: &str) -> Result<Parsed, String> {
     })
 }
 
-/// paste_deploy's `flavor`. Glance's keystone flavors get their own refusal: glint has no
-/// keystone middleware, and silently serving without authentication would be worse.
-fn parse_flavor(text: &str) -> Result<Flavor, String> {
+/// paste_deploy's `flavor`: Glance's pipelines `caching`, `cachemanagement` and the empty one,
+/// each alone or after `keystone+` (`keystone` alone is the plain pipeline with Keystone), as
+/// (keystone, cache pipeline).
+fn parse_flavor(text: &str) -> Result<(bool, Flavor), String> {
     let lowered = text.to_ascii_lowercase();
-    if let Some(flavor) = Flavor::from_name(&lowered) {
-        return Ok(flavor);
+    let (keystone, cache) = match lowered.as_str() {
+        "keystone" => (true, ""),
+        other => match other.strip_prefix("keystone+") {
+            Some(cache) if !cache.is_empty() => (true, cache),
+            Some(_) => (true, "+"),
+            None => (false, other),
+        },
+    };
+    match Flavor::from_name(cache) {
+        Some(flavor) => Ok((keystone, flavor)),
+        None => Err(format!(
+            "`{text}` is not a pipeline flavor glint has{}; use one of \"\" (empty, no cache), \
+             caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement \
+             for the same with Keystone tokens",
+            inline_comment_hint(text)
+        )),
     }
-    let accepted = "use one of \"\" (empty, no cache), caching, cachemanagement";
-    if lowered == "keystone" || lowered.starts_with("keystone+") {
-        let without = lowered.strip_prefix("keystone+").unwrap_or("");
-        return Err(format!(
-            "`{text}` needs keystone, and glint has no keystone (it does not authenticate \
-             requests); {accepted}{}",
-            if without.is_empty() {
-                String::new()
-            } else {
-                format!(" (`{without}` is the same pipeline without keystone)")
-            }
-        ));
+}
+
+/// A free-text value (a user, project or domain name, an id, a password): one line without
+/// control characters; empty means unset.
+fn parse_text(text: &str) -> Result<Option<String>, String> {
+    if text.chars().any(char::is_control) {
+        return Err("contains a control character; remove it".to_string());
     }
-    Err(format!(
-        "`{text}` is not a pipeline flavor glint has{}; {accepted}",
-        inline_comment_hint(text)
-    ))
+    Ok((!text.is_empty()).then(|| text.to_string()))
+}
+
+/// oslo.config's ListOpt: split on commas, trim each item, drop empty ones.
+fn parse_list(text: &str) -> Result<Vec<String>, String> {
+    if text.chars().any(char::is_control) {
+        return Err("contains a control character; remove it".to_string());
+    }
+    Ok(text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// SQLAlchemy's SQLite URLs: `sqlite:///` then the path, so a fourth slash makes it absolute.

@@ -308,6 +308,77 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("flavor", "", ""),
     ("flavor", "caching", "caching"),
     ("flavor", "CacheManagement", "cachemanagement"),
+    // The keystone flavors, with their [keystone_authtoken] options: see the keystone tests.
+    (
+        "www_authenticate_uri",
+        "https://keystone.example.com:5000/",
+        "https://keystone.example.com:5000",
+    ),
+    ("www_authenticate_uri", "", ""),
+    ("auth_uri", "http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    (
+        "auth_url",
+        "http://127.0.0.1:5000/v3",
+        "http://127.0.0.1:5000/v3",
+    ),
+    (
+        "auth_url",
+        "https://[2001:db8::1]/identity/",
+        "https://[2001:db8::1]/identity",
+    ),
+    ("auth_type", "password", "password"),
+    ("auth_type", "V3Password", "v3password"),
+    ("username", "glint", "glint"),
+    ("username", "'glance service'", "glance service"),
+    ("username", "", ""),
+    (
+        "user_id",
+        "0ddc1e6db17441f797cc8fba58812d27",
+        "0ddc1e6db17441f797cc8fba58812d27",
+    ),
+    (
+        "password",
+        "s3cr3t with spaces # and a hash",
+        "s3cr3t with spaces # and a hash",
+    ),
+    ("user_domain_name", "Default", "Default"),
+    ("user_domain_id", "default", "default"),
+    ("project_name", "service", "service"),
+    (
+        "project_id",
+        "6bd9382f84834a95822b40bd2b8696af",
+        "6bd9382f84834a95822b40bd2b8696af",
+    ),
+    ("project_domain_name", "Default", "Default"),
+    ("project_domain_id", "default", "default"),
+    ("region_name", "RegionOne", "RegionOne"),
+    ("interface", "internal", "internal"),
+    ("interface", "Public", "public"),
+    ("interface", "admin", "admin"),
+    ("service_token_roles", "service", "service"),
+    (
+        "service_token_roles",
+        " service , admin,, ",
+        "service,admin",
+    ),
+    ("service_token_roles", "", ""),
+    ("service_token_roles_required", "true", "true"),
+    ("service_token_roles_required", "False", "false"),
+    ("token_cache_time", "-1", "-1"),
+    ("token_cache_time", "0", "0"),
+    ("token_cache_time", "2", "2"),
+    ("token_cache_time", "2147483", "2147483"),
+    // cafile is read only with a keystone flavor: see the keystone tests.
+    ("cafile", "", ""),
+    ("cafile", "ca.pem", "/etc/glint/ca.pem"),
+    ("insecure", "true", "true"),
+    ("insecure", "no", "false"),
+    ("http_connect_timeout", "1", "1"),
+    ("http_connect_timeout", "30", "30"),
+    ("http_request_timeout", "1", "1"),
+    ("http_request_timeout", "600", "600"),
+    ("http_request_max_retries", "0", "0"),
+    ("http_request_max_retries", "10", "10"),
     ("image_cache_dir", "/srv/cache", "/srv/cache"),
     ("image_cache_dir", "cache/", "/etc/glint/cache"),
     ("image_cache_max_size", "0", "0"),
@@ -410,10 +481,10 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("hashing_algorithm", "sha3_512", "`sha3_512` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
     ("hashing_algorithm", "", "`` is not a hashing algorithm glint offers; use one of sha256, sha384, sha512"),
     ("hashing_algorithm", "sha512 # default", "`sha512 # default` is not a hashing algorithm glint offers (comments after a value are not supported: put the comment on a line of its own); use one of sha256, sha384, sha512"),
-    ("auth_strategy", "keystone", "`keystone` is not available: glint has no keystone client; use token (tokens listed in auth_token_file) or noauth (on a trusted address only)"),
-    ("auth_strategy", "Keystone", "`keystone` is not available: glint has no keystone client; use token (tokens listed in auth_token_file) or noauth (on a trusted address only)"),
-    ("auth_strategy", "none", "`none` is not an access control glint offers; use one of noauth, token"),
-    ("auth_strategy", "", "`` is not an access control glint offers; use one of noauth, token"),
+    ("auth_strategy", "keystone", "keystone needs a keystone pipeline: set [paste_deploy] flavor = keystone (or keystone+caching, keystone+cachemanagement) and the [keystone_authtoken] options"),
+    ("auth_strategy", "Keystone", "keystone needs a keystone pipeline: set [paste_deploy] flavor = keystone (or keystone+caching, keystone+cachemanagement) and the [keystone_authtoken] options"),
+    ("auth_strategy", "none", "`none` is not an access control glint offers; use one of noauth, token, keystone"),
+    ("auth_strategy", "", "`` is not an access control glint offers; use one of noauth, token, keystone"),
     ("auth_strategy", "token", "token needs the tokens: set auth_token_file to a file with one token per line"),
     ("auth_token_file", "/etc/glint/", "`/etc/glint/` names a folder; give the path of a file"),
     ("limit_param_default", "0", "0 is out of range; use a whole number from 1 to 1000000"),
@@ -457,10 +528,39 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("connection", "sqlite:glint.sqlite", "`sqlite:glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
     ("connection", "sqlite:///glint.sqlite?timeout=5", "`sqlite:///glint.sqlite?timeout=5` has query parameters, which glint does not support; remove the `?` and what follows"),
     ("connection", "sqlite:////var/lib/glint/", "`/var/lib/glint/` names a folder; give the path of a file"),
-    ("flavor", "keystone", "`keystone` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement"),
-    ("flavor", "keystone+caching", "`keystone+caching` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement (`caching` is the same pipeline without keystone)"),
-    ("flavor", "keystone+cachemanagement", "`keystone+cachemanagement` needs keystone, and glint has no keystone (it does not authenticate requests); use one of \"\" (empty, no cache), caching, cachemanagement (`cachemanagement` is the same pipeline without keystone)"),
-    ("flavor", "cache", "`cache` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement"),
+    ("flavor", "cache", "`cache` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement for the same with Keystone tokens"),
+    ("flavor", "keystone+", "`keystone+` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement for the same with Keystone tokens"),
+    ("flavor", "keystone+keystone", "`keystone+keystone` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement for the same with Keystone tokens"),
+    ("flavor", "caching+keystone", "`caching+keystone` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement for the same with Keystone tokens"),
+    ("www_authenticate_uri", "keystone.example.com:5000", "`keystone.example.com:5000` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
+    ("auth_uri", "http://", "`http://` has no host; write the full base URL, such as https://images.example.com:9292"),
+    ("auth_url", "ftp://keystone", "`ftp://keystone` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
+    ("auth_type", "token", "`token` is not an auth plugin glint has (it authenticates itself with a password); use one of password, v3password"),
+    ("auth_type", "v3applicationcredential", "`v3applicationcredential` is not an auth plugin glint has (it authenticates itself with a password); use one of password, v3password"),
+    ("auth_type", "", "`` is not an auth plugin glint has (it authenticates itself with a password); use one of password, v3password"),
+    ("username", "glint\u{7}", "contains a control character; remove it"),
+    ("user_id", "\u{1b}[0m", "contains a control character; remove it"),
+    ("password", "se\u{0}cret", "contains a control character; remove it"),
+    ("user_domain_name", "De\u{7f}fault", "contains a control character; remove it"),
+    ("user_domain_id", "\u{0}", "contains a control character; remove it"),
+    ("project_name", "ser\u{8}vice", "contains a control character; remove it"),
+    ("project_id", "\u{1}", "contains a control character; remove it"),
+    ("project_domain_name", "\u{2}", "contains a control character; remove it"),
+    ("project_domain_id", "\u{3}", "contains a control character; remove it"),
+    ("region_name", "Region\u{0}One", "contains a control character; remove it"),
+    ("interface", "internalURL", "`internalURL` is not a catalog interface; use one of internal, public, admin"),
+    ("service_token_roles", "service,\u{7}", "contains a control character; remove it"),
+    ("service_token_roles_required", "required", "`required` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("token_cache_time", "-2", "-2 is out of range; use a whole number from -1 to 2147483"),
+    ("token_cache_time", "5m", "`5m` is not a decimal integer; use a whole number from -1 to 2147483"),
+    ("token_cache_time", "2147484", "2147484 is out of range; use a whole number from -1 to 2147483"),
+    ("cafile", "/etc/ssl/certs/", "`/etc/ssl/certs/` names a folder; give the path of a file"),
+    ("insecure", "sometimes", "`sometimes` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("http_connect_timeout", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("http_connect_timeout", "0.5", "`0.5` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
+    ("http_request_timeout", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("http_request_max_retries", "-1", "-1 is out of range; use a whole number from 0 to 10"),
+    ("http_request_max_retries", "11", "11 is out of range; use a whole number from 0 to 10"),
     ("image_cache_dir", "", "is empty; give a path, or remove the line to use the default"),
     ("image_cache_max_size", "-1", "-1 is out of range; use a whole number from 0 to 9223372036854775807"),
     ("image_cache_max_size", "10G", "`10G` is not a decimal integer; use a whole number from 0 to 9223372036854775807"),
@@ -1455,6 +1555,332 @@ fn loopback_is_decided_without_a_name_lookup() {
     // reachable from elsewhere. The loader refuses such names anyway.
     assert!(!is_loopback("loopback.example"));
     assert!(!is_loopback("localhost.localdomain"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The keystone flavors and [keystone_authtoken]
+
+/// A keystone flavor with everything it needs, as docs/OPERATIONS.md shows it.
+const KEYSTONE: &str = "[paste_deploy]\nflavor = keystone\n\n[keystone_authtoken]\n\
+     www_authenticate_uri = https://keystone.example.com:5000\n\
+     auth_url = http://keystone.internal:5000\nauth_type = password\nusername = glint\n\
+     password = s3cret\nproject_name = service\nuser_domain_name = Default\n\
+     project_domain_name = Default\nregion_name = RegionOne\n";
+
+fn keystone_settings(config: &Config) -> &KeystoneSettings {
+    match &config.auth_strategy {
+        AuthStrategy::Keystone(settings) => settings,
+        other => panic!("expected keystone, got {other:?}"),
+    }
+}
+
+#[test]
+fn keystone_flavor_builds_the_settings_from_keystone_authtoken() {
+    let config = loads(KEYSTONE).config;
+    assert_eq!(config.flavor, Flavor::Plain);
+    let settings = keystone_settings(&config);
+    assert_eq!(settings.auth_url, "http://keystone.internal:5000");
+    assert_eq!(settings.identity_url, "http://keystone.internal:5000/v3");
+    assert_eq!(
+        settings.www_authenticate_uri,
+        "https://keystone.example.com:5000"
+    );
+    assert_eq!(
+        settings.user,
+        Principal::Name {
+            name: "glint".to_string(),
+            domain: Domain::Name("Default".to_string())
+        }
+    );
+    assert_eq!(settings.password.expose(), "s3cret");
+    assert_eq!(
+        settings.project,
+        Principal::Name {
+            name: "service".to_string(),
+            domain: Domain::Name("Default".to_string())
+        }
+    );
+    assert_eq!(settings.region_name.as_deref(), Some("RegionOne"));
+    assert_eq!(settings.interface, "internal");
+    assert_eq!(settings.service_token_roles, vec!["service".to_string()]);
+    assert!(!settings.service_token_roles_required);
+    assert_eq!(settings.token_cache_time, Some(Duration::from_secs(300)));
+    assert_eq!(settings.ca_certificates, None);
+    assert!(!settings.insecure);
+    assert_eq!(settings.http_connect_timeout, Duration::from_secs(5));
+    assert_eq!(settings.http_request_timeout, Duration::from_secs(10));
+    assert_eq!(settings.http_request_max_retries, 3);
+}
+
+#[test]
+fn keystone_flavors_keep_their_cache_pipeline() {
+    for (flavor, cache) in [
+        ("keystone", Flavor::Plain),
+        ("Keystone+Caching", Flavor::Caching),
+        ("keystone+cachemanagement", Flavor::CacheManagement),
+    ] {
+        let text = KEYSTONE.replace("flavor = keystone", &format!("flavor = {flavor}"));
+        let config = loads(&text).config;
+        assert_eq!(config.flavor, cache, "{flavor}");
+        keystone_settings(&config);
+        assert_eq!(shown("flavor", &config), flavor.to_lowercase());
+        assert_eq!(shown("auth_strategy", &config), "keystone");
+    }
+}
+
+#[test]
+fn keystone_authtoken_without_a_keystone_flavor_is_not_checked() {
+    // Glance files carry the section whatever their pipeline: no error, no warning, noauth.
+    let loaded = loads(
+        "[keystone_authtoken]\nauth_url = http://k:5000/v2.0\nusername = glint\n\
+         cafile = /nonexistent/ca.pem\n",
+    );
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    assert_eq!(loaded.config.auth_strategy, AuthStrategy::NoAuth);
+    assert_eq!(
+        loaded.config.keystone_authtoken.username.as_deref(),
+        Some("glint")
+    );
+}
+
+#[test]
+fn keystone_flavor_reports_every_missing_option_with_file_line_and_option() {
+    let problem = |line, option: &str, message: &str| Problem {
+        file: PathBuf::from(CONFIG_PATH),
+        line: Some(line),
+        section: Some("keystone_authtoken".to_string()),
+        option: Some(option.to_string()),
+        message: message.to_string(),
+    };
+    let needed = "is required by the keystone flavor of [paste_deploy] flavor (line 2); set it to";
+    // Without the section, the flavor's line is blamed; with it, the section's header.
+    for (text, line) in [
+        ("[paste_deploy]\nflavor = keystone+caching\n", 2),
+        (
+            "[paste_deploy]\nflavor = keystone+caching\n[keystone_authtoken]\nregion_name = R\n",
+            3,
+        ),
+    ] {
+        let error = refused(text);
+        assert_eq!(
+            error.problems,
+            vec![
+                problem(line, "auth_url", &format!("{needed} the Keystone URL glint authenticates with, such as https://keystone.example.com:5000")),
+                problem(line, "password", &format!("{needed} the service user's password")),
+                problem(line, "username", &format!("{needed} glint's service user (or set user_id)")),
+                problem(line, "project_name", &format!("{needed} the project of glint's service user, such as service (or set project_id)")),
+            ],
+            "{text}"
+        );
+        assert!(
+            error.to_string().starts_with(&format!(
+                "{CONFIG_PATH}:{line}: [keystone_authtoken] auth_url: is required"
+            )),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn keystone_names_need_their_domains_and_ids_stand_alone() {
+    let without_user_domain = KEYSTONE.replace("user_domain_name = Default\n", "");
+    let error = refused(&without_user_domain);
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].option.as_deref(), Some("username"));
+    assert_eq!(error.problems[0].line, Some(8));
+    assert!(
+        error.problems[0].message.contains("set user_domain_name"),
+        "{error}"
+    );
+    let without_project_domain = KEYSTONE.replace("project_domain_name = Default\n", "");
+    let error = refused(&without_project_domain);
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].option.as_deref(), Some("project_name"));
+
+    // Ids need no domain, and win over names.
+    let by_id =
+        "[paste_deploy]\nflavor = keystone\n[keystone_authtoken]\nauth_url = http://k:5000\n\
+                 user_id = u1\nusername = ignored\npassword = p\nproject_id = p1\n\
+                 user_domain_id = d1\nuser_domain_name = ignored\n";
+    let config = loads(by_id).config;
+    let settings = keystone_settings(&config);
+    assert_eq!(settings.user, Principal::Id("u1".to_string()));
+    assert_eq!(settings.project, Principal::Id("p1".to_string()));
+    let by_domain_id = KEYSTONE.replace("user_domain_name = Default", "user_domain_id = default");
+    assert_eq!(
+        keystone_settings(&loads(&by_domain_id).config).user,
+        Principal::Name {
+            name: "glint".to_string(),
+            domain: Domain::Id("default".to_string())
+        }
+    );
+}
+
+#[test]
+fn keystone_auth_url_is_identity_v3() {
+    for (auth_url, identity_url) in [
+        ("http://k:5000", "http://k:5000/v3"),
+        ("http://k:5000/v3/", "http://k:5000/v3"),
+        ("https://k/identity", "https://k/identity/v3"),
+    ] {
+        let text = KEYSTONE.replace(
+            "auth_url = http://keystone.internal:5000",
+            &format!("auth_url = {auth_url}"),
+        );
+        let config = loads(&text).config;
+        assert_eq!(keystone_settings(&config).identity_url, identity_url);
+    }
+    let text = KEYSTONE.replace(
+        "auth_url = http://keystone.internal:5000",
+        "auth_url = http://k:5000/v2.0",
+    );
+    let error = refused(&text);
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].line, Some(6));
+    assert!(
+        error.problems[0].message.contains("Identity v2.0"),
+        "{error}"
+    );
+}
+
+#[test]
+fn www_authenticate_uri_falls_back_to_auth_uri_then_auth_url() {
+    let without = KEYSTONE.replace(
+        "www_authenticate_uri = https://keystone.example.com:5000\n",
+        "",
+    );
+    let loaded = loads(&without);
+    assert_eq!(
+        keystone_settings(&loaded.config).www_authenticate_uri,
+        "http://keystone.internal:5000"
+    );
+    let with_auth_uri = without.replace(
+        "[keystone_authtoken]\n",
+        "[keystone_authtoken]\nauth_uri = https://old.example.com:5000\n",
+    );
+    let loaded = loads(&with_auth_uri);
+    assert_eq!(
+        keystone_settings(&loaded.config).www_authenticate_uri,
+        "https://old.example.com:5000"
+    );
+    assert_eq!(
+        loaded.warnings,
+        vec![format!(
+            "{CONFIG_PATH}:5: [keystone_authtoken] auth_uri: is the deprecated name of \
+             www_authenticate_uri; rename the option"
+        )]
+    );
+    // Both set: the new name wins, and the old one is not used, so no warning.
+    let both = KEYSTONE.replace(
+        "[keystone_authtoken]\n",
+        "[keystone_authtoken]\nauth_uri = https://old.example.com:5000\n",
+    );
+    let loaded = loads(&both);
+    assert_eq!(
+        keystone_settings(&loaded.config).www_authenticate_uri,
+        "https://keystone.example.com:5000"
+    );
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+}
+
+#[test]
+fn keystone_token_cache_time_minus_one_or_zero_disables_the_cache() {
+    for (value, expected) in [
+        ("-1", None),
+        ("0", None),
+        ("1", Some(Duration::from_secs(1))),
+    ] {
+        let text =
+            format!("{KEYSTONE}token_cache_time = {value}\nservice_token_roles = Service, Admin\n");
+        let config = loads(&text).config;
+        let settings = keystone_settings(&config);
+        assert_eq!(settings.token_cache_time, expected, "{value}");
+        assert_eq!(settings.service_token_roles, vec!["service", "admin"]);
+    }
+}
+
+#[test]
+fn auth_strategy_must_agree_with_the_flavor() {
+    let agreeing = format!("[DEFAULT]\nauth_strategy = keystone\n{KEYSTONE}");
+    keystone_settings(&loads(&agreeing).config);
+    for strategy in ["token", "noauth"] {
+        let text = format!("[DEFAULT]\nauth_strategy = {strategy}\n{KEYSTONE}");
+        let error = refused(&text);
+        assert_eq!(
+            error.problems,
+            vec![Problem {
+                file: PathBuf::from(CONFIG_PATH),
+                line: Some(2),
+                section: Some("DEFAULT".to_string()),
+                option: Some("auth_strategy".to_string()),
+                message: format!(
+                    "{strategy} contradicts the keystone flavor of [paste_deploy] flavor \
+                     (line 4), which validates every token with Keystone; remove this line, or \
+                     choose a flavor without keystone"
+                ),
+            }]
+        );
+    }
+}
+
+/// A self-signed certificate (`openssl req -x509 -newkey ec`), for the cafile tests: the loader
+/// only decodes the PEM.
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBhzCCAS2gAwIBAgIUaxIoYbhM2waT8yqDuB8U+fNq6AgwCgYIKoZIzj0EAwIw\nGDEWMBQGA1UEAwwNZ2xpbnQgdGVzdCBDQTAgFw0yNjExMzAwNzEyMTJaGA8yMTI2\nMTEwNjA3MTIxMlowGDEWMBQGA1UEAwwNZ2xpbnQgdGVzdCBDQTBZMBMGByqGSM49\nAgEGCCqGSM49AwEHA0IABBJjSlVOcmbB9X+P4l4HHT+N9AQIB6b64hExXB9gTNow\nxQPRvterXpHSTQm65Rw/WXm6anjqUd6bd9ili5NwP1qjUzBRMB0GA1UdDgQWBBSp\njW5po0WZcZiiA+dPWR/ecdU2rTAfBgNVHSMEGDAWgBSpjW5po0WZcZiiA+dPWR/e\ncdU2rTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQD+7nYb+GSQ\nLE69bERG/B9JxLqsogCLD5TNlWIcW7x0WQIgSpA7jhc+oAR43qv7mI/TxXJIutbg\nnLmynzDy4bRVpx0=\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn keystone_cafile_is_read_while_the_config_loads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("glint-api.conf");
+    let text = format!("{KEYSTONE}cafile = ca.pem\n");
+    let load_with = |ca: Option<&str>| {
+        let ca_path = dir.path().join("ca.pem");
+        let _ = std::fs::remove_file(&ca_path);
+        if let Some(ca) = ca {
+            std::fs::write(&ca_path, ca).expect("write ca");
+        }
+        load_str(&text, &config_path)
+    };
+    let loaded = load_with(Some(&format!("# the test CA\n{CA_PEM}{CA_PEM}")))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let certificates = keystone_settings(&loaded.config)
+        .ca_certificates
+        .clone()
+        .expect("certificates");
+    assert_eq!(certificates.len(), 2);
+    assert_eq!(certificates[0][0], 0x30, "DER starts with a SEQUENCE");
+
+    let ca_path = dir.path().join("ca.pem");
+    for (content, message) in [
+        (None, format!("cannot read `{}`: No such file or directory (os error 2); give the PEM file of the CA that signed Keystone's certificate", ca_path.display())),
+        (Some("no certificate here\n"), format!("`{}` holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the PEM file of the CA that signed Keystone's certificate", ca_path.display())),
+        (Some("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"), String::new()),
+    ] {
+        let error = load_with(content).expect_err("a bad cafile must fail the load");
+        assert_eq!(error.problems.len(), 1, "{error}");
+        assert_eq!(error.problems[0].line, Some(14), "{error}");
+        assert_eq!(error.problems[0].option.as_deref(), Some("cafile"));
+        if message.is_empty() {
+            assert!(error.problems[0].message.contains("is not a valid PEM file"), "{error}");
+        } else {
+            assert_eq!(error.problems[0].message, message);
+        }
+    }
+}
+
+#[test]
+fn check_config_never_shows_the_keystone_password() {
+    let config = loads(KEYSTONE).config;
+    let settings = config.effective_settings();
+    assert!(!settings.contains("s3cret"), "{settings}");
+    assert!(
+        settings.contains("\n# password is set (not shown)\n"),
+        "{settings}"
+    );
+    assert!(!format!("{config:?}").contains("s3cret"));
+    // Everything else loads back, once the password is given again.
+    let reloaded = loads(&settings.replace("# password is set (not shown)", "password = s3cret"));
+    assert_eq!(reloaded.warnings, Vec::<String>::new());
+    assert_eq!(reloaded.config, config);
 }
 
 #[test]
