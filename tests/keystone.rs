@@ -628,7 +628,12 @@ fn keystone_paused_or_stopped_answers_503_in_bounded_time_and_recovers_without_a
     };
     assert_eq!(json_503.status, 503, "{}", json_503.text());
     let body: Value = serde_json::from_slice(&json_503.body).expect("JSON");
-    assert_eq!(body["message"], UNAVAILABLE, "{body}");
+    // webob's JSON template, as Glance's: the message, then `<br /><br />` and three newlines.
+    assert_eq!(
+        body["message"],
+        format!("{UNAVAILABLE}<br /><br />\n\n\n"),
+        "{body}"
+    );
     assert!(
         took < Duration::from_secs(2),
         "a stopped Keystone answered 503 after {took:?}"
