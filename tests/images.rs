@@ -2591,13 +2591,7 @@ fn datadir_added_at_reload_with_a_higher_priority_takes_new_uploads() {
         "",
         "filesystem_store_datadirs = other:100\nfilesystem_store_datadirs = images:0\n",
     ));
-    let verdict = server.reload();
-    assert_eq!(
-        verdict["outcome"],
-        "succeeded",
-        "{verdict}\n{}",
-        server.log()
-    );
+    server.reload_succeeds();
 
     let mut after_ids = Vec::new();
     for (framing, declared) in [
@@ -3116,13 +3110,7 @@ fn upload_killed_while_its_child_drains_is_recovered_by_the_serving_generation()
     );
     assert_eq!(glance.status_of(&id), "saving");
 
-    let verdict = server.reload();
-    assert_eq!(
-        verdict["outcome"],
-        "succeeded",
-        "{verdict}\n{}",
-        server.log()
-    );
+    server.reload_succeeds();
     let status = server.status();
     assert_eq!(status["generation"], json!(2), "{status:#}");
     assert!(

@@ -189,6 +189,12 @@ impl Server {
         last
     }
 
+    /// Sends SIGHUP and asserts that the reload succeeded (its verdict and the log otherwise).
+    pub fn reload_succeeds(&self) {
+        let verdict = self.reload();
+        assert_eq!(verdict["outcome"], "succeeded", "{verdict}\n{}", self.log());
+    }
+
     /// Polls the status file until `condition` holds, or panics after `deadline` with the log.
     pub fn wait_for(
         &self,
