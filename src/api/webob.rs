@@ -412,6 +412,10 @@ fn replace_tags(text: &str, only_br: bool) -> String {
                 }
                 rest = &candidate[end + 1..];
             }
+            // No `>` anywhere after this `<`: no later `<` can find one either, so the rest
+            // stays as it is. (Going on `<` by `<` would rescan the rest each time: quadratic in
+            // a client's text, which error messages may quote.)
+            None if !only_br || is_br => break,
             None => {
                 out.push_str(&rest[..=start]);
                 rest = &candidate[1..];
@@ -453,6 +457,18 @@ fn python_json_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stripping_tags_is_linear_in_a_text_of_unclosed_angle_brackets() {
+        // 1 MiB of `<` (and of `<br`) with no `>`: webob keeps it as it is. Going `<` by `<`
+        // and rescanning the rest would take on the order of 10^12 steps here.
+        for unit in ["<", "<br"] {
+            let text = unit.repeat(1024 * 1024 / unit.len());
+            assert_eq!(strip_tags(&text), text);
+        }
+        assert_eq!(strip_tags("a<b<c>d<e"), "ad<e");
+        assert_eq!(strip_tags("x<br/>y<br"), "x\ny<br");
+    }
 
     /// `Accept` values and webob 1.8.9's choice for each, as `HTTPNotFound().get_response()`
     /// made it (its Content-Type): no header, the clients' values, quality values, wildcards

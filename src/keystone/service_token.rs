@@ -61,6 +61,36 @@ struct State {
     failed_at: Option<Instant>,
 }
 
+/// How often a request waiting for another's renewal of glint's own token looks again.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Takes the state's lock, waiting at most until `deadline`: the thread that holds it may be
+/// talking to Keystone (up to its own deadline, which can be later than this request's), and
+/// a request must never wait past `http_request_timeout`. `std`'s `Mutex` has no timed lock,
+/// hence the short polls.
+fn lock_until<'a>(
+    state: &'a Mutex<State>,
+    deadline: &Deadline,
+) -> Result<std::sync::MutexGuard<'a, State>, Failure> {
+    loop {
+        match state.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => return Ok(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        match deadline.remaining() {
+            Some(left) => std::thread::sleep(left.min(LOCK_RETRY)),
+            None => {
+                return Err(Failure::Unavailable(
+                    "another request was still getting glint's own token when this one's \
+                     http_request_timeout ran out"
+                        .to_string(),
+                ))
+            }
+        }
+    }
+}
+
 impl ServiceToken {
     pub fn new() -> ServiceToken {
         ServiceToken {
@@ -75,7 +105,7 @@ impl ServiceToken {
         client: &Client,
         deadline: &Deadline,
     ) -> Result<Issued, Failure> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock_until(&self.state, deadline)?;
         let now = Instant::now();
         if let Some(issued) = &state.issued {
             if now < issued.refresh_at {
