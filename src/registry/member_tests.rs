@@ -1,5 +1,9 @@
-//! Tests of image members and of what a non-admin project sees: every member call, the quota
-//! and duplicates, members of deleted images, and Glance's `is_image_visible`.
+//! Tests of image members and of what a non-admin project lists and sees: every member call,
+//! the quota and duplicates, members of deleted images, and the list's visibility rules checked
+//! against a transcription of Glance's `_select_images_query` and `_image_get_all` over every
+//! viewer, visibility filter and member status.
+
+use rusqlite::params_from_iter;
 
 use super::*;
 
@@ -10,6 +14,10 @@ fn temp_registry() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().expect("temp dir");
     let registry = Registry::open(&dir.path().join("registry.sqlite")).expect("open registry");
     (dir, registry)
+}
+
+fn ids(images: &[Image]) -> Vec<String> {
+    images.iter().map(|image| image.id.clone()).collect()
 }
 
 fn member_ids(members: &[Member]) -> Vec<String> {
@@ -292,6 +300,15 @@ fn members_of_an_image_deleted_by_an_older_binary_never_show() {
     );
     assert!(!registry.delete_member("img", "p1").expect("delete"));
     assert_eq!(registry.add_member("img", "p2", None).expect("add"), None);
+    let query = ListQuery {
+        filters: Filters {
+            viewer: Some("p1".to_string()),
+            visibility: Some("all".to_string()),
+            ..Filters::default()
+        },
+        ..ListQuery::default()
+    };
+    assert!(registry.list(&query).expect("list").is_empty());
 }
 
 #[test]
@@ -393,5 +410,463 @@ fn image_visible_to_is_glances_is_image_visible() {
             visible,
             "{owner:?} {visibility} {member:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a project lists
+
+/// One image of the visibility fixture and the memberships it ends with.
+struct Fixture {
+    id: &'static str,
+    owner: Option<&'static str>,
+    visibility: &'static str,
+    /// (project, status); a status of None is a membership added and then removed.
+    members: &'static [(&'static str, Option<MemberStatus>)],
+    deleted: bool,
+}
+
+const ACCEPTED: Option<MemberStatus> = Some(MemberStatus::Accepted);
+const PENDING: Option<MemberStatus> = Some(MemberStatus::Pending);
+const REJECTED: Option<MemberStatus> = Some(MemberStatus::Rejected);
+const REMOVED: Option<MemberStatus> = None;
+
+/// Every kind of image a non-admin "p" might or might not list; "q" is another project, "r" a
+/// third.
+const FIXTURE: &[Fixture] = &[
+    fixture("own-private", Some("p"), "private", &[]),
+    fixture("own-shared", Some("p"), "shared", &[("q", REJECTED)]),
+    fixture("own-shared-bare", Some("p"), "shared", &[]),
+    fixture("own-community", Some("p"), "community", &[]),
+    fixture("own-public", Some("p"), "public", &[]),
+    fixture("q-private", Some("q"), "private", &[]),
+    // Shared with p, accepted, then made private: the membership no longer counts.
+    fixture("q-private-member", Some("q"), "private", &[("p", ACCEPTED)]),
+    fixture("q-shared-pending", Some("q"), "shared", &[("p", PENDING)]),
+    fixture(
+        "q-shared-accepted",
+        Some("q"),
+        "shared",
+        &[("r", PENDING), ("p", ACCEPTED)],
+    ),
+    fixture("q-shared-rejected", Some("q"), "shared", &[("p", REJECTED)]),
+    fixture("q-shared-other", Some("q"), "shared", &[("r", ACCEPTED)]),
+    fixture("q-shared-removed", Some("q"), "shared", &[("p", REMOVED)]),
+    fixture("q-community", Some("q"), "community", &[]),
+    fixture("q-public", Some("q"), "public", &[]),
+    fixture("none-shared", None, "shared", &[("p", ACCEPTED)]),
+    fixture("none-shared-pending", None, "shared", &[("p", PENDING)]),
+    fixture("none-shared-bare", None, "shared", &[]),
+    fixture("none-private", None, "private", &[]),
+    fixture("none-community", None, "community", &[]),
+    fixture("none-public", None, "public", &[]),
+    Fixture {
+        deleted: true,
+        ..fixture("q-shared-deleted", Some("q"), "shared", &[("p", ACCEPTED)])
+    },
+    Fixture {
+        deleted: true,
+        ..fixture("own-deleted", Some("p"), "public", &[])
+    },
+];
+
+const fn fixture(
+    id: &'static str,
+    owner: Option<&'static str>,
+    visibility: &'static str,
+    members: &'static [(&'static str, Option<MemberStatus>)],
+) -> Fixture {
+    Fixture {
+        id,
+        owner,
+        visibility,
+        members,
+        deleted: false,
+    }
+}
+
+/// Creates the fixture through the registry's own calls. Every other image is tagged "t" and
+/// the names run backwards from the ids, so filters and sorts have something to bite on.
+fn create_fixture(registry: &Registry) {
+    for (index, fixture) in FIXTURE.iter().enumerate() {
+        let mut image = Image::new(fixture.id);
+        image.owner = fixture.owner.map(str::to_string);
+        image.name = Some(format!("name-{:02}", FIXTURE.len() - index));
+        if index % 2 == 0 {
+            image.tags = vec!["t".to_string()];
+        }
+        // Members are added while the image is shared, as the API allows only then.
+        image.visibility = "shared".to_string();
+        registry.create(&image).expect("create");
+        for (project, status) in fixture.members {
+            registry
+                .add_member(fixture.id, project, None)
+                .expect("add")
+                .expect("image exists");
+            match status {
+                Some(status) => {
+                    registry
+                        .set_member_status(fixture.id, project, *status)
+                        .expect("set")
+                        .expect("member");
+                }
+                None => assert!(registry.delete_member(fixture.id, project).expect("delete")),
+            }
+        }
+        registry
+            .update(fixture.id, |image| {
+                image.visibility = fixture.visibility.to_string();
+                Ok::<(), RegistryError>(())
+            })
+            .expect("update")
+            .expect("found");
+        if fixture.deleted {
+            delete_image(registry, fixture.id);
+        }
+    }
+}
+
+/// Glance's answer, transcribed from `_select_images_query` and `_image_get_all`: `viewer` is
+/// a non-admin's project (context.owner of a regular user), `admin_project` an admin's.
+fn glance_lists(
+    fixture: &Fixture,
+    viewer: Option<&str>,
+    admin_project: Option<&str>,
+    visibility: Option<&str>,
+    member_status: Option<MemberStatus>,
+) -> bool {
+    if fixture.deleted {
+        return false;
+    }
+    let in_union = match viewer {
+        // Admin: query_image alone.
+        None => true,
+        Some(project) => {
+            let query_image = matches!(fixture.visibility, "public" | "community");
+            let query_image_owner = fixture.owner == Some(project);
+            let query_member = fixture.visibility == "shared"
+                && fixture.members.iter().any(|(member, status)| {
+                    *member == project
+                        && status.is_some()
+                        && member_status.is_none_or(|wanted| *status == Some(wanted))
+                });
+            query_image || query_image_owner || query_member
+        }
+    };
+    let context_owner = viewer.or(admin_project);
+    let visibility_holds = match (visibility, context_owner) {
+        (Some("all"), _) => true,
+        (Some(wanted), _) => fixture.visibility == wanted,
+        (None, None) => fixture.visibility != "community",
+        (None, Some(owner)) => fixture.owner == Some(owner) || fixture.visibility != "community",
+    };
+    in_union && visibility_holds
+}
+
+fn viewer_query(
+    viewer: Option<&str>,
+    admin_project: Option<&str>,
+    visibility: Option<&str>,
+    member_status: Option<MemberStatus>,
+) -> ListQuery {
+    ListQuery {
+        filters: Filters {
+            viewer: viewer.map(str::to_string),
+            admin_project: admin_project.map(str::to_string),
+            visibility: visibility.map(str::to_string),
+            member_status,
+            ..Filters::default()
+        },
+        sort: vec![(SortKey::Id, SortDir::Asc)],
+        ..ListQuery::default()
+    }
+}
+
+const VISIBILITIES: [Option<&str>; 6] = [
+    None,
+    Some("public"),
+    Some("private"),
+    Some("shared"),
+    Some("community"),
+    Some("all"),
+];
+
+const MEMBER_STATUSES: [Option<MemberStatus>; 4] = [
+    None,
+    Some(MemberStatus::Pending),
+    Some(MemberStatus::Accepted),
+    Some(MemberStatus::Rejected),
+];
+
+/// (viewer, admin_project): non-admins p, q and r, a non-admin of a project nothing is shared
+/// with, an admin of p and an admin without a project.
+const CALLERS: [(Option<&str>, Option<&str>); 6] = [
+    (Some("p"), None),
+    (Some("q"), None),
+    (Some("r"), None),
+    (Some("lonely"), None),
+    (None, Some("p")),
+    (None, None),
+];
+
+#[test]
+fn a_list_holds_exactly_what_glance_lists_for_every_caller_visibility_and_member_status() {
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    for (viewer, admin_project) in CALLERS {
+        for visibility in VISIBILITIES {
+            for member_status in MEMBER_STATUSES {
+                let query = viewer_query(viewer, admin_project, visibility, member_status);
+                let listed = ids(&registry.list(&query).expect("list"));
+                let mut expected: Vec<String> = FIXTURE
+                    .iter()
+                    .filter(|fixture| {
+                        glance_lists(fixture, viewer, admin_project, visibility, member_status)
+                    })
+                    .map(|fixture| fixture.id.to_string())
+                    .collect();
+                expected.sort();
+                assert_eq!(
+                    listed, expected,
+                    "viewer {viewer:?}, admin of {admin_project:?}, visibility {visibility:?}, \
+                     member_status {member_status:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_admin_lists_these_images_by_default_and_with_visibility_all() {
+    // The reference above, spelled out for the cases the API sends most.
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    let list = |visibility, member_status| {
+        let query = viewer_query(Some("p"), None, visibility, member_status);
+        ids(&registry.list(&query).expect("list"))
+    };
+    // GET /v2/images: member_status=accepted, no visibility.
+    assert_eq!(
+        list(None, Some(MemberStatus::Accepted)),
+        [
+            "none-public",
+            "none-shared",
+            "own-community",
+            "own-private",
+            "own-public",
+            "own-shared",
+            "own-shared-bare",
+            "q-public",
+            "q-shared-accepted",
+        ]
+    );
+    // visibility=all&member_status=all.
+    assert_eq!(
+        list(Some("all"), None),
+        [
+            "none-community",
+            "none-public",
+            "none-shared",
+            "none-shared-pending",
+            "own-community",
+            "own-private",
+            "own-public",
+            "own-shared",
+            "own-shared-bare",
+            "q-community",
+            "q-public",
+            "q-shared-accepted",
+            "q-shared-pending",
+            "q-shared-rejected",
+        ]
+    );
+    // visibility=shared&member_status=pending: own shared images whatever their members.
+    assert_eq!(
+        list(Some("shared"), Some(MemberStatus::Pending)),
+        [
+            "none-shared-pending",
+            "own-shared",
+            "own-shared-bare",
+            "q-shared-pending",
+        ]
+    );
+    // visibility=community: everyone's.
+    assert_eq!(
+        list(Some("community"), Some(MemberStatus::Accepted)),
+        ["none-community", "own-community", "q-community"]
+    );
+}
+
+#[test]
+fn the_viewer_restriction_combines_with_the_other_filters() {
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    let tagged: Vec<&str> = FIXTURE
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| index % 2 == 0)
+        .map(|(_, fixture)| fixture.id)
+        .collect();
+    for (viewer, admin_project) in CALLERS {
+        for member_status in MEMBER_STATUSES {
+            let mut query = viewer_query(viewer, admin_project, Some("all"), member_status);
+            query.filters.tags = vec!["t".to_string()];
+            query.filters.owner = Some("q".to_string());
+            let listed = ids(&registry.list(&query).expect("list"));
+            let mut expected: Vec<String> = FIXTURE
+                .iter()
+                .filter(|fixture| {
+                    glance_lists(fixture, viewer, admin_project, Some("all"), member_status)
+                        && tagged.contains(&fixture.id)
+                        && fixture.owner == Some("q")
+                })
+                .map(|fixture| fixture.id.to_string())
+                .collect();
+            expected.sort();
+            assert_eq!(
+                listed, expected,
+                "{viewer:?} {admin_project:?} {member_status:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn marker_pages_walk_a_viewers_list_exactly_once() {
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    let sorts = [
+        Vec::new(),
+        vec![(SortKey::Name, SortDir::Asc)],
+        vec![
+            (SortKey::Owner, SortDir::Desc),
+            (SortKey::Name, SortDir::Asc),
+        ],
+        vec![(SortKey::Visibility, SortDir::Asc)],
+    ];
+    for (viewer, admin_project) in CALLERS {
+        for member_status in [None, Some(MemberStatus::Accepted)] {
+            for sort in &sorts {
+                let mut everything =
+                    viewer_query(viewer, admin_project, Some("all"), member_status);
+                everything.sort = sort.clone();
+                let whole = ids(&registry.list(&everything).expect("list"));
+                for page_size in [1, 2, 5] {
+                    let mut walked = Vec::new();
+                    let mut marker = None;
+                    loop {
+                        let query = ListQuery {
+                            limit: page_size,
+                            marker: marker.clone(),
+                            ..everything.clone()
+                        };
+                        let page = registry.list(&query).expect("page");
+                        walked.extend(ids(&page));
+                        if page.len() < page_size {
+                            break;
+                        }
+                        marker = page.last().map(|image| image.id.clone());
+                    }
+                    assert_eq!(
+                        walked, whole,
+                        "{viewer:?} {admin_project:?} {member_status:?} {sort:?} {page_size}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_marker_the_viewer_may_not_see_is_refused_and_one_it_may_see_need_not_be_listed() {
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    let with_marker = |marker: &str| ListQuery {
+        marker: Some(marker.to_string()),
+        ..viewer_query(Some("p"), None, None, Some(MemberStatus::Accepted))
+    };
+    for marker in [
+        "q-private",
+        "q-private-member",
+        "q-shared-other",
+        "q-shared-removed",
+    ] {
+        let error = registry.list(&with_marker(marker)).expect_err(marker);
+        assert!(
+            matches!(error, RegistryError::MarkerNotVisible),
+            "{marker}: {error:?}"
+        );
+    }
+    for marker in ["q-shared-deleted", "own-deleted", "unknown"] {
+        let error = registry.list(&with_marker(marker)).expect_err(marker);
+        assert!(
+            matches!(error, RegistryError::BadMarker),
+            "{marker}: {error:?}"
+        );
+    }
+    // Shown but not listed by default: pending and rejected memberships, unowned images,
+    // other projects' community images. The page starts after them in id order.
+    let listed = ids(&registry
+        .list(&viewer_query(
+            Some("p"),
+            None,
+            None,
+            Some(MemberStatus::Accepted),
+        ))
+        .expect("list"));
+    for marker in [
+        "q-shared-pending",
+        "q-shared-rejected",
+        "none-private",
+        "none-shared-bare",
+        "q-community",
+    ] {
+        assert!(
+            !listed.iter().any(|id| id == marker),
+            "{marker} is not listed"
+        );
+        let query = ListQuery {
+            limit: 1,
+            ..with_marker(marker)
+        };
+        let page = registry.list(&query).expect(marker);
+        let next = listed.iter().find(|id| id.as_str() > marker);
+        assert_eq!(ids(&page).first(), next, "{marker}");
+    }
+    // An admin may start from any live image.
+    let query = ListQuery {
+        marker: Some("q-private".to_string()),
+        ..viewer_query(None, None, None, None)
+    };
+    registry.list(&query).expect("admin marker");
+}
+
+#[test]
+fn a_viewers_list_probes_the_member_index_instead_of_scanning_members() {
+    let (_dir, registry) = temp_registry();
+    create_fixture(&registry);
+    for member_status in [None, Some(MemberStatus::Accepted)] {
+        let query = ListQuery {
+            marker: Some("q-public".to_string()),
+            limit: 10,
+            ..viewer_query(Some("p"), None, None, member_status)
+        };
+        let lease = registry.lease().expect("lease");
+        let (sql, values) = query::statement(&lease, &query).expect("statement");
+        let mut statement = lease
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let plan: Vec<String> = statement
+            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(
+            plan.lines()
+                .any(|line| line.contains("image_members USING") && line.contains("INDEX")),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN image_members"), "{plan}");
     }
 }
