@@ -94,45 +94,47 @@ fn verdicts(policy: &Policy, rule: &str, target: &Target) -> String {
         .collect()
 }
 
-/// Every rule of [`DEFAULT_RULES`], with the verdicts on a private image of the owner's
-/// project for admin, member, reader, other project's member, system-scoped admin, under the
-/// new defaults with scope enforced.
-const NEW_DEFAULTS: &[(&str, &str)] = &[
-    ("default", "AAAAA"),
-    ("context_is_admin", "ADDDA"),
-    ("service_api", "ADDDA"),
-    ("add_image", "AADDS"),
-    ("delete_image", "AADDS"),
-    ("get_image", "AAADS"),
-    ("get_images", "AAADS"),
-    ("modify_image", "AADDS"),
-    ("publicize_image", "ADDDS"),
-    ("communitize_image", "AADDS"),
-    ("download_image", "AADDS"),
-    ("upload_image", "AADDS"),
-    ("delete_image_location", "ADDDS"),
-    ("get_image_location", "AAADS"),
-    ("set_image_location", "AADDS"),
-    ("add_image_location", "AADDS"),
-    ("fetch_image_location", "ADDDS"),
-    ("add_member", "AADDS"),
-    ("delete_member", "AADDS"),
-    ("get_member", "AAADS"),
-    ("get_members", "AAADS"),
-    ("modify_member", "ADDDS"),
-    ("manage_image_cache", "ADDDS"),
-    ("deactivate", "ADDDS"),
-    ("reactivate", "ADDDS"),
-    ("copy_image", "ADDDS"),
-    ("get_task", "AAAAS"),
-    ("get_tasks", "AAAAS"),
-    ("add_task", "AAAAS"),
-    ("modify_task", "AAAAS"),
-    ("tasks_api_access", "ADDDS"),
-    ("cache_image", "ADDDS"),
-    ("cache_list", "ADDDS"),
-    ("cache_delete", "ADDDS"),
-    ("stores_info_detail", "ADDDS"),
+/// Every rule of [`DEFAULT_RULES`] with its verdicts on a private image of the owner's project,
+/// one letter per caller (admin, member, reader, other project's member, system-scoped admin):
+/// under the new defaults with scope enforced; with `enforce_scope = false` (the system admin
+/// is judged by the check, which its admin role passes everywhere); with
+/// `enforce_new_defaults = false` (`rule:default`, ORed in, allows everyone).
+const VERDICTS: &[(&str, &str, &str, &str)] = &[
+    ("default", "AAAAA", "AAAAA", "AAAAA"),
+    ("context_is_admin", "ADDDA", "ADDDA", "ADDDA"),
+    ("service_api", "ADDDA", "ADDDA", "ADDDA"),
+    ("add_image", "AADDS", "AADDA", "AAAAS"),
+    ("delete_image", "AADDS", "AADDA", "AAAAS"),
+    ("get_image", "AAADS", "AAADA", "AAAAS"),
+    ("get_images", "AAADS", "AAADA", "AAAAS"),
+    ("modify_image", "AADDS", "AADDA", "AAAAS"),
+    ("publicize_image", "ADDDS", "ADDDA", "ADDDS"),
+    ("communitize_image", "AADDS", "AADDA", "AAAAS"),
+    ("download_image", "AADDS", "AADDA", "AAAAS"),
+    ("upload_image", "AADDS", "AADDA", "AAAAS"),
+    ("delete_image_location", "ADDDS", "ADDDA", "AAAAS"),
+    ("get_image_location", "AAADS", "AAADA", "AAAAS"),
+    ("set_image_location", "AADDS", "AADDA", "AAAAS"),
+    ("add_image_location", "AADDS", "AADDA", "AADDS"),
+    ("fetch_image_location", "ADDDS", "ADDDA", "ADDDS"),
+    ("add_member", "AADDS", "AADDA", "AAAAS"),
+    ("delete_member", "AADDS", "AADDA", "AAAAS"),
+    ("get_member", "AAADS", "AAADA", "AAAAS"),
+    ("get_members", "AAADS", "AAADA", "AAAAS"),
+    ("modify_member", "ADDDS", "ADDDA", "AAAAS"),
+    ("manage_image_cache", "ADDDS", "ADDDA", "ADDDS"),
+    ("deactivate", "ADDDS", "ADDDA", "ADDDS"),
+    ("reactivate", "ADDDS", "ADDDA", "ADDDS"),
+    ("copy_image", "ADDDS", "ADDDA", "ADDDS"),
+    ("get_task", "AAAAS", "AAAAA", "AAAAS"),
+    ("get_tasks", "AAAAS", "AAAAA", "AAAAS"),
+    ("add_task", "AAAAS", "AAAAA", "AAAAS"),
+    ("modify_task", "AAAAS", "AAAAA", "AAAAS"),
+    ("tasks_api_access", "ADDDS", "ADDDA", "ADDDS"),
+    ("cache_image", "ADDDS", "ADDDA", "ADDDS"),
+    ("cache_list", "ADDDS", "ADDDA", "ADDDS"),
+    ("cache_delete", "ADDDS", "ADDDA", "ADDDS"),
+    ("stores_info_detail", "ADDDS", "ADDDA", "ADDDS"),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -171,21 +173,30 @@ fn every_default_rule_parses_once_and_the_names_are_unique() {
 
 #[test]
 fn every_default_rule_is_in_the_verdict_table() {
-    let tested: Vec<&str> = NEW_DEFAULTS.iter().map(|(name, _)| *name).collect();
+    let tested: Vec<&str> = VERDICTS.iter().map(|(name, ..)| *name).collect();
     let listed: Vec<&str> = DEFAULT_RULES.iter().map(|rule| rule.name).collect();
     assert_eq!(tested, listed);
 }
 
 #[test]
-fn new_defaults_for_each_caller_on_a_private_image() {
-    let policy = Policy::defaults(true, true);
-    for (rule, expected) in NEW_DEFAULTS {
-        assert_eq!(
-            verdicts(&policy, rule, &private_image()),
-            *expected,
-            "{rule}: {}",
-            policy.check(rule).map(Check::to_string).unwrap_or_default()
-        );
+fn every_default_rule_for_each_caller_in_each_mode() {
+    let modes = [
+        ("new defaults", Policy::defaults(true, true)),
+        ("enforce_scope = false", Policy::defaults(true, false)),
+        (
+            "enforce_new_defaults = false",
+            Policy::defaults(false, true),
+        ),
+    ];
+    for (rule, new, scope_off, legacy) in VERDICTS {
+        for ((mode, policy), expected) in modes.iter().zip([new, scope_off, legacy]) {
+            assert_eq!(
+                verdicts(policy, rule, &private_image()),
+                *expected,
+                "{rule} under {mode}: {}",
+                policy.check(rule).map(Check::to_string).unwrap_or_default()
+            );
+        }
     }
 }
 
