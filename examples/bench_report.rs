@@ -1051,13 +1051,14 @@ fn keystone_table(runs: &[Value], record: &Value) -> String {
     let settings = &record["settings"];
     let _ = writeln!(
         out,
-        "\nEach round ran the keystone server, then the noauth one, {} clients, {}, {} s measured after {} s of warm-up each. The ratio of a round went from {} to {}.",
+        "\nEach round ran the keystone server, then the noauth one, {} clients, {}, {} s measured after {} s of warm-up each. The ratio of a round went from {} to {} (median {}).",
         num(&settings["clients"], 0),
         settings["mode"].as_str().unwrap_or("?"),
         num(&settings["measured_s"], 0),
         num(&settings["warmup_s"], 0),
         pct(lowest),
         pct(highest),
+        pct(median(&per_round.iter().copied().map(Some).collect::<Vec<_>>())),
     );
     let failed = total(&keystone, "failed") + total(&noauth, "failed");
     let _ = writeln!(
