@@ -125,6 +125,8 @@ pub struct Config {
     /// `image_metadata_size_cap`: largest JSON document of one image's metadata, in bytes,
     /// [`options::MIN_METADATA_SIZE_CAP`] to [`options::MAX_METADATA_SIZE_CAP`].
     pub image_metadata_size_cap: usize,
+    /// `image_member_quota`: most members of one image; `None` (a negative value) is no limit.
+    pub image_member_quota: Option<usize>,
     /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
     pub hashing_algorithm: HashAlgorithm,
     /// `limit_param_default`: page size of a list request without `limit`; at most
@@ -1096,6 +1098,7 @@ struct Draft {
     public_endpoint: Option<String>,
     image_size_cap: u64,
     image_metadata_size_cap: usize,
+    image_member_quota: Option<usize>,
     hashing_algorithm: HashAlgorithm,
     limit_param_default: usize,
     api_limit_max: usize,
@@ -1250,6 +1253,7 @@ impl Draft {
             public_endpoint: self.public_endpoint,
             image_size_cap: self.image_size_cap,
             image_metadata_size_cap: self.image_metadata_size_cap,
+            image_member_quota: self.image_member_quota,
             hashing_algorithm: self.hashing_algorithm,
             limit_param_default: self.limit_param_default,
             api_limit_max: self.api_limit_max,

@@ -579,6 +579,20 @@ pub static OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         section: "DEFAULT",
+        name: "image_member_quota",
+        kind: Kind::Integer { min: -1, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("128"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Most members (projects an image is shared with) one image may have; -1 means no limit. One more is refused with 413.",
+        apply: |draft, value| {
+            if let Some(quota) = value.integer::<i64>() {
+                draft.image_member_quota = usize::try_from(quota).ok();
+            }
+        },
+        show: |config| vec![config.image_member_quota.map_or("-1".to_string(), |quota| quota.to_string())],
+    },
+    OptionSpec {
+        section: "DEFAULT",
         name: "hashing_algorithm",
         kind: Kind::Choice {
             accepted: HASH_ALGORITHM_NAMES,
