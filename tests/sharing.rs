@@ -182,6 +182,29 @@ fn sharing_owner_is_the_token_project_and_other_projects_see_only_what_glance_sh
             &not_found,
             "tag",
         );
+        assert_refused(
+            &beta.call(
+                "PUT",
+                &format!("{path}/file"),
+                "application/octet-stream",
+                b"x",
+            ),
+            404,
+            &not_found,
+            "upload",
+        );
+        assert_refused(
+            &beta.call("POST", &format!("{path}/actions/deactivate"), "", b""),
+            404,
+            &not_found,
+            "deactivate",
+        );
+        assert_refused(
+            &beta.get(&format!("{path}/members")),
+            404,
+            &format!("Image {id} not found."),
+            "members",
+        );
     }
     // ... and the failed writes changed nothing.
     let still = alpha.get(&format!("/v2/images/{private}"));
@@ -320,9 +343,21 @@ fn sharing_roles_decide_writes_visibility_deactivation_and_protection() {
     assert_refused(
         &member.create(json!({"name": "given away", "owner": "another-project"})),
         403,
-        "You are not authorized to complete add_image action.",
+        "You are not permitted to create images owned by 'another-project'",
         "create for another owner",
     );
+    // Nor give one away, even by naming its own project.
+    for owner in [json!("another-project"), json!(member.project)] {
+        assert_refused(
+            &member.patch(
+                &id,
+                json!([{"op": "replace", "path": "/owner", "value": owner}]),
+            ),
+            403,
+            "Owner can't be updated by non admin.",
+            "member changes the owner",
+        );
+    }
     assert_refused(
         &member.create(json!({"name": "p", "visibility": "public"})),
         403,
@@ -481,6 +516,28 @@ fn sharing_members_share_an_image_as_glance_does() {
         403,
         "You are not authorized to complete modify_member action.",
         "owner accepts for beta",
+    );
+    // A custom property never stands in for the target's own keys.
+    let planted = alpha.patch(
+        &id,
+        json!([{"op": "add", "path": "/member_id", "value": alpha.project},
+               {"op": "add", "path": "/project_id", "value": beta.project}]),
+    );
+    assert_eq!(planted.status, 200, "{}", planted.text());
+    assert_refused(
+        &alpha.json("PUT", &beta_row, json!({"status": "accepted"})),
+        403,
+        "You are not authorized to complete modify_member action.",
+        "owner accepts for beta through a property named member_id",
+    );
+    assert_refused(
+        &beta.patch(
+            &id,
+            json!([{"op": "replace", "path": "/name", "value": "x"}]),
+        ),
+        403,
+        "You are not authorized to complete modify_image action.",
+        "beta changes alpha's image through a property named project_id",
     );
     assert_refused(
         &beta.json("POST", &members, json!({"member": "someone-else"})),
@@ -645,4 +702,135 @@ fn sharing_policy_file_changes_by_sighup_and_a_broken_one_changes_nothing() {
     std::fs::write(&policy, "\"add_image\": \"@\"\n").expect("policy file");
     server.reload_succeeds();
     assert_eq!(member.create(json!({"name": "allowed"})).status, 201);
+}
+
+#[test]
+fn sharing_legacy_defaults_add_glances_owner_checks() {
+    let _keystone = shared_keystone();
+    let keystone = Keystone::from_env();
+    let server = start_glint(&format!(
+        "{}\n[oslo_policy]\nenforce_new_defaults = false\n",
+        keystone_config(&keystone, "", "")
+    ));
+    let addr = server.addr();
+    let alpha = User::new(&keystone, "KEYSTONE_ALPHA_MEMBER", addr);
+    let beta = User::new(&keystone, "KEYSTONE_BETA_MEMBER", addr);
+
+    assert_refused(
+        &beta.create(json!({"name": "planted", "owner": alpha.project})),
+        403,
+        &format!(
+            "You are not permitted to create images owned by '{}'.",
+            alpha.project
+        ),
+        "legacy create for another owner",
+    );
+    let community = alpha.image_with_data("community", b"c");
+    assert_refused(
+        &beta.patch(
+            &community,
+            json!([{"op": "replace", "path": "/name", "value": "x"}]),
+        ),
+        403,
+        "You do not own this image",
+        "legacy change of another project's image",
+    );
+    assert_refused(
+        &beta.call("DELETE", &format!("/v2/images/{community}"), "", b""),
+        403,
+        "You do not own this image",
+        "legacy delete of another project's image",
+    );
+    let shared = alpha.image_with_data("shared", b"s");
+    let members = format!("/v2/images/{shared}/members");
+    let beta_row = format!("{members}/{}", beta.project);
+    assert_eq!(
+        alpha
+            .json("POST", &members, json!({"member": beta.project}))
+            .status,
+        200
+    );
+    assert_refused(
+        &beta.json("POST", &members, json!({"member": "third"})),
+        403,
+        &format!("Not allowed to create members for image {shared}."),
+        "legacy: a member adds a member",
+    );
+    assert_refused(
+        &alpha.json("PUT", &beta_row, json!({"status": "accepted"})),
+        403,
+        &format!("Not allowed to update members for image {shared}."),
+        "legacy: the owner answers for a member",
+    );
+    assert_refused(
+        &beta.call("DELETE", &beta_row, "", b""),
+        403,
+        &format!("Not allowed to delete members for image {shared}."),
+        "legacy: a member removes a member",
+    );
+    let accepted = beta.json("PUT", &beta_row, json!({"status": "accepted"}));
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+}
+
+/// Under `noauth` (and `token`) nothing changes: every caller is an admin of no project, new
+/// images have no owner, and members and actions are there for everyone.
+#[test]
+fn sharing_noauth_is_an_admin_of_no_project() {
+    let server = Server::start("");
+    let addr = server.addr();
+    let send = |method: &str, path: &str, content_type: &str, body: &[u8]| -> Response {
+        let mut headers = vec![("Accept", "application/json")];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        util::request(addr, method, path, &headers, body)
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    };
+    const JSON: &str = "application/json";
+    let created = send(
+        "POST",
+        "/v2/images",
+        JSON,
+        br#"{"name": "n", "visibility": "public", "disk_format": "raw", "container_format": "bare"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let image: Value = serde_json::from_slice(&created.body).expect("JSON");
+    assert_eq!(image["owner"], Value::Null);
+    let id = image["id"].as_str().expect("id");
+    let path = format!("/v2/images/{id}");
+    let upload = send(
+        "PUT",
+        &format!("{path}/file"),
+        "application/octet-stream",
+        b"data",
+    );
+    assert_eq!(upload.status, 204, "{}", upload.text());
+    let deactivated = send("POST", &format!("{path}/actions/deactivate"), "", b"");
+    assert_eq!(deactivated.status, 204, "{}", deactivated.text());
+    // An admin reads a deactivated image's data.
+    let data = send("GET", &format!("{path}/file"), "", b"");
+    assert_eq!((data.status, data.body.as_slice()), (200, &b"data"[..]));
+    let reactivated = send("POST", &format!("{path}/actions/reactivate"), "", b"");
+    assert_eq!(reactivated.status, 204);
+    // Members: this image is public, so it has none; a shared one does.
+    assert_refused(
+        &send("GET", &format!("{path}/members"), "", b""),
+        403,
+        "Only shared images have members.",
+        "members of a public image",
+    );
+    let shared = util::create_image(addr);
+    let members = format!("/v2/images/{shared}/members");
+    let added = send("POST", &members, JSON, br#"{"member": "some-project"}"#);
+    assert_eq!(added.status, 200, "{}", added.text());
+    let listed: Value = serde_json::from_slice(&send("GET", &members, "", b"").body).expect("JSON");
+    assert_eq!(listed["members"][0]["member_id"], "some-project");
+    // This admin may set the owner.
+    let patched = send(
+        "PATCH",
+        &format!("/v2/images/{shared}"),
+        "application/openstack-images-v2.1-json-patch",
+        br#"[{"op": "replace", "path": "/owner", "value": "p1"}]"#,
+    );
+    assert_eq!(patched.status, 200, "{}", patched.text());
 }

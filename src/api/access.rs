@@ -111,11 +111,15 @@ impl Context {
             )
     }
 
-    /// The target of a rule on `image` (Glance's `ImageTarget`).
+    /// The target of a rule on `image` (Glance's `ImageTarget`). A custom property never stands
+    /// in for the keys Glance maps to the image's own attributes (`key_transforms`): a property
+    /// named `member_id` or `project_id` must not make a rule pass.
     pub fn image_target(&self, image: &Image) -> Target {
         let mut target = Target::new();
         for (name, value) in &image.properties {
-            target.insert(name.clone(), value.clone());
+            if !RESERVED_TARGET_KEYS.contains(&name.as_str()) {
+                target.insert(name.clone(), value.clone());
+            }
         }
         if let Some(owner) = &image.owner {
             target.insert("project_id".to_string(), owner.clone());
@@ -168,6 +172,35 @@ impl Context {
         image.owner.is_some() && image.owner == self.project
     }
 
+    /// `add_image` for a new image as Glance's `ImageAPIPolicy.add_image` enforces it: refused
+    /// for another owner, the message names that owner; then the visibility's own rule; under
+    /// the legacy defaults, Glance's check that a non-admin creates only for its project.
+    pub fn enforce_add_image(&self, image: &Image) -> Result<(), ApiError> {
+        let target = self.image_target(image);
+        if !self.allows("add_image", &target) {
+            if image.owner != self.project {
+                return Err(ApiError::Forbidden(format!(
+                    "You are not permitted to create images owned by '{}'",
+                    owner_text(image.owner.as_deref())
+                )));
+            }
+            return Err(forbidden("add_image"));
+        }
+        self.enforce_visibility(&image.visibility, &target)?;
+        if self.legacy_owner_checks() && image.owner != self.project {
+            return Err(ApiError::Forbidden(format!(
+                "You are not permitted to create images owned by '{}'.",
+                owner_text(image.owner.as_deref())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the caller passes `get_image` on `image`, an image the registry listed for it.
+    pub fn may_get(&self, image: &Image) -> bool {
+        self.credentials.is_none() || self.allows("get_image", &self.image_target(image))
+    }
+
     /// The rule a change of visibility to `visibility` needs besides `modify_image`
     /// (glance/api/policy.py `_enforce_image_visibility`), enforced on `target`.
     pub fn enforce_visibility(&self, visibility: &str, target: &Target) -> Result<(), ApiError> {
@@ -177,6 +210,22 @@ impl Context {
             _ => Ok(()),
         }
     }
+}
+
+/// The target keys that come from the image's attributes, never from its custom properties.
+const RESERVED_TARGET_KEYS: &[&str] = &[
+    "project_id",
+    "owner",
+    "member_id",
+    "id",
+    "image_id",
+    "visibility",
+    "status",
+];
+
+/// An owner as Python formats it in Glance's messages.
+fn owner_text(owner: Option<&str>) -> &str {
+    owner.unwrap_or("None")
 }
 
 /// 403 for a refused rule, in the words of Glance's `exception.Forbidden`.
@@ -307,6 +356,17 @@ mod tests {
         assert_eq!(target.get("member_id").map(String::as_str), Some("beta"));
         assert_eq!(target.get("visibility").map(String::as_str), Some("shared"));
         assert_eq!(target.get("os_distro").map(String::as_str), Some("debian"));
+        // Custom properties never stand in for the image's own keys.
+        let mut planted = image(None, "private");
+        for key in ["project_id", "owner", "member_id", "visibility", "id"] {
+            planted.properties.insert(key.to_string(), "beta".to_string());
+        }
+        let target = beta.image_target(&planted);
+        for key in ["project_id", "owner", "member_id"] {
+            assert_eq!(target.get(key), None, "{key}");
+        }
+        assert_eq!(target.get("visibility").map(String::as_str), Some("private"));
+        assert_eq!(target.get("id").map(String::as_str), Some(planted.id.as_str()));
         // Not shared, or the caller's own: no member_id.
         assert_eq!(
             beta.image_target(&image(Some("alpha"), "private"))

@@ -42,7 +42,14 @@ impl Api {
             "DELETE" => "cache_delete",
             _ => "cache_list",
         };
-        context.enforce(rule, &crate::policy::Target::new())?;
+        // Glance: a route on one image finds it first (404) and judges the rule on it.
+        let target = match segments {
+            [id] if matches!(method, "PUT" | "DELETE") => {
+                context.image_target(&self.find_visible(context, id)?.0)
+            }
+            _ => crate::policy::Target::new(),
+        };
+        context.enforce(rule, &target)?;
         let Some(pipeline) = &self.cache else {
             return Err(ApiError::NotFound(
                 "The resource could not be found.".to_string(),

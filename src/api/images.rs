@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
 use crate::policy::Target;
-use crate::registry::{Image, Member};
+use crate::registry::{Image, Member, RegistryError};
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
@@ -47,6 +47,9 @@ struct ListPage {
     text: Vec<u8>,
     budget: usize,
     n_images: usize,
+    /// Images taken from the registry for this page, written or skipped (Glance's
+    /// `db_image_count`): whether the page is full, and so links a next page, counts them.
+    n_seen: usize,
     last_id: Option<String>,
     /// The page stopped before an image because of its size: there is more to list.
     cut: bool,
@@ -62,6 +65,7 @@ impl ListPage {
             text,
             budget,
             n_images: 0,
+            n_seen: 0,
             last_id: None,
             cut: false,
         }
@@ -87,8 +91,16 @@ impl ListPage {
         // Writing a `Value` into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut self.text, &document);
         self.n_images += 1;
+        self.n_seen += 1;
         self.last_id = Some(image.id.clone());
         true
+    }
+
+    /// Passes over `image`, which the caller may not `get_image`: it is not shown, but the
+    /// next page starts after it.
+    fn skip(&mut self, image: &Image) {
+        self.n_seen += 1;
+        self.last_id = Some(image.id.clone());
     }
 
     /// The page's JSON text: the images, then `first`, `schema` and `next` when there is one.
@@ -134,9 +146,7 @@ impl Api {
             representation::set_attribute(&mut image, name, value)?;
         }
         representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
-        let target = context.image_target(&image);
-        context.enforce("add_image", &target)?;
-        context.enforce_visibility(&image.visibility, &target)?;
+        context.enforce_add_image(&image)?;
         self.registry.create(&image).map_err(|error| match error {
             crate::registry::RegistryError::Duplicate => ApiError::Conflict(format!(
                 "Image with identifier {} already exists!",
@@ -173,8 +183,24 @@ impl Api {
             parsed.query.filters.admin_project = context.project.clone();
         }
         let mut page = ListPage::new(LIST_PAGE_BYTES);
+        // Glance's `index` keeps only the images the caller may `get_image`: with the default
+        // rules that is every image the registry lists, but a policy file may say otherwise.
         self.registry
-            .list_each(&parsed.query, |image| page.push(&image))?;
+            .list_each(&parsed.query, |image| {
+                if context.may_get(&image) {
+                    page.push(&image)
+                } else {
+                    page.skip(&image);
+                    true
+                }
+            })
+            .map_err(|error| match error {
+                RegistryError::MarkerNotVisible => ApiError::Forbidden(format!(
+                    "Forbidding request, image {} not visible",
+                    parsed.query.marker.as_deref().unwrap_or_default()
+                )),
+                other => other.into(),
+            })?;
         let first = if parsed.link_parameters.is_empty() {
             "/v2/images".to_string()
         } else {
@@ -186,7 +212,7 @@ impl Api {
         };
         // A full page may have more behind it; Glance links the next page only then. A page
         // cut short by its size has more behind it for certain.
-        let full = parsed.query.limit > 0 && page.n_images == parsed.query.limit;
+        let full = parsed.query.limit > 0 && page.n_seen == parsed.query.limit;
         let next = match &page.last_id {
             Some(last) if full || page.cut => {
                 Some(list_query::next_link(&parsed.link_parameters, last))
@@ -215,6 +241,15 @@ impl Api {
         let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
         let (found, _) = self.find_visible(context, id)?;
         context.enforce_on_image("modify_image", &found)?;
+        // Glance (`_do_replace`): even a replace by the same value.
+        let replaces_owner = changes
+            .iter()
+            .any(|change| matches!(change, patch::Change::Replace { name, .. } if name == "owner"));
+        if replaces_owner && !context.is_admin {
+            return Err(ApiError::Forbidden(
+                "Owner can't be updated by non admin.".to_string(),
+            ));
+        }
         let id = &found.id;
         let cap = self.config.image_metadata_size_cap;
         let image = self
@@ -231,7 +266,7 @@ impl Api {
                 }
                 if image.owner != owner && !context.is_admin {
                     return Err(ApiError::Forbidden(
-                        "Only an admin may change the owner of an image.".to_string(),
+                        "Owner can't be updated by non admin.".to_string(),
                     ));
                 }
                 representation::check_metadata_size(image, Some(before), cap)

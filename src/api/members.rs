@@ -144,9 +144,11 @@ impl Api {
             }
             Err(RegistryError::MemberQuota { limit }) => {
                 return Err(ApiError::TooLarge(format!(
-                    "Image member limit exceeded for image {}: The image has {limit} members \
-                     already, the most image_member_quota allows.",
-                    image.id
+                    "Image member limit exceeded for image {}: The limit has been exceeded on \
+                     the number of allowed image members for this image. Attempted: {}, \
+                     Maximum: {limit}:",
+                    image.id,
+                    limit + 1
                 )))
             }
             Err(other) => return Err(other.into()),
@@ -169,19 +171,12 @@ impl Api {
     ) -> Result<Response, ApiError> {
         require_json(request)?;
         let body = read_json(request, &self.config)?;
+        // Only its presence is checked here (Glance's deserializer); its value once the image,
+        // the row and `modify_member` have let the caller through.
         let status = match &body {
             Value::Object(fields) => match fields.get("status") {
                 None => return Err(ApiError::BadRequest("Status not specified".to_string())),
-                Some(status) => status
-                    .as_str()
-                    .and_then(MemberStatus::parse)
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(
-                            "Incorrect request: Status must be \"pending\", \"accepted\" or \
-                         \"rejected\"."
-                                .to_string(),
-                        )
-                    })?,
+                Some(status) => status,
             },
             _ => {
                 return Err(ApiError::BadRequest(
@@ -195,6 +190,15 @@ impl Api {
         }
         self.lookup_member(context, &image, member_id)?;
         context.enforce("modify_member", &context.image_target(&image))?;
+        let status = status
+            .as_str()
+            .and_then(MemberStatus::parse)
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "Incorrect request: Status must be \"pending\", \"accepted\" or \"rejected\"."
+                        .to_string(),
+                )
+            })?;
         let member = self
             .registry
             .set_member_status(&image.id, member_id, status)?
@@ -256,12 +260,9 @@ impl Api {
         image: &Image,
         member_id: &str,
     ) -> Result<Member, ApiError> {
-        if !context.allows("get_member", &context.image_target(image)) {
-            return Err(ApiError::Forbidden(format!(
-                "You are not authorized to lookup the members of the image {}.",
-                image.id
-            )));
-        }
+        // Glance's `MemberAPIPolicy` raises webob's HTTPForbidden, which passes the
+        // controller's `except exception.Forbidden` untouched: the policy's own message.
+        context.enforce("get_member", &context.image_target(image))?;
         self.registry
             .member(&image.id, member_id)?
             .filter(|member| may_see(context, image, member))
