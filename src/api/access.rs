@@ -359,14 +359,22 @@ mod tests {
         // Custom properties never stand in for the image's own keys.
         let mut planted = image(None, "private");
         for key in ["project_id", "owner", "member_id", "visibility", "id"] {
-            planted.properties.insert(key.to_string(), "beta".to_string());
+            planted
+                .properties
+                .insert(key.to_string(), "beta".to_string());
         }
         let target = beta.image_target(&planted);
         for key in ["project_id", "owner", "member_id"] {
             assert_eq!(target.get(key), None, "{key}");
         }
-        assert_eq!(target.get("visibility").map(String::as_str), Some("private"));
-        assert_eq!(target.get("id").map(String::as_str), Some(planted.id.as_str()));
+        assert_eq!(
+            target.get("visibility").map(String::as_str),
+            Some("private")
+        );
+        assert_eq!(
+            target.get("id").map(String::as_str),
+            Some(planted.id.as_str())
+        );
         // Not shared, or the caller's own: no member_id.
         assert_eq!(
             beta.image_target(&image(Some("alpha"), "private"))

@@ -217,7 +217,7 @@ impl Check {
                     Operand::Credential(name) => match evaluation.credentials.lookup(name) {
                         Credential::Absent => false,
                         Credential::One(held) => held == value,
-                        Credential::Many(held) => held.contains(&value),
+                        Credential::Many(held) => held.iter().any(|held| *held == value),
                     },
                 },
             },
@@ -352,8 +352,17 @@ impl Template {
         })
     }
 
-    /// The text with the target's values in place, or `None` if the target lacks a key.
-    fn render(&self, target: &Target) -> Option<String> {
+    /// The text with the target's values in place, or `None` if the target lacks a key. The
+    /// usual templates (a plain word, or one `%(key)s`) are borrowed, not built: every request
+    /// evaluates a few of them.
+    fn render<'t>(&'t self, target: &'t Target) -> Option<std::borrow::Cow<'t, str>> {
+        use std::borrow::Cow;
+        match self.parts.as_slice() {
+            [] => return Some(Cow::Borrowed("")),
+            [Part::Text(text)] => return Some(Cow::Borrowed(text)),
+            [Part::Key(key)] => return target.get(key).map(|value| Cow::Borrowed(value.as_str())),
+            _ => {}
+        }
         let mut rendered = String::new();
         for part in &self.parts {
             match part {
@@ -361,7 +370,7 @@ impl Template {
                 Part::Key(key) => rendered.push_str(target.get(key)?),
             }
         }
-        Some(rendered)
+        Some(Cow::Owned(rendered))
     }
 }
 

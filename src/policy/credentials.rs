@@ -129,8 +129,13 @@ impl Credentials {
 
     /// Whether `role` (any case) is one of the roles, as a `role:` check decides.
     pub fn has_role(&self, role: &str) -> bool {
-        let role = role.to_lowercase();
-        self.roles.iter().any(|held| held.to_lowercase() == role)
+        // Compared as Python's `lower()` would, without building lowercase copies: this runs
+        // for every `role:` check of every request.
+        self.roles.iter().any(|held| {
+            held.chars()
+                .flat_map(char::to_lowercase)
+                .eq(role.chars().flat_map(char::to_lowercase))
+        })
     }
 }
 

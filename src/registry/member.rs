@@ -277,9 +277,11 @@ impl Registry {
         Ok(true)
     }
 
-    /// The image and, when `project` is Some, that project's live membership of it, from one
-    /// snapshot, so that the API's visibility decision ([`image_visible_to`]) sees both as they
-    /// were at one instant. None if there is no such image or it is deleted.
+    /// The image and, when `project` is Some and the image is a shared image of another
+    /// project, that project's live membership of it (the only case where a membership decides
+    /// anything), from one snapshot, so that the API's visibility decision
+    /// ([`image_visible_to`]) sees both as they were at one instant. None if there is no such
+    /// image or it is deleted.
     pub fn get_with_membership(
         &self,
         id: &str,
@@ -292,9 +294,16 @@ impl Registry {
         let Some(image) = image::select_live(&transaction, id)? else {
             return Ok(None);
         };
+        // Only a shared image of another project is seen through a membership: for any other
+        // the lookup would decide nothing, so it is spared (a show of one's own image is the
+        // common case, and the lookup is a second query).
         let membership = match project {
-            Some(project) => select_live(&transaction, id, project)?,
-            None => None,
+            Some(project)
+                if image.visibility == "shared" && image.owner.as_deref() != Some(project) =>
+            {
+                select_live(&transaction, id, project)?
+            }
+            _ => None,
         };
         Ok(Some((image, membership)))
     }
