@@ -31,6 +31,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 from common import (
     Failed,
@@ -86,6 +87,7 @@ class Session:
             kwargs = {"stdin": None, "preexec_fn": lambda: os.close(0)}
         else:
             kwargs = {"input": stdin_bytes}
+        started = time.monotonic()
         try:
             done = subprocess.run(full, env=env, capture_output=True, timeout=COMMAND_TIMEOUT, **kwargs)
             result = Result(
@@ -99,6 +101,7 @@ class Session:
                 (timeout.stderr or b"").decode("utf-8", "replace"),
             )
         result.who = who
+        result.elapsed = time.monotonic() - started
         self.results.append(result)
         return result
 
@@ -150,7 +153,7 @@ class Session:
 
 
 def report(result):
-    return f"[as {result.who}]\n{result.report()}"
+    return f"[as {result.who}, {result.elapsed:.1f}s]\n{result.report()}"
 
 
 def checked(fn):
