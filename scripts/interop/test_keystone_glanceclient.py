@@ -116,6 +116,8 @@ class Session:
         `expect`."""
         result = self.glance(account, *argv, **kwargs)
         what = f"`glance {shlex.join(map(str, argv))}` as {result.who}"
+        if result.rc == 0 and argv[0] == "image-create":
+            self.cleanup(parse_dict(result.out).get("id"))  # not left for the other checks
         check(result.rc != 0, f"{what} succeeded; it must fail")
         equal(result.rc, 1, f"{what}: exit status")
         no_crash(result)
@@ -289,7 +291,9 @@ def reader_cannot_write(s):
         s.fails(KS.reader, "image-create", "--name", unique("ks-gc-by-reader"), expect=not_authorized("add_image"))
         equal(s.show(KS.reader, image_id).get("id"), image_id, "image-show as reader")
         check(image_id in s.listed(KS.reader), "alpha-reader does not list alpha's image")
-        s.fails(KS.reader, "image-update", "--name", "renamed-by-reader", image_id, expect=not_authorized("modify_image"))
+        s.fails(
+            KS.reader, "image-update", "--name", "renamed-by-reader", image_id, expect=not_authorized("modify_image")
+        )
         s.fails(
             KS.reader, "image-delete", image_id,
             expect=[f"You are not permitted to delete the image '{image_id}'."],
@@ -428,7 +432,7 @@ def main():
     ARGS = parse_args(__doc__.splitlines()[0])
     check(os.access(GLANCE, os.X_OK), f"no glance CLI at {GLANCE}: run scripts/interop/setup-venv")
     if not ARGS.keystone_env:
-        print("test_keystone_glanceclient.py needs --keystone-env PATH (scripts/interop/run passes it)", file=sys.stderr)
+        print("needs --keystone-env PATH (scripts/interop/run passes it)", file=sys.stderr)
         return 2
     KS = KeystoneEnv(ARGS.keystone_env)
     return run_checks("keystone-glanceclient", CHECKS, ARGS)
