@@ -373,9 +373,10 @@ def deactivate_and_reactivate(s):
 
 @checked
 def deactivate_by_member_is_403(s):
-    """alpha-member may not deactivate its own image (the admin-only rule this glint enforces):
-    403 with Glance's policy message; the image stays active. After the admin deactivated it,
-    alpha-member may not reactivate it either."""
+    """alpha-member may not deactivate its own image: 403 with Glance's policy message; the image
+    stays active. After the admin deactivated it, alpha-member may not reactivate it either.
+    (glint's default: deactivate and reactivate are admin only, a documented deviation from
+    Glance, whose default lets the owner's members in; src/policy/defaults.rs.)"""
     image = s.create(KS.alpha, "--name", unique("ks-gc-deact-member"), "--file", write_file("dm.bin", b"x" * 1000))
     image_id = image["id"]
     try:

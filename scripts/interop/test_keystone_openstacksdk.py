@@ -331,8 +331,9 @@ def deactivate_and_reactivate():
 
 @checked
 def deactivate_by_member_is_403():
-    """alpha-member may not deactivate its own image (the admin-only rule this glint enforces),
-    nor reactivate it once the admin did: 403 with Glance's policy message (the request
+    """alpha-member may not deactivate its own image, nor reactivate it once the admin did (glint's
+    documented deviation from Glance's default, which lets the owner's members in): 403 with
+    Glance's policy message (the request
     deactivate_image sends, raised from; deactivate_image itself returns quietly and changes
     nothing)."""
     image = new_image("alpha", "ks-sdk-deact-member", b"y" * 2000)
