@@ -2,7 +2,7 @@
 //! docs/BENCHMARKS.md.
 //!
 //! Every benchmark script (`scripts/bench-reload`, `bench-load`, `bench-data`,
-//! `bench-reload-memory`) collects the JSON lines its measuring tool prints and, at the end of a
+//! `bench-reload-memory`, `bench-keystone`) collects the JSON lines its measuring tool prints and, at the end of a
 //! run, hands them to `bench_report record`, which writes one JSON record of that run: which
 //! benchmark and the command, the commit and whether the tree differed from it, the date, the
 //! machine, the settings, and every measurement of glint and of its reference from that run, side
@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! bench_report tree
-//! bench_report record --bench reload|load|data|reload-memory --runs FILE --started DATE
+//! bench_report record --bench reload|load|data|reload-memory|keystone --runs FILE --started DATE
 //!     --out FILE [--tree JSON] [--command TEXT] [--loadavg-start "1 5 15"]
 //!     [--setting KEY=VALUE]... [--fact KEY=VALUE]... [--note TEXT]...
 //! bench_report table FILE
@@ -49,7 +49,7 @@ const END: &str = "<!-- /bench_report -->";
 /// What regenerates the tables of docs/BENCHMARKS.md.
 const REGENERATE: &str = "scripts/bench-tables";
 
-/// Targets, from the issues that asked for each benchmark (issues 2, 3 and 5).
+/// Targets, from the issues that asked for each benchmark (issues 2, 3, 5 and 11).
 const RELOAD_MEDIAN_MS: f64 = 50.0;
 const RELOAD_P99_FACTOR: f64 = 2.0;
 const DATA_DOWNLOAD_RATIO: f64 = 0.90;
@@ -57,6 +57,7 @@ const DATA_UPLOAD_RATIO: f64 = 0.80;
 const DATA_RSS_KIB: u64 = 32 * 1024;
 const LOAD_IMAGE_RATIO: f64 = 0.5;
 const LOAD_P99_MS: f64 = 5.0;
+const KEYSTONE_RATIO: f64 = 0.90;
 
 const USAGE: &str =
     "usage: bench_report record --bench NAME --runs FILE --started DATE --out FILE \
@@ -366,6 +367,7 @@ fn render(path: &str) -> Result<String, String> {
         Some("load") => load_table(runs, &record),
         Some("data") => data_table(runs, &record),
         Some("reload-memory") => memory_table(runs, &record),
+        Some("keystone") => keystone_table(runs, &record),
         other => return Err(format!("{path}: unknown bench {other:?}")),
     };
     Ok(format!("{body}\n{}", provenance(path, &record)))
@@ -941,6 +943,162 @@ fn memory_table(runs: &[Value], _record: &Value) -> String {
     let _ = writeln!(
         out,
         "Target (issue 5): the master's memory flat over 10,000 reloads; no reference server is named for it."
+    );
+    out
+}
+
+// ---- keystone ---------------------------------------------------------------------------------
+
+/// The mean of the values that are there, `None` if none is.
+fn mean(values: &[Option<f64>]) -> Option<f64> {
+    let present: Vec<f64> = values.iter().flatten().copied().collect();
+    (!present.is_empty()).then(|| present.iter().sum::<f64>() / present.len() as f64)
+}
+
+/// The median of the values that are there (the mean of the middle two for an even count).
+fn median(values: &[Option<f64>]) -> Option<f64> {
+    let mut present: Vec<f64> = values.iter().flatten().copied().collect();
+    present.sort_by(f64::total_cmp);
+    let n = present.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(present[n / 2]),
+        _ => Some((present[n / 2 - 1] + present[n / 2]) / 2.0),
+    }
+}
+
+/// The values of `keys` in each run (`None` where one is missing).
+fn each(runs: &[&Value], keys: &[&str]) -> Vec<Option<f64>> {
+    runs.iter().map(|run| at(run, keys).as_f64()).collect()
+}
+
+/// The sum of the counter `field` over `runs`.
+fn total(runs: &[&Value], field: &str) -> u64 {
+    runs.iter().filter_map(|run| run[field].as_u64()).sum()
+}
+
+/// Issue 11's benchmark: the same `GET /v2/images/{id}` on a glint with the keystone flavor and
+/// a warm token cache, and on one with noauth, in alternating rounds (scripts/bench-keystone).
+/// The runs are in the order run; the i-th run of each label is round i.
+fn keystone_table(runs: &[Value], record: &Value) -> String {
+    let labelled =
+        |label: &str| -> Vec<&Value> { runs.iter().filter(|run| run["label"] == label).collect() };
+    let (keystone, noauth) = (labelled("keystone"), labelled("noauth"));
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let pct = |ratio: Option<f64>| ratio.map_or("-".to_string(), |r| format!("{:.0} %", r * 100.0));
+    const RATE: &[&str] = &["requests_per_s"];
+    const P50: &[&str] = &["steady", "p50_ms"];
+    const P99: &[&str] = &["steady", "p99_ms"];
+    const CPU: &[&str] = &["resources", "cpu_us_per_request", "server"];
+    // Requests/s: the mean of the runs (all measured for the same time); the rest: the median.
+    let cells = |k: &[&Value], n: &[&Value]| {
+        let (k_rate, n_rate) = (mean(&each(k, RATE)), mean(&each(n, RATE)));
+        vec![
+            opt(k_rate, 0),
+            opt(n_rate, 0),
+            format!("**{}**", pct(ratio(k_rate, n_rate))),
+            opt(median(&each(k, P50)), 2),
+            opt(median(&each(n, P50)), 2),
+            opt(median(&each(k, P99)), 2),
+            opt(median(&each(n, P99)), 2),
+            opt(median(&each(k, CPU)), 1),
+            opt(median(&each(n, CPU)), 1),
+        ]
+    };
+    let titles: Vec<String> = [
+        "keystone requests/s",
+        "noauth requests/s",
+        "**keystone / noauth**",
+        "keystone p50 ms",
+        "noauth p50 ms",
+        "keystone p99 ms",
+        "noauth p99 ms",
+        "keystone server CPU µs/request",
+        "noauth server CPU µs/request",
+    ]
+    .iter()
+    .map(|title| title.to_string())
+    .collect();
+    let rounds = keystone.len().max(noauth.len());
+    /// Round `index` of `runs`: its run, or none.
+    fn round<'a>(runs: &[&'a Value], index: usize) -> Vec<&'a Value> {
+        runs.get(index).copied().into_iter().collect()
+    }
+    let mut rows: Vec<(String, Vec<String>)> = (0..rounds)
+        .map(|index| {
+            (
+                format!("{}", index + 1),
+                cells(&round(&keystone, index), &round(&noauth, index)),
+            )
+        })
+        .collect();
+    rows.push((
+        "**all** (requests/s: mean of the rounds; the rest: median)".to_string(),
+        cells(&keystone, &noauth),
+    ));
+    let mut out = md_table("round", &titles, &rows);
+
+    let per_round: Vec<f64> = (0..rounds)
+        .filter_map(|index| {
+            ratio(
+                mean(&each(&round(&keystone, index), RATE)),
+                mean(&each(&round(&noauth, index), RATE)),
+            )
+        })
+        .collect();
+    let lowest = per_round.iter().copied().min_by(f64::total_cmp);
+    let highest = per_round.iter().copied().max_by(f64::total_cmp);
+    let settings = &record["settings"];
+    let _ = writeln!(
+        out,
+        "\nEach round ran the keystone server, then the noauth one, {} clients, {}, {} s measured after {} s of warm-up each. The ratio of a round went from {} to {} (median {}).",
+        num(&settings["clients"], 0),
+        settings["mode"].as_str().unwrap_or("?"),
+        num(&settings["measured_s"], 0),
+        num(&settings["warmup_s"], 0),
+        pct(lowest),
+        pct(highest),
+        pct(median(&per_round.iter().copied().map(Some).collect::<Vec<_>>())),
+    );
+    let failed = total(&keystone, "failed") + total(&noauth, "failed");
+    let _ = writeln!(
+        out,
+        "Requests sent: keystone {}, noauth {}; failed: keystone {}, noauth {}.",
+        total(&keystone, "sent"),
+        total(&noauth, "sent"),
+        total(&keystone, "failed"),
+        total(&noauth, "failed"),
+    );
+    if let Some(validations) = record["facts"]["keystone_validations_during_rounds"].as_u64() {
+        let _ = writeln!(
+            out,
+            "Token validations in Keystone's access log during the rounds: {validations}{}.",
+            if validations == 0 {
+                " (every request was served from the token cache)"
+            } else {
+                ""
+            }
+        );
+    }
+    let (k_rate, n_rate) = (mean(&each(&keystone, RATE)), mean(&each(&noauth, RATE)));
+    let overall = ratio(k_rate, n_rate);
+    let _ = writeln!(
+        out,
+        "\nTarget (issue 11): `GET /v2/images/{{id}}` with Keystone auth and a warm token cache at least {:.0} % of the same with noauth, side by side in one run.\n",
+        KEYSTONE_RATIO * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "- keystone / noauth: {} ({} against {} requests/s, mean of {rounds} rounds){}: {}.",
+        pct(overall),
+        opt(k_rate, 0),
+        opt(n_rate, 0),
+        if failed == 0 {
+            ""
+        } else {
+            ", with failed requests"
+        },
+        verdict(failed == 0 && overall.is_some_and(|ratio| ratio >= KEYSTONE_RATIO))
     );
     out
 }

@@ -35,6 +35,10 @@
 //! its children every [`RSS_PERIOD`] and reports the maxima, with the CPU time the server's
 //! processes and the generator itself used during the run.
 //!
+//! `--header-file FILE` adds the header lines of FILE (`Name: value`, one a line) to every request,
+//! for a token (scripts/bench-keystone sends `X-Auth-Token`): a file rather than the command line,
+//! so that the value shows neither in `ps` nor in the JSON, which names the headers only.
+//!
 //! With `--json` it prints one JSON line of the run after its summary; the benchmark scripts keep
 //! those lines in their record (`examples/bench_report.rs`), which renders them side by side.
 //!
@@ -82,7 +86,8 @@ const MAX_BODY: usize = 1024 * 1024;
 
 const USAGE: &str = "usage: reload_load --url http://IPV4:PORT/PATH --master-pid PID \
 [--reload-signal HUP] [--clients N] [--mode keepalive|fresh|mixed] [--duration S] \
-[--steady-s S] [--reload-every-ms MIN-MAX|0] [--warmup-s S] [--rss] [--label NAME] [--json]";
+[--steady-s S] [--reload-every-ms MIN-MAX|0] [--warmup-s S] [--rss] [--header-file FILE] \
+[--label NAME] [--json]";
 
 /// Signals a master may take as "reload", by the names `kill -s` uses.
 const SIGNALS: &[(&str, libc::c_int)] = &[
@@ -109,6 +114,8 @@ struct Args {
     /// Value of the Host header.
     authority: String,
     path: String,
+    /// Header lines added to every request (`--header-file`), each `Name: value` without CRLF.
+    headers: Vec<String>,
     master_pid: libc::pid_t,
     signal: (&'static str, libc::c_int),
     n_clients: usize,
@@ -221,6 +228,7 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut warmup = Duration::from_secs_f64(DEFAULT_WARMUP_S);
     let mut rss = false;
     let mut label = String::new();
+    let mut headers = Vec::new();
     let mut json = false;
     while let Some(word) = words.next() {
         if word == "--json" {
@@ -259,6 +267,7 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
             "--reload-every-ms" => reload_every_ms = parse_range(&value()?)?,
             "--warmup-s" => warmup = parse_seconds(&word, &value()?)?,
             "--label" => label = value()?,
+            "--header-file" => headers = read_headers(&value()?)?,
             _ => return Err(format!("unknown argument {word}")),
         }
     }
@@ -283,6 +292,7 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
         server,
         authority,
         path,
+        headers,
         master_pid,
         signal,
         n_clients,
@@ -305,6 +315,32 @@ fn parse_number<T: std::str::FromStr>(option: &str, text: &str) -> Result<T, Str
 fn parse_seconds(option: &str, text: &str) -> Result<Duration, String> {
     let seconds: f64 = parse_number(option, text)?;
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("{option}: {text} is not a duration"))
+}
+
+/// The header lines of `path`: `Name: value`, one a line; blank lines are skipped.
+fn read_headers(path: &str) -> Result<Vec<String>, String> {
+    let text =
+        fs::read_to_string(path).map_err(|error| format!("--header-file: {path}: {error}"))?;
+    text.lines()
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .map(|line| match line.split_once(':') {
+            Some((name, _)) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) => {
+                Ok(line.to_string())
+            }
+            _ => Err(format!(
+                "--header-file: {path}: a line is not `Name: value` (value not shown)"
+            )),
+        })
+        .collect()
+}
+
+/// The names of the `--header-file` headers, for the report (never their values).
+fn header_names(args: &Args) -> Vec<&str> {
+    args.headers
+        .iter()
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name))
+        .collect()
 }
 
 /// `MIN-MAX` in ms, or `0` for no reloads.
@@ -420,8 +456,13 @@ fn run(args: &Args) -> Report {
 /// The request bytes; `close` asks the server to close the connection after the response.
 fn request_bytes(args: &Args, close: bool) -> Vec<u8> {
     let connection = if close { "Connection: close\r\n" } else { "" };
+    let extra: String = args
+        .headers
+        .iter()
+        .map(|line| format!("{line}\r\n"))
+        .collect();
     format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: reload_load\r\n{connection}\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: reload_load\r\n{extra}{connection}\r\n",
         args.path, args.authority
     )
     .into_bytes()
@@ -1232,6 +1273,7 @@ fn report_json(args: &Args, report: &Report) -> serde_json::Value {
     });
     serde_json::json!({
         "url_path": args.path,
+        "headers": header_names(args),
         "warmup_s": args.warmup.as_secs_f64(),
         "requests_per_s": measured_rate(args, report, &summary),
         "resources": resources,

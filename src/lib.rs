@@ -13,6 +13,8 @@
 //!   and the per-connection serve loop.
 //! - [`api`]: the Glance API as an `http::serve::Handler`; [`keystone`]: Keystone token
 //!   validation for the keystone flavors, as keystonemiddleware's auth_token does it.
+//! - [`policy`]: Glance's policy engine (oslo.policy's check language, Glance's default rules,
+//!   the policy file), pure: what a caller may do to an image.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
 //!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`operator`]: the commands `glint-api reload|stop|status`, the status file they read, and
@@ -29,6 +31,7 @@ pub mod http;
 pub mod keystone;
 pub mod logging;
 pub mod operator;
+pub mod policy;
 pub mod process;
 pub mod registry;
 pub mod serve;

@@ -31,7 +31,7 @@ use crate::util::{self, Response, Server, DEADLINE};
 /// Shared by the tests that only use Keystone, exclusive for the one that takes it down.
 static KEYSTONE: RwLock<()> = RwLock::new(());
 
-fn shared_keystone() -> RwLockReadGuard<'static, ()> {
+pub(crate) fn shared_keystone() -> RwLockReadGuard<'static, ()> {
     KEYSTONE
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -44,13 +44,13 @@ fn exclusive_keystone() -> RwLockWriteGuard<'static, ()> {
 }
 
 /// The running Keystone, as its `keystone.env` describes it.
-struct Keystone {
+pub(crate) struct Keystone {
     env: HashMap<String, String>,
     addr: SocketAddr,
 }
 
 impl Keystone {
-    fn from_env() -> Keystone {
+    pub(crate) fn from_env() -> Keystone {
         let Some(path) = std::env::var_os("GLINT_KEYSTONE_ENV") else {
             panic!(
                 "GLINT_KEYSTONE_ENV is not set: the Keystone tests need a running Keystone. Run \
@@ -82,7 +82,7 @@ impl Keystone {
         Keystone { env, addr }
     }
 
-    fn get(&self, key: &str) -> &str {
+    pub(crate) fn get(&self, key: &str) -> &str {
         self.env
             .get(key)
             .unwrap_or_else(|| panic!("{key} missing in keystone.env"))
@@ -108,7 +108,7 @@ impl Keystone {
 
     /// A project-scoped token of the fixture user `prefix` (`KEYSTONE_ALPHA_MEMBER`, ...), and
     /// its user id.
-    fn token(&self, prefix: &str) -> (String, String) {
+    pub(crate) fn token(&self, prefix: &str) -> (String, String) {
         let body = json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "name": self.get(&format!("{prefix}_USER")),
@@ -247,7 +247,7 @@ fn keystone_time(time: SystemTime) -> String {
 
 /// A glint config with the keystone flavor for `keystone`: `default` lines go to
 /// `[DEFAULT]`, `authtoken` lines to `[keystone_authtoken]`.
-fn keystone_config(keystone: &Keystone, default: &str, authtoken: &str) -> String {
+pub(crate) fn keystone_config(keystone: &Keystone, default: &str, authtoken: &str) -> String {
     format!(
         "{}\n[paste_deploy]\nflavor = keystone\n\n[keystone_authtoken]\n\
          www_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
@@ -263,7 +263,7 @@ fn keystone_config(keystone: &Keystone, default: &str, authtoken: &str) -> Strin
     )
 }
 
-fn start_glint(text: &str) -> Server {
+pub(crate) fn start_glint(text: &str) -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config_path = util::temp_config(dir.path(), text);
     Server::start_with(dir, config_path, &[])

@@ -14,6 +14,8 @@
 //! - `keystone`: Keystone token validation (the keystone flavors) against the real Keystone that
 //!   `scripts/test` starts (`GLINT_KEYSTONE_ENV`): valid, missing, forged, revoked and expired
 //!   tokens, service tokens, a paused and a stopped Keystone, SIGHUP, https with cafile.
+//! - `sharing`: projects, policy and sharing under that Keystone: owners, visibility (404 for
+//!   what a project may not see), roles, image members, deactivation, a policy file by SIGHUP.
 //! - `hostile`: attacks on one child (slowloris, floods, endless bodies, header bombs, smuggling,
 //!   hostile paths and JSON) with its threads, memory and a fresh client's service watched.
 //! - `handoff`: keep-alive connections handed to the new generation; the rolling strategy.
@@ -44,4 +46,5 @@ mod keystone;
 mod lifecycle;
 mod process_faults;
 mod reload;
+mod sharing;
 mod slow_readers;

@@ -14,11 +14,13 @@
 //! - `DELETE /v2/cache`: 204, everything is removed; the `x-image-cache-clear-target` header
 //!   limits it to `cache` or `queue`, as in Glance.
 //!
-//! Glance restricts these routes to admins by policy; glint has no authentication, so whoever
-//! can reach glint can use them. Put a proxy in front if that matters.
+//! Each route asks Glance's rule first (`cache_list`, `cache_image`, `cache_delete`: admins by
+//! default): a refusal is 403, before the 404 of a pipeline without a cache, as in Glance.
+//! Under `noauth` and `token` every caller passes, as every caller is an admin there.
 
 use serde_json::json;
 
+use super::access::Context;
 use super::error::ApiError;
 use super::images::not_found;
 use super::Api;
@@ -31,9 +33,16 @@ impl Api {
     pub(super) fn route_cache(
         &self,
         request: &Request<'_>,
+        context: &Context,
         method: &str,
         segments: &[&str],
     ) -> Result<Response, ApiError> {
+        let rule = match method {
+            "PUT" => "cache_image",
+            "DELETE" => "cache_delete",
+            _ => "cache_list",
+        };
+        context.enforce(rule, &crate::policy::Target::new())?;
         let Some(pipeline) = &self.cache else {
             return Err(ApiError::NotFound(
                 "The resource could not be found.".to_string(),
@@ -89,7 +98,7 @@ impl Api {
                 allow: "GET, HEAD, DELETE",
             }),
             ("PUT", [id]) => {
-                let image = self.find(id)?;
+                let (image, _) = self.find_visible(context, id)?;
                 // The canonical (lowercase) id, as the cache names its files.
                 let id = &image.id.clone();
                 if image.status != ImageStatus::Active {
@@ -106,7 +115,7 @@ impl Api {
                 Ok(Response::new(202))
             }
             ("DELETE", [id]) => {
-                let image = self.find(id)?;
+                let (image, _) = self.find_visible(context, id)?;
                 let id = &image.id;
                 cache.dequeue(id);
                 cache.remove(id);

@@ -15,8 +15,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use super::access::Context;
 use super::error::ApiError;
-use super::images::check_id;
 use super::Api;
 use crate::http::head::Framing;
 use crate::http::response::{Body, Response};
@@ -29,7 +29,12 @@ pub const UPLOAD_CHUNK: usize = 64 * 1024;
 
 impl Api {
     /// `PUT /v2/images/{id}/file`.
-    pub(super) fn upload(&self, request: &mut Request<'_>, id: &str) -> Result<Response, ApiError> {
+    pub(super) fn upload(
+        &self,
+        request: &mut Request<'_>,
+        context: &Context,
+        id: &str,
+    ) -> Result<Response, ApiError> {
         let media_type = request
             .head
             .header_str("content-type")
@@ -41,7 +46,9 @@ impl Api {
                 accept_patch: false,
             });
         }
-        let id = &check_id(id)?;
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("upload_image", &found)?;
+        let id = &found.id;
         let declared = declared_size(request)?;
         let cap = self.config.image_size_cap;
         if declared.is_some_and(|size| size > cap) {
@@ -53,6 +60,7 @@ impl Api {
         let owner = self.owner_token.clone();
         self.registry
             .update(id, |image| {
+                context.enforce_on_image("upload_image", image)?;
                 if image.status != ImageStatus::Queued {
                     return Err(ApiError::Conflict(format!(
                         "Image status transition from {} to saving is not allowed",
@@ -192,19 +200,33 @@ impl Api {
     }
 
     /// `GET /v2/images/{id}/file`.
-    pub(super) fn download(&self, request: &Request<'_>, id: &str) -> Result<Response, ApiError> {
-        let image = self.find(id)?;
-        if image.status == ImageStatus::Deactivated {
+    pub(super) fn download(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+        id: &str,
+    ) -> Result<Response, ApiError> {
+        let (image, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("download_image", &image)?;
+        // Only an admin reads the data of a deactivated image (glance/api/v2/image_data.py).
+        if image.status == ImageStatus::Deactivated && !context.is_admin {
             return Err(ApiError::Forbidden(
                 "The requested image has been deactivated. Image data download is forbidden."
                     .to_string(),
             ));
         }
-        let (Some(location), ImageStatus::Active) = (&image.location, image.status) else {
+        let (Some(location), ImageStatus::Active | ImageStatus::Deactivated) =
+            (&image.location, image.status)
+        else {
             // Glance answers 204 for an image that has no data (yet).
             return Ok(Response::new(204));
         };
-        if let Some(hit) = self.cache_lookup(request, &image) {
+        // The cache serves only active images: a deactivated one is read from the store.
+        let cached = match image.status {
+            ImageStatus::Active => self.cache_lookup(request, &image),
+            _ => None,
+        };
+        if let Some(hit) = cached {
             log::debug!("cache hit: image {id} served from {}", hit.path.display());
             return file_response(
                 request,

@@ -9,13 +9,15 @@ use std::io::Read;
 
 use serde_json::{json, Value};
 
+use super::access::Context;
 use super::error::ApiError;
 use super::representation::{self, check_writable, image_json};
 use super::{list_query, patch, Api};
 use crate::config::Config;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
-use crate::registry::Image;
+use crate::policy::Target;
+use crate::registry::{Image, Member};
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
@@ -108,7 +110,11 @@ impl ListPage {
 
 impl Api {
     /// `POST /v2/images`.
-    pub(super) fn create_image(&self, request: &mut Request<'_>) -> Result<Response, ApiError> {
+    pub(super) fn create_image(
+        &self,
+        request: &mut Request<'_>,
+        context: &Context,
+    ) -> Result<Response, ApiError> {
         require_json(request)?;
         let Value::Object(fields) = read_json(request, &self.config)? else {
             return Err(ApiError::BadRequest(
@@ -116,6 +122,9 @@ impl Api {
             ));
         };
         let mut image = Image::new(uuid::Uuid::new_v4().to_string());
+        // Glance's owner_is_tenant: the creating project owns the image unless the body names
+        // another owner, which only an admin may (`add_image` checks the owner).
+        image.owner = context.project.clone();
         for (name, value) in &fields {
             if name == "id" {
                 image.id = parse_image_id(value)?;
@@ -125,6 +134,9 @@ impl Api {
             representation::set_attribute(&mut image, name, value)?;
         }
         representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
+        let target = context.image_target(&image);
+        context.enforce("add_image", &target)?;
+        context.enforce_visibility(&image.visibility, &target)?;
         self.registry.create(&image).map_err(|error| match error {
             crate::registry::RegistryError::Duplicate => ApiError::Conflict(format!(
                 "Image with identifier {} already exists!",
@@ -140,12 +152,26 @@ impl Api {
     /// `GET /v2/images`: the page is written image by image into one buffer of at most
     /// [`LIST_PAGE_BYTES`] (see [`ListPage`]), taking the images from the registry one at a
     /// time, so a page of a thousand large images costs no more than a small page.
-    pub(super) fn list_images(&self, request: &Request<'_>) -> Result<Response, ApiError> {
-        let parsed = list_query::parse(
+    pub(super) fn list_images(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Response, ApiError> {
+        let mut parsed = list_query::parse(
             request.head.query(),
             self.config.limit_param_default,
             self.config.api_limit_max,
         )?;
+        let mut target = Target::new();
+        if let Some(project) = &context.project {
+            target.insert("project_id".to_string(), project.clone());
+        }
+        context.enforce("get_images", &target)?;
+        parsed.query.filters.viewer = context.viewer();
+        // Glance lists an admin's own community images without `visibility` too.
+        if context.is_admin {
+            parsed.query.filters.admin_project = context.project.clone();
+        }
         let mut page = ListPage::new(LIST_PAGE_BYTES);
         self.registry
             .list_each(&parsed.query, |image| page.push(&image))?;
@@ -173,8 +199,8 @@ impl Api {
     }
 
     /// `GET /v2/images/{id}`.
-    pub(super) fn show_image(&self, id: &str) -> Result<Response, ApiError> {
-        let image = self.find(id)?;
+    pub(super) fn show_image(&self, context: &Context, id: &str) -> Result<Response, ApiError> {
+        let (image, _) = self.find_visible(context, id)?;
         Ok(Response::json(200, &image_json(&image)))
     }
 
@@ -182,17 +208,32 @@ impl Api {
     pub(super) fn update_image(
         &self,
         request: &mut Request<'_>,
+        context: &Context,
         id: &str,
     ) -> Result<Response, ApiError> {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
         let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
-        let id = &check_id(id)?;
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("modify_image", &found)?;
+        let id = &found.id;
         let cap = self.config.image_metadata_size_cap;
         let image = self
             .registry
             .update(id, |image| {
+                // Again under the write lock: the image may have changed hands since.
+                context.enforce_on_image("modify_image", image)?;
+                let before_target = context.image_target(image);
+                let (visibility, owner) = (image.visibility.clone(), image.owner.clone());
                 let before = representation::document_len(image);
                 patch::apply(image, &changes, dialect)?;
+                if image.visibility != visibility {
+                    context.enforce_visibility(&image.visibility, &before_target)?;
+                }
+                if image.owner != owner && !context.is_admin {
+                    return Err(ApiError::Forbidden(
+                        "Only an admin may change the owner of an image.".to_string(),
+                    ));
+                }
                 representation::check_metadata_size(image, Some(before), cap)
             })?
             .ok_or_else(|| not_found(id))?;
@@ -201,11 +242,14 @@ impl Api {
 
     /// `DELETE /v2/images/{id}`: the record first, then the data, so that no reader is ever
     /// sent to a file that is gone.
-    pub(super) fn delete_image(&self, id: &str) -> Result<Response, ApiError> {
-        let id = &check_id(id)?;
+    pub(super) fn delete_image(&self, context: &Context, id: &str) -> Result<Response, ApiError> {
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("delete_image", &found)?;
+        let id = &found.id;
         let image = self
             .registry
             .delete(id, |image| {
+                context.enforce_on_image("delete_image", image)?;
                 if image.protected {
                     Err(ApiError::Forbidden(format!(
                         "Image {id} is protected and cannot be deleted."
@@ -231,12 +275,20 @@ impl Api {
     }
 
     /// `PUT /v2/images/{id}/tags/{tag}`.
-    pub(super) fn add_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
-        let id = &check_id(id)?;
+    pub(super) fn add_tag(
+        &self,
+        context: &Context,
+        id: &str,
+        tag: &str,
+    ) -> Result<Response, ApiError> {
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("modify_image", &found)?;
+        let id = &found.id;
         let tag = representation::valid_tag(tag)?;
         let cap = self.config.image_metadata_size_cap;
         self.registry
             .update(id, |image| {
+                context.enforce_on_image("modify_image", image)?;
                 let before = representation::document_len(image);
                 let mut tags = image.tags.clone();
                 tags.push(tag.clone());
@@ -248,10 +300,18 @@ impl Api {
     }
 
     /// `DELETE /v2/images/{id}/tags/{tag}`.
-    pub(super) fn delete_tag(&self, id: &str, tag: &str) -> Result<Response, ApiError> {
-        let id = &check_id(id)?;
+    pub(super) fn delete_tag(
+        &self,
+        context: &Context,
+        id: &str,
+        tag: &str,
+    ) -> Result<Response, ApiError> {
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image("modify_image", &found)?;
+        let id = &found.id;
         self.registry
             .update(id, |image| {
+                context.enforce_on_image("modify_image", image)?;
                 let before = image.tags.len();
                 image.tags.retain(|t| t != tag);
                 if image.tags.len() == before {
@@ -263,10 +323,70 @@ impl Api {
         Ok(Response::new(204))
     }
 
-    /// The image with `id`, or 404 (also for an id that is not a UUID: no image can have it).
-    pub(super) fn find(&self, id: &str) -> Result<Image, ApiError> {
+    /// The image with `id` as `context` may see it, with the caller's membership of it: 404
+    /// for an id that is not a UUID (no image can have it), an image that does not exist or
+    /// that the caller may not see, or one it may not `get_image`.
+    pub(super) fn find_visible(
+        &self,
+        context: &Context,
+        id: &str,
+    ) -> Result<(Image, Option<Member>), ApiError> {
         let id = &check_id(id)?;
-        self.registry.get(id)?.ok_or_else(|| not_found(id))
+        let project = if context.is_admin {
+            None
+        } else {
+            context.project.as_deref()
+        };
+        let (image, membership) = self
+            .registry
+            .get_with_membership(id, project)?
+            .ok_or_else(|| not_found(id))?;
+        if !context.sees(&image, membership.as_ref()) {
+            return Err(not_found(id));
+        }
+        context.enforce_on_image("get_image", &image)?;
+        Ok((image, membership))
+    }
+
+    /// `POST /v2/images/{id}/actions/deactivate` and `.../reactivate`: 204; a repeat changes
+    /// nothing; an image in any other status is 403 (glance/domain `Image.deactivate`).
+    pub(super) fn image_action(
+        &self,
+        context: &Context,
+        id: &str,
+        action: &str,
+    ) -> Result<Response, ApiError> {
+        use crate::registry::ImageStatus::{Active, Deactivated};
+        let (found, _) = self.find_visible(context, id)?;
+        context.enforce_on_image(action, &found)?;
+        let id = &found.id;
+        let (from, to) = if action == "deactivate" {
+            (Active, Deactivated)
+        } else {
+            (Deactivated, Active)
+        };
+        let mut changed = false;
+        self.registry
+            .update(id, |image| {
+                context.enforce_on_image(action, image)?;
+                if image.status == to {
+                    return Ok(());
+                }
+                if image.status != from {
+                    return Err(ApiError::Forbidden(format!(
+                        "Not allowed to {action} image in status '{}'",
+                        image.status
+                    )));
+                }
+                image.status = to;
+                changed = true;
+                Ok(())
+            })?
+            .ok_or_else(|| not_found(id))?;
+        if changed {
+            log::info!("image {id} is {to}");
+        }
+        Ok(Response::new(204))
     }
 }
 
@@ -299,7 +419,7 @@ fn parse_image_id(value: &Value) -> Result<String, ApiError> {
 }
 
 /// Refuses a create body that is not JSON (415), as Glance's JSON deserializer does.
-fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
+pub(super) fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
     let media_type = request
         .head
         .header_str("content-type")
@@ -318,7 +438,7 @@ fn require_json(request: &Request<'_>) -> Result<(), ApiError> {
 }
 
 /// Reads and parses a JSON body of at most [`MAX_JSON_BODY`] bytes.
-fn read_json(request: &mut Request<'_>, config: &Config) -> Result<Value, ApiError> {
+pub(super) fn read_json(request: &mut Request<'_>, config: &Config) -> Result<Value, ApiError> {
     // A JSON body is small: it is due whole within client_header_timeout, like a head, so a
     // trickling client cannot pin a worker thread for longer than that.
     request.limit_body_time(config.client_header_timeout, config.client_body_timeout);

@@ -2,7 +2,7 @@
 //! Glance does (every bad value is a 400 naming it), and the `next` link built from them.
 
 use super::error::ApiError;
-use crate::registry::{Filters, ListQuery, SortDir, SortKey};
+use crate::registry::{Filters, ListQuery, MemberStatus, SortDir, SortKey};
 
 /// The most tag and custom-property filters one list request may carry: each becomes a
 /// condition of the query, and SQLite refuses an expression deeper than 1000.
@@ -108,6 +108,15 @@ pub fn parse(
         }
         filters.visibility = Some(visibility.to_string());
     }
+    // Glance: the shared images a project lists are those whose membership is accepted,
+    // unless `member_status` asks for another status or `all`.
+    filters.member_status = match single("member_status").unwrap_or("accepted") {
+        "all" => None,
+        status => Some(
+            MemberStatus::parse(status)
+                .ok_or_else(|| ApiError::BadRequest(format!("Invalid status: {status}")))?,
+        ),
+    };
     filters.tags = all("tag").into_iter().map(str::to_string).collect();
     filters.protected = boolean_filter("protected", single("protected"))?;
     filters.os_hidden = boolean_filter("os_hidden", single("os_hidden"))?;

@@ -13,10 +13,13 @@
 //! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
 //! - `schemas`, `versions`: the documents clients discover the API with;
 //! - `auth`: the access control every request passes before routing (`noauth`, the token file,
-//!   or Keystone);
+//!   or Keystone); `access`: who the request speaks for, and what Glance's policy and
+//!   visibility rules let it see and do;
+//! - `members`: image members (sharing), `/v2/images/{id}/members`;
 //! - `error`: the API's error type and its rendering; `webob`: the rules of Glance's error
 //!   bodies (webob's `Accept` negotiation and its HTML, JSON and text templates).
 
+mod access;
 /// Public for the parts of the API that will decide by who calls (`auth::Caller`).
 pub mod auth;
 mod cache;
@@ -24,6 +27,7 @@ pub mod error;
 mod image_data;
 mod images;
 mod list_query;
+mod members;
 /// Public so that the fuzz targets in `fuzz/` can drive the JSON-patch parser and applier.
 pub mod patch;
 pub mod representation;
@@ -39,6 +43,7 @@ use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
 use crate::registry::{Filters, ImageStatus, ListQuery, Registry, RegistryError};
 use crate::store::Store;
+use access::Context;
 use error::ApiError;
 
 /// The application one child serves, built from its generation's config.
@@ -183,7 +188,7 @@ impl Api {
         }
     }
 
-    fn route(&self, request: &mut Request<'_>) -> Result<Response, ApiError> {
+    fn route(&self, request: &mut Request<'_>, context: &Context) -> Result<Response, ApiError> {
         let method = request.method().to_string();
         let path = request.path().to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -204,7 +209,9 @@ impl Api {
                 200,
             )),
             ["healthcheck"] | [] | ["versions"] => Err(ApiError::MethodNotAllowed { allow: READ }),
-            [version, rest @ ..] if is_v2(version) => self.route_v2(request, &method, rest),
+            [version, rest @ ..] if is_v2(version) => {
+                self.route_v2(request, context, &method, rest)
+            }
             _ => Err(ApiError::NotFound(
                 "The resource could not be found.".to_string(),
             )),
@@ -215,6 +222,7 @@ impl Api {
     fn route_v2(
         &self,
         request: &mut Request<'_>,
+        context: &Context,
         method: &str,
         segments: &[&str],
     ) -> Result<Response, ApiError> {
@@ -224,6 +232,8 @@ impl Api {
                 let schema = match name {
                     ["image"] => schemas::image(),
                     ["images"] => schemas::images(),
+                    ["member"] => schemas::member(),
+                    ["members"] => schemas::members(),
                     ["metadefs", "namespace"] => schemas::metadefs_namespace(),
                     ["metadefs", "resource_type"] => schemas::metadefs_resource_type(),
                     _ => {
@@ -234,30 +244,57 @@ impl Api {
                 };
                 Ok(Response::json(200, &schema))
             }
-            (_, ["images"]) if read_only => self.list_images(request),
-            ("POST", ["images"]) => self.create_image(request),
+            (_, ["images"]) if read_only => self.list_images(request, context),
+            ("POST", ["images"]) => self.create_image(request, context),
             (_, ["images"]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, POST",
             }),
-            (_, ["images", id]) if read_only => self.show_image(id),
-            ("PATCH", ["images", id]) => self.update_image(request, id),
-            ("DELETE", ["images", id]) => self.delete_image(id),
+            (_, ["images", id]) if read_only => self.show_image(context, id),
+            ("PATCH", ["images", id]) => self.update_image(request, context, id),
+            ("DELETE", ["images", id]) => self.delete_image(context, id),
             (_, ["images", _]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PATCH, DELETE",
             }),
-            (_, ["images", id, "file"]) if read_only => self.download(request, id),
-            ("PUT", ["images", id, "file"]) => self.upload(request, id),
+            (_, ["images", id, "file"]) if read_only => self.download(request, context, id),
+            ("PUT", ["images", id, "file"]) => self.upload(request, context, id),
             (_, ["images", _, "file"]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PUT",
             }),
             (_, ["cache", ..]) if self.config.flavor == Flavor::CacheManagement => {
-                self.route_cache(request, method, &segments[1..])
+                self.route_cache(request, context, method, &segments[1..])
             }
-            ("PUT", ["images", id, "tags", tag]) => self.add_tag(id, &decode_segment(tag)?),
-            ("DELETE", ["images", id, "tags", tag]) => self.delete_tag(id, &decode_segment(tag)?),
+            ("PUT", ["images", id, "tags", tag]) => {
+                self.add_tag(context, id, &decode_segment(tag)?)
+            }
+            ("DELETE", ["images", id, "tags", tag]) => {
+                self.delete_tag(context, id, &decode_segment(tag)?)
+            }
             (_, ["images", _, "tags", _]) => Err(ApiError::MethodNotAllowed {
                 allow: "PUT, DELETE",
             }),
+            (_, ["images", id, "members"]) if read_only => self.list_members(context, id),
+            ("POST", ["images", id, "members"]) => self.add_member(request, context, id),
+            (_, ["images", _, "members"]) => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, POST",
+            }),
+            (_, ["images", id, "members", member]) if read_only => {
+                self.show_member(context, id, &decode_segment(member)?)
+            }
+            ("PUT", ["images", id, "members", member]) => {
+                self.update_member(request, context, id, &decode_segment(member)?)
+            }
+            ("DELETE", ["images", id, "members", member]) => {
+                self.delete_member(context, id, &decode_segment(member)?)
+            }
+            (_, ["images", _, "members", _]) => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, PUT, DELETE",
+            }),
+            ("POST", ["images", id, "actions", action @ ("deactivate" | "reactivate")]) => {
+                self.image_action(context, id, action)
+            }
+            (_, ["images", _, "actions", "deactivate" | "reactivate"]) => {
+                Err(ApiError::MethodNotAllowed { allow: "POST" })
+            }
             _ => Err(ApiError::NotFound(
                 "The resource could not be found.".to_string(),
             )),
@@ -269,9 +306,16 @@ impl Handler for Api {
     fn handle(&self, request: &mut Request<'_>) -> Response {
         let access = self.gate.check(request);
         let accepted = matches!(access, Ok(auth::Access::Accepted(_)));
-        // The caller (`auth::Caller`) is what policy, ownership and visibility will decide on
-        // (issue 11, parts 2 to 5); today every accepted caller may do everything.
-        let routed = access.and_then(|_| self.route(request));
+        let routed = access.and_then(|access| {
+            // An open path (health check, versions) asks no rule: it is served as the
+            // unauthenticated context.
+            let caller = match &access {
+                auth::Access::Accepted(caller) => caller,
+                auth::Access::Open => &auth::Caller::Anonymous,
+            };
+            let context = Context::new(caller, self.config.policy.clone());
+            self.route(request, &context)
+        });
         let response = match routed {
             Ok(response) => response,
             Err(error) => error.into_response(request),
@@ -289,6 +333,14 @@ impl From<RegistryError> for ApiError {
             RegistryError::BadMarker => {
                 ApiError::BadRequest("The marker is not the id of a listed image.".to_string())
             }
+            // Glance: `_image_get` raises Forbidden for an image the caller may not see.
+            RegistryError::MarkerNotVisible => ApiError::Forbidden(
+                "Forbidding request: the marker is an image this project may not see.".to_string(),
+            ),
+            RegistryError::MemberQuota { limit } => ApiError::TooLarge(format!(
+                "Image member limit exceeded: the image has {limit} members already, the most \
+                 image_member_quota allows."
+            )),
             other if other.is_busy() => ApiError::Unavailable(format!(
                 "The image database is busy; retry the request. ({other})"
             )),

@@ -1,5 +1,6 @@
 //! The JSON schemas glint serves under `/v2/schemas/`: the image and image-list schemas that
-//! glanceclient downloads and validates every image against, and the two metadefs schemas it
+//! glanceclient downloads and validates every image against, the member and member-list
+//! schemas of `glance member-*`, and the two metadefs schemas it
 //! fetches (and caches) at first use even though glint serves no metadefs.
 //!
 //! The image schema is Glance's `get_base_properties` with its default format lists, minus the
@@ -76,6 +77,41 @@ pub fn images() -> Value {
             {"rel": "next", "href": "{next}"},
             {"rel": "describedby", "href": "{schema}"}
         ]
+    })
+}
+
+/// `GET /v2/schemas/member` (glance/api/v2/image_members.py `_MEMBER_SCHEMA`).
+pub fn member() -> Value {
+    json!({
+        "name": "member",
+        "properties": {
+            "member_id": {"type": "string", "description": "An identifier for the image member (tenantId)"},
+            "image_id": {
+                "type": "string",
+                "description": "An identifier for the image",
+                "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
+            },
+            "created_at": {"type": "string", "description": "Date and time of image member creation"},
+            "updated_at": {"type": "string", "description": "Date and time of last modification of image member"},
+            "status": {
+                "type": "string",
+                "description": "The status of this image member",
+                "enum": ["pending", "accepted", "rejected"]
+            },
+            "schema": {"type": "string", "readOnly": true}
+        }
+    })
+}
+
+/// `GET /v2/schemas/members` (Glance's `CollectionSchema` of the member schema).
+pub fn members() -> Value {
+    json!({
+        "name": "members",
+        "properties": {
+            "members": {"type": "array", "items": member()},
+            "schema": {"type": "string"}
+        },
+        "links": [{"rel": "describedby", "href": "{schema}"}]
     })
 }
 

@@ -15,9 +15,10 @@
 //! This module has no side effects: it creates no folder or file, binds no socket and does not
 //! check that paths are writable (the master does that while applying a config, before it
 //! forks), and never talks to Keystone. The files it reads besides the config are the token file
-//! of `auth_strategy = token` (`tokens.rs`) and, with a keystone flavor, `[keystone_authtoken]
-//! cafile` (`keystone.rs`): their contents are part of the `Config`, so such a file that cannot
-//! be read fails the load like a bad value, and a SIGHUP re-reads it.
+//! of `auth_strategy = token` (`tokens.rs`), with a keystone flavor `[keystone_authtoken]
+//! cafile` (`keystone.rs`), and the policy file of `[oslo_policy]` (`policy.rs`): their contents
+//! are part of the `Config`, so such a file that cannot be read fails the load like a bad value,
+//! and a SIGHUP re-reads it.
 //! It does not watch the file and knows nothing of how a reload is carried out; the `on_reload`
 //! text of each option only documents it.
 //!
@@ -42,6 +43,7 @@
 
 mod keystone;
 mod options;
+mod policy;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -123,6 +125,8 @@ pub struct Config {
     /// `image_metadata_size_cap`: largest JSON document of one image's metadata, in bytes,
     /// [`options::MIN_METADATA_SIZE_CAP`] to [`options::MAX_METADATA_SIZE_CAP`].
     pub image_metadata_size_cap: usize,
+    /// `image_member_quota`: most members of one image; `None` (a negative value) is no limit.
+    pub image_member_quota: Option<usize>,
     /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
     pub hashing_algorithm: HashAlgorithm,
     /// `limit_param_default`: page size of a list request without `limit`; at most
@@ -155,6 +159,13 @@ pub struct Config {
     /// `[keystone_authtoken]` as the file gives it, whatever the flavor (for `--check-config`);
     /// what a keystone flavor runs on is in [`AuthStrategy::Keystone`].
     pub keystone_authtoken: KeystoneAuthtoken,
+    /// `[oslo_policy] policy_file`: the absolute path of the policy file that was read; `None`
+    /// when the default file does not exist, so Glance's default rules apply unchanged.
+    pub policy_file: Option<PathBuf>,
+    /// The policy in force: Glance's defaults, the policy file's rules over them, enforced as
+    /// `[oslo_policy] enforce_new_defaults` and `enforce_scope` say. Shared, not copied, by
+    /// every clone of the config.
+    pub policy: std::sync::Arc<crate::policy::Policy>,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -384,14 +395,17 @@ pub fn load_server_files(path: &Path) -> Result<ServerFiles, ConfigError> {
     let mut report = Report::new(file.clone());
     let raw = RawConfig::read(&text, &mut report);
     let config = build(&raw, &file, &mut report);
+    // A problem in another file (the policy file's rules) cannot be about the pid or status
+    // file, whatever it names.
     let blocking: Vec<Problem> = report
         .errors
         .into_iter()
         .filter(|problem| {
-            matches!(
-                problem.option.as_deref(),
-                None | Some("pid_file") | Some("status_file")
-            )
+            problem.file == file
+                && matches!(
+                    problem.option.as_deref(),
+                    None | Some("pid_file") | Some("status_file")
+                )
         })
         .collect();
     if blocking.is_empty() {
@@ -465,7 +479,8 @@ fn read_file(path: &Path) -> Result<(PathBuf, String), ConfigError> {
 
 /// Validates config text as if read from `path`, which names the file in messages and anchors
 /// relative paths (it is made absolute first). Nothing else is read from the filesystem, except
-/// the token file when the text sets `auth_strategy = token`.
+/// the token file when the text sets `auth_strategy = token`, the keystone `cafile`, and the
+/// policy file (`policy.yaml` beside `path` unless `[oslo_policy] policy_file` says otherwise).
 pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     let file = absolute(path)?;
     let mut report = Report::new(file.clone());
@@ -1083,6 +1098,7 @@ struct Draft {
     public_endpoint: Option<String>,
     image_size_cap: u64,
     image_metadata_size_cap: usize,
+    image_member_quota: Option<usize>,
     hashing_algorithm: HashAlgorithm,
     limit_param_default: usize,
     api_limit_max: usize,
@@ -1102,6 +1118,10 @@ struct Draft {
     /// Whether `flavor` starts with `keystone`; `flavor` holds the rest.
     keystone_flavor: bool,
     keystone: KeystoneAuthtoken,
+    /// Absolute; read by `finish` (`policy.rs`).
+    policy_file: PathBuf,
+    enforce_new_defaults: bool,
+    enforce_scope: bool,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -1197,6 +1217,14 @@ impl Draft {
             )
         };
 
+        let (policy_file, policy) = policy::finish(
+            &self.policy_file,
+            self.enforce_new_defaults,
+            self.enforce_scope,
+            raw,
+            report,
+        );
+
         Config {
             path: file.to_path_buf(),
             bind_host: self.bind_host,
@@ -1225,6 +1253,7 @@ impl Draft {
             public_endpoint: self.public_endpoint,
             image_size_cap: self.image_size_cap,
             image_metadata_size_cap: self.image_metadata_size_cap,
+            image_member_quota: self.image_member_quota,
             hashing_algorithm: self.hashing_algorithm,
             limit_param_default: self.limit_param_default,
             api_limit_max: self.api_limit_max,
@@ -1238,6 +1267,8 @@ impl Draft {
             auth_strategy,
             auth_token_file: self.auth_token_file,
             keystone_authtoken: self.keystone,
+            policy_file,
+            policy,
         }
     }
 }

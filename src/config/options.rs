@@ -193,6 +193,9 @@ const RELOAD_KEYSTONE: &str = "applies to the new generation, which authenticate
                                with an empty token cache; the old one keeps its settings and cache \
                                while it drains; with a keystone flavor, a missing or bad value \
                                fails the reload";
+const RELOAD_POLICY: &str = "the policy file is read again while the config loads (a bad one \
+                             fails the reload); the new generation enforces the new policy, the \
+                             old one keeps its own while it drains";
 
 /// Every option glint reads, in the order `--check-config` and the docs list them.
 pub static OPTIONS: &[OptionSpec] = &[
@@ -573,6 +576,20 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![config.image_metadata_size_cap.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "image_member_quota",
+        kind: Kind::Integer { min: -1, max: i64::MAX, zero_means_min: None },
+        default: DefaultValue::Text("128"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Most members (projects an image is shared with) one image may have; -1 means no limit. One more is refused with 413.",
+        apply: |draft, value| {
+            if let Some(quota) = value.integer::<i64>() {
+                draft.image_member_quota = usize::try_from(quota).ok();
+            }
+        },
+        show: |config| vec![config.image_member_quota.map_or("-1".to_string(), |quota| quota.to_string())],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -1128,6 +1145,48 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![config.keystone_authtoken.http_request_max_retries.to_string()],
+    },
+    OptionSpec {
+        section: "oslo_policy",
+        name: "policy_file",
+        kind: Kind::File { optional: false, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Text("policy.yaml"),
+        on_reload: RELOAD_POLICY,
+        doc: "The policy file: rules that override Glance's defaults, as JSON or one `name: check` per line (see \"Policy\"). A relative path is relative to the config file's folder. The default file may be missing (Glance's defaults apply); a file set here must exist. A rule that does not parse fails the load with the policy file's line.",
+        apply: |draft, value| {
+            if let Value::Path(Some(path)) = value {
+                draft.policy_file = path;
+            }
+        },
+        show: |config| config.policy_file.as_deref().map(|path| show_path(Some(path))).into_iter().collect(),
+    },
+    OptionSpec {
+        section: "oslo_policy",
+        name: "enforce_new_defaults",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_POLICY,
+        doc: "`false` ORs each rule's deprecated (legacy) check string into its default, as oslo.policy does: most image rules then allow everyone, unless the policy file sets `default`. Rules the policy file sets are taken as written.",
+        apply: |draft, value| {
+            if let Value::Bool(flag) = value {
+                draft.enforce_new_defaults = flag;
+            }
+        },
+        show: |config| vec![config.policy.enforce_new_defaults().to_string()],
+    },
+    OptionSpec {
+        section: "oslo_policy",
+        name: "enforce_scope",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_POLICY,
+        doc: "A token scoped to the system or a domain fails every image rule (they are for project-scoped tokens) before its check is looked at. `false` judges such tokens by the rules' checks.",
+        apply: |draft, value| {
+            if let Value::Bool(flag) = value {
+                draft.enforce_scope = flag;
+            }
+        },
+        show: |config| vec![config.policy.enforce_scope().to_string()],
     },
 ];
 

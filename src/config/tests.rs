@@ -241,6 +241,9 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("image_metadata_size_cap", "4096", "4096"),
     ("image_metadata_size_cap", "1048576", "1048576"),
+    ("image_member_quota", "128", "128"),
+    ("image_member_quota", "0", "0"),
+    ("image_member_quota", "-1", "-1"),
     ("hashing_algorithm", "sha256", "sha256"),
     ("hashing_algorithm", "SHA384", "sha384"),
     ("hashing_algorithm", "Sha512", "sha512"),
@@ -383,6 +386,11 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("image_cache_dir", "cache/", "/etc/glint/cache"),
     ("image_cache_max_size", "0", "0"),
     ("image_cache_max_size", "10737418240", "10737418240"),
+    ("policy_file", SAMPLE_POLICY, SAMPLE_POLICY),
+    ("enforce_new_defaults", "false", "false"),
+    ("enforce_new_defaults", "True", "true"),
+    ("enforce_scope", "off", "false"),
+    ("enforce_scope", "1", "true"),
     ("image_cache_stall_time", "1", "1"),
     ("image_cache_stall_time", "86400", "86400"),
     // oslo.config drops one pair of quotes around the whole value.
@@ -471,6 +479,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("public_endpoint", "http://exa mple.com", "`http://exa mple.com` contains a space or control character; a URL cannot"),
     ("image_metadata_size_cap", "4095", "4095 is out of range; use a whole number from 4096 to 1048576"),
     ("image_metadata_size_cap", "1048577", "1048577 is out of range; use a whole number from 4096 to 1048576"),
+    ("image_member_quota", "-2", "-2 is out of range; use a whole number from -1 to 9223372036854775807"),
+    ("image_member_quota", "many", "`many` is not a decimal integer; use a whole number from -1 to 9223372036854775807"),
     ("image_size_cap", "0", "0 is out of range; use a whole number from 1 to 9223372036854775807"),
     ("image_size_cap", "9223372036854775808", "9223372036854775808 is out of range; use a whole number from 1 to 9223372036854775807"),
     ("image_size_cap", "-1", "-1 is out of range; use a whole number from 1 to 9223372036854775807"),
@@ -564,6 +574,10 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("image_cache_dir", "", "is empty; give a path, or remove the line to use the default"),
     ("image_cache_max_size", "-1", "-1 is out of range; use a whole number from 0 to 9223372036854775807"),
     ("image_cache_max_size", "10G", "`10G` is not a decimal integer; use a whole number from 0 to 9223372036854775807"),
+    ("policy_file", "", "is empty; give a path, or remove the line to use the default"),
+    ("policy_file", "/nonexistent/policy.yaml", "cannot read `/nonexistent/policy.yaml`: No such file or directory (os error 2); create it, fix the path, or remove the line to use Glance's default rules"),
+    ("enforce_new_defaults", "maybe", "`maybe` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("enforce_scope", "project", "`project` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("image_cache_stall_time", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
     ("image_cache_stall_time", "1d", "`1d` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
 ];
@@ -1247,8 +1261,8 @@ debug = true
 [glance_store]
 stores = file
 rbd_store_pool = images
-[oslo_policy]
-enforce_scope = true
+[oslo_messaging_notifications]
+driver = noop
 [my_backend]
 x = 1
 [image_format]
@@ -1265,7 +1279,7 @@ debug = true
             "/etc/glint/glint-api.conf:4: [DEFAULT] Workers: unknown option, ignored; did you mean workers?",
             "/etc/glint/glint-api.conf:5: [default] unknown section, its 1 option is ignored; did you mean [DEFAULT]?",
             "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
-            "/etc/glint/glint-api.conf:10: [oslo_policy] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:10: [oslo_messaging_notifications] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
             "/etc/glint/glint-api.conf:14: [image_format] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:17: [paste_deploy] debug: not an option of this section, ignored; it belongs in [DEFAULT], move it there",
@@ -2062,4 +2076,201 @@ fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
             .contains("it is a FIFO, not a regular file"),
         "{error}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// [oslo_policy] and the policy file
+
+/// conf/policy.yaml.sample: an existing policy file of comments only.
+const SAMPLE_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/policy.yaml.sample");
+
+/// A config file and a policy file in a fresh folder; `None` writes no policy file.
+fn with_policy_file(
+    config: &str,
+    name: &str,
+    policy: Option<&str>,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("glint-api.conf");
+    std::fs::write(&path, config).expect("write config");
+    if let Some(policy) = policy {
+        std::fs::write(dir.path().join(name), policy).expect("write policy");
+    }
+    (dir, path)
+}
+
+#[test]
+fn oslo_policy_defaults_are_glance_defaults_without_a_file() {
+    let config = loads("").config;
+    assert_eq!(config.policy_file, None);
+    assert_eq!(*config.policy, crate::policy::Policy::defaults(true, true));
+    assert!(config.policy.enforce_new_defaults());
+    assert!(config.policy.enforce_scope());
+    let config =
+        loads("[oslo_policy]\nenforce_new_defaults = false\nenforce_scope = false\n").config;
+    assert_eq!(
+        *config.policy,
+        crate::policy::Policy::defaults(false, false)
+    );
+    assert_eq!(shown("policy_file", &config), "");
+    assert!(config
+        .effective_settings()
+        .contains("[oslo_policy]\n# policy_file is not set\nenforce_new_defaults = false\n"));
+}
+
+#[test]
+fn policy_yaml_beside_the_config_is_read_by_default() {
+    let (dir, path) = with_policy_file("", "policy.yaml", Some("publicize_image: \"!\"\n"));
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    let policy_path = dir.path().join("policy.yaml");
+    assert_eq!(
+        loaded.config.policy_file.as_deref(),
+        Some(policy_path.as_path())
+    );
+    assert_eq!(
+        loaded
+            .config
+            .policy
+            .check("publicize_image")
+            .map(ToString::to_string),
+        Some("!".to_string())
+    );
+    assert_ne!(
+        *loaded.config.policy,
+        crate::policy::Policy::defaults(true, true)
+    );
+    // --check-config's text names the file, and loads back to the same config.
+    let settings = loaded.config.effective_settings();
+    assert!(
+        settings.contains(&format!("policy_file = {}\n", policy_path.display())),
+        "{settings}"
+    );
+    let reloaded = load_str(&settings, &path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(reloaded.config, loaded.config);
+}
+
+#[test]
+fn a_relative_policy_file_is_relative_to_the_config_folder() {
+    let (dir, path) = with_policy_file(
+        "[oslo_policy]\npolicy_file = rules.json\n",
+        "rules.json",
+        Some("{\"get_images\": \"role:admin\"}"),
+    );
+    let config = load(&path).unwrap_or_else(|error| panic!("{error}")).config;
+    assert_eq!(config.policy_file, Some(dir.path().join("rules.json")));
+    assert_eq!(
+        config.policy.check("get_images").map(ToString::to_string),
+        Some("role:admin".to_string())
+    );
+}
+
+#[test]
+fn a_policy_file_set_explicitly_must_exist() {
+    let (dir, path) = with_policy_file("[oslo_policy]\n\npolicy_file = missing.yaml\n", "", None);
+    let error = load(&path).expect_err("a missing policy file is refused");
+    let missing = dir.path().join("missing.yaml");
+    assert_eq!(
+        error.problems,
+        vec![Problem {
+            file: path.clone(),
+            line: Some(3),
+            section: Some("oslo_policy".to_string()),
+            option: Some("policy_file".to_string()),
+            message: format!(
+                "cannot read `{}`: No such file or directory (os error 2); create it, fix the \
+                 path, or remove the line to use Glance's default rules",
+                missing.display()
+            ),
+        }]
+    );
+}
+
+#[test]
+fn a_bad_policy_file_fails_the_load_naming_its_file_line_and_rule() {
+    let (dir, path) = with_policy_file(
+        "[DEFAULT]\nworkers = 0x\n",
+        "policy.yaml",
+        Some("# ours\nget_image: \"role:admin or\"\nget_imagee: role:admin\nnested:\n  x: y\n"),
+    );
+    let error = load(&path).expect_err("a bad policy file is refused");
+    let policy_path = dir.path().join("policy.yaml");
+    let about_policy: Vec<&Problem> = error
+        .problems
+        .iter()
+        .filter(|problem| problem.file == policy_path)
+        .collect();
+    let summary: Vec<(Option<usize>, Option<&str>, Option<&str>)> = about_policy
+        .iter()
+        .map(|problem| {
+            (
+                problem.line,
+                problem.section.as_deref(),
+                problem.option.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(Some(4), None, Some("nested")), (Some(5), None, None)],
+        "{error}"
+    );
+    // The config file's own problem is reported in the same pass.
+    assert!(error
+        .problems
+        .iter()
+        .any(|problem| problem.file == path && problem.option.as_deref() == Some("workers")));
+    // Once the syntax is right, the check string is judged, with its line and rule.
+    std::fs::write(&policy_path, "# ours\nget_image: \"role:admin or\"\n").unwrap();
+    let error = load(&path.with_file_name("none.conf")).expect_err("missing config");
+    assert!(error.to_string().contains("none.conf"));
+    std::fs::write(&path, "").unwrap();
+    let error = load(&path).expect_err("a bad check string is refused");
+    let text = error.to_string();
+    assert_eq!(
+        text,
+        format!(
+            "{}:2: get_image: the check `role:admin or` does not parse: the check ends where a \
+             check is expected (after `and`, `or`, `not` or `(`)",
+            policy_path.display()
+        )
+    );
+}
+
+#[test]
+fn policy_file_warnings_name_the_policy_file() {
+    let (dir, path) = with_policy_file("", "policy.yaml", Some("get_imagee: role:admin\n"));
+    let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(
+        loaded.warnings,
+        vec![format!(
+            "{}:1: get_imagee: not a rule glint enforces; it is kept (rule: may refer to it) but \
+             guards nothing; did you mean get_image?",
+            dir.path().join("policy.yaml").display()
+        )]
+    );
+}
+
+#[test]
+fn a_fifo_or_folder_as_policy_file_is_refused_without_blocking() {
+    let (dir, path) = with_policy_file("", "", None);
+    nix::unistd::mkfifo(
+        &dir.path().join("policy.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let error = load(&path).expect_err("a FIFO policy file is refused");
+    let text = error.to_string();
+    assert!(text.contains("it is a FIFO, not a regular file"), "{text}");
+    assert!(
+        text.contains("default policy file beside the config file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn server_files_are_found_despite_a_bad_policy_file() {
+    let (_dir, path) = with_policy_file("", "policy.yaml", Some("{\n"));
+    assert!(load(&path).is_err());
+    assert!(load_server_files(&path).is_ok());
 }

@@ -172,6 +172,14 @@ pub(super) fn id_taken(connection: &Connection, id: &str) -> Result<bool, Regist
         .map_err(RegistryError::sql(format!("look up image id {id}")))
 }
 
+/// Whether a row with this id exists and is not deleted.
+pub(super) fn is_live(connection: &Connection, id: &str) -> Result<bool, RegistryError> {
+    connection
+        .prepare_cached("SELECT 1 FROM images WHERE id = ?1 AND deleted = 0")
+        .and_then(|mut statement| statement.exists([id]))
+        .map_err(RegistryError::sql(format!("look up image {id}")))
+}
+
 /// Inserts a new image row with its tags and properties; `order` is the hidden microsecond key
 /// for both `created_order` and `updated_order`.
 pub(super) fn insert(
@@ -244,8 +252,8 @@ pub(super) fn write(
     write_details(connection, image)
 }
 
-/// Turns the row into a tombstone: status `Deleted`, flagged, its tags and properties gone.
-/// The row stays so that the id is never reused.
+/// Turns the row into a tombstone: status `Deleted`, flagged, its tags and properties gone,
+/// its members marked deleted. The row stays so that the id is never reused.
 pub(super) fn mark_deleted(
     connection: &Connection,
     id: &str,
@@ -261,7 +269,8 @@ pub(super) fn mark_deleted(
             statement.execute(params![id, now, now_order, ImageStatus::Deleted])
         })
         .map_err(RegistryError::sql(format!("mark image {id} deleted")))?;
-    delete_details(connection, id)
+    delete_details(connection, id)?;
+    super::member::delete_all(connection, id, now)
 }
 
 fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError> {

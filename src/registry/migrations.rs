@@ -71,6 +71,34 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX image_properties_by_value ON image_properties (name, value);
     CREATE INDEX image_tags_by_tag ON image_tags (tag);
     ",
+    // 2: image members, the projects an image with visibility "shared" is shared with.
+    //
+    // A removed member, and every member of a deleted image, is kept as a row with `deleted = 1`
+    // rather than removed, as Glance does. That is for compatibility more than for history: had
+    // this first version removed rows, a later release that soft-deletes would leave rows an
+    // older generation still running beside it reads as live, granting access that was revoked.
+    // The unique index covers live rows only, so a project can be added again after it was
+    // removed: each addition is a new row, and `id` (the rowid, never reused while rows are only
+    // marked deleted) orders members as they were added. `image_members_by_member` serves the
+    // "shared with this project in this status" test of a non-admin's list, one index probe per
+    // image, and the lookups by project a later release may need; it holds `status` so that the
+    // probe never reads the table.
+    "
+    CREATE TABLE image_members (
+        id INTEGER PRIMARY KEY,
+        image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        member_id TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        deleted_at TEXT
+    );
+    CREATE UNIQUE INDEX image_members_live ON image_members (image_id, member_id)
+        WHERE deleted = 0;
+    CREATE INDEX image_members_by_member ON image_members (member_id, image_id, status)
+        WHERE deleted = 0;
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is

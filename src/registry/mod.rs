@@ -7,7 +7,11 @@
 //!
 //! - `migrations`: the schema, as an append-only list applied on open.
 //! - `image`: the [`Image`] record and its mapping onto the tables.
-//! - `query`: [`ListQuery`], filters, sort order and marker pagination.
+//! - `member`: image [`Member`]s, the `Registry` methods that keep them, and Glance's rule of
+//!   which images a non-admin project sees ([`image_visible_to`]), with the Glance functions it
+//!   was read from.
+//! - `query`: [`ListQuery`], filters (including what a non-admin project may list), sort order
+//!   and marker pagination.
 //! - `status`: [`ImageStatus`] and the words it is stored and shown as.
 //!
 //! # Locking
@@ -45,6 +49,9 @@
 //! next to image data, so the fsync per commit costs little.
 
 mod image;
+mod member;
+#[cfg(test)]
+mod member_tests;
 mod migrations;
 mod query;
 mod status;
@@ -60,6 +67,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 pub use image::Image;
+pub use member::{image_visible_to, Member, MemberStatus};
 pub use migrations::MIGRATIONS;
 pub use query::{Filters, ListQuery, SortDir, SortKey};
 pub use status::{ImageStatus, UnknownImageStatus};
@@ -94,10 +102,17 @@ pub struct Registry {
 /// Why a registry call failed.
 #[derive(Debug)]
 pub enum RegistryError {
-    /// `create` with the id of an existing or deleted image (Glance: 409).
+    /// `create` with the id of an existing or deleted image, or `add_member` of a project that
+    /// is a member already (Glance: 409).
     Duplicate,
+    /// `add_member` to an image that has `limit` members already (Glance's
+    /// `image_member_quota`: 413).
+    MemberQuota { limit: usize },
     /// The list marker is not the id of an image that exists and is not deleted (Glance: 400).
     BadMarker,
+    /// The list marker is an image the listing project may not see (Glance's `_image_get`
+    /// raises Forbidden for it, and the list answers 403; see the `member` module).
+    MarkerNotVisible,
     /// The folder of the database file could not be created.
     CreateFolder {
         path: PathBuf,
@@ -255,7 +270,8 @@ impl Registry {
         Ok(Some(image))
     }
 
-    /// Deletes the image: it is no longer listed or found, and its id stays taken. Returns the
+    /// Deletes the image: it is no longer listed or found, its id stays taken, and its members
+    /// are removed in the same transaction (as Glance's `image_destroy` does). Returns the
     /// image as it was, so the caller can remove its data. `refuse` is called inside the
     /// transaction with the current image and may veto with its own error (a protected image:
     /// 403). None if there is no such image.
@@ -438,9 +454,18 @@ impl fmt::Display for RegistryError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RegistryError::Duplicate => {
-                formatter.write_str("an image with this id exists or existed")
+                formatter.write_str("an image with this id exists or existed, or the member exists")
+            }
+            RegistryError::MemberQuota { limit } => {
+                write!(
+                    formatter,
+                    "the image has the most members allowed ({limit})"
+                )
             }
             RegistryError::BadMarker => formatter.write_str("the marker is not the id of an image"),
+            RegistryError::MarkerNotVisible => {
+                formatter.write_str("the marker is an image this project may not see")
+            }
             RegistryError::CreateFolder { path, .. } => {
                 write!(
                     formatter,
@@ -466,9 +491,11 @@ impl std::error::Error for RegistryError {
         match self {
             RegistryError::CreateFolder { source, .. } => Some(source),
             RegistryError::Sql { source, .. } => Some(source),
-            RegistryError::Duplicate | RegistryError::BadMarker | RegistryError::NoWal { .. } => {
-                None
-            }
+            RegistryError::Duplicate
+            | RegistryError::MemberQuota { .. }
+            | RegistryError::BadMarker
+            | RegistryError::MarkerNotVisible
+            | RegistryError::NoWal { .. } => None,
         }
     }
 }

@@ -13,9 +13,27 @@
 //! descending sort lists them last. Text compares bytewise (SQLite's BINARY collation); `status`
 //! sorts by its stored word (`active` before `queued`), as in Glance, not by lifecycle order.
 //!
+//! # Visibility
+//!
+//! [`Filters::viewer`] restricts a list to what a non-admin project may list, with Glance's
+//! rules (see the `member` module for them and where they come from): the condition is
+//! "owned by the project, or public or community, or shared with the project in the requested
+//! member status", ANDed with every other filter and then with the visibility filter. It is one
+//! `WHERE` on `images` rather than Glance's UNION of three queries; the two select the same
+//! rows, since each of Glance's branches carries the same filters.
+//!
+//! # Performance
+//!
+//! The membership test is a correlated `EXISTS` that probes an index once per candidate image
+//! (`image_members_by_member`, or `image_members_live` when any status will do), never a scan
+//! of `image_members`; the candidates come in sort order, so a page stops reading once it is
+//! full. A project that can list few of many images still reads every `images` row, as any
+//! list with a filter no index serves does.
+//!
 //! # Pagination
 //!
-//! A marker is the id of an image that is not deleted (it need not match the filters). The page
+//! A marker is the id of an image that is not deleted (it need not match the filters), and for
+//! a viewer one it may see (Glance: a marker it may not see is a 403, not a 400). The page
 //! starts strictly after the marker's position in the order above: the query compares the sort
 //! columns with the marker's values, column by column, with the NULL rule above. Because the
 //! order is total, walking pages with the last id of each page as the next marker returns every
@@ -25,6 +43,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
 
 use super::image::{self, Image};
+use super::member::{self, MemberStatus};
 use super::{ImageStatus, RegistryError};
 
 /// What to list and in which order.
@@ -57,8 +76,10 @@ impl Default for ListQuery {
 pub struct Filters {
     pub name: Option<String>,
     pub status: Option<ImageStatus>,
-    /// None lists every visibility but "community" (Glance lists community images only when
-    /// asked); `Some("all")` lists every visibility.
+    /// None lists every visibility but "community", except the community images of the
+    /// listing project ([`Filters::viewer`], or else [`Filters::admin_project`]): Glance lists
+    /// other projects' community images only when asked. `Some("all")` lists every
+    /// visibility, any other value exactly that one. Applied after the viewer's restriction.
     pub visibility: Option<String>,
     pub owner: Option<String>,
     /// Equality filters on base attributes Glance also filters by.
@@ -79,6 +100,19 @@ pub struct Filters {
     pub size_max: Option<u64>,
     /// Custom property equality filters; all must hold.
     pub properties: Vec<(String, String)>,
+    /// Some(project): list what a non-admin of that project may list (Glance's
+    /// `regular_user`): its own images, public and community ones, and shared ones it is a
+    /// member of in [`Filters::member_status`]. None: no restriction (an admin, or no
+    /// authentication).
+    pub viewer: Option<String>,
+    /// With a viewer, the membership status a shared image of another project must be in;
+    /// None is any status (Glance's `member_status=all`). The API passes `Some(Accepted)`,
+    /// Glance's default. Without a viewer it is ignored, as in Glance.
+    pub member_status: Option<MemberStatus>,
+    /// Without a viewer (an admin list), the admin's own project, if any: with no visibility
+    /// filter Glance lists the caller's own community images, admin or not. Ignored with a
+    /// viewer, which is the listing project then.
+    pub admin_project: Option<String>,
 }
 
 /// An attribute images can be sorted by.
@@ -206,6 +240,30 @@ pub(super) fn for_each(
     query: &ListQuery,
     mut visit: impl FnMut(Image) -> bool,
 ) -> Result<(), RegistryError> {
+    let (sql, values) = statement(connection, query)?;
+    let context = "list images";
+    let mut statement = connection
+        .prepare(&sql)
+        .map_err(RegistryError::sql(context))?;
+    let mut rows = statement
+        .query(params_from_iter(values))
+        .map_err(RegistryError::sql(context))?;
+    while let Some(row) = rows.next().map_err(RegistryError::sql(context))? {
+        let mut image = image::from_row(row).map_err(RegistryError::sql(context))?;
+        image::load_details(connection, &mut image).map_err(RegistryError::sql(context))?;
+        if !visit(image) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The SQL selecting one page for `query`, and the values of its `?` placeholders in order;
+/// reads the marker's sort values (the tests also `EXPLAIN` what this returns).
+pub(super) fn statement(
+    connection: &Connection,
+    query: &ListQuery,
+) -> Result<(String, Vec<Value>), RegistryError> {
     let columns: Vec<(&str, SortDir)> = effective_sort(&query.sort)
         .into_iter()
         .flat_map(|(key, dir)| key.columns().iter().map(move |column| (*column, dir)))
@@ -215,7 +273,8 @@ pub(super) fn for_each(
     let mut values: Vec<Value> = Vec::new();
     filter_conditions(&query.filters, &mut conditions, &mut values);
     if let Some(marker) = &query.marker {
-        let marker_values = marker_values(connection, marker, &columns)?;
+        let viewer = query.filters.viewer.as_deref();
+        let marker_values = marker_values(connection, marker, &columns, viewer)?;
         conditions.push(after_marker(&columns, marker_values, &mut values));
     }
 
@@ -232,21 +291,7 @@ pub(super) fn for_each(
         image::COLUMNS,
         conditions.join(" AND "),
     );
-    let context = "list images";
-    let mut statement = connection
-        .prepare(&sql)
-        .map_err(RegistryError::sql(context))?;
-    let mut rows = statement
-        .query(params_from_iter(values))
-        .map_err(RegistryError::sql(context))?;
-    while let Some(row) = rows.next().map_err(RegistryError::sql(context))? {
-        let mut image = image::from_row(row).map_err(RegistryError::sql(context))?;
-        image::load_details(connection, &mut image).map_err(RegistryError::sql(context))?;
-        if !visit(image) {
-            break;
-        }
-    }
-    Ok(())
+    Ok((sql, values))
 }
 
 /// Appends one SQL condition per set filter, with `?` placeholders bound from `values`.
@@ -277,10 +322,37 @@ fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &m
             &[Value::Text(status.as_str().to_string())],
         );
     }
-    match filters.visibility.as_deref() {
-        None => add("images.visibility <> 'community'", &[]),
-        Some("all") => {}
-        Some(visibility) => add(
+    if let Some(viewer) = &filters.viewer {
+        // Glance's three branches (`_select_images_query`): owned, public or community, shared
+        // with the viewer in the requested status. `owner = ?` is NULL, so false, for an image
+        // without an owner, as in Glance's SQL.
+        let mut membership = "EXISTS (SELECT 1 FROM image_members \
+             WHERE image_members.member_id = ? AND image_members.image_id = images.id \
+             AND image_members.deleted = 0"
+            .to_string();
+        let mut bound = vec![Value::Text(viewer.clone()), Value::Text(viewer.clone())];
+        if let Some(status) = filters.member_status {
+            membership.push_str(" AND image_members.status = ?");
+            bound.push(Value::Text(status.as_str().to_string()));
+        }
+        add(
+            &format!(
+                "(images.owner = ? OR images.visibility IN ('public', 'community') \
+                 OR (images.visibility = 'shared' AND {membership})))"
+            ),
+            &bound,
+        );
+    }
+    let project = filters.viewer.as_ref().or(filters.admin_project.as_ref());
+    match (filters.visibility.as_deref(), project) {
+        (None, None) => add("images.visibility <> 'community'", &[]),
+        // `_image_get_all`: without a visibility, community images only of the caller's own.
+        (None, Some(project)) => add(
+            "(images.owner = ? OR images.visibility <> 'community')",
+            &[Value::Text(project.clone())],
+        ),
+        (Some("all"), _) => {}
+        (Some(visibility), _) => add(
             "images.visibility = ?",
             &[Value::Text(visibility.to_string())],
         ),
@@ -317,27 +389,42 @@ fn filter_conditions(filters: &Filters, conditions: &mut Vec<String>, values: &m
 }
 
 /// The marker image's values of the sort columns; [`RegistryError::BadMarker`] if there is no
-/// such image or it is deleted.
+/// such image or it is deleted, [`RegistryError::MarkerNotVisible`] if `viewer` may not see it
+/// (Glance's `is_image_visible`, which admits any membership status, not the list's rule).
 fn marker_values(
     connection: &Connection,
     marker: &str,
     columns: &[(&str, SortDir)],
+    viewer: Option<&str>,
 ) -> Result<Vec<Value>, RegistryError> {
     let selected = columns
         .iter()
         .map(|(column, _)| *column)
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!("SELECT {selected} FROM images WHERE id = ?1 AND deleted = 0");
-    connection
+    // The owner and visibility follow the sort columns, for the visibility check.
+    let sql =
+        format!("SELECT {selected}, owner, visibility FROM images WHERE id = ?1 AND deleted = 0");
+    let context = || format!("read marker image {marker}");
+    let (sort_values, owner, visibility) = connection
         .query_row(&sql, [marker], |row| {
-            (0..columns.len())
+            let sort_values = (0..columns.len())
                 .map(|index| row.get::<_, Value>(index))
-                .collect::<rusqlite::Result<Vec<Value>>>()
+                .collect::<rusqlite::Result<Vec<Value>>>()?;
+            let owner: Option<String> = row.get(columns.len())?;
+            let visibility: String = row.get(columns.len() + 1)?;
+            Ok((sort_values, owner, visibility))
         })
         .optional()
-        .map_err(RegistryError::sql(format!("read marker image {marker}")))?
-        .ok_or(RegistryError::BadMarker)
+        .map_err(RegistryError::sql(context()))?
+        .ok_or(RegistryError::BadMarker)?;
+    if let Some(viewer) = viewer {
+        let is_member = member::select_live(connection, marker, viewer)?.is_some();
+        if !member::visible(owner.as_deref(), &visibility, viewer, is_member) {
+            return Err(RegistryError::MarkerNotVisible);
+        }
+    }
+    Ok(sort_values)
 }
 
 /// The condition "comes strictly after the marker": for some column i, the row equals the
