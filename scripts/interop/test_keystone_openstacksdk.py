@@ -79,24 +79,35 @@ def image_proxy(label):
     return CONN[label].image
 
 
-def expect_refusal(cls, status, message, what, fn, *args, **kwargs):
-    """`fn` raises `cls` with `status`, and Glance's `message` is in the exception's text."""
-    error = expect_http_error(cls, status, what, fn, *args, **kwargs)
-    check(message in str(error), f"{what}: {message!r} is not in the SDK's error {str(error)!r}")
-    check(message in (error.details or ""), f"{what}: {message!r} is not in error.details {error.details!r}")
+def expect_refusal(cls, status, message, what, call, patch=False):
+    """`call()` raises `cls` with `status`, and Glance's `message` is in the exception's text.
+
+    With `patch` (update_image), in the response body instead: openstacksdk sends its PATCH with
+    an empty `Accept:` header, for which webob (Glance's and glint's error pages) answers
+    text/plain, and openstacksdk reads a message only from JSON or HTML (for text/plain, details
+    is the reason phrase)."""
+    error = expect_http_error(cls, status, what, call)
+    if patch:
+        content_type = error.response.headers.get("Content-Type", "")
+        check(content_type.startswith("text/plain"), f"{what}: Content-Type {content_type!r}, not text/plain")
+        check(message in error.response.text, f"{what}: {message!r} is not in the body {error.response.text!r}")
+    else:
+        check(message in str(error), f"{what}: {message!r} is not in the SDK's error {str(error)!r}")
+        check(message in (error.details or ""), f"{what}: {message!r} is not in error.details {error.details!r}")
     return error
 
 
-def not_found(image_id, what, fn, *args, **kwargs):
+def not_found(image_id, what, call, patch=False):
+    """NotFoundException with Glance's message for an image the caller may not see."""
     return expect_refusal(
-        exceptions.NotFoundException, 404, f"No image found with ID {image_id}", what, fn, *args, **kwargs
+        exceptions.NotFoundException, 404, f"No image found with ID {image_id}", what, call, patch
     )
 
 
-def not_authorized(rule, what, fn, *args, **kwargs):
+def not_authorized(rule, what, call, patch=False):
+    """ForbiddenException with Glance's message for a refused policy rule."""
     return expect_refusal(
-        exceptions.ForbiddenException, 403, f"You are not authorized to complete {rule} action.", what, fn,
-        *args, **kwargs,
+        exceptions.ForbiddenException, 403, f"You are not authorized to complete {rule} action.", what, call, patch
     )
 
 
@@ -171,7 +182,7 @@ def create_and_upload_as_member():
         equal(fetched.owner_id, KS.alpha.project_id, "owner_id")
         equal(fetched.visibility, "shared", "visibility (Glance's default)")
         equal(
-            (fetched.status, fetched.size, fetched.checksum), ("active", len(data), digests(data)[0]), "status, size, md5"
+            (fetched.status, fetched.size, fetched.checksum), ("active", len(data), digests(data)[0]), "data fields"
         )
         check(downloaded("alpha", image) == data, "downloaded bytes differ from the upload")
         check(image.id in listed("alpha"), "alpha-member does not list its own image")
@@ -189,10 +200,10 @@ def other_project_gets_404():
     beta = image_proxy("beta")
     try:
         equal(image_proxy("alpha").get_image(image.id).visibility, "private", "visibility")
-        not_found(image.id, "get_image as beta", beta.get_image, image.id)
-        not_found(image.id, "download_image as beta", beta.download_image, image.id)
-        not_found(image.id, "update_image as beta", beta.update_image, image.id, name="taken-by-beta")
-        not_found(image.id, "delete_image as beta", beta.delete_image, image.id, ignore_missing=False)
+        not_found(image.id, "get_image as beta", lambda: beta.get_image(image.id))
+        not_found(image.id, "download_image as beta", lambda: beta.download_image(image.id))
+        not_found(image.id, "update_image as beta", lambda: beta.update_image(image.id, name="beta"), patch=True)
+        not_found(image.id, "delete_image as beta", lambda: beta.delete_image(image.id, ignore_missing=False))
         expect_http_error(exceptions.NotFoundException, 404, "add_tag as beta", beta.add_tag, image.id, "beta-tag")
         check(image.id not in listed("beta"), "beta-member lists alpha's private image")
         check(image.id not in listed("beta", visibility="all"), "beta lists it with visibility=all")
@@ -227,7 +238,7 @@ def sharing_with_members():
 
         expect_http_error(
             exceptions.ForbiddenException, 403, "update_member by the owner",
-            alpha.update_member, beta_id, image, status="accepted",
+            lambda: alpha.update_member(beta_id, image, status="accepted"),
         )
         equal(beta.update_member(beta_id, image, status="accepted").status, "accepted", "update_member accepted")
         check(image.id in listed("beta"), "an accepted share is not in beta's default list")
@@ -236,7 +247,7 @@ def sharing_with_members():
         check(image.id in listed("beta", member_status="rejected"), "not listed with member_status=rejected")
 
         alpha.remove_member(beta_id, image, ignore_missing=False)
-        not_found(image.id, "get_image as beta after remove_member", beta.get_image, image.id)
+        not_found(image.id, "get_image as beta after remove_member", lambda: beta.get_image(image.id))
         equal(list(alpha.members(image)), [], "members after remove_member")
     finally:
         cleanup(image)
@@ -252,8 +263,12 @@ def reader_cannot_write():
         refused_create("reader", "add_image", "create_image as reader")
         equal(reader.get_image(image.id).id, image.id, "get_image as reader")
         check(image.id in listed("reader"), "alpha-reader does not list alpha's image")
-        not_authorized("modify_image", "update_image as reader", reader.update_image, image.id, name="by-reader")
-        not_authorized("delete_image", "delete_image as reader", reader.delete_image, image.id, ignore_missing=False)
+        not_authorized(
+            "modify_image", "update_image as reader", lambda: reader.update_image(image.id, name="r"), patch=True
+        )
+        not_authorized(
+            "delete_image", "delete_image as reader", lambda: reader.delete_image(image.id, ignore_missing=False)
+        )
         equal(image_proxy("alpha").get_image(image.id).name, image.name, "name after the reader's update")
     finally:
         cleanup(image)
@@ -269,10 +284,10 @@ def publicize_is_admin_only():
     try:
         not_authorized(
             "publicize_image", "update_image(visibility=public) as alpha",
-            alpha.update_image, image.id, visibility="public",
+            lambda: alpha.update_image(image.id, visibility="public"), patch=True,
         )
         equal(alpha.get_image(image.id).visibility, "shared", "visibility after the refused update")
-        not_found(image.id, "get_image as beta before", image_proxy("beta").get_image, image.id)
+        not_found(image.id, "get_image as beta before", lambda: image_proxy("beta").get_image(image.id))
         updated = image_proxy("admin").update_image(image.id, visibility="public")
         equal((updated.visibility, updated.owner), ("public", KS.alpha.project_id), "after the admin's update")
         equal(image_proxy("beta").get_image(image.id).visibility, "public", "visibility as beta sees it")
@@ -293,7 +308,9 @@ def community_by_member():
         check(image.id not in listed("beta"), "another project's community image is in beta's default list")
         check(image.id in listed("beta", visibility="community"), "not listed with visibility=community")
         check(image.id in listed("alpha"), "alpha does not list its own community image")
-        not_authorized("modify_image", "update_image as beta", beta.update_image, image.id, name="beta-renamed")
+        not_authorized(
+            "modify_image", "update_image as beta", lambda: beta.update_image(image.id, name="b"), patch=True
+        )
     finally:
         cleanup(image)
 
@@ -312,7 +329,8 @@ def deactivate_and_reactivate():
         expect_refusal(
             exceptions.ForbiddenException, 403,
             "The requested image has been deactivated. Image data download is forbidden.",
-            "download_image(stream=True) of a deactivated image as alpha", download_response, "alpha", image.id,
+            "download_image(stream=True) of a deactivated image as alpha",
+            lambda: download_response("alpha", image.id),
         )
         try:
             got = downloaded("alpha", image)
@@ -341,12 +359,12 @@ def deactivate_by_member_is_403():
     try:
         alpha.deactivate_image(image.id)
         equal(alpha.get_image(image.id).status, "active", "status after alpha's deactivate_image")
-        not_authorized("deactivate", "deactivate as alpha", action, "alpha", image.id, "deactivate")
+        not_authorized("deactivate", "deactivate as alpha", lambda: action("alpha", image.id, "deactivate"))
         equal(alpha.get_image(image.id).status, "active", "status after the refused deactivate")
         image_proxy("admin").deactivate_image(image.id)
         equal(alpha.get_image(image.id).status, "deactivated", "status after the admin's deactivate_image")
         alpha.reactivate_image(image.id)
-        not_authorized("reactivate", "reactivate as alpha", action, "alpha", image.id, "reactivate")
+        not_authorized("reactivate", "reactivate as alpha", lambda: action("alpha", image.id, "reactivate"))
         equal(alpha.get_image(image.id).status, "deactivated", "status after the refused reactivate")
     finally:
         cleanup(image)
@@ -362,12 +380,12 @@ def protected_delete_is_403():
         check(alpha.get_image(image.id).is_protected, "is_protected after create")
         expect_refusal(
             exceptions.ForbiddenException, 403, f"Image {image.id} is protected and cannot be deleted.",
-            "delete_image of a protected image", alpha.delete_image, image.id, ignore_missing=False,
+            "delete_image of a protected image", lambda: alpha.delete_image(image.id, ignore_missing=False),
         )
         equal(alpha.get_image(image.id).status, "queued", "the protected image is still there")
         alpha.update_image(image.id, is_protected=False)
         alpha.delete_image(image.id, ignore_missing=False)
-        not_found(image.id, "get_image after delete", alpha.get_image, image.id)
+        not_found(image.id, "get_image after delete", lambda: alpha.get_image(image.id))
     finally:
         cleanup(image)
 
