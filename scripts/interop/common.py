@@ -3,7 +3,8 @@
 Each check is a function that raises on failure (`Failed` with a message, or any exception); the
 runner runs every check in order, prints one line per check, the details of every failure, and
 a closing `NAME: N passed, M failed` line, and writes the counts as JSON to the file named by
---results (read by scripts/interop/run).
+--results (read by scripts/interop/run). KeystoneEnv reads the keystone.env that --keystone-env
+names, for the suites that run against the keystone flavor.
 """
 
 import argparse
@@ -56,7 +57,61 @@ def parse_args(description):
         help="glint runs with auth_strategy = token and lists this token: send it, and also run "
         "the checks that a wrong (or missing) token gets a clean 401",
     )
+    parser.add_argument(
+        "--keystone-env",
+        help="glint runs with the keystone flavor against this Keystone (its keystone.env, "
+        "written by scripts/keystone start): the clients log in with the fixture users' passwords",
+    )
     return parser.parse_args()
+
+
+class Account:
+    """A fixture user of scripts/keystone: its name, password and project (name and id)."""
+
+    def __init__(self, label, user, password, project, project_id):
+        self.label, self.user, self.password = label, user, password
+        self.project, self.project_id = project, project_id
+
+    def __repr__(self):
+        return f"{self.user} ({self.project} {self.project_id})"
+
+
+class KeystoneEnv:
+    """keystone.env (KEY=VALUE lines, # comments; docs/KEYSTONE-TESTING.md) and its accounts:
+    `admin` (admin in project admin), `alpha` (alpha-member: member in alpha), `reader`
+    (alpha-reader: reader in alpha), `beta` (beta-member: member in beta)."""
+
+    def __init__(self, path):
+        self.values = {}
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    key, value = line.split("=", 1)
+                    self.values[key] = value
+        self.auth_url = self.get("KEYSTONE_AUTH_URL")
+        self.url = self.get("KEYSTONE_URL")
+        self.domain_id = self.get("KEYSTONE_DOMAIN_ID")
+        self.region = self.get("KEYSTONE_REGION")
+        self.admin = self.account("admin", "ADMIN")
+        self.alpha = self.account("alpha-member", "ALPHA_MEMBER")
+        self.reader = self.account("alpha-reader", "ALPHA_READER")
+        self.beta = self.account("beta-member", "BETA_MEMBER")
+
+    def get(self, key):
+        value = self.values.get(key)
+        if not value:
+            raise Failed(f"keystone.env has no {key}")
+        return value
+
+    def account(self, label, prefix):
+        return Account(
+            label,
+            self.get(f"KEYSTONE_{prefix}_USER"),
+            self.get(f"KEYSTONE_{prefix}_PASSWORD"),
+            self.get(f"KEYSTONE_{prefix}_PROJECT"),
+            self.get(f"KEYSTONE_{prefix}_PROJECT_ID"),
+        )
 
 
 def run_checks(suite, checks, args):
