@@ -26,6 +26,8 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+#[cfg(test)]
+mod generated_docs;
 pub mod handoff;
 pub mod http;
 pub mod keystone;

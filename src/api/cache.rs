@@ -45,7 +45,7 @@ impl Api {
         // Glance: a route on one image finds it first (404) and judges the rule on it.
         let target = match segments {
             [id] if matches!(method, "PUT" | "DELETE") => {
-                context.image_target(&self.find_visible(context, id)?.0)
+                context.image_target(&self.find_visible(context, id)?)
             }
             _ => crate::policy::Target::new(),
         };
@@ -105,7 +105,7 @@ impl Api {
                 allow: "GET, HEAD, DELETE",
             }),
             ("PUT", [id]) => {
-                let (image, _) = self.find_visible(context, id)?;
+                let image = self.find_visible(context, id)?;
                 // The canonical (lowercase) id, as the cache names its files.
                 let id = &image.id.clone();
                 if image.status != ImageStatus::Active {
@@ -122,7 +122,7 @@ impl Api {
                 Ok(Response::new(202))
             }
             ("DELETE", [id]) => {
-                let (image, _) = self.find_visible(context, id)?;
+                let image = self.find_visible(context, id)?;
                 let id = &image.id;
                 cache.dequeue(id);
                 cache.remove(id);

@@ -46,8 +46,7 @@ impl Api {
                 accept_patch: false,
             });
         }
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("upload_image", &found)?;
+        let found = self.find_for(context, id, "upload_image")?;
         let id = &found.id;
         let declared = declared_size(request)?;
         let cap = self.config.image_size_cap;
@@ -206,8 +205,7 @@ impl Api {
         context: &Context,
         id: &str,
     ) -> Result<Response, ApiError> {
-        let (image, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("download_image", &image)?;
+        let image = self.find_for(context, id, "download_image")?;
         // Only an admin reads the data of a deactivated image (glance/api/v2/image_data.py).
         if image.status == ImageStatus::Deactivated && !context.is_admin {
             return Err(ApiError::Forbidden(

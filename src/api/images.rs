@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
 use crate::policy::Target;
-use crate::registry::{Image, Member, RegistryError};
+use crate::registry::{Image, RegistryError};
 
 /// The largest JSON request body (create, patch); more is 413.
 pub const MAX_JSON_BODY: u64 = 1024 * 1024;
@@ -226,7 +226,7 @@ impl Api {
 
     /// `GET /v2/images/{id}`.
     pub(super) fn show_image(&self, context: &Context, id: &str) -> Result<Response, ApiError> {
-        let (image, _) = self.find_visible(context, id)?;
+        let image = self.find_visible(context, id)?;
         Ok(Response::json(200, &image_json(&image)))
     }
 
@@ -239,8 +239,7 @@ impl Api {
     ) -> Result<Response, ApiError> {
         let dialect = patch::dialect(request.head.header_str("content-type"))?;
         let changes = patch::parse(&read_json(request, &self.config)?, dialect)?;
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("modify_image", &found)?;
+        let found = self.find_for(context, id, "modify_image")?;
         // Glance (`_do_replace`): even a replace by the same value.
         let replaces_owner = changes
             .iter()
@@ -278,8 +277,7 @@ impl Api {
     /// `DELETE /v2/images/{id}`: the record first, then the data, so that no reader is ever
     /// sent to a file that is gone.
     pub(super) fn delete_image(&self, context: &Context, id: &str) -> Result<Response, ApiError> {
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("delete_image", &found)?;
+        let found = self.find_for(context, id, "delete_image")?;
         let id = &found.id;
         let image = self
             .registry
@@ -316,8 +314,7 @@ impl Api {
         id: &str,
         tag: &str,
     ) -> Result<Response, ApiError> {
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("modify_image", &found)?;
+        let found = self.find_for(context, id, "modify_image")?;
         let id = &found.id;
         let tag = representation::valid_tag(tag)?;
         let cap = self.config.image_metadata_size_cap;
@@ -341,8 +338,7 @@ impl Api {
         id: &str,
         tag: &str,
     ) -> Result<Response, ApiError> {
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image("modify_image", &found)?;
+        let found = self.find_for(context, id, "modify_image")?;
         let id = &found.id;
         self.registry
             .update(id, |image| {
@@ -358,14 +354,10 @@ impl Api {
         Ok(Response::new(204))
     }
 
-    /// The image with `id` as `context` may see it, with the caller's membership of it: 404
-    /// for an id that is not a UUID (no image can have it), an image that does not exist or
-    /// that the caller may not see, or one it may not `get_image`.
-    pub(super) fn find_visible(
-        &self,
-        context: &Context,
-        id: &str,
-    ) -> Result<(Image, Option<Member>), ApiError> {
+    /// The image with `id` as `context` may see it: 404 for an id that is not a UUID (no
+    /// image can have it), an image that does not exist or that the caller may not see, or
+    /// one it may not `get_image`.
+    pub(super) fn find_visible(&self, context: &Context, id: &str) -> Result<Image, ApiError> {
         let id = &check_id(id)?;
         let project = if context.is_admin {
             None
@@ -380,7 +372,20 @@ impl Api {
             return Err(not_found(id));
         }
         context.enforce_on_image("get_image", &image)?;
-        Ok((image, membership))
+        Ok(image)
+    }
+
+    /// The image with `id` as [`Api::find_visible`] finds it, if the caller also passes
+    /// `rule` on it (403, or 404 where Glance hides the refusal).
+    pub(super) fn find_for(
+        &self,
+        context: &Context,
+        id: &str,
+        rule: &str,
+    ) -> Result<Image, ApiError> {
+        let image = self.find_visible(context, id)?;
+        context.enforce_on_image(rule, &image)?;
+        Ok(image)
     }
 
     /// `POST /v2/images/{id}/actions/deactivate` and `.../reactivate`: 204; a repeat changes
@@ -392,8 +397,7 @@ impl Api {
         action: &str,
     ) -> Result<Response, ApiError> {
         use crate::registry::ImageStatus::{Active, Deactivated};
-        let (found, _) = self.find_visible(context, id)?;
-        context.enforce_on_image(action, &found)?;
+        let found = self.find_for(context, id, action)?;
         let id = &found.id;
         let (from, to) = if action == "deactivate" {
             (Active, Deactivated)

@@ -240,7 +240,7 @@ impl Api {
     /// it, 403 (in the words of `verb`) when it is not shared.
     fn shared_image(&self, context: &Context, id: &str, verb: Verb) -> Result<Image, ApiError> {
         let id = &check_id(id).map_err(|_| image_not_found(id))?;
-        let (image, _) = self
+        let image = self
             .find_visible(context, id)
             .map_err(|error| match error {
                 ApiError::NotFound(_) => image_not_found(id),

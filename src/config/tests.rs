@@ -1988,33 +1988,15 @@ fn effective_settings_show_the_image_folders_either_way() {
     }
 }
 
-const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md");
-const TABLE_BEGIN: &str = "<!-- options:begin -->\n";
-const TABLE_END: &str = "<!-- options:end -->";
-
 #[test]
 fn operations_doc_options_table_matches_the_options_table() {
-    let doc =
-        std::fs::read_to_string(DOC_PATH).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
-    let (before, rest) = doc
-        .split_once(TABLE_BEGIN)
-        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_BEGIN:?}"));
-    let (table, after) = rest
-        .split_once(TABLE_END)
-        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_END:?}"));
-    let expected = options_markdown();
-    if table == expected {
-        return;
-    }
-    if std::env::var_os("GLINT_BLESS").is_some_and(|bless| bless == "1") {
-        let updated = format!("{before}{TABLE_BEGIN}{expected}{TABLE_END}{after}");
-        std::fs::write(DOC_PATH, updated).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
-        return;
-    }
-    panic!(
-        "the options table in docs/OPERATIONS.md differs from config::OPTIONS.\n\
-         Regenerate it with:\n\n    GLINT_BLESS=1 cargo test --lib config::tests::operations_doc\n\n\
-         --- expected table ---\n{expected}--- table in the file ---\n{table}"
+    crate::generated_docs::check_block(
+        crate::generated_docs::OPERATIONS,
+        "<!-- options:begin -->\n",
+        "<!-- options:end -->",
+        &options_markdown(),
+        "the options table",
+        "config::tests::operations_doc",
     );
 }
 

@@ -626,32 +626,14 @@ fn debug_shows_checks_as_oslo_prints_them() {
 // ---------------------------------------------------------------------------------------------
 // Docs
 
-const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md");
-const TABLE_BEGIN: &str = "<!-- policy-defaults:begin -->\n";
-const TABLE_END: &str = "<!-- policy-defaults:end -->";
-
 #[test]
 fn operations_doc_defaults_table_matches_the_default_rules() {
-    let doc =
-        std::fs::read_to_string(DOC_PATH).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
-    let (before, rest) = doc
-        .split_once(TABLE_BEGIN)
-        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_BEGIN:?}"));
-    let (table, after) = rest
-        .split_once(TABLE_END)
-        .unwrap_or_else(|| panic!("{DOC_PATH} lacks the line {TABLE_END:?}"));
-    let expected = defaults_markdown();
-    if table == expected {
-        return;
-    }
-    if std::env::var_os("GLINT_BLESS").is_some_and(|bless| bless == "1") {
-        let updated = format!("{before}{TABLE_BEGIN}{expected}{TABLE_END}{after}");
-        std::fs::write(DOC_PATH, updated).unwrap_or_else(|error| panic!("{DOC_PATH}: {error}"));
-        return;
-    }
-    panic!(
-        "the policy defaults table in docs/OPERATIONS.md differs from policy::DEFAULT_RULES.\n\
-         Regenerate it with:\n\n    GLINT_BLESS=1 cargo test --lib policy::tests::operations_doc\n\n\
-         --- expected table ---\n{expected}--- table in the file ---\n{table}"
+    crate::generated_docs::check_block(
+        crate::generated_docs::OPERATIONS,
+        "<!-- policy-defaults:begin -->\n",
+        "<!-- policy-defaults:end -->",
+        &defaults_markdown(),
+        "the policy defaults table",
+        "policy::tests::operations_doc",
     );
 }
