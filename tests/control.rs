@@ -217,6 +217,55 @@ fn command_line_errors_exit_64() {
     }
 }
 
+/// Issue 14, part 1: `--version` prints `glint-api VERSION` alone and exits 0, whatever follows
+/// it; `--help` names the version too, and so do the running server's status file, `status`
+/// and the log's start line.
+#[test]
+fn version_is_printed_by_version_and_help_and_recorded_by_the_server() {
+    let version = env!("CARGO_PKG_VERSION");
+    for args in [
+        &["--version"][..],
+        &["--version", "--no-such-option"],
+        &["-V"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+            .args(args)
+            .output()
+            .expect("run glint-api");
+        let what = show(&format!("{args:?}"), &output);
+        assert_eq!(output.status.code(), Some(0), "{what}");
+        assert_eq!(stdout(&output), format!("glint-api {version}\n"), "{what}");
+        assert_eq!(stderr(&output), "", "{what}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .arg("--help")
+        .output()
+        .expect("run glint-api --help");
+    let what = show("--help", &help);
+    assert_eq!(help.status.code(), Some(0), "{what}");
+    assert!(
+        stdout(&help).starts_with(&format!("glint-api {version}\nusage: glint-api ")),
+        "{what}"
+    );
+    assert!(stdout(&help).contains("--version"), "{what}");
+
+    let server = Server::start("");
+    assert_eq!(server.status()["version"], version);
+    let status = glint(&["status"], &server.config_path);
+    assert!(
+        stdout(&status).contains(&format!("\nversion: {version}\n")),
+        "{}",
+        show("status", &status)
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("master: starting glint-api {version} with ")),
+        "{}",
+        server.log()
+    );
+}
+
 /// Kills the server an init script started if a test fails before stopping it.
 struct InitScriptServer {
     pid_file: PathBuf,
