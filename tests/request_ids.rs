@@ -118,6 +118,42 @@ fn every_response_carries_a_distinct_request_id_named_in_its_access_line() {
         404,
         Some(&format!("\"GET {missing}\"")),
     );
+    // An error the API logs about a request (a 500: an image whose status word the database
+    // holds but glint does not know, as in images::an_unknown_status_in_the_database_is_a_500_...)
+    // names the request's id, and so does its access line.
+    let created = util::request(
+        addr,
+        "POST",
+        "/v2/images",
+        &[
+            ("X-Auth-Token", TOKEN),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"disk_format": "raw", "container_format": "bare"}"#,
+    )
+    .unwrap();
+    check("create", &created, 201, Some("\"POST /v2/images\""));
+    let image: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
+    let image = image["id"].as_str().unwrap().to_string();
+    rusqlite::Connection::open(server.path("glint.sqlite"))
+        .and_then(|database| {
+            database.execute(
+                "UPDATE images SET status = 'frozen' WHERE id = ?1",
+                [image.as_str()],
+            )
+        })
+        .expect("write an unknown status");
+    let path = format!("/v2/images/{image}");
+    let erred = get(&path, &auth);
+    let id = check(
+        "an image the server cannot read",
+        &erred,
+        500,
+        Some(&format!("\"GET {path}\"")),
+    );
+    let line = wait_for_line(&server, &id, "\"frozen\"");
+    assert!(line.contains(" ERROR "), "{line}");
+
     // A client's own id is not taken (oslo.middleware generates one for every request).
     let mine = "req-11111111-2222-4333-8444-555555555555";
     let ignored = get("/healthcheck", &[("X-OpenStack-Request-ID", mine)]);
