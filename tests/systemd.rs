@@ -1,16 +1,22 @@
 //! The systemd unit, `scripts/systemd/glint-api.service` (issue 14, part 2), checked offline with
 //! this machine's `systemd-analyze`: what can be checked without systemd running as PID 1.
 //!
-//! Not checked here: the unit run by a real systemd (its sandbox, its notify handshake, a real
-//! `systemctl reload`). The notify messages are checked from a socket the test binds
+//! The unit's system-call filter and address families are checked against what glint does:
+//! a server run under strace(1) through a start, an upload, downloads, a reload with a
+//! keep-alive connection handed over, and a stop.
+//!
+//! Not checked here: the unit run by a real systemd (its sandbox applied, its notify handshake,
+//! a real `systemctl reload`). The notify messages are checked from a socket the test binds
 //! (`control::notify_socket_gets_ready_reloading_and_stopping`), and the reload command's exit
 //! codes by `control::reload_command_*`; this module checks that the unit wires them together.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
-use crate::util::{self, Server};
+use crate::util::{self, Server, DEADLINE};
 
 /// The unit file, as shipped.
 fn unit_path() -> PathBuf {
@@ -178,4 +184,190 @@ fn systemd_unit_reloads_through_glint_api_reload() {
         String::from_utf8_lossy(&good.stdout).contains("generation 2 serving with 1 worker(s)"),
         "{what}"
     );
+}
+
+/// The system calls a filter entry allows: a call's name, or a `@group` expanded (recursively)
+/// with `systemd-analyze syscall-filter`.
+fn expand_syscall_group(entry: &str, into: &mut BTreeSet<String>) {
+    if !entry.starts_with('@') {
+        into.insert(entry.to_string());
+        return;
+    }
+    let output = systemd_analyze(&["syscall-filter".as_ref(), entry.as_ref()]);
+    assert!(output.status.success(), "{}", show(entry, &output));
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    // The first line names the group; its members follow, indented; `#` lines are comments.
+    for line in text.lines().skip(1).map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        expand_syscall_group(line, into);
+    }
+}
+
+/// Runs `glint-api ARGS --config-file CONFIG` under `strace -f`, its trace to `trace`.
+fn traced(trace: &Path, args: &[&str], config: &Path) -> Command {
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "-qq", "-o"])
+        .arg(trace)
+        .arg(env!("CARGO_BIN_EXE_glint-api"))
+        .args(args)
+        .arg("--config-file")
+        .arg(config);
+    command
+}
+
+/// Every system call glint makes in a start, an upload, downloads whole and by range, a reload
+/// through `glint-api reload` that hands a keep-alive connection to the new generation, a
+/// status and a stop (the commands traced too, as `ExecReload=` runs one under the same
+/// filter) is allowed by the unit's `SystemCallFilter=`, and every socket it opens is of a
+/// family in its `RestrictAddressFamilies=`. Under the unit, a call outside the filter would
+/// fail with EPERM.
+#[test]
+fn systemd_unit_allows_every_system_call_and_socket_glint_uses() {
+    let text = unit_text();
+    let mut allowed = BTreeSet::new();
+    for filter in service_values(&text, "SystemCallFilter") {
+        assert!(!filter.starts_with('~'), "a deny list: update this test");
+        for entry in filter.split_whitespace() {
+            expand_syscall_group(entry, &mut allowed);
+        }
+    }
+    assert!(allowed.contains("sendmsg") && allowed.contains("clone3"));
+    let families: Vec<String> = service_values(&text, "RestrictAddressFamilies")
+        .iter()
+        .flat_map(|value| value.split_whitespace().map(str::to_string))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = util::temp_config(dir.path(), &util::base_config("workers = 1"));
+    let trace = |name: &str| dir.path().join(name);
+    let mut master = traced(&trace("master.trace"), &[], &config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("cannot run strace ({error}): install strace (Debian: apt-get install strace)")
+        });
+    let status = || -> serde_json::Value {
+        fs::read_to_string(dir.path().join("glint-api.status.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    };
+    let log = || fs::read_to_string(dir.path().join("glint-api.log")).unwrap_or_default();
+    util::wait_until("the traced server to serve", DEADLINE, || {
+        status()["phase"] == "running"
+    });
+    let addr: std::net::SocketAddr = status()["listen"][0].as_str().unwrap().parse().unwrap();
+
+    let id = util::create_image(addr);
+    let data = vec![7u8; 300_000];
+    let upload = util::request(
+        addr,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        &[("Content-Type", "application/octet-stream")],
+        &data,
+    )
+    .unwrap();
+    assert_eq!(upload.status, 204, "{upload:?}\n{}", log());
+    let download = util::get(addr, &format!("/v2/images/{id}/file")).unwrap();
+    assert_eq!(download.body.len(), data.len());
+    let range = util::request(
+        addr,
+        "GET",
+        &format!("/v2/images/{id}/file"),
+        &[("Range", "bytes=0-9")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(range.status, 206, "{range:?}");
+
+    // A keep-alive connection, idle at the reload: the old child hands it over (SCM_RIGHTS).
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let healthcheck = b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n";
+    stream.write_all(healthcheck).unwrap();
+    assert_eq!(
+        util::read_response(&mut reader, "GET")
+            .unwrap()
+            .unwrap()
+            .status,
+        200
+    );
+    let reload = traced(&trace("reload.trace"), &["reload"], &config)
+        .output()
+        .unwrap();
+    assert!(
+        reload.status.success(),
+        "{}\n{}",
+        show("reload", &reload),
+        log()
+    );
+    util::wait_until("the handoff", DEADLINE, || {
+        log().contains("connection(s) queued for the new generation")
+    });
+    stream.write_all(healthcheck).unwrap();
+    assert_eq!(
+        util::read_response(&mut reader, "GET")
+            .unwrap()
+            .unwrap()
+            .status,
+        200
+    );
+    let status_command = traced(&trace("status.trace"), &["status"], &config)
+        .output()
+        .unwrap();
+    assert!(
+        status_command.status.success(),
+        "{}",
+        show("status", &status_command)
+    );
+    let stop = traced(&trace("stop.trace"), &["stop"], &config)
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{}", show("stop", &stop));
+    assert!(master.wait().unwrap().success(), "{}", log());
+
+    let mut used = BTreeSet::new();
+    let mut socket_families = BTreeSet::new();
+    for name in ["master.trace", "reload.trace", "status.trace", "stop.trace"] {
+        let text = fs::read_to_string(trace(name)).unwrap();
+        for line in text.lines() {
+            // `PID name(args...` (or `<unfinished ...>`); resumptions and signals start otherwise.
+            let Some((_, call)) = line.split_once(' ') else {
+                continue;
+            };
+            let call = call.trim_start();
+            let Some((name, args)) = call.split_once('(') else {
+                continue;
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            used.insert(name.to_string());
+            if name == "socket" {
+                socket_families.insert(args.split([',', ')']).next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(
+        used.contains("sendmsg") && used.contains("clone3") && used.contains("sendfile"),
+        "the trace misses calls glint must have made: {used:?}"
+    );
+    let outside: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        outside.is_empty(),
+        "system calls outside the unit's SystemCallFilter=: {outside:?}"
+    );
+    for family in &socket_families {
+        assert!(
+            families.contains(family),
+            "a socket of family {family}, not in RestrictAddressFamilies= {families:?}"
+        );
+    }
 }
