@@ -561,7 +561,7 @@ fn now_monotonic_usec() -> u64 {
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
-/// The notify protocol as systemd's Type=notify-reload reads it, from a datagram socket the test
+/// The notify protocol as systemd's Type=notify (and notify-reload) reads it, from a datagram socket the test
 /// binds as NOTIFY_SOCKET: READY once serving, RELOADING (timestamped after the SIGHUP) and READY
 /// for a good and for a bad reload, STOPPING at SIGTERM, and nothing from the children.
 #[test]
