@@ -23,6 +23,10 @@
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
 
+/// glint's version, as `glint-api --version`, `--help`, the status file and the log's start line
+/// give it (Cargo.toml's `version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod api;
 pub mod cache;
 pub mod config;

@@ -12,6 +12,7 @@
 //! `log::set_max_level` (the `debug` option), so it can change without rebuilding the logger.
 //! `RUST_LOG` is not consulted: the config file is the one place that sets logging.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -171,19 +172,54 @@ fn open_log_file(path: &Path) -> io::Result<File> {
     })
 }
 
-/// `2026-11-26T11:42:35.123456Z INFO glint-api[1234] master: message`
+thread_local! {
+    /// The id of the request this thread is working on, if any (see [`RequestScope`]).
+    static REQUEST_ID: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// While it lives, every line logged on this thread names a request: `[req-...]` before the
+/// message, as oslo.log puts the request context there. Scopes nest (the inner one wins until
+/// it ends); dropping one, also by unwinding, restores what was there before.
+pub struct RequestScope {
+    previous: Option<String>,
+}
+
+impl RequestScope {
+    /// Starts naming `request_id` in this thread's lines.
+    pub fn enter(request_id: &str) -> RequestScope {
+        let previous = REQUEST_ID.with(|cell| cell.replace(Some(request_id.to_string())));
+        RequestScope { previous }
+    }
+}
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        REQUEST_ID.with(|cell| *cell.borrow_mut() = previous);
+    }
+}
+
+/// `2026-11-26T11:42:35.123456Z INFO glint-api[1234] master: message`, or within a
+/// [`RequestScope`], `... child gen 1: [req-UUID] message`.
 fn format_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
     let role = lock()
         .as_ref()
         .map(|sink| sink.role.clone())
         .unwrap_or_default();
+    let request = REQUEST_ID.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .map(|id| format!("[{id}] "))
+            .unwrap_or_default()
+    });
     writeln!(
         buf,
-        "{} {:<5} glint-api[{}] {}: {}",
+        "{} {:<5} glint-api[{}] {}: {}{}",
         timestamp::rfc3339_micros(SystemTime::now()),
         record.level(),
         PID.load(Ordering::Relaxed),
         role,
+        request,
         escape_message(&record.args().to_string())
     )
 }

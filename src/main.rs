@@ -20,14 +20,17 @@ use glint::logging;
 use glint::operator::control::{self, Command, Verdict};
 use glint::process::master::Master;
 
+/// `--help`'s text after its first line, which names the version (`usage`).
 const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
        glint-api reload|stop|status [--config-file FILE] [--timeout SECONDS]
+       glint-api --version
 
   --config-file FILE  the config file (default /etc/glint/glint-api.conf); for the commands,
                       the file the server runs with: it names the pid and status files
   --check-config      validate the config, print the effective settings, exit 0 or 1
   --timeout SECONDS   how long reload waits for the verdict, stop for the exit
                       (default 60; stop: at least graceful_shutdown_timeout + 10)
+  --version           print `glint-api VERSION` and exit 0
   --help              this text
 
   reload   validate the config, send SIGHUP, wait for the verdict: exit 0 with the new
@@ -36,6 +39,21 @@ const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
   stop     send SIGTERM and wait until the server has drained and exited: exit 0
            (also when it was not running), 4 at the timeout
   status   describe the running server: exit 0 running, 3 not running";
+
+/// `--help`'s text: the version, then the usage.
+fn usage() -> String {
+    format!("glint-api {}\n{USAGE}", glint::VERSION)
+}
+
+/// What the command line parses to.
+enum Parsed {
+    /// Run the server or a command.
+    Run(Args),
+    /// `--help`: print the usage and exit 0.
+    Help,
+    /// `--version`: print `glint-api VERSION` and exit 0.
+    Version,
+}
 
 /// What the command line asks for.
 struct Args {
@@ -48,13 +66,17 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            println!("{USAGE}");
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Help) => {
+            println!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("glint-api {}", glint::VERSION);
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("glint-api: {message}\n{USAGE}");
+            eprintln!("glint-api: {message}\n{}", usage());
             return ExitCode::from(64);
         }
     };
@@ -108,7 +130,7 @@ fn main() -> ExitCode {
     }
     log::info!(
         "starting glint-api {} with {}",
-        env!("CARGO_PKG_VERSION"),
+        glint::VERSION,
         loaded.config.path.display()
     );
     let master = match Master::start(loaded.config) {
@@ -129,7 +151,7 @@ fn loaded_logs_to_file() -> bool {
     logging::file_fd().is_some()
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
     let mut config_file = PathBuf::from(control::DEFAULT_CONFIG_FILE);
     let mut check_config = false;
     let mut command = None;
@@ -160,7 +182,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 config_file = arg["--config-file=".len()..].into();
             }
             "--check-config" => check_config = true,
-            "-h" | "--help" => return Ok(None),
+            "-h" | "--help" => return Ok(Parsed::Help),
+            // Like --help, it answers at once, whatever follows it.
+            "-V" | "--version" => return Ok(Parsed::Version),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -170,7 +194,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
     if timeout.is_some() && !matches!(command, Some(Command::Reload | Command::Stop)) {
         return Err("--timeout goes with reload or stop only".into());
     }
-    Ok(Some(Args {
+    Ok(Parsed::Run(Args {
         config_file,
         check_config,
         command,

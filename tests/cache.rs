@@ -321,7 +321,13 @@ fn flavor_switched_by_sighup_under_load_changes_behaviour_and_fails_no_request()
     server.write_config(&cache_config("caching", 10 << 20));
     assert_eq!(server.reload()["outcome"], "succeeded");
     wait_cached(&server, &id, data.len());
-    server.wait_for_log("child gen 2: cache hit", DEADLINE);
+    // Logged while a request is served, so the line names its id first.
+    util::wait_until("a cache hit in generation 2", DEADLINE, || {
+        server.log().lines().any(|line| {
+            line.split_once("child gen 2: [req-")
+                .is_some_and(|(_, rest)| rest.contains("] cache hit: image "))
+        })
+    });
     load_for(Duration::from_millis(500));
     assert_eq!(cache_api(&server), 404);
 

@@ -217,6 +217,55 @@ fn command_line_errors_exit_64() {
     }
 }
 
+/// Issue 14, part 1: `--version` prints `glint-api VERSION` alone and exits 0, whatever follows
+/// it; `--help` names the version too, and so do the running server's status file, `status`
+/// and the log's start line.
+#[test]
+fn version_is_printed_by_version_and_help_and_recorded_by_the_server() {
+    let version = env!("CARGO_PKG_VERSION");
+    for args in [
+        &["--version"][..],
+        &["--version", "--no-such-option"],
+        &["-V"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+            .args(args)
+            .output()
+            .expect("run glint-api");
+        let what = show(&format!("{args:?}"), &output);
+        assert_eq!(output.status.code(), Some(0), "{what}");
+        assert_eq!(stdout(&output), format!("glint-api {version}\n"), "{what}");
+        assert_eq!(stderr(&output), "", "{what}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .arg("--help")
+        .output()
+        .expect("run glint-api --help");
+    let what = show("--help", &help);
+    assert_eq!(help.status.code(), Some(0), "{what}");
+    assert!(
+        stdout(&help).starts_with(&format!("glint-api {version}\nusage: glint-api ")),
+        "{what}"
+    );
+    assert!(stdout(&help).contains("--version"), "{what}");
+
+    let server = Server::start("");
+    assert_eq!(server.status()["version"], version);
+    let status = glint(&["status"], &server.config_path);
+    assert!(
+        stdout(&status).contains(&format!("\nversion: {version}\n")),
+        "{}",
+        show("status", &status)
+    );
+    assert!(
+        server
+            .log()
+            .contains(&format!("master: starting glint-api {version} with ")),
+        "{}",
+        server.log()
+    );
+}
+
 /// Kills the server an init script started if a test fails before stopping it.
 struct InitScriptServer {
     pid_file: PathBuf,
@@ -238,8 +287,14 @@ impl Drop for InitScriptServer {
     }
 }
 
-/// Runs the init script with `action`, on the config at `config`, with nothing from /etc.
+/// Runs the init script with `action`, on the config at `config`, with nothing from /etc, and
+/// the server run as the invoking user (`GLINT_USER` empty).
 fn init_script(action: &str, config: &Path) -> Output {
+    init_script_env(action, config, &[("GLINT_USER", "")])
+}
+
+/// `init_script` with more settings in the environment.
+fn init_script_env(action: &str, config: &Path, env: &[(&str, &str)]) -> Output {
     let dir = config.parent().unwrap();
     Command::new("sh")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/init.d/glint-api"))
@@ -251,6 +306,8 @@ fn init_script(action: &str, config: &Path) -> Output {
         .env("START_TIMEOUT", "20")
         .env("STOP_TIMEOUT", "20")
         .env("RELOAD_TIMEOUT", "20")
+        .env("GLINT_DIRS", "")
+        .envs(env.iter().copied())
         .output()
         .expect("run the init script")
 }
@@ -345,6 +402,138 @@ fn init_script_starts_reloads_reports_and_stops() {
     assert!(stderr(&start).contains("glint-api.conf:9: [DEFAULT] workers:"));
 }
 
+/// The `Uid:` (real, effective) and `NoNewPrivs:` of process `pid`, from /proc.
+fn uid_and_no_new_privs(pid: i32) -> (String, String) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| {
+                value
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    (field("Uid:"), field("NoNewPrivs:"))
+}
+
+/// Issue 14, part 2: run as root, the init script runs the server as its system user
+/// (`GLINT_USER`, `GLINT_GROUP`; here nobody, since the test cannot create users), with no new
+/// privileges, after creating the directories of `GLINT_DIRS` for it; reload, status and stop
+/// (run as root) still reach it. A user that does not exist refuses the start with LSB's 6.
+/// Run by another user, the script cannot switch and runs the server as that user.
+#[test]
+fn init_script_runs_the_server_as_its_system_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = util::temp_config(dir.path(), &util::base_config("workers = 1"));
+    let _guard = InitScriptServer {
+        pid_file: dir.path().join("glint-api.pid"),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (user, uid) = if root {
+        ("nobody", "65534 65534".to_string())
+    } else {
+        // SAFETY: as above.
+        let me = unsafe { libc::geteuid() };
+        ("", format!("{me} {me}"))
+    };
+    if root {
+        // The server writes its pid, status, log, database and images into the test's dir.
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    }
+    let runtime = dir.path().join("run-glint");
+    let env = [
+        ("GLINT_USER", user),
+        ("GLINT_GROUP", if root { "nogroup" } else { "" }),
+        ("GLINT_DIRS", runtime.to_str().unwrap()),
+    ];
+    let log = || {
+        format!(
+            "--- output.log ---\n{}--- glint-api.log ---\n{}",
+            fs::read_to_string(dir.path().join("output.log")).unwrap_or_default(),
+            fs::read_to_string(dir.path().join("glint-api.log")).unwrap_or_default()
+        )
+    };
+
+    if root {
+        let missing = init_script_env(
+            "start",
+            &config,
+            &[("GLINT_USER", "glint-no-such-user"), ("GLINT_GROUP", "")],
+        );
+        assert_eq!(
+            missing.status.code(),
+            Some(6),
+            "{}",
+            show("start", &missing)
+        );
+        assert!(
+            stderr(&missing).contains("user glint-no-such-user does not exist"),
+            "{}",
+            show("start", &missing)
+        );
+    }
+
+    let start = init_script_env("start", &config, &env);
+    assert_eq!(
+        start.status.code(),
+        Some(0),
+        "{}\n{}",
+        show("start", &start),
+        log()
+    );
+    let master: i32 = fs::read_to_string(dir.path().join("glint-api.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut processes = vec![master];
+    processes.extend(util::children_of(master));
+    assert_eq!(processes.len(), 2, "the master and its one child");
+    for pid in processes {
+        let (process_uid, no_new_privs) = uid_and_no_new_privs(pid);
+        assert_eq!(process_uid, uid, "the uids of process {pid}");
+        if root {
+            assert_eq!(no_new_privs, "1", "NoNewPrivs of process {pid}");
+        }
+    }
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = fs::metadata(&runtime).expect("GLINT_DIRS created");
+        assert_eq!(
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o7777),
+            (65534, 65534, 0o750)
+        );
+    }
+
+    fs::write(&config, util::base_config("workers = 2")).unwrap();
+    let reload = init_script_env("reload", &config, &env);
+    assert_eq!(
+        reload.status.code(),
+        Some(0),
+        "{}\n{}",
+        show("reload", &reload),
+        log()
+    );
+    for pid in util::children_of(master) {
+        assert_eq!(uid_and_no_new_privs(pid).0, uid, "the uids of child {pid}");
+    }
+    let stop = init_script_env("stop", &config, &env);
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "{}\n{}",
+        show("stop", &stop),
+        log()
+    );
+    assert!(!util::process_alive(master));
+}
+
 /// Reads one notification, or panics after the deadline.
 fn notification(socket: &UnixDatagram, server: &Server) -> String {
     let mut buffer = [0u8; 4096];
@@ -372,7 +561,7 @@ fn now_monotonic_usec() -> u64 {
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
-/// The notify protocol as systemd's Type=notify-reload reads it, from a datagram socket the test
+/// The notify protocol as systemd's Type=notify (and notify-reload) reads it, from a datagram socket the test
 /// binds as NOTIFY_SOCKET: READY once serving, RELOADING (timestamped after the SIGHUP) and READY
 /// for a good and for a bad reload, STOPPING at SIGTERM, and nothing from the children.
 #[test]

@@ -183,7 +183,10 @@ fn idle_connection_is_served_by_the_new_generation_after_a_reload() {
         .unwrap()
         .expect("an answer");
     assert_eq!((response.status, response.closes()), (200, false));
-    let line = format!("child gen 2: 127.0.0.1:{port} \"GET /healthcheck\" 200");
+    let line = format!(
+        "child gen 2: [{}] 127.0.0.1:{port} \"GET /healthcheck\" 200",
+        request_id(&response)
+    );
     server.wait_for_log(&line, DEADLINE);
 }
 
@@ -210,7 +213,10 @@ fn partly_received_request_is_handed_over_with_its_bytes() {
         .expect("an answer");
     assert_eq!(response.status, 200, "{response:?}");
     server.wait_for_log(
-        &format!("child gen 2: 127.0.0.1:{port} \"GET /versions\" 200"),
+        &format!(
+            "child gen 2: [{}] 127.0.0.1:{port} \"GET /versions\" 200",
+            request_id(&response)
+        ),
         DEADLINE,
     );
 }
@@ -255,7 +261,10 @@ fn pipelined_requests_behind_a_request_in_flight_are_all_answered() {
         .expect("the request handed over");
     assert_eq!(versions.status, 200, "{versions:?}");
     server.wait_for_log(
-        &format!("child gen 2: 127.0.0.1:{port} \"GET /versions\" 200"),
+        &format!(
+            "child gen 2: [{}] 127.0.0.1:{port} \"GET /versions\" 200",
+            request_id(&versions)
+        ),
         DEADLINE,
     );
 }
@@ -691,7 +700,10 @@ fn a_draining_child_hands_over_to_the_latest_target() {
         .expect("an answer");
     assert_eq!(health.status, 200, "{health:?}");
     server.wait_for_log(
-        &format!("child gen 3: 127.0.0.1:{port} \"GET /healthcheck\" 200"),
+        &format!(
+            "child gen 3: [{}] 127.0.0.1:{port} \"GET /healthcheck\" 200",
+            request_id(&health)
+        ),
         DEADLINE,
     );
 }
@@ -782,4 +794,11 @@ fn header_deadline_travels_with_the_connection_across_reloads() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
+}
+
+/// The request id a response carries; the access line for it names the same.
+fn request_id(response: &util::Response) -> &str {
+    response
+        .header("x-openstack-request-id")
+        .unwrap_or_else(|| panic!("no x-openstack-request-id in {response:?}"))
 }

@@ -9,6 +9,10 @@
 //! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
 //! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
 //!   systemd notify messages.
+//! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
+//!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
+//! - `systemd`: the systemd unit, offline: `systemd-analyze verify` and `security`, and its
+//!   `ExecReload=` run against a real server (issue 14, part 2).
 //! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 //! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
 //! - `keystone`: Keystone token validation (the keystone flavors) against the real Keystone that
@@ -46,5 +50,7 @@ mod keystone;
 mod lifecycle;
 mod process_faults;
 mod reload;
+mod request_ids;
 mod sharing;
 mod slow_readers;
+mod systemd;

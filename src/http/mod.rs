@@ -10,6 +10,7 @@ pub mod connection;
 pub mod error;
 pub mod head;
 pub mod parked;
+pub mod request_id;
 pub mod response;
 pub mod sending;
 pub mod serve;

@@ -20,9 +20,11 @@ use nix::poll::PollFlags;
 use super::connection::{Connection, HEAD_READ_CHUNK};
 use super::error::HttpError;
 use super::head::{self, Parsed, RequestHead, Version};
+use super::request_id::{self, RequestId};
 use super::response::{self, Response, WriteOptions};
 use super::sending::Sending;
 use super::serve::Settings;
+use crate::logging::RequestScope;
 
 /// How long a connection we closed FIN-first is kept to discard what the client still sends,
 /// so that our last response is not destroyed by a reset before the client reads it.
@@ -290,10 +292,6 @@ impl Parked {
     pub fn on_deadline(&mut self, now: Instant, settings: &Settings) -> Step {
         match self.wait {
             Wait::FirstRequest | Wait::Head if !self.connection.buffered().is_empty() => {
-                log::debug!(
-                    "{}: request head not received within client_header_timeout; answering 408",
-                    self.connection.peer()
-                );
                 answer_timeout(&self.connection);
                 self.close(now);
                 Step::Stay
@@ -362,7 +360,15 @@ fn parse(connection: &Connection, settings: &Settings) -> Option<ArrivedHead> {
 /// too slow to send is not waited for to receive either).
 fn answer_timeout(connection: &Connection) {
     let error = HttpError::HeaderTimeout;
-    let response = Response::text(error.status(), &format!("{}\n", error.message()));
+    // No access line (there is no request to name), but the answer has an id like any other.
+    let request_id = RequestId::generate();
+    let _scope = RequestScope::enter(request_id.as_str());
+    log::debug!(
+        "{}: request head not received within client_header_timeout; answering 408",
+        connection.peer()
+    );
+    let response = Response::text(error.status(), &format!("{}\n", error.message()))
+        .header(request_id::HEADER, request_id.as_str());
     let options = WriteOptions {
         version: Version::Http11,
         keep_alive: false,

@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::sendfile::sendfile;
 
+use super::request_id::RequestId;
 use super::response::{Body, Prepared};
+use crate::logging::RequestScope;
 
 /// What the socket took of a response in one [`Outgoing::advance`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +264,8 @@ impl Outgoing {
 
 /// What the access log says of a request, kept until its response ends.
 pub struct AccessRecord {
+    /// The id its response carries (`x-openstack-request-id`); the access line names it.
+    pub request_id: RequestId,
     pub peer: SocketAddr,
     pub method: String,
     pub target: String,
@@ -271,7 +275,11 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// Logs the access line of a response sent whole. On whichever thread the response ends (a
+    /// worker, or another one that finished it after it waited in the acceptor), the line names
+    /// the request's id.
     pub fn completed(&self, body_bytes: u64) {
+        let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
             target: "access",
             "{} \"{} {}\" {} {} {:.1}ms",
@@ -286,6 +294,7 @@ impl AccessRecord {
 
     /// The response ended early: `why` is what stopped it.
     pub fn not_completed(&self, why: &dyn std::fmt::Display) {
+        let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
             target: "access",
             "{} \"{} {}\" {} - {:.1}ms (response not completed: {why})",
@@ -517,6 +526,7 @@ mod tests {
 
     fn record(started: Instant) -> AccessRecord {
         AccessRecord {
+            request_id: RequestId::generate(),
             peer: "127.0.0.1:1".parse().unwrap(),
             method: "GET".into(),
             target: "/".into(),

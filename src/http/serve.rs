@@ -23,8 +23,10 @@ use super::connection::Connection;
 use super::error::HttpError;
 use super::head::{self, Framing, Limits, Parsed, RequestHead, Version};
 use super::parked::ArrivedHead;
+use super::request_id::{self, RequestId};
 use super::response::{self, Response, WriteOptions};
 use super::sending::{AccessRecord, Outgoing, Progress, SendBudget, SendRule, Sending};
+use crate::logging::RequestScope;
 
 /// How long a worker waits, after a response on a keep-alive connection, for the client's next
 /// request before handing the connection back to the acceptor. Back-to-back clients send within
@@ -205,6 +207,9 @@ fn reject(
     settings: &Settings,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
+    // Answered by this layer, it still carries an id, and the lines about it name it.
+    let request_id = RequestId::generate();
+    let _scope = RequestScope::enter(request_id.as_str());
     log::debug!(
         "{}: answering {} to a bad request: {error}",
         connection.peer(),
@@ -218,6 +223,7 @@ fn reject(
     };
     // The access log has no method or target to show for a request that did not parse.
     let record = AccessRecord {
+        request_id,
         peer: connection.peer(),
         method: "-".to_string(),
         target: "-".to_string(),
@@ -237,6 +243,9 @@ fn serve_one(
     budget: &Arc<SendBudget>,
 ) -> Disposition {
     let started = Instant::now();
+    // Every line logged while this request is served names its id (the handler's errors too).
+    let request_id = RequestId::generate();
+    let _scope = RequestScope::enter(request_id.as_str());
     // Blocking, with timeouts, while the handler reads the body; `send` switches to
     // non-blocking for the response.
     if connection.set_blocking(true).is_err()
@@ -271,6 +280,7 @@ fn serve_one(
                     head_request: is_head,
                 };
                 let record = AccessRecord {
+                    request_id,
                     peer,
                     method,
                     target,
@@ -325,6 +335,7 @@ fn serve_one(
     connection.last_response = Instant::now();
     connection.requests_served += 1;
     let record = AccessRecord {
+        request_id,
         peer,
         method,
         target,
@@ -335,7 +346,8 @@ fn serve_one(
 }
 
 /// Writes `response` to a request answered with `options`: through [`send`], or, for a
-/// streamed body, with blocking writes.
+/// streamed body, with blocking writes. Every response goes through here, and gets its
+/// request's id header here.
 fn respond(
     connection: &mut Connection,
     response: Response,
@@ -344,6 +356,7 @@ fn respond(
     settings: &Settings,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
+    let response = response.header(request_id::HEADER, record.request_id.as_str());
     let outgoing = match Outgoing::new(response::prepare(response, options)) {
         Ok(outgoing) => outgoing,
         Err(streamed) => return write_streamed(connection, streamed, &record),

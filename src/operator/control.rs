@@ -341,6 +341,7 @@ fn describe(pid: Pid, status: &Status, age: Duration) -> String {
             format!("glint-api is {phase} (pid {pid})")
         },
         format!("phase: {phase}"),
+        format!("version: {}", status.version),
         format!(
             "generation: {} with {} worker(s)",
             status.generation, status.workers
@@ -788,6 +789,7 @@ mod tests {
     fn running(workers: usize, serving: usize, respawns: Vec<RespawnStatus>) -> Status {
         Status {
             master_pid: 42,
+            version: "0.1.0".to_string(),
             phase: Phase::Running,
             generation: 3,
             workers,

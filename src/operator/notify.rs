@@ -1,8 +1,10 @@
 //! The service manager's notify protocol (sd_notify(3)), spoken by the master itself: no
 //! libsystemd, one datagram per state change on the Unix socket named by `$NOTIFY_SOCKET`.
 //!
-//! With `Type=notify-reload` (scripts/systemd/glint-api.service) systemd learns from these
-//! messages when glint serves and when a reload it asked for (by SIGHUP) is over:
+//! With `Type=notify` (scripts/systemd/glint-api.service, whose `ExecReload=` is `glint-api
+//! reload`) systemd learns from these messages when glint serves and what a reload did; with
+//! `Type=notify-reload` (systemd 253 and later, sending SIGHUP itself) also when a reload it
+//! asked for is over:
 //!
 //! - `READY=1` (with `MAINPID=` and `STATUS=`) once the first generation serves;
 //! - `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC in µs) for every SIGHUP the master

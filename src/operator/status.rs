@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub master_pid: u32,
+    /// The master's version (`glint-api --version`); a document written before the field
+    /// existed reads as empty.
+    #[serde(default)]
+    pub version: String,
     pub phase: Phase,
     /// The generation that serves new connections (0 before the first one is ready).
     pub generation: u64,

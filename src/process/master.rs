@@ -657,6 +657,7 @@ impl Master {
         let children = machine.children();
         Status {
             master_pid: std::process::id(),
+            version: crate::VERSION.to_string(),
             phase: match machine.phase() {
                 Phase::Starting => status::Phase::Starting,
                 Phase::Running => status::Phase::Running,
