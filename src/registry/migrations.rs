@@ -118,6 +118,11 @@ pub const MIGRATIONS: &[&str] = &[
     //   image (`image_tags`' primary key is (image_id, tag)).
     // - `images_by_owner_created`: `owner=...` in the default order (Horizon's project tab).
     //
+    // The visibility and owner indexes hold `os_hidden` as a second equality column: every list
+    // tests it (`os_hidden = 0` unless asked otherwise), so the walk skips hidden images in the
+    // index and reads no table row for an image a tag probe then rejects (a tag with a
+    // visibility at 100,000 images: about 1.9 ms a page without it, 1.0 ms with it).
+    //
     // All are partial on `deleted = 0` like the others: every list has that condition, and
     // tombstones never take room in them.
     "
@@ -126,9 +131,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX images_by_name_created ON images
         (name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     CREATE INDEX images_by_visibility_created ON images
-        (visibility, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+        (visibility, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     CREATE INDEX images_by_owner_created ON images
-        (owner, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+        (owner, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     ",
 ];
 
