@@ -82,7 +82,7 @@ fn plan(registry: &Registry, query: &ListQuery) -> String {
 
 /// Asserts that the plan of `query`, from the start and after a marker, reads `images` through
 /// `index` in list order: no line scans `images` without an index, none sorts in a temporary
-/// b-tree, and the named index is the one used.
+/// b-tree, the named index is the one used, and after a marker it is entered at the marker.
 fn assert_walks(registry: &Registry, what: &str, query: ListQuery, index: &str) {
     let first = registry.list(&query).expect("list");
     assert!(!first.is_empty(), "{what}: the fixture lists something");
@@ -100,11 +100,25 @@ fn assert_walks(registry: &Registry, what: &str, query: ListQuery, index: &str) 
                 "{context}\n(a full scan of images)"
             );
         }
+        // The index's name as a whole word: a plan using `images_by_created_x` must not pass
+        // for one using `images_by_created`.
+        let uses_index = |line: &str| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            line.contains("images USING")
+                && words
+                    .windows(2)
+                    .any(|pair| pair[0] == "INDEX" && pair[1] == index)
+        };
         assert!(
-            plan.lines()
-                .any(|line| line.contains("images USING")
-                    && line.contains(&format!("INDEX {index}"))),
+            plan.lines().any(uses_index),
             "{context}\n(expected {index})"
+        );
+        // After a marker the walk starts at the marker, a range of the index (`name>?`,
+        // `(created_at,created_order,id)<(?,?,?)`), not at the index's first entry.
+        let starts_at_marker = |line: &str| uses_index(line) && line.contains(['<', '>']);
+        assert!(
+            page == "first page" || plan.lines().any(starts_at_marker),
+            "{context}\n(the walk does not start at the marker)"
         );
         assert!(
             !plan.contains("TEMP B-TREE"),
