@@ -2,7 +2,7 @@
 //! docs/BENCHMARKS.md.
 //!
 //! Every benchmark script (`scripts/bench-reload`, `bench-load`, `bench-data`,
-//! `bench-reload-memory`, `bench-keystone`) collects the JSON lines its measuring tool prints and, at the end of a
+//! `bench-reload-memory`, `bench-keystone`, `bench-registry`) collects the JSON lines its measuring tool prints and, at the end of a
 //! run, hands them to `bench_report record`, which writes one JSON record of that run: which
 //! benchmark and the command, the commit and whether the tree differed from it, the date, the
 //! machine, the settings, and every measurement of glint and of its reference from that run, side
@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! bench_report tree
-//! bench_report record --bench reload|load|data|reload-memory|keystone --runs FILE --started DATE
+//! bench_report record --bench reload|load|data|reload-memory|keystone|registry --runs FILE --started DATE
 //!     --out FILE [--tree JSON] [--command TEXT] [--loadavg-start "1 5 15"]
 //!     [--setting KEY=VALUE]... [--fact KEY=VALUE]... [--note TEXT]...
 //! bench_report table FILE
@@ -49,7 +49,7 @@ const END: &str = "<!-- /bench_report -->";
 /// What regenerates the tables of docs/BENCHMARKS.md.
 const REGENERATE: &str = "scripts/bench-tables";
 
-/// Targets, from the issues that asked for each benchmark (issues 2, 3, 5 and 11).
+/// Targets, from the issues that asked for each benchmark (issues 2, 3, 5, 11 and 13).
 const RELOAD_MEDIAN_MS: f64 = 50.0;
 const RELOAD_P99_FACTOR: f64 = 2.0;
 const DATA_DOWNLOAD_RATIO: f64 = 0.90;
@@ -58,6 +58,8 @@ const DATA_RSS_KIB: u64 = 32 * 1024;
 const LOAD_IMAGE_RATIO: f64 = 0.5;
 const LOAD_P99_MS: f64 = 5.0;
 const KEYSTONE_RATIO: f64 = 0.90;
+const REGISTRY_P99_MS: f64 = 5.0;
+const REGISTRY_GROWTH: f64 = 2.0;
 
 const USAGE: &str =
     "usage: bench_report record --bench NAME --runs FILE --started DATE --out FILE \
@@ -368,6 +370,7 @@ fn render(path: &str) -> Result<String, String> {
         Some("data") => data_table(runs, &record),
         Some("reload-memory") => memory_table(runs, &record),
         Some("keystone") => keystone_table(runs, &record),
+        Some("registry") => registry_table(runs, &record),
         other => return Err(format!("{path}: unknown bench {other:?}")),
     };
     Ok(format!("{body}\n{}", provenance(path, &record)))
@@ -1100,6 +1103,82 @@ fn keystone_table(runs: &[Value], record: &Value) -> String {
         },
         verdict(failed == 0 && overall.is_some_and(|ratio| ratio >= KEYSTONE_RATIO))
     );
+    out
+}
+
+// ---- registry -------------------------------------------------------------------------------
+
+/// Issue 13's large-registry benchmark (scripts/bench-registry): for each list shape, p50 and
+/// p99 at each registry size, over HTTP and as `Registry::list` calls; the targets are on the
+/// HTTP p99 at the largest size (the registry p99 for the shape only a Keystone caller lists).
+fn registry_table(runs: &[Value], _record: &Value) -> String {
+    let mut sizes: Vec<u64> = runs
+        .iter()
+        .filter_map(|run| run["images"].as_u64())
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut shapes: Vec<&str> = Vec::new();
+    for run in runs {
+        if let Some(shape) = run["shape"]
+            .as_str()
+            .filter(|shape| !shapes.contains(shape))
+        {
+            shapes.push(shape);
+        }
+    }
+    let find = |shape: &str, via: &str, size: u64| {
+        runs.iter()
+            .find(|run| run["shape"] == shape && run["via"] == via && run["images"] == size)
+    };
+    let mut titles = Vec::new();
+    for size in &sizes {
+        for via in ["http", "registry"] {
+            titles.push(format!("{size} images, {via} p50 ms"));
+            titles.push(format!("{size} images, {via} p99 ms"));
+        }
+    }
+    let rows: Vec<(String, Vec<String>)> = shapes
+        .iter()
+        .map(|shape| {
+            let mut cells = Vec::new();
+            for size in &sizes {
+                for via in ["http", "registry"] {
+                    let run = find(shape, via, *size);
+                    let cell = |key: &str| run.map_or("-".to_string(), |run| num(&run[key], 2));
+                    cells.push(cell("p50_ms"));
+                    cells.push(cell("p99_ms"));
+                }
+            }
+            (format!("`{shape}`"), cells)
+        })
+        .collect();
+    let mut out = md_table("list shape (limit=25)", &titles, &rows);
+    let (Some(&small), Some(&large)) = (sizes.first(), sizes.last()) else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "\nTargets (issue 13): at {large} images, each list's p99 at most {REGISTRY_P99_MS} ms and at most {REGISTRY_GROWTH}x its p99 at {small} images (over HTTP; the `viewer` shape, which only a Keystone caller lists, as `Registry::list` calls).\n"
+    );
+    for shape in &shapes {
+        let via = if find(shape, "http", large).is_some() {
+            "http"
+        } else {
+            "registry"
+        };
+        let p99 = |size| find(shape, via, size).and_then(|run| run["p99_ms"].as_f64());
+        let (Some(at_small), Some(at_large)) = (p99(small), p99(large)) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "- `{shape}` ({via}): p99 {at_large:.2} ms: {}; {:.2}x its {at_small:.2} ms at {small}: {}.",
+            verdict(at_large <= REGISTRY_P99_MS),
+            at_large / at_small,
+            verdict(at_large <= REGISTRY_GROWTH * at_small),
+        );
+    }
     out
 }
 

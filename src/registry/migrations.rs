@@ -99,6 +99,42 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX image_members_by_member ON image_members (member_id, image_id, status)
         WHERE deleted = 0;
     ",
+    // 3: indexes that give the lists glanceclient and Horizon ask for in their order, so that a
+    // page reads about as many rows at 100,000 images as at 1,000 (issue 13, part 5).
+    //
+    // Each holds the whole list order after its equality column: the requested key, then the
+    // tie-breakers `created_at DESC, created_order DESC, id DESC` that `query::effective_sort`
+    // appends, with the same directions, so SQLite walks the index in list order and stops when
+    // the page is full instead of sorting every match. `images_by_name` and `images_by_status`
+    // of migration 1 hold one column each: a name sort with a status filter read every active
+    // image and sorted them (about 100 ms at 100,000 images). They stay, since an older
+    // generation may share the file and its plans may count on them.
+    //
+    // - `images_by_status_name`: `status=...` with `sort_key=name` (glanceclient, Horizon).
+    // - `images_by_name_created`: `sort_key=name` alone, and the `name=...` filter in the
+    //   default order.
+    // - `images_by_visibility_created`: `visibility=...` in the default order (Horizon's public,
+    //   shared and community tabs), which a tag filter then narrows with one index probe per
+    //   image (`image_tags`' primary key is (image_id, tag)).
+    // - `images_by_owner_created`: `owner=...` in the default order (Horizon's project tab).
+    //
+    // The visibility and owner indexes hold `os_hidden` as a second equality column: every list
+    // tests it (`os_hidden = 0` unless asked otherwise), so the walk skips hidden images in the
+    // index and reads no table row for an image a tag probe then rejects (a tag with a
+    // visibility at 100,000 images: about 1.9 ms a page without it, 1.0 ms with it).
+    //
+    // All are partial on `deleted = 0` like the others: every list has that condition, and
+    // tombstones never take room in them.
+    "
+    CREATE INDEX images_by_status_name ON images
+        (status, name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_name_created ON images
+        (name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_visibility_created ON images
+        (visibility, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_owner_created ON images
+        (owner, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is

@@ -53,6 +53,8 @@ mod member;
 #[cfg(test)]
 mod member_tests;
 mod migrations;
+#[cfg(test)]
+mod plan_tests;
 mod query;
 mod status;
 #[cfg(test)]
