@@ -1515,8 +1515,30 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
                 ),
             }
         }
-        let Some(entry) = raw.entry(spec.section, spec.name) else {
-            continue;
+        let also = options::also_read_from(spec);
+        let (section, entry) = match (
+            raw.entry(spec.section, spec.name),
+            also.and_then(|also| raw.entry(also, spec.name)),
+        ) {
+            (Some(entry), None) => (spec.section, entry),
+            (None, Some(entry)) => (also.unwrap_or(spec.section), entry),
+            (None, None) => continue,
+            (Some(entry), Some(_)) => {
+                report.error(
+                    entry.values.last().and_then(|value| value.line),
+                    Some(spec.section),
+                    Some(spec.name),
+                    format!(
+                        "also set in [{}] (line {}); Glance reads it from [{}], glint from \
+                         either: keep one",
+                        also.unwrap_or_default(),
+                        raw.line_of(also.unwrap_or_default(), spec.name)
+                            .map_or("?".to_string(), |line| line.to_string()),
+                        also.unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
         };
         let Some(last) = entry.values.last() else {
             continue;
@@ -1540,7 +1562,7 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
             };
             report.warning(
                 value.line,
-                Some(spec.section),
+                Some(section),
                 Some(spec.name),
                 format!("set more than once{earlier}; this last value is used, remove the others"),
             );
@@ -1549,13 +1571,11 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
             match options::parse(&spec.kind, &value.text, folder) {
                 Ok(parsed) => {
                     if let Some(warning) = parsed.warning {
-                        report.warning(value.line, Some(spec.section), Some(spec.name), warning);
+                        report.warning(value.line, Some(section), Some(spec.name), warning);
                     }
                     (spec.apply)(&mut draft, parsed.value);
                 }
-                Err(message) => {
-                    report.error(value.line, Some(spec.section), Some(spec.name), message)
-                }
+                Err(message) => report.error(value.line, Some(section), Some(spec.name), message),
             }
         }
     }

@@ -1215,9 +1215,27 @@ pub(super) fn is_glance_section(section: &str) -> bool {
 
 /// The option in `section` called `name`, if glint has one.
 pub(super) fn find(section: &str, name: &str) -> Option<&'static OptionSpec> {
-    OPTIONS
+    OPTIONS.iter().find(|spec| {
+        spec.name == name && (spec.section == section || also_read_from(spec) == Some(section))
+    })
+}
+
+/// Options read from a second section too: Glance registers the image cache's options in
+/// `[DEFAULT]` (glance/image_cache/__init__.py), where a glance-api.conf sets them, while
+/// glint's own files have used `[image_cache]`. Both are read; setting one in both is an
+/// error, since neither reading could be the one the operator meant.
+pub const ALSO_READ_FROM: &[(&str, &str, &str)] = &[
+    ("image_cache", "image_cache_dir", "DEFAULT"),
+    ("image_cache", "image_cache_max_size", "DEFAULT"),
+    ("image_cache", "image_cache_stall_time", "DEFAULT"),
+];
+
+/// The second section `spec` is read from, if any (see [`ALSO_READ_FROM`]).
+pub fn also_read_from(spec: &OptionSpec) -> Option<&'static str> {
+    ALSO_READ_FROM
         .iter()
-        .find(|spec| spec.section == section && spec.name == name)
+        .find(|(section, name, _)| *section == spec.section && *name == spec.name)
+        .map(|(_, _, also)| *also)
 }
 
 /// The known option nearest to `name` (edit distance at most 2), preferring `section`.

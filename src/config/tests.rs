@@ -2256,3 +2256,40 @@ fn server_files_are_found_despite_a_bad_policy_file() {
     assert!(load(&path).is_err());
     assert!(load_server_files(&path).is_ok());
 }
+
+/// A glance-api.conf sets the image cache's options in `[DEFAULT]`, where Glance registers
+/// them: glint reads them there as in `[image_cache]`, without a warning.
+#[test]
+fn image_cache_options_are_read_from_default_as_glance_reads_them() {
+    let loaded = loads(
+        "[DEFAULT]\nimage_cache_dir = /srv/cache\nimage_cache_max_size = 1048576\n\
+         image_cache_stall_time = 60\n",
+    );
+    assert_eq!(loaded.config.image_cache_dir, PathBuf::from("/srv/cache"));
+    assert_eq!(loaded.config.image_cache_max_size, 1_048_576);
+    assert_eq!(
+        loaded.config.image_cache_stall_time,
+        Duration::from_secs(60)
+    );
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    // In [image_cache] as before.
+    let loaded = loads("[image_cache]\nimage_cache_dir = /srv/other\n");
+    assert_eq!(loaded.config.image_cache_dir, PathBuf::from("/srv/other"));
+    // A bad value in [DEFAULT] is reported there.
+    let error = refused("[DEFAULT]\nimage_cache_max_size = lots\n").to_string();
+    assert!(
+        error.contains(":2: [DEFAULT] image_cache_max_size: `lots` is not a decimal integer"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_image_cache_option_set_in_both_sections_is_refused_naming_both_lines() {
+    let error =
+        refused("[DEFAULT]\nimage_cache_dir = /srv/a\n\n[image_cache]\nimage_cache_dir = /srv/b\n")
+            .to_string();
+    assert!(
+        error.contains(":5: [image_cache] image_cache_dir: also set in [DEFAULT] (line 2)"),
+        "{error}"
+    );
+}

@@ -199,7 +199,7 @@ pub fn run(start: Start) -> i32 {
             Ok(cache) => Arc::new(cache),
             Err(error) => {
                 return ready.failed(&format!(
-                    "cannot open the image cache: {error}; fix [image_cache] image_cache_dir, \
+                    "cannot open the image cache: {error}; fix image_cache_dir ([DEFAULT] or [image_cache]), \
                      or set [paste_deploy] flavor to no cache"
                 ));
             }

@@ -838,7 +838,7 @@ fn check_storage(config: &Config) -> Result<(), String> {
     if config.flavor.uses_cache() {
         crate::cache::Cache::open(child::cache_settings(config)).map_err(|error| {
             format!(
-                "{error}; fix [image_cache] image_cache_dir, or set [paste_deploy] flavor to no \
+                "{error}; fix image_cache_dir ([DEFAULT] or [image_cache]), or set [paste_deploy] flavor to no \
                  cache"
             )
         })?;
