@@ -136,7 +136,13 @@ impl Inspector {
         let Some((offset, len)) = super::wanted_region(&seen) else {
             return false;
         };
-        if seen.bytes_at(offset, len).is_some() || self.missed {
+        // The tail does not count: it moves on with the stream, and the region with it.
+        let kept = Seen {
+            tail: &[],
+            size: seen.size.max(offset.saturating_add(len as u64)),
+            ..seen
+        };
+        if kept.bytes_at(offset, len).is_some() || self.missed {
             return false;
         }
         let registered = self
