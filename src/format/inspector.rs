@@ -4,7 +4,7 @@
 //! bounded windows of the stream: the head ([`HEAD_WINDOW`]), the tail ([`TAIL_WINDOW`]) and at
 //! most [`MAX_CAPTURES`] regions further in that a header named ([`MAX_CAPTURE`] bytes each,
 //! e.g. a vmdk descriptor or the vhdx metadata table). So one upload holds at most
-//! `HEAD_WINDOW + TAIL_WINDOW + MAX_CAPTURES * MAX_CAPTURE` bytes (2.27 MiB; docs/OPERATIONS.md
+//! `HEAD_WINDOW + TAIL_WINDOW + MAX_CAPTURES * MAX_CAPTURE` bytes (2,363,392; docs/OPERATIONS.md
 //! quotes it), whatever the image size or what its headers claim.
 //!
 //! It does not decide anything: the format files ([`super::qcow2`] and the others) read a
@@ -152,14 +152,9 @@ impl Inspector {
         if registered {
             return false;
         }
-        // Bytes of the region that the head already holds are taken from it; the rest must
-        // still be ahead in the stream (the chunk being fed starts at `start`).
-        let head_end = self.head.len() as u64;
-        let prefix = if offset < head_end {
-            self.head[offset as usize..].to_vec()
-        } else {
-            Vec::new()
-        };
+        // Bytes of the region that the head or an earlier capture already holds are taken from
+        // them; the rest must still be ahead in the stream (the chunk being fed starts at `start`).
+        let prefix = self.kept_prefix(offset, len);
         let next_needed = offset + prefix.len() as u64;
         if len > MAX_CAPTURE
             || self.captures.len() >= MAX_CAPTURES
@@ -177,6 +172,29 @@ impl Inspector {
             data: prefix,
         });
         true
+    }
+
+    /// The longest run of the region (`offset`, `len`) from its start that the head and the
+    /// captures hold.
+    fn kept_prefix(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        while prefix.len() < len {
+            let at = offset + prefix.len() as u64;
+            let source = if at < self.head.len() as u64 {
+                &self.head[at as usize..]
+            } else {
+                let holder = self.captures.iter().find(|capture| {
+                    at >= capture.offset && at < capture.offset + capture.data.len() as u64
+                });
+                match holder {
+                    Some(capture) => &capture.data[(at - capture.offset) as usize..],
+                    None => break,
+                }
+            };
+            let take = source.len().min(len - prefix.len());
+            prefix.extend_from_slice(&source[..take]);
+        }
+        prefix
     }
 
     /// Copies the part of `chunk` (which starts at `start`) that falls in each unfinished

@@ -80,8 +80,14 @@ fn vhd_footer(disk_type: u32, creator: &[u8; 4], size: u64, chs: (u16, u8, u8)) 
     footer
 }
 
-/// A vhdx with its metadata region at `metadata` and the given File Parameters flags.
+/// A vhdx with its metadata region at `metadata` and the given File Parameters flags; the items
+/// right after the metadata table, as qemu writes them.
 fn vhdx(metadata: usize, flags: u32, length: usize) -> Vec<u8> {
+    vhdx_with_items(metadata, flags, length, (65536, 65544))
+}
+
+/// A vhdx whose File Parameters and Virtual Disk Size items are at `items` in the region.
+fn vhdx_with_items(metadata: usize, flags: u32, length: usize, items: (u32, u32)) -> Vec<u8> {
     let mut data = vec![0u8; length];
     put(&mut data, 0, b"vhdxfile");
     let table = 192 * 1024;
@@ -97,8 +103,8 @@ fn vhdx(metadata: usize, flags: u32, length: usize) -> Vec<u8> {
     put(&mut data, metadata, b"metadata");
     put(&mut data, metadata + 10, &2u16.to_le_bytes());
     let entries = [
-        ("CAA16737-FA36-4D43-B3B6-33F0AA44E76B", 65536u32),
-        ("2FA54224-CD1B-4876-B211-5DBED83BF4B8", 65544u32),
+        ("CAA16737-FA36-4D43-B3B6-33F0AA44E76B", items.0),
+        ("2FA54224-CD1B-4876-B211-5DBED83BF4B8", items.1),
     ];
     for (index, (guid, offset)) in entries.iter().enumerate() {
         let entry = metadata + 32 + index * 32;
@@ -106,9 +112,14 @@ fn vhdx(metadata: usize, flags: u32, length: usize) -> Vec<u8> {
         put(&mut data, entry + 16, &offset.to_le_bytes());
         put(&mut data, entry + 20, &8u32.to_le_bytes());
     }
-    put(&mut data, metadata + 65536, &(32u32 << 20).to_le_bytes());
-    put(&mut data, metadata + 65540, &flags.to_le_bytes());
-    put(&mut data, metadata + 65544, &(3u64 << 30).to_le_bytes());
+    let (parameters, size) = (items.0 as usize, items.1 as usize);
+    put(
+        &mut data,
+        metadata + parameters,
+        &(32u32 << 20).to_le_bytes(),
+    );
+    put(&mut data, metadata + parameters + 4, &flags.to_le_bytes());
+    put(&mut data, metadata + size, &(3u64 << 30).to_le_bytes());
     data
 }
 
@@ -405,6 +416,20 @@ fn vhdx_size_from_its_metadata_region() {
         judged(&short, "vhdx"),
         Err(Refusal::Unparsable { .. })
     ));
+}
+
+#[test]
+fn vhdx_items_that_start_inside_the_metadata_table_are_kept_in_any_chunking() {
+    // File Parameters in the table's last bytes, the size past it: the items' capture starts
+    // with bytes the table's capture holds, long streamed past.
+    let data = vhdx_with_items(1 << 20, 0, 2 << 20, (65528, 70000));
+    for chunk in [1000, 4096, 65536, 2 << 20] {
+        assert_eq!(
+            judge_in_chunks(&data, chunk, "vhdx"),
+            Ok(Some(3 << 30)),
+            "{chunk}"
+        );
+    }
 }
 
 #[test]
