@@ -378,22 +378,23 @@ fn hostile_images_are_refused_stay_queued_and_leave_nothing_stored() {
 }
 
 #[test]
-fn disk_formats_limits_what_create_and_patch_accept_and_the_match_can_be_relaxed() {
+fn image_format_options_limit_disk_formats_relax_the_match_and_choose_vmdk_types() {
     let server = Server::start(
-        "\n[image_format]\ndisk_formats = raw,qcow2\nrequire_image_format_match = false\n[DEFAULT]",
+        "\n[image_format]\ndisk_formats = raw,qcow2,vmdk\nrequire_image_format_match = false\n\
+         vmdk_allowed_types = streamOptimized\n[DEFAULT]",
     );
     let refused = send_body(
         server.addr(),
         "POST",
         "/v2/images",
         "application/json",
-        br#"{"name":"x","disk_format":"vmdk","container_format":"bare"}"#,
+        br#"{"name":"x","disk_format":"vhdx","container_format":"bare"}"#,
     );
     assert_eq!(refused.status, 400, "{}", refused.text());
     assert!(
         refused
             .text()
-            .contains("'vmdk' is not one of [None, 'raw', 'qcow2']"),
+            .contains("'vhdx' is not one of [None, 'raw', 'qcow2', 'vmdk']"),
         "{}",
         refused.text()
     );
@@ -426,4 +427,26 @@ fn disk_formats_limits_what_create_and_patch_accept_and_the_match_can_be_relaxed
     let image = show(&server, &id);
     assert_eq!(image["status"], "active");
     assert_eq!(image["virtual_size"], Value::Null);
+
+    // vmdk_allowed_types reaches the inspector: a monolithicSparse vmdk is refused.
+    run(
+        fixtures.path(),
+        "qemu-img",
+        &["create", "-f", "vmdk", "sparse.vmdk", "1M"],
+    );
+    let vmdk = create(&server, "vmdk");
+    let response = upload(
+        &server,
+        &vmdk,
+        &fs::read(fixtures.path().join("sparse.vmdk")).unwrap(),
+    );
+    assert_eq!(response.status, 415, "{}", response.text());
+    assert!(
+        response.text().contains(
+            "createType \"monolithicSparse\" is not allowed (vmdk_allowed_types: streamOptimized)"
+        ),
+        "{}",
+        response.text()
+    );
+    assert_eq!(show(&server, &vmdk)["status"], "queued");
 }

@@ -119,11 +119,9 @@ impl fmt::Display for Refusal {
                 formatter,
                 "Image format inspection failed: the data is not a valid {format} image: {why}."
             ),
-            Refusal::Unsafe { format, why } => write!(
-                formatter,
-                "Image failed safety checks: {why}; such a {format} image is refused because a \
-                 hypervisor would read other files of its host."
-            ),
+            Refusal::Unsafe { format, why } => {
+                write!(formatter, "Image failed safety checks ({format}): {why}.")
+            }
         }
     }
 }

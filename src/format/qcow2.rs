@@ -45,14 +45,15 @@ pub fn inspect(seen: &Seen<'_>) -> Result<u64, Problem> {
     let virtual_size = seen.u64_be(24).ok_or_else(truncated)?;
     if seen.u64_be(8).ok_or_else(truncated)? != 0 {
         return Err(Problem::Unsafe(
-            "the qcow2 image has a backing file".to_string(),
+            "the qcow2 image has a backing file, a file of the host that a hypervisor would read"
+                .to_string(),
         ));
     }
     if version == 3 {
         let features = seen.u64_be(72).ok_or_else(truncated)?;
         if features & FEATURE_EXTERNAL_DATA_FILE != 0 {
             return Err(Problem::Unsafe(
-                "the qcow2 image has an external data file".to_string(),
+                "the qcow2 image has an external data file, a file of the host that a hypervisor would read".to_string(),
             ));
         }
         let unknown = features & !KNOWN_INCOMPATIBLE_FEATURES;

@@ -58,7 +58,7 @@ fn descriptor_region(seen: &Seen<'_>) -> Result<(u64, usize), Problem> {
 pub fn inspect(seen: &Seen<'_>, allowed_types: &[String]) -> Result<u64, Problem> {
     if seen.head.starts_with(DESCRIPTOR_FILE) {
         return Err(Problem::Unsafe(
-            "the vmdk is a descriptor file without data: its extents are other files".to_string(),
+            "the vmdk is a descriptor file without data: its extents are other files of the host, which a hypervisor would read".to_string(),
         ));
     }
     if !seen.head.starts_with(MAGIC) {
@@ -136,7 +136,7 @@ pub fn check_descriptor(descriptor: &[u8], allowed_types: &[String]) -> Result<(
         )),
         [(kind, name)] if kind == "SPARSE" && !name.contains('/') => Ok(()),
         _ => Err(Problem::Unsafe(
-            "the vmdk descriptor names extents other than its own sparse data".to_string(),
+            "the vmdk descriptor names extents other than its own sparse data, files of the host that a hypervisor would read".to_string(),
         )),
     }
 }
