@@ -15,6 +15,8 @@
 //!   validation for the keystone flavors, as keystonemiddleware's auth_token does it.
 //! - [`policy`]: Glance's policy engine (oslo.policy's check language, Glance's default rules,
 //!   the policy file), pure: what a caller may do to an image.
+//! - [`format`]: format inspection of uploads while they stream (qcow2, vmdk, vhd, vhdx, iso,
+//!   partitioned raw disks): `virtual_size`, and the refusal of mismatched or unsafe images.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
 //!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`operator`]: the commands `glint-api reload|stop|status`, the status file they read, and
@@ -30,6 +32,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod format;
 #[cfg(test)]
 mod generated_docs;
 pub mod handoff;

@@ -31,6 +31,8 @@
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
+//! - `format`: format inspection of uploads (issue 12, part 1) with images made by the real
+//!   `qemu-img` and `genisoimage`: virtual sizes as qemu reports them, hostile images refused.
 //! - `slow_readers`: downloads to clients that read slowly or not at all hold no worker, end whole
 //!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 
@@ -42,6 +44,7 @@ mod cache;
 mod control;
 mod faults;
 mod files;
+mod format;
 mod handoff;
 mod hostile;
 mod http;

@@ -57,7 +57,8 @@ impl Api {
             )));
         }
         let owner = self.owner_token.clone();
-        self.registry
+        let saving_image = self
+            .registry
             .update(id, |image| {
                 context.enforce_on_image("upload_image", image)?;
                 if image.status != ImageStatus::Queued {
@@ -87,7 +88,7 @@ impl Api {
             id,
             committed: false,
         };
-        let stored = self.receive(request, id, declared)?;
+        let (stored, virtual_size) = self.receive(request, &saving_image, declared)?;
         let committed = self.registry.update(id, |image| {
             if image.status != ImageStatus::Saving
                 || image.upload_owner.as_deref() != Some(owner.as_str())
@@ -98,6 +99,7 @@ impl Api {
             }
             image.status = ImageStatus::Active;
             image.size = Some(stored.size);
+            image.virtual_size = virtual_size;
             image.checksum = Some(stored.checksum.clone());
             image.os_hash_algo = Some(stored.hash_algo.to_string());
             image.os_hash_value = Some(stored.hash_value.clone());
@@ -131,13 +133,20 @@ impl Api {
         }
     }
 
-    /// Streams the request body into a new store upload and finishes it.
+    /// Streams the request body into a new store upload and, if its format inspection accepts
+    /// the data, finishes it; answers the stored data and its `virtual_size`.
+    ///
+    /// Each chunk goes to the format inspector as it goes to the store: the data is read once.
+    /// A refusal drops the upload, which removes its temporary file, so refused data is never
+    /// stored under the image's name nor downloadable (Glance 32 stores it and serves it).
     fn receive(
         &self,
         request: &mut Request<'_>,
-        id: &str,
+        image: &Image,
         declared: Option<u64>,
-    ) -> Result<Stored, ApiError> {
+    ) -> Result<(Stored, Option<u64>), ApiError> {
+        let id = image.id.as_str();
+        let mut inspector = crate::format::Inspector::new();
         let mut upload = self
             .store
             .begin_upload(id, declared, &self.owner_token)
@@ -174,8 +183,30 @@ impl Api {
                 break;
             }
             upload.write(&buffer[..n]).map_err(store_error)?;
+            inspector.feed(&buffer[..n]);
         }
-        upload.finish().map_err(store_error)
+        let missed = inspector.missed();
+        let verdict = crate::format::judge(
+            &inspector.seen(),
+            missed,
+            image.disk_format.as_deref().unwrap_or_default(),
+            image.container_format.as_deref().unwrap_or_default(),
+            &self.config.image_format.rules,
+        );
+        let virtual_size = match verdict {
+            Ok(virtual_size) => virtual_size,
+            Err(refusal) => {
+                log::info!("upload of image {id} refused by format inspection: {refusal}");
+                // Glance (glance/api/v2/image_data.py): InvalidImageData is 415 with the
+                // inspector's message as its detail.
+                return Err(ApiError::UnsupportedMediaType {
+                    message: refusal.to_string(),
+                    accept_patch: false,
+                });
+            }
+        };
+        let stored = upload.finish().map_err(store_error)?;
+        Ok((stored, virtual_size))
     }
 
     /// Puts an image whose upload failed back to `queued`, if it is still ours.

@@ -145,6 +145,7 @@ impl Api {
             check_writable(name)?;
             representation::set_attribute(&mut image, name, value)?;
         }
+        check_disk_format(&image, &self.config.image_format.disk_formats)?;
         representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
         context.enforce_add_image(&image)?;
         self.registry.create(&image).map_err(|error| match error {
@@ -258,8 +259,14 @@ impl Api {
                 context.enforce_on_image("modify_image", image)?;
                 let before_target = context.image_target(image);
                 let (visibility, owner) = (image.visibility.clone(), image.owner.clone());
+                let disk_format = image.disk_format.clone();
                 let before = representation::document_len(image);
                 patch::apply(image, &changes, dialect)?;
+                // Only a new value is checked: an image keeps a format the operator has since
+                // removed from `disk_formats`.
+                if image.disk_format != disk_format {
+                    check_disk_format(image, &self.config.image_format.disk_formats)?;
+                }
                 if image.visibility != visibility {
                     context.enforce_visibility(&image.visibility, &before_target)?;
                 }
@@ -582,6 +589,25 @@ fn json_shape_with(text: &[u8], max_values: usize, max_depth: usize) -> JsonShap
         }
     }
     JsonShape::Small
+}
+
+/// `[image_format] disk_formats`: Glance builds the image schema's `disk_format` enum from it,
+/// so a value outside it is a 400 with the schema's message.
+fn check_disk_format(image: &Image, disk_formats: &[String]) -> Result<(), ApiError> {
+    let Some(disk_format) = &image.disk_format else {
+        return Ok(());
+    };
+    if disk_formats.iter().any(|allowed| allowed == disk_format) {
+        return Ok(());
+    }
+    let allowed: Vec<String> = std::iter::once("None".to_string())
+        .chain(disk_formats.iter().map(|format| format!("'{format}'")))
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "Provided object does not match schema 'image': '{disk_format}' is not one of [{}] \
+         (failed validating 'enum' in schema['properties']['disk_format'])",
+        allowed.join(", ")
+    )))
 }
 
 #[cfg(test)]

@@ -166,6 +166,8 @@ pub struct Config {
     /// `[oslo_policy] enforce_new_defaults` and `enforce_scope` say. Shared, not copied, by
     /// every clone of the config.
     pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// `[image_format]`: the formats an image may declare and how uploads are inspected.
+    pub image_format: ImageFormat,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1067,9 +1069,21 @@ fn snippet(text: &str) -> String {
     }
 }
 
+/// `[image_format]`, read where Glance reads it: `disk_formats` by the image schema (create and
+/// patch), the rest by the upload's format inspection (`crate::format`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageFormat {
+    /// `disk_formats`: the values `disk_format` may take (a value glint does not know is never
+    /// accepted, as it is not in the schema either).
+    pub disk_formats: Vec<String>,
+    /// `require_image_format_match`, `vmdk_allowed_types`, `gpt_safety_checks_nonfatal`.
+    pub rules: crate::format::Rules,
+}
+
 /// A `Config` being assembled: defaults first, then the file's values, then derived values.
 #[derive(Debug, Default)]
 struct Draft {
+    image_format: ImageFormat,
     bind_host: String,
     bind_port: u16,
     workers: usize,
@@ -1269,6 +1283,7 @@ impl Draft {
             keystone_authtoken: self.keystone,
             policy_file,
             policy,
+            image_format: self.image_format,
         }
     }
 }

@@ -193,6 +193,8 @@ const RELOAD_KEYSTONE: &str = "applies to the new generation, which authenticate
                                with an empty token cache; the old one keeps its settings and cache \
                                while it drains; with a keystone flavor, a missing or bad value \
                                fails the reload";
+const RELOAD_FORMAT: &str = "applies to the new generation; uploads and requests in flight keep \
+                             the old value";
 const RELOAD_POLICY: &str = "the policy file is read again while the config loads (a bad one \
                              fails the reload); the new generation enforces the new policy, the \
                              old one keeps its own while it drains";
@@ -1188,6 +1190,62 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |config| vec![config.policy.enforce_scope().to_string()],
     },
+    OptionSpec {
+        section: "image_format",
+        name: "disk_formats",
+        kind: Kind::List,
+        default: DefaultValue::Text("ami,ari,aki,vhd,vhdx,vmdk,raw,qcow2,vdi,iso,ploop"),
+        on_reload: RELOAD_FORMAT,
+        doc: "The values an image's `disk_format` may take; any other is refused (400) on create and patch, as Glance's image schema does. Names glint does not know are never accepted.",
+        apply: |draft, value| {
+            if let Value::List(formats) = value {
+                draft.image_format.disk_formats = formats;
+            }
+        },
+        show: |config| vec![config.image_format.disk_formats.join(",")],
+    },
+    OptionSpec {
+        section: "image_format",
+        name: "require_image_format_match",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_FORMAT,
+        doc: "Refuse an upload (415, the image stays `queued`, nothing is stored) whose data is not the format its `disk_format` says, including a qcow2, vmdk, vhd, vhdx or iso declared `raw`. `false` accepts it without a `virtual_size`; the safety checks still refuse unsafe data.",
+        apply: |draft, value| {
+            if let Value::Bool(flag) = value {
+                draft.image_format.rules.require_format_match = flag;
+            }
+        },
+        show: |config| vec![config.image_format.rules.require_format_match.to_string()],
+    },
+    OptionSpec {
+        section: "image_format",
+        name: "vmdk_allowed_types",
+        kind: Kind::List,
+        default: DefaultValue::Text("streamOptimized,monolithicSparse"),
+        on_reload: RELOAD_FORMAT,
+        doc: "The vmdk `createType`s an upload may have (compared with case). Other types keep their data in extents that are other files of the host, and are refused.",
+        apply: |draft, value| {
+            if let Value::List(types) = value {
+                draft.image_format.rules.vmdk_allowed_types = types;
+            }
+        },
+        show: |config| vec![config.image_format.rules.vmdk_allowed_types.join(",")],
+    },
+    OptionSpec {
+        section: "image_format",
+        name: "gpt_safety_checks_nonfatal",
+        kind: Kind::List,
+        default: DefaultValue::Text("mbr"),
+        on_reload: RELOAD_FORMAT,
+        doc: "Safety checks of a partitioned raw disk that only log a warning when they fail (the one check is `mbr`: a sane MBR or protective MBR). Empty: a failed check refuses the upload.",
+        apply: |draft, value| {
+            if let Value::List(checks) = value {
+                draft.image_format.rules.gpt_nonfatal_checks = checks;
+            }
+        },
+        show: |config| vec![config.image_format.rules.gpt_nonfatal_checks.join(",")],
+    },
 ];
 
 /// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
@@ -1196,7 +1254,6 @@ pub static GLANCE_SECTIONS: &[&str] = &[
     "barbican",
     "cors",
     "healthcheck",
-    "image_format",
     "image_import_opts",
     "import_filtering_opts",
     "key_manager",

@@ -367,6 +367,10 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("service_token_roles", "", ""),
     ("service_token_roles_required", "true", "true"),
     ("service_token_roles_required", "False", "false"),
+    ("disk_formats", "raw, qcow2", "raw,qcow2"),
+    ("require_image_format_match", "false", "false"),
+    ("vmdk_allowed_types", "streamOptimized", "streamOptimized"),
+    ("gpt_safety_checks_nonfatal", "", ""),
     ("token_cache_time", "-1", "-1"),
     ("token_cache_time", "0", "0"),
     ("token_cache_time", "2", "2"),
@@ -561,6 +565,10 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("interface", "internalURL", "`internalURL` is not a catalog interface; use one of internal, public, admin"),
     ("service_token_roles", "service,\u{7}", "contains a control character; remove it"),
     ("service_token_roles_required", "required", "`required` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("disk_formats", "raw,\u{7}", "contains a control character; remove it"),
+    ("require_image_format_match", "maybe", "`maybe` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("vmdk_allowed_types", "\u{7}", "contains a control character; remove it"),
+    ("gpt_safety_checks_nonfatal", "mbr,\u{7}", "contains a control character; remove it"),
     ("token_cache_time", "-2", "-2 is out of range; use a whole number from -1 to 2147483"),
     ("token_cache_time", "5m", "`5m` is not a decimal integer; use a whole number from -1 to 2147483"),
     ("token_cache_time", "2147484", "2147484 is out of range; use a whole number from -1 to 2147483"),
@@ -1265,8 +1273,8 @@ rbd_store_pool = images
 driver = noop
 [my_backend]
 x = 1
-[image_format]
-disk_formats = raw
+[task]
+task_time_to_live = 48
 [paste_deploy]
 debug = true
 ";
@@ -1281,7 +1289,7 @@ debug = true
             "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:10: [oslo_messaging_notifications] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
-            "/etc/glint/glint-api.conf:14: [image_format] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:14: [task] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:17: [paste_deploy] debug: not an option of this section, ignored; it belongs in [DEFAULT], move it there",
         ]
     );
