@@ -20,16 +20,6 @@ fn glint(args: &[&str], config: &Path) -> Output {
         .expect("run glint-api")
 }
 
-/// The command, its exit code and both streams, for failure messages.
-fn show(what: &str, output: &Output) -> String {
-    format!(
-        "{what}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -43,7 +33,7 @@ fn reload_command_prints_the_new_generation_and_worker_count() {
     let server = Server::start("workers = 1");
     server.write_config("workers = 3");
     let output = glint(&["reload"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         stdout(&output)
@@ -62,7 +52,7 @@ fn reload_command_with_a_bad_config_exits_1_with_file_line_and_option() {
     let server = Server::start("");
     server.write_config("workers = many\nbind_port = 70000");
     let output = glint(&["reload"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(1), "{what}");
     let stderr = stderr(&output);
     for expected in [
@@ -91,7 +81,7 @@ fn reload_command_reports_the_masters_rejection() {
     let port = taken.local_addr().unwrap().port();
     server.write_config(&format!("bind_port = {port}"));
     let output = glint(&["reload"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(1), "{what}\n{}", server.log());
     let stderr = stderr(&output);
     assert!(
@@ -110,7 +100,7 @@ fn reload_command_reports_the_masters_rejection() {
 fn status_command_describes_the_running_server() {
     let server = Server::start("");
     let output = glint(&["status"], &server.config_path);
-    let what = show("status", &output);
+    let what = util::show_output("status", &output);
     assert_eq!(output.status.code(), Some(0), "{what}");
     let text = stdout(&output);
     for expected in [
@@ -131,7 +121,7 @@ fn stop_command_waits_until_the_server_is_gone() {
     let mut server = Server::start("");
     let children = server.children(None);
     let output = glint(&["stop", "--timeout", "20"], &server.config_path);
-    let what = show("stop", &output);
+    let what = util::show_output("stop", &output);
     assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         stdout(&output).contains(&format!("stopped (pid {})", server.master_pid)),
@@ -152,13 +142,28 @@ fn commands_without_a_server_report_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let config = util::temp_config(dir.path(), &util::base_config(""));
     let status = glint(&["status"], &config);
-    assert_eq!(status.status.code(), Some(3), "{}", show("status", &status));
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("status", &status)
+    );
     assert!(stdout(&status).contains("glint-api is not running: no pid file at"));
     let reload = glint(&["reload"], &config);
-    assert_eq!(reload.status.code(), Some(3), "{}", show("reload", &reload));
+    assert_eq!(
+        reload.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("reload", &reload)
+    );
     assert!(stderr(&reload).contains("nothing to reload. Start the server first"));
     let stop = glint(&["stop"], &config);
-    assert_eq!(stop.status.code(), Some(0), "{}", show("stop", &stop));
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "{}",
+        util::show_output("stop", &stop)
+    );
     assert!(stdout(&stop).contains("nothing to stop"));
 
     let mut gone = Command::new("true").spawn().unwrap();
@@ -166,14 +171,24 @@ fn commands_without_a_server_report_not_running() {
     gone.wait().unwrap();
     fs::write(dir.path().join("glint-api.pid"), format!("{gone_pid}\n")).unwrap();
     let status = glint(&["status"], &config);
-    assert_eq!(status.status.code(), Some(3), "{}", show("status", &status));
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("status", &status)
+    );
     assert!(
         stdout(&status).contains(&format!("is stale: process {gone_pid} is gone")),
         "{}",
-        show("status", &status)
+        util::show_output("status", &status)
     );
     let reload = glint(&["reload"], &config);
-    assert_eq!(reload.status.code(), Some(3), "{}", show("reload", &reload));
+    assert_eq!(
+        reload.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("reload", &reload)
+    );
 
     // A live process that is not glint-api (its pid was reused) is never signalled.
     let mut other = Command::new("sleep").arg("30").spawn().unwrap();
@@ -187,13 +202,23 @@ fn commands_without_a_server_report_not_running() {
     let alive = other.try_wait().unwrap().is_none();
     let _ = other.kill();
     let _ = other.wait();
-    assert_eq!(reload.status.code(), Some(3), "{}", show("reload", &reload));
+    assert_eq!(
+        reload.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("reload", &reload)
+    );
     assert!(
         stderr(&reload).contains("not glint-api"),
         "{}",
-        show("reload", &reload)
+        util::show_output("reload", &reload)
     );
-    assert_eq!(stop.status.code(), Some(0), "{}", show("stop", &stop));
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "{}",
+        util::show_output("stop", &stop)
+    );
     assert!(alive, "the unrelated process was signalled");
 }
 
@@ -212,7 +237,7 @@ fn command_line_errors_exit_64() {
             output.status.code(),
             Some(64),
             "{}",
-            show(&format!("{args:?}"), &output)
+            util::show_output(&format!("{args:?}"), &output)
         );
     }
 }
@@ -232,7 +257,7 @@ fn version_is_printed_by_version_and_help_and_recorded_by_the_server() {
             .args(args)
             .output()
             .expect("run glint-api");
-        let what = show(&format!("{args:?}"), &output);
+        let what = util::show_output(&format!("{args:?}"), &output);
         assert_eq!(output.status.code(), Some(0), "{what}");
         assert_eq!(stdout(&output), format!("glint-api {version}\n"), "{what}");
         assert_eq!(stderr(&output), "", "{what}");
@@ -241,7 +266,7 @@ fn version_is_printed_by_version_and_help_and_recorded_by_the_server() {
         .arg("--help")
         .output()
         .expect("run glint-api --help");
-    let what = show("--help", &help);
+    let what = util::show_output("--help", &help);
     assert_eq!(help.status.code(), Some(0), "{what}");
     assert!(
         stdout(&help).starts_with(&format!("glint-api {version}\nusage: glint-api ")),
@@ -255,7 +280,7 @@ fn version_is_printed_by_version_and_help_and_recorded_by_the_server() {
     assert!(
         stdout(&status).contains(&format!("\nversion: {version}\n")),
         "{}",
-        show("status", &status)
+        util::show_output("status", &status)
     );
     assert!(
         server
@@ -334,29 +359,39 @@ fn init_script_starts_reloads_reports_and_stops() {
         start.status.code(),
         Some(0),
         "{}\n{}",
-        show("start", &start),
+        util::show_output("start", &start),
         log()
     );
     assert!(stdout(&start).contains("glint-api started (pid "));
     let status = init_script("status", &config);
-    assert_eq!(status.status.code(), Some(0), "{}", show("status", &status));
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        util::show_output("status", &status)
+    );
     assert!(stdout(&status).contains("phase: running"));
     let again = init_script("start", &config);
     assert_eq!(
         again.status.code(),
         Some(0),
         "{}",
-        show("start again", &again)
+        util::show_output("start again", &again)
     );
     assert!(stdout(&again).contains("already running"));
 
     fs::write(&config, util::base_config("workers = none")).unwrap();
     let bad = init_script("reload", &config);
-    assert_eq!(bad.status.code(), Some(1), "{}", show("bad reload", &bad));
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        util::show_output("bad reload", &bad)
+    );
     assert!(
         stderr(&bad).contains("glint-api.conf:9: [DEFAULT] workers:"),
         "{}",
-        show("bad reload", &bad)
+        util::show_output("bad reload", &bad)
     );
     assert!(init_script("status", &config).status.success());
 
@@ -366,13 +401,13 @@ fn init_script_starts_reloads_reports_and_stops() {
         good.status.code(),
         Some(0),
         "{}\n{}",
-        show("reload", &good),
+        util::show_output("reload", &good),
         log()
     );
     assert!(
         stdout(&good).contains("generation 2 serving with 1 worker(s)"),
         "{}",
-        show("reload", &good)
+        util::show_output("reload", &good)
     );
 
     let stop = init_script("stop", &config);
@@ -380,12 +415,17 @@ fn init_script_starts_reloads_reports_and_stops() {
         stop.status.code(),
         Some(0),
         "{}\n{}",
-        show("stop", &stop),
+        util::show_output("stop", &stop),
         log()
     );
     assert!(!dir.path().join("glint-api.pid").exists());
     let status = init_script("status", &config);
-    assert_eq!(status.status.code(), Some(3), "{}", show("status", &status));
+    assert_eq!(
+        status.status.code(),
+        Some(3),
+        "{}",
+        util::show_output("status", &status)
+    );
     let stop = init_script("stop", &config);
     assert_eq!(
         stop.status.code(),
@@ -393,12 +433,22 @@ fn init_script_starts_reloads_reports_and_stops() {
         "stopping a stopped service succeeds"
     );
     let reload = init_script("reload", &config);
-    assert_eq!(reload.status.code(), Some(7), "{}", show("reload", &reload));
+    assert_eq!(
+        reload.status.code(),
+        Some(7),
+        "{}",
+        util::show_output("reload", &reload)
+    );
 
     // An invalid config: start refuses at once, loudly, with LSB's "not configured".
     fs::write(&config, util::base_config("workers = none")).unwrap();
     let start = init_script("start", &config);
-    assert_eq!(start.status.code(), Some(6), "{}", show("start", &start));
+    assert_eq!(
+        start.status.code(),
+        Some(6),
+        "{}",
+        util::show_output("start", &start)
+    );
     assert!(stderr(&start).contains("glint-api.conf:9: [DEFAULT] workers:"));
 }
 
@@ -470,12 +520,12 @@ fn init_script_runs_the_server_as_its_system_user() {
             missing.status.code(),
             Some(6),
             "{}",
-            show("start", &missing)
+            util::show_output("start", &missing)
         );
         assert!(
             stderr(&missing).contains("user glint-no-such-user does not exist"),
             "{}",
-            show("start", &missing)
+            util::show_output("start", &missing)
         );
     }
 
@@ -484,7 +534,7 @@ fn init_script_runs_the_server_as_its_system_user() {
         start.status.code(),
         Some(0),
         "{}\n{}",
-        show("start", &start),
+        util::show_output("start", &start),
         log()
     );
     let master: i32 = fs::read_to_string(dir.path().join("glint-api.pid"))
@@ -517,7 +567,7 @@ fn init_script_runs_the_server_as_its_system_user() {
         reload.status.code(),
         Some(0),
         "{}\n{}",
-        show("reload", &reload),
+        util::show_output("reload", &reload),
         log()
     );
     for pid in util::children_of(master) {
@@ -528,7 +578,7 @@ fn init_script_runs_the_server_as_its_system_user() {
         stop.status.code(),
         Some(0),
         "{}\n{}",
-        show("stop", &stop),
+        util::show_output("stop", &stop),
         log()
     );
     assert!(!util::process_alive(master));
@@ -641,7 +691,7 @@ fn reload_command_applies_a_new_pid_file() {
         server.master_pid
     );
     let status = glint(&["status"], &server.config_path);
-    let what = show("status before the reload", &status);
+    let what = util::show_output("status before the reload", &status);
     assert_eq!(status.status.code(), Some(0), "{what}");
     assert!(
         stdout(&status).contains("no pid file at") && stdout(&status).contains(&found),
@@ -649,7 +699,7 @@ fn reload_command_applies_a_new_pid_file() {
     );
 
     let output = glint(&["reload"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         stdout(&output).contains(&found) && stdout(&output).contains("reload #1 succeeded"),
@@ -668,7 +718,7 @@ fn reload_command_applies_a_new_pid_file() {
         "the old pid file is left"
     );
     let status = glint(&["status"], &server.config_path);
-    let what = show("status after the reload", &status);
+    let what = util::show_output("status after the reload", &status);
     assert_eq!(status.status.code(), Some(0), "{what}");
     assert!(!stdout(&status).contains("by its command line"), "{what}");
 }
@@ -681,7 +731,7 @@ fn reload_command_applies_a_new_status_file() {
     let mut server = Server::start("");
     server.write_config("status_file = state/moved.json");
     let output = glint(&["reload"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         stdout(&output).contains("reload #1 succeeded: generation 2 serving"),
@@ -699,7 +749,12 @@ fn reload_command_applies_a_new_status_file() {
     assert_eq!(moved("generation"), 2);
 
     let stop = glint(&["stop", "--timeout", "20"], &server.config_path);
-    assert_eq!(stop.status.code(), Some(0), "{}", show("stop", &stop));
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "{}",
+        util::show_output("stop", &stop)
+    );
     assert_eq!(server.wait_exit(DEADLINE), "exit status: 0");
     assert_eq!(moved("phase"), "stopped");
 }
@@ -712,7 +767,7 @@ fn reload_command_reports_a_failed_reload_that_moves_the_status_file() {
     let server = Server::start_env("", &[("GLINT_FAULT_CHILD_START", "2")]);
     server.write_config("status_file = state/moved.json");
     let output = glint(&["reload", "--timeout", "20"], &server.config_path);
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(1), "{what}\n{}", server.log());
     assert!(
         stderr(&output).contains("reload #1 failed")
@@ -772,7 +827,7 @@ fn reload_command_reports_its_own_reload_not_one_already_under_way() {
     let output = command
         .wait_with_output()
         .expect("wait for glint-api reload");
-    let what = show("reload", &output);
+    let what = util::show_output("reload", &output);
     assert_eq!(output.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         stdout(&output).contains("reload #2 succeeded: generation 3 serving with 1 worker(s)"),

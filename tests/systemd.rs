@@ -55,15 +55,6 @@ fn systemd_analyze(args: &[&std::ffi::OsStr]) -> Output {
         })
 }
 
-fn show(what: &str, output: &Output) -> String {
-    format!(
-        "{what}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// `systemd-analyze verify` passes the unit with nothing to say. It exits 0 even for a key it
 /// does not know (the old unit's `Type=notify-reload` and `ReloadSignal=` on systemd 252 drew
 /// two warnings and exit 0), so any output at all fails the test. verify insists that the
@@ -84,7 +75,7 @@ fn systemd_unit_verifies_without_a_warning() {
     )
     .unwrap();
     let output = systemd_analyze(&["verify".as_ref(), copy.as_os_str()]);
-    let what = show("systemd-analyze verify", &output);
+    let what = util::show_output("systemd-analyze verify", &output);
     assert_eq!(output.status.code(), Some(0), "{what}");
     assert!(
         output.stdout.is_empty() && output.stderr.is_empty(),
@@ -102,7 +93,7 @@ fn systemd_unit_exposure_is_at_most_3() {
         "--no-pager".as_ref(),
         path.as_os_str(),
     ]);
-    let what = show("systemd-analyze security", &output);
+    let what = util::show_output("systemd-analyze security", &output);
     assert_eq!(output.status.code(), Some(0), "{what}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let exposure: f64 = stdout
@@ -166,7 +157,7 @@ fn systemd_unit_reloads_through_glint_api_reload() {
     };
     server.write_config("workers = many");
     let bad = run();
-    let what = show("ExecReload on a bad config", &bad);
+    let what = util::show_output("ExecReload on a bad config", &bad);
     assert_eq!(bad.status.code(), Some(1), "{what}");
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("glint-api.conf:9: [DEFAULT] workers:"),
@@ -178,7 +169,7 @@ fn systemd_unit_reloads_through_glint_api_reload() {
     );
     server.write_config("workers = 1");
     let good = run();
-    let what = show("ExecReload on a good config", &good);
+    let what = util::show_output("ExecReload on a good config", &good);
     assert_eq!(good.status.code(), Some(0), "{what}\n{}", server.log());
     assert!(
         String::from_utf8_lossy(&good.stdout).contains("generation 2 serving with 1 worker(s)"),
@@ -194,7 +185,11 @@ fn expand_syscall_group(entry: &str, into: &mut BTreeSet<String>) {
         return;
     }
     let output = systemd_analyze(&["syscall-filter".as_ref(), entry.as_ref()]);
-    assert!(output.status.success(), "{}", show(entry, &output));
+    assert!(
+        output.status.success(),
+        "{}",
+        util::show_output(entry, &output)
+    );
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     // The first line names the group; its members follow, indented; `#` lines are comments.
     for line in text.lines().skip(1).map(str::trim) {
@@ -305,7 +300,7 @@ fn systemd_unit_allows_every_system_call_and_socket_glint_uses() {
     assert!(
         reload.status.success(),
         "{}\n{}",
-        show("reload", &reload),
+        util::show_output("reload", &reload),
         log()
     );
     util::wait_until("the handoff", DEADLINE, || {
@@ -325,12 +320,16 @@ fn systemd_unit_allows_every_system_call_and_socket_glint_uses() {
     assert!(
         status_command.status.success(),
         "{}",
-        show("status", &status_command)
+        util::show_output("status", &status_command)
     );
     let stop = traced(&trace("stop.trace"), &["stop"], &config)
         .output()
         .unwrap();
-    assert!(stop.status.success(), "{}", show("stop", &stop));
+    assert!(
+        stop.status.success(),
+        "{}",
+        util::show_output("stop", &stop)
+    );
     assert!(master.wait().unwrap().success(), "{}", log());
 
     let mut used = BTreeSet::new();

@@ -1031,3 +1031,13 @@ pub fn blocked_receiving(pid: i32, fd: i32) -> bool {
             })
         })
 }
+
+/// A command's exit status and both output streams, for failure messages.
+pub fn show_output(what: &str, output: &std::process::Output) -> String {
+    format!(
+        "{what}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
