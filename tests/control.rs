@@ -142,28 +142,13 @@ fn commands_without_a_server_report_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let config = util::temp_config(dir.path(), &util::base_config(""));
     let status = glint(&["status"], &config);
-    assert_eq!(
-        status.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("status", &status)
-    );
+    util::assert_exit(&status, 3, "status", "");
     assert!(stdout(&status).contains("glint-api is not running: no pid file at"));
     let reload = glint(&["reload"], &config);
-    assert_eq!(
-        reload.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("reload", &reload)
-    );
+    util::assert_exit(&reload, 3, "reload", "");
     assert!(stderr(&reload).contains("nothing to reload. Start the server first"));
     let stop = glint(&["stop"], &config);
-    assert_eq!(
-        stop.status.code(),
-        Some(0),
-        "{}",
-        util::show_output("stop", &stop)
-    );
+    util::assert_exit(&stop, 0, "stop", "");
     assert!(stdout(&stop).contains("nothing to stop"));
 
     let mut gone = Command::new("true").spawn().unwrap();
@@ -171,24 +156,14 @@ fn commands_without_a_server_report_not_running() {
     gone.wait().unwrap();
     fs::write(dir.path().join("glint-api.pid"), format!("{gone_pid}\n")).unwrap();
     let status = glint(&["status"], &config);
-    assert_eq!(
-        status.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("status", &status)
-    );
+    util::assert_exit(&status, 3, "status", "");
     assert!(
         stdout(&status).contains(&format!("is stale: process {gone_pid} is gone")),
         "{}",
         util::show_output("status", &status)
     );
     let reload = glint(&["reload"], &config);
-    assert_eq!(
-        reload.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("reload", &reload)
-    );
+    util::assert_exit(&reload, 3, "reload", "");
 
     // A live process that is not glint-api (its pid was reused) is never signalled.
     let mut other = Command::new("sleep").arg("30").spawn().unwrap();
@@ -202,23 +177,13 @@ fn commands_without_a_server_report_not_running() {
     let alive = other.try_wait().unwrap().is_none();
     let _ = other.kill();
     let _ = other.wait();
-    assert_eq!(
-        reload.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("reload", &reload)
-    );
+    util::assert_exit(&reload, 3, "reload", "");
     assert!(
         stderr(&reload).contains("not glint-api"),
         "{}",
         util::show_output("reload", &reload)
     );
-    assert_eq!(
-        stop.status.code(),
-        Some(0),
-        "{}",
-        util::show_output("stop", &stop)
-    );
+    util::assert_exit(&stop, 0, "stop", "");
     assert!(alive, "the unrelated process was signalled");
 }
 
@@ -355,39 +320,18 @@ fn init_script_starts_reloads_reports_and_stops() {
     };
 
     let start = init_script("start", &config);
-    assert_eq!(
-        start.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("start", &start),
-        log()
-    );
+    util::assert_exit(&start, 0, "start", &log());
     assert!(stdout(&start).contains("glint-api started (pid "));
     let status = init_script("status", &config);
-    assert_eq!(
-        status.status.code(),
-        Some(0),
-        "{}",
-        util::show_output("status", &status)
-    );
+    util::assert_exit(&status, 0, "status", "");
     assert!(stdout(&status).contains("phase: running"));
     let again = init_script("start", &config);
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "{}",
-        util::show_output("start again", &again)
-    );
+    util::assert_exit(&again, 0, "start again", "");
     assert!(stdout(&again).contains("already running"));
 
     fs::write(&config, util::base_config("workers = none")).unwrap();
     let bad = init_script("reload", &config);
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "{}",
-        util::show_output("bad reload", &bad)
-    );
+    util::assert_exit(&bad, 1, "bad reload", "");
     assert!(
         stderr(&bad).contains("glint-api.conf:9: [DEFAULT] workers:"),
         "{}",
@@ -397,13 +341,7 @@ fn init_script_starts_reloads_reports_and_stops() {
 
     fs::write(&config, util::base_config("workers = 1")).unwrap();
     let good = init_script("force-reload", &config);
-    assert_eq!(
-        good.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("reload", &good),
-        log()
-    );
+    util::assert_exit(&good, 0, "reload", &log());
     assert!(
         stdout(&good).contains("generation 2 serving with 1 worker(s)"),
         "{}",
@@ -411,21 +349,10 @@ fn init_script_starts_reloads_reports_and_stops() {
     );
 
     let stop = init_script("stop", &config);
-    assert_eq!(
-        stop.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("stop", &stop),
-        log()
-    );
+    util::assert_exit(&stop, 0, "stop", &log());
     assert!(!dir.path().join("glint-api.pid").exists());
     let status = init_script("status", &config);
-    assert_eq!(
-        status.status.code(),
-        Some(3),
-        "{}",
-        util::show_output("status", &status)
-    );
+    util::assert_exit(&status, 3, "status", "");
     let stop = init_script("stop", &config);
     assert_eq!(
         stop.status.code(),
@@ -433,22 +360,12 @@ fn init_script_starts_reloads_reports_and_stops() {
         "stopping a stopped service succeeds"
     );
     let reload = init_script("reload", &config);
-    assert_eq!(
-        reload.status.code(),
-        Some(7),
-        "{}",
-        util::show_output("reload", &reload)
-    );
+    util::assert_exit(&reload, 7, "reload", "");
 
     // An invalid config: start refuses at once, loudly, with LSB's "not configured".
     fs::write(&config, util::base_config("workers = none")).unwrap();
     let start = init_script("start", &config);
-    assert_eq!(
-        start.status.code(),
-        Some(6),
-        "{}",
-        util::show_output("start", &start)
-    );
+    util::assert_exit(&start, 6, "start", "");
     assert!(stderr(&start).contains("glint-api.conf:9: [DEFAULT] workers:"));
 }
 
@@ -516,12 +433,7 @@ fn init_script_runs_the_server_as_its_system_user() {
             &config,
             &[("GLINT_USER", "glint-no-such-user"), ("GLINT_GROUP", "")],
         );
-        assert_eq!(
-            missing.status.code(),
-            Some(6),
-            "{}",
-            util::show_output("start", &missing)
-        );
+        util::assert_exit(&missing, 6, "start", "");
         assert!(
             stderr(&missing).contains("user glint-no-such-user does not exist"),
             "{}",
@@ -530,13 +442,7 @@ fn init_script_runs_the_server_as_its_system_user() {
     }
 
     let start = init_script_env("start", &config, &env);
-    assert_eq!(
-        start.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("start", &start),
-        log()
-    );
+    util::assert_exit(&start, 0, "start", &log());
     let master: i32 = fs::read_to_string(dir.path().join("glint-api.pid"))
         .unwrap()
         .trim()
@@ -563,24 +469,12 @@ fn init_script_runs_the_server_as_its_system_user() {
 
     fs::write(&config, util::base_config("workers = 2")).unwrap();
     let reload = init_script_env("reload", &config, &env);
-    assert_eq!(
-        reload.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("reload", &reload),
-        log()
-    );
+    util::assert_exit(&reload, 0, "reload", &log());
     for pid in util::children_of(master) {
         assert_eq!(uid_and_no_new_privs(pid).0, uid, "the uids of child {pid}");
     }
     let stop = init_script_env("stop", &config, &env);
-    assert_eq!(
-        stop.status.code(),
-        Some(0),
-        "{}\n{}",
-        util::show_output("stop", &stop),
-        log()
-    );
+    util::assert_exit(&stop, 0, "stop", &log());
     assert!(!util::process_alive(master));
 }
 
@@ -749,12 +643,7 @@ fn reload_command_applies_a_new_status_file() {
     assert_eq!(moved("generation"), 2);
 
     let stop = glint(&["stop", "--timeout", "20"], &server.config_path);
-    assert_eq!(
-        stop.status.code(),
-        Some(0),
-        "{}",
-        util::show_output("stop", &stop)
-    );
+    util::assert_exit(&stop, 0, "stop", "");
     assert_eq!(server.wait_exit(DEADLINE), "exit status: 0");
     assert_eq!(moved("phase"), "stopped");
 }

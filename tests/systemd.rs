@@ -286,14 +286,12 @@ fn systemd_unit_allows_every_system_call_and_socket_glint_uses() {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let healthcheck = b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n";
-    stream.write_all(healthcheck).unwrap();
-    assert_eq!(
-        util::read_response(&mut reader, "GET")
-            .unwrap()
-            .unwrap()
-            .status,
-        200
-    );
+    let mut healthcheck_on_the_connection = || {
+        stream.write_all(healthcheck).unwrap();
+        let response = util::read_response(&mut reader, "GET").unwrap().unwrap();
+        assert_eq!(response.status, 200);
+    };
+    healthcheck_on_the_connection();
     let reload = traced(&trace("reload.trace"), &["reload"], &config)
         .output()
         .unwrap();
@@ -306,14 +304,7 @@ fn systemd_unit_allows_every_system_call_and_socket_glint_uses() {
     util::wait_until("the handoff", DEADLINE, || {
         log().contains("connection(s) queued for the new generation")
     });
-    stream.write_all(healthcheck).unwrap();
-    assert_eq!(
-        util::read_response(&mut reader, "GET")
-            .unwrap()
-            .unwrap()
-            .status,
-        200
-    );
+    healthcheck_on_the_connection();
     let status_command = traced(&trace("status.trace"), &["status"], &config)
         .output()
         .unwrap();

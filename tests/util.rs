@@ -1041,3 +1041,14 @@ pub fn show_output(what: &str, output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// Asserts that a command exited with `code`; the failure shows the command's streams and
+/// `context` (a server log, say).
+pub fn assert_exit(output: &std::process::Output, code: i32, what: &str, context: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{}\n{context}",
+        show_output(what, output)
+    );
+}
