@@ -1095,6 +1095,68 @@ fn minor_versions_in_the_path_are_served_and_unknown_ones_are_404() {
     }
 }
 
+/// The version list is built from the config as Glance's `versions.py` builds it: the cache
+/// API (flavor `cachemanagement`) adds v2.16, v2.15 and v2.14, which `glance cache-list` needs;
+/// one store lists v2.9 alone of v2.8 to v2.13. A SIGHUP that turns the cache API on changes
+/// both the list and the minor versions accepted in paths.
+#[test]
+fn versions_are_listed_from_the_config_as_glance_lists_them() {
+    let server = Server::start("");
+    let listed = |server: &Server| -> Vec<(String, String)> {
+        let response = util::get(server.addr(), "/versions").unwrap();
+        assert_eq!(response.status, 200, "{response:?}");
+        let document: Value = serde_json::from_slice(&response.body).unwrap();
+        document["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let id = v["id"].as_str().unwrap().to_string();
+                (id, v["status"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let expect = |minors: &[u32]| -> Vec<(String, String)> {
+        minors
+            .iter()
+            .map(|minor| {
+                let status = if *minor == 17 { "CURRENT" } else { "SUPPORTED" };
+                (format!("v2.{minor}"), status.to_string())
+            })
+            .collect()
+    };
+    assert_eq!(
+        listed(&server),
+        expect(&[15, 9, 17, 7, 6, 5, 4, 3, 2, 1, 0])
+    );
+    for (path, status) in [
+        ("/v2.14/images", 404),
+        ("/v2.16/images", 404),
+        ("/v2.12/images", 404),
+    ] {
+        assert_eq!(
+            util::get(server.addr(), path).unwrap().status,
+            status,
+            "{path}"
+        );
+    }
+
+    server.write_config("[paste_deploy]\nflavor = cachemanagement\n");
+    server.reload_succeeds();
+    assert_eq!(
+        listed(&server),
+        expect(&[16, 15, 14, 9, 17, 7, 6, 5, 4, 3, 2, 1, 0])
+    );
+    for path in ["/v2.14/cache", "/v2.16/cache", "/v2.14/images"] {
+        let response = util::get(server.addr(), path).unwrap();
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+    }
+    assert_eq!(
+        util::get(server.addr(), "/v2.12/images").unwrap().status,
+        404
+    );
+}
+
 #[test]
 fn schemas_are_served_as_json_documents() {
     let server = Server::start("");

@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 import traceback
 import uuid
 
@@ -39,6 +40,7 @@ from common import (
 ARGS = None
 GLANCE = os.path.join(os.path.dirname(sys.executable), "glance")
 COMMAND_TIMEOUT = 120
+CACHE_DEADLINE = 30
 
 
 class Result:
@@ -471,6 +473,46 @@ def upload_to_active_is_409(s):
     s.delete_quietly(image["id"])
 
 
+def cached_ids(s):
+    """`glance cache-list` as {image id: state}."""
+    rows = parse_table(s.ok("cache-list").out)
+    return {row[0]: row[1] for row in rows[1:]}
+
+
+def wait_cached(s, image_id, what):
+    """Polls `glance cache-list` until `image_id` is listed as cached (the prefetcher fills
+    the queue in the background), at most CACHE_DEADLINE seconds."""
+    deadline = time.monotonic() + CACHE_DEADLINE
+    while time.monotonic() < deadline:
+        if cached_ids(s).get(image_id) == "cached":
+            return
+        time.sleep(0.1)
+    raise Failed(f"{what}: image {image_id} not cached within {CACHE_DEADLINE}s: {cached_ids(s)}")
+
+
+@checked
+def cache_commands(s):
+    """The cache API through `glance cache-queue`, `cache-list`, `cache-delete` and `cache-clear`
+    (they require v2.14 in /versions), and `cache-clean`, which requires v2.18, refused cleanly."""
+    data = random_data(100_000)
+    image = s.create("--name", unique("gc-cache"), "--disk-format", "raw", "--container-format", "bare")
+    s.ok("image-upload", image["id"], stdin_bytes=data)
+    s.ok("cache-queue", image["id"])
+    wait_cached(s, image["id"], "after cache-queue")
+    s.ok("cache-delete", image["id"])
+    check(image["id"] not in cached_ids(s), "cache-delete left the image in cache-list")
+    s.ok("cache-queue", image["id"])
+    wait_cached(s, image["id"], "after the second cache-queue")
+    s.ok("cache-clear")
+    equal(cached_ids(s), {}, "cache-list after cache-clear")
+    # glanceclient prints the refusal and exits 0: the message is what tells.
+    refused = s.glance("cache-clean")
+    no_crash(refused)
+    check("Glance does not support image caching API (v2.18)" in refused.err,
+          "cache-clean must be refused for want of v2.18")
+    s.delete_quietly(image["id"])
+
+
 @checked
 def wrong_token_is_a_clean_401(s):
     """auth_strategy = token, OS_AUTH_TOKEN not in glint's token file: glint answers 401 and
@@ -499,6 +541,7 @@ CHECKS = [
     delete_unknown_is_404,
     delete_protected_is_403,
     upload_to_active_is_409,
+    cache_commands,
 ]
 
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import uuid
 
 import openstack
@@ -38,6 +39,7 @@ from common import (
 
 ARGS = None
 CONN = None
+CACHE_DEADLINE = 30
 
 
 class RecentRequests(logging.Handler):
@@ -307,6 +309,31 @@ def errors():
     delete_quietly(active)
 
 
+def cached_image_ids():
+    return [entry.image_id for entry in CONN.image.get_image_cache().cached_images or []]
+
+
+@checked
+def cache():
+    """queue_image, get_image_cache, cache_delete_image and clear_cache against the cache API
+    (the SDK's Cache resource speaks microversion 2.15, which /versions must list)."""
+    data = random_data(100_000)
+    image = new_image("sdk-cache", data)
+    for step in ("queue_image", "queue_image after cache_delete_image"):
+        CONN.image.queue_image(image.id)
+        deadline = time.monotonic() + CACHE_DEADLINE
+        while image.id not in cached_image_ids():
+            check(time.monotonic() < deadline, f"{step}: not cached within {CACHE_DEADLINE}s")
+            time.sleep(0.1)
+        if step == "queue_image":
+            CONN.image.cache_delete_image(image.id, ignore_missing=False)
+            check(image.id not in cached_image_ids(), "cache_delete_image left the image cached")
+    CONN.image.clear_cache()
+    cache = CONN.image.get_image_cache()
+    equal((cache.cached_images, cache.queued_images), ([], []), "the cache after clear_cache")
+    delete_quietly(image)
+
+
 def connect(token):
     """A connection to glint: with a static token (admin_token plugin) or, for None, none."""
     if token is None:
@@ -344,7 +371,7 @@ def no_token_is_a_clean_401():
     expect_401(connect(None), "list without a token")
 
 
-CHECKS = [discovery, create_with_data, create_from_file, download, list_images, update_properties, tags, delete, errors]
+CHECKS = [discovery, create_with_data, create_from_file, download, list_images, update_properties, tags, delete, errors, cache]
 AUTH_CHECKS = [wrong_token_is_a_clean_401, no_token_is_a_clean_401]
 
 

@@ -209,7 +209,7 @@ impl Api {
                 200,
             )),
             ["healthcheck"] | [] | ["versions"] => Err(ApiError::MethodNotAllowed { allow: READ }),
-            [version, rest @ ..] if is_v2(version) => {
+            [version, rest @ ..] if is_v2(version, &self.config) => {
                 self.route_v2(request, context, &method, rest)
             }
             _ => Err(ApiError::NotFound(
@@ -351,14 +351,14 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-/// `v2` or `v2.N` for a minor version we list.
-fn is_v2(segment: &str) -> bool {
+/// `v2` or `v2.N` for a minor version this configuration lists.
+fn is_v2(segment: &str, config: &Config) -> bool {
     match segment.strip_prefix("v2") {
         Some("") => true,
         Some(minor) => minor
             .strip_prefix('.')
             .and_then(|minor| minor.parse::<u32>().ok())
-            .is_some_and(|minor| versions::MINOR_VERSIONS.contains(&minor)),
+            .is_some_and(|minor| versions::minor_versions(config).contains(&minor)),
         None => false,
     }
 }

@@ -6,13 +6,40 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, Flavor};
 use crate::http::response::Response;
 use crate::http::serve::Request;
 
-/// The minor versions listed, newest first; the first is CURRENT, the rest SUPPORTED. Glance's
-/// own list (glance/api/versions.py) without the multi-store entries.
-pub const MINOR_VERSIONS: &[u32] = &[17, 16, 15, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
+/// The minor version glint calls CURRENT: 2.17 (locations), as Glance 2026.1 does. Glance's
+/// master moves CURRENT to 2.18 with the cache's clean and prune calls, which glint lacks.
+const CURRENT: u32 = 17;
+
+/// The minor versions of the Image API this configuration serves, in the order Glance's
+/// `versions.py` lists them (2026.1), with [`CURRENT`] among them. Glance builds the list from
+/// its config and so do we:
+/// - the cache API (`/v2/cache`, the `cachemanagement` flavor here; `image_cache_dir` in
+///   Glance) adds 2.16, 2.15 and 2.14, which `glance cache-list` and its kin require exactly;
+///   without it only 2.15 is listed;
+/// - several stores (`enabled_backends`) would add 2.13 to 2.8 (2.12 for `glance image-tasks`);
+///   glint has one store, so only 2.9 is listed, as Glance lists it without several;
+/// - then 2.17 and 2.7 to 2.0, always.
+///
+/// Only a listed version is accepted as a path prefix (`/v2.14/...`), as in Glance. Static
+/// lists, because every `/v2.N/` request looks its N up here.
+pub fn minor_versions(config: &Config) -> &'static [u32] {
+    const WITH_CACHE_API: &[u32] = &[16, 15, 14, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
+    const WITHOUT_CACHE_API: &[u32] = &[15, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
+    if serves_cache_api(config) {
+        WITH_CACHE_API
+    } else {
+        WITHOUT_CACHE_API
+    }
+}
+
+/// Whether this configuration serves Glance's cache API under `/v2/cache`.
+fn serves_cache_api(config: &Config) -> bool {
+    config.flavor == Flavor::CacheManagement
+}
 
 /// The versions document with `status`. Links use `public_endpoint` when set, else the Host the
 /// client addressed (as Glance does with the request's host URL).
@@ -29,13 +56,12 @@ pub fn document(
             _ => format!("http://{local_address}"),
         },
     };
-    let versions: Vec<Value> = MINOR_VERSIONS
+    let versions: Vec<Value> = minor_versions(config)
         .iter()
-        .enumerate()
-        .map(|(index, minor)| {
+        .map(|&minor| {
             json!({
                 "id": format!("v2.{minor}"),
-                "status": if index == 0 { "CURRENT" } else { "SUPPORTED" },
+                "status": if minor == CURRENT { "CURRENT" } else { "SUPPORTED" },
                 "links": [{"rel": "self", "href": format!("{base}/v2/")}],
             })
         })
