@@ -58,6 +58,8 @@ const DATA_RSS_KIB: u64 = 32 * 1024;
 const LOAD_IMAGE_RATIO: f64 = 0.5;
 const LOAD_P99_MS: f64 = 5.0;
 const KEYSTONE_RATIO: f64 = 0.90;
+/// Issue 12: format inspection may cost at most this share of the upload pass.
+const INSPECT_COST: f64 = 0.03;
 const REGISTRY_P99_MS: f64 = 5.0;
 const REGISTRY_GROWTH: f64 = 2.0;
 
@@ -762,6 +764,36 @@ fn data_table(runs: &[Value], record: &Value) -> String {
         rows.push((
             "glint upload, to the last body byte sent (before the server's fsync)".to_string(),
             blank(&[num(&up["mbps_body_sent"], 1)]),
+        ));
+    }
+    let inspect_off = runs_of(runs, "inspect", "off");
+    let inspect_on = runs_of(runs, "inspect", "on");
+    if !inspect_on.is_empty() {
+        // The cost as a share of the pass without the inspector: 1 - on/off, from the median of
+        // each (both measured in every round, one right after the other).
+        let cost = median(&each(&inspect_on, &["mbps"]))
+            .zip(median(&each(&inspect_off, &["mbps"])))
+            .map(|(on, off)| 1.0 - on / off);
+        rows.push((
+            format!(
+                "**format inspection cost**: md5+sha512 on 1 core with the inspector vs without (median of {})",
+                inspect_on.len()
+            ),
+            vec![
+                opt(median(&each(&inspect_on, &["mbps"])), 1),
+                format!("{} (without)", opt(median(&each(&inspect_off, &["mbps"])), 1)),
+                format!(
+                    "**{}** slower",
+                    cost.map_or("-".to_string(), |c| format!("{:.1} %", c * 100.0))
+                ),
+                format!(
+                    "<= {:.0} %: {}",
+                    INSPECT_COST * 100.0,
+                    verdict(cost.is_some_and(|c| c <= INSPECT_COST))
+                ),
+                String::new(),
+                String::new(),
+            ],
         ));
     }
     if let Some(write) = best(&write) {

@@ -8,6 +8,11 @@
 //! - `hash --file FILE`: the upload reference. Reads FILE in 64 KiB chunks on one thread and
 //!   updates md5 and sha512 with each chunk, in one pass, as glint's store does
 //!   (`src/store/upload.rs`, same crates and versions); prints the rate and both digests.
+//! - `inspect --file FILE --inspector on|off`: the cost of format inspection. The upload's
+//!   per-byte work on one core, as `hash` does it, with (`on`) and without (`off`) glint's
+//!   format inspector fed each chunk and judging the image (`disk_format = raw`) at the end, as
+//!   `api::image_data` does. Run side by side in each round; the socket, the disk and the fsync
+//!   are left out, so the share measured is an upper bound of the share in a real upload.
 //! - `write --file FILE --out FILE2`: a disk reference. Copies FILE to FILE2 in 64 KiB writes and
 //!   fsyncs FILE2, as glint's store writes an image (without hashing).
 //! - `put --addr HOST:PORT --file FILE [--rss-pid PID]`: creates an image (`POST /v2/images`),
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let result = match mode.as_str() {
         "gen" => generate(&options),
         "hash" => hash(&options),
+        "inspect" => inspect(&options),
         "write" => write_reference(&options),
         "put" => put(&options),
         "get" => get(&options),
@@ -191,6 +197,62 @@ fn hash(options: &Options) -> Result<(), String> {
     emit(&json!({
         "kind": "hash", "label": label(options, "md5+sha512"), "bytes": bytes,
         "seconds": seconds, "mbps": mb_per_s(bytes, seconds), "md5": md5, "sha512": sha512,
+    }));
+    Ok(())
+}
+
+fn inspect(options: &Options) -> Result<(), String> {
+    let path = required(options, "file")?;
+    let with_inspector = match required(options, "inspector")? {
+        "on" => true,
+        "off" => false,
+        other => return Err(format!("--inspector takes on or off, not {other:?}")),
+    };
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut buffer = vec![0u8; CHUNK];
+    let mut md5 = Md5::new();
+    let mut sha512 = Sha512::new();
+    let mut inspector = glint::format::Inspector::new();
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    loop {
+        let n = file.read(&mut buffer).map_err(io_error(path))?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&buffer[..n]);
+        sha512.update(&buffer[..n]);
+        if with_inspector {
+            inspector.feed(&buffer[..n]);
+        }
+        bytes += n as u64;
+    }
+    let verdict = with_inspector.then(|| {
+        let missed = inspector.missed();
+        glint::format::judge(
+            &inspector.seen(),
+            missed,
+            "raw",
+            "bare",
+            &glint::format::Rules {
+                require_format_match: true,
+                ..Default::default()
+            },
+        )
+    });
+    let (_, _) = (md5.finalize(), sha512.finalize());
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(Err(refusal)) = &verdict {
+        return Err(format!("the inspector refused the data as raw: {refusal}"));
+    }
+    let label = if with_inspector { "on" } else { "off" };
+    eprintln!(
+        "md5+sha512, inspector {label}: {bytes} bytes in {seconds:.3} s, {:.1} MB/s",
+        mb_per_s(bytes, seconds)
+    );
+    emit(&json!({
+        "kind": "inspect", "label": label, "bytes": bytes,
+        "seconds": seconds, "mbps": mb_per_s(bytes, seconds),
     }));
     Ok(())
 }
