@@ -189,6 +189,24 @@ fn good_images_of_each_format_get_the_virtual_size_qemu_img_reports() {
             "vhdx",
             &["create", "-f", "vhdx", "empty.vhdx", "64G"],
         ),
+        (
+            "disk.vdi",
+            "vdi",
+            "vdi",
+            &["convert", "-O", "vdi", "disk.raw", "disk.vdi"],
+        ),
+        (
+            "big.vdi",
+            "vdi",
+            "vdi",
+            &["create", "-f", "vdi", "big.vdi", "16G"],
+        ),
+        (
+            "fixed.vdi",
+            "vdi",
+            "vdi",
+            &["create", "-f", "vdi", "-o", "static=on", "fixed.vdi", "3M"],
+        ),
     ];
     for (_, _, _, args) in cases {
         if !args.is_empty() {
@@ -333,6 +351,12 @@ fn hostile_images_are_refused_stay_queued_and_leave_nothing_stored() {
             "vhdx",
             "disk_format vhdx does not match stream data qcow2",
         ),
+        (
+            "plain.qcow2",
+            "vdi",
+            "disk_format vdi does not match stream data qcow2",
+        ),
+        ("random.bin", "vdi", "not a valid vdi image"),
         ("backing.qcow2", "raw", "has a backing file"),
     ];
     let server = Server::start("");

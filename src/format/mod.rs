@@ -10,7 +10,7 @@
 //! `raw` is refused (Glance accepts it), and a refused upload leaves no data behind (Glance 32
 //! answers 415 and then serves the refused bytes).
 //!
-//! One file per format: [`qcow2`], [`vmdk`], [`vhd`], [`vhdx`], [`iso`], and [`gpt`] for the MBR
+//! One file per format: [`qcow2`], [`vmdk`], [`vhd`], [`vhdx`], [`vdi`], [`iso`], and [`gpt`] for the MBR
 //! checks of partitioned raw disks; raw is what none of them matches. [`inspector`] keeps the
 //! bounded windows of the stream they read.
 //!
@@ -26,6 +26,7 @@ pub mod gpt;
 pub mod inspector;
 pub mod iso;
 pub mod qcow2;
+pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
@@ -57,6 +58,7 @@ pub enum Format {
     Vmdk,
     Vhd,
     Vhdx,
+    Vdi,
     Iso,
     /// A raw disk with a partition table (MBR or GPT).
     Gpt,
@@ -70,6 +72,7 @@ impl Format {
             Format::Vmdk => "vmdk",
             Format::Vhd => "vhd",
             Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
             Format::Iso => "iso",
             Format::Gpt => "gpt",
         }
@@ -149,6 +152,7 @@ pub fn detect(seen: &Seen<'_>) -> Vec<Format> {
         (Format::Vmdk, vmdk::matches),
         (Format::Vhd, vhd::matches),
         (Format::Vhdx, vhdx::matches),
+        (Format::Vdi, vdi::matches),
         (Format::Iso, iso::matches),
         (Format::Gpt, gpt::matches),
     ] {
@@ -229,6 +233,7 @@ pub fn judge(
         Format::Vmdk => vmdk::inspect(seen, &rules.vmdk_allowed_types).map_err(refuse)?,
         Format::Vhd => vhd::inspect(seen).map_err(refuse)?,
         Format::Vhdx => vhdx::inspect(seen).map_err(refuse)?,
+        Format::Vdi => vdi::inspect(seen).map_err(refuse)?,
         Format::Iso => iso::inspect(seen).map_err(refuse)?,
     };
     if container_format != "bare" {
@@ -242,10 +247,10 @@ pub fn judge(
         return Ok(Some(virtual_size));
     }
     let inspectable = RAW_FORMATS.contains(&declared)
-        || ["qcow2", "vmdk", "vhd", "vhdx", "iso"].contains(&declared);
+        || ["qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"].contains(&declared);
     if !inspectable && matches!(format, Format::Raw) {
-        // vdi and ploop are not parsed here: data that is none of the formats above is
-        // accepted for them, without a virtual size (Glance does the same for ami and the like).
+        // ploop is not parsed (oslo.utils has no inspector for it either): data that is none of
+        // the formats above is accepted for it, without a virtual size.
         return Ok(None);
     }
     let refusal = match format {
@@ -272,6 +277,7 @@ fn unparsable_declared(declared: &str) -> Refusal {
         "vmdk" => "vmdk",
         "vhd" => "vhd",
         "vhdx" => "vhdx",
+        "vdi" => "vdi",
         "iso" => "iso",
         _ => "raw",
     };

@@ -271,9 +271,42 @@ fn containers_other_than_bare_are_not_compared() {
 }
 
 #[test]
-fn vdi_and_ploop_accept_unrecognised_data_without_a_size() {
-    assert_eq!(judged(&[1u8; 1000], "vdi"), Ok(None));
+fn ploop_accepts_unrecognised_data_without_a_size() {
+    assert_eq!(judged(&[1u8; 1000], "ploop"), Ok(None));
     assert!(judged(&qcow2(3, 0, 0), "ploop").is_err());
+}
+
+/// A vdi header as qemu writes it: signature, image type, disk size.
+fn vdi(image_type: u32, disk_size: u64) -> Vec<u8> {
+    let mut data = vec![0u8; 4096];
+    data[..40].copy_from_slice(b"<<< QEMU VM Virtual Disk Image >>>\n\0\0\0\0\0");
+    data[0x40..0x44].copy_from_slice(&0xbeda_107fu32.to_le_bytes());
+    data[0x4c..0x50].copy_from_slice(&image_type.to_le_bytes());
+    data[0x170..0x178].copy_from_slice(&disk_size.to_le_bytes());
+    data
+}
+
+#[test]
+fn vdi_dynamic_and_fixed_get_their_disk_size_and_other_types_are_refused() {
+    assert_eq!(judged(&vdi(1, 16 << 30), "vdi"), Ok(Some(16 << 30)));
+    assert_eq!(judged(&vdi(2, 3 << 20), "vdi"), Ok(Some(3 << 20)));
+    let refused = judged(&vdi(4, 1 << 20), "vdi").unwrap_err();
+    assert!(
+        refused.to_string().contains("vdi image type 4"),
+        "{refused}"
+    );
+    // Declared raw, it is refused as the vdi it is; random data declared vdi is not a vdi.
+    assert_eq!(
+        judged(&vdi(1, 1 << 20), "raw"),
+        Err(Refusal::Mismatch {
+            declared: "raw".to_string(),
+            detected: "vdi"
+        })
+    );
+    assert!(matches!(
+        judged(&[1u8; 1000], "vdi"),
+        Err(Refusal::Unparsable { format: "vdi", .. })
+    ));
 }
 
 #[test]
@@ -510,6 +543,7 @@ fn truncated_and_mutated_headers_never_panic() {
         vhdx(HEAD_WINDOW, 0, HEAD_WINDOW + 80 * 1024),
         iso(20),
         mbr(0, 0xEE, [0, 2, 0], 1),
+        vdi(1, 1 << 30),
     ];
     let declared = ["raw", "qcow2", "vmdk", "vhd", "vhdx", "iso", "vdi"];
     let check = |data: &[u8]| {
