@@ -402,10 +402,25 @@ fn hostile_images_are_refused_stay_queued_and_leave_nothing_stored() {
 }
 
 #[test]
-fn image_format_options_limit_disk_formats_relax_the_match_and_choose_vmdk_types() {
+fn image_format_options_limit_formats_relax_the_match_and_choose_vmdk_types() {
     let server = Server::start(
         "\n[image_format]\ndisk_formats = raw,qcow2,vmdk\nrequire_image_format_match = false\n\
-         vmdk_allowed_types = streamOptimized\n[DEFAULT]",
+         vmdk_allowed_types = streamOptimized\ncontainer_formats = bare,ova\n[DEFAULT]",
+    );
+    let refused = send_body(
+        server.addr(),
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"name":"x","disk_format":"raw","container_format":"docker"}"#,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("'docker' is not one of [None, 'bare', 'ova']"),
+        "{}",
+        refused.text()
     );
     let refused = send_body(
         server.addr(),
@@ -435,6 +450,25 @@ fn image_format_options_limit_disk_formats_relax_the_match_and_choose_vmdk_types
     )
     .unwrap();
     assert_eq!(patched.status, 400, "{}", patched.text());
+    let patched = request(
+        server.addr(),
+        "PATCH",
+        &format!("/v2/images/{id}"),
+        &[(
+            "Content-Type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        br#"[{"op":"replace","path":"/container_format","value":"ovf"}]"#,
+    )
+    .unwrap();
+    assert_eq!(patched.status, 400, "{}", patched.text());
+    assert!(
+        patched
+            .text()
+            .contains("schema['properties']['container_format']"),
+        "{}",
+        patched.text()
+    );
     // Without the match requirement a qcow2 declared raw is stored, without a virtual size.
     let fixtures = tempfile::tempdir().unwrap();
     run(

@@ -145,7 +145,7 @@ impl Api {
             check_writable(name)?;
             representation::set_attribute(&mut image, name, value)?;
         }
-        check_disk_format(&image, &self.config.image_format.disk_formats)?;
+        check_formats(&image, None, &self.config.image_format)?;
         representation::check_metadata_size(&image, None, self.config.image_metadata_size_cap)?;
         context.enforce_add_image(&image)?;
         self.registry.create(&image).map_err(|error| match error {
@@ -259,14 +259,10 @@ impl Api {
                 context.enforce_on_image("modify_image", image)?;
                 let before_target = context.image_target(image);
                 let (visibility, owner) = (image.visibility.clone(), image.owner.clone());
-                let disk_format = image.disk_format.clone();
+                let formats = (image.disk_format.clone(), image.container_format.clone());
                 let before = representation::document_len(image);
                 patch::apply(image, &changes, dialect)?;
-                // Only a new value is checked: an image keeps a format the operator has since
-                // removed from `disk_formats`.
-                if image.disk_format != disk_format {
-                    check_disk_format(image, &self.config.image_format.disk_formats)?;
-                }
+                check_formats(image, Some(&formats), &self.config.image_format)?;
                 if image.visibility != visibility {
                     context.enforce_visibility(&image.visibility, &before_target)?;
                 }
@@ -591,23 +587,44 @@ fn json_shape_with(text: &[u8], max_values: usize, max_depth: usize) -> JsonShap
     JsonShape::Small
 }
 
-/// `[image_format] disk_formats`: Glance builds the image schema's `disk_format` enum from it,
-/// so a value outside it is a 400 with the schema's message.
-fn check_disk_format(image: &Image, disk_formats: &[String]) -> Result<(), ApiError> {
-    let Some(disk_format) = &image.disk_format else {
-        return Ok(());
-    };
-    if disk_formats.iter().any(|allowed| allowed == disk_format) {
-        return Ok(());
+/// `[image_format] disk_formats` and `container_formats`: Glance builds the image schema's
+/// `disk_format` and `container_format` enums from them, so a value outside one is a 400 with the
+/// schema's message. With `before` (a patch: the image's formats before it), only a changed
+/// value is checked: an image keeps a format the operator has since removed from the list.
+fn check_formats(
+    image: &Image,
+    before: Option<&(Option<String>, Option<String>)>,
+    options: &crate::config::ImageFormat,
+) -> Result<(), ApiError> {
+    let fields = [
+        (
+            "disk_format",
+            &image.disk_format,
+            &options.disk_formats,
+            before.map(|b| &b.0),
+        ),
+        (
+            "container_format",
+            &image.container_format,
+            &options.container_formats,
+            before.map(|b| &b.1),
+        ),
+    ];
+    for (field, value, allowed, before) in fields {
+        let Some(value) = value else { continue };
+        if before == Some(&Some(value.clone())) || allowed.iter().any(|a| a == value) {
+            continue;
+        }
+        let allowed: Vec<String> = std::iter::once("None".to_string())
+            .chain(allowed.iter().map(|format| format!("'{format}'")))
+            .collect();
+        return Err(ApiError::BadRequest(format!(
+            "Provided object does not match schema 'image': '{value}' is not one of [{}] \
+             (failed validating 'enum' in schema['properties']['{field}'])",
+            allowed.join(", ")
+        )));
     }
-    let allowed: Vec<String> = std::iter::once("None".to_string())
-        .chain(disk_formats.iter().map(|format| format!("'{format}'")))
-        .collect();
-    Err(ApiError::BadRequest(format!(
-        "Provided object does not match schema 'image': '{disk_format}' is not one of [{}] \
-         (failed validating 'enum' in schema['properties']['disk_format'])",
-        allowed.join(", ")
-    )))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1069,13 +1069,16 @@ fn snippet(text: &str) -> String {
     }
 }
 
-/// `[image_format]`, read where Glance reads it: `disk_formats` by the image schema (create and
+/// `[image_format]`, read where Glance reads it: `disk_formats` and `container_formats` by the
+/// image schema (create and
 /// patch), the rest by the upload's format inspection (`crate::format`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     /// `disk_formats`: the values `disk_format` may take (a value glint does not know is never
     /// accepted, as it is not in the schema either).
     pub disk_formats: Vec<String>,
+    /// `container_formats`: the values `container_format` may take, likewise.
+    pub container_formats: Vec<String>,
     /// `require_image_format_match`, `vmdk_allowed_types`, `gpt_safety_checks_nonfatal`.
     pub rules: crate::format::Rules,
 }

@@ -1206,6 +1206,20 @@ pub static OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         section: "image_format",
+        name: "container_formats",
+        kind: Kind::List,
+        default: DefaultValue::Text("ami,ari,aki,bare,ovf,ova,docker,compressed"),
+        on_reload: RELOAD_FORMAT,
+        doc: "The values an image's `container_format` may take; any other is refused (400) on create and patch, as Glance's image schema does. Names glint does not know are never accepted.",
+        apply: |draft, value| {
+            if let Value::List(formats) = value {
+                draft.image_format.container_formats = formats;
+            }
+        },
+        show: |config| vec![config.image_format.container_formats.join(",")],
+    },
+    OptionSpec {
+        section: "image_format",
         name: "require_image_format_match",
         kind: Kind::Bool,
         default: DefaultValue::Text("true"),

@@ -368,6 +368,7 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("service_token_roles_required", "true", "true"),
     ("service_token_roles_required", "False", "false"),
     ("disk_formats", "raw, qcow2", "raw,qcow2"),
+    ("container_formats", "bare, ova", "bare,ova"),
     ("require_image_format_match", "false", "false"),
     ("vmdk_allowed_types", "streamOptimized", "streamOptimized"),
     ("gpt_safety_checks_nonfatal", "", ""),
