@@ -567,6 +567,7 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("service_token_roles", "service,\u{7}", "contains a control character; remove it"),
     ("service_token_roles_required", "required", "`required` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("disk_formats", "raw,\u{7}", "contains a control character; remove it"),
+    ("container_formats", "bare,\u{7}", "contains a control character; remove it"),
     ("require_image_format_match", "maybe", "`maybe` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("vmdk_allowed_types", "\u{7}", "contains a control character; remove it"),
     ("gpt_safety_checks_nonfatal", "mbr,\u{7}", "contains a control character; remove it"),
