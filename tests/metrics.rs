@@ -2,7 +2,8 @@
 //! scrapes read over a socket, checked by the real `promtool check metrics` (Debian's
 //! `prometheus` package, which scripts/test installs), and counted against requests whose bytes
 //! the test writes and reads itself; reloads, a failed reload and a child killed with SIGKILL
-//! in between.
+//! in between; connections handed over at a reload, cache hits and misses, and a write that waits
+//! for a database lock another process holds.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -462,4 +463,118 @@ fn a_reload_moves_the_metrics_listener_and_closes_the_old_one() {
         "{}",
         server.log()
     );
+}
+
+/// A keep-alive connection that has been answered once and now idles in a child's acceptor.
+fn idle_connection(api: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(api).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+        .write_all(format!("GET /healthcheck HTTP/1.1\r\nHost: {api}\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    let response = util::read_response(&mut reader, "GET")
+        .expect("response")
+        .expect("an answer");
+    assert_eq!(response.status, 200);
+    stream
+}
+
+#[test]
+fn connections_handed_to_the_new_generation_are_counted_on_both_sides() {
+    let (server, metrics) = start_with_metrics("");
+    let api = server.addr();
+    let mut idle: Vec<TcpStream> = (0..3).map(|_| idle_connection(api)).collect();
+    scrape_once_at_least(metrics, "glint_parked_connections", 3);
+    server.reload_succeeds();
+    let sent = "glint_handoff_connections_total{side=\"sent\"}";
+    let adopted = "glint_handoff_connections_total{side=\"adopted\"}";
+    let text = scrape_once_at_least(metrics, adopted, 3);
+    assert_eq!(value(&text, sent), 3, "{text}");
+    assert_eq!(value(&text, adopted), 3, "{text}");
+    // And they serve on: the new generation has them.
+    for stream in &mut idle {
+        stream
+            .write_all(format!("GET /healthcheck HTTP/1.1\r\nHost: {api}\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        let response = util::read_response(&mut reader, "GET")
+            .expect("read")
+            .expect("answer");
+        assert_eq!(response.status, 200);
+    }
+}
+
+#[test]
+fn image_cache_hits_and_misses_are_counted() {
+    let (server, metrics) = start_with_metrics(
+        "\n[paste_deploy]\nflavor = caching\n\n[image_cache]\nimage_cache_dir = cache\n",
+    );
+    let api = server.addr();
+    let created = util::send_body(
+        api,
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"disk_format": "raw", "container_format": "bare"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = serde_json::from_slice::<serde_json::Value>(&created.body).expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let data = vec![7u8; 100_000];
+    let uploaded = util::send_body(
+        api,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        &data,
+    );
+    assert_eq!(uploaded.status, 204, "{}", uploaded.text());
+    let path = format!("/v2/images/{id}/file");
+    let first = util::get(api, &path).expect("first download");
+    assert_eq!(first.status, 200);
+    let cached = server.path("cache").join(&id);
+    wait_until("the image to be cached", DEADLINE, || {
+        std::fs::metadata(&cached).is_ok_and(|meta| meta.len() == data.len() as u64)
+    });
+    for _ in 0..2 {
+        let again = util::get(api, &path).expect("a download once cached");
+        assert_eq!(again.status, 200);
+    }
+    let hit = "glint_image_cache_lookups_total{result=\"hit\"}";
+    let text = scrape_once_at_least(metrics, hit, 2);
+    assert_eq!(value(&text, hit), 2, "{text}");
+    assert_eq!(
+        value(&text, "glint_image_cache_lookups_total{result=\"miss\"}"),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_write_that_waits_for_the_database_lock_is_counted_as_a_busy_wait() {
+    let (server, metrics) = start_with_metrics("workers = 1");
+    let api = server.addr();
+    let busy = "glint_registry_busy_waits_total";
+    assert_eq!(value(&scrape(metrics), busy), 0);
+    let database = rusqlite::Connection::open(server.path("glint.sqlite")).expect("open");
+    database.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let creator = std::thread::spawn(move || {
+        util::send_body(
+            api,
+            "POST",
+            "/v2/images",
+            "application/json",
+            br#"{"disk_format": "raw", "container_format": "bare"}"#,
+        )
+    });
+    // Counted as the wait begins, while the lock is still held.
+    let waiting = scrape_once_at_least(metrics, busy, 1);
+    assert_eq!(value(&waiting, busy), 1, "{waiting}");
+    database.execute_batch("COMMIT").expect("unlock");
+    let created = creator.join().expect("creator");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(value(&scrape(metrics), busy), 1);
 }
