@@ -578,3 +578,15 @@ fn a_write_that_waits_for_the_database_lock_is_counted_as_a_busy_wait() {
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(value(&scrape(metrics), busy), 1);
 }
+
+#[test]
+fn a_scraper_that_sends_nothing_is_dropped_and_the_next_scrape_is_answered() {
+    // One child, so its one metrics thread is the one the silent client holds.
+    let (_server, metrics) = start_with_metrics("workers = 1");
+    let mut silent = TcpStream::connect(metrics).expect("connect");
+    assert!(
+        util::peer_closed(&mut silent, DEADLINE),
+        "a scraper that sent nothing was still connected after {DEADLINE:?}"
+    );
+    assert!(scrape(metrics).contains("# TYPE glint_generation gauge\n"));
+}

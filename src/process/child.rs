@@ -109,7 +109,7 @@ pub struct Start {
     pub control: Option<OwnedFd>,
     /// A dup of the generation's metrics listener, when `[metrics]` is on: the child answers
     /// scrapes on it (`serve::scrape`).
-    pub metrics_listener: Option<TcpListener>,
+    pub metrics_listener: Option<std::io::Result<TcpListener>>,
     /// This child's gauge slot in the shared metrics block.
     pub metrics_slot: Option<usize>,
 }
@@ -149,6 +149,12 @@ pub fn run(start: Start) -> i32 {
         Ok(_) => return ready.failed("no listening socket was passed to this child"),
         Err(error) => {
             return ready.failed(&format!("cannot duplicate the listening socket: {error}"));
+        }
+    };
+    let metrics_listener = match metrics_listener.transpose() {
+        Ok(listener) => listener,
+        Err(error) => {
+            return ready.failed(&format!("cannot duplicate the metrics listener: {error}"));
         }
     };
     let mut keep = vec![0, 1, 2, ready.0.as_raw_fd()];

@@ -100,7 +100,7 @@ pub fn spawn(
                 control: Some(control_child),
                 metrics_listener: request
                     .metrics_listener
-                    .and_then(|listener| listener.try_clone().ok()),
+                    .map(|listener| listener.try_clone()),
                 metrics_slot: request.metrics_slot,
             };
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
