@@ -439,7 +439,7 @@ fn metrics_are_off_by_default() {
 }
 
 #[test]
-fn a_reload_moves_the_metrics_listener_and_closes_the_old_one() {
+fn a_reload_moves_the_metrics_listener_and_another_turns_it_off() {
     let (server, first) = start_with_metrics("");
     let free = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = free.local_addr().expect("address").port();
@@ -460,6 +460,19 @@ fn a_reload_moves_the_metrics_listener_and_closes_the_old_one() {
     assert_eq!(
         listening_sockets_of(server.master_pid),
         2,
+        "{}",
+        server.log()
+    );
+
+    // A reload without [metrics] turns them off: the socket closes once the old generation is gone.
+    server.write_config("");
+    server.reload_succeeds();
+    wait_until("the metrics listener to close", DEADLINE, || {
+        TcpStream::connect_timeout(&second, Duration::from_secs(1)).is_err()
+    });
+    assert_eq!(
+        listening_sockets_of(server.master_pid),
+        1,
         "{}",
         server.log()
     );
