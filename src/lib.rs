@@ -21,6 +21,8 @@
 //!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`operator`]: the commands `glint-api reload|stop|status`, the status file they read, and
 //!   systemd's notify protocol.
+//! - [`metrics`]: Prometheus counters in memory shared by every process of the tree, and their
+//!   text exposition (a child's `serve::scrape` thread answers `GET /metrics`).
 //! - [`logging`], [`timestamp`]: the small parts everyone shares.
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
@@ -39,6 +41,7 @@ pub mod handoff;
 pub mod http;
 pub mod keystone;
 pub mod logging;
+pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod process;

@@ -33,6 +33,10 @@
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
 //! - `format`: format inspection of uploads (issue 12, part 1) with images made by the real
 //!   `qemu-img` and `genisoimage`: virtual sizes as qemu reports them, hostile images refused.
+//! - `metrics`: Prometheus metrics on their own listener (issue 14, part 4): `promtool check
+//!   metrics` on a real scrape, exact counts of requests and bytes, reloads by outcome, counters
+//!   monotonic across reloads and killed children, handoffs, cache lookups, registry busy waits,
+//!   off by default.
 //! - `slow_readers`: downloads to clients that read slowly or not at all hold no worker, end whole
 //!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 
@@ -51,6 +55,7 @@ mod http;
 mod images;
 mod keystone;
 mod lifecycle;
+mod metrics;
 mod process_faults;
 mod reload;
 mod request_ids;

@@ -291,8 +291,10 @@ impl Api {
         let pipeline = self.cache.as_ref()?;
         let expected = crate::cache::Expected::of_image(image)?;
         if let Some(hit) = pipeline.cache.lookup(&image.id, &expected) {
+            crate::metrics::cache_lookup(true);
             return Some(hit);
         }
+        crate::metrics::cache_lookup(false);
         log::debug!("cache miss: image {}", image.id);
         if request.method() == "GET"
             && reads_whole(request, expected.size)

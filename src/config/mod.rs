@@ -168,6 +168,8 @@ pub struct Config {
     pub policy: std::sync::Arc<crate::policy::Policy>,
     /// `[image_format]`: the formats an image may declare and how uploads are inspected.
     pub image_format: ImageFormat,
+    /// `[metrics]`: the Prometheus metrics listener.
+    pub metrics: Metrics,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1083,10 +1085,31 @@ pub struct ImageFormat {
     pub rules: crate::format::Rules,
 }
 
+/// `[metrics]`: where the Prometheus metrics listener listens, if anywhere (`crate::metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// `bind_host`: an IP address literal (v4 or v6) or `localhost`.
+    pub bind_host: String,
+    /// `bind_port`; `None` (unset): no metrics listener; 0 asks the kernel for a free port.
+    pub bind_port: Option<u16>,
+}
+
+impl Metrics {
+    /// The address to bind ("HOST:PORT"), when metrics are on.
+    pub fn listen_address(&self) -> Option<String> {
+        let port = self.bind_port?;
+        Some(match self.bind_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(address)) => format!("[{address}]:{port}"),
+            _ => format!("{}:{port}", self.bind_host),
+        })
+    }
+}
+
 /// A `Config` being assembled: defaults first, then the file's values, then derived values.
 #[derive(Debug, Default)]
 struct Draft {
     image_format: ImageFormat,
+    metrics: Metrics,
     bind_host: String,
     bind_port: u16,
     workers: usize,
@@ -1287,6 +1310,7 @@ impl Draft {
             policy_file,
             policy,
             image_format: self.image_format,
+            metrics: self.metrics,
         }
     }
 }

@@ -162,6 +162,9 @@ const RELOAD_LISTENER: &str = "new listener bound before the new generation star
                                socket if the address resolves the same; beside the old one on an \
                                overlapping address); the old one stops taking connections when the \
                                new generation takes over; a bind failure fails the reload";
+const RELOAD_METRICS: &str = "a changed address is bound before the new generation starts (a bind \
+                               failure fails the reload); an unchanged one keeps its socket; the old \
+                               socket closes once no generation uses it";
 const RELOAD_WORKERS: &str = "the new generation has the new number of children; the old drains";
 const RELOAD_GENERATION: &str =
     "applies to the new generation; the old keeps its value while it drains";
@@ -1259,6 +1262,35 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![config.image_format.rules.gpt_nonfatal_checks.join(",")],
+    },
+    // [metrics]: glint's own section (issue 14, part 4), kept together here.
+    OptionSpec {
+        section: "metrics",
+        name: "bind_host",
+        kind: Kind::Host,
+        default: DefaultValue::Text("127.0.0.1"),
+        on_reload: RELOAD_METRICS,
+        doc: "glint's own: address of the Prometheus metrics listener (`GET /metrics`). Only used when `bind_port` is set.",
+        apply: |draft, value| {
+            if let Value::Host(host) = value {
+                draft.metrics.bind_host = host;
+            }
+        },
+        show: |config| vec![config.metrics.bind_host.clone()],
+    },
+    OptionSpec {
+        section: "metrics",
+        name: "bind_port",
+        kind: Kind::Integer { min: 0, max: 65535, zero_means_min: None },
+        default: DefaultValue::Derived("unset: no metrics listener"),
+        on_reload: RELOAD_METRICS,
+        doc: "glint's own: TCP port of the Prometheus metrics listener; setting it turns metrics on (off by default). Must differ from the API's `bind_port`.",
+        apply: |draft, value| {
+            if let Some(port) = value.integer::<u16>() {
+                draft.metrics.bind_port = Some(port);
+            }
+        },
+        show: |config| config.metrics.bind_port.map(|port| port.to_string()).into_iter().collect(),
     },
 ];
 

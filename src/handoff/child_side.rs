@@ -250,6 +250,7 @@ impl Handoff {
         ) {
             Ok(()) => {
                 log::debug!("{}: queued for the new generation", connection.peer());
+                crate::metrics::handoff(crate::metrics::HandoffSide::Sent);
                 if let Some(inode) = socket_inode(connection.stream().as_fd()) {
                     self.sent_to_target.insert(inode);
                 }

@@ -174,6 +174,7 @@ impl Connection {
         self.buffer.resize(old_len + chunk, 0);
         let result = (&self.stream).read(&mut self.buffer[old_len..]);
         let n = *result.as_ref().unwrap_or(&0);
+        crate::metrics::received(n);
         self.buffer.truncate(old_len + n);
         result
     }
@@ -194,6 +195,7 @@ impl Connection {
             MsgFlags::MSG_DONTWAIT,
         );
         let n = *result.as_ref().unwrap_or(&0);
+        crate::metrics::received(n);
         self.buffer.truncate(old_len + n);
         match result {
             Err(Errno::EAGAIN | Errno::EINTR) => Ok(0),
@@ -215,7 +217,9 @@ impl Read for Connection {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.buffered().is_empty() && out.len() >= READ_CHUNK {
             // Large reads bypass the buffer: no copy for bulk body data.
-            return (&self.stream).read(out);
+            let result = (&self.stream).read(out);
+            crate::metrics::received(*result.as_ref().unwrap_or(&0));
+            return result;
         }
         let available = self.fill_buf()?;
         let n = available.len().min(out.len());

@@ -156,6 +156,7 @@ impl Outgoing {
                 match (&*socket).write_vectored(&slices) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
+                        crate::metrics::sent(n as u64);
                         self.written += n;
                         self.sent += n as u64;
                         if self.written >= in_memory {
@@ -192,6 +193,7 @@ impl Outgoing {
                     ))
                 }
                 Ok(n) => {
+                    crate::metrics::sent(n as u64);
                     rest.remaining -= n as u64;
                     self.sent += n as u64;
                 }

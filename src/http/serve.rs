@@ -243,6 +243,7 @@ fn serve_one(
     budget: &Arc<SendBudget>,
 ) -> Disposition {
     let started = Instant::now();
+    let _in_flight = crate::metrics::in_flight();
     // Every line logged while this request is served names its id (the handler's errors too).
     let request_id = RequestId::generate();
     let _scope = RequestScope::enter(request_id.as_str());
@@ -356,6 +357,16 @@ fn respond(
     settings: &Settings,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
+    let path = record
+        .target
+        .split_once('?')
+        .map_or(record.target.as_str(), |(path, _)| path);
+    crate::metrics::request_answered(
+        &record.method,
+        path,
+        record.status,
+        record.started.elapsed(),
+    );
     let response = response.header(request_id::HEADER, record.request_id.as_str());
     let outgoing = match Outgoing::new(response::prepare(response, options)) {
         Ok(outgoing) => outgoing,
@@ -415,8 +426,11 @@ fn write_streamed(
     record: &AccessRecord,
 ) -> Disposition {
     let must_close = prepared.must_close;
+    let head_bytes = prepared.head.len() as u64;
     match response::write_prepared(&mut connection.stream(), prepared) {
         Ok(body_bytes) => {
+            // The head and the body's payload (a chunked body's framing is not counted).
+            crate::metrics::sent(head_bytes + body_bytes);
             record.completed(body_bytes);
             if must_close {
                 Disposition::Close

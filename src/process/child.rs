@@ -4,7 +4,8 @@
 //! (`acceptor`) and a fixed pool of worker threads (`pool`), one maintenance thread
 //! (`serve::maintenance`) that recovers abandoned uploads every [`RECOVERY_PERIOD`] (told to stop
 //! as the drain starts, joined after the workers), plus, with a caching flavor, one image cache
-//! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain. It
+//! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain, and with
+//! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins. It
 //! reports on its ready pipe once all of them run (`R`), or why it cannot start (`E` and the
 //! reason, which the master puts in the reload's verdict), and drains on SIGHUP, SIGTERM or
 //! SIGQUIT. It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start, and with
@@ -37,6 +38,7 @@ use crate::registry::Registry;
 use crate::serve::acceptor::{AcceptSettings, Acceptor, Handoff};
 use crate::serve::maintenance::Maintenance;
 use crate::serve::pool::Pool;
+use crate::serve::scrape::Scrape;
 use crate::signals::{SignalSpec, SignalWatch};
 use crate::store::{self, Store};
 
@@ -105,6 +107,11 @@ pub struct Start {
     pub handoff_receive: Option<OwnedFd>,
     /// This child's end of its control socket with the master.
     pub control: Option<OwnedFd>,
+    /// A dup of the generation's metrics listener, when `[metrics]` is on: the child answers
+    /// scrapes on it (`serve::scrape`).
+    pub metrics_listener: Option<std::io::Result<TcpListener>>,
+    /// This child's gauge slot in the shared metrics block.
+    pub metrics_slot: Option<usize>,
 }
 
 /// Runs the child. The caller (`spawn`, in the forked process) has already removed the master's
@@ -120,7 +127,10 @@ pub fn run(start: Start) -> i32 {
         signal_mask,
         handoff_receive,
         control,
+        metrics_listener,
+        metrics_slot,
     } = start;
+    crate::metrics::use_slot(metrics_slot);
     let master_pid = nix::unistd::getppid();
     // If the master dies (even by SIGKILL), the kernel sends us SIGTERM and we drain and exit
     // rather than run on as an orphan. Checked against a master that died before this call.
@@ -141,10 +151,17 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&format!("cannot duplicate the listening socket: {error}"));
         }
     };
+    let metrics_listener = match metrics_listener.transpose() {
+        Ok(listener) => listener,
+        Err(error) => {
+            return ready.failed(&format!("cannot duplicate the metrics listener: {error}"));
+        }
+    };
     let mut keep = vec![0, 1, 2, ready.0.as_raw_fd()];
     keep.extend(listeners.iter().map(|listener| listener.as_raw_fd()));
     keep.extend(handoff_receive.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(control.as_ref().map(|fd| fd.as_raw_fd()));
+    keep.extend(metrics_listener.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(logging::file_fd());
     close_inherited_fds(&keep);
 
@@ -290,9 +307,22 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&format!("cannot start the maintenance thread: {error}"));
         }
     };
+    let scrape = match metrics_listener.map(Scrape::start).transpose() {
+        Ok(scrape) => scrape,
+        Err(error) => {
+            return ready.failed(&format!(
+                "cannot start the metrics endpoint thread: {error}"
+            ));
+        }
+    };
     ready.ready();
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
+    // Scrapes go to the serving generation, like requests: stop answering them as the drain
+    // begins.
+    if let Some(scrape) = scrape {
+        scrape.finish();
+    }
     // Recovery is the serving generation's job; a draining child stops looking at once (its own
     // uploads in progress are alive, and the new generation's children look from now on).
     maintenance.stop();

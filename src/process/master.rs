@@ -78,6 +78,8 @@ struct ChildIo {
     ready: Option<OwnedFd>,
     /// The master's end of the child's control socket (handoff targets go there).
     control: OwnedFd,
+    /// Its gauge slot in the metrics block, zeroed when it is reaped (`metrics::block`).
+    metrics_slot: Option<usize>,
 }
 
 /// The master's whole state: the machine, and the descriptors and files its decisions act on.
@@ -90,6 +92,11 @@ pub struct Master {
     /// The current generation (0 while the first one starts: then generation 1's config rules).
     current: u64,
     listeners: Vec<Listener>,
+    /// The metrics listeners (`[metrics]`): the current one, and one a reload bound for a new
+    /// address until no generation uses the old one.
+    metrics_listeners: Vec<Listener>,
+    /// The metrics listener (by its `requested` address) of each generation in `configs`.
+    metrics_of: BTreeMap<u64, Option<SocketAddr>>,
     /// The listeners (by their `requested` address) of each generation in `configs`: its own
     /// first, then the overlapping sockets it takes over (`listener` module doc).
     listeners_of: BTreeMap<u64, Vec<SocketAddr>>,
@@ -120,6 +127,8 @@ impl Master {
         let signals = SignalWatch::register(|spec: &SignalSpec| spec.master)
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
+        // Before the first fork, so that every child shares it (`metrics::block` module doc).
+        crate::metrics::install().map_err(|error| error.to_string())?;
         prepare_state_files(&config)?;
         check_storage(&config)?;
         write_pid_file(&config.pid_file)?;
@@ -133,6 +142,24 @@ impl Master {
             listener.local,
             listener.configured
         );
+        let metrics_listener = match config.metrics.listen_address() {
+            None => None,
+            Some(configured) => {
+                let bound = Listener::bind(&configured, config.backlog).map_err(|error| {
+                    let _ = fs::remove_file(&config.pid_file);
+                    format!(
+                        "cannot listen for metrics: {error}; fix [metrics] bind_host/bind_port or \
+                         free the port"
+                    )
+                })?;
+                log::info!(
+                    "metrics: listening on {} (configured {})",
+                    bound.local,
+                    bound.configured
+                );
+                Some(bound)
+            }
+        };
         let now = Instant::now();
         let (machine, actions) = Machine::start(now, plan_of(&config, None));
         let mut master = Master {
@@ -145,6 +172,8 @@ impl Master {
             current: 0,
             listeners_of: BTreeMap::from([(1, vec![listener.requested])]),
             listeners: vec![listener],
+            metrics_of: BTreeMap::from([(1, metrics_listener.as_ref().map(|l| l.requested))]),
+            metrics_listeners: metrics_listener.into_iter().collect(),
             channels: handoff::Channels::new(),
             children: HashMap::new(),
             signals,
@@ -182,6 +211,7 @@ impl Master {
                     return code;
                 }
             }
+            self.store_metrics();
             self.close_unused_listeners();
             self.close_finished_channels();
             self.forget_unused_configs();
@@ -311,6 +341,10 @@ impl Master {
             // What it wrote on its ready pipe just before it died comes before its exit.
             if let Some(mut io) = self.children.remove(&pid) {
                 events.extend(read_ready_pipe(pid, &mut io));
+                // Dead: what it counted as in flight or parked is no more (block module doc).
+                if let (Some(slot), Some(block)) = (io.metrics_slot, crate::metrics::block()) {
+                    block.clear_slot(slot);
+                }
             }
             events.push(Event::ChildExited {
                 pid: pid.as_raw(),
@@ -332,12 +366,14 @@ impl Master {
                 // The verdict goes where the new config says, too (see the field's doc).
                 self.requested_status_file =
                     (config.status_file != self.status_file).then(|| config.status_file.clone());
-                self.prepare_for(&config).map(|listeners| {
-                    let plan = plan_of(&config, Some(self.config()));
-                    self.configs.insert(generation, config);
-                    self.listeners_of.insert(generation, listeners);
-                    plan
-                })
+                self.prepare_for(&config)
+                    .map(|(listeners, metrics_listener)| {
+                        let plan = plan_of(&config, Some(self.config()));
+                        self.configs.insert(generation, config);
+                        self.listeners_of.insert(generation, listeners);
+                        self.metrics_of.insert(generation, metrics_listener);
+                        plan
+                    })
             }
         };
         Event::ConfigLoaded { generation, result }
@@ -347,7 +383,10 @@ impl Master {
     /// file: what a config needs that can fail, done before any child is forked. Returns the
     /// keys of the config's listeners: its own, then the overlapping ones its address covers,
     /// which its children take over so that nothing queued on them is ever reset.
-    fn prepare_for(&mut self, config: &Config) -> Result<Vec<SocketAddr>, String> {
+    fn prepare_for(
+        &mut self,
+        config: &Config,
+    ) -> Result<(Vec<SocketAddr>, Option<SocketAddr>), String> {
         let configured = config.listen_address();
         let addresses = listener::resolve(&configured).map_err(|error| {
             format!("cannot listen on the new address: {error}; fix bind_host/bind_port")
@@ -401,6 +440,7 @@ impl Master {
                 .filter(|l| l.requested != key && listener::covers(key, l.local))
                 .map(|l| l.requested),
         );
+        let metrics_key = self.prepare_metrics_listener(config)?;
         prepare_state_files(config)?;
         if let Some(path) = &config.log_file {
             // Opening the file checks that the new destination is usable; children open their
@@ -417,7 +457,37 @@ impl Master {
                     )
                 })?;
         }
-        Ok(keys)
+        Ok((keys, metrics_key))
+    }
+
+    /// The metrics listener of a config: none when `[metrics] bind_port` is unset, the open one
+    /// when it was bound for the same address, else a new one (a bind failure fails the reload,
+    /// as any bad config does). Returns its key.
+    fn prepare_metrics_listener(&mut self, config: &Config) -> Result<Option<SocketAddr>, String> {
+        let Some(configured) = config.metrics.listen_address() else {
+            return Ok(None);
+        };
+        let addresses = listener::resolve(&configured).map_err(|error| {
+            format!("cannot listen for metrics: {error}; fix [metrics] bind_host/bind_port")
+        })?;
+        if let Some(open) = self.metrics_listeners.iter().find(|l| l.serves(&addresses)) {
+            return Ok(Some(open.requested));
+        }
+        let bound = Listener::bind_address(&configured, addresses[0], config.backlog, false)
+            .map_err(|error| {
+                format!(
+                    "cannot listen for metrics: {error}; free the port or fix [metrics] \
+                     bind_host/bind_port"
+                )
+            })?;
+        log::info!(
+            "metrics: listening on {} (configured {}) for the new generation",
+            bound.local,
+            bound.configured
+        );
+        let key = bound.requested;
+        self.metrics_listeners.push(bound);
+        Ok(Some(key))
     }
 
     /// Forks the `nth` child of `generation`.
@@ -444,12 +514,35 @@ impl Master {
         if listeners.is_empty() {
             return Err(format!("no listener for generation {generation}"));
         }
+        let metrics_listener = self
+            .metrics_of
+            .get(&generation)
+            .copied()
+            .flatten()
+            .and_then(|key| self.metrics_listeners.iter().find(|l| l.requested == key))
+            .map(|l| &l.socket);
+        // The lowest gauge slot no live child holds (a slot is zeroed as its child is reaped).
+        let taken: std::collections::HashSet<usize> = self
+            .children
+            .values()
+            .filter_map(|io| io.metrics_slot)
+            .collect();
+        let metrics_slot = (0..crate::metrics::block::MAX_SLOTS).find(|slot| !taken.contains(slot));
+        if metrics_slot.is_none() {
+            log::warn!(
+                "metrics: all {} gauge slots are taken; this child's in-flight requests and \
+                 parked connections are not counted",
+                crate::metrics::block::MAX_SLOTS
+            );
+        }
         let request = spawn::Spawn {
             config: &config,
             generation,
             nth,
             listeners,
             handoff_receive,
+            metrics_listener,
+            metrics_slot,
         };
         let Forked {
             pid,
@@ -462,9 +555,31 @@ impl Master {
             ChildIo {
                 ready: Some(ready),
                 control,
+                metrics_slot,
             },
         );
         Ok(pid)
+    }
+
+    /// Stores the master's numbers in the metrics block: plain atomic stores, never a wait.
+    fn store_metrics(&self) {
+        let (_, succeeded, failed) = self.machine.reload_counts();
+        let mut children = [0u64; 4];
+        for child in self.machine.children() {
+            let state = match child.state {
+                ChildState::Starting { .. } => 0,
+                ChildState::Serving => 1,
+                ChildState::Draining { .. } => 2,
+                ChildState::Killed => 3,
+            };
+            children[state] += 1;
+        }
+        crate::metrics::store_master_numbers(
+            succeeded,
+            failed,
+            self.machine.generation(),
+            children,
+        );
     }
 
     fn signal(&self, pid: Pid, signal: ChildSignal) {
@@ -570,6 +685,27 @@ impl Master {
             .into_iter()
             .partition(|listener| used.contains(&listener.requested));
         self.listeners = kept;
+        // A metrics listener no generation uses closes (a scrape queued on it is reset: the
+        // scraper tries again at its next interval, on the new address).
+        let used_metrics: Vec<SocketAddr> = self
+            .metrics_of
+            .iter()
+            .filter(|(generation, _)| {
+                **generation == current || self.machine.generation_in_use(**generation, true)
+            })
+            .filter_map(|(_, key)| *key)
+            .collect();
+        self.metrics_listeners.retain(|listener| {
+            let used = used_metrics.contains(&listener.requested);
+            if !used {
+                log::info!(
+                    "metrics: closing listener {} (configured {}): no generation uses it any more",
+                    listener.local,
+                    listener.configured
+                );
+            }
+            used
+        });
         for listener in closing {
             let n_forwarded = self.forward_queued(&listener);
             log::info!(
@@ -632,6 +768,7 @@ impl Master {
         };
         self.configs.retain(|generation, _| in_use(generation));
         self.listeners_of.retain(|generation, _| in_use(generation));
+        self.metrics_of.retain(|generation, _| in_use(generation));
     }
 
     fn listen_addresses(&self) -> Vec<String> {
@@ -719,6 +856,8 @@ impl Master {
     /// Writes the status file, and the one a reload's config names if it differs, up to and
     /// including that reload's verdict (then that file is left as the record of it).
     fn write_status(&mut self) {
+        // First, so that whoever reads a verdict in the status file finds it in a scrape too.
+        self.store_metrics();
         let status = self.status();
         for path in std::iter::once(&self.status_file).chain(&self.requested_status_file) {
             if let Err(error) = status::write(path, &status) {

@@ -59,6 +59,10 @@ pub struct Spawn<'a> {
     pub listeners: Vec<&'a TcpListener>,
     /// The receive end of the generation's handoff channel.
     pub handoff_receive: BorrowedFd<'a>,
+    /// The generation's metrics listener, when `[metrics]` is on.
+    pub metrics_listener: Option<&'a TcpListener>,
+    /// The child's gauge slot in the metrics block.
+    pub metrics_slot: Option<usize>,
 }
 
 /// Forks one child. In the child this function never returns (see the module doc).
@@ -94,6 +98,10 @@ pub fn spawn(
                 signal_mask: old_mask,
                 handoff_receive: request.handoff_receive.try_clone_to_owned().ok(),
                 control: Some(control_child),
+                metrics_listener: request
+                    .metrics_listener
+                    .map(|listener| listener.try_clone()),
+                metrics_slot: request.metrics_slot,
             };
             let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 // Our own process group; failing that only loses the isolation described above.

@@ -25,8 +25,9 @@
 //!
 //! Every connection uses the WAL journal, so readers never wait for writers and a writer waits
 //! only for another writer. SQLite admits one writer at a time across all processes; a writer
-//! that finds the lock taken waits up to [`BUSY_TIMEOUT`] for it. Only then does the call fail,
-//! with [`RegistryError::Sql`] (see [`RegistryError::is_busy`]).
+//! that finds the lock taken waits up to [`BUSY_TIMEOUT`] for it (`wait_while_busy`: SQLite's own
+//! delays, each wait counted for `glint_registry_busy_waits_total`). Only then does the call
+//! fail, with [`RegistryError::Sql`] (see [`RegistryError::is_busy`]).
 //!
 //! Every write starts with `BEGIN IMMEDIATE`, which takes the write lock before reading. A
 //! deferred transaction that reads and then writes may find that another process wrote in
@@ -508,8 +509,8 @@ fn open_connection(path: &Path) -> Result<Connection, RegistryError> {
     let connection = Connection::open(path).map_err(RegistryError::sql(context("open")))?;
     // First, so that everything after it, including the journal mode change, waits for locks.
     connection
-        .busy_timeout(BUSY_TIMEOUT)
-        .map_err(RegistryError::sql(context("set the busy timeout on")))?;
+        .busy_handler(Some(wait_while_busy))
+        .map_err(RegistryError::sql(context("set the busy handler on")))?;
     set_wal(&connection, path)?;
     // With WAL, NORMAL syncs only at checkpoints: still consistent after a power loss.
     connection
@@ -519,6 +520,39 @@ fn open_connection(path: &Path) -> Result<Connection, RegistryError> {
         .pragma_update(None, "foreign_keys", true)
         .map_err(RegistryError::sql(context("enable foreign keys on")))?;
     Ok(connection)
+}
+
+/// SQLite's own wait for a lock held elsewhere (`sqliteDefaultBusyCallback`, which
+/// `busy_timeout` installs: the same delays, the same bound, [`BUSY_TIMEOUT`]), plus a count of
+/// each wait that begins, for `glint_registry_busy_waits_total` (`crate::metrics`). SQLite calls
+/// it with the number of times it already called it for this lock; `false` gives up (BUSY).
+fn wait_while_busy(n_calls: i32) -> bool {
+    if n_calls == 0 {
+        crate::metrics::registry_busy_wait();
+    }
+    match busy_delay(n_calls) {
+        Some(delay) => {
+            std::thread::sleep(delay);
+            true
+        }
+        None => false,
+    }
+}
+
+/// How long the `n_calls`-th call of [`wait_while_busy`] sleeps, or `None` once the sleeps
+/// before it add up to [`BUSY_TIMEOUT`]: SQLite's delays (1, 2, 5, ... 100 ms, then 100 ms),
+/// the last one cut to end at the bound.
+pub fn busy_delay(n_calls: i32) -> Option<Duration> {
+    const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+    let n_calls = usize::try_from(n_calls).unwrap_or(0);
+    let waited_ms: u64 = if n_calls < DELAYS_MS.len() {
+        DELAYS_MS[..n_calls].iter().sum()
+    } else {
+        DELAYS_MS.iter().sum::<u64>() + 100 * (n_calls - DELAYS_MS.len()) as u64
+    };
+    let delay_ms = DELAYS_MS.get(n_calls).copied().unwrap_or(100);
+    let bound_ms = BUSY_TIMEOUT.as_millis() as u64;
+    (waited_ms < bound_ms).then(|| Duration::from_millis(delay_ms.min(bound_ms - waited_ms)))
 }
 
 /// Switches the file to the WAL journal (a no-op once it is: the mode is stored in the file).

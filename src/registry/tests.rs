@@ -1177,7 +1177,21 @@ fn open_creates_the_folder_and_sets_the_pragmas() {
     assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
     assert_eq!(pragma("foreign_keys"), "Integer(1)");
     assert_eq!(pragma("synchronous"), "Integer(2)"); // FULL
-    assert_eq!(pragma("busy_timeout"), "Integer(30000)");
+                                                     // The wait for a lock is our busy handler (`wait_while_busy`), which replaces SQLite's
+                                                     // busy_timeout; its bound is the next test's.
+    assert_eq!(pragma("busy_timeout"), "Integer(0)");
+}
+
+#[test]
+fn the_busy_handler_waits_as_sqlite_does_for_busy_timeout() {
+    let delays: Vec<Duration> = (0..).map_while(crate::registry::busy_delay).collect();
+    assert_eq!(
+        delays.iter().sum::<Duration>(),
+        crate::registry::BUSY_TIMEOUT
+    );
+    assert_eq!(delays[0], Duration::from_millis(1));
+    assert_eq!(delays[11], Duration::from_millis(100));
+    assert_eq!(delays[12], Duration::from_millis(100));
 }
 
 #[test]

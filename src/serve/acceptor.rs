@@ -203,6 +203,7 @@ impl Acceptor {
         // its memory is reused (the poll set itself borrows the fds, so it cannot be).
         let mut revents: Vec<PollFlags> = Vec::new();
         loop {
+            crate::metrics::set_parked(self.waiting.len());
             let now = Instant::now();
             // A full child still polls the listener while it holds an idle keep-alive connection
             // that can give way to a new client (see `make_room`).
@@ -586,7 +587,10 @@ impl Acceptor {
                 break;
             }
             let (connection, with) = match self.handoff.adopt(open_connections) {
-                Adoption::Adopted(connection, with) => (connection, with),
+                Adoption::Adopted(connection, with) => {
+                    crate::metrics::handoff(crate::metrics::HandoffSide::Adopted);
+                    (connection, with)
+                }
                 Adoption::Empty | Adoption::NoRoom => break,
             };
             // A connection whose wait is bounded by the header timeout (no request served yet,

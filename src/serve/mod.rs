@@ -1,7 +1,8 @@
 //! What serves inside a child: the acceptor thread, which owns every connection that waits
 //! (for a first request, between requests, for room on a worker) and the listeners, the
 //! fixed pool of worker threads that run one request at a time, and the maintenance thread,
-//! which runs the periodic recovery of abandoned uploads.
+//! which runs the periodic recovery of abandoned uploads, and the metrics endpoint thread
+//! (`scrape`) when `[metrics]` is on.
 //!
 //! A child (`process::child`) starts them and joins them at the end of a drain; the master
 //! never runs any of this.
@@ -9,3 +10,4 @@
 pub mod acceptor;
 pub mod maintenance;
 pub mod pool;
+pub mod scrape;
