@@ -137,18 +137,13 @@ fn main() -> ExitCode {
         Ok(master) => master,
         Err(message) => {
             log::error!("cannot start: {message}");
-            if loaded_logs_to_file() {
+            if logging::logs_to_file() {
                 eprintln!("glint-api: cannot start: {message}");
             }
             return ExitCode::from(1);
         }
     };
     ExitCode::from(master.run() as u8)
-}
-
-/// Whether logs go to a file, so a fatal start error must also reach the terminal.
-fn loaded_logs_to_file() -> bool {
-    logging::file_fd().is_some()
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
