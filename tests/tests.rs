@@ -9,6 +9,9 @@
 //! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
 //! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
 //!   systemd notify messages.
+//! - `directories`: `--check-config` run as nobody (setpriv) refuses data, log and other
+//!   directories that user cannot write or create, one line each; the init script checks as its
+//!   `GLINT_USER` (issue 14, part 7).
 //! - `logs`: where log lines go (issue 14, part 6): a separate access log reopened on SIGUSR1
 //!   and moved by SIGHUP, access lines off, health checks left out, one line per record, and
 //!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
@@ -45,6 +48,7 @@ mod auth;
 mod bounds;
 mod cache;
 mod control;
+mod directories;
 mod faults;
 mod files;
 mod format;
