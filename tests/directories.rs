@@ -243,3 +243,53 @@ fn init_script_checks_directories_as_the_service_user() {
     let configtest = run("configtest");
     util::assert_exit(&configtest, 0, "configtest", "");
 }
+
+/// `glint-api reload` checks the new file's directories for the user running it (under systemd,
+/// `ExecReload=` runs as the service's user): run as nobody with a data directory nobody cannot
+/// write in, it exits 1 naming it, and the master gets no SIGHUP.
+#[test]
+fn reload_command_refuses_directories_its_user_cannot_write_and_signals_nothing() {
+    let server = util::Server::start("");
+    // The server's folder is nobody's, so only the data directory (root's, made by the master
+    // at start, 0750) is refused.
+    std::os::unix::fs::chown(server.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    fs::set_permissions(server.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&server.config_path, fs::Permissions::from_mode(0o644)).unwrap();
+    let before = server.status()["reloads_requested"]
+        .as_u64()
+        .expect("reloads_requested in the status file");
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_glint-api"),
+            "reload",
+            "--config-file",
+        ])
+        .arg(&server.config_path)
+        .output()
+        .expect("run setpriv (util-linux)");
+    util::assert_exit(&output, 1, "reload as nobody", &server.log());
+    let images = server.path("images");
+    let images = images.display();
+    assert_eq!(
+        Setup::stderr_lines(&output),
+        [
+            format!(
+                "[glance_store] filesystem_store_datadir: user nobody cannot write in {images}; \
+                 run `chown nobody {images}` (or name a directory nobody can write in)"
+            ),
+            format!(
+                "glint-api: not reloading: 1 of the directories {} names cannot be used by user \
+                 nobody (uid 65534); the server keeps its configuration. Fix them and run reload \
+                 again",
+                server.config_path.display()
+            ),
+        ],
+        "{}",
+        util::show_output("reload as nobody", &output)
+    );
+    assert_eq!(server.status()["reloads_requested"].as_u64(), Some(before));
+}
