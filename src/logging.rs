@@ -90,7 +90,7 @@ impl Destination {
             access_healthcheck: config.access_log_healthcheck,
             syslog_facility: config
                 .use_syslog
-                .then(|| syslog::facility_code(config.syslog_log_facility)),
+                .then(|| crate::config::syslog_facility::facility_code(config.syslog_log_facility)),
         }
     }
 

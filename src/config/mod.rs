@@ -44,6 +44,7 @@
 mod keystone;
 mod options;
 mod policy;
+pub mod syslog_facility;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -128,7 +129,7 @@ pub struct Config {
     /// `use_syslog`: also send records to `/dev/log`.
     pub use_syslog: bool,
     /// `syslog_log_facility`: the canonical name (`LOG_USER`), one of
-    /// `logging::syslog::FACILITIES`.
+    /// [`syslog_facility::FACILITIES`].
     pub syslog_log_facility: &'static str,
     /// `public_endpoint`: an http(s) URL without trailing `/`.
     pub public_endpoint: Option<String>,

@@ -1760,8 +1760,8 @@ fn parse_choice(
 
 /// `syslog_log_facility` as oslo.log's `_find_facility` reads it: `LOG_LOCAL0`, `local0`, ...
 fn parse_syslog_facility(text: &str) -> Result<&'static str, String> {
-    crate::logging::syslog::facility_name(text).ok_or_else(|| {
-        let names: Vec<&str> = crate::logging::syslog::FACILITIES
+    super::syslog_facility::facility_name(text).ok_or_else(|| {
+        let names: Vec<&str> = super::syslog_facility::FACILITIES
             .iter()
             .map(|(name, _)| *name)
             .collect();
