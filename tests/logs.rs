@@ -376,6 +376,28 @@ fn use_syslog_sends_rfc3164_datagrams_from_master_and_children() {
     assert!(daemon.starts_with("<30>"), "{daemon}");
 }
 
+/// A syslog daemon that does not read (its queue full: `net.unix.max_dgram_qlen`, 10 here) stalls
+/// nothing: 50 requests are all answered, their 50 access lines are in the file, and a reload
+/// succeeds; the lines syslog had no room for are dropped.
+#[test]
+fn a_syslog_daemon_that_does_not_read_stalls_nothing() {
+    let receiver = SyslogReceiver::bind();
+    let server = launch_in_namespace("use_syslog = true", Some(&receiver.path));
+    wait_serving(&server);
+    for _ in 0..50 {
+        let response = util::get(server.addr(), "/versions").expect("an answer");
+        assert_eq!(response.status, 200);
+    }
+    util::wait_until("50 access lines in the file", DEADLINE, || {
+        count(
+            &read(&server.path("glint-api.log")),
+            "\"GET /versions\" 200",
+        ) == 50
+    });
+    server.reload_succeeds();
+    drop(receiver);
+}
+
 /// `use_syslog = true` with nothing listening on /dev/log: the start fails and says what to do.
 #[test]
 fn use_syslog_without_a_syslog_socket_fails_the_start() {
