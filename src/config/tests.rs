@@ -1242,6 +1242,26 @@ fn state_and_log_files_must_differ() {
     assert_eq!(error.problems[0].option.as_deref(), Some("log_file"));
 }
 
+#[test]
+fn the_access_log_has_a_file_of_its_own() {
+    // Relative to log_dir, like log_file, so both name /var/log/glint/api.log.
+    let error = refused(
+        "[DEFAULT]\nlog_dir = /var/log/glint\nlog_file = api.log\naccess_log_file = /var/log/glint/api.log\n",
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:4: [DEFAULT] access_log_file: names the same file as log_file; \
+         give each its own file"
+    );
+    let error = refused("[DEFAULT]\npid_file = /run/g.pid\naccess_log_file = /run/g.pid\n");
+    assert_eq!(error.problems[0].option.as_deref(), Some("access_log_file"));
+    let loaded = loads("[DEFAULT]\nlog_dir = /var/log/glint\naccess_log_file = access.log\n");
+    assert_eq!(
+        loaded.config.access_log_file.as_deref(),
+        Some(std::path::Path::new("/var/log/glint/access.log"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
