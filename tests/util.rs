@@ -135,7 +135,9 @@ impl Server {
                 fs::File::create(dir.path().join("stderr.log")).expect("stderr file"),
             ))
             .spawn()
-            .unwrap_or_else(|error| panic!("cannot run {}: {error}", wrapper[0]));
+            .unwrap_or_else(|error| {
+                panic!("cannot run {}: {error} (install util-linux)", wrapper[0])
+            });
         let master_pid = master.id() as i32;
         Server {
             dir,
