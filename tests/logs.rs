@@ -67,12 +67,15 @@ fn access_lines_go_to_their_own_file_which_sigusr1_reopens_and_sighup_moves() {
     server.signal(libc::SIGUSR1);
     server.wait_for_log("SIGUSR1: log file reopened", DEADLINE);
     // Each child reopens when it handles the signal: poll with new connections until the
-    // new file has a line from each of the two children.
+    // new file has a line from each of the two children. A request a child serves before it
+    // reopens still goes to the renamed file (logrotate's window): none may be lost.
     let end = Instant::now() + DEADLINE;
     let children = server.children(Some("serving"));
     assert_eq!(children.len(), 2, "{}", server.log());
+    let mut n_requests = 1;
     loop {
         pipelined(&server, VERSIONS_CLOSE);
+        n_requests += 1;
         let text = read(&access);
         if children
             .iter()
@@ -88,10 +91,21 @@ fn access_lines_go_to_their_own_file_which_sigusr1_reopens_and_sighup_moves() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let rotated = read(&server.path("access.log.1"));
-    assert_eq!(count(&rotated, "\"GET /versions\""), 1, "{rotated}");
-    for line in read(&access).lines() {
+    let new = read(&access);
+    assert!(
+        count(&rotated, "\"GET /versions\"") >= 1,
+        "the first line stays in the renamed file: {rotated}"
+    );
+    assert_eq!(
+        count(&rotated, "\"GET /versions\"") + count(&new, "\"GET /versions\""),
+        n_requests,
+        "every request has its access line in one of the two files\n{rotated}\n---\n{new}"
+    );
+    for line in rotated.lines().chain(new.lines()) {
         assert!(line.contains("\"GET /versions\" 200"), "{line}");
     }
+    let main = read(&server.path("glint-api.log"));
+    assert_eq!(count(&main, "\"GET /versions\""), 0, "{main}");
 
     // SIGHUP without the option: access lines are back in the main log.
     server.write_config("");
