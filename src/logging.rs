@@ -1,16 +1,32 @@
 //! Process-wide logging: one line per record, tagged with the process's role, written whole.
 //!
 //! The master and every child write to the same destination (a file opened with `O_APPEND`, and/or
-//! stderr). Each record is formatted into one buffer and written with a single `write(2)`, so lines
-//! from different processes never interleave. The destination lives in a global [`Sink`] that can
-//! be replaced at run time: the master swaps it when a reload changes `log_file`, `log_dir`,
-//! `use_stderr` or `debug`, a child sets its own right after `fork()`, and SIGUSR1 reopens the file
-//! by path (logrotate's `postrotate`).
+//! stderr, and/or the local syslog socket). Each record is formatted into one buffer and written
+//! with a single `write(2)` (one datagram for syslog), so lines from different processes never
+//! interleave. The destination lives in a global [`Sink`] that can be replaced at run time: the
+//! master swaps it when a reload changes a logging option, a child sets its own right after
+//! `fork()`, and SIGUSR1 reopens the files by path (logrotate's `postrotate`).
 //!
-//! The logger itself is env_logger, installed once per master; children inherit it through
-//! `fork()` and only change the sink and the role shown in each line. The level is controlled with
-//! `log::set_max_level` (the `debug` option), so it can change without rebuilding the logger.
-//! `RUST_LOG` is not consulted: the config file is the one place that sets logging.
+//! # One line per record
+//!
+//! A record never spans two lines, whatever its message holds: an error chain, a Keystone error
+//! body, a config file's list of problems, or bytes a client sent. [`escape_message`] writes a
+//! line break as `\n`, a carriage return as `\r`, a tab as `\t` and every other control character
+//! as `\u{XX}`, so every line of the log starts with a timestamp and no client can forge one.
+//!
+//! # Access lines
+//!
+//! The HTTP layer logs each response's access line under the target [`ACCESS_TARGET`] (health
+//! checks under [`HEALTHCHECK_ACCESS_TARGET`]). They go into the main log, into their own file
+//! (`access_log_file`), or nowhere (`access_log = false`); health checks only when
+//! `access_log_healthcheck` asks, since a load balancer probing every second would drown the rest.
+//!
+//! The logger is installed once per master; children inherit it through `fork()` and only change
+//! the sink and the role shown in each line. The level is controlled with `log::set_max_level`
+//! (the `debug` option), so it can change without reinstalling the logger. `RUST_LOG` is not
+//! consulted: the config file is the one place that sets logging.
+
+pub mod syslog;
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -23,6 +39,12 @@ use std::time::SystemTime;
 
 use crate::timestamp;
 
+/// The target of access lines (`log::info!(target: ACCESS_TARGET, ...)`).
+pub const ACCESS_TARGET: &str = "access";
+
+/// The target of the access lines of health checks (`GET`/`HEAD /healthcheck`).
+pub const HEALTHCHECK_ACCESS_TARGET: &str = "access::healthcheck";
+
 /// Where log lines go, as the config describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
@@ -32,23 +54,86 @@ pub struct Destination {
     pub also_stderr: bool,
     /// Log at debug level (`debug`).
     pub debug: bool,
+    /// Where access lines go (`access_log`, `access_log_file`).
+    pub access: AccessLog,
+    /// Whether health checks get access lines (`access_log_healthcheck`).
+    pub access_healthcheck: bool,
+    /// The syslog facility code when records also go to syslog (`use_syslog`,
+    /// `syslog_log_facility`).
+    pub syslog_facility: Option<u8>,
+}
+
+/// Where access lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLog {
+    /// With every other record (the default).
+    MainLog,
+    /// Into their own file, opened for appending like the main log.
+    File(PathBuf),
+    /// Nowhere.
+    Off,
 }
 
 impl Destination {
     /// Where the logs of a process running `config` go.
     pub fn of(config: &crate::config::Config) -> Destination {
+        let access = match (&config.access_log, &config.access_log_file) {
+            (false, _) => AccessLog::Off,
+            (true, Some(path)) => AccessLog::File(path.clone()),
+            (true, None) => AccessLog::MainLog,
+        };
         Destination {
             file: config.log_file.clone(),
             also_stderr: config.use_stderr,
             debug: config.debug,
+            access,
+            access_healthcheck: config.access_log_healthcheck,
+            syslog_facility: config
+                .use_syslog
+                .then(|| crate::config::syslog_facility::facility_code(config.syslog_log_facility)),
         }
+    }
+
+    /// Opens (and closes again) every file and socket of this destination: the check a reload
+    /// makes before it commits to a new one. Creates missing log folders, as starting would.
+    pub fn check(&self) -> io::Result<()> {
+        Opened::open(self).map(drop)
     }
 }
 
-/// The global sink: the open log file (if any), how it was opened, and the role tag.
+/// The open files and socket of a [`Destination`].
+struct Opened {
+    file: Option<File>,
+    access_file: Option<File>,
+    syslog: Option<syslog::Syslog>,
+}
+
+impl Opened {
+    fn open(destination: &Destination) -> io::Result<Opened> {
+        let file = match &destination.file {
+            Some(path) => Some(open_log_file(path)?),
+            None => None,
+        };
+        let access_file = match &destination.access {
+            AccessLog::File(path) => Some(open_log_file(path)?),
+            AccessLog::MainLog | AccessLog::Off => None,
+        };
+        let syslog = match destination.syslog_facility {
+            Some(facility) => Some(syslog::Syslog::connect(facility)?),
+            None => None,
+        };
+        Ok(Opened {
+            file,
+            access_file,
+            syslog,
+        })
+    }
+}
+
+/// The global sink: the open log files and socket, how they were opened, and the role tag.
 struct Sink {
     destination: Destination,
-    file: Option<File>,
+    opened: Opened,
     /// "master" or "child gen N", shown in every line after the pid.
     role: String,
 }
@@ -61,38 +146,30 @@ static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 /// after its fork), which spares a getpid(2) per line.
 static PID: AtomicU32 = AtomicU32::new(0);
 
+/// Modules whose records pass only from `Warn` up: the HTTP client to Keystone and its TLS log
+/// every request at debug, and glint's own `keystone:` lines say what an operator needs.
+const QUIET_MODULES: &[&str] = &["ureq", "ureq_proto", "rustls"];
+
 /// Installs the logger for this process (the master calls it once, before any fork) and writes
-/// to `destination`. Fails if the log file cannot be opened, naming the path.
+/// to `destination`. Fails if a log file cannot be opened or syslog reached, naming which.
 pub fn init(destination: &Destination, role: &str) -> io::Result<()> {
     configure(destination, role)?;
-    let logger = env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Trace)
-        // The HTTP client to Keystone and its TLS log every request at debug; glint's own
-        // `keystone:` lines say what an operator needs, so only their warnings pass.
-        .filter_module("ureq", log::LevelFilter::Warn)
-        .filter_module("ureq_proto", log::LevelFilter::Warn)
-        .filter_module("rustls", log::LevelFilter::Warn)
-        .format(format_record)
-        .target(env_logger::Target::Pipe(Box::new(SinkWriter)))
-        .build();
     // A second init in the same process (unit tests) keeps the first logger; the sink is global.
-    let _ = log::set_boxed_logger(Box::new(logger));
+    let _ = log::set_logger(&Logger);
     set_level(destination.debug);
     Ok(())
 }
 
-/// Switches this process to `destination` and `role`. The new file is opened before the old one is
-/// closed, so a destination that cannot be opened leaves logging as it was and returns the error.
+/// Switches this process to `destination` and `role`. The new files are opened before the old
+/// ones are closed, so a destination that cannot be opened leaves logging as it was and returns
+/// the error.
 pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
-    let file = match &destination.file {
-        Some(path) => Some(open_log_file(path)?),
-        None => None,
-    };
+    let opened = Opened::open(destination)?;
     PID.store(std::process::id(), Ordering::Relaxed);
     let mut sink = lock();
     *sink = Some(Sink {
         destination: destination.clone(),
-        file,
+        opened,
         role: role.to_string(),
     });
     drop(sink);
@@ -100,26 +177,41 @@ pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Reopens the log file by its path, for SIGUSR1 after a rotation. On failure the old file stays
-/// in use and the error (with its path) is returned for the caller to log.
+/// Reopens the log files by their paths, and reconnects to syslog, for SIGUSR1 after a
+/// rotation. On failure what was open stays in use and the error (with its path) is returned
+/// for the caller to log.
 pub fn reopen() -> io::Result<()> {
     let mut guard = lock();
     let Some(sink) = guard.as_mut() else {
         return Ok(());
     };
-    if let Some(path) = &sink.destination.file {
-        sink.file = Some(open_log_file(path)?);
-    }
+    sink.opened = Opened::open(&sink.destination)?;
     Ok(())
 }
 
-/// The raw fd of the open log file, which a freshly forked child must keep open while it closes
-/// the master's other descriptors.
-pub fn file_fd() -> Option<std::os::fd::RawFd> {
+/// The raw fds this process logs through (files, syslog socket), which a freshly forked child
+/// must keep open while it closes the master's other descriptors.
+pub fn open_fds() -> Vec<std::os::fd::RawFd> {
     use std::os::fd::AsRawFd;
+    let guard = lock();
+    let Some(sink) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let opened = &sink.opened;
+    let files = [&opened.file, &opened.access_file];
+    files
+        .into_iter()
+        .flatten()
+        .map(|file| file.as_raw_fd())
+        .chain(opened.syslog.as_ref().map(|syslog| syslog.as_raw_fd()))
+        .collect()
+}
+
+/// Whether the main log goes to a file, so a fatal start error must also reach the terminal.
+pub fn logs_to_file() -> bool {
     lock()
         .as_ref()
-        .and_then(|sink| sink.file.as_ref().map(|file| file.as_raw_fd()))
+        .is_some_and(|sink| sink.opened.file.is_some())
 }
 
 fn set_level(debug: bool) {
@@ -199,86 +291,108 @@ impl Drop for RequestScope {
     }
 }
 
-/// `2026-11-26T11:42:35.123456Z INFO glint-api[1234] master: message`, or within a
-/// [`RequestScope`], `... child gen 1: [req-UUID] message`.
-fn format_record(buf: &mut env_logger::fmt::Formatter, record: &log::Record) -> io::Result<()> {
-    let role = lock()
-        .as_ref()
-        .map(|sink| sink.role.clone())
-        .unwrap_or_default();
+/// The `log` crate's logger: filters, formats, and routes each record to the [`Sink`].
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        let quiet = QUIET_MODULES.iter().any(|module| {
+            metadata
+                .target()
+                .strip_prefix(module)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
+        metadata.level() <= log::max_level() && (!quiet || metadata.level() <= log::Level::Warn)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut guard = lock();
+        let Some(sink) = guard.as_mut() else {
+            let _ = io::stderr().write_all(format_line("", record).as_bytes());
+            return;
+        };
+        let target = record.target();
+        let is_access = target == ACCESS_TARGET || target == HEALTHCHECK_ACCESS_TARGET;
+        if target == HEALTHCHECK_ACCESS_TARGET && !sink.destination.access_healthcheck {
+            return;
+        }
+        let line = format_line(&sink.role, record);
+        // Errors writing a log line have nowhere to be reported; dropping the line is better
+        // than failing the request that logged it.
+        if is_access {
+            match (&sink.destination.access, sink.opened.access_file.as_mut()) {
+                (AccessLog::Off, _) => return,
+                (AccessLog::File(_), Some(file)) => {
+                    let _ = file.write_all(line.as_bytes());
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if let Some(file) = sink.opened.file.as_mut() {
+            let _ = file.write_all(line.as_bytes());
+        }
+        if sink.opened.file.is_none() || sink.destination.also_stderr {
+            let _ = io::stderr().write_all(line.as_bytes());
+        }
+        if let Some(syslog) = sink.opened.syslog.as_mut() {
+            // Syslog adds its own timestamp, host and tag with the pid: the rest of the line
+            // follows them, without its line break.
+            let after_pid = line.find("] ").map_or(0, |at| at + 2);
+            syslog.send(
+                record.level(),
+                PID.load(Ordering::Relaxed),
+                &format!("{} {}", record.level(), line[after_pid..].trim_end()),
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// `2026-11-26T11:42:35.123456Z INFO  glint-api[1234] master: message\n`, or within a
+/// [`RequestScope`], `... child gen 1: [req-UUID] message`: always exactly one line.
+fn format_line(role: &str, record: &log::Record) -> String {
     let request = REQUEST_ID.with(|cell| {
         cell.borrow()
             .as_ref()
             .map(|id| format!("[{id}] "))
             .unwrap_or_default()
     });
-    writeln!(
-        buf,
-        "{} {:<5} glint-api[{}] {}: {}{}",
+    format!(
+        "{} {:<5} glint-api[{}] {}: {}{}\n",
         timestamp::rfc3339_micros(SystemTime::now()),
         record.level(),
         PID.load(Ordering::Relaxed),
         role,
-        request,
+        escape_message(&request),
         escape_message(&record.args().to_string())
     )
 }
 
-/// What continues a record on a further line: a line of the log that starts with it is never
-/// the start of a record (those start with a timestamp).
-pub const CONTINUATION: &str = "    ";
-
-/// Makes a message safe to write as one record, whatever a client put into it (a path, a query,
-/// a header, a JSON value may reach a debug line): a line break starts a continuation line
-/// ([`CONTINUATION`]), so no client can forge a record of its own, and every other control
-/// character (NUL, CR, ESC, DEL, ...) is written as `\u{XX}`. Tabs stay. Operators' multi-line
-/// messages (every problem of a config file) read as before, indented.
+/// Makes a message safe to write as one line, whatever a client put into it (a path, a query, a
+/// header, a JSON value may reach a debug line) and whatever an error carries (a chain, a
+/// Keystone body, a config file's problems): `\n`, `\r` and `\t` are written as those two
+/// characters, every other control character (NUL, ESC, DEL, C1, ...) as `\u{XX}`. So a record
+/// is one line and no client can forge a record of its own.
 pub fn escape_message(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(|c| c.is_control() && c != '\t') {
+    if !message.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(message);
     }
     let mut escaped = String::with_capacity(message.len() + 16);
     for c in message.chars() {
         match c {
-            '\n' => {
-                escaped.push('\n');
-                escaped.push_str(CONTINUATION);
-            }
-            '\t' => escaped.push(c),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
             c if c.is_control() => escaped.push_str(&format!("\\u{{{:02x}}}", c as u32)),
             c => escaped.push(c),
         }
     }
     std::borrow::Cow::Owned(escaped)
-}
-
-/// The writer env_logger writes each formatted record into, in one `write_all` call.
-struct SinkWriter;
-
-impl Write for SinkWriter {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut guard = lock();
-        match guard.as_mut() {
-            Some(sink) => {
-                if let Some(file) = sink.file.as_mut() {
-                    // Errors writing a log line have nowhere to be reported; dropping the line is
-                    // better than failing the request that logged it.
-                    let _ = file.write_all(line);
-                }
-                if sink.file.is_none() || sink.destination.also_stderr {
-                    let _ = io::stderr().write_all(line);
-                }
-            }
-            None => {
-                let _ = io::stderr().write_all(line);
-            }
-        }
-        Ok(line.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -293,16 +407,14 @@ mod tests {
         assert_eq!(escape_message("GET /v2/images 200"), "GET /v2/images 200");
         assert_eq!(
             escape_message("/x\n2026-01-01T00:00:00Z ERROR glint-api[1] master: forged"),
-            "/x\n    2026-01-01T00:00:00Z ERROR glint-api[1] master: forged"
+            "/x\\n2026-01-01T00:00:00Z ERROR glint-api[1] master: forged"
         );
         assert_eq!(
-            escape_message("a\0b\rc\u{1b}[31md\u{7f}"),
-            "a\\u{00}b\\u{0d}c\\u{1b}[31md\\u{7f}"
+            escape_message("a\0b\rc\u{1b}[31md\u{7f}\u{85}"),
+            "a\\u{00}b\\rc\\u{1b}[31md\\u{7f}\\u{85}"
         );
-        assert_eq!(escape_message("tab\tkept"), "tab\tkept");
-        // Every line after the first starts with the continuation indent.
-        let escaped = escape_message("one\ntwo\n\nthree");
-        assert!(escaped.lines().skip(1).all(|line| line.starts_with("    ")));
+        assert_eq!(escape_message("tab\there"), "tab\\there");
+        assert_eq!(escape_message("one\ntwo\r\n\nthree").lines().count(), 1);
     }
 
     #[test]

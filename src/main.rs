@@ -114,6 +114,22 @@ fn main() -> ExitCode {
             eprintln!("warning: {warning}");
         }
         print!("{}", loaded.config.effective_settings());
+        // The file is valid; whether the server can use the directories it names is checked
+        // for the user running this (see `directories`: the init script runs it as the
+        // service's user).
+        let unusable = glint::operator::directories::check(&loaded.config);
+        for problem in &unusable {
+            eprintln!("{problem}");
+        }
+        if !unusable.is_empty() {
+            eprintln!(
+                "glint-api: the configuration in {} is valid, but {} of the directories it names cannot be used by user {}",
+                loaded.config.path.display(),
+                unusable.len(),
+                glint::operator::directories::user_description()
+            );
+            return ExitCode::from(1);
+        }
         eprintln!(
             "glint-api: the configuration in {} is valid",
             loaded.config.path.display()
@@ -137,18 +153,13 @@ fn main() -> ExitCode {
         Ok(master) => master,
         Err(message) => {
             log::error!("cannot start: {message}");
-            if loaded_logs_to_file() {
+            if logging::logs_to_file() {
                 eprintln!("glint-api: cannot start: {message}");
             }
             return ExitCode::from(1);
         }
     };
     ExitCode::from(master.run() as u8)
-}
-
-/// Whether logs go to a file, so a fatal start error must also reach the terminal.
-fn loaded_logs_to_file() -> bool {
-    logging::file_fd().is_some()
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {

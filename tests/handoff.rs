@@ -103,7 +103,8 @@ impl Clients {
 /// no connection, and each connection's requests move on to the newer generations.
 #[test]
 fn keepalive_connections_survive_reloads_every_100_to_300_ms() {
-    let server = Server::start("workers = 2\nworker_threads = 4");
+    // Health checks' access lines (off by default) show which generation served each one.
+    let server = Server::start("workers = 2\nworker_threads = 4\naccess_log_healthcheck = true");
     let addr = server.addr();
     let Clients {
         stop,
@@ -164,7 +165,7 @@ fn keepalive_connections_survive_reloads_every_100_to_300_ms() {
 /// answers it, on the same connection.
 #[test]
 fn idle_connection_is_served_by_the_new_generation_after_a_reload() {
-    let server = Server::start("workers = 1");
+    let server = Server::start("workers = 1\naccess_log_healthcheck = true");
     let mut stream = server.connect();
     let port = stream.local_addr().unwrap().port();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -679,7 +680,7 @@ fn log_lines_about_handoff(log: &str) -> String {
 /// would send back is just such a target, issue 9 fault 6).
 #[test]
 fn a_draining_child_hands_over_to_the_latest_target() {
-    let server = Server::start("workers = 1");
+    let server = Server::start("workers = 1\naccess_log_healthcheck = true");
     // Half an upload keeps the first child's worker on this connection through both reloads.
     let (mut stream, port, mut reader) = half_sent_upload(&server);
     let first_child = server.children(None)[0];

@@ -79,7 +79,8 @@ fn sigint_stops_immediately() {
 /// fresh file at the configured path.
 #[test]
 fn sigusr1_reopens_the_log_file_after_a_rename() {
-    let server = Server::start("");
+    // Every request counts below, health checks included (their access lines are off by default).
+    let server = Server::start("access_log_healthcheck = true");
     let log = server.path("glint-api.log");
     let rotated = server.path("glint-api.log.1");
     let mut n_requests = 0;

@@ -788,7 +788,7 @@ fn reload_to_a_taken_port_fails_and_the_old_port_keeps_serving() {
 #[test]
 fn changed_log_file_takes_effect_at_reload() {
     let server = Server::start("workers = 1");
-    server.write_config("workers = 1\nlog_file = other.log");
+    server.write_config("workers = 1\nlog_file = other.log\naccess_log_healthcheck = true");
     // The base config names glint-api.log; the last value of a repeated key wins.
     let verdict = server.reload();
     assert_eq!(verdict["outcome"], "succeeded", "{verdict}");

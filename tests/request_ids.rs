@@ -11,7 +11,8 @@ use crate::util::{self, Response, Server, DEADLINE};
 const TOKEN: &str = "request-id-token";
 
 /// A server with `auth_strategy = token`, `debug` on (so the HTTP layer's lines about a bad
-/// request are logged) and a short `client_header_timeout` (for the 408).
+/// request are logged), a short `client_header_timeout` (for the 408), and access lines for
+/// health checks too (`access_log_healthcheck`), which the checks below use as open routes.
 fn token_server() -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let tokens = dir.path().join("tokens");
@@ -22,7 +23,7 @@ fn token_server() -> Server {
         &config_path,
         util::base_config(
             "auth_strategy = token\nauth_token_file = tokens\ndebug = true\n\
-             client_header_timeout = 1",
+             client_header_timeout = 1\naccess_log_healthcheck = true",
         ),
     )
     .unwrap();

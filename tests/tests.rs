@@ -9,6 +9,12 @@
 //! - `images`: the Images API v2: metadata, data, transfers across reloads and crashes, a full disk.
 //! - `control`: the operator's tools: `glint-api reload|stop|status`, the init script, the
 //!   systemd notify messages.
+//! - `directories`: `--check-config` run as nobody (setpriv) refuses data, log and other
+//!   directories that user cannot write or create, one line each; the init script checks as its
+//!   `GLINT_USER` (issue 14, part 7).
+//! - `logs`: where log lines go (issue 14, part 6): a separate access log reopened on SIGUSR1
+//!   and moved by SIGHUP, access lines off, health checks left out, one line per record, and
+//!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
 //! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
 //!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
 //! - `systemd`: the systemd unit, offline: `systemd-analyze verify` and `security`, and its
@@ -46,6 +52,7 @@ mod auth;
 mod bounds;
 mod cache;
 mod control;
+mod directories;
 mod faults;
 mod files;
 mod format;
@@ -55,6 +62,7 @@ mod http;
 mod images;
 mod keystone;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod process_faults;
 mod reload;

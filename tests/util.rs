@@ -120,6 +120,33 @@ impl Server {
         }
     }
 
+    /// Starts the master through `wrapper` (a program and its arguments, which must end by
+    /// exec'ing the arguments that follow it: the binary, `--config-file`, the config), so that
+    /// the master's pid is the wrapper's. Returns at once, like `launch`.
+    pub fn launch_under(dir: tempfile::TempDir, config_path: PathBuf, wrapper: &[&str]) -> Server {
+        let master = Command::new(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_glint-api"))
+            .arg("--config-file")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.path().join("stderr.log")).expect("stderr file"),
+            ))
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run {}: {error} (install util-linux)", wrapper[0])
+            });
+        let master_pid = master.id() as i32;
+        Server {
+            dir,
+            config_path,
+            master: Some(master),
+            master_pid,
+        }
+    }
+
     /// Replaces the config with the base config plus `extra`.
     pub fn write_config(&self, extra: &str) {
         self.write_config_text(&base_config(extra));

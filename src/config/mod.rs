@@ -44,6 +44,7 @@
 mod keystone;
 mod options;
 mod policy;
+pub mod syslog_facility;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -118,6 +119,18 @@ pub struct Config {
     pub use_stderr: bool,
     /// `debug`: log at debug level.
     pub debug: bool,
+    /// `access_log`: false writes no access lines.
+    pub access_log: bool,
+    /// `access_log_file`: absolute path of the file for access lines; `None` puts them into
+    /// the main log.
+    pub access_log_file: Option<PathBuf>,
+    /// `access_log_healthcheck`: health checks get access lines too.
+    pub access_log_healthcheck: bool,
+    /// `use_syslog`: also send records to `/dev/log`.
+    pub use_syslog: bool,
+    /// `syslog_log_facility`: the canonical name (`LOG_USER`), one of
+    /// [`syslog_facility::FACILITIES`].
+    pub syslog_log_facility: &'static str,
     /// `public_endpoint`: an http(s) URL without trailing `/`.
     pub public_endpoint: Option<String>,
     /// `image_size_cap`: largest image in bytes, 1 to `i64::MAX`.
@@ -1135,6 +1148,12 @@ struct Draft {
     log_dir: Option<PathBuf>,
     use_stderr: bool,
     debug: bool,
+    access_log: bool,
+    /// Possibly relative until `finish`: it resolves against `log_dir`.
+    access_log_file: Option<PathBuf>,
+    access_log_healthcheck: bool,
+    use_syslog: bool,
+    syslog_log_facility: &'static str,
     public_endpoint: Option<String>,
     image_size_cap: u64,
     image_metadata_size_cap: usize,
@@ -1186,12 +1205,16 @@ impl Draft {
         let log_file = self
             .log_file
             .map(|log_file| options::resolve(self.log_dir.as_deref().unwrap_or(folder), &log_file));
+        let access_log_file = self.access_log_file.map(|access_log_file| {
+            options::resolve(self.log_dir.as_deref().unwrap_or(folder), &access_log_file)
+        });
 
         // Two of these sharing a file would overwrite each other's content.
         let files = [
             ("DEFAULT", "pid_file", Some(&self.pid_file)),
             ("DEFAULT", "status_file", Some(&status_file)),
             ("DEFAULT", "log_file", log_file.as_ref()),
+            ("DEFAULT", "access_log_file", access_log_file.as_ref()),
             ("database", "connection", Some(&self.database_path)),
         ];
         for (index, (section, name, path)) in files.iter().enumerate() {
@@ -1290,6 +1313,11 @@ impl Draft {
             log_dir: self.log_dir,
             use_stderr: self.use_stderr,
             debug: self.debug,
+            access_log: self.access_log,
+            access_log_file,
+            access_log_healthcheck: self.access_log_healthcheck,
+            use_syslog: self.use_syslog,
+            syslog_log_facility: self.syslog_log_facility,
             public_endpoint: self.public_endpoint,
             image_size_cap: self.image_size_cap,
             image_metadata_size_cap: self.image_metadata_size_cap,

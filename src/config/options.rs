@@ -91,6 +91,8 @@ pub enum Kind {
     Text { secret: bool },
     /// oslo.config's ListOpt: comma-separated items, each trimmed, empty items dropped.
     List,
+    /// oslo.log's `syslog_log_facility`: a facility name, `LOG_` optional, in any case.
+    SyslogFacility,
 }
 
 /// What a relative path in the config file is relative to.
@@ -539,6 +541,79 @@ pub static OPTIONS: &[OptionSpec] = &[
             }
         },
         show: |config| vec![config.debug.to_string()],
+    },
+    // Issue 14, part 6: where access lines go, and syslog as oslo.log sends to it.
+    OptionSpec {
+        section: "DEFAULT",
+        name: "access_log",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("true"),
+        on_reload: RELOAD_LOG,
+        doc: "glint's own: `false` writes no access lines at all (one `INFO` line per response).",
+        apply: |draft, value| {
+            if let Value::Bool(access_log) = value {
+                draft.access_log = access_log;
+            }
+        },
+        show: |config| vec![config.access_log.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "access_log_file",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::LogDir },
+        default: DefaultValue::Derived("none: access lines go into the main log"),
+        on_reload: RELOAD_LOG,
+        doc: "glint's own: file for access lines alone (a relative path is taken from `log_dir` when set); \
+              reopened on SIGUSR1 like `log_file`.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.access_log_file = path;
+            }
+        },
+        show: |config| vec![show_path(config.access_log_file.as_deref())],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "access_log_healthcheck",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_LOG,
+        doc: "glint's own: also write access lines for `GET`/`HEAD /healthcheck`, which load balancers probe often.",
+        apply: |draft, value| {
+            if let Value::Bool(healthcheck) = value {
+                draft.access_log_healthcheck = healthcheck;
+            }
+        },
+        show: |config| vec![config.access_log_healthcheck.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "use_syslog",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_LOG,
+        doc: "Also send every record to the local syslog socket `/dev/log` (RFC 3164, tag `glint-api[PID]`); \
+              starting, or a reload that turns it on, fails when nothing listens there.",
+        apply: |draft, value| {
+            if let Value::Bool(use_syslog) = value {
+                draft.use_syslog = use_syslog;
+            }
+        },
+        show: |config| vec![config.use_syslog.to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "syslog_log_facility",
+        kind: Kind::SyslogFacility,
+        default: DefaultValue::Text("LOG_USER"),
+        on_reload: RELOAD_LOG,
+        doc: "Syslog facility of the records when `use_syslog` is on.",
+        apply: |draft, value| {
+            if let Value::Choice(name) = value {
+                draft.syslog_log_facility = name;
+            }
+        },
+        show: |config| vec![config.syslog_log_facility.to_string()],
     },
     OptionSpec {
         section: "DEFAULT",
@@ -1441,6 +1516,7 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         }
         Kind::Text { .. } => parse_text(text).map(|text| plain(Value::Text(text))),
         Kind::List => parse_list(text).map(|items| plain(Value::List(items))),
+        Kind::SyslogFacility => parse_syslog_facility(text).map(|name| plain(Value::Choice(name))),
         Kind::AuthStrategy => parse_auth_strategy(text).map(|name| plain(Value::Choice(name))),
         Kind::SqliteUrl => {
             let path = parse_sqlite_url(text)?;
@@ -1532,6 +1608,11 @@ impl Kind {
             Kind::Text { secret: false } => "text, optional".to_string(),
             Kind::Text { secret: true } => "text, optional, secret".to_string(),
             Kind::List => "comma-separated list".to_string(),
+            Kind::SyslogFacility => {
+                "a syslog facility such as `LOG_USER`, `LOG_DAEMON` or `LOG_LOCAL0`..`LOG_LOCAL7`, \
+                 `LOG_` optional, any case"
+                    .to_string()
+            }
             Kind::Choice { accepted, .. } => match accepted {
                 [only] => format!("`{only}` only"),
                 _ => format!("one of {}", accepted.join(", ")),
@@ -1721,6 +1802,21 @@ fn parse_choice(
         "`{text}` is not {refusal}{}; use {choices}",
         inline_comment_hint(text)
     ))
+}
+
+/// `syslog_log_facility` as oslo.log's `_find_facility` reads it: `LOG_LOCAL0`, `local0`, ...
+fn parse_syslog_facility(text: &str) -> Result<&'static str, String> {
+    super::syslog_facility::facility_name(text).ok_or_else(|| {
+        let names: Vec<&str> = super::syslog_facility::FACILITIES
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        format!(
+            "`{text}` is not a syslog facility{}; use one of {} (the `LOG_` may be left out, in any case)",
+            inline_comment_hint(text),
+            names.join(", ")
+        )
+    })
 }
 
 /// `auth_strategy`: `noauth`, `token`, or `keystone`, which the loader accepts only with a

@@ -216,6 +216,15 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("use_stderr", "0", "false"),
     ("debug", "on", "true"),
     ("debug", "OFF", "false"),
+    ("access_log", "off", "false"),
+    ("access_log", "true", "true"),
+    ("access_log_file", "access.log", "/etc/glint/access.log"),
+    ("access_log_file", "", ""),
+    ("access_log_healthcheck", "yes", "true"),
+    ("use_syslog", "True", "true"),
+    ("syslog_log_facility", "local0", "LOG_LOCAL0"),
+    ("syslog_log_facility", "LOG_LOCAL7", "LOG_LOCAL7"),
+    ("syslog_log_facility", "Daemon", "LOG_DAEMON"),
     (
         "public_endpoint",
         "http://images.example.com",
@@ -476,6 +485,11 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("log_dir", "/var/\0log", "contains a NUL byte, which no path can hold; remove it"),
     ("use_stderr", "2", "`2` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("debug", "enabled", "`enabled` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("access_log", "maybe", "`maybe` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("access_log_file", "/var/log/", "`/var/log/` names a folder; give the path of a file"),
+    ("access_log_healthcheck", "2", "`2` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("use_syslog", "syslog", "`syslog` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("syslog_log_facility", "local8", "`local8` is not a syslog facility; use one of LOG_KERN, LOG_USER, LOG_MAIL, LOG_DAEMON, LOG_AUTH, LOG_SYSLOG, LOG_LPR, LOG_NEWS, LOG_UUCP, LOG_CRON, LOG_AUTHPRIV, LOG_FTP, LOG_LOCAL0, LOG_LOCAL1, LOG_LOCAL2, LOG_LOCAL3, LOG_LOCAL4, LOG_LOCAL5, LOG_LOCAL6, LOG_LOCAL7 (the `LOG_` may be left out, in any case)"),
     ("public_endpoint", "images.example.com", "`images.example.com` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
     ("public_endpoint", "ftp://example.com", "`ftp://example.com` is not an http:// or https:// URL; write the full base URL, such as https://images.example.com:9292"),
     ("public_endpoint", "http://", "`http://` has no host; write the full base URL, such as https://images.example.com:9292"),
@@ -1228,6 +1242,26 @@ fn state_and_log_files_must_differ() {
     let error = refused("[DEFAULT]\nlog_file = /run/glint/glint-api.status.json\n");
     assert_eq!(error.problems[0].line, Some(2));
     assert_eq!(error.problems[0].option.as_deref(), Some("log_file"));
+}
+
+#[test]
+fn the_access_log_has_a_file_of_its_own() {
+    // Relative to log_dir, like log_file, so both name /var/log/glint/api.log.
+    let error = refused(
+        "[DEFAULT]\nlog_dir = /var/log/glint\nlog_file = api.log\naccess_log_file = /var/log/glint/api.log\n",
+    );
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:4: [DEFAULT] access_log_file: names the same file as log_file; \
+         give each its own file"
+    );
+    let error = refused("[DEFAULT]\npid_file = /run/g.pid\naccess_log_file = /run/g.pid\n");
+    assert_eq!(error.problems[0].option.as_deref(), Some("access_log_file"));
+    let loaded = loads("[DEFAULT]\nlog_dir = /var/log/glint\naccess_log_file = access.log\n");
+    assert_eq!(
+        loaded.config.access_log_file.as_deref(),
+        Some(std::path::Path::new("/var/log/glint/access.log"))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

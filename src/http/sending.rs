@@ -49,7 +49,7 @@ use nix::sys::sendfile::sendfile;
 
 use super::request_id::RequestId;
 use super::response::{Body, Prepared};
-use crate::logging::RequestScope;
+use crate::logging::{self, RequestScope};
 
 /// What the socket took of a response in one [`Outgoing::advance`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,7 +283,7 @@ impl AccessRecord {
     pub fn completed(&self, body_bytes: u64) {
         let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
-            target: "access",
+            target: self.log_target(),
             "{} \"{} {}\" {} {} {:.1}ms",
             self.peer,
             self.method,
@@ -294,11 +294,22 @@ impl AccessRecord {
         );
     }
 
+    /// The health check's own target, which `logging` keeps out of the access log unless
+    /// `access_log_healthcheck` asks: `GET` or `HEAD` of `/healthcheck`, with or without a query.
+    fn log_target(&self) -> &'static str {
+        let path = self.target.split('?').next().unwrap_or_default();
+        if path == "/healthcheck" && (self.method == "GET" || self.method == "HEAD") {
+            logging::HEALTHCHECK_ACCESS_TARGET
+        } else {
+            logging::ACCESS_TARGET
+        }
+    }
+
     /// The response ended early: `why` is what stopped it.
     pub fn not_completed(&self, why: &dyn std::fmt::Display) {
         let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
-            target: "access",
+            target: self.log_target(),
             "{} \"{} {}\" {} - {:.1}ms (response not completed: {why})",
             self.peer,
             self.method,

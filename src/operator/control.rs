@@ -52,6 +52,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::{self, ServerFiles};
+use crate::operator::directories;
 use crate::operator::status::{self, ChildState, Outcome, Phase, ReloadStatus, Status};
 
 /// The config file the server and the commands use when `--config-file` is not given, as
@@ -145,11 +146,15 @@ impl Report {
 /// the pid and status files are, so an operator's half-finished edit elsewhere in the file does
 /// not keep them from finding the server (`config::load_server_files`).
 pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> Report {
+    // `reload` checks the new file's directories as `--check-config` does, for the user running
+    // it: under systemd that is the service's user (ExecReload= runs as User=).
+    let mut unusable = Vec::new();
     let files = match command {
         Command::Reload => config::load(config_path).map(|loaded| {
             for warning in loaded.every_warning() {
                 eprintln!("warning: {warning}");
             }
+            unusable = directories::check(&loaded.config);
             ServerFiles::of(&loaded.config)
         }),
         Command::Stop | Command::Status => config::load_server_files(config_path),
@@ -177,6 +182,19 @@ pub fn run(command: Command, config_path: &Path, timeout: Option<Duration>) -> R
             );
         }
     };
+    if !unusable.is_empty() {
+        return Report::new(
+            Verdict::Failed,
+            format!(
+                "{}\nglint-api: not reloading: {} of the directories {} names cannot be used by \
+                 user {}; the server keeps its configuration. Fix them and run reload again",
+                unusable.join("\n"),
+                unusable.len(),
+                config_path.display(),
+                directories::user_description()
+            ),
+        );
+    }
     let master = match find_master(config_path, &files) {
         Ok(master) => master,
         Err(not_found) => return not_found.report(command),

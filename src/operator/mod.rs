@@ -2,6 +2,8 @@
 //!
 //! - [`control`]: the commands `glint-api reload|stop|status`, which find the master, signal it
 //!   and read its verdict from the status file.
+//! - [`directories`]: `--check-config`'s check that every directory the config names exists or
+//!   can be created, and is writable by the user running the check.
 //! - [`status`]: the status file, the master's only report: typed on both sides, written
 //!   atomically by the master, read by the commands.
 //! - [`notify`]: systemd's notify protocol (READY, RELOADING, STOPPING).
@@ -11,6 +13,7 @@
 //! Nothing here forks, reaps or serves; that is [`crate::process`].
 
 pub mod control;
+pub mod directories;
 pub mod notify;
 pub mod state_file;
 pub mod status;

@@ -162,7 +162,7 @@ pub fn run(start: Start) -> i32 {
     keep.extend(handoff_receive.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(control.as_ref().map(|fd| fd.as_raw_fd()));
     keep.extend(metrics_listener.as_ref().map(|fd| fd.as_raw_fd()));
-    keep.extend(logging::file_fd());
+    keep.extend(logging::open_fds());
     close_inherited_fds(&keep);
 
     let signals = match SignalWatch::register(|spec: &SignalSpec| spec.child) {

@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -440,23 +439,18 @@ impl Master {
                 .filter(|l| l.requested != key && listener::covers(key, l.local))
                 .map(|l| l.requested),
         );
-        let metrics_key = self.prepare_metrics_listener(config)?;
         prepare_state_files(config)?;
-        if let Some(path) = &config.log_file {
-            // Opening the file checks that the new destination is usable; children open their
-            // own. O_NONBLOCK: a FIFO without a reader is refused (ENXIO), not waited on.
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(path)
-                .map_err(|error| {
-                    format!(
-                        "cannot open log file {}: {error}; fix log_file/log_dir",
-                        path.display()
-                    )
-                })?;
-        }
+        // Opening the files (O_NONBLOCK: a FIFO without a reader is refused, not waited on) and
+        // connecting to syslog (a non-blocking datagram socket) checks that the new destination
+        // is usable; children open their own.
+        logging::Destination::of(config).check().map_err(|error| {
+            format!(
+                "{error}; fix log_file/log_dir, access_log_file, or use_syslog (is a syslog \
+                     daemon listening on /dev/log?)"
+            )
+        })?;
+        // Last: a metrics socket bound here stays open for the new generation.
+        let metrics_key = self.prepare_metrics_listener(config)?;
         Ok((keys, metrics_key))
     }
 
