@@ -135,7 +135,7 @@ pub fn production_sample() -> String {
 /// the line itself, commented out unless the package sets it.
 fn render_option(text: &mut String, spec: &OptionSpec) {
     let default = match spec.default {
-        DefaultValue::Text(value) if value.is_empty() => "default: empty".to_string(),
+        DefaultValue::Text("") => "default: empty".to_string(),
         DefaultValue::Text(value) => format!("default: {value}"),
         DefaultValue::Derived(description) => format!("default: {description}"),
     };
