@@ -182,6 +182,166 @@ fn package_installs_runs_as_glint_rotates_reloads_and_purges() {
     // takes any `glint-api --version` running on the machine for a server of the default
     // config, which this one is.)
     assert!(!Path::new(PID_FILE).exists());
+    assert_eq!(
+        processes_of(uid),
+        Vec::<i32>::new(),
+        "processes of glint before the start"
+    );
+    let links = rc_links();
+    assert!(
+        links.iter().any(|link| link.starts_with("/etc/rc0.d/K")),
+        "{links:?}"
+    );
+    assert!(!links.iter().any(|link| link.contains("/S")), "{links:?}");
+
+    // The unit's Documentation= (man:glint-api(8), file:OPERATIONS.md) points at installed
+    // files: systemd-analyze verify looks each man page up with man(1) and says so when one is
+    // missing; the file it does not check, so the test does.
+    let verify = run(
+        "systemd-analyze",
+        &["verify", "/lib/systemd/system/glint-api.service"],
+        "systemd",
+    );
+    let what = util::show_output("systemd-analyze verify", &verify);
+    util::assert_exit(&verify, 0, "systemd-analyze verify", "");
+    assert!(
+        verify.stdout.is_empty() && verify.stderr.is_empty(),
+        "{what}"
+    );
+    let unit = fs::read_to_string("/lib/systemd/system/glint-api.service").unwrap();
+    let documentation: Vec<&str> = unit
+        .lines()
+        .filter_map(|line| line.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert_eq!(
+        documentation,
+        [
+            "man:glint-api(8)",
+            "file:/usr/share/doc/glint/OPERATIONS.md"
+        ]
+    );
+    assert!(Path::new("/usr/share/doc/glint/OPERATIONS.md").is_file());
+    let man = run("man", &["-w", "8", "glint-api"], "man-db");
+    assert_eq!(
+        stdout(&man).trim(),
+        "/usr/share/man/man8/glint-api.8.gz",
+        "{}",
+        util::show_output("man -w", &man)
+    );
+
+    // A free loopback port (never 9292: other tests and servers run beside this one), and one
+    // worker, which the reload below makes two.
+    let port = free_port();
+    let conf = fs::read_to_string(CONF).unwrap();
+    assert_eq!(conf.matches("\n#bind_port = 9292\n").count(), 1);
+    assert_eq!(conf.matches("\n#workers =\n").count(), 1);
+    let conf = conf
+        .replace("\n#bind_port = 9292\n", &format!("\nbind_port = {port}\n"))
+        .replace("\n#workers =\n", "\nworkers = 1\n");
+    // Written in place: the file keeps its owner and mode.
+    fs::write(CONF, &conf).unwrap();
+    assert_eq!(owner_mode(CONF), (0, gid, 0o640));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // Start through the init script: the master and its child run as glint.
+    let start = init_script("start");
+    util::assert_exit(&start, 0, "start", &logs());
+    let master = master_pid();
+    assert_eq!(owner_mode("/run/glint"), (uid, gid, 0o750));
+    let mut processes = vec![master];
+    processes.extend(util::children_of(master));
+    assert_eq!(processes.len(), 2, "the master and its one child");
+    for pid in &processes {
+        assert_eq!(uids(*pid), [uid; 4], "the uids of process {pid}");
+    }
+
+    // Upload and download an image; its data lands in /var/lib/glint/images, glint's.
+    let id = util::create_image(addr);
+    let data: Vec<u8> = (0..100_000u32).map(|n| (n % 251) as u8).collect();
+    let upload = util::send_body(
+        addr,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        &data,
+    );
+    assert_eq!(upload.status, 204, "{}", upload.text());
+    let download =
+        util::request(addr, "GET", &format!("/v2/images/{id}/file"), &[], b"").expect("download");
+    assert_eq!(download.status, 200);
+    assert!(download.body == data, "the downloaded data differs");
+    let stored = format!("/var/lib/glint/images/{id}");
+    assert_eq!(fs::metadata(&stored).unwrap().uid(), uid, "{stored}");
+
+    // The installed logrotate snippet, forced: the log is renamed and SIGUSR1 makes glint
+    // reopen it, so a request after the rotation is logged in a new glint-api.log.
+    util::wait_until("the upload's access line in the log", DEADLINE, || {
+        fs::read_to_string(LOG_FILE)
+            .is_ok_and(|log| log.contains(&format!("\"PUT /v2/images/{id}/file\"")))
+    });
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("logrotate.state");
+    let rotate = run(
+        "logrotate",
+        &[
+            "-f",
+            "-s",
+            state_file.to_str().unwrap(),
+            "/etc/logrotate.d/glint-api",
+        ],
+        "logrotate",
+    );
+    let what = util::show_output("logrotate -f", &rotate);
+    util::assert_exit(&rotate, 0, "logrotate -f", "");
+    assert!(rotate.stderr.is_empty(), "{what}");
+    let rotated = fs::read_to_string(format!("{LOG_FILE}.1")).expect("glint-api.log.1");
+    assert!(
+        rotated.contains(&format!("\"PUT /v2/images/{id}/file\"")),
+        "{rotated}"
+    );
+    let after = util::request(addr, "GET", &format!("/v2/images/{id}"), &[], b"").unwrap();
+    assert_eq!(after.status, 200);
+    util::wait_until(
+        "the request after the rotation in the new log",
+        DEADLINE,
+        || {
+            fs::read_to_string(LOG_FILE)
+                .is_ok_and(|log| log.contains(&format!("\"GET /v2/images/{id}\"")))
+        },
+    );
+    assert_eq!(owner_mode(LOG_FILE).0, uid);
+    assert!(
+        !fs::read_to_string(format!("{LOG_FILE}.1"))
+            .unwrap()
+            .contains(&format!("\"GET /v2/images/{id}\"")),
+        "the request after the rotation went to the rotated file"
+    );
+
+    // Reload through the init script: two workers now, a new generation, still as glint.
+    let conf = conf.replace("\nworkers = 1\n", "\nworkers = 2\n");
+    fs::write(CONF, &conf).unwrap();
+    let reload = init_script("reload");
+    util::assert_exit(&reload, 0, "reload", &logs());
+    assert!(
+        stdout(&reload).contains("generation 2 serving with 2 worker(s)"),
+        "{}",
+        util::show_output("reload", &reload)
+    );
+    util::wait_until("two children of generation 2 alone", DEADLINE, || {
+        util::children_of(master).len() == 2
+    });
+    for pid in util::children_of(master) {
+        assert_eq!(uids(pid), [uid; 4], "the uids of child {pid}");
+    }
+    let again = util::request(addr, "GET", &format!("/v2/images/{id}/file"), &[], b"").unwrap();
+    assert!(again.status == 200 && again.body == data);
+
+    // Stop, then purge: nothing of glint is left.
+    let stop = init_script("stop");
+    util::assert_exit(&stop, 0, "stop", &logs());
+    assert!(!util::process_alive(master));
+    assert!(!Path::new(PID_FILE).exists());
     // The master was the init script's background job, so PID 1 reaps it; until then it is a
     // zombie of glint's, which userdel counts as a process of the user.
     util::wait_until(
@@ -257,7 +417,7 @@ fn uids(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The processes whose real uid is `uid`.
+/// The processes whose real uid is `uid`, zombies included.
 fn processes_of(uid: u32) -> Vec<i32> {
     util::proc_pids()
         .into_iter()
