@@ -19,6 +19,9 @@
 //!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
 //! - `systemd`: the systemd unit, offline: `systemd-analyze verify` and `security`, and its
 //!   `ExecReload=` run against a real server (issue 14, part 2).
+//! - `package`: the Debian package (issue 14, part 3), installed with `dpkg -i` (the path in
+//!   `GLINT_DEB`, from `scripts/package`), run through its init script as the user glint,
+//!   rotated, reloaded, stopped and purged; the production sample config and the man page.
 //! - `cache`: the image cache and the pipeline flavors, switched by SIGHUP under load.
 //! - `auth`: access control (`auth_strategy = token`) across routes and reloads; image file modes.
 //! - `keystone`: Keystone token validation (the keystone flavors) against the real Keystone that
@@ -64,6 +67,7 @@ mod keystone;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod package;
 mod process_faults;
 mod reload;
 mod request_ids;

@@ -44,6 +44,7 @@
 mod keystone;
 mod options;
 mod policy;
+mod sample;
 pub mod syslog_facility;
 #[cfg(test)]
 mod tests;
@@ -65,6 +66,7 @@ pub use options::{
     options_markdown, DefaultValue, Kind, OptionSpec, RelativeTo, GLANCE_SECTIONS, MAX_API_LIMIT,
     MAX_TCP_KEEPIDLE_SECONDS, MAX_TIMEOUT_SECONDS, OPTIONS,
 };
+pub use sample::{production_sample, PackageSetting, PACKAGE_SETTINGS, PRODUCTION_SAMPLE_PATH};
 pub use tokens::{TokenFileError, Tokens};
 
 /// A validated configuration. Only [`load`] and [`load_str`] build one; each field's doc names
