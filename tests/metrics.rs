@@ -9,9 +9,16 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{self, base_config, wait_until, Server, DEADLINE};
+
+/// `SCRAPE_TIMEOUT` (src/serve/scrape.rs): what a scrape connection gets, from its accept, to
+/// send its head and take the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a loaded machine may add to a bound the server keeps.
+const MARGIN: Duration = Duration::from_secs(3);
 
 /// `[metrics]` on, on a port the kernel picks (the log names it).
 fn metrics_section(port: u16) -> String {
@@ -602,4 +609,83 @@ fn a_scraper_that_sends_nothing_is_dropped_and_the_next_scrape_is_answered() {
         "a scraper that sent nothing was still connected after {DEADLINE:?}"
     );
     assert!(scrape(metrics).contains("# TYPE glint_generation gauge\n"));
+}
+
+/// Connects to `metrics` and sends a scrape's head one byte a second from another thread, never
+/// finishing it (it ends in a header value that goes on forever), until a write fails: the
+/// server closed, or the test shut the returned stream down. Each byte comes well within the
+/// 5 s a read once waited for, which such a client used to reset.
+fn trickle(metrics: SocketAddr) -> (TcpStream, std::thread::JoinHandle<usize>) {
+    let stream = TcpStream::connect(metrics).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let thread = std::thread::spawn(move || {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: glint\r\nX-Slow: ";
+        let mut sent = 0;
+        loop {
+            let byte = head.get(sent).copied().unwrap_or(b'a');
+            if writer.write_all(&[byte]).is_err() {
+                return sent;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    (stream, thread)
+}
+
+/// Whether `pid` holds `stream`'s peer socket: the connection has been accepted by it.
+fn accepted_by(pid: i32, stream: &TcpStream) -> bool {
+    util::peer_socket(stream)
+        .is_some_and(|peer| peer.inode != 0 && util::fd_of_socket(pid, peer.inode).is_some())
+}
+
+#[test]
+fn a_scraper_trickling_its_head_is_dropped_once_the_whole_head_is_late() {
+    // One child, so its one metrics thread is the one the slow client holds.
+    let (_server, metrics) = start_with_metrics("workers = 1");
+    let (mut stream, trickler) = trickle(metrics);
+    // A deadline for the whole head: closed within SCRAPE_TIMEOUT of the accept, whatever the
+    // pace of the bytes.
+    assert!(
+        util::peer_closed(&mut stream, SCRAPE_TIMEOUT + MARGIN),
+        "a scraper sending one byte a second was still connected after {:?}",
+        SCRAPE_TIMEOUT + MARGIN
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let sent = trickler.join().expect("trickler");
+    assert!(
+        sent >= 2,
+        "the client sent {sent} byte(s) before it was dropped"
+    );
+    assert!(scrape(metrics).contains("# TYPE glint_generation gauge\n"));
+}
+
+#[test]
+fn a_reload_ends_a_scrape_in_progress_and_the_old_child_exits_at_once() {
+    // No drain bound: nothing but the child itself ends its drain.
+    let (server, metrics) = start_with_metrics("workers = 1\ngraceful_shutdown_timeout = 0");
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    let connected = Instant::now();
+    let (mut stream, trickler) = trickle(metrics);
+    wait_until("the old child to accept the slow scrape", DEADLINE, || {
+        accepted_by(old[0], &stream)
+    });
+    server.reload_succeeds();
+    // The drain stops the metrics thread in the middle of that scrape: the child exits well
+    // before the scrape's own deadline (SCRAPE_TIMEOUT from `connected`) would have ended it.
+    let bound = connected + SCRAPE_TIMEOUT - Duration::from_secs(1);
+    while util::process_alive(old[0]) && Instant::now() < bound {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !util::process_alive(old[0]),
+        "the old child {} was still alive {:?} after a slow scraper connected\n{}",
+        old[0],
+        bound - connected,
+        server.log()
+    );
+    assert!(util::peer_closed(&mut stream, DEADLINE));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    trickler.join().expect("trickler");
 }
