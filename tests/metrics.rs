@@ -689,3 +689,58 @@ fn a_reload_ends_a_scrape_in_progress_and_the_old_child_exits_at_once() {
     let _ = stream.shutdown(std::net::Shutdown::Both);
     trickler.join().expect("trickler");
 }
+
+#[test]
+fn a_draining_child_stops_answering_scrapes_as_its_drain_begins() {
+    let (server, metrics) = start_with_metrics("workers = 1");
+    let api = server.addr();
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    // An upload that keeps the old child draining until the test ends it.
+    let id = util::create_image(api);
+    let total = 1000;
+    let mut upload = TcpStream::connect(api).expect("connect");
+    upload
+        .write_all(
+            format!(
+                "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("head");
+    upload.write_all(&[1u8; 10]).expect("first bytes");
+    scrape_once_at_least(metrics, "glint_http_requests_in_flight", 1);
+
+    // A reload that turns metrics off: the old address refuses connections while the old child
+    // still drains.
+    server.write_config("workers = 1");
+    server.reload_succeeds();
+    wait_until(
+        "the old metrics address to refuse connections",
+        DEADLINE,
+        || TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_err(),
+    );
+    assert!(
+        util::process_alive(old[0]),
+        "the old child was gone before the upload ended\n{}",
+        server.log()
+    );
+    // So a reload may bind that port again, the upload still in flight.
+    server.write_config_text(&(base_config("workers = 1") + &metrics_section(metrics.port())));
+    server.reload_succeeds();
+    assert_eq!(value(&scrape(metrics), "glint_generation"), 3);
+    assert!(
+        util::process_alive(old[0]),
+        "the old child was gone before the upload ended\n{}",
+        server.log()
+    );
+
+    upload.write_all(&vec![1u8; total - 10]).expect("the rest");
+    upload.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut reader = std::io::BufReader::new(upload);
+    let response = util::read_response(&mut reader, "PUT")
+        .expect("response")
+        .expect("an answer");
+    assert_eq!(response.status, 204, "{}", response.text());
+}

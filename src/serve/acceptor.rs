@@ -164,6 +164,9 @@ pub struct Acceptor {
     accept_paused_until: Option<Instant>,
     /// Connections in `waiting` that are `reclaimed`: at most `max_connections`.
     n_reclaimed: usize,
+    /// Called once as the drain begins, with the listeners' close: what else stops serving new
+    /// clients then (the metrics endpoint; see [`Acceptor::on_drain`]).
+    drain_hooks: Vec<Box<dyn FnOnce()>>,
 }
 
 impl Acceptor {
@@ -193,7 +196,13 @@ impl Acceptor {
             in_flight: 0,
             accept_paused_until: None,
             n_reclaimed: 0,
+            drain_hooks: Vec::new(),
         }
+    }
+
+    /// Runs `hook` as the drain begins, when the listeners close; never if no drain begins.
+    pub fn on_drain(&mut self, hook: impl FnOnce() + 'static) {
+        self.drain_hooks.push(Box::new(hook));
     }
 
     /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
@@ -478,6 +487,9 @@ impl Acceptor {
         self.accept_all();
         // Dropping our fds leaves the sockets open in the master and the other children.
         self.listeners.clear();
+        for hook in self.drain_hooks.drain(..) {
+            hook();
+        }
         let n_handed = self.hand_over_waiting();
         let now = Instant::now();
         let mut n_idle = 0;
