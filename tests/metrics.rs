@@ -746,3 +746,59 @@ fn a_draining_child_stops_answering_scrapes_as_its_drain_begins() {
         .expect("an answer");
     assert_eq!(response.status, 204, "{}", response.text());
 }
+
+/// The pid's TracerPid from /proc/PID/status: nonzero once a tracer is attached.
+fn traced(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("TracerPid:"))
+        .is_some_and(|tracer| tracer.trim() != "0")
+}
+
+#[test]
+fn a_drained_child_counts_no_parked_connection_while_it_exits() {
+    let (server, metrics) = start_with_metrics("workers = 1");
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    let _idle = idle_connection(server.addr());
+    scrape_once_at_least(metrics, "glint_parked_connections", 1);
+    // Hold the old child in exit_group(2) after its drain (strace delays the call), so that
+    // its gauge slot is still counted when the new generation answers a scrape.
+    let mut strace = Command::new("strace")
+        .args([
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=exit_group",
+            "-e",
+            "inject=exit_group:delay_enter=20000000",
+            "-p",
+            &old[0].to_string(),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run strace (apt-get install strace)");
+    wait_until("strace to attach to the old child", DEADLINE, || {
+        traced(old[0])
+    });
+    server.reload_succeeds();
+    // The idle connection went to the new child, which parks it: 1. The old child has drained
+    // (its acceptor returned) and is still alive.
+    server.wait_for_log(
+        &format!("glint-api[{}] child gen 1: drained; exiting", old[0]),
+        DEADLINE,
+    );
+    let adopted = "glint_handoff_connections_total{side=\"adopted\"}";
+    let text = scrape_once_at_least(metrics, adopted, 1);
+    let alive = util::process_alive(old[0]);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert!(
+        alive,
+        "the old child exited before the scrape\n{}",
+        server.log()
+    );
+    assert_eq!(value(&text, "glint_parked_connections"), 1, "{text}");
+}

@@ -281,6 +281,11 @@ impl Acceptor {
                 && self.ready.is_empty()
                 && self.in_flight == 0
             {
+                // The gauge was set at the top of this iteration, before its connections were
+                // dropped or handed over; the child still lives a moment (joining its threads)
+                // and its slot is counted until the master reaps it. Before the line, which
+                // says the drain is done.
+                crate::metrics::set_parked(0);
                 log::info!("drained; exiting");
                 return;
             }
