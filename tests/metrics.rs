@@ -3,7 +3,8 @@
 //! `prometheus` package, which scripts/test installs), and counted against requests whose bytes
 //! the test writes and reads itself; reloads, a failed reload and a child killed with SIGKILL
 //! in between; connections handed over at a reload, cache hits and misses, and a write that waits
-//! for a database lock another process holds.
+//! for a database lock another process holds; slow and silent scrapers, and what a draining
+//! child's metrics endpoint and gauges do.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

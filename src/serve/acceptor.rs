@@ -11,7 +11,8 @@
 //! # Drain
 //!
 //! On SIGHUP, SIGTERM or SIGQUIT the acceptor stops polling the listener and closes its copy of
-//! the fd (never `shutdown()`, which would stop the socket for every process). It then serves
+//! the fd (never `shutdown()`, which would stop the socket for every process), and runs the
+//! child's drain hooks ([`Acceptor::on_drain`]: the metrics endpoint stops with it). It then serves
 //! what it has: connections whose first request has not fully arrived still get it served,
 //! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
 //! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
