@@ -118,6 +118,9 @@ fn main() -> ExitCode {
         // for the user running this (see `directories`: the init script runs it as the
         // service's user).
         let unusable = glint::operator::directories::check(&loaded.config);
+        if let Some(notice) = glint::operator::directories::root_notice() {
+            eprintln!("{notice}");
+        }
         for problem in &unusable {
             eprintln!("{problem}");
         }

@@ -91,7 +91,8 @@ fn show(output: &Output) -> String {
 }
 
 /// An existing data directory that nobody cannot write in (root's, 0755): one line naming the
-/// option, the path and the `chown` to run; exit 1. As root, the same file passes.
+/// option, the path and the `chown` to run; exit 1. As root, the same file passes, with a note
+/// that a check as root proves nothing for the service's user.
 #[test]
 fn check_config_refuses_an_existing_directory_the_user_cannot_write() {
     let setup = Setup::new("images");
@@ -119,6 +120,23 @@ fn check_config_refuses_an_existing_directory_the_user_cannot_write() {
         .output()
         .unwrap();
     util::assert_exit(&as_root, 0, "--check-config as root", "");
+    // And says that, as root, it proved nothing for the service's user.
+    assert_eq!(
+        Setup::stderr_lines(&as_root),
+        [
+            "note: the directories were checked as root, who can write in almost any \
+             directory, so this proves nothing for the user the server runs as; run the check \
+             as that user (`sudo -u glint glint-api --check-config`, or the init script's \
+             configtest)"
+                .to_string(),
+            format!(
+                "glint-api: the configuration in {} is valid",
+                setup.config.display()
+            ),
+        ],
+        "{}",
+        util::show_output("--check-config as root", &as_root)
+    );
 }
 
 /// A data directory that does not exist under a folder nobody can write in (`ok/new/images`):

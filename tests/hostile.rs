@@ -1354,6 +1354,14 @@ fn client_input_cannot_forge_log_records_or_write_control_characters() {
             .unwrap()
             .expect("an answer");
     }
+    // A `"` in the target (httparse takes it, and `\`) would end the access line's quoted
+    // field early and let the client write the status and sizes of its choice after it.
+    util::raw_exchange(
+        server.addr(),
+        b"GET /v2/a\\\"b\"c\"-200-0-0.1ms HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .expect("an answer");
     let body = "{\"name\": \"x\\n2026-01-01T00:00:00.000000Z ERROR glint-api[1] master: forged\\u0000\", \"bogus\\n\": 1}";
     let request = format!(
         "POST /v2/images HTTP/1.1\r\nHost: glint\r\nContent-Type: application/json\r\n\
@@ -1372,6 +1380,16 @@ fn client_input_cannot_forge_log_records_or_write_control_characters() {
         show(&log)
     );
     let text = String::from_utf8_lossy(&log);
+    let quoted: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("\"GET /v2/a"))
+        .collect();
+    assert_eq!(quoted.len(), 1, "{text}");
+    assert!(
+        quoted[0].contains(r#""GET /v2/a\\\"b\"c\"-200-0-0.1ms" 404 "#),
+        "the quotes and backslash of the target are not escaped: {}",
+        quoted[0]
+    );
     for line in text.lines() {
         let is_record = line.len() > 27
             && line.as_bytes()[4] == b'-'

@@ -294,6 +294,40 @@ impl SyslogReceiver {
         }
     }
 
+    /// Fills this socket's receive queue, whatever `net.unix.max_dgram_qlen` says: datagrams
+    /// from fresh sockets until one's first datagram finds no room (EAGAIN). A fresh socket has
+    /// nothing of its own in flight, so its EAGAIN is the receiver's queue being full, not its
+    /// own send buffer. Returns how many datagrams were queued and the sockets that sent them
+    /// (kept open while the queue must stay full).
+    fn fill(&self) -> (usize, Vec<UnixDatagram>) {
+        let mut queued = 0;
+        let mut fillers = Vec::new();
+        loop {
+            let filler = UnixDatagram::unbound().expect("a filler socket");
+            filler.set_nonblocking(true).unwrap();
+            let mut first = true;
+            loop {
+                match filler.send_to(b"<14>filler", &self.path) {
+                    Ok(_) => queued += 1,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if first {
+                            fillers.push(filler);
+                            return (queued, fillers);
+                        }
+                        break;
+                    }
+                    Err(error) => panic!("filling the syslog socket's queue: {error}"),
+                }
+                first = false;
+            }
+            fillers.push(filler);
+            assert!(
+                fillers.len() < 1000,
+                "the syslog socket's queue took {queued} datagrams and was still not full"
+            );
+        }
+    }
+
     /// Every datagram already queued, without waiting.
     fn drain(&mut self) -> Vec<String> {
         self.socket.set_nonblocking(true).unwrap();
@@ -390,12 +424,15 @@ fn use_syslog_sends_rfc3164_datagrams_from_master_and_children() {
     assert!(daemon.starts_with("<30>"), "{daemon}");
 }
 
-/// A syslog daemon that does not read (its queue full: `net.unix.max_dgram_qlen`, 10 here) stalls
-/// nothing: 50 requests are all answered, their 50 access lines are in the file, and a reload
-/// succeeds; the lines syslog had no room for are dropped.
+/// A syslog daemon that does not read (its queue filled by the test before the server starts,
+/// whatever `net.unix.max_dgram_qlen` is) stalls nothing: 50 requests are all answered, their
+/// 50 access lines are in the file, and a reload succeeds; the lines syslog had no room for
+/// are dropped.
 #[test]
 fn a_syslog_daemon_that_does_not_read_stalls_nothing() {
     let receiver = SyslogReceiver::bind();
+    let (queued, _fillers) = receiver.fill();
+    assert!(queued > 0, "the filler queued nothing");
     let server = launch_in_namespace("use_syslog = true", Some(&receiver.path));
     wait_serving(&server);
     for _ in 0..50 {

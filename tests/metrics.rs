@@ -3,15 +3,23 @@
 //! `prometheus` package, which scripts/test installs), and counted against requests whose bytes
 //! the test writes and reads itself; reloads, a failed reload and a child killed with SIGKILL
 //! in between; connections handed over at a reload, cache hits and misses, and a write that waits
-//! for a database lock another process holds.
+//! for a database lock another process holds; slow and silent scrapers, and what a draining
+//! child's metrics endpoint and gauges do.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::{self, base_config, wait_until, Server, DEADLINE};
+
+/// `SCRAPE_TIMEOUT` (src/serve/scrape.rs): what a scrape connection gets, from its accept, to
+/// send its head and take the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a loaded machine may add to a bound the server keeps.
+const MARGIN: Duration = Duration::from_secs(3);
 
 /// `[metrics]` on, on a port the kernel picks (the log names it).
 fn metrics_section(port: u16) -> String {
@@ -441,12 +449,14 @@ fn metrics_are_off_by_default() {
 #[test]
 fn a_reload_moves_the_metrics_listener_and_another_turns_it_off() {
     let (server, first) = start_with_metrics("");
-    let free = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = free.local_addr().expect("address").port();
-    drop(free);
-    server.write_config_text(&(base_config("") + &metrics_section(port)));
+    // Another address, the port again the kernel's pick (a port found free and then configured
+    // could be taken by anyone in between): the log names the new listener.
+    server.write_config_text(
+        &(base_config("") + "\n[metrics]\nbind_host = 127.0.0.2\nbind_port = 0\n"),
+    );
     server.reload_succeeds();
-    let second: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let second = metrics_address(&server);
+    assert_eq!(second.ip().to_string(), "127.0.0.2", "{}", server.log());
     let text = scrape(second);
     assert_eq!(value(&text, "glint_generation"), 2, "{text}");
     assert_eq!(
@@ -602,4 +612,194 @@ fn a_scraper_that_sends_nothing_is_dropped_and_the_next_scrape_is_answered() {
         "a scraper that sent nothing was still connected after {DEADLINE:?}"
     );
     assert!(scrape(metrics).contains("# TYPE glint_generation gauge\n"));
+}
+
+/// Connects to `metrics` and sends a scrape's head one byte a second from another thread, never
+/// finishing it (it ends in a header value that goes on forever), until a write fails: the
+/// server closed, or the test shut the returned stream down. Each byte comes well within the
+/// 5 s a read once waited for, which such a client used to reset.
+fn trickle(metrics: SocketAddr) -> (TcpStream, std::thread::JoinHandle<usize>) {
+    let stream = TcpStream::connect(metrics).expect("connect");
+    let mut writer = stream.try_clone().expect("clone");
+    let thread = std::thread::spawn(move || {
+        let head = b"GET /metrics HTTP/1.1\r\nHost: glint\r\nX-Slow: ";
+        let mut sent = 0;
+        loop {
+            let byte = head.get(sent).copied().unwrap_or(b'a');
+            if writer.write_all(&[byte]).is_err() {
+                return sent;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    (stream, thread)
+}
+
+/// Whether `pid` holds `stream`'s peer socket: the connection has been accepted by it.
+fn accepted_by(pid: i32, stream: &TcpStream) -> bool {
+    util::peer_socket(stream)
+        .is_some_and(|peer| peer.inode != 0 && util::fd_of_socket(pid, peer.inode).is_some())
+}
+
+#[test]
+fn a_scraper_trickling_its_head_is_dropped_once_the_whole_head_is_late() {
+    // One child, so its one metrics thread is the one the slow client holds.
+    let (_server, metrics) = start_with_metrics("workers = 1");
+    let (mut stream, trickler) = trickle(metrics);
+    // A deadline for the whole head: closed within SCRAPE_TIMEOUT of the accept, whatever the
+    // pace of the bytes.
+    assert!(
+        util::peer_closed(&mut stream, SCRAPE_TIMEOUT + MARGIN),
+        "a scraper sending one byte a second was still connected after {:?}",
+        SCRAPE_TIMEOUT + MARGIN
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let sent = trickler.join().expect("trickler");
+    assert!(
+        sent >= 2,
+        "the client sent {sent} byte(s) before it was dropped"
+    );
+    assert!(scrape(metrics).contains("# TYPE glint_generation gauge\n"));
+}
+
+#[test]
+fn a_reload_ends_a_scrape_in_progress_and_the_old_child_exits_at_once() {
+    // No drain bound: nothing but the child itself ends its drain.
+    let (server, metrics) = start_with_metrics("workers = 1\ngraceful_shutdown_timeout = 0");
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    let connected = Instant::now();
+    let (mut stream, trickler) = trickle(metrics);
+    wait_until("the old child to accept the slow scrape", DEADLINE, || {
+        accepted_by(old[0], &stream)
+    });
+    server.reload_succeeds();
+    // The drain stops the metrics thread in the middle of that scrape: the child exits well
+    // before the scrape's own deadline (SCRAPE_TIMEOUT from `connected`) would have ended it.
+    let bound = connected + SCRAPE_TIMEOUT - Duration::from_secs(1);
+    while util::process_alive(old[0]) && Instant::now() < bound {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !util::process_alive(old[0]),
+        "the old child {} was still alive {:?} after a slow scraper connected\n{}",
+        old[0],
+        bound - connected,
+        server.log()
+    );
+    assert!(util::peer_closed(&mut stream, DEADLINE));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    trickler.join().expect("trickler");
+}
+
+#[test]
+fn a_draining_child_stops_answering_scrapes_as_its_drain_begins() {
+    let (server, metrics) = start_with_metrics("workers = 1");
+    let api = server.addr();
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    // An upload that keeps the old child draining until the test ends it.
+    let id = util::create_image(api);
+    let total = 1000;
+    let mut upload = TcpStream::connect(api).expect("connect");
+    upload
+        .write_all(
+            format!(
+                "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: glint\r\nConnection: close\r\n\
+                 Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("head");
+    upload.write_all(&[1u8; 10]).expect("first bytes");
+    scrape_once_at_least(metrics, "glint_http_requests_in_flight", 1);
+
+    // A reload that turns metrics off: the old address refuses connections while the old child
+    // still drains.
+    server.write_config("workers = 1");
+    server.reload_succeeds();
+    wait_until(
+        "the old metrics address to refuse connections",
+        DEADLINE,
+        || TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_err(),
+    );
+    assert!(
+        util::process_alive(old[0]),
+        "the old child was gone before the upload ended\n{}",
+        server.log()
+    );
+    // So a reload may bind that port again, the upload still in flight.
+    server.write_config_text(&(base_config("workers = 1") + &metrics_section(metrics.port())));
+    server.reload_succeeds();
+    assert_eq!(value(&scrape(metrics), "glint_generation"), 3);
+    assert!(
+        util::process_alive(old[0]),
+        "the old child was gone before the upload ended\n{}",
+        server.log()
+    );
+
+    upload.write_all(&vec![1u8; total - 10]).expect("the rest");
+    upload.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut reader = std::io::BufReader::new(upload);
+    let response = util::read_response(&mut reader, "PUT")
+        .expect("response")
+        .expect("an answer");
+    assert_eq!(response.status, 204, "{}", response.text());
+}
+
+/// The pid's TracerPid from /proc/PID/status: nonzero once a tracer is attached.
+fn traced(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("TracerPid:"))
+        .is_some_and(|tracer| tracer.trim() != "0")
+}
+
+#[test]
+fn a_drained_child_counts_no_parked_connection_while_it_exits() {
+    let (server, metrics) = start_with_metrics("workers = 1");
+    let old = server.children(None);
+    assert_eq!(old.len(), 1, "{}", server.log());
+    let _idle = idle_connection(server.addr());
+    scrape_once_at_least(metrics, "glint_parked_connections", 1);
+    // Hold the old child in exit_group(2) after its drain (strace delays the call), so that
+    // its gauge slot is still counted when the new generation answers a scrape.
+    let mut strace = Command::new("strace")
+        .args([
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=exit_group",
+            "-e",
+            "inject=exit_group:delay_enter=20000000",
+            "-p",
+            &old[0].to_string(),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run strace (apt-get install strace)");
+    wait_until("strace to attach to the old child", DEADLINE, || {
+        traced(old[0])
+    });
+    server.reload_succeeds();
+    // The idle connection went to the new child, which parks it: 1. The old child has drained
+    // (its acceptor returned) and is still alive.
+    server.wait_for_log(
+        &format!("glint-api[{}] child gen 1: drained; exiting", old[0]),
+        DEADLINE,
+    );
+    let adopted = "glint_handoff_connections_total{side=\"adopted\"}";
+    let text = scrape_once_at_least(metrics, adopted, 1);
+    let alive = util::process_alive(old[0]);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    assert!(
+        alive,
+        "the old child exited before the scrape\n{}",
+        server.log()
+    );
+    assert_eq!(value(&text, "glint_parked_connections"), 1, "{text}");
 }

@@ -1264,6 +1264,21 @@ impl Draft {
             );
         }
 
+        // The master binds both; on one port the second bind fails (or, on overlapping
+        // addresses, the API would answer scrapes). 0 asks the kernel for a free one each.
+        if self.metrics.bind_port == Some(self.bind_port) && self.bind_port != 0 {
+            report.error(
+                raw.line_of("metrics", "bind_port"),
+                Some("metrics"),
+                Some("bind_port"),
+                format!(
+                    "is the API's port too ([DEFAULT] bind_port = {}); give the metrics \
+                     listener a port of its own",
+                    self.bind_port
+                ),
+            );
+        }
+
         let datadirs = finish_datadirs(
             self.filesystem_store_datadir,
             self.datadirs,

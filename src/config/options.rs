@@ -1359,7 +1359,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Integer { min: 0, max: 65535, zero_means_min: None },
         default: DefaultValue::Derived("unset: no metrics listener"),
         on_reload: RELOAD_METRICS,
-        doc: "glint's own: TCP port of the Prometheus metrics listener; setting it turns metrics on (off by default). Must differ from the API's `bind_port`.",
+        doc: "glint's own: TCP port of the Prometheus metrics listener; setting it turns metrics on (off by default). Must differ from the API's `bind_port` (the config is refused otherwise; 0 for both is fine, each gets a free port), unit test `config::tests::the_metrics_listener_has_a_port_of_its_own`.",
         apply: |draft, value| {
             if let Some(port) = value.integer::<u16>() {
                 draft.metrics.bind_port = Some(port);

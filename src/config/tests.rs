@@ -1264,6 +1264,24 @@ fn the_access_log_has_a_file_of_its_own() {
     );
 }
 
+#[test]
+fn the_metrics_listener_has_a_port_of_its_own() {
+    let error = refused("[DEFAULT]\nbind_port = 9292\n\n[metrics]\nbind_port = 9292\n");
+    assert_eq!(
+        error.to_string(),
+        "/etc/glint/glint-api.conf:5: [metrics] bind_port: is the API's port too ([DEFAULT] \
+         bind_port = 9292); give the metrics listener a port of its own"
+    );
+    // The API's default port counts too.
+    let error = refused("[metrics]\nbind_port = 9292\n");
+    assert_eq!(error.problems[0].option.as_deref(), Some("bind_port"));
+    // Both 0: each gets a free port of the kernel's.
+    let loaded = loads("[DEFAULT]\nbind_port = 0\n[metrics]\nbind_port = 0\n");
+    assert_eq!(loaded.config.metrics.bind_port, Some(0));
+    let loaded = loads("[DEFAULT]\nbind_port = 9292\n[metrics]\nbind_port = 9393\n");
+    assert_eq!(loaded.config.metrics.bind_port, Some(9393));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reporting
 

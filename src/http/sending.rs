@@ -276,6 +276,17 @@ pub struct AccessRecord {
     pub started: Instant,
 }
 
+/// A client's method or target as written between the access line's quotes: `"` and `\` as
+/// `\"` and `\\` (httparse takes both in a target), so the quoted field ends where the server
+/// ended it and a client cannot write fields of its own after it. Control characters are left
+/// to `logging::escape_message`, which every record goes through.
+fn quoted(field: &str) -> std::borrow::Cow<'_, str> {
+    if !field.contains(['"', '\\']) {
+        return std::borrow::Cow::Borrowed(field);
+    }
+    std::borrow::Cow::Owned(field.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 impl AccessRecord {
     /// Logs the access line of a response sent whole. On whichever thread the response ends (a
     /// worker, or another one that finished it after it waited in the acceptor), the line names
@@ -286,8 +297,8 @@ impl AccessRecord {
             target: self.log_target(),
             "{} \"{} {}\" {} {} {:.1}ms",
             self.peer,
-            self.method,
-            self.target,
+            quoted(&self.method),
+            quoted(&self.target),
             self.status,
             body_bytes,
             self.started.elapsed().as_secs_f64() * 1000.0
@@ -312,8 +323,8 @@ impl AccessRecord {
             target: self.log_target(),
             "{} \"{} {}\" {} - {:.1}ms (response not completed: {why})",
             self.peer,
-            self.method,
-            self.target,
+            quoted(&self.method),
+            quoted(&self.target),
             self.status,
             self.started.elapsed().as_secs_f64() * 1000.0
         );

@@ -26,9 +26,14 @@ use super::labels::{
 };
 
 /// How many children can hold a gauge slot at once. A child forked when all are taken serves
-/// without one (its gauges are not counted; the master logs it). Every generation alive at once
-/// has at most `workers` (at most 256) children, and at most a few generations drain at once.
-pub const MAX_SLOTS: usize = 1024;
+/// without one (its gauges are not counted; the master logs it, once per generation). Every
+/// generation alive at once has at most `workers` (at most 256) children, and with long drains
+/// many generations may overlap, so room for 256 generations of 256. The slots cost 1 MiB of
+/// address space but only the pages of slots handed out are ever touched (an anonymous
+/// mapping's untouched pages take no memory), and a scrape sums only the slots up to
+/// [`Block::slots_handed_out`]: the lowest free slot is always taken, so that is the most
+/// children ever alive at once, not `MAX_SLOTS`.
+pub const MAX_SLOTS: usize = 65536;
 
 /// One child's gauges.
 #[repr(C)]
@@ -60,6 +65,9 @@ pub struct Block {
     pub generation: AtomicU64,
     /// Written by the master only (stores).
     pub children: [AtomicU64; CHILD_STATES.len()],
+    /// One more than the highest slot ever handed out (a high-water mark). Written by the
+    /// master only (stores, in [`Block::hand_out_slot`]).
+    pub slots_handed_out: AtomicU64,
     pub slots: [Slot; MAX_SLOTS],
 }
 
@@ -91,11 +99,65 @@ impl Block {
         Ok(unsafe { &*(address as *const Block) })
     }
 
+    /// The lowest slot not in `taken` (the master, as it forks a child), raising the high-water
+    /// mark to cover it; `None` when all [`MAX_SLOTS`] are taken.
+    pub fn hand_out_slot(&self, taken: &std::collections::HashSet<usize>) -> Option<usize> {
+        let slot = (0..MAX_SLOTS).find(|slot| !taken.contains(slot))?;
+        if slot as u64 >= self.slots_handed_out.load(Ordering::Relaxed) {
+            self.slots_handed_out
+                .store(slot as u64 + 1, Ordering::Relaxed);
+        }
+        Some(slot)
+    }
+
+    /// The slots a child may have written: those up to the high-water mark, all a scrape sums.
+    pub fn used_slots(&self) -> &[Slot] {
+        let used = self.slots_handed_out.load(Ordering::Relaxed) as usize;
+        &self.slots[..used.min(MAX_SLOTS)]
+    }
+
     /// Zeroes slot `index` (the master, after reaping its child and before reusing it).
     pub fn clear_slot(&self, index: usize) {
         if let Some(slot) = self.slots.get(index) {
             slot.in_flight.store(0, Ordering::Relaxed);
             slot.parked.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn slots_reach_far_past_a_thousand_children_and_a_scrape_sums_only_those_handed_out() {
+        let block = Block::map_shared().expect("map the block");
+        assert_eq!(block.used_slots().len(), 0);
+        // 256 generations of 256 children draining at once, but one.
+        let taken: HashSet<usize> = (0..MAX_SLOTS - 1).collect();
+        assert_eq!(block.hand_out_slot(&taken), Some(MAX_SLOTS - 1));
+        assert_eq!(MAX_SLOTS, 256 * 256);
+        block.slots[MAX_SLOTS - 1]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        assert_eq!(block.used_slots().len(), MAX_SLOTS);
+        let text = crate::metrics::exposition::render(block);
+        assert!(
+            text.contains("\nglint_http_requests_in_flight 1\n"),
+            "{text}"
+        );
+        // All taken: none.
+        let all: HashSet<usize> = (0..MAX_SLOTS).collect();
+        assert_eq!(block.hand_out_slot(&all), None);
+
+        // A fresh block: the lowest free slot, and the sum covers just that far.
+        let block = Block::map_shared().expect("map the block");
+        assert_eq!(block.hand_out_slot(&HashSet::new()), Some(0));
+        assert_eq!(block.hand_out_slot(&HashSet::from([0])), Some(1));
+        assert_eq!(block.used_slots().len(), 2);
+        // Freed and handed out again: the mark stays.
+        assert_eq!(block.hand_out_slot(&HashSet::new()), Some(0));
+        assert_eq!(block.used_slots().len(), 2);
     }
 }

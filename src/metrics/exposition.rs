@@ -171,11 +171,19 @@ pub fn render(block: &Block) -> String {
                 }
             }
             _ if name == IN_FLIGHT.name => {
-                let n: u64 = block.slots.iter().map(|slot| load(&slot.in_flight)).sum();
+                let n: u64 = block
+                    .used_slots()
+                    .iter()
+                    .map(|slot| load(&slot.in_flight))
+                    .sum();
                 let _ = writeln!(out, "{name} {n}");
             }
             _ if name == PARKED.name => {
-                let n: u64 = block.slots.iter().map(|slot| load(&slot.parked)).sum();
+                let n: u64 = block
+                    .used_slots()
+                    .iter()
+                    .map(|slot| load(&slot.parked))
+                    .sum();
                 let _ = writeln!(out, "{name} {n}");
             }
             _ if name == RECEIVED.name => {

@@ -13,7 +13,7 @@
 //! asking root's view would pass everything. So the init script runs its check (at `start`,
 //! `reload` and `configtest`) as `$GLINT_USER` through setpriv, as it runs the server, and an
 //! operator checks by hand with `sudo -u glint glint-api --check-config`. Run as root, the check
-//! says so: root can write almost anywhere, so it proves little.
+//! says so ([`root_notice`]): root can write almost anywhere, so it proves little.
 //!
 //! This module reads the filesystem and changes nothing; it does not check the files in the
 //! directories (a database file owned by another user, say): the server's start does.
@@ -80,6 +80,17 @@ pub fn user_description() -> String {
         Ok(Some(user)) => format!("{} (uid {uid})", user.name),
         _ => format!("uid {uid}"),
     }
+}
+
+/// What `--check-config` says when run as root, whose view of the directories proves nothing
+/// for the service's user; `None` for any other user.
+pub fn root_notice() -> Option<String> {
+    Uid::effective().is_root().then(|| {
+        "note: the directories were checked as root, who can write in almost any directory, so \
+         this proves nothing for the user the server runs as; run the check as that user \
+         (`sudo -u glint glint-api --check-config`, or the init script's configtest)"
+            .to_string()
+    })
 }
 
 /// The effective user's name for `chown`, or its uid without a passwd entry.

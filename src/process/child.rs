@@ -5,7 +5,8 @@
 //! (`serve::maintenance`) that recovers abandoned uploads every [`RECOVERY_PERIOD`] (told to stop
 //! as the drain starts, joined after the workers), plus, with a caching flavor, one image cache
 //! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain, and with
-//! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins. It
+//! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins
+//! (an acceptor drain hook) and joined after the workers. It
 //! reports on its ready pipe once all of them run (`R`), or why it cannot start (`E` and the
 //! reason, which the master puts in the reload's verdict), and drains on SIGHUP, SIGTERM or
 //! SIGQUIT. It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start, and with
@@ -279,7 +280,7 @@ pub fn run(start: Start) -> i32 {
             ));
         }
     };
-    let acceptor = Acceptor::new(
+    let mut acceptor = Acceptor::new(
         listeners,
         signals,
         jobs,
@@ -307,7 +308,7 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&format!("cannot start the maintenance thread: {error}"));
         }
     };
-    let scrape = match metrics_listener.map(Scrape::start).transpose() {
+    let mut scrape = match metrics_listener.map(Scrape::start).transpose() {
         Ok(scrape) => scrape,
         Err(error) => {
             return ready.failed(&format!(
@@ -315,14 +316,16 @@ pub fn run(start: Start) -> i32 {
             ));
         }
     };
+    // Scrapes go to the serving generation, like requests: the metrics thread stops, closing
+    // this child's copy of the metrics listener, as the drain begins, with the API listeners.
+    // Not at the end of the drain: the master closes its copy at the drain's start, and a
+    // long drain must not keep answering on an address the reload dropped or re-binds.
+    if let Some(stop) = scrape.as_mut().and_then(Scrape::take_stop) {
+        acceptor.on_drain(move || stop.stop());
+    }
     ready.ready();
     log::info!("serving with {} worker thread(s)", config.worker_threads);
     acceptor.run();
-    // Scrapes go to the serving generation, like requests: stop answering them as the drain
-    // begins.
-    if let Some(scrape) = scrape {
-        scrape.finish();
-    }
     // Recovery is the serving generation's job; a draining child stops looking at once (its own
     // uploads in progress are alive, and the new generation's children look from now on).
     maintenance.stop();
@@ -337,6 +340,10 @@ pub fn run(start: Start) -> i32 {
     }
     pool.join();
     maintenance.finish();
+    // Stopped as the drain began; this only joins it.
+    if let Some(scrape) = scrape {
+        scrape.finish();
+    }
     // After the workers: a fill stopped by a drain leaves nothing and goes back to the queue,
     // where a child of the new generation (or a later one) takes it up.
     if let Some(prefetcher) = prefetcher {

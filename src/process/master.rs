@@ -112,6 +112,8 @@ pub struct Master {
     requested_status_file: Option<PathBuf>,
     /// Tells systemd (`$NOTIFY_SOCKET`) when the server serves, reloads and stops.
     notifier: Notifier,
+    /// The last generation whose children found every metrics gauge slot taken (it was warned).
+    slots_warned_for: Option<u64>,
 }
 
 impl Master {
@@ -177,6 +179,7 @@ impl Master {
             children: HashMap::new(),
             signals,
             notifier,
+            slots_warned_for: None,
         };
         if let Some(code) = master.carry_out(actions) {
             return Err(format!(
@@ -521,11 +524,14 @@ impl Master {
             .values()
             .filter_map(|io| io.metrics_slot)
             .collect();
-        let metrics_slot = (0..crate::metrics::block::MAX_SLOTS).find(|slot| !taken.contains(slot));
-        if metrics_slot.is_none() {
+        let metrics_slot = crate::metrics::block().and_then(|block| block.hand_out_slot(&taken));
+        // Once per generation, not once per child: a generation of 256 children would log 256.
+        if metrics_slot.is_none() && self.slots_warned_for != Some(generation) {
+            self.slots_warned_for = Some(generation);
             log::warn!(
-                "metrics: all {} gauge slots are taken; this child's in-flight requests and \
-                 parked connections are not counted",
+                "metrics: all {} gauge slots are taken; the in-flight requests and parked \
+                 connections of generation {generation}'s children that find none are not \
+                 counted (too many draining generations: lower graceful_shutdown_timeout)",
                 crate::metrics::block::MAX_SLOTS
             );
         }

@@ -11,7 +11,8 @@
 //! # Drain
 //!
 //! On SIGHUP, SIGTERM or SIGQUIT the acceptor stops polling the listener and closes its copy of
-//! the fd (never `shutdown()`, which would stop the socket for every process). It then serves
+//! the fd (never `shutdown()`, which would stop the socket for every process), and runs the
+//! child's drain hooks ([`Acceptor::on_drain`]: the metrics endpoint stops with it). It then serves
 //! what it has: connections whose first request has not fully arrived still get it served,
 //! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
 //! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
@@ -164,6 +165,9 @@ pub struct Acceptor {
     accept_paused_until: Option<Instant>,
     /// Connections in `waiting` that are `reclaimed`: at most `max_connections`.
     n_reclaimed: usize,
+    /// Called once as the drain begins, with the listeners' close: what else stops serving new
+    /// clients then (the metrics endpoint; see [`Acceptor::on_drain`]).
+    drain_hooks: Vec<Box<dyn FnOnce()>>,
 }
 
 impl Acceptor {
@@ -193,7 +197,13 @@ impl Acceptor {
             in_flight: 0,
             accept_paused_until: None,
             n_reclaimed: 0,
+            drain_hooks: Vec::new(),
         }
+    }
+
+    /// Runs `hook` as the drain begins, when the listeners close; never if no drain begins.
+    pub fn on_drain(&mut self, hook: impl FnOnce() + 'static) {
+        self.drain_hooks.push(Box::new(hook));
     }
 
     /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
@@ -272,6 +282,11 @@ impl Acceptor {
                 && self.ready.is_empty()
                 && self.in_flight == 0
             {
+                // The gauge was set at the top of this iteration, before its connections were
+                // dropped or handed over; the child still lives a moment (joining its threads)
+                // and its slot is counted until the master reaps it. Before the line, which
+                // says the drain is done.
+                crate::metrics::set_parked(0);
                 log::info!("drained; exiting");
                 return;
             }
@@ -478,6 +493,9 @@ impl Acceptor {
         self.accept_all();
         // Dropping our fds leaves the sockets open in the master and the other children.
         self.listeners.clear();
+        for hook in self.drain_hooks.drain(..) {
+            hook();
+        }
         let n_handed = self.hand_over_waiting();
         let now = Instant::now();
         let mut n_idle = 0;

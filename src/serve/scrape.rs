@@ -4,16 +4,23 @@
 //! is answered by whichever child accepts it; the numbers are the same in all of them.
 //!
 //! One connection at a time, one request per connection, `Connection: close`: a scrape is rare
-//! and small. A client that does not send its head within [`SCRAPE_TIMEOUT`] (or read the answer
-//! within it) is dropped, so a stuck scraper delays this child's next scrape by at most that
-//! while the other children accept. The thread stops when the child's drain begins
-//! ([`Scrape::finish`]), as its API listeners do.
+//! and small. A connection gets [`SCRAPE_TIMEOUT`] in all, from its accept, to send its head and
+//! take the answer: one deadline for the whole exchange, not per read (a client trickling a
+//! byte every few seconds would otherwise hold the thread for hours). Past it the client is
+//! dropped, so a stuck scraper delays this child's next scrape by at most that while the other
+//! children accept. The socket is non-blocking and every wait polls it together with the stop
+//! pipe, so the stop also ends an answer in progress.
+//!
+//! The thread stops, and closes its copy of the listener, when the child's drain begins (the
+//! acceptor calls the [`Stop`] taken with [`Scrape::take_stop`]), as its API listeners do: a
+//! draining child must not keep answering on an address a reload may have dropped or re-bound.
+//! [`Scrape::finish`] then only joins it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -21,7 +28,8 @@ use crate::http::head::{self, Limits, Parsed, Version};
 use crate::http::response::{self, Body, Response, WriteOptions};
 use crate::metrics;
 
-/// The longest a scrape connection may take to send its head, or to take the answer.
+/// The longest a scrape connection may take, from its accept, to send its head and take the
+/// answer.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest scrape request head read (a Prometheus scrape sends a few hundred bytes).
@@ -32,9 +40,20 @@ pub const PATH: &str = "/metrics";
 
 /// The running endpoint thread and the pipe that stops it.
 pub struct Scrape {
-    /// Closing it (dropping it) wakes the thread's poll with POLLHUP on the read end: stop.
-    stop: OwnedFd,
+    /// `None` once taken by [`Scrape::take_stop`].
+    stop: Option<Stop>,
     thread: JoinHandle<()>,
+}
+
+/// The write end of the thread's stop pipe. Closing it (dropping it) wakes the thread's poll
+/// with POLLHUP on the read end, whether it waits for a scrape or in the middle of one: stop.
+pub struct Stop(OwnedFd);
+
+impl Stop {
+    /// Stops the thread (it returns at once, closing its listener) without waiting for it.
+    pub fn stop(self) {
+        drop(self.0);
+    }
 }
 
 impl Scrape {
@@ -45,15 +64,22 @@ impl Scrape {
             .name("metrics".to_string())
             .spawn(move || run(&listener, &stop_read))?;
         Ok(Scrape {
-            stop: stop_write,
+            stop: Some(Stop(stop_write)),
             thread,
         })
     }
 
-    /// Stops accepting scrapes and joins the thread (a scrape being answered finishes first,
-    /// within [`SCRAPE_TIMEOUT`]). The listener's dup closes with the thread.
-    pub fn finish(self) {
-        drop(self.stop);
+    /// The stop, for whoever decides when the thread stops (the acceptor, as the drain begins).
+    pub fn take_stop(&mut self) -> Option<Stop> {
+        self.stop.take()
+    }
+
+    /// Stops the thread if its [`Stop`] has not been used yet, and joins it: prompt either way,
+    /// since the stop cuts a scrape in progress short. The listener's dup closes with the thread.
+    pub fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.stop();
+        }
         let _ = self.thread.join();
     }
 }
@@ -78,7 +104,7 @@ fn run(listener: &TcpListener, stop: &OwnedFd) {
         }
         // Another child may have taken it: the socket is non-blocking, WouldBlock is normal.
         match listener.accept() {
-            Ok((stream, _)) => answer(stream),
+            Ok((stream, _)) => answer(stream, stop),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
@@ -90,13 +116,50 @@ fn run(listener: &TcpListener, stop: &OwnedFd) {
     }
 }
 
+/// What waiting on a scrape connection came to.
+enum Waited {
+    /// The socket is ready (or has an error or hang-up, which the next call reports).
+    Ready,
+    /// The stop pipe closed, or the deadline passed, or poll failed: drop the connection.
+    GiveUp,
+}
+
+/// Waits until `stream` is ready for `events`, the stop pipe closes or `deadline` passes.
+fn wait(stream: &TcpStream, events: PollFlags, stop: &OwnedFd, deadline: Instant) -> Waited {
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Waited::GiveUp;
+        }
+        let mut fds = [
+            PollFd::new(stream.as_fd(), events),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        // Rounded up to the next millisecond, so that a wait never ends just short of the
+        // deadline and spins.
+        let timeout = PollTimeout::try_from(remaining + Duration::from_micros(999))
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Waited::GiveUp,
+        }
+        if fds[1].revents().is_some_and(|events| !events.is_empty()) {
+            return Waited::GiveUp;
+        }
+        if fds[0].revents().is_some_and(|events| !events.is_empty()) {
+            return Waited::Ready;
+        }
+    }
+}
+
 /// Reads one request head and answers it: `GET`/`HEAD /metrics` 200, any other path 404, any
-/// other method 405, a head that does not parse 400.
-fn answer(stream: TcpStream) {
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).is_err()
-        || stream.set_write_timeout(Some(SCRAPE_TIMEOUT)).is_err()
-    {
+/// other method 405, a head that does not parse 400. The whole exchange has [`SCRAPE_TIMEOUT`]
+/// from now, and ends at once when the stop pipe closes.
+fn answer(stream: TcpStream, stop: &OwnedFd) {
+    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    // accept(2) does not pass the listener's O_NONBLOCK on; every wait is a poll.
+    if stream.set_nonblocking(true).is_err() {
         return;
     }
     let limits = Limits {
@@ -112,10 +175,18 @@ fn answer(stream: TcpStream) {
             Ok(Parsed::Complete(head, _)) => break Ok(head),
             Err(error) => break Err(error),
         }
+        if let Waited::GiveUp = wait(&stream, PollFlags::POLLIN, stop, deadline) {
+            return;
+        }
         match (&stream).read(&mut chunk) {
-            // The client left or was too slow: nothing to answer.
-            Ok(0) | Err(_) => return,
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(n) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            // The client left, or the connection failed: nothing to answer.
+            _ => return,
         }
     };
     let (response, version, head_request) = match parsed {
@@ -140,9 +211,28 @@ fn answer(stream: TcpStream) {
         keep_alive: false,
         head_request,
     };
-    if response::write_response(&mut &stream, response, &options).is_ok() {
-        let _ = stream.shutdown(Shutdown::Write);
+    // Rendered whole first (a few kilobytes), then sent as the socket takes it, within the
+    // same deadline.
+    let mut bytes = Vec::new();
+    if response::write_response(&mut bytes, response, &options).is_err() {
+        return;
     }
+    let mut sent = 0;
+    while sent < bytes.len() {
+        if let Waited::GiveUp = wait(&stream, PollFlags::POLLOUT, stop, deadline) {
+            return;
+        }
+        match (&stream).write(&bytes[sent..]) {
+            Ok(n) if n > 0 => sent += n,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            _ => return,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// The 200 answer: the exposition of the shared block.
