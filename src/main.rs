@@ -20,6 +20,21 @@ use glint::logging;
 use glint::operator::control::{self, Command, Verdict};
 use glint::process::master::Master;
 
+/// `println!` and friends panic when the stream is gone (`glint-api status | head -1` closes
+/// stdout early): these write what they can and drop the rest, as a command-line tool should.
+macro_rules! out {
+    ($($arg:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stdout(), $($arg)*); }};
+}
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stdout(), $($arg)*); }};
+}
+macro_rules! err {
+    ($($arg:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stderr(), $($arg)*); }};
+}
+macro_rules! err_raw {
+    ($($arg:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stderr(), $($arg)*); }};
+}
+
 /// `--help`'s text after its first line, which names the version (`usage`).
 const USAGE: &str = "usage: glint-api [--config-file FILE] [--check-config]
        glint-api reload|stop|status [--config-file FILE] [--timeout SECONDS]
@@ -68,15 +83,15 @@ fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Help) => {
-            println!("{}", usage());
+            out!("{}", usage());
             return ExitCode::SUCCESS;
         }
         Ok(Parsed::Version) => {
-            println!("glint-api {}", glint::VERSION);
+            out!("glint-api {}", glint::VERSION);
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("glint-api: {message}\n{}", usage());
+            err!("glint-api: {message}\n{}", usage());
             return ExitCode::from(64);
         }
     };
@@ -84,9 +99,9 @@ fn main() -> ExitCode {
         let report = control::run(command, &args.config_file, args.timeout);
         // `status` answers the question asked, so "not running" is its output, not an error.
         if report.verdict == Verdict::Success || command == Command::Status {
-            println!("{}", report.message);
+            out!("{}", report.message);
         } else {
-            eprintln!("{}", report.message);
+            err!("{}", report.message);
         }
         return ExitCode::from(match report.verdict {
             Verdict::Success => 0,
@@ -98,11 +113,11 @@ fn main() -> ExitCode {
     let loaded = match config::load(&args.config_file) {
         Ok(loaded) => loaded,
         Err(error) => {
-            eprint!("{error}");
+            err_raw!("{error}");
             if !error.to_string().ends_with('\n') {
-                eprintln!();
+                err!();
             }
-            eprintln!(
+            err!(
                 "glint-api: the configuration in {} is invalid",
                 args.config_file.display()
             );
@@ -111,21 +126,21 @@ fn main() -> ExitCode {
     };
     if args.check_config {
         for warning in loaded.every_warning() {
-            eprintln!("warning: {warning}");
+            err!("warning: {warning}");
         }
-        print!("{}", loaded.config.effective_settings());
+        out_raw!("{}", loaded.config.effective_settings());
         // The file is valid; whether the server can use the directories it names is checked
         // for the user running this (see `directories`: the init script runs it as the
         // service's user).
         let unusable = glint::operator::directories::check(&loaded.config);
         if let Some(notice) = glint::operator::directories::root_notice() {
-            eprintln!("{notice}");
+            err!("{notice}");
         }
         for problem in &unusable {
-            eprintln!("{problem}");
+            err!("{problem}");
         }
         if !unusable.is_empty() {
-            eprintln!(
+            err!(
                 "glint-api: the configuration in {} is valid, but {} of the directories it names cannot be used by user {}",
                 loaded.config.path.display(),
                 unusable.len(),
@@ -133,7 +148,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(1);
         }
-        eprintln!(
+        err!(
             "glint-api: the configuration in {} is valid",
             loaded.config.path.display()
         );
@@ -141,7 +156,7 @@ fn main() -> ExitCode {
     }
     glint::process::master::restrict_creation_mask();
     if let Err(error) = logging::init(&logging::Destination::of(&loaded.config), "master") {
-        eprintln!("glint-api: {error}");
+        err!("glint-api: {error}");
         return ExitCode::from(1);
     }
     for warning in loaded.every_warning() {
@@ -157,7 +172,7 @@ fn main() -> ExitCode {
         Err(message) => {
             log::error!("cannot start: {message}");
             if logging::logs_to_file() {
-                eprintln!("glint-api: cannot start: {message}");
+                err!("glint-api: cannot start: {message}");
             }
             return ExitCode::from(1);
         }

@@ -187,6 +187,69 @@ fn commands_without_a_server_report_not_running() {
     assert!(alive, "the unrelated process was signalled");
 }
 
+/// Without a pid file, the commands look for the master in /proc. A script named glint-api (as
+/// the init script is, run as /etc/init.d/glint-api) that names the config is not a server: its
+/// argv[0] is its interpreter. `status` must not take it for the master, nor `stop` signal it.
+#[test]
+fn a_script_named_glint_api_is_not_taken_for_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = util::temp_config(dir.path(), &util::base_config(""));
+    let script = dir.path().join("glint-api");
+    fs::write(&script, "#!/bin/sh\nsleep 30\necho done\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut impostor = Command::new(&script)
+        .arg("--config-file")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = impostor.id();
+    util::wait_until("the script to run as glint-api", DEADLINE, || {
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "glint-api")
+    });
+    let status = glint(&["status"], &config);
+    let stop = glint(&["stop"], &config);
+    let alive = impostor.try_wait().unwrap().is_none();
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    util::assert_exit(&status, 3, "status", "");
+    assert!(
+        stdout(&status).contains("glint-api is not running: no pid file at"),
+        "{}",
+        util::show_output("status", &status)
+    );
+    util::assert_exit(&stop, 0, "stop", "");
+    assert!(alive, "the script was signalled by stop");
+}
+
+/// `glint-api status | head -1` and the like: a closed stdout is not a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = util::temp_config(dir.path(), &util::base_config(""));
+    for args in [&["--check-config"][..], &["status"], &["--version"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+            .args(args)
+            .arg("--config-file")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end goes before the command writes: its write gets EPIPE.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let expected = if args[0] == "status" { 3 } else { 0 };
+        util::assert_exit(&output, expected, &args.join(" "), "");
+        assert!(
+            !stderr(&output).contains("panicked"),
+            "{}",
+            util::show_output(&args.join(" "), &output)
+        );
+    }
+}
+
 #[test]
 fn command_line_errors_exit_64() {
     let dir = tempfile::tempdir().unwrap();

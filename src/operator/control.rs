@@ -614,6 +614,12 @@ fn masters_running_with(config_path: &Path) -> Vec<Pid> {
                 .filter(|arg| !arg.is_empty())
                 .map(|arg| String::from_utf8_lossy(arg).into_owned())
                 .collect();
+            // A script named glint-api (the init script run as /etc/init.d/glint-api has that
+            // comm) runs its interpreter: argv[0] is then the interpreter, not glint-api.
+            let program = Path::new(args.first()?).file_name()?.to_str()?;
+            if program != our_name.trim() {
+                return None;
+            }
             let config = server_config_file(args.get(1..).unwrap_or_default())?;
             // A relative name is relative to that process's working directory.
             let config = fs::read_link(format!("/proc/{pid}/cwd")).ok()?.join(config);
@@ -628,14 +634,16 @@ fn masters_running_with(config_path: &Path) -> Vec<Pid> {
 }
 
 /// The config file of a `glint-api` run with `args` (without the program name) if it runs the
-/// server; `None` for an operator command, `--check-config` or `--help`, which serve nothing.
+/// server; `None` for an operator command, `--check-config`, `--help` or `--version`, which serve
+/// nothing.
 /// Follows the command line rules of main.rs.
 fn server_config_file(args: &[String]) -> Option<PathBuf> {
     let mut config_file = PathBuf::from(DEFAULT_CONFIG_FILE);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "reload" | "stop" | "status" | "--check-config" | "-h" | "--help" => return None,
+            "reload" | "stop" | "status" | "--check-config" | "-h" | "--help" | "-V"
+            | "--version" => return None,
             "--config-file" => config_file = PathBuf::from(args.next()?),
             _ => {
                 if let Some(value) = arg.strip_prefix("--config-file=") {
@@ -1003,6 +1011,8 @@ mod tests {
             ("status", None),
             ("--check-config --config-file /etc/g.conf", None),
             ("--help", None),
+            ("--version", None),
+            ("-V --config-file /etc/g.conf", None),
             ("--config-file", None),
         ] {
             assert_eq!(
