@@ -20,9 +20,9 @@ const CURRENT: u32 = 17;
 /// - the cache API (`/v2/cache`, the `cachemanagement` flavor here; `image_cache_dir` in
 ///   Glance) adds 2.16, 2.15 and 2.14, which `glance cache-list` and its kin require exactly;
 ///   without it only 2.15 is listed;
-/// - several stores (`enabled_backends`) add 2.13 to 2.8 (glanceclient's `image-create --store`
-///   and `image-tasks` look for 2.12... as Glance lists them); with one store only 2.9 is
-///   listed, as Glance lists it without several;
+/// - several stores (`enabled_backends`) add 2.13 to 2.8, as Glance lists them (2.12 stands for
+///   `glance image-tasks`, which glint does not serve yet); with one store only 2.9 is listed,
+///   as Glance lists it without several;
 /// - then 2.17 and 2.7 to 2.0, always.
 ///
 /// Only a listed version is accepted as a path prefix (`/v2.14/...`), as in Glance. Static
