@@ -470,9 +470,15 @@ pub fn settings_for(config: &Config) -> Settings {
         body_timeout: config.client_body_timeout,
         send_timeout: config.client_send_timeout,
         send_min_rate: config.client_send_min_rate,
-        // Uploads go to the highest priority first: the folder meant to take data.
+        // Uploads go to the highest priority first: the folder meant to take data (of the
+        // default backend with several stores, where `[glance_store]`'s folders are not used).
         spill_dir: config
-            .datadirs
+            .backends
+            .as_ref()
+            .and_then(|backends| backends.get(&backends.default))
+            .map_or(config.datadirs.as_slice(), |backend| {
+                backend.datadirs.as_slice()
+            })
             .iter()
             .max_by_key(|dir| dir.priority)
             .map(|dir| dir.path.clone()),
