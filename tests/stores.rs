@@ -181,6 +181,11 @@ fn stores_info_lists_the_backends_and_detail_adds_type_weight_and_properties() {
         "[fast]\nfilesystem_store_datadir = fast-data\nstore_description = The fast disks\n",
         "[fast]\nfilesystem_store_datadir = fast-data\nweight = 100\n",
     );
+    // cheap has two folders: glance_store's file driver then has no single `datadir`.
+    config = config.replace(
+        "[cheap]\nfilesystem_store_datadir = cheap-data\n",
+        "[cheap]\nfilesystem_store_datadirs = cheap-data:10\nfilesystem_store_datadirs = cheap-more\n",
+    );
     let server = Server::start(&config);
     let addr = server.addr();
     let info = util::get(addr, "/v2/info/stores").expect("info");
@@ -207,7 +212,7 @@ fn stores_info_lists_the_backends_and_detail_adds_type_weight_and_properties() {
                 "data_dir": folder("fast"), "chunk_size": 65536, "thin_provisioning": false}},
             {"id": "cheap", "description": "The cheap disks", "default": "true", "type": "file",
              "weight": 0, "properties": {
-                "data_dir": folder("cheap"), "chunk_size": 65536, "thin_provisioning": false}},
+                "data_dir": null, "chunk_size": 65536, "thin_provisioning": false}},
         ]})
     );
 }
@@ -287,11 +292,24 @@ fn stores_delete_from_store_follows_glances_checks() {
 #[test]
 fn stores_a_backend_added_by_sighup_becomes_usable() {
     let server = start(&["fast"], "fast");
+    let early = util::create_image(server.addr());
+    assert_eq!(upload(&server, &early, None, b"early").status, 204);
     let id = util::create_image(server.addr());
     assert_eq!(upload(&server, &id, Some("cheap"), b"later").status, 400);
 
-    server.write_config(&backends_config(&["fast", "cheap"], "fast"));
+    // The same reload moves fast to another folder: its image stays readable where it is.
+    let config = backends_config(&["fast", "cheap"], "fast").replace(
+        "filesystem_store_datadir = fast-data\n",
+        "filesystem_store_datadir = fast-moved\n",
+    );
+    server.write_config(&config);
     server.reload_succeeds();
+    let download = util::get(server.addr(), &format!("/v2/images/{early}/file")).expect("get");
+    assert_eq!(
+        (download.status, download.body.as_slice()),
+        (200, &b"early"[..])
+    );
+    assert_eq!(image(&server, &early)["stores"], "fast");
     assert_eq!(upload(&server, &id, Some("cheap"), b"later").status, 204);
     assert_eq!(
         std::fs::read(data_file(&server, "cheap", &id)).expect("in cheap"),
