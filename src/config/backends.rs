@@ -108,6 +108,13 @@ pub(super) fn finish(
             ));
             continue;
         }
+        if super::OPTIONS.iter().any(|spec| spec.section == id) || options::is_glance_section(id) {
+            error(format!(
+                "`{id}` names a section that holds other options; choose another id for the \
+                 backend"
+            ));
+            continue;
+        }
         if kind != "file" {
             error(format!(
                 "backend `{id}` has type `{kind}`; glint serves only the file type, so change \
