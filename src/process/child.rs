@@ -204,7 +204,6 @@ pub fn run(start: Start) -> i32 {
         Ok(stores) => Arc::new(stores),
         Err(error) => return ready.failed(&error),
     };
-    let store = stores.default_store().clone();
     // A reload that removes a backend still holding images must fail, naming it, while the old
     // generation keeps serving: the master never reads the database (it would block its loop),
     // so each new child checks before it reports ready. A replacement child (`nth` 0) of the
@@ -236,7 +235,7 @@ pub fn run(start: Start) -> i32 {
                 path.display()
             );
         }
-        match Prefetcher::start(cache.clone(), registry.clone(), store.clone()) {
+        match Prefetcher::start(cache.clone(), registry.clone(), stores.clone()) {
             Ok(started) => {
                 let waker = started.waker();
                 prefetcher = Some(started);
@@ -426,10 +425,11 @@ fn check_removed_backends(config: &Config, registry: &Registry) -> Result<(), St
     Err(format!(
         "[DEFAULT] enabled_backends no longer lists the store{} {}, which still hold{} image \
          data; put {} back into enabled_backends, or delete those images (or their copies \
-         there, DELETE /v2/stores/STORE/IMAGE) before removing it",
+         there, DELETE /v2/stores/STORE/IMAGE) before removing {}",
         if missing.len() == 1 { "" } else { "s" },
         missing.join(", "),
         if missing.len() == 1 { "s" } else { "" },
+        if missing.len() == 1 { "it" } else { "them" },
         if missing.len() == 1 { "it" } else { "them" },
     ))
 }
