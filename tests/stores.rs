@@ -369,3 +369,80 @@ fn stores_removing_a_backend_that_holds_images_fails_the_reload_naming_it() {
     server.write_config(&backends_config(&["cheap"], "cheap"));
     server.reload_succeeds();
 }
+
+/// Under Keystone (the fixture of `tests/keystone.rs`): `/v2/info/stores` is for anyone,
+/// its detail and `DELETE /v2/stores/...` for admins (rules `stores_info_detail` and
+/// `delete_image_location`), and a member is refused with Glance's 403.
+#[test]
+fn stores_detail_and_delete_from_store_are_for_admins_under_keystone() {
+    use crate::keystone::{keystone_config, shared_keystone, start_glint, Keystone};
+    let _keystone = shared_keystone();
+    let keystone = Keystone::from_env();
+    let server = start_glint(&keystone_config(
+        &keystone,
+        &backends_config(&["fast", "cheap"], "cheap"),
+        "",
+    ));
+    let addr = server.addr();
+    let (member, _) = keystone.token("KEYSTONE_ALPHA_MEMBER");
+    let (admin, _) = keystone.token("KEYSTONE_ADMIN");
+    let call = |token: &str, method: &str, path: &str, content_type: &str, body: &[u8]| {
+        let mut headers = vec![("X-Auth-Token", token), ("Accept", "application/json")];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        util::request(addr, method, path, &headers, body)
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    };
+
+    assert_eq!(call(&member, "GET", "/v2/info/stores", "", b"").status, 200);
+    let refused = call(&member, "GET", "/v2/info/stores/detail", "", b"");
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("You are not authorized to complete stores_info_detail action."),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        call(&admin, "GET", "/v2/info/stores/detail", "", b"").status,
+        200
+    );
+
+    let created = call(
+        &member,
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"name":"mine","disk_format":"raw","container_format":"bare"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = json_of(&created)["id"].as_str().expect("id").to_string();
+    let uploaded = call(
+        &member,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        b"member data",
+    );
+    assert_eq!(uploaded.status, 204, "{}", uploaded.text());
+    let path = format!("/v2/stores/cheap/{id}");
+    let by_member = call(&member, "DELETE", &path, "", b"");
+    assert_eq!(by_member.status, 403, "{}", by_member.text());
+    assert!(
+        by_member
+            .text()
+            .contains("You are not authorized to complete delete_image_location action."),
+        "{}",
+        by_member.text()
+    );
+    // The admin passes the rule and meets the next check: the only copy.
+    let by_admin = call(&admin, "DELETE", &path, "", b"");
+    assert_eq!(by_admin.status, 403, "{}", by_admin.text());
+    assert!(
+        by_admin.text().contains("only store containing it"),
+        "{}",
+        by_admin.text()
+    );
+}
