@@ -1,7 +1,8 @@
 //! Several stores as Glance configures them (issue 12, part 3): `enabled_backends` with a
 //! section per backend, uploads placed by `X-Image-Meta-Store`, the image's `stores`,
 //! `/v2/info/stores` and its detail, `DELETE /v2/stores/{store}/{image}`, and backends added
-//! and removed by SIGHUP. Every backend is a folder in the test's temporary directory.
+//! and removed by SIGHUP. Every backend is a folder in the test's temporary directory; the one
+//! test of the admin-only rules runs under the Keystone of `tests/keystone.rs`.
 
 use std::path::Path;
 
@@ -116,6 +117,17 @@ fn stores_uploads_go_to_the_named_or_the_default_backend() {
     );
     assert_missing(&data_file(&server, "cheap", &named), "upload to fast");
     assert_eq!(image(&server, &named)["stores"], "fast");
+    // Lists show it too.
+    let listed = json_of(&util::get(addr, "/v2/images").expect("list"));
+    let stores: Vec<(&str, &str)> = listed["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter_map(|image| Some((image["id"].as_str()?, image["stores"].as_str()?)))
+        .collect();
+    assert_eq!(stores.len(), 2, "{listed}");
+    assert!(stores.contains(&(default.as_str(), "cheap")), "{listed}");
+    assert!(stores.contains(&(named.as_str(), "fast")), "{listed}");
     let download = util::get(addr, &format!("/v2/images/{named}/file")).expect("download");
     assert_eq!(
         (download.status, download.body.as_slice()),
