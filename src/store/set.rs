@@ -95,3 +95,73 @@ impl Stores {
             .remove_abandoned_temp_files_in(&extra, is_alive)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::abandoned::temporary_name;
+    use crate::store::HashKind;
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings {
+            datadirs: vec![(dir.to_path_buf(), 0)],
+            file_perm: 0,
+            size_cap: 1 << 30,
+            hash: HashKind::Sha256,
+        }
+    }
+
+    #[test]
+    fn one_unnamed_store_without_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::open(settings(dir.path()), Vec::new(), "").unwrap();
+        assert!(!stores.is_multi());
+        assert_eq!(stores.default_id(), None);
+        assert!(stores.get("").is_none());
+        assert_eq!(stores.iter().count(), 1);
+    }
+
+    #[test]
+    fn named_stores_with_their_default_and_a_sweep_of_every_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let [single, fast, cheap] = ["single", "fast", "cheap"].map(|name| root.path().join(name));
+        let stores = Stores::open(
+            settings(&single),
+            vec![
+                ("fast".to_string(), settings(&fast)),
+                ("cheap".to_string(), settings(&cheap)),
+            ],
+            "cheap",
+        )
+        .unwrap();
+        assert!(stores.is_multi());
+        assert_eq!(stores.default_id(), Some("cheap"));
+        assert_eq!(stores.default_store().settings().datadirs[0].0, cheap);
+        assert_eq!(stores.get("fast").unwrap().settings().datadirs[0].0, fast);
+        assert!(stores.get("slow").is_none());
+        // The unnamed store's folder is not opened when backends are configured.
+        assert!(!single.exists());
+        let ids: Vec<Option<&str>> = stores.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [Some("fast"), Some("cheap")]);
+        let left: Vec<std::path::PathBuf> = [&fast, &cheap]
+            .map(|dir| dir.join(temporary_name("image", "1-1")))
+            .to_vec();
+        for path in &left {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        let mut removed = stores.remove_abandoned_temp_files(|_| false);
+        removed.sort();
+        let mut expected = left.clone();
+        expected.sort();
+        assert_eq!(removed, expected);
+        let missing = Stores::open(
+            settings(&single),
+            vec![("fast".to_string(), settings(&fast))],
+            "x",
+        );
+        assert_eq!(
+            missing.unwrap_err(),
+            "default_backend `x` is not an enabled backend"
+        );
+    }
+}
