@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use glint::api::Api;
 use glint::registry::{Image, ImageStatus, Registry};
-use glint::store::Store;
 
 fn main() {
     let images: usize = std::env::args()
@@ -39,10 +38,9 @@ fn main() {
         // An image file for each, so that the data directory listing costs what it would.
         std::fs::write(datadir.join(&image.id), index.to_string()).expect("image file");
     }
-    let store =
-        Arc::new(Store::open(glint::process::child::store_settings(&config)).expect("store"));
+    let stores = Arc::new(glint::process::child::open_stores(&config).expect("store"));
     let address: SocketAddr = "127.0.0.1:9292".parse().expect("address");
-    let api = Api::new(Arc::new(config), 1, address, registry.clone(), store, None);
+    let api = Api::new(Arc::new(config), 1, address, registry.clone(), stores, None);
 
     let measure = |what: &str, calls: u32, call: &dyn Fn()| {
         call();

@@ -139,6 +139,38 @@ fn check_config_refuses_an_existing_directory_the_user_cannot_write() {
     );
 }
 
+/// With several stores (`enabled_backends`) the backends' folders are checked, named by their
+/// section; `[glance_store]`'s folder holds nothing then and is not checked.
+#[test]
+fn check_config_checks_each_backends_folder_by_its_section() {
+    let setup = Setup::new("images");
+    let fast = setup.path("fast");
+    fs::create_dir(&fast).unwrap();
+    fs::set_permissions(&fast, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut text = fs::read_to_string(&setup.config).unwrap();
+    text.push_str(
+        "\n[DEFAULT]\nenabled_backends = fast:file, cheap:file\n[glance_store]\n\
+         default_backend = cheap\n[fast]\nfilesystem_store_datadir = fast\n\
+         [cheap]\nfilesystem_store_datadir = ok/cheap\n",
+    );
+    fs::write(&setup.config, text).unwrap();
+    let output = setup.check_as_nobody();
+    util::assert_exit(&output, 1, "--check-config as nobody", "");
+    let fast = fast.display();
+    assert_eq!(
+        Setup::stderr_lines(&output),
+        [
+            format!(
+                "[fast] filesystem_store_datadir(s): user nobody cannot write in {fast}; \
+                 run `chown nobody {fast}` (or name a directory nobody can write in)"
+            ),
+            setup.verdict_with_problems(1),
+        ],
+        "{}",
+        show(&output)
+    );
+}
+
 /// A data directory that does not exist under a folder nobody can write in (`ok/new/images`):
 /// valid, exit 0, and the check creates nothing.
 #[test]

@@ -48,6 +48,9 @@
 //!   off by default.
 //! - `slow_readers`: downloads to clients that read slowly or not at all hold no worker, end whole
 //!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
+//! - `stores`: several stores (`enabled_backends`, issue 12, part 3): uploads placed by
+//!   `X-Image-Meta-Store`, the image's `stores`, `/v2/info/stores`, `DELETE /v2/stores` (its
+//!   admin-only rules under Keystone), backends added and removed by SIGHUP.
 
 mod util;
 
@@ -73,4 +76,5 @@ mod reload;
 mod request_ids;
 mod sharing;
 mod slow_readers;
+mod stores;
 mod systemd;

@@ -473,6 +473,39 @@ def upload_to_active_is_409(s):
     s.delete_quietly(image["id"])
 
 
+@checked
+def stores(s):
+    """Two stores (`enabled_backends` in scripts/interop/run): `stores-info` lists them with the
+    default marked, `image-create --store` puts the data in the one named and shows it in
+    `stores`, an unknown store is refused by the client from stores-info, and `stores-delete` of
+    the only copy is Glance's 403."""
+    # stores-info has no --max-column-width: a wrapped cell is joined on (parse_table), and
+    # prettytable wraps between words, so the JSON stays whole.
+    listed = json.loads(parse_dict(s.ok("stores-info").out)["stores"])
+    equal(
+        listed,
+        [{"id": "fast", "description": "Fast disks"}, {"id": "cheap", "default": "true"}],
+        "stores-info",
+    )
+    data = random_data(4096)
+    path = write_file("store.bin", data)
+    image = s.create(
+        "--name", unique("gc-store"), "--disk-format", "raw", "--container-format", "bare",
+        "--store", "fast", "--file", path,
+    )
+    shown = s.show(image["id"])
+    equal(shown.get("stores"), "fast", "stores after image-create --store fast")
+    check_data_fields(shown, data, "image-show after image-create --store")
+    unknown = s.fails(
+        "image-create", "--name", unique("gc-store"), "--disk-format", "raw",
+        "--container-format", "bare", "--store", "nowhere", "--file", path,
+    )
+    check("Store 'nowhere' is not valid for this cloud" in unknown.out + unknown.err, "unknown store")
+    last = s.fails("stores-delete", "--store", "fast", image["id"])
+    check("HTTP 403" in last.out + last.err, "stores-delete of the only copy is 403")
+    s.delete_quietly(image["id"])
+
+
 def cached_ids(s):
     """`glance cache-list` as {image id: state}."""
     rows = parse_table(s.ok("cache-list").out)
@@ -542,6 +575,7 @@ CHECKS = [
     delete_protected_is_403,
     upload_to_active_is_409,
     cache_commands,
+    stores,
 ]
 
 

@@ -433,4 +433,40 @@ mod tests {
         let strict = context(&caller(Some("beta"), &["member", "reader"]), true);
         assert!(!strict.legacy_owner_checks());
     }
+
+    /// The stores API's rules (`api/stores.rs`) under the default policy: only an admin sees
+    /// `/v2/info/stores/detail` and removes a copy of image data; a project member who owns the
+    /// image is refused with 403 (it may get the image, so the refusal is not hidden). Under the
+    /// legacy rules (`enforce_new_defaults = false`) `delete_image_location` is Glance's
+    /// `rule:default`, open to anyone, and only the detail stays admin's.
+    #[test]
+    fn only_admins_see_store_details_and_delete_a_copy() {
+        for new_defaults in [true, false] {
+            let member = context(&caller(Some("alpha"), &["member", "reader"]), new_defaults);
+            let admin = context(
+                &caller(Some("alpha"), &["admin", "member", "reader"]),
+                new_defaults,
+            );
+            let mut target = Target::new();
+            target.insert("project_id".to_string(), "alpha".to_string());
+            match member.enforce("stores_info_detail", &target) {
+                Err(ApiError::Forbidden(message)) => assert_eq!(
+                    message,
+                    "You are not authorized to complete stores_info_detail action."
+                ),
+                other => panic!("new defaults {new_defaults}: {other:?}"),
+            }
+            assert!(admin.enforce("stores_info_detail", &target).is_ok());
+            let own = image(Some("alpha"), "private");
+            assert!(member.enforce_on_image("get_image_location", &own).is_ok());
+            match member.enforce_on_image("delete_image_location", &own) {
+                Err(ApiError::Forbidden(_)) if new_defaults => {}
+                Ok(()) if !new_defaults => {}
+                other => panic!("new defaults {new_defaults}: {other:?}"),
+            }
+            assert!(admin
+                .enforce_on_image("delete_image_location", &own)
+                .is_ok());
+        }
+    }
 }

@@ -21,8 +21,8 @@ use super::Api;
 use crate::http::head::Framing;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
-use crate::registry::{Image, ImageStatus};
-use crate::store::{StoreError, Stored};
+use crate::registry::{Image, ImageStatus, Location};
+use crate::store::{Store, StoreError, Stored};
 
 /// How much of an upload is read from the socket and written to the store at a time.
 pub const UPLOAD_CHUNK: usize = 64 * 1024;
@@ -46,6 +46,8 @@ impl Api {
                 accept_patch: false,
             });
         }
+        // As in Glance, the store is checked before the image is looked up.
+        let (store_id, store) = self.upload_store(request)?;
         let found = self.find_for(context, id, "upload_image")?;
         let id = &found.id;
         let declared = declared_size(request)?;
@@ -88,7 +90,7 @@ impl Api {
             id,
             committed: false,
         };
-        let (stored, virtual_size) = self.receive(request, &saving_image, declared)?;
+        let (stored, virtual_size) = self.receive(request, store, &saving_image, declared)?;
         let committed = self.registry.update(id, |image| {
             if image.status != ImageStatus::Saving
                 || image.upload_owner.as_deref() != Some(owner.as_str())
@@ -104,18 +106,33 @@ impl Api {
             image.os_hash_algo = Some(stored.hash_algo.to_string());
             image.os_hash_value = Some(stored.hash_value.clone());
             image.location = Some(stored.location.clone());
+            image.locations = match store_id {
+                Some(store) => vec![Location {
+                    store: store.to_string(),
+                    path: stored.location.clone(),
+                }],
+                None => Vec::new(),
+            };
             image.upload_owner = None;
             Ok(())
         });
         match committed {
             Ok(Some(_)) => {
                 saving.committed = true;
-                log::info!("image {id} is active: {} bytes", stored.size);
+                match store_id {
+                    Some(store) => {
+                        log::info!(
+                            "image {id} is active: {} bytes in store {store}",
+                            stored.size
+                        )
+                    }
+                    None => log::info!("image {id} is active: {} bytes", stored.size),
+                }
                 Ok(Response::new(204))
             }
             Ok(None) | Err(_) => {
                 // Deleted (or taken over) while we wrote: the data belongs to nothing.
-                if let Err(error) = self.store.delete_data(&stored.location) {
+                if let Err(error) = store.delete_data(&stored.location) {
                     log::error!(
                         "cannot remove the data of image {id}, deleted during its upload: {error}"
                     );
@@ -142,13 +159,13 @@ impl Api {
     fn receive(
         &self,
         request: &mut Request<'_>,
+        store: &Store,
         image: &Image,
         declared: Option<u64>,
     ) -> Result<(Stored, Option<u64>), ApiError> {
         let id = image.id.as_str();
         let mut inspector = crate::format::Inspector::new();
-        let mut upload = self
-            .store
+        let mut upload = store
             .begin_upload(id, declared, &self.owner_token)
             .map_err(store_error)?;
         let mut buffer = vec![0u8; UPLOAD_CHUNK];
@@ -209,6 +226,24 @@ impl Api {
         Ok((stored, virtual_size))
     }
 
+    /// The store an upload goes to, with its id (`None` with one store): with several, the one
+    /// `X-Image-Meta-Store` names, else the default; an unknown id is 400, as in Glance.
+    fn upload_store(&self, request: &Request<'_>) -> Result<(Option<&str>, &Store), ApiError> {
+        if !self.stores.is_multi() {
+            return Ok((None, self.stores.default_store()));
+        }
+        let Some(wanted) = request.head.header_str("x-image-meta-store") else {
+            return Ok((self.stores.default_id(), self.stores.default_store()));
+        };
+        let wanted = wanted.trim();
+        match self.stores.iter().find(|(id, _)| *id == Some(wanted)) {
+            Some((id, store)) => Ok((id, store)),
+            None => Err(ApiError::BadRequest(format!(
+                "Unknown scheme '{wanted}' found in URI"
+            ))),
+        }
+    }
+
     /// Puts an image whose upload failed back to `queued`, if it is still ours.
     fn requeue(&self, id: &str) {
         let owner = self.owner_token.as_str();
@@ -266,7 +301,8 @@ impl Api {
             );
         }
         let (file, size) = self
-            .store
+            .stores
+            .default_store()
             .open_data(location)
             .map_err(|error| match error {
                 StoreError::NotFound => {

@@ -295,8 +295,16 @@ impl Api {
                 }
             })?
             .ok_or_else(|| not_found(id))?;
-        if let Some(location) = &image.location {
-            if let Err(error) = self.store.delete_data(location) {
+        // Every copy: `location` with one store, each store's with several (the first of
+        // which is `location` too).
+        let mut paths: Vec<&String> = image.location.iter().collect();
+        for location in &image.locations {
+            if !paths.contains(&&location.path) {
+                paths.push(&location.path);
+            }
+        }
+        for path in paths {
+            if let Err(error) = self.stores.default_store().delete_data(path) {
                 log::error!("image {id} deleted, but its data could not be removed: {error}");
             }
         }

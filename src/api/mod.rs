@@ -32,6 +32,7 @@ mod members;
 pub mod patch;
 pub mod representation;
 mod schemas;
+mod stores;
 mod versions;
 mod webob;
 
@@ -42,7 +43,7 @@ use crate::config::{Config, Flavor};
 use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
 use crate::registry::{Filters, ImageStatus, ListQuery, Registry, RegistryError};
-use crate::store::Store;
+use crate::store::Stores;
 use access::Context;
 use error::ApiError;
 
@@ -54,7 +55,8 @@ pub struct Api {
     /// links when neither public_endpoint nor a usable Host header gives one.
     local_address: SocketAddr,
     registry: Arc<Registry>,
-    store: Arc<Store>,
+    /// The stores: uploads go to one of them; reads and deletes go by the recorded location.
+    stores: Arc<Stores>,
     /// Identifies this process as the uploader of an image in `saving` (see `store::owner_token`).
     owner_token: String,
     /// The image cache, when the flavor uses one (`[paste_deploy] flavor`).
@@ -76,7 +78,7 @@ impl Api {
         generation: u64,
         local_address: SocketAddr,
         registry: Arc<Registry>,
-        store: Arc<Store>,
+        stores: Arc<Stores>,
         cache: Option<CachePipeline>,
     ) -> Api {
         Api {
@@ -85,7 +87,7 @@ impl Api {
             generation,
             local_address,
             registry,
-            store,
+            stores,
             owner_token: crate::store::owner_token(),
             cache,
         }
@@ -178,7 +180,7 @@ impl Api {
     /// Removes the temporary files of dead uploaders and logs each.
     fn remove_abandoned_temp_files(&self) {
         for path in self
-            .store
+            .stores
             .remove_abandoned_temp_files(crate::store::owner_alive)
         {
             log::warn!(
@@ -227,6 +229,7 @@ impl Api {
         segments: &[&str],
     ) -> Result<Response, ApiError> {
         let read_only = matches!(method, "GET" | "HEAD");
+        const READ: &str = "GET, HEAD";
         match (method, segments) {
             (_, ["schemas", name @ ..]) if read_only => {
                 let schema = match name {
@@ -289,6 +292,15 @@ impl Api {
             (_, ["images", _, "members", _]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PUT, DELETE",
             }),
+            (_, ["info", "stores"]) if read_only => self.stores_info(context, false),
+            (_, ["info", "stores", "detail"]) if read_only => self.stores_info(context, true),
+            (_, ["info", "stores"] | ["info", "stores", "detail"]) => {
+                Err(ApiError::MethodNotAllowed { allow: READ })
+            }
+            ("DELETE", ["stores", store, id]) => {
+                self.delete_from_store(context, &decode_segment(store)?, id)
+            }
+            (_, ["stores", _, _]) => Err(ApiError::MethodNotAllowed { allow: "DELETE" }),
             ("POST", ["images", id, "actions", action @ ("deactivate" | "reactivate")]) => {
                 self.image_action(context, id, action)
             }

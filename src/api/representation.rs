@@ -172,10 +172,22 @@ fn base_json(image: &Image) -> Map<String, Value> {
         "file": format!("/v2/images/{}/file", image.id),
         "schema": "/v2/schemas/image",
     });
-    match base {
+    let mut base = match base {
         Value::Object(base) => base,
         _ => Map::new(),
+    };
+    // Glance's `stores`: the ids of the stores holding the data, present only with several
+    // stores (only then are locations recorded with a store) and only once there is data.
+    if !image.locations.is_empty() {
+        let mut stores: Vec<&str> = Vec::new();
+        for location in &image.locations {
+            if !stores.contains(&location.store.as_str()) {
+                stores.push(&location.store);
+            }
+        }
+        base.insert("stores".to_string(), Value::String(stores.join(",")));
     }
+    base
 }
 
 /// Whether `name` is one of the image's base attributes (as opposed to a custom property).

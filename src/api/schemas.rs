@@ -4,7 +4,7 @@
 //! fetches (and caches) at first use even though glint serves no metadefs.
 //!
 //! The image schema is Glance's `get_base_properties` with its default format lists, minus the
-//! multi-store and location attributes glint does not serve. Custom properties are strings
+//! location attributes glint does not serve. Custom properties are strings
 //! (`additionalProperties`), which is what makes the schema "permissive".
 
 use serde_json::{json, Value};
@@ -51,7 +51,8 @@ pub fn image() -> Value {
             "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image."},
             "self": {"type": "string", "readOnly": true, "description": "An image self url"},
             "file": {"type": "string", "readOnly": true, "description": "An image file url"},
-            "schema": {"type": "string", "readOnly": true, "description": "An image schema url"}
+            "schema": {"type": "string", "readOnly": true, "description": "An image schema url"},
+            "stores": {"type": "string", "readOnly": true, "description": "Store in which image data resides.  Only present when the operator has enabled multiple stores.  May be a comma-separated list of store identifiers."}
         },
         "additionalProperties": {"type": "string"},
         "links": [

@@ -20,19 +20,25 @@ const CURRENT: u32 = 17;
 /// - the cache API (`/v2/cache`, the `cachemanagement` flavor here; `image_cache_dir` in
 ///   Glance) adds 2.16, 2.15 and 2.14, which `glance cache-list` and its kin require exactly;
 ///   without it only 2.15 is listed;
-/// - several stores (`enabled_backends`) would add 2.13 to 2.8 (2.12 for `glance image-tasks`);
-///   glint has one store, so only 2.9 is listed, as Glance lists it without several;
+/// - several stores (`enabled_backends`) add 2.13 to 2.8, as Glance lists them (2.12 stands for
+///   `glance image-tasks`, which glint does not serve yet); with one store only 2.9 is listed,
+///   as Glance lists it without several;
 /// - then 2.17 and 2.7 to 2.0, always.
 ///
 /// Only a listed version is accepted as a path prefix (`/v2.14/...`), as in Glance. Static
 /// lists, because every `/v2.N/` request looks its N up here.
 pub fn minor_versions(config: &Config) -> &'static [u32] {
-    const WITH_CACHE_API: &[u32] = &[16, 15, 14, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
-    const WITHOUT_CACHE_API: &[u32] = &[15, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
-    if serves_cache_api(config) {
-        WITH_CACHE_API
-    } else {
-        WITHOUT_CACHE_API
+    const CACHE_API_STORES: &[u32] = &[
+        16, 15, 14, 13, 12, 11, 10, 9, 8, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0,
+    ];
+    const CACHE_API: &[u32] = &[16, 15, 14, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
+    const STORES: &[u32] = &[15, 13, 12, 11, 10, 9, 8, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
+    const PLAIN: &[u32] = &[15, 9, CURRENT, 7, 6, 5, 4, 3, 2, 1, 0];
+    match (serves_cache_api(config), config.backends.is_some()) {
+        (true, true) => CACHE_API_STORES,
+        (true, false) => CACHE_API,
+        (false, true) => STORES,
+        (false, false) => PLAIN,
     }
 }
 

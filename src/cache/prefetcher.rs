@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Cache, CacheError, Expected, FillOutcome};
 use crate::registry::{ImageStatus, Registry};
-use crate::store::Store;
+use crate::store::Stores;
 
 /// How often the prefetcher looks at the queue without being woken: the longest a prefetch
 /// queued by another process waits while this one is idle.
@@ -53,7 +53,7 @@ impl Prefetcher {
     pub fn start(
         cache: Arc<Cache>,
         registry: Arc<Registry>,
-        store: Arc<Store>,
+        store: Arc<Stores>,
     ) -> io::Result<Prefetcher> {
         let stop = Arc::new(AtomicBool::new(false));
         let (sender, receiver) = crossbeam_channel::bounded(1);
@@ -97,7 +97,13 @@ impl Drop for Prefetcher {
     }
 }
 
-fn run(cache: &Cache, registry: &Registry, store: &Store, stop: &AtomicBool, wakes: &Receiver<()>) {
+fn run(
+    cache: &Cache,
+    registry: &Registry,
+    store: &Stores,
+    stop: &AtomicBool,
+    wakes: &Receiver<()>,
+) {
     let owner = crate::store::owner_token();
     loop {
         while !stop.load(Ordering::SeqCst) {
@@ -122,7 +128,7 @@ fn run(cache: &Cache, registry: &Registry, store: &Store, stop: &AtomicBool, wak
 fn prefetch(
     cache: &Cache,
     registry: &Registry,
-    store: &Store,
+    store: &Stores,
     stop: &AtomicBool,
     image_id: &str,
 ) -> bool {
@@ -148,18 +154,17 @@ fn prefetch(
         log::info!("image cache: not caching image {image_id}: it records no size or hash");
         return false;
     };
-    let mut source = match store.open_data(location) {
+    let mut source = match store.default_store().open_data(location) {
         Ok((file, _)) => file,
         Err(error) => {
             log::warn!("image cache: cannot prefetch image {image_id}: {error}");
             return false;
         }
     };
+    // Every store's folders, with several stores: any of them may share the cache's filesystem.
     let data_dirs: Vec<std::path::PathBuf> = store
-        .settings()
-        .datadirs
         .iter()
-        .map(|(dir, _)| dir.clone())
+        .flat_map(|(_, store)| store.settings().datadirs.iter().map(|(dir, _)| dir.clone()))
         .collect();
     let error = match cache.fill(image_id, &mut source, &expected, &data_dirs, stop) {
         Ok(FillOutcome::Filled { size }) => {

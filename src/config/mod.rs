@@ -41,6 +41,7 @@
 //! would misread. It also refuses a value ending in `\`, which rust-ini joins to the next line
 //! even with escapes off.
 
+mod backends;
 mod keystone;
 mod options;
 mod policy;
@@ -59,6 +60,7 @@ use std::time::Duration;
 
 use ini::{Ini, ParseOption};
 
+pub use backends::{Backend, Backends};
 pub use keystone::{
     identity_v3_root, Domain, KeystoneAuthtoken, KeystoneSettings, Principal, Secret,
 };
@@ -185,6 +187,10 @@ pub struct Config {
     pub image_format: ImageFormat,
     /// `[metrics]`: the Prometheus metrics listener.
     pub metrics: Metrics,
+    /// `[DEFAULT] enabled_backends` with `[glance_store] default_backend` and each backend's
+    /// section (`backends.rs`); `None` without `enabled_backends`: one unnamed store of
+    /// `datadirs`, as before several stores existed.
+    pub backends: Option<Backends>,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1183,6 +1189,10 @@ struct Draft {
     policy_file: PathBuf,
     enforce_new_defaults: bool,
     enforce_scope: bool,
+    /// `[DEFAULT] enabled_backends` items as written (`ID:TYPE`); `backends.rs` reads them.
+    enabled_backends: Vec<String>,
+    /// `[glance_store] default_backend`.
+    default_backend: Option<String>,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -1279,7 +1289,15 @@ impl Draft {
             );
         }
 
+        let backends = backends::finish(
+            &self.enabled_backends,
+            self.default_backend,
+            raw,
+            folder,
+            report,
+        );
         let datadirs = finish_datadirs(
+            "glance_store",
             self.filesystem_store_datadir,
             self.datadirs,
             raw,
@@ -1356,6 +1374,7 @@ impl Draft {
             policy,
             image_format: self.image_format,
             metrics: self.metrics,
+            backends,
         }
     }
 }
@@ -1495,27 +1514,28 @@ fn finish_auth_strategy(
 /// else `filesystem_store_datadir` alone. Reports a path given two priorities and the two
 /// options set together, as glance_store refuses both.
 fn finish_datadirs(
+    section: &str,
     datadir: PathBuf,
     datadirs: Vec<DataDir>,
     raw: &RawConfig,
     folder: &Path,
     report: &mut Report,
 ) -> Vec<DataDir> {
-    const SECTION: &str = "glance_store";
     const NAME: &str = "filesystem_store_datadirs";
+    let section_name = section;
     // `build` applied exactly the values that parse, in file order; parsing again pairs each
     // of them with its line.
     let lines: Vec<Option<usize>> = raw
-        .entry(SECTION, NAME)
+        .entry(section_name, NAME)
         .map(|entry| entry.values.as_slice())
         .unwrap_or_default()
         .iter()
         .filter(|value| options::parse(&Kind::DataDirs, &value.text, folder).is_ok())
         .map(|value| value.line)
         .collect();
-    if let Some(line) = raw.line_of(SECTION, "filesystem_store_datadir") {
+    if let Some(line) = raw.line_of(section_name, "filesystem_store_datadir") {
         if let Some(first) = raw
-            .entry(SECTION, NAME)
+            .entry(section_name, NAME)
             .and_then(|entry| entry.values.first())
         {
             let also = first
@@ -1523,7 +1543,7 @@ fn finish_datadirs(
                 .map_or(String::new(), |line| format!(" (line {line})"));
             report.error(
                 Some(line),
-                Some(SECTION),
+                Some(section_name),
                 Some("filesystem_store_datadir"),
                 format!(
                     "is set together with {NAME}{also}; set one of them: \
@@ -1552,7 +1572,7 @@ fn finish_datadirs(
         if earlier.priority == datadir.priority {
             report.warning(
                 line,
-                Some(SECTION),
+                Some(section_name),
                 Some(NAME),
                 format!(
                     "`{}` with priority {} is already listed{on_line}; remove this line",
@@ -1563,7 +1583,7 @@ fn finish_datadirs(
         } else {
             report.error(
                 line,
-                Some(SECTION),
+                Some(section_name),
                 Some(NAME),
                 format!(
                     "`{}` is listed with priority {} and{on_line} with priority {}; give each \
@@ -1666,14 +1686,35 @@ fn build(raw: &RawConfig, file: &Path, report: &mut Report) -> Config {
             }
         }
     }
-    warn_about_unread(raw, report);
+    warn_about_unread(raw, report, &draft.enabled_backends);
     draft.finish(file, raw, report)
 }
 
 /// One warning per unknown section and per unknown option in a known section.
-fn warn_about_unread(raw: &RawConfig, report: &mut Report) {
+fn warn_about_unread(raw: &RawConfig, report: &mut Report, enabled_backends: &[String]) {
     for section in &raw.sections {
         let name = section.name.as_str();
+        let is_backend = enabled_backends
+            .iter()
+            .any(|item| item.split(':').next().map(str::trim) == Some(name));
+        if is_backend {
+            for entry in &section.entries {
+                if !backends::BACKEND_OPTIONS.contains(&entry.key.as_str()) {
+                    let line = entry.values.last().and_then(|value| value.line);
+                    report.warning(
+                        line,
+                        Some(name),
+                        Some(&entry.key),
+                        format!(
+                            "not an option glint reads for a backend, ignored; a backend's \
+                             section holds {}",
+                            backends::BACKEND_OPTIONS.join(", ")
+                        ),
+                    );
+                }
+            }
+            continue;
+        }
         if !OPTIONS.iter().any(|spec| spec.section == name) {
             let ignored = match section.entries.len() {
                 1 => "its 1 option is ignored".to_string(),

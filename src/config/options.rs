@@ -176,6 +176,8 @@ const RELOAD_UPLOAD_LIMIT: &str =
 const RELOAD_STORE: &str = "applies to the new generation: new uploads follow the new layout; \
                             uploads in flight finish in the old one; existing images stay \
                             readable where they are";
+const RELOAD_BACKENDS: &str = "applies to the new generation; a reload that removes a backend \
+                               still holding images fails, naming it, and changes nothing";
 const RELOAD_DATABASE: &str =
     "applies to the new generation (the old one keeps its connection while it drains)";
 const RELOAD_DRAIN: &str = "bounds the drain of the generation this reload replaces";
@@ -819,6 +821,45 @@ pub static OPTIONS: &[OptionSpec] = &[
         doc: "Accepted so that Glance's files load; the list must include `file`. Other stores (`http`, ...) draw one warning and are not served.",
         apply: |_, _| {},
         show: |_| vec!["file".to_string()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "enabled_backends",
+        kind: Kind::List,
+        default: DefaultValue::Derived("none: one store, `[glance_store]`'s folders"),
+        on_reload: RELOAD_BACKENDS,
+        doc: "Several stores, as Glance names them: `ID:TYPE, ...`, such as `fast:file, cheap:file`. Each id needs a section `[ID]` with `filesystem_store_datadir` (or `filesystem_store_datadirs`), and may set `store_description` and `weight`; only the `file` type is served, ids starting with `os_glance_` are refused, and `[glance_store] default_backend` is required. Unset, glint has one store and images have no `stores` attribute.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.enabled_backends = items;
+            }
+        },
+        show: |config| match &config.backends {
+            Some(backends) => vec![backends
+                .list
+                .iter()
+                .map(|backend| format!("{}:file", backend.id))
+                .collect::<Vec<_>>()
+                .join(", ")],
+            None => Vec::new(),
+        },
+    },
+    OptionSpec {
+        section: "glance_store",
+        name: "default_backend",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("none"),
+        on_reload: RELOAD_BACKENDS,
+        doc: "With `enabled_backends`: the id of the backend an upload goes to when it names none (`X-Image-Meta-Store`). Required then; ignored with a warning otherwise.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.default_backend = text;
+            }
+        },
+        show: |config| match &config.backends {
+            Some(backends) => vec![backends.default.clone()],
+            None => Vec::new(),
+        },
     },
     OptionSpec {
         section: "database",

@@ -145,6 +145,9 @@ fn option_names_are_unique_and_well_formed() {
 
 /// (option, value in the file, effective value as `--check-config` shows it).
 const GOOD_VALUES: &[(&str, &str, &str)] = &[
+    // Alone, only empty values load without a warning: backends need their sections.
+    ("enabled_backends", "", ""),
+    ("default_backend", "", ""),
     ("bind_host", "0.0.0.0", "0.0.0.0"),
     ("bind_host", "127.0.0.1", "127.0.0.1"),
     ("bind_host", "::", "::"),
@@ -604,6 +607,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("enforce_scope", "project", "`project` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("image_cache_stall_time", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
     ("image_cache_stall_time", "1d", "`1d` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
+    ("enabled_backends", "fast:rbd", "backend `fast` has type `rbd`; glint serves only the file type, so change it to fast:file or remove it"),
+    ("default_backend", "\u{7}", "contains a control character; remove it"),
 ];
 
 #[test]
@@ -2353,5 +2358,115 @@ fn an_image_cache_option_set_in_both_sections_is_refused_naming_both_lines() {
     assert!(
         error.contains(":5: [image_cache] image_cache_dir: also set in [DEFAULT] (line 2)"),
         "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several stores (`enabled_backends`)
+
+const TWO_BACKENDS: &str = "[DEFAULT]
+enabled_backends = fast:file, cheap:file
+[glance_store]
+default_backend = cheap
+[fast]
+filesystem_store_datadir = /srv/fast
+store_description = Fast disks
+weight = 100
+[cheap]
+filesystem_store_datadirs = /srv/cheap/a:10
+filesystem_store_datadirs = /srv/cheap/b
+";
+
+#[test]
+fn two_file_backends_load_with_their_sections() {
+    let loaded = loads(TWO_BACKENDS);
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    let backends = loaded.config.backends.expect("backends");
+    assert_eq!(backends.default, "cheap");
+    assert_eq!(
+        backends.list,
+        vec![
+            Backend {
+                id: "fast".to_string(),
+                description: Some("Fast disks".to_string()),
+                weight: 100,
+                datadirs: vec![datadir("/srv/fast", 0)],
+            },
+            Backend {
+                id: "cheap".to_string(),
+                description: None,
+                weight: 0,
+                datadirs: vec![datadir("/srv/cheap/a", 10), datadir("/srv/cheap/b", 0)],
+            },
+        ]
+    );
+    assert_eq!(
+        shown("enabled_backends", &loads(TWO_BACKENDS).config),
+        "fast:file, cheap:file"
+    );
+    assert_eq!(
+        shown("default_backend", &loads(TWO_BACKENDS).config),
+        "cheap"
+    );
+    assert_eq!(loads("").config.backends, None);
+}
+
+#[test]
+fn backend_mistakes_are_errors_naming_the_backend() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("enabled_backends = fast:file\n[fast]\nfilesystem_store_datadir = /srv/fast\n",
+         "",
+         "/etc/glint/glint-api.conf:1: [DEFAULT] enabled_backends: needs [glance_store] default_backend: set it to the id of the backend uploads go to when they name none"),
+        ("enabled_backends = fast:file\n[fast]\nfilesystem_store_datadir = /srv/fast\n",
+         "[glance_store]\ndefault_backend = slow\n",
+         "/etc/glint/glint-api.conf:5: [glance_store] default_backend: `slow` is not one of [DEFAULT] enabled_backends; name one of them"),
+        ("enabled_backends = os_glance_staging_store:file\n",
+         "",
+         "/etc/glint/glint-api.conf:1: [DEFAULT] enabled_backends: `os_glance_staging_store`: ids starting with os_glance_ are reserved for Glance's own stores; rename the backend"),
+        ("enabled_backends = fast:file, fast:file\n[fast]\nfilesystem_store_datadir = /srv/fast\n",
+         "[glance_store]\ndefault_backend = fast\n",
+         "/etc/glint/glint-api.conf:1: [DEFAULT] enabled_backends: `fast` is listed twice; list each backend once"),
+        ("enabled_backends = glance_store:file\n",
+         "",
+         "/etc/glint/glint-api.conf:1: [DEFAULT] enabled_backends: `glance_store` names a section that holds other options; choose another id for the backend"),
+        ("enabled_backends = fast\n",
+         "",
+         "/etc/glint/glint-api.conf:1: [DEFAULT] enabled_backends: `fast` has no type; write each backend as ID:TYPE, such as fast:file"),
+        ("enabled_backends = fast:file, cheap:file\n[fast]\nfilesystem_store_datadir = /srv/fast\n",
+         "[glance_store]\ndefault_backend = fast\n",
+         "/etc/glint/glint-api.conf:1: [cheap] backend `cheap` names no folder; add a [cheap] section with filesystem_store_datadir = FOLDER (or filesystem_store_datadirs)"),
+        ("enabled_backends = fast:file\n[fast]\nfilesystem_store_datadir = /srv/fast\nweight = heavy\n",
+         "[glance_store]\ndefault_backend = fast\n",
+         "/etc/glint/glint-api.conf:4: [fast] weight: `heavy` is not a decimal integer; use a whole number from -2147483648 to 2147483647"),
+    ];
+    for (backends, store, expected) in cases {
+        let text = format!("[DEFAULT]\n{backends}{store}");
+        // Line numbers above count from the `[DEFAULT]` header as line 0: shift them.
+        let error = refused(&text);
+        let shown: Vec<String> = error
+            .problems
+            .iter()
+            .map(|problem| {
+                let mut problem = problem.clone();
+                problem.line = problem.line.map(|line| line - 1);
+                problem.to_string()
+            })
+            .collect();
+        assert_eq!(shown, vec![expected.to_string()], "{text}");
+    }
+}
+
+#[test]
+fn unknown_options_in_a_backend_section_warn() {
+    let text = format!("{TWO_BACKENDS}filesystem_store_chunk_size = 65536\n");
+    let loaded = loads(&text);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:12: [cheap] filesystem_store_chunk_size: not an option \
+              glint reads for a backend, ignored; a backend's section holds \
+              filesystem_store_datadir, filesystem_store_datadirs, store_description, weight"
+                .to_string()
+        ]
     );
 }

@@ -28,16 +28,20 @@ use crate::config::Config;
 
 /// Every directory `config` names, with the option that names it, in the order the options
 /// table lists them.
-pub fn named_directories(config: &Config) -> Vec<(&'static str, PathBuf)> {
-    let mut named = Vec::new();
+pub fn named_directories(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut named: Vec<(String, PathBuf)> = Vec::new();
     let folder_of = |path: &Path| path.parent().map(Path::to_path_buf);
-    named.extend(folder_of(&config.pid_file).map(|dir| ("[DEFAULT] pid_file", dir)));
-    named.extend(folder_of(&config.status_file).map(|dir| ("[DEFAULT] status_file", dir)));
+    named.extend(folder_of(&config.pid_file).map(|dir| ("[DEFAULT] pid_file".to_string(), dir)));
+    named.extend(
+        folder_of(&config.status_file).map(|dir| ("[DEFAULT] status_file".to_string(), dir)),
+    );
     if let Some(log_file) = &config.log_file {
-        named.extend(folder_of(log_file).map(|dir| ("[DEFAULT] log_file", dir)));
+        named.extend(folder_of(log_file).map(|dir| ("[DEFAULT] log_file".to_string(), dir)));
     }
     if let Some(access_log_file) = &config.access_log_file {
-        named.extend(folder_of(access_log_file).map(|dir| ("[DEFAULT] access_log_file", dir)));
+        named.extend(
+            folder_of(access_log_file).map(|dir| ("[DEFAULT] access_log_file".to_string(), dir)),
+        );
     }
     // One entry is `filesystem_store_datadir` or a single `filesystem_store_datadirs` line;
     // the loader keeps no trace of which, and the first is by far the common one.
@@ -46,13 +50,30 @@ pub fn named_directories(config: &Config) -> Vec<(&'static str, PathBuf)> {
     } else {
         "[glance_store] filesystem_store_datadir"
     };
-    for datadir in &config.datadirs {
-        named.push((datadir_option, datadir.path.clone()));
+    match &config.backends {
+        // With several stores `[glance_store]`'s folders hold nothing: each backend's do.
+        Some(backends) => {
+            for backend in &backends.list {
+                for datadir in &backend.datadirs {
+                    named.push((
+                        format!("[{}] filesystem_store_datadir(s)", backend.id),
+                        datadir.path.clone(),
+                    ));
+                }
+            }
+        }
+        None => {
+            for datadir in &config.datadirs {
+                named.push((datadir_option.to_string(), datadir.path.clone()));
+            }
+        }
     }
-    named.extend(folder_of(&config.database_path).map(|dir| ("[database] connection", dir)));
+    named.extend(
+        folder_of(&config.database_path).map(|dir| ("[database] connection".to_string(), dir)),
+    );
     if config.flavor.uses_cache() {
         named.push((
-            "[image_cache] image_cache_dir",
+            "[image_cache] image_cache_dir".to_string(),
             config.image_cache_dir.clone(),
         ));
     }

@@ -41,7 +41,7 @@ use crate::serve::maintenance::Maintenance;
 use crate::serve::pool::Pool;
 use crate::serve::scrape::Scrape;
 use crate::signals::{SignalSpec, SignalWatch};
-use crate::store::{self, Store};
+use crate::store::{self, Stores};
 
 /// Exit code of a child that could not start; it said why on its ready pipe.
 pub const EXIT_CANNOT_START: i32 = 2;
@@ -201,14 +201,22 @@ pub fn run(start: Start) -> i32 {
             ));
         }
     };
-    let store = match Store::open(store_settings(&config)) {
-        Ok(store) => Arc::new(store),
-        Err(error) => {
-            return ready.failed(&format!(
-                "cannot open the image store: {error}; fix filesystem_store_datadir(s)"
-            ));
-        }
+    let stores = match open_stores(&config) {
+        Ok(stores) => Arc::new(stores),
+        Err(error) => return ready.failed(&error),
     };
+    // A reload that removes a backend still holding images must fail, naming it, while the old
+    // generation keeps serving: the master never reads the database (it would block its loop),
+    // so each new child checks before it reports ready. A replacement child (`nth` 0) of the
+    // current generation only logs it: an upload that an older generation finished into the
+    // removed backend while it drained must not keep the current generation from respawning.
+    if let Err(message) = check_removed_backends(&config, &registry) {
+        if nth == 0 {
+            log::error!("{message}");
+        } else {
+            return ready.failed(&message);
+        }
+    }
     // With a caching flavor: the cache folder (created and checked by the master before the
     // fork, opened again here) and this child's prefetcher thread.
     let mut prefetcher = None;
@@ -228,7 +236,7 @@ pub fn run(start: Start) -> i32 {
                 path.display()
             );
         }
-        match Prefetcher::start(cache.clone(), registry.clone(), store.clone()) {
+        match Prefetcher::start(cache.clone(), registry.clone(), stores.clone()) {
             Ok(started) => {
                 let waker = started.waker();
                 prefetcher = Some(started);
@@ -248,7 +256,7 @@ pub fn run(start: Start) -> i32 {
         generation,
         local_address,
         registry,
-        store,
+        stores,
         cache,
     ));
     if let Err(error) = api.recover() {
@@ -376,11 +384,67 @@ fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
     })
 }
 
-/// The store's settings for a generation's config.
-pub fn store_settings(config: &Config) -> store::Settings {
+/// Opens the stores of a generation's config: one per backend with `enabled_backends`, else
+/// the one of `[glance_store]`. The error says what to fix.
+pub fn open_stores(config: &Config) -> Result<Stores, String> {
+    let named = match &config.backends {
+        Some(backends) => backends
+            .list
+            .iter()
+            .map(|backend| {
+                (
+                    backend.id.clone(),
+                    store_settings(config, &backend.datadirs),
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let default = config
+        .backends
+        .as_ref()
+        .map_or("", |backends| backends.default.as_str());
+    Stores::open(store_settings(config, &config.datadirs), named, default)
+}
+
+/// Refuses a config without a backend in which the registry still records live images: the
+/// message names each such backend with its number of images, and what to do.
+fn check_removed_backends(config: &Config, registry: &Registry) -> Result<(), String> {
+    let held = registry.images_per_store().map_err(|error| {
+        format!("cannot count the images of each store: {error}; retry the reload")
+    })?;
+    let missing: Vec<String> = held
+        .into_iter()
+        .filter(|(id, _)| {
+            config
+                .backends
+                .as_ref()
+                .is_none_or(|backends| backends.get(id).is_none())
+        })
+        .map(|(id, count)| {
+            let images = if count == 1 { "image" } else { "images" };
+            format!("`{id}` ({count} {images})")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "[DEFAULT] enabled_backends no longer lists the store{} {}, which still hold{} image \
+         data; put {} back into enabled_backends, or delete those images (or their copies \
+         there, DELETE /v2/stores/STORE/IMAGE) before removing {}",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        if missing.len() == 1 { "s" } else { "" },
+        if missing.len() == 1 { "it" } else { "them" },
+        if missing.len() == 1 { "it" } else { "them" },
+    ))
+}
+
+/// The settings of a store holding `datadirs`, for a generation's config.
+pub fn store_settings(config: &Config, datadirs: &[crate::config::DataDir]) -> store::Settings {
     store::Settings {
-        datadirs: config
-            .datadirs
+        datadirs: datadirs
             .iter()
             .map(|datadir| (datadir.path.clone(), datadir.priority))
             .collect(),
@@ -413,9 +477,15 @@ pub fn settings_for(config: &Config) -> Settings {
         body_timeout: config.client_body_timeout,
         send_timeout: config.client_send_timeout,
         send_min_rate: config.client_send_min_rate,
-        // Uploads go to the highest priority first: the folder meant to take data.
+        // Uploads go to the highest priority first: the folder meant to take data (of the
+        // default backend with several stores, where `[glance_store]`'s folders are not used).
         spill_dir: config
-            .datadirs
+            .backends
+            .as_ref()
+            .and_then(|backends| backends.get(&backends.default))
+            .map_or(config.datadirs.as_slice(), |backend| {
+                backend.datadirs.as_slice()
+            })
             .iter()
             .max_by_key(|dir| dir.priority)
             .map(|dir| dir.path.clone()),

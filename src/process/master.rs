@@ -972,8 +972,7 @@ fn prepare_state_files(config: &Config) -> Result<(), String> {
 /// any fork: a SQLite connection must not cross one. Reloads leave this to the new children
 /// (module doc, "Never blocking").
 fn check_storage(config: &Config) -> Result<(), String> {
-    crate::store::Store::open(child::store_settings(config))
-        .map_err(|error| format!("{error}; fix filesystem_store_datadir(s)"))?;
+    child::open_stores(config)?;
     if config.flavor.uses_cache() {
         crate::cache::Cache::open(child::cache_settings(config)).map_err(|error| {
             format!(

@@ -13,7 +13,7 @@ use super::{ImageStatus, RegistryError};
 use crate::timestamp;
 
 /// One image's metadata, as the API shows it (minus the derived `self`, `file` and `schema`),
-/// plus the two fields the store needs (`location`, `upload_owner`).
+/// plus the fields the store needs (`location`, `upload_owner`, `locations`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
     /// The image's UUID; never reused, not even after the image is deleted.
@@ -49,6 +49,18 @@ pub struct Image {
     /// Opaque token of the process uploading the data while the status is `Saving`; see
     /// [`super::Registry::recover_abandoned_uploads`].
     pub upload_owner: Option<String>,
+    /// With several stores (`enabled_backends`): every copy of the data, each with its store,
+    /// in the order they were added; `location` is the first one's path. Empty with one store.
+    pub locations: Vec<Location>,
+}
+
+/// One copy of an image's data in a named store (table `image_locations`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The backend id (`enabled_backends`).
+    pub store: String,
+    /// Absolute path of the data file.
+    pub path: String,
 }
 
 impl Image {
@@ -79,6 +91,7 @@ impl Image {
             updated_at: now,
             location: None,
             upload_owner: None,
+            locations: Vec::new(),
         }
     }
 
@@ -125,6 +138,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
         updated_at: row.get(17)?,
         location: row.get(18)?,
         upload_owner: row.get(19)?,
+        locations: Vec::new(),
     })
 }
 
@@ -142,6 +156,17 @@ pub(super) fn load_details(connection: &Connection, image: &mut Image) -> rusqli
         .prepare_cached("SELECT name, value FROM image_properties WHERE image_id = ?1")?;
     image.properties = properties
         .query_map([&image.id], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut locations = connection.prepare_cached(
+        "SELECT store, path FROM image_locations WHERE image_id = ?1 ORDER BY position",
+    )?;
+    image.locations = locations
+        .query_map([&image.id], |row| {
+            Ok(Location {
+                store: row.get(0)?,
+                path: row.get(1)?,
+            })
+        })?
         .collect::<rusqlite::Result<_>>()?;
     Ok(())
 }
@@ -274,10 +299,11 @@ pub(super) fn mark_deleted(
 }
 
 fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError> {
-    let context = || format!("remove the tags and properties of image {id}");
+    let context = || format!("remove the tags, properties and locations of image {id}");
     for sql in [
         "DELETE FROM image_tags WHERE image_id = ?1",
         "DELETE FROM image_properties WHERE image_id = ?1",
+        "DELETE FROM image_locations WHERE image_id = ?1",
     ] {
         connection
             .prepare_cached(sql)
@@ -304,5 +330,37 @@ fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryE
             .execute(params![image.id, name, value])
             .map_err(RegistryError::sql(context()))?;
     }
+    let mut locations = connection
+        .prepare_cached(
+            "INSERT INTO image_locations (image_id, position, store, path) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(RegistryError::sql(context()))?;
+    for (position, location) in image.locations.iter().enumerate() {
+        locations
+            .execute(params![
+                image.id,
+                position as i64,
+                location.store,
+                location.path
+            ])
+            .map_err(RegistryError::sql(context()))?;
+    }
     Ok(())
+}
+
+/// How many live images have a location in each store, for the stores that have any.
+pub(super) fn count_by_store(connection: &Connection) -> Result<Vec<(String, u64)>, RegistryError> {
+    connection
+        .prepare_cached(
+            "SELECT image_locations.store, count(DISTINCT image_locations.image_id) \
+             FROM image_locations JOIN images ON images.id = image_locations.image_id \
+             WHERE images.deleted = 0 GROUP BY image_locations.store ORDER BY 1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(RegistryError::sql("count the images of each store"))
 }

@@ -135,6 +135,23 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX images_by_owner_created ON images
         (owner, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     ",
+    // 4: the locations of an image's data with several stores (`enabled_backends`), each with
+    // its store id, so that an image can have a copy in more than one store (copy-image adds
+    // one) and a reload can tell whether a store it removes still holds images.
+    //
+    // `images.location` stays the first location's path: an older generation serving beside
+    // this one during a reload reads and deletes data by it. `position` orders the copies as
+    // they were added. The store index serves the per-store count of a starting child.
+    "
+    CREATE TABLE image_locations (
+        image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        store TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (image_id, position)
+    ) WITHOUT ROWID;
+    CREATE INDEX image_locations_by_store ON image_locations (store, image_id);
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is

@@ -69,7 +69,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
-pub use image::Image;
+pub use image::{Image, Location};
 pub use member::{image_visible_to, Member, MemberStatus};
 pub use migrations::MIGRATIONS;
 pub use query::{Filters, ListQuery, SortDir, SortKey};
@@ -213,6 +213,16 @@ impl Registry {
             .map_err(RegistryError::sql("begin a read transaction"))?;
         image::select_live(&transaction, id)
         // Dropping the read transaction rolls it back, which for a read only ends it.
+    }
+
+    /// How many live images have data in each store (several stores only), for the stores
+    /// that hold any, by store id.
+    pub fn images_per_store(&self) -> Result<Vec<(String, u64)>, RegistryError> {
+        let mut lease = self.lease()?;
+        let transaction = lease
+            .transaction()
+            .map_err(RegistryError::sql("begin a read transaction"))?;
+        image::count_by_store(&transaction)
     }
 
     /// One page of images; see the `query` module for the order and the marker.

@@ -51,6 +51,7 @@ mod abandoned;
 mod error;
 mod owner;
 pub mod placement;
+mod set;
 mod upload;
 
 #[cfg(test)]
@@ -63,6 +64,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
 pub use owner::{owner_alive, owner_token};
+pub use set::Stores;
 pub use upload::Upload;
 pub(crate) use upload::{hex, Hasher};
 

@@ -1,0 +1,460 @@
+//! Several stores as Glance configures them (issue 12, part 3): `enabled_backends` with a
+//! section per backend, uploads placed by `X-Image-Meta-Store`, the image's `stores`,
+//! `/v2/info/stores` and its detail, `DELETE /v2/stores/{store}/{image}`, and backends added
+//! and removed by SIGHUP. Every backend is a folder in the test's temporary directory; the one
+//! test of the admin-only rules runs under the Keystone of `tests/keystone.rs`.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::util::{self, Response, Server};
+
+/// `[DEFAULT]` lines for `backends` (ids, each stored in the folder of its name under the
+/// test's directory), `default` the default backend; `extra` goes into `[DEFAULT]` first.
+fn backends_config(backends: &[&str], default: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|id| format!("{id}:file")).collect();
+    let mut text = format!(
+        "enabled_backends = {}\n[glance_store]\ndefault_backend = {default}\n",
+        list.join(", ")
+    );
+    for id in backends {
+        text.push_str(&format!(
+            "[{id}]\nfilesystem_store_datadir = {id}-data\nstore_description = The {id} disks\n"
+        ));
+    }
+    // base_config appends its own sections; the next header must start a line.
+    text.push_str("[DEFAULT]\n");
+    text
+}
+
+fn start(backends: &[&str], default: &str) -> Server {
+    Server::start(&backends_config(backends, default))
+}
+
+fn upload(server: &Server, id: &str, store: Option<&str>, data: &[u8]) -> Response {
+    let mut headers = vec![("Content-Type", "application/octet-stream")];
+    if let Some(store) = store {
+        headers.push(("X-Image-Meta-Store", store));
+    }
+    util::request(
+        server.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        &headers,
+        data,
+    )
+    .expect("upload")
+}
+
+fn image(server: &Server, id: &str) -> Value {
+    let response = util::get(server.addr(), &format!("/v2/images/{id}")).expect("show");
+    assert_eq!(response.status, 200, "{}", response.text());
+    serde_json::from_slice(&response.body).expect("image JSON")
+}
+
+fn json_of(response: &Response) -> Value {
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", response.text()))
+}
+
+fn data_file(server: &Server, store: &str, id: &str) -> std::path::PathBuf {
+    server.path(&format!("{store}-data")).join(id)
+}
+
+fn delete_from(server: &Server, store: &str, id: &str) -> Response {
+    util::request(
+        server.addr(),
+        "DELETE",
+        &format!("/v2/stores/{store}/{id}"),
+        &[],
+        b"",
+    )
+    .expect("delete from store")
+}
+
+/// Adds a copy of active image `id` in `store` the way copy-image will: the data file in that
+/// store's folder and a second location in the registry.
+fn add_copy(server: &Server, id: &str, from: &str, store: &str) {
+    let target = data_file(server, store, id);
+    std::fs::copy(data_file(server, from, id), &target).expect("copy the data file");
+    let database = rusqlite::Connection::open(server.path("glint.sqlite")).expect("database");
+    database
+        .execute(
+            "INSERT INTO image_locations (image_id, position, store, path) \
+             SELECT ?1, max(position) + 1, ?2, ?3 FROM image_locations WHERE image_id = ?1",
+            rusqlite::params![id, store, target.to_string_lossy()],
+        )
+        .expect("insert a location");
+}
+
+fn assert_missing(path: &Path, what: &str) {
+    assert!(!path.exists(), "{what}: {} exists", path.display());
+}
+
+#[test]
+fn stores_uploads_go_to_the_named_or_the_default_backend() {
+    let server = start(&["fast", "cheap"], "cheap");
+    let addr = server.addr();
+
+    let default = util::create_image(addr);
+    assert_eq!(upload(&server, &default, None, b"default data").status, 204);
+    assert_eq!(
+        std::fs::read(data_file(&server, "cheap", &default)).expect("in cheap"),
+        b"default data"
+    );
+    assert_missing(&data_file(&server, "fast", &default), "default upload");
+    assert_eq!(image(&server, &default)["stores"], "cheap");
+
+    let named = util::create_image(addr);
+    assert_eq!(
+        upload(&server, &named, Some("fast"), b"fast data").status,
+        204
+    );
+    assert_eq!(
+        std::fs::read(data_file(&server, "fast", &named)).expect("in fast"),
+        b"fast data"
+    );
+    assert_missing(&data_file(&server, "cheap", &named), "upload to fast");
+    assert_eq!(image(&server, &named)["stores"], "fast");
+    // Lists show it too.
+    let listed = json_of(&util::get(addr, "/v2/images").expect("list"));
+    let stores: Vec<(&str, &str)> = listed["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter_map(|image| Some((image["id"].as_str()?, image["stores"].as_str()?)))
+        .collect();
+    assert_eq!(stores.len(), 2, "{listed}");
+    assert!(stores.contains(&(default.as_str(), "cheap")), "{listed}");
+    assert!(stores.contains(&(named.as_str(), "fast")), "{listed}");
+    let download = util::get(addr, &format!("/v2/images/{named}/file")).expect("download");
+    assert_eq!(
+        (download.status, download.body.as_slice()),
+        (200, &b"fast data"[..])
+    );
+
+    // An unknown store: 400 before anything is stored; the image stays queued.
+    let unknown = util::create_image(addr);
+    let refused = upload(&server, &unknown, Some("nowhere"), b"lost");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("Unknown scheme 'nowhere' found in URI"),
+        "{}",
+        refused.text()
+    );
+    let queued = image(&server, &unknown);
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued.get("stores"), None, "no data, no stores: {queued}");
+
+    // `stores` is read-only: 403 on create and on a patch.
+    let create = util::send_body(
+        addr,
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"name":"x","stores":"fast"}"#,
+    );
+    assert_eq!(create.status, 403, "{}", create.text());
+    let patch = util::send_body(
+        addr,
+        "PATCH",
+        &format!("/v2/images/{named}"),
+        "application/openstack-images-v2.1-json-patch",
+        br#"[{"op":"replace","path":"/stores","value":"cheap"}]"#,
+    );
+    assert_eq!(patch.status, 403, "{}", patch.text());
+
+    // Version discovery lists 2.13 to 2.8, as Glance does with enabled_backends.
+    let versions = json_of(&util::get(addr, "/versions").expect("versions"));
+    let ids: Vec<&str> = versions["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|version| version["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "v2.15", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9", "v2.8", "v2.17", "v2.7", "v2.6",
+            "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"
+        ]
+    );
+    let listed = util::get(addr, "/v2.12/info/stores").expect("v2.12");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+}
+
+#[test]
+fn stores_info_lists_the_backends_and_detail_adds_type_weight_and_properties() {
+    let mut config = backends_config(&["fast", "cheap"], "cheap");
+    config = config.replace(
+        "[fast]\nfilesystem_store_datadir = fast-data\nstore_description = The fast disks\n",
+        "[fast]\nfilesystem_store_datadir = fast-data\nweight = 100\n",
+    );
+    // cheap has two folders: glance_store's file driver then has no single `datadir`.
+    config = config.replace(
+        "[cheap]\nfilesystem_store_datadir = cheap-data\n",
+        "[cheap]\nfilesystem_store_datadirs = cheap-data:10\nfilesystem_store_datadirs = cheap-more\n",
+    );
+    let server = Server::start(&config);
+    let addr = server.addr();
+    let info = util::get(addr, "/v2/info/stores").expect("info");
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(
+        json_of(&info),
+        json!({"stores": [
+            {"id": "fast"},
+            {"id": "cheap", "description": "The cheap disks", "default": "true"},
+        ]})
+    );
+    let detail = util::get(addr, "/v2/info/stores/detail").expect("detail");
+    assert_eq!(detail.status, 200, "{}", detail.text());
+    let folder = |id: &str| {
+        server
+            .path(&format!("{id}-data"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert_eq!(
+        json_of(&detail),
+        json!({"stores": [
+            {"id": "fast", "type": "file", "weight": 100, "properties": {
+                "data_dir": folder("fast"), "chunk_size": 65536, "thin_provisioning": false}},
+            {"id": "cheap", "description": "The cheap disks", "default": "true", "type": "file",
+             "weight": 0, "properties": {
+                "data_dir": null, "chunk_size": 65536, "thin_provisioning": false}},
+        ]})
+    );
+}
+
+#[test]
+fn stores_routes_are_404_and_images_have_no_stores_with_one_store() {
+    let server = Server::start("");
+    let addr = server.addr();
+    let id = util::create_image(addr);
+    assert_eq!(upload(&server, &id, Some("fast"), b"data").status, 204);
+    assert_eq!(
+        std::fs::read(server.path("images").join(&id)).expect("in images"),
+        b"data",
+        "X-Image-Meta-Store is ignored with one store"
+    );
+    assert_eq!(image(&server, &id).get("stores"), None);
+    for (method, path) in [
+        ("GET", "/v2/info/stores".to_string()),
+        ("GET", "/v2/info/stores/detail".to_string()),
+        ("DELETE", format!("/v2/stores/fast/{id}")),
+    ] {
+        let response = util::request(addr, method, &path, &[], b"").expect(&path);
+        assert_eq!(response.status, 404, "{method} {path}: {}", response.text());
+    }
+    let versions = util::get(addr, "/versions").expect("versions").text();
+    assert!(!versions.contains("v2.13"), "{versions}");
+}
+
+#[test]
+fn stores_delete_from_store_follows_glances_checks() {
+    let server = start(&["fast", "cheap", "spare"], "cheap");
+    let addr = server.addr();
+    let id = util::create_image(addr);
+
+    let unknown_store = delete_from(&server, "nowhere", &id);
+    assert_eq!(unknown_store.status, 409, "{}", unknown_store.text());
+    let missing_image = delete_from(&server, "fast", "8c3a5a5e-1b1e-4f4e-9a43-000000000000");
+    assert_eq!(missing_image.status, 404, "{}", missing_image.text());
+    let queued = delete_from(&server, "cheap", &id);
+    assert_eq!(queued.status, 409, "{}", queued.text());
+
+    assert_eq!(upload(&server, &id, None, b"two copies").status, 204);
+    let last = delete_from(&server, "cheap", &id);
+    assert_eq!(last.status, 403, "{}", last.text());
+    assert!(
+        last.text().contains("only store containing it"),
+        "{}",
+        last.text()
+    );
+    assert!(data_file(&server, "cheap", &id).exists());
+
+    add_copy(&server, &id, "cheap", "fast");
+    assert_eq!(image(&server, &id)["stores"], "cheap,fast");
+    let not_there = delete_from(&server, "spare", &id);
+    assert_eq!(not_there.status, 404, "{}", not_there.text());
+
+    // Removing the first copy: the record first, then the file; the other copy serves.
+    let removed = delete_from(&server, "cheap", &id);
+    assert_eq!(removed.status, 204, "{}", removed.text());
+    assert_missing(&data_file(&server, "cheap", &id), "removed copy");
+    assert_eq!(image(&server, &id)["stores"], "fast");
+    let download = util::get(addr, &format!("/v2/images/{id}/file")).expect("download");
+    assert_eq!(
+        (download.status, download.body.as_slice()),
+        (200, &b"two copies"[..])
+    );
+
+    // Deleting the image removes every copy that is left.
+    add_copy(&server, &id, "fast", "spare");
+    let deleted =
+        util::request(addr, "DELETE", &format!("/v2/images/{id}"), &[], b"").expect("delete image");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_missing(&data_file(&server, "fast", &id), "deleted image, fast");
+    assert_missing(&data_file(&server, "spare", &id), "deleted image, spare");
+}
+
+#[test]
+fn stores_a_backend_added_by_sighup_becomes_usable() {
+    let server = start(&["fast"], "fast");
+    let early = util::create_image(server.addr());
+    assert_eq!(upload(&server, &early, None, b"early").status, 204);
+    let id = util::create_image(server.addr());
+    assert_eq!(upload(&server, &id, Some("cheap"), b"later").status, 400);
+
+    // The same reload moves fast to another folder: its image stays readable where it is.
+    let config = backends_config(&["fast", "cheap"], "fast").replace(
+        "filesystem_store_datadir = fast-data\n",
+        "filesystem_store_datadir = fast-moved\n",
+    );
+    server.write_config(&config);
+    server.reload_succeeds();
+    let download = util::get(server.addr(), &format!("/v2/images/{early}/file")).expect("get");
+    assert_eq!(
+        (download.status, download.body.as_slice()),
+        (200, &b"early"[..])
+    );
+    assert_eq!(image(&server, &early)["stores"], "fast");
+    assert_eq!(upload(&server, &id, Some("cheap"), b"later").status, 204);
+    assert_eq!(
+        std::fs::read(data_file(&server, "cheap", &id)).expect("in cheap"),
+        b"later"
+    );
+    assert_eq!(image(&server, &id)["stores"], "cheap");
+}
+
+#[test]
+fn stores_removing_a_backend_that_holds_images_fails_the_reload_naming_it() {
+    let server = start(&["fast", "cheap", "spare"], "cheap");
+    let id = util::create_image(server.addr());
+    assert_eq!(upload(&server, &id, Some("fast"), b"kept").status, 204);
+
+    server.write_config(&backends_config(&["cheap", "spare"], "cheap"));
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    let error = verdict["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(
+            "[DEFAULT] enabled_backends no longer lists the store `fast` (1 image), which \
+             still holds image data"
+        ),
+        "{error}"
+    );
+    // The old generation still serves, with fast.
+    let download = util::get(server.addr(), &format!("/v2/images/{id}/file")).expect("get");
+    assert_eq!(
+        (download.status, download.body.as_slice()),
+        (200, &b"kept"[..])
+    );
+    assert_eq!(
+        util::get(server.addr(), "/v2/info/stores")
+            .expect("info")
+            .text()
+            .matches("\"id\"")
+            .count(),
+        3
+    );
+
+    // Removing the empty backend succeeds.
+    server.write_config(&backends_config(&["fast", "cheap"], "cheap"));
+    server.reload_succeeds();
+    let info = json_of(&util::get(server.addr(), "/v2/info/stores").expect("info"));
+    assert_eq!(info["stores"].as_array().map(Vec::len), Some(2), "{info}");
+
+    // Once its image is deleted, fast can go too.
+    let deleted = util::request(
+        server.addr(),
+        "DELETE",
+        &format!("/v2/images/{id}"),
+        &[],
+        b"",
+    )
+    .expect("delete");
+    assert_eq!(deleted.status, 204);
+    server.write_config(&backends_config(&["cheap"], "cheap"));
+    server.reload_succeeds();
+}
+
+/// Under Keystone (the fixture of `tests/keystone.rs`): `/v2/info/stores` is for anyone,
+/// its detail and `DELETE /v2/stores/...` for admins (rules `stores_info_detail` and
+/// `delete_image_location`), and a member is refused with Glance's 403.
+#[test]
+fn stores_detail_and_delete_from_store_are_for_admins_under_keystone() {
+    use crate::keystone::{keystone_config, shared_keystone, start_glint, Keystone};
+    let _keystone = shared_keystone();
+    let keystone = Keystone::from_env();
+    let server = start_glint(&keystone_config(
+        &keystone,
+        &backends_config(&["fast", "cheap"], "cheap"),
+        "",
+    ));
+    let addr = server.addr();
+    let (member, _) = keystone.token("KEYSTONE_ALPHA_MEMBER");
+    let (admin, _) = keystone.token("KEYSTONE_ADMIN");
+    let call = |token: &str, method: &str, path: &str, content_type: &str, body: &[u8]| {
+        let mut headers = vec![("X-Auth-Token", token), ("Accept", "application/json")];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        util::request(addr, method, path, &headers, body)
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    };
+
+    assert_eq!(call(&member, "GET", "/v2/info/stores", "", b"").status, 200);
+    let refused = call(&member, "GET", "/v2/info/stores/detail", "", b"");
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("You are not authorized to complete stores_info_detail action."),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(
+        call(&admin, "GET", "/v2/info/stores/detail", "", b"").status,
+        200
+    );
+
+    let created = call(
+        &member,
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"name":"mine","disk_format":"raw","container_format":"bare"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = json_of(&created)["id"].as_str().expect("id").to_string();
+    let uploaded = call(
+        &member,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        b"member data",
+    );
+    assert_eq!(uploaded.status, 204, "{}", uploaded.text());
+    let path = format!("/v2/stores/cheap/{id}");
+    let by_member = call(&member, "DELETE", &path, "", b"");
+    assert_eq!(by_member.status, 403, "{}", by_member.text());
+    assert!(
+        by_member
+            .text()
+            .contains("You are not authorized to complete delete_image_location action."),
+        "{}",
+        by_member.text()
+    );
+    // The admin passes the rule and meets the next check: the only copy.
+    let by_admin = call(&admin, "DELETE", &path, "", b"");
+    assert_eq!(by_admin.status, 403, "{}", by_admin.text());
+    assert!(
+        by_admin.text().contains("only store containing it"),
+        "{}",
+        by_admin.text()
+    );
+}
