@@ -337,3 +337,38 @@ fn an_import_in_progress_at_sigterm_completes_before_the_stop() {
     assert_eq!(image["status"], "active", "{image:#}");
     assert_eq!(image["os_hash_value"], hex(&Sha512::digest(&data)));
 }
+
+#[test]
+fn an_import_whose_child_is_killed_goes_back_to_uploading_and_imports_again() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(staging.path(), "");
+    let (id, data) = stage_large_and_import(&server, 64 << 20);
+    // The child that took the import says so before it answers 202.
+    let needle = format!("import of image {id} started");
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains(&needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"));
+    let pid: i32 = line
+        .split("glint-api[")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    // SAFETY: kill(2) of a child of the server this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let image = wait_status(&server, &id, "uploading");
+    assert!(image["checksum"].is_null(), "{image:#}");
+    server.wait_for_log("was left in importing by a process that died", DEADLINE);
+    // The staged data is intact: importing again completes, and the killed import's temporary
+    // file in the store is gone.
+    assert_eq!(files_in(staging.path()), vec![id.clone()]);
+    assert_eq!(import(&server, &id, GLANCE_DIRECT).status, 202);
+    let image = wait_status(&server, &id, "active");
+    assert_eq!(image["checksum"], hex(&Md5::digest(&data)));
+    assert_eq!(files_in(&server.path("images")), vec![id.clone()]);
+    assert_eq!(files_in(staging.path()), Vec::<String>::new());
+}

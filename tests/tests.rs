@@ -53,7 +53,7 @@
 //!   admin-only rules under Keystone), backends added and removed by SIGHUP.
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
 //!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
-//!   across SIGHUP and SIGTERM.
+//!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
 
 mod util;
 

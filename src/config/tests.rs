@@ -147,10 +147,22 @@ fn option_names_are_unique_and_well_formed() {
 const GOOD_VALUES: &[(&str, &str, &str)] = &[
     // Alone, only empty values load without a warning: backends need their sections.
     ("enabled_backends", "", ""),
-    ("enabled_import_methods", "[glance-direct]", "[glance-direct]"),
-    ("enabled_import_methods", "'glance-direct'", "[glance-direct]"),
+    (
+        "enabled_import_methods",
+        "[glance-direct]",
+        "[glance-direct]",
+    ),
+    (
+        "enabled_import_methods",
+        "'glance-direct'",
+        "[glance-direct]",
+    ),
     ("enabled_import_methods", "", "[]"),
-    ("node_staging_uri", "file:///var/lib/glint/staging/", "file:///var/lib/glint/staging/"),
+    (
+        "node_staging_uri",
+        "file:///var/lib/glint/staging/",
+        "file:///var/lib/glint/staging/",
+    ),
     ("default_backend", "", ""),
     ("bind_host", "0.0.0.0", "0.0.0.0"),
     ("bind_host", "127.0.0.1", "127.0.0.1"),
