@@ -133,7 +133,7 @@ impl Api {
                 accept_patch: false,
             });
         }
-        let staging = self.staging.as_ref().map_err(|error| {
+        let staging = self.staging.open(&self.config).map_err(|error| {
             log::error!("cannot stage image data: {error}");
             ApiError::Unavailable("The staging area is not available.".to_string())
         })?;
@@ -362,7 +362,11 @@ impl Api {
     /// Removes staging temporaries of dead processes and staged files whose image no longer
     /// waits for an import (deleted, or back to `queued`).
     fn sweep_staging(&self) {
-        let Ok(staging) = &self.staging else {
+        // A folder nobody staged in yet is not created just to be swept.
+        if !self.config.staging_dir.is_dir() {
+            return;
+        }
+        let Ok(staging) = self.staging.open(&self.config) else {
             return;
         };
         for path in staging.remove_abandoned_temp_files(crate::store::owner_alive) {
@@ -414,16 +418,43 @@ fn remove_staged(path: &Path) {
     }
 }
 
-/// Opens the staging folder as a store of its own (one folder, private files), so that staged
-/// data gets the store's temporary-name-then-rename and its sweep of dead owners' files.
-pub fn open_staging(config: &Config, hash: crate::store::HashKind) -> Result<Store, String> {
-    Store::open(crate::store::Settings {
-        datadirs: vec![(config.staging_dir.clone(), 0)],
-        file_perm: 0o600,
-        size_cap: config.image_size_cap,
-        hash,
-    })
-    .map_err(|error| format!("{error}; fix node_staging_uri"))
+/// The staging folder as a store of its own (one folder, private files), so that staged data
+/// gets the store's temporary-name-then-rename and its sweep of dead owners' files.
+///
+/// It is opened, which creates the folder, at the first stage rather than when a child starts:
+/// the default, Glance's `/tmp/staging/`, is shared by every user of the host, and a folder
+/// created by whichever glint ran first (a test run as root, say) would be unusable by the
+/// others. A failed open is tried again at the next stage.
+pub struct Staging {
+    hash: crate::store::HashKind,
+    store: Mutex<Option<Arc<Store>>>,
+}
+
+impl Staging {
+    pub fn new(hash: crate::store::HashKind) -> Staging {
+        Staging {
+            hash,
+            store: Mutex::new(None),
+        }
+    }
+
+    fn open(&self, config: &Config) -> Result<Arc<Store>, String> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = &*store {
+            return Ok(Arc::clone(open));
+        }
+        let open = Arc::new(
+            Store::open(crate::store::Settings {
+                datadirs: vec![(config.staging_dir.clone(), 0)],
+                file_perm: 0o600,
+                size_cap: config.image_size_cap,
+                hash: self.hash,
+            })
+            .map_err(|error| format!("{error}; fix node_staging_uri"))?,
+        );
+        *store = Some(Arc::clone(&open));
+        Ok(open)
+    }
 }
 
 /// Puts an image back if the stage or import holding it fails, unless `committed`: a stage goes

@@ -64,8 +64,9 @@ pub struct Api {
     cache: Option<CachePipeline>,
     /// The access control of `auth_strategy` or of a keystone flavor.
     gate: auth::Gate,
-    /// The staging folder (`node_staging_uri`) as a store, or why it cannot be used.
-    staging: Result<crate::store::Store, String>,
+    /// The staging folder (`node_staging_uri`) as a store, opened (and so created) at the
+    /// first stage, not at start: see `import::Staging`.
+    staging: import::Staging,
     /// The import threads this child started, joined at its drain.
     imports: import::Imports,
 }
@@ -87,14 +88,8 @@ impl Api {
         cache: Option<CachePipeline>,
     ) -> Api {
         let hash = stores.default_store().settings().hash;
-        let staging = import::open_staging(&config, hash);
-        if let Err(error) = &staging {
-            if !config.import_methods.is_empty() {
-                log::error!("{error}; staging image data answers 503 until then");
-            }
-        }
         Api {
-            staging,
+            staging: import::Staging::new(hash),
             imports: import::Imports::default(),
             gate: auth::Gate::new(&config.auth_strategy),
             config,

@@ -864,7 +864,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Text { secret: false },
         default: DefaultValue::Text("file:///tmp/staging/"),
         on_reload: RELOAD_GENERATION,
-        doc: "Where `PUT /v2/images/{id}/stage` keeps data until its import: `file://` and an absolute folder, created at start if missing. Every glint process on the host must see the same folder.",
+        doc: "Where `PUT /v2/images/{id}/stage` keeps data until its import: `file://` and an absolute folder, created at the first stage if missing. Every glint process on the host must see the same folder.",
         apply: |draft, value| {
             if let Value::Text(text) = value {
                 draft.node_staging_uri = text.unwrap_or_default();
