@@ -38,9 +38,11 @@ impl Setup {
         fs::write(
             &config,
             format!(
-                "[DEFAULT]\nbind_host = 127.0.0.1\npid_file = ok/glint-api.pid\nlog_file = ok/glint-api.log\n\n\
+                "[DEFAULT]\nbind_host = 127.0.0.1\npid_file = ok/glint-api.pid\nlog_file = ok/glint-api.log\n\
+                 node_staging_uri = file://{staging}\n\n\
                  [glance_store]\nfilesystem_store_datadir = {datadir}\n\n\
-                 [database]\nconnection = sqlite:///ok/glint.sqlite\n"
+                 [database]\nconnection = sqlite:///ok/glint.sqlite\n",
+                staging = ok.join("staging").display()
             ),
         )
         .unwrap();

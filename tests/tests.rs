@@ -51,6 +51,9 @@
 //! - `stores`: several stores (`enabled_backends`, issue 12, part 3): uploads placed by
 //!   `X-Image-Meta-Store`, the image's `stores`, `/v2/info/stores`, `DELETE /v2/stores` (its
 //!   admin-only rules under Keystone), backends added and removed by SIGHUP.
+//! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
+//!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
+//!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
 
 mod util;
 
@@ -66,6 +69,7 @@ mod handoff;
 mod hostile;
 mod http;
 mod images;
+mod import;
 mod keystone;
 mod lifecycle;
 mod logs;

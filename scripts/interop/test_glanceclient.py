@@ -303,6 +303,34 @@ def upload_and_download(s):
 
 
 @checked
+def create_via_import_glance_direct(s):
+    """`image-create-via-import --import-method glance-direct --file`: glanceclient reads
+    /v2/info/import, creates the image, stages the file and asks for the import (202); the image
+    turns active in the background with the file's size and hashes."""
+    data = random_data(2 * 65536 + 123)
+    path = write_file("import.bin", data)
+    image = parse_dict(
+        s.ok(
+            "image-create-via-import", "--name", unique("gc-import"), "--disk-format", "raw",
+            "--container-format", "bare", "--import-method", "glance-direct", "--file", path,
+        ).out
+    )
+    deadline = time.monotonic() + CACHE_DEADLINE
+    shown = s.show(image["id"])
+    while shown.get("status") != "active":
+        check(
+            shown.get("status") in ("uploading", "importing") and time.monotonic() < deadline,
+            f"the import did not make the image active: status {shown.get('status')!r}",
+        )
+        time.sleep(0.2)
+        shown = s.show(image["id"])
+    check_data_fields(shown, data, "image-show after image-create-via-import")
+    md5, sha512 = digests(data)
+    equal(shown["os_hash_value"], sha512, "os_hash_value")
+    s.delete_quietly(image["id"])
+
+
+@checked
 def upload_from_stdin(s):
     """`image-upload` with the data on a pipe: size unknown, no x-openstack-image-size."""
     data = random_data(200_000)
@@ -564,6 +592,7 @@ CHECKS = [
     create_with_file,
     create_metadata_only,
     upload_and_download,
+    create_via_import_glance_direct,
     upload_from_stdin,
     download_without_data,
     list_pages,

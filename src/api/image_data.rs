@@ -168,40 +168,7 @@ impl Api {
         let mut upload = store
             .begin_upload(id, declared, &self.owner_token)
             .map_err(store_error)?;
-        let mut buffer = vec![0u8; UPLOAD_CHUNK];
-        loop {
-            let n = match request.read(&mut buffer) {
-                Ok(n) => n,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    log::info!(
-                        "upload of image {id} interrupted after {} bytes: {error}",
-                        upload.bytes_written()
-                    );
-                    // A stall past `client_body_timeout` shows as WouldBlock (SO_RCVTIMEO) or
-                    // TimedOut: 408, as for a JSON body that did not arrive in time.
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) {
-                        return Err(ApiError::RequestTimeout(
-                            "The upload stalled for longer than client_body_timeout.".to_string(),
-                        ));
-                    }
-                    return Err(ApiError::BadRequest(
-                        match crate::http::body::http_error(&error) {
-                            Some(http) => http.message().to_string(),
-                            None => format!("The upload was interrupted: {error}"),
-                        },
-                    ));
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            upload.write(&buffer[..n]).map_err(store_error)?;
-            inspector.feed(&buffer[..n]);
-        }
+        pump(request, id, &mut upload, |chunk| inspector.feed(chunk))?;
         let missed = inspector.missed();
         let verdict = crate::format::judge(
             &inspector.seen(),
@@ -228,7 +195,10 @@ impl Api {
 
     /// The store an upload goes to, with its id (`None` with one store): with several, the one
     /// `X-Image-Meta-Store` names, else the default; an unknown id is 400, as in Glance.
-    fn upload_store(&self, request: &Request<'_>) -> Result<(Option<&str>, &Store), ApiError> {
+    pub(super) fn upload_store(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<(Option<&str>, &std::sync::Arc<Store>), ApiError> {
         if !self.stores.is_multi() {
             return Ok((None, self.stores.default_store()));
         }
@@ -346,6 +316,51 @@ impl Api {
     }
 }
 
+/// Streams the body of `request` into `upload` in [`UPLOAD_CHUNK`]s, giving each chunk to
+/// `also` too (the format inspector, say). A client that stalls past `client_body_timeout` is
+/// 408; a body that breaks off or is malformed is 400; a store failure is its own status.
+pub(super) fn pump(
+    request: &mut Request<'_>,
+    id: &str,
+    upload: &mut crate::store::Upload,
+    mut also: impl FnMut(&[u8]),
+) -> Result<(), ApiError> {
+    let mut buffer = vec![0u8; UPLOAD_CHUNK];
+    loop {
+        let n = match request.read(&mut buffer) {
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                log::info!(
+                    "upload of image {id} interrupted after {} bytes: {error}",
+                    upload.bytes_written()
+                );
+                // A stall past `client_body_timeout` shows as WouldBlock (SO_RCVTIMEO) or
+                // TimedOut: 408, as for a JSON body that did not arrive in time.
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    return Err(ApiError::RequestTimeout(
+                        "The upload stalled for longer than client_body_timeout.".to_string(),
+                    ));
+                }
+                return Err(ApiError::BadRequest(
+                    match crate::http::body::http_error(&error) {
+                        Some(http) => http.message().to_string(),
+                        None => format!("The upload was interrupted: {error}"),
+                    },
+                ));
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        upload.write(&buffer[..n]).map_err(store_error)?;
+        also(&buffer[..n]);
+    }
+}
+
 /// Whether `request` reads all `size` bytes: no `Range`, or one that covers the whole image. A
 /// `Range` that does not parse is answered 416 later and reads nothing.
 fn reads_whole(request: &Request<'_>, size: u64) -> bool {
@@ -420,7 +435,7 @@ impl Drop for SavingGuard<'_> {
 
 /// The size the client announced: `x-openstack-image-size` (glanceclient sends it with chunked
 /// uploads), else the Content-Length of the body.
-fn declared_size(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
+pub(super) fn declared_size(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
     if let Some(value) = request.head.header_str("x-openstack-image-size") {
         return value.trim().parse().map(Some).map_err(|_| {
             ApiError::BadRequest(format!("Invalid x-openstack-image-size: {value:?}"))
@@ -465,7 +480,7 @@ fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
 }
 
 /// A store failure as the client sees it.
-fn store_error(error: StoreError) -> ApiError {
+pub(super) fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Full => ApiError::TooLarge(
             "Image storage media is full: there is not enough disk space on the image storage \

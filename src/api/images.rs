@@ -156,8 +156,13 @@ impl Api {
             other => other.into(),
         })?;
         log::info!("created image {}", image.id);
+        // glanceclient reads the import methods from here (and from GET /v2/info/import).
         Ok(Response::json(201, &image_json(&image))
-            .header("Location", &format!("/v2/images/{}", image.id)))
+            .header("Location", &format!("/v2/images/{}", image.id))
+            .header(
+                "OpenStack-image-import-methods",
+                &self.config.import_methods.join(","),
+            ))
     }
 
     /// `GET /v2/images`: the page is written image by image into one buffer of at most
@@ -314,6 +319,7 @@ impl Api {
             pipeline.cache.dequeue(id);
             pipeline.cache.remove(id);
         }
+        self.forget_staged(id);
         log::info!("deleted image {id}");
         Ok(Response::new(204))
     }

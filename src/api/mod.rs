@@ -26,6 +26,7 @@ mod cache;
 pub mod error;
 mod image_data;
 mod images;
+mod import;
 mod list_query;
 mod members;
 /// Public so that the fuzz targets in `fuzz/` can drive the JSON-patch parser and applier.
@@ -63,6 +64,11 @@ pub struct Api {
     cache: Option<CachePipeline>,
     /// The access control of `auth_strategy` or of a keystone flavor.
     gate: auth::Gate,
+    /// The staging folder (`node_staging_uri`) as a store, opened (and so created) at the
+    /// first stage, not at start: see `import::Staging`.
+    staging: import::Staging,
+    /// The import threads this child started, joined at its drain.
+    imports: import::Imports,
 }
 
 /// The image cache as the API uses it: the cache folder, and the waker of this child's
@@ -81,7 +87,10 @@ impl Api {
         stores: Arc<Stores>,
         cache: Option<CachePipeline>,
     ) -> Api {
+        let hash = stores.default_store().settings().hash;
         Api {
+            staging: import::Staging::new(hash),
+            imports: import::Imports::default(),
             gate: auth::Gate::new(&config.auth_strategy),
             config,
             generation,
@@ -106,7 +115,14 @@ impl Api {
     pub fn recover(&self) -> Result<(), RegistryError> {
         self.requeue_abandoned_images()?;
         self.remove_abandoned_temp_files();
+        self.recover_imports(true);
         Ok(())
+    }
+
+    /// Waits for the imports this child started (at its drain, after the workers), so that
+    /// a reload or a stop leaves none half done (see `import`).
+    pub fn finish_imports(&self) {
+        self.imports.finish();
     }
 
     /// One pass of the periodic recovery (the child's maintenance thread): the same repair as
@@ -130,33 +146,42 @@ impl Api {
         } else {
             0
         };
-        if requeued > 0 || sweep_files {
+        let imports = self.recover_imports(sweep_files);
+        if requeued > 0 || imports > 0 || sweep_files {
             self.remove_abandoned_temp_files();
         }
-        Ok(requeued)
+        Ok(requeued + imports)
     }
 
     /// Whether an image in `saving` has no live uploader, read without the write lock. Two
     /// indexed queries, as the list filters take hidden and other images apart; each finds
     /// nothing when no upload runs.
     fn any_upload_abandoned(&self) -> Result<bool, RegistryError> {
+        self.any_abandoned(ImageStatus::Saving)
+    }
+
+    /// Whether an image in `status` is held by an owner that is gone (an image in `saving`
+    /// with no owner counts: it has none only when something went wrong; in `uploading` or
+    /// `importing`, no owner means staged and waiting, which is normal).
+    fn any_abandoned(&self, status: ImageStatus) -> Result<bool, RegistryError> {
         for os_hidden in [false, true] {
             let query = ListQuery {
                 filters: Filters {
-                    status: Some(ImageStatus::Saving),
+                    status: Some(status),
                     visibility: Some("all".to_string()),
                     os_hidden: Some(os_hidden),
                     ..Filters::default()
                 },
                 ..ListQuery::default()
             };
-            let saving = self.registry.list(&query)?;
-            if saving.iter().any(|image| {
-                !image
-                    .upload_owner
-                    .as_deref()
-                    .is_some_and(crate::store::owner_alive)
-            }) {
+            let held = self.registry.list(&query)?;
+            if held
+                .iter()
+                .any(|image| match image.upload_owner.as_deref() {
+                    Some(owner) => !crate::store::owner_alive(owner),
+                    None => status == ImageStatus::Saving,
+                })
+            {
                 return Ok(true);
             }
         }
@@ -292,6 +317,12 @@ impl Api {
             (_, ["images", _, "members", _]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PUT, DELETE",
             }),
+            (_, ["info", "import"]) if read_only => Ok(self.import_info()),
+            (_, ["info", "import"]) => Err(ApiError::MethodNotAllowed { allow: READ }),
+            ("PUT", ["images", id, "stage"]) => self.stage(request, context, id),
+            (_, ["images", _, "stage"]) => Err(ApiError::MethodNotAllowed { allow: "PUT" }),
+            ("POST", ["images", id, "import"]) => self.import(request, context, id),
+            (_, ["images", _, "import"]) => Err(ApiError::MethodNotAllowed { allow: "POST" }),
             (_, ["info", "stores"]) if read_only => self.stores_info(context, false),
             (_, ["info", "stores", "detail"]) if read_only => self.stores_info(context, true),
             (_, ["info", "stores"] | ["info", "stores", "detail"]) => {

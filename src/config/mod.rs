@@ -191,6 +191,11 @@ pub struct Config {
     /// section (`backends.rs`); `None` without `enabled_backends`: one unnamed store of
     /// `datadirs`, as before several stores existed.
     pub backends: Option<Backends>,
+    /// `[DEFAULT] enabled_import_methods`, reduced to the methods glint serves (glance-direct
+    /// only, for now): `GET /v2/info/import` lists exactly these.
+    pub import_methods: Vec<String>,
+    /// `[DEFAULT] node_staging_uri` as a folder: where `PUT /v2/images/{id}/stage` puts data.
+    pub staging_dir: PathBuf,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1163,6 +1168,10 @@ struct Draft {
     use_syslog: bool,
     syslog_log_facility: &'static str,
     public_endpoint: Option<String>,
+    /// `[DEFAULT] enabled_import_methods` items as written, brackets stripped in `finish`.
+    enabled_import_methods: Vec<String>,
+    /// `[DEFAULT] node_staging_uri` as written.
+    node_staging_uri: String,
     image_size_cap: u64,
     image_metadata_size_cap: usize,
     image_member_quota: Option<usize>,
@@ -1289,6 +1298,8 @@ impl Draft {
             );
         }
 
+        let import_methods = finish_import_methods(&self.enabled_import_methods, raw, report);
+        let staging_dir = finish_staging_uri(&self.node_staging_uri, raw, report);
         let backends = backends::finish(
             &self.enabled_backends,
             self.default_backend,
@@ -1375,6 +1386,72 @@ impl Draft {
             image_format: self.image_format,
             metrics: self.metrics,
             backends,
+            import_methods,
+            staging_dir,
+        }
+    }
+}
+
+/// The import methods glint serves; Glance's others are accepted in the file and not served.
+pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct"];
+
+/// `enabled_import_methods` as Glance writes it (`[glance-direct,web-download]`, each item
+/// possibly quoted) or as a plain comma list, reduced to the methods glint serves. A method it
+/// does not serve draws a warning when the file sets the option: Glance's default names three,
+/// and warning about a default the operator never wrote would only be noise.
+fn finish_import_methods(items: &[String], raw: &RawConfig, report: &mut Report) -> Vec<String> {
+    let line = raw.line_of("DEFAULT", "enabled_import_methods");
+    let mut served = Vec::new();
+    let mut dropped = Vec::new();
+    for item in items {
+        let name = item
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim()
+            .trim_matches(|c| c == '\'' || c == '"')
+            .trim();
+        if name.is_empty() {
+            continue;
+        }
+        if SERVED_IMPORT_METHODS.contains(&name) {
+            if !served.iter().any(|known: &String| known == name) {
+                served.push(name.to_string());
+            }
+        } else {
+            dropped.push(name.to_string());
+        }
+    }
+    if line.is_some() && !dropped.is_empty() {
+        report.warning(
+            line,
+            Some("DEFAULT"),
+            Some("enabled_import_methods"),
+            format!(
+                "glint serves only glance-direct; not offering {}: remove {} from the list to \
+                 silence this",
+                dropped.join(", "),
+                if dropped.len() == 1 { "it" } else { "them" }
+            ),
+        );
+    }
+    served
+}
+
+/// `node_staging_uri`: only `file://` followed by an absolute path is served (Glance's own
+/// default is `file:///tmp/staging/`); anything else is an error naming the fix.
+fn finish_staging_uri(uri: &str, raw: &RawConfig, report: &mut Report) -> PathBuf {
+    match uri.strip_prefix("file://") {
+        Some(path) if path.starts_with('/') => PathBuf::from(path),
+        _ => {
+            report.error(
+                raw.line_of("DEFAULT", "node_staging_uri"),
+                Some("DEFAULT"),
+                Some("node_staging_uri"),
+                "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"
+                    .to_string(),
+            );
+            PathBuf::from("/tmp/staging")
         }
     }
 }

@@ -845,6 +845,34 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        section: "DEFAULT",
+        name: "enabled_import_methods",
+        kind: Kind::List,
+        default: DefaultValue::Text("[glance-direct,web-download,copy-image]"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Interoperable import methods, as Glance's list (`[glance-direct,web-download]`) or a plain comma list. glint serves only `glance-direct`; the others are not offered (`GET /v2/info/import` leaves them out) and, when this file names them, draw a warning. Without `glance-direct`, `PUT /v2/images/{id}/stage` answers 404.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.enabled_import_methods = items;
+            }
+        },
+        show: |config| vec![format!("[{}]", config.import_methods.join(","))],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "node_staging_uri",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Text("file:///tmp/staging/"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Where `PUT /v2/images/{id}/stage` keeps data until its import: `file://` and an absolute folder, created at the first stage if missing. Every glint process on the host must see the same folder.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.node_staging_uri = text.unwrap_or_default();
+            }
+        },
+        show: |config| vec![format!("file://{}", config.staging_dir.display())],
+    },
+    OptionSpec {
         section: "glance_store",
         name: "default_backend",
         kind: Kind::Text { secret: false },

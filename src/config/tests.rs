@@ -147,6 +147,22 @@ fn option_names_are_unique_and_well_formed() {
 const GOOD_VALUES: &[(&str, &str, &str)] = &[
     // Alone, only empty values load without a warning: backends need their sections.
     ("enabled_backends", "", ""),
+    (
+        "enabled_import_methods",
+        "[glance-direct]",
+        "[glance-direct]",
+    ),
+    (
+        "enabled_import_methods",
+        "'glance-direct'",
+        "[glance-direct]",
+    ),
+    ("enabled_import_methods", "", "[]"),
+    (
+        "node_staging_uri",
+        "file:///var/lib/glint/staging/",
+        "file:///var/lib/glint/staging/",
+    ),
     ("default_backend", "", ""),
     ("bind_host", "0.0.0.0", "0.0.0.0"),
     ("bind_host", "127.0.0.1", "127.0.0.1"),
@@ -607,6 +623,9 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("enforce_scope", "project", "`project` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("image_cache_stall_time", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
     ("image_cache_stall_time", "1d", "`1d` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
+    ("enabled_import_methods", "glance-direct,\u{7}", "contains a control character; remove it"),
+    ("node_staging_uri", "http://example.com/staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
+    ("node_staging_uri", "file://staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
     ("enabled_backends", "fast:rbd", "backend `fast` has type `rbd`; glint serves only the file type, so change it to fast:file or remove it"),
     ("default_backend", "\u{7}", "contains a control character; remove it"),
 ];

@@ -71,6 +71,12 @@ pub fn named_directories(config: &Config) -> Vec<(String, PathBuf)> {
     named.extend(
         folder_of(&config.database_path).map(|dir| ("[database] connection".to_string(), dir)),
     );
+    if !config.import_methods.is_empty() {
+        named.push((
+            "[DEFAULT] node_staging_uri".to_string(),
+            config.staging_dir.clone(),
+        ));
+    }
     if config.flavor.uses_cache() {
         named.push((
             "[image_cache] image_cache_dir".to_string(),

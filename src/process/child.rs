@@ -310,6 +310,7 @@ pub fn run(start: Start) -> i32 {
              on purpose"
         ));
     }
+    let importing = api.clone();
     let mut maintenance = match start_maintenance(api) {
         Ok(maintenance) => maintenance,
         Err(error) => {
@@ -347,6 +348,9 @@ pub fn run(start: Start) -> i32 {
         );
     }
     pool.join();
+    // After the workers, which start imports: an import in progress completes before the
+    // child exits (see `api::import`).
+    importing.finish_imports();
     maintenance.finish();
     // Stopped as the drain began; this only joins it.
     if let Some(scrape) = scrape {

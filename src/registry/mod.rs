@@ -351,6 +351,70 @@ impl Registry {
         Ok(abandoned)
     }
 
+    /// The import counterpart of [`Registry::recover_abandoned_uploads`]: finds images whose
+    /// stage or import was running in a process that is gone, and puts each where a client can
+    /// go on from. An image `uploading` with an owner was being staged: it goes back to
+    /// `queued` (the half-written staging file is a temporary the sweep removes). An image
+    /// `importing` goes back to `uploading`, ready for a new import, when `is_staged` says its
+    /// staged data is still there, else to `queued` with `os_glance_failed_import` set to
+    /// `failed_store`, as Glance does after a failed import. Returns the images as they were.
+    pub fn recover_abandoned_imports(
+        &self,
+        is_alive: impl Fn(&str) -> bool,
+        is_staged: impl Fn(&str) -> bool,
+        failed_store: &str,
+    ) -> Result<Vec<Image>, RegistryError> {
+        let mut lease = self.lease()?;
+        let transaction = begin_immediate(&mut lease)?;
+        let context = "find images in status uploading or importing";
+        let sql = format!(
+            "SELECT {} FROM images WHERE images.status IN (?1, ?2) AND images.deleted = 0 \
+             ORDER BY images.id",
+            image::COLUMNS
+        );
+        let candidates: Vec<Image> = transaction
+            .prepare(&sql)
+            .and_then(|mut statement| {
+                statement
+                    .query_map(
+                        [ImageStatus::Uploading, ImageStatus::Importing],
+                        image::from_row,
+                    )?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(RegistryError::sql(context))?;
+        let now = Now::take();
+        let mut abandoned = Vec::new();
+        for mut stored in candidates {
+            let Some(owner) = stored.upload_owner.as_deref() else {
+                // Staged and waiting for its import: nobody is working on it.
+                continue;
+            };
+            if is_alive(owner) {
+                continue;
+            }
+            image::load_details(&transaction, &mut stored).map_err(RegistryError::sql(context))?;
+            let mut reset = stored.clone();
+            reset.upload_owner = None;
+            reset.updated_at = now.seconds.clone();
+            if stored.status == ImageStatus::Importing && is_staged(&stored.id) {
+                reset.status = ImageStatus::Uploading;
+            } else {
+                reset.status = ImageStatus::Queued;
+                if stored.status == ImageStatus::Importing {
+                    reset.properties.insert(
+                        "os_glance_failed_import".to_string(),
+                        failed_store.to_string(),
+                    );
+                }
+            }
+            image::write(&transaction, &reset, now.micros)?;
+            abandoned.push(stored);
+        }
+        commit(transaction)?;
+        Ok(abandoned)
+    }
+
     /// Lends out an idle connection, opens a new one if fewer than `max_connections` are open,
     /// or else waits for one to come back.
     fn lease(&self) -> Result<Lease<'_>, RegistryError> {
