@@ -99,21 +99,7 @@ impl Api {
                     "The image changed state during the upload.".to_string(),
                 ));
             }
-            image.status = ImageStatus::Active;
-            image.size = Some(stored.size);
-            image.virtual_size = virtual_size;
-            image.checksum = Some(stored.checksum.clone());
-            image.os_hash_algo = Some(stored.hash_algo.to_string());
-            image.os_hash_value = Some(stored.hash_value.clone());
-            image.location = Some(stored.location.clone());
-            image.locations = match store_id {
-                Some(store) => vec![Location {
-                    store: store.to_string(),
-                    path: stored.location.clone(),
-                }],
-                None => Vec::new(),
-            };
-            image.upload_owner = None;
+            activate(image, &stored, virtual_size, store_id);
             Ok(())
         });
         match committed {
@@ -497,6 +483,32 @@ pub(super) fn store_error(error: StoreError) -> ApiError {
         StoreError::NotFound => ApiError::NotFound("Image data not found.".to_string()),
         other => ApiError::Internal(other.to_string()),
     }
+}
+
+/// Makes `image` the active image of the data just stored (by an upload or an import): its
+/// size, `virtual_size`, hashes, and its location, recorded with the backend that holds it when
+/// there are several stores.
+pub(super) fn activate(
+    image: &mut Image,
+    stored: &Stored,
+    virtual_size: Option<u64>,
+    store_id: Option<&str>,
+) {
+    image.status = ImageStatus::Active;
+    image.size = Some(stored.size);
+    image.virtual_size = virtual_size;
+    image.checksum = Some(stored.checksum.clone());
+    image.os_hash_algo = Some(stored.hash_algo.to_string());
+    image.os_hash_value = Some(stored.hash_value.clone());
+    image.location = Some(stored.location.clone());
+    image.locations = match store_id {
+        Some(store) => vec![Location {
+            store: store.to_string(),
+            path: stored.location.clone(),
+        }],
+        None => Vec::new(),
+    };
+    image.upload_owner = None;
 }
 
 #[cfg(test)]

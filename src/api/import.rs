@@ -34,12 +34,12 @@ use serde_json::{json, Value};
 
 use super::access::Context;
 use super::error::ApiError;
-use super::image_data::{declared_size, pump, store_error, UPLOAD_CHUNK};
+use super::image_data::{activate, declared_size, pump, store_error, UPLOAD_CHUNK};
 use super::Api;
 use crate::config::Config;
 use crate::http::response::Response;
 use crate::http::serve::Request;
-use crate::registry::{Image, ImageStatus, Location, Registry};
+use crate::registry::{Image, ImageStatus, Registry};
 use crate::store::{Store, Stored};
 
 /// The property Glance sets, to the stores an import failed for, when the image goes back to
@@ -538,21 +538,7 @@ impl ImportJob {
             {
                 return Err(ApiError::Conflict(String::new()));
             }
-            image.status = ImageStatus::Active;
-            image.size = Some(stored.size);
-            image.virtual_size = virtual_size;
-            image.checksum = Some(stored.checksum.clone());
-            image.os_hash_algo = Some(stored.hash_algo.to_string());
-            image.os_hash_value = Some(stored.hash_value.clone());
-            image.location = Some(stored.location.clone());
-            image.locations = match &self.store_id {
-                Some(store) => vec![Location {
-                    store: store.clone(),
-                    path: stored.location.clone(),
-                }],
-                None => Vec::new(),
-            };
-            image.upload_owner = None;
+            activate(image, &stored, virtual_size, self.store_id.as_deref());
             Ok(())
         });
         match committed {
