@@ -90,7 +90,11 @@ fn populate(args: &[String]) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
         let mut tag = transaction
-            .prepare("INSERT INTO image_tags (image_id, tag) VALUES (?1, ?2)")
+            // The image's creation keys ride on its tag rows (migration 5), as the registry writes them.
+            .prepare(
+                "INSERT INTO image_tags (image_id, tag, created_at, created_order) \
+                 SELECT id, ?2, created_at, created_order FROM images WHERE id = ?1",
+            )
             .map_err(|e| e.to_string())?;
         let mut member = transaction
             .prepare(

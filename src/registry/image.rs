@@ -316,7 +316,12 @@ fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError
 fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryError> {
     let context = || format!("write the tags and properties of image {}", image.id);
     let mut tags = connection
-        .prepare_cached("INSERT OR IGNORE INTO image_tags (image_id, tag) VALUES (?1, ?2)")
+        // The tag row carries the image's creation keys for the tag walk of a list (migration
+        // 5); the image row is written first, so they are read from it.
+        .prepare_cached(
+            "INSERT OR IGNORE INTO image_tags (image_id, tag, created_at, created_order) \
+             SELECT id, ?2, created_at, created_order FROM images WHERE id = ?1",
+        )
         .map_err(RegistryError::sql(context()))?;
     for tag in &image.tags {
         tags.execute(params![image.id, tag])

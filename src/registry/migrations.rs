@@ -152,6 +152,22 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX image_locations_by_store ON image_locations (store, image_id);
     ",
+    // 5: a tag filter walks the tag's own entries in the default list order (issue 13, part
+    // 5). Before this, a list with a tag and a visibility walked every image of that
+    // visibility in creation order and probed `image_tags` for each, so a rare tag cost a
+    // walk over most of the registry (5.6 ms p99 a page at 100,000 images). The tag rows now
+    // carry their image's creation keys, which never change, so an index on (tag, creation
+    // order) yields the tagged images already in list order and a page stops after its
+    // matches.
+    "
+    ALTER TABLE image_tags ADD COLUMN created_at TEXT;
+    ALTER TABLE image_tags ADD COLUMN created_order INTEGER;
+    UPDATE image_tags SET
+        created_at = (SELECT created_at FROM images WHERE images.id = image_tags.image_id),
+        created_order = (SELECT created_order FROM images WHERE images.id = image_tags.image_id);
+    CREATE INDEX image_tags_by_tag_created ON image_tags
+        (tag, created_at DESC, created_order DESC, image_id DESC);
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is

@@ -950,6 +950,91 @@ fn marker_pages_walk_every_image_exactly_once() {
 }
 
 #[test]
+fn tag_pages_in_creation_order_walk_every_tagged_image_once_in_list_order() {
+    // A tag filter in the creation order walks the tag's own index (migration 5): its pages
+    // must hold exactly the images the images walk holds, in the same order, ties included.
+    let (_dir, registry) = temp_registry();
+    sort_fixture(&registry);
+    let all = registry.list(&everything(Vec::new())).expect("list");
+    // Tags written on update (the `write` path), on two of every three images.
+    for (_, image) in all.iter().enumerate().filter(|(index, _)| index % 3 != 0) {
+        registry
+            .update(&image.id, |image: &mut Image| {
+                image.tags = vec!["keep".to_string(), "t".to_string()];
+                Ok::<(), RegistryError>(())
+            })
+            .expect("update")
+            .expect("found");
+    }
+    for sort in [
+        Vec::new(),
+        vec![(SortKey::CreatedAt, SortDir::Asc)],
+        vec![
+            (SortKey::CreatedAt, SortDir::Desc),
+            (SortKey::Id, SortDir::Desc),
+        ],
+    ] {
+        let whole: Vec<String> = registry
+            .list(&everything(sort.clone()))
+            .expect("list")
+            .into_iter()
+            .filter(|image| image.tags.iter().any(|tag| tag == "t"))
+            .map(|image| image.id)
+            .collect();
+        assert_eq!(
+            whole.len(),
+            20,
+            "two of every three of the 30 images are tagged"
+        );
+        for page_size in [1, 3, 7, 20, 21] {
+            let mut walked = Vec::new();
+            let mut marker = None;
+            loop {
+                let mut query = everything(sort.clone());
+                query.filters.tags = vec!["t".to_string(), "keep".to_string()];
+                query.limit = page_size;
+                query.marker = marker.clone();
+                let page = registry.list(&query).expect("page");
+                walked.extend(ids(&page));
+                if page.len() < page_size {
+                    break;
+                }
+                marker = page.last().map(|image| image.id.clone());
+            }
+            assert_eq!(walked, whole, "sort {sort:?}, pages of {page_size}");
+        }
+    }
+}
+
+#[test]
+fn migration_5_gives_existing_tags_their_images_creation_keys() {
+    let mut connection = Connection::open_in_memory().expect("open");
+    for sql in &MIGRATIONS[..4] {
+        connection.execute_batch(sql).expect("step");
+    }
+    connection
+        .pragma_update(None, "user_version", 4)
+        .expect("version");
+    connection
+        .execute_batch(
+            "INSERT INTO images (id, status, visibility, created_at, updated_at, \
+             created_order, updated_order) VALUES ('a', 'active', 'public', \
+             '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 17, 17); \
+             INSERT INTO image_tags (image_id, tag) VALUES ('a', 'web');",
+        )
+        .expect("fill");
+    migrations::migrate(&mut connection).expect("migrate");
+    let keys: (String, i64) = connection
+        .query_row(
+            "SELECT created_at, created_order FROM image_tags WHERE image_id = 'a'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("tag row");
+    assert_eq!(keys, ("2026-01-01T00:00:00Z".to_string(), 17));
+}
+
+#[test]
 fn marker_pagination_applies_the_filters_and_may_start_from_an_unlisted_image() {
     let (_dir, registry) = temp_registry();
     filter_fixture(&registry);
