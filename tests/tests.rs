@@ -51,6 +51,8 @@
 //! - `stores`: several stores (`enabled_backends`, issue 12, part 3): uploads placed by
 //!   `X-Image-Meta-Store`, the image's `stores`, `/v2/info/stores`, `DELETE /v2/stores` (its
 //!   admin-only rules under Keystone), backends added and removed by SIGHUP.
+//! - `healthcheck`: `/healthcheck` as oslo.middleware answers it (text, JSON, HTML, HEAD), and the
+//!   disable files that take a node out of its load balancer (issue 15, part 3).
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
 //!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
 //!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
@@ -66,6 +68,7 @@ mod faults;
 mod files;
 mod format;
 mod handoff;
+mod healthcheck;
 mod hostile;
 mod http;
 mod images;

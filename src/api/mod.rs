@@ -24,6 +24,7 @@ mod access;
 pub mod auth;
 mod cache;
 pub mod error;
+mod healthcheck;
 mod image_data;
 mod images;
 mod import;
@@ -222,7 +223,11 @@ impl Api {
         let read_only = matches!(method.as_str(), "GET" | "HEAD");
         const READ: &str = "GET, HEAD";
         match segments.as_slice() {
-            ["healthcheck"] if read_only => Ok(Response::text(200, "OK")),
+            ["healthcheck"] if read_only => Ok(healthcheck::answer(
+                request,
+                &self.config.healthcheck,
+                self.local_address.port(),
+            )),
             [] if read_only => Ok(versions::document(
                 request,
                 &self.config,

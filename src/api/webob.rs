@@ -29,6 +29,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Its type and subtype, as an offer matched against `Accept`.
+    fn media_type(self) -> (&'static str, &'static str) {
+        match self {
+            Format::Html => ("text", "html"),
+            Format::Json => ("application", "json"),
+            Format::Plain => ("text", "plain"),
+        }
+    }
+
     /// The Content-Type webob sends with it (webob adds a charset to `text/*` only).
     pub fn content_type(self) -> &'static str {
         match self {
@@ -42,6 +51,13 @@ impl Format {
 /// The format webob picks for a request whose `Accept` fields have these values (several
 /// fields are one list, as RFC 9110 §5.3 combines them; empty ones add nothing).
 pub fn choose<'a>(accept: impl IntoIterator<Item = &'a [u8]>) -> Format {
+    choose_among(accept, &[Format::Html, Format::Json])
+}
+
+/// The format webob's `acceptable_offers` ranks first among `offers` (in the caller's order
+/// of preference) for these `Accept` fields; plain text when none is acceptable. An invalid
+/// header makes every offer acceptable, so the first wins.
+pub fn choose_among<'a>(accept: impl IntoIterator<Item = &'a [u8]>, offers: &[Format]) -> Format {
     let mut value = Vec::new();
     for field in accept.into_iter().filter(|field| !field.is_empty()) {
         if !value.is_empty() {
@@ -51,15 +67,11 @@ pub fn choose<'a>(accept: impl IntoIterator<Item = &'a [u8]>) -> Format {
     }
     let Some(ranges) = parse_accept(&value) else {
         // An invalid header is disregarded: every offer is acceptable, the first wins.
-        return Format::Html;
+        return offers.first().copied().unwrap_or(Format::Plain);
     };
-    // (offer, its type, its subtype), in webob's order of offers.
-    const OFFERS: [(Format, &str, &str); 2] = [
-        (Format::Html, "text", "html"),
-        (Format::Json, "application", "json"),
-    ];
     let mut best: Option<(Format, u16)> = None;
-    for (format, offer_type, offer_subtype) in OFFERS {
+    for &format in offers {
+        let (offer_type, offer_subtype) = format.media_type();
         // (quality, specificity) of the most specific range matching this offer; the first
         // of equally specific ranges counts.
         let mut matched: Option<(u16, u8)> = None;

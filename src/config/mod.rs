@@ -42,6 +42,7 @@
 //! even with escapes off.
 
 mod backends;
+pub mod healthcheck;
 mod keystone;
 mod options;
 mod policy;
@@ -196,6 +197,8 @@ pub struct Config {
     pub import_methods: Vec<String>,
     /// `[DEFAULT] node_staging_uri` as a folder: where `PUT /v2/images/{id}/stage` puts data.
     pub staging_dir: PathBuf,
+    /// `[healthcheck]`: what `/healthcheck` answers.
+    pub healthcheck: healthcheck::Healthcheck,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1172,6 +1175,8 @@ struct Draft {
     enabled_import_methods: Vec<String>,
     /// `[DEFAULT] node_staging_uri` as written.
     node_staging_uri: String,
+    /// `[healthcheck]` as written.
+    healthcheck: healthcheck::Draft,
     image_size_cap: u64,
     image_metadata_size_cap: usize,
     image_member_quota: Option<usize>,
@@ -1300,6 +1305,7 @@ impl Draft {
 
         let import_methods = finish_import_methods(&self.enabled_import_methods, raw, report);
         let staging_dir = finish_staging_uri(&self.node_staging_uri, raw, report);
+        let healthcheck = self.healthcheck.finish(raw, folder, report);
         let backends = backends::finish(
             &self.enabled_backends,
             self.default_backend,
@@ -1388,6 +1394,7 @@ impl Draft {
             backends,
             import_methods,
             staging_dir,
+            healthcheck,
         }
     }
 }

@@ -1436,6 +1436,80 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |config| config.metrics.bind_port.map(|port| port.to_string()).into_iter().collect(),
     },
+    OptionSpec {
+        section: "healthcheck",
+        name: "backends",
+        kind: Kind::List,
+        default: DefaultValue::Text("disable_by_file"),
+        on_reload: RELOAD_GENERATION,
+        doc: "oslo.middleware's healthcheck backends that decide `/healthcheck`'s answer: `disable_by_file` (the default here, as Glance's paste pipeline loads it) and `disable_by_files_ports`; others are warned about and left out. Empty: `/healthcheck` always answers 200 with an empty body, as oslo.middleware does.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.healthcheck.backends = Some(items);
+            }
+        },
+        show: |config| {
+            let mut names = Vec::new();
+            if config.healthcheck.by_file {
+                names.push("disable_by_file");
+            }
+            if config.healthcheck.by_port.is_some() {
+                names.push("disable_by_files_ports");
+            }
+            vec![names.join(",")]
+        },
+    },
+    OptionSpec {
+        section: "healthcheck",
+        name: "disable_by_file_path",
+        kind: Kind::File { optional: true, relative_to: RelativeTo::ConfigFolder },
+        default: DefaultValue::Derived("unset: nothing disables the node (Glance's paste file sets /etc/glance/healthcheck_disable)"),
+        on_reload: RELOAD_GENERATION,
+        doc: "While this file exists, `GET /healthcheck` answers 503 `DISABLED BY FILE` (HEAD: 503, no body), so a load balancer stops sending new requests to the node before it is stopped or upgraded; checked at every health check, so creating or removing the file takes effect at once. A relative path is taken from the config file's folder. Tests `healthcheck::a_disable_file_takes_the_node_out_and_its_removal_puts_it_back` and `healthcheck::per_port_files_apply_to_their_port_and_come_with_a_reload`.",
+        apply: |draft, value| {
+            if let Value::Path(path) = value {
+                draft.healthcheck.disable_by_file_path = path;
+            }
+        },
+        show: |config| vec![show_path(config.healthcheck.disable_by_file.as_deref())],
+    },
+    OptionSpec {
+        section: "healthcheck",
+        name: "disable_by_file_paths",
+        kind: Kind::List,
+        default: DefaultValue::Text(""),
+        on_reload: RELOAD_GENERATION,
+        doc: "For the `disable_by_files_ports` backend: `PORT:PATH` items; a health check that arrives on listening port PORT answers 503 `DISABLED BY FILE` while PATH exists. A malformed item is an error naming it.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.healthcheck.disable_by_file_paths = items;
+            }
+        },
+        show: |config| {
+            vec![config
+                .healthcheck
+                .by_port
+                .iter()
+                .flatten()
+                .map(|(port, path)| format!("{port}:{}", path.display()))
+                .collect::<Vec<_>>()
+                .join(",")]
+        },
+    },
+    OptionSpec {
+        section: "healthcheck",
+        name: "detailed",
+        kind: Kind::Bool,
+        default: DefaultValue::Text("false"),
+        on_reload: RELOAD_GENERATION,
+        doc: "oslo.middleware's detailed output (threads, platform, garbage collector) is never shown by glint; `true` draws a warning.",
+        apply: |draft, value| {
+            if let Value::Bool(detailed) = value {
+                draft.healthcheck.detailed = detailed;
+            }
+        },
+        show: |_| vec!["false".to_string()],
+    },
 ];
 
 /// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
@@ -1443,7 +1517,6 @@ pub static OPTIONS: &[OptionSpec] = &[
 pub static GLANCE_SECTIONS: &[&str] = &[
     "barbican",
     "cors",
-    "healthcheck",
     "image_import_opts",
     "import_filtering_opts",
     "key_manager",

@@ -426,6 +426,28 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("enforce_scope", "1", "true"),
     ("image_cache_stall_time", "1", "1"),
     ("image_cache_stall_time", "86400", "86400"),
+    (
+        "backends",
+        "disable_by_files_ports",
+        "disable_by_files_ports",
+    ),
+    ("backends", "", ""),
+    (
+        "backends",
+        "disable_by_file, disable_by_files_ports",
+        "disable_by_file,disable_by_files_ports",
+    ),
+    (
+        "disable_by_file_path",
+        "maintenance",
+        "/etc/glint/maintenance",
+    ),
+    (
+        "disable_by_file_paths",
+        "9292:off, 9293:/run/glint/off",
+        "9292:/etc/glint/off,9293:/run/glint/off",
+    ),
+    ("detailed", "false", "false"),
     // oslo.config drops one pair of quotes around the whole value.
     ("bind_host", "\"::1\"", "::1"),
     ("pid_file", "'/run/with space.pid'", "/run/with space.pid"),
@@ -624,6 +646,11 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("image_cache_stall_time", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
     ("image_cache_stall_time", "1d", "`1d` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
     ("enabled_import_methods", "glance-direct,\u{7}", "contains a control character; remove it"),
+    ("backends", "disable_by_file,\u{7}", "contains a control character; remove it"),
+    ("disable_by_file_path", "/run/", "`/run/` names a folder; give the path of a file"),
+    ("disable_by_file_paths", "x:y", "`x:y` is not PORT:PATH (a port from 0 to 65535, a colon, a file path)"),
+    ("disable_by_file_paths", "9292", "`9292` is not PORT:PATH (a port from 0 to 65535, a colon, a file path)"),
+    ("detailed", "2", "`2` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
     ("node_staging_uri", "http://example.com/staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
     ("node_staging_uri", "file://staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
     ("enabled_backends", "fast:rbd", "backend `fast` has type `rbd`; glint serves only the file type, so change it to fast:file or remove it"),
@@ -2487,5 +2514,49 @@ fn unknown_options_in_a_backend_section_warn() {
               filesystem_store_datadir, filesystem_store_datadirs, store_description, weight"
                 .to_string()
         ]
+    );
+}
+
+#[test]
+fn healthcheck_backends_glint_lacks_and_detailed_output_draw_warnings() {
+    let loaded = loads(
+        "[healthcheck]\nbackends = disable_by_file, enable_by_files\ndetailed = true\n\
+         path = /healthcheck\n",
+    );
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            format!(
+                "{CONFIG_PATH}:2: [healthcheck] backends: glint has no healthcheck backend \
+                 `enable_by_files`; it is left out (glint has disable_by_file and \
+                 disable_by_files_ports)"
+            ),
+            format!(
+                "{CONFIG_PATH}:3: [healthcheck] detailed: glint never shows detailed \
+                 healthcheck output (threads, platform); the answer stays the short one"
+            ),
+            format!(
+                "{CONFIG_PATH}:4: [healthcheck] path: unknown option, ignored (glint does not \
+                 use it)"
+            ),
+        ]
+    );
+    assert!(loaded.config.healthcheck.by_file);
+    assert_eq!(loaded.config.healthcheck.by_port, None);
+}
+
+#[test]
+fn a_healthcheck_file_turns_its_backend_on() {
+    let loaded = loads("[healthcheck]\nbackends =\ndisable_by_file_paths = 9292:/run/off\n");
+    assert!(!loaded.config.healthcheck.by_file);
+    assert_eq!(
+        loaded.config.healthcheck.by_port,
+        Some(vec![(9292, PathBuf::from("/run/off"))])
+    );
+    let loaded = loads("[healthcheck]\nbackends =\ndisable_by_file_path = /run/off\n");
+    assert!(loaded.config.healthcheck.by_file);
+    assert_eq!(
+        loaded.config.healthcheck.disable_by_file,
+        Some(PathBuf::from("/run/off"))
     );
 }
