@@ -158,7 +158,7 @@ fn health_checks_stay_out_of_the_access_log_unless_asked() {
     let log = read(&server.path("glint-api.log"));
     let new = &log[log_before.len()..];
     assert_eq!(count(new, "\"GET /healthcheck\" 200"), 1, "{new}");
-    assert_eq!(count(new, "\"HEAD /healthcheck\" 200"), 1, "{new}");
+    assert_eq!(count(new, "\"HEAD /healthcheck\" 204"), 1, "{new}");
     assert_eq!(count(new, "\"GET /healthcheck?probe=1\" 200"), 1, "{new}");
 }
 
