@@ -372,3 +372,92 @@ fn an_import_whose_child_is_killed_goes_back_to_uploading_and_imports_again() {
     assert_eq!(files_in(&server.path("images")), vec![id.clone()]);
     assert_eq!(files_in(staging.path()), Vec::<String>::new());
 }
+
+/// SIGKILLs the master first (so that nothing respawns), then every child it had.
+fn kill_everything(server: &Server) {
+    let children = server.children(None);
+    // SAFETY: kill(2) of processes this test started.
+    unsafe {
+        libc::kill(server.master_pid, libc::SIGKILL);
+        for pid in children {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Starts a new server on the folder, config and database of `server`, which is gone.
+fn restart_on_same_files(mut server: Server) -> Server {
+    // The killed master's status file names its dead listener; the harness would read it.
+    let _ = fs::remove_file(server.path("glint-api.status.json"));
+    let dir = std::mem::replace(&mut server.dir, tempfile::tempdir().unwrap());
+    let config = server.config_path.clone();
+    drop(server);
+    Server::start_with(dir, config, &[])
+}
+
+#[test]
+fn a_stage_cut_short_by_a_killed_child_goes_back_to_queued_and_leaves_no_temporary_file() {
+    use std::io::Write;
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(staging.path(), "workers = 1");
+    let id = create(&server, "raw");
+    // A stage that sends 1 MiB of the 16 MiB it announces, then waits.
+    let mut stream = std::net::TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stream,
+        "PUT /v2/images/{id}/stage HTTP/1.1\r\nHost: glint\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        16 << 20
+    )
+    .unwrap();
+    stream.write_all(&vec![7u8; 1 << 20]).unwrap();
+    wait_status(&server, &id, "uploading");
+    crate::util::wait_until("the stage's temporary file", DEADLINE, || {
+        !files_in(staging.path()).is_empty()
+    });
+    let child = server.children(None);
+    assert_eq!(child.len(), 1, "workers = 1");
+    // SAFETY: kill(2) of the child this test's server started.
+    unsafe {
+        libc::kill(child[0], libc::SIGKILL);
+    }
+    let image = wait_status(&server, &id, "queued");
+    assert!(image.get("os_glance_failed_import").is_none(), "{image:#}");
+    // The dead stage's temporary file is swept, and the image can be staged again.
+    crate::util::wait_until("the staging folder to be empty", DEADLINE, || {
+        files_in(staging.path()).is_empty()
+    });
+    drop(stream);
+    let data = vec![9u8; 4096];
+    assert_eq!(stage(&server, &id, &data).status, 204);
+    assert_eq!(import(&server, &id, GLANCE_DIRECT).status, 202);
+    let image = wait_status(&server, &id, "active");
+    assert_eq!(image["checksum"], hex(&Md5::digest(&data)));
+}
+
+#[test]
+fn an_import_killed_with_its_staged_data_gone_goes_back_to_queued_with_os_glance_failed_import() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(staging.path(), "");
+    let (id, _) = stage_large_and_import(&server, 64 << 20);
+    // Killed while importing (hashing 64 MiB takes far longer than this step), and
+    // the staged file lost meanwhile (a wiped /tmp, say).
+    kill_everything(&server);
+    let server = {
+        fs::remove_file(staging.path().join(&id)).expect("the staged file");
+        restart_on_same_files(server)
+    };
+    let image = show(&server, &id);
+    assert_eq!(image["status"], "queued", "{image:#}\n{}", server.log());
+    assert_eq!(image["os_glance_failed_import"], "file", "{image:#}");
+    assert!(image["checksum"].is_null(), "{image:#}");
+    assert!(
+        server.log().contains(&format!(
+            "image {id} was left in importing by a process that died"
+        )),
+        "{}",
+        server.log()
+    );
+    // Nothing of the killed import is left in the store.
+    assert_eq!(files_in(&server.path("images")), Vec::<String>::new());
+}
