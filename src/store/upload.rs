@@ -239,7 +239,7 @@ const HASH_QUEUE_CHUNKS: usize = 4;
 enum Hashing {
     Threaded {
         /// To the md5 thread and to the os_hash thread; `None` once `finish` closed them.
-        chunks: Option<[crossbeam_channel::Sender<Arc<[u8]>>; 2]>,
+        chunks: Option<[ChunkSender; 2]>,
         md5: Option<std::thread::JoinHandle<Md5>>,
         hash: Option<std::thread::JoinHandle<Hasher>>,
     },
@@ -251,15 +251,15 @@ enum Hashing {
     Done,
 }
 
+/// Where an upload sends its chunks to one hashing thread.
+type ChunkSender = crossbeam_channel::Sender<Arc<[u8]>>;
+
 /// Starts a thread that feeds every chunk it receives to `hasher` and returns it at the end.
 fn hashing_thread<H: Send + 'static>(
     name: &str,
     mut hasher: H,
     update: fn(&mut H, &[u8]),
-) -> std::io::Result<(
-    crossbeam_channel::Sender<Arc<[u8]>>,
-    std::thread::JoinHandle<H>,
-)> {
+) -> std::io::Result<(ChunkSender, std::thread::JoinHandle<H>)> {
     let (sender, receiver) = crossbeam_channel::bounded::<Arc<[u8]>>(HASH_QUEUE_CHUNKS);
     let thread = std::thread::Builder::new()
         .name(name.to_string())
