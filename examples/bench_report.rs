@@ -373,6 +373,7 @@ fn render(path: &str) -> Result<String, String> {
         Some("reload-memory") => memory_table(runs, &record),
         Some("keystone") => keystone_table(runs, &record),
         Some("registry") => registry_table(runs, &record),
+        Some("idle") => idle_table(runs, &record),
         other => return Err(format!("{path}: unknown bench {other:?}")),
     };
     Ok(format!("{body}\n{}", provenance(path, &record)))
@@ -1211,6 +1212,108 @@ fn registry_table(runs: &[Value], _record: &Value) -> String {
             verdict(at_large <= REGISTRY_GROWTH * at_small),
         );
     }
+    out
+}
+
+// ---- idle -------------------------------------------------------------------------------------
+
+/// Issue 13's targets for parked idle connections: the rate with them at least this share of the
+/// rate without, and the children's memory at most this much larger.
+const IDLE_RATE_SHARE: f64 = 0.95;
+const IDLE_MEMORY_MIB: f64 = 64.0;
+
+/// scripts/bench-idle: the same keep-alive load without and with the idle connections parked,
+/// in alternating rounds, and the children's RSS before and after the idle connections opened.
+/// The i-th run of each label is round i.
+fn idle_table(runs: &[Value], record: &Value) -> String {
+    let idle = match &record["settings"]["idle"] {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        _ => "?".to_string(),
+    };
+    let with_label = format!("{idle} idle");
+    let labelled =
+        |label: &str| -> Vec<&Value> { runs.iter().filter(|run| run["label"] == label).collect() };
+    let (without, with) = (labelled("no idle"), labelled(&with_label));
+    let memory: Vec<&Value> = runs
+        .iter()
+        .filter(|run| run["kind"] == "idle_rss")
+        .collect();
+    let rounds = without.len().max(with.len()).max(memory.len());
+    let mut titles: Vec<String> = (1..=rounds).map(|round| format!("round {round}")).collect();
+    titles.push("median".to_string());
+    let rate = |run: Option<&&Value>| run.and_then(|run| run["requests_per_s"].as_f64());
+    let p99 = |run: Option<&&Value>| run.and_then(|run| at(run, &["steady", "p99_ms"]).as_f64());
+    let growth = |round: Option<&&Value>| {
+        round.and_then(|round| {
+            let before = round["children_rss_kib_before"].as_f64()?;
+            let after = round["children_rss_kib_after"].as_f64()?;
+            Some((after - before) / 1024.0)
+        })
+    };
+    let share = |i: usize| {
+        rate(with.get(i))
+            .zip(rate(without.get(i)))
+            .map(|(w, o)| w / o)
+    };
+    let series =
+        |f: &dyn Fn(usize) -> Option<f64>| -> Vec<Option<f64>> { (0..rounds).map(f).collect() };
+    let row = |heading: &str, values: Vec<Option<f64>>, decimals: usize| {
+        let mut cells: Vec<String> = values.iter().map(|value| opt(*value, decimals)).collect();
+        cells.push(format!("**{}**", opt(median(&values), decimals)));
+        (heading.to_string(), cells)
+    };
+    let rows = vec![
+        row("requests/s, no idle", series(&|i| rate(without.get(i))), 0),
+        row(
+            &format!("requests/s, {with_label}"),
+            series(&|i| rate(with.get(i))),
+            0,
+        ),
+        row("share of the rate without", series(&share), 3),
+        row("p99 ms, no idle", series(&|i| p99(without.get(i))), 2),
+        row(
+            &format!("p99 ms, {with_label}"),
+            series(&|i| p99(with.get(i))),
+            2,
+        ),
+        row(
+            "children's RSS growth, MiB",
+            series(&|i| growth(memory.get(i))),
+            1,
+        ),
+        row(
+            "failed requests",
+            (0..rounds)
+                .map(|i| {
+                    let failed =
+                        |runs: &Vec<&Value>| runs.get(i).and_then(|run| run["failed"].as_f64());
+                    Some(failed(&without).unwrap_or(0.0) + failed(&with).unwrap_or(0.0))
+                })
+                .collect(),
+            0,
+        ),
+    ];
+    let mut out = md_table("", &titles, &rows);
+    let share = median(&series(&share));
+    let growth = median(&series(&|i| growth(memory.get(i))));
+    let _ = writeln!(
+        out,
+        "\nTargets (issue 13): with {idle} idle keep-alive connections parked, at least {:.0} % of the request rate without them, and the children's memory at most {IDLE_MEMORY_MIB:.0} MiB larger (medians over the rounds).\n",
+        IDLE_RATE_SHARE * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "- Request rate: {} % of the rate without: {}.",
+        opt(share.map(|share| share * 100.0), 1),
+        verdict(share.is_some_and(|share| share >= IDLE_RATE_SHARE))
+    );
+    let _ = writeln!(
+        out,
+        "- Memory: {} MiB more: {}.",
+        opt(growth, 1),
+        verdict(growth.is_some_and(|growth| growth <= IDLE_MEMORY_MIB))
+    );
     out
 }
 
