@@ -7,9 +7,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Formats `time` as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (microseconds), for logs.
 pub fn rfc3339_micros(time: SystemTime) -> String {
+    let mut text = String::with_capacity(27);
+    write_rfc3339_micros(&mut text, time);
+    text
+}
+
+/// Appends [`rfc3339_micros`]'s form of `time` to `out`, without allocating (each log line
+/// starts with one).
+pub fn write_rfc3339_micros(out: &mut String, time: SystemTime) {
+    use std::fmt::Write as _;
     let (secs, micros) = split(time);
-    let (date, clock) = civil(secs);
-    format!("{date}T{clock}.{micros:06}Z")
+    let [year, month, day, hour, minute, second] = fields(secs);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros:06}Z"
+    );
 }
 
 /// Formats `time` as `YYYY-MM-DDTHH:MM:SSZ`, the form Glance uses in its API and we use in the
@@ -31,6 +43,15 @@ fn split(time: SystemTime) -> (i64, u32) {
 
 /// Returns ("YYYY-MM-DD", "HH:MM:SS") for seconds since the epoch.
 fn civil(secs: i64) -> (String, String) {
+    let [year, month, day, hour, minute, second] = fields(secs);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{hour:02}:{minute:02}:{second:02}"),
+    )
+}
+
+/// Year, month, day, hour, minute and second (UTC) of `secs` since the epoch.
+fn fields(secs: i64) -> [i64; 6] {
     let days = secs.div_euclid(86_400);
     let in_day = secs.rem_euclid(86_400);
     // civil_from_days: http://howardhinnant.github.io/date_algorithms.html
@@ -43,15 +64,14 @@ fn civil(secs: i64) -> (String, String) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!(
-            "{:02}:{:02}:{:02}",
-            in_day / 3_600,
-            in_day % 3_600 / 60,
-            in_day % 60
-        ),
-    )
+    [
+        year,
+        month,
+        day,
+        in_day / 3_600,
+        in_day % 3_600 / 60,
+        in_day % 60,
+    ]
 }
 
 #[cfg(test)]

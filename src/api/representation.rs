@@ -136,13 +136,16 @@ pub fn check_metadata_size(
 
 /// The image's JSON document, as `GET /v2/images/{id}` returns it.
 pub fn image_json(image: &Image) -> Value {
-    let mut document = Map::new();
+    // The base attributes first, then the properties into the same map (not two maps merged:
+    // every insert costs, and this runs for every image shown or listed).
+    let mut document = base_json(image);
     for (name, value) in &image.properties {
-        document.insert(name.clone(), Value::String(value.clone()));
+        // Base attributes win over a custom property of the same name (none can be stored:
+        // `set_attribute` routes base names to their fields).
+        if !document.contains_key(name) {
+            document.insert(name.clone(), Value::String(value.clone()));
+        }
     }
-    // Base attributes win over a custom property of the same name (none can be stored:
-    // `set_attribute` routes base names to their fields).
-    document.extend(base_json(image));
     Value::Object(document)
 }
 
