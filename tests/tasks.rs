@@ -359,3 +359,118 @@ fn the_tasks_api_records_a_posted_task_as_failed_and_checks_lists_as_glance() {
     assert_eq!(ascending["tasks"][0]["id"], json!(ids[0]));
     assert_eq!(ascending["tasks"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn under_keystone_a_member_sees_its_image_tasks_but_gets_403_from_the_tasks_api() {
+    use crate::keystone::{keystone_config, shared_keystone, start_glint, Keystone};
+    let _keystone = shared_keystone();
+    let keystone = Keystone::from_env();
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_glint(&keystone_config(
+        &keystone,
+        &format!("node_staging_uri = file://{}", staging.path().display()),
+        "",
+    ));
+    let addr = server.addr();
+    let (alpha, _) = keystone.token("KEYSTONE_ALPHA_MEMBER");
+    let (beta, _) = keystone.token("KEYSTONE_BETA_MEMBER");
+    let (admin, _) = keystone.token("KEYSTONE_ADMIN");
+    let call = |token: &str, method: &str, path: &str, content_type: &str, body: &[u8]| {
+        let mut headers = vec![("X-Auth-Token", token), ("Accept", "application/json")];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        request(addr, method, path, &headers, body)
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"))
+    };
+
+    let created = call(
+        &alpha,
+        "POST",
+        "/v2/images",
+        "application/json",
+        br#"{"name":"alpha","disk_format":"raw","container_format":"bare"}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let image: Value = serde_json::from_slice(&created.body).unwrap();
+    let id = image["id"].as_str().unwrap();
+    let staged = call(
+        &alpha,
+        "PUT",
+        &format!("/v2/images/{id}/stage"),
+        "application/octet-stream",
+        b"alpha's data",
+    );
+    assert_eq!(staged.status, 204, "{}", staged.text());
+    let imported = call(
+        &alpha,
+        "POST",
+        &format!("/v2/images/{id}/import"),
+        "application/json",
+        GLANCE_DIRECT.as_bytes(),
+    );
+    assert_eq!(imported.status, 202, "{}", imported.text());
+
+    // The owner of the image reads its tasks (get_image); the task names alpha's project and
+    // user.
+    let path = format!("/v2/images/{id}/tasks");
+    let end = Instant::now() + DEADLINE;
+    let task = loop {
+        let response = call(&alpha, "GET", &path, "", b"");
+        assert_eq!(response.status, 200, "{}", response.text());
+        let tasks: Value = serde_json::from_slice(&response.body).unwrap();
+        if tasks["tasks"][0]["status"] == "success" {
+            break tasks["tasks"][0].clone();
+        }
+        assert!(
+            Instant::now() < end,
+            "no success task: {tasks:#}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        task["owner"],
+        json!(keystone.get("KEYSTONE_ALPHA_MEMBER_PROJECT_ID"))
+    );
+    assert_eq!(
+        task["user_id"],
+        json!(keystone.get("KEYSTONE_ALPHA_MEMBER_USER_ID"))
+    );
+    // Another project cannot see the image: 404, as for showing it.
+    let hidden = call(&beta, "GET", &path, "", b"");
+    assert_eq!(hidden.status, 404, "{}", hidden.text());
+
+    // The tasks API is admin-only (tasks_api_access).
+    let task_id = task["id"].as_str().unwrap();
+    let denied = "You are not authorized to complete tasks_api_access action.";
+    for (method, path, body) in [
+        ("GET", "/v2/tasks".to_string(), ""),
+        ("GET", format!("/v2/tasks/{task_id}"), ""),
+        (
+            "POST",
+            "/v2/tasks".to_string(),
+            r#"{"type":"import","input":{}}"#,
+        ),
+        ("DELETE", format!("/v2/tasks/{task_id}"), ""),
+    ] {
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "application/json"
+        };
+        let refused = call(&alpha, method, &path, content_type, body.as_bytes());
+        assert_eq!(refused.status, 403, "{method} {path}: {}", refused.text());
+        assert!(
+            refused.text().contains(denied),
+            "{method} {path}: {}",
+            refused.text()
+        );
+    }
+    let listed = call(&admin, "GET", "/v2/tasks", "", b"");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let listed: Value = serde_json::from_slice(&listed.body).unwrap();
+    assert_eq!(listed["tasks"][0]["id"], json!(task_id), "{listed:#}");
+    let shown = call(&admin, "GET", &format!("/v2/tasks/{task_id}"), "", b"");
+    assert_eq!(shown.status, 200, "{}", shown.text());
+}
