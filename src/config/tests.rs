@@ -1355,8 +1355,8 @@ rbd_store_pool = images
 driver = noop
 [my_backend]
 x = 1
-[task]
-task_time_to_live = 48
+[taskflow_executor]
+engine_mode = parallel
 [paste_deploy]
 debug = true
 ";
@@ -1371,7 +1371,7 @@ debug = true
             "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:10: [oslo_messaging_notifications] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
-            "/etc/glint/glint-api.conf:14: [task] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:14: [taskflow_executor] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:17: [paste_deploy] debug: not an option of this section, ignored; it belongs in [DEFAULT], move it there",
         ]
     );
