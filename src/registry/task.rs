@@ -480,3 +480,149 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
         updated_at: row.get(12)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry = Registry::open(&dir.path().join("glint.sqlite")).expect("open");
+        (dir, registry)
+    }
+
+    fn new_task(id: &str, runner: Option<&str>) -> NewTask {
+        NewTask {
+            id: id.to_string(),
+            task_type: "api_image_import".to_string(),
+            owner: Some("p1".to_string()),
+            image_id: Some("image".to_string()),
+            request_id: Some("req-1".to_string()),
+            user_id: Some("u1".to_string()),
+            input: serde_json::json!({"image_id": "image"}),
+            runner: runner.map(str::to_string),
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_task_moves_only_as_glance_allows() {
+        let (_dir, registry) = temp_registry();
+        let created = registry.create_task(&new_task("t1", None)).unwrap();
+        assert_eq!(created.status, TaskStatus::Pending);
+        assert_eq!(created.message, "");
+        assert_eq!(created.expires_at, None);
+        // pending -> success is not a move Glance allows.
+        let success = TaskEnd::Success(serde_json::json!({"image_id": "image"}));
+        assert!(!registry.finish_task("t1", &success, HOUR).unwrap());
+        assert!(registry.begin_task("t1").unwrap());
+        assert!(!registry.begin_task("t1").unwrap());
+        assert!(registry.finish_task("t1", &success, HOUR).unwrap());
+        let done = registry.get_task("t1").unwrap().unwrap();
+        assert_eq!(done.status, TaskStatus::Success);
+        assert_eq!(done.result, Some(serde_json::json!({"image_id": "image"})));
+        assert!(done.expires_at.is_some());
+        // An ended task stays as it ended, and a started one is not discarded.
+        let failure = TaskEnd::Failure("late".to_string());
+        assert!(!registry.finish_task("t1", &failure, HOUR).unwrap());
+        assert!(!registry.discard_pending_task("t1").unwrap());
+        // pending -> failure is allowed; a pending task can be discarded.
+        registry.create_task(&new_task("t2", None)).unwrap();
+        assert!(registry.finish_task("t2", &failure, HOUR).unwrap());
+        assert_eq!(registry.get_task("t2").unwrap().unwrap().message, "late");
+        registry.create_task(&new_task("t3", None)).unwrap();
+        assert!(registry.discard_pending_task("t3").unwrap());
+        assert_eq!(registry.get_task("t3").unwrap(), None);
+    }
+
+    #[test]
+    fn expired_tasks_are_hidden_then_removed() {
+        let (_dir, registry) = temp_registry();
+        registry.create_task(&new_task("t1", None)).unwrap();
+        registry.create_task(&new_task("t2", None)).unwrap();
+        let failure = TaskEnd::Failure("no".to_string());
+        assert!(registry
+            .finish_task("t1", &failure, Duration::ZERO)
+            .unwrap());
+        assert!(registry.finish_task("t2", &failure, HOUR).unwrap());
+        assert_eq!(registry.get_task("t1").unwrap(), None);
+        let ids: Vec<String> = registry
+            .tasks_of_image("image")
+            .unwrap()
+            .into_iter()
+            .map(|task| task.id)
+            .collect();
+        assert_eq!(ids, ["t2"]);
+        assert_eq!(registry.remove_expired_tasks().unwrap(), 1);
+        assert_eq!(registry.remove_expired_tasks().unwrap(), 0);
+        assert!(registry.get_task("t2").unwrap().is_some());
+    }
+
+    #[test]
+    fn tasks_of_dead_runners_fail_and_live_ones_stay() {
+        let (_dir, registry) = temp_registry();
+        registry
+            .create_task(&new_task("dead", Some("gone")))
+            .unwrap();
+        registry
+            .create_task(&new_task("live", Some("here")))
+            .unwrap();
+        registry.begin_task("live").unwrap();
+        let alive = |runner: &str| runner == "here";
+        assert!(registry.any_task_abandoned(alive).unwrap());
+        let failed = registry.fail_abandoned_tasks(alive, "died", HOUR).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].id, "dead");
+        assert_eq!(failed[0].status, TaskStatus::Failure);
+        assert_eq!(failed[0].message, "died");
+        assert!(!registry.any_task_abandoned(alive).unwrap());
+        let live = registry.get_task("live").unwrap().unwrap();
+        assert_eq!(live.status, TaskStatus::Processing);
+    }
+
+    #[test]
+    fn lists_filter_sort_and_page_after_the_marker() {
+        let (_dir, registry) = temp_registry();
+        for id in ["a", "b", "c"] {
+            registry.create_task(&new_task(id, None)).unwrap();
+        }
+        registry.begin_task("b").unwrap();
+        let query = |filters: Vec<(&'static str, String)>, dir, limit, marker: Option<&str>| {
+            let tasks = registry
+                .list_tasks(&TaskQuery {
+                    filters,
+                    owner: None,
+                    sort_key: "created_at",
+                    sort_dir: dir,
+                    limit,
+                    marker: marker.map(str::to_string),
+                })
+                .unwrap();
+            tasks.into_iter().map(|task| task.id).collect::<Vec<_>>()
+        };
+        assert_eq!(query(vec![], SortDir::Desc, 10, None), ["c", "b", "a"]);
+        assert_eq!(query(vec![], SortDir::Asc, 2, None), ["a", "b"]);
+        assert_eq!(query(vec![], SortDir::Asc, 2, Some("b")), ["c"]);
+        assert_eq!(
+            query(
+                vec![("status", "pending".to_string())],
+                SortDir::Asc,
+                10,
+                None
+            ),
+            ["a", "c"]
+        );
+        let other_owner = registry
+            .list_tasks(&TaskQuery {
+                filters: vec![],
+                owner: Some("p2".to_string()),
+                sort_key: "created_at",
+                sort_dir: SortDir::Asc,
+                limit: 10,
+                marker: None,
+            })
+            .unwrap();
+        assert_eq!(other_owner, Vec::<Task>::new());
+    }
+}
