@@ -483,7 +483,9 @@ impl Api {
             request_id: crate::logging::current_request_id(),
             user_id: context.user_id.clone(),
             input,
-            runner: None,
+            // This process, so that recovery elsewhere never takes it for abandoned while this
+            // request ends it.
+            runner: Some(self.owner_token.clone()),
         })?;
         self.registry.begin_task(&id)?;
         let message = format!(
