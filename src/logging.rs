@@ -269,6 +269,12 @@ thread_local! {
     static REQUEST_ID: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
+/// The id of the request this thread is working on (see [`RequestScope`]), for what records
+/// it besides the log (a task's `request_id`).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.with(|cell| cell.borrow().clone())
+}
+
 /// While it lives, every line logged on this thread names a request: `[req-...]` before the
 /// message, as oslo.log puts the request context there. Scopes nest (the inner one wins until
 /// it ends); dropping one, also by unwinding, restores what was there before.

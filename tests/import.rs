@@ -17,14 +17,14 @@ use crate::util::{create_image_from, get, request, send_body, Server};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A server whose staging folder is `staging` (its own, not the shared /tmp/staging).
-fn start(staging: &Path, extra: &str) -> Server {
+pub(crate) fn start(staging: &Path, extra: &str) -> Server {
     Server::start(&format!(
         "node_staging_uri = file://{}\n{extra}",
         staging.display()
     ))
 }
 
-fn qemu_img(dir: &Path, args: &[&str]) {
+pub(crate) fn qemu_img(dir: &Path, args: &[&str]) {
     let output = Command::new("qemu-img")
         .args(args)
         .current_dir(dir)
@@ -35,7 +35,7 @@ fn qemu_img(dir: &Path, args: &[&str]) {
     assert!(output.status.success(), "qemu-img {args:?}: {output:?}");
 }
 
-fn create(server: &Server, disk_format: &str) -> String {
+pub(crate) fn create(server: &Server, disk_format: &str) -> String {
     create_image_from(
         server.addr(),
         &format!(
@@ -44,7 +44,7 @@ fn create(server: &Server, disk_format: &str) -> String {
     )
 }
 
-fn stage(server: &Server, id: &str, data: &[u8]) -> crate::util::Response {
+pub(crate) fn stage(server: &Server, id: &str, data: &[u8]) -> crate::util::Response {
     request(
         server.addr(),
         "PUT",
@@ -55,7 +55,7 @@ fn stage(server: &Server, id: &str, data: &[u8]) -> crate::util::Response {
     .expect("stage")
 }
 
-fn import(server: &Server, id: &str, body: &str) -> crate::util::Response {
+pub(crate) fn import(server: &Server, id: &str, body: &str) -> crate::util::Response {
     send_body(
         server.addr(),
         "POST",
@@ -65,16 +65,16 @@ fn import(server: &Server, id: &str, body: &str) -> crate::util::Response {
     )
 }
 
-const GLANCE_DIRECT: &str = r#"{"method":{"name":"glance-direct"}}"#;
+pub(crate) const GLANCE_DIRECT: &str = r#"{"method":{"name":"glance-direct"}}"#;
 
-fn show(server: &Server, id: &str) -> Value {
+pub(crate) fn show(server: &Server, id: &str) -> Value {
     let response = get(server.addr(), &format!("/v2/images/{id}")).expect("GET image");
     assert_eq!(response.status, 200, "{}", response.text());
     serde_json::from_slice(&response.body).expect("image JSON")
 }
 
 /// Polls the image until its status is `wanted`; panics with the log after the deadline.
-fn wait_status(server: &Server, id: &str, wanted: &str) -> Value {
+pub(crate) fn wait_status(server: &Server, id: &str, wanted: &str) -> Value {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
         let image = show(server, id);
@@ -283,7 +283,7 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
 
 /// Stages `size` bytes of non-zero data as a raw image and starts its import; returns the id
 /// and the data.
-fn stage_large_and_import(server: &Server, size: usize) -> (String, Vec<u8>) {
+pub(crate) fn stage_large_and_import(server: &Server, size: usize) -> (String, Vec<u8>) {
     let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
     let id = create(server, "raw");
     let staged = stage(server, &id, &data);

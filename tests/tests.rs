@@ -17,6 +17,8 @@
 //!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
 //! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
 //!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
+//! - `tasks`: the task each import records (`/v2/images/{id}/tasks`, `/v2/tasks`, issue 12):
+//!   success, failure with its reason, a killed child's task failed, expiry, the tasks API.
 //! - `systemd`: the systemd unit, offline: `systemd-analyze verify` and `security`, and its
 //!   `ExecReload=` run against a real server (issue 14, part 2).
 //! - `package`: the Debian package (issue 14, part 3), installed with `dpkg -i` (the path in
@@ -85,3 +87,4 @@ mod sharing;
 mod slow_readers;
 mod stores;
 mod systemd;
+mod tasks;

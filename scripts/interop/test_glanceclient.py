@@ -327,6 +327,19 @@ def create_via_import_glance_direct(s):
     check_data_fields(shown, data, "image-show after image-create-via-import")
     md5, sha512 = digests(data)
     equal(shown["os_hash_value"], sha512, "os_hash_value")
+    # `image-tasks` (v2.12, listed because this glint serves two stores): the import's task.
+    # With --verbose the table has the task id and its result too.
+    deadline = time.monotonic() + CACHE_DEADLINE
+    while True:
+        tasks = parse_list(s.ok("--verbose", "image-tasks", image["id"]).out)
+        if tasks and tasks[0].get("Status") != "processing":
+            break
+        check(time.monotonic() < deadline, "the import's task stayed processing")
+        time.sleep(0.2)
+    equal(len(tasks), 1, "tasks of the imported image (image-tasks)")
+    equal(tasks[0].get("Status"), "success", "status of the import's task (image-tasks)")
+    equal(tasks[0].get("Image Id"), image["id"], "image id of the import's task (image-tasks)")
+    check(image["id"] in tasks[0].get("Result", ""), "the task's result names the image")
     s.delete_quietly(image["id"])
 
 

@@ -37,6 +37,8 @@ pub struct Context {
     pub project: Option<String>,
     /// Glance's `context.is_admin`: sees every image and may change any.
     pub is_admin: bool,
+    /// The caller's user (Keystone), recorded in the tasks it starts.
+    pub user_id: Option<String>,
 }
 
 impl Context {
@@ -49,17 +51,20 @@ impl Context {
                     policy,
                     project: None,
                     is_admin: true,
+                    user_id: None,
                 }
             }
             Caller::Keystone(authenticated) => authenticated,
         };
         let credentials = credentials(&authenticated.user, authenticated.service.as_deref());
         let project = credentials.project_id.clone();
+        let user_id = credentials.user_id.clone();
         let mut context = Context {
             credentials: Some(credentials),
             policy,
             project,
             is_admin: false,
+            user_id,
         };
         let mut target = Target::new();
         if let Some(project) = &context.project {

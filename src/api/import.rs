@@ -21,8 +21,12 @@
 //! `queued` with `os_glance_failed_import` otherwise. A stage cut short the same way goes back
 //! to `queued`. Staged files of images that no longer wait for an import are removed.
 //!
-//! Not served yet: `web-download`, `copy-image`, the tasks API, importing to several stores
-//! (`stores`, `all_stores`).
+//! Each import is recorded as a task (`super::tasks`): `pending` at the 202, `processing`
+//! when the thread starts, then `success` or `failure` with the reason; the image's
+//! `os_glance_import_task` names it while the import runs.
+//!
+//! Not served yet: `web-download`, `copy-image`, importing to several stores (`stores`,
+//! `all_stores`).
 
 use std::fs::File;
 use std::io::Read;
@@ -35,6 +39,7 @@ use serde_json::{json, Value};
 use super::access::Context;
 use super::error::ApiError;
 use super::image_data::{activate, declared_size, pump, store_error, UPLOAD_CHUNK};
+use super::tasks::{TaskRecord, IMPORT_TASK};
 use super::Api;
 use crate::config::Config;
 use crate::http::response::Response;
@@ -256,6 +261,16 @@ impl Api {
         let found = self.find_for(context, id, "modify_image")?;
         let id = found.id.clone();
         let owner = self.owner_token.clone();
+        // Removed again if the image cannot be taken (dropped before it starts).
+        let task = TaskRecord::create(
+            &self.registry,
+            &self.config,
+            context,
+            &id,
+            &body,
+            store_id.as_deref(),
+            &owner,
+        )?;
         let image = self
             .registry
             .update(&id, |image| {
@@ -285,6 +300,9 @@ impl Api {
                 image.status = ImageStatus::Importing;
                 image.upload_owner = Some(owner.clone());
                 image.properties.remove(FAILED_IMPORT);
+                image
+                    .properties
+                    .insert(IMPORT_TASK.to_string(), task.id().to_string());
                 Ok(())
             })?
             .ok_or_else(|| super::images::not_found(&id))?;
@@ -296,6 +314,7 @@ impl Api {
             staged: self.staged_path(&id),
             owner,
             image,
+            task,
         };
         let thread = std::thread::Builder::new()
             .name("import".to_string())
@@ -308,6 +327,7 @@ impl Api {
                     if image.status == ImageStatus::Importing {
                         image.status = ImageStatus::Uploading;
                         image.upload_owner = None;
+                        image.properties.remove(IMPORT_TASK);
                     }
                     Ok::<(), ApiError>(())
                 });
@@ -323,6 +343,7 @@ impl Api {
     /// Recovery of stages and imports whose process died, and of staged files no image waits
     /// for; part of [`Api::recover`] and of the periodic pass. Returns how many images moved.
     pub(super) fn recover_imports(&self, sweep_files: bool) -> usize {
+        self.recover_tasks();
         // Cheap first (two reads, no write lock), as for uploads: the usual pass finds nothing.
         let abandoned = [ImageStatus::Uploading, ImageStatus::Importing]
             .into_iter()
@@ -480,6 +501,7 @@ impl Drop for StatusGuard<'_> {
             if image.status == self.from && image.upload_owner.as_deref() == Some(self.owner) {
                 image.status = ImageStatus::Queued;
                 image.upload_owner = None;
+                image.properties.remove(IMPORT_TASK);
                 if let Some(store) = &self.failed_store {
                     image
                         .properties
@@ -511,10 +533,13 @@ struct ImportJob {
     staged: PathBuf,
     owner: String,
     image: Image,
+    /// The import's task (`api::tasks`).
+    task: TaskRecord,
 }
 
 impl ImportJob {
     fn run(self) {
+        self.task.processing();
         let id = self.image.id.as_str();
         let mut guard = StatusGuard {
             registry: &self.registry,
@@ -529,6 +554,8 @@ impl ImportJob {
             Ok(done) => done,
             Err(reason) => {
                 log::warn!("import of image {id} failed: {reason}");
+                drop(guard);
+                self.task.failed(&reason);
                 return;
             }
         };
@@ -539,6 +566,7 @@ impl ImportJob {
                 return Err(ApiError::Conflict(String::new()));
             }
             activate(image, &stored, virtual_size, self.store_id.as_deref());
+            image.properties.remove(IMPORT_TASK);
             Ok(())
         });
         match committed {
@@ -546,12 +574,15 @@ impl ImportJob {
                 guard.committed = true;
                 remove_staged(&self.staged);
                 log::info!("image {id} is active: {} bytes imported", stored.size);
+                self.task.succeeded();
             }
             other => {
                 log::warn!("image {id} changed or went away during its import: {other:?}");
                 if let Err(error) = self.store.delete_data(&stored.location) {
                     log::error!("cannot remove the data of image {id}: {error}");
                 }
+                self.task
+                    .failed("The image changed or was deleted during its import.");
             }
         }
     }

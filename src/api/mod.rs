@@ -16,6 +16,8 @@
 //!   or Keystone); `access`: who the request speaks for, and what Glance's policy and
 //!   visibility rules let it see and do;
 //! - `members`: image members (sharing), `/v2/images/{id}/members`;
+//! - `import`: interoperable import (`stage`, `import`); `tasks`: the record of each import,
+//!   `/v2/images/{id}/tasks` and the tasks API `/v2/tasks`;
 //! - `error`: the API's error type and its rendering; `webob`: the rules of Glance's error
 //!   bodies (webob's `Accept` negotiation and its HTML, JSON and text templates).
 
@@ -35,6 +37,7 @@ pub mod patch;
 pub mod representation;
 mod schemas;
 mod stores;
+mod tasks;
 mod versions;
 mod webob;
 
@@ -267,6 +270,8 @@ impl Api {
                     ["images"] => schemas::images(),
                     ["member"] => schemas::member(),
                     ["members"] => schemas::members(),
+                    ["task"] => schemas::task(),
+                    ["tasks"] => schemas::tasks(),
                     ["metadefs", "namespace"] => schemas::metadefs_namespace(),
                     ["metadefs", "resource_type"] => schemas::metadefs_resource_type(),
                     _ => {
@@ -322,6 +327,11 @@ impl Api {
             (_, ["images", _, "members", _]) => Err(ApiError::MethodNotAllowed {
                 allow: "GET, HEAD, PUT, DELETE",
             }),
+            (_, ["images", id, "tasks"]) if read_only => self.image_tasks(context, id),
+            (_, ["images", _, "tasks"]) => Err(ApiError::MethodNotAllowed { allow: READ }),
+            (_, ["tasks", rest @ ..]) if rest.len() <= 1 => {
+                self.route_tasks(request, context, method, rest)
+            }
             (_, ["info", "import"]) if read_only => Ok(self.import_info()),
             (_, ["info", "import"]) => Err(ApiError::MethodNotAllowed { allow: READ }),
             ("PUT", ["images", id, "stage"]) => self.stage(request, context, id),

@@ -1,6 +1,7 @@
 //! The JSON schemas glint serves under `/v2/schemas/`: the image and image-list schemas that
 //! glanceclient downloads and validates every image against, the member and member-list
-//! schemas of `glance member-*`, and the two metadefs schemas it
+//! schemas of `glance member-*`, the task and task-list schemas of the tasks API, and the two
+//! metadefs schemas it
 //! fetches (and caches) at first use even though glint serves no metadefs.
 //!
 //! The image schema is Glance's `get_base_properties` with its default format lists, minus the
@@ -110,6 +111,68 @@ pub fn members() -> Value {
         "name": "members",
         "properties": {
             "members": {"type": "array", "items": member()},
+            "schema": {"type": "string"}
+        },
+        "links": [{"rel": "describedby", "href": "{schema}"}]
+    })
+}
+
+/// The properties of Glance's task schema (glance/api/v2/tasks.py `_TASK_SCHEMA`).
+fn task_properties() -> serde_json::Map<String, Value> {
+    let properties = json!({
+        "id": {
+            "description": "An identifier for the task",
+            "pattern": "^([0-9a-fA-F]){8}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$",
+            "type": "string"
+        },
+        "type": {
+            "description": "The type of task represented by this content",
+            "enum": ["import", "api_image_import", "location_import"],
+            "type": "string"
+        },
+        "status": {
+            "description": "The current status of this task",
+            "enum": ["pending", "processing", "success", "failure"],
+            "type": "string"
+        },
+        "input": {"description": "The parameters required by task, JSON blob", "type": ["null", "object"]},
+        "result": {"description": "The result of current task, JSON blob", "type": ["null", "object"]},
+        "owner": {"description": "An identifier for the owner of this task", "type": "string"},
+        "message": {
+            "description": "Human-readable informative message only included when appropriate (usually on failure)",
+            "type": "string"
+        },
+        "image_id": {"description": "Image associated with the task", "type": "string"},
+        "request_id": {"description": "Human-readable informative request-id", "type": "string"},
+        "user_id": {"description": "User associated with the task", "type": "string"},
+        "expires_at": {"description": "Datetime when this resource would be subject to removal", "type": ["null", "string"]},
+        "created_at": {"description": "Datetime when this resource was created", "type": "string"},
+        "updated_at": {"description": "Datetime when this resource was updated", "type": "string"},
+        "self": {"readOnly": true, "type": "string"},
+        "schema": {"readOnly": true, "type": "string"}
+    });
+    match properties {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `GET /v2/schemas/task` (`get_task_schema().minimal()`).
+pub fn task() -> Value {
+    json!({"name": "task", "properties": task_properties()})
+}
+
+/// `GET /v2/schemas/tasks`: the collection of the partial task schema, which hides `input`,
+/// `result` and `message` (`get_collection_schema().minimal()`).
+pub fn tasks() -> Value {
+    let mut partial = task_properties();
+    for hidden in ["input", "result", "message"] {
+        partial.remove(hidden);
+    }
+    json!({
+        "name": "tasks",
+        "properties": {
+            "tasks": {"type": "array", "items": {"name": "task", "properties": partial}},
             "schema": {"type": "string"}
         },
         "links": [{"rel": "describedby", "href": "{schema}"}]

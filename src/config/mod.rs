@@ -145,6 +145,8 @@ pub struct Config {
     pub image_metadata_size_cap: usize,
     /// `image_member_quota`: most members of one image; `None` (a negative value) is no limit.
     pub image_member_quota: Option<usize>,
+    /// `[task] task_time_to_live`: hours a finished task is kept (see `api::tasks`).
+    pub task_time_to_live_hours: u64,
     /// `hashing_algorithm`: the algorithm of new images' `os_hash_value`.
     pub hashing_algorithm: HashAlgorithm,
     /// `limit_param_default`: page size of a list request without `limit`; at most
@@ -1180,6 +1182,7 @@ struct Draft {
     image_size_cap: u64,
     image_metadata_size_cap: usize,
     image_member_quota: Option<usize>,
+    task_time_to_live_hours: u64,
     hashing_algorithm: HashAlgorithm,
     limit_param_default: usize,
     api_limit_max: usize,
@@ -1374,6 +1377,7 @@ impl Draft {
             image_size_cap: self.image_size_cap,
             image_metadata_size_cap: self.image_metadata_size_cap,
             image_member_quota: self.image_member_quota,
+            task_time_to_live_hours: self.task_time_to_live_hours,
             hashing_algorithm: self.hashing_algorithm,
             limit_param_default: self.limit_param_default,
             api_limit_max: self.api_limit_max,

@@ -1510,6 +1510,22 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |_| vec!["false".to_string()],
     },
+    OptionSpec {
+        section: "task",
+        name: "task_time_to_live",
+        // Glance's IntOpt has no bounds; glint keeps to what makes sense as an age: 0 (a
+        // finished task is removed at the next maintenance pass) to 100 years.
+        kind: Kind::Integer { min: 0, max: 876_000, zero_means_min: None },
+        default: DefaultValue::Text("48"),
+        on_reload: RELOAD_GENERATION,
+        doc: "Hours a task (the record of an image import, `GET /v2/images/{id}/tasks` and `/v2/tasks`) is kept after it succeeds or fails; then it is hidden and the child's maintenance pass removes it. 0 removes a finished task at the next pass (tests `tasks::expired_tasks_are_hidden_and_removed_by_the_maintenance_pass`).",
+        apply: |draft, value| {
+            if let Some(hours) = value.integer::<u64>() {
+                draft.task_time_to_live_hours = hours;
+            }
+        },
+        show: |config| vec![config.task_time_to_live_hours.to_string()],
+    },
 ];
 
 /// Sections of glance-api.conf that glint does not read yet: they get a milder warning than an
@@ -1523,7 +1539,6 @@ pub static GLANCE_SECTIONS: &[&str] = &[
     "os_brick",
     "profiler",
     "store_type_location_strategy",
-    "task",
     "taskflow_executor",
     "wsgi",
 ];

@@ -272,6 +272,8 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ("image_member_quota", "128", "128"),
     ("image_member_quota", "0", "0"),
     ("image_member_quota", "-1", "-1"),
+    ("task_time_to_live", "48", "48"),
+    ("task_time_to_live", "0", "0"),
     ("hashing_algorithm", "sha256", "sha256"),
     ("hashing_algorithm", "SHA384", "sha384"),
     ("hashing_algorithm", "Sha512", "sha512"),
@@ -540,6 +542,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("image_metadata_size_cap", "4095", "4095 is out of range; use a whole number from 4096 to 1048576"),
     ("image_metadata_size_cap", "1048577", "1048577 is out of range; use a whole number from 4096 to 1048576"),
     ("image_member_quota", "-2", "-2 is out of range; use a whole number from -1 to 9223372036854775807"),
+    ("task_time_to_live", "-1", "-1 is out of range; use a whole number from 0 to 876000"),
+    ("task_time_to_live", "1.5", "`1.5` is not a decimal integer; use a whole number from 0 to 876000"),
     ("image_member_quota", "many", "`many` is not a decimal integer; use a whole number from -1 to 9223372036854775807"),
     ("image_size_cap", "0", "0 is out of range; use a whole number from 1 to 9223372036854775807"),
     ("image_size_cap", "9223372036854775808", "9223372036854775808 is out of range; use a whole number from 1 to 9223372036854775807"),
@@ -1378,8 +1382,8 @@ rbd_store_pool = images
 driver = noop
 [my_backend]
 x = 1
-[task]
-task_time_to_live = 48
+[taskflow_executor]
+engine_mode = parallel
 [paste_deploy]
 debug = true
 ";
@@ -1394,7 +1398,7 @@ debug = true
             "/etc/glint/glint-api.conf:9: [glance_store] rbd_store_pool: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:10: [oslo_messaging_notifications] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:12: [my_backend] unknown section, its 1 option is ignored; check the section name",
-            "/etc/glint/glint-api.conf:14: [task] section not used by glint yet; its 1 option is ignored",
+            "/etc/glint/glint-api.conf:14: [taskflow_executor] section not used by glint yet; its 1 option is ignored",
             "/etc/glint/glint-api.conf:17: [paste_deploy] debug: not an option of this section, ignored; it belongs in [DEFAULT], move it there",
         ]
     );

@@ -168,6 +168,39 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX image_tags_by_tag_created ON image_tags
         (tag, created_at DESC, created_order DESC, image_id DESC);
     ",
+    // 6: tasks, Glance's record of each image import (`GET /v2/images/{id}/tasks`,
+    // `/v2/tasks`; see `task`).
+    //
+    // Glance keeps a task in two tables (`tasks`, and `task_info` for `input`, `result` and
+    // `message`); one row holds all of it here. `input` and `result` are JSON text. There is
+    // no `deleted` column: an expired task is removed, not marked (the API still shows
+    // Glance's `deleted: false`, `deleted_at: null`). `runner` is the owner token of the
+    // process running the task, hidden from the API: a task whose runner is gone while it is
+    // pending or processing is failed by recovery, as an upload's `upload_owner` is requeued.
+    // `created_order` (microseconds) orders tasks created within the same second.
+    "
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        owner TEXT,
+        expires_at TEXT,
+        image_id TEXT,
+        request_id TEXT,
+        user_id TEXT,
+        input TEXT,
+        result TEXT,
+        message TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        created_order INTEGER NOT NULL,
+        runner TEXT
+    );
+    CREATE INDEX tasks_by_image ON tasks (image_id, created_order);
+    CREATE INDEX tasks_by_created ON tasks (created_order, id);
+    CREATE INDEX tasks_running ON tasks (status) WHERE status IN ('pending', 'processing');
+    CREATE INDEX tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is

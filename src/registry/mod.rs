@@ -13,6 +13,7 @@
 //! - `query`: [`ListQuery`], filters (including what a non-admin project may list), sort order
 //!   and marker pagination.
 //! - `status`: [`ImageStatus`] and the words it is stored and shown as.
+//! - `task`: [`Task`]s, Glance's record of each image import, and the methods that keep them.
 //!
 //! # Locking
 //!
@@ -58,6 +59,7 @@ mod migrations;
 mod plan_tests;
 mod query;
 mod status;
+mod task;
 #[cfg(test)]
 mod tests;
 
@@ -74,6 +76,7 @@ pub use member::{image_visible_to, Member, MemberStatus};
 pub use migrations::MIGRATIONS;
 pub use query::{Filters, ListQuery, SortDir, SortKey};
 pub use status::{ImageStatus, UnknownImageStatus};
+pub use task::{NewTask, Task, TaskEnd, TaskQuery, TaskStatus, TASK_COLUMNS};
 
 use crate::timestamp;
 
