@@ -27,6 +27,7 @@ pub mod error;
 mod image_data;
 mod images;
 mod import;
+mod import_uri;
 mod list_query;
 mod members;
 /// Public so that the fuzz targets in `fuzz/` can drive the JSON-patch parser and applier.
@@ -35,6 +36,7 @@ pub mod representation;
 mod schemas;
 mod stores;
 mod versions;
+mod web_download;
 mod webob;
 
 use std::net::SocketAddr;
