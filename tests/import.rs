@@ -738,12 +738,13 @@ fn a_web_download_over_image_size_cap_fails_the_import() {
         assert_eq!(started.status, 202, "{}", started.text());
         assert_failed_and_clean(&server, staging.path(), &id);
     }
+    // The download itself stops at the cap (not the copy into the store after it).
     server.wait_for_log(
-        "the declared image size exceeds image_size_cap (4096 bytes)",
+        "web-download: the declared image size exceeds image_size_cap (4096 bytes)",
         DEADLINE,
     );
     server.wait_for_log(
-        "the image data exceeds image_size_cap (4096 bytes)",
+        "web-download: the image data exceeds image_size_cap (4096 bytes)",
         DEADLINE,
     );
 }
