@@ -1,5 +1,5 @@
-//! Interoperable image import with `glance-direct` (Image API 2.6): `GET /v2/info/import`,
-//! `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
+//! Interoperable image import with `glance-direct` and `web-download` (Image API 2.6): `GET
+//! /v2/info/import`, `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
 //!
 //! Staging streams the body into the staging folder (`node_staging_uri`) as a store upload
 //! does: under a temporary name carrying this process's owner token, renamed to
@@ -11,6 +11,12 @@
 //! failure the image goes back to `queued` with `os_glance_failed_import` set, and the staged
 //! file goes, as in Glance (`api_image_import.py`'s revert).
 //!
+//! `web-download` takes a `queued` image whose URI passes `[import_filtering_opts]`
+//! (`import_uri.rs`; a refusal is Glance's 400 and changes nothing), and its import thread
+//! first downloads the URI into the staging folder (`web_download.rs`, through the staging
+//! store, so the download is the stage), then goes on as above; a failed download is a failed
+//! import.
+//!
 //! # Reloads and stops
 //!
 //! A child joins its import threads after its workers at a drain ([`Imports::finish`]), so an
@@ -21,8 +27,12 @@
 //! `queued` with `os_glance_failed_import` otherwise. A stage cut short the same way goes back
 //! to `queued`. Staged files of images that no longer wait for an import are removed.
 //!
-//! Not served yet: `web-download`, `copy-image`, the tasks API, importing to several stores
-//! (`stores`, `all_stores`).
+//! A web-download that stalls ends within `web_download_read_timeout` (each connection within
+//! `web_download_connect_timeout`), so it cannot hold a drain longer than that; one that keeps
+//! sending slowly holds it until `graceful_shutdown_timeout`.
+//!
+//! Not served yet: `copy-image`, the tasks API, importing to several stores (`stores`,
+//! `all_stores`).
 
 use std::fs::File;
 use std::io::Read;
