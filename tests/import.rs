@@ -779,3 +779,99 @@ fn a_web_download_that_stalls_fails_after_the_read_timeout() {
             .is_some_and(|draining| draining.is_empty())
     });
 }
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate (made by the openssl CLI, served
+/// by python3's ssl), which no system CA bundle trusts. Killed on drop.
+struct UntrustedHttps {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl UntrustedHttps {
+    fn start() -> UntrustedHttps {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|error| {
+                panic!("cannot run openssl ({error}); install it: apt-get install openssl")
+            });
+        assert!(made.status.success(), "openssl req: {made:?}");
+        fs::write(dir.path().join("disk.raw"), vec![1u8; 4096]).unwrap();
+        let server = "import http.server, ssl, sys\n\
+            httpd = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+            context.load_cert_chain('cert.pem', 'key.pem')\n\
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)\n\
+            print(httpd.server_address[1], flush=True)\n\
+            httpd.serve_forever()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", server])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run python3 ({error}); install it: apt-get install python3")
+            });
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the https server did not print its port: {line:?}"));
+        UntrustedHttps {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for UntrustedHttps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_https_download_from_an_untrusted_certificate_fails_the_import() {
+    let https = UntrustedHttps::start();
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!(
+            "[import_filtering_opts]\nallowed_ports = [{}]\n",
+            https.port
+        ),
+    );
+    let id = create(&server, "raw");
+    let uri = format!("https://127.0.0.1:{}/disk.raw", https.port);
+    let started = import(&server, &id, &web_download(&uri));
+    assert_eq!(started.status, 202, "{}", started.text());
+    assert_failed_and_clean(&server, staging.path(), &id);
+    // rustls verified the certificate and refused it: TLS was spoken, not plain HTTP.
+    server.wait_for_log("invalid peer certificate", DEADLINE);
+}
