@@ -323,6 +323,9 @@ mod tests {
         // allowed_ports [80, 443] is set, so disallowed_ports is ignored: 8080 fails allowed.
         assert!(check("http://127.0.0.1:8080/", &f).is_err());
         assert!(check("http://127.0.0.1:443/", &f).is_ok());
+        // A port in both lists is allowed: the disallowed list is not applied at all.
+        f.allowed_ports = vec![80, 8080];
+        assert!(check("http://127.0.0.1:8080/", &f).is_ok());
         f.allowed_ports = Vec::new();
         assert!(check("http://127.0.0.1:8080/", &f).is_err());
         assert!(check("http://127.0.0.1:8081/", &f).is_ok());
@@ -335,6 +338,8 @@ mod tests {
         assert!(check("http://127.0.0.1:8081/", &f).is_err());
         assert!(check("http://127.0.0.2:8081/", &f).is_ok());
         assert!(check("http://[::1]:8081/", &f).is_ok());
+        f.disallowed_hosts = vec!["127.0.0.2".to_string()];
+        assert!(check("http://127.0.0.2:8081/", &f).is_ok());
 
         f.allowed_schemes = Vec::new();
         f.disallowed_schemes = vec!["https".to_string()];
