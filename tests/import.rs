@@ -113,7 +113,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(
         info,
         serde_json::json!({"import-methods": {"description": "Import methods available.",
-            "type": "array", "value": ["glance-direct"]}})
+            "type": "array", "value": ["glance-direct", "web-download"]}})
     );
 
     let fixtures = tempfile::tempdir().unwrap();
@@ -133,7 +133,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(created.status, 201);
     assert_eq!(
         created.header("OpenStack-image-import-methods"),
-        Some("glance-direct")
+        Some("glance-direct,web-download")
     );
     let id: String = serde_json::from_slice::<Value>(&created.body).unwrap()["id"]
         .as_str()
@@ -215,12 +215,12 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
         "{}",
         refused.text()
     );
-    let unknown = import(&server, &queued, r#"{"method":{"name":"web-download"}}"#);
+    let unknown = import(&server, &queued, r#"{"method":{"name":"glance-download"}}"#);
     assert_eq!(unknown.status, 400);
     assert!(
         unknown
             .text()
-            .contains("Unknown import method name 'web-download'."),
+            .contains("Unknown import method name 'glance-download'."),
         "{}",
         unknown.text()
     );
@@ -263,11 +263,14 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     let off = tempfile::tempdir().unwrap();
     let server = start(
         off.path(),
-        "enabled_import_methods = [web-download,copy-image]",
+        "enabled_import_methods = [web-download,glance-download]",
     );
     let info: Value =
         serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
-    assert_eq!(info["import-methods"]["value"], serde_json::json!([]));
+    assert_eq!(
+        info["import-methods"]["value"],
+        serde_json::json!(["web-download"])
+    );
     let id = create(&server, "raw");
     let staged = stage(&server, &id, b"data");
     assert_eq!(staged.status, 404);
@@ -278,7 +281,10 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
         "{}",
         staged.text()
     );
-    server.wait_for_log("glint serves only glance-direct", DEADLINE);
+    server.wait_for_log(
+        "glint serves only glance-direct and web-download; not offering glance-download",
+        DEADLINE,
+    );
 }
 
 /// Stages `size` bytes of non-zero data as a raw image and starts its import; returns the id
@@ -460,4 +466,501 @@ fn an_import_killed_with_its_staged_data_gone_goes_back_to_queued_with_os_glance
     );
     // Nothing of the killed import is left in the store.
     assert_eq!(files_in(&server.path("images")), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// web-download (issue 12), against a small HTTP server on 127.0.0.1 run by the test itself.
+
+/// What the test's HTTP server answers for a path.
+#[derive(Clone)]
+enum Reply {
+    /// 200 with the data, with a Content-Length, or chunked when `chunked`.
+    Data { data: Vec<u8>, chunked: bool },
+    /// 302 to this Location.
+    Redirect(String),
+    /// This status, with a short body.
+    Status(u16),
+    /// 200 announcing 1 MiB, 10 bytes of it, then nothing until the server is dropped.
+    Stall,
+}
+
+/// An HTTP/1.1 server on a real socket of 127.0.0.1, one thread per connection, answering each
+/// path as its table says (404 for the others). It counts the requests it got.
+struct WebServer {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WebServer {
+    fn start(routes: Vec<(&str, Reply)>) -> WebServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes: Arc<Vec<(String, Reply)>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(path, reply)| (path.to_string(), reply))
+                .collect(),
+        );
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counter, stopped) = (Arc::clone(&requests), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let (routes, counter, stopped) = (
+                    Arc::clone(&routes),
+                    Arc::clone(&counter),
+                    Arc::clone(&stopped),
+                );
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let reply = routes
+                        .iter()
+                        .find(|(known, _)| *known == path)
+                        .map(|(_, reply)| reply.clone())
+                        .unwrap_or(Reply::Status(404));
+                    let _ = match reply {
+                        Reply::Data { data, chunked: false } => stream
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    data.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|()| stream.write_all(&data)),
+                        Reply::Data { data, chunked: true } => {
+                            let mut bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+                            for chunk in data.chunks(1000) {
+                                bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                                bytes.extend_from_slice(chunk);
+                                bytes.extend_from_slice(b"\r\n");
+                            }
+                            bytes.extend_from_slice(b"0\r\n\r\n");
+                            stream.write_all(&bytes)
+                        }
+                        Reply::Redirect(location) => stream.write_all(
+                            format!(
+                                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        ),
+                        Reply::Status(status) => stream.write_all(
+                            format!(
+                                "HTTP/1.1 {status} Whatever\r\nContent-Length: 5\r\nConnection: close\r\n\r\nnope\n"
+                            )
+                            .as_bytes(),
+                        ),
+                        Reply::Stall => {
+                            let _ = stream.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n0123456789",
+                            );
+                            // Holds the connection open without sending, until the test ends.
+                            while !stopped.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            Ok(())
+                        }
+                    };
+                });
+            }
+        });
+        WebServer {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn web_download(uri: &str) -> String {
+    serde_json::json!({"method": {"name": "web-download", "uri": uri}}).to_string()
+}
+
+/// A qcow2 of 3 GiB virtual size made by qemu-img, and its bytes.
+fn qcow2_bytes() -> Vec<u8> {
+    let fixtures = tempfile::tempdir().unwrap();
+    qemu_img(
+        fixtures.path(),
+        &["create", "-f", "qcow2", "disk.qcow2", "3G"],
+    );
+    fs::read(fixtures.path().join("disk.qcow2")).unwrap()
+}
+
+/// Asserts the image went back to `queued` with `os_glance_failed_import` and that nothing of
+/// it is left in staging or in the store.
+fn assert_failed_and_clean(server: &Server, staging: &Path, id: &str) {
+    let image = wait_status(server, id, "queued");
+    assert_eq!(image["os_glance_failed_import"], "file", "{image:#}");
+    assert!(
+        image["checksum"].is_null() && image["size"].is_null(),
+        "{image:#}"
+    );
+    assert_eq!(files_in(&server.path("images")), Vec::<String>::new());
+    assert_eq!(files_in(staging), Vec::<String>::new());
+}
+
+#[test]
+fn web_download_of_a_served_qcow2_turns_the_image_active() {
+    let data = qcow2_bytes();
+    // The URI redirects (relative Location) to the data, on the same allowed port.
+    let web = WebServer::start(vec![
+        ("/old", Reply::Redirect("/images/disk.qcow2".to_string())),
+        (
+            "/images/disk.qcow2",
+            Reply::Data {
+                data: data.clone(),
+                chunked: false,
+            },
+        ),
+    ]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
+    );
+    let info: Value =
+        serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
+    assert_eq!(
+        info["import-methods"]["value"],
+        serde_json::json!(["glance-direct", "web-download"])
+    );
+    let id = create(&server, "qcow2");
+    let started = import(&server, &id, &web_download(&web.url("/old")));
+    assert_eq!(started.status, 202, "{}", started.text());
+    let image = wait_status(&server, &id, "active");
+    assert_eq!(image["size"], data.len() as u64);
+    assert_eq!(image["virtual_size"], 3u64 << 30);
+    assert_eq!(image["checksum"], hex(&Md5::digest(&data)));
+    assert_eq!(image["os_hash_value"], hex(&Sha512::digest(&data)));
+    assert!(image.get("os_glance_failed_import").is_none(), "{image:#}");
+    let download = get(server.addr(), &format!("/v2/images/{id}/file")).unwrap();
+    assert!(
+        download.body == data,
+        "the image's data differs from the served file"
+    );
+    assert_eq!(web.requests(), 2, "one redirect, one download");
+    assert_eq!(files_in(staging.path()), Vec::<String>::new());
+}
+
+#[test]
+fn web_download_refused_by_the_default_ports_is_a_400_and_the_image_stays_queued() {
+    let web = WebServer::start(vec![(
+        "/disk.raw",
+        Reply::Data {
+            data: vec![1; 4096],
+            chunked: false,
+        },
+    )]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(staging.path(), "");
+    let id = create(&server, "raw");
+    let uri = web.url("/disk.raw");
+    let refused = import(&server, &id, &web_download(&uri));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.text().contains(&format!(
+            "URI for web-download does not pass filtering: {uri}"
+        )),
+        "{}",
+        refused.text()
+    );
+    let missing = import(&server, &id, r#"{"method":{"name":"web-download"}}"#);
+    assert_eq!(missing.status, 400, "{}", missing.text());
+    assert!(
+        missing
+            .text()
+            .contains("URI for web-download does not pass filtering: None"),
+        "{}",
+        missing.text()
+    );
+    let image = show(&server, &id);
+    assert_eq!(image["status"], "queued");
+    assert!(image.get("os_glance_failed_import").is_none(), "{image:#}");
+    assert_eq!(web.requests(), 0, "a refused URI is never fetched");
+
+    // Glance's conflicts come before the URI: a staged image, an active one.
+    let staged = create(&server, "raw");
+    assert_eq!(stage(&server, &staged, b"data").status, 204);
+    let conflict = import(&server, &staged, &web_download(&uri));
+    assert_eq!(conflict.status, 409, "{}", conflict.text());
+    assert!(
+        conflict
+            .text()
+            .contains("Image needs to be in 'queued' state to use 'web-download' method"),
+        "{}",
+        conflict.text()
+    );
+    let active = create(&server, "raw");
+    let uploaded = request(
+        server.addr(),
+        "PUT",
+        &format!("/v2/images/{active}/file"),
+        &[("Content-Type", "application/octet-stream")],
+        b"data",
+    )
+    .unwrap();
+    assert_eq!(uploaded.status, 204);
+    let conflict = import(&server, &active, &web_download("http://127.0.0.1/x"));
+    assert_eq!(conflict.status, 409, "{}", conflict.text());
+    assert!(
+        conflict
+            .text()
+            .contains("Image with status active cannot be target for import"),
+        "{}",
+        conflict.text()
+    );
+}
+
+#[test]
+fn a_redirect_to_a_disallowed_port_fails_the_import_and_is_never_followed() {
+    let target = WebServer::start(vec![(
+        "/disk.raw",
+        Reply::Data {
+            data: vec![1; 4096],
+            chunked: false,
+        },
+    )]);
+    let web = WebServer::start(vec![(
+        "/disk.raw",
+        Reply::Redirect(target.url("/disk.raw")),
+    )]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
+    );
+    let id = create(&server, "raw");
+    let started = import(&server, &id, &web_download(&web.url("/disk.raw")));
+    assert_eq!(started.status, 202, "{}", started.text());
+    assert_failed_and_clean(&server, staging.path(), &id);
+    server.wait_for_log(
+        &format!("Redirect to disallowed URL: {}", target.url("/disk.raw")),
+        DEADLINE,
+    );
+    assert_eq!(web.requests(), 1);
+    assert_eq!(target.requests(), 0, "the refused redirect was followed");
+}
+
+#[test]
+fn a_web_download_answered_404_fails_the_import() {
+    let web = WebServer::start(vec![]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
+    );
+    let id = create(&server, "raw");
+    let started = import(&server, &id, &web_download(&web.url("/missing.raw")));
+    assert_eq!(started.status, 202, "{}", started.text());
+    assert_failed_and_clean(&server, staging.path(), &id);
+    server.wait_for_log("HTTP 404", DEADLINE);
+    assert_eq!(web.requests(), 1);
+}
+
+#[test]
+fn a_web_download_over_image_size_cap_fails_the_import() {
+    let data = vec![7u8; 5000];
+    let web = WebServer::start(vec![
+        (
+            "/announced.raw",
+            Reply::Data {
+                data: data.clone(),
+                chunked: false,
+            },
+        ),
+        (
+            "/chunked.raw",
+            Reply::Data {
+                data,
+                chunked: true,
+            },
+        ),
+    ]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!(
+            "image_size_cap = 4096\n[import_filtering_opts]\nallowed_ports = [{}]\n",
+            web.port
+        ),
+    );
+    // Refused on its Content-Length, and, without one, once the data passes the cap.
+    for path in ["/announced.raw", "/chunked.raw"] {
+        let id = create(&server, "raw");
+        let started = import(&server, &id, &web_download(&web.url(path)));
+        assert_eq!(started.status, 202, "{}", started.text());
+        assert_failed_and_clean(&server, staging.path(), &id);
+    }
+    // The download itself stops at the cap (not the copy into the store after it).
+    server.wait_for_log(
+        "web-download: the declared image size exceeds image_size_cap (4096 bytes)",
+        DEADLINE,
+    );
+    server.wait_for_log(
+        "web-download: the image data exceeds image_size_cap (4096 bytes)",
+        DEADLINE,
+    );
+}
+
+#[test]
+fn a_web_download_that_stalls_fails_after_the_read_timeout() {
+    // graceful_shutdown_timeout = 0: the drain waits for ever, so only the download's read
+    // timeout can end the draining child.
+    let web = WebServer::start(vec![("/stall.raw", Reply::Stall)]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!(
+            "graceful_shutdown_timeout = 0\nweb_download_read_timeout = 2\n\
+             [import_filtering_opts]\nallowed_ports = [{}]\n",
+            web.port
+        ),
+    );
+    let id = create(&server, "raw");
+    let started = import(&server, &id, &web_download(&web.url("/stall.raw")));
+    assert_eq!(started.status, 202, "{}", started.text());
+    crate::util::wait_until("the download reached the server", DEADLINE, || {
+        web.requests() == 1
+    });
+    server.reload_succeeds();
+    assert_failed_and_clean(&server, staging.path(), &id);
+    server.wait_for_log("web-download: reading", DEADLINE);
+    // The old child, whose drain waited for the import, exits.
+    crate::util::wait_until("the old child finished draining", DEADLINE, || {
+        server.status()["draining"]
+            .as_array()
+            .is_some_and(|draining| draining.is_empty())
+    });
+}
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate (made by the openssl CLI, served
+/// by python3's ssl), which no system CA bundle trusts. Killed on drop.
+struct UntrustedHttps {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl UntrustedHttps {
+    fn start() -> UntrustedHttps {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|error| {
+                panic!("cannot run openssl ({error}); install it: apt-get install openssl")
+            });
+        assert!(made.status.success(), "openssl req: {made:?}");
+        fs::write(dir.path().join("disk.raw"), vec![1u8; 4096]).unwrap();
+        let server = "import http.server, ssl, sys\n\
+            httpd = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+            context.load_cert_chain('cert.pem', 'key.pem')\n\
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)\n\
+            print(httpd.server_address[1], flush=True)\n\
+            httpd.serve_forever()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", server])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run python3 ({error}); install it: apt-get install python3")
+            });
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the https server did not print its port: {line:?}"));
+        UntrustedHttps {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for UntrustedHttps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_https_download_from_an_untrusted_certificate_fails_the_import() {
+    let https = UntrustedHttps::start();
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!(
+            "[import_filtering_opts]\nallowed_ports = [{}]\n",
+            https.port
+        ),
+    );
+    let id = create(&server, "raw");
+    let uri = format!("https://127.0.0.1:{}/disk.raw", https.port);
+    let started = import(&server, &id, &web_download(&uri));
+    assert_eq!(started.status, 202, "{}", started.text());
+    assert_failed_and_clean(&server, staging.path(), &id);
+    // rustls verified the certificate and refused it: TLS was spoken, not plain HTTP.
+    server.wait_for_log("invalid peer certificate", DEADLINE);
 }

@@ -62,7 +62,27 @@ def parse_args(description):
         help="glint runs with the keystone flavor against this Keystone (its keystone.env, "
         "written by scripts/keystone start): the clients log in with the fixture users' passwords",
     )
+    parser.add_argument(
+        "--web-url",
+        help="an HTTP server (python3 -m http.server, started by scripts/interop/run) serving "
+        "--web-dir, on a port glint's [import_filtering_opts] allowed_ports lists: the "
+        "web-download checks import from it",
+    )
+    parser.add_argument("--web-dir", help="the folder --web-url serves")
     return parser.parse_args()
+
+
+def web_file(args, data):
+    """Puts `data` in the folder the run's HTTP server serves; returns its URL."""
+    check(
+        args.web_url and args.web_dir,
+        "no --web-url/--web-dir: run this suite through scripts/interop/run, which starts the "
+        "HTTP server web-download imports from",
+    )
+    name = f"{uuid.uuid4().hex}.bin"
+    with open(os.path.join(args.web_dir, name), "wb") as f:
+        f.write(data)
+    return f"{args.web_url}/{name}"
 
 
 class Account:

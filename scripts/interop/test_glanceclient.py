@@ -35,6 +35,7 @@ from common import (
     random_data,
     run_checks,
     unique,
+    web_file,
 )
 
 ARGS = None
@@ -343,6 +344,65 @@ def create_via_import_glance_direct(s):
     s.delete_quietly(image["id"])
 
 
+def wait_imported(s, image_id, what):
+    """Polls image-show until the image is active (while it is queued, uploading or importing,
+    and no import failed); returns it."""
+    deadline = time.monotonic() + CACHE_DEADLINE
+    shown = s.show(image_id)
+    while shown.get("status") != "active":
+        check(
+            shown.get("status") in ("queued", "uploading", "importing")
+            and not shown.get("os_glance_failed_import")
+            and time.monotonic() < deadline,
+            f"{what} did not make the image active: status {shown.get('status')!r}, "
+            f"os_glance_failed_import {shown.get('os_glance_failed_import')!r}",
+        )
+        time.sleep(0.2)
+        shown = s.show(image_id)
+    return shown
+
+
+@checked
+def create_via_import_web_download(s):
+    """`image-create-via-import --import-method web-download --uri`: glanceclient creates the
+    image and asks for the import (202); glint downloads the URI from the run's HTTP server (its
+    port is in allowed_ports) and the image turns active with the data's size and hashes."""
+    data = random_data(3 * 65536 + 7)
+    uri = web_file(ARGS, data)
+    image = parse_dict(
+        s.ok(
+            "image-create-via-import", "--name", unique("gc-web"), "--disk-format", "raw",
+            "--container-format", "bare", "--import-method", "web-download", "--uri", uri,
+        ).out
+    )
+    shown = wait_imported(s, image["id"], "the web-download import")
+    check_data_fields(shown, data, "image-show after a web-download import")
+    equal(shown["os_hash_value"], digests(data)[1], "os_hash_value")
+    s.delete_quietly(image["id"])
+
+
+@checked
+def web_download_refused_by_the_filters(s):
+    """A URI on a port that allowed_ports does not list: the import request gets glint's 400
+    and glanceclient exits non-zero with its message."""
+    uri = "http://127.0.0.1:1/refused.bin"
+    name = unique("gc-web-refused")
+    result = s.fails(
+        "image-create-via-import", "--name", name, "--disk-format", "raw",
+        "--container-format", "bare", "--import-method", "web-download", "--uri", uri,
+    )
+    check(
+        f"URI for web-download does not pass filtering: {uri}" in result.out + result.err,
+        "glint's message is missing from glanceclient's output",
+    )
+    # glanceclient created the image before the import was refused: it stays queued.
+    listed = parse_list(s.ok("image-list", "--property-filter", f"name={name}").out)
+    equal(len(listed), 1, "images named like the refused import")
+    shown = s.show(listed[0]["ID"])
+    equal(shown.get("status"), "queued", "status of the image whose import was refused")
+    s.delete_quietly(listed[0]["ID"])
+
+
 @checked
 def upload_from_stdin(s):
     """`image-upload` with the data on a pipe: size unknown, no x-openstack-image-size."""
@@ -606,6 +666,8 @@ CHECKS = [
     create_metadata_only,
     upload_and_download,
     create_via_import_glance_direct,
+    create_via_import_web_download,
+    web_download_refused_by_the_filters,
     upload_from_stdin,
     download_without_data,
     list_pages,

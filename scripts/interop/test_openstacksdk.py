@@ -35,6 +35,7 @@ from common import (
     random_data,
     run_checks,
     unique,
+    web_file,
 )
 
 ARGS = None
@@ -309,6 +310,52 @@ def errors():
     delete_quietly(active)
 
 
+def wait_imported(image, what):
+    """Polls get_image until the image is active, failing on os_glance_failed_import; returns
+    it."""
+    deadline = time.monotonic() + CACHE_DEADLINE
+    while True:
+        shown = CONN.image.get_image(image.id)
+        if shown.status == "active":
+            return shown
+        failed = shown.properties.get("os_glance_failed_import") if shown.properties else None
+        check(
+            shown.status in ("queued", "uploading", "importing") and not failed
+            and time.monotonic() < deadline,
+            f"{what} did not make the image active: status {shown.status!r}, "
+            f"os_glance_failed_import {failed!r}",
+        )
+        time.sleep(0.2)
+
+
+@checked
+def import_web_download():
+    """import_image(method='web-download', uri=...): 202, then glint downloads the URI from the
+    run's HTTP server and the image turns active with the data's size and hashes."""
+    data = random_data(200_003)
+    uri = web_file(ARGS, data)
+    image = new_image("sdk-web")
+    CONN.image.import_image(image, method="web-download", uri=uri)
+    check_data_fields(wait_imported(image, "the web-download import"), data, "get_image after web-download")
+    delete_quietly(image)
+
+
+@checked
+def import_glance_direct():
+    """create_image(filename=..., use_import=True): openstacksdk stages the file and imports it
+    with glance-direct, then waits for active."""
+    data = random_data(150_001)
+    path = os.path.join(ARGS.workdir, "sdk-import.bin")
+    with open(path, "wb") as f:
+        f.write(data)
+    image = CONN.image.create_image(
+        unique("sdk-import"), filename=path, disk_format="raw", container_format="bare",
+        use_import=True, validate_checksum=False,
+    )
+    check_data_fields(wait_imported(image, "the glance-direct import"), data, "get_image after use_import")
+    delete_quietly(image)
+
+
 def cached_image_ids():
     return [entry.image_id for entry in CONN.image.get_image_cache().cached_images or []]
 
@@ -371,7 +418,10 @@ def no_token_is_a_clean_401():
     expect_401(connect(None), "list without a token")
 
 
-CHECKS = [discovery, create_with_data, create_from_file, download, list_images, update_properties, tags, delete, errors, cache]
+CHECKS = [
+    discovery, create_with_data, create_from_file, download, list_images, update_properties, tags, delete, errors,
+    cache, import_web_download, import_glance_direct,
+]
 AUTH_CHECKS = [wrong_token_is_a_clean_401, no_token_is_a_clean_401]
 
 

@@ -1,5 +1,5 @@
-//! Interoperable image import with `glance-direct` (Image API 2.6): `GET /v2/info/import`,
-//! `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
+//! Interoperable image import with `glance-direct` and `web-download` (Image API 2.6): `GET
+//! /v2/info/import`, `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
 //!
 //! Staging streams the body into the staging folder (`node_staging_uri`) as a store upload
 //! does: under a temporary name carrying this process's owner token, renamed to
@@ -10,6 +10,12 @@
 //! the same rules), and only then turns the image `active` and removes the staged file. On any
 //! failure the image goes back to `queued` with `os_glance_failed_import` set, and the staged
 //! file goes, as in Glance (`api_image_import.py`'s revert).
+//!
+//! `web-download` takes a `queued` image whose URI passes `[import_filtering_opts]`
+//! (`import_uri.rs`; a refusal is Glance's 400 and changes nothing), and its import thread
+//! first downloads the URI into the staging folder (`web_download.rs`, through the staging
+//! store, so the download is the stage), then goes on as above; a failed download is a failed
+//! import.
 //!
 //! # Reloads and stops
 //!
@@ -25,7 +31,11 @@
 //! when the thread starts, then `success` or `failure` with the reason; the image's
 //! `os_glance_import_task` names it while the import runs.
 //!
-//! Not served yet: `web-download`, `copy-image`, importing to several stores (`stores`,
+//! A web-download that stalls ends within `web_download_read_timeout` (each connection within
+//! `web_download_connect_timeout`), so it cannot hold a drain longer than that; one that keeps
+//! sending slowly holds it until `graceful_shutdown_timeout`.
+//!
+//! Not served yet: `copy-image`, importing to several stores (`stores`,
 //! `all_stores`).
 
 use std::fs::File;
@@ -39,7 +49,9 @@ use serde_json::{json, Value};
 use super::access::Context;
 use super::error::ApiError;
 use super::image_data::{activate, declared_size, pump, store_error, UPLOAD_CHUNK};
+use super::import_uri::{self, ImportUri};
 use super::tasks::{TaskRecord, IMPORT_TASK};
+use super::web_download;
 use super::Api;
 use crate::config::Config;
 use crate::http::response::Response;
@@ -51,8 +63,11 @@ use crate::store::{Store, Stored};
 /// `queued`.
 pub const FAILED_IMPORT: &str = "os_glance_failed_import";
 
-/// The one method glint serves.
+/// The method that imports staged data.
 const GLANCE_DIRECT: &str = "glance-direct";
+
+/// The method that downloads the data from a URI first (`web_download.rs`).
+const WEB_DOWNLOAD: &str = "web-download";
 
 /// The import threads of one child, joined at its drain.
 #[derive(Default)]
@@ -88,7 +103,67 @@ fn store_name(id: Option<&str>) -> String {
     id.unwrap_or("file").to_string()
 }
 
+/// Why image `image` cannot be the target of an import by `method` (409, Glance's messages),
+/// if it cannot.
+fn import_conflict(image: &Image, method: &str) -> Result<(), ApiError> {
+    if image.status == ImageStatus::Active {
+        return Err(ApiError::Conflict(
+            "Image with status active cannot be target for import".to_string(),
+        ));
+    }
+    if method == WEB_DOWNLOAD {
+        if image.status != ImageStatus::Queued {
+            return Err(ApiError::Conflict(format!(
+                "Image needs to be in 'queued' state to use '{method}' method"
+            )));
+        }
+    // Staged means `uploading` with no stage in progress.
+    } else if image.status != ImageStatus::Uploading || image.upload_owner.is_some() {
+        return Err(ApiError::Conflict(
+            "Image needs to be staged before 'glance-direct' method can be used".to_string(),
+        ));
+    }
+    if image.container_format.is_none() {
+        return Err(ApiError::Conflict(
+            "'container_format' needs to be set before import".to_string(),
+        ));
+    }
+    if image.disk_format.is_none() {
+        return Err(ApiError::Conflict(
+            "'disk_format' needs to be set before import".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 impl Api {
+    /// The URI of a web-download import, if it passes `[import_filtering_opts]` (400 with
+    /// Glance's message otherwise), and the staging store it downloads into.
+    fn web_download_source(&self, method: &Value, id: &str) -> Result<Download, ApiError> {
+        let uri = method.get("uri");
+        let text = uri.and_then(Value::as_str).unwrap_or_default();
+        let checked = import_uri::check(text, &self.config.web_download).map_err(|reason| {
+            // Python shows a missing uri as None, a non-string as its repr.
+            let shown = match uri {
+                None | Some(Value::Null) => "None".to_string(),
+                Some(Value::String(text)) => text.clone(),
+                Some(other) => other.to_string(),
+            };
+            log::debug!("URI for web-download of image {id} does not pass filtering: {reason}");
+            ApiError::BadRequest(format!(
+                "URI for web-download does not pass filtering: {shown}"
+            ))
+        })?;
+        let staging = self.staging.open(&self.config).map_err(|error| {
+            log::error!("cannot download into the staging area: {error}");
+            ApiError::Unavailable("The staging area is not available.".to_string())
+        })?;
+        Ok(Download {
+            uri: checked,
+            staging,
+        })
+    }
+
     fn glance_direct_enabled(&self) -> bool {
         self.config
             .import_methods
@@ -261,6 +336,14 @@ impl Api {
         let found = self.find_for(context, id, "modify_image")?;
         let id = found.id.clone();
         let owner = self.owner_token.clone();
+        // web-download: Glance answers the image's conflicts (409) before the URI's refusal
+        // (400), so they are checked on the image as found, then again under the write lock.
+        let download = if name == WEB_DOWNLOAD {
+            import_conflict(&found, name)?;
+            Some(self.web_download_source(method, &id)?)
+        } else {
+            None
+        };
         // Removed again if the image cannot be taken (dropped before it starts).
         let task = TaskRecord::create(
             &self.registry,
@@ -275,35 +358,14 @@ impl Api {
             .registry
             .update(&id, |image| {
                 context.enforce_on_image("modify_image", image)?;
-                if image.status == ImageStatus::Active {
-                    return Err(ApiError::Conflict(
-                        "Image with status active cannot be target for import".to_string(),
-                    ));
-                }
-                // Staged means `uploading` with no stage in progress.
-                if image.status != ImageStatus::Uploading || image.upload_owner.is_some() {
-                    return Err(ApiError::Conflict(
-                        "Image needs to be staged before 'glance-direct' method can be used"
-                            .to_string(),
-                    ));
-                }
-                if image.container_format.is_none() {
-                    return Err(ApiError::Conflict(
-                        "'container_format' needs to be set before import".to_string(),
-                    ));
-                }
-                if image.disk_format.is_none() {
-                    return Err(ApiError::Conflict(
-                        "'disk_format' needs to be set before import".to_string(),
-                    ));
-                }
+                import_conflict(image, name)?;
                 image.status = ImageStatus::Importing;
                 image.upload_owner = Some(owner.clone());
                 image.properties.remove(FAILED_IMPORT);
                 image
                     .properties
                     .insert(IMPORT_TASK.to_string(), task.id().to_string());
-                Ok(())
+                Ok::<(), ApiError>(())
             })?
             .ok_or_else(|| super::images::not_found(&id))?;
         let job = ImportJob {
@@ -315,6 +377,7 @@ impl Api {
             owner,
             image,
             task,
+            download,
         };
         let thread = std::thread::Builder::new()
             .name("import".to_string())
@@ -323,9 +386,14 @@ impl Api {
             Ok(thread) => self.imports.add(thread),
             Err(error) => {
                 log::error!("cannot start an import thread: {error}");
+                let back = if name == WEB_DOWNLOAD {
+                    ImageStatus::Queued
+                } else {
+                    ImageStatus::Uploading
+                };
                 let _ = self.registry.update(&id, |image| {
                     if image.status == ImageStatus::Importing {
-                        image.status = ImageStatus::Uploading;
+                        image.status = back;
                         image.upload_owner = None;
                         image.properties.remove(IMPORT_TASK);
                     }
@@ -336,7 +404,7 @@ impl Api {
                 ));
             }
         }
-        log::info!("import of image {id} started (glance-direct)");
+        log::info!("import of image {id} started ({name})");
         Ok(Response::new(202))
     }
 
@@ -535,6 +603,15 @@ struct ImportJob {
     image: Image,
     /// The import's task (`api::tasks`).
     task: TaskRecord,
+    /// web-download: what to download into `staged` first.
+    download: Option<Download>,
+}
+
+/// The source of a web-download import.
+struct Download {
+    uri: ImportUri,
+    /// The staging folder's store, so the download is swept like a stage if its process dies.
+    staging: Arc<Store>,
 }
 
 impl ImportJob {
@@ -550,6 +627,20 @@ impl ImportJob {
             staged: Some(self.staged.clone()),
             committed: false,
         };
+        if let Some(download) = &self.download {
+            let settings = &self.config.web_download;
+            let result =
+                web_download::download(&download.uri, settings, &download.staging, id, &self.owner);
+            match result {
+                Ok(staged) => log::info!("image {id}: downloaded {} bytes", staged.size),
+                Err(reason) => {
+                    log::warn!("import of image {id} failed: web-download: {reason}");
+                    drop(guard);
+                    self.task.failed(&format!("web-download: {reason}"));
+                    return;
+                }
+            }
+        }
         let (stored, virtual_size) = match self.store_staged() {
             Ok(done) => done,
             Err(reason) => {

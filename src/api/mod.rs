@@ -30,6 +30,7 @@ mod healthcheck;
 mod image_data;
 mod images;
 mod import;
+mod import_uri;
 mod list_query;
 mod members;
 /// Public so that the fuzz targets in `fuzz/` can drive the JSON-patch parser and applier.
@@ -39,6 +40,7 @@ mod schemas;
 mod stores;
 mod tasks;
 mod versions;
+mod web_download;
 mod webob;
 
 use std::net::SocketAddr;

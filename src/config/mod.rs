@@ -43,6 +43,7 @@
 
 mod backends;
 pub mod healthcheck;
+mod import_filtering;
 mod keystone;
 mod options;
 mod policy;
@@ -62,6 +63,7 @@ use std::time::Duration;
 use ini::{Ini, ParseOption};
 
 pub use backends::{Backend, Backends};
+pub use import_filtering::WebDownload;
 pub use keystone::{
     identity_v3_root, Domain, KeystoneAuthtoken, KeystoneSettings, Principal, Secret,
 };
@@ -194,13 +196,15 @@ pub struct Config {
     /// section (`backends.rs`); `None` without `enabled_backends`: one unnamed store of
     /// `datadirs`, as before several stores existed.
     pub backends: Option<Backends>,
-    /// `[DEFAULT] enabled_import_methods`, reduced to the methods glint serves (glance-direct
-    /// only, for now): `GET /v2/info/import` lists exactly these.
+    /// `[DEFAULT] enabled_import_methods`, reduced to the methods glint serves
+    /// ([`SERVED_IMPORT_METHODS`]): `GET /v2/info/import` lists exactly these.
     pub import_methods: Vec<String>,
     /// `[DEFAULT] node_staging_uri` as a folder: where `PUT /v2/images/{id}/stage` puts data.
     pub staging_dir: PathBuf,
     /// `[healthcheck]`: what `/healthcheck` answers.
     pub healthcheck: healthcheck::Healthcheck,
+    /// `[import_filtering_opts]` and the timeouts of `web-download`.
+    pub web_download: WebDownload,
 }
 
 /// `reload_strategy`: how a reload replaces the children.
@@ -1210,6 +1214,8 @@ struct Draft {
     enabled_backends: Vec<String>,
     /// `[glance_store] default_backend`.
     default_backend: Option<String>,
+    /// `[import_filtering_opts]` as written, and the timeouts of `web-download`.
+    web_download: import_filtering::Draft,
 }
 
 /// Glance's default for `workers`: one per CPU, at most 8.
@@ -1309,6 +1315,7 @@ impl Draft {
         let import_methods = finish_import_methods(&self.enabled_import_methods, raw, report);
         let staging_dir = finish_staging_uri(&self.node_staging_uri, raw, report);
         let healthcheck = self.healthcheck.finish(raw, folder, report);
+        let web_download = self.web_download.finish(raw, report);
         let backends = backends::finish(
             &self.enabled_backends,
             self.default_backend,
@@ -1399,12 +1406,13 @@ impl Draft {
             import_methods,
             staging_dir,
             healthcheck,
+            web_download,
         }
     }
 }
 
 /// The import methods glint serves; Glance's others are accepted in the file and not served.
-pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct"];
+pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct", "web-download"];
 
 /// `enabled_import_methods` as Glance writes it (`[glance-direct,web-download]`, each item
 /// possibly quoted) or as a plain comma list, reduced to the methods glint serves. A method it
@@ -1439,8 +1447,8 @@ fn finish_import_methods(items: &[String], raw: &RawConfig, report: &mut Report)
             Some("DEFAULT"),
             Some("enabled_import_methods"),
             format!(
-                "glint serves only glance-direct; not offering {}: remove {} from the list to \
-                 silence this",
+                "glint serves only {}; not offering {}: remove {} from the list to silence this",
+                SERVED_IMPORT_METHODS.join(" and "),
                 dropped.join(", "),
                 if dropped.len() == 1 { "it" } else { "them" }
             ),

@@ -850,7 +850,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::List,
         default: DefaultValue::Text("[glance-direct,web-download,copy-image]"),
         on_reload: RELOAD_GENERATION,
-        doc: "Interoperable import methods, as Glance's list (`[glance-direct,web-download]`) or a plain comma list. glint serves only `glance-direct`; the others are not offered (`GET /v2/info/import` leaves them out) and, when this file names them, draw a warning. Without `glance-direct`, `PUT /v2/images/{id}/stage` answers 404.",
+        doc: "Interoperable import methods, as Glance's list (`[glance-direct,web-download]`) or a plain comma list. glint serves `glance-direct` and `web-download` (filtered by `[import_filtering_opts]`); the others are not offered (`GET /v2/info/import` leaves them out) and, when this file names them, draw a warning. Without `glance-direct`, `PUT /v2/images/{id}/stage` answers 404.",
         apply: |draft, value| {
             if let Value::List(items) = value {
                 draft.enabled_import_methods = items;
@@ -1407,6 +1407,119 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
         show: |config| vec![config.image_format.rules.gpt_nonfatal_checks.join(",")],
     },
+    // [import_filtering_opts] and the timeouts of web-download (issue 12), kept together here.
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "allowed_schemes",
+        kind: Kind::List,
+        default: DefaultValue::Text("[http,https]"),
+        on_reload: RELOAD_GENERATION,
+        doc: "The URI schemes `web-download` may fetch (`POST /v2/images/{id}/import`, and every redirect it follows). When set, `disallowed_schemes` is ignored, as in Glance. glint fetches only `http` and `https`: another scheme allowed here fails the import. Test `import::web_download_of_a_served_qcow2_turns_the_image_active`.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.allowed_schemes = items;
+            }
+        },
+        show: |config| vec![config.web_download.allowed_schemes.join(",")],
+    },
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "disallowed_schemes",
+        kind: Kind::List,
+        default: DefaultValue::Text(""),
+        on_reload: RELOAD_GENERATION,
+        doc: "The URI schemes `web-download` refuses; used only while `allowed_schemes` is empty.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.disallowed_schemes = items;
+            }
+        },
+        show: |config| vec![config.web_download.disallowed_schemes.join(",")],
+    },
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "allowed_hosts",
+        kind: Kind::List,
+        default: DefaultValue::Text(""),
+        on_reload: RELOAD_GENERATION,
+        doc: "The hosts `web-download` may fetch from, IP addresses (in their shortest form, `::1`) or lower-case host names, compared exactly with the URI's host as Glance compares them; empty allows every host. A host name in a URI must resolve, and numeric forms other than a plain dotted IPv4 address (`2130706433`, `127.1`, `0x7f.1`) are refused whatever the lists say. When set, `disallowed_hosts` is ignored.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.allowed_hosts = items;
+            }
+        },
+        show: |config| vec![config.web_download.allowed_hosts.join(",")],
+    },
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "disallowed_hosts",
+        kind: Kind::List,
+        default: DefaultValue::Text(""),
+        on_reload: RELOAD_GENERATION,
+        doc: "The hosts `web-download` refuses, written as for `allowed_hosts`; used only while `allowed_hosts` is empty.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.disallowed_hosts = items;
+            }
+        },
+        show: |config| vec![config.web_download.disallowed_hosts.join(",")],
+    },
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "allowed_ports",
+        kind: Kind::List,
+        default: DefaultValue::Text("[80,443]"),
+        on_reload: RELOAD_GENERATION,
+        doc: "The ports `web-download` may fetch from, as Glance checks them: only a port the URI writes out (`http://host:8080/`) is checked, so `http://host/` passes whatever the lists say. When set, `disallowed_ports` is ignored. Test `import::web_download_refused_by_the_default_ports_is_a_400_and_the_image_stays_queued`.",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.allowed_ports = items;
+            }
+        },
+        show: |config| vec![config.web_download.allowed_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")],
+    },
+    OptionSpec {
+        section: "import_filtering_opts",
+        name: "disallowed_ports",
+        kind: Kind::List,
+        default: DefaultValue::Text(""),
+        on_reload: RELOAD_GENERATION,
+        doc: "The ports `web-download` refuses; used only while `allowed_ports` is empty (`allowed_ports =`).",
+        apply: |draft, value| {
+            if let Value::List(items) = value {
+                draft.web_download.disallowed_ports = items;
+            }
+        },
+        show: |config| vec![config.web_download.disallowed_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "web_download_connect_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("30"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: longest wait of a `web-download` for a host name's lookup and for each connection (TCP and TLS), the first and each redirect's; a longer wait fails the import.",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.web_download.connect_timeout = timeout;
+            }
+        },
+        show: |config| vec![show_seconds(Some(config.web_download.connect_timeout))],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "web_download_read_timeout",
+        kind: Kind::Seconds { max: MAX_TIMEOUT_SECONDS, zero_means_never: false },
+        default: DefaultValue::Text("60"),
+        on_reload: RELOAD_GENERATION,
+        doc: "glint's own: longest stall of a `web-download` while it sends its request, waits for the answer or reads the data; a longer stall fails the import. It bounds how long a stalled download holds a draining child. Test `import::a_web_download_that_stalls_fails_after_the_read_timeout`.",
+        apply: |draft, value| {
+            if let Value::Seconds(Some(timeout)) = value {
+                draft.web_download.read_timeout = timeout;
+            }
+        },
+        show: |config| vec![show_seconds(Some(config.web_download.read_timeout))],
+    },
     // [metrics]: glint's own section (issue 14, part 4), kept together here.
     OptionSpec {
         section: "metrics",
@@ -1534,7 +1647,6 @@ pub static GLANCE_SECTIONS: &[&str] = &[
     "barbican",
     "cors",
     "image_import_opts",
-    "import_filtering_opts",
     "key_manager",
     "os_brick",
     "profiler",

@@ -158,6 +158,21 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "[glance-direct]",
     ),
     ("enabled_import_methods", "", "[]"),
+    ("allowed_schemes", "[http]", "http"),
+    ("allowed_schemes", "'https', \"http\"", "https,http"),
+    ("allowed_schemes", "", ""),
+    ("disallowed_schemes", "", ""),
+    (
+        "allowed_hosts",
+        "[127.0.0.1, ::1, images.example.com.]",
+        "127.0.0.1,::1,images.example.com",
+    ),
+    ("disallowed_hosts", "", ""),
+    ("allowed_ports", "[80, 8080]", "80,8080"),
+    ("allowed_ports", "", ""),
+    ("disallowed_ports", "", ""),
+    ("web_download_connect_timeout", "5", "5"),
+    ("web_download_read_timeout", "120", "120"),
     (
         "node_staging_uri",
         "file:///var/lib/glint/staging/",
@@ -655,6 +670,15 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("disable_by_file_paths", "x:y", "`x:y` is not PORT:PATH (a port from 0 to 65535, a colon, a file path)"),
     ("disable_by_file_paths", "9292", "`9292` is not PORT:PATH (a port from 0 to 65535, a colon, a file path)"),
     ("detailed", "2", "`2` is not a boolean; use true or false (yes/no, on/off and 1/0 work too)"),
+    ("allowed_schemes", "http,\u{7}", "contains a control character; remove it"),
+    ("disallowed_schemes", "\u{7}", "contains a control character; remove it"),
+    ("allowed_hosts", "images_example", "images_example is neither an IP address nor a host name"),
+    ("disallowed_hosts", "-a.example", "-a.example is neither an IP address nor a host name"),
+    ("allowed_ports", "[80, http]", "http is not a port: use numbers from 1 to 65535"),
+    ("allowed_ports", "0", "0 is not a port: use numbers from 1 to 65535"),
+    ("disallowed_ports", "65536", "65536 is not a port: use numbers from 1 to 65535"),
+    ("web_download_connect_timeout", "0", "0 seconds is out of range; use whole seconds from 1 to 2147483"),
+    ("web_download_read_timeout", "1m", "`1m` is not a whole number of seconds; write the seconds without a unit, from 1 to 2147483"),
     ("node_staging_uri", "http://example.com/staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
     ("node_staging_uri", "file://staging", "must be file:// followed by an absolute path, such as file:///var/lib/glint/staging/"),
     ("enabled_backends", "fast:rbd", "backend `fast` has type `rbd`; glint serves only the file type, so change it to fast:file or remove it"),
@@ -2563,4 +2587,35 @@ fn a_healthcheck_file_turns_its_backend_on() {
         loaded.config.healthcheck.disable_by_file,
         Some(PathBuf::from("/run/off"))
     );
+}
+
+#[test]
+fn import_filtering_lists_that_cannot_take_effect_draw_warnings() {
+    // allowed_ports keeps its default [80, 443], so Glance ignores disallowed_ports; hosts
+    // are compared as the URI gives them (lower case, addresses in their shortest form).
+    let loaded = loads(
+        "[import_filtering_opts]\ndisallowed_ports = 22\nallowed_hosts = Images.Example.com, \
+         0:0:0:0:0:0:0:1\n",
+    );
+    assert_eq!(loaded.config.web_download.disallowed_ports, vec![22]);
+    assert_eq!(
+        loaded.warnings,
+        vec![
+            "/etc/glint/glint-api.conf:2: [import_filtering_opts] disallowed_ports: is ignored \
+             because allowed_ports is set (the allowed list wins, as in Glance); set \
+             allowed_ports empty (`allowed_ports =`) to use this list"
+                .to_string(),
+            "/etc/glint/glint-api.conf:3: [import_filtering_opts] allowed_hosts: \
+             Images.Example.com never matches: URIs' host names are compared in lower case, \
+             as Glance does; write images.example.com"
+                .to_string(),
+            "/etc/glint/glint-api.conf:3: [import_filtering_opts] allowed_hosts: \
+             0:0:0:0:0:0:0:1 never matches: URIs' addresses are compared in their shortest \
+             form, as Glance does; write ::1"
+                .to_string(),
+        ]
+    );
+    let loaded = loads("[import_filtering_opts]\nallowed_ports =\ndisallowed_ports = 22\n");
+    assert_eq!(loaded.warnings, Vec::<String>::new());
+    assert!(loaded.config.web_download.allowed_ports.is_empty());
 }
