@@ -349,6 +349,45 @@ fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryE
     Ok(())
 }
 
+/// The live images with a data location and no row in `image_locations` (stored with one
+/// store), as (id, location), by id.
+///
+/// A scan of the live images: it runs when a child starts, not per request.
+pub(super) fn select_without_store(
+    connection: &Connection,
+) -> Result<Vec<(String, String)>, RegistryError> {
+    connection
+        .prepare_cached(
+            "SELECT id, location FROM images WHERE deleted = 0 AND location IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM image_locations WHERE image_id = images.id) \
+             ORDER BY id",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(RegistryError::sql("find image data stored without a store"))
+}
+
+/// Records `path` as the first location of image `id`, in `store`.
+pub(super) fn insert_first_location(
+    connection: &Connection,
+    id: &str,
+    store: &str,
+    path: &str,
+) -> Result<(), RegistryError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO image_locations (image_id, position, store, path) VALUES (?1, 0, ?2, ?3)",
+        )
+        .and_then(|mut statement| statement.execute(params![id, store, path]))
+        .map(|_| ())
+        .map_err(RegistryError::sql(format!(
+            "record store {store} for the data of image {id}"
+        )))
+}
+
 /// How many live images have a location in each store, for the stores that have any.
 pub(super) fn count_by_store(connection: &Connection) -> Result<Vec<(String, u64)>, RegistryError> {
     connection
