@@ -113,7 +113,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(
         info,
         serde_json::json!({"import-methods": {"description": "Import methods available.",
-            "type": "array", "value": ["glance-direct"]}})
+            "type": "array", "value": ["glance-direct", "copy-image"]}})
     );
 
     let fixtures = tempfile::tempdir().unwrap();
@@ -133,7 +133,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(created.status, 201);
     assert_eq!(
         created.header("OpenStack-image-import-methods"),
-        Some("glance-direct")
+        Some("glance-direct,copy-image")
     );
     let id: String = serde_json::from_slice::<Value>(&created.body).unwrap()["id"]
         .as_str()
@@ -267,7 +267,10 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     );
     let info: Value =
         serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
-    assert_eq!(info["import-methods"]["value"], serde_json::json!([]));
+    assert_eq!(
+        info["import-methods"]["value"],
+        serde_json::json!(["copy-image"])
+    );
     let id = create(&server, "raw");
     let staged = stage(&server, &id, b"data");
     assert_eq!(staged.status, 404);

@@ -191,8 +191,8 @@ pub struct Config {
     /// section (`backends.rs`); `None` without `enabled_backends`: one unnamed store of
     /// `datadirs`, as before several stores existed.
     pub backends: Option<Backends>,
-    /// `[DEFAULT] enabled_import_methods`, reduced to the methods glint serves (glance-direct
-    /// only, for now): `GET /v2/info/import` lists exactly these.
+    /// `[DEFAULT] enabled_import_methods`, reduced to the methods glint serves
+    /// ([`SERVED_IMPORT_METHODS`]): `GET /v2/info/import` lists exactly these.
     pub import_methods: Vec<String>,
     /// `[DEFAULT] node_staging_uri` as a folder: where `PUT /v2/images/{id}/stage` puts data.
     pub staging_dir: PathBuf,
@@ -1393,7 +1393,7 @@ impl Draft {
 }
 
 /// The import methods glint serves; Glance's others are accepted in the file and not served.
-pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct"];
+pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct", "copy-image"];
 
 /// `enabled_import_methods` as Glance writes it (`[glance-direct,web-download]`, each item
 /// possibly quoted) or as a plain comma list, reduced to the methods glint serves. A method it
@@ -1428,8 +1428,8 @@ fn finish_import_methods(items: &[String], raw: &RawConfig, report: &mut Report)
             Some("DEFAULT"),
             Some("enabled_import_methods"),
             format!(
-                "glint serves only glance-direct; not offering {}: remove {} from the list to \
-                 silence this",
+                "glint serves only {}; not offering {}: remove {} from the list to silence this",
+                SERVED_IMPORT_METHODS.join(", "),
                 dropped.join(", "),
                 if dropped.len() == 1 { "it" } else { "them" }
             ),

@@ -440,6 +440,23 @@ impl Registry {
             let mut reset = stored.clone();
             reset.upload_owner = None;
             reset.updated_at = now.seconds.clone();
+            // The stores the dead import still wrote to: no longer importing; failed when
+            // the image goes back to queued (an older import listed none: `failed_store`).
+            let importing = reset
+                .properties
+                .insert("os_glance_importing_to_stores".to_string(), String::new())
+                .filter(|list| !list.is_empty());
+            if stored.status == ImageStatus::Importing {
+                // Copies the dead import recorded before its last store: the caller removes
+                // their files (the image as it was lists them).
+                reset.locations.clear();
+                reset.location = None;
+                reset.size = None;
+                reset.virtual_size = None;
+                reset.checksum = None;
+                reset.os_hash_algo = None;
+                reset.os_hash_value = None;
+            }
             if stored.status == ImageStatus::Importing && is_staged(&stored.id) {
                 reset.status = ImageStatus::Uploading;
             } else {
@@ -447,7 +464,7 @@ impl Registry {
                 if stored.status == ImageStatus::Importing {
                     reset.properties.insert(
                         "os_glance_failed_import".to_string(),
-                        failed_store.to_string(),
+                        importing.unwrap_or_else(|| failed_store.to_string()),
                     );
                 }
             }
