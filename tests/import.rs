@@ -237,6 +237,15 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     )
     .unwrap();
     assert_eq!(uploaded.status, 204);
+    // One store: copy-image has nowhere to copy to, and all_stores_must_succeed needs stores.
+    let copy = import(&server, &active, r#"{"method":{"name":"copy-image"}}"#);
+    assert_eq!(copy.status, 400, "{}", copy.text());
+    assert!(
+        copy.text()
+            .contains("The copy-image method needs several stores"),
+        "{}",
+        copy.text()
+    );
     let staged = stage(&server, &active, b"more");
     assert_eq!(staged.status, 409, "{}", staged.text());
     assert_eq!(
@@ -246,6 +255,19 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     );
     // Staging twice: the second finds it uploading.
     assert_eq!(stage(&server, &queued, b"once").status, 204);
+    let lenient = import(
+        &server,
+        &queued,
+        r#"{"method":{"name":"glance-direct"},"all_stores_must_succeed":false}"#,
+    );
+    assert_eq!(lenient.status, 400, "{}", lenient.text());
+    assert!(
+        lenient
+            .text()
+            .contains("All_stores_must_succeed can only be set with enabled_backends None"),
+        "{}",
+        lenient.text()
+    );
     assert_eq!(stage(&server, &queued, b"twice").status, 409);
     // Deleting a staged image removes its staged data.
     let deleted = request(

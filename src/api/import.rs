@@ -1,15 +1,26 @@
-//! Interoperable image import with `glance-direct` (Image API 2.6): `GET /v2/info/import`,
-//! `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
+//! Interoperable image import (Image API 2.6) with `glance-direct` and `copy-image`:
+//! `GET /v2/info/import`, `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
 //!
 //! Staging streams the body into the staging folder (`node_staging_uri`) as a store upload
 //! does: under a temporary name carrying this process's owner token, renamed to
 //! `<staging>/<image id>` when complete. The image is `uploading` while it stages (recorded
 //! under this process, like an upload's `saving`) and stays `uploading`, with no owner, once
-//! staged. The import answers 202 and runs on a thread of its own: it reads the staged file,
-//! inspects its format and hashes it while it writes it to the store (the upload's path, with
-//! the same rules), and only then turns the image `active` and removes the staged file. On any
-//! failure the image goes back to `queued` with `os_glance_failed_import` set, and the staged
-//! file goes, as in Glance (`api_image_import.py`'s revert).
+//! staged. The import answers 202 and runs on a thread of its own ([`ImportJob`]): it reads
+//! the staged file, inspects its format and hashes it while it writes it to a store (the
+//! upload's path, with the same rules), and records that copy; with several stores it does so
+//! for each target store in turn (`stores`, `all_stores`, or the one `X-Image-Meta-Store` or
+//! the default names), as Glance's `_ImportToStore` tasks do. The image turns `active` with
+//! the last store (with `all_stores_must_succeed: false`, with the first that succeeds), and
+//! the staged file goes. `os_glance_importing_to_stores` and `os_glance_failed_import` are
+//! Glance's comma lists. On a failure that fails the import, every copy it recorded is removed,
+//! the image goes back to `queued` with the failed store in `os_glance_failed_import`, and the
+//! staged file goes, as in Glance (`api_image_import.py`'s revert).
+//!
+//! `copy-image` is the same job with another source and no status change: it reads a copy
+//! the image has, writes it to each target store, and records a copy only if its size and
+//! hashes equal the image's (Glance's `_verify_uploaded_data`). The image stays `active`; while
+//! the job runs, the image's `upload_owner` names this process, which is Glance's import lock
+//! (`os_glance_import_task`) with a liveness check instead of a task record.
 //!
 //! # Reloads and stops
 //!
@@ -21,8 +32,7 @@
 //! `queued` with `os_glance_failed_import` otherwise. A stage cut short the same way goes back
 //! to `queued`. Staged files of images that no longer wait for an import are removed.
 //!
-//! Not served yet: `web-download`, `copy-image`, the tasks API, importing to several stores
-//! (`stores`, `all_stores`).
+//! Not served yet: `web-download`, `glance-download`, the tasks API.
 
 use std::fs::File;
 use std::io::Read;

@@ -46,8 +46,10 @@ pub struct Image {
     pub updated_at: String,
     /// Absolute path of the data file, once the image is active.
     pub location: Option<String>,
-    /// Opaque token of the process uploading the data while the status is `Saving`; see
-    /// [`super::Registry::recover_abandoned_uploads`].
+    /// Opaque token of the process uploading the data while the status is `Saving` (staging:
+    /// `Uploading`; importing: `Importing`); see [`super::Registry::recover_abandoned_uploads`].
+    /// On an `Active` image, the process copying it into more stores (copy-image, or an import
+    /// that went on after its first store), which holds the image until it is done.
     pub upload_owner: Option<String>,
     /// With several stores (`enabled_backends`): every copy of the data, each with its store,
     /// in the order they were added; `location` is the first one's path. Empty with one store.

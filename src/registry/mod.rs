@@ -224,7 +224,8 @@ impl Registry {
     /// `store_of` names the store of a location, or `None`. Returns the images given a store
     /// (id, store) and the ids of those left without one.
     ///
-    /// A read finds the candidates first, so the usual start, with none, takes no write lock;
+    /// A read finds the candidates first, so the usual start, with none that a store holds,
+    /// takes no write lock;
     /// the write transaction looks again, so children starting together record each once.
     pub fn record_legacy_stores(
         &self,
@@ -237,8 +238,11 @@ impl Registry {
                 .map_err(RegistryError::sql("begin a read transaction"))?;
             image::select_without_store(&transaction)?
         };
-        if found.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+        if found
+            .iter()
+            .all(|(_, location)| store_of(location).is_none())
+        {
+            return Ok((Vec::new(), found.into_iter().map(|(id, _)| id).collect()));
         }
         let transaction = begin_immediate(&mut lease)?;
         let mut recorded = Vec::new();
