@@ -1,8 +1,10 @@
 //! Several stores as Glance configures them (issue 12, part 3): `enabled_backends` with a
 //! section per backend, uploads placed by `X-Image-Meta-Store`, the image's `stores`,
 //! `/v2/info/stores` and its detail, `DELETE /v2/stores/{store}/{image}`, and backends added
-//! and removed by SIGHUP. Every backend is a folder in the test's temporary directory; the one
-//! test of the admin-only rules runs under the Keystone of `tests/keystone.rs`.
+//! and removed by SIGHUP; glance-direct import into several stores and copy-image, and the
+//! backend given to data stored before `enabled_backends`. Every backend is a folder in the
+//! test's temporary directory; the one test of the admin-only rules runs under the Keystone of
+//! `tests/keystone.rs`.
 
 use std::path::Path;
 
@@ -517,6 +519,16 @@ fn wait_image(server: &Server, id: &str, what: &str, done: impl Fn(&Value) -> bo
     }
 }
 
+/// Waits for `path` to be removed: an import records its outcome first and removes files
+/// after, so the image's new state can be seen a moment before they go.
+fn wait_gone(path: &Path, what: &str) {
+    util::wait_until(
+        &format!("{what}: {} removed", path.display()),
+        DEADLINE,
+        || !path.exists(),
+    );
+}
+
 /// Data that is not all zeros, `size` bytes.
 fn payload(size: usize, seed: u8) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8 ^ seed).collect()
@@ -621,7 +633,7 @@ fn stores_import_writes_each_named_store_or_every_store() {
     assert_holds(&server, "fast", &two, &data);
     assert_holds(&server, "spare", &two, &data);
     assert_missing(&data_file(&server, "cheap", &two), "not a target");
-    assert_missing(&staging.path().join(&two), "staged data after the import");
+    wait_gone(&staging.path().join(&two), "staged data after the import");
 
     let every = util::create_image(addr);
     let other = payload(200_000, 3);
@@ -707,15 +719,15 @@ fn stores_import_with_a_failing_store_goes_on_or_fails_as_all_stores_must_succee
         failed["size"].is_null() && failed["checksum"].is_null(),
         "{failed:#}"
     );
-    assert_missing(
+    wait_gone(
         &data_file(&server, "fast", &strict),
         "fast after the failure",
     );
-    assert_missing(
+    wait_gone(
         &data_file(&server, "cheap", &strict),
         "cheap after the failure",
     );
-    assert_missing(
+    wait_gone(
         &staging.path().join(&strict),
         "staged data after the failure",
     );

@@ -50,7 +50,9 @@
 //!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 //! - `stores`: several stores (`enabled_backends`, issue 12, part 3): uploads placed by
 //!   `X-Image-Meta-Store`, the image's `stores`, `/v2/info/stores`, `DELETE /v2/stores` (its
-//!   admin-only rules under Keystone), backends added and removed by SIGHUP.
+//!   admin-only rules under Keystone), backends added and removed by SIGHUP; import into
+//!   several stores (`stores`, `all_stores`, a failing store either way), copy-image, and the
+//!   backend given to data stored before `enabled_backends`.
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
 //!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
 //!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
