@@ -113,7 +113,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(
         info,
         serde_json::json!({"import-methods": {"description": "Import methods available.",
-            "type": "array", "value": ["glance-direct", "web-download"]}})
+            "type": "array", "value": ["glance-direct", "web-download", "copy-image"]}})
     );
 
     let fixtures = tempfile::tempdir().unwrap();
@@ -133,7 +133,7 @@ fn a_staged_qcow2_imports_to_active_with_its_hashes_and_virtual_size() {
     assert_eq!(created.status, 201);
     assert_eq!(
         created.header("OpenStack-image-import-methods"),
-        Some("glance-direct,web-download")
+        Some("glance-direct,web-download,copy-image")
     );
     let id: String = serde_json::from_slice::<Value>(&created.body).unwrap()["id"]
         .as_str()
@@ -237,6 +237,15 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     )
     .unwrap();
     assert_eq!(uploaded.status, 204);
+    // One store: copy-image has nowhere to copy to, and all_stores_must_succeed needs stores.
+    let copy = import(&server, &active, r#"{"method":{"name":"copy-image"}}"#);
+    assert_eq!(copy.status, 400, "{}", copy.text());
+    assert!(
+        copy.text()
+            .contains("The copy-image method needs several stores"),
+        "{}",
+        copy.text()
+    );
     let staged = stage(&server, &active, b"more");
     assert_eq!(staged.status, 409, "{}", staged.text());
     assert_eq!(
@@ -246,6 +255,19 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     );
     // Staging twice: the second finds it uploading.
     assert_eq!(stage(&server, &queued, b"once").status, 204);
+    let lenient = import(
+        &server,
+        &queued,
+        r#"{"method":{"name":"glance-direct"},"all_stores_must_succeed":false}"#,
+    );
+    assert_eq!(lenient.status, 400, "{}", lenient.text());
+    assert!(
+        lenient
+            .text()
+            .contains("All_stores_must_succeed can only be set with enabled_backends None"),
+        "{}",
+        lenient.text()
+    );
     assert_eq!(stage(&server, &queued, b"twice").status, 409);
     // Deleting a staged image removes its staged data.
     let deleted = request(
@@ -263,13 +285,13 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
     let off = tempfile::tempdir().unwrap();
     let server = start(
         off.path(),
-        "enabled_import_methods = [web-download,glance-download]",
+        "enabled_import_methods = [web-download,copy-image,glance-download]",
     );
     let info: Value =
         serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
     assert_eq!(
         info["import-methods"]["value"],
-        serde_json::json!(["web-download"])
+        serde_json::json!(["web-download", "copy-image"])
     );
     let id = create(&server, "raw");
     let staged = stage(&server, &id, b"data");
@@ -282,7 +304,7 @@ fn glance_preconditions_and_a_disabled_glance_direct() {
         staged.text()
     );
     server.wait_for_log(
-        "glint serves only glance-direct and web-download; not offering glance-download",
+        "glint serves only glance-direct, web-download, copy-image; not offering glance-download",
         DEADLINE,
     );
 }
@@ -453,8 +475,8 @@ fn an_import_killed_with_its_staged_data_gone_goes_back_to_queued_with_os_glance
         fs::remove_file(staging.path().join(&id)).expect("the staged file");
         restart_on_same_files(server)
     };
-    let image = show(&server, &id);
-    assert_eq!(image["status"], "queued", "{image:#}\n{}", server.log());
+    // Recovery runs as the new children start.
+    let image = wait_status(&server, &id, "queued");
     assert_eq!(image["os_glance_failed_import"], "file", "{image:#}");
     assert!(image["checksum"].is_null(), "{image:#}");
     assert!(
@@ -464,8 +486,10 @@ fn an_import_killed_with_its_staged_data_gone_goes_back_to_queued_with_os_glance
         "{}",
         server.log()
     );
-    // Nothing of the killed import is left in the store.
-    assert_eq!(files_in(&server.path("images")), Vec::<String>::new());
+    // Nothing of the killed import is left in the store (its temporary file is swept).
+    crate::util::wait_until("the store to be empty", DEADLINE, || {
+        files_in(&server.path("images")).is_empty()
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -658,7 +682,7 @@ fn web_download_of_a_served_qcow2_turns_the_image_active() {
         serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
     assert_eq!(
         info["import-methods"]["value"],
-        serde_json::json!(["glance-direct", "web-download"])
+        serde_json::json!(["glance-direct", "web-download", "copy-image"])
     );
     let id = create(&server, "qcow2");
     let started = import(&server, &id, &web_download(&web.url("/old")));
@@ -668,7 +692,9 @@ fn web_download_of_a_served_qcow2_turns_the_image_active() {
     assert_eq!(image["virtual_size"], 3u64 << 30);
     assert_eq!(image["checksum"], hex(&Md5::digest(&data)));
     assert_eq!(image["os_hash_value"], hex(&Sha512::digest(&data)));
-    assert!(image.get("os_glance_failed_import").is_none(), "{image:#}");
+    // Glance's lists, left empty by a successful import.
+    assert_eq!(image["os_glance_failed_import"], "", "{image:#}");
+    assert_eq!(image["os_glance_importing_to_stores"], "", "{image:#}");
     let download = get(server.addr(), &format!("/v2/images/{id}/file")).unwrap();
     assert!(
         download.body == data,

@@ -1,8 +1,10 @@
 //! Several stores as Glance configures them (issue 12, part 3): `enabled_backends` with a
 //! section per backend, uploads placed by `X-Image-Meta-Store`, the image's `stores`,
 //! `/v2/info/stores` and its detail, `DELETE /v2/stores/{store}/{image}`, and backends added
-//! and removed by SIGHUP. Every backend is a folder in the test's temporary directory; the one
-//! test of the admin-only rules runs under the Keystone of `tests/keystone.rs`.
+//! and removed by SIGHUP; glance-direct import into several stores and copy-image, and the
+//! backend given to data stored before `enabled_backends`. Every backend is a folder in the
+//! test's temporary directory; the one test of the admin-only rules runs under the Keystone of
+//! `tests/keystone.rs`.
 
 use std::path::Path;
 
@@ -457,4 +459,436 @@ fn stores_detail_and_delete_from_store_are_for_admins_under_keystone() {
         "{}",
         by_admin.text()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import into several stores and copy-image (issue 12: `stores`, `all_stores`,
+// `all_stores_must_succeed`, the `copy-image` method, locations stored before
+// `enabled_backends`).
+
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A server with `backends` whose staging folder is `staging`.
+fn start_staging(backends: &[&str], default: &str, staging: &Path) -> Server {
+    Server::start(&format!(
+        "node_staging_uri = file://{}\n{}",
+        staging.display(),
+        backends_config(backends, default)
+    ))
+}
+
+fn stage(server: &Server, id: &str, data: &[u8]) {
+    let staged = util::request(
+        server.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/stage"),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    )
+    .expect("stage");
+    assert_eq!(staged.status, 204, "{}", staged.text());
+}
+
+fn import(server: &Server, id: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    util::request(
+        server.addr(),
+        "POST",
+        &format!("/v2/images/{id}/import"),
+        &all,
+        body.as_bytes(),
+    )
+    .expect("import")
+}
+
+/// Polls the image until `done` holds; panics with the image and the log at the deadline.
+fn wait_image(server: &Server, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let shown = image(server, id);
+        if done(&shown) {
+            return shown;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "image {id}: {what} not within {DEADLINE:?}: {shown:#}\n--- log ---\n{}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for `path` to be removed: an import records its outcome first and removes files
+/// after, so the image's new state can be seen a moment before they go.
+fn wait_gone(path: &Path, what: &str) {
+    util::wait_until(
+        &format!("{what}: {} removed", path.display()),
+        DEADLINE,
+        || !path.exists(),
+    );
+}
+
+/// Data that is not all zeros, `size` bytes.
+fn payload(size: usize, seed: u8) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn assert_holds(server: &Server, store: &str, id: &str, data: &[u8]) {
+    let path = data_file(server, store, id);
+    let held = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(held == data, "{} differs from the data", path.display());
+}
+
+/// Makes a backend fail every write, as root too: its folder becomes a regular file, so
+/// creating the temporary data file in it fails with ENOTDIR (chmod would not stop root).
+fn break_backend(server: &Server, store: &str) {
+    let folder = server.path(&format!("{store}-data"));
+    std::fs::remove_dir_all(&folder).expect("remove the backend folder");
+    std::fs::write(&folder, b"not a folder").expect("a file in place of the folder");
+}
+
+#[test]
+fn stores_import_writes_each_named_store_or_every_store() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap", "spare"], "cheap", staging.path());
+    let addr = server.addr();
+
+    let data = payload(300_000, 7);
+    let two = util::create_image(addr);
+    stage(&server, &two, &data);
+    // Glance's refusals, each before anything changes: the image stays staged.
+    let mixed = import(
+        &server,
+        &two,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"all_stores":true,"stores":["fast"]}"#,
+    );
+    assert_eq!(mixed.status, 400, "{}", mixed.text());
+    assert!(
+        mixed.text().contains(
+            "All_stores parameter can't be used with x-image-meta-store header or stores \
+             parameter"
+        ),
+        "{}",
+        mixed.text()
+    );
+    let header = import(
+        &server,
+        &two,
+        &[("X-Image-Meta-Store", "fast")],
+        r#"{"method":{"name":"glance-direct"},"all_stores":true}"#,
+    );
+    assert_eq!(header.status, 400, "{}", header.text());
+    let both = import(
+        &server,
+        &two,
+        &[("X-Image-Meta-Store", "fast")],
+        r#"{"method":{"name":"glance-direct"},"stores":["fast"]}"#,
+    );
+    assert_eq!(both.status, 400, "{}", both.text());
+    assert!(
+        both.text()
+            .contains("Stores parameter and x-image-meta-store header can't be both specified"),
+        "{}",
+        both.text()
+    );
+    let unknown = import(
+        &server,
+        &two,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"stores":["fast","nowhere"]}"#,
+    );
+    assert_eq!(unknown.status, 409, "{}", unknown.text());
+    assert!(
+        unknown
+            .text()
+            .contains("Store for identifier nowhere not found"),
+        "{}",
+        unknown.text()
+    );
+    let not_a_list = import(
+        &server,
+        &two,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"stores":"fast"}"#,
+    );
+    assert_eq!(not_a_list.status, 400, "{}", not_a_list.text());
+    assert_eq!(image(&server, &two)["status"], "uploading");
+
+    let started = import(
+        &server,
+        &two,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"stores":["fast","spare"]}"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let done = wait_image(&server, &two, "import finished", |i| {
+        i["status"] == "active" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["status"], "active", "{done:#}");
+    assert_eq!(done["stores"], "fast,spare", "{done:#}");
+    assert_eq!(done["os_glance_failed_import"], "", "{done:#}");
+    assert_eq!(done["size"], data.len() as u64);
+    assert_holds(&server, "fast", &two, &data);
+    assert_holds(&server, "spare", &two, &data);
+    assert_missing(&data_file(&server, "cheap", &two), "not a target");
+    wait_gone(&staging.path().join(&two), "staged data after the import");
+
+    let every = util::create_image(addr);
+    let other = payload(200_000, 3);
+    stage(&server, &every, &other);
+    let started = import(
+        &server,
+        &every,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"all_stores":true}"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let done = wait_image(&server, &every, "import finished", |i| {
+        i["status"] == "active" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["stores"], "fast,cheap,spare", "{done:#}");
+    for store in ["fast", "cheap", "spare"] {
+        assert_holds(&server, store, &every, &other);
+    }
+    // The header alone still picks one store.
+    let one = util::create_image(addr);
+    stage(&server, &one, b"one store");
+    let started = import(
+        &server,
+        &one,
+        &[("X-Image-Meta-Store", "spare")],
+        r#"{"method":{"name":"glance-direct"}}"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let done = wait_image(&server, &one, "active", |i| {
+        i["status"] == "active" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["stores"], "spare", "{done:#}");
+}
+
+#[test]
+fn stores_import_with_a_failing_store_goes_on_or_fails_as_all_stores_must_succeed_says() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap", "broken"], "cheap", staging.path());
+    let addr = server.addr();
+    break_backend(&server, "broken");
+
+    // all_stores_must_succeed false: active in the stores that worked, the failed one listed.
+    let data = payload(100_000, 9);
+    let lenient = util::create_image(addr);
+    stage(&server, &lenient, &data);
+    let started = import(
+        &server,
+        &lenient,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"stores":["fast","broken","cheap"],
+            "all_stores_must_succeed":false}"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let done = wait_image(&server, &lenient, "import finished", |i| {
+        i["status"] == "active" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["stores"], "fast,cheap", "{done:#}");
+    assert_eq!(done["os_glance_failed_import"], "broken", "{done:#}");
+    assert_holds(&server, "fast", &lenient, &data);
+    assert_holds(&server, "cheap", &lenient, &data);
+    let download = util::get(addr, &format!("/v2/images/{lenient}/file")).expect("download");
+    assert!(
+        download.status == 200 && download.body == data,
+        "{}",
+        download.status
+    );
+
+    // The default (true): the failure fails the import; what was written goes.
+    let strict = util::create_image(addr);
+    stage(&server, &strict, &data);
+    let started = import(
+        &server,
+        &strict,
+        &[],
+        r#"{"method":{"name":"glance-direct"},"all_stores":true}"#,
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let failed = wait_image(&server, &strict, "queued", |i| i["status"] == "queued");
+    assert_eq!(failed["os_glance_failed_import"], "broken", "{failed:#}");
+    assert_eq!(failed["os_glance_importing_to_stores"], "", "{failed:#}");
+    assert_eq!(failed.get("stores"), None, "{failed:#}");
+    assert!(
+        failed["size"].is_null() && failed["checksum"].is_null(),
+        "{failed:#}"
+    );
+    wait_gone(
+        &data_file(&server, "fast", &strict),
+        "fast after the failure",
+    );
+    wait_gone(
+        &data_file(&server, "cheap", &strict),
+        "cheap after the failure",
+    );
+    wait_gone(
+        &staging.path().join(&strict),
+        "staged data after the failure",
+    );
+    // Only the images of the lenient import are left in the working stores.
+    for store in ["fast", "cheap"] {
+        let names: Vec<String> = std::fs::read_dir(server.path(&format!("{store}-data")))
+            .expect("folder")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, std::slice::from_ref(&lenient), "{store}");
+    }
+}
+
+/// Uploads `data` to `store` (a 204 is asserted).
+fn upload_ok(server: &Server, id: &str, store: &str, data: &[u8]) {
+    let uploaded = upload(server, id, Some(store), data);
+    assert_eq!(uploaded.status, 204, "{}", uploaded.text());
+}
+
+const COPY: &str = r#"{"method":{"name":"copy-image"},"stores":["cheap"]}"#;
+
+#[test]
+fn stores_copy_image_to_a_backend_added_by_sighup_then_delete_the_old_copy() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast"], "fast", staging.path());
+    let data = payload(2 << 20, 5);
+    let id = util::create_image(server.addr());
+    upload_ok(&server, &id, "fast", &data);
+    let queued = util::create_image(server.addr());
+
+    server.write_config(&format!(
+        "node_staging_uri = file://{}\n{}",
+        staging.path().display(),
+        backends_config(&["fast", "cheap"], "fast")
+    ));
+    server.reload_succeeds();
+    let info = json_of(&util::get(server.addr(), "/v2/info/import").expect("info"));
+    assert_eq!(
+        info["import-methods"]["value"],
+        json!(["glance-direct", "web-download", "copy-image"])
+    );
+
+    let refused = import(&server, &queued, &[], COPY);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .contains("Only images with status active can be targeted for copying"),
+        "{}",
+        refused.text()
+    );
+
+    let started = import(&server, &id, &[], COPY);
+    assert_eq!(started.status, 202, "{}", started.text());
+    // The image stays active throughout the copy.
+    let done = wait_image(&server, &id, "copied", |i| {
+        assert_eq!(i["status"], "active", "during the copy: {i:#}");
+        i["stores"] == "fast,cheap"
+    });
+    let done = if done["os_glance_importing_to_stores"] == "" {
+        done
+    } else {
+        wait_image(&server, &id, "copy finished", |i| {
+            i["os_glance_importing_to_stores"] == ""
+        })
+    };
+    assert_eq!(done["os_glance_failed_import"], "", "{done:#}");
+    assert_holds(&server, "fast", &id, &data);
+    assert_holds(&server, "cheap", &id, &data);
+
+    let again = import(&server, &id, &[], COPY);
+    assert_eq!(again.status, 400, "{}", again.text());
+    assert!(
+        again
+            .text()
+            .contains("Image is already present at store 'cheap'"),
+        "{}",
+        again.text()
+    );
+    // all_stores with every store holding it: 202 and nothing to do.
+    let nothing = import(
+        &server,
+        &id,
+        &[],
+        r#"{"method":{"name":"copy-image"},"all_stores":true}"#,
+    );
+    assert_eq!(nothing.status, 202, "{}", nothing.text());
+
+    let removed = delete_from(&server, "fast", &id);
+    assert_eq!(removed.status, 204, "{}", removed.text());
+    assert_missing(&data_file(&server, "fast", &id), "the removed copy");
+    assert_eq!(image(&server, &id)["stores"], "cheap");
+    let download = util::get(server.addr(), &format!("/v2/images/{id}/file")).expect("get");
+    assert!(
+        download.status == 200 && download.body == data,
+        "download after removing the first copy: {}",
+        download.status
+    );
+}
+
+#[test]
+fn stores_copy_image_of_data_that_no_longer_matches_is_not_recorded() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap"], "fast", staging.path());
+    let id = util::create_image(server.addr());
+    upload_ok(&server, &id, "fast", b"the original bytes");
+    // Same length, other bytes: only the hash can tell.
+    std::fs::write(data_file(&server, "fast", &id), b"the tampered bytes").expect("tamper");
+    let started = import(&server, &id, &[], COPY);
+    assert_eq!(started.status, 202, "{}", started.text());
+    let done = wait_image(&server, &id, "copy finished", |i| {
+        i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["status"], "active", "{done:#}");
+    assert_eq!(done["stores"], "fast", "{done:#}");
+    assert_eq!(done["os_glance_failed_import"], "cheap", "{done:#}");
+    assert_missing(&data_file(&server, "cheap", &id), "the refused copy");
+    server.wait_for_log(
+        "os_hash_value of uploaded data is different from current value set on the image",
+        DEADLINE,
+    );
+}
+
+#[test]
+fn stores_legacy_images_get_the_backend_whose_folder_holds_them() {
+    // One store in `images`, then one in `elsewhere`: two images stored without a backend.
+    let server = Server::start("");
+    let kept = util::create_image(server.addr());
+    assert_eq!(upload(&server, &kept, None, b"legacy").status, 204);
+    server.write_config_text(&util::base_config("").replace(
+        "filesystem_store_datadir = images",
+        "filesystem_store_datadir = elsewhere",
+    ));
+    server.reload_succeeds();
+    let stray = util::create_image(server.addr());
+    assert_eq!(upload(&server, &stray, None, b"stray").status, 204);
+
+    // Backends, `fast` on the first folder: its image is recorded in fast.
+    let backends = backends_config(&["fast", "cheap"], "cheap").replace(
+        "filesystem_store_datadir = fast-data",
+        "filesystem_store_datadir = images",
+    );
+    server.write_config(&backends);
+    server.reload_succeeds();
+    let shown = image(&server, &kept);
+    assert_eq!(shown["stores"], "fast", "{shown:#}");
+    assert_eq!(image(&server, &stray).get("stores"), None);
+    server.wait_for_log("have data in no enabled backend's folder", DEADLINE);
+    let download = util::get(server.addr(), &format!("/v2/images/{stray}/file")).expect("get");
+    assert_eq!(download.body, b"stray");
+
+    // So removing fast is refused while the image is there.
+    server.write_config(&backends_config(&["cheap"], "cheap"));
+    let verdict = server.reload();
+    assert_eq!(verdict["outcome"], "failed", "{verdict}");
+    let error = verdict["error"].as_str().unwrap_or_default();
+    assert!(error.contains("`fast` (1 image)"), "{error}");
 }

@@ -52,7 +52,9 @@
 //!   when read, survive a reload, and are cut below `client_send_min_rate` (issue 10, hole 3).
 //! - `stores`: several stores (`enabled_backends`, issue 12, part 3): uploads placed by
 //!   `X-Image-Meta-Store`, the image's `stores`, `/v2/info/stores`, `DELETE /v2/stores` (its
-//!   admin-only rules under Keystone), backends added and removed by SIGHUP.
+//!   admin-only rules under Keystone), backends added and removed by SIGHUP; import into
+//!   several stores (`stores`, `all_stores`, a failing store either way), copy-image, and the
+//!   backend given to data stored before `enabled_backends`.
 //! - `healthcheck`: `/healthcheck` as oslo.middleware answers it (text, JSON, HTML, HEAD), and the
 //!   disable files that take a node out of its load balancer (issue 15, part 3).
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage

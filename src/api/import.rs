@@ -1,21 +1,33 @@
-//! Interoperable image import with `glance-direct` and `web-download` (Image API 2.6): `GET
-//! /v2/info/import`, `PUT /v2/images/{id}/stage` and `POST /v2/images/{id}/import`.
+//! Interoperable image import (Image API 2.6) with `glance-direct`, `web-download` and
+//! `copy-image`: `GET /v2/info/import`, `PUT /v2/images/{id}/stage` and
+//! `POST /v2/images/{id}/import`.
 //!
 //! Staging streams the body into the staging folder (`node_staging_uri`) as a store upload
 //! does: under a temporary name carrying this process's owner token, renamed to
 //! `<staging>/<image id>` when complete. The image is `uploading` while it stages (recorded
 //! under this process, like an upload's `saving`) and stays `uploading`, with no owner, once
-//! staged. The import answers 202 and runs on a thread of its own: it reads the staged file,
-//! inspects its format and hashes it while it writes it to the store (the upload's path, with
-//! the same rules), and only then turns the image `active` and removes the staged file. On any
-//! failure the image goes back to `queued` with `os_glance_failed_import` set, and the staged
-//! file goes, as in Glance (`api_image_import.py`'s revert).
+//! staged. The import answers 202 and runs on a thread of its own ([`ImportJob`]): it reads
+//! the staged file, inspects its format and hashes it while it writes it to a store (the
+//! upload's path, with the same rules), and records that copy; with several stores it does so
+//! for each target store in turn (`stores`, `all_stores`, or the one `X-Image-Meta-Store` or
+//! the default names), as Glance's `_ImportToStore` tasks do. The image turns `active` with
+//! the last store (with `all_stores_must_succeed: false`, with the first that succeeds), and
+//! the staged file goes. `os_glance_importing_to_stores` and `os_glance_failed_import` are
+//! Glance's comma lists. On a failure that fails the import, every copy it recorded is removed,
+//! the image goes back to `queued` with the failed store in `os_glance_failed_import`, and the
+//! staged file goes, as in Glance (`api_image_import.py`'s revert).
+//!
+//! `copy-image` is the same job with another source and no status change: it reads a copy
+//! the image has, writes it to each target store, and records a copy only if its size and
+//! hashes equal the image's (Glance's `_verify_uploaded_data`). The image stays `active`; while
+//! the job runs, the image's `upload_owner` names this process, which is Glance's import lock
+//! (`os_glance_import_task`) with a liveness check.
 //!
 //! `web-download` takes a `queued` image whose URI passes `[import_filtering_opts]`
 //! (`import_uri.rs`; a refusal is Glance's 400 and changes nothing), and its import thread
 //! first downloads the URI into the staging folder (`web_download.rs`, through the staging
-//! store, so the download is the stage), then goes on as above; a failed download is a failed
-//! import.
+//! store, so the download is the stage), then goes on as glance-direct; a failed download is a
+//! failed import.
 //!
 //! # Reloads and stops
 //!
@@ -35,8 +47,7 @@
 //! `web_download_connect_timeout`), so it cannot hold a drain longer than that; one that keeps
 //! sending slowly holds it until `graceful_shutdown_timeout`.
 //!
-//! Not served yet: `copy-image`, importing to several stores (`stores`,
-//! `all_stores`).
+//! Not served yet: `glance-download`.
 
 use std::fs::File;
 use std::io::Read;
@@ -48,7 +59,7 @@ use serde_json::{json, Value};
 
 use super::access::Context;
 use super::error::ApiError;
-use super::image_data::{activate, declared_size, pump, store_error, UPLOAD_CHUNK};
+use super::image_data::{declared_size, pump, store_error, UPLOAD_CHUNK};
 use super::import_uri::{self, ImportUri};
 use super::tasks::{TaskRecord, IMPORT_TASK};
 use super::web_download;
@@ -56,16 +67,19 @@ use super::Api;
 use crate::config::Config;
 use crate::http::response::Response;
 use crate::http::serve::Request;
-use crate::registry::{Image, ImageStatus, Registry};
+use crate::registry::{Image, ImageStatus, Location, Registry};
 use crate::store::{Store, Stored};
 
 /// The property Glance sets, to the stores an import failed for, when the image goes back to
 /// `queued`.
 pub const FAILED_IMPORT: &str = "os_glance_failed_import";
 
-/// The method that imports staged data.
-const GLANCE_DIRECT: &str = "glance-direct";
+/// The property Glance sets, during an import, to the stores it still writes to.
+pub const IMPORTING_TO_STORES: &str = "os_glance_importing_to_stores";
 
+/// The methods glint serves.
+const GLANCE_DIRECT: &str = "glance-direct";
+const COPY_IMAGE: &str = "copy-image";
 /// The method that downloads the data from a URI first (`web_download.rs`).
 const WEB_DOWNLOAD: &str = "web-download";
 
@@ -101,39 +115,6 @@ impl Imports {
 /// (Glance's single store is the `file` scheme).
 fn store_name(id: Option<&str>) -> String {
     id.unwrap_or("file").to_string()
-}
-
-/// Why image `image` cannot be the target of an import by `method` (409, Glance's messages),
-/// if it cannot.
-fn import_conflict(image: &Image, method: &str) -> Result<(), ApiError> {
-    if image.status == ImageStatus::Active {
-        return Err(ApiError::Conflict(
-            "Image with status active cannot be target for import".to_string(),
-        ));
-    }
-    if method == WEB_DOWNLOAD {
-        if image.status != ImageStatus::Queued {
-            return Err(ApiError::Conflict(format!(
-                "Image needs to be in 'queued' state to use '{method}' method"
-            )));
-        }
-    // Staged means `uploading` with no stage in progress.
-    } else if image.status != ImageStatus::Uploading || image.upload_owner.is_some() {
-        return Err(ApiError::Conflict(
-            "Image needs to be staged before 'glance-direct' method can be used".to_string(),
-        ));
-    }
-    if image.container_format.is_none() {
-        return Err(ApiError::Conflict(
-            "'container_format' needs to be set before import".to_string(),
-        ));
-    }
-    if image.disk_format.is_none() {
-        return Err(ApiError::Conflict(
-            "'disk_format' needs to be set before import".to_string(),
-        ));
-    }
-    Ok(())
 }
 
 impl Api {
@@ -283,7 +264,8 @@ impl Api {
     }
 
     /// `POST /v2/images/{id}/import`: checks the request as Glance does, marks the image
-    /// `importing` under this process, and starts the import thread; 202.
+    /// `importing` under this process (copy-image: keeps it `active`, held by this process),
+    /// and starts the import thread; 202.
     pub(super) fn import(
         &self,
         request: &mut Request<'_>,
@@ -319,60 +301,147 @@ impl Api {
                 )));
             }
         }
-        // One store per import in this version: the one X-Image-Meta-Store names, or the
-        // default. A list of stores is refused rather than half honoured.
-        if body.get("stores").is_some_and(|v| !v.is_null())
-            || body.get("all_stores") == Some(&Value::Bool(true))
-        {
+        let method = match name {
+            COPY_IMAGE => Method::CopyImage,
+            WEB_DOWNLOAD => Method::WebDownload,
+            _ => Method::GlanceDirect,
+        };
+        let all_stores_must_succeed = body
+            .get("all_stores_must_succeed")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let all_stores = body.get("all_stores") == Some(&Value::Bool(true));
+        if method == Method::CopyImage && !self.stores.is_multi() {
+            // Glance fails such a request with a 500 (no store in the locations' metadata).
             return Err(ApiError::BadRequest(
-                "glint imports into one store: name it with the X-Image-Meta-Store header \
-                 instead of 'stores' or 'all_stores'."
+                "The copy-image method needs several stores ([DEFAULT] enabled_backends) at \
+                 this site."
                     .to_string(),
             ));
         }
-        let (store_id, store) = self.upload_store(request)?;
-        let store_id = store_id.map(str::to_string);
-        let store = Arc::clone(store);
-        let found = self.find_for(context, id, "modify_image")?;
+        let found = self.find_visible(context, id)?;
         let id = found.id.clone();
         let owner = self.owner_token.clone();
         // web-download: Glance answers the image's conflicts (409) before the URI's refusal
         // (400), so they are checked on the image as found, then again under the write lock.
-        let download = if name == WEB_DOWNLOAD {
-            import_conflict(&found, name)?;
-            Some(self.web_download_source(method, &id)?)
+        let download = if method == Method::WebDownload {
+            status_conflict(&found, method)?;
+            Some(self.web_download_source(method_body(&body), &id)?)
         } else {
             None
         };
-        // Removed again if the image cannot be taken (dropped before it starts).
+        // Removed again if the import does not start (dropped while pending).
         let task = TaskRecord::create(
             &self.registry,
             &self.config,
             context,
             &id,
             &body,
-            store_id.as_deref(),
+            request
+                .head
+                .header_str("x-image-meta-store")
+                .filter(|_| self.stores.is_multi()),
             &owner,
         )?;
+        let mut targets = Vec::new();
         let image = self
             .registry
             .update(&id, |image| {
-                context.enforce_on_image("modify_image", image)?;
-                import_conflict(image, name)?;
-                image.status = ImageStatus::Importing;
+                status_conflict(image, method)?;
+                if image.container_format.is_none() {
+                    return Err(ApiError::Conflict(
+                        "'container_format' needs to be set before import".to_string(),
+                    ));
+                }
+                if image.disk_format.is_none() {
+                    return Err(ApiError::Conflict(
+                        "'disk_format' needs to be set before import".to_string(),
+                    ));
+                }
+                match method {
+                    Method::GlanceDirect | Method::WebDownload => {
+                        context.enforce_on_image("modify_image", image)?
+                    }
+                    Method::CopyImage => context.enforce_on_image("copy_image", image)?,
+                }
+                // Glance's import lock (`os_glance_import_task`): an active image is held by
+                // the copy writing it, named by its process; one whose process died is taken.
+                if method == Method::CopyImage {
+                    if let Some(holder) = image.upload_owner.take() {
+                        if crate::store::owner_alive(&holder) {
+                            return Err(ApiError::Conflict(format!(
+                                "New operation on image '{}' is not permitted as prior \
+                                 operation is still in progress",
+                                image.id
+                            )));
+                        }
+                        // The dead copy's stores are not being written any more.
+                        image
+                            .properties
+                            .insert(IMPORTING_TO_STORES.to_string(), String::new());
+                    }
+                }
+                targets = self.import_targets(request, &body, all_stores)?;
+                if method == Method::CopyImage {
+                    let held: Vec<&str> =
+                        image.locations.iter().map(|l| l.store.as_str()).collect();
+                    if all_stores {
+                        targets.retain(|target| !held.contains(&target.as_str()));
+                    } else if let Some(there) = targets.iter().find(|t| held.contains(&t.as_str()))
+                    {
+                        return Err(ApiError::BadRequest(format!(
+                            "Image is already present at store '{there}'"
+                        )));
+                    }
+                    if targets.is_empty() {
+                        // Glance answers 202 and starts nothing.
+                        return Ok(());
+                    }
+                }
+                if !all_stores_must_succeed && !self.stores.is_multi() {
+                    let uri = match body.get("method").and_then(|m| m.get("uri")) {
+                        Some(Value::String(uri)) => uri.clone(),
+                        _ => "None".to_string(),
+                    };
+                    return Err(ApiError::BadRequest(format!(
+                        "All_stores_must_succeed can only be set with enabled_backends {uri}"
+                    )));
+                }
+                if method != Method::CopyImage {
+                    image.status = ImageStatus::Importing;
+                }
                 image.upload_owner = Some(owner.clone());
-                image.properties.remove(FAILED_IMPORT);
                 image
                     .properties
                     .insert(IMPORT_TASK.to_string(), task.id().to_string());
-                Ok::<(), ApiError>(())
+                let names: Vec<String> = targets.iter().map(|t| self.store_label(t)).collect();
+                merge_store_list(image, IMPORTING_TO_STORES, &names, false);
+                merge_store_list(image, FAILED_IMPORT, &names, true);
+                Ok(())
             })?
             .ok_or_else(|| super::images::not_found(&id))?;
+        if image.upload_owner.as_deref() != Some(owner.as_str()) {
+            log::info!("copy of image {id} not started: every store named holds it already");
+            return Ok(Response::new(202));
+        }
         let job = ImportJob {
             registry: Arc::clone(&self.registry),
             config: Arc::clone(&self.config),
-            store,
-            store_id,
+            method,
+            targets: targets
+                .iter()
+                .map(|target| Target {
+                    label: self.store_label(target),
+                    id: (!target.is_empty()).then(|| target.clone()),
+                    store: Arc::clone(
+                        self.stores
+                            .get(target)
+                            .unwrap_or_else(|| self.stores.default_store()),
+                    ),
+                })
+                .collect(),
+            all_stores_must_succeed,
+            copy_from: self.copy_sources(&image),
             staged: self.staged_path(&id),
             owner,
             image,
@@ -386,16 +455,22 @@ impl Api {
             Ok(thread) => self.imports.add(thread),
             Err(error) => {
                 log::error!("cannot start an import thread: {error}");
-                let back = if name == WEB_DOWNLOAD {
-                    ImageStatus::Queued
-                } else {
-                    ImageStatus::Uploading
-                };
+                let owner = self.owner_token.as_str();
                 let _ = self.registry.update(&id, |image| {
-                    if image.status == ImageStatus::Importing {
-                        image.status = back;
+                    if image.upload_owner.as_deref() == Some(owner) {
+                        if image.status == ImageStatus::Importing {
+                            // Back to where the import found it.
+                            image.status = if method == Method::WebDownload {
+                                ImageStatus::Queued
+                            } else {
+                                ImageStatus::Uploading
+                            };
+                        }
                         image.upload_owner = None;
                         image.properties.remove(IMPORT_TASK);
+                        let names: Vec<String> =
+                            targets.iter().map(|t| self.store_label(t)).collect();
+                        merge_store_list(image, IMPORTING_TO_STORES, &names, true);
                     }
                     Ok::<(), ApiError>(())
                 });
@@ -404,8 +479,117 @@ impl Api {
                 ));
             }
         }
-        log::info!("import of image {id} started ({name})");
+        log::info!(
+            "import of image {id} started ({}, to {})",
+            method.name(),
+            targets
+                .iter()
+                .map(|t| self.store_label(t))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         Ok(Response::new(202))
+    }
+
+    /// The stores an import writes to, as Glance's `get_stores_from_request` picks them: every
+    /// backend with `all_stores` (400 if `stores` or `X-Image-Meta-Store` is also given), else
+    /// the `stores` list (400 with the header too), else the header's store or the default;
+    /// each must be configured (409). Without several stores, the one store, named `""`.
+    fn import_targets(
+        &self,
+        request: &Request<'_>,
+        body: &Value,
+        all_stores: bool,
+    ) -> Result<Vec<String>, ApiError> {
+        if !self.stores.is_multi() {
+            // Glance reads neither `stores` nor `all_stores` then.
+            return Ok(vec![String::new()]);
+        }
+        let header = request
+            .head
+            .header_str("x-image-meta-store")
+            .map(|value| value.trim().to_string());
+        let mut wanted: Vec<String> = if all_stores {
+            if body.get("stores").is_some() || header.is_some() {
+                return Err(ApiError::BadRequest(
+                    "All_stores parameter can't be used with x-image-meta-store header or \
+                     stores parameter"
+                        .to_string(),
+                ));
+            }
+            self.stores
+                .iter()
+                .filter_map(|(id, _)| id.map(str::to_string))
+                .collect()
+        } else if let Some(stores) = body.get("stores") {
+            if header.is_some() {
+                return Err(ApiError::BadRequest(
+                    "Stores parameter and x-image-meta-store header can't be both specified"
+                        .to_string(),
+                ));
+            }
+            // Glance iterates whatever it is given (a 500 for a number); glint wants a list
+            // of ids.
+            let Some(list) = stores.as_array() else {
+                return Err(ApiError::BadRequest(
+                    "'stores' must be a list of store identifiers".to_string(),
+                ));
+            };
+            let mut ids = Vec::with_capacity(list.len());
+            for item in list {
+                let Some(text) = item.as_str() else {
+                    return Err(ApiError::BadRequest(
+                        "'stores' must be a list of store identifiers".to_string(),
+                    ));
+                };
+                ids.push(text.to_string());
+            }
+            ids
+        } else {
+            vec![header.unwrap_or_else(|| self.stores.default_id().unwrap_or_default().to_string())]
+        };
+        // A store named twice is written once.
+        let mut seen = Vec::new();
+        wanted.retain(|id| {
+            let first = !seen.contains(id);
+            seen.push(id.clone());
+            first
+        });
+        for id in &wanted {
+            if self.stores.get(id).is_none() {
+                return Err(ApiError::Conflict(format!(
+                    "Store for identifier {id} not found"
+                )));
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// The name the import properties give a target: its id, or `file` for the one unnamed
+    /// store.
+    fn store_label(&self, target: &str) -> String {
+        store_name((!target.is_empty()).then_some(target))
+    }
+
+    /// Where copy-image may read the image's data, best first: its copy in the default store,
+    /// then its copies in the other configured stores (Glance's `_CopyImage` order).
+    fn copy_sources(&self, image: &Image) -> Vec<PathBuf> {
+        let default = self.stores.default_id();
+        let configured = |store: &str| self.stores.get(store).is_some();
+        let mut sources: Vec<PathBuf> = image
+            .locations
+            .iter()
+            .filter(|location| Some(location.store.as_str()) == default)
+            .map(|location| PathBuf::from(&location.path))
+            .collect();
+        sources.extend(
+            image
+                .locations
+                .iter()
+                .filter(|l| Some(l.store.as_str()) != default && configured(&l.store))
+                .map(|location| PathBuf::from(&location.path)),
+        );
+        sources
     }
 
     /// Recovery of stages and imports whose process died, and of staged files no image waits
@@ -441,6 +625,11 @@ impl Api {
                 image.id,
                 image.status
             );
+            if image.status == ImageStatus::Importing {
+                for location in &image.locations {
+                    remove_unrecorded(self.stores.default_store(), &location.path);
+                }
+            }
         }
         if sweep_files || !recovered.is_empty() {
             self.sweep_staging();
@@ -592,12 +781,97 @@ impl Drop for StatusGuard<'_> {
     }
 }
 
-/// One import, owned by its thread.
+/// The import methods the job knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// Writes the staged file; the image goes `importing`, then `active` or back to `queued`.
+    GlanceDirect,
+    /// Writes the data of an active image into more stores; the image stays `active`.
+    CopyImage,
+    /// Downloads a URI into the staging folder, then goes on as `GlanceDirect` (from `queued`).
+    WebDownload,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::GlanceDirect => GLANCE_DIRECT,
+            Method::CopyImage => COPY_IMAGE,
+            Method::WebDownload => WEB_DOWNLOAD,
+        }
+    }
+}
+
+/// The `method` object of an import request (`Value::Null` when absent: checked before).
+fn method_body(body: &Value) -> &Value {
+    body.get("method").unwrap_or(&Value::Null)
+}
+
+/// Why `image` cannot be the target of an import by `method` for its status (409, Glance's
+/// messages), if it cannot. The formats are checked after, for every method.
+fn status_conflict(image: &Image, method: Method) -> Result<(), ApiError> {
+    match method {
+        Method::GlanceDirect | Method::WebDownload if image.status == ImageStatus::Active => Err(
+            ApiError::Conflict("Image with status active cannot be target for import".to_string()),
+        ),
+        Method::WebDownload if image.status != ImageStatus::Queued => Err(ApiError::Conflict(
+            format!("Image needs to be in 'queued' state to use '{WEB_DOWNLOAD}' method"),
+        )),
+        // Staged means `uploading` with no stage in progress.
+        Method::GlanceDirect
+            if image.status != ImageStatus::Uploading || image.upload_owner.is_some() =>
+        {
+            Err(ApiError::Conflict(
+                "Image needs to be staged before 'glance-direct' method can be used".to_string(),
+            ))
+        }
+        Method::CopyImage if image.status != ImageStatus::Active => Err(ApiError::Conflict(
+            "Only images with status active can be targeted for copying".to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Glance's `merge_store_list`: the property `key` as a sorted comma list of store names,
+/// with `stores` added (or taken away, `subtract`); an empty list is `""`, as Glance leaves it.
+fn merge_store_list(image: &mut Image, key: &str, stores: &[String], subtract: bool) {
+    let mut merged: Vec<String> = image
+        .properties
+        .get(key)
+        .map(|list| list.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    if subtract {
+        merged.retain(|store| !stores.contains(store));
+    } else {
+        merged.extend(stores.iter().cloned());
+    }
+    merged.retain(|store| !store.is_empty());
+    merged.sort();
+    merged.dedup();
+    image.properties.insert(key.to_string(), merged.join(","));
+}
+
+/// One store an import writes to.
+struct Target {
+    /// The backend id; `None` for the one unnamed store.
+    id: Option<String>,
+    /// The name the import properties give it ([`store_name`]).
+    label: String,
+    store: Arc<Store>,
+}
+
+/// One import, owned by its thread: the data of one source (the staged file, or for
+/// copy-image a copy the image has) written to each target store in turn, each copy recorded
+/// as soon as it is complete (Glance's `_ImportToStore`, one per store).
 struct ImportJob {
     registry: Arc<Registry>,
     config: Arc<Config>,
-    store: Arc<Store>,
-    store_id: Option<String>,
+    method: Method,
+    targets: Vec<Target>,
+    /// `all_stores_must_succeed`: whether one failed store fails the whole import.
+    all_stores_must_succeed: bool,
+    /// copy-image: the image's data files, best first.
+    copy_from: Vec<PathBuf>,
     staged: PathBuf,
     owner: String,
     image: Image,
@@ -614,18 +888,46 @@ struct Download {
     staging: Arc<Store>,
 }
 
+/// What recording one stored copy came to.
+enum Recorded {
+    Yes,
+    /// The copy does not match the image (Glance's `_verify_uploaded_data`); not recorded.
+    Refused(String),
+    /// The image was deleted or is no longer held by this job.
+    Gone,
+}
+
+/// An import under way: what it wrote and which stores failed. Dropped before
+/// [`Progress::finish`] (a failure, or a panic), it reverts as Glance's flow does.
+struct Progress<'a> {
+    job: &'a ImportJob,
+    /// (store label, data path) of every copy recorded so far.
+    written: Vec<(String, String)>,
+    /// Stores that failed and are not recorded as such yet.
+    failed: Vec<String>,
+    /// Whether the image is `active` (copy-image: from the start).
+    active: bool,
+    finished: bool,
+}
+
 impl ImportJob {
     fn run(self) {
         self.task.processing();
+        match self.execute() {
+            Ok(()) => self.task.succeeded(),
+            Err(reason) => self.task.failed(&reason),
+        }
+    }
+
+    /// The import itself; why it failed, for its task (the image is reverted by then).
+    fn execute(&self) -> Result<(), String> {
         let id = self.image.id.as_str();
-        let mut guard = StatusGuard {
-            registry: &self.registry,
-            id,
-            owner: &self.owner,
-            from: ImageStatus::Importing,
-            failed_store: Some(store_name(self.store_id.as_deref())),
-            staged: Some(self.staged.clone()),
-            committed: false,
+        let mut progress = Progress {
+            job: self,
+            written: Vec::new(),
+            failed: Vec::new(),
+            active: self.method == Method::CopyImage,
+            finished: false,
         };
         if let Some(download) = &self.download {
             let settings = &self.config.web_download;
@@ -635,62 +937,201 @@ impl ImportJob {
                 Ok(staged) => log::info!("image {id}: downloaded {} bytes", staged.size),
                 Err(reason) => {
                     log::warn!("import of image {id} failed: web-download: {reason}");
-                    drop(guard);
-                    self.task.failed(&format!("web-download: {reason}"));
-                    return;
+                    progress.failed = self.targets.iter().map(|t| t.label.clone()).collect();
+                    return Err(format!("web-download: {reason}"));
                 }
             }
         }
-        let (stored, virtual_size) = match self.store_staged() {
-            Ok(done) => done,
+        let source = match self.source() {
+            Ok(source) => source,
             Err(reason) => {
                 log::warn!("import of image {id} failed: {reason}");
-                drop(guard);
-                self.task.failed(&reason);
-                return;
+                progress.failed = self.targets.iter().map(|t| t.label.clone()).collect();
+                return Err(reason);
             }
         };
-        let committed = self.registry.update(id, |image| {
-            if image.status != ImageStatus::Importing
-                || image.upload_owner.as_deref() != Some(self.owner.as_str())
-            {
-                return Err(ApiError::Conflict(String::new()));
-            }
-            activate(image, &stored, virtual_size, self.store_id.as_deref());
-            image.properties.remove(IMPORT_TASK);
-            Ok(())
-        });
-        match committed {
-            Ok(Some(_)) => {
-                guard.committed = true;
-                remove_staged(&self.staged);
-                log::info!("image {id} is active: {} bytes imported", stored.size);
-                self.task.succeeded();
-            }
-            other => {
-                log::warn!("image {id} changed or went away during its import: {other:?}");
-                if let Err(error) = self.store.delete_data(&stored.location) {
-                    log::error!("cannot remove the data of image {id}: {error}");
+        let count = self.targets.len();
+        for (index, target) in self.targets.iter().enumerate() {
+            // Glance's `set_active`: at the first success unless every store must succeed,
+            // else at the last store; never for copy-image.
+            let set_active = self.method != Method::CopyImage
+                && (!self.all_stores_must_succeed || index + 1 == count);
+            let outcome = self
+                .store_staged(target, &source)
+                .map(|(stored, virtual_size)| {
+                    let recorded = self.record(target, &stored, virtual_size, set_active);
+                    (stored, recorded)
+                });
+            let reason = match outcome {
+                Ok((stored, Recorded::Yes)) => {
+                    progress
+                        .written
+                        .push((target.label.clone(), stored.location));
+                    progress.active |= set_active;
+                    continue;
                 }
-                self.task
-                    .failed("The image changed or was deleted during its import.");
+                Ok((stored, Recorded::Refused(reason))) => {
+                    remove_unrecorded(&target.store, &stored.location);
+                    reason
+                }
+                Ok((stored, Recorded::Gone)) => {
+                    log::warn!("image {id} changed or went away during its import");
+                    remove_unrecorded(&target.store, &stored.location);
+                    return Err("The image changed or was deleted during its import.".to_string());
+                }
+                Err(reason) => reason,
+            };
+            log::warn!(
+                "import of image {id} into store {} failed: {reason}",
+                target.label
+            );
+            if self.all_stores_must_succeed {
+                progress.failed.push(target.label.clone());
+                return Err(reason);
             }
+            if !self.record_failure(&target.label) {
+                log::warn!("image {id} changed or went away during its import");
+                return Err("The image changed or was deleted during its import.".to_string());
+            }
+        }
+        // Glance's `_VerifyImageState`: an import that reached no store fails.
+        if !progress.active {
+            log::warn!("import of image {id} failed: None of the uploads finished!");
+            return Err("None of the uploads finished!".to_string());
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// Where the data comes from: the staged file, or for copy-image the first of the image's
+    /// copies that can be opened.
+    fn source(&self) -> Result<PathBuf, String> {
+        match self.method {
+            Method::GlanceDirect | Method::WebDownload => Ok(self.staged.clone()),
+            Method::CopyImage => self
+                .copy_from
+                .iter()
+                .find(|path| path.is_file())
+                .cloned()
+                .ok_or_else(|| "Image not found in any configured store".to_string()),
         }
     }
 
-    /// Copies the staged file into the store while inspecting its format; the stored data and
-    /// its virtual size, or why not (nothing is left in the store then).
-    fn store_staged(&self) -> Result<(Stored, Option<u64>), String> {
+    /// Whether this job still holds the image (under the write lock).
+    fn holds(&self, image: &Image) -> bool {
+        image.upload_owner.as_deref() == Some(self.owner.as_str())
+            && matches!(image.status, ImageStatus::Importing | ImageStatus::Active)
+    }
+
+    /// Records a complete copy in `target` on the image, after checking it against the size
+    /// and hashes the image already has; turns the image `active` with `set_active`.
+    fn record(
+        &self,
+        target: &Target,
+        stored: &Stored,
+        virtual_size: Option<u64>,
+        set_active: bool,
+    ) -> Recorded {
+        let mut refused = None;
+        let result = self.registry.update(&self.image.id, |image| {
+            if !self.holds(image) {
+                return Err(ApiError::Conflict(String::new()));
+            }
+            for (attribute, have, got) in [
+                (
+                    "size",
+                    image.size.map(|s| s.to_string()),
+                    stored.size.to_string(),
+                ),
+                (
+                    "os_hash_value",
+                    image.os_hash_value.clone(),
+                    stored.hash_value.clone(),
+                ),
+                ("checksum", image.checksum.clone(), stored.checksum.clone()),
+            ] {
+                if have.is_some_and(|have| have != got) {
+                    refused = Some(format!(
+                        "{attribute} of uploaded data is different from current value set on \
+                         the image."
+                    ));
+                    return Err(ApiError::Conflict(String::new()));
+                }
+            }
+            image.size = Some(stored.size);
+            image.checksum = Some(stored.checksum.clone());
+            image.os_hash_algo = Some(stored.hash_algo.to_string());
+            image.os_hash_value = Some(stored.hash_value.clone());
+            if virtual_size.is_some() {
+                image.virtual_size = virtual_size;
+            }
+            if let Some(store) = &target.id {
+                image.locations.push(Location {
+                    store: store.clone(),
+                    path: stored.location.clone(),
+                });
+            }
+            if image.location.is_none() {
+                image.location = Some(stored.location.clone());
+            }
+            if set_active {
+                image.status = ImageStatus::Active;
+            }
+            merge_store_list(
+                image,
+                IMPORTING_TO_STORES,
+                std::slice::from_ref(&target.label),
+                true,
+            );
+            Ok(())
+        });
+        match (result, refused) {
+            (_, Some(reason)) => Recorded::Refused(reason),
+            (Ok(Some(_)), None) => Recorded::Yes,
+            _ => Recorded::Gone,
+        }
+    }
+
+    /// Records a failed store when the others may still succeed; false if the image is gone.
+    fn record_failure(&self, label: &str) -> bool {
+        let result = self.registry.update(&self.image.id, |image| {
+            if !self.holds(image) {
+                return Err(ApiError::Conflict(String::new()));
+            }
+            merge_store_list(image, FAILED_IMPORT, &[label.to_string()], false);
+            merge_store_list(image, IMPORTING_TO_STORES, &[label.to_string()], true);
+            Ok(())
+        });
+        matches!(result, Ok(Some(_)))
+    }
+
+    /// Copies the source into `target` while inspecting its format (glance-direct) or
+    /// hashing it as the image was hashed (copy-image); the stored data and its virtual size,
+    /// or why not (nothing is left in the store then).
+    fn store_staged(
+        &self,
+        target: &Target,
+        source: &Path,
+    ) -> Result<(Stored, Option<u64>), String> {
         let id = self.image.id.as_str();
-        let mut file = File::open(&self.staged)
-            .map_err(|error| format!("cannot open {}: {error}", self.staged.display()))?;
+        let mut file = File::open(source)
+            .map_err(|error| format!("cannot open {}: {error}", source.display()))?;
         let size = file
             .metadata()
-            .map_err(|error| format!("cannot stat {}: {error}", self.staged.display()))?
+            .map_err(|error| format!("cannot stat {}: {error}", source.display()))?
             .len();
-        let mut upload = self
+        let hash = match self.method {
+            Method::CopyImage => self
+                .image
+                .os_hash_algo
+                .as_deref()
+                .and_then(crate::store::HashKind::from_name)
+                .unwrap_or(target.store.settings().hash),
+            Method::GlanceDirect | Method::WebDownload => target.store.settings().hash,
+        };
+        let mut upload = target
             .store
-            .begin_upload(id, Some(size), &self.owner)
+            .begin_upload_hashed(id, Some(size), &self.owner, hash)
             .map_err(|error| error.to_string())?;
         let mut inspector = crate::format::Inspector::new();
         let mut buffer = vec![0u8; UPLOAD_CHUNK];
@@ -699,25 +1140,142 @@ impl ImportJob {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    return Err(format!("cannot read {}: {error}", self.staged.display()))
-                }
+                Err(error) => return Err(format!("cannot read {}: {error}", source.display())),
             };
             upload
                 .write(&buffer[..n])
                 .map_err(|error| error.to_string())?;
             inspector.feed(&buffer[..n]);
         }
-        let missed = inspector.missed();
-        let virtual_size = crate::format::judge(
-            &inspector.seen(),
-            missed,
-            self.image.disk_format.as_deref().unwrap_or_default(),
-            self.image.container_format.as_deref().unwrap_or_default(),
-            &self.config.image_format.rules,
-        )
-        .map_err(|refusal| format!("refused by format inspection: {refusal}"))?;
+        // copy-image skips the import plugins and inspection, as Glance does: the data was
+        // judged when it was first stored.
+        let virtual_size = match self.method {
+            Method::CopyImage => None,
+            Method::GlanceDirect | Method::WebDownload => {
+                let missed = inspector.missed();
+                crate::format::judge(
+                    &inspector.seen(),
+                    missed,
+                    self.image.disk_format.as_deref().unwrap_or_default(),
+                    self.image.container_format.as_deref().unwrap_or_default(),
+                    &self.config.image_format.rules,
+                )
+                .map_err(|refusal| format!("refused by format inspection: {refusal}"))?
+            }
+        };
         let stored = upload.finish().map_err(|error| error.to_string())?;
         Ok((stored, virtual_size))
+    }
+}
+
+impl Progress<'_> {
+    /// The import succeeded: the job lets the image go and the staged file goes.
+    fn finish(mut self) {
+        self.finished = true;
+        let job = self.job;
+        let id = job.image.id.as_str();
+        let labels: Vec<String> = job.targets.iter().map(|t| t.label.clone()).collect();
+        let result = job.registry.update(id, |image| {
+            if job.holds(image) {
+                image.upload_owner = None;
+                image.properties.remove(IMPORT_TASK);
+                merge_store_list(image, IMPORTING_TO_STORES, &labels, true);
+            }
+            Ok::<(), ApiError>(())
+        });
+        if let Err(error) = result {
+            log::error!(
+                "image {id} stays held by this process after its import ({error}); it is let \
+                 go when this child exits"
+            );
+        }
+        if job.method != Method::CopyImage {
+            remove_staged(&job.staged);
+        }
+        let stores: Vec<&str> = self.written.iter().map(|(s, _)| s.as_str()).collect();
+        log::info!(
+            "image {id} is active: {} ({}) into store(s) {}",
+            job.image
+                .size
+                .map_or_else(|| "imported".to_string(), |s| format!("{s} bytes")),
+            job.method.name(),
+            stores.join(",")
+        );
+    }
+}
+
+impl Drop for Progress<'_> {
+    /// Glance's revert: the copies this import recorded go (record first, then files), no
+    /// target stays listed as importing, the failed stores are listed, and a glance-direct
+    /// image goes back to `queued` without its staged file.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let job = self.job;
+        let id = job.image.id.as_str();
+        let labels: Vec<String> = job.targets.iter().map(|t| t.label.clone()).collect();
+        let mut held = false;
+        let result = job.registry.update(id, |image| {
+            if !job.holds(image) {
+                return Ok::<(), ApiError>(());
+            }
+            held = true;
+            image
+                .locations
+                .retain(|location| !self.written.iter().any(|(_, path)| *path == location.path));
+            let ours = |path: &String| self.written.iter().any(|(_, p)| p == path);
+            if image.location.as_ref().is_some_and(ours) {
+                image.location = image.locations.first().map(|l| l.path.clone());
+            }
+            if job.method != Method::CopyImage {
+                // A glance-direct or web-download image had no data before; nothing of it is
+                // left.
+                image.status = ImageStatus::Queued;
+                image.location = None;
+                image.locations.clear();
+                image.size = None;
+                image.virtual_size = None;
+                image.checksum = None;
+                image.os_hash_algo = None;
+                image.os_hash_value = None;
+            }
+            image.upload_owner = None;
+            image.properties.remove(IMPORT_TASK);
+            merge_store_list(image, IMPORTING_TO_STORES, &labels, true);
+            merge_store_list(image, FAILED_IMPORT, &self.failed, false);
+            Ok(())
+        });
+        match result {
+            Err(error) => log::error!(
+                "image {id} stays in {} after a failed import ({error}); it is recovered when \
+                 this child exits (reload to make that happen now)",
+                if job.method != Method::CopyImage {
+                    "importing"
+                } else {
+                    "active, held by this process,"
+                }
+            ),
+            // Deleted meanwhile: its delete removed the files it listed.
+            Ok(None) => {}
+            Ok(Some(_)) if held => {
+                for (label, path) in &self.written {
+                    if let Some(target) = job.targets.iter().find(|t| &t.label == label) {
+                        remove_unrecorded(&target.store, path);
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+        if job.method != Method::CopyImage {
+            remove_staged(&job.staged);
+        }
+    }
+}
+
+/// Removes a stored copy no image lists.
+fn remove_unrecorded(store: &Store, location: &str) {
+    if let Err(error) = store.delete_data(location) {
+        log::error!("cannot remove {location}, which no image lists: {error}; remove it by hand");
     }
 }

@@ -1412,7 +1412,7 @@ impl Draft {
 }
 
 /// The import methods glint serves; Glance's others are accepted in the file and not served.
-pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct", "web-download"];
+pub const SERVED_IMPORT_METHODS: &[&str] = &["glance-direct", "web-download", "copy-image"];
 
 /// `enabled_import_methods` as Glance writes it (`[glance-direct,web-download]`, each item
 /// possibly quoted) or as a plain comma list, reduced to the methods glint serves. A method it
@@ -1448,7 +1448,7 @@ fn finish_import_methods(items: &[String], raw: &RawConfig, report: &mut Report)
             Some("enabled_import_methods"),
             format!(
                 "glint serves only {}; not offering {}: remove {} from the list to silence this",
-                SERVED_IMPORT_METHODS.join(" and "),
+                SERVED_IMPORT_METHODS.join(", "),
                 dropped.join(", "),
                 if dropped.len() == 1 { "it" } else { "them" }
             ),

@@ -850,7 +850,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::List,
         default: DefaultValue::Text("[glance-direct,web-download,copy-image]"),
         on_reload: RELOAD_GENERATION,
-        doc: "Interoperable import methods, as Glance's list (`[glance-direct,web-download]`) or a plain comma list. glint serves `glance-direct` and `web-download` (filtered by `[import_filtering_opts]`); the others are not offered (`GET /v2/info/import` leaves them out) and, when this file names them, draw a warning. Without `glance-direct`, `PUT /v2/images/{id}/stage` answers 404.",
+        doc: "Interoperable import methods, as Glance's list (`[glance-direct,web-download]`) or a plain comma list. glint serves `glance-direct`, `web-download` (filtered by `[import_filtering_opts]`) and `copy-image` (which needs `enabled_backends`); the others are not offered (`GET /v2/info/import` leaves them out) and, when this file names them, draw a warning. Without `glance-direct`, `PUT /v2/images/{id}/stage` answers 404.",
         apply: |draft, value| {
             if let Value::List(items) = value {
                 draft.enabled_import_methods = items;

@@ -205,6 +205,12 @@ pub fn run(start: Start) -> i32 {
         Ok(stores) => Arc::new(stores),
         Err(error) => return ready.failed(&error),
     };
+    // Data stored before enabled_backends was set has no store recorded: give it the store
+    // whose folder holds it before the check below counts the stores' images, so that such a
+    // store cannot be removed while it holds them.
+    if stores.is_multi() {
+        record_legacy_stores(&registry, &stores);
+    }
     // A reload that removes a backend still holding images must fail, naming it, while the old
     // generation keeps serving: the master never reads the database (it would block its loop),
     // so each new child checks before it reports ready. A replacement child (`nth` 0) of the
@@ -409,6 +415,39 @@ pub fn open_stores(config: &Config) -> Result<Stores, String> {
         .as_ref()
         .map_or("", |backends| backends.default.as_str());
     Stores::open(store_settings(config, &config.datadirs), named, default)
+}
+
+/// Records the store of image data stored with one store (Glance's `update_store_in_locations`,
+/// which Glance runs on every read of an image; here once per child start, before the count of
+/// each store's images, so that images nobody reads still count). Failures are logged: the
+/// next child start tries again.
+fn record_legacy_stores(registry: &Registry, stores: &Stores) {
+    match registry.record_legacy_stores(|location| stores.holding(location).map(str::to_string)) {
+        Ok((recorded, left)) => {
+            if !recorded.is_empty() {
+                log::info!(
+                    "recorded the store of {} image(s) stored before enabled_backends was set \
+                     (first: {} in {})",
+                    recorded.len(),
+                    recorded[0].0,
+                    recorded[0].1
+                );
+            }
+            if !left.is_empty() {
+                log::warn!(
+                    "{} image(s) have data in no enabled backend's folder (first: {}): they stay \
+                     readable but show no stores and cannot be copied from; add their folder to \
+                     a backend's filesystem_store_datadir(s) and reload",
+                    left.len(),
+                    left[0]
+                );
+            }
+        }
+        Err(error) => log::error!(
+            "cannot record the stores of images stored before enabled_backends was set: \
+             {error}; reload to try again"
+        ),
+    }
 }
 
 /// Refuses a config without a backend in which the registry still records live images: the

@@ -46,8 +46,10 @@ pub struct Image {
     pub updated_at: String,
     /// Absolute path of the data file, once the image is active.
     pub location: Option<String>,
-    /// Opaque token of the process uploading the data while the status is `Saving`; see
-    /// [`super::Registry::recover_abandoned_uploads`].
+    /// Opaque token of the process uploading the data while the status is `Saving` (staging:
+    /// `Uploading`; importing: `Importing`); see [`super::Registry::recover_abandoned_uploads`].
+    /// On an `Active` image, the process copying it into more stores (copy-image, or an import
+    /// that went on after its first store), which holds the image until it is done.
     pub upload_owner: Option<String>,
     /// With several stores (`enabled_backends`): every copy of the data, each with its store,
     /// in the order they were added; `location` is the first one's path. Empty with one store.
@@ -352,6 +354,45 @@ fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryE
             .map_err(RegistryError::sql(context()))?;
     }
     Ok(())
+}
+
+/// The live images with a data location and no row in `image_locations` (stored with one
+/// store), as (id, location), by id.
+///
+/// A scan of the live images: it runs when a child starts, not per request.
+pub(super) fn select_without_store(
+    connection: &Connection,
+) -> Result<Vec<(String, String)>, RegistryError> {
+    connection
+        .prepare_cached(
+            "SELECT id, location FROM images WHERE deleted = 0 AND location IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM image_locations WHERE image_id = images.id) \
+             ORDER BY id",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(RegistryError::sql("find image data stored without a store"))
+}
+
+/// Records `path` as the first location of image `id`, in `store`.
+pub(super) fn insert_first_location(
+    connection: &Connection,
+    id: &str,
+    store: &str,
+    path: &str,
+) -> Result<(), RegistryError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO image_locations (image_id, position, store, path) VALUES (?1, 0, ?2, ?3)",
+        )
+        .and_then(|mut statement| statement.execute(params![id, store, path]))
+        .map(|_| ())
+        .map_err(RegistryError::sql(format!(
+            "record store {store} for the data of image {id}"
+        )))
 }
 
 /// How many live images have a location in each store, for the stores that have any.

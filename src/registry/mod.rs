@@ -80,6 +80,10 @@ pub use task::{NewTask, Task, TaskEnd, TaskQuery, TaskStatus, TASK_COLUMNS};
 
 use crate::timestamp;
 
+/// What [`Registry::record_legacy_stores`] did: the images given a store, as (id, store), and
+/// the ids of those whose data no store's folder holds.
+pub type LegacyStores = (Vec<(String, String)>, Vec<String>);
+
 /// How long a call waits for another connection, in this process or another, to release the
 /// write lock before it fails. Long enough for any single registry transaction, which holds
 /// the lock for milliseconds.
@@ -216,6 +220,47 @@ impl Registry {
             .map_err(RegistryError::sql("begin a read transaction"))?;
         image::select_live(&transaction, id)
         // Dropping the read transaction rolls it back, which for a read only ends it.
+    }
+
+    /// Records a store for the data of every live image that has a location but no store: data
+    /// stored before `enabled_backends` was set (Glance's `update_store_in_locations`).
+    /// `store_of` names the store of a location, or `None`. Returns the images given a store
+    /// (id, store) and the ids of those left without one.
+    ///
+    /// A read finds the candidates first, so the usual start, with none that a store holds,
+    /// takes no write lock;
+    /// the write transaction looks again, so children starting together record each once.
+    pub fn record_legacy_stores(
+        &self,
+        store_of: impl Fn(&str) -> Option<String>,
+    ) -> Result<LegacyStores, RegistryError> {
+        let mut lease = self.lease()?;
+        let found = {
+            let transaction = lease
+                .transaction()
+                .map_err(RegistryError::sql("begin a read transaction"))?;
+            image::select_without_store(&transaction)?
+        };
+        if found
+            .iter()
+            .all(|(_, location)| store_of(location).is_none())
+        {
+            return Ok((Vec::new(), found.into_iter().map(|(id, _)| id).collect()));
+        }
+        let transaction = begin_immediate(&mut lease)?;
+        let mut recorded = Vec::new();
+        let mut left = Vec::new();
+        for (id, location) in image::select_without_store(&transaction)? {
+            match store_of(&location) {
+                Some(store) => {
+                    image::insert_first_location(&transaction, &id, &store, &location)?;
+                    recorded.push((id, store));
+                }
+                None => left.push(id),
+            }
+        }
+        commit(transaction)?;
+        Ok((recorded, left))
     }
 
     /// How many live images have data in each store (several stores only), for the stores
@@ -360,7 +405,9 @@ impl Registry {
     /// `queued` (the half-written staging file is a temporary the sweep removes). An image
     /// `importing` goes back to `uploading`, ready for a new import, when `is_staged` says its
     /// staged data is still there, else to `queued` with `os_glance_failed_import` set to
-    /// `failed_store`, as Glance does after a failed import. Returns the images as they were.
+    /// the stores it was still writing to (`failed_store` if it names none), as Glance does
+    /// after a failed import. Copies an import into several stores recorded before it died are
+    /// dropped. Returns the images as they were.
     pub fn recover_abandoned_imports(
         &self,
         is_alive: impl Fn(&str) -> bool,
@@ -400,6 +447,23 @@ impl Registry {
             let mut reset = stored.clone();
             reset.upload_owner = None;
             reset.updated_at = now.seconds.clone();
+            // The stores the dead import still wrote to: no longer importing; failed when
+            // the image goes back to queued (an older import listed none: `failed_store`).
+            let importing = reset
+                .properties
+                .insert("os_glance_importing_to_stores".to_string(), String::new())
+                .filter(|list| !list.is_empty());
+            if stored.status == ImageStatus::Importing {
+                // Copies the dead import recorded before its last store: the caller removes
+                // their files (the image as it was lists them).
+                reset.locations.clear();
+                reset.location = None;
+                reset.size = None;
+                reset.virtual_size = None;
+                reset.checksum = None;
+                reset.os_hash_algo = None;
+                reset.os_hash_value = None;
+            }
             if stored.status == ImageStatus::Importing && is_staged(&stored.id) {
                 reset.status = ImageStatus::Uploading;
             } else {
@@ -407,7 +471,7 @@ impl Registry {
                 if stored.status == ImageStatus::Importing {
                     reset.properties.insert(
                         "os_glance_failed_import".to_string(),
-                        failed_store.to_string(),
+                        importing.unwrap_or_else(|| failed_store.to_string()),
                     );
                 }
             }

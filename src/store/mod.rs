@@ -171,6 +171,19 @@ impl Store {
         declared_size: Option<u64>,
         owner: &str,
     ) -> Result<Upload, StoreError> {
+        self.begin_upload_hashed(image_id, declared_size, owner, self.settings.hash)
+    }
+
+    /// [`Store::begin_upload`] hashing with `hash` instead of `hashing_algorithm`: a copy of
+    /// an image's data is checked against the `os_hash_value` the image has, which an older
+    /// `hashing_algorithm` may have computed.
+    pub fn begin_upload_hashed(
+        &self,
+        image_id: &str,
+        declared_size: Option<u64>,
+        owner: &str,
+        hash: HashKind,
+    ) -> Result<Upload, StoreError> {
         if let Some(size) = declared_size {
             if size > self.settings.size_cap {
                 return Err(StoreError::TooLarge {
@@ -198,7 +211,7 @@ impl Store {
             declared_size,
             self.settings.size_cap,
             self.settings.file_perm,
-            self.settings.hash,
+            hash,
         )
     }
 

@@ -84,6 +84,26 @@ impl Stores {
         self.stores.iter().map(|(id, store)| (id.as_deref(), store))
     }
 
+    /// The id of the named store one of whose data directories holds `location` (a data
+    /// file's absolute path), as Glance's `update_store_in_locations` finds the store of a
+    /// location recorded without one: by the store's folder, here compared path component by
+    /// path component (glance_store compares URL prefixes, so `/images` would also claim
+    /// `/images2/...`). The first such store in configuration order; `None` without several
+    /// stores or when no store's folder holds it.
+    pub fn holding(&self, location: &str) -> Option<&str> {
+        let path = std::path::Path::new(location);
+        let parent = path.parent()?;
+        self.stores.iter().find_map(|(id, store)| {
+            let id = id.as_deref()?;
+            store
+                .settings()
+                .datadirs
+                .iter()
+                .any(|(dir, _)| parent == dir.as_path())
+                .then_some(id)
+        })
+    }
+
     /// Removes the temporary files of dead uploaders in every store's data directories.
     pub fn remove_abandoned_temp_files(&self, is_alive: impl Fn(&str) -> bool) -> Vec<PathBuf> {
         let mut extra: Vec<PathBuf> = Vec::new();
@@ -154,6 +174,13 @@ mod tests {
         let mut expected = left.clone();
         expected.sort();
         assert_eq!(removed, expected);
+        // A data file's store is the one whose folder holds it; nothing else is claimed.
+        let in_fast = fast.join("8c3a5a5e-1b1e-4f4e-9a43-000000000001");
+        assert_eq!(stores.holding(&in_fast.to_string_lossy()), Some("fast"));
+        let beside = root.path().join("fast-old").join("x");
+        assert_eq!(stores.holding(&beside.to_string_lossy()), None);
+        let deeper = fast.join("sub").join("x");
+        assert_eq!(stores.holding(&deeper.to_string_lossy()), None);
         let missing = Stores::open(
             settings(&single),
             vec![("fast".to_string(), settings(&fast))],
