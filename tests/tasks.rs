@@ -2,13 +2,12 @@
 //! `GET /v2/images/{id}/tasks` and the admin-only tasks API (`/v2/tasks`), failed when the
 //! import is refused or its process dies, and removed once it expires.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::import::{
-    create, import, qemu_img, show, stage, stage_large_and_import, start, wait_status,
+    create, hostile_qcow2, import, show, stage, stage_large_and_import, start, wait_status,
     GLANCE_DIRECT,
 };
 use crate::util::{get, request, send_body, Server};
@@ -159,25 +158,7 @@ fn a_successful_import_leaves_a_success_task_shown_by_the_image_and_the_tasks_ap
 fn a_refused_import_leaves_a_failure_task_with_its_reason() {
     let staging = tempfile::tempdir().unwrap();
     let server = start(staging.path(), "");
-    let fixtures = tempfile::tempdir().unwrap();
-    qemu_img(
-        fixtures.path(),
-        &["create", "-f", "qcow2", "base.qcow2", "1G"],
-    );
-    qemu_img(
-        fixtures.path(),
-        &[
-            "create",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "evil.qcow2",
-        ],
-    );
-    let data = fs::read(fixtures.path().join("evil.qcow2")).unwrap();
+    let data = hostile_qcow2();
     let id = create(&server, "qcow2");
     assert_eq!(stage(&server, &id, &data).status, 204);
     assert_eq!(import(&server, &id, GLANCE_DIRECT).status, 202);
