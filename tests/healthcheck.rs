@@ -21,7 +21,10 @@ fn a_disable_file_takes_the_node_out_and_its_removal_puts_it_back() {
 
     let healthy = check(&server, "GET", None);
     assert_eq!((healthy.status, healthy.text()), (200, "OK".to_string()));
-    assert_eq!(check(&server, "HEAD", None).status, 204);
+    let head = check(&server, "HEAD", None);
+    assert_eq!((head.status, head.body.len()), (204, 0));
+    // RFC 9110: no Content-Length on a 204.
+    assert_eq!(head.header("content-length"), None, "{:?}", head.headers);
 
     fs::write(&disable, b"").expect("create the disable file");
     let out = check(&server, "GET", Some("*/*"));

@@ -359,7 +359,9 @@ fn http_keepalive_false_closes_every_connection() {
 fn head_has_content_length_but_no_body() {
     let server = Server::start("");
     let mut client = Client::connect(server.addr());
-    for path in ["/healthcheck", "/versions", "/"] {
+    // Not /healthcheck: oslo.middleware answers its HEAD 204, without a body or length
+    // (`healthcheck::a_disable_file_takes_the_node_out_and_its_removal_puts_it_back`).
+    for path in ["/versions", "/", "/v2/images"] {
         let get = client.exchange(
             format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
             "GET",

@@ -378,18 +378,7 @@ fn an_import_whose_child_is_killed_goes_back_to_uploading_and_imports_again() {
     let server = start(staging.path(), "");
     let (id, data) = stage_large_and_import(&server, 64 << 20);
     // The child that took the import says so before it answers 202.
-    let needle = format!("import of image {id} started");
-    let log = server.log();
-    let line = log
-        .lines()
-        .find(|line| line.contains(&needle))
-        .unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"));
-    let pid: i32 = line
-        .split("glint-api[")
-        .nth(1)
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let pid = server.pid_that_logged(&format!("import of image {id} started"));
     // SAFETY: kill(2) of a child of the server this test started.
     unsafe {
         libc::kill(pid, libc::SIGKILL);

@@ -892,3 +892,101 @@ fn stores_legacy_images_get_the_backend_whose_folder_holds_them() {
     let error = verdict["error"].as_str().unwrap_or_default();
     assert!(error.contains("`fast` (1 image)"), "{error}");
 }
+
+/// SIGKILLs `pid`, a child of the server the test started.
+fn kill(pid: i32) {
+    // SAFETY: kill(2) of a process this test's server started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[test]
+fn stores_a_second_copy_while_one_runs_is_409_and_a_dead_copys_lock_is_taken_over() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap", "spare"], "fast", staging.path());
+    // Large enough that a copy (read, two digests, write, fsync) outlasts the next request.
+    let data = payload(96 << 20, 3);
+    let id = util::create_image(server.addr());
+    upload_ok(&server, &id, "fast", &data);
+
+    assert_eq!(import(&server, &id, &[], COPY).status, 202);
+    let second = import(
+        &server,
+        &id,
+        &[],
+        r#"{"method":{"name":"copy-image"},"stores":["spare"]}"#,
+    );
+    assert_eq!(second.status, 409, "{}", second.text());
+    assert!(
+        second.text().contains(&format!(
+            "New operation on image '{id}' is not permitted as prior operation is still in \
+             progress"
+        )),
+        "{}",
+        second.text()
+    );
+
+    // The copy's child dies mid-copy: its lock names a dead process and the next copy takes
+    // it over, while the image stays active and its data downloadable.
+    kill(server.pid_that_logged(&format!("import of image {id} started")));
+    let image = image(&server, &id);
+    assert_eq!(image["status"], "active", "{image:#}");
+    assert_eq!(image["stores"], "fast", "{image:#}");
+    // 409 only until the kernel has ended the killed child.
+    util::wait_until("the copy retried after its child died", DEADLINE, || {
+        let retried = import(&server, &id, &[], COPY);
+        assert!(
+            matches!(retried.status, 202 | 409),
+            "{}: {}",
+            retried.status,
+            retried.text()
+        );
+        retried.status == 202
+    });
+    let done = wait_image(&server, &id, "copied after the takeover", |i| {
+        i["stores"] == "fast,cheap" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_eq!(done["os_glance_failed_import"], "", "{done:#}");
+    assert_holds(&server, "cheap", &id, &data);
+}
+
+#[test]
+fn stores_an_import_into_two_stores_whose_child_dies_leaves_no_copy_and_imports_again() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap"], "fast", staging.path());
+    // Large enough that the second store's copy takes a while after the first is recorded.
+    let data = payload(128 << 20, 9);
+    let id = util::create_image(server.addr());
+    stage(&server, &id, &data);
+    let body = r#"{"method":{"name":"glance-direct"},"stores":["fast","cheap"]}"#;
+    assert_eq!(import(&server, &id, &[], body).status, 202);
+    // Killed once the first copy is recorded and while the second is written.
+    let midway = wait_image(&server, &id, "the first copy recorded", |i| {
+        i["stores"] == "fast"
+    });
+    assert_eq!(midway["status"], "importing", "{midway:#}");
+    kill(server.pid_that_logged(&format!("import of image {id} started")));
+    // Recovery: the staged data is intact, so the image waits for an import again, with no
+    // copy recorded and none left in either store.
+    let image = wait_image(&server, &id, "recovered", |i| i["status"] == "uploading");
+    assert!(
+        image["stores"].is_null() && image["checksum"].is_null(),
+        "{image:#}"
+    );
+    for store in ["fast", "cheap"] {
+        wait_gone(&data_file(&server, store, &id), store);
+        let folder = server.path(&format!("{store}-data"));
+        util::wait_until(&format!("{store}'s folder to be empty"), DEADLINE, || {
+            std::fs::read_dir(&folder).map_or(true, |mut entries| entries.next().is_none())
+        });
+    }
+    assert_eq!(import(&server, &id, &[], body).status, 202);
+    let done = wait_image(&server, &id, "imported again", |i| {
+        i["status"] == "active" && i["os_glance_importing_to_stores"] == ""
+    });
+    // In the order the copies were written: the `stores` list's.
+    assert_eq!(done["stores"], "fast,cheap", "{done:#}");
+    assert_holds(&server, "fast", &id, &data);
+    assert_holds(&server, "cheap", &id, &data);
+}

@@ -222,6 +222,18 @@ impl Server {
         assert_eq!(verdict["outcome"], "succeeded", "{verdict}\n{}", self.log());
     }
 
+    /// The pid of the process that wrote the first log line containing `needle` (log lines
+    /// carry `glint-api[PID]`); panics with the log if there is none.
+    pub fn pid_that_logged(&self, needle: &str) -> i32 {
+        let log = self.log();
+        log.lines()
+            .find(|line| line.contains(needle))
+            .and_then(|line| line.split("glint-api[").nth(1))
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no line with {needle:?} and a pid in the log:\n{log}"))
+    }
+
     /// Polls the status file until `condition` holds, or panics after `deadline` with the log.
     pub fn wait_for(
         &self,
