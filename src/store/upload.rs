@@ -38,6 +38,9 @@ pub struct Upload {
     /// The mode `finish` gives the file.
     file_perm: u32,
     bytes_written: u64,
+    /// Where the kernel has been asked to start writing the data back to disk (see
+    /// [`WRITEBACK_WINDOW`]).
+    written_back: u64,
     /// md5 and the os_hash, computed while the data is written.
     hashing: Hashing,
     /// Set when a write failed: the file may then hold bytes that neither `bytes_written` nor the
@@ -73,7 +76,29 @@ impl Upload {
             ));
         }
         self.bytes_written = total;
+        if total - self.written_back >= WRITEBACK_WINDOW {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Asks the kernel to start writing back what was written since the last call, without
+    /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Without it the dirty pages
+    /// of a whole image wait for `finish`'s fsync, which then took about a third of a 1 GiB
+    /// upload's time; with it the disk writes while the upload goes on, and the fsync finds
+    /// little left. Advisory: a failure here is seen by the fsync, which reports it.
+    fn start_writeback(&mut self) {
+        let length = self.bytes_written - self.written_back;
+        // SAFETY: sync_file_range(2) on the open file's descriptor; it reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&self.file),
+                self.written_back as libc::off64_t,
+                length as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.written_back = self.bytes_written;
     }
 
     /// Bytes accepted so far.
@@ -176,6 +201,7 @@ impl Upload {
             size_cap,
             file_perm,
             bytes_written: 0,
+            written_back: 0,
             hashing: Hashing::start(hash_kind),
             failed: false,
             temporary_exists: true,
@@ -225,6 +251,10 @@ impl Drop for Upload {
 pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
+
+/// How much written data may wait in the page cache before the upload asks the kernel to
+/// write it back (see [`Upload::start_writeback`]).
+const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 /// How many chunks may wait for a hashing thread; the writer blocks when it is this far
 /// ahead of the slower one, so memory stays at a few chunks whatever the image size.
