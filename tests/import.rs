@@ -985,3 +985,44 @@ fn an_https_download_from_an_untrusted_certificate_fails_the_import() {
     // rustls verified the certificate and refused it: TLS was spoken, not plain HTTP.
     server.wait_for_log("invalid peer certificate", DEADLINE);
 }
+
+#[test]
+fn a_web_download_whose_child_dies_after_the_download_goes_back_to_queued() {
+    // Large enough that storing it after the download takes a while (two digests, the write).
+    let data: Vec<u8> = (0..(96usize << 20)).map(|i| (i % 251) as u8 + 1).collect();
+    let web = WebServer::start(vec![(
+        "/disk.raw",
+        Reply::Data {
+            data: data.clone(),
+            chunked: false,
+        },
+    )]);
+    let staging = tempfile::tempdir().unwrap();
+    let server = start(
+        staging.path(),
+        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
+    );
+    let id = create(&server, "raw");
+    let started = import(&server, &id, &web_download(&web.url("/disk.raw")));
+    assert_eq!(started.status, 202, "{}", started.text());
+    // Killed once the download is complete, while its data is being stored.
+    let needle = format!("image {id}: downloaded {} bytes", data.len());
+    server.wait_for_log(&needle, DEADLINE);
+    let pid = server.pid_that_logged(&needle);
+    // SAFETY: kill(2) of a child of the server this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    // Back where web-download starts, not `uploading` as a staged glance-direct image would
+    // be; the downloaded file is swept.
+    let image = wait_status(&server, &id, "queued");
+    assert_eq!(image["os_glance_failed_import"], "file", "{image:#}");
+    crate::util::wait_until("the staging folder to be empty", DEADLINE, || {
+        files_in(staging.path()).is_empty()
+    });
+    // And the same import can run again.
+    let again = import(&server, &id, &web_download(&web.url("/disk.raw")));
+    assert_eq!(again.status, 202, "{}", again.text());
+    let image = wait_status(&server, &id, "active");
+    assert_eq!(image["checksum"], hex(&Md5::digest(&data)));
+}

@@ -990,3 +990,40 @@ fn stores_an_import_into_two_stores_whose_child_dies_leaves_no_copy_and_imports_
     assert_holds(&server, "fast", &id, &data);
     assert_holds(&server, "cheap", &id, &data);
 }
+
+#[test]
+fn stores_a_copy_whose_image_is_deactivated_meanwhile_lets_its_lock_go() {
+    let staging = tempfile::tempdir().unwrap();
+    let server = start_staging(&["fast", "cheap"], "fast", staging.path());
+    let data = payload(96 << 20, 4);
+    let id = util::create_image(server.addr());
+    upload_ok(&server, &id, "fast", &data);
+    assert_eq!(import(&server, &id, &[], COPY).status, 202);
+    let action = |name: &str| {
+        util::request(
+            server.addr(),
+            "POST",
+            &format!("/v2/images/{id}/actions/{name}"),
+            &[],
+            b"",
+        )
+        .expect(name)
+    };
+    // Deactivated while the copy is written: the copy cannot be recorded and ends.
+    assert_eq!(action("deactivate").status, 204);
+    server.wait_for_log(&format!("image {id} changed or went away"), DEADLINE);
+    let image = wait_image(&server, &id, "the copy's lock let go", |i| {
+        i.get("os_glance_import_task").is_none()
+    });
+    assert_eq!(image["status"], "deactivated", "{image:#}");
+    assert_eq!(image["stores"], "fast", "{image:#}");
+    // Reactivated, the image takes a new copy: no lock of the ended one is left (it was 409
+    // until the child exited).
+    assert_eq!(action("reactivate").status, 204);
+    let again = import(&server, &id, &[], COPY);
+    assert_eq!(again.status, 202, "{}", again.text());
+    wait_image(&server, &id, "copied", |i| {
+        i["stores"] == "fast,cheap" && i["os_glance_importing_to_stores"] == ""
+    });
+    assert_holds(&server, "cheap", &id, &data);
+}

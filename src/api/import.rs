@@ -1017,10 +1017,17 @@ impl ImportJob {
         }
     }
 
-    /// Whether this job still holds the image (under the write lock).
+    /// Whether this job still holds the image (under the write lock) and may record a copy
+    /// on it: locked by it, and importing or active (not deactivated meanwhile).
     fn holds(&self, image: &Image) -> bool {
+        self.locks(image) && matches!(image.status, ImageStatus::Importing | ImageStatus::Active)
+    }
+
+    /// Whether the image's lock is this job's, whatever its status: the lock, the task
+    /// property and the importing list are this job's to let go at the end, even when the
+    /// image was deactivated meanwhile.
+    fn locks(&self, image: &Image) -> bool {
         image.upload_owner.as_deref() == Some(self.owner.as_str())
-            && matches!(image.status, ImageStatus::Importing | ImageStatus::Active)
     }
 
     /// Records a complete copy in `target` on the image, after checking it against the size
@@ -1176,7 +1183,7 @@ impl Progress<'_> {
         let id = job.image.id.as_str();
         let labels: Vec<String> = job.targets.iter().map(|t| t.label.clone()).collect();
         let result = job.registry.update(id, |image| {
-            if job.holds(image) {
+            if job.locks(image) {
                 image.upload_owner = None;
                 image.properties.remove(IMPORT_TASK);
                 merge_store_list(image, IMPORTING_TO_STORES, &labels, true);
@@ -1218,6 +1225,15 @@ impl Drop for Progress<'_> {
         let mut held = false;
         let result = job.registry.update(id, |image| {
             if !job.holds(image) {
+                // Deactivated meanwhile: its data stays as recorded, but the lock and the
+                // import's marks are this job's to let go.
+                if job.locks(image) {
+                    image.upload_owner = None;
+                    image.properties.remove(IMPORT_TASK);
+                    merge_store_list(image, IMPORTING_TO_STORES, &labels, true);
+                    merge_store_list(image, FAILED_IMPORT, &self.failed, false);
+                    return Ok(());
+                }
                 return Ok::<(), ApiError>(());
             }
             held = true;

@@ -136,7 +136,8 @@ impl TaskRecord {
     /// refusal of the data is shown as is; a failure on the server's side (an I/O error, whose
     /// words name server paths) is shown as such, its details left to the log.
     pub fn failed(&self, reason: &str) {
-        let message = if reason.starts_with("cannot ") {
+        // Server-side errors name the server's paths: the log has them, the client does not.
+        let message = if reason.starts_with("cannot ") || reason.contains(": cannot ") {
             format!(
                 "The import of image {} failed on the server's side; the server's log has \
                  the cause.",

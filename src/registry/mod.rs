@@ -464,7 +464,13 @@ impl Registry {
                 reset.os_hash_algo = None;
                 reset.os_hash_value = None;
             }
-            if stored.status == ImageStatus::Importing && is_staged(&stored.id) {
+            // Staged data waits for a glance-direct import again; a web-download's downloaded
+            // file does not (its image goes back to `queued`, where that method starts, and
+            // the staging sweep removes the file).
+            if stored.status == ImageStatus::Importing
+                && is_staged(&stored.id)
+                && !task::last_import_was_web_download(&transaction, &stored.id)
+            {
                 reset.status = ImageStatus::Uploading;
             } else {
                 reset.status = ImageStatus::Queued;
