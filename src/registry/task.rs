@@ -481,6 +481,27 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
+/// Whether the newest task of image `image_id` is a `web-download` import (its input's
+/// `import_req.method.name`), read in the caller's transaction; false when there is none or it
+/// cannot be read. Recovery asks it of an image left `importing`.
+pub(super) fn last_import_was_web_download(
+    connection: &rusqlite::Connection,
+    image_id: &str,
+) -> bool {
+    let input: Option<String> = connection
+        .query_row(
+            "SELECT input FROM tasks WHERE image_id = ?1 ORDER BY created_order DESC, id DESC \
+             LIMIT 1",
+            [image_id],
+            |row| row.get(0),
+        )
+        .ok()
+        .flatten();
+    input
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|input| input["import_req"]["method"]["name"] == "web-download")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,25 +646,4 @@ mod tests {
             .unwrap();
         assert_eq!(other_owner, Vec::<Task>::new());
     }
-}
-
-/// Whether the newest task of image `image_id` is a `web-download` import (its input's
-/// `import_req.method.name`), read in the caller's transaction; false when there is none or it
-/// cannot be read. Recovery asks it of an image left `importing`.
-pub(super) fn last_import_was_web_download(
-    connection: &rusqlite::Connection,
-    image_id: &str,
-) -> bool {
-    let input: Option<String> = connection
-        .query_row(
-            "SELECT input FROM tasks WHERE image_id = ?1 ORDER BY created_order DESC, id DESC \
-             LIMIT 1",
-            [image_id],
-            |row| row.get(0),
-        )
-        .ok()
-        .flatten();
-    input
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .is_some_and(|input| input["import_req"]["method"]["name"] == "web-download")
 }
