@@ -35,29 +35,12 @@ impl Api {
         context: &Context,
         id: &str,
     ) -> Result<Response, ApiError> {
-        let media_type = request
-            .head
-            .header_str("content-type")
-            .and_then(|value| value.split(';').next())
-            .map(|value| value.trim().to_ascii_lowercase());
-        if media_type.as_deref() != Some("application/octet-stream") {
-            return Err(ApiError::UnsupportedMediaType {
-                message: "Image data must be sent as application/octet-stream.".to_string(),
-                accept_patch: false,
-            });
-        }
+        require_octet_stream(request)?;
         // As in Glance, the store is checked before the image is looked up.
         let (store_id, store) = self.upload_store(request)?;
         let found = self.find_for(context, id, "upload_image")?;
         let id = &found.id;
-        let declared = declared_size(request)?;
-        let cap = self.config.image_size_cap;
-        if declared.is_some_and(|size| size > cap) {
-            return Err(ApiError::TooLarge(format!(
-                "Image exceeds the storage quota: the image is {} bytes and image_size_cap is {cap}.",
-                declared.unwrap_or(0)
-            )));
-        }
+        let declared = declared_size_within_cap(request, self.config.image_size_cap)?;
         let owner = self.owner_token.clone();
         let saving_image = self
             .registry
@@ -421,7 +404,39 @@ impl Drop for SavingGuard<'_> {
 
 /// The size the client announced: `x-openstack-image-size` (glanceclient sends it with chunked
 /// uploads), else the Content-Length of the body.
-pub(super) fn declared_size(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
+/// 415 unless the body is `application/octet-stream`, as image data must be (upload and
+/// stage alike).
+pub(super) fn require_octet_stream(request: &Request<'_>) -> Result<(), ApiError> {
+    let media_type = request
+        .head
+        .header_str("content-type")
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase());
+    if media_type.as_deref() != Some("application/octet-stream") {
+        return Err(ApiError::UnsupportedMediaType {
+            message: "Image data must be sent as application/octet-stream.".to_string(),
+            accept_patch: false,
+        });
+    }
+    Ok(())
+}
+
+/// [`declared_size`], refused with 413 before any byte is read when it is over `cap`
+/// (`image_size_cap`).
+pub(super) fn declared_size_within_cap(
+    request: &Request<'_>,
+    cap: u64,
+) -> Result<Option<u64>, ApiError> {
+    let declared = declared_size(request)?;
+    if let Some(size) = declared.filter(|&size| size > cap) {
+        return Err(ApiError::TooLarge(format!(
+            "Image exceeds the storage quota: the image is {size} bytes and image_size_cap is {cap}."
+        )));
+    }
+    Ok(declared)
+}
+
+fn declared_size(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
     if let Some(value) = request.head.header_str("x-openstack-image-size") {
         return value.trim().parse().map(Some).map_err(|_| {
             ApiError::BadRequest(format!("Invalid x-openstack-image-size: {value:?}"))

@@ -59,7 +59,9 @@ use serde_json::{json, Value};
 
 use super::access::Context;
 use super::error::ApiError;
-use super::image_data::{declared_size, pump, store_error, UPLOAD_CHUNK};
+use super::image_data::{
+    declared_size_within_cap, pump, require_octet_stream, store_error, UPLOAD_CHUNK,
+};
 use super::import_uri::{self, ImportUri};
 use super::tasks::{TaskRecord, IMPORT_TASK};
 use super::web_download;
@@ -183,31 +185,14 @@ impl Api {
                 "'glance-direct' method is not available at this site.".to_string(),
             ));
         }
-        let media_type = request
-            .head
-            .header_str("content-type")
-            .and_then(|value| value.split(';').next())
-            .map(|value| value.trim().to_ascii_lowercase());
-        if media_type.as_deref() != Some("application/octet-stream") {
-            return Err(ApiError::UnsupportedMediaType {
-                message: "Image data must be sent as application/octet-stream.".to_string(),
-                accept_patch: false,
-            });
-        }
+        require_octet_stream(request)?;
         let staging = self.staging.open(&self.config).map_err(|error| {
             log::error!("cannot stage image data: {error}");
             ApiError::Unavailable("The staging area is not available.".to_string())
         })?;
         let found = self.find_for(context, id, "modify_image")?;
         let id = &found.id;
-        let declared = declared_size(request)?;
-        let cap = self.config.image_size_cap;
-        if declared.is_some_and(|size| size > cap) {
-            return Err(ApiError::TooLarge(format!(
-                "Image exceeds the storage quota: the image is {} bytes and image_size_cap is {cap}.",
-                declared.unwrap_or(0)
-            )));
-        }
+        let declared = declared_size_within_cap(request, self.config.image_size_cap)?;
         let owner = self.owner_token.clone();
         self.registry
             .update(id, |image| {
