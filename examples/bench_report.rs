@@ -52,6 +52,8 @@ const REGENERATE: &str = "scripts/bench-tables";
 /// Targets, from the issues that asked for each benchmark (issues 2, 3, 5, 11 and 13).
 const RELOAD_MEDIAN_MS: f64 = 50.0;
 const RELOAD_P99_FACTOR: f64 = 2.0;
+/// Issue 13: SIGHUP to the first response from the new generation of an idle server, at most.
+const RELOAD_IDLE_MS: f64 = 5.0;
 const DATA_DOWNLOAD_RATIO: f64 = 0.90;
 const DATA_UPLOAD_RATIO: f64 = 0.80;
 const DATA_RSS_KIB: u64 = 32 * 1024;
@@ -406,16 +408,22 @@ fn failure_causes(run: &Value) -> String {
 }
 
 fn reload_table(runs: &[Value], record: &Value) -> String {
+    // A run with no clients is the probe alone: the reload of an idle server.
+    let mode_of = |run: &Value| {
+        if run["clients"].as_u64() == Some(0) {
+            "idle".to_string()
+        } else {
+            run["mode"].as_str().unwrap_or("?").to_string()
+        }
+    };
     let titles: Vec<String> = runs
         .iter()
-        .map(|run| {
-            format!(
-                "{} {}",
-                run["label"].as_str().unwrap_or("?"),
-                run["mode"].as_str().unwrap_or("?")
-            )
-        })
+        .map(|run| format!("{} {}", run["label"].as_str().unwrap_or("?"), mode_of(run)))
         .collect();
+    // Records from before issue 13 have no old-generation figures; their tables stay as made.
+    let with_old = runs
+        .iter()
+        .any(|run| !run["old_generation_gone_ms"].is_null());
     let row = |heading: &str, cell: &dyn Fn(&Value) -> String| {
         (heading.to_string(), runs.iter().map(cell).collect())
     };
@@ -476,6 +484,24 @@ fn reload_table(runs: &[Value], record: &Value) -> String {
             num(at(run, &["new_generation_ms", "max"]), 2)
         }),
     ];
+    let mut rows = rows;
+    if with_old {
+        rows.push(row(
+            "**SIGHUP to old generation gone, median ms**",
+            &|run| {
+                format!(
+                    "**{}**",
+                    num(at(run, &["old_generation_gone_ms", "median"]), 2)
+                )
+            },
+        ));
+        rows.push(row("SIGHUP to old generation gone, p90 ms", &|run| {
+            num(at(run, &["old_generation_gone_ms", "p90"]), 2)
+        }));
+        rows.push(row("old generation still there after 5 s", &|run| {
+            num(&run["old_generation_stayed"], 0)
+        }));
+    }
     let mut out = md_table("", &titles, &rows);
     out.push('\n');
     let _ = writeln!(
@@ -490,18 +516,43 @@ fn reload_table(runs: &[Value], record: &Value) -> String {
         let failed = run["failed"].as_u64();
         let median = at(run, &["new_generation_ms", "median"]).as_f64();
         let factor = p99_factor(run);
+        // The idle run sends no client requests: there is no latency to compare.
+        let p99 = if run["clients"].as_u64() == Some(0) {
+            "no client requests (idle)".to_string()
+        } else {
+            format!(
+                "reloading p99 {}x steady: {}",
+                opt(factor, 2),
+                verdict(factor.is_some_and(|factor| factor < RELOAD_P99_FACTOR))
+            )
+        };
         let _ = writeln!(
             out,
-            "- {title}: failed {}: {}; median {} ms: {}; reloading p99 {}x steady: {}.",
+            "- {title}: failed {}: {}; median {} ms: {}; {p99}.",
             opt(failed.map(|n| n as f64), 0),
             verdict(failed == Some(0)),
             opt(median, 2),
             verdict(median.is_some_and(|median| median < RELOAD_MEDIAN_MS)),
-            opt(factor, 2),
-            verdict(factor.is_some_and(|factor| factor < RELOAD_P99_FACTOR)),
         );
     }
+    if with_old {
+        out.push_str(&reload_effect_targets(runs, &mode_of));
+    }
     let facts = &record["facts"];
+    if let Some(steps) = facts["glint_child_start_ms_median"].as_str() {
+        let _ = writeln!(
+            out,
+            "\nglint's children, from their \"serving with\" log lines (median of each step over every child this run started): {steps}."
+        );
+    }
+    // A number when the script found one (the record parses facts as JSON values).
+    let master = &facts["glint_master_sighup_to_fork_ms_median"];
+    if let Some(master) = master.as_f64().map(|ms| format!("{ms:.2}")) {
+        let _ = writeln!(
+            out,
+            "glint's master, from its log (median over the reloads): SIGHUP to the first fork {master} ms."
+        );
+    }
     if let (Some(requested), Some(succeeded), Some(failed)) = (
         facts["glint_reloads_requested"].as_u64(),
         facts["glint_reloads_succeeded"].as_u64(),
@@ -511,6 +562,47 @@ fn reload_table(runs: &[Value], record: &Value) -> String {
             out,
             "\nglint's status file at the end: {requested} reloads requested, {succeeded} succeeded, {failed} failed."
         );
+    }
+    out
+}
+
+/// Issue 13's reload targets, for each mode glint and nginx both ran: SIGHUP to the first
+/// response from the new generation at most nginx's (and at most 5 ms idle); the old
+/// generation gone within twice glint's own time to the new one.
+fn reload_effect_targets(runs: &[Value], mode_of: &dyn Fn(&Value) -> String) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nTargets (issue 13, part 1): SIGHUP to the first response from the new generation, median, at most nginx's in the same mode and run, and at most {RELOAD_IDLE_MS:.0} ms idle; SIGHUP to the old generation gone (every child from before the SIGHUP exited: no response from the old config can come later), median, at most twice glint's own median to the new generation.\n"
+    );
+    let median = |run: &Value, key: &str| at(run, &[key, "median"]).as_f64();
+    for glint in runs.iter().filter(|run| run["label"] == "glint") {
+        let mode = mode_of(glint);
+        let new = median(glint, "new_generation_ms");
+        let old = median(glint, "old_generation_gone_ms");
+        let nginx = runs
+            .iter()
+            .find(|run| run["label"] == "nginx" && mode_of(run) == mode)
+            .and_then(|run| median(run, "new_generation_ms"));
+        let mut parts = vec![format!(
+            "new generation {} ms against nginx's {}: {}",
+            opt(new, 2),
+            opt(nginx, 2),
+            verdict(new.zip(nginx).is_some_and(|(new, nginx)| new <= nginx))
+        )];
+        if mode == "idle" {
+            parts.push(format!(
+                "at most {RELOAD_IDLE_MS:.0} ms: {}",
+                verdict(new.is_some_and(|new| new <= RELOAD_IDLE_MS))
+            ));
+        }
+        parts.push(format!(
+            "old generation gone {} ms, at most 2x {}: {}",
+            opt(old, 2),
+            opt(new, 2),
+            verdict(old.zip(new).is_some_and(|(old, new)| old <= 2.0 * new))
+        ));
+        let _ = writeln!(out, "- glint {mode}: {}.", parts.join("; "));
     }
     out
 }

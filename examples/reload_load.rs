@@ -188,6 +188,11 @@ struct ReloadStats {
     new_generation_ms: Vec<f64>,
     /// Signals after which no such response came within [`PROBE_BOUND`].
     not_observed: u64,
+    /// Signal to the exit of the last child that was there before it, per signal: no response
+    /// from the old config can come later, so this bounds the last one from above.
+    old_generation_gone_ms: Vec<f64>,
+    /// Signals after which a child from before it was still there at [`PROBE_BOUND`].
+    old_generation_stayed: u64,
     /// Probe requests that failed (they are not client requests and not in the totals).
     probe_failures: u64,
 }
@@ -274,8 +279,8 @@ fn parse_args(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
     let url = url.ok_or("--url is required")?;
     let (server, authority, path) = parse_url(&url)?;
     let duration = duration.ok_or("--duration is required")?;
-    if n_clients == 0 {
-        return Err("--clients must be at least 1".into());
+    if n_clients == 0 && reload_every_ms.is_none() {
+        return Err("--clients must be at least 1, or 0 with reloads (only the probe runs)".into());
     }
     if reload_every_ms.is_some() && steady >= duration {
         return Err("--steady-s must be shorter than --duration, or no reload is sent".into());
@@ -740,6 +745,15 @@ fn drive_reloads(
             None => stats.not_observed += 1,
         }
         drop(stats);
+        let gone = wait_until_gone(&before, signalled);
+        let mut stats = reloads.lock().expect("reload stats poisoned");
+        match gone {
+            Some(after) => stats
+                .old_generation_gone_ms
+                .push(after.as_secs_f64() * 1000.0),
+            None => stats.old_generation_stayed += 1,
+        }
+        drop(stats);
         let interval = Duration::from_millis(random.between(low_ms, high_ms));
         next = (signalled + interval).max(Instant::now());
     }
@@ -778,6 +792,28 @@ fn probe_new_generation(
             _ => n_failures += 1,
         }
         sleep_until(attempt + PROBE_PERIOD);
+    }
+}
+
+/// Waits until none of `before` runs (gone from /proc, or a zombie: it has exited and waits for
+/// its parent to reap it); returns the time from `signalled`, or None at [`PROBE_BOUND`].
+fn wait_until_gone(before: &HashSet<libc::pid_t>, signalled: Instant) -> Option<Duration> {
+    loop {
+        let now = Instant::now();
+        let running = before.iter().any(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, fields)| fields.split_whitespace().next())
+                    .is_some_and(|state| state != "Z" && state != "X")
+            })
+        });
+        if !running {
+            return Some(now - signalled);
+        }
+        if now >= signalled + PROBE_BOUND {
+            return None;
+        }
+        sleep_until(now + PROBE_PERIOD);
     }
 }
 
@@ -1063,6 +1099,7 @@ struct Summary {
     reload_us: Vec<u32>,
     /// Signal to new generation, in ms, sorted.
     new_generation_ms: Vec<f64>,
+    old_generation_gone_ms: Vec<f64>,
 }
 
 fn summarize(report: &Report) -> Summary {
@@ -1076,6 +1113,7 @@ fn summarize(report: &Report) -> Summary {
         steady_us: Vec::new(),
         reload_us: Vec::new(),
         new_generation_ms: report.reloads.new_generation_ms.clone(),
+        old_generation_gone_ms: report.reloads.old_generation_gone_ms.clone(),
     };
     let signals_us: Vec<u64> = report
         .reloads
@@ -1105,6 +1143,7 @@ fn summarize(report: &Report) -> Summary {
     summary.steady_us.sort_unstable();
     summary.reload_us.sort_unstable();
     summary.new_generation_ms.sort_by(f64::total_cmp);
+    summary.old_generation_gone_ms.sort_by(f64::total_cmp);
     summary
 }
 
@@ -1229,6 +1268,14 @@ fn print_summary(args: &Args, report: &Report) {
         show(percentile(&summary.new_generation_ms, 0.90)),
         show(summary.new_generation_ms.last().copied())
     );
+    println!(
+        "signal -> last child from before it gone, ms: median {}  p90 {}  max {}  (still there after {} s: {})",
+        show(percentile(&summary.old_generation_gone_ms, 0.50)),
+        show(percentile(&summary.old_generation_gone_ms, 0.90)),
+        show(summary.old_generation_gone_ms.last().copied()),
+        PROBE_BOUND.as_secs(),
+        report.reloads.old_generation_stayed
+    );
 }
 
 /// Successful requests per second, counting only those that started after the warm-up.
@@ -1319,5 +1366,11 @@ fn report_json(args: &Args, report: &Report) -> serde_json::Value {
             "p90": percentile(&summary.new_generation_ms, 0.90),
             "max": summary.new_generation_ms.last().copied(),
         },
+        "old_generation_gone_ms": {
+            "median": percentile(&summary.old_generation_gone_ms, 0.50),
+            "p90": percentile(&summary.old_generation_gone_ms, 0.90),
+            "max": summary.old_generation_gone_ms.last().copied(),
+        },
+        "old_generation_stayed": report.reloads.old_generation_stayed,
     })
 }

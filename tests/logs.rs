@@ -485,3 +485,64 @@ fn an_unknown_syslog_facility_is_a_config_error() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+/// Each child says what its start cost, step by step, as it starts serving (issue 13, part 1):
+/// "ready T ms after fork, C ms of CPU (STEP MS, ...)", the steps in the order a start takes
+/// them, T their sum. Checked for both children of the first generation and of a reload's.
+#[test]
+fn each_child_logs_what_its_start_cost_step_by_step() {
+    let server = Server::start("");
+    server.reload_succeeds();
+    let log = server.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(": serving with 4 worker thread(s); ready "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "two children per generation, two generations:\n{log}"
+    );
+    for line in lines {
+        let summary = line.split_once("; ready ").unwrap().1;
+        let (total, rest) = summary
+            .split_once(" ms after fork, ")
+            .unwrap_or_else(|| panic!("no total in {line:?}"));
+        let total: f64 = total
+            .parse()
+            .unwrap_or_else(|_| panic!("total in {line:?}"));
+        let (cpu, steps) = rest
+            .split_once(" ms of CPU (")
+            .unwrap_or_else(|| panic!("no CPU time or step list in {line:?}"));
+        let cpu: f64 = cpu
+            .parse()
+            .unwrap_or_else(|_| panic!("CPU time in {line:?}"));
+        assert!(cpu > 0.0, "a start takes some CPU: {line}");
+        let steps: Vec<(&str, f64)> = steps
+            .strip_suffix(')')
+            .unwrap_or_else(|| panic!("unclosed step list in {line:?}"))
+            .split(", ")
+            .map(|step| {
+                let (name, ms) = step.split_once(' ').unwrap();
+                (
+                    name,
+                    ms.parse()
+                        .unwrap_or_else(|_| panic!("{step:?} in {line:?}")),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = steps.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, START_STEPS, "{line}");
+        let sum: f64 = steps.iter().map(|(_, ms)| ms).sum();
+        // Each figure is rounded to 0.01 ms.
+        assert!(
+            (total - sum).abs() <= 0.01 * (steps.len() + 1) as f64,
+            "{line}"
+        );
+    }
+}
+
+/// The steps of a child's start, in order (`process::child::run`).
+const START_STEPS: [&str; 6] = [
+    "setup", "database", "stores", "cache", "recovery", "threads",
+];

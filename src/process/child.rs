@@ -35,6 +35,7 @@ use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
 use crate::http::serve::{Handler, Settings};
 use crate::logging;
+use crate::process::start_steps::StartSteps;
 use crate::registry::Registry;
 use crate::serve::acceptor::{AcceptSettings, Acceptor, Handoff};
 use crate::serve::maintenance::Maintenance;
@@ -131,6 +132,7 @@ pub fn run(start: Start) -> i32 {
         metrics_listener,
         metrics_slot,
     } = start;
+    let mut steps = StartSteps::begin();
     crate::metrics::use_slot(metrics_slot);
     let master_pid = nix::unistd::getppid();
     // If the master dies (even by SIGKILL), the kernel sends us SIGTERM and we drain and exit
@@ -179,6 +181,7 @@ pub fn run(start: Start) -> i32 {
     // A panic anywhere in this process is logged as one line rather than printed to stderr.
     std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
 
+    steps.done("setup");
     let settings = Arc::new(settings_for(&config));
     // The generation's own listener comes first; its address goes into version links.
     let local_address = match listeners[0].local_addr() {
@@ -201,6 +204,7 @@ pub fn run(start: Start) -> i32 {
             ));
         }
     };
+    steps.done("database");
     let stores = match open_stores(&config) {
         Ok(stores) => Arc::new(stores),
         Err(error) => return ready.failed(&error),
@@ -223,6 +227,7 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&message);
         }
     }
+    steps.done("stores");
     // With a caching flavor: the cache folder (created and checked by the master before the
     // fork, opened again here) and this child's prefetcher thread.
     let mut prefetcher = None;
@@ -265,10 +270,12 @@ pub fn run(start: Start) -> i32 {
         stores,
         cache,
     ));
+    steps.done("cache");
     if let Err(error) = api.recover() {
         // Serving is still right: the maintenance thread tries again every RECOVERY_PERIOD.
         log::error!("recovery of abandoned uploads failed: {error}");
     }
+    steps.done("recovery");
     let handler: Arc<dyn Handler> = api.clone();
     let draining = Arc::new(AtomicBool::new(false));
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
@@ -338,8 +345,13 @@ pub fn run(start: Start) -> i32 {
     if let Some(stop) = scrape.as_mut().and_then(Scrape::take_stop) {
         acceptor.on_drain(move || stop.stop());
     }
+    steps.done("threads");
     ready.ready();
-    log::info!("serving with {} worker thread(s)", config.worker_threads);
+    log::info!(
+        "serving with {} worker thread(s); {}",
+        config.worker_threads,
+        steps.summary()
+    );
     acceptor.run();
     // Recovery is the serving generation's job; a draining child stops looking at once (its own
     // uploads in progress are alive, and the new generation's children look from now on).

@@ -7,6 +7,7 @@
 //!   exits, time), carries out the machine's actions, and owns the listeners, handoff channels,
 //!   children's pipes, pid and status files.
 //! - [`spawn`]: the one `fork()`, after which the child never returns into master code.
+//! - [`start_steps`]: what a child's start cost, step by step, for its ready log line.
 //! - [`child`]: what a forked child does between `fork()` and `_exit`.
 //! - [`listener`]: the listening sockets the master keeps across reloads.
 //! - [`error`]: a failed system call, named with its errno.
@@ -20,3 +21,4 @@ pub mod listener;
 pub mod machine;
 pub mod master;
 pub mod spawn;
+pub mod start_steps;
