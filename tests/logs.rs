@@ -543,6 +543,4 @@ fn each_child_logs_what_its_start_cost_step_by_step() {
 }
 
 /// The steps of a child's start, in order (`process::child::run`).
-const START_STEPS: [&str; 6] = [
-    "setup", "database", "stores", "cache", "recovery", "threads",
-];
+const START_STEPS: [&str; 5] = ["setup", "database", "stores", "cache", "threads"];

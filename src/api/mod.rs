@@ -115,8 +115,8 @@ impl Api {
 
     /// Repairs what a dead process left behind: images stuck in `saving` under an uploader that
     /// no longer runs go back to `queued`, and the temporary files of dead uploaders are
-    /// removed. Each child runs it once as it starts, before it reports ready, so a crash is
-    /// repaired by its replacement; while it serves, its maintenance thread runs
+    /// removed. Each child's maintenance thread runs it once as the child starts (beside its
+    /// first requests, not before them), so a crash is repaired by its replacement; then
     /// [`Api::recover_abandoned`] every few seconds.
     pub fn recover(&self) -> Result<(), RegistryError> {
         self.requeue_abandoned_images()?;

@@ -2,7 +2,8 @@
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
 //! (`acceptor`) and a fixed pool of worker threads (`pool`), one maintenance thread
-//! (`serve::maintenance`) that recovers abandoned uploads every [`RECOVERY_PERIOD`] (told to stop
+//! (`serve::maintenance`) that recovers what dead processes left as the child starts and then
+//! every [`RECOVERY_PERIOD`] (told to stop
 //! as the drain starts, joined after the workers), plus, with a caching flavor, one image cache
 //! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain, and with
 //! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins
@@ -271,11 +272,6 @@ pub fn run(start: Start) -> i32 {
         cache,
     ));
     steps.done("cache");
-    if let Err(error) = api.recover() {
-        // Serving is still right: the maintenance thread tries again every RECOVERY_PERIOD.
-        log::error!("recovery of abandoned uploads failed: {error}");
-    }
-    steps.done("recovery");
     let handler: Arc<dyn Handler> = api.clone();
     let draining = Arc::new(AtomicBool::new(false));
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
@@ -383,12 +379,24 @@ pub fn run(start: Start) -> i32 {
     0
 }
 
-/// Starts the thread that runs `Api::recover_abandoned` every [`RECOVERY_PERIOD`]. A failed
-/// pass is logged when the failures begin and when they end, not every period.
+/// Starts the thread that runs the child's full recovery (`Api::recover`) at once, then
+/// `Api::recover_abandoned` every [`RECOVERY_PERIOD`]. A failed pass is logged when the
+/// failures begin and when they end, not every period.
+///
+/// The full recovery runs on this thread rather than before the child reports ready: it takes
+/// SQLite's write lock and lists the data folders, which a reload's effect should not wait
+/// for (issue 13, part 1). What it repairs is what the periodic passes repair too, and they
+/// already run beside requests: an image left `saving` by a dead uploader stays `saving` a
+/// few milliseconds longer, and a request meanwhile sees what it would have seen just before.
 fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
     let mut failing = false;
     Maintenance::start(RECOVERY_PERIOD, move |pass| {
-        match api.recover_abandoned(pass % TEMP_FILE_SWEEP_EVERY == 0) {
+        let outcome = if pass == 0 {
+            api.recover().map(|()| 0)
+        } else {
+            api.recover_abandoned(pass % TEMP_FILE_SWEEP_EVERY == 0)
+        };
+        match outcome {
             Ok(_) if failing => {
                 failing = false;
                 log::info!("recovery of abandoned uploads works again");

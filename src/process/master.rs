@@ -224,6 +224,10 @@ impl Master {
     /// to the machine. Returns the exit code once the machine says exit.
     fn carry_out(&mut self, actions: Vec<Action>) -> Option<ExitCode> {
         let mut queue = std::collections::VecDeque::from(actions);
+        // The status file is rewritten once, after the batch, however many actions asked for
+        // it: each fork's answer asks, and a write between two forks would delay the second
+        // child of a reload by a whole file write (issue 13, part 1).
+        let mut status_due = false;
         while let Some(action) = queue.pop_front() {
             let event = match action {
                 Action::LoadConfig { generation } => Some(self.load_config(generation)),
@@ -269,10 +273,13 @@ impl Master {
                     None
                 }
                 Action::WriteStatus => {
-                    self.write_status();
+                    status_due = true;
                     None
                 }
                 Action::Exit(code) => {
+                    if status_due {
+                        self.write_status();
+                    }
                     let _ = fs::remove_file(&self.pid_file);
                     log::info!("exiting");
                     return Some(code);
@@ -285,6 +292,9 @@ impl Master {
                     queue.push_front(action);
                 }
             }
+        }
+        if status_due {
+            self.write_status();
         }
         None
     }

@@ -1,5 +1,6 @@
 //! The child's maintenance thread: one periodic task (the recovery of abandoned uploads, see
-//! `Api::recover_abandoned`), run every `period` while the child serves.
+//! `Api::recover_abandoned`), run once as the child starts and then every `period` while it
+//! serves.
 //!
 //! Why a thread of its own: recovery must not wait for a child to start (an upload killed in a
 //! draining child would otherwise block its image until the next reload), and it must not run on
@@ -26,9 +27,8 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    /// Starts the thread. It calls `pass` with the pass's number (1, 2, ...) every `period`,
-    /// the first one `period` after the start: the child runs its own full recovery before it
-    /// reports ready, so there is nothing to do at once.
+    /// Starts the thread. It calls `pass` at once with 0 (the child's full recovery at its
+    /// start), then with the pass's number (1, 2, ...) every `period`.
     pub fn start(period: Duration, mut pass: impl FnMut(u64) + Send + 'static) -> io::Result<Self> {
         // Nothing is ever sent: the channel only carries its own closing.
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -36,6 +36,7 @@ impl Maintenance {
             .name("maintenance".to_string())
             .spawn(move || {
                 let mut number = 0u64;
+                pass(number);
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
                     number = number.wrapping_add(1);
                     pass(number);
@@ -85,8 +86,8 @@ mod tests {
         let passes = Arc::new(AtomicU64::new(0));
         let counted = passes.clone();
         let mut maintenance = Maintenance::start(Duration::from_millis(5), move |number| {
-            // Numbered from 1, one after the other.
-            assert_eq!(counted.fetch_add(1, Ordering::SeqCst) + 1, number);
+            // Pass 0 at once, then numbered from 1, one after the other.
+            assert_eq!(counted.fetch_add(1, Ordering::SeqCst), number);
         })
         .expect("start");
         let deadline = Instant::now() + Duration::from_secs(10);
