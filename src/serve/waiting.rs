@@ -372,6 +372,19 @@ impl WaitingSet {
     pub fn take_visits(&mut self) -> usize {
         std::mem::take(&mut self.visits)
     }
+
+    /// How many descriptors the kernel holds registered in the epoll instance (one `tfd:` line
+    /// each in its /proc fdinfo): what the tests compare with what should be there.
+    #[cfg(test)]
+    pub fn registrations(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let fdinfo = format!("/proc/self/fdinfo/{}", self.epoll.0.as_raw_fd());
+        std::fs::read_to_string(&fdinfo)
+            .unwrap_or_else(|error| panic!("{fdinfo}: {error}"))
+            .lines()
+            .filter(|line| line.starts_with("tfd:"))
+            .count()
+    }
 }
 
 /// The epoll event a connection slot is registered with. Level-triggered: a connection with
