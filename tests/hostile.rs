@@ -383,6 +383,71 @@ fn slowloris_1000_trickling_connections_cost_no_threads_and_are_cut_at_the_heade
     );
 }
 
+/// 2,000 keep-alive connections, each with one API request answered (`GET /v2/images`, so kept
+/// for `client_socket_timeout` under `noauth`) and then silent, park in one child's acceptor
+/// (its epoll set and deadline index, src/serve/waiting.rs). While they are held, a request on
+/// each of the last 20 of them is answered on the same connection, and a fresh client is
+/// served; then every one of the 2,000 is closed FIN-first (read returns 0, no reset) by the
+/// idle timeout: the 20 too, after the second request restarted their wait. None is lost or
+/// kept past its deadline.
+#[test]
+fn two_thousand_idle_keepalive_connections_are_served_and_each_closed_at_its_idle_timeout() {
+    const IDLE: usize = 2000;
+    raise_fd_limit();
+    let server = Server::start(
+        "workers = 1\nworker_threads = 4\nclient_socket_timeout = 15\n\
+         max_client_connections = 4000",
+    );
+    let watch = Watch::new(&server);
+    const REQUEST: &[u8] = b"GET /v2/images HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let mut stream = TcpStream::connect(server.addr()).expect("connect");
+        stream.set_read_timeout(Some(ANSWER)).unwrap();
+        stream.write_all(REQUEST).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        idle.push((stream, reader));
+    }
+    for (i, (_, reader)) in idle.iter_mut().enumerate() {
+        let response = read_response(reader, "GET");
+        assert!(
+            matches!(&response, Ok(Some(r)) if r.status == 200 && !r.closes()),
+            "connection {i}: {response:?}"
+        );
+    }
+    for (i, (stream, reader)) in idle[IDLE - 20..].iter_mut().enumerate() {
+        stream.write_all(REQUEST).unwrap();
+        let response = read_response(reader, "GET");
+        assert!(
+            matches!(&response, Ok(Some(r)) if r.status == 200 && !r.closes()),
+            "parked connection {} asked again: {response:?}",
+            IDLE - 20 + i
+        );
+    }
+    watch.check(&server, "2,000 idle keep-alive connections parked");
+    let (mut n_fin, mut other) = (0, Vec::new());
+    // Past the 15 s timeout with room to spare: the wait for the FINs, not a measure of them.
+    let until = Instant::now() + Duration::from_secs(60);
+    for (i, (_, reader)) in idle.iter_mut().enumerate() {
+        let left = until.saturating_duration_since(Instant::now());
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match reader.read(&mut byte) {
+            Ok(0) => n_fin += 1,
+            result => other.push(format!("connection {i}: {result:?}")),
+        }
+    }
+    assert_eq!(
+        n_fin,
+        IDLE,
+        "not closed FIN-first at the idle timeout: {:?}",
+        &other[..other.len().min(5)]
+    );
+}
+
 /// `client_header_timeout` is a total deadline for the head, not a per-byte one: a client that
 /// keeps sending one header byte every 100 ms is answered 408 at the deadline: not before 2 s
 /// after it began to connect (the kernel's arrival stamp of the 408), by 3.5 s, and while it was

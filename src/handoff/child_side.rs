@@ -111,12 +111,12 @@ impl Handoff {
         }
     }
 
-    /// The channel's fd for poll(2), `None` when there is none.
+    /// The channel's fd for the acceptor's epoll set, `None` when there is none.
     pub fn receive_fd(&self) -> Option<BorrowedFd<'_>> {
         self.receive.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// The control socket's fd for poll(2), `None` when there is none.
+    /// The control socket's fd for the acceptor's epoll set, `None` when there is none.
     pub fn control_fd(&self) -> Option<BorrowedFd<'_>> {
         self.control.as_ref().map(|fd| fd.as_fd())
     }

@@ -1,7 +1,7 @@
 //! A client connection: the socket plus the bytes read from it and not yet used.
 //!
 //! The same `Connection` moves between the acceptor (which reads request heads without blocking
-//! while the connection waits in its poll set) and a worker thread (which parses the head, reads
+//! while the connection waits in its epoll set) and a worker thread (which parses the head, reads
 //! the body with blocking reads bounded by timeouts, and writes the response without blocking). Bytes read past the
 //! end of one request (a pipelined next request) stay in the buffer and travel with it.
 
@@ -142,7 +142,7 @@ impl Connection {
         self.peer
     }
 
-    /// The socket, for poll(2).
+    /// The socket, for the acceptor's epoll set and poll(2).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }

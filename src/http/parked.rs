@@ -8,14 +8,12 @@
 //! response, or be dropped. The head is parsed here, once: a worker gets the parse result with
 //! the connection ([`Ready`]) and never parses that head again.
 //!
-//! This type knows nothing of poll sets, workers or processes; the acceptor owns those. It
+//! This type knows nothing of epoll, workers or processes; the acceptor owns those. It
 //! reads without blocking and writes at most one best-effort 408.
 
 use std::io;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
-
-use nix::poll::PollFlags;
 
 use super::connection::{Connection, HEAD_READ_CHUNK};
 use super::error::HttpError;
@@ -71,6 +69,15 @@ pub enum Wait {
     Closing,
 }
 
+/// What a parked connection is to be woken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Bytes, or the client's close.
+    Read,
+    /// Room in the socket for the rest of a response.
+    Write,
+}
+
 /// What an event did to a parked connection.
 pub enum Step {
     /// It stays parked.
@@ -89,7 +96,7 @@ pub enum Next {
     Serve(Ready),
 }
 
-/// A connection waiting in the acceptor's poll set.
+/// A connection waiting in the acceptor (its table of waiting connections, `serve::waiting`).
 pub struct Parked {
     connection: Connection,
     wait: Wait,
@@ -180,11 +187,12 @@ impl Parked {
         }
     }
 
-    /// What poll(2) watches it for: room to write while sending, bytes (or a close) otherwise.
-    pub fn interest(&self) -> PollFlags {
+    /// What the acceptor watches it for: room to write while sending, bytes (or a close)
+    /// otherwise. It changes only with `wait`.
+    pub fn interest(&self) -> Interest {
         match self.wait {
-            Wait::Sending => PollFlags::POLLOUT,
-            _ => PollFlags::POLLIN,
+            Wait::Sending => Interest::Write,
+            _ => Interest::Read,
         }
     }
 
@@ -234,7 +242,7 @@ impl Parked {
         matches!(self.wait, Wait::Idle | Wait::FirstRequest | Wait::Head)
     }
 
-    /// poll(2) reported the socket: writable while sending (the response goes on, or its
+    /// epoll reported the socket: writable while sending (the response goes on, or its
     /// worker meets the error), readable or hung up otherwise.
     pub fn on_event(&mut self, now: Instant, settings: &Settings) -> Step {
         if self.wait == Wait::Sending {

@@ -183,7 +183,7 @@ pub fn serve(
         }
         // Pipelined requests: serve what is complete here. A client that sends its next
         // request right after reading a response is waited for briefly, which spares the
-        // hand-off to the acceptor and back; anything else waits in the acceptor's poll set.
+        // hand-off to the acceptor and back; anything else waits in the acceptor's epoll set.
         if connection.buffered().is_empty()
             && connection.wait_readable(KEEPALIVE_LINGER)
             && connection

@@ -297,7 +297,7 @@ pub fn run(start: Start) -> i32 {
             ));
         }
     };
-    let mut acceptor = Acceptor::new(
+    let mut acceptor = match Acceptor::new(
         listeners,
         signals,
         jobs,
@@ -309,7 +309,15 @@ pub fn run(start: Start) -> i32 {
             max_connections: config.max_client_connections,
         },
         Handoff::new(handoff_receive, control),
-    );
+    ) {
+        Ok(acceptor) => acceptor,
+        Err(error) => {
+            return ready.failed(&format!(
+                "cannot set up the acceptor's epoll instance: {error}; raise the open-files \
+                 limit or fs.epoll.max_user_watches"
+            ));
+        }
+    };
     if fault_injected(FAULT_CHILD_PANIC, generation, nth) {
         panic!("{FAULT_CHILD_PANIC}: child {nth} of generation {generation} panics on purpose");
     }

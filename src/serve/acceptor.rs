@@ -1,12 +1,22 @@
-//! A child's acceptor thread: the one poll loop that owns every connection not being served.
+//! A child's acceptor thread: the one epoll loop that owns every connection not being served.
 //!
-//! It polls the wake fd (signals and returning workers), the shared listening socket (only while
+//! It watches the wake fd (signals and returning workers), the shared listening socket (only while
 //! this child has room for more connections, or holds an idle keep-alive connection that can
 //! give way to a new client; otherwise unaccepted ones stay in the backlog for another child),
 //! and every connection that waits: for its first request, between requests (keep-alive),
-//! or for the client to close after our FIN. It reads request heads without blocking and hands a
-//! connection to the worker pool only once a whole head has arrived, so a slow or idle client
-//! never pins a worker thread.
+//! for room to send the rest of a response, or for the client to close after our FIN. It reads
+//! request heads without blocking and hands a connection to the worker pool only once a whole
+//! head has arrived, so a slow or idle client never pins a worker thread.
+//!
+//! # Cost of a wake
+//!
+//! Idle connections cost nothing while they stay idle: each is registered with epoll once, when
+//! parked, and its deadline and place among the idle connections are kept in ordered indexes
+//! (`waiting::WaitingSet`). A wake handles the events epoll reports and the deadlines that have
+//! passed, and brings in step only the connections those touched; counts (open connections,
+//! responses in progress) are kept, not counted. The only walks over every waiting connection
+//! are the drain's start and a new handoff target, once each. The listeners and the handoff
+//! channel are added to and removed from the epoll set as this child gains and loses room.
 //!
 //! # Drain
 //!
@@ -22,7 +32,7 @@
 //! the new generation instead of closed, and requests in flight keep their connection so that
 //! it goes along once answered. A newer target may arrive at any time; the drain then hands
 //! what it still holds to that one. What can be sent or adopted, and when, is decided by
-//! `handoff::Handoff`; this loop polls its fds and decides what happens to the connections it
+//! `handoff::Handoff`; this loop watches its fds and decides what happens to the connections it
 //! keeps.
 
 use std::collections::VecDeque;
@@ -31,23 +41,23 @@ use std::net::TcpListener;
 
 // The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
 pub use crate::handoff::Handoff;
-use std::ops::Range;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{EpollEvent, EpollFlags};
 
 use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
 use crate::http::connection::prepare_accepted;
 use crate::http::connection::Connection;
-use crate::http::parked::{ArrivedHead, Next, Parked, Ready, Step, Wait, Work};
+use crate::http::parked::{Next, Parked, Ready, Wait, Work};
 use crate::http::serve::{Disposition, Settings};
 use crate::logging;
 use crate::serve::pool::Returned;
+use crate::serve::waiting::{is_connection, Fate, Waiting, WaitingSet};
 use crate::signals::{ChildRequest, SignalWatch};
 
 /// What the acceptor applies to the connections it accepts, from the generation's config.
@@ -70,70 +80,18 @@ pub use crate::http::parked::CLOSE_LINGER;
 /// How long accepting pauses after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM).
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The longest poll(2) sleep with nothing scheduled; bounds how late a deadline is noticed.
+/// The longest epoll_wait(2) sleep with nothing scheduled; bounds how late a deadline is noticed.
 const MAX_POLL: Duration = Duration::from_secs(1);
 
-/// A connection in the poll set: its parked state, and what the acceptor decided for it.
-struct Waiting {
-    parked: Parked,
-    /// The handoff channel was full when this connection was to be handed over: retry until
-    /// then, and close it only if the channel stays full.
-    handoff_retry: Option<Instant>,
-    /// What happens to it at the end of this loop iteration. Events are handled by index into
-    /// the poll set, so nothing is removed from `waiting` until they all are.
-    fate: Fate,
-    /// It was an idle keep-alive connection closed (FIN-first) to make room for a new client;
-    /// while it lingers it does not count against `max_client_connections`.
-    reclaimed: bool,
-}
+/// The most events one wake takes from epoll; level-triggered, the rest are reported on the next.
+const EVENTS_PER_WAKE: usize = 256;
 
-impl Waiting {
-    fn new(parked: Parked) -> Waiting {
-        Waiting {
-            parked,
-            handoff_retry: None,
-            fate: Fate::Stay,
-            reclaimed: false,
-        }
-    }
-
-    /// Records what an event did to the parked connection.
-    fn apply(&mut self, step: Step) {
-        match step {
-            Step::Stay => {}
-            Step::Serve(head) => self.fate = Fate::Dispatch(head),
-            Step::Resume => self.fate = Fate::Resume,
-            Step::Drop => self.fate = Fate::Drop,
-        }
-    }
-
-    fn stays(&self) -> bool {
-        matches!(self.fate, Fate::Stay)
-    }
-}
-
-/// Where the fds that may be absent from one poll set sit in it (and so in its revents).
-struct PollSlots {
-    /// The handoff channel: polled only while this child has room and the channel exists.
-    receive: Option<usize>,
-    /// The control socket: polled while the master is there.
-    control: Option<usize>,
-    /// The listeners: all polled while accepting, none otherwise (then empty).
-    listeners: Range<usize>,
-    /// The first waiting connection; the others follow in `waiting`'s order.
-    first_connection: usize,
-}
-
-/// The end-of-iteration decision for a waiting connection.
-enum Fate {
-    Stay,
-    /// A whole head (or an invalid one) has arrived, parsed: to a worker with it.
-    Dispatch(ArrivedHead),
-    /// The socket has room for the response it is sending: to a worker to go on.
-    Resume,
-    /// Closed by the client, failed, expired or handed over: drop (closes our socket).
-    Drop,
-}
+/// The epoll event data of the acceptor's own descriptors, from the top of the range (connection
+/// slots count from 0; see `waiting::is_connection`). Listener `i` is `LISTENER - i`.
+const WAKE: u64 = u64::MAX;
+const RECEIVE: u64 = u64::MAX - 1;
+const CONTROL: u64 = u64::MAX - 2;
+const LISTENER: u64 = u64::MAX - 3;
 
 /// The acceptor's state. Built by `child::run`, consumed by [`Acceptor::run`].
 pub struct Acceptor {
@@ -155,7 +113,15 @@ pub struct Acceptor {
     handoff: Handoff,
     /// The drain has begun (SIGHUP, SIGTERM or SIGQUIT).
     drain_started: bool,
-    waiting: Vec<Waiting>,
+    /// Every connection that waits, with the epoll instance that watches them and the
+    /// acceptor's own descriptors.
+    waiting: WaitingSet,
+    /// The listeners are registered with epoll (while accepting).
+    listening: bool,
+    /// The handoff channel is registered with epoll (while adopting).
+    receiving: bool,
+    /// The control socket is registered with epoll.
+    controlled: bool,
     /// Connections whose head is complete, or whose response can go on, waiting for a free
     /// worker.
     ready: VecDeque<Work>,
@@ -171,6 +137,7 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// Fails only if the epoll instance cannot be created or the wake fd registered with it.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         listeners: Vec<TcpListener>,
@@ -181,8 +148,12 @@ impl Acceptor {
         settings: Arc<Settings>,
         accept: AcceptSettings,
         handoff: Handoff,
-    ) -> Acceptor {
-        Acceptor {
+    ) -> io::Result<Acceptor> {
+        let waiting = WaitingSet::new()?;
+        // Always watched, its events never read: signals and returning workers are collected
+        // on every wake anyway.
+        waiting.watch(signals.fd(), WAKE)?;
+        let mut acceptor = Acceptor {
             listeners,
             signals,
             jobs,
@@ -192,13 +163,18 @@ impl Acceptor {
             accept,
             handoff,
             drain_started: false,
-            waiting: Vec::new(),
+            waiting,
+            listening: false,
+            receiving: false,
+            controlled: false,
             ready: VecDeque::new(),
             in_flight: 0,
             accept_paused_until: None,
             n_reclaimed: 0,
             drain_hooks: Vec::new(),
-        }
+        };
+        acceptor.watch_control();
+        Ok(acceptor)
     }
 
     /// Runs `hook` as the drain begins, when the listeners close; never if no drain begins.
@@ -209,144 +185,181 @@ impl Acceptor {
     /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
     /// the pool's workers.
     pub fn run(mut self) {
-        // What poll reported for each slot of the poll set; kept across iterations so that
-        // its memory is reused (the poll set itself borrows the fds, so it cannot be).
-        let mut revents: Vec<PollFlags> = Vec::new();
-        loop {
-            crate::metrics::set_parked(self.waiting.len());
-            let now = Instant::now();
-            // A full child still polls the listener while it holds an idle keep-alive connection
-            // that can give way to a new client (see `make_room`).
-            let accepting = !self.listeners.is_empty()
-                && (self.open_connections() < self.accept.max_connections
-                    || self.oldest_idle().is_some())
-                && self.accept_paused_until.is_none_or(|until| now >= until);
-            // The handoff channel, like the listeners, only while this child has room: what it
-            // cannot hold stays queued for a sibling or for later.
-            let adopting = self.open_connections() < self.accept.max_connections
-                && self
-                    .handoff
-                    .may_adopt(self.open_connections(), self.drain_started, now);
-            let slots = match self.wait(accepting, adopting, now, &mut revents) {
-                Ok(slots) => slots,
-                Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    log::error!("poll() failed in the acceptor: {}", io::Error::from(errno));
-                    std::thread::sleep(ACCEPT_BACKOFF);
-                    continue;
-                }
-            };
-            let fired = |slot: Option<usize>| slot.is_some_and(|index| !revents[index].is_empty());
-            // Connection events first: bytes that arrived before a drain request are seen
-            // before the drain decides which connections are idle.
-            for (index, events) in revents[slots.first_connection..].iter().enumerate() {
-                if !events.is_empty() {
-                    self.on_event(index);
-                }
+        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAKE];
+        while !self.turn(&mut events) {}
+    }
+
+    /// One wake: waits for events or the nearest deadline, then acts on what happened. What it
+    /// costs is the events and expired deadlines it handles, never a walk over the connections
+    /// that wait (see `waiting`). Returns whether the drain is complete.
+    fn turn(&mut self, events: &mut [EpollEvent]) -> bool {
+        crate::metrics::set_parked(self.waiting.len());
+        let now = Instant::now();
+        // A full child still polls the listener while it holds an idle keep-alive connection
+        // that can give way to a new client (see `make_room`).
+        let accepting = !self.listeners.is_empty()
+            && (self.open_connections() < self.accept.max_connections
+                || self.oldest_idle().is_some())
+            && self.accept_paused_until.is_none_or(|until| now >= until);
+        // The handoff channel, like the listeners, only while this child has room: what it
+        // cannot hold stays queued for a sibling or for later.
+        let adopting = self.open_connections() < self.accept.max_connections
+            && self
+                .handoff
+                .may_adopt(self.open_connections(), self.drain_started, now);
+        self.set_listening(accepting);
+        self.set_receiving(adopting);
+        let n_events = match self.waiting.wait(events, self.poll_timeout(now)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => return false,
+            Err(errno) => {
+                log::error!(
+                    "epoll_wait() failed in the acceptor: {}",
+                    io::Error::from(errno)
+                );
+                std::thread::sleep(ACCEPT_BACKOFF);
+                return false;
             }
-            self.expire(Instant::now());
-            if fired(slots.control) && self.handoff.read_control() && self.drain_started {
-                self.on_new_target();
+        };
+        let mut control_fired = false;
+        let mut listener_fired = false;
+        let mut receive_fired = None;
+        // Connection events first: bytes that arrived before a drain request are seen before
+        // the drain decides which connections are idle.
+        for event in &events[..n_events] {
+            match event.data() {
+                token if is_connection(token) => self.on_event(token as usize),
+                WAKE => {}
+                RECEIVE => receive_fired = Some(event.events()),
+                CONTROL => control_fired = true,
+                _ => listener_fired = true,
             }
-            for request in self.signals.take() {
-                match request {
-                    ChildRequest::Drain => self.begin_drain(),
-                    ChildRequest::ReopenLogs => {
-                        if let Err(error) = logging::reopen() {
-                            log::error!("SIGUSR1: {error}");
-                        }
+        }
+        self.expire(Instant::now());
+        if control_fired && self.read_control() && self.drain_started {
+            self.on_new_target();
+        }
+        for request in self.signals.take() {
+            match request {
+                ChildRequest::Drain => self.begin_drain(),
+                ChildRequest::ReopenLogs => {
+                    if let Err(error) = logging::reopen() {
+                        log::error!("SIGUSR1: {error}");
                     }
                 }
             }
-            while let Ok(returned) = self.returns.try_recv() {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                self.on_returned(returned);
+        }
+        while let Ok(returned) = self.returns.try_recv() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.on_returned(returned);
+        }
+        // The drain may have closed the listeners since the wait.
+        if listener_fired && self.listening {
+            self.accept_all();
+        }
+        if let Some(flags) = receive_fired.filter(|_| self.receiving) {
+            self.adopt_all(flags);
+        }
+        self.retry_handoffs();
+        // Fates are applied only now: the drain and returning connections can also decide
+        // that a connection goes to a worker, and it must not wait for the next wake-up.
+        self.settle();
+        self.dispatch();
+        if self.listeners.is_empty()
+            && self.waiting.is_empty()
+            && self.ready.is_empty()
+            && self.in_flight == 0
+        {
+            // The gauge was set at the top of this iteration, before its connections were
+            // dropped or handed over; the child still lives a moment (joining its threads)
+            // and its slot is counted until the master reaps it. Before the line, which
+            // says the drain is done.
+            crate::metrics::set_parked(0);
+            log::info!("drained; exiting");
+            return true;
+        }
+        false
+    }
+
+    /// Registers the listeners with epoll while accepting, and removes them otherwise (a
+    /// listener left registered would wake this child for clients it leaves to its siblings).
+    fn set_listening(&mut self, on: bool) {
+        if on == self.listening {
+            return;
+        }
+        for (index, listener) in self.listeners.iter().enumerate() {
+            if on {
+                if let Err(errno) = self
+                    .waiting
+                    .watch(listener.as_fd(), LISTENER - index as u64)
+                {
+                    log::error!(
+                        "cannot watch a listener with epoll: {}; pausing accepts for {} ms",
+                        io::Error::from(errno),
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                }
+            } else {
+                self.waiting.unwatch(listener.as_fd());
             }
-            if accepting
-                && revents[slots.listeners]
-                    .iter()
-                    .any(|events| !events.is_empty())
-            {
-                self.accept_all();
+        }
+        self.listening = on;
+    }
+
+    /// Registers the handoff channel with epoll while adopting, and removes it otherwise: the
+    /// registration is dropped rather than emptied, since epoll reports a hang-up whatever the
+    /// interest, and a gone master would then wake this loop without end.
+    fn set_receiving(&mut self, on: bool) {
+        let on = on && self.handoff.receive_fd().is_some();
+        if on == self.receiving {
+            return;
+        }
+        if let Some(fd) = self.handoff.receive_fd() {
+            if on {
+                if let Err(errno) = self.waiting.watch(fd, RECEIVE) {
+                    log::error!(
+                        "cannot watch the handoff channel with epoll: {}",
+                        io::Error::from(errno)
+                    );
+                    return;
+                }
+            } else {
+                self.waiting.unwatch(fd);
             }
-            if let Some(index) = slots.receive.filter(|&index| !revents[index].is_empty()) {
-                self.adopt_all(revents[index]);
-            }
-            self.retry_handoffs();
-            // Fates are applied only now: the drain and returning connections can also decide
-            // that a connection goes to a worker, and it must not wait for the next wake-up.
-            self.settle();
-            self.dispatch();
-            if self.listeners.is_empty()
-                && self.waiting.is_empty()
-                && self.ready.is_empty()
-                && self.in_flight == 0
-            {
-                // The gauge was set at the top of this iteration, before its connections were
-                // dropped or handed over; the child still lives a moment (joining its threads)
-                // and its slot is counted until the master reaps it. Before the line, which
-                // says the drain is done.
-                crate::metrics::set_parked(0);
-                log::info!("drained; exiting");
-                return;
+        }
+        self.receiving = on;
+    }
+
+    /// Registers the control socket with epoll, if there is one and it is not yet.
+    fn watch_control(&mut self) {
+        if self.controlled {
+            return;
+        }
+        if let Some(fd) = self.handoff.control_fd() {
+            match self.waiting.watch(fd, CONTROL) {
+                Ok(()) => self.controlled = true,
+                Err(errno) => log::error!(
+                    "cannot watch the handoff control socket with epoll: {}",
+                    io::Error::from(errno)
+                ),
             }
         }
     }
 
-    /// Waits in poll(2) on the wake fd, the handoff channel (when `adopting`), the control
-    /// socket, the listeners (when `accepting`) and every waiting connection, until one is
-    /// ready or the nearest deadline. Fills `revents` with what each slot reported and says
-    /// where each slot is in it; a slot not polled is not in the set at all.
-    fn wait(
-        &self,
-        accepting: bool,
-        adopting: bool,
-        now: Instant,
-        revents: &mut Vec<PollFlags>,
-    ) -> nix::Result<PollSlots> {
-        let mut fds = Vec::with_capacity(3 + self.listeners.len() + self.waiting.len());
-        // The wake fd is always polled and its revents never read: signals and returning
-        // workers are collected every iteration anyway.
-        add_slot(&mut fds, self.signals.fd());
-        let receive = self
-            .handoff
-            .receive_fd()
-            .filter(|_| adopting)
-            .map(|fd| add_slot(&mut fds, fd));
-        let control = self.handoff.control_fd().map(|fd| add_slot(&mut fds, fd));
-        let first_listener = fds.len();
-        if accepting {
-            for listener in &self.listeners {
-                add_slot(&mut fds, listener.as_fd());
+    /// Reads the control socket (see `Handoff::read_control`). It is deregistered around the
+    /// read: the read closes it when the master is gone, and an epoll registration outlives
+    /// a descriptor closed while its file is still open elsewhere.
+    fn read_control(&mut self) -> bool {
+        if self.controlled {
+            if let Some(fd) = self.handoff.control_fd() {
+                self.waiting.unwatch(fd);
             }
+            self.controlled = false;
         }
-        let listeners = first_listener..fds.len();
-        // Last, so that a connection's index in `waiting` is its offset from here.
-        let first_connection = fds.len();
-        for waiting in &self.waiting {
-            fds.push(PollFd::new(
-                waiting.parked.connection().fd(),
-                waiting.parked.interest(),
-            ));
-        }
-        // poll(2) takes whole milliseconds up to i32::MAX; the timeout is at most MAX_POLL.
-        let timeout = PollTimeout::try_from(self.poll_timeout(now)).unwrap_or(PollTimeout::MAX);
-        revents.clear();
-        poll(&mut fds, timeout)?;
-        // nix answers `None` for a bit it has no name for. Linux reports only what was asked
-        // (POLLIN, or POLLOUT for a response waiting for room) and POLLERR, POLLHUP, POLLNVAL,
-        // all named; were another to appear, it
-        // counts as an event, as any nonzero revents did before.
-        revents.extend(
-            fds.iter()
-                .map(|fd| fd.revents().unwrap_or(PollFlags::POLLIN)),
-        );
-        Ok(PollSlots {
-            receive,
-            control,
-            listeners,
-            first_connection,
-        })
+        let replaced = self.handoff.read_control();
+        self.watch_control();
+        replaced
     }
 
     /// The connections that count against `max_client_connections`: all but the idle ones
@@ -359,31 +372,18 @@ impl Acceptor {
     /// Requests taken and not answered in full: with a worker, waiting for one, or parked with
     /// part of their response unsent.
     fn in_progress(&self) -> usize {
-        self.in_flight
-            + self.ready.len()
-            + self
-                .waiting
-                .iter()
-                .filter(|w| w.parked.wait() == Wait::Sending)
-                .count()
+        self.in_flight + self.ready.len() + self.waiting.n_sending()
     }
 
-    /// The keep-alive connection idle the longest (whose last response is the oldest), if one may give way to a new client:
-    /// not while draining (idle connections are handed over or closed then), and at most
-    /// `max_client_connections` lingering at once, so that this child never holds more than
-    /// twice that many descriptors for clients.
+    /// The keep-alive connection idle the longest (whose last response is the oldest), if one
+    /// may give way to a new client: not while draining (idle connections are handed over or
+    /// closed then), and at most `max_client_connections` lingering at once, so that this child
+    /// never holds more than twice that many descriptors for clients.
     fn oldest_idle(&self) -> Option<usize> {
         if self.drain_started || self.n_reclaimed >= self.accept.max_connections {
             return None;
         }
-        self.waiting
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| {
-                w.stays() && w.handoff_retry.is_none() && w.parked.wait() == Wait::Idle
-            })
-            .min_by_key(|(_, w)| w.parked.idle_since())
-            .map(|(index, _)| index)
+        self.waiting.oldest_idle()
     }
 
     /// Past the limit (a new client was just accepted by a full child): closes idle keep-alive
@@ -395,7 +395,9 @@ impl Acceptor {
             let Some(index) = self.oldest_idle() else {
                 return;
             };
-            let waiting = &mut self.waiting[index];
+            let Some(waiting) = self.waiting.get_mut(index) else {
+                return;
+            };
             let step = waiting.parked.close_idle(now, &self.settings);
             waiting.apply(step);
             if waiting.stays() && waiting.parked.wait() == Wait::Closing {
@@ -408,44 +410,43 @@ impl Acceptor {
                     self.accept.max_connections
                 );
             }
+            // No longer idle: out of the index `oldest_idle` reads.
+            self.waiting.changed(index);
         }
     }
 
     /// The nearest deadline, at most [`MAX_POLL`] away.
     fn poll_timeout(&self, now: Instant) -> Duration {
         let mut next = now + MAX_POLL;
-        for waiting in &self.waiting {
-            if let Some(deadline) = waiting.parked.deadline() {
-                next = next.min(deadline);
-            }
+        if let Some(deadline) = self.waiting.next_deadline() {
+            next = next.min(deadline);
         }
         if let Some(until) = self.accept_paused_until {
             next = next.min(until.max(now));
         }
-        if self.waiting.iter().any(|w| w.handoff_retry.is_some()) {
+        if self.waiting.any_retrying() {
             next = next.min(now + HANDOFF_RETRY_POLL);
         }
         next.saturating_duration_since(now)
     }
 
-    /// poll(2) reported the connection at `index` in `waiting`.
+    /// epoll reported the connection in slot `index`.
     fn on_event(&mut self, index: usize) {
         let Some(waiting) = self.waiting.get_mut(index) else {
             return;
         };
+        if !waiting.stays() {
+            return;
+        }
         let step = waiting.parked.on_event(Instant::now(), &self.settings);
         waiting.apply(step);
+        self.waiting.changed(index);
     }
 
-    /// Applies each waiting connection's fate: dispatch to the ready queue, drop, or stay.
+    /// Takes out every connection whose fate was decided this iteration: to the ready queue,
+    /// or dropped.
     fn settle(&mut self) {
-        let mut index = 0;
-        while index < self.waiting.len() {
-            if self.waiting[index].stays() {
-                index += 1;
-                continue;
-            }
-            let waiting = self.waiting.swap_remove(index);
+        for waiting in self.waiting.take_settled() {
             if waiting.reclaimed {
                 self.n_reclaimed = self.n_reclaimed.saturating_sub(1);
             }
@@ -466,24 +467,29 @@ impl Acceptor {
         }
     }
 
-    /// Acts on every connection whose deadline has passed.
+    /// Acts on every connection whose deadline has passed (and on no other).
     fn expire(&mut self, now: Instant) {
-        for waiting in &mut self.waiting {
-            if waiting.stays() && waiting.parked.deadline().is_some_and(|at| at <= now) {
+        for index in self.waiting.take_expired(now) {
+            let Some(waiting) = self.waiting.get_mut(index) else {
+                continue;
+            };
+            if waiting.stays() {
                 let step = waiting.parked.on_deadline(now, &self.settings);
                 waiting.apply(step);
             }
+            self.waiting.changed(index);
         }
     }
 
-    /// SIGHUP, SIGTERM or SIGQUIT: stop accepting, close idle connections FIN-first.
+    /// SIGHUP, SIGTERM or SIGQUIT: stop accepting, close idle connections FIN-first. The one
+    /// place (with a new handoff target) that walks every waiting connection: once per drain.
     fn begin_drain(&mut self) {
         if self.drain_started {
             return;
         }
         self.drain_started = true;
         // The master sends the new generation's channel before its SIGHUP, so it is queued.
-        self.handoff.read_control();
+        self.read_control();
         if !self.handoff.has_target() {
             self.draining.store(true, Ordering::SeqCst);
         }
@@ -491,7 +497,9 @@ impl Acceptor {
         // to serve (with Connection: close). When a reload moved the listen address, nobody
         // else would ever accept them.
         self.accept_all();
-        // Dropping our fds leaves the sockets open in the master and the other children.
+        // Dropping our fds leaves the sockets open in the master and the other children; they
+        // leave this child's epoll set first, or it would go on reporting them.
+        self.set_listening(false);
         self.listeners.clear();
         for hook in self.drain_hooks.drain(..) {
             hook();
@@ -499,29 +507,32 @@ impl Acceptor {
         let n_handed = self.hand_over_waiting();
         let now = Instant::now();
         let mut n_idle = 0;
-        for waiting in &mut self.waiting {
-            // Handed over, or waiting for room on the target's channel, or busy.
-            if !waiting.stays() || waiting.handoff_retry.is_some() {
+        let mut n_first = 0;
+        for index in self.waiting.indices() {
+            let Some(waiting) = self.waiting.get_mut(index) else {
                 continue;
-            }
-            if waiting.parked.wait() == Wait::Idle {
+            };
+            // Handed over, or waiting for room on the target's channel, or busy.
+            if waiting.stays()
+                && waiting.handoff_retry.is_none()
+                && waiting.parked.wait() == Wait::Idle
+            {
                 let step = waiting.parked.close_idle(now, &self.settings);
                 waiting.apply(step);
-                if waiting.parked.wait() == Wait::Closing {
+                if waiting.stays() && waiting.parked.wait() == Wait::Closing {
                     n_idle += 1;
                 }
             }
+            if waiting.stays() && matches!(waiting.parked.wait(), Wait::FirstRequest | Wait::Head) {
+                n_first += 1;
+            }
+            self.waiting.changed(index);
         }
         log::info!(
-            "draining: stopped accepting; {} request(s) in progress, {} waiting for a first \
-             request, {n_handed} connection(s) queued for the new generation, {n_idle} idle \
-             keep-alive connection(s) closed",
+            "draining: stopped accepting; {} request(s) in progress, {n_first} waiting for a \
+             first request, {n_handed} connection(s) queued for the new generation, {n_idle} \
+             idle keep-alive connection(s) closed",
             self.in_progress(),
-            self.waiting
-                .iter()
-                .filter(|w| w.stays())
-                .filter(|w| matches!(w.parked.wait(), Wait::FirstRequest | Wait::Head))
-                .count(),
         );
     }
 
@@ -532,13 +543,17 @@ impl Acceptor {
             return 0;
         }
         let mut n_queued = 0;
-        for waiting in &mut self.waiting {
+        for index in self.waiting.indices() {
+            let Some(waiting) = self.waiting.get_mut(index) else {
+                continue;
+            };
             if waiting.stays()
                 && waiting.parked.waits_for_a_request()
                 && hand_off(&mut self.handoff, waiting) == Sent::Queued
             {
                 n_queued += 1;
             }
+            self.waiting.changed(index);
         }
         n_queued
     }
@@ -549,9 +564,12 @@ impl Acceptor {
     /// generation's serving children).
     fn on_new_target(&mut self) {
         self.draining.store(false, Ordering::SeqCst);
-        for waiting in &mut self.waiting {
-            // The retry bound was for the previous target's channel.
-            waiting.handoff_retry = None;
+        for index in self.waiting.retrying() {
+            if let Some(waiting) = self.waiting.get_mut(index) {
+                // The retry bound was for the previous target's channel.
+                waiting.handoff_retry = None;
+            }
+            self.waiting.changed(index);
         }
         let n_queued = self.hand_over_waiting();
         log::info!(
@@ -565,26 +583,27 @@ impl Acceptor {
     /// without handoff (an idle one FIN-first; one with part of a request waits to be served).
     fn retry_handoffs(&mut self) {
         let now = Instant::now();
-        for waiting in &mut self.waiting {
-            if waiting.handoff_retry.is_none() || !waiting.stays() {
+        for index in self.waiting.retrying() {
+            let Some(waiting) = self.waiting.get_mut(index) else {
                 continue;
+            };
+            if waiting.handoff_retry.is_some() && waiting.stays() {
+                if waiting.parked.wait() == Wait::Closing {
+                    waiting.handoff_retry = None;
+                } else if hand_off(&mut self.handoff, waiting) == Sent::Kept
+                    && waiting.parked.wait() == Wait::Idle
+                {
+                    let step = waiting.parked.close_idle(now, &self.settings);
+                    waiting.apply(step);
+                }
             }
-            if waiting.parked.wait() == Wait::Closing {
-                waiting.handoff_retry = None;
-                continue;
-            }
-            if hand_off(&mut self.handoff, waiting) == Sent::Kept
-                && waiting.parked.wait() == Wait::Idle
-            {
-                let step = waiting.parked.close_idle(now, &self.settings);
-                waiting.apply(step);
-            }
+            self.waiting.changed(index);
         }
     }
 
     /// Takes in every connection queued on this generation's handoff channel. A draining child
     /// passes them on at once if it has a target of its own.
-    fn adopt_all(&mut self, revents: PollFlags) {
+    fn adopt_all(&mut self, flags: EpollFlags) {
         let now = Instant::now();
         loop {
             let open_connections = self.open_connections();
@@ -623,8 +642,10 @@ impl Acceptor {
             );
             self.park(next, now);
         }
-        if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            // The other end is gone (the master died): stop polling a socket that stays ready.
+        if flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            // The other end is gone (the master died): stop watching a socket that stays
+            // ready, before closing it (its file lives on in the siblings).
+            self.set_receiving(false);
             self.handoff.lose_receive();
         }
     }
@@ -642,15 +663,18 @@ impl Acceptor {
         let now = Instant::now();
         match disposition {
             Disposition::Gone => {}
-            Disposition::Close => self
-                .waiting
-                .push(Waiting::new(Parked::closing(connection, now))),
+            Disposition::Close => {
+                self.waiting
+                    .insert(Waiting::new(Parked::closing(connection, now)));
+            }
             // The socket is full: wait here for room, then a worker goes on.
-            Disposition::Sending(sending) => self.waiting.push(Waiting::new(Parked::sending(
-                connection,
-                sending,
-                &self.settings,
-            ))),
+            Disposition::Sending(sending) => {
+                self.waiting.insert(Waiting::new(Parked::sending(
+                    connection,
+                    sending,
+                    &self.settings,
+                )));
+            }
             // A pipelined request may follow: a complete head goes to a worker, a partial one
             // waits for the rest.
             Disposition::KeepAlive => {
@@ -667,6 +691,7 @@ impl Acceptor {
             Next::Serve(ready) => self.ready.push_back(Work::Request(ready)),
             Next::Park(parked) => {
                 let mut waiting = Waiting::new(parked);
+                // Before it is registered: one handed over is never watched here.
                 if self.drain_started
                     && hand_off(&mut self.handoff, &mut waiting) == Sent::Kept
                     && waiting.parked.wait() == Wait::Idle
@@ -674,7 +699,7 @@ impl Acceptor {
                     let step = waiting.parked.close_idle(now, &self.settings);
                     waiting.apply(step);
                 }
-                self.waiting.push(waiting);
+                self.waiting.insert(waiting);
             }
         }
     }
@@ -707,7 +732,7 @@ impl Acceptor {
                         );
                         continue;
                     }
-                    self.waiting.push(Waiting::new(Parked::accepted(
+                    self.waiting.insert(Waiting::new(Parked::accepted(
                         connection,
                         now,
                         &self.settings,
@@ -754,15 +779,10 @@ impl Acceptor {
     }
 }
 
-/// Adds `fd` to a poll set, for reading; returns its index there.
-fn add_slot<'fd>(fds: &mut Vec<PollFd<'fd>>, fd: BorrowedFd<'fd>) -> usize {
-    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-    fds.len() - 1
-}
-
 /// Offers `waiting`'s connection to the handoff target, and records the outcome on it: queued
 /// (dropped here at the end of the iteration), retrying (kept, retried by
-/// `retry_handoffs`), or kept (to be treated as without handoff).
+/// `retry_handoffs`), or kept (to be treated as without handoff). The caller then calls
+/// `WaitingSet::changed` if the connection is in the table.
 fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
     let first_request = waiting.parked.wait() == Wait::FirstRequest;
     let sent = handoff.send(
@@ -775,4 +795,136 @@ fn hand_off(handoff: &mut Handoff, waiting: &mut Waiting) -> Sent {
         waiting.fate = Fate::Drop;
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::head::Limits;
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    fn settings(header_timeout: Duration) -> Settings {
+        Settings {
+            limits: Limits::new(8192),
+            keep_alive: true,
+            header_timeout,
+            idle_timeout: Some(Duration::from_secs(60)),
+            body_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(5),
+            send_min_rate: 1024,
+            spill_dir: None,
+        }
+    }
+
+    /// Raises this process's soft open-files limit to its hard one; fails if that is below
+    /// `needed`.
+    fn raise_fd_limit(needed: u64) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        assert!(
+            limit.rlim_max >= needed,
+            "this test needs {needed} descriptors; raise the hard open-files limit (ulimit -Hn)"
+        );
+    }
+
+    /// Turns `acceptor` until `done` says so, failing after 10 s.
+    fn turn_until(
+        acceptor: &mut Acceptor,
+        events: &mut [EpollEvent],
+        what: &str,
+        mut done: impl FnMut(&Acceptor) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(acceptor) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within 10 s"
+            );
+            acceptor.turn(events);
+        }
+    }
+
+    /// The property the table of waiting connections exists for: with a thousand connections
+    /// parked, a wake with one readable connection and one expired deadline looks at those two
+    /// and no other: 3 visits each (taken from the event or the deadline index, brought in
+    /// step, taken out of the table), 6 in all, whatever the number parked. Both left the
+    /// epoll set as they left the table: the kernel holds the 999 others, the wake fd and the
+    /// listener, and not the one now with a worker (whose descriptor is still open).
+    #[test]
+    fn a_wake_touches_only_the_connections_with_an_event_or_a_deadline() {
+        const PARKED: usize = 1000;
+        raise_fd_limit(4 * PARKED as u64);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (jobs, jobs_rx) = crossbeam_channel::bounded(4);
+        let (_returns_tx, returns) = crossbeam_channel::unbounded();
+        let mut acceptor = Acceptor::new(
+            vec![listener],
+            SignalWatch::register(|_| None).unwrap(),
+            jobs,
+            returns,
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(settings(Duration::from_secs(60))),
+            AcceptSettings {
+                tcp_keepidle: Duration::from_secs(60),
+                max_connections: 2 * PARKED,
+            },
+            Handoff::new(None, None),
+        )
+        .unwrap();
+        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAKE];
+        let mut clients = Vec::new();
+        // In batches that fit the listen backlog, each accepted before the next connects.
+        while clients.len() < PARKED {
+            for _ in 0..64.min(PARKED - clients.len()) {
+                clients.push(TcpStream::connect(addr).unwrap());
+            }
+            let n = clients.len();
+            turn_until(&mut acceptor, &mut events, "accepting", |a| {
+                a.waiting.len() == n
+            });
+        }
+        // One more, whose header deadline is a moment away.
+        acceptor.settings = Arc::new(settings(Duration::from_millis(50)));
+        let _expiring = TcpStream::connect(addr).unwrap();
+        turn_until(&mut acceptor, &mut events, "accepting the last", |a| {
+            a.waiting.len() == PARKED + 1
+        });
+        acceptor.waiting.take_visits();
+
+        clients[PARKED / 2]
+            .write_all(b"GET /versions HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut served = None;
+        turn_until(
+            &mut acceptor,
+            &mut events,
+            "the request and the expiry",
+            |a| {
+                if served.is_none() {
+                    served = jobs_rx.try_recv().ok();
+                }
+                served.is_some() && a.waiting.len() == PARKED - 1
+            },
+        );
+        match &served {
+            Some(Work::Request(Ready {
+                head: Ok((head, _)),
+                ..
+            })) => assert_eq!(head.target, "/versions"),
+            _ => panic!("the request was to go to a worker with its head"),
+        }
+        assert_eq!(acceptor.waiting.take_visits(), 6);
+        assert_eq!(acceptor.waiting.registrations(), PARKED - 1 + 2);
+    }
 }

@@ -11,3 +11,4 @@ pub mod acceptor;
 pub mod maintenance;
 pub mod pool;
 pub mod scrape;
+pub mod waiting;
