@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{self, read_response, show, Response, Server};
+use crate::util::{self, read_response, show, Response, Server, DEADLINE};
 
 /// How fast a fresh client must be served while an attack is under way.
 pub const FRESH_CLIENT: Duration = Duration::from_secs(1);
@@ -79,6 +79,36 @@ pub fn assert_fresh_client_served(server: &Server, during: &str) {
 
 /// `worker_threads` as the server's config file sets it (the harness's base config says 4; a
 /// test's own line comes after it, and the last value of a key wins).
+/// Waits until child `pid` runs all its `n` worker threads and its `pool-start` thread, which
+/// starts all but the first after the child reports ready, has ended: only then is its thread
+/// count the one it keeps while it serves.
+fn wait_for_workers(pid: i32, n: u64) {
+    let names = || -> Vec<String> {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter_map(|task| fs::read_to_string(task.path().join("comm")).ok())
+                    .map(|name| name.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    util::wait_until(
+        &format!("child {pid} to run its {n} worker threads"),
+        DEADLINE,
+        || {
+            let names = names();
+            names
+                .iter()
+                .filter(|name| name.starts_with("worker-"))
+                .count() as u64
+                == n
+                && !names.iter().any(|name| name == "pool-start")
+        },
+    );
+}
+
 fn configured_worker_threads(server: &Server) -> u64 {
     let config = fs::read_to_string(&server.config_path).expect("read the config");
     config
@@ -108,11 +138,13 @@ impl Watch {
             "expected one serving child: {children:?}"
         );
         let pid = children[0];
+        let worker_threads = configured_worker_threads(server);
+        wait_for_workers(pid, worker_threads);
         Watch {
             pid,
             threads: proc_status(pid, "Threads"),
             idle_kib: proc_status(pid, "VmRSS"),
-            worker_threads: configured_worker_threads(server),
+            worker_threads,
         }
     }
 

@@ -369,7 +369,8 @@ pub fn run(start: Start) -> i32 {
                 .as_secs()
         );
     }
-    pool.join();
+    // The acceptor returned with nothing in flight: the workers have no job left.
+    pool.release();
     // After the workers, which start imports: an import in progress completes before the
     // child exits (see `api::import`).
     importing.finish_imports();
