@@ -874,8 +874,12 @@ fn data_table(runs: &[Value], record: &Value) -> String {
                     num(&run["seconds"], 2)
                 )]),
             ));
-            // Where the upload's CPU went: each glint thread (by name) and curl.
-            if let Some(threads) = run["thread_cpu_s"].as_object().filter(|t| !t.is_empty()) {
+            // Where an upload's CPU went: each glint thread (by name) and curl. (A download's
+            // is almost all the kernel's sendfile: its thread list says little.)
+            let threads = run["thread_cpu_s"]
+                .as_object()
+                .filter(|threads| !threads.is_empty());
+            if let Some(threads) = threads.filter(|_| run["kind"] == "upload") {
                 let mut parts: Vec<String> = threads
                     .iter()
                     .map(|(thread, seconds)| format!("{thread} {}", num(seconds, 2)))

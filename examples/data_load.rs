@@ -699,9 +699,9 @@ fn add_hashes(addr: &str, id: &str, line: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The upload of `put --client curl`: `curl -T FILE` sends the body; the time is from curl's
-/// start to its exit (the response read). `Expect:` is sent empty because glint does not answer
-/// `Expect: 100-continue`, and curl would otherwise wait a second before sending the body.
+/// The upload of `put --client curl`: `curl -T FILE` sends the body, as curl does by default
+/// (with `Expect: 100-continue`, which glint answers); the time is from curl's start to its exit
+/// (the response read).
 fn put_with_curl(options: &Options, addr: &str, path: &str, id: &str) -> Result<(), String> {
     let length = fs::metadata(path).map_err(io_error(path))?.len();
     let sampler = sampler(options)?;
@@ -714,12 +714,7 @@ fn put_with_curl(options: &Options, addr: &str, path: &str, id: &str) -> Result<
             "-w",
             "%{http_code} %{size_upload}",
         ])
-        .args([
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-H",
-            "Expect:",
-        ])
+        .args(["-H", "Content-Type: application/octet-stream"])
         .args(["--max-time", &IO_TIMEOUT.as_secs().to_string(), "-T", path])
         .arg(format!("http://{addr}/v2/images/{id}/file"))
         .stdout(Stdio::piped())
