@@ -65,6 +65,8 @@ use std::path::{Path, PathBuf};
 pub use error::StoreError;
 pub use owner::{owner_alive, owner_token};
 pub use set::Stores;
+#[cfg(test)]
+use upload::HASH_QUEUE_CHUNKS;
 pub(crate) use upload::{hex, Hasher};
 pub use upload::{ChunkBuffer, Upload, UPLOAD_BUFFER};
 

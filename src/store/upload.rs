@@ -119,18 +119,20 @@ impl Upload {
     ///
     /// Errors: as [`Upload::write_buffer`]; past the cap, nothing of `data` is written.
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        if self.bytes_written.saturating_add(data.len() as u64) > self.size_cap && !self.failed {
+        if self.failed {
+            return Err(self.failed_error());
+        }
+        if self.bytes_written.saturating_add(data.len() as u64) > self.size_cap {
             self.failed = true;
             return Err(StoreError::SizeCapExceeded { cap: self.size_cap });
         }
         for piece in data.chunks(UPLOAD_BUFFER) {
             let mut buffer = self.buffer();
-            let space = buffer.space();
-            let len = piece.len().min(space.len());
-            space
-                .get_mut(..len)
-                .unwrap_or_default()
-                .copy_from_slice(piece);
+            // Every buffer is UPLOAD_BUFFER bytes, so `len` is the whole piece.
+            let len = piece.len().min(buffer.data.len());
+            if let (Some(to), Some(from)) = (buffer.data.get_mut(..len), piece.get(..len)) {
+                to.copy_from_slice(from);
+            }
             self.write_buffer(buffer, len)?;
         }
         Ok(())
@@ -153,6 +155,12 @@ impl Upload {
             );
         }
         self.written_back = self.bytes_written;
+    }
+
+    /// How many buffers the hashing threads may still hold (for the tests of the bound).
+    #[cfg(test)]
+    pub(super) fn buffers_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Bytes accepted so far.
@@ -333,7 +341,7 @@ const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 /// How many chunks may wait for a hashing thread; the writer blocks when it is this far
 /// ahead of the slower one, so memory stays at a few chunks whatever the image size.
-const HASH_QUEUE_CHUNKS: usize = 4;
+pub(super) const HASH_QUEUE_CHUNKS: usize = 4;
 
 /// md5 (`checksum`) and the configured os_hash of an upload. Each digest costs more CPU per
 /// byte than receiving and writing the data, so each runs on a thread of its own, fed the same
