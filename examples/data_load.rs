@@ -5,20 +5,31 @@
 //!
 //! - `gen --out FILE --bytes N`: writes N bytes of pseudo-random data (xorshift64*, which does not
 //!   compress and is far faster than /dev/urandom).
-//! - `hash --file FILE`: the upload reference. Reads FILE in 64 KiB chunks on one thread and
-//!   updates md5 and sha512 with each chunk, in one pass, as glint's store does
-//!   (`src/store/upload.rs`, same crates and versions); prints the rate and both digests.
+//! - `hash --file FILE`: md5 and sha512 in one pass on one core, with the crates, versions and
+//!   features glint's store uses (`src/store/upload.rs`): reads FILE in 64 KiB chunks and
+//!   updates both digests with each; prints the rate and both digests (which every upload's
+//!   `checksum` and `os_hash_value` must equal). The reference of issue 3's upload target.
+//! - `openssl --digest sha512|md5 [--seconds N]`: a reference of issue 13's upload target. Runs
+//!   `openssl speed -seconds N -bytes 1048576 DIGEST` (one core: no `-multi`) and reports its
+//!   rate. `openssl speed` divides by the user CPU time it used, not the elapsed time, so the
+//!   figure is what one core does when it gets to run, load or not.
 //! - `inspect --file FILE --inspector on|off`: the cost of format inspection. The upload's
 //!   per-byte work on one core, as `hash` does it, with (`on`) and without (`off`) glint's
 //!   format inspector fed each chunk and judging the image (`disk_format = raw`) at the end, as
 //!   `api::image_data` does. Run side by side in each round; the socket, the disk and the fsync
 //!   are left out, so the share measured is an upper bound of the share in a real upload.
-//! - `write --file FILE --out FILE2`: a disk reference. Copies FILE to FILE2 in 64 KiB writes and
-//!   fsyncs FILE2, as glint's store writes an image (without hashing).
+//! - `write --bytes N --out FILE`: the disk reference of issue 13's upload target: the disk's own
+//!   write+fsync rate. Writes N bytes of pseudo-random data to FILE (created; put it on the
+//!   filesystem of glint's data directory) in 1 MiB writes from memory, then fsyncs it, and
+//!   reports the rate to the end of the fsync (and the rate before it). Like `dd if=/dev/zero
+//!   bs=1M conv=fsync`, but with data a compressing filesystem cannot shrink (zeros would make
+//!   the disk look faster than any image makes it) and nothing read from another file.
 //! - `put --addr HOST:PORT --file FILE [--rss-pid PID]`: creates an image (`POST /v2/images`),
 //!   uploads FILE to it (`PUT /v2/images/{id}/file`, Content-Length, body sent with
 //!   sendfile(2) so the client costs almost nothing), then reads the image record back.
 //!   Reports the time to the last body byte handed to the kernel and the time to the response.
+//!   With `--client curl`, the body is sent by `curl -T FILE` instead (issue 13's goal is stated
+//!   for it), and the record has curl's own CPU time (`curl_cpu_user_s`, `curl_cpu_system_s`).
 //! - `get --addr HOST:PORT --path PATH [--rss-pid PID] [--expect-bytes N]`: downloads PATH into a
 //!   1 MiB buffer that is discarded, and reports the rate.
 //! - `status --file STATUS_JSON`: prints glint's first listen port and its first child's pid.
@@ -30,6 +41,10 @@
 //! transfer runs and reports the maximum. Before the transfer it writes `5` to
 //! `/proc/PID/clear_refs`, which resets the peak (`VmHWM`) to the current RSS, so the `VmHWM`
 //! read after the transfer is that transfer's peak as the kernel saw it (root, or the owner).
+//! It also reads each thread's CPU time (`/proc/PID/task/*/stat`) at every sample, and reports
+//! the CPU seconds each thread name used during the transfer (`thread_cpu_s`: the upload's
+//! `upload-md5` and `upload-hash` threads, the worker that reads the socket and writes the
+//! file), so the record says where an upload's CPU goes.
 //!
 //! MB are 10^6 bytes throughout.
 
@@ -37,7 +52,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -47,8 +62,11 @@ use md5::{Digest, Md5};
 use serde_json::{json, Value};
 use sha2::Sha512;
 
-/// The chunk size glint's upload path uses (`UPLOAD_CHUNK`), and so the hash reference's.
+/// The chunk size of the one-core md5+sha512 pass (`hash`, `inspect`), as it has been since
+/// issue 3 so that its figures stay comparable from record to record.
 const CHUNK: usize = 64 * 1024;
+/// The write size of the disk reference (`write`), as `dd bs=1M`.
+const WRITE_BLOCK: usize = 1024 * 1024;
 /// The download client's read buffer.
 const GET_BUFFER: usize = 1024 * 1024;
 /// How often the RSS sampler reads `/proc/PID/status`.
@@ -59,7 +77,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: data_load gen|hash|write|put|get|status [options]");
+        eprintln!("usage: data_load gen|hash|inspect|openssl|write|put|get|status [options]");
         return ExitCode::from(2);
     };
     let options = match parse_options(&args[1..]) {
@@ -74,6 +92,7 @@ fn main() -> ExitCode {
         "hash" => hash(&options),
         "inspect" => inspect(&options),
         "write" => write_reference(&options),
+        "openssl" => openssl_reference(&options),
         "put" => put(&options),
         "get" => get(&options),
         "status" => status(&options),
@@ -258,39 +277,105 @@ fn inspect(options: &Options) -> Result<(), String> {
 }
 
 fn write_reference(options: &Options) -> Result<(), String> {
-    let path = required(options, "file")?;
     let out = required(options, "out")?;
-    let mut input = File::open(path).map_err(io_error(path))?;
+    let bytes: u64 = number(options, "bytes")?.ok_or("--bytes is required")?;
     let mut output = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(out)
         .map_err(io_error(out))?;
-    let mut buffer = vec![0u8; CHUNK];
-    let mut bytes = 0u64;
-    let started = Instant::now();
-    loop {
-        let n = input.read(&mut buffer).map_err(io_error(path))?;
-        if n == 0 {
-            break;
+    // Pseudo-random, as `gen` makes it: incompressible, and different in every block.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d ^ bytes;
+    let mut buffer = vec![0u8; WRITE_BLOCK];
+    let mut refill = |buffer: &mut [u8]| {
+        for word in buffer.chunks_exact_mut(8) {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            word.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
         }
+    };
+    // Each block is made before the clock runs for it: the rate is the disk's, not the
+    // generator's.
+    let mut written = 0u64;
+    let mut busy = Duration::ZERO;
+    while written < bytes {
+        refill(&mut buffer);
+        let n = (bytes - written).min(WRITE_BLOCK as u64) as usize;
+        let started = Instant::now();
         output.write_all(&buffer[..n]).map_err(io_error(out))?;
-        bytes += n as u64;
+        busy += started.elapsed();
+        written += n as u64;
     }
-    let written = started.elapsed().as_secs_f64();
+    let before_fsync = busy.as_secs_f64();
+    let started = Instant::now();
     output.sync_all().map_err(io_error(out))?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = before_fsync + started.elapsed().as_secs_f64();
     drop(output);
     let _ = fs::remove_file(out);
     eprintln!(
         "write+fsync: {bytes} bytes in {seconds:.3} s ({:.1} MB/s; {:.1} MB/s before the fsync)",
         mb_per_s(bytes, seconds),
-        mb_per_s(bytes, written)
+        mb_per_s(bytes, before_fsync)
     );
     emit(&json!({
         "kind": "write", "label": label(options, "write+fsync"), "bytes": bytes,
-        "seconds": seconds, "mbps": mb_per_s(bytes, seconds),
-        "mbps_before_fsync": mb_per_s(bytes, written),
+        "block_bytes": WRITE_BLOCK, "seconds": seconds, "mbps": mb_per_s(bytes, seconds),
+        "mbps_before_fsync": mb_per_s(bytes, before_fsync),
+    }));
+    Ok(())
+}
+
+fn openssl_reference(options: &Options) -> Result<(), String> {
+    let digest = required(options, "digest")?;
+    if !matches!(digest, "sha512" | "md5") {
+        return Err(format!("--digest takes sha512 or md5, not {digest:?}"));
+    }
+    let seconds: u32 = number(options, "seconds")?.unwrap_or(3);
+    let version = Command::new("openssl")
+        .arg("version")
+        .output()
+        .map_err(io_error(
+            "run openssl (install it: apt-get install openssl)",
+        ))?;
+    // "OpenSSL 3.0.19 27 Jan 2026 (Library: ...)": the name and the version number.
+    let version = String::from_utf8_lossy(&version.stdout)
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = Command::new("openssl")
+        .args([
+            "speed",
+            "-seconds",
+            &seconds.to_string(),
+            "-bytes",
+            "1048576",
+            digest,
+        ])
+        .output()
+        .map_err(io_error("run openssl speed"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "openssl speed {digest} failed: {}{text}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    // The result line: the digest's name, then thousands of bytes per second ("502091.87k").
+    let kbps: f64 = text
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(digest)).then(|| fields.next())?
+        })
+        .and_then(|rate| rate.strip_suffix('k')?.parse().ok())
+        .ok_or_else(|| format!("no rate for {digest} in openssl speed's output: {text:?}"))?;
+    let mbps = kbps * 1000.0 / 1e6;
+    eprintln!("openssl speed {digest} (1 MiB blocks, 1 core): {mbps:.1} MB/s ({version})");
+    emit(&json!({
+        "kind": "openssl", "label": digest, "mbps": mbps, "seconds": seconds,
+        "block_bytes": 1_048_576, "openssl": version,
     }));
     Ok(())
 }
@@ -303,8 +388,43 @@ struct Sampler {
     pid: u32,
     cpu_before: Option<(f64, f64)>,
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<(u64, u64)>,
+    thread: thread::JoinHandle<(u64, u64, Threads)>,
     before_kib: u64,
+}
+
+/// Per thread id: its name, and its CPU ticks (user + system) when first and last seen.
+type Threads = BTreeMap<u64, (String, u64, u64)>;
+
+/// Each thread of `pid` with its name and CPU ticks (`/proc/PID/task/TID/stat`, fields 2, 14, 15).
+fn thread_ticks(pid: u32) -> Vec<(u64, String, u64)> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u64 = task.file_name().to_str()?.parse().ok()?;
+            let text = fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = text.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            let mut fields = rest.split_whitespace().skip(11);
+            let user: u64 = fields.next()?.parse().ok()?;
+            let system: u64 = fields.next()?.parse().ok()?;
+            Some((tid, name, user + system))
+        })
+        .collect()
+}
+
+/// Adds a sample of `pid`'s threads to `threads`: a thread seen for the first time counts from
+/// its ticks now if `baseline` (it was there before the transfer), else from zero (it started
+/// during the transfer).
+fn sample_threads(pid: u32, threads: &mut Threads, baseline: bool) {
+    for (tid, name, ticks) in thread_ticks(pid) {
+        let entry = threads
+            .entry(tid)
+            .or_insert((name, if baseline { ticks } else { 0 }, ticks));
+        entry.2 = ticks;
+    }
 }
 
 /// A `kB` field of `/proc/PID/status`.
@@ -334,6 +454,8 @@ impl Sampler {
             .map_err(io_error("reset VmHWM with /proc/PID/clear_refs"))?;
         let before_kib = status_kib(pid, "VmRSS").ok_or(format!("no VmRSS for pid {pid}"))?;
         let cpu_before = cpu_seconds(pid);
+        let mut threads = Threads::new();
+        sample_threads(pid, &mut threads, true);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
@@ -343,9 +465,11 @@ impl Sampler {
                     max = max.max(rss);
                     samples += 1;
                 }
+                sample_threads(pid, &mut threads, false);
                 thread::sleep(SAMPLE_EVERY);
             }
-            (max, samples)
+            sample_threads(pid, &mut threads, false);
+            (max, samples, threads)
         });
         Ok(Sampler {
             pid,
@@ -359,7 +483,16 @@ impl Sampler {
     /// Stops sampling; adds the before, max, samples and VmHWM fields to `line`.
     fn finish(self, line: &mut Value) {
         self.stop.store(true, Ordering::Relaxed);
-        let (max, samples) = self.thread.join().unwrap_or((0, 0));
+        let (max, samples, threads) = self.thread.join().unwrap_or_default();
+        // CPU seconds per thread name, threads that used none left out.
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+        for (name, first, last) in threads.into_values() {
+            *by_name.entry(name).or_default() += last.saturating_sub(first) as f64 / ticks;
+        }
+        by_name.retain(|_, seconds| *seconds > 0.0);
+        line["thread_cpu_s"] = json!(by_name);
         line["rss_pid"] = json!(self.pid);
         line["rss_before_kib"] = json!(self.before_kib);
         line["rss_max_kib"] = json!(max);
@@ -507,6 +640,9 @@ fn put(options: &Options) -> Result<(), String> {
         _ => return Err(format!("POST /v2/images answered {status}: {image}")),
     };
 
+    if options.get("client").map(String::as_str) == Some("curl") {
+        return put_with_curl(options, addr, path, &id);
+    }
     let mut file = File::open(path).map_err(io_error(path))?;
     let length = file.metadata().map_err(io_error(path))?.len();
     let mut stream = connect(addr)?;
@@ -542,15 +678,84 @@ fn put(options: &Options) -> Result<(), String> {
             response.status
         ));
     }
+    add_hashes(addr, &id, &mut line)?;
+    eprintln!(
+        "upload {}: {sent} bytes in {seconds:.3} s, {:.1} MB/s (body sent after {body_sent:.3} s){}",
+        line["label"],
+        mb_per_s(sent, seconds),
+        child_summary(&line)
+    );
+    emit(&line);
+    Ok(())
+}
+
+/// Adds the image's `checksum`, `os_hash_algo` and `os_hash_value` to `line`.
+fn add_hashes(addr: &str, id: &str, line: &mut Value) -> Result<(), String> {
     let (_, body) = small_request(addr, "GET", &format!("/v2/images/{id}"), None)?;
     let record: Value = serde_json::from_slice(&body).map_err(|error| error.to_string())?;
     line["checksum"] = record["checksum"].clone();
     line["os_hash_algo"] = record["os_hash_algo"].clone();
     line["os_hash_value"] = record["os_hash_value"].clone();
+    Ok(())
+}
+
+/// The upload of `put --client curl`: `curl -T FILE` sends the body, as curl does by default
+/// (with `Expect: 100-continue`, which glint answers); the time is from curl's start to its exit
+/// (the response read).
+fn put_with_curl(options: &Options, addr: &str, path: &str, id: &str) -> Result<(), String> {
+    let length = fs::metadata(path).map_err(io_error(path))?.len();
+    let sampler = sampler(options)?;
+    let started = Instant::now();
+    let mut child = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_upload}",
+        ])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .args(["--max-time", &IO_TIMEOUT.as_secs().to_string(), "-T", path])
+        .arg(format!("http://{addr}/v2/images/{id}/file"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(io_error("run curl (install it: apt-get install curl)"))?;
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .ok_or("curl has no stdout")?
+        .read_to_string(&mut stdout)
+        .map_err(io_error("read curl's output"))?;
+    // wait4 rather than Child::wait: it also gives curl's CPU time.
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: wait4 on our own child, with valid pointers to a status and a rusage.
+    let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    let mut line = json!({
+        "kind": "upload", "label": label(options, "glint (curl -T)"), "bytes": length,
+        "seconds": seconds, "mbps": mb_per_s(length, seconds), "image": id, "client": "curl",
+        "curl_cpu_user_s": cpu(usage.ru_utime), "curl_cpu_system_s": cpu(usage.ru_stime),
+    });
+    if let Some(sampler) = sampler {
+        sampler.finish(&mut line);
+    }
+    let exited_ok = reaped > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let answer: Vec<&str> = stdout.split_whitespace().collect();
+    if !exited_ok || answer.first() != Some(&"204") || answer.get(1) != Some(&&*length.to_string())
+    {
+        return Err(format!(
+            "curl -T answered {stdout:?} (exit status {status:#x})"
+        ));
+    }
+    add_hashes(addr, id, &mut line)?;
     eprintln!(
-        "upload {}: {sent} bytes in {seconds:.3} s, {:.1} MB/s (body sent after {body_sent:.3} s){}",
+        "upload {} (curl -T): {length} bytes in {seconds:.3} s, {:.1} MB/s; curl CPU user {:.2} s system {:.2} s{}",
         line["label"],
-        mb_per_s(sent, seconds),
+        mb_per_s(length, seconds),
+        cpu(usage.ru_utime),
+        cpu(usage.ru_stime),
         child_summary(&line)
     );
     emit(&line);

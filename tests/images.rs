@@ -2335,6 +2335,58 @@ fn hashing_algorithm_sha256_gives_sha256_hashes() {
     );
 }
 
+/// Every `hashing_algorithm`, checked against coreutils (code that shares nothing with glint's
+/// hashing): an upload of several upload buffers and a short last one, sent with a length and
+/// chunked, gets the `checksum` `md5sum` computes and the `os_hash_value` that `sha256sum`,
+/// `sha384sum` or `sha512sum` computes.
+#[test]
+fn every_hashing_algorithm_equals_coreutils() {
+    // 3 MiB and a bit: twelve 256 KiB upload buffers and a short last one, and socket reads
+    // that stop anywhere inside a buffer.
+    let bytes = data(3 * 1024 * 1024 + 12_345, 13);
+    let scratch = tempfile::tempdir().expect("temporary directory");
+    let file = scratch.path().join("image.raw");
+    fs::write(&file, &bytes).expect("write the image for coreutils");
+    let digest_of = |tool: &str| {
+        let output = Command::new(tool)
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {tool} ({error}): install coreutils"));
+        assert!(output.status.success(), "{tool} failed: {output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let md5 = digest_of("md5sum");
+    assert_eq!(md5.len(), 32, "md5sum's digest: {md5:?}");
+    for algorithm in ["sha256", "sha384", "sha512"] {
+        let expected = digest_of(&format!("{algorithm}sum"));
+        let server = Server::start(&format!("hashing_algorithm = {algorithm}"));
+        let glance = Glance::new(&server);
+        for framing in [Framing::Length, Framing::Chunked] {
+            let what = format!("{framing:?} upload with hashing_algorithm = {algorithm}");
+            let id = glance.create_uploadable(algorithm);
+            let response = glance.upload(&id, &bytes, framing, None);
+            glance.expect(&response, 204, &what);
+            let image = glance.show(&id);
+            assert_eq!(image["status"], "active", "{what}");
+            assert_eq!(
+                image["checksum"],
+                json!(md5),
+                "{what}: checksum against md5sum"
+            );
+            assert_eq!(image["os_hash_algo"], json!(algorithm), "{what}");
+            assert_eq!(
+                image["os_hash_value"],
+                json!(expected),
+                "{what}: os_hash_value against {algorithm}sum"
+            );
+        }
+    }
+}
+
 /// Polls until image `id` has `status` and `dir` holds exactly `files`, or panics with both.
 fn wait_for_image(
     glance: &Glance<'_>,

@@ -24,9 +24,6 @@ use crate::http::serve::Request;
 use crate::registry::{Image, ImageStatus, Location};
 use crate::store::{Store, StoreError, Stored};
 
-/// How much of an upload is read from the socket and written to the store at a time.
-pub const UPLOAD_CHUNK: usize = 64 * 1024;
-
 impl Api {
     /// `PUT /v2/images/{id}/file`.
     pub(super) fn upload(
@@ -285,8 +282,10 @@ impl Api {
     }
 }
 
-/// Streams the body of `request` into `upload` in [`UPLOAD_CHUNK`]s, giving each chunk to
-/// `also` too (the format inspector, say). A client that stalls past `client_body_timeout` is
+/// Streams the body of `request` into `upload`, giving each chunk to `also` too (the format
+/// inspector, say). Each read goes straight into a buffer the upload lends out
+/// ([`crate::store::Upload::buffer`], up to [`crate::store::UPLOAD_BUFFER`] bytes), which is
+/// then hashed and written with no copy. A client that stalls past `client_body_timeout` is
 /// 408; a body that breaks off or is malformed is 400; a store failure is its own status.
 pub(super) fn pump(
     request: &mut Request<'_>,
@@ -294,9 +293,9 @@ pub(super) fn pump(
     upload: &mut crate::store::Upload,
     mut also: impl FnMut(&[u8]),
 ) -> Result<(), ApiError> {
-    let mut buffer = vec![0u8; UPLOAD_CHUNK];
     loop {
-        let n = match request.read(&mut buffer) {
+        let mut buffer = upload.buffer();
+        let n = match request.read(buffer.space()) {
             Ok(n) => n,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(error) => {
@@ -325,8 +324,10 @@ pub(super) fn pump(
         if n == 0 {
             return Ok(());
         }
-        upload.write(&buffer[..n]).map_err(store_error)?;
-        also(&buffer[..n]);
+        // The chunk goes to `also` before the store takes the buffer; if the store then refuses
+        // it (the size cap, a full disk), the upload fails and what `also` saw is dropped.
+        also(buffer.space().get(..n).unwrap_or_default());
+        upload.write_buffer(buffer, n).map_err(store_error)?;
     }
 }
 

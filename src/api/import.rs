@@ -59,9 +59,7 @@ use serde_json::{json, Value};
 
 use super::access::Context;
 use super::error::ApiError;
-use super::image_data::{
-    declared_size_within_cap, pump, require_octet_stream, store_error, UPLOAD_CHUNK,
-};
+use super::image_data::{declared_size_within_cap, pump, require_octet_stream, store_error};
 use super::import_uri::{self, ImportUri};
 use super::tasks::{TaskRecord, IMPORT_TASK};
 use super::web_download;
@@ -1126,18 +1124,19 @@ impl ImportJob {
             .begin_upload_hashed(id, Some(size), &self.owner, hash)
             .map_err(|error| error.to_string())?;
         let mut inspector = crate::format::Inspector::new();
-        let mut buffer = vec![0u8; UPLOAD_CHUNK];
         loop {
-            let n = match file.read(&mut buffer) {
+            // Read straight into the upload's buffer: hashed and written with no copy.
+            let mut buffer = upload.buffer();
+            let n = match file.read(buffer.space()) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(format!("cannot read {}: {error}", source.display())),
             };
+            inspector.feed(buffer.space().get(..n).unwrap_or_default());
             upload
-                .write(&buffer[..n])
+                .write_buffer(buffer, n)
                 .map_err(|error| error.to_string())?;
-            inspector.feed(&buffer[..n]);
         }
         // copy-image skips the import plugins and inspection, as Glance does: the data was
         // judged when it was first stored.

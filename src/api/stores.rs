@@ -8,11 +8,15 @@ use serde_json::{json, Map, Value};
 
 use super::access::Context;
 use super::error::ApiError;
-use super::image_data::UPLOAD_CHUNK;
 use super::Api;
 use crate::http::response::Response;
 use crate::policy::Target;
 use crate::registry::ImageStatus;
+
+/// The `chunk_size` a file store's detail shows: glance_store's `filesystem_store_chunk_size`
+/// default, which Glance reports there. Only shown: glint reads an upload in
+/// [`crate::store::UPLOAD_BUFFER`]s.
+const CHUNK_SIZE: usize = 64 * 1024;
 
 /// The 404 without several stores (Glance's message).
 fn not_multi() -> ApiError {
@@ -62,7 +66,7 @@ impl Api {
                         "properties".to_string(),
                         json!({
                             "data_dir": data_dir,
-                            "chunk_size": UPLOAD_CHUNK,
+                            "chunk_size": CHUNK_SIZE,
                             "thin_provisioning": false,
                         }),
                     );

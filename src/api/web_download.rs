@@ -29,7 +29,6 @@ use std::sync::Arc;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::Agent;
 
-use super::image_data::UPLOAD_CHUNK;
 use super::import_uri::{self, ImportUri};
 use crate::config::WebDownload;
 use crate::store::{Store, Stored};
@@ -142,9 +141,10 @@ pub fn download(
         .begin_upload(id, declared, owner)
         .map_err(|error| error.to_string())?;
     let mut reader = response.into_body().into_with_config().reader();
-    let mut buffer = vec![0u8; UPLOAD_CHUNK];
     loop {
-        let n = match reader.read(&mut buffer) {
+        // Read straight into the upload's buffer: hashed and written with no copy.
+        let mut buffer = upload.buffer();
+        let n = match reader.read(buffer.space()) {
             Ok(0) => break,
             Ok(n) => n,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -157,7 +157,7 @@ pub fn download(
             }
         };
         upload
-            .write(&buffer[..n])
+            .write_buffer(buffer, n)
             .map_err(|error| error.to_string())?;
     }
     upload.finish().map_err(|error| error.to_string())

@@ -65,8 +65,10 @@ use std::path::{Path, PathBuf};
 pub use error::StoreError;
 pub use owner::{owner_alive, owner_token};
 pub use set::Stores;
-pub use upload::Upload;
+#[cfg(test)]
+use upload::HASH_QUEUE_CHUNKS;
 pub(crate) use upload::{hex, Hasher};
+pub use upload::{ChunkBuffer, Upload, UPLOAD_BUFFER};
 
 use placement::Candidate;
 

@@ -275,6 +275,47 @@ fn one_mebibyte_hashes_in_one_pass_whatever_the_chunking() {
     }
 }
 
+/// The socket's path: reads of any size straight into lent buffers, each partly filled. The
+/// hashes and the file cover exactly the bytes read, and the buffers come back: however many
+/// chunks, the upload never has more than `HASH_QUEUE_CHUNKS + 2` in flight: the list grows
+/// only when its oldest is still held, and then every buffer in it is held (the threads hash
+/// in order), which is at most the slower thread's queue and the one it hashes; plus the one
+/// just written.
+#[test]
+fn lent_buffers_partly_filled_hash_what_was_read_and_are_reused() {
+    let data = pattern();
+    let root = tempfile::tempdir().unwrap();
+    let store = open_one(root.path());
+    let mut upload = store
+        .begin_upload(ID, Some(1 << 20), &owner_token())
+        .unwrap();
+    let bound = HASH_QUEUE_CHUNKS + 2;
+    let mut most = 0;
+    // 4093 and 1000 bytes at a time: far fewer than a buffer holds, so 1,000-odd chunks.
+    for (index, piece) in data
+        .chunks(4093)
+        .flat_map(|piece| piece.chunks(1000))
+        .enumerate()
+    {
+        let mut buffer = upload.buffer();
+        assert_eq!(buffer.space().len(), UPLOAD_BUFFER, "chunk {index}");
+        buffer.space()[..piece.len()].copy_from_slice(piece);
+        // Stale bytes after the data: they must not be hashed or written.
+        buffer.space()[piece.len()..].fill(0xa5);
+        upload.write_buffer(buffer, piece.len()).unwrap();
+        most = most.max(upload.buffers_in_flight());
+    }
+    assert!(
+        most <= bound,
+        "{most} buffers were in flight at once; at most {bound} expected"
+    );
+    let stored = upload.finish().unwrap();
+    assert_eq!(stored.size, 1 << 20);
+    assert_eq!(stored.checksum, MD5_PATTERN);
+    assert_eq!(stored.hash_value, SHA512_PATTERN);
+    assert_eq!(fs::read(&stored.location).unwrap(), data);
+}
+
 #[test]
 fn configured_hash_algorithm_is_used() {
     let data = pattern();

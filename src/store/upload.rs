@@ -1,9 +1,12 @@
 //! [`Upload`]: one image's data on its way to disk, from the temporary file to the final name.
 //!
-//! Each chunk is written straight to the file and hashed (md5 for `checksum`, the configured
-//! algorithm for `os_hash_value`) by the upload's hashing thread, which gets a copy over a
-//! bounded channel; memory stays at a few chunks, whatever the image size.
+//! Each chunk is read from the socket into a [`ChunkBuffer`] the upload lends out, then
+//! written straight to the file and hashed (md5 for `checksum`, the configured algorithm for
+//! `os_hash_value`) by the upload's two hashing threads, which share the buffer (no copy) over
+//! bounded channels; buffers the threads are done with are lent out again, so memory stays at a
+//! few chunks, whatever the image size.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -43,6 +46,10 @@ pub struct Upload {
     written_back: u64,
     /// md5 and the os_hash, computed while the data is written.
     hashing: Hashing,
+    /// The buffers handed to the hashing threads, oldest first: the threads hash in order, so
+    /// once the oldest is ours alone again it is lent out for the next chunk (see
+    /// [`Upload::buffer`]). At most a few: a thread is at most [`HASH_QUEUE_CHUNKS`] behind.
+    in_flight: VecDeque<Arc<Vec<u8>>>,
     /// Set when a write failed: the file may then hold bytes that neither `bytes_written` nor the
     /// hashes account for, so the upload can only be dropped.
     failed: bool,
@@ -51,23 +58,48 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Writes a chunk, hashing it in the same pass.
+    /// A buffer of [`UPLOAD_BUFFER`] bytes to read the next chunk into, for
+    /// [`Upload::write_buffer`]: one the hashing threads are done with if there is one, else a
+    /// new one.
+    pub fn buffer(&mut self) -> ChunkBuffer {
+        let oldest_is_free = self
+            .in_flight
+            .front()
+            .is_some_and(|oldest| Arc::strong_count(oldest) == 1);
+        if oldest_is_free {
+            if let Some(Ok(data)) = self.in_flight.pop_front().map(Arc::try_unwrap) {
+                return ChunkBuffer { data };
+            }
+        }
+        ChunkBuffer {
+            data: vec![0; UPLOAD_BUFFER],
+        }
+    }
+
+    /// Writes the first `len` bytes of `buffer` (all of it if it holds fewer), hashing them on
+    /// the hashing threads while the file write goes on: the bytes read from the socket are
+    /// the bytes hashed and written, with no copy in between.
     ///
     /// Errors: [`StoreError::SizeCapExceeded`] when the chunk would take the data past the cap
     /// (nothing of it is written), [`StoreError::Full`] on ENOSPC or EDQUOT, [`StoreError::Io`].
     /// After an error the upload cannot be finished.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+    pub fn write_buffer(&mut self, buffer: ChunkBuffer, len: usize) -> Result<(), StoreError> {
         if self.failed {
             return Err(self.failed_error());
         }
-        let total = self.bytes_written.saturating_add(data.len() as u64);
+        let len = len.min(buffer.data.len());
+        let total = self.bytes_written.saturating_add(len as u64);
         if total > self.size_cap {
             self.failed = true;
             return Err(StoreError::SizeCapExceeded { cap: self.size_cap });
         }
-        // Handed to the hashing thread first, so hashing this chunk overlaps with writing it.
-        self.hashing.update(data);
-        if let Err(error) = self.file.write_all(data) {
+        let chunk = Arc::new(buffer.data);
+        let data = chunk.get(..len).unwrap_or_default();
+        // Handed to the hashing threads first, so hashing this chunk overlaps with writing it.
+        self.hashing.update(&chunk, len);
+        let written = self.file.write_all(data);
+        self.in_flight.push_back(chunk);
+        if let Err(error) = written {
             self.failed = true;
             return Err(StoreError::from_io(
                 &self.temporary,
@@ -78,6 +110,30 @@ impl Upload {
         self.bytes_written = total;
         if total - self.written_back >= WRITEBACK_WINDOW {
             self.start_writeback();
+        }
+        Ok(())
+    }
+
+    /// Writes `data`, hashing it in the same pass: [`Upload::write_buffer`] for data that is
+    /// already in memory elsewhere (one copy into the upload's buffers).
+    ///
+    /// Errors: as [`Upload::write_buffer`]; past the cap, nothing of `data` is written.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
+        if self.bytes_written.saturating_add(data.len() as u64) > self.size_cap {
+            self.failed = true;
+            return Err(StoreError::SizeCapExceeded { cap: self.size_cap });
+        }
+        for piece in data.chunks(UPLOAD_BUFFER) {
+            let mut buffer = self.buffer();
+            // Every buffer is UPLOAD_BUFFER bytes, so `len` is the whole piece.
+            let len = piece.len().min(buffer.data.len());
+            if let (Some(to), Some(from)) = (buffer.data.get_mut(..len), piece.get(..len)) {
+                to.copy_from_slice(from);
+            }
+            self.write_buffer(buffer, len)?;
         }
         Ok(())
     }
@@ -99,6 +155,12 @@ impl Upload {
             );
         }
         self.written_back = self.bytes_written;
+    }
+
+    /// How many buffers the hashing threads may still hold (for the tests of the bound).
+    #[cfg(test)]
+    pub(super) fn buffers_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Bytes accepted so far.
@@ -203,6 +265,7 @@ impl Upload {
             bytes_written: 0,
             written_back: 0,
             hashing: Hashing::start(hash_kind),
+            in_flight: VecDeque::new(),
             failed: false,
             temporary_exists: true,
         })
@@ -252,13 +315,33 @@ pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
+/// The size of the buffers an upload lends out ([`Upload::buffer`]), so the most one socket
+/// read, one file write and one hashing step take at a time. Large enough that a 1 GiB upload
+/// costs a few thousand of each (fewer system calls and thread wake-ups than 64 KiB chunks),
+/// small enough that the few in flight stay around a megabyte.
+pub const UPLOAD_BUFFER: usize = 256 * 1024;
+
+/// A buffer lent out by [`Upload::buffer`] to read the next chunk into; back to the upload
+/// through [`Upload::write_buffer`].
+#[derive(Debug)]
+pub struct ChunkBuffer {
+    data: Vec<u8>,
+}
+
+impl ChunkBuffer {
+    /// Where to read into: [`UPLOAD_BUFFER`] bytes.
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
 /// How much written data may wait in the page cache before the upload asks the kernel to
 /// write it back (see [`Upload::start_writeback`]).
 const WRITEBACK_WINDOW: u64 = 8 << 20;
 
 /// How many chunks may wait for a hashing thread; the writer blocks when it is this far
 /// ahead of the slower one, so memory stays at a few chunks whatever the image size.
-const HASH_QUEUE_CHUNKS: usize = 4;
+pub(super) const HASH_QUEUE_CHUNKS: usize = 4;
 
 /// md5 (`checksum`) and the configured os_hash of an upload. Each digest costs more CPU per
 /// byte than receiving and writing the data, so each runs on a thread of its own, fed the same
@@ -281,8 +364,9 @@ enum Hashing {
     Done,
 }
 
-/// Where an upload sends its chunks to one hashing thread.
-type ChunkSender = crossbeam_channel::Sender<Arc<[u8]>>;
+/// Where an upload sends its chunks to one hashing thread: a shared buffer and how many of its
+/// bytes are data.
+type ChunkSender = crossbeam_channel::Sender<(Arc<Vec<u8>>, usize)>;
 
 /// Starts a thread that feeds every chunk it receives to `hasher` and returns it at the end.
 fn hashing_thread<H: Send + 'static>(
@@ -290,12 +374,13 @@ fn hashing_thread<H: Send + 'static>(
     mut hasher: H,
     update: fn(&mut H, &[u8]),
 ) -> std::io::Result<(ChunkSender, std::thread::JoinHandle<H>)> {
-    let (sender, receiver) = crossbeam_channel::bounded::<Arc<[u8]>>(HASH_QUEUE_CHUNKS);
+    let (sender, receiver) = crossbeam_channel::bounded(HASH_QUEUE_CHUNKS);
     let thread = std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            for chunk in receiver {
-                update(&mut hasher, &chunk);
+            for (chunk, len) in receiver {
+                let chunk: Arc<Vec<u8>> = chunk;
+                update(&mut hasher, chunk.get(..len).unwrap_or_default());
             }
             hasher
         })?;
@@ -320,18 +405,17 @@ impl Hashing {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    /// Hashes the first `len` bytes of `chunk` (`len` at most its length).
+    fn update(&mut self, chunk: &Arc<Vec<u8>>, len: usize) {
         let sent = match self {
             Hashing::Threaded {
                 chunks: Some(chunks),
                 ..
-            } => {
-                let chunk: Arc<[u8]> = Arc::from(data);
-                chunks
-                    .iter()
-                    .all(|sender| sender.send(Arc::clone(&chunk)).is_ok())
-            }
+            } => chunks
+                .iter()
+                .all(|sender| sender.send((Arc::clone(chunk), len)).is_ok()),
             Hashing::Inline(hashers) => {
+                let data = chunk.get(..len).unwrap_or_default();
                 hashers.0.update(data);
                 hashers.1.update(data);
                 true
