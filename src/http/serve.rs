@@ -14,7 +14,7 @@
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +148,45 @@ impl Read for Request<'_> {
     }
 }
 
+/// Where the child that runs a worker stands, as the worker sees it between two requests. The
+/// acceptor sets it; workers read it for each response.
+#[derive(Debug, Default)]
+pub struct Drain(AtomicU8);
+
+const SERVING: u8 = 0;
+const HANDING_OVER: u8 = 1;
+const CLOSING: u8 = 2;
+
+impl Drain {
+    /// Serving: keep-alive as the request and the options say.
+    pub fn serve(&self) {
+        self.0.store(SERVING, Ordering::SeqCst);
+    }
+
+    /// Draining with somewhere to hand connections over to: responses keep their connection,
+    /// and the worker gives it back to the acceptor after each response instead of waiting for
+    /// the client's next request, so that it moves to the new generation. A client that sends
+    /// its next request as soon as it has read a response would otherwise be served here, one
+    /// request after another, for as long as it keeps that pace, and hold the old child.
+    pub fn hand_over(&self) {
+        self.0.store(HANDING_OVER, Ordering::SeqCst);
+    }
+
+    /// Draining with nowhere to hand connections over to: every response says
+    /// `Connection: close`, unless a next request has already arrived.
+    pub fn close(&self) {
+        self.0.store(CLOSING, Ordering::SeqCst);
+    }
+
+    fn closing(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == CLOSING
+    }
+
+    fn serving(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == SERVING
+    }
+}
+
 /// Serves requests on `connection`, the first one with its `head` as the acceptor parsed it,
 /// until the connection must be parked, closed or dropped.
 pub fn serve(
@@ -155,7 +194,7 @@ pub fn serve(
     head: ArrivedHead,
     handler: &dyn Handler,
     settings: &Settings,
-    draining: &AtomicBool,
+    drain: &Drain,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
     // Through `Connection`, which tracks the socket's mode: the acceptor relies on it to put the
@@ -177,13 +216,18 @@ pub fn serve(
             }
             Err(error) => return reject(connection, &error, settings, budget),
         };
-        match serve_one(connection, head, handler, settings, draining, budget) {
+        match serve_one(connection, head, handler, settings, drain, budget) {
             Disposition::KeepAlive => {}
             other => return other,
         }
         // Pipelined requests: serve what is complete here. A client that sends its next
         // request right after reading a response is waited for briefly, which spares the
         // hand-off to the acceptor and back; anything else waits in the acceptor's epoll set.
+        if connection.buffered().is_empty() && !drain.serving() {
+            // Draining: what the client sends next is for the new generation (or, closing,
+            // it was told `Connection: close`).
+            return Disposition::KeepAlive;
+        }
         if connection.buffered().is_empty()
             && connection.wait_readable(KEEPALIVE_LINGER)
             && connection
@@ -239,7 +283,7 @@ fn serve_one(
     head: RequestHead,
     handler: &dyn Handler,
     settings: &Settings,
-    draining: &AtomicBool,
+    drain: &Drain,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
     let started = Instant::now();
@@ -327,7 +371,7 @@ fn serve_one(
     let keep_alive = settings.keep_alive
         && wants_keep_alive
         && body_clean
-        && (!draining.load(Ordering::SeqCst) || next_request_arrived(connection, settings));
+        && (!drain.closing() || next_request_arrived(connection, settings));
     let options = WriteOptions {
         version,
         keep_alive,

@@ -34,7 +34,7 @@ use crate::api::{Api, CachePipeline};
 use crate::cache::{self, Cache, Prefetcher};
 use crate::config::{Config, HashAlgorithm};
 use crate::http::head::Limits;
-use crate::http::serve::{Handler, Settings};
+use crate::http::serve::{Drain, Handler, Settings};
 use crate::logging;
 use crate::process::start_steps::StartSteps;
 use crate::registry::Registry;
@@ -273,7 +273,7 @@ pub fn run(start: Start) -> i32 {
     ));
     steps.done("cache");
     let handler: Arc<dyn Handler> = api.clone();
-    let draining = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(Drain::default());
     let (returns_tx, returns_rx) = crossbeam_channel::unbounded();
     let waker = match signals.waker() {
         Ok(waker) => waker,
@@ -285,7 +285,7 @@ pub fn run(start: Start) -> i32 {
         config.worker_threads,
         handler,
         settings.clone(),
-        draining.clone(),
+        drain.clone(),
         returns_tx,
         waker,
     ) {
@@ -302,7 +302,7 @@ pub fn run(start: Start) -> i32 {
         signals,
         jobs,
         returns_rx,
-        draining,
+        drain,
         settings,
         AcceptSettings {
             tcp_keepidle: config.tcp_keepidle,

@@ -42,7 +42,6 @@ use std::net::TcpListener;
 // The child's side of the handoff lives in `handoff`; `child.rs` builds it through this path.
 pub use crate::handoff::Handoff;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +53,7 @@ use crate::handoff::{Adoption, Sent, HANDOFF_RETRY_POLL};
 use crate::http::connection::prepare_accepted;
 use crate::http::connection::Connection;
 use crate::http::parked::{Next, Parked, Ready, Wait, Work};
-use crate::http::serve::{Disposition, Settings};
+use crate::http::serve::{Disposition, Drain, Settings};
 use crate::logging;
 use crate::serve::pool::Returned;
 use crate::serve::waiting::{is_connection, Fate, Waiting, WaitingSet};
@@ -103,10 +102,10 @@ pub struct Acceptor {
     pub jobs: Sender<Work>,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
-    /// Set once draining without a handoff target; workers read it to answer with
-    /// `Connection: close`. With a target, responses keep the connection, which then moves to
-    /// the new generation.
-    pub draining: Arc<AtomicBool>,
+    /// Set as the drain begins: closing without a handoff target (workers answer with
+    /// `Connection: close`); handing over with one (responses keep the connection, which the
+    /// worker gives back at once and which then moves to the new generation).
+    pub drain: Arc<Drain>,
     pub settings: Arc<Settings>,
     pub accept: AcceptSettings,
     /// This child's ends of the handoff machinery (see `handoff`).
@@ -144,7 +143,7 @@ impl Acceptor {
         signals: SignalWatch<ChildRequest>,
         jobs: Sender<Work>,
         returns: Receiver<Returned>,
-        draining: Arc<AtomicBool>,
+        drain: Arc<Drain>,
         settings: Arc<Settings>,
         accept: AcceptSettings,
         handoff: Handoff,
@@ -158,7 +157,7 @@ impl Acceptor {
             signals,
             jobs,
             returns,
-            draining,
+            drain,
             settings,
             accept,
             handoff,
@@ -490,8 +489,10 @@ impl Acceptor {
         self.drain_started = true;
         // The master sends the new generation's channel before its SIGHUP, so it is queued.
         self.read_control();
-        if !self.handoff.has_target() {
-            self.draining.store(true, Ordering::SeqCst);
+        if self.handoff.has_target() {
+            self.drain.hand_over();
+        } else {
+            self.drain.close();
         }
         // A last sweep of the backlog: connections the kernel completed before now are ours
         // to serve (with Connection: close). When a reload moved the listen address, nobody
@@ -563,7 +564,7 @@ impl Acceptor {
     /// reload that fails part-way sends a draining child such a target (back to its own
     /// generation's serving children).
     fn on_new_target(&mut self) {
-        self.draining.store(false, Ordering::SeqCst);
+        self.drain.hand_over();
         for index in self.waiting.retrying() {
             if let Some(waiting) = self.waiting.get_mut(index) {
                 // The retry bound was for the previous target's channel.
@@ -873,7 +874,7 @@ mod tests {
             SignalWatch::register(|_| None).unwrap(),
             jobs,
             returns,
-            Arc::new(AtomicBool::new(false)),
+            Arc::new(Drain::default()),
             Arc::new(settings(Duration::from_secs(60))),
             AcceptSettings {
                 tcp_keepidle: Duration::from_secs(60),

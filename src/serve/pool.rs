@@ -17,7 +17,6 @@
 //! workers already running. A worker that cannot be started there is logged, and the child
 //! serves with those it has.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -26,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::http::connection::Connection;
 use crate::http::parked::{Ready, Resume, Work};
 use crate::http::sending::{SendBudget, BUDGET_PER_WORKER};
-use crate::http::serve::{self, Disposition, Handler, Settings};
+use crate::http::serve::{self, Disposition, Drain, Handler, Settings};
 use crate::signals::Waker;
 
 /// A connection coming back from a worker.
@@ -49,7 +48,7 @@ impl Pool {
         n_threads: usize,
         handler: Arc<dyn Handler>,
         settings: Arc<Settings>,
-        draining: Arc<AtomicBool>,
+        drain: Arc<Drain>,
         returns: Sender<Returned>,
         waker: Waker,
     ) -> std::io::Result<(Pool, Sender<Work>)> {
@@ -61,7 +60,7 @@ impl Pool {
             returns,
             handler,
             settings,
-            draining,
+            drain,
             waker,
             budget,
         };
@@ -105,7 +104,7 @@ struct Worker {
     returns: Sender<Returned>,
     handler: Arc<dyn Handler>,
     settings: Arc<Settings>,
-    draining: Arc<AtomicBool>,
+    drain: Arc<Drain>,
     waker: Waker,
     budget: Arc<SendBudget>,
 }
@@ -129,7 +128,7 @@ impl Worker {
                         head,
                         &*self.handler,
                         &self.settings,
-                        &self.draining,
+                        &self.drain,
                         &self.budget,
                     );
                     (connection, disposition)
