@@ -2789,12 +2789,13 @@ fn killed_uploading_child_leaves_the_image_queued_and_no_temporary_file() {
         &[],
         "after the uploader was killed",
     );
-    let log = server.log();
+    // Each line is written just after the repair it reports (by the new child's maintenance
+    // thread, beside its first requests), so it is waited for.
     for line in [
         format!("image {id} was left in saving by a process that died; it is queued again"),
         format!("{temporary}, left by an upload whose process died"),
     ] {
-        assert!(log.contains(&line), "the log lacks {line:?}\n{log}");
+        server.wait_for_log(&line, DEADLINE);
     }
     glance.upload_ok(&id, &bytes);
     assert_active_with(

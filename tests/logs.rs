@@ -493,11 +493,13 @@ fn an_unknown_syslog_facility_is_a_config_error() {
 fn each_child_logs_what_its_start_cost_step_by_step() {
     let server = Server::start("");
     server.reload_succeeds();
+    // A child writes the line just after its ready report, so the reload may be done first.
+    const LINE: &str = ": serving with 4 worker thread(s); ready ";
+    util::wait_until("the four children's start lines", DEADLINE, || {
+        count(&server.log(), LINE) >= 4
+    });
     let log = server.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|line| line.contains(": serving with 4 worker thread(s); ready "))
-        .collect();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(LINE)).collect();
     assert_eq!(
         lines.len(),
         4,

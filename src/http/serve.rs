@@ -182,8 +182,8 @@ impl Drain {
         self.0.load(Ordering::SeqCst) == CLOSING
     }
 
-    fn serving(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == SERVING
+    fn handing_over(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == HANDING_OVER
     }
 }
 
@@ -223,9 +223,10 @@ pub fn serve(
         // Pipelined requests: serve what is complete here. A client that sends its next
         // request right after reading a response is waited for briefly, which spares the
         // hand-off to the acceptor and back; anything else waits in the acceptor's epoll set.
-        if connection.buffered().is_empty() && !drain.serving() {
-            // Draining: what the client sends next is for the new generation (or, closing,
-            // it was told `Connection: close`).
+        if connection.buffered().is_empty() && drain.handing_over() {
+            // What the client sends next is for the new generation. (Closing, the worker still
+            // waits briefly: a request that comes in that instant is answered here, with
+            // `Connection: close`, rather than meeting our FIN.)
             return Disposition::KeepAlive;
         }
         if connection.buffered().is_empty()

@@ -26,7 +26,7 @@
 //! what it has: connections whose first request has not fully arrived still get it served,
 //! bounded by the header timeout; requests in flight finish with `Connection: close`; idle
 //! keep-alive connections are closed FIN-first. When nothing is left it returns, and the child
-//! joins its workers and exits 0.
+//! joins its other threads (not the idle workers: `Pool::release`) and exits 0.
 //!
 //! With a handoff target (`reload_handoff`), connections waiting for a request are handed to
 //! the new generation instead of closed, and requests in flight keep their connection so that
