@@ -501,6 +501,19 @@ enum Reply {
     Stall,
 }
 
+/// A reply with `data` whole, framed by Content-Length.
+fn whole(data: Vec<u8>) -> Reply {
+    Reply::Data {
+        data,
+        chunked: false,
+    }
+}
+
+/// The `[import_filtering_opts]` section that lets web-download reach `web`'s port.
+fn allowing(web: &WebServer) -> String {
+    format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port)
+}
+
 /// An HTTP/1.1 server on a real socket of 127.0.0.1, one thread per connection, answering each
 /// path as its table says (404 for the others). It counts the requests it got.
 struct WebServer {
@@ -658,19 +671,10 @@ fn web_download_of_a_served_qcow2_turns_the_image_active() {
     // The URI redirects (relative Location) to the data, on the same allowed port.
     let web = WebServer::start(vec![
         ("/old", Reply::Redirect("/images/disk.qcow2".to_string())),
-        (
-            "/images/disk.qcow2",
-            Reply::Data {
-                data: data.clone(),
-                chunked: false,
-            },
-        ),
+        ("/images/disk.qcow2", whole(data.clone())),
     ]);
     let staging = tempfile::tempdir().unwrap();
-    let server = start(
-        staging.path(),
-        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
-    );
+    let server = start(staging.path(), &allowing(&web));
     let info: Value =
         serde_json::from_slice(&get(server.addr(), "/v2/info/import").unwrap().body).unwrap();
     assert_eq!(
@@ -699,13 +703,7 @@ fn web_download_of_a_served_qcow2_turns_the_image_active() {
 
 #[test]
 fn web_download_refused_by_the_default_ports_is_a_400_and_the_image_stays_queued() {
-    let web = WebServer::start(vec![(
-        "/disk.raw",
-        Reply::Data {
-            data: vec![1; 4096],
-            chunked: false,
-        },
-    )]);
+    let web = WebServer::start(vec![("/disk.raw", whole(vec![1; 4096]))]);
     let staging = tempfile::tempdir().unwrap();
     let server = start(staging.path(), "");
     let id = create(&server, "raw");
@@ -768,22 +766,13 @@ fn web_download_refused_by_the_default_ports_is_a_400_and_the_image_stays_queued
 
 #[test]
 fn a_redirect_to_a_disallowed_port_fails_the_import_and_is_never_followed() {
-    let target = WebServer::start(vec![(
-        "/disk.raw",
-        Reply::Data {
-            data: vec![1; 4096],
-            chunked: false,
-        },
-    )]);
+    let target = WebServer::start(vec![("/disk.raw", whole(vec![1; 4096]))]);
     let web = WebServer::start(vec![(
         "/disk.raw",
         Reply::Redirect(target.url("/disk.raw")),
     )]);
     let staging = tempfile::tempdir().unwrap();
-    let server = start(
-        staging.path(),
-        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
-    );
+    let server = start(staging.path(), &allowing(&web));
     let id = create(&server, "raw");
     let started = import(&server, &id, &web_download(&web.url("/disk.raw")));
     assert_eq!(started.status, 202, "{}", started.text());
@@ -800,10 +789,7 @@ fn a_redirect_to_a_disallowed_port_fails_the_import_and_is_never_followed() {
 fn a_web_download_answered_404_fails_the_import() {
     let web = WebServer::start(vec![]);
     let staging = tempfile::tempdir().unwrap();
-    let server = start(
-        staging.path(),
-        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
-    );
+    let server = start(staging.path(), &allowing(&web));
     let id = create(&server, "raw");
     let started = import(&server, &id, &web_download(&web.url("/missing.raw")));
     assert_eq!(started.status, 202, "{}", started.text());
@@ -816,13 +802,7 @@ fn a_web_download_answered_404_fails_the_import() {
 fn a_web_download_over_image_size_cap_fails_the_import() {
     let data = vec![7u8; 5000];
     let web = WebServer::start(vec![
-        (
-            "/announced.raw",
-            Reply::Data {
-                data: data.clone(),
-                chunked: false,
-            },
-        ),
+        ("/announced.raw", whole(data.clone())),
         (
             "/chunked.raw",
             Reply::Data {
@@ -988,18 +968,9 @@ fn an_https_download_from_an_untrusted_certificate_fails_the_import() {
 fn a_web_download_whose_child_dies_after_the_download_goes_back_to_queued() {
     // Large enough that storing it after the download takes a while (two digests, the write).
     let data: Vec<u8> = (0..(96usize << 20)).map(|i| (i % 251) as u8 + 1).collect();
-    let web = WebServer::start(vec![(
-        "/disk.raw",
-        Reply::Data {
-            data: data.clone(),
-            chunked: false,
-        },
-    )]);
+    let web = WebServer::start(vec![("/disk.raw", whole(data.clone()))]);
     let staging = tempfile::tempdir().unwrap();
-    let server = start(
-        staging.path(),
-        &format!("[import_filtering_opts]\nallowed_ports = [{}]\n", web.port),
-    );
+    let server = start(staging.path(), &allowing(&web));
     let id = create(&server, "raw");
     let started = import(&server, &id, &web_download(&web.url("/disk.raw")));
     assert_eq!(started.status, 202, "{}", started.text());
