@@ -30,7 +30,7 @@ fn main() {
         .config;
     let datadir = dir.path().join("images");
     std::fs::create_dir_all(&datadir).expect("data directory");
-    let registry = Arc::new(Registry::open(&config.database_path).expect("registry"));
+    let registry = Arc::new(Registry::open(&config.database).expect("registry"));
     for index in 0..images {
         let mut image = Image::new(uuid::Uuid::new_v4().to_string());
         image.status = ImageStatus::Active;

@@ -78,7 +78,10 @@ fn rfc3339(seconds: i64) -> String {
 fn populate(args: &[String]) -> Result<(), String> {
     let db = option(args, "--db").ok_or("--db is required")?;
     let images = number(args, "--images", None)?;
-    drop(Registry::open(std::path::Path::new(db)).map_err(|error| error.to_string())?);
+    drop(
+        Registry::open(&glint::registry::Database::Sqlite(db.into()))
+            .map_err(|error| error.to_string())?,
+    );
     let mut connection = rusqlite::Connection::open(db).map_err(|error| error.to_string())?;
     let transaction = connection.transaction().map_err(|e| e.to_string())?;
     {
@@ -212,7 +215,10 @@ fn measure(args: &[String]) -> Result<(), String> {
     let warmup = number(args, "--warmup", Some(100))?;
     let url = option(args, "--url");
     let registry = match option(args, "--db") {
-        Some(db) => Some(Registry::open(std::path::Path::new(db)).map_err(|e| e.to_string())?),
+        Some(db) => Some(
+            Registry::open(&glint::registry::Database::Sqlite(db.into()))
+                .map_err(|e| e.to_string())?,
+        ),
         None => None,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();

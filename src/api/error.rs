@@ -214,11 +214,10 @@ mod tests {
         // rusqlite's message already ends with its cause's, which is also its source.
         let error = RegistryError::Sql {
             context: "read image x".to_string(),
-            source: rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                Box::new(unknown),
-            ),
+            source: crate::registry::sql::SqlError::Conversion {
+                column: 2,
+                source: Box::new(unknown),
+            },
         };
         let text = with_causes(&error);
         assert!(

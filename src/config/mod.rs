@@ -53,6 +53,7 @@ pub mod syslog_facility;
 mod tests;
 mod tokens;
 
+use crate::registry::Database;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
@@ -163,8 +164,9 @@ pub struct Config {
     /// `[glance_store] filesystem_store_file_perm`: the mode of new image files, never 0 (a 0
     /// in the file gives [`DEFAULT_FILE_PERM`]) and always readable by the owner.
     pub filesystem_store_file_perm: u32,
-    /// `[database] connection`: absolute path of the SQLite file holding image metadata.
-    pub database_path: PathBuf,
+    /// `[database] connection`: the SQLite file (an absolute path) or the PostgreSQL database
+    /// holding image metadata.
+    pub database: Database,
     /// `[paste_deploy] flavor`: the request pipeline, with or without the image cache.
     pub flavor: Flavor,
     /// `[image_cache] image_cache_dir`: absolute folder of the image cache.
@@ -1195,7 +1197,7 @@ struct Draft {
     /// Every `filesystem_store_datadirs` value that parsed, in file order, duplicates included.
     datadirs: Vec<DataDir>,
     filesystem_store_file_perm: u32,
-    database_path: PathBuf,
+    database: Database,
     flavor: Flavor,
     image_cache_dir: PathBuf,
     image_cache_max_size: u64,
@@ -1245,12 +1247,16 @@ impl Draft {
         });
 
         // Two of these sharing a file would overwrite each other's content.
+        let database_file = match &self.database {
+            Database::Sqlite(path) => Some(path.clone()),
+            Database::Postgres(_) => None,
+        };
         let files = [
             ("DEFAULT", "pid_file", Some(&self.pid_file)),
             ("DEFAULT", "status_file", Some(&status_file)),
             ("DEFAULT", "log_file", log_file.as_ref()),
             ("DEFAULT", "access_log_file", access_log_file.as_ref()),
-            ("database", "connection", Some(&self.database_path)),
+            ("database", "connection", database_file.as_ref()),
         ];
         for (index, (section, name, path)) in files.iter().enumerate() {
             for (earlier_section, earlier_name, earlier_path) in &files[..index] {
@@ -1390,7 +1396,7 @@ impl Draft {
             api_limit_max: self.api_limit_max,
             datadirs,
             filesystem_store_file_perm: self.filesystem_store_file_perm,
-            database_path: self.database_path,
+            database: self.database,
             flavor: self.flavor,
             image_cache_dir: self.image_cache_dir,
             image_cache_max_size: self.image_cache_max_size,

@@ -10,6 +10,7 @@
 //! typed [`Value`] or into the sentence that says what is wrong with it. Names and defaults follow
 //! glance-api.conf (oslo.config) wherever Glance has the option, so an operator's file loads.
 
+use crate::registry::Database;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
@@ -80,7 +81,7 @@ pub enum Kind {
     /// glance_store's `stores`: a comma list that must name `file`; other stores draw a warning.
     StoreList,
     /// An SQLAlchemy SQLite URL, `sqlite:///RELATIVE/PATH` or `sqlite:////ABSOLUTE/PATH`.
-    SqliteUrl,
+    DatabaseUrl,
     /// `[paste_deploy] flavor`: one of [`FLAVOR_NAMES`], alone or after `keystone+`, or
     /// `keystone` alone.
     Flavor,
@@ -121,6 +122,7 @@ pub(super) enum Value {
     Seconds(Option<Duration>),
     Host(String),
     Path(Option<PathBuf>),
+    Database(Database),
     Url(Option<String>),
     /// The accepted spelling, from the kind's list.
     Choice(&'static str),
@@ -892,16 +894,19 @@ pub static OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         section: "database",
         name: "connection",
-        kind: Kind::SqliteUrl,
+        kind: Kind::DatabaseUrl,
         default: DefaultValue::Text("sqlite:////var/lib/glint/glint.sqlite"),
         on_reload: RELOAD_DATABASE,
-        doc: "SQLite file holding image metadata: `sqlite:///RELATIVE/PATH` (relative to the config folder) or `sqlite:////ABSOLUTE/PATH`. Other databases are refused.",
+        doc: "Database holding image metadata: a SQLite file, `sqlite:///RELATIVE/PATH` (relative to the config folder) or `sqlite:////ABSOLUTE/PATH`, for one node; or PostgreSQL, `postgresql://USER:PASSWORD@HOST:PORT/DATABASE` (also Glance's `postgresql+psycopg2://` form; libpq's `?name=value` parameters allowed), shared by several nodes (docs/SCALE-OUT.md). Other databases are refused. The password is never shown.",
         apply: |draft, value| {
-            if let Value::Path(Some(path)) = value {
-                draft.database_path = path;
+            if let Value::Database(database) = value {
+                draft.database = database;
             }
         },
-        show: |config| vec![format!("sqlite:///{}", config.database_path.display())],
+        show: |config| match &config.database {
+            Database::Sqlite(path) => vec![format!("sqlite:///{}", path.display())],
+            Database::Postgres(uri) => vec![crate::registry::sql::redact_password(uri)],
+        },
     },
     OptionSpec {
         section: "paste_deploy",
@@ -1787,10 +1792,16 @@ pub(super) fn parse(kind: &Kind, text: &str, config_folder: &Path) -> Result<Par
         Kind::List => parse_list(text).map(|items| plain(Value::List(items))),
         Kind::SyslogFacility => parse_syslog_facility(text).map(|name| plain(Value::Choice(name))),
         Kind::AuthStrategy => parse_auth_strategy(text).map(|name| plain(Value::Choice(name))),
-        Kind::SqliteUrl => {
-            let path = parse_sqlite_url(text)?;
-            Ok(plain(Value::Path(Some(resolve(config_folder, &path)))))
-        }
+        Kind::DatabaseUrl => match parse_postgres_url(text) {
+            Some(uri) => uri.map(|uri| plain(Value::Database(Database::Postgres(uri)))),
+            None => {
+                let path = parse_sqlite_url(text)?;
+                Ok(plain(Value::Database(Database::Sqlite(resolve(
+                    config_folder,
+                    &path,
+                )))))
+            }
+        },
     }
 }
 
@@ -1860,7 +1871,9 @@ impl Kind {
             Kind::DataDirs => "`PATH:PRIORITY`, repeatable: a folder and an integer".to_string(),
             Kind::FileMode => "octal file mode, 0 to 0777".to_string(),
             Kind::StoreList => "comma-separated store names, including `file`".to_string(),
-            Kind::SqliteUrl => "`sqlite:///` URL of a file".to_string(),
+            Kind::DatabaseUrl => {
+                "`sqlite:///` URL of a file, or `postgresql://` URL of a database".to_string()
+            }
             Kind::Flavor => {
                 let named: Vec<String> = FLAVOR_NAMES
                     .iter()
@@ -2249,9 +2262,34 @@ fn parse_list(text: &str) -> Result<Vec<String>, String> {
 
 /// SQLAlchemy's SQLite URLs: `sqlite:///` then the path, so a fourth slash makes it absolute.
 /// Messages never repeat a URL that is not SQLite's: it may hold a password.
+/// A PostgreSQL URL as libpq takes it (`postgresql://`), or why it is refused; None if `text`
+/// does not name PostgreSQL. SQLAlchemy's driver suffix (`postgresql+psycopg2://`, as Glance
+/// files have it) is dropped: libpq is the driver.
+fn parse_postgres_url(text: &str) -> Option<Result<String, String>> {
+    let (scheme, rest) = text.split_once("://")?;
+    let engine = scheme.split_once('+').map_or(scheme, |(engine, _)| engine);
+    if !(engine.eq_ignore_ascii_case("postgresql") || engine.eq_ignore_ascii_case("postgres")) {
+        return None;
+    }
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some(Err(
+            "has spaces or control characters; percent-encode them (%20)".to_string(),
+        ));
+    }
+    let database = rest
+        .split_once('/')
+        .map_or("", |(_, path)| path.split('?').next().unwrap_or(""));
+    if database.is_empty() {
+        return Some(Err(format!(
+            "names no database; use {engine}://USER:PASSWORD@HOST:PORT/DATABASE"
+        )));
+    }
+    Some(Ok(format!("postgresql://{rest}")))
+}
+
 fn parse_sqlite_url(text: &str) -> Result<PathBuf, String> {
     const HOW: &str = "use sqlite:///RELATIVE/PATH (relative to the config folder) or \
-                       sqlite:////ABSOLUTE/PATH";
+                       sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE";
     let scheme = text.split_once(':').map_or("", |(scheme, _)| scheme);
     if !scheme.eq_ignore_ascii_case("sqlite") {
         let named = if scheme.is_empty() || scheme.contains(char::is_whitespace) {
@@ -2260,7 +2298,7 @@ fn parse_sqlite_url(text: &str) -> Result<PathBuf, String> {
             format!("names a `{scheme}` database")
         };
         return Err(format!(
-            "{named}; glint keeps its metadata in SQLite; {HOW}"
+            "{named}; glint keeps its metadata in SQLite or PostgreSQL; {HOW}"
         ));
     }
     let rest = &text[scheme.len() + 1..];

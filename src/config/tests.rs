@@ -96,8 +96,8 @@ fn empty_file_gives_the_documented_defaults() {
         );
         assert_eq!(config.filesystem_store_file_perm, 0o640);
         assert_eq!(
-            config.database_path,
-            PathBuf::from("/var/lib/glint/glint.sqlite")
+            config.database,
+            Database::Sqlite(PathBuf::from("/var/lib/glint/glint.sqlite"))
         );
         assert_eq!(config.flavor, Flavor::Plain);
         assert_eq!(
@@ -353,6 +353,17 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "sqlite:////etc/glint/db/../g.db",
     ),
     ("connection", "SQLite:////srv/g.db", "sqlite:////srv/g.db"),
+    // PostgreSQL, shown without its password; SQLAlchemy's driver suffix dropped.
+    (
+        "connection",
+        "postgresql+psycopg2://glance:s3cret@db.example.com:5433/glance",
+        "postgresql://glance:***@db.example.com:5433/glance",
+    ),
+    (
+        "connection",
+        "postgres://glance@127.0.0.2/glance?sslmode=disable",
+        "postgresql://glance@127.0.0.2/glance?sslmode=disable",
+    ),
     ("flavor", "", ""),
     ("flavor", "caching", "caching"),
     ("flavor", "CacheManagement", "cachemanagement"),
@@ -606,15 +617,17 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("stores", "swift, rbd", "`swift, rbd` does not include file; glint stores images on the filesystem: add file to the list"),
     ("stores", "", "`` does not include file; glint stores images on the filesystem: add file to the list"),
     ("stores", "files", "`files` does not include file; glint stores images on the filesystem: add file to the list"),
-    ("connection", "mysql+pymysql://glance:secret@db.example.com/glance", "names a `mysql+pymysql` database; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "postgresql://glance@db/glance", "names a `postgresql` database; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "/var/lib/glint/glint.sqlite", "is not a database URL; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "", "is not a database URL; glint keeps its metadata in SQLite; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "sqlite://", "`sqlite://` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "sqlite:///", "`sqlite:///` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "sqlite:///:memory:", "`sqlite:///:memory:` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "sqlite://host/glint.sqlite", "`sqlite://host/glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
-    ("connection", "sqlite:glint.sqlite", "`sqlite:glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH"),
+    ("connection", "mysql+pymysql://glance:secret@db.example.com/glance", "names a `mysql+pymysql` database; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "postgresql://glance@db", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "postgresql+psycopg2://glance:pw@db/", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "postgresql://glance:p w@db/glance", "has spaces or control characters; percent-encode them (%20)"),
+    ("connection", "/var/lib/glint/glint.sqlite", "is not a database URL; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "", "is not a database URL; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "sqlite://", "`sqlite://` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "sqlite:///", "`sqlite:///` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "sqlite:///:memory:", "`sqlite:///:memory:` is an in-memory database, which loses every image at restart; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "sqlite://host/glint.sqlite", "`sqlite://host/glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("connection", "sqlite:glint.sqlite", "`sqlite:glint.sqlite` is not a SQLite file URL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("connection", "sqlite:///glint.sqlite?timeout=5", "`sqlite:///glint.sqlite?timeout=5` has query parameters, which glint does not support; remove the `?` and what follows"),
     ("connection", "sqlite:////var/lib/glint/", "`/var/lib/glint/` names a folder; give the path of a file"),
     ("flavor", "cache", "`cache` is not a pipeline flavor glint has; use one of \"\" (empty, no cache), caching, cachemanagement, or keystone, keystone+caching, keystone+cachemanagement for the same with Keystone tokens"),
@@ -985,7 +998,7 @@ fn database_errors_never_repeat_a_foreign_url() {
     assert!(
         error
             .to_string()
-            .contains("glint keeps its metadata in SQLite; use sqlite:///"),
+            .contains("glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///"),
         "{error}"
     );
 }
@@ -1030,8 +1043,8 @@ filesystem_store_file_perm = 0640
         ]
     );
     assert_eq!(
-        loaded.config.database_path,
-        PathBuf::from("/etc/glint/glint.sqlite")
+        loaded.config.database,
+        Database::Sqlite(PathBuf::from("/etc/glint/glint.sqlite"))
     );
 }
 

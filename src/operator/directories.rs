@@ -18,6 +18,7 @@
 //! This module reads the filesystem and changes nothing; it does not check the files in the
 //! directories (a database file owned by another user, say): the server's start does.
 
+use crate::registry::Database;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -68,9 +69,9 @@ pub fn named_directories(config: &Config) -> Vec<(String, PathBuf)> {
             }
         }
     }
-    named.extend(
-        folder_of(&config.database_path).map(|dir| ("[database] connection".to_string(), dir)),
-    );
+    if let Database::Sqlite(path) = &config.database {
+        named.extend(folder_of(path).map(|dir| ("[database] connection".to_string(), dir)));
+    }
     if !config.import_methods.is_empty() {
         named.push((
             "[DEFAULT] node_staging_uri".to_string(),

@@ -195,13 +195,14 @@ pub fn run(start: Start) -> i32 {
     };
     // Each child opens its own database connections and store after fork: a SQLite connection
     // must never cross a fork.
-    let registry = match Registry::open(&config.database_path) {
+    let registry = match Registry::open(&config.database) {
         Ok(registry) => Arc::new(registry),
         Err(error) => {
             return ready.failed(&format!(
-                "cannot open the image database {}: {error}; fix [database] connection, or \
+                "cannot open the image database {}: {}; fix [database] connection, or \
                  what holds the database",
-                config.database_path.display()
+                config.database.display(),
+                crate::api::error::with_causes(&error)
             ));
         }
     };

@@ -991,10 +991,11 @@ fn check_storage(config: &Config) -> Result<(), String> {
             )
         })?;
     }
-    crate::registry::Registry::open(&config.database_path).map_err(|error| {
+    crate::registry::Registry::open(&config.database).map_err(|error| {
         format!(
-            "cannot open the image database {}: {error}; fix [database] connection",
-            config.database_path.display()
+            "cannot open the image database {}: {}; fix [database] connection",
+            config.database.display(),
+            crate::api::error::with_causes(&error)
         )
     })?;
     Ok(())

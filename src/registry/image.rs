@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-
+use super::sql::{params, Connection, Row, SqlError, ToSql};
 use super::{ImageStatus, RegistryError};
 use crate::timestamp;
 
@@ -116,7 +115,7 @@ pub(super) const COLUMNS: &str = "images.id, images.name, images.status, images.
 ///
 /// A status word this binary does not know fails the read with a conversion error carrying
 /// [`super::UnknownImageStatus`] (see that type for why it is not mapped to a variant).
-pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
+pub(super) fn from_row(row: &Row<'_>) -> Result<Image, SqlError> {
     Ok(Image {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -148,28 +147,31 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Image> {
 ///
 /// One indexed lookup per table and image: SQLite runs in-process, so a page of a thousand
 /// images costs a few milliseconds, and the statements are cached per connection.
-pub(super) fn load_details(connection: &Connection, image: &mut Image) -> rusqlite::Result<()> {
-    let mut tags =
-        connection.prepare_cached("SELECT tag FROM image_tags WHERE image_id = ?1 ORDER BY tag")?;
-    image.tags = tags
-        .query_map([&image.id], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut properties = connection
-        .prepare_cached("SELECT name, value FROM image_properties WHERE image_id = ?1")?;
-    image.properties = properties
-        .query_map([&image.id], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut locations = connection.prepare_cached(
-        "SELECT store, path FROM image_locations WHERE image_id = ?1 ORDER BY position",
+pub(super) fn load_details(connection: &Connection, image: &mut Image) -> Result<(), SqlError> {
+    let id = params![image.id];
+    image.tags = connection.query_map(
+        "SELECT tag FROM image_tags WHERE image_id = ?1 ORDER BY tag",
+        id,
+        |row| row.get(0),
     )?;
-    image.locations = locations
-        .query_map([&image.id], |row| {
+    image.properties = connection
+        .query_map(
+            "SELECT name, value FROM image_properties WHERE image_id = ?1",
+            id,
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
+        .into_iter()
+        .collect();
+    image.locations = connection.query_map(
+        "SELECT store, path FROM image_locations WHERE image_id = ?1 ORDER BY position",
+        id,
+        |row| {
             Ok(Location {
                 store: row.get(0)?,
                 path: row.get(1)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        },
+    )?;
     Ok(())
 }
 
@@ -181,8 +183,7 @@ pub(super) fn select_live(
     let context = || format!("read image {id}");
     let sql = format!("SELECT {COLUMNS} FROM images WHERE images.id = ?1 AND images.deleted = 0");
     let found = connection
-        .prepare_cached(&sql)
-        .and_then(|mut statement| statement.query_row([id], from_row).optional())
+        .query_opt(&sql, params![id], from_row)
         .map_err(RegistryError::sql(context()))?;
     let Some(mut image) = found else {
         return Ok(None);
@@ -194,16 +195,17 @@ pub(super) fn select_live(
 /// Whether a row with this id exists, deleted or not.
 pub(super) fn id_taken(connection: &Connection, id: &str) -> Result<bool, RegistryError> {
     connection
-        .prepare_cached("SELECT 1 FROM images WHERE id = ?1")
-        .and_then(|mut statement| statement.exists([id]))
+        .exists("SELECT 1 FROM images WHERE id = ?1", params![id])
         .map_err(RegistryError::sql(format!("look up image id {id}")))
 }
 
 /// Whether a row with this id exists and is not deleted.
 pub(super) fn is_live(connection: &Connection, id: &str) -> Result<bool, RegistryError> {
     connection
-        .prepare_cached("SELECT 1 FROM images WHERE id = ?1 AND deleted = 0")
-        .and_then(|mut statement| statement.exists([id]))
+        .exists(
+            "SELECT 1 FROM images WHERE id = ?1 AND deleted = 0",
+            params![id],
+        )
         .map_err(RegistryError::sql(format!("look up image {id}")))
 }
 
@@ -215,15 +217,15 @@ pub(super) fn insert(
     order: i64,
 ) -> Result<(), RegistryError> {
     connection
-        .prepare_cached(
+        .execute(
             "INSERT INTO images (id, name, status, visibility, protected, os_hidden, checksum, \
              os_hash_algo, os_hash_value, owner, size, virtual_size, container_format, \
              disk_format, min_ram, min_disk, created_at, updated_at, location, upload_owner, \
              created_order, updated_order) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
              ?17, ?18, ?19, ?20, ?21, ?21)",
+            &row_parameters(image, &order),
         )
-        .and_then(|mut statement| statement.execute(&row_parameters(image, &order)[..]))
         .map_err(RegistryError::sql(format!("insert image {}", image.id)))?;
     write_details(connection, image)
 }
@@ -231,7 +233,7 @@ pub(super) fn insert(
 /// The row's columns as ?1..?21 for both `insert` and `write`: every field in column order,
 /// then the hidden order key (`created_order` and `updated_order` for an insert, `updated_order`
 /// for an update).
-fn row_parameters<'a>(image: &'a Image, order: &'a i64) -> [&'a dyn rusqlite::ToSql; 21] {
+fn row_parameters<'a>(image: &'a Image, order: &'a i64) -> [&'a dyn ToSql; 21] {
     [
         &image.id,
         &image.name,
@@ -265,15 +267,15 @@ pub(super) fn write(
     updated_order: i64,
 ) -> Result<(), RegistryError> {
     connection
-        .prepare_cached(
+        .execute(
             "UPDATE images SET name = ?2, status = ?3, visibility = ?4, protected = ?5, \
              os_hidden = ?6, checksum = ?7, os_hash_algo = ?8, os_hash_value = ?9, owner = ?10, \
              size = ?11, virtual_size = ?12, container_format = ?13, disk_format = ?14, \
              min_ram = ?15, min_disk = ?16, created_at = ?17, updated_at = ?18, \
              location = ?19, upload_owner = ?20, updated_order = ?21 \
              WHERE id = ?1",
+            &row_parameters(image, &updated_order),
         )
-        .and_then(|mut statement| statement.execute(&row_parameters(image, &updated_order)[..]))
         .map_err(RegistryError::sql(format!("update image {}", image.id)))?;
     delete_details(connection, &image.id)?;
     write_details(connection, image)
@@ -288,13 +290,11 @@ pub(super) fn mark_deleted(
     now_order: i64,
 ) -> Result<(), RegistryError> {
     connection
-        .prepare_cached(
+        .execute(
             "UPDATE images SET deleted = 1, status = ?4, deleted_at = ?2, \
              updated_at = ?2, updated_order = ?3 WHERE id = ?1",
+            params![id, now, now_order, ImageStatus::Deleted],
         )
-        .and_then(|mut statement| {
-            statement.execute(params![id, now, now_order, ImageStatus::Deleted])
-        })
         .map_err(RegistryError::sql(format!("mark image {id} deleted")))?;
     delete_details(connection, id)?;
     super::member::delete_all(connection, id, now)
@@ -308,8 +308,7 @@ fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError
         "DELETE FROM image_locations WHERE image_id = ?1",
     ] {
         connection
-            .prepare_cached(sql)
-            .and_then(|mut statement| statement.execute([id]))
+            .execute(sql, params![id])
             .map_err(RegistryError::sql(context()))?;
     }
     Ok(())
@@ -317,40 +316,33 @@ fn delete_details(connection: &Connection, id: &str) -> Result<(), RegistryError
 
 fn write_details(connection: &Connection, image: &Image) -> Result<(), RegistryError> {
     let context = || format!("write the tags and properties of image {}", image.id);
-    let mut tags = connection
-        // The tag row carries the image's creation keys for the tag walk of a list (migration
-        // 5); the image row is written first, so they are read from it.
-        .prepare_cached(
-            "INSERT OR IGNORE INTO image_tags (image_id, tag, created_at, created_order) \
-             SELECT id, ?2, created_at, created_order FROM images WHERE id = ?1",
-        )
-        .map_err(RegistryError::sql(context()))?;
     for tag in &image.tags {
-        tags.execute(params![image.id, tag])
+        connection
+            // The tag row carries the image's creation keys for the tag walk of a list
+            // (migration 5); the image row is written first, so they are read from it.
+            .execute(
+                "INSERT INTO image_tags (image_id, tag, created_at, created_order) \
+                 SELECT id, ?2, created_at, created_order FROM images WHERE id = ?1 \
+                 ON CONFLICT DO NOTHING",
+                params![image.id, tag],
+            )
             .map_err(RegistryError::sql(context()))?;
     }
-    let mut properties = connection
-        .prepare_cached("INSERT INTO image_properties (image_id, name, value) VALUES (?1, ?2, ?3)")
-        .map_err(RegistryError::sql(context()))?;
     for (name, value) in &image.properties {
-        properties
-            .execute(params![image.id, name, value])
+        connection
+            .execute(
+                "INSERT INTO image_properties (image_id, name, value) VALUES (?1, ?2, ?3)",
+                params![image.id, name, value],
+            )
             .map_err(RegistryError::sql(context()))?;
     }
-    let mut locations = connection
-        .prepare_cached(
-            "INSERT INTO image_locations (image_id, position, store, path) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(RegistryError::sql(context()))?;
     for (position, location) in image.locations.iter().enumerate() {
-        locations
-            .execute(params![
-                image.id,
-                position as i64,
-                location.store,
-                location.path
-            ])
+        connection
+            .execute(
+                "INSERT INTO image_locations (image_id, position, store, path) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![image.id, position, location.store, location.path],
+            )
             .map_err(RegistryError::sql(context()))?;
     }
     Ok(())
@@ -364,16 +356,13 @@ pub(super) fn select_without_store(
     connection: &Connection,
 ) -> Result<Vec<(String, String)>, RegistryError> {
     connection
-        .prepare_cached(
+        .query_map(
             "SELECT id, location FROM images WHERE deleted = 0 AND location IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM image_locations WHERE image_id = images.id) \
              ORDER BY id",
+            &[],
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .and_then(|mut statement| {
-            statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()
-        })
         .map_err(RegistryError::sql("find image data stored without a store"))
 }
 
@@ -385,10 +374,10 @@ pub(super) fn insert_first_location(
     path: &str,
 ) -> Result<(), RegistryError> {
     connection
-        .prepare_cached(
+        .execute(
             "INSERT INTO image_locations (image_id, position, store, path) VALUES (?1, 0, ?2, ?3)",
+            params![id, store, path],
         )
-        .and_then(|mut statement| statement.execute(params![id, store, path]))
         .map(|_| ())
         .map_err(RegistryError::sql(format!(
             "record store {store} for the data of image {id}"
@@ -398,15 +387,12 @@ pub(super) fn insert_first_location(
 /// How many live images have a location in each store, for the stores that have any.
 pub(super) fn count_by_store(connection: &Connection) -> Result<Vec<(String, u64)>, RegistryError> {
     connection
-        .prepare_cached(
+        .query_map(
             "SELECT image_locations.store, count(DISTINCT image_locations.image_id) \
              FROM image_locations JOIN images ON images.id = image_locations.image_id \
              WHERE images.deleted = 0 GROUP BY image_locations.store ORDER BY 1",
+            &[],
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .and_then(|mut statement| {
-            statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()
-        })
         .map_err(RegistryError::sql("count the images of each store"))
 }

@@ -48,11 +48,10 @@
 //! members deleted too: a generation built before members existed may run beside this one
 //! during a reload and delete an image without touching `image_members`.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Connection, FromSql, Row, SqlError, ToSql, ValueRef};
 
 use super::image::{self, Image};
-use super::{begin_immediate, commit, Now, Registry, RegistryError};
+use super::{begin_immediate, begin_read, commit, Now, Registry, RegistryError};
 
 /// One project's membership of one image, as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,18 +162,11 @@ impl Registry {
         }
         let now = Now::take();
         transaction
-            .prepare_cached(
+            .execute(
                 "INSERT INTO image_members (image_id, member_id, status, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?4)",
+                params![image_id, member_id, MemberStatus::Pending, now.seconds],
             )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    image_id,
-                    member_id,
-                    MemberStatus::Pending,
-                    now.seconds
-                ])
-            })
             .map_err(RegistryError::sql(format!(
                 "add member {member_id} to image {image_id}"
             )))?;
@@ -193,21 +185,14 @@ impl Registry {
     /// deleted.
     pub fn members(&self, image_id: &str) -> Result<Vec<Member>, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         let sql = format!(
             "SELECT {COLUMNS} FROM image_members JOIN images ON images.id = image_members.image_id \
              WHERE image_members.image_id = ?1 AND image_members.deleted = 0 \
              AND images.deleted = 0 ORDER BY image_members.id"
         );
         transaction
-            .prepare_cached(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_map([image_id], from_row)?
-                    .collect::<rusqlite::Result<_>>()
-            })
+            .query_map(&sql, params![image_id], from_row)
             .map_err(RegistryError::sql(format!(
                 "read the members of image {image_id}"
             )))
@@ -217,9 +202,7 @@ impl Registry {
     /// does not exist or is deleted.
     pub fn member(&self, image_id: &str, member_id: &str) -> Result<Option<Member>, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         select_live(&transaction, image_id, member_id)
     }
 
@@ -239,13 +222,11 @@ impl Registry {
         };
         let now = Now::take();
         transaction
-            .prepare_cached(
+            .execute(
                 "UPDATE image_members SET status = ?3, updated_at = ?4 \
                  WHERE image_id = ?1 AND member_id = ?2 AND deleted = 0",
+                params![image_id, member_id, status, now.seconds],
             )
-            .and_then(|mut statement| {
-                statement.execute(params![image_id, member_id, status, now.seconds])
-            })
             .map_err(RegistryError::sql(format!(
                 "set the status of member {member_id} of image {image_id}"
             )))?;
@@ -265,11 +246,11 @@ impl Registry {
         }
         let now = Now::take();
         transaction
-            .prepare_cached(
+            .execute(
                 "UPDATE image_members SET deleted = 1, deleted_at = ?3 \
                  WHERE image_id = ?1 AND member_id = ?2 AND deleted = 0",
+                params![image_id, member_id, now.seconds],
             )
-            .and_then(|mut statement| statement.execute(params![image_id, member_id, now.seconds]))
             .map_err(RegistryError::sql(format!(
                 "remove member {member_id} of image {image_id}"
             )))?;
@@ -288,9 +269,7 @@ impl Registry {
         project: Option<&str>,
     ) -> Result<Option<(Image, Option<Member>)>, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         let Some(image) = image::select_live(&transaction, id)? else {
             return Ok(None);
         };
@@ -313,7 +292,7 @@ impl Registry {
 const COLUMNS: &str = "image_members.image_id, image_members.member_id, image_members.status, \
     image_members.created_at, image_members.updated_at";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Member> {
+fn from_row(row: &Row<'_>) -> Result<Member, SqlError> {
     Ok(Member {
         image_id: row.get(0)?,
         member_id: row.get(1)?,
@@ -335,12 +314,7 @@ pub(super) fn select_live(
          AND image_members.deleted = 0 AND images.deleted = 0"
     );
     connection
-        .prepare_cached(&sql)
-        .and_then(|mut statement| {
-            statement
-                .query_row([image_id, member_id], from_row)
-                .optional()
-        })
+        .query_opt(&sql, params![image_id, member_id], from_row)
         .map_err(RegistryError::sql(format!(
             "read member {member_id} of image {image_id}"
         )))
@@ -349,9 +323,12 @@ pub(super) fn select_live(
 /// How many live members the image has.
 fn count_live(connection: &Connection, image_id: &str) -> Result<usize, RegistryError> {
     connection
-        .prepare_cached("SELECT count(*) FROM image_members WHERE image_id = ?1 AND deleted = 0")
-        .and_then(|mut statement| statement.query_row([image_id], |row| row.get::<_, i64>(0)))
-        .map(|count| usize::try_from(count).unwrap_or(usize::MAX))
+        .query_opt(
+            "SELECT count(*) FROM image_members WHERE image_id = ?1 AND deleted = 0",
+            params![image_id],
+            |row| row.get::<i64>(0),
+        )
+        .map(|count| usize::try_from(count.unwrap_or(0)).unwrap_or(usize::MAX))
         .map_err(RegistryError::sql(format!(
             "count the members of image {image_id}"
         )))
@@ -364,11 +341,11 @@ pub(super) fn delete_all(
     now: &str,
 ) -> Result<(), RegistryError> {
     connection
-        .prepare_cached(
+        .execute(
             "UPDATE image_members SET deleted = 1, deleted_at = ?2 \
              WHERE image_id = ?1 AND deleted = 0",
+            params![image_id, now],
         )
-        .and_then(|mut statement| statement.execute([image_id, now]))
         .map_err(RegistryError::sql(format!(
             "remove the members of image {image_id}"
         )))?;
@@ -376,10 +353,8 @@ pub(super) fn delete_all(
 }
 
 impl ToSql for MemberStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
-            self.as_str().as_bytes(),
-        )))
+    fn to_sql(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_str())
     }
 }
 
@@ -387,10 +362,11 @@ impl FromSql for MemberStatus {
     /// One of the three words. Another fails the read, as an unknown image status does (see
     /// [`super::UnknownImageStatus`] for why a guess would be worse): a member status is what
     /// grants a listing, so it is never guessed.
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<MemberStatus> {
-        let text = value.as_str()?;
-        MemberStatus::parse(text).ok_or_else(|| {
-            FromSqlError::Other(format!("unknown image member status {text:?}").into())
-        })
+    fn from_sql(
+        value: ValueRef<'_>,
+    ) -> Result<MemberStatus, Box<dyn std::error::Error + Send + Sync>> {
+        let text = String::from_sql(value)?;
+        MemberStatus::parse(&text)
+            .ok_or_else(|| format!("unknown image member status {text:?}").into())
     }
 }

@@ -3,8 +3,7 @@
 //! against a transcription of Glance's `_select_images_query` and `_image_get_all` over every
 //! viewer, visibility filter and member status.
 
-use rusqlite::params_from_iter;
-
+use super::test_database::temp_database;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -12,7 +11,7 @@ use super::*;
 
 fn temp_registry() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::open(&dir.path().join("registry.sqlite")).expect("open registry");
+    let registry = Registry::open(&temp_database(&dir)).expect("open registry");
     (dir, registry)
 }
 
@@ -40,10 +39,19 @@ fn delete_image(registry: &Registry, id: &str) {
         .expect("found");
 }
 
-/// Runs SQL on the registry's file directly, as another binary sharing it would.
+/// Runs SQL on the registry's database directly, as another binary sharing it would.
 fn raw_execute(registry: &Registry, sql: &str) {
-    let connection = rusqlite::Connection::open(registry.path()).expect("open");
+    let connection = Connection::open(registry.database()).expect("open");
     connection.execute_batch(sql).expect("raw sql");
+}
+
+/// The count a `SELECT count(*)` finds, on a connection of its own.
+fn raw_count(registry: &Registry, sql: &str) -> i64 {
+    let connection = Connection::open(registry.database()).expect("open");
+    connection
+        .query_opt(sql, &[], |row| row.get(0))
+        .expect("count")
+        .expect("a row")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,14 +233,10 @@ fn delete_member_removes_it_and_it_can_be_added_again_as_pending() {
     );
     assert!(registry.delete_member("img", "p1").expect("delete"));
     registry.add_member("img", "p1", None).expect("third time");
-    let connection = rusqlite::Connection::open(registry.path()).expect("open");
-    let rows: i64 = connection
-        .query_row(
-            "SELECT count(*) FROM image_members WHERE member_id = 'p1'",
-            [],
-            |row| row.get(0),
-        )
-        .expect("count");
+    let rows = raw_count(
+        &registry,
+        "SELECT count(*) FROM image_members WHERE member_id = 'p1'",
+    );
     assert_eq!(rows, 3, "removed memberships stay as deleted rows");
 }
 
@@ -266,14 +270,10 @@ fn deleting_an_image_removes_its_members_in_the_same_transaction() {
             .expect("get"),
         None
     );
-    let connection = rusqlite::Connection::open(registry.path()).expect("open");
-    let live: i64 = connection
-        .query_row(
-            "SELECT count(*) FROM image_members WHERE image_id = 'img' AND deleted = 0",
-            [],
-            |row| row.get(0),
-        )
-        .expect("count");
+    let live: i64 = raw_count(
+        &registry,
+        "SELECT count(*) FROM image_members WHERE image_id = 'img' AND deleted = 0",
+    );
     assert_eq!(live, 0);
 }
 
@@ -853,13 +853,11 @@ fn a_viewers_list_probes_the_member_index_instead_of_scanning_members() {
         };
         let lease = registry.lease().expect("lease");
         let (sql, values) = query::statement(&lease, &query).expect("statement");
-        let mut statement = lease
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .expect("explain");
-        let plan: Vec<String> = statement
-            .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
-            .expect("query")
-            .collect::<rusqlite::Result<_>>()
+        let values: Vec<&dyn sql::ToSql> = values.iter().map(|v| v as &dyn sql::ToSql).collect();
+        let plan: Vec<String> = lease
+            .query_map(&format!("EXPLAIN QUERY PLAN {sql}"), &values, |row| {
+                row.get(3)
+            })
             .expect("plan");
         let plan = plan.join("\n");
         assert!(

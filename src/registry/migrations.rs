@@ -1,9 +1,11 @@
-//! The registry's schema as an append-only list of migrations, versioned by
-//! `PRAGMA user_version`.
+//! The registry's schema as an append-only list of migrations for each engine, versioned by
+//! `PRAGMA user_version` in SQLite and the table `glint_schema_version` in PostgreSQL.
 //!
-//! Entry `i` of [`MIGRATIONS`] takes the schema from version `i` to version `i + 1`. Every child
-//! runs [`migrate`] when it opens the registry; the first one to take the exclusive lock applies
-//! whatever is missing, and the others then find `user_version` already current and do nothing.
+//! Entry `i` of [`MIGRATIONS`] (SQLite) and of [`POSTGRES_MIGRATIONS`] takes the schema from
+//! version `i` to version `i + 1`; the two lists grow together and describe the same tables,
+//! written in each engine's types. Every child runs [`migrate`] when it opens the registry; the
+//! first one to take the write lock applies whatever is missing, and the others then find the
+//! version already current and do nothing.
 //!
 //! # Compatibility
 //!
@@ -13,8 +15,7 @@
 //! or have a default. An older binary that finds a `user_version` beyond its own list keeps
 //! working, because everything it reads and writes is still there.
 
-use rusqlite::{Connection, TransactionBehavior};
-
+use super::sql::{Connection, Dialect};
 use super::RegistryError;
 
 /// The migrations, oldest first. Append only (see the module doc).
@@ -208,23 +209,163 @@ pub const MIGRATIONS: &[&str] = &[
 ///
 /// The exclusive lock waits for the busy timeout like any writer, so children that open the
 /// database at the same moment apply the migrations once, one after the other.
+/// [`MIGRATIONS`] in PostgreSQL's types, entry for entry. Integers are `BIGINT` (SQLite's are
+/// 64-bit), booleans stay the integers 0 and 1 so that the SQL the registry runs is the same on
+/// both, and text sorts byte by byte (`COLLATE "C"`), as SQLite's does, so that a list's order
+/// and its markers do not depend on the database's locale.
+pub const POSTGRES_MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE images (
+        id TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+        name TEXT COLLATE \"C\",
+        status TEXT COLLATE \"C\" NOT NULL,
+        visibility TEXT COLLATE \"C\" NOT NULL,
+        protected BIGINT NOT NULL DEFAULT 0,
+        os_hidden BIGINT NOT NULL DEFAULT 0,
+        checksum TEXT COLLATE \"C\",
+        os_hash_algo TEXT COLLATE \"C\",
+        os_hash_value TEXT COLLATE \"C\",
+        owner TEXT COLLATE \"C\",
+        size BIGINT,
+        virtual_size BIGINT,
+        container_format TEXT COLLATE \"C\",
+        disk_format TEXT COLLATE \"C\",
+        min_ram BIGINT NOT NULL DEFAULT 0,
+        min_disk BIGINT NOT NULL DEFAULT 0,
+        created_at TEXT COLLATE \"C\" NOT NULL,
+        updated_at TEXT COLLATE \"C\" NOT NULL,
+        created_order BIGINT NOT NULL,
+        updated_order BIGINT NOT NULL,
+        location TEXT COLLATE \"C\",
+        upload_owner TEXT COLLATE \"C\",
+        deleted BIGINT NOT NULL DEFAULT 0,
+        deleted_at TEXT COLLATE \"C\"
+    );
+    CREATE TABLE image_properties (
+        image_id TEXT COLLATE \"C\" NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        name TEXT COLLATE \"C\" NOT NULL,
+        value TEXT COLLATE \"C\" NOT NULL,
+        PRIMARY KEY (image_id, name)
+    );
+    CREATE TABLE image_tags (
+        image_id TEXT COLLATE \"C\" NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        tag TEXT COLLATE \"C\" NOT NULL,
+        PRIMARY KEY (image_id, tag)
+    );
+    CREATE INDEX images_by_created ON images (created_at, created_order, id) WHERE deleted = 0;
+    CREATE INDEX images_by_updated ON images (updated_at, updated_order, id) WHERE deleted = 0;
+    CREATE INDEX images_by_name ON images (name) WHERE deleted = 0;
+    CREATE INDEX images_by_status ON images (status) WHERE deleted = 0;
+    CREATE INDEX images_by_owner ON images (owner) WHERE deleted = 0;
+    CREATE INDEX image_properties_by_value ON image_properties (name, value);
+    CREATE INDEX image_tags_by_tag ON image_tags (tag);
+    ",
+    "
+    CREATE TABLE image_members (
+        id BIGSERIAL PRIMARY KEY,
+        image_id TEXT COLLATE \"C\" NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        member_id TEXT COLLATE \"C\" NOT NULL,
+        status TEXT COLLATE \"C\" NOT NULL DEFAULT 'pending',
+        created_at TEXT COLLATE \"C\" NOT NULL,
+        updated_at TEXT COLLATE \"C\" NOT NULL,
+        deleted BIGINT NOT NULL DEFAULT 0,
+        deleted_at TEXT COLLATE \"C\"
+    );
+    CREATE UNIQUE INDEX image_members_live ON image_members (image_id, member_id)
+        WHERE deleted = 0;
+    CREATE INDEX image_members_by_member ON image_members (member_id, image_id, status)
+        WHERE deleted = 0;
+    ",
+    "
+    CREATE INDEX images_by_status_name ON images
+        (status, name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_name_created ON images
+        (name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_visibility_created ON images
+        (visibility, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    CREATE INDEX images_by_owner_created ON images
+        (owner, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+    ",
+    "
+    CREATE TABLE image_locations (
+        image_id TEXT COLLATE \"C\" NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        position BIGINT NOT NULL,
+        store TEXT COLLATE \"C\" NOT NULL,
+        path TEXT COLLATE \"C\" NOT NULL,
+        PRIMARY KEY (image_id, position)
+    );
+    CREATE INDEX image_locations_by_store ON image_locations (store, image_id);
+    ",
+    "
+    ALTER TABLE image_tags ADD COLUMN created_at TEXT COLLATE \"C\";
+    ALTER TABLE image_tags ADD COLUMN created_order BIGINT;
+    UPDATE image_tags SET
+        created_at = (SELECT created_at FROM images WHERE images.id = image_tags.image_id),
+        created_order = (SELECT created_order FROM images WHERE images.id = image_tags.image_id);
+    CREATE INDEX image_tags_by_tag_created ON image_tags
+        (tag, created_at DESC, created_order DESC, image_id DESC);
+    ",
+    "
+    CREATE TABLE tasks (
+        id TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+        type TEXT COLLATE \"C\" NOT NULL,
+        status TEXT COLLATE \"C\" NOT NULL,
+        owner TEXT COLLATE \"C\",
+        expires_at TEXT COLLATE \"C\",
+        image_id TEXT COLLATE \"C\",
+        request_id TEXT COLLATE \"C\",
+        user_id TEXT COLLATE \"C\",
+        input TEXT,
+        result TEXT,
+        message TEXT NOT NULL DEFAULT '',
+        created_at TEXT COLLATE \"C\" NOT NULL,
+        updated_at TEXT COLLATE \"C\" NOT NULL,
+        created_order BIGINT NOT NULL,
+        runner TEXT COLLATE \"C\"
+    );
+    CREATE INDEX tasks_by_image ON tasks (image_id, created_order);
+    CREATE INDEX tasks_by_created ON tasks (created_order, id);
+    CREATE INDEX tasks_running ON tasks (status) WHERE status IN ('pending', 'processing');
+    CREATE INDEX tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    ",
+];
+
+/// Brings the schema up to this binary's version, in one transaction that holds the write
+/// lock: several children (or nodes) opening a new database at once apply each migration once.
+/// A schema newer than this binary's is used as it is (see the module doc).
 pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
+    let dialect = connection.dialect();
+    let (migrations, read_version) = match dialect {
+        Dialect::Sqlite => (MIGRATIONS, "PRAGMA user_version"),
+        Dialect::Postgres => (
+            POSTGRES_MIGRATIONS,
+            "SELECT coalesce(max(version), 0) FROM glint_schema_version",
+        ),
+    };
     let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .begin_write()
         .map_err(RegistryError::sql("begin the migration transaction"))?;
+    if dialect == Dialect::Postgres {
+        // Under the write lock, so that nodes starting together do not race to create it.
+        transaction
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS glint_schema_version (version BIGINT NOT NULL)",
+            )
+            .map_err(RegistryError::sql("create the table glint_schema_version"))?;
+    }
     let version: i64 = transaction
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(RegistryError::sql("read PRAGMA user_version"))?;
+        .query_opt(read_version, &[], |row| row.get(0))
+        .map_err(RegistryError::sql("read the schema version"))?
+        .unwrap_or(0);
     let version = usize::try_from(version).unwrap_or(0);
-    if version > MIGRATIONS.len() {
-        // A newer binary migrated the file; its changes are compatible by the rule above.
+    if version > migrations.len() {
         log::info!(
             "registry schema is at version {version}, newer than this binary's {}; using it as is",
-            MIGRATIONS.len()
+            migrations.len()
         );
         return Ok(());
     }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (index, sql) in migrations.iter().enumerate().skip(version) {
         transaction
             .execute_batch(sql)
             .map_err(RegistryError::sql(format!(
@@ -232,13 +373,20 @@ pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
                 index + 1
             )))?;
     }
-    if version < MIGRATIONS.len() {
+    if version < migrations.len() {
+        let set_version = match dialect {
+            Dialect::Sqlite => format!("PRAGMA user_version = {}", migrations.len()),
+            Dialect::Postgres => format!(
+                "DELETE FROM glint_schema_version; INSERT INTO glint_schema_version VALUES ({})",
+                migrations.len()
+            ),
+        };
         transaction
-            .pragma_update(None, "user_version", MIGRATIONS.len() as i64)
-            .map_err(RegistryError::sql("set PRAGMA user_version"))?;
+            .execute_batch(&set_version)
+            .map_err(RegistryError::sql("record the schema version"))?;
         log::info!(
             "registry schema migrated from version {version} to {}",
-            MIGRATIONS.len()
+            migrations.len()
         );
     }
     transaction

@@ -58,23 +58,27 @@ mod migrations;
 #[cfg(test)]
 mod plan_tests;
 mod query;
+pub mod sql;
 mod status;
 mod task;
+#[cfg(test)]
+mod test_database;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use sql::{Connection, SqlError, Transaction};
 
 pub use image::{Image, Location};
 pub use member::{image_visible_to, Member, MemberStatus};
-pub use migrations::MIGRATIONS;
+pub use migrations::{MIGRATIONS, POSTGRES_MIGRATIONS};
 pub use query::{Filters, ListQuery, SortDir, SortKey};
+pub use sql::{busy_delay, Database, BUSY_TIMEOUT};
 pub use status::{ImageStatus, UnknownImageStatus};
 pub use task::{NewTask, Task, TaskEnd, TaskQuery, TaskStatus, TASK_COLUMNS};
 
@@ -83,11 +87,6 @@ use crate::timestamp;
 /// What [`Registry::record_legacy_stores`] did: the images given a store, as (id, store), and
 /// the ids of those whose data no store's folder holds.
 pub type LegacyStores = (Vec<(String, String)>, Vec<String>);
-
-/// How long a call waits for another connection, in this process or another, to release the
-/// write lock before it fails. Long enough for any single registry transaction, which holds
-/// the lock for milliseconds.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many connections one [`Registry`] opens at most. A call beyond that waits for a
 /// connection to come back. Writers are serialized by SQLite anyway, so more connections only
@@ -98,8 +97,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
 ///
 /// `Send + Sync`; share it between threads by reference or `Arc`.
 pub struct Registry {
-    /// The database file, for opening more connections.
-    path: PathBuf,
+    /// The database, for opening more connections.
+    database: Database,
     /// Idle connections and how many are open in all, idle or lent out.
     pool: Mutex<Pool>,
     /// Signalled when a connection comes back or an open fails, for callers waiting in
@@ -128,15 +127,11 @@ pub enum RegistryError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The file system holding the database does not support WAL (for example a network file
-    /// system without shared memory); `mode` is the journal mode SQLite kept.
-    NoWal { path: PathBuf, mode: String },
-    /// SQLite failed; `context` says what the registry was doing. A database still locked after
-    /// [`BUSY_TIMEOUT`] is one of these (see [`RegistryError::is_busy`]).
-    Sql {
-        context: String,
-        source: rusqlite::Error,
-    },
+    /// The database failed; `context` says what the registry was doing. A SQLite database
+    /// still locked after [`BUSY_TIMEOUT`] is one of these (see [`RegistryError::is_busy`]), as
+    /// is a PostgreSQL server that cannot be reached ([`RegistryError::is_unreachable`]), and a
+    /// SQLite file on a file system without WAL (a network file system).
+    Sql { context: String, source: SqlError },
 }
 
 struct Pool {
@@ -162,23 +157,28 @@ struct Now {
 impl Registry {
     /// Opens the database at `path`, creating the file and its folder, and migrates it. Each
     /// child calls this after the fork (see "Locking" in the module doc).
-    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
-        Registry::open_with(path, DEFAULT_MAX_CONNECTIONS)
+    pub fn open(database: &Database) -> Result<Registry, RegistryError> {
+        Registry::open_with(database, DEFAULT_MAX_CONNECTIONS)
     }
 
     /// [`Registry::open`] with at most `max_connections` (at least 1) open at once.
-    pub fn open_with(path: &Path, max_connections: usize) -> Result<Registry, RegistryError> {
-        if let Some(folder) = path
-            .parent()
-            .filter(|folder| !folder.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(folder).map_err(|source| RegistryError::CreateFolder {
-                path: folder.to_path_buf(),
-                source,
-            })?;
+    pub fn open_with(
+        database: &Database,
+        max_connections: usize,
+    ) -> Result<Registry, RegistryError> {
+        if let Database::Sqlite(path) = database {
+            if let Some(folder) = path
+                .parent()
+                .filter(|folder| !folder.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(folder).map_err(|source| RegistryError::CreateFolder {
+                    path: folder.to_path_buf(),
+                    source,
+                })?;
+            }
         }
         let registry = Registry {
-            path: path.to_path_buf(),
+            database: database.clone(),
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 n_open: 0,
@@ -192,9 +192,9 @@ impl Registry {
         Ok(registry)
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Records a new image. Its tags are stored sorted and unique; its timestamps as given.
@@ -215,9 +215,7 @@ impl Registry {
     /// The image with this id; None if there is none or it is deleted.
     pub fn get(&self, id: &str) -> Result<Option<Image>, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         image::select_live(&transaction, id)
         // Dropping the read transaction rolls it back, which for a read only ends it.
     }
@@ -236,9 +234,7 @@ impl Registry {
     ) -> Result<LegacyStores, RegistryError> {
         let mut lease = self.lease()?;
         let found = {
-            let transaction = lease
-                .transaction()
-                .map_err(RegistryError::sql("begin a read transaction"))?;
+            let transaction = begin_read(&mut lease)?;
             image::select_without_store(&transaction)?
         };
         if found
@@ -267,9 +263,7 @@ impl Registry {
     /// that hold any, by store id.
     pub fn images_per_store(&self) -> Result<Vec<(String, u64)>, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         image::count_by_store(&transaction)
     }
 
@@ -296,9 +290,7 @@ impl Registry {
         visit: impl FnMut(Image) -> bool,
     ) -> Result<(), RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         query::for_each(&transaction, query, visit)
     }
 
@@ -374,12 +366,7 @@ impl Registry {
             image::COLUMNS
         );
         let saving: Vec<Image> = transaction
-            .prepare(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_map([ImageStatus::Saving], image::from_row)?
-                    .collect::<rusqlite::Result<_>>()
-            })
+            .query_map(&sql, sql::params![ImageStatus::Saving], image::from_row)
             .map_err(RegistryError::sql(context))?;
         let now = Now::take();
         let mut abandoned = Vec::new();
@@ -423,15 +410,11 @@ impl Registry {
             image::COLUMNS
         );
         let candidates: Vec<Image> = transaction
-            .prepare(&sql)
-            .and_then(|mut statement| {
-                statement
-                    .query_map(
-                        [ImageStatus::Uploading, ImageStatus::Importing],
-                        image::from_row,
-                    )?
-                    .collect::<rusqlite::Result<_>>()
-            })
+            .query_map(
+                &sql,
+                sql::params![ImageStatus::Uploading, ImageStatus::Importing],
+                image::from_row,
+            )
             .map_err(RegistryError::sql(context))?;
         let now = Now::take();
         let mut abandoned = Vec::new();
@@ -502,8 +485,14 @@ impl Registry {
             if pool.n_open < self.max_connections {
                 pool.n_open += 1;
                 drop(pool);
-                // Opening may wait on the journal mode change; do it without the pool lock.
-                return match open_connection(&self.path) {
+                // Opening may wait on the journal mode change or the network; do it without
+                // the pool lock.
+                let opened =
+                    Connection::open(&self.database).map_err(|source| RegistryError::Sql {
+                        context: format!("open the registry {}", self.database.display()),
+                        source,
+                    });
+                return match opened {
                     Ok(connection) => Ok(Lease {
                         registry: self,
                         connection: Some(connection),
@@ -537,10 +526,11 @@ impl Drop for Lease<'_> {
             return;
         };
         let mut pool = self.registry.lock_pool();
-        if connection.is_autocommit() {
+        if connection.is_reusable() {
             pool.idle.push(connection);
         } else {
-            // A transaction whose rollback failed is still open on it: never lend it again.
+            // A transaction whose rollback failed is still open on it, or the database went
+            // away under it: never lend it again; the next lease opens a new one.
             pool.n_open -= 1;
             drop(pool);
             drop(connection);
@@ -582,21 +572,24 @@ impl Now {
 }
 
 impl RegistryError {
-    /// Wraps a SQLite error with what the registry was doing, for `map_err`.
-    fn sql(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> RegistryError {
+    /// Wraps a database error with what the registry was doing, for `map_err`.
+    fn sql<E: Into<SqlError>>(context: impl Into<String>) -> impl FnOnce(E) -> RegistryError {
         let context = context.into();
-        move |source| RegistryError::Sql { context, source }
+        move |source| RegistryError::Sql {
+            context,
+            source: source.into(),
+        }
     }
 
     /// Whether SQLite gave up waiting for a lock (after [`BUSY_TIMEOUT`]).
     pub fn is_busy(&self) -> bool {
-        match self {
-            RegistryError::Sql { source, .. } => matches!(
-                source.sqlite_error_code(),
-                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-            ),
-            _ => false,
-        }
+        matches!(self, RegistryError::Sql { source, .. } if source.is_busy())
+    }
+
+    /// Whether the database could not be reached (PostgreSQL down or restarting): the same
+    /// call may succeed once it is back.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, RegistryError::Sql { source, .. } if source.is_unreachable())
     }
 }
 
@@ -623,12 +616,6 @@ impl fmt::Display for RegistryError {
                     path.display()
                 )
             }
-            RegistryError::NoWal { path, mode } => write!(
-                formatter,
-                "the registry {} cannot use the WAL journal (SQLite kept journal_mode={mode}); \
-                 put it on a local file system",
-                path.display()
-            ),
             RegistryError::Sql { context, .. } => {
                 write!(formatter, "registry: failed to {context}")
             }
@@ -644,110 +631,26 @@ impl std::error::Error for RegistryError {
             RegistryError::Duplicate
             | RegistryError::MemberQuota { .. }
             | RegistryError::BadMarker
-            | RegistryError::MarkerNotVisible
-            | RegistryError::NoWal { .. } => None,
+            | RegistryError::MarkerNotVisible => None,
         }
     }
 }
 
-/// Opens one connection and sets its pragmas before anything else uses it.
-fn open_connection(path: &Path) -> Result<Connection, RegistryError> {
-    let context = |what: &str| format!("{what} {}", path.display());
-    let connection = Connection::open(path).map_err(RegistryError::sql(context("open")))?;
-    // First, so that everything after it, including the journal mode change, waits for locks.
+/// A transaction holding the database's write lock (see "Locking" in the module doc).
+fn begin_immediate(connection: &mut Connection) -> Result<Transaction<'_>, RegistryError> {
     connection
-        .busy_handler(Some(wait_while_busy))
-        .map_err(RegistryError::sql(context("set the busy handler on")))?;
-    set_wal(&connection, path)?;
-    // With WAL, NORMAL syncs only at checkpoints: still consistent after a power loss.
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(RegistryError::sql(context("set synchronous=FULL on")))?;
-    connection
-        .pragma_update(None, "foreign_keys", true)
-        .map_err(RegistryError::sql(context("enable foreign keys on")))?;
-    Ok(connection)
-}
-
-/// SQLite's own wait for a lock held elsewhere (`sqliteDefaultBusyCallback`, which
-/// `busy_timeout` installs: the same delays, the same bound, [`BUSY_TIMEOUT`]), plus a count of
-/// each wait that begins, for `glint_registry_busy_waits_total` (`crate::metrics`). SQLite calls
-/// it with the number of times it already called it for this lock; `false` gives up (BUSY).
-fn wait_while_busy(n_calls: i32) -> bool {
-    if n_calls == 0 {
-        crate::metrics::registry_busy_wait();
-    }
-    match busy_delay(n_calls) {
-        Some(delay) => {
-            std::thread::sleep(delay);
-            true
-        }
-        None => false,
-    }
-}
-
-/// How long the `n_calls`-th call of [`wait_while_busy`] sleeps, or `None` once the sleeps
-/// before it add up to [`BUSY_TIMEOUT`]: SQLite's delays (1, 2, 5, ... 100 ms, then 100 ms),
-/// the last one cut to end at the bound.
-pub fn busy_delay(n_calls: i32) -> Option<Duration> {
-    const DELAYS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
-    let n_calls = usize::try_from(n_calls).unwrap_or(0);
-    let waited_ms: u64 = if n_calls < DELAYS_MS.len() {
-        DELAYS_MS[..n_calls].iter().sum()
-    } else {
-        DELAYS_MS.iter().sum::<u64>() + 100 * (n_calls - DELAYS_MS.len()) as u64
-    };
-    let delay_ms = DELAYS_MS.get(n_calls).copied().unwrap_or(100);
-    let bound_ms = BUSY_TIMEOUT.as_millis() as u64;
-    (waited_ms < bound_ms).then(|| Duration::from_millis(delay_ms.min(bound_ms - waited_ms)))
-}
-
-/// Switches the file to the WAL journal (a no-op once it is: the mode is stored in the file).
-///
-/// The first switch needs the file to itself, and SQLite may answer SQLITE_BUSY at once rather
-/// than call the busy handler, when several children open a new database together; so retry
-/// until [`BUSY_TIMEOUT`].
-fn set_wal(connection: &Connection, path: &Path) -> Result<(), RegistryError> {
-    let deadline = Instant::now() + BUSY_TIMEOUT;
-    loop {
-        let result = connection
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
-        match result {
-            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-            Ok(mode) => {
-                return Err(RegistryError::NoWal {
-                    path: path.to_path_buf(),
-                    mode,
-                })
-            }
-            Err(error)
-                if Instant::now() < deadline
-                    && matches!(
-                        error.sqlite_error_code(),
-                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                    ) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(error) => {
-                return Err(RegistryError::Sql {
-                    context: format!("set journal_mode=WAL on {}", path.display()),
-                    source: error,
-                })
-            }
-        }
-    }
-}
-
-fn begin_immediate(
-    connection: &mut Connection,
-) -> Result<rusqlite::Transaction<'_>, RegistryError> {
-    connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .begin_write()
         .map_err(RegistryError::sql("begin a write transaction"))
 }
 
-fn commit(transaction: rusqlite::Transaction<'_>) -> Result<(), RegistryError> {
+/// A transaction whose reads come from one snapshot.
+fn begin_read(connection: &mut Connection) -> Result<Transaction<'_>, RegistryError> {
+    connection
+        .begin_read()
+        .map_err(RegistryError::sql("begin a read transaction"))
+}
+
+fn commit(transaction: Transaction<'_>) -> Result<(), RegistryError> {
     transaction
         .commit()
         .map_err(RegistryError::sql("commit a write transaction"))

@@ -4,7 +4,7 @@
 //! regresses fails here, without a timed assertion; `scripts/bench-registry` measures the
 //! times.
 
-use rusqlite::{params, params_from_iter};
+use super::sql::params;
 
 use super::*;
 
@@ -18,10 +18,11 @@ const IMAGES: usize = 2000;
 /// member of some shared images.
 fn filled_registry() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::open(&dir.path().join("registry.sqlite")).expect("open");
+    let registry =
+        Registry::open(&Database::Sqlite(dir.path().join("registry.sqlite"))).expect("open");
     {
         let mut lease = registry.lease().expect("lease");
-        let transaction = lease.transaction().expect("begin");
+        let transaction = lease.begin_write().expect("begin");
         for index in 0..IMAGES {
             let id = format!("image-{index:05}");
             let visibility = ["public", "private", "shared", "community"][index % 4];
@@ -47,7 +48,7 @@ fn filled_registry() -> (tempfile::TempDir, Registry) {
                     .execute(
                         "INSERT INTO image_tags (image_id, tag, created_at, created_order) \
                          SELECT id, 'web', created_at, created_order FROM images WHERE id = ?1",
-                        [&id],
+                        params![id],
                     )
                     .expect("insert tag");
             }
@@ -56,7 +57,7 @@ fn filled_registry() -> (tempfile::TempDir, Registry) {
                     .execute(
                         "INSERT INTO image_members (image_id, member_id, status, created_at, \
                          updated_at) VALUES (?1, 'project-7', 'accepted', 'x', 'x')",
-                        [&id],
+                        params![id],
                     )
                     .expect("insert member");
             }
@@ -70,13 +71,11 @@ fn filled_registry() -> (tempfile::TempDir, Registry) {
 fn plan(registry: &Registry, query: &ListQuery) -> String {
     let lease = registry.lease().expect("lease");
     let (sql, values) = query::statement(&lease, query).expect("statement");
-    let mut statement = lease
-        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-        .expect("explain");
-    let lines: Vec<String> = statement
-        .query_map(params_from_iter(values), |row| row.get::<_, String>(3))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
+    let values: Vec<&dyn sql::ToSql> = values.iter().map(|v| v as &dyn sql::ToSql).collect();
+    let lines: Vec<String> = lease
+        .query_map(&format!("EXPLAIN QUERY PLAN {sql}"), &values, |row| {
+            row.get(3)
+        })
         .expect("plan");
     lines.join("\n")
 }

@@ -50,8 +50,7 @@
 //! order is total, walking pages with the last id of each page as the next marker returns every
 //! image exactly once, as long as no image is changed meanwhile.
 
-use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection, OptionalExtension};
+use super::sql::{params, Connection, Dialect, ToSql, Value};
 
 use super::image::{self, Image};
 use super::member::{self, MemberStatus};
@@ -252,21 +251,14 @@ pub(super) fn for_each(
     mut visit: impl FnMut(Image) -> bool,
 ) -> Result<(), RegistryError> {
     let (sql, values) = statement(connection, query)?;
-    let context = "list images";
-    let mut statement = connection
-        .prepare(&sql)
-        .map_err(RegistryError::sql(context))?;
-    let mut rows = statement
-        .query(params_from_iter(values))
-        .map_err(RegistryError::sql(context))?;
-    while let Some(row) = rows.next().map_err(RegistryError::sql(context))? {
-        let mut image = image::from_row(row).map_err(RegistryError::sql(context))?;
-        image::load_details(connection, &mut image).map_err(RegistryError::sql(context))?;
-        if !visit(image) {
-            break;
-        }
-    }
-    Ok(())
+    let values: Vec<&dyn ToSql> = values.iter().map(|value| value as &dyn ToSql).collect();
+    connection
+        .query_each(&sql, &values, |row| {
+            let mut image = image::from_row(row)?;
+            image::load_details(connection, &mut image)?;
+            Ok(visit(image))
+        })
+        .map_err(RegistryError::sql("list images"))
 }
 
 /// The SQL selecting one page for `query`, and the values of its `?` placeholders in order;
@@ -280,6 +272,7 @@ pub(super) fn statement(
         .flat_map(|(key, dir)| key.columns().iter().map(move |column| (*column, dir)))
         .collect();
     let walk = Walk::choose(query, &columns);
+    let dialect = connection.dialect();
 
     let mut conditions = vec!["images.deleted = 0".to_string()];
     let mut values: Vec<Value> = Vec::new();
@@ -287,8 +280,12 @@ pub(super) fn statement(
     let mut filters = query.filters.clone();
     if walk == Walk::FirstTag {
         // CROSS JOIN keeps SQLite from reordering the join: the tag's entries drive it.
-        from = "image_tags AS first_tag CROSS JOIN images ON images.id = first_tag.image_id"
-            .to_string();
+        // PostgreSQL has no CROSS JOIN with ON, and plans the join with statistics instead.
+        let join = match dialect {
+            Dialect::Sqlite => "CROSS JOIN",
+            Dialect::Postgres => "JOIN",
+        };
+        from = format!("image_tags AS first_tag {join} images ON images.id = first_tag.image_id");
         conditions.push("first_tag.tag = ?".to_string());
         values.push(Value::Text(filters.tags.remove(0)));
     }
@@ -296,12 +293,30 @@ pub(super) fn statement(
     if let Some(marker) = &query.marker {
         let viewer = query.filters.viewer.as_deref();
         let marker_values = marker_values(connection, marker, &columns, viewer)?;
-        conditions.push(after_marker(&columns, walk, marker_values, &mut values));
+        conditions.push(after_marker(
+            &columns,
+            walk,
+            dialect,
+            marker_values,
+            &mut values,
+        ));
     }
 
     let order = columns
         .iter()
-        .map(|(column, dir)| format!("{} {}", walk.column(column), dir.sql()))
+        .map(|(column, dir)| {
+            // SQLite sorts NULL below every value; PostgreSQL above, unless told.
+            let nulls = match (dialect, dir) {
+                (Dialect::Postgres, SortDir::Asc) if !NOT_NULL_COLUMNS.contains(column) => {
+                    " NULLS FIRST"
+                }
+                (Dialect::Postgres, SortDir::Desc) if !NOT_NULL_COLUMNS.contains(column) => {
+                    " NULLS LAST"
+                }
+                _ => "",
+            };
+            format!("{} {}{nulls}", walk.column(column), dir.sql())
+        })
         .collect::<Vec<_>>()
         .join(", ");
     values.push(Value::Integer(
@@ -471,15 +486,14 @@ fn marker_values(
         format!("SELECT {selected}, owner, visibility FROM images WHERE id = ?1 AND deleted = 0");
     let context = || format!("read marker image {marker}");
     let (sort_values, owner, visibility) = connection
-        .query_row(&sql, [marker], |row| {
+        .query_opt(&sql, params![marker], |row| {
             let sort_values = (0..columns.len())
-                .map(|index| row.get::<_, Value>(index))
-                .collect::<rusqlite::Result<Vec<Value>>>()?;
+                .map(|index| row.get::<Value>(index))
+                .collect::<Result<Vec<Value>, _>>()?;
             let owner: Option<String> = row.get(columns.len())?;
             let visibility: String = row.get(columns.len() + 1)?;
             Ok((sort_values, owner, visibility))
         })
-        .optional()
         .map_err(RegistryError::sql(context()))?
         .ok_or(RegistryError::BadMarker)?;
     if let Some(viewer) = viewer {
@@ -519,6 +533,7 @@ const NOT_NULL_COLUMNS: &[&str] = &[
 fn after_marker(
     columns: &[(&str, SortDir)],
     walk: Walk,
+    dialect: Dialect,
     marker_values: Vec<Value>,
     values: &mut Vec<Value>,
 ) -> String {
@@ -558,8 +573,13 @@ fn after_marker(
     for (index, ((column, dir), marker_value)) in columns.iter().zip(&marker_values).enumerate() {
         let mut terms = Vec::with_capacity(index + 1);
         for ((earlier, _), earlier_value) in columns[..index].iter().zip(&marker_values) {
-            // IS compares NULLs as equal to each other, unlike =.
-            terms.push(format!("{} IS ?", q(earlier)));
+            // IS compares NULLs as equal to each other, unlike =; PostgreSQL spells it
+            // IS NOT DISTINCT FROM.
+            let is = match dialect {
+                Dialect::Sqlite => "IS",
+                Dialect::Postgres => "IS NOT DISTINCT FROM",
+            };
+            terms.push(format!("{} {is} ?", q(earlier)));
             values.push(earlier_value.clone());
         }
         let is_null = matches!(marker_value, Value::Null);
@@ -569,7 +589,10 @@ fn after_marker(
             // Ascending past a value: a greater one (a NULL row compares as NULL: false).
             (SortDir::Asc, false) => format!("{} > ?", q(column)),
             // Descending past NULL: nothing is smaller.
-            (SortDir::Desc, true) => "0".to_string(),
+            (SortDir::Desc, true) => match dialect {
+                Dialect::Sqlite => "0".to_string(),
+                Dialect::Postgres => "FALSE".to_string(),
+            },
             // Descending past a value: a smaller one or NULL.
             (SortDir::Desc, false) => {
                 format!("({0} IS NULL OR {0} < ?)", q(column))

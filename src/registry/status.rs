@@ -19,7 +19,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use super::sql::{FromSql, ToSql, ValueRef};
 
 /// An image's status. Glance's image schema lists exactly these nine.
 ///
@@ -112,22 +112,24 @@ impl fmt::Display for ImageStatus {
 }
 
 impl ToSql for ImageStatus {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
-            self.as_str().as_bytes(),
-        )))
+    fn to_sql(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_str())
     }
 }
 
 impl FromSql for ImageStatus {
     /// A text value holding one of the words. Another word is [`UnknownImageStatus`], which
-    /// rusqlite reports as a conversion failure at the column; a value that is not text is
-    /// rusqlite's invalid column type.
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<ImageStatus> {
-        value
-            .as_str()?
-            .parse()
-            .map_err(|unknown: UnknownImageStatus| FromSqlError::Other(Box::new(unknown)))
+    /// the row reports as a conversion error at the column, as it does a value that is not
+    /// text.
+    fn from_sql(
+        value: ValueRef<'_>,
+    ) -> Result<ImageStatus, Box<dyn std::error::Error + Send + Sync>> {
+        match value {
+            ValueRef::Text(text) => text
+                .parse()
+                .map_err(|unknown: UnknownImageStatus| unknown.into()),
+            other => Err(format!("expected an image status, found {other:?}").into()),
+        }
     }
 }
 
@@ -146,8 +148,12 @@ impl std::error::Error for UnknownImageStatus {}
 
 #[cfg(test)]
 mod tests {
+    use super::super::sql::{params, Connection, SqlError};
     use super::*;
-    use rusqlite::Connection;
+
+    fn in_memory() -> Connection {
+        Connection::Sqlite(rusqlite::Connection::open_in_memory().expect("open"))
+    }
 
     #[test]
     fn every_status_spells_glances_word_and_parses_back() {
@@ -196,32 +202,33 @@ mod tests {
 
     #[test]
     fn every_status_is_stored_as_its_word_and_read_back() {
-        let connection = Connection::open_in_memory().expect("open");
+        let connection = in_memory();
         connection
-            .execute("CREATE TABLE t (status TEXT NOT NULL)", [])
+            .execute("CREATE TABLE t (status TEXT NOT NULL)", &[])
             .expect("create");
         for status in ImageStatus::ALL {
             connection
-                .execute("DELETE FROM t", [])
-                .and_then(|_| connection.execute("INSERT INTO t VALUES (?1)", [status]))
+                .execute("DELETE FROM t", &[])
+                .and_then(|_| connection.execute("INSERT INTO t VALUES (?1)", params![status]))
                 .expect("write");
             let (text, read): (String, ImageStatus) = connection
-                .query_row("SELECT status, status FROM t", [], |row| {
+                .query_opt("SELECT status, status FROM t", &[], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })
-                .expect("read");
+                .expect("read")
+                .expect("a row");
             assert_eq!((text.as_str(), read), (status.as_str(), status));
         }
     }
 
     #[test]
     fn an_unknown_stored_word_is_a_conversion_error_naming_it() {
-        let connection = Connection::open_in_memory().expect("open");
+        let connection = in_memory();
         for word in ["frozen", "Active", ""] {
             let error = connection
-                .query_row("SELECT ?1", [word], |row| row.get::<_, ImageStatus>(0))
+                .query_opt("SELECT ?1", params![word], |row| row.get::<ImageStatus>(0))
                 .expect_err(word);
-            let rusqlite::Error::FromSqlConversionFailure(0, _, source) = &error else {
+            let SqlError::Conversion { column: 0, source } = &error else {
                 panic!("{word:?}: not a conversion failure: {error:?}");
             };
             assert_eq!(
@@ -235,10 +242,10 @@ mod tests {
         // The column is TEXT NOT NULL, but a hand-edited file may hold anything.
         for sql in ["SELECT 3", "SELECT NULL"] {
             let error = connection
-                .query_row(sql, [], |row| row.get::<_, ImageStatus>(0))
+                .query_opt(sql, &[], |row| row.get::<ImageStatus>(0))
                 .expect_err(sql);
             assert!(
-                matches!(error, rusqlite::Error::InvalidColumnType(0, ..)),
+                matches!(error, SqlError::Conversion { column: 0, .. }),
                 "{sql}: {error:?}"
             );
         }

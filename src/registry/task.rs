@@ -20,10 +20,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
-use super::{begin_immediate, commit, Now, Registry, RegistryError, SortDir};
+use super::sql::{params, Connection, Row, SqlError, ToSql};
+use super::{begin_immediate, begin_read, commit, Now, Registry, RegistryError, SortDir};
 use crate::timestamp;
 
 /// One task, as Glance's DB layer returns it.
@@ -172,7 +172,7 @@ impl Registry {
         commit(transaction)?;
         created.ok_or_else(|| RegistryError::Sql {
             context: format!("read back task {}", task.id),
-            source: rusqlite::Error::QueryReturnedNoRows,
+            source: SqlError::NoRows,
         })
     }
 
@@ -185,7 +185,7 @@ impl Registry {
         let removed = transaction
             .execute(
                 "DELETE FROM tasks WHERE id = ?1 AND status = 'pending'",
-                [id],
+                params![id],
             )
             .map_err(RegistryError::sql(format!("discard task {id}")))?;
         commit(transaction)?;
@@ -228,9 +228,7 @@ impl Registry {
     pub fn get_task(&self, id: &str) -> Result<Option<Task>, RegistryError> {
         let now = Now::take();
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         select(&transaction, id, &now.seconds)
     }
 
@@ -238,19 +236,12 @@ impl Registry {
     pub fn tasks_of_image(&self, image_id: &str) -> Result<Vec<Task>, RegistryError> {
         let now = Now::take();
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         let sql = format!("{SELECT} WHERE image_id = ?2 AND {LIVE} ORDER BY created_order, id");
         let context = format!("list the tasks of image {image_id}");
-        let mut statement = transaction
-            .prepare(&sql)
-            .map_err(RegistryError::sql(context.clone()))?;
-        let tasks = statement
-            .query_map(params![now.seconds, image_id], from_row)
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(RegistryError::sql(context))?;
-        Ok(tasks)
+        transaction
+            .query_map(&sql, params![now.seconds, image_id], from_row)
+            .map_err(RegistryError::sql(context))
     }
 
     /// One page of live tasks in the query's order: after the marker when there is one, at
@@ -262,9 +253,7 @@ impl Registry {
     pub fn list_tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, RegistryError> {
         let now = Now::take();
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         let mut sql = format!("{SELECT} WHERE {LIVE}");
         let mut values: Vec<String> = vec![now.seconds];
         for (column, value) in &query.filters {
@@ -294,24 +283,21 @@ impl Registry {
             " ORDER BY {key}created_at {dir}, created_order {dir}, id {dir}"
         ));
         let context = "list tasks";
-        let mut statement = transaction
-            .prepare(&sql)
-            .map_err(RegistryError::sql(context))?;
-        let mut rows = statement
-            .query(rusqlite::params_from_iter(values.iter()))
-            .map_err(RegistryError::sql(context))?;
+        let values: Vec<&dyn ToSql> = values.iter().map(|value| value as &dyn ToSql).collect();
         let mut page = Vec::new();
         let mut after_marker = query.marker.is_none();
-        while page.len() < query.limit {
-            let Some(row) = rows.next().map_err(RegistryError::sql(context))? else {
-                break;
-            };
-            let task = from_row(row).map_err(RegistryError::sql(context))?;
-            if after_marker {
-                page.push(task);
-            } else if query.marker.as_deref() == Some(task.id.as_str()) {
-                after_marker = true;
-            }
+        if query.limit > 0 {
+            transaction
+                .query_each(&sql, &values, |row| {
+                    let task = from_row(row)?;
+                    if after_marker {
+                        page.push(task);
+                    } else if query.marker.as_deref() == Some(task.id.as_str()) {
+                        after_marker = true;
+                    }
+                    Ok(page.len() < query.limit)
+                })
+                .map_err(RegistryError::sql(context))?;
         }
         Ok(page)
     }
@@ -323,9 +309,7 @@ impl Registry {
         is_alive: impl Fn(&str) -> bool,
     ) -> Result<bool, RegistryError> {
         let mut lease = self.lease()?;
-        let transaction = lease
-            .transaction()
-            .map_err(RegistryError::sql("begin a read transaction"))?;
+        let transaction = begin_read(&mut lease)?;
         Ok(running(&transaction)?
             .iter()
             .any(|(_, runner)| !runner.as_deref().is_some_and(&is_alive)))
@@ -367,12 +351,11 @@ impl Registry {
         let now = Now::take();
         let mut lease = self.lease()?;
         let any: Option<i64> = lease
-            .query_row(
+            .query_opt(
                 "SELECT 1 FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 1",
-                [&now.seconds],
+                params![now.seconds],
                 |row| row.get(0),
             )
-            .optional()
             .map_err(RegistryError::sql("look for expired tasks"))?;
         if any.is_none() {
             return Ok(0);
@@ -381,7 +364,7 @@ impl Registry {
         let removed = transaction
             .execute(
                 "DELETE FROM tasks WHERE expires_at IS NOT NULL AND expires_at <= ?1",
-                [&now.seconds],
+                params![now.seconds],
             )
             .map_err(RegistryError::sql("remove expired tasks"))?;
         commit(transaction)?;
@@ -392,14 +375,13 @@ impl Registry {
 /// The ids and runners of the tasks `pending` or `processing`.
 fn running(connection: &Connection) -> Result<Vec<(String, Option<String>)>, RegistryError> {
     let context = "find running tasks";
-    let mut statement = connection
-        .prepare("SELECT id, runner FROM tasks WHERE status IN ('pending', 'processing')")
-        .map_err(RegistryError::sql(context))?;
-    let found = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(RegistryError::sql(context));
-    found
+    connection
+        .query_map(
+            "SELECT id, runner FROM tasks WHERE status IN ('pending', 'processing')",
+            &[],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map_err(RegistryError::sql(context))
 }
 
 /// [`Registry::finish_task`] on a transaction the caller holds.
@@ -434,26 +416,22 @@ fn finish(
 /// The live task `id`; `now` hides an expired one.
 fn select(connection: &Connection, id: &str, now: &str) -> Result<Option<Task>, RegistryError> {
     connection
-        .query_row(
+        .query_opt(
             &format!("{SELECT} WHERE id = ?2 AND {LIVE}"),
             params![now, id],
             from_row,
         )
-        .optional()
         .map_err(RegistryError::sql(format!("read task {id}")))
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
+fn from_row(row: &Row<'_>) -> Result<Task, SqlError> {
     let status: String = row.get(2)?;
-    let json = |index: usize| -> rusqlite::Result<Option<Value>> {
+    let json = |index: usize| -> Result<Option<Value>, SqlError> {
         let text: Option<String> = row.get(index)?;
         text.map(|text| {
-            serde_json::from_str(&text).map_err(|error| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    index,
-                    rusqlite::types::Type::Text,
-                    Box::new(error),
-                )
+            serde_json::from_str(&text).map_err(|error| SqlError::Conversion {
+                column: index,
+                source: Box::new(error),
             })
         })
         .transpose()
@@ -461,12 +439,9 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     Ok(Task {
         id: row.get(0)?,
         task_type: row.get(1)?,
-        status: TaskStatus::parse(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                format!("unknown task status {status:?}").into(),
-            )
+        status: TaskStatus::parse(&status).ok_or_else(|| SqlError::Conversion {
+            column: 2,
+            source: format!("unknown task status {status:?}").into(),
         })?,
         owner: row.get(3)?,
         expires_at: row.get(4)?,
@@ -484,18 +459,16 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
 /// Whether the newest task of image `image_id` is a `web-download` import (its input's
 /// `import_req.method.name`), read in the caller's transaction; false when there is none or it
 /// cannot be read. Recovery asks it of an image left `importing`.
-pub(super) fn last_import_was_web_download(
-    connection: &rusqlite::Connection,
-    image_id: &str,
-) -> bool {
+pub(super) fn last_import_was_web_download(connection: &Connection, image_id: &str) -> bool {
     let input: Option<String> = connection
-        .query_row(
+        .query_opt(
             "SELECT input FROM tasks WHERE image_id = ?1 ORDER BY created_order DESC, id DESC \
              LIMIT 1",
-            [image_id],
+            params![image_id],
             |row| row.get(0),
         )
         .ok()
+        .flatten()
         .flatten();
     input
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
@@ -508,7 +481,8 @@ mod tests {
 
     fn temp_registry() -> (tempfile::TempDir, Registry) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let registry = Registry::open(&dir.path().join("glint.sqlite")).expect("open");
+        let registry =
+            Registry::open(&super::super::test_database::temp_database(&dir)).expect("open");
         (dir, registry)
     }
 

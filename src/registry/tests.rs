@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::test_database::temp_database;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -19,8 +20,14 @@ use super::*;
 /// A registry in a folder that does not exist yet, so that `open` has to create it.
 fn temp_registry() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::open(&db_path(&dir)).expect("open registry");
+    let registry = Registry::open(&temp_database(&dir)).expect("open registry");
     (dir, registry)
+}
+
+/// The SQLite database at `path`, for the tests of what only SQLite has (its files, pragmas,
+/// plans and processes).
+fn sqlite(path: &Path) -> Database {
+    Database::Sqlite(path.to_path_buf())
 }
 
 fn db_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -119,14 +126,17 @@ fn a_new_image_has_glance_defaults() {
 
 #[test]
 fn every_status_is_stored_as_glances_word_in_the_status_column() {
-    let (dir, registry) = temp_registry();
-    let connection = Connection::open(db_path(&dir)).expect("open");
+    let (_dir, registry) = temp_registry();
+    let connection = sql::Connection::open(registry.database()).expect("open");
     let stored_word = |id: &str| -> String {
         connection
-            .query_row("SELECT status FROM images WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
+            .query_opt(
+                "SELECT status FROM images WHERE id = ?1",
+                sql::params![id],
+                |row| row.get(0),
+            )
             .expect("read the column")
+            .expect("a row")
     };
     for status in ImageStatus::ALL {
         // Written through the registry: the column holds the word older binaries wrote.
@@ -146,7 +156,7 @@ fn every_status_is_stored_as_glances_word_in_the_status_column() {
         connection
             .execute(
                 "UPDATE images SET status = ?2 WHERE id = ?1",
-                [id.as_str(), status.as_str()],
+                sql::params![id, status.as_str()],
             )
             .expect("write the word");
         assert_eq!(
@@ -162,17 +172,17 @@ fn every_status_is_stored_as_glances_word_in_the_status_column() {
 
 #[test]
 fn an_unknown_status_in_the_database_fails_the_read_naming_the_word() {
-    let (dir, registry) = temp_registry();
+    let (_dir, registry) = temp_registry();
     registry.create(&Image::new("fine")).expect("create");
     registry.create(&Image::new("odd")).expect("create");
-    Connection::open(db_path(&dir))
+    sql::Connection::open(registry.database())
         .expect("open")
-        .execute("UPDATE images SET status = 'frozen' WHERE id = 'odd'", [])
+        .execute("UPDATE images SET status = 'frozen' WHERE id = 'odd'", &[])
         .expect("write an unknown word");
 
     let unknown_word = |error: RegistryError| {
         let RegistryError::Sql {
-            source: rusqlite::Error::FromSqlConversionFailure(_, _, cause),
+            source: SqlError::Conversion { source: cause, .. },
             ..
         } = &error
         else {
@@ -197,12 +207,13 @@ fn an_unknown_status_in_the_database_fails_the_read_naming_the_word() {
         })
         .expect_err("update");
     assert_eq!(unknown_word(error), Some("frozen".to_string()));
-    let stored: String = Connection::open(db_path(&dir))
+    let stored: String = sql::Connection::open(registry.database())
         .expect("open")
-        .query_row("SELECT status FROM images WHERE id = 'odd'", [], |row| {
+        .query_opt("SELECT status FROM images WHERE id = 'odd'", &[], |row| {
             row.get(0)
         })
-        .expect("read the column");
+        .expect("read the column")
+        .expect("a row");
     assert_eq!(stored, "frozen");
 
     // Other images are unaffected, and a filter that excludes the row lists the rest.
@@ -872,7 +883,7 @@ fn sorts() -> Vec<Vec<(SortKey, SortDir)>> {
 #[test]
 fn every_sort_key_in_both_directions_orders_like_the_reference_with_ties_and_nulls() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::open(&db_path(&dir)).expect("open");
+    let registry = Registry::open(&sqlite(&db_path(&dir))).expect("open");
     sort_fixture(&registry);
     let all = registry.list(&everything(by_id())).expect("list");
     assert_eq!(all.len(), 30);
@@ -1008,7 +1019,7 @@ fn tag_pages_in_creation_order_walk_every_tagged_image_once_in_list_order() {
 
 #[test]
 fn migration_5_gives_existing_tags_their_images_creation_keys() {
-    let mut connection = Connection::open_in_memory().expect("open");
+    let connection = Connection::open_in_memory().expect("open");
     for sql in &MIGRATIONS[..4] {
         connection.execute_batch(sql).expect("step");
     }
@@ -1023,14 +1034,16 @@ fn migration_5_gives_existing_tags_their_images_creation_keys() {
              INSERT INTO image_tags (image_id, tag) VALUES ('a', 'web');",
         )
         .expect("fill");
+    let mut connection = sql::Connection::Sqlite(connection);
     migrations::migrate(&mut connection).expect("migrate");
     let keys: (String, i64) = connection
-        .query_row(
+        .query_opt(
             "SELECT created_at, created_order FROM image_tags WHERE image_id = 'a'",
-            [],
+            &[],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
-        .expect("tag row");
+        .expect("tag row")
+        .expect("a row");
     assert_eq!(keys, ("2026-01-01T00:00:00Z".to_string(), 17));
 }
 
@@ -1085,7 +1098,7 @@ fn registry_is_send_and_sync() {
 fn concurrent_updates_from_two_handles_lose_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
-    Registry::open(&path)
+    Registry::open(&sqlite(&path))
         .expect("open")
         .create(&counter_image("counted"))
         .expect("create");
@@ -1095,7 +1108,7 @@ fn concurrent_updates_from_two_handles_lose_nothing() {
             let path = path.clone();
             thread::spawn(move || {
                 // A handle of its own, as each child process has.
-                let registry = Registry::open(&path).expect("open");
+                let registry = Registry::open(&sqlite(&path)).expect("open");
                 for _ in 0..n_updates {
                     registry
                         .update("counted", increment_counter)
@@ -1108,7 +1121,7 @@ fn concurrent_updates_from_two_handles_lose_nothing() {
     for thread in threads {
         thread.join().expect("thread");
     }
-    let registry = Registry::open(&path).expect("open");
+    let registry = Registry::open(&sqlite(&path)).expect("open");
     let image = registry.get("counted").expect("get").expect("found");
     assert_eq!(image.properties["counter"], (2 * n_updates).to_string());
 }
@@ -1123,7 +1136,7 @@ fn helper_child_process_increments_the_counter() {
     let (Ok(path), Ok(n_updates)) = (std::env::var(CHILD_DB), std::env::var(CHILD_UPDATES)) else {
         return;
     };
-    let registry = Registry::open(Path::new(&path)).expect("open in child");
+    let registry = Registry::open(&sqlite(Path::new(&path))).expect("open in child");
     let n_updates: usize = n_updates.parse().expect("count");
     for _ in 0..n_updates {
         registry
@@ -1137,7 +1150,7 @@ fn helper_child_process_increments_the_counter() {
 fn updates_from_separate_processes_lose_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
-    let registry = Registry::open(&path).expect("open");
+    let registry = Registry::open(&sqlite(&path)).expect("open");
     registry.create(&counter_image("counted")).expect("create");
     let n_updates = 100;
     let test_binary = std::env::current_exe().expect("current exe");
@@ -1182,7 +1195,7 @@ fn updates_from_separate_processes_lose_nothing() {
 fn a_writer_holding_begin_immediate_for_a_second_only_delays_another_writer() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
-    let registry = Registry::open(&path).expect("open");
+    let registry = Registry::open(&sqlite(&path)).expect("open");
     registry.create(&counter_image("counted")).expect("create");
     let (locked_tx, locked_rx) = mpsc::channel();
     let holder = {
@@ -1224,7 +1237,7 @@ fn a_writer_holding_begin_immediate_for_a_second_only_delays_another_writer() {
 #[test]
 fn the_pool_never_opens_more_than_its_maximum() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = Registry::open_with(&db_path(&dir), 2).expect("open");
+    let registry = Registry::open_with(&temp_database(&dir), 2).expect("open");
     registry.create(&Image::new("shared")).expect("create");
     thread::scope(|scope| {
         for _ in 0..8 {
@@ -1248,11 +1261,14 @@ fn the_pool_never_opens_more_than_its_maximum() {
 
 #[test]
 fn open_creates_the_folder_and_sets_the_pragmas() {
-    let (dir, registry) = temp_registry();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = Registry::open(&sqlite(&db_path(&dir))).expect("open");
     assert!(db_path(&dir).is_file());
     let lease = registry.lease().expect("lease");
     let pragma = |name: &str| -> String {
         lease
+            .as_sqlite()
+            .expect("a SQLite registry")
             .query_row(&format!("PRAGMA {name}"), [], |row| {
                 row.get::<_, rusqlite::types::Value>(0)
             })
@@ -1291,14 +1307,14 @@ fn children_opening_a_new_database_at_once_all_succeed() {
             let (path, barrier) = (&path, &barrier);
             scope.spawn(move || {
                 barrier.wait();
-                let registry = Registry::open(path).expect("open");
+                let registry = Registry::open(&sqlite(path)).expect("open");
                 registry
                     .create(&Image::new(format!("from-{index}")))
                     .expect("create");
             });
         }
     });
-    let registry = Registry::open(&path).expect("open");
+    let registry = Registry::open(&sqlite(&path)).expect("open");
     assert_eq!(registry.list(&ListQuery::default()).expect("list").len(), 6);
 }
 
@@ -1306,19 +1322,21 @@ fn children_opening_a_new_database_at_once_all_succeed() {
 fn migrating_twice_changes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
-    Registry::open(&path)
+    Registry::open(&sqlite(&path))
         .expect("open")
         .create(&counter_image("kept"))
         .expect("create");
-    let mut connection = Connection::open(&path).expect("open");
+    let mut connection = sql::Connection::Sqlite(Connection::open(&path).expect("open"));
     migrations::migrate(&mut connection).expect("migrate again");
     migrations::migrate(&mut connection).expect("and again");
     let version: i64 = connection
+        .as_sqlite()
+        .expect("SQLite")
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("user_version");
     assert_eq!(version, MIGRATIONS.len() as i64);
     drop(connection);
-    let registry = Registry::open(&path).expect("reopen");
+    let registry = Registry::open(&sqlite(&path)).expect("reopen");
     let image = registry.get("kept").expect("get").expect("found");
     assert_eq!(image.properties["counter"], "0");
 }
@@ -1334,16 +1352,18 @@ fn migrations_run_from_every_older_version() {
         let rows = statement.query_map([], |row| row.get(0)).expect("query");
         rows.collect::<rusqlite::Result<_>>().expect("rows")
     };
-    let mut at_once = Connection::open_in_memory().expect("open");
+    let mut at_once = sql::Connection::Sqlite(Connection::open_in_memory().expect("open"));
     migrations::migrate(&mut at_once).expect("migrate");
-    let mut stepwise = Connection::open_in_memory().expect("open");
+    let stepwise = Connection::open_in_memory().expect("open");
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         stepwise.execute_batch(sql).expect("step");
         stepwise
             .pragma_update(None, "user_version", index as i64 + 1)
             .expect("version");
     }
+    let mut stepwise = sql::Connection::Sqlite(stepwise);
     migrations::migrate(&mut stepwise).expect("migrate");
+    let schema = |connection: &sql::Connection| schema(connection.as_sqlite().expect("SQLite"));
     assert_eq!(schema(&stepwise), schema(&at_once));
 }
 
@@ -1351,14 +1371,14 @@ fn migrations_run_from_every_older_version() {
 fn a_schema_newer_than_the_binary_is_used_as_it_is() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = db_path(&dir);
-    Registry::open(&path).expect("open");
+    Registry::open(&sqlite(&path)).expect("open");
     let connection = Connection::open(&path).expect("open");
     let newer = MIGRATIONS.len() as i64 + 1;
     connection
         .pragma_update(None, "user_version", newer)
         .expect("set version");
     drop(connection);
-    let registry = Registry::open(&path).expect("open a newer schema");
+    let registry = Registry::open(&sqlite(&path)).expect("open a newer schema");
     registry.create(&Image::new("works")).expect("create");
     let connection = Connection::open(&path).expect("open");
     let version: i64 = connection
@@ -1373,7 +1393,7 @@ fn errors_display_one_level_with_the_cause_as_source() {
     let dir = tempfile::tempdir().expect("temp dir");
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"not a folder").expect("write");
-    let error = Registry::open(&blocker.join("registry.sqlite"))
+    let error = Registry::open(&sqlite(&blocker.join("registry.sqlite")))
         .err()
         .expect("open fails");
     assert!(

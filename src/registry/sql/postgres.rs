@@ -1,0 +1,390 @@
+//! The PostgreSQL engine: the few libpq calls the registry needs, behind safe types.
+//!
+//! libpq through `pq-sys` (the bindings Diesel keeps) rather than the `postgres` crate, which
+//! runs a tokio runtime inside: glint has no async runtime anywhere. Everything travels in
+//! libpq's text format; parameters are typed (`int8` or `text`) so the server never has to
+//! guess, and integer columns come back as integers, so a marker's sort values read from one
+//! statement bind as the same types in the next.
+//!
+//! A connection is used by one thread at a time (the registry's pool lends it), which is all
+//! libpq asks of a thread-safe build.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::{self, NonNull};
+
+use pq_sys::{
+    ConnStatusType, ExecStatusType, PGTransactionStatusType, PGconn, PGresult, PQclear,
+    PQcmdTuples, PQconnectdbParams, PQerrorMessage, PQexec, PQexecParams, PQfinish, PQftype,
+    PQgetisnull, PQgetvalue, PQnfields, PQntuples, PQresultErrorField, PQresultErrorMessage,
+    PQresultStatus, PQsetNoticeProcessor, PQstatus, PQtransactionStatus, PG_DIAG_SQLSTATE,
+};
+
+use super::{SqlError, ToSql, ValueRef};
+
+/// The key of the advisory lock every write transaction of every glint node takes: the
+/// registry's one write lock, as SQLite has one per file. ("glint" in ASCII.)
+const WRITE_LOCK_KEY: i64 = 0x67_6c_69_6e_74;
+
+/// How long a connection attempt waits for the server, unless the URI sets `connect_timeout`:
+/// a database that is down makes requests fail with a 503 in seconds, not hang.
+const CONNECT_TIMEOUT_S: &str = "5";
+
+/// Type OIDs (pg_type.h).
+const INT8_OID: u32 = 20;
+const INT2_OID: u32 = 21;
+const INT4_OID: u32 = 23;
+const TEXT_OID: u32 = 25;
+
+/// One libpq connection.
+pub struct Connection {
+    raw: NonNull<PGconn>,
+}
+
+// SAFETY: libpq's connections may move between threads; the registry's pool lends each to
+// one thread at a time, so no two threads use it at once.
+unsafe impl Send for Connection {}
+
+/// The rows of one result, freed when dropped.
+pub struct Rows {
+    raw: NonNull<PGresult>,
+    n_rows: usize,
+    n_columns: usize,
+    /// Which columns are integers, converted back to integers when read.
+    integer: Vec<bool>,
+}
+
+impl Connection {
+    /// Connects to `uri` (a libpq connection URI).
+    pub fn open(uri: &str) -> Result<Connection, SqlError> {
+        let text = |value: &str| {
+            CString::new(value).map_err(|_| SqlError::Postgres {
+                message: "the connection URL contains a NUL byte".to_string(),
+                sqlstate: None,
+                lost: false,
+            })
+        };
+        // The URI comes last and is expanded in place: what it sets overrides these defaults.
+        let keywords = [
+            text("connect_timeout")?,
+            text("application_name")?,
+            text("client_encoding")?,
+            text("dbname")?,
+        ];
+        let values = [
+            text(CONNECT_TIMEOUT_S)?,
+            text("glint-api")?,
+            text("UTF8")?,
+            text(uri)?,
+        ];
+        let mut keyword_pointers: Vec<*const c_char> =
+            keywords.iter().map(|k| k.as_ptr()).collect();
+        keyword_pointers.push(ptr::null());
+        let mut value_pointers: Vec<*const c_char> = values.iter().map(|v| v.as_ptr()).collect();
+        value_pointers.push(ptr::null());
+        // SAFETY: both arrays are NULL-terminated and their strings outlive the call.
+        let raw =
+            unsafe { PQconnectdbParams(keyword_pointers.as_ptr(), value_pointers.as_ptr(), 1) };
+        let raw = NonNull::new(raw).ok_or_else(|| SqlError::Postgres {
+            message: "libpq could not allocate a connection".to_string(),
+            sqlstate: None,
+            lost: true,
+        })?;
+        let connection = Connection { raw };
+        // SAFETY: `raw` is a live connection.
+        if unsafe { PQstatus(raw.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+            return Err(SqlError::Postgres {
+                message: connection.error_message(),
+                sqlstate: None,
+                lost: true,
+            });
+        }
+        // libpq prints the server's notices to stderr unless told otherwise.
+        // SAFETY: the processor is a plain function that ignores its argument.
+        unsafe { PQsetNoticeProcessor(raw.as_ptr(), Some(log_notice), ptr::null_mut()) };
+        Ok(connection)
+    }
+
+    pub fn execute(&self, sql: &str, params: &[&dyn ToSql]) -> Result<usize, SqlError> {
+        let rows = self.query(sql, params)?;
+        // SAFETY: `rows.raw` is a live result; PQcmdTuples returns a string it owns.
+        let count = unsafe { CStr::from_ptr(PQcmdTuples(rows.raw.as_ptr())) };
+        Ok(count
+            .to_str()
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Runs `sql`, its `?N` and `?` placeholders turned into PostgreSQL's `$N`.
+    pub fn query(&self, sql: &str, params: &[&dyn ToSql]) -> Result<Rows, SqlError> {
+        let sql = CString::new(numbered_placeholders(sql)).map_err(|_| nul_error())?;
+        let mut types = Vec::with_capacity(params.len());
+        let mut values = Vec::with_capacity(params.len());
+        for param in params {
+            let (oid, value) = match param.to_sql() {
+                ValueRef::Null => (0, None),
+                ValueRef::Integer(integer) => (INT8_OID, Some(integer.to_string())),
+                ValueRef::Text(text) => (TEXT_OID, Some(text.to_string())),
+            };
+            types.push(oid);
+            values.push(
+                value
+                    .map(|value| CString::new(value).map_err(|_| nul_error()))
+                    .transpose()?,
+            );
+        }
+        let pointers: Vec<*const c_char> = values
+            .iter()
+            .map(|value| value.as_ref().map_or(ptr::null(), |value| value.as_ptr()))
+            .collect();
+        let n_params = i32::try_from(params.len()).map_err(|_| nul_error())?;
+        // SAFETY: the arrays have `n_params` entries and outlive the call; NULL lengths and
+        // formats mean text parameters, and 0 asks for text results.
+        let raw = unsafe {
+            PQexecParams(
+                self.raw.as_ptr(),
+                sql.as_ptr(),
+                n_params,
+                types.as_ptr(),
+                pointers.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                0,
+            )
+        };
+        self.rows(raw)
+    }
+
+    /// Runs several statements without parameters.
+    pub fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
+        let sql = CString::new(sql).map_err(|_| nul_error())?;
+        // SAFETY: a live connection and a NUL-terminated string.
+        let raw = unsafe { PQexec(self.raw.as_ptr(), sql.as_ptr()) };
+        self.rows(raw).map(drop)
+    }
+
+    /// `BEGIN`, then the write lock, held until the transaction ends.
+    pub fn begin_write(&self) -> Result<(), SqlError> {
+        self.execute_batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+        // Read committed: every statement after the lock sees every write committed before
+        // it, as a SQLite transaction that began IMMEDIATE does.
+        self.query("SELECT pg_advisory_xact_lock(?1)", &[&WRITE_LOCK_KEY])
+            .map(drop)
+    }
+
+    pub fn begin_read(&self) -> Result<(), SqlError> {
+        self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    }
+
+    /// Connected, and no transaction open.
+    pub fn is_idle(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe {
+            PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
+                && PQtransactionStatus(self.raw.as_ptr()) == PGTransactionStatusType::PQTRANS_IDLE
+        }
+    }
+
+    /// Checks a result: its rows, or the error it carries (freed either way).
+    fn rows(&self, raw: *mut PGresult) -> Result<Rows, SqlError> {
+        let Some(raw) = NonNull::new(raw) else {
+            return Err(SqlError::Postgres {
+                message: self.error_message(),
+                sqlstate: None,
+                lost: self.is_lost(),
+            });
+        };
+        // From here `rows` owns the result and frees it on every path.
+        // SAFETY: `raw` is a live result.
+        let (status, n_rows, n_columns) = unsafe {
+            (
+                PQresultStatus(raw.as_ptr()),
+                PQntuples(raw.as_ptr()),
+                PQnfields(raw.as_ptr()),
+            )
+        };
+        let mut rows = Rows {
+            raw,
+            n_rows: usize::try_from(n_rows).unwrap_or(0),
+            n_columns: usize::try_from(n_columns).unwrap_or(0),
+            integer: Vec::new(),
+        };
+        match status {
+            ExecStatusType::PGRES_COMMAND_OK | ExecStatusType::PGRES_TUPLES_OK => {
+                rows.integer = (0..n_columns)
+                    // SAFETY: a column of this result.
+                    .map(|column| unsafe { PQftype(raw.as_ptr(), column) })
+                    .map(|oid| matches!(oid, INT8_OID | INT4_OID | INT2_OID))
+                    .collect();
+                Ok(rows)
+            }
+            _ => {
+                // SAFETY: a live result; both calls return strings the result owns, or NULL.
+                let (message, sqlstate) = unsafe {
+                    let message = PQresultErrorMessage(raw.as_ptr());
+                    let sqlstate = PQresultErrorField(raw.as_ptr(), PG_DIAG_SQLSTATE.into());
+                    (
+                        owned(message),
+                        (!sqlstate.is_null()).then(|| owned(sqlstate)),
+                    )
+                };
+                drop(rows);
+                let message = if message.is_empty() {
+                    self.error_message()
+                } else {
+                    message
+                };
+                // Class 08 is a connection exception; 57P01..57P03 an administrator shutdown
+                // or a server that cannot take connections now.
+                let lost = self.is_lost()
+                    || sqlstate
+                        .as_deref()
+                        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0"));
+                Err(SqlError::Postgres {
+                    message,
+                    sqlstate,
+                    lost,
+                })
+            }
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe { PQstatus(self.raw.as_ptr()) != ConnStatusType::CONNECTION_OK }
+    }
+
+    fn error_message(&self) -> String {
+        // SAFETY: a live connection; the message is owned by it.
+        owned(unsafe { PQerrorMessage(self.raw.as_ptr()) })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: the connection is not used after this.
+        unsafe { PQfinish(self.raw.as_ptr()) }
+    }
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.n_rows
+    }
+
+    /// The value at (`row`, `column`).
+    pub fn value(&self, row: usize, column: usize) -> Result<ValueRef<'_>, SqlError> {
+        if row >= self.n_rows || column >= self.n_columns {
+            return Err(SqlError::Conversion {
+                column,
+                source: format!("no column {column} in row {row}").into(),
+            });
+        }
+        // Both fit: they are below counts libpq gave as c_int.
+        let (r, c) = (row as i32, column as i32);
+        // SAFETY: a cell of this result; text values are NUL-terminated and live as long as
+        // the result, which `&self` borrows.
+        let text = unsafe {
+            if PQgetisnull(self.raw.as_ptr(), r, c) != 0 {
+                return Ok(ValueRef::Null);
+            }
+            CStr::from_ptr(PQgetvalue(self.raw.as_ptr(), r, c))
+        };
+        let text = text.to_str().map_err(|error| SqlError::Conversion {
+            column,
+            source: Box::new(error),
+        })?;
+        if self.integer[column] {
+            return text
+                .parse()
+                .map(ValueRef::Integer)
+                .map_err(|error| SqlError::Conversion {
+                    column,
+                    source: Box::new(error),
+                });
+        }
+        Ok(ValueRef::Text(text))
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        // SAFETY: the result is not used after this.
+        unsafe { PQclear(self.raw.as_ptr()) }
+    }
+}
+
+/// `sql` with SQLite's placeholders in PostgreSQL's form: `?N` becomes `$N`, and a bare `?`
+/// the next number after the largest so far (SQLite's rule). Quoted text is left alone.
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut largest = 0u32;
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(digit) = chars.peek().filter(|c| c.is_ascii_digit()) {
+                    digits.push(*digit);
+                    chars.next();
+                }
+                let number = digits.parse().unwrap_or(largest + 1);
+                largest = largest.max(number);
+                out.push('$');
+                out.push_str(&number.to_string());
+                continue;
+            }
+            (None, _) => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn nul_error() -> SqlError {
+    SqlError::Conversion {
+        column: 0,
+        source: "a statement or parameter contains a NUL byte, which PostgreSQL text cannot hold"
+            .into(),
+    }
+}
+
+/// A C string libpq owns, copied, without its trailing newline.
+fn owned(text: *const c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: libpq's strings are NUL-terminated.
+    let text = unsafe { CStr::from_ptr(text) };
+    text.to_string_lossy().trim_end().to_string()
+}
+
+/// Where libpq's notices go: the debug log, not stderr.
+extern "C" fn log_notice(_: *mut c_void, message: *const c_char) {
+    log::debug!("PostgreSQL: {}", owned(message).escape_debug());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_take_postgresql_numbers() {
+        for (sqlite, postgres) in [
+            ("a = ?1 AND b = ?2 OR c = ?1", "a = $1 AND b = $2 OR c = $1"),
+            ("a = ? AND b = ? LIMIT ?", "a = $1 AND b = $2 LIMIT $3"),
+            ("a = ?3 AND b = ?", "a = $3 AND b = $4"),
+            ("a = '?' AND b = ?", "a = '?' AND b = $1"),
+            (
+                "a = 'it''s ?' AND \"?\" = ?2",
+                "a = 'it''s ?' AND \"?\" = $2",
+            ),
+        ] {
+            assert_eq!(numbered_placeholders(sqlite), postgres, "{sqlite}");
+        }
+    }
+}
