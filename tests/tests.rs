@@ -57,6 +57,9 @@
 //!   backend given to data stored before `enabled_backends`.
 //! - `healthcheck`: `/healthcheck` as oslo.middleware answers it (text, JSON, HTML, HEAD), and the
 //!   disable files that take a node out of its load balancer (issue 15, part 3).
+//! - `postgres`: the registry on PostgreSQL (issue 15, part 1): two nodes sharing one database
+//!   and one data folder, and a database restarted under a node (503s, then service, nothing
+//!   restarted).
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
 //!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
 //!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
@@ -82,6 +85,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod package;
+mod postgres;
 mod process_faults;
 mod reload;
 mod request_ids;

@@ -18,15 +18,30 @@ use super::webob::{self, Format};
 use crate::config::healthcheck::Healthcheck;
 use crate::http::response::{Body, Response};
 use crate::http::serve::Request;
+use crate::registry::Registry;
 
 /// The reason of a healthy backend.
 const OK: &str = "OK";
 /// The reason of a backend whose disable file exists.
 const DISABLED: &str = "DISABLED BY FILE";
+/// glint's own reason, for a registry on PostgreSQL that does not answer: a load balancer then
+/// sends requests to the nodes that can serve them.
+const DATABASE_UNREACHABLE: &str = "DATABASE UNREACHABLE";
 
 /// The answer to a health check that arrived on listening port `port`.
-pub(super) fn answer(request: &Request<'_>, settings: &Healthcheck, port: u16) -> Response {
-    let reasons = reasons(settings, port);
+pub(super) fn answer(
+    request: &Request<'_>,
+    settings: &Healthcheck,
+    registry: &Registry,
+    port: u16,
+) -> Response {
+    let mut reasons = reasons(settings, port);
+    if registry.is_shared() {
+        reasons.push(match registry.ping() {
+            Ok(()) => OK,
+            Err(_) => DATABASE_UNREACHABLE,
+        });
+    }
     let healthy = reasons.iter().all(|reason| *reason == OK);
     if request.method() == "HEAD" {
         let status = if healthy { 204 } else { 503 };

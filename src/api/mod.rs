@@ -231,6 +231,7 @@ impl Api {
             ["healthcheck"] if read_only => Ok(healthcheck::answer(
                 request,
                 &self.config.healthcheck,
+                &self.registry,
                 self.local_address.port(),
             )),
             [] if read_only => Ok(versions::document(
@@ -404,6 +405,17 @@ impl From<RegistryError> for ApiError {
             other if other.is_busy() => ApiError::Unavailable(format!(
                 "The image database is busy; retry the request. ({other})"
             )),
+            // PostgreSQL down or restarting: the next request opens a new connection.
+            other if other.is_unreachable() => {
+                log::error!(
+                    "{}; check that the database server runs and that [database] connection \
+                     reaches it",
+                    error::with_causes(&other)
+                );
+                ApiError::Unavailable(
+                    "The image database cannot be reached; retry the request later.".to_string(),
+                )
+            }
             // The whole chain: `RegistryError` shows one level ("failed to read image X"), and
             // the operator needs the cause (SQLite's message, an unknown status word).
             other => ApiError::Internal(error::with_causes(&other)),

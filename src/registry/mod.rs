@@ -197,6 +197,21 @@ impl Registry {
         &self.database
     }
 
+    /// Whether the database is a server that other nodes share (PostgreSQL), which can be
+    /// down while this node runs.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.database, Database::Postgres(_))
+    }
+
+    /// Whether the database answers a trivial query, on a pooled connection (a new one if the
+    /// last was lost); for `/healthcheck`.
+    pub fn ping(&self) -> Result<(), RegistryError> {
+        let lease = self.lease()?;
+        lease
+            .execute_batch("SELECT 1")
+            .map_err(RegistryError::sql("ask the database for SELECT 1"))
+    }
+
     /// Records a new image. Its tags are stored sorted and unique; its timestamps as given.
     /// [`RegistryError::Duplicate`] if the id is taken, also by a deleted image: Glance never
     /// reuses an id.

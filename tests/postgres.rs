@@ -1,0 +1,275 @@
+//! A registry on PostgreSQL (issue 15): nodes sharing one database and one data folder, and a
+//! database restarted under a running node.
+//!
+//! The shared tests use the cluster `scripts/test` starts for Keystone (`POSTGRES_PORT` in
+//! `GLINT_KEYSTONE_ENV`), a database of their own in it; the restart test runs a throwaway
+//! cluster of its own (initdb and pg_ctl as the `postgres` user, so it needs root, as CI has),
+//! since stopping the shared one would fail the other tests.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+use crate::util::{self, Server, DEADLINE};
+
+/// The port of the PostgreSQL cluster `scripts/test` started with Keystone.
+fn shared_cluster_port() -> u16 {
+    let path = std::env::var_os("GLINT_KEYSTONE_ENV").unwrap_or_else(|| {
+        panic!(
+            "GLINT_KEYSTONE_ENV is not set: these tests use the PostgreSQL cluster of the test \
+             Keystone. Run scripts/test, or: dir=$(mktemp -d); scripts/keystone start \"$dir\"; \
+             export GLINT_KEYSTONE_ENV=$dir/keystone.env"
+        )
+    });
+    let env = fs::read_to_string(&path).expect("read GLINT_KEYSTONE_ENV");
+    env.lines()
+        .find_map(|line| line.strip_prefix("POSTGRES_PORT="))
+        .and_then(|port| port.trim().parse().ok())
+        .expect("POSTGRES_PORT in GLINT_KEYSTONE_ENV")
+}
+
+/// Runs `sql` as the superuser on the cluster at `port`, with psql.
+fn psql(port: u16, sql: &str) {
+    let output = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("run psql (Debian postgresql-client)");
+    assert!(
+        output.status.success(),
+        "{}",
+        util::show_output(sql, &output)
+    );
+}
+
+/// A new, empty database on the cluster at `port`, and the URL glint connects with.
+fn new_database(port: u16) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "glint_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    psql(port, &format!("CREATE DATABASE {name}"));
+    format!("postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}")
+}
+
+/// Starts a node whose registry is `database` and whose images go to `data`.
+fn node(database: &str, data: &Path) -> Server {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config_path = dir.path().join("glint-api.conf");
+    fs::write(
+        &config_path,
+        format!(
+            "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nworkers = 2\nworker_threads = 4\n\
+             pid_file = glint-api.pid\nlog_file = glint-api.log\n\n\
+             [glance_store]\nfilesystem_store_datadir = {}\n\n\
+             [database]\nconnection = {database}\n",
+            data.display()
+        ),
+    )
+    .expect("write config");
+    Server::start_with(dir, config_path, &[])
+}
+
+fn json(response: &util::Response) -> Value {
+    serde_json::from_slice(&response.body).unwrap_or_else(|_| panic!("{}", response.text()))
+}
+
+fn get(addr: SocketAddr, path: &str) -> util::Response {
+    util::get(addr, path).unwrap_or_else(|error| panic!("GET {path}: {error}"))
+}
+
+#[test]
+fn two_nodes_on_one_database_serve_and_change_each_others_images() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("shared data folder");
+    let a = node(&database, data.path());
+    let b = node(&database, data.path());
+
+    // Written through A...
+    let id = util::create_image(a.addr());
+    let payload = b"the same bytes from either node".repeat(1000);
+    let put = util::send_body(
+        a.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        &payload,
+    );
+    assert_eq!(put.status, 204, "{}", put.text());
+
+    // ...read through B: the record and the data.
+    let shown = get(b.addr(), &format!("/v2/images/{id}"));
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let image = json(&shown);
+    assert_eq!(image["status"], "active");
+    assert_eq!(image["size"], payload.len());
+    let file = get(b.addr(), &format!("/v2/images/{id}/file"));
+    assert_eq!(file.status, 200);
+    assert!(file.body == payload, "B served other bytes than A stored");
+
+    // A change through B is seen through A, and a delete through A is gone for B.
+    let patch = util::request(
+        b.addr(),
+        "PATCH",
+        &format!("/v2/images/{id}"),
+        &[(
+            "Content-Type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        br#"[{"op": "replace", "path": "/name", "value": "renamed on B"}]"#,
+    )
+    .expect("PATCH through B");
+    assert_eq!(patch.status, 200, "{}", patch.text());
+    assert_eq!(
+        json(&get(a.addr(), &format!("/v2/images/{id}")))["name"],
+        "renamed on B"
+    );
+    let listed = json(&get(a.addr(), "/v2/images"));
+    assert_eq!(
+        listed["images"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let deleted = util::request(a.addr(), "DELETE", &format!("/v2/images/{id}"), &[], b"")
+        .expect("DELETE through A");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(get(b.addr(), &format!("/v2/images/{id}")).status, 404);
+
+    // Each node's health check asks the database: a second reason after the disable file's.
+    for server in [&a, &b] {
+        let health = get(server.addr(), "/healthcheck");
+        assert_eq!((health.status, health.text()), (200, "OK\nOK".to_string()));
+    }
+}
+
+/// A PostgreSQL cluster of one test's own, stopped and removed when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bin = fs::read_dir("/usr/lib/postgresql")
+            .expect("/usr/lib/postgresql: install Debian's postgresql")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+            .filter(|bin| bin.join("initdb").is_file())
+            .max()
+            .expect("a PostgreSQL server in /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("cluster folder");
+        let chown = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown postgres {}", dir.path().display());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let cluster = Cluster { dir, bin, port };
+        cluster.as_postgres(&[
+            "initdb",
+            "-D",
+            &cluster.data(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--locale=C.UTF-8",
+        ]);
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn as_postgres(&self, command: &[&str]) {
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(command[0]))
+            .args(&command[1..])
+            .output()
+            .expect("runuser (as root)");
+        assert!(
+            output.status.success(),
+            "{}",
+            util::show_output(&command.join(" "), &output)
+        );
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        let data = self.data();
+        let mut command = vec!["pg_ctl", "-D", &data, "-l", &log, "-o", &options, "-w"];
+        if action == "stop" {
+            command.extend(["-m", "fast"]);
+        }
+        command.push(action);
+        self.as_postgres(&command);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[test]
+fn a_database_restart_gives_503s_then_service_without_restarting_glint() {
+    let cluster = Cluster::start();
+    let database = new_database(cluster.port);
+    let data = tempfile::tempdir().expect("data folder");
+    let server = node(&database, data.path());
+    let children = server.children(Some("serving"));
+    let id = util::create_image(server.addr());
+
+    cluster.pg_ctl("stop");
+    let down = get(server.addr(), &format!("/v2/images/{id}"));
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(
+        down.text().contains("The image database cannot be reached"),
+        "{}",
+        down.text()
+    );
+    let health = get(server.addr(), "/healthcheck");
+    assert_eq!(
+        (health.status, health.text()),
+        (503, "OK\nDATABASE UNREACHABLE".to_string())
+    );
+    server.wait_for_log("check that the database server runs", DEADLINE);
+
+    cluster.pg_ctl("start");
+    // Each pooled connection was lost; the next request on it opens a new one.
+    let mut last = None;
+    util::wait_until("the image served again", DEADLINE, || {
+        let response = get(server.addr(), &format!("/v2/images/{id}"));
+        let served = response.status == 200;
+        last = Some(response);
+        served
+    });
+    let image = json(last.as_ref().expect("a response"));
+    assert_eq!(image["id"], id.as_str());
+    assert_eq!(get(server.addr(), "/healthcheck").status, 200);
+    // Nothing restarted: the same children serve.
+    assert_eq!(server.children(Some("serving")), children);
+}
