@@ -1,5 +1,6 @@
-//! A registry on PostgreSQL (issue 15): nodes sharing one database and one data folder, and a
-//! database restarted under a running node.
+//! A registry on PostgreSQL (issue 15): nodes sharing one database and one data folder, an
+//! upload of a node killed whole recovered by another once the node's lease ran out (and a
+//! live one never), and a database restarted under a running node.
 //!
 //! The shared tests use the cluster `scripts/test` starts for Keystone (`POSTGRES_PORT` in
 //! `GLINT_KEYSTONE_ENV`), a database of their own in it; the restart test runs a throwaway
@@ -7,10 +8,12 @@
 //! since stopping the shared one would fail the other tests.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -60,20 +63,176 @@ fn new_database(port: u16) -> String {
 
 /// Starts a node whose registry is `database` and whose images go to `data`.
 fn node(database: &str, data: &Path) -> Server {
+    named_node(database, data, "")
+}
+
+/// [`node`] with `extra` lines in `[DEFAULT]`.
+fn named_node(database: &str, data: &Path, extra: &str) -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config_path = dir.path().join("glint-api.conf");
     fs::write(
         &config_path,
         format!(
             "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nworkers = 2\nworker_threads = 4\n\
-             pid_file = glint-api.pid\nlog_file = glint-api.log\n\n\
+             pid_file = glint-api.pid\nlog_file = glint-api.log\n{extra}\n\n\
              [glance_store]\nfilesystem_store_datadir = {}\n\n\
              [database]\nconnection = {database}\n",
             data.display()
         ),
     )
     .expect("write config");
-    Server::start_with(dir, config_path, &[])
+    let server = Server::launch(dir, config_path, &[], false);
+    server.wait_for("the first generation to serve", DEADLINE, |status| {
+        status["phase"] == "running" && status["generation"] == 1
+    });
+    server
+}
+
+/// The lease time the cross-node tests give their nodes: the least glint allows.
+const LEASE_S: u64 = 15;
+
+fn lease_config(name: &str) -> String {
+    format!("node_name = {name}\nnode_lease_time = {LEASE_S}")
+}
+
+/// Sends the head of a PUT of `total` bytes and `sent` of them, and leaves the upload open.
+fn start_upload(addr: SocketAddr, id: &str, total: usize, sent: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(&vec![b'x'; sent]).expect("first part");
+    stream
+}
+
+fn status_of(addr: SocketAddr, id: &str) -> String {
+    json(&get(addr, &format!("/v2/images/{id}")))["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The temporary files in `data` (an upload's `.ID.OWNER.tmp`).
+fn temporary_files(data: &Path) -> Vec<String> {
+    fs::read_dir(data)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| name.starts_with('.') && name.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Node `node`'s lease in the registry, in microseconds since the epoch.
+fn lease_of(port: u16, database: &str, node: &str) -> Option<i64> {
+    let name = database.rsplit('/').next().expect("database name");
+    let output = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", name, "-qAtc"])
+        .arg(format!(
+            "SELECT expires_order FROM node_leases WHERE node = '{node}'"
+        ))
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+#[test]
+fn a_node_killed_mid_upload_has_the_upload_recovered_by_another_after_its_lease() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("shared data folder");
+    let a = named_node(&database, data.path(), &lease_config("node-a"));
+    let b = named_node(&database, data.path(), &lease_config("node-b"));
+    let id = util::create_image(a.addr());
+    let upload = start_upload(a.addr(), &id, 1 << 20, 1 << 16);
+    util::wait_until("the upload through A seen by B", DEADLINE, || {
+        status_of(b.addr(), &id) == "saving"
+    });
+    let temporary = temporary_files(data.path());
+    assert_eq!(temporary.len(), 1, "{temporary:?}");
+    assert!(temporary[0].ends_with("_node-a.tmp"), "{temporary:?}");
+
+    // The whole node dies at once, master first so that nothing respawns: no child of it is
+    // left to recover its own upload or to renew its lease.
+    let processes: Vec<i32> = std::iter::once(a.master_pid)
+        .chain(util::children_of(a.master_pid))
+        .collect();
+    for pid in &processes {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill a process of node A");
+    }
+    util::wait_until("node A's processes gone", DEADLINE, || {
+        processes.iter().all(|pid| !util::process_alive(*pid))
+    });
+    // The client's end stays open: only B may put the image back.
+    // B takes it once A's lease has run out, at a maintenance pass (every 5 s).
+    util::wait_until(
+        "B to requeue the upload of dead node A",
+        Duration::from_secs(LEASE_S + 20),
+        || status_of(b.addr(), &id) == "queued",
+    );
+    assert!(
+        b.log()
+            .contains("was left in saving by a process that died"),
+        "{}\n---- A ----\n{}",
+        b.log(),
+        a.log()
+    );
+    drop(upload);
+    assert_eq!(temporary_files(data.path()), Vec::<String>::new());
+    let put = util::send_body(
+        b.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        b"uploaded again through B",
+    );
+    assert_eq!(put.status, 204, "{}", put.text());
+    assert_eq!(status_of(b.addr(), &id), "active");
+}
+
+#[test]
+fn a_live_upload_of_another_node_is_never_taken_for_abandoned() {
+    let port = shared_cluster_port();
+    let database = new_database(port);
+    let data = tempfile::tempdir().expect("shared data folder");
+    let a = named_node(&database, data.path(), &lease_config("node-a"));
+    let b = named_node(&database, data.path(), &lease_config("node-b"));
+    let id = util::create_image(a.addr());
+    let total = 1 << 20;
+    let mut upload = start_upload(a.addr(), &id, total, 1 << 16);
+    util::wait_until("the upload through A seen by B", DEADLINE, || {
+        status_of(b.addr(), &id) == "saving"
+    });
+    // Wait until A has renewed its lease past the end of the lease it held when the upload
+    // began: a whole lease time passed, with B's maintenance passes (every 5 s) looking at the
+    // upload all along.
+    let first = lease_of(port, &database, "node-a").expect("node-a's lease");
+    util::wait_until(
+        "a whole lease time of B's passes",
+        Duration::from_secs(LEASE_S * 3),
+        || {
+            lease_of(port, &database, "node-a")
+                .is_some_and(|now| now > first + LEASE_S as i64 * 1_000_000)
+        },
+    );
+    assert_eq!(status_of(b.addr(), &id), "saving");
+    upload
+        .write_all(&vec![b'x'; total - (1 << 16)])
+        .expect("the rest of the upload");
+    let mut reader = std::io::BufReader::new(upload);
+    let response = util::read_response(&mut reader, "PUT")
+        .expect("read")
+        .expect("a response");
+    assert_eq!(response.status, 204, "{}", response.text());
+    assert_eq!(status_of(b.addr(), &id), "active");
 }
 
 fn json(response: &util::Response) -> Value {

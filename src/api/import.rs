@@ -327,6 +327,9 @@ impl Api {
             &owner,
         )?;
         let mut targets = Vec::new();
+        // Read before the write lock: the check below runs under it and must not call the
+        // registry.
+        let alive = self.liveness()?;
         let image = self
             .registry
             .update(&id, |image| {
@@ -351,7 +354,7 @@ impl Api {
                 // the copy writing it, named by its process; one whose process died is taken.
                 if method == Method::CopyImage {
                     if let Some(holder) = image.upload_owner.take() {
-                        if crate::store::owner_alive(&holder) {
+                        if alive(&holder) {
                             return Err(ApiError::Conflict(format!(
                                 "New operation on image '{}' is not permitted as prior \
                                  operation is still in progress",
@@ -591,8 +594,15 @@ impl Api {
         }
         let staging_dir = self.config.staging_dir.clone();
         let failed = store_name(self.stores.default_id());
+        let alive = match self.liveness() {
+            Ok(alive) => alive,
+            Err(error) => {
+                log::error!("recovery of abandoned imports failed: {error}");
+                return 0;
+            }
+        };
         let recovered = match self.registry.recover_abandoned_imports(
-            crate::store::owner_alive,
+            alive,
             |id| staging_dir.join(id).is_file(),
             &failed,
         ) {
@@ -630,7 +640,10 @@ impl Api {
         let Ok(staging) = self.staging.open(&self.config) else {
             return;
         };
-        for path in staging.remove_abandoned_temp_files(crate::store::owner_alive) {
+        let Ok(alive) = self.liveness() else {
+            return;
+        };
+        for path in staging.remove_abandoned_temp_files(alive) {
             log::warn!(
                 "removed {}, left by a stage whose process died",
                 path.display()

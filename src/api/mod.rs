@@ -54,6 +54,9 @@ use crate::store::Stores;
 use access::Context;
 use error::ApiError;
 
+/// Whether the process an owner token names is alive ([`Api::liveness`]).
+pub(crate) type Liveness = Box<dyn Fn(&str) -> bool + Send>;
+
 /// The application one child serves, built from its generation's config.
 pub struct Api {
     config: Arc<Config>,
@@ -66,6 +69,8 @@ pub struct Api {
     stores: Arc<Stores>,
     /// Identifies this process as the uploader of an image in `saving` (see `store::owner_token`).
     owner_token: String,
+    /// Whether the last renewal of this node's lease failed (logged once until one works).
+    lease_failing: std::sync::atomic::AtomicBool,
     /// The image cache, when the flavor uses one (`[paste_deploy] flavor`).
     cache: Option<CachePipeline>,
     /// The access control of `auth_strategy` or of a keystone flavor.
@@ -104,6 +109,7 @@ impl Api {
             registry,
             stores,
             owner_token: crate::store::owner_token(),
+            lease_failing: std::sync::atomic::AtomicBool::new(false),
             cache,
         }
     }
@@ -159,6 +165,48 @@ impl Api {
         Ok(requeued + imports)
     }
 
+    /// Renews this node's lease when the registry is shared with other nodes (each maintenance
+    /// pass). A failure is logged once until a renewal works again: the node's uploads are then
+    /// taken for abandoned by the others once the lease runs out, as if it had stopped.
+    pub fn renew_node_lease(&self) {
+        if !self.registry.is_shared() {
+            return;
+        }
+        let renewed = self
+            .registry
+            .renew_node_lease(&self.config.node_name, self.config.node_lease_time);
+        let was_failing = self
+            .lease_failing
+            .swap(renewed.is_err(), std::sync::atomic::Ordering::Relaxed);
+        match renewed {
+            Err(error) if !was_failing => log::error!(
+                "cannot renew the lease of node {} in the registry: {}; once it expires ({} s \
+                 after the last renewal) the other nodes recover this node's uploads",
+                self.config.node_name,
+                error::with_causes(&error),
+                self.config.node_lease_time.as_secs()
+            ),
+            Ok(()) if was_failing => log::info!(
+                "the lease of node {} is renewed again",
+                self.config.node_name
+            ),
+            _ => {}
+        }
+    }
+
+    /// Whether the process an owner token names is alive: with a shared registry, a process
+    /// of another node is alive while that node's lease is (read once, here); else, and for
+    /// this node's processes, /proc tells.
+    pub(crate) fn liveness(&self) -> Result<Liveness, RegistryError> {
+        if !self.registry.is_shared() {
+            return Ok(Box::new(crate::store::owner_alive));
+        }
+        let live = self.registry.live_nodes()?;
+        Ok(Box::new(move |token| {
+            crate::store::owner_alive_among(token, &live)
+        }))
+    }
+
     /// Whether an image in `saving` has no live uploader, read without the write lock. Two
     /// indexed queries, as the list filters take hidden and other images apart; each finds
     /// nothing when no upload runs.
@@ -181,10 +229,14 @@ impl Api {
                 ..ListQuery::default()
             };
             let held = self.registry.list(&query)?;
+            if held.is_empty() {
+                continue;
+            }
+            let alive = self.liveness()?;
             if held
                 .iter()
                 .any(|image| match image.upload_owner.as_deref() {
-                    Some(owner) => !crate::store::owner_alive(owner),
+                    Some(owner) => !alive(owner),
                     None => status == ImageStatus::Saving,
                 })
             {
@@ -196,9 +248,7 @@ impl Api {
 
     /// Puts images `saving` under a dead uploader back to `queued`, logs each, returns how many.
     fn requeue_abandoned_images(&self) -> Result<usize, RegistryError> {
-        let recovered = self
-            .registry
-            .recover_abandoned_uploads(crate::store::owner_alive)?;
+        let recovered = self.registry.recover_abandoned_uploads(self.liveness()?)?;
         for image in &recovered {
             log::warn!(
                 "image {} was left in saving by a process that died; it is queued again",
@@ -210,10 +260,10 @@ impl Api {
 
     /// Removes the temporary files of dead uploaders and logs each.
     fn remove_abandoned_temp_files(&self) {
-        for path in self
-            .stores
-            .remove_abandoned_temp_files(crate::store::owner_alive)
-        {
+        let Ok(alive) = self.liveness() else {
+            return;
+        };
+        for path in self.stores.remove_abandoned_temp_files(alive) {
             log::warn!(
                 "removed {}, left by an upload whose process died",
                 path.display()

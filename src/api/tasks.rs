@@ -183,11 +183,17 @@ impl Api {
     /// while they ran, drops their image's `os_glance_import_task`, and removes expired tasks.
     /// Cheap when there is nothing to do: two indexed reads, no write lock.
     pub(super) fn recover_tasks(&self) {
-        let alive = crate::store::owner_alive;
-        match self.registry.any_task_abandoned(alive) {
+        let alive = match self.liveness() {
+            Ok(alive) => alive,
+            Err(error) => {
+                log::error!("recovery of abandoned tasks failed: {error}");
+                return;
+            }
+        };
+        match self.registry.any_task_abandoned(&alive) {
             Ok(false) => {}
             Ok(true) => match self.registry.fail_abandoned_tasks(
-                alive,
+                &alive,
                 ABANDONED_MESSAGE,
                 time_to_live(&self.config),
             ) {

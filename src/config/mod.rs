@@ -167,6 +167,10 @@ pub struct Config {
     /// `[database] connection`: the SQLite file (an absolute path) or the PostgreSQL database
     /// holding image metadata.
     pub database: Database,
+    /// `[DEFAULT] node_name`: this node's name among nodes sharing a PostgreSQL registry.
+    pub node_name: String,
+    /// `[DEFAULT] node_lease_time`: how long a node stays alive for the others after a renewal.
+    pub node_lease_time: Duration,
     /// `[paste_deploy] flavor`: the request pipeline, with or without the image cache.
     pub flavor: Flavor,
     /// `[image_cache] image_cache_dir`: absolute folder of the image cache.
@@ -1198,6 +1202,9 @@ struct Draft {
     datadirs: Vec<DataDir>,
     filesystem_store_file_perm: u32,
     database: Database,
+    /// None until the file or the default sets it: the host name then.
+    node_name: Option<String>,
+    node_lease_time: Duration,
     flavor: Flavor,
     image_cache_dir: PathBuf,
     image_cache_max_size: u64,
@@ -1245,6 +1252,24 @@ impl Draft {
         let access_log_file = self.access_log_file.map(|access_log_file| {
             options::resolve(self.log_dir.as_deref().unwrap_or(folder), &access_log_file)
         });
+
+        let node_name = self.node_name.clone().unwrap_or_else(default_node_name);
+        if !crate::store::is_node_name(&node_name) {
+            let how = if self.node_name.is_some() {
+                "set it to 1 to 63 letters, digits and `-`"
+            } else {
+                "the machine's host name cannot be one: set node_name to 1 to 63 letters, digits \
+                 and `-`"
+            };
+            if matches!(self.database, Database::Postgres(_)) {
+                report.error(
+                    raw.line_of("DEFAULT", "node_name"),
+                    Some("DEFAULT"),
+                    Some("node_name"),
+                    format!("`{}` cannot name a node; {how}", node_name.escape_debug()),
+                );
+            }
+        }
 
         // Two of these sharing a file would overwrite each other's content.
         let database_file = match &self.database {
@@ -1397,6 +1422,8 @@ impl Draft {
             datadirs,
             filesystem_store_file_perm: self.filesystem_store_file_perm,
             database: self.database,
+            node_name,
+            node_lease_time: self.node_lease_time,
             flavor: self.flavor,
             image_cache_dir: self.image_cache_dir,
             image_cache_max_size: self.image_cache_max_size,
@@ -1855,4 +1882,13 @@ fn warn_about_unread(raw: &RawConfig, report: &mut Report, enabled_backends: &[S
             report.warning(line, Some(name), Some(&entry.key), message);
         }
     }
+}
+
+/// `[DEFAULT] node_name`'s default: the machine's host name up to its first dot.
+fn default_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .map(|name| name.split('.').next().unwrap_or_default().to_string())
+        .unwrap_or_default()
 }

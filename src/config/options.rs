@@ -909,6 +909,34 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        section: "DEFAULT",
+        name: "node_name",
+        kind: Kind::Text { secret: false },
+        default: DefaultValue::Derived("the machine's host name, up to its first dot"),
+        on_reload: RELOAD_DATABASE,
+        doc: "glint's own: this node's name among the nodes that share a registry on PostgreSQL (docs/SCALE-OUT.md): 1 to 63 letters, digits and `-`, different on every node. The uploads and imports a node runs are recorded under its name, so that the others recover them only once its lease expires. Unused with SQLite.",
+        apply: |draft, value| {
+            if let Value::Text(text) = value {
+                draft.node_name = text;
+            }
+        },
+        show: |config| vec![config.node_name.clone()],
+    },
+    OptionSpec {
+        section: "DEFAULT",
+        name: "node_lease_time",
+        kind: Kind::Integer { min: 15, max: 3600, zero_means_min: None },
+        default: DefaultValue::Text("30"),
+        on_reload: RELOAD_DATABASE,
+        doc: "glint's own, with a registry on PostgreSQL: seconds a node stays alive for the other nodes after its last renewal (each child renews it every 5 s). An upload or import held by a node that stopped is recovered by the others once this has passed. At least 15. Unused with SQLite.",
+        apply: |draft, value| {
+            if let Value::Integer(seconds) = value {
+                draft.node_lease_time = Duration::from_secs(seconds.unsigned_abs());
+            }
+        },
+        show: |config| vec![config.node_lease_time.as_secs().to_string()],
+    },
+    OptionSpec {
         section: "paste_deploy",
         name: "flavor",
         kind: Kind::Flavor,

@@ -207,6 +207,10 @@ pub fn run(start: Start) -> i32 {
         }
     };
     steps.done("database");
+    if registry.is_shared() {
+        // Before anything makes an owner token: every token of this child names its node.
+        crate::store::set_node(&config.node_name);
+    }
     let stores = match open_stores(&config) {
         Ok(stores) => Arc::new(stores),
         Err(error) => return ready.failed(&error),
@@ -401,6 +405,8 @@ pub fn run(start: Start) -> i32 {
 fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
     let mut failing = false;
     Maintenance::start(RECOVERY_PERIOD, move |pass| {
+        // First: a node's lease must outlive this pass's view of the others.
+        api.renew_node_lease();
         let outcome = if pass == 0 {
             api.recover().map(|()| 0)
         } else {

@@ -202,6 +202,15 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_running ON tasks (status) WHERE status IN ('pending', 'processing');
     CREATE INDEX tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
     ",
+    // 7: node leases (issue 15): each node sharing the registry renews its row; a node whose
+    // lease expired is gone, and the uploads its processes held are recovered by the others.
+    // `expires_order` is microseconds since the epoch, on the database's clock.
+    "
+    CREATE TABLE node_leases (
+        node TEXT PRIMARY KEY NOT NULL,
+        expires_order INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the schema up to date in one exclusive transaction: either every missing migration is
@@ -327,6 +336,12 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_by_created ON tasks (created_order, id);
     CREATE INDEX tasks_running ON tasks (status) WHERE status IN ('pending', 'processing');
     CREATE INDEX tasks_by_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    ",
+    "
+    CREATE TABLE node_leases (
+        node TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+        expires_order BIGINT NOT NULL
+    );
     ",
 ];
 

@@ -14,6 +14,8 @@
 //!   and marker pagination.
 //! - `status`: [`ImageStatus`] and the words it is stored and shown as.
 //! - `task`: [`Task`]s, Glance's record of each image import, and the methods that keep them.
+//! - `node`: the leases of the nodes sharing a registry on PostgreSQL, which say which are alive.
+//! - `sql`: the narrow interface to the engine, SQLite or PostgreSQL ([`Database`]).
 //!
 //! # Locking
 //!
@@ -55,6 +57,7 @@ mod member;
 #[cfg(test)]
 mod member_tests;
 mod migrations;
+mod node;
 #[cfg(test)]
 mod plan_tests;
 mod query;
@@ -492,6 +495,12 @@ impl Registry {
         let mut pool = self.lock_pool();
         loop {
             if let Some(connection) = pool.idle.pop() {
+                if !connection.is_connected() {
+                    // The server went away (a restart) since it was last used: open another.
+                    pool.n_open -= 1;
+                    drop(connection);
+                    continue;
+                }
                 return Ok(Lease {
                     registry: self,
                     connection: Some(connection),

@@ -1464,3 +1464,25 @@ fn recover_abandoned_uploads_requeues_only_images_whose_uploader_is_gone() {
         .iter()
         .all(|image| image.id == "alive"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node leases
+
+#[test]
+fn a_node_is_live_until_its_lease_expires_and_a_renewal_never_shortens_it() {
+    let (_dir, registry) = temp_registry();
+    assert!(registry.live_nodes().expect("live").is_empty());
+    registry
+        .renew_node_lease("node-a", Duration::from_secs(3600))
+        .expect("renew a");
+    registry
+        .renew_node_lease("node-b", Duration::ZERO)
+        .expect("renew b");
+    let live = registry.live_nodes().expect("live");
+    assert_eq!(live, ["node-a".to_string()].into());
+    // A shorter renewal (a child whose pass came late) leaves the longer lease.
+    registry
+        .renew_node_lease("node-a", Duration::ZERO)
+        .expect("renew a again");
+    assert!(registry.live_nodes().expect("live").contains("node-a"));
+}

@@ -6,9 +6,17 @@
 //! crashed child would look owned by whatever process got its pid. The pair is unique until the
 //! next reboot. This is Linux-specific; where `/proc` is missing the start time is recorded as 0
 //! and [`owner_alive`] answers from the pid alone, erring towards "alive".
+//!
+//! Nodes sharing a PostgreSQL registry and a data folder (issue 15) cannot see each other's
+//! processes, so there a token also names its node: `<pid>-<start time>_<node>` ([`set_node`],
+//! once per child). A process of another node is alive while that node's lease in the registry
+//! is ([`owner_alive_among`]); one of this node, as above. A registry on SQLite serves one
+//! node, and its tokens stay as they were, so binaries from before nodes read them the same.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -24,7 +32,49 @@ pub fn owner_token() -> String {
         .ok()
         .and_then(|stat| start_time_from_stat(&stat))
         .unwrap_or(0);
-    format!("{pid}-{start_time}")
+    match NODE.get() {
+        Some(node) => format!("{pid}-{start_time}_{node}"),
+        None => format!("{pid}-{start_time}"),
+    }
+}
+
+/// This process's node, when its registry is shared with other nodes.
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Names this process's node in every token it makes from now on. A child calls it once, at
+/// its start, when its registry is on PostgreSQL; `node` is `[DEFAULT] node_name`, checked by
+/// the configuration to be a name part ([`is_node_name`]). A second call changes nothing.
+pub fn set_node(node: &str) {
+    let _ = NODE.set(node.to_string());
+}
+
+/// Whether `name` may name a node in a token and a file name: 1 to 63 ASCII letters, digits
+/// and `-`.
+pub fn is_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+}
+
+/// `token`'s process part and its node, if it names one.
+fn split_node(token: &str) -> (&str, Option<&str>) {
+    match token.split_once('_') {
+        Some((process, node)) => (process, Some(node)),
+        None => (token, None),
+    }
+}
+
+/// Whether the process named by `token` is alive, among nodes that share a registry: a process
+/// of this node (or a token naming none) as [`owner_alive`] tells; one of another node while
+/// that node is in `live_nodes` (those whose lease in the registry has not expired).
+pub fn owner_alive_among(token: &str, live_nodes: &HashSet<String>) -> bool {
+    match split_node(token) {
+        (_, Some(node)) if Some(node) != NODE.get().map(String::as_str) => {
+            is_node_name(node) && live_nodes.contains(node)
+        }
+        (process, _) => owner_alive(process),
+    }
 }
 
 /// Whether the process named by `token` is still running. False for a malformed token.
@@ -35,7 +85,14 @@ pub fn owner_token() -> String {
 /// A zombie (state `Z`, or `X` while it is being reaped) is dead: it runs no code, so its upload
 /// can never go on, and its /proc entry stays until its parent reaps it. Recovery then does not
 /// wait for the master to reap a killed child.
+///
+/// A token of another node cannot be checked here: it counts as alive (see
+/// [`owner_alive_among`]).
 pub fn owner_alive(token: &str) -> bool {
+    let token = match split_node(token) {
+        (_, Some(node)) if Some(node) != NODE.get().map(String::as_str) => return true,
+        (process, _) => process,
+    };
     let Some((pid, start_time)) = parse_token(token) else {
         return false;
     };
@@ -159,6 +216,21 @@ mod tests {
         child.wait().unwrap();
         // Reaped: ESRCH (pids are handed out in increasing order, so it is not reused this soon).
         assert!(!pid_exists(pid));
+    }
+
+    #[test]
+    fn a_process_of_another_node_lives_while_its_node_does() {
+        let (process, node) = split_node("12-34_node-b");
+        assert_eq!((process, node), ("12-34", Some("node-b")));
+        let live: HashSet<String> = ["node-b".to_string()].into();
+        assert!(owner_alive_among("12-34_node-b", &live));
+        assert!(!owner_alive_among("12-34_node-c", &live));
+        assert!(!owner_alive_among("12-34_no.de", &live));
+        // Without the registry's view, another node's process is never taken for dead.
+        assert!(owner_alive("12-34_node-c"));
+        // A token naming no node is this machine's: /proc decides.
+        assert!(owner_alive_among(&owner_token(), &HashSet::new()));
+        assert!(is_node_name("node-1") && !is_node_name("") && !is_node_name("a_b"));
     }
 
     #[test]

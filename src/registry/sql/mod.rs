@@ -277,6 +277,16 @@ impl Connection {
         }
     }
 
+    /// Whether an idle connection is still worth lending: a PostgreSQL server that restarted
+    /// closed it, which shows without a round trip.
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Connection::Sqlite(_) => true,
+            #[cfg(feature = "postgresql")]
+            Connection::Postgres(connection) => connection.is_connected(),
+        }
+    }
+
     /// The SQLite connection, for what only SQLite has (tests of its plans and pragmas).
     pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {

@@ -14,9 +14,10 @@ use std::ptr::{self, NonNull};
 
 use pq_sys::{
     ConnStatusType, ExecStatusType, PGTransactionStatusType, PGconn, PGresult, PQclear,
-    PQcmdTuples, PQconnectdbParams, PQerrorMessage, PQexec, PQexecParams, PQfinish, PQftype,
-    PQgetisnull, PQgetvalue, PQnfields, PQntuples, PQresultErrorField, PQresultErrorMessage,
-    PQresultStatus, PQsetNoticeProcessor, PQstatus, PQtransactionStatus, PG_DIAG_SQLSTATE,
+    PQcmdTuples, PQconnectdbParams, PQconsumeInput, PQerrorMessage, PQexec, PQexecParams, PQfinish,
+    PQftype, PQgetisnull, PQgetvalue, PQnfields, PQntuples, PQresultErrorField,
+    PQresultErrorMessage, PQresultStatus, PQsetNoticeProcessor, PQstatus, PQtransactionStatus,
+    PG_DIAG_SQLSTATE,
 };
 
 use super::{SqlError, ToSql, ValueRef};
@@ -174,6 +175,17 @@ impl Connection {
 
     pub fn begin_read(&self) -> Result<(), SqlError> {
         self.execute_batch("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    }
+
+    /// Whether the server is still there, as far as can be told without a round trip: reads
+    /// what already arrived (libpq's socket never blocks), which after a server's shutdown is
+    /// its goodbye and the end of the stream.
+    pub fn is_connected(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe {
+            PQconsumeInput(self.raw.as_ptr()) != 0
+                && PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
+        }
     }
 
     /// Connected, and no transaction open.
