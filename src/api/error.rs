@@ -221,7 +221,7 @@ mod tests {
         };
         let text = with_causes(&error);
         assert!(
-            text.starts_with("registry: failed to read image x: Conversion error"),
+            text.starts_with("registry: failed to read image x: conversion error in column 2"),
             "{text}"
         );
         assert_eq!(text.matches("\"frozen\"").count(), 1, "{text}");

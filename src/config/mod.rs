@@ -1261,7 +1261,9 @@ impl Draft {
                 "the machine's host name cannot be one: set node_name to 1 to 63 letters, digits \
                  and `-`"
             };
-            if matches!(self.database, Database::Postgres(_)) {
+            // A bad value in the file is always an error; a host name that cannot name a node
+            // matters only when the registry is shared.
+            if self.node_name.is_some() || matches!(self.database, Database::Postgres(_)) {
                 report.error(
                     raw.line_of("DEFAULT", "node_name"),
                     Some("DEFAULT"),

@@ -353,6 +353,9 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
         "sqlite:////etc/glint/db/../g.db",
     ),
     ("connection", "SQLite:////srv/g.db", "sqlite:////srv/g.db"),
+    ("node_name", "glint-2", "glint-2"),
+    ("node_lease_time", "15", "15"),
+    ("node_lease_time", "120", "120"),
     // PostgreSQL, shown without its password; SQLAlchemy's driver suffix dropped.
     (
         "connection",
@@ -619,6 +622,9 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("stores", "files", "`files` does not include file; glint stores images on the filesystem: add file to the list"),
     ("connection", "mysql+pymysql://glance:secret@db.example.com/glance", "names a `mysql+pymysql` database; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("connection", "postgresql://glance@db", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    ("node_lease_time", "14", "14 is out of range; use a whole number from 15 to 3600"),
+    ("node_name", "glint_2", "`glint_2` cannot name a node; set it to 1 to 63 letters, digits and `-`"),
+    ("node_name", "glint.example.com", "`glint.example.com` cannot name a node; set it to 1 to 63 letters, digits and `-`"),
     ("connection", "postgresql+psycopg2://glance:pw@db/", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("connection", "postgresql://glance:p w@db/glance", "has spaces or control characters; percent-encode them (%20)"),
     ("connection", "/var/lib/glint/glint.sqlite", "is not a database URL; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),

@@ -57,11 +57,14 @@ pub fn is_node_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
 }
 
-/// `token`'s process part and its node, if it names one.
+/// `token`'s process part and its node, if it names one that is well formed (a malformed
+/// token stays whole, and is dead).
 fn split_node(token: &str) -> (&str, Option<&str>) {
     match token.split_once('_') {
-        Some((process, node)) => (process, Some(node)),
-        None => (token, None),
+        Some((process, node)) if parse_token(process).is_some() && is_node_name(node) => {
+            (process, Some(node))
+        }
+        _ => (token, None),
     }
 }
 
@@ -71,7 +74,7 @@ fn split_node(token: &str) -> (&str, Option<&str>) {
 pub fn owner_alive_among(token: &str, live_nodes: &HashSet<String>) -> bool {
     match split_node(token) {
         (_, Some(node)) if Some(node) != NODE.get().map(String::as_str) => {
-            is_node_name(node) && live_nodes.contains(node)
+            live_nodes.contains(node)
         }
         (process, _) => owner_alive(process),
     }
@@ -226,6 +229,7 @@ mod tests {
         assert!(owner_alive_among("12-34_node-b", &live));
         assert!(!owner_alive_among("12-34_node-c", &live));
         assert!(!owner_alive_among("12-34_no.de", &live));
+        assert!(!owner_alive("not_a_token") && !owner_alive("12-34_no.de"));
         // Without the registry's view, another node's process is never taken for dead.
         assert!(owner_alive("12-34_node-c"));
         // A token naming no node is this machine's: /proc decides.
