@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::util::{self, Server, DEADLINE};
 
 /// The port of the PostgreSQL cluster `scripts/test` started with Keystone.
-fn shared_cluster_port() -> u16 {
+pub(crate) fn shared_cluster_port() -> u16 {
     let path = std::env::var_os("GLINT_KEYSTONE_ENV").unwrap_or_else(|| {
         panic!(
             "GLINT_KEYSTONE_ENV is not set: these tests use the PostgreSQL cluster of the test \
@@ -50,7 +50,7 @@ fn psql(port: u16, sql: &str) {
 }
 
 /// A new, empty database on the cluster at `port`, and the URL glint connects with.
-fn new_database(port: u16) -> String {
+pub(crate) fn new_database(port: u16) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!(
         "glint_{}_{}",
@@ -68,6 +68,11 @@ fn node(database: &str, data: &Path) -> Server {
 
 /// [`node`] with `extra` lines in `[DEFAULT]`.
 fn named_node(database: &str, data: &Path, extra: &str) -> Server {
+    node_with(database, data, extra, "")
+}
+
+/// [`named_node`] with `sections` (whole sections) at the end of the config.
+pub(crate) fn node_with(database: &str, data: &Path, extra: &str, sections: &str) -> Server {
     let dir = tempfile::tempdir().expect("temporary directory");
     let config_path = dir.path().join("glint-api.conf");
     fs::write(
@@ -76,7 +81,7 @@ fn named_node(database: &str, data: &Path, extra: &str) -> Server {
             "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nworkers = 2\nworker_threads = 4\n\
              pid_file = glint-api.pid\nlog_file = glint-api.log\n{extra}\n\n\
              [glance_store]\nfilesystem_store_datadir = {}\n\n\
-             [database]\nconnection = {database}\n",
+             [database]\nconnection = {database}\n\n{sections}\n",
             data.display()
         ),
     )
@@ -235,7 +240,7 @@ fn a_live_upload_of_another_node_is_never_taken_for_abandoned() {
     assert_eq!(status_of(b.addr(), &id), "active");
 }
 
-fn json(response: &util::Response) -> Value {
+pub(crate) fn json(response: &util::Response) -> Value {
     serde_json::from_slice(&response.body).unwrap_or_else(|_| panic!("{}", response.text()))
 }
 
@@ -431,4 +436,65 @@ fn a_database_restart_gives_503s_then_service_without_restarting_glint() {
     assert_eq!(get(server.addr(), "/healthcheck").status, 200);
     // Nothing restarted: the same children serve.
     assert_eq!(server.children(Some("serving")), children);
+}
+
+#[test]
+fn a_delete_through_one_node_ends_a_download_from_another_whole() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("shared data folder");
+    let a = node(&database, data.path());
+    let b = node(&database, data.path());
+    let id = util::create_image(a.addr());
+    // Far more than the socket buffers hold, so most of it is still to be read at the delete.
+    let payload: Vec<u8> = (0..32u32 << 20).map(|index| (index % 251) as u8).collect();
+    let put = util::send_body(
+        a.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        &payload,
+    );
+    assert_eq!(put.status, 204, "{}", put.text());
+
+    let mut download = TcpStream::connect(b.addr()).expect("connect to B");
+    download
+        .write_all(
+            format!(
+                "GET /v2/images/{id}/file HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                b.addr()
+            )
+            .as_bytes(),
+        )
+        .expect("request");
+    let mut first = vec![0; 1 << 16];
+    std::io::Read::read_exact(&mut download, &mut first).expect("the first bytes");
+
+    let deleted = util::request(a.addr(), "DELETE", &format!("/v2/images/{id}"), &[], b"")
+        .expect("DELETE through A");
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert!(
+        !data.path().join(&id).exists(),
+        "the data file is still there after the delete"
+    );
+    assert_eq!(get(b.addr(), &format!("/v2/images/{id}")).status, 404);
+
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut download, &mut rest).expect("the rest");
+    first.extend_from_slice(&rest);
+    let body_start = first
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(
+        first.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        util::show(&first[..64])
+    );
+    assert!(
+        first[body_start..] == payload[..],
+        "the download ended with {} of {} bytes",
+        first.len() - body_start,
+        payload.len()
+    );
 }

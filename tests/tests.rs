@@ -60,6 +60,9 @@
 //! - `postgres`: the registry on PostgreSQL (issue 15, part 1): two nodes sharing one database
 //!   and one data folder, and a database restarted under a node (503s, then service, nothing
 //!   restarted).
+//! - `scale_out`: three nodes behind the real HAProxy on `conf/haproxy-glint.cfg` (issue 15,
+//!   parts 3 and 4): each reloaded in turn under load, and one taken out by its disable file
+//!   and stopped, without a failed request.
 //! - `import`: interoperable import with `glance-direct` (issue 12, part 2, first slice): stage
 //!   and import of `qemu-img` images, a hostile one refused, Glance's preconditions, imports
 //!   across SIGHUP and SIGTERM, an import whose child is killed recovered.
@@ -89,6 +92,7 @@ mod postgres;
 mod process_faults;
 mod reload;
 mod request_ids;
+mod scale_out;
 mod sharing;
 mod slow_readers;
 mod stores;
