@@ -209,10 +209,18 @@ impl Registry {
     /// Whether the database answers a trivial query, on a pooled connection (a new one if the
     /// last was lost); for `/healthcheck`.
     pub fn ping(&self) -> Result<(), RegistryError> {
-        let lease = self.lease()?;
-        lease
-            .execute_batch("SELECT 1")
-            .map_err(RegistryError::sql("ask the database for SELECT 1"))
+        let ping = || {
+            let lease = self.lease()?;
+            lease
+                .execute_batch("SELECT 1")
+                .map_err(RegistryError::sql("ask the database for SELECT 1"))
+        };
+        // A pooled connection the server closed fails once and is dropped; the second try
+        // opens a new one, so a database that is back is reported up at once.
+        match ping() {
+            Err(error) if error.is_unreachable() => ping(),
+            other => other,
+        }
     }
 
     /// Records a new image. Its tags are stored sorted and unique; its timestamps as given.

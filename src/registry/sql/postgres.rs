@@ -181,9 +181,12 @@ impl Connection {
     /// what already arrived (libpq's socket never blocks), which after a server's shutdown is
     /// its goodbye and the end of the stream.
     pub fn is_connected(&self) -> bool {
+        // Twice: one read may return the server's last message (its "terminating connection")
+        // and stop there; the next meets the end of the stream.
         // SAFETY: a live connection.
         unsafe {
             PQconsumeInput(self.raw.as_ptr()) != 0
+                && PQconsumeInput(self.raw.as_ptr()) != 0
                 && PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
         }
     }
