@@ -379,9 +379,34 @@ fn render(path: &str) -> Result<String, String> {
         Some("keystone") => keystone_table(runs, &record),
         Some("registry") => registry_table(runs, &record),
         Some("idle") => idle_table(runs, &record),
+        Some("scale-out") => scale_out_table(runs),
         other => return Err(format!("{path}: unknown bench {other:?}")),
     };
     Ok(format!("{body}\n{}", provenance(path, &record)))
+}
+
+// ---- scale-out --------------------------------------------------------------------------------
+
+/// Issue 15's benchmark: the request rate through HAProxy with 1, 2 and 3 nodes, and one node on
+/// PostgreSQL against one on SQLite, from the same run.
+fn scale_out_table(runs: &[Value]) -> String {
+    let mut out = load_runs_table(runs);
+    let rate = |label: &str| {
+        runs.iter()
+            .find(|run| run["label"] == label)
+            .and_then(|run| run["requests_per_s"].as_f64())
+    };
+    let ratio = |a: &str, b: &str| rate(a).zip(rate(b)).map(|(a, b)| a / b);
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Through HAProxy, requests/s against 1 node: 2 nodes {}, 3 nodes {}. One node on PostgreSQL against one on SQLite: `GET /v2/images/{{id}}` {}, a list of 25 {}.",
+        opt(ratio("haproxy 2 nodes image", "haproxy 1 node image"), 2),
+        opt(ratio("haproxy 3 nodes image", "haproxy 1 node image"), 2),
+        opt(ratio("postgresql image", "sqlite image"), 2),
+        opt(ratio("postgresql list", "sqlite list"), 2),
+    );
+    out
 }
 
 // ---- reload -----------------------------------------------------------------------------------
@@ -612,7 +637,8 @@ fn reload_effect_targets(runs: &[Value], mode_of: &dyn Fn(&Value) -> String) -> 
 
 // ---- load -------------------------------------------------------------------------------------
 
-fn load_table(runs: &[Value], record: &Value) -> String {
+/// Every run of a request-rate record side by side: rate, latency, failures, memory and CPU.
+fn load_runs_table(runs: &[Value]) -> String {
     let title = |run: &Value| {
         format!(
             "{} {}",
@@ -667,7 +693,18 @@ fn load_table(runs: &[Value], record: &Value) -> String {
             resources(run, &["cpu_us_per_request", "load_generator"], 1)
         }),
     ];
-    let mut out = md_table("", &titles, &rows);
+    md_table("", &titles, &rows)
+}
+
+fn load_table(runs: &[Value], record: &Value) -> String {
+    let mut out = load_runs_table(runs);
+    let title = |run: &Value| {
+        format!(
+            "{} {}",
+            run["label"].as_str().unwrap_or("?"),
+            run["mode"].as_str().unwrap_or("?")
+        )
+    };
 
     // glint against nginx for each path and mode that both ran.
     let find = |server: &str, path: &str, mode: &str| {
