@@ -399,7 +399,8 @@ impl Drop for Cluster {
 }
 
 #[test]
-fn a_database_restart_gives_503s_then_service_without_restarting_glint() {
+fn a_database_restarted_under_load_gives_503s_then_service_without_restarting_glint_and_loses_nothing(
+) {
     let cluster = Cluster::start();
     let database = new_database(cluster.port);
     let data = tempfile::tempdir().expect("data folder");
@@ -407,6 +408,67 @@ fn a_database_restart_gives_503s_then_service_without_restarting_glint() {
     let children = server.children(Some("serving"));
     let id = util::create_image(server.addr());
 
+    // Under load: two clients create images all along, before, during and after the outage.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (created, refused, other) = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let (stop, addr) = (&stop, server.addr());
+                scope.spawn(move || {
+                    let (mut created, mut refused, mut other) = (Vec::new(), 0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match util::request(
+                            addr,
+                            "POST",
+                            "/v2/images",
+                            &[("Content-Type", "application/json")],
+                            br#"{"name": "during", "disk_format": "raw", "container_format": "bare"}"#,
+                        ) {
+                            Ok(response) if response.status == 201 => {
+                                created.push(json(&response)["id"].as_str().unwrap_or_default().to_string())
+                            }
+                            Ok(response) if response.status == 503 => refused += 1,
+                            Ok(response) => other.push(format!("{} {}", response.status, response.text())),
+                            Err(error) => other.push(error.to_string()),
+                        }
+                    }
+                    (created, refused, other)
+                })
+            })
+            .collect();
+        restart_under(&cluster, &server, &id);
+        stop.store(true, Ordering::Relaxed);
+        let mut all = (Vec::new(), 0, Vec::new());
+        for client in clients {
+            let (created, refused, other) = client.join().expect("client");
+            all.0.extend(created);
+            all.1 += refused;
+            all.2.extend(other);
+        }
+        all
+    });
+    assert_eq!(
+        other,
+        Vec::<String>::new(),
+        "answers other than 201 and 503"
+    );
+    assert!(refused > 0, "no 503 while the database was down");
+    assert!(!created.is_empty());
+    // Nothing lost: every image a client was told was created is there.
+    for created in &created {
+        assert_eq!(
+            get(server.addr(), &format!("/v2/images/{created}")).status,
+            200,
+            "{created}"
+        );
+    }
+    // Nothing restarted: the same children serve.
+    assert_eq!(server.children(Some("serving")), children);
+}
+
+/// Stops the database under `server`, checks the 503s and the health check, starts it again
+/// and waits until image `id` is served again.
+fn restart_under(cluster: &Cluster, server: &Server, id: &str) {
     cluster.pg_ctl("stop");
     let down = get(server.addr(), &format!("/v2/images/{id}"));
     assert_eq!(down.status, 503, "{}", down.text());
@@ -432,10 +494,8 @@ fn a_database_restart_gives_503s_then_service_without_restarting_glint() {
         served
     });
     let image = json(last.as_ref().expect("a response"));
-    assert_eq!(image["id"], id.as_str());
+    assert_eq!(image["id"], id);
     assert_eq!(get(server.addr(), "/healthcheck").status, 200);
-    // Nothing restarted: the same children serve.
-    assert_eq!(server.children(Some("serving")), children);
 }
 
 #[test]
@@ -497,4 +557,55 @@ fn a_delete_through_one_node_ends_a_download_from_another_whole() {
         first.len() - body_start,
         payload.len()
     );
+}
+
+#[test]
+fn concurrent_uploads_to_one_image_through_three_nodes_leave_one_winner_and_its_data() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("shared data folder");
+    let nodes: Vec<Server> = (0..3).map(|_| node(&database, data.path())).collect();
+    let id = util::create_image(nodes[0].addr());
+    let payloads: Vec<Vec<u8>> = (0..3u8).map(|seed| vec![b'a' + seed; 4 << 20]).collect();
+    let barrier = std::sync::Barrier::new(3);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let uploads: Vec<_> = nodes
+            .iter()
+            .zip(&payloads)
+            .map(|(node, payload)| {
+                let (barrier, id) = (&barrier, &id);
+                scope.spawn(move || {
+                    barrier.wait();
+                    util::send_body(
+                        node.addr(),
+                        "PUT",
+                        &format!("/v2/images/{id}/file"),
+                        "application/octet-stream",
+                        payload,
+                    )
+                    .status
+                })
+            })
+            .collect();
+        uploads
+            .into_iter()
+            .map(|upload| upload.join().expect("upload thread"))
+            .collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![204, 409, 409], "{statuses:?}");
+    let winner = statuses
+        .iter()
+        .position(|status| *status == 204)
+        .expect("a winner");
+    // Every node serves the winner's data, and no loser left a file behind.
+    for node in &nodes {
+        let file = get(node.addr(), &format!("/v2/images/{id}/file"));
+        assert_eq!(file.status, 200);
+        assert!(
+            file.body == payloads[winner],
+            "another upload's data was kept"
+        );
+    }
+    assert_eq!(temporary_files(data.path()), Vec::<String>::new());
 }

@@ -1097,18 +1097,19 @@ fn registry_is_send_and_sync() {
 #[test]
 fn concurrent_updates_from_two_handles_lose_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = db_path(&dir);
-    Registry::open(&sqlite(&path))
+    // Either engine: two handles stand for two children, or two nodes.
+    let database = temp_database(&dir);
+    Registry::open(&database)
         .expect("open")
         .create(&counter_image("counted"))
         .expect("create");
     let n_updates = 200;
     let threads: Vec<_> = (0..2)
         .map(|_| {
-            let path = path.clone();
+            let database = database.clone();
             thread::spawn(move || {
                 // A handle of its own, as each child process has.
-                let registry = Registry::open(&sqlite(&path)).expect("open");
+                let registry = Registry::open(&database).expect("open");
                 for _ in 0..n_updates {
                     registry
                         .update("counted", increment_counter)
@@ -1121,7 +1122,7 @@ fn concurrent_updates_from_two_handles_lose_nothing() {
     for thread in threads {
         thread.join().expect("thread");
     }
-    let registry = Registry::open(&sqlite(&path)).expect("open");
+    let registry = Registry::open(&database).expect("open");
     let image = registry.get("counted").expect("get").expect("found");
     assert_eq!(image.properties["counter"], (2 * n_updates).to_string());
 }
