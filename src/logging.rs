@@ -26,6 +26,7 @@
 //! (the `debug` option), so it can change without reinstalling the logger. `RUST_LOG` is not
 //! consulted: the config file is the one place that sets logging.
 
+pub mod outage;
 pub mod syslog;
 
 use std::cell::RefCell;

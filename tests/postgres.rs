@@ -464,6 +464,17 @@ fn a_database_restarted_under_load_gives_503s_then_service_without_restarting_gl
     }
     // Nothing restarted: the same children serve.
     assert_eq!(server.children(Some("serving")), children);
+    // Told once per child, not once per 503 (the outage was shorter than the 10 s between
+    // reminders), and told when it ended.
+    let opened = server
+        .log()
+        .matches("answering 503 until it answers")
+        .count();
+    assert!(
+        (1..=children.len()).contains(&opened),
+        "{opened} lines for {refused} 503s"
+    );
+    server.wait_for_log("registry: the database answers again", DEADLINE);
 }
 
 /// Stops the database under `server`, checks the 503s and the health check, starts it again

@@ -49,10 +49,15 @@ use std::sync::Arc;
 use crate::config::{Config, Flavor};
 use crate::http::response::Response;
 use crate::http::serve::{Handler, Request};
+use crate::logging::outage::Outage;
 use crate::registry::{Filters, ImageStatus, ListQuery, Registry, RegistryError};
 use crate::store::Stores;
 use access::Context;
 use error::ApiError;
+
+/// A PostgreSQL registry that cannot be reached, logged once and then every
+/// [`crate::logging::outage::OUTAGE_LOG_PERIOD`] while it lasts (one per child).
+static DATABASE_OUTAGE: Outage = Outage::new("registry", "the database");
 
 /// Whether the process an owner token names is alive ([`Api::liveness`]).
 pub(crate) type Liveness = Box<dyn Fn(&str) -> bool + Send>;
@@ -175,6 +180,9 @@ impl Api {
         let renewed = self
             .registry
             .renew_node_lease(&self.config.node_name, self.config.node_lease_time);
+        if renewed.is_ok() {
+            DATABASE_OUTAGE.recovered();
+        }
         let was_failing = self
             .lease_failing
             .swap(renewed.is_err(), std::sync::atomic::Ordering::Relaxed);
@@ -457,10 +465,17 @@ impl From<RegistryError> for ApiError {
             )),
             // PostgreSQL down or restarting: the next request opens a new connection.
             other if other.is_unreachable() => {
-                log::error!(
-                    "{}; check that the database server runs and that [database] connection \
-                     reaches it",
-                    error::with_causes(&other)
+                // The outage's lines begin with `registry:` already.
+                let chain = error::with_causes(&other);
+                let detail = chain.strip_prefix("registry: ").unwrap_or(&chain);
+                DATABASE_OUTAGE.failed(
+                    || {
+                        format!(
+                            "{detail}; check that the database server runs and that [database] \
+                             connection reaches it; answering 503 until it answers"
+                        )
+                    },
+                    detail,
                 );
                 ApiError::Unavailable(
                     "The image database cannot be reached; retry the request later.".to_string(),

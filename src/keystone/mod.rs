@@ -53,11 +53,11 @@ mod service_token;
 mod token_cache;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crate::config::KeystoneSettings;
+use crate::logging::outage::Outage;
 use client::{Client, Deadline};
 use service_token::{body_snippet, is_token, ServiceToken};
 use token_cache::{TokenCache, TokenKey};
@@ -67,7 +67,7 @@ pub use service_token::REFRESH_MARGIN;
 pub use token_cache::CAPACITY as TOKEN_CACHE_CAPACITY;
 
 /// While Keystone keeps failing, at most one error line per this period.
-pub const OUTAGE_LOG_PERIOD: Duration = Duration::from_secs(10);
+pub use crate::logging::outage::OUTAGE_LOG_PERIOD;
 
 /// The message of a 503 when Keystone cannot validate, keystonemiddleware's words.
 pub const UNAVAILABLE_MESSAGE: &str = "The Keystone service is temporarily unavailable.";
@@ -80,7 +80,7 @@ pub struct Keystone {
     cache: TokenCache,
     /// `Keystone uri="..."`, the `WWW-Authenticate` of every 401.
     challenge: String,
-    health: Health,
+    health: Outage,
 }
 
 /// A request whose tokens Keystone accepted.
@@ -168,7 +168,7 @@ impl Keystone {
             service_token: ServiceToken::new(),
             cache: TokenCache::new(settings.token_cache_time),
             challenge: format!("Keystone uri=\"{}\"", settings.www_authenticate_uri),
-            health: Health::default(),
+            health: Outage::new("keystone", "Keystone"),
             settings,
         }
     }
@@ -236,7 +236,10 @@ impl Keystone {
                 Refusal::Unauthenticated(invalid)
             }
             Failure::Unavailable(detail) => {
-                self.health.failed(&detail);
+                self.health.failed(
+                    || format!("{UNAVAILABLE_MESSAGE} ({detail}); answering 503 until it answers"),
+                    &detail,
+                );
                 Refusal::Unavailable
             }
         }
@@ -347,64 +350,4 @@ fn as_token(value: &[u8]) -> Option<&str> {
     std::str::from_utf8(value)
         .ok()
         .filter(|token| is_token(token))
-}
-
-/// Whether Keystone is failing, for the throttled error line and the line of its recovery.
-#[derive(Default)]
-struct Health {
-    /// Set while Keystone fails, so that a success takes the lock only after a failure.
-    failing: AtomicBool,
-    outage: Mutex<Option<Outage>>,
-}
-
-struct Outage {
-    since: Instant,
-    last_logged: Instant,
-    /// 503s answered since the last line.
-    n_unlogged: u64,
-}
-
-impl Health {
-    fn failed(&self, detail: &str) {
-        let now = Instant::now();
-        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        self.failing.store(true, Ordering::Relaxed);
-        match outage.as_mut() {
-            None => {
-                log::error!(
-                    "keystone: {UNAVAILABLE_MESSAGE} ({detail}); answering 503 until it answers"
-                );
-                *outage = Some(Outage {
-                    since: now,
-                    last_logged: now,
-                    n_unlogged: 0,
-                });
-            }
-            Some(outage) if now.duration_since(outage.last_logged) >= OUTAGE_LOG_PERIOD => {
-                log::error!(
-                    "keystone: still unavailable after {} s ({detail}); {} more request(s) got \
-                     503",
-                    now.duration_since(outage.since).as_secs(),
-                    outage.n_unlogged + 1
-                );
-                outage.last_logged = now;
-                outage.n_unlogged = 0;
-            }
-            Some(outage) => outage.n_unlogged += 1,
-        }
-    }
-
-    fn recovered(&self) {
-        if !self.failing.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        self.failing.store(false, Ordering::Relaxed);
-        if let Some(outage) = outage.take() {
-            log::info!(
-                "keystone: Keystone answers again, after {} s of failures",
-                outage.since.elapsed().as_secs()
-            );
-        }
-    }
 }
