@@ -167,6 +167,8 @@ pub struct Config {
     /// `[database] connection`: the SQLite file (an absolute path) or the PostgreSQL database
     /// holding image metadata.
     pub database: Database,
+    /// `[database] max_pool_size`: the most registry connections a child keeps open.
+    pub max_pool_size: usize,
     /// `[DEFAULT] node_name`: this node's name among nodes sharing a PostgreSQL registry.
     pub node_name: String,
     /// `[DEFAULT] node_lease_time`: how long a node stays alive for the others after a renewal.
@@ -1202,6 +1204,7 @@ struct Draft {
     datadirs: Vec<DataDir>,
     filesystem_store_file_perm: u32,
     database: Database,
+    max_pool_size: usize,
     /// None until the file or the default sets it: the host name then.
     node_name: Option<String>,
     node_lease_time: Duration,
@@ -1426,6 +1429,7 @@ impl Draft {
             database: self.database,
             node_name,
             node_lease_time: self.node_lease_time,
+            max_pool_size: self.max_pool_size,
             flavor: self.flavor,
             image_cache_dir: self.image_cache_dir,
             image_cache_max_size: self.image_cache_max_size,

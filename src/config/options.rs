@@ -909,6 +909,20 @@ pub static OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        section: "database",
+        name: "max_pool_size",
+        kind: Kind::Integer { min: 1, max: 64, zero_means_min: None },
+        default: DefaultValue::Text("4"),
+        on_reload: RELOAD_DATABASE,
+        doc: "As oslo.db's (whose default is 5): the most connections to the database each child keeps open; a request beyond them waits for one. Each SQLite connection may cache 2,000 KiB (docs/RELIABILITY.md, \"Memory of a child\"). SQLite admits one writer at a time anyway, so more help only concurrent readers; with PostgreSQL the database serves children times nodes times this many.",
+        apply: |draft, value| {
+            if let Value::Integer(size) = value {
+                draft.max_pool_size = usize::try_from(size).unwrap_or(1);
+            }
+        },
+        show: |config| vec![config.max_pool_size.to_string()],
+    },
+    OptionSpec {
         section: "DEFAULT",
         name: "node_name",
         kind: Kind::Text { secret: false },

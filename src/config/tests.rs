@@ -354,6 +354,8 @@ const GOOD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("connection", "SQLite:////srv/g.db", "sqlite:////srv/g.db"),
     ("node_name", "glint-2", "glint-2"),
+    ("max_pool_size", "1", "1"),
+    ("max_pool_size", "20", "20"),
     ("node_lease_time", "15", "15"),
     ("node_lease_time", "120", "120"),
     // PostgreSQL, shown without its password; SQLAlchemy's driver suffix dropped.
@@ -623,6 +625,7 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("connection", "mysql+pymysql://glance:secret@db.example.com/glance", "names a `mysql+pymysql` database; glint keeps its metadata in SQLite or PostgreSQL; use sqlite:///RELATIVE/PATH (relative to the config folder) or sqlite:////ABSOLUTE/PATH, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("connection", "postgresql://glance@db", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
     ("node_lease_time", "14", "14 is out of range; use a whole number from 15 to 3600"),
+    ("max_pool_size", "0", "0 is out of range; use a whole number from 1 to 64"),
     ("node_name", "glint_2", "`glint_2` cannot name a node; set it to 1 to 63 letters, digits and `-`"),
     ("node_name", "glint.example.com", "`glint.example.com` cannot name a node; set it to 1 to 63 letters, digits and `-`"),
     ("connection", "postgresql+psycopg2://glance:pw@db/", "names no database; use postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
@@ -1034,7 +1037,7 @@ swift_store_container = glance
 filesystem_store_datadirz = /srv/other
 [database]
 connection = sqlite:///glint.sqlite
-max_pool_size = 10
+max_overflow = 10
 [DEFAULT]
 filesystem_store_file_perm = 0640
 ";
@@ -1044,7 +1047,7 @@ filesystem_store_file_perm = 0640
         vec![
             "/etc/glint/glint-api.conf:3: [glance_store] swift_store_container: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:4: [glance_store] filesystem_store_datadirz: unknown option, ignored; did you mean filesystem_store_datadir?",
-            "/etc/glint/glint-api.conf:7: [database] max_pool_size: unknown option, ignored (glint does not use it)",
+            "/etc/glint/glint-api.conf:7: [database] max_overflow: unknown option, ignored (glint does not use it)",
             "/etc/glint/glint-api.conf:9: [DEFAULT] filesystem_store_file_perm: not an option of this section, ignored; it belongs in [glance_store], move it there",
         ]
     );

@@ -195,7 +195,7 @@ pub fn run(start: Start) -> i32 {
     };
     // Each child opens its own database connections and store after fork: a SQLite connection
     // must never cross a fork.
-    let registry = match Registry::open(&config.database) {
+    let registry = match Registry::open_with(&config.database, config.max_pool_size) {
         Ok(registry) => Arc::new(registry),
         Err(error) => {
             return ready.failed(&format!(

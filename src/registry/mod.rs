@@ -91,9 +91,10 @@ use crate::timestamp;
 /// the ids of those whose data no store's folder holds.
 pub type LegacyStores = (Vec<(String, String)>, Vec<String>);
 
-/// How many connections one [`Registry`] opens at most. A call beyond that waits for a
-/// connection to come back. Writers are serialized by SQLite anyway, so more connections only
-/// help concurrent readers.
+/// How many connections one [`Registry`] opens at most unless told otherwise (a child is told
+/// `[database] max_pool_size`, whose default this is). A call beyond that waits for a
+/// connection to come back. Writers are serialized anyway, so more connections only help
+/// concurrent readers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4;
 
 /// The registry of one process: a small pool of connections to the database file.
