@@ -154,6 +154,16 @@ fn package_installs_runs_as_glint_rotates_reloads_and_purges() {
         0,
         "this test installs a package with dpkg: run it as root (CI does)"
     );
+    // What it needs installed: the C library and libpq (dpkg-shlibdeps, `$auto`), and adduser.
+    let depends = stdout(&run(
+        "dpkg-deb",
+        &["--field", deb.to_str().unwrap(), "Depends"],
+        "dpkg",
+    ));
+    for needed in ["libc6", "libpq5", "adduser"] {
+        assert!(depends.contains(needed), "Depends: {depends}");
+    }
+
     let _lock = MachineLock::take();
     assert_not_installed();
     let mut guard = Installed { armed: true };
