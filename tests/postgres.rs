@@ -52,8 +52,13 @@ fn psql(port: u16, sql: &str) {
 /// A new, empty database on the cluster at `port`, and the URL glint connects with.
 pub(crate) fn new_database(port: u16) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // The time as well as the pid: a later run may reuse the pid, and the cluster keeps what an
+    // earlier run left (it is thrown away with the suite's Keystone).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
     let name = format!(
-        "glint_{}_{}",
+        "glint_{}_{nanos}_{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
@@ -132,6 +137,21 @@ fn temporary_files(data: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether node `node`'s lease has expired, on the database's clock.
+fn lease_expired(port: u16, database: &str, node: &str) -> bool {
+    let name = database.rsplit('/').next().expect("database name");
+    let output = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", name, "-qAtc"])
+        .arg(format!(
+            "SELECT expires_order <= CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS \
+             BIGINT) FROM node_leases WHERE node = '{node}'"
+        ))
+        .output()
+        .expect("psql");
+    String::from_utf8_lossy(&output.stdout).trim() == "t"
+}
+
 /// Node `node`'s lease in the registry, in microseconds since the epoch.
 fn lease_of(port: u16, database: &str, node: &str) -> Option<i64> {
     let name = database.rsplit('/').next().expect("database name");
@@ -176,22 +196,29 @@ fn a_node_killed_mid_upload_has_the_upload_recovered_by_another_after_its_lease(
     util::wait_until("node A's processes gone", DEADLINE, || {
         processes.iter().all(|pid| !util::process_alive(*pid))
     });
-    // The client's end stays open: only B may put the image back.
-    // B takes it once A's lease has run out, at a maintenance pass (every 5 s).
+    // The client's end stays open: only B may put the image back. B takes it once A's lease
+    // has run out, at a maintenance pass (every 5 s), and not before: A's processes are on
+    // this machine's /proc too, so a B that looked there would take it at once.
+    let port = shared_cluster_port();
     util::wait_until(
         "B to requeue the upload of dead node A",
         Duration::from_secs(LEASE_S + 20),
-        || status_of(b.addr(), &id) == "queued",
+        || {
+            // The lease's state first: if it is live now, it was live at any earlier status.
+            let expired = lease_expired(port, &database, "node-a");
+            let queued = status_of(b.addr(), &id) == "queued";
+            assert!(
+                !queued || expired,
+                "B requeued A's upload before A's lease expired"
+            );
+            queued
+        },
     );
-    assert!(
-        b.log()
-            .contains("was left in saving by a process that died"),
-        "{}\n---- A ----\n{}",
-        b.log(),
-        a.log()
-    );
+    b.wait_for_log("was left in saving by a process that died", DEADLINE);
     drop(upload);
-    assert_eq!(temporary_files(data.path()), Vec::<String>::new());
+    util::wait_until("the temporary file of A's upload removed", DEADLINE, || {
+        temporary_files(data.path()).is_empty()
+    });
     let put = util::send_body(
         b.addr(),
         "PUT",

@@ -115,7 +115,9 @@ impl Drop for Haproxy {
 /// folder (`[healthcheck] disable_by_file_path`).
 fn three_nodes(data: &std::path::Path) -> (Vec<Server>, Vec<PathBuf>) {
     let database = new_database(shared_cluster_port());
-    let disable_dir = tempfile::tempdir().expect("disable files").keep();
+    // Beside the shared data folder, removed with it.
+    let disable_dir = data.join("disable");
+    fs::create_dir(&disable_dir).expect("disable files folder");
     let mut nodes = Vec::new();
     let mut disable_files = Vec::new();
     for index in 1..=3 {

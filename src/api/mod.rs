@@ -76,6 +76,8 @@ pub struct Api {
     owner_token: String,
     /// Whether the last renewal of this node's lease failed (logged once until one works).
     lease_failing: std::sync::atomic::AtomicBool,
+    /// This machine, as this node's lease records it.
+    instance: String,
     /// The image cache, when the flavor uses one (`[paste_deploy] flavor`).
     cache: Option<CachePipeline>,
     /// The access control of `auth_strategy` or of a keystone flavor.
@@ -115,6 +117,7 @@ impl Api {
             stores,
             owner_token: crate::store::owner_token(),
             lease_failing: std::sync::atomic::AtomicBool::new(false),
+            instance: crate::store::machine_instance(),
             cache,
         }
     }
@@ -170,36 +173,52 @@ impl Api {
         Ok(requeued + imports)
     }
 
-    /// Renews this node's lease when the registry is shared with other nodes (each maintenance
-    /// pass). A failure is logged once until a renewal works again: the node's uploads are then
-    /// taken for abandoned by the others once the lease runs out, as if it had stopped.
-    pub fn renew_node_lease(&self) {
+    /// Whether the registry is shared with other nodes (PostgreSQL).
+    pub fn registry_is_shared(&self) -> bool {
+        self.registry.is_shared()
+    }
+
+    /// Renews this node's lease when the registry is shared with other nodes (at the child's
+    /// start, then every [`crate::process::child::LEASE_RENEWAL_PERIOD`] on a thread of its own,
+    /// until the child's last import has ended). A failure is logged once until a renewal works
+    /// again: the node's uploads are taken for abandoned by the others once the lease runs out,
+    /// as if it had stopped. Err when the renewal cannot be made or another machine holds this
+    /// node's name, with the line that says so.
+    pub fn renew_node_lease(&self) -> Result<(), String> {
         if !self.registry.is_shared() {
-            return;
+            return Ok(());
         }
-        let renewed = self
-            .registry
-            .renew_node_lease(&self.config.node_name, self.config.node_lease_time);
+        let node = &self.config.node_name;
+        let renewed =
+            match self
+                .registry
+                .renew_node_lease(node, &self.instance, self.config.node_lease_time)
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!(
+                "another machine serves as node {node} (its lease in the registry is live): give \
+                 each node its own [DEFAULT] node_name; until then this node's uploads may be \
+                 taken for abandoned by the other"
+            )),
+                Err(error) => Err(format!(
+                "cannot renew the lease of node {node} in the registry: {}; once it expires ({} s \
+                 after the last renewal) the other nodes recover this node's uploads",
+                error::with_causes(&error),
+                self.config.node_lease_time.as_secs()
+            )),
+            };
         if renewed.is_ok() {
             DATABASE_OUTAGE.recovered();
         }
         let was_failing = self
             .lease_failing
             .swap(renewed.is_err(), std::sync::atomic::Ordering::Relaxed);
-        match renewed {
-            Err(error) if !was_failing => log::error!(
-                "cannot renew the lease of node {} in the registry: {}; once it expires ({} s \
-                 after the last renewal) the other nodes recover this node's uploads",
-                self.config.node_name,
-                error::with_causes(&error),
-                self.config.node_lease_time.as_secs()
-            ),
-            Ok(()) if was_failing => log::info!(
-                "the lease of node {} is renewed again",
-                self.config.node_name
-            ),
+        match &renewed {
+            Err(line) if !was_failing => log::error!("{line}"),
+            Ok(()) if was_failing => log::info!("the lease of node {node} is renewed again"),
             _ => {}
         }
+        renewed
     }
 
     /// Whether the process an owner token names is alive: with a shared registry, a process
@@ -459,6 +478,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::MemberQuota { limit } => ApiError::TooLarge(format!(
                 "Image member limit exceeded: the image has {limit} members already, the most \
                  image_member_quota allows."
+            )),
+            // PostgreSQL: a NUL character, or a value too long for its index.
+            other if other.is_unstorable() => ApiError::BadRequest(format!(
+                "The image database cannot store this request's values. ({})",
+                error::with_causes(&other)
             )),
             other if other.is_busy() => ApiError::Unavailable(format!(
                 "The image database is busy; retry the request. ({other})"

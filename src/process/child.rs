@@ -61,6 +61,10 @@ pub const ORPHAN_DRAIN_BOUND: Duration = Duration::from_secs(60);
 /// nothing is two indexed reads (see `Api::recover_abandoned`), so every child can afford it.
 pub const RECOVERY_PERIOD: Duration = Duration::from_secs(5);
 
+/// How often a child renews its node's lease, with a registry shared by several nodes: a third
+/// of the shortest `node_lease_time` (15 s), so that two renewals may fail before it runs out.
+pub const LEASE_RENEWAL_PERIOD: Duration = Duration::from_secs(5);
+
 /// Every how many recovery passes the data directories are listed even when no image was
 /// requeued (12: once a minute), for temporary files whose image is no longer `saving`. Less
 /// often than the check itself because a listing costs in proportion to the images stored.
@@ -333,6 +337,24 @@ pub fn run(start: Start) -> i32 {
         ));
     }
     let importing = api.clone();
+    // With a shared registry: the node's lease, renewed before this child serves (a node back
+    // after a long stop must not start uploads under an expired lease), then on a thread of its
+    // own, so that a slow recovery pass cannot delay it, until the last import has ended.
+    let mut lease = None;
+    if importing.registry_is_shared() {
+        if let Err(line) = importing.renew_node_lease() {
+            return ready.failed(&line);
+        }
+        let renewing = importing.clone();
+        match Maintenance::start(LEASE_RENEWAL_PERIOD, move |_| {
+            let _ = renewing.renew_node_lease();
+        }) {
+            Ok(thread) => lease = Some(thread),
+            Err(error) => {
+                return ready.failed(&format!("cannot start the lease thread: {error}"));
+            }
+        }
+    }
     let mut maintenance = match start_maintenance(api) {
         Ok(maintenance) => maintenance,
         Err(error) => {
@@ -380,6 +402,10 @@ pub fn run(start: Start) -> i32 {
     // child exits (see `api::import`).
     importing.finish_imports();
     maintenance.finish();
+    if let Some(mut lease) = lease {
+        lease.stop();
+        lease.finish();
+    }
     // Stopped as the drain began; this only joins it.
     if let Some(scrape) = scrape {
         scrape.finish();
@@ -405,8 +431,6 @@ pub fn run(start: Start) -> i32 {
 fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
     let mut failing = false;
     Maintenance::start(RECOVERY_PERIOD, move |pass| {
-        // First: a node's lease must outlive this pass's view of the others.
-        api.renew_node_lease();
         let outcome = if pass == 0 {
             api.recover().map(|()| 0)
         } else {

@@ -208,6 +208,7 @@ pub const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE node_leases (
         node TEXT PRIMARY KEY NOT NULL,
+        instance TEXT NOT NULL,
         expires_order INTEGER NOT NULL
     );
     ",
@@ -263,10 +264,10 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX images_by_created ON images (created_at, created_order, id) WHERE deleted = 0;
     CREATE INDEX images_by_updated ON images (updated_at, updated_order, id) WHERE deleted = 0;
-    CREATE INDEX images_by_name ON images (name) WHERE deleted = 0;
+    CREATE INDEX images_by_name ON images (name NULLS FIRST) WHERE deleted = 0;
     CREATE INDEX images_by_status ON images (status) WHERE deleted = 0;
-    CREATE INDEX images_by_owner ON images (owner) WHERE deleted = 0;
-    CREATE INDEX image_properties_by_value ON image_properties (name, value);
+    CREATE INDEX images_by_owner ON images (owner NULLS FIRST) WHERE deleted = 0;
+    CREATE INDEX image_properties_by_value ON image_properties USING hash (value);
     CREATE INDEX image_tags_by_tag ON image_tags (tag);
     ",
     "
@@ -287,13 +288,14 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     ",
     "
     CREATE INDEX images_by_status_name ON images
-        (status, name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+        (status, name NULLS FIRST, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     CREATE INDEX images_by_name_created ON images
-        (name, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+        (name NULLS FIRST, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     CREATE INDEX images_by_visibility_created ON images
         (visibility, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
     CREATE INDEX images_by_owner_created ON images
-        (owner, os_hidden, created_at DESC, created_order DESC, id DESC) WHERE deleted = 0;
+        (owner NULLS FIRST, os_hidden, created_at DESC, created_order DESC, id DESC)
+        WHERE deleted = 0;
     ",
     "
     CREATE TABLE image_locations (
@@ -340,6 +342,7 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE node_leases (
         node TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+        instance TEXT NOT NULL,
         expires_order BIGINT NOT NULL
     );
     ",

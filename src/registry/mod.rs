@@ -619,6 +619,11 @@ impl RegistryError {
         matches!(self, RegistryError::Sql { source, .. } if source.is_busy())
     }
 
+    /// Whether the database refused a value the client sent (see [`SqlError::is_unstorable`]).
+    pub fn is_unstorable(&self) -> bool {
+        matches!(self, RegistryError::Sql { source, .. } if source.is_unstorable())
+    }
+
     /// Whether the database could not be reached (PostgreSQL down or restarting): the same
     /// call may succeed once it is back.
     pub fn is_unreachable(&self) -> bool {

@@ -9,26 +9,48 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::sql::{params, Connection, Dialect};
-use super::{begin_immediate, begin_read, commit, Registry, RegistryError};
+use super::{begin_read, Registry, RegistryError};
 
 impl Registry {
-    /// Extends `node`'s lease to `lease` from now, never shortening it.
-    pub fn renew_node_lease(&self, node: &str, lease: Duration) -> Result<(), RegistryError> {
-        let mut lease_connection = self.lease()?;
-        let transaction = begin_immediate(&mut lease_connection)?;
+    /// Extends `node`'s lease, held by `instance` (the machine it runs on), to `lease` from now,
+    /// never shortening it. False, changing nothing, when another instance holds a live lease
+    /// under this name: two machines were given the same `node_name`.
+    ///
+    /// One statement, outside any write transaction: it must not wait behind a long write of
+    /// another node, or the lease would run out while the node is alive.
+    pub fn renew_node_lease(
+        &self,
+        node: &str,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<bool, RegistryError> {
+        let connection = self.lease()?;
+        let now = now_micros(&connection);
         let sql = format!(
-            "INSERT INTO node_leases (node, expires_order) VALUES (?1, {} + ?2) \
-             ON CONFLICT (node) DO UPDATE SET expires_order = excluded.expires_order \
-             WHERE excluded.expires_order > node_leases.expires_order",
-            now_micros(&transaction)
+            "INSERT INTO node_leases (node, instance, expires_order) VALUES (?1, ?2, {now} + ?3) \
+             ON CONFLICT (node) DO UPDATE SET instance = excluded.instance, \
+             expires_order = excluded.expires_order \
+             WHERE (node_leases.instance = excluded.instance \
+             AND excluded.expires_order > node_leases.expires_order) \
+             OR node_leases.expires_order <= {now}"
         );
         let micros = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
-        transaction
-            .execute(&sql, params![node, micros])
-            .map_err(RegistryError::sql(format!(
-                "renew the lease of node {node}"
-            )))?;
-        commit(transaction)
+        let context = || format!("renew the lease of node {node}");
+        let changed = connection
+            .execute(&sql, params![node, instance, micros])
+            .map_err(RegistryError::sql(context()))?;
+        if changed > 0 {
+            return Ok(true);
+        }
+        // Nothing changed: a longer lease of ours (a sibling renewed), or another's.
+        let holder: Option<String> = connection
+            .query_opt(
+                "SELECT instance FROM node_leases WHERE node = ?1",
+                params![node],
+                |row| row.get(0),
+            )
+            .map_err(RegistryError::sql(context()))?;
+        Ok(holder.as_deref() == Some(instance))
     }
 
     /// The nodes whose lease has not expired.

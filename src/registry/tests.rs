@@ -1473,17 +1473,54 @@ fn recover_abandoned_uploads_requeues_only_images_whose_uploader_is_gone() {
 fn a_node_is_live_until_its_lease_expires_and_a_renewal_never_shortens_it() {
     let (_dir, registry) = temp_registry();
     assert!(registry.live_nodes().expect("live").is_empty());
-    registry
-        .renew_node_lease("node-a", Duration::from_secs(3600))
-        .expect("renew a");
-    registry
-        .renew_node_lease("node-b", Duration::ZERO)
-        .expect("renew b");
+    let hour = Duration::from_secs(3600);
+    assert!(registry
+        .renew_node_lease("node-a", "m1", hour)
+        .expect("renew a"));
+    assert!(registry
+        .renew_node_lease("node-b", "m2", Duration::ZERO)
+        .expect("renew b"));
     let live = registry.live_nodes().expect("live");
     assert_eq!(live, ["node-a".to_string()].into());
     // A shorter renewal (a child whose pass came late) leaves the longer lease.
-    registry
-        .renew_node_lease("node-a", Duration::ZERO)
-        .expect("renew a again");
+    assert!(registry
+        .renew_node_lease("node-a", "m1", Duration::ZERO)
+        .expect("renew a again"));
     assert!(registry.live_nodes().expect("live").contains("node-a"));
+    // Another machine under a live node's name is refused; under an expired one, it takes it.
+    assert!(!registry
+        .renew_node_lease("node-a", "m3", hour)
+        .expect("a clash"));
+    assert!(registry
+        .renew_node_lease("node-b", "m3", hour)
+        .expect("b taken over"));
+    assert_eq!(registry.live_nodes().expect("live").len(), 2);
+}
+
+#[test]
+fn a_transaction_with_a_failed_statement_never_commits() {
+    let (_dir, registry) = temp_registry();
+    let mut lease = registry.lease().expect("lease");
+    let transaction = lease.begin_write().expect("begin");
+    transaction
+        .execute(
+            "INSERT INTO node_leases (node, instance, expires_order) VALUES ('x', 'm', 1)",
+            &[],
+        )
+        .expect("insert");
+    // A statement that fails, its error ignored by the caller.
+    let _ = transaction.execute("INSERT INTO no_such_table VALUES (1)", &[]);
+    match transaction.commit() {
+        // SQLite goes on after a failed statement: the insert before it is committed.
+        Ok(()) => assert_eq!(lease.dialect(), sql::Dialect::Sqlite),
+        // PostgreSQL rolled it back: the commit says so instead of succeeding.
+        Err(error) => assert_eq!(lease.dialect(), sql::Dialect::Postgres, "{error}"),
+    }
+    let kept = lease
+        .query_opt("SELECT count(*) FROM node_leases", &[], |row| {
+            row.get::<i64>(0)
+        })
+        .expect("count")
+        .expect("a row");
+    assert_eq!(kept, i64::from(lease.dialect() == sql::Dialect::Sqlite));
 }

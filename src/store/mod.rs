@@ -63,7 +63,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use error::StoreError;
-pub use owner::{is_node_name, owner_alive, owner_alive_among, owner_token, set_node};
+pub use owner::{
+    is_node_name, machine_instance, owner_alive, owner_alive_among, owner_token, set_node,
+};
 pub use set::Stores;
 #[cfg(test)]
 use upload::HASH_QUEUE_CHUNKS;

@@ -48,6 +48,18 @@ pub fn set_node(node: &str) {
     let _ = NODE.set(node.to_string());
 }
 
+/// This machine, as a node's lease records it: its host name and the kernel's boot id, so
+/// that two machines given the same `node_name` (a cloned VM, two sites' `glance-1`) are told
+/// apart, while the nodes and restarts of one machine are one.
+pub fn machine_instance() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default();
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{host}/{}", boot.trim())
+}
+
 /// Whether `name` may name a node in a token and a file name: 1 to 63 ASCII letters, digits
 /// and `-`.
 pub fn is_node_name(name: &str) -> bool {

@@ -28,8 +28,9 @@ use std::path::PathBuf;
 pub use sqlite::{busy_delay, BUSY_TIMEOUT};
 pub use value::{FromSql, ToSql, Value, ValueRef};
 
-/// Where the registry keeps its records: `[database] connection`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the registry keeps its records: `[database] connection`. Its `Debug` hides the
+/// password, as [`Database::display`] does.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// A SQLite file, shared by the children of one node.
     Sqlite(PathBuf),
@@ -56,20 +57,72 @@ impl Database {
     }
 }
 
-/// `uri` with the password of its `user:password@` part, if any, replaced by `***`.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => formatter.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(uri) => formatter
+                .debug_tuple("Postgres")
+                .field(&redact_password(uri))
+                .finish(),
+        }
+    }
+}
+
+/// The password of a PostgreSQL URI, as written, if it has one: after the user and `:` in the
+/// part before the last `@` that comes before any `/`, or a `password=` query parameter.
+pub fn password_of(uri: &str) -> Option<&str> {
+    let (_, rest) = uri.split_once("://")?;
+    let path_start = rest.find('/').unwrap_or(rest.len());
+    if let Some(at) = rest[..path_start].rfind('@') {
+        if let Some((_, password)) = rest[..at].split_once(':') {
+            return Some(password);
+        }
+    }
+    let (_, query) = rest.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("password="))
+}
+
+/// `uri` with its password, wherever libpq would find it, replaced by `***`.
 pub fn redact_password(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return uri.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+    let path_start = rest.find('/').unwrap_or(rest.len());
+    // The last `@`: libpq ends the credentials at the first, but a password holding an `@`
+    // unencoded must not show its end either.
+    let mut redacted = match rest[..path_start].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
             None => uri.to_string(),
         },
         None => uri.to_string(),
+    };
+    if let Some((head, query)) = redacted.clone().split_once('?') {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.strip_prefix("password=") {
+                Some(_) => "password=***".to_string(),
+                None => pair.to_string(),
+            })
+            .collect();
+        redacted = format!("{head}?{}", query.join("&"));
     }
+    redacted
+}
+
+/// `message` (libpq's, which may quote the URI's parts) with `uri`'s password, as written and
+/// percent-decoded, replaced by `***`.
+pub fn scrub_password(message: &str, uri: &str) -> String {
+    let Some(password) = password_of(uri).filter(|password| !password.is_empty()) else {
+        return message.to_string();
+    };
+    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+    message
+        .replace(password, "***")
+        .replace(decoded.as_ref(), "***")
 }
 
 /// Which SQL an engine needs where the two differ.
@@ -120,6 +173,8 @@ pub enum SqlError {
     },
     /// A statement that must return a row returned none.
     NoRows,
+    /// A value the engine cannot store (a NUL character in PostgreSQL text).
+    Unstorable(&'static str),
     /// SQLite would not switch the file to the WAL journal (a network file system): it kept
     /// `mode`.
     NoWal {
@@ -298,7 +353,21 @@ impl Connection {
 }
 
 impl Transaction<'_> {
+    /// Commits. PostgreSQL aborts a transaction at its first failed statement and then answers
+    /// a COMMIT with a ROLLBACK, without an error: that is refused here, so a caller that went
+    /// on after an error it ignored never takes its writes for done.
     pub fn commit(mut self) -> Result<(), SqlError> {
+        #[cfg(feature = "postgresql")]
+        if let Connection::Postgres(connection) = &*self.connection {
+            if connection.in_failed_transaction() {
+                return Err(SqlError::Postgres {
+                    message: "a statement of the transaction failed, so it was rolled back"
+                        .to_string(),
+                    sqlstate: Some("25P02".to_string()),
+                    lost: false,
+                });
+            }
+        }
         self.open = false;
         self.connection.execute_batch("COMMIT")
     }
@@ -338,13 +407,28 @@ impl Row<'_> {
 }
 
 impl SqlError {
-    /// Whether SQLite gave up waiting for a lock (after [`BUSY_TIMEOUT`]).
+    /// Whether the database gave up waiting for a lock (after [`BUSY_TIMEOUT`]): SQLite's
+    /// busy error, or PostgreSQL's `lock_not_available` (55P03, `lock_timeout`).
     pub fn is_busy(&self) -> bool {
         match self {
             SqlError::Sqlite(error) => matches!(
                 error.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
+            SqlError::Postgres { sqlstate, .. } => sqlstate.as_deref() == Some("55P03"),
+            _ => false,
+        }
+    }
+
+    /// Whether the database refused a value it cannot store: a NUL character (PostgreSQL's text
+    /// cannot hold one), or a value too long for an index (SQLSTATE 54000). The client's input
+    /// is at fault: a 400.
+    pub fn is_unstorable(&self) -> bool {
+        match self {
+            SqlError::Unstorable(_) => true,
+            SqlError::Postgres { sqlstate, .. } => {
+                matches!(sqlstate.as_deref(), Some("54000" | "22021" | "22P05"))
+            }
             _ => false,
         }
     }
@@ -375,6 +459,7 @@ impl fmt::Display for SqlError {
                 write!(formatter, "conversion error in column {column}: {source}")
             }
             SqlError::NoRows => formatter.write_str("the statement returned no row"),
+            SqlError::Unstorable(what) => formatter.write_str(what),
             SqlError::NoWal { mode } => write!(
                 formatter,
                 "SQLite cannot use the WAL journal there (it kept journal_mode={mode}); put the \
@@ -389,7 +474,10 @@ impl std::error::Error for SqlError {
         match self {
             SqlError::Sqlite(error) => Some(error),
             SqlError::Conversion { source, .. } => Some(source.as_ref()),
-            SqlError::Postgres { .. } | SqlError::NoRows | SqlError::NoWal { .. } => None,
+            SqlError::Postgres { .. }
+            | SqlError::NoRows
+            | SqlError::Unstorable(_)
+            | SqlError::NoWal { .. } => None,
         }
     }
 }
@@ -419,12 +507,30 @@ mod tests {
                 "postgresql://glance:***@db/glance?sslmode=require",
             ),
             (
+                "postgresql://glance:pa?ss@db/glance",
+                "postgresql://glance:***@db/glance",
+            ),
+            (
+                "postgresql://glance@db/glance?sslmode=require&password=s3cret",
+                "postgresql://glance@db/glance?sslmode=require&password=***",
+            ),
+            (
                 "postgresql://glance@db/glance",
                 "postgresql://glance@db/glance",
             ),
             ("postgresql:///glance", "postgresql:///glance"),
         ] {
             assert_eq!(redact_password(uri), shown, "{uri}");
+            assert!(!format!("{:?}", Database::Postgres(uri.to_string())).contains("s3cr"));
         }
+        let uri = "postgresql://glance:se%zzcr@db/glance";
+        assert_eq!(
+            scrub_password("invalid percent-encoded token: \"se%zzcr\"", uri),
+            "invalid percent-encoded token: \"***\""
+        );
+        assert_eq!(
+            scrub_password("password for s3 cr failed", "postgresql://u:s3%20cr@db/x"),
+            "password for *** failed"
+        );
     }
 }

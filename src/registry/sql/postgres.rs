@@ -30,6 +30,12 @@ const WRITE_LOCK_KEY: i64 = 0x67_6c_69_6e_74;
 /// a database that is down makes requests fail with a 503 in seconds, not hang.
 const CONNECT_TIMEOUT_S: &str = "5";
 
+/// Bounds on waiting, as SQLite's busy timeout bounds it: a write that waits longer than
+/// [`super::BUSY_TIMEOUT`] for the write lock fails (SQLSTATE 55P03, a 503), and the server ends
+/// a session left idle inside a transaction (a client gone mid-transaction) after a minute,
+/// releasing the lock it held.
+const SESSION_OPTIONS: &str = "-c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000";
+
 /// Type OIDs (pg_type.h).
 const INT8_OID: u32 = 20;
 const INT2_OID: u32 = 21;
@@ -69,12 +75,27 @@ impl Connection {
             text("connect_timeout")?,
             text("application_name")?,
             text("client_encoding")?,
+            text("options")?,
+            text("keepalives")?,
+            text("keepalives_idle")?,
+            text("keepalives_interval")?,
+            text("keepalives_count")?,
+            text("tcp_user_timeout")?,
             text("dbname")?,
         ];
         let values = [
             text(CONNECT_TIMEOUT_S)?,
             text("glint-api")?,
             text("UTF8")?,
+            text(SESSION_OPTIONS)?,
+            // A server that vanished (a partition, a crash of its machine) is noticed in about
+            // 25 s, not after the kernel's two hours, so that a transaction it held open does not
+            // hold the write lock of every node that long.
+            text("1")?,
+            text("10")?,
+            text("5")?,
+            text("3")?,
+            text("30000")?,
             text(uri)?,
         ];
         let mut keyword_pointers: Vec<*const c_char> =
@@ -93,8 +114,9 @@ impl Connection {
         let connection = Connection { raw };
         // SAFETY: `raw` is a live connection.
         if unsafe { PQstatus(raw.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+            // libpq may quote the URI's parts, the password among them.
             return Err(SqlError::Postgres {
-                message: connection.error_message(),
+                message: super::scrub_password(&connection.error_message(), uri),
                 sqlstate: None,
                 lost: true,
             });
@@ -188,6 +210,15 @@ impl Connection {
             PQconsumeInput(self.raw.as_ptr()) != 0
                 && PQconsumeInput(self.raw.as_ptr()) != 0
                 && PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
+        }
+    }
+
+    /// Whether a statement of the open transaction failed (PostgreSQL then ignores everything
+    /// until the transaction ends, and ends it with a rollback).
+    pub fn in_failed_transaction(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe {
+            PQtransactionStatus(self.raw.as_ptr()) == PGTransactionStatusType::PQTRANS_INERROR
         }
     }
 
@@ -361,11 +392,7 @@ fn numbered_placeholders(sql: &str) -> String {
 }
 
 fn nul_error() -> SqlError {
-    SqlError::Conversion {
-        column: 0,
-        source: "a statement or parameter contains a NUL byte, which PostgreSQL text cannot hold"
-            .into(),
-    }
+    SqlError::Unstorable("the text holds a NUL character, which PostgreSQL cannot store")
 }
 
 /// A C string libpq owns, copied, without its trailing newline.
