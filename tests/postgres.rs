@@ -647,3 +647,53 @@ fn concurrent_uploads_to_one_image_through_three_nodes_leave_one_winner_and_its_
     }
     assert_eq!(temporary_files(data.path()), Vec::<String>::new());
 }
+
+#[test]
+fn values_postgresql_cannot_store_are_refused_with_a_400_and_long_ones_are_kept() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("data folder");
+    let server = node(&database, data.path());
+    let id = util::create_image(server.addr());
+    let patch = |body: &str| {
+        util::request(
+            server.addr(),
+            "PATCH",
+            &format!("/v2/images/{id}"),
+            &[(
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            )],
+            body.as_bytes(),
+        )
+        .expect("PATCH")
+    };
+    // A NUL character: SQLite would keep it, PostgreSQL's text cannot.
+    let tag = util::request(
+        server.addr(),
+        "PUT",
+        &format!("/v2/images/{id}/tags/a%00b"),
+        &[],
+        b"",
+    )
+    .expect("PUT tag");
+    assert_eq!(tag.status, 400, "{}", tag.text());
+    let nul = patch(r#"[{"op": "add", "path": "/name", "value": "x\u0000y"}]"#);
+    assert_eq!(nul.status, 400, "{}", nul.text());
+    assert!(nul.text().contains("NUL character"), "{}", nul.text());
+    // A property value far beyond a btree entry's limit: stored, and found by a filter.
+    let long = "v".repeat(9_600);
+    let kept = patch(&format!(
+        r#"[{{"op": "add", "path": "/long", "value": "{long}"}}]"#
+    ));
+    assert_eq!(kept.status, 200, "{}", kept.text());
+    assert_eq!(
+        json(&get(server.addr(), &format!("/v2/images/{id}")))["long"],
+        long
+    );
+    let listed = json(&get(server.addr(), &format!("/v2/images?long={long}")));
+    assert_eq!(
+        listed["images"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
