@@ -241,10 +241,9 @@ impl Registry {
 
     /// The image with this id; None if there is none or it is deleted.
     pub fn get(&self, id: &str) -> Result<Option<Image>, RegistryError> {
-        let mut lease = self.lease()?;
-        let transaction = begin_read(&mut lease)?;
-        image::select_live(&transaction, id)
-        // Dropping the read transaction rolls it back, which for a read only ends it.
+        // One statement: no transaction needed (see `image::select_live`).
+        let lease = self.lease()?;
+        image::select_live(&lease, id)
     }
 
     /// Records a store for the data of every live image that has a location but no store: data
