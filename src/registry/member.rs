@@ -288,22 +288,30 @@ impl Registry {
         project: Option<&str>,
     ) -> Result<Option<(Image, Option<Member>)>, RegistryError> {
         let mut lease = self.lease()?;
+        // Only a shared image of another project is seen through a membership: for any other
+        // the lookup would decide nothing, so it is spared (a show of one's own image is the
+        // common case), and so is a transaction: the image is read by one statement.
+        let through_membership = |image: &Image| {
+            project.filter(|project| {
+                image.visibility == "shared" && image.owner.as_deref() != Some(*project)
+            })
+        };
+        let Some(image) = image::select_live(&lease, id)? else {
+            return Ok(None);
+        };
+        if through_membership(&image).is_none() {
+            return Ok(Some((image, None)));
+        }
+        // The image and the membership as of one moment: read again, with it, in a transaction.
         let transaction = lease
             .transaction()
             .map_err(RegistryError::sql("begin a read transaction"))?;
         let Some(image) = image::select_live(&transaction, id)? else {
             return Ok(None);
         };
-        // Only a shared image of another project is seen through a membership: for any other
-        // the lookup would decide nothing, so it is spared (a show of one's own image is the
-        // common case, and the lookup is a second query).
-        let membership = match project {
-            Some(project)
-                if image.visibility == "shared" && image.owner.as_deref() != Some(project) =>
-            {
-                select_live(&transaction, id, project)?
-            }
-            _ => None,
+        let membership = match through_membership(&image) {
+            Some(project) => select_live(&transaction, id, project)?,
+            None => None,
         };
         Ok(Some((image, membership)))
     }

@@ -103,6 +103,53 @@ fn create_then_get_round_trips_every_field() {
     assert_eq!(registry.get(&image.id).expect("get"), Some(expected));
 }
 
+/// Tags, properties and locations come back whole from the one statement that reads an image
+/// (its JSON arrays): escapes, NUL and other control characters, quotes, backslashes, multi-byte
+/// text, many of each, tags sorted and locations in their order; through `get` and through
+/// `get_with_membership` (a shared image seen through a membership, and its owner's).
+#[test]
+fn an_image_read_in_one_statement_keeps_every_detail() {
+    let (_dir, registry) = temp_registry();
+    let mut image = Image::new("6f1c7f4e-0000-4000-8000-000000000002");
+    image.owner = Some("owner".to_string());
+    let odd = [
+        "\0",
+        "\u{1}\u{1f}\u{7f}",
+        "\"quoted\"",
+        "back\\slash",
+        "caf\u{e9} \u{1F600}",
+        "a\nb\tc",
+    ];
+    image.tags = odd.iter().map(|text| format!("t{text}")).collect();
+    image.tags.extend((0..40).map(|n| format!("tag{n:02}")));
+    image.properties = odd
+        .iter()
+        .enumerate()
+        .map(|(n, text)| (format!("p{n}{text}"), format!("v{text}")))
+        .chain((0..40).map(|n| (format!("prop{n}"), "x".repeat(n))))
+        .collect();
+    image.locations = (0..12)
+        .map(|n| Location {
+            store: format!("store{}{}", n % 3, odd[n % odd.len()]),
+            path: format!("/data/{}/{n}", 11 - n),
+        })
+        .collect();
+    registry.create(&image).expect("create");
+    let mut expected = image.clone();
+    expected.normalize_tags();
+    assert_eq!(
+        registry.get(&image.id).expect("get"),
+        Some(expected.clone())
+    );
+    for project in [Some("owner"), Some("member"), None] {
+        let (read, _) = registry
+            .get_with_membership(&image.id, project)
+            .expect("get_with_membership")
+            .expect("found");
+        assert_eq!(read, expected, "as seen by {project:?}");
+    }
+}
+
 #[test]
 fn a_new_image_has_glance_defaults() {
     let (_dir, registry) = temp_registry();
