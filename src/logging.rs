@@ -372,12 +372,19 @@ fn format_line(role: &str, record: &log::Record) -> String {
     // formatted apart (timestamp, request id, message, each escaped) were most of its cost.
     let mut line = String::with_capacity(160);
     timestamp::write_rfc3339_micros(&mut line, SystemTime::now());
-    let _ = write!(
-        line,
-        " {:<5} glint-api[{}] {role}: ",
-        record.level(),
-        PID.load(Ordering::Relaxed)
-    );
+    // Pieces pushed, not formatted: padding through `write!` cost more than the rest of the
+    // prefix (issue 13).
+    line.push_str(match record.level() {
+        log::Level::Error => " ERROR glint-api[",
+        log::Level::Warn => " WARN  glint-api[",
+        log::Level::Info => " INFO  glint-api[",
+        log::Level::Debug => " DEBUG glint-api[",
+        log::Level::Trace => " TRACE glint-api[",
+    });
+    let _ = write!(line, "{}", PID.load(Ordering::Relaxed));
+    line.push_str("] ");
+    line.push_str(role);
+    line.push_str(": ");
     let message_start = line.len();
     REQUEST_ID.with(|cell| {
         if let Some(id) = cell.borrow().as_ref() {
@@ -400,7 +407,14 @@ fn format_line(role: &str, record: &log::Record) -> String {
 /// characters, every other control character (NUL, ESC, DEL, C1, ...) as `\u{XX}`. So a record
 /// is one line and no client can forge a record of its own.
 pub fn escape_message(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(char::is_control) {
+    // Bytes first: every control character is a byte below 0x20, 0x7f, or (C1, U+0080 to
+    // U+009F) a two-byte sequence that starts with 0xc2; a line without those has none, and
+    // a byte test is cheaper than decoding each character (issue 13).
+    if !message
+        .bytes()
+        .any(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2)
+        || !message.chars().any(char::is_control)
+    {
         return std::borrow::Cow::Borrowed(message);
     }
     let mut escaped = String::with_capacity(message.len() + 16);
@@ -436,6 +450,20 @@ mod tests {
         );
         assert_eq!(escape_message("tab\there"), "tab\\there");
         assert_eq!(escape_message("one\ntwo\r\n\nthree").lines().count(), 1);
+        // The byte test before the character test misses no control character, and lets
+        // other characters whose UTF-8 starts with 0xc2 through unchanged.
+        for control in (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_control())
+        {
+            let text = format!("a{control}b");
+            assert!(
+                matches!(escape_message(&text), std::borrow::Cow::Owned(_)),
+                "{:x} was not escaped",
+                control as u32
+            );
+        }
+        assert_eq!(escape_message("\u{a2}\u{bf}\u{e9}"), "\u{a2}\u{bf}\u{e9}");
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct Document<'a>(&'a Image);
 /// The value of one base attribute.
 enum Field<'a> {
     Text(&'a str),
+    /// `/v2/images/{id}` and what follows, written without building the string.
+    Link(&'a str, &'static str),
     Nullable(Option<&'a str>),
     Flag(bool),
     Size(Option<u64>),
@@ -148,6 +150,7 @@ impl Serialize for Field<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Field::Text(text) => serializer.serialize_str(text),
+            Field::Link(id, tail) => serializer.collect_str(&format_args!("/v2/images/{id}{tail}")),
             Field::Nullable(text) => text.serialize(serializer),
             Field::Flag(flag) => serializer.serialize_bool(*flag),
             Field::Size(size) => size.serialize(serializer),
@@ -160,8 +163,6 @@ impl Serialize for Field<'_> {
 impl Serialize for Document<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let image = self.0;
-        let self_link = format!("/v2/images/{}", image.id);
-        let file_link = format!("{self_link}/file");
         let stores = stores(image);
         // In byte order of the names (a unit test checks it).
         let base: [(&str, Option<Field>); 23] = [
@@ -175,7 +176,7 @@ impl Serialize for Document<'_> {
                 "disk_format",
                 Some(Field::Nullable(image.disk_format.as_deref())),
             ),
-            ("file", Some(Field::Text(&file_link))),
+            ("file", Some(Field::Link(&image.id, "/file"))),
             ("id", Some(Field::Text(&image.id))),
             ("min_disk", Some(Field::Number(image.min_disk))),
             ("min_ram", Some(Field::Number(image.min_ram))),
@@ -192,7 +193,7 @@ impl Serialize for Document<'_> {
             ("owner", Some(Field::Nullable(image.owner.as_deref()))),
             ("protected", Some(Field::Flag(image.protected))),
             ("schema", Some(Field::Text("/v2/schemas/image"))),
-            ("self", Some(Field::Text(&self_link))),
+            ("self", Some(Field::Link(&image.id, ""))),
             ("size", Some(Field::Size(image.size))),
             ("status", Some(Field::Text(image.status.as_str()))),
             ("stores", stores.as_deref().map(Field::Text)),
