@@ -34,7 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -143,6 +143,11 @@ struct Sink {
 /// the lock across the single `write(2)` is what keeps a line whole within a process.
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
+/// The sink's `access = Off` and `access_healthcheck`, readable without its lock: set by
+/// `configure` with the sink (and checked again under the lock).
+static ACCESS_OFF: AtomicBool = AtomicBool::new(false);
+static HEALTHCHECK_ACCESS_ON: AtomicBool = AtomicBool::new(true);
+
 /// This process's pid, for every line; `configure` sets it (the master at start, a child right
 /// after its fork), which spares a getpid(2) per line.
 static PID: AtomicU32 = AtomicU32::new(0);
@@ -168,6 +173,11 @@ pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
     let opened = Opened::open(destination)?;
     PID.store(std::process::id(), Ordering::Relaxed);
     let mut sink = lock();
+    ACCESS_OFF.store(
+        matches!(destination.access, AccessLog::Off),
+        Ordering::Relaxed,
+    );
+    HEALTHCHECK_ACCESS_ON.store(destination.access_healthcheck, Ordering::Relaxed);
     *sink = Some(Sink {
         destination: destination.clone(),
         opened,
@@ -316,22 +326,32 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let mut guard = lock();
-        let Some(sink) = guard.as_mut() else {
-            let _ = io::stderr().write_all(format_line("", record).as_bytes());
-            return;
-        };
         let target = record.target();
         let is_access = target == ACCESS_TARGET || target == HEALTHCHECK_ACCESS_TARGET;
+        // Before formatting: an access line nobody writes costs nothing (it was a seventh of
+        // a metadata request's instructions). From flags `configure` keeps with the sink, so
+        // that the message is formatted before the lock is taken.
+        if (target == HEALTHCHECK_ACCESS_TARGET && !HEALTHCHECK_ACCESS_ON.load(Ordering::Relaxed))
+            || (is_access && ACCESS_OFF.load(Ordering::Relaxed))
+        {
+            return;
+        }
+        // Outside the lock, which is held only for the prefix and the write: the workers that
+        // end their responses at the same moment wait on each other for less (issue 13).
+        let message = format_message(record);
+        let mut guard = lock();
+        let Some(sink) = guard.as_mut() else {
+            let line = with_prefix("", record.level(), &message);
+            let _ = io::stderr().write_all(line.as_bytes());
+            return;
+        };
         if target == HEALTHCHECK_ACCESS_TARGET && !sink.destination.access_healthcheck {
             return;
         }
-        // Before formatting: an access line nobody writes costs nothing (it was a seventh of
-        // a metadata request's instructions).
         if is_access && matches!(sink.destination.access, AccessLog::Off) {
             return;
         }
-        let line = format_line(&sink.role, record);
+        let line = with_prefix(&sink.role, record.level(), &message);
         // Errors writing a log line have nowhere to be reported; dropping the line is better
         // than failing the request that logged it.
         if is_access {
@@ -365,33 +385,46 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-/// `2026-11-26T11:42:35.123456Z INFO  glint-api[1234] master: message\n`, or within a
-/// [`RequestScope`], `... child gen 1: [req-UUID] message`: always exactly one line.
-fn format_line(role: &str, record: &log::Record) -> String {
+/// The part of a record's line after its prefix: the request's id within a [`RequestScope`],
+/// the message, escaped, and the line break. Formatted before the sink's lock is taken.
+fn format_message(record: &log::Record) -> String {
     use std::fmt::Write as _;
-    // One buffer for the whole line: a line is written for every request, and the pieces
-    // formatted apart (timestamp, request id, message, each escaped) were most of its cost.
-    let mut line = String::with_capacity(160);
-    timestamp::write_rfc3339_micros(&mut line, SystemTime::now());
-    let _ = write!(
-        line,
-        " {:<5} glint-api[{}] {role}: ",
-        record.level(),
-        PID.load(Ordering::Relaxed)
-    );
-    let message_start = line.len();
+    let mut message = String::with_capacity(128);
     REQUEST_ID.with(|cell| {
         if let Some(id) = cell.borrow().as_ref() {
-            let _ = write!(line, "[{id}] ");
+            let _ = write!(message, "[{id}] ");
         }
     });
-    let _ = line.write_fmt(*record.args());
-    // What a client sent may be in the id or the message: escaped in place, only when needed.
-    if let std::borrow::Cow::Owned(escaped) = escape_message(&line[message_start..]) {
-        line.truncate(message_start);
-        line.push_str(&escaped);
+    let _ = message.write_fmt(*record.args());
+    // What a client sent may be in the id or the message: escaped, only when needed.
+    if let std::borrow::Cow::Owned(escaped) = escape_message(&message) {
+        message = escaped;
     }
-    line.push('\n');
+    message.push('\n');
+    message
+}
+
+/// The whole line, `2026-11-26T11:42:35.123456Z INFO  glint-api[1234] master: message\n`, or
+/// within a [`RequestScope`], `... child gen 1: [req-UUID] message`: timestamp, level, pid and
+/// role, then `message` (from [`format_message`]); always exactly one line.
+fn with_prefix(role: &str, level: log::Level, message: &str) -> String {
+    use std::fmt::Write as _;
+    let mut line = String::with_capacity(64 + role.len() + message.len());
+    timestamp::write_rfc3339_micros(&mut line, SystemTime::now());
+    // Pieces pushed, not formatted: padding through `write!` cost more than the rest of the
+    // prefix (issue 13).
+    line.push_str(match level {
+        log::Level::Error => " ERROR glint-api[",
+        log::Level::Warn => " WARN  glint-api[",
+        log::Level::Info => " INFO  glint-api[",
+        log::Level::Debug => " DEBUG glint-api[",
+        log::Level::Trace => " TRACE glint-api[",
+    });
+    let _ = write!(line, "{}", PID.load(Ordering::Relaxed));
+    line.push_str("] ");
+    line.push_str(role);
+    line.push_str(": ");
+    line.push_str(message);
     line
 }
 
@@ -401,7 +434,14 @@ fn format_line(role: &str, record: &log::Record) -> String {
 /// characters, every other control character (NUL, ESC, DEL, C1, ...) as `\u{XX}`. So a record
 /// is one line and no client can forge a record of its own.
 pub fn escape_message(message: &str) -> std::borrow::Cow<'_, str> {
-    if !message.chars().any(char::is_control) {
+    // Bytes first: every control character is a byte below 0x20, 0x7f, or (C1, U+0080 to
+    // U+009F) a two-byte sequence that starts with 0xc2; a line without those has none, and
+    // a byte test is cheaper than decoding each character (issue 13).
+    if !message
+        .bytes()
+        .any(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2)
+        || !message.chars().any(char::is_control)
+    {
         return std::borrow::Cow::Borrowed(message);
     }
     let mut escaped = String::with_capacity(message.len() + 16);
@@ -437,6 +477,20 @@ mod tests {
         );
         assert_eq!(escape_message("tab\there"), "tab\\there");
         assert_eq!(escape_message("one\ntwo\r\n\nthree").lines().count(), 1);
+        // The byte test before the character test misses no control character, and lets
+        // other characters whose UTF-8 starts with 0xc2 through unchanged.
+        for control in (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_control())
+        {
+            let text = format!("a{control}b");
+            assert!(
+                matches!(escape_message(&text), std::borrow::Cow::Owned(_)),
+                "{:x} was not escaped",
+                control as u32
+            );
+        }
+        assert_eq!(escape_message("\u{a2}\u{bf}\u{e9}"), "\u{a2}\u{bf}\u{e9}");
     }
 
     #[test]

@@ -15,13 +15,34 @@ pub fn rfc3339_micros(time: SystemTime) -> String {
 /// Appends [`rfc3339_micros`]'s form of `time` to `out`, without allocating (each log line
 /// starts with one).
 pub fn write_rfc3339_micros(out: &mut String, time: SystemTime) {
-    use std::fmt::Write as _;
     let (secs, micros) = split(time);
     let [year, month, day, hour, minute, second] = fields(secs);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros:06}Z"
-    );
+    if !(0..=9999).contains(&year) {
+        // Not four digits: the general formatter (a clock that far off is not worth speed).
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{micros:06}Z"
+        );
+        return;
+    }
+    // Digit by digit into a fixed buffer: through `write!` this was a fifth of an access
+    // line's instructions (issue 13).
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for slot in text[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, hour as u64);
+    put(14, 2, minute as u64);
+    put(17, 2, second as u64);
+    put(20, 6, u64::from(micros));
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
 }
 
 /// Formats `time` as `YYYY-MM-DDTHH:MM:SSZ`, the form Glance uses in its API and we use in the
@@ -91,6 +112,30 @@ mod tests {
             let time = UNIX_EPOCH + Duration::from_secs(secs);
             assert_eq!(rfc3339_seconds(time), expected, "for {secs}");
         }
+    }
+
+    /// The digit-by-digit form of the log lines' timestamps agrees with the seconds' form for
+    /// the known instants, with every field's padding, and past year 9999 too.
+    #[test]
+    fn micros_agree_with_seconds_at_known_instants() {
+        for secs in [
+            0,
+            951_782_400,
+            1_795_693_355,
+            4_102_444_799,
+            253_402_300_800,
+        ] {
+            for micros in [0, 7, 123_456, 999_999] {
+                let time = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+                let seconds = rfc3339_seconds(time);
+                let expected = format!("{}.{micros:06}Z", seconds.trim_end_matches('Z'));
+                assert_eq!(rfc3339_micros(time), expected, "for {secs}.{micros}");
+            }
+        }
+        assert_eq!(
+            rfc3339_micros(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            "10000-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]

@@ -420,6 +420,50 @@ fn pipelined_requests_in_one_write_are_answered_in_order() {
     client.closed_cleanly().unwrap();
 }
 
+/// A worker goes on with the requests pipelined behind a response without switching the socket
+/// to blocking mode unless a request has a body (issue 13): a body pipelined behind a bodyless
+/// request, of which only a part has come when its worker starts reading it (the rest follows a
+/// stall), is waited for and read whole, on the same connection, and the request behind it is
+/// served too.
+#[test]
+fn a_body_still_arriving_behind_a_bodyless_request_is_waited_for() {
+    let server = Server::start("");
+    let mut client = Client::connect(server.addr());
+    let body = br#"{"name": "split", "disk_format": "raw", "container_format": "bare"}"#;
+    let (first, rest) = body.split_at(10);
+    let mut pipelined = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(
+        format!(
+            "POST /v2/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    pipelined.extend_from_slice(first);
+    client.send(&pipelined);
+    let health = client.response("GET", "the health check before the POST");
+    assert_eq!(health.status, 200, "{health:?}");
+    // A stall, not a wait for a condition: the worker reads the body meanwhile and finds
+    // nothing more in the socket (on a socket left non-blocking, that read would fail).
+    thread::sleep(Duration::from_millis(200));
+    let mut rest = rest.to_vec();
+    rest.extend_from_slice(b"GET /versions HTTP/1.1\r\nHost: x\r\n\r\n");
+    client.send(&rest);
+    let created = client.response("POST", "the POST whose body came in two parts");
+    assert_eq!(
+        created.status,
+        201,
+        "{created:?}\n--- log ---\n{}",
+        server.log()
+    );
+    let image: serde_json::Value = serde_json::from_slice(&created.body).unwrap();
+    assert_eq!(image["name"], "split");
+    assert!(!created.closes(), "{created:?}");
+    let versions = client.response("GET", "the GET behind the POST");
+    assert_eq!(versions.status, 200, "{versions:?}");
+}
+
 /// No route reads a request body yet, so `100 Continue` is never sent: the 405 is the final
 /// answer, with `Connection: close` since the client may or may not send the body now
 /// (RFC 9110 §10.1.1). The close is graceful: a body sent anyway does not reset the connection.

@@ -15,6 +15,8 @@
 //! - `logs`: where log lines go (issue 14, part 6): a separate access log reopened on SIGUSR1
 //!   and moved by SIGHUP, access lines off, health checks left out, one line per record, and
 //!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
+//! - `request_cost`: the system calls a keep-alive request no longer costs a child, counted by
+//!   strace (no socket mode switch, one getrandom per 64 request ids).
 //! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
 //!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
 //! - `tasks`: the task each import records (`/v2/images/{id}/tasks`, `/v2/tasks`, issue 12):
@@ -91,6 +93,7 @@ mod package;
 mod postgres;
 mod process_faults;
 mod reload;
+mod request_cost;
 mod request_ids;
 mod scale_out;
 mod sharing;

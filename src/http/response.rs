@@ -121,14 +121,15 @@ impl Response {
     }
 
     /// An `application/json` response.
-    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         match serde_json::to_vec(value) {
             Ok(bytes) => {
                 let mut response = Response::new(status).header("Content-Type", "application/json");
                 response.body = Body::Bytes(bytes);
                 response
             }
-            // A `Value` always serialises; should that ever change, fail loudly but safely.
+            // What the API sends (values, documents with string keys) always serialises; should
+            // that ever change, fail loudly but safely.
             Err(e) => {
                 log::error!("cannot serialise JSON response: {e}");
                 Response::new(500)

@@ -280,6 +280,17 @@ pub struct AccessRecord {
 /// `\"` and `\\` (httparse takes both in a target), so the quoted field ends where the server
 /// ended it and a client cannot write fields of its own after it. Control characters are left
 /// to `logging::escape_message`, which every record goes through.
+/// A duration in milliseconds with one decimal (`12.3`), rounded to the nearest tenth, written
+/// with integers: `{:.1}` of an `f64` was a tenth of an access line's instructions (issue 13).
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenths = (self.0.as_micros() + 50) / 100;
+        write!(f, "{}.{}", tenths / 10, tenths % 10)
+    }
+}
+
 fn quoted(field: &str) -> std::borrow::Cow<'_, str> {
     if !field.contains(['"', '\\']) {
         return std::borrow::Cow::Borrowed(field);
@@ -295,13 +306,13 @@ impl AccessRecord {
         let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
             target: self.log_target(),
-            "{} \"{} {}\" {} {} {:.1}ms",
+            "{} \"{} {}\" {} {} {}ms",
             self.peer,
             quoted(&self.method),
             quoted(&self.target),
             self.status,
             body_bytes,
-            self.started.elapsed().as_secs_f64() * 1000.0
+            Millis(self.started.elapsed())
         );
     }
 
@@ -321,12 +332,12 @@ impl AccessRecord {
         let _scope = RequestScope::enter(self.request_id.as_str());
         log::info!(
             target: self.log_target(),
-            "{} \"{} {}\" {} - {:.1}ms (response not completed: {why})",
+            "{} \"{} {}\" {} - {}ms (response not completed: {why})",
             self.peer,
             quoted(&self.method),
             quoted(&self.target),
             self.status,
-            self.started.elapsed().as_secs_f64() * 1000.0
+            Millis(self.started.elapsed())
         );
     }
 }
@@ -538,6 +549,22 @@ mod tests {
         keep_alive: true,
         head_request: false,
     };
+
+    /// The access line's duration: milliseconds, one decimal, rounded to the nearest tenth.
+    #[test]
+    fn access_line_durations_have_one_decimal() {
+        for (micros, text) in [
+            (0, "0.0"),
+            (49, "0.0"),
+            (50, "0.1"),
+            (1_234, "1.2"),
+            (1_250, "1.3"),
+            (99_960, "100.0"),
+            (12_345_678, "12345.7"),
+        ] {
+            assert_eq!(Millis(Duration::from_micros(micros)).to_string(), text);
+        }
+    }
 
     /// An outgoing 200 response with `bytes` as its body.
     fn bytes_outgoing(bytes: Vec<u8>) -> Outgoing {

@@ -189,6 +189,11 @@ impl Drain {
 
 /// Serves requests on `connection`, the first one with its `head` as the acceptor parsed it,
 /// until the connection must be parked, closed or dropped.
+///
+/// The socket stays in the acceptor's non-blocking mode unless a request has a body to read
+/// (or a response streams): a keep-alive request without a body costs no `ioctl(FIONBIO)` to
+/// switch the socket back and forth (two system calls of each such request, issue 13). Its
+/// mode is tracked by `Connection`, and the acceptor puts it back when the connection returns.
 pub fn serve(
     connection: &mut Connection,
     head: ArrivedHead,
@@ -197,11 +202,25 @@ pub fn serve(
     drain: &Drain,
     budget: &Arc<SendBudget>,
 ) -> Disposition {
-    // Through `Connection`, which tracks the socket's mode: the acceptor relies on it to put the
-    // socket back in non-blocking mode when the connection returns.
-    if connection.set_blocking(true).is_err()
-        || connection.set_write_timeout(settings.send_timeout).is_err()
-    {
+    let disposition = serve_all(connection, head, handler, settings, drain, budget);
+    if matches!(disposition, Disposition::KeepAlive) {
+        // It may wait long in the acceptor: without a read buffer, not while this worker goes
+        // on with it (the next request reuses the buffer).
+        connection.shrink_if_empty();
+    }
+    disposition
+}
+
+fn serve_all(
+    connection: &mut Connection,
+    head: ArrivedHead,
+    handler: &dyn Handler,
+    settings: &Settings,
+    drain: &Drain,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
+    // Blocking writes (a streamed response, `100 Continue`) are bounded by it.
+    if connection.set_write_timeout(settings.send_timeout).is_err() {
         return Disposition::Gone;
     }
     let mut arrived = head;
@@ -292,10 +311,11 @@ fn serve_one(
     // Every line logged while this request is served names its id (the handler's errors too).
     let request_id = RequestId::generate();
     let _scope = RequestScope::enter(request_id.as_str());
-    // Blocking, with timeouts, while the handler reads the body; `send` switches to
-    // non-blocking for the response.
-    if connection.set_blocking(true).is_err()
-        || connection.set_read_timeout(settings.body_timeout).is_err()
+    // Blocking, with timeouts, while the handler reads a body; `send` switches to non-blocking
+    // for the response. Without a body the socket is not read here (`BodyReader` ends at once).
+    if head.framing != Framing::None
+        && (connection.set_blocking(true).is_err()
+            || connection.set_read_timeout(settings.body_timeout).is_err())
     {
         return Disposition::Gone;
     }
@@ -417,7 +437,7 @@ fn respond(
         Ok(outgoing) => outgoing,
         Err(streamed) => return write_streamed(connection, streamed, &record),
     };
-    send(
+    send_rest(
         connection,
         Sending::new(outgoing, record, Instant::now()),
         settings,
@@ -431,6 +451,20 @@ fn respond(
 /// same deadline either way (see `sending`).
 pub fn send(
     connection: &mut Connection,
+    sending: Sending,
+    settings: &Settings,
+    budget: &Arc<SendBudget>,
+) -> Disposition {
+    let disposition = send_rest(connection, sending, settings, budget);
+    if matches!(disposition, Disposition::KeepAlive) {
+        connection.shrink_if_empty();
+    }
+    disposition
+}
+
+/// [`send`], for the worker's loop: the read buffer is kept for the next request.
+fn send_rest(
+    connection: &mut Connection,
     mut sending: Sending,
     settings: &Settings,
     budget: &Arc<SendBudget>,
@@ -442,10 +476,7 @@ pub fn send(
     loop {
         match sending.advance(connection.stream(), Instant::now()) {
             Ok(Progress::Done) if sending.must_close() => return Disposition::Close,
-            Ok(Progress::Done) => {
-                connection.shrink_if_empty();
-                return Disposition::KeepAlive;
-            }
+            Ok(Progress::Done) => return Disposition::KeepAlive,
             Ok(Progress::Blocked) => {}
             Err(_) => return Disposition::Gone,
         }
@@ -472,6 +503,10 @@ fn write_streamed(
 ) -> Disposition {
     let must_close = prepared.must_close;
     let head_bytes = prepared.head.len() as u64;
+    if connection.set_blocking(true).is_err() {
+        record.not_completed(&"the socket could not be made blocking");
+        return Disposition::Gone;
+    }
     match response::write_prepared(&mut connection.stream(), prepared) {
         Ok(body_bytes) => {
             // The head and the body's payload (a chunked body's framing is not counted).
@@ -480,7 +515,6 @@ fn write_streamed(
             if must_close {
                 Disposition::Close
             } else {
-                connection.shrink_if_empty();
                 Disposition::KeepAlive
             }
         }

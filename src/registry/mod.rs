@@ -141,6 +141,10 @@ pub enum RegistryError {
 struct Pool {
     idle: Vec<Connection>,
     n_open: usize,
+    /// Threads waiting in `lease` for a connection: a lease given back wakes one only if there
+    /// is one (`Condvar::notify_one` makes a futex system call even when nobody waits: one of
+    /// every request's, issue 13).
+    n_waiting: usize,
 }
 
 /// A connection lent out of the pool; going out of scope gives it back.
@@ -186,6 +190,7 @@ impl Registry {
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 n_open: 0,
+                n_waiting: 0,
             }),
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
@@ -536,10 +541,12 @@ impl Registry {
                     }
                 };
             }
+            pool.n_waiting += 1;
             pool = self
                 .returned
                 .wait(pool)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            pool.n_waiting -= 1;
         }
     }
 
@@ -558,6 +565,7 @@ impl Drop for Lease<'_> {
             return;
         };
         let mut pool = self.registry.lock_pool();
+        let anyone_waiting = pool.n_waiting > 0;
         if connection.is_reusable() {
             pool.idle.push(connection);
         } else {
@@ -567,7 +575,9 @@ impl Drop for Lease<'_> {
             drop(pool);
             drop(connection);
         }
-        self.registry.returned.notify_one();
+        if anyone_waiting {
+            self.registry.returned.notify_one();
+        }
     }
 }
 
