@@ -697,3 +697,27 @@ fn values_postgresql_cannot_store_are_refused_with_a_400_and_long_ones_are_kept(
         "{listed}"
     );
 }
+
+#[test]
+fn staged_through_one_node_and_imported_through_another_with_a_shared_staging_folder() {
+    let database = new_database(shared_cluster_port());
+    let data = tempfile::tempdir().expect("shared data folder");
+    let staging = tempfile::tempdir().expect("shared staging folder");
+    let extra = format!("node_staging_uri = file://{}", staging.path().display());
+    let a = named_node(&database, data.path(), &extra);
+    let b = named_node(&database, data.path(), &extra);
+    let id = util::create_image(a.addr());
+    let payload = b"raw bytes staged on A, imported on B".repeat(100);
+    let staged = crate::import::stage(&a, &id, &payload);
+    assert_eq!(staged.status, 204, "{}", staged.text());
+    let started = crate::import::import(&b, &id, crate::import::GLANCE_DIRECT);
+    assert_eq!(started.status, 202, "{}", started.text());
+    util::wait_until("the import through B to end", DEADLINE, || {
+        status_of(a.addr(), &id) == "active"
+    });
+    let file = get(a.addr(), &format!("/v2/images/{id}/file"));
+    assert!(
+        file.body == payload,
+        "the imported data differs from the staged"
+    );
+}
