@@ -189,25 +189,14 @@ pub(super) fn select_live(
 ) -> Result<Option<Image>, RegistryError> {
     static SQLITE: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT {COLUMNS}, \
-             (SELECT json_group_array(tag) FROM image_tags WHERE image_id = images.id), \
-             (SELECT json_group_array(json_array(name, value)) FROM image_properties \
-              WHERE image_id = images.id), \
-             (SELECT json_group_array(json_array(position, store, path)) \
-              FROM image_locations WHERE image_id = images.id) \
-             FROM images WHERE images.id = ?1 AND images.deleted = 0"
+            "SELECT {COLUMNS}, {} FROM images WHERE images.id = ?1 AND images.deleted = 0",
+            details_columns(Dialect::Sqlite)
         )
     });
     static POSTGRES: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT {COLUMNS}, \
-             (SELECT coalesce(json_agg(tag), '[]') FROM image_tags \
-              WHERE image_id = images.id), \
-             (SELECT coalesce(json_agg(json_build_array(name, value)), '[]') \
-              FROM image_properties WHERE image_id = images.id), \
-             (SELECT coalesce(json_agg(json_build_array(position, store, path)), '[]') \
-              FROM image_locations WHERE image_id = images.id) \
-             FROM images WHERE images.id = ?1 AND images.deleted = 0"
+            "SELECT {COLUMNS}, {} FROM images WHERE images.id = ?1 AND images.deleted = 0",
+            details_columns(Dialect::Postgres)
         )
     });
     let sql = match connection.dialect() {
@@ -215,22 +204,49 @@ pub(super) fn select_live(
         Dialect::Postgres => POSTGRES.as_str(),
     };
     connection
-        .query_opt(sql, params![id], |row| {
-            let mut image = from_row(row)?;
-            image.tags = json_column(row, 20)?;
-            image.tags.sort_unstable();
-            image.properties = json_column::<Vec<(String, String)>>(row, 21)?
-                .into_iter()
-                .collect();
-            let mut locations = json_column::<Vec<(i64, String, String)>>(row, 22)?;
-            locations.sort_unstable_by_key(|(position, ..)| *position);
-            image.locations = locations
-                .into_iter()
-                .map(|(_, store, path)| Location { store, path })
-                .collect();
-            Ok(image)
-        })
+        .query_opt(sql, params![id], from_row_with_details)
         .map_err(RegistryError::sql(format!("read image {id}")))
+}
+
+/// The three columns, after [`COLUMNS`], that carry an image's tags, properties and locations
+/// as JSON arrays, for [`from_row_with_details`]: one statement reads images whole, however
+/// many (a list's page too), instead of three more per image. Put in order when read: an
+/// `ORDER BY` inside the aggregates made SQLite sort through a temporary b-tree for each.
+pub(super) fn details_columns(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "(SELECT json_group_array(tag) FROM image_tags WHERE image_id = images.id), \
+             (SELECT json_group_array(json_array(name, value)) FROM image_properties \
+              WHERE image_id = images.id), \
+             (SELECT json_group_array(json_array(position, store, path)) \
+              FROM image_locations WHERE image_id = images.id)"
+        }
+        Dialect::Postgres => {
+            "(SELECT coalesce(json_agg(tag), '[]') FROM image_tags \
+              WHERE image_id = images.id), \
+             (SELECT coalesce(json_agg(json_build_array(name, value)), '[]') \
+              FROM image_properties WHERE image_id = images.id), \
+             (SELECT coalesce(json_agg(json_build_array(position, store, path)), '[]') \
+              FROM image_locations WHERE image_id = images.id)"
+        }
+    }
+}
+
+/// An image read by [`COLUMNS`] followed by [`details_columns`].
+pub(super) fn from_row_with_details(row: &Row<'_>) -> Result<Image, SqlError> {
+    let mut image = from_row(row)?;
+    image.tags = json_column(row, 20)?;
+    image.tags.sort_unstable();
+    image.properties = json_column::<Vec<(String, String)>>(row, 21)?
+        .into_iter()
+        .collect();
+    let mut locations = json_column::<Vec<(i64, String, String)>>(row, 22)?;
+    locations.sort_unstable_by_key(|(position, ..)| *position);
+    image.locations = locations
+        .into_iter()
+        .map(|(_, store, path)| Location { store, path })
+        .collect();
+    Ok(image)
 }
 
 /// Column `index` of `row`, a JSON array built by the statement, read into `T`.

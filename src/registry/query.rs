@@ -254,9 +254,7 @@ pub(super) fn for_each(
     let values: Vec<&dyn ToSql> = values.iter().map(|value| value as &dyn ToSql).collect();
     connection
         .query_each(&sql, &values, |row| {
-            let mut image = image::from_row(row)?;
-            image::load_details(connection, &mut image)?;
-            Ok(visit(image))
+            Ok(visit(image::from_row_with_details(row)?))
         })
         .map_err(RegistryError::sql("list images"))
 }
@@ -322,9 +320,11 @@ pub(super) fn statement(
     values.push(Value::Integer(
         i64::try_from(query.limit).unwrap_or(i64::MAX),
     ));
+    // The images whole: their tags, properties and locations in the same statement.
     let sql = format!(
-        "SELECT {} FROM {from} WHERE {} ORDER BY {order} LIMIT ?",
+        "SELECT {}, {} FROM {from} WHERE {} ORDER BY {order} LIMIT ?",
         image::COLUMNS,
+        image::details_columns(dialect),
         conditions.join(" AND "),
     );
     Ok((sql, values))
