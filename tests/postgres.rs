@@ -219,13 +219,7 @@ fn a_node_killed_mid_upload_has_the_upload_recovered_by_another_after_its_lease(
     util::wait_until("the temporary file of A's upload removed", DEADLINE, || {
         temporary_files(data.path()).is_empty()
     });
-    let put = util::send_body(
-        b.addr(),
-        "PUT",
-        &format!("/v2/images/{id}/file"),
-        "application/octet-stream",
-        b"uploaded again through B",
-    );
+    let put = put_data(b.addr(), &id, b"uploaded again through B");
     assert_eq!(put.status, 204, "{}", put.text());
     assert_eq!(status_of(b.addr(), &id), "active");
 }
@@ -275,23 +269,49 @@ fn get(addr: SocketAddr, path: &str) -> util::Response {
     util::get(addr, path).unwrap_or_else(|error| panic!("GET {path}: {error}"))
 }
 
-#[test]
-fn two_nodes_on_one_database_serve_and_change_each_others_images() {
+/// Uploads `data` as image `id`'s data; its answer.
+fn put_data(addr: SocketAddr, id: &str, data: &[u8]) -> util::Response {
+    util::send_body(
+        addr,
+        "PUT",
+        &format!("/v2/images/{id}/file"),
+        "application/octet-stream",
+        data,
+    )
+}
+
+/// Sends a JSON patch of image `id`; its answer.
+fn patch(addr: SocketAddr, id: &str, body: &str) -> util::Response {
+    util::request(
+        addr,
+        "PATCH",
+        &format!("/v2/images/{id}"),
+        &[(
+            "Content-Type",
+            "application/openstack-images-v2.1-json-patch",
+        )],
+        body.as_bytes(),
+    )
+    .expect("PATCH")
+}
+
+/// Two nodes on a new database and a new shared data folder (kept while the folder lives).
+fn two_nodes() -> (tempfile::TempDir, Server, Server) {
     let database = new_database(shared_cluster_port());
     let data = tempfile::tempdir().expect("shared data folder");
     let a = node(&database, data.path());
     let b = node(&database, data.path());
+    (data, a, b)
+}
+
+#[test]
+fn two_nodes_on_one_database_serve_and_change_each_others_images() {
+    let (_data, a, b) = two_nodes();
 
     // Written through A...
     let id = util::create_image(a.addr());
     let payload = b"the same bytes from either node".repeat(1000);
-    let put = util::send_body(
-        a.addr(),
-        "PUT",
-        &format!("/v2/images/{id}/file"),
-        "application/octet-stream",
-        &payload,
-    );
+    let put = put_data(a.addr(), &id, &payload);
     assert_eq!(put.status, 204, "{}", put.text());
 
     // ...read through B: the record and the data.
@@ -305,18 +325,12 @@ fn two_nodes_on_one_database_serve_and_change_each_others_images() {
     assert!(file.body == payload, "B served other bytes than A stored");
 
     // A change through B is seen through A, and a delete through A is gone for B.
-    let patch = util::request(
+    let renamed = patch(
         b.addr(),
-        "PATCH",
-        &format!("/v2/images/{id}"),
-        &[(
-            "Content-Type",
-            "application/openstack-images-v2.1-json-patch",
-        )],
-        br#"[{"op": "replace", "path": "/name", "value": "renamed on B"}]"#,
-    )
-    .expect("PATCH through B");
-    assert_eq!(patch.status, 200, "{}", patch.text());
+        &id,
+        r#"[{"op": "replace", "path": "/name", "value": "renamed on B"}]"#,
+    );
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
     assert_eq!(
         json(&get(a.addr(), &format!("/v2/images/{id}")))["name"],
         "renamed on B"
@@ -538,20 +552,11 @@ fn restart_under(cluster: &Cluster, server: &Server, id: &str) {
 
 #[test]
 fn a_delete_through_one_node_ends_a_download_from_another_whole() {
-    let database = new_database(shared_cluster_port());
-    let data = tempfile::tempdir().expect("shared data folder");
-    let a = node(&database, data.path());
-    let b = node(&database, data.path());
+    let (data, a, b) = two_nodes();
     let id = util::create_image(a.addr());
     // Far more than the socket buffers hold, so most of it is still to be read at the delete.
     let payload: Vec<u8> = (0..32u32 << 20).map(|index| (index % 251) as u8).collect();
-    let put = util::send_body(
-        a.addr(),
-        "PUT",
-        &format!("/v2/images/{id}/file"),
-        "application/octet-stream",
-        &payload,
-    );
+    let put = put_data(a.addr(), &id, &payload);
     assert_eq!(put.status, 204, "{}", put.text());
 
     let mut download = TcpStream::connect(b.addr()).expect("connect to B");
@@ -654,19 +659,7 @@ fn values_postgresql_cannot_store_are_refused_with_a_400_and_long_ones_are_kept(
     let data = tempfile::tempdir().expect("data folder");
     let server = node(&database, data.path());
     let id = util::create_image(server.addr());
-    let patch = |body: &str| {
-        util::request(
-            server.addr(),
-            "PATCH",
-            &format!("/v2/images/{id}"),
-            &[(
-                "Content-Type",
-                "application/openstack-images-v2.1-json-patch",
-            )],
-            body.as_bytes(),
-        )
-        .expect("PATCH")
-    };
+    let patch = |body: &str| patch(server.addr(), &id, body);
     // A NUL character: SQLite would keep it, PostgreSQL's text cannot.
     let tag = util::request(
         server.addr(),
