@@ -1394,6 +1394,37 @@ fn migrating_twice_changes_nothing() {
     assert_eq!(image.properties["counter"], "0");
 }
 
+/// The two engines' lists describe the same schema version by version: the same number of
+/// entries, and each creates or alters the same tables and indexes (by name).
+#[test]
+fn both_engines_migrate_through_the_same_versions() {
+    assert_eq!(MIGRATIONS.len(), POSTGRES_MIGRATIONS.len());
+    let names = |sql: &str| -> Vec<String> {
+        let words: Vec<&str> = sql.split_whitespace().collect();
+        let mut names: Vec<String> = words
+            .windows(3)
+            .filter(|w| {
+                matches!(
+                    (w[0], w[1]),
+                    ("CREATE", "TABLE" | "INDEX") | ("ALTER", "TABLE")
+                )
+            })
+            .map(|w| w[2].to_string())
+            .chain(
+                words
+                    .windows(4)
+                    .filter(|w| w[0] == "CREATE" && w[1] == "UNIQUE" && w[2] == "INDEX")
+                    .map(|w| w[3].to_string()),
+            )
+            .collect();
+        names.sort();
+        names
+    };
+    for (version, (sqlite, postgres)) in MIGRATIONS.iter().zip(POSTGRES_MIGRATIONS).enumerate() {
+        assert_eq!(names(sqlite), names(postgres), "migration {}", version + 1);
+    }
+}
+
 #[test]
 fn migrations_run_from_every_older_version() {
     // Applying the list one entry at a time, as successive releases would, ends where applying
