@@ -360,6 +360,17 @@ pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
             "SELECT coalesce(max(version), 0) FROM glint_schema_version",
         ),
     };
+    if dialect == Dialect::Sqlite {
+        // Every child of every reload comes here before it serves: a schema already current
+        // is seen without SQLite's write lock, which a busy registry would make it wait for.
+        let version: i64 = connection
+            .query_opt(read_version, &[], |row| row.get(0))
+            .map_err(RegistryError::sql("read the schema version"))?
+            .unwrap_or(0);
+        if usize::try_from(version).is_ok_and(|version| version == migrations.len()) {
+            return Ok(());
+        }
+    }
     let transaction = connection
         .begin_write()
         .map_err(RegistryError::sql("begin the migration transaction"))?;
