@@ -562,6 +562,86 @@ fn failed_start_of_the_new_generation_keeps_the_old_one() {
     assert_eq!(verdict["generation"], 3);
 }
 
+/// Sends one keep-alive GET on `stream` and returns the pid of the child that holds the server
+/// end of it (among `candidates`), with the connection still open.
+fn served_by(stream: &mut TcpStream, candidates: &[i32]) -> Option<i32> {
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n")
+        .expect("send");
+    let response = read_response(&mut BufReader::new(&mut *stream), "GET")
+        .expect("a response")
+        .expect("a response before EOF");
+    assert_eq!(response.status, 200);
+    let inode = util::peer_socket(stream)?.inode;
+    candidates
+        .iter()
+        .copied()
+        .find(|&pid| util::fd_of_socket(pid, inode).is_some())
+}
+
+/// Issue 13, part 1: once one child of the new generation serves, the old generation takes no
+/// new client (each meets the new config at once, not when the slowest new child is ready), and
+/// still serves the keep-alive clients it holds. If the reload then fails, the old generation
+/// takes new clients again. Held by `GLINT_FAULT_CHILD_HOLD`, the second new child is not ready
+/// until the test says so.
+#[test]
+fn old_children_stop_accepting_once_a_new_child_serves_and_accept_again_if_the_reload_fails() {
+    let hold = tempfile::tempdir().unwrap();
+    let release = hold.path().join("release");
+    let server = Server::start_env(
+        "workers = 2",
+        &[(
+            "GLINT_FAULT_CHILD_HOLD",
+            &format!("2/2:{}", release.display()),
+        )],
+    );
+    let old = server.children(None);
+    assert_eq!(old.len(), 2);
+    let mut kept = server.connect();
+    let kept_by = served_by(&mut kept, &old);
+    assert!(kept_by.is_some(), "an old child serves the kept client");
+    server.signal(libc::SIGHUP);
+    server.wait_for_log("takes no new clients until the reload ends", DEADLINE);
+    let new: Vec<i32> = server
+        .children(Some("serving"))
+        .into_iter()
+        .filter(|pid| !old.contains(pid))
+        .collect();
+    assert_eq!(new.len(), 1, "one new child serves: {}", server.log());
+    let everyone: Vec<i32> = old.iter().chain(&new).copied().collect();
+    for _ in 0..20 {
+        let mut stream = server.connect();
+        assert_eq!(
+            served_by(&mut stream, &everyone),
+            Some(new[0]),
+            "a new client while a new child serves goes to it"
+        );
+    }
+    // The kept client is still served where it was.
+    assert_eq!(served_by(&mut kept, &everyone), kept_by);
+
+    std::fs::write(&release, "fail").unwrap();
+    server.wait_for("the reload's verdict", DEADLINE, |status| {
+        status["reloads_failed"] == 1
+    });
+    util::wait_until("the new child to exit", DEADLINE, || {
+        !util::process_alive(new[0])
+    });
+    for _ in 0..20 {
+        let mut stream = server.connect();
+        let by = served_by(&mut stream, &old);
+        assert!(
+            by.is_some(),
+            "after the failed reload an old child serves a new client\n{}",
+            server.log()
+        );
+    }
+    assert_eq!(server.children(Some("serving")), old);
+    assert!(server
+        .log()
+        .contains("generation 1 takes new clients again"));
+}
+
 /// kill -9 of a child: the master logs it and a replacement serves.
 #[test]
 fn killed_child_is_replaced() {

@@ -65,6 +65,9 @@ pub struct Handoff {
     /// A connection sent to the current target came back on this child's own channel: the
     /// target leads back here, so this child relays nothing more until the target changes.
     target_loops_back: bool,
+    /// The master said to stop taking new clients: a child of the generation being started
+    /// serves them (see `wire::Control::Accepting`); cleared when it says to take them again.
+    told_to_stop_accepting: bool,
     /// When the child last warned that it could not adopt, per reason.
     warned_connection_limit: Option<Instant>,
     warned_descriptor_limit: Option<Instant>,
@@ -125,6 +128,13 @@ impl Handoff {
         self.target.is_some()
     }
 
+    /// Whether the master lets this child take new clients from its listeners. It says no
+    /// while a reload's new generation has a child serving and has not yet taken over, so new
+    /// clients meet the new config at once; connections already held are served either way.
+    pub fn may_accept(&self) -> bool {
+        !self.told_to_stop_accepting
+    }
+
     /// The channel hung up or failed (the master died): stop polling a socket that stays ready.
     pub fn lose_receive(&mut self) {
         self.receive = None;
@@ -177,8 +187,10 @@ impl Handoff {
     }
 
     /// Reads the control socket: each target received replaces the one held, so the latest
-    /// wins, whether this child serves or drains. Returns whether a new target arrived. A
-    /// control socket at end of stream (the master is gone) is dropped.
+    /// wins, whether this child serves or drains; an accept switch sets [`Handoff::may_accept`].
+    /// Returns whether a new target arrived. A control socket at end of stream (the master is
+    /// gone) is dropped, and with it any word to stop accepting: a child whose master is gone
+    /// drains on its parent-death signal anyway.
     pub fn read_control(&mut self) -> bool {
         let Some(control) = &self.control else {
             return false;
@@ -187,8 +199,21 @@ impl Handoff {
         let keep_control = loop {
             // Give the spare up so that the target's descriptor has a number to land on.
             self.spare = None;
-            match wire::receive_target(control.as_fd()) {
-                Ok(Some(target)) => {
+            match wire::receive_control(control.as_fd()) {
+                Ok(Some(wire::Control::Accepting(accepting))) => {
+                    if self.told_to_stop_accepting == accepting {
+                        log::debug!(
+                            "{}",
+                            if accepting {
+                                "the reload failed: taking new clients again"
+                            } else {
+                                "a child of the new generation serves: taking no new clients"
+                            }
+                        );
+                    }
+                    self.told_to_stop_accepting = !accepting;
+                }
+                Ok(Some(wire::Control::Target(target))) => {
                     // The target it replaces is closed here, which frees the spare's number.
                     self.target = Some(target);
                     self.sent_to_target.clear();
@@ -218,6 +243,7 @@ impl Handoff {
         if !keep_control {
             self.control = None;
             self.spare = None;
+            self.told_to_stop_accepting = false;
         }
         replaced
     }

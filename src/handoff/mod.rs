@@ -47,6 +47,13 @@
 //! that comes back to it (a target that leads to its own channel) stops it adopting until the
 //! target changes, so a connection never circles between a child and its own channel.
 //!
+//! # Accept switches
+//!
+//! The control socket also carries the master's word to stop taking new clients, and to take
+//! them again: a parallel reload stops the old children accepting once one new child serves,
+//! and a failed one lets them accept again. They are messages, not signals, so that a stop and
+//! the start that undoes it arrive in order and never merge.
+//!
 //! # Layout
 //!
 //! - `wire.rs`: the socket pairs and the messages (tags, `SCM_RIGHTS`, truncation).
@@ -63,6 +70,7 @@ pub(crate) use child_side::HANDOFF_RETRY_POLL;
 pub use child_side::{Adoption, Handoff, Sent, ADOPTION_DESCRIPTOR_RESERVE, HANDOFF_RETRY};
 pub use master_side::Channels;
 pub use wire::{
-    descriptors_free, pair, receive_connection, receive_target, send_connection, send_parked,
-    send_target, take_connection, Carried, ReceiveError, Received, MAX_CARRIED_BYTES,
+    descriptors_free, pair, receive_connection, receive_control, send_accepting, send_connection,
+    send_parked, send_target, take_connection, Carried, Control, ReceiveError, Received,
+    MAX_CARRIED_BYTES,
 };

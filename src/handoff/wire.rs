@@ -1,11 +1,13 @@
 //! The handoff's wire format: the socket pairs, and the messages that cross them.
 //!
 //! Every message is one `SOCK_SEQPACKET` record: a tag byte saying what it carries, a payload,
-//! and exactly one descriptor as `SCM_RIGHTS`. On a generation's channel a message is a client
+//! and at most one descriptor as `SCM_RIGHTS`. On a generation's channel a message is a client
 //! connection (its socket, and the bytes already read from it as payload); on a child's control
-//! socket it is a handoff target (the send end of a generation's channel, no payload).
-//! Receiving reports every message that did not arrive whole (`MSG_CTRUNC`, `MSG_TRUNC`, no
-//! descriptor) as a [`ReceiveError`]; nothing is skipped in silence. What a process does with
+//! socket it is a handoff target (the send end of a generation's channel, no payload), or an
+//! accept switch (no payload, no descriptor: stop or go on accepting new clients, see
+//! [`Control::Accepting`]). Receiving reports every message that did not arrive whole
+//! (`MSG_CTRUNC`, `MSG_TRUNC`, a connection or target without its descriptor) as a
+//! [`ReceiveError`]; nothing is skipped in silence. What a process does with
 //! a message is not decided here: see `child_side` for the child, the master for itself.
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -28,6 +30,19 @@ pub const MAX_CARRIED_BYTES: usize = 128 * 1024;
 const TAG_CONNECTION: u8 = b'C';
 const TAG_FIRST_REQUEST: u8 = b'F';
 const TAG_TARGET: u8 = b'T';
+const TAG_STOP_ACCEPTING: u8 = b'S';
+const TAG_ACCEPT: u8 = b'A';
+
+/// A message from the master on a child's control socket.
+#[derive(Debug)]
+pub enum Control {
+    /// "Hand your connections to this channel" (the send end of a generation's channel).
+    Target(OwnedFd),
+    /// "Stop taking new clients" (`false`: a child of the generation being started serves) or
+    /// "take them again" (`true`: that reload failed). Connections already held are served
+    /// either way.
+    Accepting(bool),
+}
 
 /// A socket pair for connection messages or control messages: `(one end, other end)`, both
 /// non-blocking and close-on-exec.
@@ -104,7 +119,7 @@ pub fn send_parked(
     payload.extend_from_slice(&deadline_ns.to_le_bytes());
     payload.push(if with.trusted { FLAG_TRUSTED } else { 0 });
     payload.extend_from_slice(carried);
-    send(channel, tag, &payload, stream)
+    send(channel, tag, &payload, Some(stream))
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds (0 if it cannot be read, which Linux never does).
@@ -164,7 +179,7 @@ pub enum ReceiveError {
     /// `MSG_TRUNC`: the payload was longer than any sender of ours sends; the message (and the
     /// descriptor it carried) is dropped rather than used with a hole in it.
     PayloadTruncated,
-    /// A message that carried no descriptor; no sender of ours makes one.
+    /// A connection or target message that carried no descriptor; no sender of ours makes one.
     NoDescriptor,
     /// A message whose tag does not belong on this socket.
     UnexpectedTag(u8),
@@ -216,7 +231,8 @@ pub fn receive_connection(channel: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd
 /// [`descriptors_free`]): a message whose descriptor cannot be installed is lost.
 pub fn take_connection(channel: BorrowedFd<'_>) -> Result<Option<Received>, ReceiveError> {
     let (tag, payload, fd) = match receive(channel, CONNECTION_HEADER + MAX_CARRIED_BYTES + 1)? {
-        Some(message) => message,
+        Some((tag, payload, Some(fd))) => (tag, payload, fd),
+        Some(_) => return Err(ReceiveError::NoDescriptor),
         None => return Ok(None),
     };
     let first_request = match tag {
@@ -245,13 +261,27 @@ pub fn take_connection(channel: BorrowedFd<'_>) -> Result<Option<Received>, Rece
 
 /// Master to child, on the child's control socket: "hand your connections to `target`".
 pub fn send_target(control: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
-    send(control, TAG_TARGET, &[], target)
+    send(control, TAG_TARGET, &[], Some(target))
 }
 
-/// A child reads one message from its control socket: a handoff target, if one is queued.
-pub fn receive_target(control: BorrowedFd<'_>) -> Result<Option<OwnedFd>, ReceiveError> {
+/// Master to child, on the child's control socket: "stop taking new clients" (`false`) or
+/// "take them again" (`true`).
+pub fn send_accepting(control: BorrowedFd<'_>, accepting: bool) -> io::Result<()> {
+    let tag = if accepting {
+        TAG_ACCEPT
+    } else {
+        TAG_STOP_ACCEPTING
+    };
+    send(control, tag, &[], None)
+}
+
+/// A child reads one message from its control socket, if one is queued.
+pub fn receive_control(control: BorrowedFd<'_>) -> Result<Option<Control>, ReceiveError> {
     match receive(control, 16)? {
-        Some((TAG_TARGET, _, fd)) => Ok(Some(fd)),
+        Some((TAG_TARGET, _, Some(fd))) => Ok(Some(Control::Target(fd))),
+        Some((TAG_TARGET, _, None)) => Err(ReceiveError::NoDescriptor),
+        Some((TAG_STOP_ACCEPTING, _, None)) => Ok(Some(Control::Accepting(false))),
+        Some((TAG_ACCEPT, _, None)) => Ok(Some(Control::Accepting(true))),
         Some((tag, _, _)) => Err(ReceiveError::UnexpectedTag(tag)),
         None => Ok(None),
     }
@@ -277,16 +307,24 @@ pub fn descriptors_free(probe: BorrowedFd<'_>, n: usize) -> io::Result<bool> {
     Ok(true)
 }
 
-fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+fn send(
+    socket: BorrowedFd<'_>,
+    tag: u8,
+    payload: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let tag = [tag];
     let iov = [IoSlice::new(&tag), IoSlice::new(payload)];
-    let fds = [fd.as_raw_fd()];
-    let cmsgs = [ControlMessage::ScmRights(&fds)];
+    let fds = fd.map(|fd| [fd.as_raw_fd()]);
+    let cmsgs: &[ControlMessage<'_>] = match &fds {
+        Some(fds) => &[ControlMessage::ScmRights(fds)],
+        None => &[],
+    };
     loop {
         match sendmsg::<()>(
             socket.as_raw_fd(),
             &iov,
-            &cmsgs,
+            cmsgs,
             MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             None,
         ) {
@@ -297,13 +335,16 @@ fn send(socket: BorrowedFd<'_>, tag: u8, payload: &[u8], fd: BorrowedFd<'_>) -> 
     }
 }
 
-/// One message: its tag, payload and the fd it carried. `None` when nothing is queued or the
-/// other end is gone. A message that did not arrive whole is consumed and reported, never
-/// skipped in silence.
+/// A message as received: its tag, its payload, and the descriptor it carried, if any.
+type Message = (u8, Vec<u8>, Option<OwnedFd>);
+
+/// One message: its tag, payload and the fd it carried, if any. `None` when nothing is queued
+/// or the other end is gone. A message that did not arrive whole is consumed and reported,
+/// never skipped in silence.
 fn receive(
     socket: BorrowedFd<'_>,
     max_payload: usize,
-) -> Result<Option<(u8, Vec<u8>, OwnedFd)>, ReceiveError> {
+) -> Result<Option<Message>, ReceiveError> {
     loop {
         let mut tag = [0u8; 1];
         let mut payload = vec![0u8; max_payload];
@@ -348,9 +389,6 @@ fn receive(
         if flags.contains(MsgFlags::MSG_TRUNC) {
             return Err(ReceiveError::PayloadTruncated);
         }
-        let Some(fd) = fd else {
-            return Err(ReceiveError::NoDescriptor);
-        };
         payload.truncate(n.saturating_sub(1));
         return Ok(Some((tag[0], payload, fd)));
     }
@@ -388,15 +426,49 @@ mod tests {
         let (x, _y) = pair().unwrap();
         send_target(b.as_fd(), x.as_fd()).unwrap();
         send_target(b.as_fd(), x.as_fd()).unwrap();
-        assert!(receive_target(a.as_fd()).unwrap().is_some());
-        assert!(receive_target(a.as_fd()).unwrap().is_some());
-        assert!(receive_target(a.as_fd()).unwrap().is_none());
+        assert!(matches!(
+            receive_control(a.as_fd()),
+            Ok(Some(Control::Target(_)))
+        ));
+        assert!(matches!(
+            receive_control(a.as_fd()),
+            Ok(Some(Control::Target(_)))
+        ));
+        assert!(receive_control(a.as_fd()).unwrap().is_none());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         send_connection(b.as_fd(), server_side.as_fd(), b"", true).unwrap();
         let (_, carried, first) = receive_connection(a.as_fd()).unwrap().unwrap();
         assert!(carried.is_empty() && first);
+    }
+
+    #[test]
+    fn accept_switches_carry_no_descriptor_and_keep_their_order_among_targets() {
+        let (a, b) = pair().unwrap();
+        let (x, _y) = pair().unwrap();
+        send_accepting(b.as_fd(), false).unwrap();
+        send_target(b.as_fd(), x.as_fd()).unwrap();
+        send_accepting(b.as_fd(), true).unwrap();
+        assert!(matches!(
+            receive_control(a.as_fd()),
+            Ok(Some(Control::Accepting(false)))
+        ));
+        assert!(matches!(
+            receive_control(a.as_fd()),
+            Ok(Some(Control::Target(_)))
+        ));
+        assert!(matches!(
+            receive_control(a.as_fd()),
+            Ok(Some(Control::Accepting(true)))
+        ));
+        assert!(receive_control(a.as_fd()).unwrap().is_none());
+        // A target without its descriptor is reported, not taken for an accept switch.
+        send(b.as_fd(), TAG_TARGET, &[], None).unwrap();
+        assert_eq!(
+            receive_control(a.as_fd()).unwrap_err(),
+            ReceiveError::NoDescriptor
+        );
     }
 
     #[test]

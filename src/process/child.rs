@@ -330,6 +330,18 @@ pub fn run(start: Start) -> i32 {
     if fault_injected(FAULT_CHILD_PANIC, generation, nth) {
         panic!("{FAULT_CHILD_PANIC}: child {nth} of generation {generation} panics on purpose");
     }
+    if let Some(release) = fault_hold(generation, nth) {
+        // Test hook: wait for the test's word, then fail or go on.
+        while !release.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if std::fs::read_to_string(&release).is_ok_and(|word| word.trim() == "fail") {
+            return ready.failed(&format!(
+                "{FAULT_CHILD_HOLD}: failing the start of child {nth} of generation \
+                 {generation} on purpose"
+            ));
+        }
+    }
     if fault_injected(FAULT_CHILD_START, generation, nth) {
         return ready.failed(&format!(
             "{FAULT_CHILD_START}: failing the start of child {nth} of generation {generation} \
@@ -601,6 +613,22 @@ pub fn settings_for(config: &Config) -> Settings {
 /// for it (1-based). Read only by debug builds (the ones the tests run): a release binary has no
 /// test hook.
 pub const FAULT_CHILD_START: &str = "GLINT_FAULT_CHILD_START";
+
+/// Holds the start of one child before its ready report until a file exists, for the tests of
+/// what happens while a new generation is partly ready: `GEN/NTH:PATH`. The child then fails its
+/// start if the file says `fail`, else reports ready. Debug builds only, like
+/// [`FAULT_CHILD_START`].
+pub const FAULT_CHILD_HOLD: &str = "GLINT_FAULT_CHILD_HOLD";
+
+/// The file child `nth` of `generation` waits for, if `GLINT_FAULT_CHILD_HOLD` names it.
+fn fault_hold(generation: u64, nth: usize) -> Option<std::path::PathBuf> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let value = std::env::var(FAULT_CHILD_HOLD).ok()?;
+    let (which, path) = value.split_once(':')?;
+    fault_matches(which.trim(), generation, nth).then(|| path.into())
+}
 
 /// Like [`FAULT_CHILD_START`], but the child panics on its main thread instead, for the test
 /// that a panic never unwinds into the master's code (`spawn`). Debug builds only.

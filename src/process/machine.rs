@@ -129,6 +129,9 @@ pub enum Action {
     Signal { pid: Pid, signal: ChildSignal },
     /// Pass `generation`'s handoff channel to a child (before draining it).
     SendHandoffTarget { pid: Pid, generation: u64 },
+    /// Tell a serving child to stop taking new clients (`accepting: false`: a child of the
+    /// generation being started serves them) or to take them again (the reload failed).
+    SetAccepting { pid: Pid, accepting: bool },
     /// `generation` is now current: take up its config (logging, pid and status files).
     Commit { generation: u64 },
     /// Reopen the master's log file (the children are signalled separately).
@@ -241,6 +244,10 @@ struct Reload {
     /// New children forked so far.
     n_started: usize,
     rolling: Option<Rolling>,
+    /// The children of older generations told to take no new clients since a new child
+    /// serves (a parallel reload only); `None` until then. They take them again if the reload
+    /// fails, and drain if it succeeds.
+    stopped_accepting: Option<Vec<Pid>>,
 }
 
 /// A rolling reload's progress: once the newest new child is ready, one old child drains, and
@@ -510,6 +517,7 @@ impl Machine {
             plan: None,
             n_started: 0,
             rolling: None,
+            stopped_accepting: None,
         });
         self.dirty = true;
         actions.push(Action::LoadConfig { generation });
@@ -783,6 +791,28 @@ impl Machine {
             .filter(|c| c.generation == reload.generation)
             .map(|c| c.pid)
             .collect();
+        // Those told to take no new clients take them again, before the new children's
+        // listeners close, so that nothing waits long in the backlog.
+        let stopped: Vec<Pid> = reload
+            .stopped_accepting
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&pid| {
+                self.children
+                    .iter()
+                    .any(|c| c.pid == pid && c.state == ChildState::Serving)
+            })
+            .collect();
+        if !stopped.is_empty() {
+            log::info!("generation {current} takes new clients again");
+        }
+        for pid in stopped {
+            actions.push(Action::SetAccepting {
+                pid,
+                accepting: true,
+            });
+        }
         let bound = self.plan.drain_bound;
         for pid in pids {
             self.drain(now, pid, target, bound, ChildSignal::Drain, actions);
@@ -1113,12 +1143,51 @@ impl Machine {
         let all_ready =
             new.len() == reload.n_started && new.iter().all(|c| c.state == ChildState::Serving);
         if !all_ready {
+            let first_serving = new
+                .iter()
+                .find(|c| c.state == ChildState::Serving)
+                .map(|c| c.pid);
+            if let Some(pid) = first_serving {
+                self.stop_older_accepting(pid, actions);
+            }
             // A dead or overdue starter fails the reload when it is reaped (`on_exit`).
             return;
         }
         if reload.rolling.is_none() || self.advance_rolling(now, actions) {
             self.commit_reload(now, actions);
         }
+    }
+
+    /// A parallel reload's first new child serves: every serving child of an older generation
+    /// stops taking new clients, so that they meet the new config from now on instead of
+    /// whenever the slowest new child is ready. Once per reload; a rolling reload replaces
+    /// its children one at a time instead.
+    fn stop_older_accepting(&mut self, first: Pid, actions: &mut Vec<Action>) {
+        let Some(reload) = self.reload.as_mut() else {
+            return;
+        };
+        if reload.rolling.is_some() || reload.stopped_accepting.is_some() {
+            return;
+        }
+        let generation = reload.generation;
+        let pids: Vec<Pid> = self
+            .children
+            .iter()
+            .filter(|c| c.generation < generation && c.state == ChildState::Serving)
+            .map(|c| c.pid)
+            .collect();
+        log::info!(
+            "child {first} of generation {generation} serves: generation {} takes no new clients \
+             until the reload ends",
+            self.generation
+        );
+        for &pid in &pids {
+            actions.push(Action::SetAccepting {
+                pid,
+                accepting: false,
+            });
+        }
+        reload.stopped_accepting = Some(pids);
     }
 
     /// One step of a rolling reload, while every new child started so far is ready. Returns true

@@ -189,6 +189,106 @@ fn a_reload_commits_once_every_new_child_is_ready_and_drains_the_old_with_handof
     assert_eq!((last.number, last.result.clone()), (1, Some(None)));
 }
 
+/// Issue 13, part 1: once one new child serves, the old children take no new clients, so that
+/// clients meet the new config without waiting for the slowest new child; once, and only to
+/// the old children that serve.
+#[test]
+fn the_old_children_stop_accepting_once_the_first_new_child_serves() {
+    let mut h = Harness::running(plan(3));
+    let old = h.pids_in(1);
+    h.sighup();
+    h.take_actions();
+    let new = h.pids_in(2);
+    h.event(Event::ChildReady { pid: new[0] });
+    let actions = h.take_actions();
+    let stopped: Vec<Pid> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetAccepting {
+                pid,
+                accepting: false,
+            } => Some(*pid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, old, "{actions:?}");
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::Signal { .. } | Action::Commit { .. })));
+    // The second ready child changes nothing; the last one commits, and the old ones drain.
+    h.event(Event::ChildReady { pid: new[1] });
+    assert!(!h
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    h.event(Event::ChildReady { pid: new[2] });
+    let actions = h.take_actions();
+    assert!(actions.contains(&Action::Commit { generation: 2 }));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::SetAccepting { .. })));
+}
+
+/// The reload fails after the old children were told to stop accepting: the ones still
+/// serving take new clients again, before the new children drain.
+#[test]
+fn a_reload_that_fails_after_a_new_child_served_lets_the_old_children_accept_again() {
+    let mut h = Harness::running(plan(2));
+    let old = h.pids_in(1);
+    h.sighup();
+    let new = h.pids_in(2);
+    h.event(Event::ChildReady { pid: new[0] });
+    h.take_actions();
+    // One old child dies meanwhile: only the other is told.
+    h.kill9(old[0]);
+    h.take_actions();
+    h.exit(new[1], 1);
+    let actions = h.take_actions();
+    let resume = actions.iter().position(|a| {
+        *a == Action::SetAccepting {
+            pid: old[1],
+            accepting: true,
+        }
+    });
+    let drain = actions.iter().position(|a| {
+        *a == Action::Signal {
+            pid: new[0],
+            signal: ChildSignal::Drain,
+        }
+    });
+    assert!(resume.is_some() && resume < drain, "{actions:?}");
+    assert!(!actions.contains(&Action::SetAccepting {
+        pid: old[0],
+        accepting: true,
+    }));
+    assert_eq!(h.machine.generation(), 1);
+}
+
+/// A one-child generation commits at its first ready report: nothing to stop first. A rolling
+/// reload replaces one child at a time and stops none.
+#[test]
+fn no_accept_switch_when_the_first_ready_child_commits_or_the_reload_rolls() {
+    let mut h = Harness::running(plan(1));
+    h.sighup();
+    h.ready_all(2);
+    assert!(!h
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    let rolling = Plan {
+        rolling: true,
+        ..plan(2)
+    };
+    let mut h = Harness::running(rolling);
+    h.sighup();
+    h.ready_all(2);
+    h.ready_all(2);
+    assert!(!h
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::SetAccepting { .. })));
+}
+
 #[test]
 fn a_refused_config_changes_nothing() {
     let mut h = Harness::running(plan(2));

@@ -253,6 +253,10 @@ impl Master {
                     self.send_handoff_target(Pid::from_raw(pid), generation);
                     None
                 }
+                Action::SetAccepting { pid, accepting } => {
+                    self.set_accepting(Pid::from_raw(pid), accepting);
+                    None
+                }
                 Action::Commit { generation } => {
                     self.commit(generation);
                     None
@@ -622,6 +626,24 @@ impl Master {
                 "cannot send the handoff channel of generation {generation} to child {pid} \
                  ({error}); it will close its idle connections instead"
             );
+        }
+    }
+
+    /// Tells a child to stop taking new clients, or to take them again. A message lost here
+    /// costs time, never a request: a child that was to stop takes clients beside the new
+    /// generation's, and one that was to take them again serves what it holds and drains at
+    /// the next reload (both are logged).
+    fn set_accepting(&self, pid: Pid, accepting: bool) {
+        let Some(io) = self.children.get(&pid) else {
+            return;
+        };
+        if let Err(error) = handoff::send_accepting(io.control.as_fd(), accepting) {
+            let told = if accepting {
+                "to take new clients again; it takes none until the next reload"
+            } else {
+                "to stop taking new clients; it takes them beside the new generation"
+            };
+            log::warn!("cannot tell child {pid} {told} ({error})");
         }
     }
 

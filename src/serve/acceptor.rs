@@ -196,7 +196,9 @@ impl Acceptor {
         let now = Instant::now();
         // A full child still polls the listener while it holds an idle keep-alive connection
         // that can give way to a new client (see `make_room`).
+        // Not while the master says a child of the generation being started takes them.
         let accepting = !self.listeners.is_empty()
+            && self.handoff.may_accept()
             && (self.open_connections() < self.accept.max_connections
                 || self.oldest_idle().is_some())
             && self.accept_paused_until.is_none_or(|until| now >= until);
@@ -252,8 +254,9 @@ impl Acceptor {
             self.in_flight = self.in_flight.saturating_sub(1);
             self.on_returned(returned);
         }
-        // The drain may have closed the listeners since the wait.
-        if listener_fired && self.listening {
+        // The drain may have closed the listeners since the wait, or the master have said to
+        // take no new clients.
+        if listener_fired && self.listening && self.handoff.may_accept() {
             self.accept_all();
         }
         if let Some(flags) = receive_fired.filter(|_| self.receiving) {
