@@ -410,6 +410,21 @@ fn master_reaps_and_stops_while_a_reload_meets_a_locked_database() {
     lock.release();
 }
 
+/// Issue 13, part 1: a new child sees a current schema without SQLite's write lock, so a reload
+/// succeeds while another process holds that lock. Before, each new child waited for it in
+/// `BEGIN IMMEDIATE` until the busy timeout and the reload failed.
+#[test]
+fn a_reload_succeeds_while_another_process_holds_the_registry_write_lock() {
+    let server = Server::start("workers = 2");
+    let mut lock = DbLock::take(&server.path("glint.sqlite"));
+    server.reload_succeeds();
+    assert_eq!(
+        util::get(server.addr(), "/healthcheck").unwrap().status,
+        200
+    );
+    lock.release();
+}
+
 /// Issue 9, fault 3 (FIFO): "A token file that is a FIFO freezes the master the same way when
 /// a reload reads it."
 ///

@@ -341,10 +341,7 @@ type Message = (u8, Vec<u8>, Option<OwnedFd>);
 /// One message: its tag, payload and the fd it carried, if any. `None` when nothing is queued
 /// or the other end is gone. A message that did not arrive whole is consumed and reported,
 /// never skipped in silence.
-fn receive(
-    socket: BorrowedFd<'_>,
-    max_payload: usize,
-) -> Result<Option<Message>, ReceiveError> {
+fn receive(socket: BorrowedFd<'_>, max_payload: usize) -> Result<Option<Message>, ReceiveError> {
     loop {
         let mut tag = [0u8; 1];
         let mut payload = vec![0u8; max_payload];
