@@ -714,3 +714,68 @@ fn staged_through_one_node_and_imported_through_another_with_a_shared_staging_fo
         "the imported data differs from the staged"
     );
 }
+
+/// Whether process `pid` has libpq mapped.
+fn maps_libpq(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_else(|error| panic!("read /proc/{pid}/maps: {error}"))
+        .contains("/libpq.so")
+}
+
+/// libpq is loaded when a registry on PostgreSQL is opened, never linked: a node on SQLite
+/// maps none of it (nor its GnuTLS, Kerberos and LDAP) in its master or children, and every
+/// fork of a reload copies fewer mappings; a node on PostgreSQL has it in each process.
+#[test]
+fn libpq_is_mapped_only_by_a_node_on_postgresql() {
+    let sqlite = Server::start("workers = 2");
+    let children = sqlite.children(None);
+    assert_eq!(children.len(), 2);
+    for pid in children.iter().chain([&sqlite.master_pid]) {
+        assert!(
+            !maps_libpq(*pid),
+            "process {pid} of a node on SQLite maps libpq"
+        );
+    }
+    let data = tempfile::tempdir().unwrap();
+    let database = new_database(shared_cluster_port());
+    let postgres = node(&database, data.path());
+    let children = postgres.children(None);
+    assert_eq!(children.len(), 2);
+    for pid in children.iter().chain([&postgres.master_pid]) {
+        assert!(
+            maps_libpq(*pid),
+            "process {pid} of a node on PostgreSQL lacks libpq"
+        );
+    }
+}
+
+/// A node on PostgreSQL whose libpq cannot be loaded does not start, and says which package
+/// to install. `GLINT_FAULT_LIBPQ` names a file that does not exist in its place.
+#[test]
+fn a_node_on_postgresql_without_libpq_refuses_to_start_naming_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = util::temp_config(
+        dir.path(),
+        &format!(
+            "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = 0\nlog_file = glint-api.log\n\
+             pid_file = glint-api.pid\n\n[glance_store]\nfilesystem_store_datadir = {}\n\n\
+             [database]\nconnection = postgresql://glint@127.0.0.1:1/glint\n",
+            dir.path().join("images").display()
+        ),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_glint-api"))
+        .arg("--config-file")
+        .arg(&config)
+        .env("GLINT_FAULT_LIBPQ", "libpq-missing.so.5")
+        .output()
+        .expect("run glint-api");
+    util::assert_exit(&output, 1, "glint-api", "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needed in [
+        "cannot load libpq (libpq-missing.so.5:",
+        "apt-get install libpq5",
+        "[database] connection",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} in: {stderr}");
+    }
+}

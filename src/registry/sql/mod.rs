@@ -13,9 +13,12 @@
 //! transaction ([`Connection::begin_read`]) sees one snapshot.
 //!
 //! - `sqlite`: opening a file with the pragmas the registry needs, and SQLite's busy wait.
-//! - `postgres`: a safe wrapper of the few libpq calls used, through `pq-sys`.
+//! - `postgres`: a safe wrapper of the few libpq calls used; `libpq`: libpq itself, loaded with
+//!   dlopen when a PostgreSQL registry is first opened (a node on SQLite never maps it).
 //! - `value`: the values bound and read ([`ToSql`], [`FromSql`], [`Value`]).
 
+#[cfg(feature = "postgresql")]
+mod libpq;
 #[cfg(feature = "postgresql")]
 mod postgres;
 mod sqlite;

@@ -1,6 +1,6 @@
 //! The PostgreSQL engine: the few libpq calls the registry needs, behind safe types.
 //!
-//! libpq through `pq-sys` (the bindings Diesel keeps) rather than the `postgres` crate, which
+//! libpq (loaded when first needed, see `libpq.rs`) rather than the `postgres` crate, which
 //! runs a tokio runtime inside: glint has no async runtime anywhere. Everything travels in
 //! libpq's text format; parameters are typed (`int8` or `text`) so the server never has to
 //! guess, and integer columns come back as integers, so a marker's sort values read from one
@@ -12,14 +12,10 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{self, NonNull};
 
-use pq_sys::{
-    ConnStatusType, ExecStatusType, PGTransactionStatusType, PGconn, PGresult, PQclear,
-    PQcmdTuples, PQconnectdbParams, PQconsumeInput, PQerrorMessage, PQexec, PQexecParams, PQfinish,
-    PQftype, PQgetisnull, PQgetvalue, PQnfields, PQntuples, PQresultErrorField,
-    PQresultErrorMessage, PQresultStatus, PQsetNoticeProcessor, PQstatus, PQtransactionStatus,
-    PG_DIAG_SQLSTATE,
+use super::libpq::{
+    libpq, Libpq, PGconn, PGresult, CONNECTION_OK, PGRES_COMMAND_OK, PGRES_TUPLES_OK,
+    PG_DIAG_SQLSTATE, PQTRANS_IDLE, PQTRANS_INERROR,
 };
-
 use super::{SqlError, ToSql, ValueRef};
 
 /// The key of the advisory lock every write transaction of every glint node takes: the
@@ -45,6 +41,7 @@ const TEXT_OID: u32 = 25;
 /// One libpq connection.
 pub struct Connection {
     raw: NonNull<PGconn>,
+    lib: &'static Libpq,
 }
 
 // SAFETY: libpq's connections may move between threads; the registry's pool lends each to
@@ -54,6 +51,7 @@ unsafe impl Send for Connection {}
 /// The rows of one result, freed when dropped.
 pub struct Rows {
     raw: NonNull<PGresult>,
+    lib: &'static Libpq,
     n_rows: usize,
     n_columns: usize,
     /// Which columns are integers, converted back to integers when read.
@@ -63,6 +61,7 @@ pub struct Rows {
 impl Connection {
     /// Connects to `uri` (a libpq connection URI).
     pub fn open(uri: &str) -> Result<Connection, SqlError> {
+        let lib = libpq()?;
         let text = |value: &str| {
             CString::new(value).map_err(|_| SqlError::Postgres {
                 message: "the connection URL contains a NUL byte".to_string(),
@@ -104,16 +103,17 @@ impl Connection {
         let mut value_pointers: Vec<*const c_char> = values.iter().map(|v| v.as_ptr()).collect();
         value_pointers.push(ptr::null());
         // SAFETY: both arrays are NULL-terminated and their strings outlive the call.
-        let raw =
-            unsafe { PQconnectdbParams(keyword_pointers.as_ptr(), value_pointers.as_ptr(), 1) };
+        let raw = unsafe {
+            (lib.connectdb_params)(keyword_pointers.as_ptr(), value_pointers.as_ptr(), 1)
+        };
         let raw = NonNull::new(raw).ok_or_else(|| SqlError::Postgres {
             message: "libpq could not allocate a connection".to_string(),
             sqlstate: None,
             lost: true,
         })?;
-        let connection = Connection { raw };
+        let connection = Connection { raw, lib };
         // SAFETY: `raw` is a live connection.
-        if unsafe { PQstatus(raw.as_ptr()) } != ConnStatusType::CONNECTION_OK {
+        if unsafe { (lib.status)(raw.as_ptr()) } != CONNECTION_OK {
             // libpq may quote the URI's parts, the password among them.
             return Err(SqlError::Postgres {
                 message: super::scrub_password(&connection.error_message(), uri),
@@ -123,14 +123,14 @@ impl Connection {
         }
         // libpq prints the server's notices to stderr unless told otherwise.
         // SAFETY: the processor is a plain function that ignores its argument.
-        unsafe { PQsetNoticeProcessor(raw.as_ptr(), Some(log_notice), ptr::null_mut()) };
+        unsafe { (lib.set_notice_processor)(raw.as_ptr(), Some(log_notice), ptr::null_mut()) };
         Ok(connection)
     }
 
     pub fn execute(&self, sql: &str, params: &[&dyn ToSql]) -> Result<usize, SqlError> {
         let rows = self.query(sql, params)?;
         // SAFETY: `rows.raw` is a live result; PQcmdTuples returns a string it owns.
-        let count = unsafe { CStr::from_ptr(PQcmdTuples(rows.raw.as_ptr())) };
+        let count = unsafe { CStr::from_ptr((self.lib.cmd_tuples)(rows.raw.as_ptr())) };
         Ok(count
             .to_str()
             .ok()
@@ -164,7 +164,7 @@ impl Connection {
         // SAFETY: the arrays have `n_params` entries and outlive the call; NULL lengths and
         // formats mean text parameters, and 0 asks for text results.
         let raw = unsafe {
-            PQexecParams(
+            (self.lib.exec_params)(
                 self.raw.as_ptr(),
                 sql.as_ptr(),
                 n_params,
@@ -182,7 +182,7 @@ impl Connection {
     pub fn execute_batch(&self, sql: &str) -> Result<(), SqlError> {
         let sql = CString::new(sql).map_err(|_| nul_error())?;
         // SAFETY: a live connection and a NUL-terminated string.
-        let raw = unsafe { PQexec(self.raw.as_ptr(), sql.as_ptr()) };
+        let raw = unsafe { (self.lib.exec)(self.raw.as_ptr(), sql.as_ptr()) };
         self.rows(raw).map(drop)
     }
 
@@ -207,9 +207,9 @@ impl Connection {
         // and stop there; the next meets the end of the stream.
         // SAFETY: a live connection.
         unsafe {
-            PQconsumeInput(self.raw.as_ptr()) != 0
-                && PQconsumeInput(self.raw.as_ptr()) != 0
-                && PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
+            (self.lib.consume_input)(self.raw.as_ptr()) != 0
+                && (self.lib.consume_input)(self.raw.as_ptr()) != 0
+                && (self.lib.status)(self.raw.as_ptr()) == CONNECTION_OK
         }
     }
 
@@ -217,17 +217,15 @@ impl Connection {
     /// until the transaction ends, and ends it with a rollback).
     pub fn in_failed_transaction(&self) -> bool {
         // SAFETY: a live connection.
-        unsafe {
-            PQtransactionStatus(self.raw.as_ptr()) == PGTransactionStatusType::PQTRANS_INERROR
-        }
+        unsafe { (self.lib.transaction_status)(self.raw.as_ptr()) == PQTRANS_INERROR }
     }
 
     /// Connected, and no transaction open.
     pub fn is_idle(&self) -> bool {
         // SAFETY: a live connection.
         unsafe {
-            PQstatus(self.raw.as_ptr()) == ConnStatusType::CONNECTION_OK
-                && PQtransactionStatus(self.raw.as_ptr()) == PGTransactionStatusType::PQTRANS_IDLE
+            (self.lib.status)(self.raw.as_ptr()) == CONNECTION_OK
+                && (self.lib.transaction_status)(self.raw.as_ptr()) == PQTRANS_IDLE
         }
     }
 
@@ -244,22 +242,23 @@ impl Connection {
         // SAFETY: `raw` is a live result.
         let (status, n_rows, n_columns) = unsafe {
             (
-                PQresultStatus(raw.as_ptr()),
-                PQntuples(raw.as_ptr()),
-                PQnfields(raw.as_ptr()),
+                (self.lib.result_status)(raw.as_ptr()),
+                (self.lib.ntuples)(raw.as_ptr()),
+                (self.lib.nfields)(raw.as_ptr()),
             )
         };
         let mut rows = Rows {
             raw,
+            lib: self.lib,
             n_rows: usize::try_from(n_rows).unwrap_or(0),
             n_columns: usize::try_from(n_columns).unwrap_or(0),
             integer: Vec::new(),
         };
         match status {
-            ExecStatusType::PGRES_COMMAND_OK | ExecStatusType::PGRES_TUPLES_OK => {
+            PGRES_COMMAND_OK | PGRES_TUPLES_OK => {
                 rows.integer = (0..n_columns)
                     // SAFETY: a column of this result.
-                    .map(|column| unsafe { PQftype(raw.as_ptr(), column) })
+                    .map(|column| unsafe { (self.lib.ftype)(raw.as_ptr(), column) })
                     .map(|oid| matches!(oid, INT8_OID | INT4_OID | INT2_OID))
                     .collect();
                 Ok(rows)
@@ -267,8 +266,8 @@ impl Connection {
             _ => {
                 // SAFETY: a live result; both calls return strings the result owns, or NULL.
                 let (message, sqlstate) = unsafe {
-                    let message = PQresultErrorMessage(raw.as_ptr());
-                    let sqlstate = PQresultErrorField(raw.as_ptr(), PG_DIAG_SQLSTATE.into());
+                    let message = (self.lib.result_error_message)(raw.as_ptr());
+                    let sqlstate = (self.lib.result_error_field)(raw.as_ptr(), PG_DIAG_SQLSTATE);
                     (
                         owned(message),
                         (!sqlstate.is_null()).then(|| owned(sqlstate)),
@@ -297,19 +296,19 @@ impl Connection {
 
     fn is_lost(&self) -> bool {
         // SAFETY: a live connection.
-        unsafe { PQstatus(self.raw.as_ptr()) != ConnStatusType::CONNECTION_OK }
+        unsafe { (self.lib.status)(self.raw.as_ptr()) != CONNECTION_OK }
     }
 
     fn error_message(&self) -> String {
         // SAFETY: a live connection; the message is owned by it.
-        owned(unsafe { PQerrorMessage(self.raw.as_ptr()) })
+        owned(unsafe { (self.lib.error_message)(self.raw.as_ptr()) })
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         // SAFETY: the connection is not used after this.
-        unsafe { PQfinish(self.raw.as_ptr()) }
+        unsafe { (self.lib.finish)(self.raw.as_ptr()) }
     }
 }
 
@@ -331,10 +330,10 @@ impl Rows {
         // SAFETY: a cell of this result; text values are NUL-terminated and live as long as
         // the result, which `&self` borrows.
         let text = unsafe {
-            if PQgetisnull(self.raw.as_ptr(), r, c) != 0 {
+            if (self.lib.getisnull)(self.raw.as_ptr(), r, c) != 0 {
                 return Ok(ValueRef::Null);
             }
-            CStr::from_ptr(PQgetvalue(self.raw.as_ptr(), r, c))
+            CStr::from_ptr((self.lib.getvalue)(self.raw.as_ptr(), r, c))
         };
         let text = text.to_str().map_err(|error| SqlError::Conversion {
             column,
@@ -356,7 +355,7 @@ impl Rows {
 impl Drop for Rows {
     fn drop(&mut self) {
         // SAFETY: the result is not used after this.
-        unsafe { PQclear(self.raw.as_ptr()) }
+        unsafe { (self.lib.clear)(self.raw.as_ptr()) }
     }
 }
 
@@ -406,7 +405,7 @@ fn owned(text: *const c_char) -> String {
 }
 
 /// Where libpq's notices go: the debug log, not stderr.
-extern "C" fn log_notice(_: *mut c_void, message: *const c_char) {
+unsafe extern "C" fn log_notice(_: *mut c_void, message: *const c_char) {
     log::debug!("PostgreSQL: {}", owned(message).escape_debug());
 }
 

@@ -1,0 +1,187 @@
+//! libpq, loaded when a registry on PostgreSQL is first opened, not linked into the binary.
+//!
+//! Linked, libpq and what it pulls in (GnuTLS, Kerberos, LDAP, SASL: about a hundred mappings)
+//! sat in every glint process, SQLite or not, and every fork copied their mappings: a reload's
+//! forks and child starts cost measurably more once it was (issue 13, part 1). Loaded with
+//! dlopen(3) instead, a node on SQLite never maps it, and its package only recommends
+//! `libpq5`. A node on PostgreSQL loads it once, in the master's start-up check of the
+//! database, before any fork; its children inherit it.
+//!
+//! Only the few calls `postgres.rs` makes are looked up, by their names in libpq's stable
+//! ABI (`libpq.so.5`, the same since PostgreSQL 8.0); their C signatures are copied from
+//! `libpq-fe.h`, and its enums are C ints.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::sync::OnceLock;
+
+use super::SqlError;
+
+/// libpq's file name, by its soname.
+const LIBRARY: &str = "libpq.so.5";
+
+/// Test hook: another file name to load instead of [`LIBRARY`], for the test of a node whose
+/// libpq is missing. Read only by debug builds (the ones the tests run).
+pub const FAULT_LIBPQ: &str = "GLINT_FAULT_LIBPQ";
+
+/// The file to load.
+fn library() -> String {
+    std::env::var(FAULT_LIBPQ)
+        .ok()
+        .filter(|_| cfg!(debug_assertions))
+        .unwrap_or_else(|| LIBRARY.to_string())
+}
+
+/// `PGconn` and `PGresult`: opaque to their users.
+pub enum PGconn {}
+pub enum PGresult {}
+
+/// Type OIDs.
+pub type Oid = c_uint;
+
+/// `ConnStatusType::CONNECTION_OK`.
+pub const CONNECTION_OK: c_int = 0;
+/// `ExecStatusType::PGRES_COMMAND_OK` and `PGRES_TUPLES_OK`.
+pub const PGRES_COMMAND_OK: c_int = 1;
+pub const PGRES_TUPLES_OK: c_int = 2;
+/// `PGTransactionStatusType::PQTRANS_IDLE` and `PQTRANS_INERROR`.
+pub const PQTRANS_IDLE: c_int = 0;
+pub const PQTRANS_INERROR: c_int = 3;
+/// `PG_DIAG_SQLSTATE`, the field code of an error's SQLSTATE.
+pub const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
+
+/// `PQnoticeProcessor`.
+pub type NoticeProcessor = unsafe extern "C" fn(arg: *mut c_void, message: *const c_char);
+
+/// The functions glint calls, as found in the loaded library.
+pub struct Libpq {
+    pub connectdb_params: unsafe extern "C" fn(
+        keywords: *const *const c_char,
+        values: *const *const c_char,
+        expand_dbname: c_int,
+    ) -> *mut PGconn,
+    pub status: unsafe extern "C" fn(conn: *const PGconn) -> c_int,
+    pub finish: unsafe extern "C" fn(conn: *mut PGconn),
+    pub error_message: unsafe extern "C" fn(conn: *const PGconn) -> *mut c_char,
+    pub set_notice_processor: unsafe extern "C" fn(
+        conn: *mut PGconn,
+        processor: Option<NoticeProcessor>,
+        arg: *mut c_void,
+    ) -> Option<NoticeProcessor>,
+    pub consume_input: unsafe extern "C" fn(conn: *mut PGconn) -> c_int,
+    pub transaction_status: unsafe extern "C" fn(conn: *const PGconn) -> c_int,
+    pub exec: unsafe extern "C" fn(conn: *mut PGconn, query: *const c_char) -> *mut PGresult,
+    #[allow(clippy::type_complexity)]
+    pub exec_params: unsafe extern "C" fn(
+        conn: *mut PGconn,
+        command: *const c_char,
+        n_params: c_int,
+        param_types: *const Oid,
+        param_values: *const *const c_char,
+        param_lengths: *const c_int,
+        param_formats: *const c_int,
+        result_format: c_int,
+    ) -> *mut PGresult,
+    pub result_status: unsafe extern "C" fn(res: *const PGresult) -> c_int,
+    pub result_error_message: unsafe extern "C" fn(res: *const PGresult) -> *mut c_char,
+    pub result_error_field:
+        unsafe extern "C" fn(res: *const PGresult, field_code: c_int) -> *mut c_char,
+    pub clear: unsafe extern "C" fn(res: *mut PGresult),
+    pub ntuples: unsafe extern "C" fn(res: *const PGresult) -> c_int,
+    pub nfields: unsafe extern "C" fn(res: *const PGresult) -> c_int,
+    pub ftype: unsafe extern "C" fn(res: *const PGresult, field: c_int) -> Oid,
+    pub getvalue:
+        unsafe extern "C" fn(res: *const PGresult, row: c_int, field: c_int) -> *mut c_char,
+    pub getisnull: unsafe extern "C" fn(res: *const PGresult, row: c_int, field: c_int) -> c_int,
+    pub cmd_tuples: unsafe extern "C" fn(res: *mut PGresult) -> *mut c_char,
+}
+
+/// The loaded library, or why it could not be loaded; tried once per process tree (a child
+/// inherits the master's answer with its memory).
+static LOADED: OnceLock<Result<Libpq, String>> = OnceLock::new();
+
+/// libpq's functions, loading the library on first use.
+pub fn libpq() -> Result<&'static Libpq, SqlError> {
+    LOADED
+        .get_or_init(load)
+        .as_ref()
+        .map_err(|reason| SqlError::Postgres {
+            message: format!(
+                "cannot load libpq ({reason}); a postgresql:// [database] connection needs \
+                 {LIBRARY}: install it (Debian: apt-get install libpq5)"
+            ),
+            sqlstate: None,
+            lost: false,
+        })
+}
+
+fn load() -> Result<Libpq, String> {
+    let name = CString::new(library()).map_err(|error| error.to_string())?;
+    // SAFETY: a NUL-terminated name; the handle is never closed, so the functions looked up
+    // below stay valid for the life of the process.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return Err(last_dl_error());
+    }
+    let find = |symbol: &str| -> Result<*mut c_void, String> {
+        let c_symbol = CString::new(symbol).map_err(|error| error.to_string())?;
+        // SAFETY: a live handle and a NUL-terminated name.
+        let address = unsafe { libc::dlsym(handle, c_symbol.as_ptr()) };
+        if address.is_null() {
+            Err(format!("it has no {symbol}: {}", last_dl_error()))
+        } else {
+            Ok(address)
+        }
+    };
+    // SAFETY (of every `function`): each address is the named libpq function, whose C
+    // signature (libpq-fe.h) the field's type repeats.
+    unsafe {
+        Ok(Libpq {
+            connectdb_params: function(find("PQconnectdbParams")?),
+            status: function(find("PQstatus")?),
+            finish: function(find("PQfinish")?),
+            error_message: function(find("PQerrorMessage")?),
+            set_notice_processor: function(find("PQsetNoticeProcessor")?),
+            consume_input: function(find("PQconsumeInput")?),
+            transaction_status: function(find("PQtransactionStatus")?),
+            exec: function(find("PQexec")?),
+            exec_params: function(find("PQexecParams")?),
+            result_status: function(find("PQresultStatus")?),
+            result_error_message: function(find("PQresultErrorMessage")?),
+            result_error_field: function(find("PQresultErrorField")?),
+            clear: function(find("PQclear")?),
+            ntuples: function(find("PQntuples")?),
+            nfields: function(find("PQnfields")?),
+            ftype: function(find("PQftype")?),
+            getvalue: function(find("PQgetvalue")?),
+            getisnull: function(find("PQgetisnull")?),
+            cmd_tuples: function(find("PQcmdTuples")?),
+        })
+    }
+}
+
+/// A function pointer of type `F` at `address`.
+///
+/// # Safety
+/// `address` must be a function whose signature `F` (an `unsafe extern "C" fn`) describes.
+unsafe fn function<F: Copy>(address: *mut c_void) -> F {
+    assert_eq!(
+        std::mem::size_of::<F>(),
+        std::mem::size_of::<*mut c_void>(),
+        "a function pointer"
+    );
+    // SAFETY: same size (checked), and the caller vouches for the signature.
+    unsafe { std::mem::transmute_copy(&address) }
+}
+
+/// dlerror(3)'s message.
+fn last_dl_error() -> String {
+    // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl call.
+    let message = unsafe { libc::dlerror() };
+    if message.is_null() {
+        return "no reason given".to_string();
+    }
+    // SAFETY: as above.
+    unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned()
+}
