@@ -731,22 +731,28 @@ fn reload_command_reports_a_failed_reload_that_moves_the_status_file() {
 }
 
 /// Issue 9, fault 4: `reload` gives the verdict of the reload its own SIGHUP caused, not of one
-/// already under way when it ran. A plain SIGHUP starts reload #1, held up on the database, whose
-/// generation cannot start; the operator edits the file and runs `glint-api reload`, whose
+/// already under way when it ran. A plain SIGHUP starts reload #1, held up in its child's start,
+/// whose generation cannot start; the operator edits the file and runs `glint-api reload`, whose
 /// reload (#2) succeeds. The command must say #2 succeeded (exit 0), not #1 failed (exit 1).
 ///
-/// The order is forced, not timed: reload #1 waits for a database lock the test holds until the
-/// command has signalled, and reload #2 (rolling) waits for the old child to drain an upload the
-/// test finishes only after the command has read the status file showing #1's failure.
+/// The order is forced, not timed: reload #1's child is held in its start
+/// (`GLINT_FAULT_CHILD_HOLD`) until the command has signalled, then fails it; reload #2
+/// (rolling) waits for the old child to drain an upload the test finishes only after the
+/// command has read the status file showing #1's failure.
 #[test]
 fn reload_command_reports_its_own_reload_not_one_already_under_way() {
-    let server = Server::start_env("workers = 1", &[("GLINT_FAULT_CHILD_START", "2")]);
+    let hold = tempfile::tempdir().unwrap();
+    let release = hold.path().join("release");
+    let server = Server::start_env(
+        "workers = 1",
+        &[(
+            "GLINT_FAULT_CHILD_HOLD",
+            &format!("2/1:{}", release.display()),
+        )],
+    );
     let mut upload = Upload::start(&server);
-    let database = rusqlite::Connection::open(server.path("glint.sqlite")).unwrap();
-    database.execute_batch("BEGIN EXCLUSIVE").unwrap();
     server.signal(libc::SIGHUP);
-    // A master blocked on the lock (while it checks storage) writes no status meanwhile, so its
-    // log says as well that reload #1 began.
+    // The log says as well that reload #1 began, should the status file lag.
     util::wait_until("reload #1 to begin", DEADLINE, || {
         server.log().contains("SIGHUP: reloading")
             || !server.status()["reload_in_progress"].is_null()
@@ -765,7 +771,7 @@ fn reload_command_reports_its_own_reload_not_one_already_under_way() {
     // temporary file and renames it.
     let mut exited = || command.try_wait().unwrap().is_some();
     opens.wait_for(2, DEADLINE, &mut exited);
-    database.execute_batch("COMMIT").unwrap();
+    std::fs::write(&release, "fail").unwrap();
     // Reload #1 fails; reload #2 waits for the old child, which waits for the upload.
     util::wait_until("reload #1 to fail and reload #2 to begin", DEADLINE, || {
         let status = server.status();

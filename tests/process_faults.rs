@@ -7,8 +7,9 @@
 //!
 //! Each test names the fault it proves ("issue 9, fault N") and fails on the code in which the
 //! issue found it. Slow starts and slow reloads are made real: another process holds the SQLite
-//! write lock (`BEGIN EXCLUSIVE`), or a client keeps a request in progress on an old child (an
-//! upload trickled one byte at a time, or a download it stops reading).
+//! write lock (`BEGIN EXCLUSIVE`) while a first generation migrates a new database, a new child
+//! is held in its start (`GLINT_FAULT_CHILD_HOLD`), or a client keeps a request in progress on an
+//! old child (an upload trickled one byte at a time, or a download it stops reading).
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -319,16 +320,24 @@ fn due_respawn_does_not_wait_behind_a_backed_off_one() {
 
 /// Issue 9, fault 2: "A temporary start failure is treated as permanent."
 ///
-/// workers = 1. Another process holds the SQLite write lock; the child is killed, and its
-/// replacement fails its start on the lock (after the child's busy timeout, 30 s on 1c007bb).
-/// Meanwhile the status file must say that no child serves; once the lock is released a child
-/// of generation 1 must serve again. On 1c007bb the replacement exits with the cannot-start
-/// code and is never retried.
+/// workers = 1. The database file is moved aside and a directory takes its place, so that
+/// SQLite cannot open it; the child is killed, and its replacement fails its start. Meanwhile
+/// the status file must say that no child serves; once the file is back, a child of generation
+/// 1 must serve again. On 1c007bb the replacement exits with the cannot-start code and is never
+/// retried. (This test held SQLite's write lock until a child's start stopped waiting for it.)
 #[test]
-fn child_start_failing_on_a_locked_database_is_retried_once_the_lock_is_gone() {
+fn child_start_failing_on_an_unusable_database_is_retried_once_it_is_back() {
     let server = Server::start("workers = 1");
     let child = server.children(Some("serving"))[0];
-    let mut lock = DbLock::take(&server.path("glint.sqlite"));
+    let aside = server.path("aside");
+    fs::create_dir(&aside).unwrap();
+    let files = ["glint.sqlite", "glint.sqlite-wal", "glint.sqlite-shm"];
+    for name in files {
+        if server.path(name).exists() {
+            fs::rename(server.path(name), aside.join(name)).unwrap();
+        }
+    }
+    fs::create_dir(server.path("glint.sqlite")).unwrap();
     kill(child, libc::SIGKILL);
     let mut attempt = None;
     server.wait_for("the killed child to be started again", DEADLINE, |status| {
@@ -338,12 +347,9 @@ fn child_start_failing_on_a_locked_database_is_retried_once_the_lock_is_gone() {
         attempt.is_some()
     });
     let attempt = attempt.expect("found above");
-    // Held until the attempt has failed on it, however long the child's start waits for the
-    // lock: on 1c007bb 36 s were seen (the busy timeout is 30 s; opening the registry may wait
-    // for it twice, switching to WAL and then migrating).
     server.wait_for(
-        "the restarted child to fail its start on the locked database",
-        Duration::from_secs(90),
+        "the restarted child to fail its start on the unusable database",
+        DEADLINE,
         |_| !util::process_alive(attempt),
     );
     server.wait_for(
@@ -355,9 +361,14 @@ fn child_start_failing_on_a_locked_database_is_retried_once_the_lock_is_gone() {
                 && children_in(status, 1, "serving").is_empty()
         },
     );
-    lock.release();
+    fs::remove_dir(server.path("glint.sqlite")).unwrap();
+    for name in files {
+        if aside.join(name).exists() {
+            fs::rename(aside.join(name), server.path(name)).unwrap();
+        }
+    }
     server.wait_for(
-        "a child of generation 1 to serve again after the lock was released",
+        "a child of generation 1 to serve again once the database was back",
         Duration::from_secs(45),
         |status| {
             status["generation"] == 1
@@ -378,7 +389,8 @@ fn child_start_failing_on_a_locked_database_is_retried_once_the_lock_is_gone() {
 ///
 /// With the write lock held by another process: SIGHUP, then SIGKILL of a child, which the
 /// master must reap, then SIGINT, on which the master must exit; all while the lock is still
-/// held. On 1c007bb the killed child stays a zombie until the lock is released.
+/// held. On 1c007bb the killed child stays a zombie until the lock is released. (The new
+/// children no longer wait for the lock either: they read the schema version without it.)
 #[test]
 fn master_reaps_and_stops_while_a_reload_meets_a_locked_database() {
     let mut server = Server::start("workers = 2");
@@ -521,17 +533,22 @@ fn set_small_receive_buffer(stream: &TcpStream) {
 ///
 /// reload_strategy = rolling, reload_handoff = true, workers 1 -> 2, four idle keep-alive
 /// connections on the old child. The old child is kept draining by a download the client
-/// stops reading, so the test can take the database lock before the second new child starts;
-/// that child then hangs in its start and is killed, which fails the reload after the old
-/// child's four connections went to the first new child. Every one of them must still answer.
-/// On 1c007bb the first new child is drained with no handoff target and closes them (EOF).
+/// stops reading; the second new child is held in its start (`GLINT_FAULT_CHILD_HOLD`, never
+/// released) and killed, which fails the reload after the old child's four connections went to
+/// the first new child. Every one of them must still answer. On 1c007bb the first new child is
+/// drained with no handoff target and closes them (EOF).
 ///
-/// No test hook is needed: the second child's start fails for real (killed before ready), so
-/// `GLINT_FAULT_CHILD_START=GEN/NTH` is not used.
+/// The second child's start fails for real (killed before ready); the hook only keeps it
+/// starting (it used to wait for SQLite's write lock, which a child's start no longer takes).
 #[test]
 fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
     let config = "reload_strategy = rolling\nreload_handoff = true";
-    let server = Server::start(&format!("workers = 1\n{config}"));
+    let hold = tempfile::tempdir().unwrap();
+    let never = format!("2/2:{}", hold.path().join("never").display());
+    let server = Server::start_env(
+        &format!("workers = 1\n{config}"),
+        &[("GLINT_FAULT_CHILD_HOLD", &never)],
+    );
     let addr = server.addr();
     let old = server.children(Some("serving"));
     assert_eq!(old.len(), 1, "{}", server.status());
@@ -569,17 +586,16 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
                 && children_in(status, 1, "draining").contains(&old)
         },
     );
-    let mut lock = DbLock::take(&server.path("glint.sqlite"));
     // The precondition: the old child has not finished the download (it logs the request once
-    // the whole response is written), so the next new child can start only after the lock.
+    // the whole response is written), so the next new child starts only after the test let go.
     assert!(
         !server.log().contains(&format!("\"GET {path}\" 200")),
         "the old child finished the download before the lock was taken: the socket buffers \
          hold more than LARGE_IMAGE here\n{}",
         server.log()
     );
-    // Let the old child finish the download and exit; the next new child then starts and hangs
-    // on the lock.
+    // Let the old child finish the download and exit; the next new child then starts and is
+    // held.
     let mut rest = vec![0; LARGE_IMAGE - received.len()];
     reader.read_exact(&mut rest).unwrap();
     drop((download, reader));
@@ -588,7 +604,7 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
     });
     let mut second = None;
     server.wait_for(
-        "the second new child to start (and hang on the lock)",
+        "the second new child to start (and be held)",
         DEADLINE,
         |status| {
             second = children_in(status, 2, "starting").first().copied();
@@ -602,7 +618,6 @@ fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
         status["reload_in_progress"].is_null() && verdict["number"].as_u64().unwrap_or(0) >= 1
     });
     assert_eq!(verdict["outcome"], "failed", "{verdict}\n{}", server.log());
-    lock.release();
 
     let failures: Vec<String> = idle
         .iter_mut()

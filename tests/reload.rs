@@ -281,21 +281,27 @@ fn no_request_fails_while_sighup_arrives_every_100_to_300_ms() {
 }
 
 /// SIGHUPs taken in while a reload runs coalesce: however many arrive, exactly one more reload
-/// follows the one under way (`Machine::on_request`, `reload_again`). The first reload is held
-/// in its start by a database lock the test holds (its child cannot open the registry); 20 more
-/// SIGHUPs follow, each sent once the status file counts the one before, so the kernel merges
-/// none and the master takes in all 21; then the lock is released. The held reload succeeds,
+/// follows the one under way (`Machine::on_request`, `reload_again`). The first reload's child
+/// is held in its start (`GLINT_FAULT_CHILD_HOLD`); 20 more SIGHUPs follow, each sent once the
+/// status file counts the one before, so the kernel merges none and the master takes in all 21;
+/// then the test lets the child go on. The held reload succeeds,
 /// exactly one more follows: 21 requested, 2 succeeded, generation 3, one "one more reload will
 /// follow" line.
 #[test]
 fn sighups_taken_in_during_a_reload_coalesce_into_exactly_one_more() {
     const MORE: u64 = 20;
-    let server = Server::start("workers = 1");
-    let lock = rusqlite::Connection::open(server.path("glint.sqlite")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let hold = tempfile::tempdir().unwrap();
+    let release = hold.path().join("release");
+    let server = Server::start_env(
+        "workers = 1",
+        &[(
+            "GLINT_FAULT_CHILD_HOLD",
+            &format!("2/1:{}", release.display()),
+        )],
+    );
     server.signal(libc::SIGHUP);
     server.wait_for(
-        "reload #1, its child held in its start by the lock",
+        "reload #1, its child held in its start",
         DEADLINE,
         |status| {
             status["reload_in_progress"]["number"] == 1
@@ -315,9 +321,9 @@ fn sighups_taken_in_during_a_reload_coalesce_into_exactly_one_more() {
     assert_eq!(
         server.status()["reload_in_progress"]["number"],
         1,
-        "reload #1 ended while the SIGHUPs were sent: the lock did not hold it"
+        "reload #1 ended while the SIGHUPs were sent: the hook did not hold it"
     );
-    lock.execute_batch("ROLLBACK").unwrap();
+    std::fs::write(&release, "go").unwrap();
     server.wait_for("the reloads to end", DEADLINE, |status| {
         status["reload_in_progress"].is_null() && status["last_reload"]["number"] == 1 + MORE
     });
@@ -601,12 +607,27 @@ fn old_children_stop_accepting_once_a_new_child_serves_and_accept_again_if_the_r
     let kept_by = served_by(&mut kept, &old);
     assert!(kept_by.is_some(), "an old child serves the kept client");
     server.signal(libc::SIGHUP);
-    server.wait_for_log("takes no new clients until the reload ends", DEADLINE);
-    let new: Vec<i32> = server
-        .children(Some("serving"))
-        .into_iter()
-        .filter(|pid| !old.contains(pid))
-        .collect();
+    // Each old child says when it acts on the word; the status file names the new child.
+    util::wait_until("each old child to take no new clients", DEADLINE, || {
+        let log = server.log();
+        old.iter().all(|pid| {
+            log.lines().any(|line| {
+                line.contains(&format!("glint-api[{pid}]"))
+                    && line.contains("taking no new clients: the new generation serves them")
+            })
+        })
+    });
+    let mut new = Vec::new();
+    server.wait_for("the new child to serve", DEADLINE, |status| {
+        new = status["children"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["generation"] == 2 && c["state"] == "serving")
+            .filter_map(|c| c["pid"].as_i64().map(|pid| pid as i32))
+            .collect();
+        !new.is_empty()
+    });
     assert_eq!(new.len(), 1, "one new child serves: {}", server.log());
     let everyone: Vec<i32> = old.iter().chain(&new).copied().collect();
     for _ in 0..20 {
@@ -637,9 +658,17 @@ fn old_children_stop_accepting_once_a_new_child_serves_and_accept_again_if_the_r
         );
     }
     assert_eq!(server.children(Some("serving")), old);
-    assert!(server
-        .log()
-        .contains("generation 1 takes new clients again"));
+    let log = server.log();
+    assert!(
+        log.contains("generation 1 takes new clients again"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("taking new clients again: the reload failed")
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 /// kill -9 of a child: the master logs it and a replacement serves.
@@ -963,20 +992,26 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
 /// serves. When that reload fails, the master passes what is queued on the new socket to the
 /// serving generation before closing it, so those clients are answered, not reset.
 ///
-/// Deterministic: the test holds the database, so generation 2's children hang in their start
-/// while five requests queue on the new socket (nobody accepts there); then it kills them, which
-/// fails the reload, and every one of the five gets its answer from generation 1.
+/// Deterministic: generation 2's children are held in their start (`GLINT_FAULT_CHILD_HOLD`,
+/// never released) while five requests queue on the new socket (nobody accepts there); then the
+/// test kills them, which fails the reload, and every one of the five gets its answer from
+/// generation 1.
 #[test]
 fn a_failed_narrowing_of_bind_host_resets_no_queued_connection() {
     let port = free_port();
-    let server = Server::start(&format!("bind_port = {port}\nbind_host = 0.0.0.0"));
+    let hold = tempfile::tempdir().unwrap();
+    let server = Server::start_env(
+        &format!("bind_port = {port}\nbind_host = 0.0.0.0"),
+        &[(
+            "GLINT_FAULT_CHILD_HOLD",
+            &format!("2:{}", hold.path().join("never").display()),
+        )],
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let lock = rusqlite::Connection::open(server.path("glint.sqlite")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     server.write_config(&format!("bind_port = {port}\nbind_host = 127.0.0.1"));
     server.signal(libc::SIGHUP);
     server.wait_for(
-        "generation 2's children, hanging in their start",
+        "generation 2's children, held in their start",
         DEADLINE,
         |status| {
             status["children"].as_array().is_some_and(|children| {
@@ -1004,7 +1039,6 @@ fn a_failed_narrowing_of_bind_host_resets_no_queued_connection() {
     server.wait_for("the reload to fail", DEADLINE, |status| {
         status["last_reload"]["outcome"] == "failed"
     });
-    lock.execute_batch("ROLLBACK").unwrap();
     for (index, stream) in streams.iter_mut().enumerate() {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut reader = BufReader::new(stream);

@@ -202,14 +202,11 @@ impl Handoff {
             match wire::receive_control(control.as_fd()) {
                 Ok(Some(wire::Control::Accepting(accepting))) => {
                     if self.told_to_stop_accepting == accepting {
-                        log::debug!(
-                            "{}",
-                            if accepting {
-                                "the reload failed: taking new clients again"
-                            } else {
-                                "a child of the new generation serves: taking no new clients"
-                            }
-                        );
+                        if accepting {
+                            log::info!("taking new clients again: the reload failed");
+                        } else {
+                            log::info!("taking no new clients: the new generation serves them");
+                        }
                     }
                     self.told_to_stop_accepting = !accepting;
                 }

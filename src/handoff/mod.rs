@@ -50,9 +50,9 @@
 //! # Accept switches
 //!
 //! The control socket also carries the master's word to stop taking new clients, and to take
-//! them again: a parallel reload stops the old children accepting once one new child serves,
-//! and a failed one lets them accept again. They are messages, not signals, so that a stop and
-//! the start that undoes it arrive in order and never merge.
+//! them again: a parallel reload stops the old children accepting once half the new children
+//! serve, and a failed one lets them accept again. They are messages, not signals, so that a
+//! stop and the start that undoes it arrive in order and never merge.
 //!
 //! # Layout
 //!

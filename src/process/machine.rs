@@ -75,6 +75,10 @@ pub struct Plan {
     /// A rolling reload would leave old children taking new connections under the old rules
     /// until each is replaced, so such a reload replaces the whole generation at once.
     pub access_changed: bool,
+    /// The new generation's children take clients from every listener the current
+    /// generation's take from (the address did not move): only then may the old children
+    /// leave new clients to them before the reload commits.
+    pub listeners_kept: bool,
 }
 
 /// Something that happened, as the master's loop saw it.
@@ -1143,13 +1147,7 @@ impl Machine {
         let all_ready =
             new.len() == reload.n_started && new.iter().all(|c| c.state == ChildState::Serving);
         if !all_ready {
-            let first_serving = new
-                .iter()
-                .find(|c| c.state == ChildState::Serving)
-                .map(|c| c.pid);
-            if let Some(pid) = first_serving {
-                self.stop_older_accepting(pid, actions);
-            }
+            self.stop_older_accepting(actions);
             // A dead or overdue starter fails the reload when it is reaped (`on_exit`).
             return;
         }
@@ -1158,36 +1156,57 @@ impl Machine {
         }
     }
 
-    /// A parallel reload's first new child serves: every serving child of an older generation
-    /// stops taking new clients, so that they meet the new config from now on instead of
-    /// whenever the slowest new child is ready. Once per reload; a rolling reload replaces
-    /// its children one at a time instead.
-    fn stop_older_accepting(&mut self, first: Pid, actions: &mut Vec<Action>) {
+    /// A parallel reload's new generation has half its children serving (rounded up): every
+    /// serving child of an older generation stops taking new clients, so that they meet the new
+    /// config from now on instead of when the slowest new child is ready. Called at every step
+    /// of the reload, so that an old child that starts serving meanwhile (a replacement) is told
+    /// too. Not when the address moved (no new child takes clients from the old listener), nor
+    /// for a rolling reload, which replaces its children one at a time.
+    fn stop_older_accepting(&mut self, actions: &mut Vec<Action>) {
+        let children = &self.children;
         let Some(reload) = self.reload.as_mut() else {
             return;
         };
-        if reload.rolling.is_some() || reload.stopped_accepting.is_some() {
+        let Some(plan) = reload.plan else {
+            return;
+        };
+        if reload.rolling.is_some() || !plan.listeners_kept {
             return;
         }
         let generation = reload.generation;
-        let pids: Vec<Pid> = self
-            .children
+        let n_serving = children
             .iter()
-            .filter(|c| c.generation < generation && c.state == ChildState::Serving)
+            .filter(|c| c.generation == generation && c.state == ChildState::Serving)
+            .count();
+        if reload.stopped_accepting.is_none() && n_serving * 2 < plan.workers {
+            return;
+        }
+        let first = reload.stopped_accepting.is_none();
+        let stopped = reload.stopped_accepting.get_or_insert_with(Vec::new);
+        let newly: Vec<Pid> = children
+            .iter()
+            .filter(|c| {
+                c.generation < generation
+                    && c.state == ChildState::Serving
+                    && !stopped.contains(&c.pid)
+            })
             .map(|c| c.pid)
             .collect();
-        log::info!(
-            "child {first} of generation {generation} serves: generation {} takes no new clients \
-             until the reload ends",
-            self.generation
-        );
-        for &pid in &pids {
+        if first && !newly.is_empty() {
+            log::info!(
+                "{n_serving} of {} children of generation {generation} serve: generation {} takes \
+                 no new clients until the reload ends",
+                plan.workers,
+                self.generation
+            );
+        }
+        for pid in newly {
             actions.push(Action::SetAccepting {
                 pid,
                 accepting: false,
             });
+            stopped.push(pid);
         }
-        reload.stopped_accepting = Some(pids);
     }
 
     /// One step of a rolling reload, while every new child started so far is ready. Returns true

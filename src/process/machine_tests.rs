@@ -15,6 +15,7 @@ fn plan(workers: usize) -> Plan {
         handoff: true,
         drain_bound: Some(Duration::from_secs(60)),
         access_changed: false,
+        listeners_kept: true,
     }
 }
 
@@ -189,42 +190,81 @@ fn a_reload_commits_once_every_new_child_is_ready_and_drains_the_old_with_handof
     assert_eq!((last.number, last.result.clone()), (1, Some(None)));
 }
 
-/// Issue 13, part 1: once one new child serves, the old children take no new clients, so that
-/// clients meet the new config without waiting for the slowest new child; once, and only to
-/// the old children that serve.
+/// Issue 13, part 1: once half the new children serve, the old children take no new clients,
+/// so that clients meet the new config without waiting for the slowest new child; once each,
+/// and only the old children that serve.
 #[test]
-fn the_old_children_stop_accepting_once_the_first_new_child_serves() {
+fn the_old_children_stop_accepting_once_half_the_new_generation_serves() {
     let mut h = Harness::running(plan(3));
     let old = h.pids_in(1);
     h.sighup();
     h.take_actions();
     let new = h.pids_in(2);
+    // One of three: not enough to carry the clients of three.
     h.event(Event::ChildReady { pid: new[0] });
+    assert_eq!(told(&h.take_actions(), false), Vec::<Pid>::new());
+    h.event(Event::ChildReady { pid: new[1] });
     let actions = h.take_actions();
-    let stopped: Vec<Pid> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::SetAccepting {
-                pid,
-                accepting: false,
-            } => Some(*pid),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(stopped, old, "{actions:?}");
+    assert_eq!(told(&actions, false), old, "{actions:?}");
     assert!(!actions
         .iter()
         .any(|a| matches!(a, Action::Signal { .. } | Action::Commit { .. })));
-    // The second ready child changes nothing; the last one commits, and the old ones drain.
-    h.event(Event::ChildReady { pid: new[1] });
-    assert!(!h
-        .take_actions()
-        .iter()
-        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    // The last one commits, and the old ones drain; nobody is told twice.
     h.event(Event::ChildReady { pid: new[2] });
     let actions = h.take_actions();
     assert!(actions.contains(&Action::Commit { generation: 2 }));
     assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::SetAccepting { .. })));
+}
+
+/// The pids `actions` tell to take new clients (`accepting`) or to stop.
+fn told(actions: &[Action], accepting: bool) -> Vec<Pid> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetAccepting { pid, accepting: on } if *on == accepting => Some(*pid),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An old child that starts serving after the others were told (a replacement of one that
+/// died) is told too, so no old child takes new clients once the new generation does.
+#[test]
+fn an_old_child_replaced_while_the_old_ones_take_no_new_clients_is_told_too() {
+    let mut h = Harness::running(plan(2));
+    let old = h.pids_in(1);
+    h.sighup();
+    let new = h.pids_in(2);
+    h.event(Event::ChildReady { pid: new[0] });
+    assert_eq!(told(&h.take_actions(), false), old);
+    h.kill9(old[0]);
+    h.advance(Duration::from_secs(5));
+    let replacement = *h
+        .pids_in(1)
+        .iter()
+        .find(|pid| !old.contains(pid))
+        .expect("a replacement of generation 1");
+    h.take_actions();
+    h.event(Event::ChildReady { pid: replacement });
+    assert_eq!(told(&h.take_actions(), false), vec![replacement]);
+}
+
+/// A reload that moves the address: the new children do not take clients from the old
+/// listener, so the old children keep taking them until the reload commits.
+#[test]
+fn no_accept_switch_when_the_address_moves() {
+    let mut h = Harness::running(plan(2));
+    h.next_config = Ok(Plan {
+        listeners_kept: false,
+        ..plan(2)
+    });
+    h.sighup();
+    let new = h.pids_in(2);
+    h.event(Event::ChildReady { pid: new[0] });
+    assert!(!h
+        .take_actions()
         .iter()
         .any(|a| matches!(a, Action::SetAccepting { .. })));
 }
@@ -280,9 +320,13 @@ fn no_accept_switch_when_the_first_ready_child_commits_or_the_reload_rolls() {
         ..plan(2)
     };
     let mut h = Harness::running(rolling);
+    let old = h.pids_in(1);
     h.sighup();
     h.ready_all(2);
-    h.ready_all(2);
+    // The first old child drained and is gone: the second new child starts while the first
+    // serves, half the generation.
+    h.exit(old[0], 0);
+    assert_eq!(h.pids_in(2).len(), 2);
     assert!(!h
         .take_actions()
         .iter()

@@ -384,7 +384,11 @@ impl Master {
                     (config.status_file != self.status_file).then(|| config.status_file.clone());
                 self.prepare_for(&config)
                     .map(|(listeners, metrics_listener)| {
-                        let plan = plan_of(&config, Some(self.config()));
+                        let mut plan = plan_of(&config, Some(self.config()));
+                        plan.listeners_kept =
+                            self.listeners_of.get(&self.current).is_some_and(|current| {
+                                current.iter().all(|key| listeners.contains(key))
+                            });
                         self.configs.insert(generation, config);
                         self.listeners_of.insert(generation, listeners);
                         self.metrics_of.insert(generation, metrics_listener);
@@ -971,6 +975,8 @@ fn plan_of(config: &Config, current: Option<&Config>) -> Plan {
         drain_bound: config.graceful_shutdown_timeout,
         access_changed: current
             .is_some_and(|current| current.auth_strategy != config.auth_strategy),
+        // Set by the caller, which knows the listeners.
+        listeners_kept: true,
     }
 }
 

@@ -367,6 +367,7 @@ pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
             .query_opt(read_version, &[], |row| row.get(0))
             .map_err(RegistryError::sql("read the schema version"))?
             .unwrap_or(0);
+        // A newer schema (a newer binary's) is used as it is, and said so below.
         if usize::try_from(version).is_ok_and(|version| version == migrations.len()) {
             return Ok(());
         }
