@@ -1,8 +1,8 @@
 //! libpq, loaded when a registry on PostgreSQL is first opened, not linked into the binary.
 //!
-//! Linked, libpq and what it pulls in (GnuTLS, Kerberos, LDAP, SASL: about a hundred mappings)
-//! sat in every glint process, SQLite or not, and every fork copied their mappings: a reload's
-//! forks and child starts cost measurably more once it was (issue 13, part 1). Loaded with
+//! Linked, libpq and what it pulls in (GnuTLS, Kerberos, LDAP, SASL) sat in every glint process,
+//! SQLite or not, and every fork copied their mappings: here a master had 152 mappings and 12.7
+//! MiB resident with it, 37 and 7.2 MiB without; a child 253 and 8.4 MiB, 138 and 6.7. Loaded with
 //! dlopen(3) instead, a node on SQLite never maps it, and its package only recommends
 //! `libpq5`. A node on PostgreSQL loads it once, in the master's start-up check of the
 //! database, before any fork; its children inherit it.
