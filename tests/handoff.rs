@@ -289,6 +289,17 @@ fn handoff_to_a_generation_that_dies_at_once_loses_no_request() {
         !util::process_alive(old_child)
     });
     let new_children = server.children(Some("serving"));
+    // The precondition: a new child holds the connection. Until it adopts it, the connection
+    // waits on the generation's handoff channel, which the master keeps, and the respawned
+    // child would adopt it instead (it would stay open, not close).
+    let inode = util::peer_socket(&stream)
+        .expect("the server's end of the connection")
+        .inode;
+    util::wait_until("a new child to adopt the connection", DEADLINE, || {
+        new_children
+            .iter()
+            .any(|pid| util::fd_of_socket(*pid, inode).is_some())
+    });
     for pid in &new_children {
         // SAFETY: kill(2) on a child of the server this test started.
         unsafe {
