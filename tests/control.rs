@@ -741,15 +741,8 @@ fn reload_command_reports_a_failed_reload_that_moves_the_status_file() {
 /// command has read the status file showing #1's failure.
 #[test]
 fn reload_command_reports_its_own_reload_not_one_already_under_way() {
-    let hold = tempfile::tempdir().unwrap();
-    let release = hold.path().join("release");
-    let server = Server::start_env(
-        "workers = 1",
-        &[(
-            "GLINT_FAULT_CHILD_HOLD",
-            &format!("2/1:{}", release.display()),
-        )],
-    );
+    let hold = util::Hold::new();
+    let server = Server::start_held("workers = 1", &hold, "2/1");
     let mut upload = Upload::start(&server);
     server.signal(libc::SIGHUP);
     // The log says as well that reload #1 began, should the status file lag.
@@ -771,7 +764,7 @@ fn reload_command_reports_its_own_reload_not_one_already_under_way() {
     // temporary file and renames it.
     let mut exited = || command.try_wait().unwrap().is_some();
     opens.wait_for(2, DEADLINE, &mut exited);
-    std::fs::write(&release, "fail").unwrap();
+    hold.fail();
     // Reload #1 fails; reload #2 waits for the old child, which waits for the upload.
     util::wait_until("reload #1 to fail and reload #2 to begin", DEADLINE, || {
         let status = server.status();

@@ -543,12 +543,8 @@ fn set_small_receive_buffer(stream: &TcpStream) {
 #[test]
 fn failed_rolling_reload_keeps_the_connections_it_had_handed_over() {
     let config = "reload_strategy = rolling\nreload_handoff = true";
-    let hold = tempfile::tempdir().unwrap();
-    let never = format!("2/2:{}", hold.path().join("never").display());
-    let server = Server::start_env(
-        &format!("workers = 1\n{config}"),
-        &[("GLINT_FAULT_CHILD_HOLD", &never)],
-    );
+    let hold = util::Hold::new();
+    let server = Server::start_held(&format!("workers = 1\n{config}"), &hold, "2/2");
     let addr = server.addr();
     let old = server.children(Some("serving"));
     assert_eq!(old.len(), 1, "{}", server.status());

@@ -290,15 +290,8 @@ fn no_request_fails_while_sighup_arrives_every_100_to_300_ms() {
 #[test]
 fn sighups_taken_in_during_a_reload_coalesce_into_exactly_one_more() {
     const MORE: u64 = 20;
-    let hold = tempfile::tempdir().unwrap();
-    let release = hold.path().join("release");
-    let server = Server::start_env(
-        "workers = 1",
-        &[(
-            "GLINT_FAULT_CHILD_HOLD",
-            &format!("2/1:{}", release.display()),
-        )],
-    );
+    let hold = util::Hold::new();
+    let server = Server::start_held("workers = 1", &hold, "2/1");
     server.signal(libc::SIGHUP);
     server.wait_for(
         "reload #1, its child held in its start",
@@ -323,7 +316,7 @@ fn sighups_taken_in_during_a_reload_coalesce_into_exactly_one_more() {
         1,
         "reload #1 ended while the SIGHUPs were sent: the hook did not hold it"
     );
-    std::fs::write(&release, "go").unwrap();
+    hold.release();
     server.wait_for("the reloads to end", DEADLINE, |status| {
         status["reload_in_progress"].is_null() && status["last_reload"]["number"] == 1 + MORE
     });
@@ -592,15 +585,8 @@ fn served_by(stream: &mut TcpStream, candidates: &[i32]) -> Option<i32> {
 /// until the test says so.
 #[test]
 fn old_children_stop_accepting_once_a_new_child_serves_and_accept_again_if_the_reload_fails() {
-    let hold = tempfile::tempdir().unwrap();
-    let release = hold.path().join("release");
-    let server = Server::start_env(
-        "workers = 2",
-        &[(
-            "GLINT_FAULT_CHILD_HOLD",
-            &format!("2/2:{}", release.display()),
-        )],
-    );
+    let hold = util::Hold::new();
+    let server = Server::start_held("workers = 2", &hold, "2/2");
     let old = server.children(None);
     assert_eq!(old.len(), 2);
     let mut kept = server.connect();
@@ -641,7 +627,7 @@ fn old_children_stop_accepting_once_a_new_child_serves_and_accept_again_if_the_r
     // The kept client is still served where it was.
     assert_eq!(served_by(&mut kept, &everyone), kept_by);
 
-    std::fs::write(&release, "fail").unwrap();
+    hold.fail();
     server.wait_for("the reload's verdict", DEADLINE, |status| {
         status["reloads_failed"] == 1
     });
@@ -999,13 +985,11 @@ fn bind_host_moves_between_overlapping_addresses_on_one_port() {
 #[test]
 fn a_failed_narrowing_of_bind_host_resets_no_queued_connection() {
     let port = free_port();
-    let hold = tempfile::tempdir().unwrap();
-    let server = Server::start_env(
+    let hold = util::Hold::new();
+    let server = Server::start_held(
         &format!("bind_port = {port}\nbind_host = 0.0.0.0"),
-        &[(
-            "GLINT_FAULT_CHILD_HOLD",
-            &format!("2:{}", hold.path().join("never").display()),
-        )],
+        &hold,
+        "2",
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     server.write_config(&format!("bind_port = {port}\nbind_host = 127.0.0.1"));

@@ -343,6 +343,44 @@ impl Drop for Server {
     }
 }
 
+/// A child start held by the debug hook `GLINT_FAULT_CHILD_HOLD`: the children it names wait
+/// before their ready report until the test lets them go on ([`Hold::release`]) or fail
+/// ([`Hold::fail`]); one never released holds them until they are killed.
+pub struct Hold {
+    dir: tempfile::TempDir,
+}
+
+impl Hold {
+    pub fn new() -> Hold {
+        Hold {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// Lets the held children report ready.
+    pub fn release(&self) {
+        fs::write(self.word(), "go").expect("write the hold's word");
+    }
+
+    /// Makes the held children fail their start.
+    pub fn fail(&self) {
+        fs::write(self.word(), "fail").expect("write the hold's word");
+    }
+
+    fn word(&self) -> PathBuf {
+        self.dir.path().join("word")
+    }
+}
+
+impl Server {
+    /// Starts a server whose children `which` (`GEN/NTH`, or `GEN` for all of generation GEN)
+    /// `hold` holds in their start.
+    pub fn start_held(extra: &str, hold: &Hold, which: &str) -> Server {
+        let value = format!("{which}:{}", hold.word().display());
+        Server::start_env(extra, &[("GLINT_FAULT_CHILD_HOLD", &value)])
+    }
+}
+
 /// The base config: loopback, ephemeral port, two workers, state files, image data and the
 /// database in the test's dir (relative paths resolve against the config's folder). `extra`
 /// lines go into `[DEFAULT]`.
