@@ -234,12 +234,16 @@ fn make_every_kind_of_file(server: &Server, name: &str) -> String {
     )
     .unwrap();
     assert_eq!(put.status, 204);
-    // A whole download queues a prefetch; wait until the cache holds a record for it.
+    // A whole download queues a prefetch; wait until the cache has published the entry and its
+    // record (a name starting with a dot is a record still being written).
     assert_eq!(util::get(server.addr(), &path).unwrap().status, 200);
-    util::wait_until("the cache record", DEADLINE, || {
-        fs::read_dir(server.path("cache/meta"))
-            .map(|entries| entries.count() > 0)
-            .unwrap_or(false)
+    util::wait_until("the cache entry and its record", DEADLINE, || {
+        server.path(&format!("cache/{id}")).exists()
+            && fs::read_dir(server.path("cache/meta")).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+            })
     });
     id
 }

@@ -359,12 +359,20 @@ impl Hold {
 
     /// Lets the held children report ready.
     pub fn release(&self) {
-        fs::write(self.word(), "go").expect("write the hold's word");
+        self.say("go");
     }
 
     /// Makes the held children fail their start.
     pub fn fail(&self) {
-        fs::write(self.word(), "fail").expect("write the hold's word");
+        self.say("fail");
+    }
+
+    /// Writes the word whole, by rename: a child must never read the file between its
+    /// creation and its content (it would take an empty word for "go").
+    fn say(&self, word: &str) {
+        let draft = self.dir.path().join("word.draft");
+        fs::write(&draft, word).expect("write the hold's word");
+        fs::rename(&draft, self.word()).expect("rename the hold's word into place");
     }
 
     fn word(&self) -> PathBuf {

@@ -331,11 +331,15 @@ pub fn run(start: Start) -> i32 {
         panic!("{FAULT_CHILD_PANIC}: child {nth} of generation {generation} panics on purpose");
     }
     if let Some(release) = fault_hold(generation, nth) {
-        // Test hook: wait for the test's word, then fail or go on.
-        while !release.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if std::fs::read_to_string(&release).is_ok_and(|word| word.trim() == "fail") {
+        // Test hook: wait for the test's word (a file not yet there, or still empty, is none
+        // yet), then fail or go on.
+        let word = loop {
+            match std::fs::read_to_string(&release) {
+                Ok(word) if !word.trim().is_empty() => break word,
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        };
+        if word.trim() == "fail" {
             return ready.failed(&format!(
                 "{FAULT_CHILD_HOLD}: failing the start of child {nth} of generation \
                  {generation} on purpose"
@@ -614,10 +618,10 @@ pub fn settings_for(config: &Config) -> Settings {
 /// test hook.
 pub const FAULT_CHILD_START: &str = "GLINT_FAULT_CHILD_START";
 
-/// Holds the start of one child before its ready report until a file exists, for the tests of
-/// what happens while a new generation is partly ready: `GEN/NTH:PATH`. The child then fails its
-/// start if the file says `fail`, else reports ready. Debug builds only, like
-/// [`FAULT_CHILD_START`].
+/// Holds the start of one child before its ready report until a file holds a word, for the
+/// tests of what happens while a new generation is partly ready: `GEN/NTH:PATH` (or `GEN:PATH`
+/// for all of generation GEN). The child then fails its start if the word is `fail`, else
+/// reports ready. Debug builds only, like [`FAULT_CHILD_START`].
 pub const FAULT_CHILD_HOLD: &str = "GLINT_FAULT_CHILD_HOLD";
 
 /// The file child `nth` of `generation` waits for, if `GLINT_FAULT_CHILD_HOLD` names it.
