@@ -213,9 +213,17 @@ fn the_old_children_stop_accepting_once_half_the_new_generation_serves() {
     h.event(Event::ChildReady { pid: new[2] });
     let actions = h.take_actions();
     assert!(actions.contains(&Action::Commit { generation: 2 }));
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    assert_no_accept_switch(&actions);
+}
+
+/// Asserts that `actions` tell no child to stop or resume taking new clients.
+fn assert_no_accept_switch(actions: &[Action]) {
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::SetAccepting { .. })),
+        "{actions:?}"
+    );
 }
 
 /// The pids `actions` tell to take new clients (`accepting`) or to stop.
@@ -263,10 +271,7 @@ fn no_accept_switch_when_the_address_moves() {
     h.sighup();
     let new = h.pids_in(2);
     h.event(Event::ChildReady { pid: new[0] });
-    assert!(!h
-        .take_actions()
-        .iter()
-        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    assert_no_accept_switch(&h.take_actions());
 }
 
 /// The reload fails after the old children were told to stop accepting: the ones still
@@ -311,10 +316,7 @@ fn no_accept_switch_when_the_first_ready_child_commits_or_the_reload_rolls() {
     let mut h = Harness::running(plan(1));
     h.sighup();
     h.ready_all(2);
-    assert!(!h
-        .take_actions()
-        .iter()
-        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    assert_no_accept_switch(&h.take_actions());
     let rolling = Plan {
         rolling: true,
         ..plan(2)
@@ -327,10 +329,7 @@ fn no_accept_switch_when_the_first_ready_child_commits_or_the_reload_rolls() {
     // serves, half the generation.
     h.exit(old[0], 0);
     assert_eq!(h.pids_in(2).len(), 2);
-    assert!(!h
-        .take_actions()
-        .iter()
-        .any(|a| matches!(a, Action::SetAccepting { .. })));
+    assert_no_accept_switch(&h.take_actions());
 }
 
 #[test]
