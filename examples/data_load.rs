@@ -5,8 +5,8 @@
 //!
 //! - `gen --out FILE --bytes N`: writes N bytes of pseudo-random data (xorshift64*, which does not
 //!   compress and is far faster than /dev/urandom).
-//! - `hash --file FILE`: md5 and sha512 in one pass on one core, with the crates, versions and
-//!   features glint's store uses (`src/store/upload.rs`): reads FILE in 64 KiB chunks and
+//! - `hash --file FILE`: md5 and sha512 in one pass on one core, with the code glint's store
+//!   uses (`glint::digest`: OpenSSL's libcrypto where the system has it): reads FILE in 64 KiB chunks and
 //!   updates both digests with each; prints the rate and both digests (which every upload's
 //!   `checksum` and `os_hash_value` must equal). The reference of issue 3's upload target.
 //! - `openssl --digest sha512|md5 [--seconds N]`: a reference of issue 13's upload target. Runs
@@ -58,9 +58,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
+use glint::digest::{Algorithm, Digest};
 use serde_json::{json, Value};
-use sha2::Sha512;
 
 /// The chunk size of the one-core md5+sha512 pass (`hash`, `inspect`), as it has been since
 /// issue 3 so that its figures stay comparable from record to record.
@@ -158,8 +157,12 @@ fn io_error(what: &str) -> impl Fn(io::Error) -> String + '_ {
     move |error| format!("{what}: {error}")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+/// A digest's hex value; an error if libcrypto failed (never seen).
+fn finish(digest: Digest) -> Result<String, String> {
+    let name = digest.algorithm().name();
+    digest
+        .finish()
+        .ok_or_else(|| format!("the {name} digest failed in libcrypto"))
 }
 
 fn emit(line: &Value) {
@@ -194,8 +197,8 @@ fn hash(options: &Options) -> Result<(), String> {
     let path = required(options, "file")?;
     let mut file = File::open(path).map_err(io_error(path))?;
     let mut buffer = vec![0u8; CHUNK];
-    let mut md5 = Md5::new();
-    let mut sha512 = Sha512::new();
+    let mut md5 = Digest::new(Algorithm::Md5);
+    let mut sha512 = Digest::new(Algorithm::Sha512);
     let mut bytes = 0u64;
     let started = Instant::now();
     loop {
@@ -208,14 +211,16 @@ fn hash(options: &Options) -> Result<(), String> {
         bytes += n as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (md5, sha512) = (hex(&md5.finalize()), hex(&sha512.finalize()));
+    let implementation = format!("{:?}", md5.implementation()).to_lowercase();
+    let (md5, sha512) = (finish(md5)?, finish(sha512)?);
     eprintln!(
-        "hash md5+sha512: {bytes} bytes in {seconds:.3} s, {:.1} MB/s",
+        "hash md5+sha512 ({implementation}): {bytes} bytes in {seconds:.3} s, {:.1} MB/s",
         mb_per_s(bytes, seconds)
     );
     emit(&json!({
         "kind": "hash", "label": label(options, "md5+sha512"), "bytes": bytes,
         "seconds": seconds, "mbps": mb_per_s(bytes, seconds), "md5": md5, "sha512": sha512,
+        "implementation": implementation,
     }));
     Ok(())
 }
@@ -229,8 +234,8 @@ fn inspect(options: &Options) -> Result<(), String> {
     };
     let mut file = File::open(path).map_err(io_error(path))?;
     let mut buffer = vec![0u8; CHUNK];
-    let mut md5 = Md5::new();
-    let mut sha512 = Sha512::new();
+    let mut md5 = Digest::new(Algorithm::Md5);
+    let mut sha512 = Digest::new(Algorithm::Sha512);
     let mut inspector = glint::format::Inspector::new();
     let mut bytes = 0u64;
     let started = Instant::now();
@@ -259,7 +264,7 @@ fn inspect(options: &Options) -> Result<(), String> {
             },
         )
     });
-    let (_, _) = (md5.finalize(), sha512.finalize());
+    let (_, _) = (finish(md5)?, finish(sha512)?);
     let seconds = started.elapsed().as_secs_f64();
     if let Some(Err(refusal)) = &verdict {
         return Err(format!("the inspector refused the data as raw: {refusal}"));

@@ -18,6 +18,7 @@
 //! - [`format`]: format inspection of uploads while they stream (qcow2, vmdk, vhd, vhdx, iso,
 //!   partitioned raw disks): `virtual_size`, and the refusal of mismatched or unsafe images.
 //! - [`registry`]: image metadata in SQLite; [`store`]: image data on the filesystem;
+//!   [`digest`]: md5 and sha2 of image data, in OpenSSL's libcrypto when the system has it;
 //!   [`cache`]: copies of image data on a fast disk, for the `caching` flavors.
 //! - [`operator`]: the commands `glint-api reload|stop|status`, the status file they read, and
 //!   systemd's notify protocol.
@@ -34,6 +35,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod digest;
 pub mod format;
 #[cfg(test)]
 mod generated_docs;

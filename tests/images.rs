@@ -2336,11 +2336,14 @@ fn hashing_algorithm_sha256_gives_sha256_hashes() {
 }
 
 /// Every `hashing_algorithm`, checked against coreutils (code that shares nothing with glint's
-/// hashing): an upload of several upload buffers and a short last one, sent with a length and
-/// chunked, gets the `checksum` `md5sum` computes and the `os_hash_value` that `sha256sum`,
-/// `sha384sum` or `sha512sum` computes.
+/// hashing), with either implementation of the digests (`src/digest/`): an upload of several
+/// upload buffers and a short last one, sent with a length and chunked, gets the `checksum`
+/// `md5sum` computes and the `os_hash_value` that `sha256sum`, `sha384sum` or `sha512sum`
+/// computes. OpenSSL's libcrypto is loaded by a child at its first upload (an idle child maps
+/// none of it); where it cannot be loaded (`GLINT_FAULT_LIBCRYPTO` names a missing file), the
+/// built-in code gives the same digests and the child says once which package to install.
 #[test]
-fn every_hashing_algorithm_equals_coreutils() {
+fn every_hashing_algorithm_equals_coreutils_with_libcrypto_and_without() {
     // 3 MiB and a bit: twelve 256 KiB upload buffers and a short last one, and socket reads
     // that stop anywhere inside a buffer.
     let bytes = data(3 * 1024 * 1024 + 12_345, 13);
@@ -2359,30 +2362,73 @@ fn every_hashing_algorithm_equals_coreutils() {
             .unwrap_or_default()
             .to_string()
     };
+    let maps_libcrypto = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap_or_else(|error| panic!("read /proc/{pid}/maps: {error}"))
+            .contains("/libcrypto.so")
+    };
+    const MISSING: &str = "cannot load libcrypto.so.3 (libcrypto-missing.so.3:";
     let md5 = digest_of("md5sum");
     assert_eq!(md5.len(), 32, "md5sum's digest: {md5:?}");
     for algorithm in ["sha256", "sha384", "sha512"] {
         let expected = digest_of(&format!("{algorithm}sum"));
-        let server = Server::start(&format!("hashing_algorithm = {algorithm}"));
-        let glance = Glance::new(&server);
-        for framing in [Framing::Length, Framing::Chunked] {
-            let what = format!("{framing:?} upload with hashing_algorithm = {algorithm}");
-            let id = glance.create_uploadable(algorithm);
-            let response = glance.upload(&id, &bytes, framing, None);
-            glance.expect(&response, 204, &what);
-            let image = glance.show(&id);
-            assert_eq!(image["status"], "active", "{what}");
-            assert_eq!(
-                image["checksum"],
-                json!(md5),
-                "{what}: checksum against md5sum"
+        for libcrypto in [true, false] {
+            let extra = format!("workers = 1\nhashing_algorithm = {algorithm}");
+            let server = if libcrypto {
+                Server::start(&extra)
+            } else {
+                Server::start_env(
+                    &extra,
+                    &[("GLINT_FAULT_LIBCRYPTO", "libcrypto-missing.so.3")],
+                )
+            };
+            let child = server.children(Some("serving"))[0];
+            assert!(
+                !maps_libcrypto(child),
+                "child {child} maps libcrypto before any upload"
             );
-            assert_eq!(image["os_hash_algo"], json!(algorithm), "{what}");
+            let glance = Glance::new(&server);
+            for framing in [Framing::Length, Framing::Chunked] {
+                let what = format!(
+                    "{framing:?} upload with hashing_algorithm = {algorithm}, libcrypto {}",
+                    if libcrypto { "loaded" } else { "missing" }
+                );
+                let id = glance.create_uploadable(algorithm);
+                let response = glance.upload(&id, &bytes, framing, None);
+                glance.expect(&response, 204, &what);
+                let image = glance.show(&id);
+                assert_eq!(image["status"], "active", "{what}");
+                assert_eq!(
+                    image["checksum"],
+                    json!(md5),
+                    "{what}: checksum against md5sum"
+                );
+                assert_eq!(image["os_hash_algo"], json!(algorithm), "{what}");
+                assert_eq!(
+                    image["os_hash_value"],
+                    json!(expected),
+                    "{what}: os_hash_value against {algorithm}sum"
+                );
+            }
             assert_eq!(
-                image["os_hash_value"],
-                json!(expected),
-                "{what}: os_hash_value against {algorithm}sum"
+                server.children(Some("serving")),
+                [child],
+                "the same child served"
             );
+            assert_eq!(
+                maps_libcrypto(child),
+                libcrypto,
+                "child {child} after the uploads"
+            );
+            let log = server.log();
+            assert_eq!(
+                log.matches(MISSING).count(),
+                usize::from(!libcrypto),
+                "the warning about a missing libcrypto, once per child without it: {log}"
+            );
+            if !libcrypto {
+                assert!(log.contains("apt-get install libssl3"), "{log}");
+            }
         }
     }
 }

@@ -168,8 +168,9 @@ fn package_installs_runs_as_glint_rotates_reloads_and_purges() {
         assert!(depends.contains(needed), "Depends: {depends}");
     }
     assert!(!depends.contains("libpq"), "Depends: {depends}");
+    assert!(!depends.contains("libssl"), "Depends: {depends}");
     let recommends = field("Recommends");
-    for wanted in ["libpq5", "logrotate"] {
+    for wanted in ["libpq5", "libssl3", "logrotate"] {
         assert!(recommends.contains(wanted), "Recommends: {recommends}");
     }
 

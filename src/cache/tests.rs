@@ -31,9 +31,9 @@ fn stored(dir: &Path, id: &str, data: &[u8]) -> (File, Expected) {
     let mut image = Image::new(id);
     image.status = crate::registry::ImageStatus::Active;
     image.size = Some(data.len() as u64);
-    image.checksum = Some(crate::store::hex(&Md5::digest(data)));
+    image.checksum = Some(crate::digest::hex(&Md5::digest(data)));
     image.os_hash_algo = Some("sha512".to_string());
-    image.os_hash_value = Some(crate::store::hex(&Sha512::digest(data)));
+    image.os_hash_value = Some(crate::digest::hex(&Sha512::digest(data)));
     (
         File::open(path).unwrap(),
         Expected::of_image(&image).unwrap(),

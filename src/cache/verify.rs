@@ -19,9 +19,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 
-use md5::{Digest, Md5};
-
-use crate::store::{hex, HashKind, Hasher};
+use crate::digest::{Algorithm, Digest};
+use crate::store::HashKind;
 
 /// How much of a file is read at a time while hashing it.
 pub(crate) const HASH_CHUNK: usize = 256 * 1024;
@@ -63,46 +62,34 @@ pub(crate) enum ExpectedHash {
     Md5(String),
 }
 
-/// A hasher for one [`ExpectedHash`].
-pub(crate) enum Digester {
-    OsHash(Hasher),
-    Md5(Md5),
-}
-
 impl ExpectedHash {
-    pub(crate) fn digester(&self) -> Digester {
+    pub(crate) fn digester(&self) -> Digest {
         match self {
-            ExpectedHash::OsHash { kind, .. } => Digester::OsHash(Hasher::new(*kind)),
-            ExpectedHash::Md5(_) => Digester::Md5(Md5::new()),
+            ExpectedHash::OsHash { kind, .. } => Digest::new(kind.algorithm()),
+            ExpectedHash::Md5(_) => Digest::new(Algorithm::Md5),
         }
     }
 
-    /// None when `digester` matches, else a sentence naming both values.
-    pub(crate) fn describe_mismatch(&self, digester: Digester) -> Option<String> {
-        let (name, expected, actual) = match (self, digester) {
-            (ExpectedHash::OsHash { kind, value }, Digester::OsHash(hasher)) => {
-                (kind.name(), value, hasher.finish().1)
-            }
-            (ExpectedHash::Md5(value), Digester::Md5(md5)) => ("md5", value, hex(&md5.finalize())),
-            _ => return Some("internal error: hasher of another algorithm".to_string()),
+    /// None when `digest` matches, else a sentence naming both values.
+    pub(crate) fn describe_mismatch(&self, digest: Digest) -> Option<String> {
+        let (name, expected) = match self {
+            ExpectedHash::OsHash { kind, value } => (kind.name(), value),
+            ExpectedHash::Md5(value) => ("md5", value),
+        };
+        if digest.algorithm().name() != name {
+            return Some("internal error: digest of another algorithm".to_string());
+        }
+        let Some(actual) = digest.finish() else {
+            return Some(format!("{name} could not be computed (libcrypto failed)"));
         };
         (!expected.eq_ignore_ascii_case(&actual))
             .then(|| format!("{name} is {actual}, the image records {expected}"))
     }
 }
 
-impl Digester {
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Digester::OsHash(hasher) => hasher.update(data),
-            Digester::Md5(md5) => md5.update(data),
-        }
-    }
-}
-
 /// Hashes `file` whole from its start and leaves it positioned at its start again, ready to be
 /// sent. Returns the digester and the number of bytes read.
-pub(crate) fn hash_file(file: &mut File, expected: &ExpectedHash) -> io::Result<(Digester, u64)> {
+pub(crate) fn hash_file(file: &mut File, expected: &ExpectedHash) -> io::Result<(Digest, u64)> {
     file.seek(SeekFrom::Start(0))?;
     let mut digester = expected.digester();
     let mut buffer = vec![0u8; HASH_CHUNK];

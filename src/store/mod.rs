@@ -69,7 +69,6 @@ pub use owner::{
 pub use set::Stores;
 #[cfg(test)]
 use upload::HASH_QUEUE_CHUNKS;
-pub(crate) use upload::{hex, Hasher};
 pub use upload::{ChunkBuffer, Upload, UPLOAD_BUFFER};
 
 use placement::Candidate;
@@ -102,10 +101,15 @@ pub enum HashKind {
 impl HashKind {
     /// The name Glance uses in `hashing_algorithm` and `os_hash_algo`.
     pub fn name(self) -> &'static str {
+        self.algorithm().name()
+    }
+
+    /// The digest algorithm it names.
+    pub fn algorithm(self) -> crate::digest::Algorithm {
         match self {
-            HashKind::Sha256 => "sha256",
-            HashKind::Sha384 => "sha384",
-            HashKind::Sha512 => "sha512",
+            HashKind::Sha256 => crate::digest::Algorithm::Sha256,
+            HashKind::Sha384 => crate::digest::Algorithm::Sha384,
+            HashKind::Sha512 => crate::digest::Algorithm::Sha512,
         }
     }
 

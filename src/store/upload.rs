@@ -13,10 +13,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
-use sha2::{Sha256, Sha384, Sha512};
-
 use super::{HashKind, StoreError, Stored};
+use crate::digest::{Algorithm, Digest};
 
 /// Mode of the temporary file while it is being written: private until `finish` applies the
 /// configured permissions, so nobody reads a partial image.
@@ -347,17 +345,18 @@ pub(super) const HASH_QUEUE_CHUNKS: usize = 4;
 /// byte than receiving and writing the data, so each runs on a thread of its own, fed the same
 /// chunks (one copy, shared) over a bounded channel: an upload then goes at about the rate of
 /// the slower digest (sha512) instead of both in series, as issue 13 part 2 asks (the writer,
-/// md5 and sha512 share two cores: `scripts/bench-data` measures it). If a thread cannot be
+/// md5 and sha512 share two cores: `scripts/bench-data` measures it). The digests run in
+/// OpenSSL's libcrypto where the system has it (`crate::digest`). If a thread cannot be
 /// started the hashes are computed inline, slower but the same.
 enum Hashing {
     Threaded {
         /// To the md5 thread and to the os_hash thread; `None` once `finish` closed them.
         chunks: Option<[ChunkSender; 2]>,
-        md5: Option<std::thread::JoinHandle<Md5>>,
-        hash: Option<std::thread::JoinHandle<Hasher>>,
+        md5: Option<std::thread::JoinHandle<Digest>>,
+        hash: Option<std::thread::JoinHandle<Digest>>,
     },
-    /// Boxed: the hasher states are large, and this variant is the rare fallback.
-    Inline(Box<(Md5, Hasher)>),
+    /// md5 and the os_hash, on the writer's thread; `None` once `finish` took them.
+    Inline(Option<(Digest, Digest)>),
     /// A hashing thread is gone (it panicked): the digests cannot be trusted.
     Broken,
     /// `finish` has taken the digests.
@@ -368,29 +367,30 @@ enum Hashing {
 /// bytes are data.
 type ChunkSender = crossbeam_channel::Sender<(Arc<Vec<u8>>, usize)>;
 
-/// Starts a thread that feeds every chunk it receives to `hasher` and returns it at the end.
-fn hashing_thread<H: Send + 'static>(
+/// Starts a thread that feeds every chunk it receives to `digest` and returns it at the end.
+fn hashing_thread(
     name: &str,
-    mut hasher: H,
-    update: fn(&mut H, &[u8]),
-) -> std::io::Result<(ChunkSender, std::thread::JoinHandle<H>)> {
+    mut digest: Digest,
+) -> std::io::Result<(ChunkSender, std::thread::JoinHandle<Digest>)> {
     let (sender, receiver) = crossbeam_channel::bounded(HASH_QUEUE_CHUNKS);
     let thread = std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
             for (chunk, len) in receiver {
                 let chunk: Arc<Vec<u8>> = chunk;
-                update(&mut hasher, chunk.get(..len).unwrap_or_default());
+                digest.update(chunk.get(..len).unwrap_or_default());
             }
-            hasher
+            digest
         })?;
     Ok((sender, thread))
 }
 
 impl Hashing {
     fn start(kind: HashKind) -> Hashing {
-        let md5 = hashing_thread("upload-md5", Md5::new(), |md5, data| md5.update(data));
-        let hash = hashing_thread("upload-hash", Hasher::new(kind), Hasher::update);
+        let digests = || (Digest::new(Algorithm::Md5), Digest::new(kind.algorithm()));
+        let (md5, hash) = digests();
+        let md5 = hashing_thread("upload-md5", md5);
+        let hash = hashing_thread("upload-hash", hash);
         match (md5, hash) {
             (Ok((to_md5, md5)), Ok((to_hash, hash))) => Hashing::Threaded {
                 chunks: Some([to_md5, to_hash]),
@@ -400,7 +400,7 @@ impl Hashing {
             // A thread that did start ends when its sender, dropped here, closes its channel.
             (Err(error), _) | (_, Err(error)) => {
                 log::warn!("cannot start a hashing thread ({error}); hashing inline");
-                Hashing::Inline(Box::new((Md5::new(), Hasher::new(kind))))
+                Hashing::Inline(Some(digests()))
             }
         }
     }
@@ -414,10 +414,10 @@ impl Hashing {
             } => chunks
                 .iter()
                 .all(|sender| sender.send((Arc::clone(chunk), len)).is_ok()),
-            Hashing::Inline(hashers) => {
+            Hashing::Inline(Some((md5, hash))) => {
                 let data = chunk.get(..len).unwrap_or_default();
-                hashers.0.update(data);
-                hashers.1.update(data);
+                md5.update(data);
+                hash.update(data);
                 true
             }
             _ => true,
@@ -429,7 +429,7 @@ impl Hashing {
     }
 
     /// `(checksum, os_hash_algo, os_hash_value)`, or `None` when the digests cannot be trusted
-    /// (a hashing thread failed).
+    /// (a hashing thread failed, or libcrypto did).
     fn finish(mut self) -> Option<(String, &'static str, String)> {
         let (md5, hash) = match &mut self {
             Hashing::Threaded { chunks, md5, hash } => {
@@ -441,14 +441,11 @@ impl Hashing {
                     _ => return None,
                 }
             }
-            Hashing::Inline(hashers) => (
-                std::mem::take(&mut hashers.0),
-                std::mem::replace(&mut hashers.1, Hasher::new(HashKind::Sha512)),
-            ),
+            Hashing::Inline(digests) => digests.take()?,
             Hashing::Broken | Hashing::Done => return None,
         };
-        let (algo, value) = hash.finish();
-        Some((hex(&md5.finalize()), algo, value))
+        let algorithm = hash.algorithm().name();
+        Some((md5.finish()?, algorithm, hash.finish()?))
     }
 }
 
@@ -466,48 +463,4 @@ impl Drop for Hashing {
             }
         }
     }
-}
-
-/// The `os_hash_value` hasher (also used by the image cache to verify its entries).
-pub(crate) enum Hasher {
-    Sha256(Sha256),
-    Sha384(Sha384),
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    pub(crate) fn new(kind: HashKind) -> Hasher {
-        match kind {
-            HashKind::Sha256 => Hasher::Sha256(Sha256::new()),
-            HashKind::Sha384 => Hasher::Sha384(Sha384::new()),
-            HashKind::Sha512 => Hasher::Sha512(Sha512::new()),
-        }
-    }
-
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(hasher) => hasher.update(data),
-            Hasher::Sha384(hasher) => hasher.update(data),
-            Hasher::Sha512(hasher) => hasher.update(data),
-        }
-    }
-
-    /// The algorithm's Glance name and the hex digest.
-    pub(crate) fn finish(self) -> (&'static str, String) {
-        match self {
-            Hasher::Sha256(hasher) => (HashKind::Sha256.name(), hex(&hasher.finalize())),
-            Hasher::Sha384(hasher) => (HashKind::Sha384.name(), hex(&hasher.finalize())),
-            Hasher::Sha512(hasher) => (HashKind::Sha512.name(), hex(&hasher.finalize())),
-        }
-    }
-}
-
-/// Lowercase hex, as Glance shows `checksum` and `os_hash_value`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
 }
