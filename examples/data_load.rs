@@ -211,7 +211,12 @@ fn hash(options: &Options) -> Result<(), String> {
         bytes += n as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let implementation = format!("{:?}", md5.implementation()).to_lowercase();
+    let implementation = format!(
+        "md5 {:?}, sha512 {:?}",
+        md5.implementation(),
+        sha512.implementation()
+    )
+    .to_lowercase();
     let (md5, sha512) = (finish(md5)?, finish(sha512)?);
     eprintln!(
         "hash md5+sha512 ({implementation}): {bytes} bytes in {seconds:.3} s, {:.1} MB/s",

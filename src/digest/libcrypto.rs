@@ -4,8 +4,9 @@
 //! `os_hash_value`), and on the machines glint is measured on the hashes are its slowest part:
 //! OpenSSL's assembly does sha512 about 1.5 times as fast as the sha2 crate and md5 about 1.3
 //! times as fast as md-5 (docs/BENCHMARKS.md, "Data path"). Loaded rather than linked, for the
-//! reasons libpq is (`registry/sql/libpq.rs`): the master and an idle child never map it, so a
-//! reload forks nothing more, and a system without it still runs glint, on the built-in code.
+//! reasons libpq is (`registry/sql/libpq.rs`): with a SQLite registry the master and an idle
+//! child never map it, so a reload forks nothing more (a node on PostgreSQL maps it anyway, as
+//! libpq's own dependency), and a system without it still runs glint, on the built-in code.
 //!
 //! Only the calls [`Context`] makes are looked up, by their names in OpenSSL 3's stable ABI
 //! (`libcrypto.so.3`); their C signatures are copied from `openssl/evp.h` and
@@ -23,9 +24,10 @@ pub const LIBRARY: &str = "libcrypto.so.3";
 /// without it. Read only by debug builds (the ones the tests run).
 pub const FAULT_LIBCRYPTO: &str = "GLINT_FAULT_LIBCRYPTO";
 
-/// `OPENSSL_INIT_NO_LOAD_CONFIG`: the system's `openssl.cnf` is not read, so a digest means
-/// the same on every host (a crypto policy that drops md5 would otherwise fail uploads: Glance's
-/// `checksum` is md5, which it computes with `usedforsecurity=False`).
+/// `OPENSSL_INIT_NO_LOAD_CONFIG`: the system's `openssl.cnf` is not read, so that a digest
+/// means the same on every host (a crypto policy there could disable md5, Glance's `checksum`,
+/// which Glance computes with `usedforsecurity=False`). It only counts if glint is the first to
+/// initialise the library: on a node on PostgreSQL, libpq has done so already, with the config.
 const OPENSSL_INIT_NO_LOAD_CONFIG: u64 = 0x0000_0080;
 /// `OPENSSL_INIT_NO_ATEXIT`: no exit handler; a child ends with `_exit` anyway.
 const OPENSSL_INIT_NO_ATEXIT: u64 = 0x0008_0000;
@@ -122,7 +124,8 @@ fn load() -> Result<Libcrypto, String> {
         };
         (library, init)
     };
-    // SAFETY: the first call into the library; no settings.
+    // SAFETY: no settings; the options are plain flags (ignored if libpq initialised the
+    // library first).
     if unsafe {
         init(
             OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT,
@@ -156,6 +159,21 @@ fn last_dl_error() -> String {
         unsafe { CStr::from_ptr(message) }
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Says once per process and algorithm that libcrypto, though loaded, refused to make a digest
+/// (a provider config that disables it, read by libpq's initialisation of the library).
+fn warn_once(algorithm: Algorithm) {
+    static WARNED: [std::sync::Once; 4] = [const { std::sync::Once::new() }; 4];
+    let index = algorithm as usize;
+    if let Some(once) = WARNED.get(index) {
+        once.call_once(|| {
+            log::warn!(
+                "{LIBRARY} cannot compute {}: that digest is computed by glint's built-in code",
+                algorithm.name()
+            )
+        });
     }
 }
 
@@ -200,6 +218,7 @@ impl Context {
         if kind.is_null()
             || unsafe { (library.digest_init_ex)(context.context, kind, std::ptr::null_mut()) } != 1
         {
+            warn_once(algorithm);
             return Err("EVP_DigestInit_ex failed");
         }
         Ok(context)

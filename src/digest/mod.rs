@@ -59,7 +59,8 @@ enum Builtin {
 }
 
 impl Digest {
-    /// A digest by libcrypto when it can make one, else by the built-in code.
+    /// A digest by libcrypto when it can make one, else by the built-in code (libcrypto logs
+    /// why, once per process, or once per algorithm).
     pub fn new(algorithm: Algorithm) -> Digest {
         match libcrypto::Context::new(algorithm) {
             Ok(context) => Digest {
@@ -108,7 +109,8 @@ impl Digest {
     }
 
     /// The digest in lowercase hex, as Glance shows `checksum` and `os_hash_value`; `None` if
-    /// libcrypto failed along the way (never seen; the data must then be hashed again).
+    /// libcrypto failed along the way (never seen): the caller then cannot trust the data's
+    /// digest, and fails the upload or discards the cache entry.
     pub fn finish(self) -> Option<String> {
         let bytes = match self.state {
             State::Libcrypto(context) => context.finish()?,

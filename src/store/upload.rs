@@ -193,7 +193,10 @@ impl Upload {
             return Err(StoreError::Io {
                 path: self.temporary.clone(),
                 action: "hash",
-                source: io::Error::other("the upload's hashing thread failed"),
+                source: io::Error::other(
+                    "the digests of the upload could not be computed (a hashing thread or \
+                     libcrypto failed)",
+                ),
             });
         };
         // fchmod rather than relying on the mode given at creation: that one is filtered by the
