@@ -2,9 +2,9 @@
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
 //! (`acceptor`) and a fixed pool of worker threads (`pool`), one maintenance thread
-//! (`serve::maintenance`) that recovers what dead processes left as the child starts and then
-//! every [`RECOVERY_PERIOD`] (told to stop
-//! as the drain starts, joined after the workers), plus, with a caching flavor, one image cache
+//! (`serve::maintenance`) that recovers what dead processes left [`RECOVERY_FIRST_DELAY`] after
+//! the child starts and then every [`RECOVERY_PERIOD`] (told to stop as the drain starts,
+//! joined after the workers), plus, with a caching flavor, one image cache
 //! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain, and with
 //! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins
 //! (an acceptor drain hook) and joined after the workers. It
@@ -60,6 +60,11 @@ pub const ORPHAN_DRAIN_BOUND: Duration = Duration::from_secs(60);
 /// the bound, plus one pass, on how long such an image stays blocked. A pass that finds
 /// nothing is two indexed reads (see `Api::recover_abandoned`), so every child can afford it.
 pub const RECOVERY_PERIOD: Duration = Duration::from_secs(5);
+
+/// How long after its ready report a child runs its first recovery pass: past a reload's first
+/// responses, which it would otherwise slow on the same CPUs (an idle reload's first response
+/// came about 2 ms sooner with this and `serve::pool::POOL_START_DELAY`; docs/BENCHMARKS.md).
+pub const RECOVERY_FIRST_DELAY: Duration = Duration::from_millis(50);
 
 /// How often a child renews its node's lease, with a registry shared by several nodes: a third
 /// of the shortest `node_lease_time` (15 s), so that two renewals may fail before it runs out.
@@ -292,6 +297,7 @@ pub fn run(start: Start) -> i32 {
     };
     let (pool, jobs) = match Pool::start(
         config.worker_threads,
+        crate::serve::pool::POOL_START_DELAY,
         handler,
         settings.clone(),
         drain.clone(),
@@ -362,7 +368,7 @@ pub fn run(start: Start) -> i32 {
             return ready.failed(&line);
         }
         let renewing = importing.clone();
-        match Maintenance::start(LEASE_RENEWAL_PERIOD, move |_| {
+        match Maintenance::start(Duration::ZERO, LEASE_RENEWAL_PERIOD, move |_| {
             let _ = renewing.renew_node_lease();
         }) {
             Ok(thread) => lease = Some(thread),
@@ -435,8 +441,9 @@ pub fn run(start: Start) -> i32 {
     0
 }
 
-/// Starts the thread that runs the child's full recovery (`Api::recover`) at once, then
-/// `Api::recover_abandoned` every [`RECOVERY_PERIOD`]. A failed pass is logged when the
+/// Starts the thread that runs the child's full recovery (`Api::recover`)
+/// [`RECOVERY_FIRST_DELAY`] after the start, then `Api::recover_abandoned` every
+/// [`RECOVERY_PERIOD`]. A failed pass is logged when the
 /// failures begin and when they end, not every period.
 ///
 /// The full recovery runs on this thread rather than before the child reports ready: it takes
@@ -446,7 +453,7 @@ pub fn run(start: Start) -> i32 {
 /// few milliseconds longer, and a request meanwhile sees what it would have seen just before.
 fn start_maintenance(api: Arc<Api>) -> std::io::Result<Maintenance> {
     let mut failing = false;
-    Maintenance::start(RECOVERY_PERIOD, move |pass| {
+    Maintenance::start(RECOVERY_FIRST_DELAY, RECOVERY_PERIOD, move |pass| {
         let outcome = if pass == 0 {
             api.recover().map(|()| 0)
         } else {

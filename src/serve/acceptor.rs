@@ -45,7 +45,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 use nix::errno::Errno;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 
@@ -55,7 +55,7 @@ use crate::http::connection::Connection;
 use crate::http::parked::{Next, Parked, Ready, Wait, Work};
 use crate::http::serve::{Disposition, Drain, Settings};
 use crate::logging;
-use crate::serve::pool::Returned;
+use crate::serve::pool::{Jobs, Returned};
 use crate::serve::waiting::{is_connection, Fate, Waiting, WaitingSet};
 use crate::signals::{ChildRequest, SignalWatch};
 
@@ -99,7 +99,7 @@ pub struct Acceptor {
     pub listeners: Vec<TcpListener>,
     pub signals: SignalWatch<ChildRequest>,
     /// Feeds the worker pool; dropped at the end to stop the workers.
-    pub jobs: Sender<Work>,
+    pub jobs: Jobs,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
     /// Set as the drain begins: closing without a handoff target (workers answer with
@@ -141,7 +141,7 @@ impl Acceptor {
     pub fn new(
         listeners: Vec<TcpListener>,
         signals: SignalWatch<ChildRequest>,
-        jobs: Sender<Work>,
+        jobs: Jobs,
         returns: Receiver<Returned>,
         drain: Arc<Drain>,
         settings: Arc<Settings>,
@@ -772,7 +772,10 @@ impl Acceptor {
     fn dispatch(&mut self) {
         while let Some(ready) = self.ready.pop_front() {
             match self.jobs.try_send(ready) {
-                Ok(()) => self.in_flight += 1,
+                Ok(()) => {
+                    self.in_flight += 1;
+                    self.jobs.in_flight(self.in_flight);
+                }
                 Err(TrySendError::Full(ready)) => {
                     self.ready.push_front(ready);
                     return;
@@ -871,6 +874,7 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (jobs, jobs_rx) = crossbeam_channel::bounded(4);
+        let jobs = Jobs::new(jobs);
         let (_returns_tx, returns) = crossbeam_channel::unbounded();
         let mut acceptor = Acceptor::new(
             vec![listener],
