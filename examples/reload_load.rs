@@ -13,11 +13,14 @@
 //! user, is needed to read its `/proc/PID/fd`). Right before each signal the driver lists the
 //! master's children (the `ppid` field of every `/proc/PID/stat`). After the signal a probe opens
 //! a fresh connection at most every [`PROBE_PERIOD`], sends one keep-alive request, and once the
-//! response is complete, while the connection is still open, asks the kernel (`sock_diag`
-//! netlink, an exact lookup by the 4-tuple) for the inode of the server's end of that
-//! connection, then finds the child of the master holding a descriptor for that inode. The first
-//! response served by a child that was not in the list is "the first response from the new
-//! generation"; its time is taken when the response was read, before the lookup.
+//! response is complete hands the connection, still open, to a lookup thread, which asks the
+//! kernel (`sock_diag` netlink, an exact lookup by the 4-tuple) for the inode of the server's end
+//! of that connection, then finds the child of the master holding a descriptor for that inode.
+//! The first response served by a child that was not in the list is "the first response from the
+//! new generation"; its time is taken when the response was read. The lookups run beside the
+//! probe, not between two probes: under load one took 10 to 25 ms (it reads /proc), and in line
+//! it hid every answer for that long after a probe the old generation answered (until
+//! 2026-12-01; the records before then were measured that way, for both servers alike).
 //!
 //! # Failures
 //!
@@ -761,38 +764,64 @@ fn drive_reloads(
 
 /// Opens fresh connections until one is answered by a child of the master that is not in
 /// `before`; returns the time from `signalled` to that response, and the number of failed probes.
+///
+/// Which process answered is looked up on a thread of its own, while this one goes on probing
+/// every [`PROBE_PERIOD`]: a lookup reads the file descriptors of the master's children in
+/// /proc, which under load took 10 to 25 ms of the probe's time, so that with the lookup in line
+/// a probe answered by the old generation hid every answer for that long. Each answered
+/// connection stays open until it has been looked up (a draining server may close it first;
+/// then its owner is not found and it does not count). The result is the earliest answer, in
+/// the order the probes were sent, that the lookups attribute to a new child.
 fn probe_new_generation(
     args: &Args,
     request: &[u8],
     before: &HashSet<libc::pid_t>,
     signalled: Instant,
 ) -> (Option<Duration>, u64) {
-    let mut buffer = Vec::with_capacity(MAX_HEAD);
-    let mut n_failures = 0;
-    let mut children: Vec<libc::pid_t> = Vec::new();
-    loop {
-        let attempt = Instant::now();
-        if attempt >= signalled + PROBE_BOUND {
-            return (None, n_failures);
-        }
-        let answered = connect(args.server).and_then(|mut stream| {
-            let response = exchange(&mut stream, request, &mut buffer)?;
-            Ok((stream, response, Instant::now()))
-        });
-        match answered {
-            Ok((stream, response, at)) if response.status == 200 => {
+    let found = std::sync::atomic::AtomicBool::new(false);
+    let (answers, to_look_up) = std::sync::mpsc::channel::<(TcpStream, Instant)>();
+    thread::scope(|scope| {
+        let lookups = scope.spawn(|| {
+            let mut children: Vec<libc::pid_t> = Vec::new();
+            for (stream, at) in to_look_up {
                 // The connection is still open here unless the server closed it, which a
                 // draining (old) process does; then the lookup finds no owner.
                 let owner = serving_pid(&stream, args.master_pid, &mut children);
                 let _ = stream.shutdown(Shutdown::Both);
                 if owner.is_some_and(|pid| !before.contains(&pid)) {
-                    return (Some(at - signalled), n_failures);
+                    found.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Some(at - signalled);
                 }
             }
-            _ => n_failures += 1,
+            None
+        });
+        let mut buffer = Vec::with_capacity(MAX_HEAD);
+        let mut n_failures = 0;
+        loop {
+            let attempt = Instant::now();
+            if attempt >= signalled + PROBE_BOUND || found.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                break;
+            }
+            let answered = connect(args.server).and_then(|mut stream| {
+                let response = exchange(&mut stream, request, &mut buffer)?;
+                Ok((stream, response, Instant::now()))
+            });
+            match answered {
+                Ok((stream, response, at)) if response.status == 200 => {
+                    if answers.send((stream, at)).is_err() {
+                        break;
+                    }
+                }
+                _ => n_failures += 1,
+            }
+            sleep_until(attempt + PROBE_PERIOD);
         }
-        sleep_until(attempt + PROBE_PERIOD);
-    }
+        // The lookups left finish what was sent; they stop at the first new child.
+        drop(answers);
+        let observed = lookups.join().expect("the lookup thread panicked");
+        (observed, n_failures)
+    })
 }
 
 /// Waits until none of `before` runs (gone from /proc, or a zombie: it has exited and waits for
