@@ -405,7 +405,7 @@ pub fn run(start: Start) -> i32 {
         config.worker_threads,
         steps.summary()
     );
-    acceptor.run();
+    let jobs = acceptor.run();
     // Recovery is the serving generation's job; a draining child stops looking at once (its own
     // uploads in progress are alive, and the new generation's children look from now on).
     maintenance.stop();
@@ -419,7 +419,7 @@ pub fn run(start: Start) -> i32 {
         );
     }
     // The acceptor returned with nothing in flight: the workers have no job left.
-    pool.release();
+    pool.release(jobs);
     // After the workers, which start imports: an import in progress completes before the
     // child exits (see `api::import`).
     importing.finish_imports();

@@ -98,7 +98,7 @@ pub struct Acceptor {
     /// see `process::listener`); empty once draining.
     pub listeners: Vec<TcpListener>,
     pub signals: SignalWatch<ChildRequest>,
-    /// Feeds the worker pool; dropped at the end to stop the workers.
+    /// Feeds the worker pool; given back by [`Acceptor::run`].
     pub jobs: Jobs,
     /// Connections coming back from workers.
     pub returns: Receiver<Returned>,
@@ -181,11 +181,12 @@ impl Acceptor {
         self.drain_hooks.push(Box::new(hook));
     }
 
-    /// Runs until the drain is complete. Dropping `self` then drops the job sender, which stops
-    /// the pool's workers.
-    pub fn run(mut self) {
+    /// Runs until the drain is complete; returns the jobs, every worker idle, for
+    /// `Pool::release`.
+    pub fn run(mut self) -> Jobs {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAKE];
         while !self.turn(&mut events) {}
+        self.jobs
     }
 
     /// One wake: waits for events or the nearest deadline, then acts on what happened. What it
