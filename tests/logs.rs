@@ -494,7 +494,7 @@ fn each_child_logs_what_its_start_cost_step_by_step() {
     let server = Server::start("");
     server.reload_succeeds();
     // A child writes the line just after its ready report, so the reload may be done first.
-    const LINE: &str = ": serving with 4 worker thread(s); ready ";
+    const LINE: &str = ": serving with up to 4 worker thread(s); ready ";
     util::wait_until("the four children's start lines", DEADLINE, || {
         count(&server.log(), LINE) >= 4
     });

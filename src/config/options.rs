@@ -265,7 +265,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Integer { min: 1, max: 1024, zero_means_min: None },
         default: DefaultValue::Text("16"),
         on_reload: RELOAD_GENERATION,
-        doc: "glint's own: threads per child, so the number of requests one child serves at once.",
+        doc: "glint's own: the most worker threads per child, so the number of requests one child serves at once; a child starts them as connections need them.",
         apply: |draft, value| {
             if let Some(n_threads) = value.integer::<usize>() {
                 draft.worker_threads = n_threads;

@@ -297,7 +297,6 @@ pub fn run(start: Start) -> i32 {
     };
     let (pool, jobs) = match Pool::start(
         config.worker_threads,
-        crate::serve::pool::POOL_START_DELAY,
         handler,
         settings.clone(),
         drain.clone(),
@@ -401,7 +400,7 @@ pub fn run(start: Start) -> i32 {
     steps.done("threads");
     ready.ready();
     log::info!(
-        "serving with {} worker thread(s); {}",
+        "serving with up to {} worker thread(s); {}",
         config.worker_threads,
         steps.summary()
     );

@@ -1,32 +1,30 @@
-//! A child's fixed pool of worker threads, fed connections by the acceptor over a bounded
-//! crossbeam channel ([`Jobs`]).
+//! A child's pool of worker threads, at most `worker_threads`, fed connections by the acceptor
+//! over a bounded crossbeam channel ([`Jobs`]).
 //!
 //! A worker takes a connection whose request head has arrived, serves it (see
 //! `http::serve::serve`), or one whose parked response the socket has room for again and goes
-//! on sending it (`http::serve::send`), and sends it back to the acceptor with its disposition, waking the
-//! acceptor's poll. The pool never grows: connections beyond what the workers can take wait in
-//! the acceptor, and unaccepted ones wait in the listen backlog where another child may take them.
-//! Dropping the job sender ends the pool: each worker's `recv()` fails once the queue is empty
-//! and the worker returns. A draining child does not: it exits with its workers waiting
-//! (`Pool::release`).
+//! on sending it (`http::serve::send`), and sends it back to the acceptor with its
+//! disposition, waking the acceptor's poll. The pool never grows beyond `worker_threads`:
+//! connections beyond what the workers can take wait in the acceptor, and unaccepted ones wait
+//! in the listen backlog where another child may take them. Dropping the job sender ends the
+//! pool: each worker's `recv()` fails once the queue is empty and the worker returns. A
+//! draining child does not: it exits with its workers waiting (`Pool::release`).
 //!
-//! The child starts the first worker itself and the others on a short-lived `pool-start`
-//! thread, so that its ready report (and so a reload's effect) does not wait for them: starting
-//! sixteen threads took about 3 ms of a 8 ms start on a busy 2-core machine, against 0.5 ms for
-//! two (issue 13, part 1). `pool-start` waits until the acceptor has a second connection in
-//! flight, or [`POOL_START_DELAY`] has passed, whichever comes first: a reload's first requests,
-//! when one worker suffices, are then not slowed by sixteen thread starts on the same CPUs (an
-//! idle reload's first response came about 2 ms sooner; docs/BENCHMARKS.md), and under load
-//! nothing waits. Requests that come in the meantime wait in the channel for the workers
-//! already running. A worker that cannot be started there is logged, and the child serves with
-//! those it has.
+//! Workers are started as connections need them, never stopped: the child starts the first
+//! itself, before its ready report, and a `pool-start` thread starts one more each time the
+//! acceptor has more connections in flight than there are workers, until the pool is full
+//! (then it ends). A child that serves one client at a time keeps one worker: less memory, a
+//! ready report that does not wait for sixteen thread starts (about 3 ms of an 8 ms start on a
+//! busy 2-core machine), a reload's first responses that do not share the CPUs with them, and
+//! an exit with fewer threads to end (issue 13; docs/BENCHMARKS.md). Requests that come while a
+//! worker starts wait in the channel for the workers already running. A worker that cannot be
+//! started is logged, and the child serves with those it has.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use std::time::Duration;
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::http::connection::Connection;
 use crate::http::parked::{Ready, Resume, Work};
@@ -34,22 +32,27 @@ use crate::http::sending::{SendBudget, BUDGET_PER_WORKER};
 use crate::http::serve::{self, Disposition, Drain, Handler, Settings};
 use crate::signals::Waker;
 
-/// The longest `pool-start` waits before it starts the other workers when no second
-/// connection asks for one: past a reload's first responses, well before the next reload.
-pub const POOL_START_DELAY: Duration = Duration::from_millis(50);
-
-/// The acceptor's end of the pool: the job channel, and the call for the other workers.
+/// The acceptor's end of the pool: the job channel, and the call for more workers.
 pub struct Jobs {
     sender: Sender<Work>,
-    /// Tells `pool-start` that a second connection is in flight; `None` once told (or in a
-    /// pool without one).
+    /// Shared with `pool-start`: how many workers the connections in flight have asked for.
+    wanted: Arc<AtomicUsize>,
+    /// Wakes `pool-start` to look at `wanted` again; `None` in a pool that cannot grow (one
+    /// worker, or all of them started by `Jobs::new`'s caller).
     more: Option<Sender<()>>,
+    /// `worker_threads`.
+    capacity: usize,
 }
 
 impl Jobs {
     /// Jobs for workers that all run already.
     pub fn new(sender: Sender<Work>) -> Jobs {
-        Jobs { sender, more: None }
+        Jobs {
+            sender,
+            wanted: Arc::new(AtomicUsize::new(0)),
+            more: None,
+            capacity: 0,
+        }
     }
 
     /// Hands `work` to a worker, or gives it back when every worker is busy (`Full`). The
@@ -59,12 +62,19 @@ impl Jobs {
         self.sender.try_send(work)
     }
 
-    /// Told the number of connections with workers after each dispatch: from two on, the
-    /// first worker alone no longer serves them, so the others are started now.
+    /// Told the number of connections with workers after each dispatch: each needs a worker,
+    /// up to the pool's capacity, so `pool-start` is asked for any that do not run yet.
     pub fn in_flight(&mut self, n: usize) {
-        if n > 1 {
-            if let Some(more) = self.more.take() {
-                let _ = more.try_send(());
+        let n = n.min(self.capacity);
+        if n <= self.wanted.load(Ordering::Relaxed) {
+            return;
+        }
+        self.wanted.store(n, Ordering::Relaxed);
+        if let Some(more) = &self.more {
+            // Full: `pool-start` has a wake-up waiting already, and reads `wanted` after it.
+            if let Err(TrySendError::Disconnected(())) = more.try_send(()) {
+                // It has ended: the pool is full, or a worker could not be started.
+                self.more = None;
             }
         }
     }
@@ -83,14 +93,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts `n_threads` workers: the first now, the others on `pool-start` once a second
-    /// connection is in flight or after `start_delay` (the child gives [`POOL_START_DELAY`];
-    /// see the module's comment). Returns the pool and the jobs the acceptor feeds; the channel holds at most one
-    /// waiting connection per worker, so the acceptor sees "full" as "every worker is busy".
-    #[allow(clippy::too_many_arguments)]
+    /// Starts the first of `n_threads` workers, and `pool-start` for the others (see the
+    /// module's comment). Returns the pool and the jobs the acceptor feeds; the channel holds at
+    /// most one waiting connection per worker the pool may have, so the acceptor sees "full" as
+    /// "every worker the pool may have is busy".
     pub fn start(
         n_threads: usize,
-        start_delay: Duration,
         handler: Arc<dyn Handler>,
         settings: Arc<Settings>,
         drain: Arc<Drain>,
@@ -110,29 +118,42 @@ impl Pool {
             budget,
         };
         worker.clone().spawn(0)?;
-        let (more_tx, more_rx) = crossbeam_channel::bounded::<()>(1);
-        thread::Builder::new()
-            .name("pool-start".to_string())
-            .spawn(move || {
-                // Told, or time is up: start them. Disconnected: the acceptor has ended (the
-                // child is exiting), and the workers would only see a closed channel.
-                if let Err(RecvTimeoutError::Disconnected) = more_rx.recv_timeout(start_delay) {
-                    return;
-                }
-                for index in 1..n_threads {
-                    if let Err(error) = worker.clone().spawn(index) {
-                        log::error!(
-                            "started only {index} of {n_threads} worker threads: {error}; \
-                                 serving with {index}. Lower worker_threads, or raise the limit \
-                                 on processes and threads (ulimit -u, systemd TasksMax)"
-                        );
-                        break;
+        let wanted = Arc::new(AtomicUsize::new(1));
+        let mut more = None;
+        if n_threads > 1 {
+            let (more_tx, more_rx) = crossbeam_channel::bounded::<()>(1);
+            let asked = wanted.clone();
+            thread::Builder::new()
+                .name("pool-start".to_string())
+                .spawn(move || {
+                    let mut started = 1;
+                    // Disconnected: the child is exiting, or its jobs are gone.
+                    while more_rx.recv().is_ok() {
+                        let target = asked.load(Ordering::Relaxed).min(n_threads);
+                        while started < target {
+                            if let Err(error) = worker.clone().spawn(started) {
+                                log::error!(
+                                    "started only {started} of {n_threads} worker threads: \
+                                     {error}; serving with {started}. Lower worker_threads, or \
+                                     raise the limit on processes and threads (ulimit -u, \
+                                     systemd TasksMax)"
+                                );
+                                return;
+                            }
+                            started += 1;
+                        }
+                        if started == n_threads {
+                            return;
+                        }
                     }
-                }
-            })?;
+                })?;
+            more = Some(more_tx);
+        }
         let jobs = Jobs {
             sender: jobs_tx,
-            more: (n_threads > 1).then_some(more_tx),
+            wanted,
+            more,
+            capacity: n_threads,
         };
         Ok((Pool { n_threads }, jobs))
     }
@@ -150,10 +171,8 @@ impl Pool {
             "leaving {} worker thread(s) to end with the process",
             self.n_threads
         );
-        // `pool-start`, if it still waits, sees the call for workers gone and starts none.
-        let Jobs { sender, more } = jobs;
-        drop(more);
-        std::mem::forget(sender);
+        // `pool-start`, if it still waits, is left waiting too.
+        std::mem::forget(jobs);
     }
 }
 
@@ -220,7 +239,7 @@ mod tests {
     use crate::http::response::Response;
     use crate::http::serve::Request;
     use crate::signals::SignalWatch;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     struct Nothing;
 
@@ -252,7 +271,7 @@ mod tests {
         }
     }
 
-    fn start(delay: Duration) -> (Pool, Jobs) {
+    fn start(n_threads: usize) -> (Pool, Jobs) {
         let signals = SignalWatch::register(|_| None::<()>).expect("signal watch");
         let settings = Settings {
             limits: Limits::new(8192),
@@ -266,8 +285,7 @@ mod tests {
         };
         let (returns, _) = crossbeam_channel::unbounded();
         Pool::start(
-            3,
-            delay,
+            n_threads,
             Arc::new(Nothing),
             Arc::new(settings),
             Arc::new(Drain::default()),
@@ -277,11 +295,11 @@ mod tests {
         .expect("start the pool")
     }
 
-    /// One worker runs at once; the others start when a second connection is in flight,
-    /// however long the delay, or after the delay when none is.
+    /// One worker runs at once; another starts for each connection in flight beyond the
+    /// workers that run, up to the pool's capacity, and none ends when fewer are in flight.
     #[test]
-    fn the_other_workers_start_with_a_second_connection_in_flight_or_after_the_delay() {
-        let (pool, mut jobs) = start(Duration::from_secs(3600));
+    fn workers_start_as_connections_in_flight_need_them_up_to_the_capacity() {
+        let (pool, mut jobs) = start(4);
         wait_for_workers(1, "the first worker, at once");
         jobs.in_flight(1);
         assert_eq!(
@@ -290,13 +308,13 @@ mod tests {
             "one connection in flight needs no other worker"
         );
         jobs.in_flight(2);
-        wait_for_workers(3, "a second connection in flight");
+        wait_for_workers(2, "two connections in flight");
+        jobs.in_flight(1);
+        jobs.in_flight(3);
+        wait_for_workers(3, "three connections in flight");
+        jobs.in_flight(9);
+        wait_for_workers(4, "nine connections in flight, four at most");
         // Dropping the jobs ends the workers.
-        drop((pool, jobs));
-        wait_for_workers(0, "the jobs dropped");
-
-        let (pool, jobs) = start(Duration::from_millis(20));
-        wait_for_workers(3, "no second connection, the delay past");
         drop((pool, jobs));
         wait_for_workers(0, "the jobs dropped");
     }
