@@ -24,7 +24,8 @@
 //!   systemd's notify protocol.
 //! - [`metrics`]: Prometheus counters in memory shared by every process of the tree, and their
 //!   text exposition (a child's `serve::scrape` thread answers `GET /metrics`).
-//! - [`logging`], [`timestamp`]: the small parts everyone shares.
+//! - [`logging`], [`timestamp`]: the small parts everyone shares; [`dynlib`]: libraries loaded
+//!   with dlopen (libpq, libcrypto).
 //!
 //! docs/ARCHITECTURE.md has the bird's-eye view and the invariants.
 
@@ -36,6 +37,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod digest;
+pub mod dynlib;
 pub mod format;
 #[cfg(test)]
 mod generated_docs;

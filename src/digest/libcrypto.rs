@@ -12,10 +12,11 @@
 //! (`libcrypto.so.3`); their C signatures are copied from `openssl/evp.h` and
 //! `openssl/crypto.h`.
 
-use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_int, c_uint, c_void};
 use std::sync::OnceLock;
 
 use super::Algorithm;
+use crate::dynlib::Library;
 
 /// libcrypto's file name, by its soname.
 pub const LIBRARY: &str = "libcrypto.so.3";
@@ -89,40 +90,24 @@ fn library() -> String {
 }
 
 fn load() -> Result<Libcrypto, String> {
-    let name = CString::new(library()).map_err(|error| error.to_string())?;
-    // SAFETY: a NUL-terminated name; the handle is never closed, so the functions looked up
-    // below stay valid for the life of the process.
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return Err(last_dl_error());
-    }
-    let find = |symbol: &str| -> Result<*mut c_void, String> {
-        let c_symbol = CString::new(symbol).map_err(|error| error.to_string())?;
-        // SAFETY: a live handle and a NUL-terminated name.
-        let address = unsafe { libc::dlsym(handle, c_symbol.as_ptr()) };
-        if address.is_null() {
-            Err(format!("it has no {symbol}: {}", last_dl_error()))
-        } else {
-            Ok(address)
-        }
-    };
-    // SAFETY (of every `function`): each address is the named libcrypto function, whose C
-    // signature the field's type repeats.
+    let library = Library::open(&library())?;
+    // SAFETY (of every `function`): each is the named libcrypto function, whose C signature
+    // the field's type repeats.
     let (library, init) = unsafe {
         let init: unsafe extern "C" fn(opts: u64, settings: *const c_void) -> c_int =
-            function(find("OPENSSL_init_crypto")?);
-        let library = Libcrypto {
-            md_ctx_new: function(find("EVP_MD_CTX_new")?),
-            md_ctx_free: function(find("EVP_MD_CTX_free")?),
-            digest_init_ex: function(find("EVP_DigestInit_ex")?),
-            digest_update: function(find("EVP_DigestUpdate")?),
-            digest_final_ex: function(find("EVP_DigestFinal_ex")?),
-            md5: function(find("EVP_md5")?),
-            sha256: function(find("EVP_sha256")?),
-            sha384: function(find("EVP_sha384")?),
-            sha512: function(find("EVP_sha512")?),
+            library.function("OPENSSL_init_crypto")?;
+        let functions = Libcrypto {
+            md_ctx_new: library.function("EVP_MD_CTX_new")?,
+            md_ctx_free: library.function("EVP_MD_CTX_free")?,
+            digest_init_ex: library.function("EVP_DigestInit_ex")?,
+            digest_update: library.function("EVP_DigestUpdate")?,
+            digest_final_ex: library.function("EVP_DigestFinal_ex")?,
+            md5: library.function("EVP_md5")?,
+            sha256: library.function("EVP_sha256")?,
+            sha384: library.function("EVP_sha384")?,
+            sha512: library.function("EVP_sha512")?,
         };
-        (library, init)
+        (functions, init)
     };
     // SAFETY: no settings; the options are plain flags (ignored if libpq initialised the
     // library first).
@@ -136,30 +121,6 @@ fn load() -> Result<Libcrypto, String> {
         return Err("OPENSSL_init_crypto failed".to_string());
     }
     Ok(library)
-}
-
-/// Reinterprets a looked-up address as the function type `F`.
-///
-/// # Safety
-/// `address` must be a function whose C signature `F` repeats.
-unsafe fn function<F: Copy>(address: *mut c_void) -> F {
-    debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
-    // SAFETY: the caller's promise; function pointers and data pointers have one size here.
-    unsafe { std::mem::transmute_copy(&address) }
-}
-
-fn last_dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl call on
-    // this thread, copied at once.
-    let message = unsafe { libc::dlerror() };
-    if message.is_null() {
-        "unknown dlopen error".to_string()
-    } else {
-        // SAFETY: see above.
-        unsafe { CStr::from_ptr(message) }
-            .to_string_lossy()
-            .into_owned()
-    }
 }
 
 /// Says once per process and algorithm that libcrypto, though loaded, refused to make a digest

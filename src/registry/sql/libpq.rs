@@ -11,10 +11,11 @@
 //! ABI (`libpq.so.5`, the same since PostgreSQL 8.0); their C signatures are copied from
 //! `libpq-fe.h`, and its enums are C ints.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::OnceLock;
 
 use super::SqlError;
+use crate::dynlib::Library;
 
 /// libpq's file name, by its soname.
 const LIBRARY: &str = "libpq.so.5";
@@ -115,73 +116,30 @@ pub fn libpq() -> Result<&'static Libpq, SqlError> {
 }
 
 fn load() -> Result<Libpq, String> {
-    let name = CString::new(library()).map_err(|error| error.to_string())?;
-    // SAFETY: a NUL-terminated name; the handle is never closed, so the functions looked up
-    // below stay valid for the life of the process.
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-    if handle.is_null() {
-        return Err(last_dl_error());
-    }
-    let find = |symbol: &str| -> Result<*mut c_void, String> {
-        let c_symbol = CString::new(symbol).map_err(|error| error.to_string())?;
-        // SAFETY: a live handle and a NUL-terminated name.
-        let address = unsafe { libc::dlsym(handle, c_symbol.as_ptr()) };
-        if address.is_null() {
-            Err(format!("it has no {symbol}: {}", last_dl_error()))
-        } else {
-            Ok(address)
-        }
-    };
-    // SAFETY (of every `function`): each address is the named libpq function, whose C
-    // signature (libpq-fe.h) the field's type repeats.
+    let library = Library::open(&library())?;
+    // SAFETY (of every `function`): each is the named libpq function, whose C signature
+    // (libpq-fe.h) the field's type repeats.
     unsafe {
         Ok(Libpq {
-            connectdb_params: function(find("PQconnectdbParams")?),
-            status: function(find("PQstatus")?),
-            finish: function(find("PQfinish")?),
-            error_message: function(find("PQerrorMessage")?),
-            set_notice_processor: function(find("PQsetNoticeProcessor")?),
-            consume_input: function(find("PQconsumeInput")?),
-            transaction_status: function(find("PQtransactionStatus")?),
-            exec: function(find("PQexec")?),
-            exec_params: function(find("PQexecParams")?),
-            result_status: function(find("PQresultStatus")?),
-            result_error_message: function(find("PQresultErrorMessage")?),
-            result_error_field: function(find("PQresultErrorField")?),
-            clear: function(find("PQclear")?),
-            ntuples: function(find("PQntuples")?),
-            nfields: function(find("PQnfields")?),
-            ftype: function(find("PQftype")?),
-            getvalue: function(find("PQgetvalue")?),
-            getisnull: function(find("PQgetisnull")?),
-            cmd_tuples: function(find("PQcmdTuples")?),
+            connectdb_params: library.function("PQconnectdbParams")?,
+            status: library.function("PQstatus")?,
+            finish: library.function("PQfinish")?,
+            error_message: library.function("PQerrorMessage")?,
+            set_notice_processor: library.function("PQsetNoticeProcessor")?,
+            consume_input: library.function("PQconsumeInput")?,
+            transaction_status: library.function("PQtransactionStatus")?,
+            exec: library.function("PQexec")?,
+            exec_params: library.function("PQexecParams")?,
+            result_status: library.function("PQresultStatus")?,
+            result_error_message: library.function("PQresultErrorMessage")?,
+            result_error_field: library.function("PQresultErrorField")?,
+            clear: library.function("PQclear")?,
+            ntuples: library.function("PQntuples")?,
+            nfields: library.function("PQnfields")?,
+            ftype: library.function("PQftype")?,
+            getvalue: library.function("PQgetvalue")?,
+            getisnull: library.function("PQgetisnull")?,
+            cmd_tuples: library.function("PQcmdTuples")?,
         })
     }
-}
-
-/// A function pointer of type `F` at `address`.
-///
-/// # Safety
-/// `address` must be a function whose signature `F` (an `unsafe extern "C" fn`) describes.
-unsafe fn function<F: Copy>(address: *mut c_void) -> F {
-    assert_eq!(
-        std::mem::size_of::<F>(),
-        std::mem::size_of::<*mut c_void>(),
-        "a function pointer"
-    );
-    // SAFETY: same size (checked), and the caller vouches for the signature.
-    unsafe { std::mem::transmute_copy(&address) }
-}
-
-/// dlerror(3)'s message.
-fn last_dl_error() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl call.
-    let message = unsafe { libc::dlerror() };
-    if message.is_null() {
-        return "no reason given".to_string();
-    }
-    // SAFETY: as above.
-    unsafe { CStr::from_ptr(message) }
-        .to_string_lossy()
-        .into_owned()
 }
