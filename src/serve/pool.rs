@@ -20,11 +20,12 @@
 //! worker starts wait in the channel for the workers already running. A worker that cannot be
 //! started is logged, and the child serves with those it has.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::http::connection::Connection;
 use crate::http::parked::{Ready, Resume, Work};
@@ -32,14 +33,17 @@ use crate::http::sending::{SendBudget, BUDGET_PER_WORKER};
 use crate::http::serve::{self, Disposition, Drain, Handler, Settings};
 use crate::signals::Waker;
 
+/// How often `pool-start` tries again to start a worker that could not be started.
+const SPAWN_RETRY: Duration = Duration::from_millis(100);
+
 /// The acceptor's end of the pool: the job channel, and the call for more workers.
 pub struct Jobs {
     sender: Sender<Work>,
-    /// Shared with `pool-start`: how many workers the connections in flight have asked for.
-    wanted: Arc<AtomicUsize>,
-    /// Wakes `pool-start` to look at `wanted` again; `None` in a pool that cannot grow (one
-    /// worker, or all of them started by `Jobs::new`'s caller).
-    more: Option<Sender<()>>,
+    /// How many workers the connections in flight have asked for so far (it only grows).
+    asked: usize,
+    /// Tells `pool-start` each new `asked`; `None` in a pool that cannot grow (one worker, or
+    /// all of them started by `Jobs::new`'s caller), or once `pool-start` has ended.
+    more: Option<Sender<usize>>,
     /// `worker_threads`.
     capacity: usize,
 }
@@ -49,7 +53,7 @@ impl Jobs {
     pub fn new(sender: Sender<Work>) -> Jobs {
         Jobs {
             sender,
-            wanted: Arc::new(AtomicUsize::new(0)),
+            asked: 0,
             more: None,
             capacity: 0,
         }
@@ -63,17 +67,17 @@ impl Jobs {
     }
 
     /// Told the number of connections with workers after each dispatch: each needs a worker,
-    /// up to the pool's capacity, so `pool-start` is asked for any that do not run yet.
+    /// up to the pool's capacity, so `pool-start` is asked for any that do not run yet. At most
+    /// `capacity` counts are ever sent, each larger than the last.
     pub fn in_flight(&mut self, n: usize) {
         let n = n.min(self.capacity);
-        if n <= self.wanted.load(Ordering::Relaxed) {
+        if n <= self.asked {
             return;
         }
-        self.wanted.store(n, Ordering::Relaxed);
+        self.asked = n;
         if let Some(more) = &self.more {
-            // Full: `pool-start` has a wake-up waiting already, and reads `wanted` after it.
-            if let Err(TrySendError::Disconnected(())) = more.try_send(()) {
-                // It has ended: the pool is full, or a worker could not be started.
+            if more.send(n).is_err() {
+                // `pool-start` has ended: the pool is full.
                 self.more = None;
             }
         }
@@ -118,29 +122,55 @@ impl Pool {
             budget,
         };
         worker.clone().spawn(0)?;
-        let wanted = Arc::new(AtomicUsize::new(1));
         let mut more = None;
         if n_threads > 1 {
-            let (more_tx, more_rx) = crossbeam_channel::bounded::<()>(1);
-            let asked = wanted.clone();
+            let (more_tx, more_rx) = crossbeam_channel::unbounded::<usize>();
             thread::Builder::new()
                 .name("pool-start".to_string())
                 .spawn(move || {
-                    let mut started = 1;
-                    // Disconnected: the child is exiting, or its jobs are gone.
-                    while more_rx.recv().is_ok() {
-                        let target = asked.load(Ordering::Relaxed).min(n_threads);
+                    let (mut started, mut target, mut failing) = (1, 1, false);
+                    loop {
+                        // After a failed start, try again every SPAWN_RETRY: a limit on threads
+                        // (uploads', imports', two generations') may be reached for a moment.
+                        let next = if failing {
+                            more_rx.recv_timeout(SPAWN_RETRY)
+                        } else {
+                            more_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                        };
+                        match next {
+                            Ok(asked) => target = target.max(asked.min(n_threads)),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            // The child is exiting, or its jobs are gone.
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
                         while started < target {
-                            if let Err(error) = worker.clone().spawn(started) {
-                                log::error!(
-                                    "started only {started} of {n_threads} worker threads: \
-                                     {error}; serving with {started}. Lower worker_threads, or \
-                                     raise the limit on processes and threads (ulimit -u, \
-                                     systemd TasksMax)"
-                                );
-                                return;
+                            match worker.clone().spawn(started) {
+                                Ok(_) => {
+                                    if failing {
+                                        log::info!(
+                                            "started worker thread {} of {n_threads}",
+                                            started + 1
+                                        );
+                                        failing = false;
+                                    }
+                                    started += 1;
+                                }
+                                Err(error) => {
+                                    if !failing {
+                                        log::error!(
+                                            "cannot start worker thread {} of {n_threads}: \
+                                             {error}; serving with {started} and trying again \
+                                             every {} ms. Lower worker_threads, or raise the \
+                                             limit on processes and threads (ulimit -u, \
+                                             systemd TasksMax)",
+                                            started + 1,
+                                            SPAWN_RETRY.as_millis()
+                                        );
+                                        failing = true;
+                                    }
+                                    break;
+                                }
                             }
-                            started += 1;
                         }
                         if started == n_threads {
                             return;
@@ -151,7 +181,7 @@ impl Pool {
         }
         let jobs = Jobs {
             sender: jobs_tx,
-            wanted,
+            asked: 1,
             more,
             capacity: n_threads,
         };
@@ -239,7 +269,7 @@ mod tests {
     use crate::http::response::Response;
     use crate::http::serve::Request;
     use crate::signals::SignalWatch;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     struct Nothing;
 
