@@ -91,13 +91,15 @@ fn thread_names(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Child `pid`'s worker threads: it starts them as connections need them, up to
-/// `worker_threads` (src/serve/pool.rs).
-fn n_workers(pid: i32) -> u64 {
-    thread_names(pid)
+/// Child `pid`'s threads: how many, and how many of them are workers, which it starts as
+/// connections need them, up to `worker_threads` (src/serve/pool.rs). From one listing.
+fn threads_and_workers(pid: i32) -> (u64, u64) {
+    let names = thread_names(pid);
+    let workers = names
         .iter()
         .filter(|name| name.starts_with("worker-"))
-        .count() as u64
+        .count();
+    (names.len() as u64, workers as u64)
 }
 
 /// `worker_threads` as the server's config file sets it (the harness's base config says 4; a
@@ -117,7 +119,8 @@ fn configured_worker_threads(server: &Server) -> u64 {
 /// The one child of a `workers = 1` server, with its thread count and memory at start.
 pub struct Watch {
     pub pid: i32,
-    /// The child's threads at start but its workers, which it starts as connections need them.
+    /// The child's threads at start but its workers, which it starts as connections need them
+    /// (`pool-start` among them, which ends once they all run).
     other_threads: u64,
     idle_kib: u64,
     worker_threads: u64,
@@ -135,7 +138,10 @@ impl Watch {
         let worker_threads = configured_worker_threads(server);
         Watch {
             pid,
-            other_threads: proc_status(pid, "Threads") - n_workers(pid),
+            other_threads: {
+                let (threads, workers) = threads_and_workers(pid);
+                threads - workers
+            },
             idle_kib: proc_status(pid, "VmRSS"),
             worker_threads,
         }
@@ -150,14 +156,13 @@ impl Watch {
     /// since it started (`VmHWM`, so a peak between two checks counts) within its bound.
     pub fn check(&self, server: &Server, during: &str) {
         assert_fresh_client_served(server, during);
-        // No thread per connection: at most the threads it had at start, with every worker
-        // it may start (`pool-start` ends once they all run).
-        let threads = proc_status(self.pid, "Threads");
-        let workers = n_workers(self.pid);
+        // No thread per connection: no more threads but workers than at start (`pool-start`
+        // ends once every worker runs), and at most `worker_threads` workers.
+        let (threads, workers) = threads_and_workers(self.pid);
         assert!(
-            workers <= self.worker_threads && threads <= self.other_threads + self.worker_threads,
-            "during {during}: the child runs {threads} threads, {workers} of them workers, over \
-             its {} others and {} workers: {:?}",
+            workers <= self.worker_threads && threads - workers <= self.other_threads,
+            "during {during}: the child runs {threads} threads, {workers} of them workers, \
+             against {} others at start and {} workers at most: {:?}",
             self.other_threads,
             self.worker_threads,
             thread_names(self.pid)

@@ -129,8 +129,9 @@ impl Api {
 
     /// Repairs what a dead process left behind: images stuck in `saving` under an uploader that
     /// no longer runs go back to `queued`, and the temporary files of dead uploaders are
-    /// removed. Each child's maintenance thread runs it once as the child starts (beside its
-    /// first requests, not before them), so a crash is repaired by its replacement; then
+    /// removed. Each child's maintenance thread runs it once soon after the child starts
+    /// (`process::child::RECOVERY_FIRST_DELAY`, past its first requests, not before them), so a
+    /// crash is repaired by its replacement; then
     /// [`Api::recover_abandoned`] every few seconds.
     pub fn recover(&self) -> Result<(), RegistryError> {
         self.requeue_abandoned_images()?;
@@ -176,6 +177,12 @@ impl Api {
     /// Whether the registry is shared with other nodes (PostgreSQL).
     pub fn registry_is_shared(&self) -> bool {
         self.registry.is_shared()
+    }
+
+    /// Closes the registry's idle connections: for a child about to exit, whose workers (which
+    /// hold this `Api`) end with the process.
+    pub fn close_registry(&self) {
+        self.registry.close_idle();
     }
 
     /// Renews this node's lease when the registry is shared with other nodes (at the child's

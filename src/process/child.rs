@@ -1,14 +1,15 @@
 //! A child (worker process): what runs between `fork()` in the master and `_exit`.
 //!
 //! A child serves one generation's config on that generation's listener with an acceptor thread
-//! (`acceptor`) and a fixed pool of worker threads (`pool`), one maintenance thread
+//! (`acceptor`) and a pool of worker threads (`pool`: the first, then more as connections need
+//! them, up to `worker_threads`), one maintenance thread
 //! (`serve::maintenance`) that recovers what dead processes left [`RECOVERY_FIRST_DELAY`] after
 //! the child starts and then every [`RECOVERY_PERIOD`] (told to stop as the drain starts,
 //! joined after the workers), plus, with a caching flavor, one image cache
 //! prefetcher thread (`cache::Prefetcher`), joined after the workers at a drain, and with
 //! `[metrics]` on, the metrics endpoint thread (`serve::scrape`), stopped as the drain begins
 //! (an acceptor drain hook) and joined after the workers. It
-//! reports on its ready pipe once all of them run (`R`), or why it cannot start (`E` and the
+//! reports on its ready pipe once they run, its first worker among them (`R`), or why it cannot start (`E` and the
 //! reason, which the master puts in the reload's verdict), and drains on SIGHUP, SIGTERM or
 //! SIGQUIT. It exits 0 after a drain, [`EXIT_CANNOT_START`] when it could not start, and with
 //! the signal's default when killed.
@@ -63,7 +64,7 @@ pub const RECOVERY_PERIOD: Duration = Duration::from_secs(5);
 
 /// How long after its ready report a child runs its first recovery pass: past a reload's first
 /// responses, which it would otherwise slow on the same CPUs (an idle reload's first response
-/// came about 2 ms sooner with this and `serve::pool::POOL_START_DELAY`; docs/BENCHMARKS.md).
+/// came about 2 ms sooner with this and the workers started later; docs/BENCHMARKS.md).
 pub const RECOVERY_FIRST_DELAY: Duration = Duration::from_millis(50);
 
 /// How often a child renews its node's lease, with a registry shared by several nodes: a third
@@ -436,6 +437,8 @@ pub fn run(start: Start) -> i32 {
     if let Some(prefetcher) = prefetcher {
         prefetcher.finish();
     }
+    // Every thread that used the registry has ended or waits for a job that will not come.
+    importing.close_registry();
     log::info!("exiting");
     0
 }

@@ -206,6 +206,19 @@ impl Registry {
         &self.database
     }
 
+    /// Closes the connections nobody holds, for a process about to end whose threads still
+    /// hold the registry (a child's workers end with the process): a PostgreSQL server is then
+    /// told goodbye (libpq's `PQfinish`) rather than left to find the connection gone.
+    pub fn close_idle(&self) {
+        let idle = {
+            let mut pool = self.lock_pool();
+            pool.n_open = pool.n_open.saturating_sub(pool.idle.len());
+            std::mem::take(&mut pool.idle)
+        };
+        // Closed outside the lock: a close may wait on the network.
+        drop(idle);
+    }
+
     /// Whether the database is a server that other nodes share (PostgreSQL), which can be
     /// down while this node runs.
     pub fn is_shared(&self) -> bool {
