@@ -18,7 +18,7 @@
 //! busy 2-core machine), a reload's first responses that do not share the CPUs with them, and
 //! an exit with fewer threads to end (issue 13; docs/BENCHMARKS.md). Requests that come while a
 //! worker starts wait in the channel for the workers already running. A worker that cannot be
-//! started is logged, and the child serves with those it has.
+//! started is logged, and the child serves with those it has while `pool-start` tries again.
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -127,56 +127,7 @@ impl Pool {
             let (more_tx, more_rx) = crossbeam_channel::unbounded::<usize>();
             thread::Builder::new()
                 .name("pool-start".to_string())
-                .spawn(move || {
-                    let (mut started, mut target, mut failing) = (1, 1, false);
-                    loop {
-                        // After a failed start, try again every SPAWN_RETRY: a limit on threads
-                        // (uploads', imports', two generations') may be reached for a moment.
-                        let next = if failing {
-                            more_rx.recv_timeout(SPAWN_RETRY)
-                        } else {
-                            more_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                        };
-                        match next {
-                            Ok(asked) => target = target.max(asked.min(n_threads)),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            // The child is exiting, or its jobs are gone.
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                        while started < target {
-                            match worker.clone().spawn(started) {
-                                Ok(_) => {
-                                    if failing {
-                                        log::info!(
-                                            "started worker thread {} of {n_threads}",
-                                            started + 1
-                                        );
-                                        failing = false;
-                                    }
-                                    started += 1;
-                                }
-                                Err(error) => {
-                                    if !failing {
-                                        log::error!(
-                                            "cannot start worker thread {} of {n_threads}: \
-                                             {error}; serving with {started} and trying again \
-                                             every {} ms. Lower worker_threads, or raise the \
-                                             limit on processes and threads (ulimit -u, \
-                                             systemd TasksMax)",
-                                            started + 1,
-                                            SPAWN_RETRY.as_millis()
-                                        );
-                                        failing = true;
-                                    }
-                                    break;
-                                }
-                            }
-                        }
-                        if started == n_threads {
-                            return;
-                        }
-                    }
-                })?;
+                .spawn(move || worker.grow(&more_rx, n_threads))?;
             more = Some(more_tx);
         }
         let jobs = Jobs {
@@ -223,6 +174,57 @@ impl Worker {
         thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || self.run())
+    }
+
+    /// `pool-start`'s loop: starts workers 1, 2, ... as the acceptor asks for them (each count
+    /// on `more` larger than the last), up to `n_threads`, then ends. A worker that cannot be
+    /// started is logged once and tried again every [`SPAWN_RETRY`] until it starts.
+    fn grow(self, more: &Receiver<usize>, n_threads: usize) {
+        let (mut started, mut target, mut failing) = (1, 1, false);
+        loop {
+            // After a failed start, try again every SPAWN_RETRY: a limit on threads
+            // (uploads', imports', two generations') may be reached for a moment.
+            let next = if failing {
+                more.recv_timeout(SPAWN_RETRY)
+            } else {
+                more.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match next {
+                Ok(asked) => target = target.max(asked.min(n_threads)),
+                Err(RecvTimeoutError::Timeout) => {}
+                // The child is exiting, or its jobs are gone.
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while started < target {
+                match self.clone().spawn(started) {
+                    Ok(_) => {
+                        if failing {
+                            log::info!("started worker thread {} of {n_threads}", started + 1);
+                            failing = false;
+                        }
+                        started += 1;
+                    }
+                    Err(error) => {
+                        if !failing {
+                            log::error!(
+                                "cannot start worker thread {} of {n_threads}: \
+                                 {error}; serving with {started} and trying again \
+                                 every {} ms. Lower worker_threads, or raise the \
+                                 limit on processes and threads (ulimit -u, \
+                                 systemd TasksMax)",
+                                started + 1,
+                                SPAWN_RETRY.as_millis()
+                            );
+                            failing = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            if started == n_threads {
+                return;
+            }
+        }
     }
 
     fn run(self) {
