@@ -339,27 +339,25 @@ fn child_start_failing_on_an_unusable_database_is_retried_once_it_is_back() {
     }
     fs::create_dir(server.path("glint.sqlite")).unwrap();
     kill(child, libc::SIGKILL);
-    let mut attempt = None;
-    server.wait_for("the killed child to be started again", DEADLINE, |status| {
-        attempt = listed_children(status)
-            .into_iter()
-            .find(|pid| *pid != child);
-        attempt.is_some()
-    });
-    let attempt = attempt.expect("found above");
+    // A replacement may start and fail between two reads of the status file, so its failure is
+    // awaited where it stays: the respawn the machine schedules after it, with its reason.
     server.wait_for(
-        "the restarted child to fail its start on the unusable database",
+        "a replacement of the killed child to fail its start on the unusable database",
         DEADLINE,
-        |_| !util::process_alive(attempt),
+        |status| {
+            status["respawns"].as_array().is_some_and(|respawns| {
+                respawns.iter().any(|respawn| {
+                    respawn["reason"]
+                        .as_str()
+                        .is_some_and(|reason| reason.contains("cannot open the image database"))
+                })
+            })
+        },
     );
     server.wait_for(
         "the status file to say that no child serves",
         DEADLINE,
-        |status| {
-            !listed_children(status).contains(&attempt)
-                && status["serving"] == 0
-                && children_in(status, 1, "serving").is_empty()
-        },
+        |status| status["serving"] == 0 && children_in(status, 1, "serving").is_empty(),
     );
     fs::remove_dir(server.path("glint.sqlite")).unwrap();
     for name in files {
