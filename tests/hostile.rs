@@ -1129,6 +1129,7 @@ fn hostile_paths_get_400_or_404_and_touch_no_file() {
         "glint.sqlite",
         "glint.sqlite-wal",
         "glint.sqlite-shm",
+        "glint.sqlite-changes",
         "glint-api.log",
         "glint-api.status.json",
     ];

@@ -17,6 +17,8 @@
 //!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
 //! - `request_cost`: the system calls a keep-alive request no longer costs a child, counted by
 //!   strace (no socket mode switch, one getrandom per 64 request ids).
+//! - `shown`: `GET /v2/images/{id}` answered from a child's memory never shows a write of
+//!   another child late, nor a deleted image.
 //! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
 //!   layer's own 400, 408 and 431), and the same id in the access line and the lines about it.
 //! - `tasks`: the task each import records (`/v2/images/{id}/tasks`, `/v2/tasks`, issue 12):
@@ -97,6 +99,7 @@ mod request_cost;
 mod request_ids;
 mod scale_out;
 mod sharing;
+mod shown;
 mod slow_readers;
 mod stores;
 mod systemd;

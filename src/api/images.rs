@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::access::Context;
 use super::error::ApiError;
 use super::representation::{self, check_writable, image_json};
+use super::shown::Shown;
 use super::{list_query, patch, Api};
 use crate::config::Config;
 use crate::http::response::{Body, Response};
@@ -230,10 +231,37 @@ impl Api {
         Ok(response)
     }
 
-    /// `GET /v2/images/{id}`.
+    /// `GET /v2/images/{id}`: from the child's memory when the registry has not changed since
+    /// the image was last shown (the `shown` module), else read and then kept.
     pub(super) fn show_image(&self, context: &Context, id: &str) -> Result<Response, ApiError> {
+        // Taken before the read: a write committed after it moves the version on.
+        let version = self.registry.version();
+        if let Some(version) = version {
+            let canonical = check_id(id)?;
+            if let Some(shown) = self.shown.get(&canonical, version) {
+                // Visibility without a membership: an image that only a membership shows is
+                // read again with it below.
+                if context.sees(&shown.image, None) {
+                    context.enforce_on_image("get_image", &shown.image)?;
+                    return Ok(document_response(shown.document.clone()));
+                }
+            }
+        }
         let image = self.find_visible(context, id)?;
-        Ok(Response::json(200, &image_json(&image)))
+        let document = match serde_json::to_vec(&image_json(&image)) {
+            Ok(document) => document,
+            Err(_) => return Ok(Response::json(200, &image_json(&image))),
+        };
+        if let Some(version) = version {
+            self.shown.keep(
+                version,
+                Shown {
+                    image,
+                    document: document.clone(),
+                },
+            );
+        }
+        Ok(document_response(document))
     }
 
     /// `PATCH /v2/images/{id}`.
@@ -447,6 +475,13 @@ impl Api {
 }
 
 /// 404 in Glance's words.
+/// A 200 with an image's JSON document.
+fn document_response(document: Vec<u8>) -> Response {
+    let mut response = Response::new(200).header("Content-Type", "application/json");
+    response.body = Body::Bytes(document);
+    response
+}
+
 pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("No image found with ID {id}"))
 }

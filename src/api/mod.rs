@@ -10,6 +10,7 @@
 //!   `caching` and `cachemanagement` flavors);
 //! - `cache`: Glance's cache API, `/v2/cache`, with the `cachemanagement` flavor only;
 //! - `representation`: an image's JSON and the rules for attributes clients send;
+//! - `shown`: the images `GET /v2/images/{id}` showed, kept while the registry is unchanged;
 //! - `patch`, `list_query`: the JSON-patch dialects and the list query parameters;
 //! - `schemas`, `versions`: the documents clients discover the API with;
 //! - `auth`: the access control every request passes before routing (`noauth`, the token file,
@@ -37,6 +38,7 @@ mod members;
 pub mod patch;
 pub mod representation;
 mod schemas;
+mod shown;
 mod stores;
 mod tasks;
 mod versions;
@@ -87,6 +89,8 @@ pub struct Api {
     staging: import::Staging,
     /// The import threads this child started, joined at its drain.
     imports: import::Imports,
+    /// The images `GET /v2/images/{id}` showed, while the registry has not changed since.
+    shown: shown::ShownImages,
 }
 
 /// The image cache as the API uses it: the cache folder, and the waker of this child's
@@ -109,6 +113,7 @@ impl Api {
         Api {
             staging: import::Staging::new(hash),
             imports: import::Imports::default(),
+            shown: shown::ShownImages::default(),
             gate: auth::Gate::new(&config.auth_strategy),
             config,
             generation,

@@ -15,6 +15,7 @@
 //! or have a default. An older binary that finds a `user_version` beyond its own list keeps
 //! working, because everything it reads and writes is still there.
 
+use super::changes::Changes;
 use super::sql::{Connection, Dialect};
 use super::RegistryError;
 
@@ -351,7 +352,10 @@ pub const POSTGRES_MIGRATIONS: &[&str] = &[
 /// Brings the schema up to this binary's version, in one transaction that holds the write
 /// lock: several children (or nodes) opening a new database at once apply each migration once.
 /// A schema newer than this binary's is used as it is (see the module doc).
-pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
+pub fn migrate(
+    connection: &mut Connection,
+    changes: Option<&Changes>,
+) -> Result<(), RegistryError> {
     let dialect = connection.dialect();
     let (migrations, read_version) = match dialect {
         Dialect::Sqlite => (MIGRATIONS, "PRAGMA user_version"),
@@ -419,7 +423,6 @@ pub fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
             migrations.len()
         );
     }
-    transaction
-        .commit()
+    super::commit_write(transaction, changes)
         .map_err(RegistryError::sql("commit the migration transaction"))
 }

@@ -15,6 +15,8 @@
 //! - `status`: [`ImageStatus`] and the words it is stored and shown as.
 //! - `task`: [`Task`]s, Glance's record of each image import, and the methods that keep them.
 //! - `node`: the leases of the nodes sharing a registry on PostgreSQL, which say which are alive.
+//! - `changes`: the counter beside a SQLite file that every write moves, which says whether
+//!   anything was committed since a read ([`Registry::version`]).
 //! - `sql`: the narrow interface to the engine, SQLite or PostgreSQL ([`Database`]).
 //!
 //! # Locking
@@ -52,6 +54,9 @@
 //! 204, so a power loss cannot bring back an image whose data is gone. Metadata writes are few
 //! next to image data, so the fsync per commit costs little.
 
+mod changes;
+#[cfg(test)]
+mod changes_tests;
 mod image;
 mod member;
 #[cfg(test)]
@@ -75,6 +80,7 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use changes::Changes;
 use sql::{Connection, SqlError, Transaction};
 
 pub use image::{Image, Location};
@@ -110,6 +116,8 @@ pub struct Registry {
     returned: Condvar,
     /// The most connections `pool` may hold open.
     max_connections: usize,
+    /// The change counter of a SQLite file; None on PostgreSQL, or if it could not be mapped.
+    changes: Option<Changes>,
 }
 
 /// Why a registry call failed.
@@ -185,6 +193,21 @@ impl Registry {
                 })?;
             }
         }
+        let changes = match database {
+            Database::Sqlite(path) => match Changes::open(path) {
+                Ok(changes) => Some(changes),
+                Err(error) => {
+                    log::warn!(
+                        "cannot map the registry's change counter {}: {error}; every \
+                         GET /v2/images/{{id}} reads the database (check that the folder is \
+                         writable by glint's user)",
+                        Changes::path(path).display()
+                    );
+                    None
+                }
+            },
+            Database::Postgres(_) => None,
+        };
         let registry = Registry {
             database: database.clone(),
             pool: Mutex::new(Pool {
@@ -194,11 +217,21 @@ impl Registry {
             }),
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
+            changes,
         };
         let mut lease = registry.lease()?;
-        migrations::migrate(&mut lease)?;
+        migrations::migrate(&mut lease, registry.changes.as_ref())?;
         drop(lease);
         Ok(registry)
+    }
+
+    /// A version of everything the registry holds, to take before a read whose result is
+    /// kept: while [`Registry::version`] still returns the same, nothing was committed since, by
+    /// any process. None when no version can be given: a PostgreSQL registry (other nodes write
+    /// there), or a SQLite write committing or cut short by its process's death (until the next
+    /// write ends). See the `changes` module.
+    pub fn version(&self) -> Option<u64> {
+        self.changes.as_ref()?.version()
     }
 
     /// The database.
@@ -696,11 +729,49 @@ impl std::error::Error for RegistryError {
     }
 }
 
-/// A transaction holding the database's write lock (see "Locking" in the module doc).
-fn begin_immediate(connection: &mut Connection) -> Result<Transaction<'_>, RegistryError> {
-    connection
+/// A transaction holding the database's write lock (see "Locking" in the module doc), which
+/// [`commit`] ends.
+fn begin_immediate<'a>(lease: &'a mut Lease<'_>) -> Result<Write<'a>, RegistryError> {
+    let changes = lease.registry.changes.as_ref();
+    let transaction = lease
         .begin_write()
-        .map_err(RegistryError::sql("begin a write transaction"))
+        .map_err(RegistryError::sql("begin a write transaction"))?;
+    let rows_before = transaction.total_changes();
+    Ok(Write {
+        transaction,
+        changes,
+        rows_before,
+    })
+}
+
+/// A write transaction and the change counter its commit moves.
+struct Write<'a> {
+    transaction: Transaction<'a>,
+    changes: Option<&'a Changes>,
+    /// [`Connection::total_changes`] as the transaction began: a write that changed no row
+    /// (a recovery pass that found nothing to recover) commits without moving the counter, so
+    /// the children's memory of shown images survives it.
+    rows_before: Option<u64>,
+}
+
+impl Deref for Write<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.transaction
+    }
+}
+
+/// Commits a write transaction, moving the change counter around the COMMIT while the write
+/// lock is still held (see the `changes` module).
+fn commit_write(transaction: Transaction<'_>, changes: Option<&Changes>) -> Result<(), SqlError> {
+    let Some(changes) = changes else {
+        return transaction.commit();
+    };
+    let odd = changes.writing();
+    let committed = transaction.commit();
+    changes.written(odd);
+    committed
 }
 
 /// A transaction whose reads come from one snapshot.
@@ -710,8 +781,10 @@ fn begin_read(connection: &mut Connection) -> Result<Transaction<'_>, RegistryEr
         .map_err(RegistryError::sql("begin a read transaction"))
 }
 
-fn commit(transaction: Transaction<'_>) -> Result<(), RegistryError> {
-    transaction
-        .commit()
+fn commit(write: Write<'_>) -> Result<(), RegistryError> {
+    let changed_rows =
+        write.rows_before.is_none() || write.transaction.total_changes() != write.rows_before;
+    let changes = write.changes.filter(|_| changed_rows);
+    commit_write(write.transaction, changes)
         .map_err(RegistryError::sql("commit a write transaction"))
 }

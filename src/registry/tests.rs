@@ -1087,7 +1087,7 @@ fn migration_5_gives_existing_tags_their_images_creation_keys() {
         )
         .expect("fill");
     let mut connection = sql::Connection::Sqlite(connection);
-    migrations::migrate(&mut connection).expect("migrate");
+    migrations::migrate(&mut connection, None).expect("migrate");
     let keys: (String, i64) = connection
         .query_opt(
             "SELECT created_at, created_order FROM image_tags WHERE image_id = 'a'",
@@ -1380,8 +1380,8 @@ fn migrating_twice_changes_nothing() {
         .create(&counter_image("kept"))
         .expect("create");
     let mut connection = sql::Connection::Sqlite(Connection::open(&path).expect("open"));
-    migrations::migrate(&mut connection).expect("migrate again");
-    migrations::migrate(&mut connection).expect("and again");
+    migrations::migrate(&mut connection, None).expect("migrate again");
+    migrations::migrate(&mut connection, None).expect("and again");
     let version: i64 = connection
         .as_sqlite()
         .expect("SQLite")
@@ -1437,7 +1437,7 @@ fn migrations_run_from_every_older_version() {
         rows.collect::<rusqlite::Result<_>>().expect("rows")
     };
     let mut at_once = sql::Connection::Sqlite(Connection::open_in_memory().expect("open"));
-    migrations::migrate(&mut at_once).expect("migrate");
+    migrations::migrate(&mut at_once, None).expect("migrate");
     let stepwise = Connection::open_in_memory().expect("open");
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         stepwise.execute_batch(sql).expect("step");
@@ -1446,7 +1446,7 @@ fn migrations_run_from_every_older_version() {
             .expect("version");
     }
     let mut stepwise = sql::Connection::Sqlite(stepwise);
-    migrations::migrate(&mut stepwise).expect("migrate");
+    migrations::migrate(&mut stepwise, None).expect("migrate");
     let schema = |connection: &sql::Connection| schema(connection.as_sqlite().expect("SQLite"));
     assert_eq!(schema(&stepwise), schema(&at_once));
 }

@@ -345,6 +345,17 @@ impl Connection {
         }
     }
 
+    /// How many rows this connection's statements inserted, updated or deleted since it was
+    /// opened (SQLite's `sqlite3_total_changes`, triggers and foreign key actions included); None
+    /// on PostgreSQL.
+    pub fn total_changes(&self) -> Option<u64> {
+        match self {
+            Connection::Sqlite(connection) => Some(connection.total_changes()),
+            #[cfg(feature = "postgresql")]
+            Connection::Postgres(_) => None,
+        }
+    }
+
     /// The SQLite connection, for what only SQLite has (tests of its plans and pragmas).
     pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {
