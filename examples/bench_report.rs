@@ -793,11 +793,22 @@ fn load_table(runs: &[Value], record: &Value) -> String {
         facts["glint_log_lines"].as_u64(),
         facts["glint_log_bytes"].as_u64(),
     ) {
+        let quiet = record["settings"]["glint"]
+            .as_str()
+            .is_some_and(|glint| glint.contains("access_log = false"));
+        let why = if quiet {
+            "access_log = false: no access line"
+        } else {
+            "one access line per request, as shipped"
+        };
         let _ = writeln!(
             out,
-            "\nglint's log at the end: {lines} lines, {:.0} MB (one access line per request, as shipped).",
+            "\nglint's log at the end: {lines} lines, {:.0} MB ({why}).",
             bytes as f64 / 1e6
         );
+        if let Some(nginx_lines) = facts["nginx_log_lines"].as_u64() {
+            let _ = writeln!(out, "nginx's access log at the end: {nginx_lines} lines.");
+        }
     }
     out
 }
