@@ -34,11 +34,20 @@ pub const PER_WORKER_KIB: u64 = 5 * 1024;
 /// page caches of 2,000 KiB each (SQLite's default `cache_size`) (docs/RELIABILITY.md).
 pub const SQLITE_KIB: u64 = 4 * 2000;
 
+/// What the images `GET /v2/images/{id}` showed may hold in a child's memory
+/// (`api::shown::MAX_BYTES`, 2 MiB, counted as twice each document's bytes: the document and
+/// the image it was written from).
+pub const SHOWN_KIB: u64 = 2048;
+
+/// The largest document kept (`api::shown::MAX_DOCUMENT`).
+const MAX_KEPT_DOCUMENT: usize = 16 * 1024;
+
 /// The bound docs/RELIABILITY.md states for a child's resident memory ("Memory of a child"):
-/// its idle size + the registry's page caches + [`PER_WORKER_KIB`] per worker thread. The one
-/// place it is computed: tests/hostile.rs checks every attack against it too.
+/// its idle size + the registry's page caches + the shown images kept + [`PER_WORKER_KIB`] per
+/// worker thread. The one place it is computed: tests/hostile.rs checks every attack against it
+/// too.
 pub fn child_memory_bound_kib(idle_kib: u64, worker_threads: u64) -> u64 {
-    idle_kib + SQLITE_KIB + worker_threads * PER_WORKER_KIB
+    idle_kib + SQLITE_KIB + SHOWN_KIB + worker_threads * PER_WORKER_KIB
 }
 
 /// `worker_threads` in the harness's base config.
@@ -269,7 +278,8 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
     assert!(
         peak_kib <= bound_kib,
         "the child's peak VmHWM {peak_kib} KiB is over its bound {bound_kib} KiB (idle \
-         {idle_kib} + SQLite {SQLITE_KIB} + {WORKER_THREADS} workers x {PER_WORKER_KIB})"
+         {idle_kib} + SQLite {SQLITE_KIB} + shown {SHOWN_KIB} + {WORKER_THREADS} workers x \
+         {PER_WORKER_KIB})"
     );
     assert!(
         largest_page <= LIST_PAGE_BYTES,
@@ -294,6 +304,54 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
     assert_eq!(
         mixed, expected_mixed,
         "shows 200, creates over the cap 413, creates of too many JSON values 413"
+    );
+}
+
+/// The shown images a child keeps (`api::shown`) stay within their share of the bound: 2,000
+/// images whose documents are just under the largest kept, each shown twice (the second time
+/// from memory), would hold about 60 MiB if all were kept.
+#[test]
+fn showing_many_images_keeps_a_child_within_its_memory_bound() {
+    const N_IMAGES: usize = 2000;
+    let server = Server::start("workers = 1");
+    let children = server.children(Some("serving"));
+    assert_eq!(children.len(), 1, "{children:?}");
+    let pid = children[0];
+    let idle_kib = proc_status(pid, "VmRSS");
+    let body = json!({"name": "kept", "p": "y".repeat(MAX_KEPT_DOCUMENT - 1200)}).to_string();
+    let mut ids = Vec::new();
+    for _ in 0..N_IMAGES {
+        let response = send(&server, "POST", "/v2/images", JSON, body.as_bytes());
+        expect(&response, 201, "create");
+        ids.push(
+            json_of(&response, "create")["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for round in 0..2 {
+        for id in &ids {
+            let response = send(&server, "GET", &format!("/v2/images/{id}"), JSON, b"");
+            expect(&response, 200, &format!("show, round {round}"));
+            let len = response.body.len();
+            assert!(
+                (MAX_KEPT_DOCUMENT - 1200..=MAX_KEPT_DOCUMENT).contains(&len),
+                "a document of {len} bytes: not one the child keeps"
+            );
+        }
+    }
+    let peak_kib = proc_status(pid, "VmHWM");
+    let bound_kib = child_memory_bound_kib(idle_kib, WORKER_THREADS);
+    eprintln!(
+        "child idle {idle_kib} KiB, peak {peak_kib} KiB (+{} KiB); bound {bound_kib} KiB",
+        peak_kib - idle_kib
+    );
+    assert!(
+        peak_kib <= bound_kib,
+        "the child's peak VmHWM {peak_kib} KiB is over its bound {bound_kib} KiB (idle \
+         {idle_kib} + SQLite {SQLITE_KIB} + shown {SHOWN_KIB} + {WORKER_THREADS} workers x \
+         {PER_WORKER_KIB})"
     );
 }
 

@@ -7,7 +7,7 @@
 //! no thread per connection), and its peak
 //! resident memory (`VmHWM`) must stay within the child bound docs/RELIABILITY.md states
 //! ("Memory of a child", computed by [`crate::bounds::child_memory_bound_kib`]): its idle
-//! `VmRSS` + 8,000 KiB + `worker_threads` x 5 MiB, 28,480 KiB over idle with the harness's 4
+//! `VmRSS` + 10,048 KiB + `worker_threads` x 5 MiB, 30,528 KiB over idle with the harness's 4
 //! worker threads. A buffered endless body or header section, or a buffer kept per slow
 //! connection, would pass it.
 

@@ -474,7 +474,6 @@ impl Api {
     }
 }
 
-/// 404 in Glance's words.
 /// A 200 with an image's JSON document.
 fn document_response(document: Vec<u8>) -> Response {
     let mut response = Response::new(200).header("Content-Type", "application/json");
@@ -482,6 +481,7 @@ fn document_response(document: Vec<u8>) -> Response {
     response
 }
 
+/// 404 in Glance's words.
 pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("No image found with ID {id}"))
 }

@@ -166,7 +166,10 @@ impl Api {
     /// never taken for dead) is still gone. The data directories are listed only when an
     /// image was requeued, or when `sweep_files` asks for it (a temporary file can outlive its
     /// image's `saving`: an image deleted during its upload, then the uploader killed).
+    /// It also ends a change of the registry's counter that a dead process left half done
+    /// ([`Registry::settle_version`]), so that shown images are kept again within a period.
     pub fn recover_abandoned(&self, sweep_files: bool) -> Result<usize, RegistryError> {
+        self.registry.settle_version()?;
         let requeued = if self.any_upload_abandoned()? {
             self.requeue_abandoned_images()?
         } else {

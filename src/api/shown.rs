@@ -11,14 +11,19 @@
 //!
 //! [`Registry::version`]: crate::registry::Registry::version
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::registry::Image;
 
-/// How many images a child keeps at most: about 2 KiB each (the image and its document), so
-/// at most about 2 MiB; the least recently kept goes first.
-pub const MAX_SHOWN: usize = 1024;
+/// The most a child keeps, counted as [`cost`] (about twice the document's bytes: the document
+/// and the image it was written from): a bound on the memory, however large images' metadata
+/// is (`image_metadata_size_cap`). The oldest kept image goes first.
+pub const MAX_BYTES: usize = 2 << 20;
+
+/// A document longer than this is not kept: a few such images would crowd out every other.
+/// Typical documents are under 2 KiB.
+pub const MAX_DOCUMENT: usize = 16 << 10;
 
 /// An image as it was read, and the JSON document `GET /v2/images/{id}` sent for it.
 pub struct Shown {
@@ -36,9 +41,19 @@ pub struct ShownImages {
 struct Kept {
     /// The registry version every entry was read at.
     version: u64,
+    /// Each kept image with the number it was kept as.
     by_id: HashMap<String, (u64, Arc<Shown>)>,
-    /// Counts insertions, for dropping the oldest entry when full.
-    next_order: u64,
+    /// Ids in the order they were kept, with that number; an id kept again or dropped leaves
+    /// an entry whose number no longer matches, skipped when it comes up.
+    order: VecDeque<(u64, String)>,
+    next: u64,
+    /// The [`cost`] of what `by_id` holds.
+    bytes: usize,
+}
+
+/// What keeping `shown` counts against [`MAX_BYTES`].
+fn cost(shown: &Shown) -> usize {
+    2 * shown.document.len() + 256
 }
 
 impl ShownImages {
@@ -52,32 +67,45 @@ impl ShownImages {
     }
 
     /// Keeps `shown`, read at `version` (taken before the read). Nothing is kept if the
-    /// registry has moved on since (another worker saw a newer version).
+    /// registry has moved on since (another worker saw a newer version), or if the document is
+    /// longer than [`MAX_DOCUMENT`].
     pub fn keep(&self, version: u64, shown: Shown) {
+        if shown.document.len() > MAX_DOCUMENT {
+            return;
+        }
         let mut kept = self.lock();
         if !kept.at(version) {
             return;
         }
-        if kept.by_id.len() >= MAX_SHOWN && !kept.by_id.contains_key(&shown.image.id) {
-            let oldest = kept
-                .by_id
-                .iter()
-                .min_by_key(|(_, (order, _))| *order)
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                kept.by_id.remove(&oldest);
+        let id = shown.image.id.clone();
+        kept.remove(&id);
+        let added = cost(&shown);
+        while kept.bytes + added > MAX_BYTES {
+            let Some((number, oldest)) = kept.order.pop_front() else {
+                break;
+            };
+            if kept.by_id.get(&oldest).is_some_and(|(n, _)| *n == number) {
+                kept.remove(&oldest);
             }
         }
-        let order = kept.next_order;
-        kept.next_order += 1;
-        kept.by_id
-            .insert(shown.image.id.clone(), (order, Arc::new(shown)));
+        let number = kept.next;
+        kept.next += 1;
+        kept.bytes += added;
+        kept.order.push_back((number, id.clone()));
+        kept.by_id.insert(id, (number, Arc::new(shown)));
+        // Entries of ids kept again pile up in `order` when the same few images are kept over
+        // and over: drop them once they outnumber the live ones.
+        if kept.order.len() > 2 * kept.by_id.len() + 64 {
+            let Kept { order, by_id, .. } = &mut *kept;
+            order.retain(|(number, id)| by_id.get(id).is_some_and(|(n, _)| n == number));
+        }
     }
 
-    /// How many images are kept, for tests.
+    /// How many images are kept and what they count against [`MAX_BYTES`], for tests.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.lock().by_id.len()
+    fn size(&self) -> (usize, usize) {
+        let kept = self.lock();
+        (kept.by_id.len(), kept.bytes)
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept> {
@@ -95,9 +123,17 @@ impl Kept {
     fn at(&mut self, version: u64) -> bool {
         if version > self.version {
             self.by_id.clear();
+            self.order.clear();
+            self.bytes = 0;
             self.version = version;
         }
         version == self.version
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some((_, shown)) = self.by_id.remove(id) {
+            self.bytes -= cost(&shown);
+        }
     }
 }
 
@@ -126,27 +162,38 @@ mod tests {
         assert_eq!(images.get("a", 2).expect("kept").document, b"first");
         // A newer version drops everything.
         assert!(images.get("a", 4).is_none());
-        assert_eq!(images.len(), 0);
+        assert_eq!(images.size(), (0, 0));
         images.keep(2, shown("a", "read before the write"));
         assert!(images.get("a", 4).is_none());
-        assert_eq!(images.len(), 0);
+        assert_eq!(images.size(), (0, 0));
     }
 
     #[test]
-    fn a_full_memory_drops_the_oldest_image_first() {
+    fn the_kept_bytes_stay_under_the_bound_dropping_the_oldest_first() {
         let images = ShownImages::default();
-        for n in 0..MAX_SHOWN {
-            images.keep(2, shown(&n.to_string(), "x"));
+        let document = "x".repeat(MAX_DOCUMENT);
+        let each = 2 * MAX_DOCUMENT + 256;
+        let fit = MAX_BYTES / each;
+        for n in 0..fit {
+            images.keep(2, shown(&n.to_string(), &document));
         }
-        assert_eq!(images.len(), MAX_SHOWN);
-        images.keep(2, shown("new", "y"));
-        assert_eq!(images.len(), MAX_SHOWN);
+        assert_eq!(images.size(), (fit, fit * each));
+        images.keep(2, shown("new", &document));
+        assert_eq!(images.size(), (fit, fit * each));
         assert!(images.get("0", 2).is_none(), "the oldest is dropped");
         assert!(images.get("1", 2).is_some());
         assert!(images.get("new", 2).is_some());
-        // Keeping one already there again drops nothing else.
-        images.keep(2, shown("new", "z"));
-        assert_eq!(images.len(), MAX_SHOWN);
-        assert!(images.get("1", 2).is_some());
+        // Keeping one already there again replaces it and drops nothing else.
+        images.keep(2, shown("1", "small"));
+        assert_eq!(images.size(), (fit, (fit - 1) * each + 2 * 5 + 256));
+        assert!(images.get("2", 2).is_some());
+        // Many keeps of the same image leave one entry, and the order list does not grow.
+        for _ in 0..10_000 {
+            images.keep(2, shown("again", "small"));
+        }
+        assert!(images.lock().order.len() <= 2 * fit + 64 + 1);
+        // A document over MAX_DOCUMENT is not kept.
+        images.keep(2, shown("huge", &"y".repeat(MAX_DOCUMENT + 1)));
+        assert!(images.get("huge", 2).is_none());
     }
 }

@@ -12,12 +12,16 @@
 //!   the counter is even and unmoved.
 //! - A reader takes the counter ([`Changes::version`]) before it reads. An odd counter is no
 //!   version: a write is committing, or its process died between the two steps; then nothing is
-//!   kept in memory until the next write ends.
+//!   kept in memory until the next write transaction ends, which each child's maintenance pass
+//!   makes within its period (`Registry::settle_version`).
+//! - A write transaction that changed no row leaves an even counter alone (`registry::commit`):
+//!   nothing a reader kept went stale.
 //! - What was read at version `v` is current while the counter is still `v`.
 //!
 //! Only glint's writes move it: an edit of the database by another program (the `sqlite3`
-//! shell) is seen by a cached `GET /v2/images/{id}` after glint's next write or a reload.
-//! PostgreSQL registries have none: other nodes write there.
+//! shell) is seen by a cached `GET /v2/images/{id}` after glint's next write or a reload. A
+//! process that cannot map the counter does not open the registry, so every glint write moves
+//! it. PostgreSQL registries have none: other nodes write there.
 
 use std::fs::OpenOptions;
 use std::io;

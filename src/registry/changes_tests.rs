@@ -102,7 +102,8 @@ fn every_write_of_either_process_moves_the_version_and_no_read_does() {
 }
 
 /// A process that died between its COMMIT and the end of its write leaves the counter odd:
-/// no version, so nothing read is kept, until the next write ends.
+/// no version, so nothing read is kept, until the next write ends, even one that changed no
+/// row (a recovery pass that found nothing).
 #[test]
 fn a_write_cut_short_after_its_commit_leaves_no_version_until_the_next_write() {
     let (_dir, one, two) = two_registries();
@@ -116,11 +117,64 @@ fn a_write_cut_short_after_its_commit_leaves_no_version_until_the_next_write() {
     assert!(odd > before && !odd.is_multiple_of(2), "{odd}");
     assert_eq!(one.version(), None);
     assert_eq!(two.version(), None);
-    two.create(&Image::new("0c6b1b7c-7c34-4e6a-9d2e-2c7c1d1f0a02"))
-        .expect("create");
+    let recovered = two.recover_abandoned_uploads(|_| false).expect("recover");
+    assert!(recovered.is_empty());
     let after = one.version().expect("a version after the next write");
     assert!(after > odd, "{after} <= {odd}");
     assert_eq!(two.version(), Some(after));
+
+    // The maintenance pass's settle does the same with no write to ride on, and nothing when
+    // the counter is even.
+    let odd = one.changes.as_ref().expect("counter").writing();
+    assert_eq!(two.version(), None);
+    two.settle_version().expect("settle");
+    let settled = one.version().expect("a version after the settle");
+    assert!(settled > odd, "{settled} <= {odd}");
+    one.settle_version().expect("settle again");
+    assert_eq!(
+        two.version(),
+        Some(settled),
+        "a settle with an even counter moved it"
+    );
+}
+
+/// A process that cannot map the counter does not open the registry: its writes would not
+/// move it, and the other children would go on answering from memory what it changed.
+#[test]
+fn a_counter_that_cannot_be_mapped_fails_the_open_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("registry.sqlite");
+    std::fs::create_dir(Changes::path(&path)).expect("a folder in the counter's place");
+    let error = match Registry::open(&Database::Sqlite(path.clone())) {
+        Ok(_) => panic!("the registry opened without its counter"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(error, RegistryError::ChangeCounter { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&Changes::path(&path).display().to_string())
+            && message.contains("beside the database"),
+        "{message}"
+    );
+}
+
+/// A database reached through a link shares the counter of the file it names.
+#[test]
+fn a_link_to_the_database_names_the_same_counter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("registry.sqlite");
+    let link = dir.path().join("link.sqlite");
+    let one = Registry::open(&Database::Sqlite(path.clone())).expect("open");
+    std::os::unix::fs::symlink(&path, &link).expect("link");
+    let two = Registry::open(&Database::Sqlite(link.clone())).expect("open the link");
+    assert!(!Changes::path(&link).exists());
+    two.create(&Image::new("0c6b1b7c-7c34-4e6a-9d2e-2c7c1d1f0a04"))
+        .expect("create");
+    assert_eq!(one.version(), two.version());
+    assert!(one.version().is_some());
 }
 
 /// The promise the API's memory of shown images rests on: two reads with the same version

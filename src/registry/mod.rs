@@ -139,6 +139,12 @@ pub enum RegistryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The change counter beside a SQLite file (see the `changes` module) could not be created
+    /// or mapped.
+    ChangeCounter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The database failed; `context` says what the registry was doing. A SQLite database
     /// still locked after [`BUSY_TIMEOUT`] is one of these (see [`RegistryError::is_busy`]), as
     /// is a PostgreSQL server that cannot be reached ([`RegistryError::is_unreachable`]), and a
@@ -193,22 +199,7 @@ impl Registry {
                 })?;
             }
         }
-        let changes = match database {
-            Database::Sqlite(path) => match Changes::open(path) {
-                Ok(changes) => Some(changes),
-                Err(error) => {
-                    log::warn!(
-                        "cannot map the registry's change counter {}: {error}; every \
-                         GET /v2/images/{{id}} reads the database (check that the folder is \
-                         writable by glint's user)",
-                        Changes::path(path).display()
-                    );
-                    None
-                }
-            },
-            Database::Postgres(_) => None,
-        };
-        let registry = Registry {
+        let mut registry = Registry {
             database: database.clone(),
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -217,8 +208,13 @@ impl Registry {
             }),
             returned: Condvar::new(),
             max_connections: max_connections.max(1),
-            changes,
+            changes: None,
         };
+        // The first connection creates a new file, which the counter's path is resolved from.
+        drop(registry.lease()?);
+        if let Database::Sqlite(path) = database {
+            registry.changes = Some(open_changes(path)?);
+        }
         let mut lease = registry.lease()?;
         migrations::migrate(&mut lease, registry.changes.as_ref())?;
         drop(lease);
@@ -232,6 +228,22 @@ impl Registry {
     /// write ends). See the `changes` module.
     pub fn version(&self) -> Option<u64> {
         self.changes.as_ref()?.version()
+    }
+
+    /// Makes a version available again after a process died between the two moves of the
+    /// change counter around its COMMIT (the counter stays odd, and nothing is kept from reads):
+    /// a write transaction that changes nothing ends it. Only an atomic load when the counter
+    /// is fine, as it always is but for such a death; each child's maintenance pass calls it.
+    pub fn settle_version(&self) -> Result<(), RegistryError> {
+        match &self.changes {
+            Some(changes) if changes.version().is_none() => {
+                let mut lease = self.lease()?;
+                let transaction = begin_immediate(&mut lease)?;
+                // `commit` moves an odd counter on whether or not a row changed.
+                commit(transaction)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The database.
@@ -709,6 +721,14 @@ impl fmt::Display for RegistryError {
                     path.display()
                 )
             }
+            RegistryError::ChangeCounter { path, source } => {
+                write!(
+                    formatter,
+                    "cannot map the registry's change counter {}: {source} (glint's user must be \
+                     able to create and write it beside the database)",
+                    path.display()
+                )
+            }
             RegistryError::Sql { context, .. } => {
                 write!(formatter, "registry: failed to {context}")
             }
@@ -720,6 +740,7 @@ impl std::error::Error for RegistryError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RegistryError::CreateFolder { source, .. } => Some(source),
+            RegistryError::ChangeCounter { source, .. } => Some(source),
             RegistryError::Sql { source, .. } => Some(source),
             RegistryError::Duplicate
             | RegistryError::MemberQuota { .. }
@@ -727,6 +748,18 @@ impl std::error::Error for RegistryError {
             | RegistryError::MarkerNotVisible => None,
         }
     }
+}
+
+/// The change counter of the SQLite file at `path`, beside the file's real path (a link or
+/// another spelling of the path names the same counter). A process that cannot map it does not
+/// open the registry: its writes would not move the counter, and other children would go on
+/// answering from memory what it changed.
+fn open_changes(path: &std::path::Path) -> Result<Changes, RegistryError> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Changes::open(&real).map_err(|source| RegistryError::ChangeCounter {
+        path: Changes::path(&real),
+        source,
+    })
 }
 
 /// A transaction holding the database's write lock (see "Locking" in the module doc), which
@@ -784,7 +817,11 @@ fn begin_read(connection: &mut Connection) -> Result<Transaction<'_>, RegistryEr
 fn commit(write: Write<'_>) -> Result<(), RegistryError> {
     let changed_rows =
         write.rows_before.is_none() || write.transaction.total_changes() != write.rows_before;
-    let changes = write.changes.filter(|_| changed_rows);
+    // A counter left odd by a process that died mid-commit is made even by the next write,
+    // holding the lock, whether or not it changed a row.
+    let changes = write
+        .changes
+        .filter(|changes| changed_rows || changes.version().is_none());
     commit_write(write.transaction, changes)
         .map_err(RegistryError::sql("commit a write transaction"))
 }
