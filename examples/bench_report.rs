@@ -16,6 +16,10 @@
 //! <!-- /bench_report -->
 //! ```
 //!
+//! `<!-- bench_report summary FILE FILE ... -->` instead renders one row per glint run of several
+//! load records beside its reference run: rates, their ratio, CPU per request and who wrote
+//! access lines.
+//!
 //! Usage:
 //!
 //! ```text
@@ -44,6 +48,9 @@ use serde_json::{json, Map, Value};
 const FORMAT: u64 = 1;
 /// The marker that opens a generated block in a markdown document; the record's path follows.
 const BEGIN: &str = "<!-- bench_report table ";
+/// The marker of a summary: one row per glint run of several load records, side by side with
+/// the reference run of the same record (`<!-- bench_report summary FILE FILE ... -->`).
+const BEGIN_SUMMARY: &str = "<!-- bench_report summary ";
 /// The marker that closes it.
 const END: &str = "<!-- /bench_report -->";
 /// What regenerates the tables of docs/BENCHMARKS.md.
@@ -1589,6 +1596,71 @@ fn idle_table(runs: &[Value], record: &Value) -> String {
 // ---- doc --------------------------------------------------------------------------------------
 
 /// Regenerates (or, with `check`, compares) every generated block of the markdown file.
+/// One row per glint run of the load `records`: its rate and CPU per request beside the
+/// reference run with the same path and mode in the same record, and who wrote access lines.
+fn render_summary(records: &[&str]) -> Result<String, String> {
+    let mut out = String::from(
+        "| record | measured | commit | glint access line | nginx access line | glint requests/s | \
+         nginx requests/s | glint / nginx | server CPU µs/request, glint / nginx |\n\
+         |---|---|---|---|---|---:|---:|---:|---:|\n",
+    );
+    for path in records {
+        let text = fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
+        let record: Value = serde_json::from_str(&text)
+            .map_err(|error| format!("{path}: not a record: {error}"))?;
+        if record["bench"] != "load" {
+            return Err(format!("{path}: a summary is of load records"));
+        }
+        let settings = &record["settings"];
+        let glint_logs = !settings["glint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("access_log = false");
+        let nginx_logs = !settings["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("access_log off");
+        let says = |logs: bool| if logs { "one per request" } else { "none" };
+        let runs = record["runs"].as_array().cloned().unwrap_or_default();
+        let label = |run: &Value| run["label"].as_str().unwrap_or_default().to_string();
+        for glint in runs.iter().filter(|run| label(run).starts_with("glint ")) {
+            let rest = label(glint)["glint ".len()..].to_string();
+            let Some(nginx) = runs
+                .iter()
+                .find(|run| label(run) == format!("nginx {rest}"))
+            else {
+                continue;
+            };
+            let rate = |run: &Value| run["requests_per_s"].as_f64().unwrap_or(0.0);
+            let cpu = |run: &Value| {
+                run["resources"]["cpu_us_per_request"]["server"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            };
+            let name = path.rsplit('/').next().unwrap_or(path);
+            let commit = record["commit"].as_str().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| `{name}` ({rest}) | {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} |",
+                record["date"].as_str().unwrap_or_default(),
+                &commit[..commit.len().min(7)],
+                says(glint_logs),
+                says(nginx_logs),
+                rate(glint),
+                rate(nginx),
+                rate(glint) / rate(nginx).max(1.0),
+                cpu(glint),
+                cpu(nginx)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nGenerated from the records named by `{REGENERATE}` (`bench_report doc`); not typed by hand."
+    );
+    Ok(out)
+}
+
 fn doc(path: &str, check: bool) -> Result<(), String> {
     let text = fs::read_to_string(path).map_err(|error| format!("{path}: {error}"))?;
     let mut out = String::new();
@@ -1597,13 +1669,16 @@ fn doc(path: &str, check: bool) -> Result<(), String> {
     let mut blocks = 0;
     while let Some(line) = lines.next() {
         out.push_str(line);
-        let Some(record) = line
-            .trim_end()
-            .strip_prefix(BEGIN)
-            .and_then(|rest| rest.strip_suffix("-->"))
-            .map(str::trim)
-        else {
-            continue;
+        let marker = |begin: &str| {
+            line.trim_end()
+                .strip_prefix(begin)
+                .and_then(|rest| rest.strip_suffix("-->"))
+                .map(str::trim)
+        };
+        let (record, summary) = match (marker(BEGIN), marker(BEGIN_SUMMARY)) {
+            (Some(record), _) => (record, false),
+            (None, Some(records)) => (records, true),
+            (None, None) => continue,
         };
         let mut old = String::new();
         let mut closed = false;
@@ -1618,7 +1693,11 @@ fn doc(path: &str, check: bool) -> Result<(), String> {
             return Err(format!("{path}: the block of {record} has no {END}"));
         }
         // A blank line before the closing marker ends the generated list for every renderer.
-        let new = render(record)? + "\n";
+        let new = if summary {
+            render_summary(&record.split_whitespace().collect::<Vec<_>>())?
+        } else {
+            render(record)?
+        } + "\n";
         if old != new {
             stale.push(record.to_string());
         }
