@@ -43,6 +43,8 @@
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 //! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
 //!   metadata cap, list pages cut by size, a child's peak under hostile lists.
+//! - `priority`: the master ten nice levels above its children, where the system allows it
+//!   (root, or RLIMIT_NICE alone), every child thread at the start nice, and the refusal said.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.
@@ -93,6 +95,7 @@ mod logs;
 mod metrics;
 mod package;
 mod postgres;
+mod priority;
 mod process_faults;
 mod reload;
 mod request_cost;

@@ -244,6 +244,9 @@ pub fn run(start: Start) -> i32 {
         }
     }
     steps.done("stores");
+    // From here on threads start (the prefetcher, the pool, the acceptor...): they and this one
+    // serve at the operator's priority, not the master's (`priority` module doc).
+    super::priority::child_serves_at_normal_priority();
     // With a caching flavor: the cache folder (created and checked by the master before the
     // fork, opened again here) and this child's prefetcher thread.
     let mut prefetcher = None;

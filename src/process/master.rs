@@ -128,6 +128,7 @@ impl Master {
         let signals = SignalWatch::register(|spec: &SignalSpec| spec.master)
             .map_err(|error| format!("cannot register signal handlers: {error}"))?;
         raise_fd_limit();
+        log_priority(super::priority::raise_master());
         // Before the first fork, so that every child shares it (`metrics::block` module doc).
         crate::metrics::install().map_err(|error| error.to_string())?;
         prepare_state_files(&config)?;
@@ -1067,6 +1068,24 @@ fn write_pid_file(path: &Path) -> Result<(), String> {
         format!("{}\n", std::process::id()).as_bytes(),
     )
     .map_err(|error| format!("cannot write pid file {}: {error}", path.display()))
+}
+
+/// Says once, at start, at what priority the master and the children run.
+fn log_priority(raised: super::priority::Raised) {
+    use super::priority::Raised;
+    match raised {
+        Raised::Yes { from, to } => log::info!(
+            "the master and starting children run at nice {to}, children serve at nice {from}"
+        ),
+        Raised::AtTop { at } => log::info!("the master and its children run at nice {at}"),
+        Raised::Refused { at, error } => log::info!(
+            "the master runs at nice {at} like its children (raising it was refused: {error}); \
+             a reload under load takes effect later; allow nice {} with CAP_SYS_NICE or \
+             RLIMIT_NICE (systemd: LimitNICE={}; the init script sets it)",
+            (at - super::priority::BOOST).max(-20),
+            (at - super::priority::BOOST).max(-20)
+        ),
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor, and the

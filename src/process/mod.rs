@@ -7,6 +7,8 @@
 //!   exits, time), carries out the machine's actions, and owns the listeners, handoff channels,
 //!   children's pipes, pid and status files.
 //! - [`spawn`]: the one `fork()`, after which the child never returns into master code.
+//! - [`priority`]: the master runs above the nice it was started with, and so does a child
+//!   until it starts its threads, so that a reload under load takes effect at once.
 //! - [`start_steps`]: what a child's start cost, step by step, for its ready log line.
 //! - [`child`]: what a forked child does between `fork()` and `_exit`.
 //! - [`listener`]: the listening sockets the master keeps across reloads.
@@ -20,5 +22,6 @@ pub mod error;
 pub mod listener;
 pub mod machine;
 pub mod master;
+pub mod priority;
 pub mod spawn;
 pub mod start_steps;
