@@ -1083,7 +1083,7 @@ fn log_priority(raised: super::priority::Raised) {
              a reload under load takes effect later; allow nice {} with CAP_SYS_NICE or \
              RLIMIT_NICE (systemd: LimitNICE={}; the init script sets it)",
             (at - super::priority::BOOST).max(-20),
-            (at - super::priority::BOOST).max(-20)
+            super::priority::limit_nice_for(at)
         ),
     }
 }
