@@ -79,7 +79,8 @@ fn the_master_runs_ten_nice_levels_above_its_children_whose_threads_all_serve_at
         raised < start,
         "the test must start below nice -20's ceiling: {start}"
     );
-    let server = Server::start("workers = 2");
+    // The line that says so is at debug level.
+    let server = Server::start("workers = 2\ndebug = true");
     assert_eq!(thread_nices(server.master_pid), vec![raised]);
     assert_children_at(&server, start, "generation 1");
     server.reload_succeeds();

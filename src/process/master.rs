@@ -1070,14 +1070,17 @@ fn write_pid_file(path: &Path) -> Result<(), String> {
     .map_err(|error| format!("cannot write pid file {}: {error}", path.display()))
 }
 
-/// Says once, at start, at what priority the master and the children run.
+/// Says once, at start, at what priority the master and the children run: at debug when it
+/// is as it should be, at info when the system refused and the operator can allow it.
 fn log_priority(raised: super::priority::Raised) {
     use super::priority::Raised;
     match raised {
-        Raised::Yes { from, to } => log::info!(
+        // At debug: the start's info lines are the ones an operator acts on (and a syslog
+        // daemon's queue takes about ten of them at once).
+        Raised::Yes { from, to } => log::debug!(
             "the master and starting children run at nice {to}, children serve at nice {from}"
         ),
-        Raised::AtTop { at } => log::info!("the master and its children run at nice {at}"),
+        Raised::AtTop { at } => log::debug!("the master and its children run at nice {at}"),
         Raised::Refused { at, error } => log::info!(
             "the master runs at nice {at} like its children (raising it was refused: {error}); \
              a reload under load takes effect later; allow nice {} with CAP_SYS_NICE or \
