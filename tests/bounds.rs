@@ -53,6 +53,17 @@ pub fn child_memory_bound_kib(idle_kib: u64, worker_threads: u64) -> u64 {
 /// `worker_threads` in the harness's base config.
 const WORKER_THREADS: u64 = 4;
 
+/// A child of the harness's base config, idle at `idle_kib`, peaked within its bound.
+fn assert_within_bound(peak_kib: u64, idle_kib: u64) {
+    let bound_kib = child_memory_bound_kib(idle_kib, WORKER_THREADS);
+    assert!(
+        peak_kib <= bound_kib,
+        "the child's peak VmHWM {peak_kib} KiB is over its bound {bound_kib} KiB (idle \
+         {idle_kib} + SQLite {SQLITE_KIB} + shown {SHOWN_KIB} + {WORKER_THREADS} workers x \
+         {PER_WORKER_KIB})"
+    );
+}
+
 const JSON: &str = "application/json";
 const PATCH: &str = "application/openstack-images-v2.1-json-patch";
 
@@ -275,12 +286,7 @@ fn hostile_lists_of_images_filled_to_the_cap_keep_a_child_within_its_memory_boun
          fills refused",
         peak_kib - idle_kib
     );
-    assert!(
-        peak_kib <= bound_kib,
-        "the child's peak VmHWM {peak_kib} KiB is over its bound {bound_kib} KiB (idle \
-         {idle_kib} + SQLite {SQLITE_KIB} + shown {SHOWN_KIB} + {WORKER_THREADS} workers x \
-         {PER_WORKER_KIB})"
-    );
+    assert_within_bound(peak_kib, idle_kib);
     assert!(
         largest_page <= LIST_PAGE_BYTES,
         "a list page of {largest_page} bytes, over {LIST_PAGE_BYTES}"
@@ -347,12 +353,7 @@ fn showing_many_images_keeps_a_child_within_its_memory_bound() {
         "child idle {idle_kib} KiB, peak {peak_kib} KiB (+{} KiB); bound {bound_kib} KiB",
         peak_kib - idle_kib
     );
-    assert!(
-        peak_kib <= bound_kib,
-        "the child's peak VmHWM {peak_kib} KiB is over its bound {bound_kib} KiB (idle \
-         {idle_kib} + SQLite {SQLITE_KIB} + shown {SHOWN_KIB} + {WORKER_THREADS} workers x \
-         {PER_WORKER_KIB})"
-    );
+    assert_within_bound(peak_kib, idle_kib);
 }
 
 /// `image_metadata_size_cap` at its limit and one byte over, on every route that grows an

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
+use super::tests::{counter_image, increment_counter};
 use super::*;
 
 /// Two registries on one new SQLite file, as two children would open it.
@@ -218,20 +219,4 @@ fn reads_between_two_equal_versions_see_the_same_image_while_another_process_wri
     assert_eq!(last.properties["counter"], WRITES.to_string());
     // Both cases came up, so the check above ran while writes went on.
     assert!(same > 0 && moved > 0, "same {same}, moved {moved}");
-}
-
-fn counter_image(id: &str) -> Image {
-    let mut image = Image::new(id);
-    image
-        .properties
-        .insert("counter".to_string(), "0".to_string());
-    image
-}
-
-fn increment_counter(image: &mut Image) -> Result<(), RegistryError> {
-    let counter: u64 = image.properties["counter"].parse().expect("counter");
-    image
-        .properties
-        .insert("counter".to_string(), (counter + 1).to_string());
-    Ok(())
 }

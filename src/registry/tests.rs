@@ -56,7 +56,7 @@ impl From<RegistryError> for CallerError {
     }
 }
 
-fn increment_counter(image: &mut Image) -> Result<(), RegistryError> {
+pub(super) fn increment_counter(image: &mut Image) -> Result<(), RegistryError> {
     let counter: u64 = image.properties["counter"].parse().expect("counter");
     image
         .properties
@@ -64,7 +64,7 @@ fn increment_counter(image: &mut Image) -> Result<(), RegistryError> {
     Ok(())
 }
 
-fn counter_image(id: &str) -> Image {
+pub(super) fn counter_image(id: &str) -> Image {
     let mut image = Image::new(id);
     image
         .properties
