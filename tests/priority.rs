@@ -108,6 +108,8 @@ fn without_the_right_to_rise_everything_runs_at_the_start_nice_and_the_log_says_
         "--nice=0",
         "setpriv",
         "--bounding-set=-sys_nice",
+        "--inh-caps=-sys_nice",
+        "--ambient-caps=-sys_nice",
         "--",
     ]);
     assert_eq!(thread_nices(server.master_pid), vec![start]);
@@ -117,7 +119,8 @@ fn without_the_right_to_rise_everything_runs_at_the_start_nice_and_the_log_says_
     assert!(
         log.contains(&format!(
             "the master runs at nice {start} like its children"
-        )) && log.contains(&format!("LimitNICE={allowed}")),
+        )) && log.contains(&format!("allow nice {allowed} "))
+            && log.contains(&format!("LimitNICE={allowed:+}")),
         "{log}"
     );
 }

@@ -16,7 +16,8 @@
 //!   and moved by SIGHUP, access lines off, health checks left out, one line per record, and
 //!   syslog datagrams received on a socket bind-mounted on /dev/log in a private mount namespace.
 //! - `request_cost`: the system calls a keep-alive request no longer costs a child, counted by
-//!   strace (no socket mode switch, one getrandom per 64 request ids).
+//!   strace (no socket mode switch, one getrandom per 64 request ids, no SQLite lock for a
+//!   shown image).
 //! - `shown`: `GET /v2/images/{id}` answered from a child's memory never shows a write of
 //!   another child late, nor a deleted image.
 //! - `request_ids`: `x-openstack-request-id` on every response (API, access control, the HTTP
@@ -43,8 +44,8 @@
 //! - `faults`: crashes, locked databases, bad configs at reload, descriptor exhaustion, reload storms.
 //! - `bounds`: what one request and one child may hold in memory (issue 10, hole 1): the image
 //!   metadata cap, list pages cut by size, a child's peak under hostile lists.
-//! - `priority`: the master ten nice levels above its children, where the system allows it
-//!   (root, or RLIMIT_NICE alone), every child thread at the start nice, and the refusal said.
+//! - `priority`: the master ten nice levels above its children as root, every child thread at
+//!   the start nice, and a refusal (no CAP_SYS_NICE, RLIMIT_NICE 0) said with how to allow it.
 //! - `process_faults`: the lifecycle faults of the process layer (issue 9), each proved with real
 //!   processes: respawn order, temporary start failures, a master that must never block, failed
 //!   and endless rolling reloads, process groups, the master's death, signals during start.

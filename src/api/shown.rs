@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::registry::Image;
 
-/// The most a child keeps, counted as [`cost`] (about twice the document's bytes: the document
-/// and the image it was written from): a bound on the memory, however large images' metadata
-/// is (`image_metadata_size_cap`). The oldest kept image goes first.
+/// The most a child keeps, counted as [`cost`] (the document and an estimate of the heap of the
+/// image it was written from): a bound on the memory, however large images' metadata is
+/// (`image_metadata_size_cap`). The oldest kept image goes first.
 pub const MAX_BYTES: usize = 2 << 20;
 
 /// A document longer than this is not kept: a few such images would crowd out every other.
@@ -51,9 +51,25 @@ struct Kept {
     bytes: usize,
 }
 
-/// What keeping `shown` counts against [`MAX_BYTES`].
+/// What keeping `shown` counts against [`MAX_BYTES`]: the document's bytes, and the image's
+/// heap as allocated: each string's bytes, about 96 more per property (its `BTreeMap` slot and
+/// two `String`s), 32 per tag and 64 per location (their `String`s), and 1 KiB for the rest.
+/// An image of many small properties costs several times its document, which a count of the
+/// document alone would miss.
 fn cost(shown: &Shown) -> usize {
-    2 * shown.document.len() + 256
+    let image = &shown.image;
+    let properties: usize = image
+        .properties
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 96)
+        .sum();
+    let tags: usize = image.tags.iter().map(|tag| tag.len() + 32).sum();
+    let locations: usize = image
+        .locations
+        .iter()
+        .map(|location| location.store.len() + location.path.len() + 64)
+        .sum();
+    shown.document.len() + properties + tags + locations + 1024
 }
 
 impl ShownImages {
@@ -172,7 +188,7 @@ mod tests {
     fn the_kept_bytes_stay_under_the_bound_dropping_the_oldest_first() {
         let images = ShownImages::default();
         let document = "x".repeat(MAX_DOCUMENT);
-        let each = 2 * MAX_DOCUMENT + 256;
+        let each = cost(&shown("0", &document));
         let fit = MAX_BYTES / each;
         for n in 0..fit {
             images.keep(2, shown(&n.to_string(), &document));
@@ -184,8 +200,9 @@ mod tests {
         assert!(images.get("1", 2).is_some());
         assert!(images.get("new", 2).is_some());
         // Keeping one already there again replaces it and drops nothing else.
+        let small = cost(&shown("1", "small"));
         images.keep(2, shown("1", "small"));
-        assert_eq!(images.size(), (fit, (fit - 1) * each + 2 * 5 + 256));
+        assert_eq!(images.size(), (fit, (fit - 1) * each + small));
         assert!(images.get("2", 2).is_some());
         // Many keeps of the same image leave one entry, and the order list does not grow.
         for _ in 0..10_000 {
@@ -195,5 +212,23 @@ mod tests {
         // A document over MAX_DOCUMENT is not kept.
         images.keep(2, shown("huge", &"y".repeat(MAX_DOCUMENT + 1)));
         assert!(images.get("huge", 2).is_none());
+    }
+
+    #[test]
+    fn an_image_of_many_small_properties_and_tags_costs_more_than_its_document() {
+        let mut many = shown("many", "{}");
+        for n in 0..128 {
+            many.image
+                .properties
+                .insert(format!("p{n}"), "v".to_string());
+            many.image.tags.push(format!("t{n}"));
+        }
+        // 128 slots of about 100 bytes and 128 tags of about 35: what the heap holds, not the
+        // few bytes of JSON they would take.
+        assert!(
+            cost(&many) >= 128 * (96 + 3) + 128 * (32 + 2),
+            "{}",
+            cost(&many)
+        );
     }
 }

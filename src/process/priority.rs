@@ -1,8 +1,8 @@
 //! The master's CPU priority, and a starting child's: a reload takes effect when the new
 //! children serve, and under load a child that starts at the same priority as the threads
 //! serving the load gets a small share of the CPUs (on two cores with 16 clients, about 1.3 ms
-//! of CPU took 6 to 18 ms; the SIGHUP's first new response came 14 to 16 ms after it, against
-//! 5 to 6 ms with this; docs/BENCHMARKS.md, "Reload under load").
+//! of CPU took a median 7.4 ms; the SIGHUP's first new response came 12.5 to 14.1 ms after it,
+//! against 5.6 to 6.8 ms with this; docs/BENCHMARKS.md, "Reload under load").
 //!
 //! So the master runs [`BOOST`] nice levels above the nice it was started with (at most at
 //! -20), where the system allows it (`CAP_SYS_NICE`, or `RLIMIT_NICE`: systemd's `LimitNICE=`, the init

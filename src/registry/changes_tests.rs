@@ -102,7 +102,8 @@ fn every_write_of_either_process_moves_the_version_and_no_read_does() {
     );
 }
 
-/// A process that died between its COMMIT and the end of its write leaves the counter odd:
+/// A process that died between the two moves of the counter around its COMMIT (here before
+/// the COMMIT, which leaves the counter as a death after it would) leaves it odd:
 /// no version, so nothing read is kept, until the next write ends, even one that changed no
 /// row (a recovery pass that found nothing).
 #[test]

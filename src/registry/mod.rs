@@ -116,7 +116,8 @@ pub struct Registry {
     returned: Condvar,
     /// The most connections `pool` may hold open.
     max_connections: usize,
-    /// The change counter of a SQLite file; None on PostgreSQL, or if it could not be mapped.
+    /// The change counter of a SQLite file (a SQLite registry that cannot map it does not open);
+    /// None on PostgreSQL.
     changes: Option<Changes>,
 }
 
@@ -232,8 +233,10 @@ impl Registry {
 
     /// Makes a version available again after a process died between the two moves of the
     /// change counter around its COMMIT (the counter stays odd, and nothing is kept from reads):
-    /// a write transaction that changes nothing ends it. Only an atomic load when the counter
-    /// is fine, as it always is but for such a death; each child's maintenance pass calls it.
+    /// a write transaction that changes nothing ends it. Only an atomic load when the counter is
+    /// even; odd, it is also for the moment of another process's commit, when this waits for
+    /// the write lock and moves the counter on, which does no harm. Each child's maintenance
+    /// pass calls it.
     pub fn settle_version(&self) -> Result<(), RegistryError> {
         match &self.changes {
             Some(changes) if changes.version().is_none() => {
