@@ -1287,6 +1287,62 @@ fn a_writer_holding_begin_immediate_for_a_second_only_delays_another_writer() {
     assert_eq!(image.properties["counter"], "1");
 }
 
+/// How many of this process's descriptors are open on `path` (a SQLite file, not its -wal or
+/// -shm).
+fn descriptors_on(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .count()
+}
+
+/// `close_idle` (a child about to exit) closes the connections nobody holds, leaves a lent one
+/// alone until it comes back, and a later call opens a new one.
+#[test]
+fn close_idle_closes_the_idle_connections_and_spares_a_lent_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = temp_database(&dir);
+    let registry = Registry::open(&database).expect("open");
+    registry.create(&Image::new("kept")).expect("create");
+    let sqlite_file = match &database {
+        Database::Sqlite(path) => Some(std::fs::canonicalize(path).expect("the file")),
+        Database::Postgres(_) => None,
+    };
+    let open_on_file = || sqlite_file.as_deref().map(descriptors_on);
+    {
+        let lent = registry.lease().expect("lease");
+        let _second = registry.lease().expect("a second lease");
+        drop(_second);
+        assert_eq!(registry.lock_pool().n_open, 2);
+        registry.close_idle();
+        let pool = registry.lock_pool();
+        assert_eq!(
+            (pool.n_open, pool.idle.len()),
+            (1, 0),
+            "the lent one stays open"
+        );
+        drop(pool);
+        // (SQLite keeps the closed connection's descriptor while another in this process
+        // holds the file's locks, so descriptors are counted once none is open.)
+        drop(lent);
+    }
+    assert_eq!(registry.lock_pool().idle.len(), 1, "the lent one came back");
+    registry.close_idle();
+    let pool = registry.lock_pool();
+    assert_eq!((pool.n_open, pool.idle.len()), (0, 0));
+    drop(pool);
+    if let Some(open) = open_on_file() {
+        assert_eq!(open, 0, "no SQLite connection left on the file");
+    }
+    assert!(registry.get("kept").expect("get").is_some());
+    assert_eq!(
+        registry.lock_pool().n_open,
+        1,
+        "a new connection for the next call"
+    );
+}
+
 #[test]
 fn the_pool_never_opens_more_than_its_maximum() {
     let dir = tempfile::tempdir().expect("temp dir");
