@@ -106,12 +106,6 @@ fn sigusr1_reopens_the_log_file_after_a_rename() {
         request("/versions");
         std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"GET /versions\" 200"))
     });
-    let old = std::fs::read_to_string(&rotated).unwrap();
-    let new = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        old.contains("generation 1 serving"),
-        "the old file keeps its lines"
-    );
     let access_lines = |text: &str| {
         text.lines()
             .filter(|line| {
@@ -119,6 +113,20 @@ fn sigusr1_reopens_the_log_file_after_a_rename() {
             })
             .count()
     };
+    // Each child writes its access lines in batches (`access_log_flush_ms`): poll until the
+    // last ones are written.
+    util::wait_until("every request's access line written", DEADLINE, || {
+        let in_both = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_or(0, |text| access_lines(&text))
+        };
+        in_both(&rotated) + in_both(&log) >= n_requests
+    });
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        old.contains("generation 1 serving"),
+        "the old file keeps its lines"
+    );
     assert_eq!(
         access_lines(&old) + access_lines(&new),
         n_requests,

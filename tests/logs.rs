@@ -90,6 +90,17 @@ fn access_lines_go_to_their_own_file_which_sigusr1_reopens_and_sighup_moves() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Each child writes its access lines in batches (`access_log_flush_ms`): poll until the
+    // last ones are written.
+    let lines_in_both = || {
+        count(&read(&server.path("access.log.1")), "\"GET /versions\"")
+            + count(&read(&access), "\"GET /versions\"")
+    };
+    util::wait_until(
+        &format!("every request's access line ({n_requests}) in one of the two files"),
+        DEADLINE,
+        || lines_in_both() >= n_requests,
+    );
     let rotated = read(&server.path("access.log.1"));
     let new = read(&access);
     assert!(
@@ -99,7 +110,7 @@ fn access_lines_go_to_their_own_file_which_sigusr1_reopens_and_sighup_moves() {
     assert_eq!(
         count(&rotated, "\"GET /versions\"") + count(&new, "\"GET /versions\""),
         n_requests,
-        "every request has its access line in one of the two files\n{rotated}\n---\n{new}"
+        "every request has its access line in one of the two files, once\n{rotated}\n---\n{new}"
     );
     for line in rotated.lines().chain(new.lines()) {
         assert!(line.contains("\"GET /versions\" 200"), "{line}");
@@ -114,6 +125,183 @@ fn access_lines_go_to_their_own_file_which_sigusr1_reopens_and_sighup_moves() {
     pipelined(&server, VERSIONS_CLOSE);
     server.wait_for_log("\"GET /versions\" 200", DEADLINE);
     assert_eq!(read(&access), before, "a line still went to access.log");
+}
+
+/// The descriptor number child `pid` holds `path` open under, from /proc/PID/fd.
+fn fd_of_file(pid: i32, path: &Path) -> i32 {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the child's descriptors")
+        .flatten()
+        .find(|entry| fs::read_link(entry.path()).is_ok_and(|link| link == path))
+        .and_then(|entry| entry.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("child {pid} does not hold {} open", path.display()))
+}
+
+/// The sizes of the write(2) calls child `pid` makes to descriptor `fd` while `requests`
+/// `GET /versions` are answered one after the other on one keep-alive connection (strace, the
+/// calls' return values).
+fn writes_while_serving(server: &Server, pid: i32, fd: i32, requests: usize) -> Vec<usize> {
+    let trace = server.path("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-qq", "-f", "-e", "trace=write", "-e", "signal=none", "-o"])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("run strace (apt-get install strace)");
+    util::wait_until("strace to attach to the child's threads", DEADLINE, || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|task| {
+                read(&task.path().join("status"))
+                    .lines()
+                    .find_map(|line| line.strip_prefix("TracerPid:"))
+                    .is_some_and(|tracer| tracer.trim() != "0")
+            })
+    });
+    let mut stream = TcpStream::connect(server.addr()).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    for n in 0..requests {
+        stream
+            .write_all(b"GET /versions HTTP/1.1\r\nHost: glint\r\n\r\n")
+            .unwrap();
+        let response = util::read_response(&mut reader, "GET")
+            .expect("a response")
+            .unwrap_or_else(|| panic!("request {n}: the connection closed"));
+        assert_eq!(response.status, 200, "request {n}: {response:?}");
+    }
+    // A health check has no access line; its answer means the worker has logged the last
+    // request's line (one thread serves a connection's requests in order), and written any
+    // batch it completed, before strace stops.
+    stream
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: glint\r\n\r\n")
+        .unwrap();
+    let response = util::read_response(&mut reader, "GET")
+        .expect("a response")
+        .expect("the health check's answer");
+    assert_eq!(response.status, 200, "{response:?}");
+    drop(stream);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(strace.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("stop strace");
+    strace.wait().expect("strace ends");
+    let calls = read(&trace);
+    // `1234  write(5, "2026-..."..., 4012) = 4012`
+    let prefix = format!("write({fd}, ");
+    calls
+        .lines()
+        .filter(|line| line.contains(&prefix))
+        .map(|line| {
+            line.rsplit("= ")
+                .next()
+                .and_then(|size| size.trim().parse().ok())
+                .unwrap_or_else(|| panic!("a write without its size: {line}\n{calls}"))
+        })
+        .collect()
+}
+
+/// The lines of `path` that are access lines of `GET /versions`, all of them whole records.
+fn versions_lines(path: &Path) -> usize {
+    let text = read(path);
+    for line in text.lines() {
+        assert!(is_record(line), "not a whole record: {line:?}");
+    }
+    count(&text, "\"GET /versions\" 200 ")
+}
+
+/// `access_log_flush_ms`: a child writes its access lines in batches. With a delay no test
+/// reaches (60 s), a line waits in its batch; 200 lines (about 40 KB) are written only as full
+/// batches, each write(2) of at most `PIPE_BUF` (4096) bytes and more than 4096 less the
+/// longest line; SIGUSR1 writes the batch into the rotated file before the child reopens; a
+/// draining child writes what it holds before it exits. Access lines in their own file, so
+/// that no other record writes a batch early.
+#[test]
+fn access_lines_are_written_in_full_batches_and_by_a_draining_child_before_it_exits() {
+    let config = "workers = 1\nworker_threads = 1\naccess_log_file = access.log\n\
+                  access_log_flush_ms = 60000";
+    let server = Server::start(config);
+    let access = server.path("access.log");
+    let child = server.children(Some("serving"))[0];
+    pipelined(&server, VERSIONS_CLOSE);
+    assert_eq!(
+        versions_lines(&access),
+        0,
+        "a line was written before its batch was full"
+    );
+
+    let writes = writes_while_serving(&server, child, fd_of_file(child, &access), 200);
+    let longest = read(&access)
+        .lines()
+        .map(|line| line.len() + 1)
+        .max()
+        .expect("a batch was written");
+    assert!(
+        !writes.is_empty() && longest < 512,
+        "{writes:?}, longest {longest}"
+    );
+    for size in &writes {
+        assert!(
+            (4096 - longest..=4096).contains(size),
+            "a write of {size} bytes: not a full batch ({writes:?}, longest line {longest})"
+        );
+    }
+    let written: usize = writes.iter().sum();
+    assert_eq!(
+        read(&access).len(),
+        written,
+        "the file holds what the writes wrote"
+    );
+    let before_rotation = versions_lines(&access);
+    assert!(
+        before_rotation < 201,
+        "{before_rotation} lines of 201: none was left"
+    );
+
+    // SIGUSR1: what the batch holds goes into the rotated file, none into the new one.
+    let rotated = server.path("access.log.1");
+    fs::rename(&access, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    util::wait_until("the child's batch in the rotated file", DEADLINE, || {
+        versions_lines(&rotated) == 201
+    });
+    assert_eq!(versions_lines(&access), 0);
+
+    // A reload: the draining child writes its batch before it exits.
+    for _ in 0..3 {
+        pipelined(&server, VERSIONS_CLOSE);
+    }
+    assert_eq!(
+        versions_lines(&access),
+        0,
+        "a line was written before its batch was full"
+    );
+    server.reload_succeeds();
+    util::wait_until("the old child to exit", DEADLINE, || {
+        !server.children(None).contains(&child)
+    });
+    assert_eq!(versions_lines(&access), 3, "the draining child's batch");
+}
+
+/// `access_log_flush_ms = 0`: each access line is written at once, in a write(2) of its own.
+#[test]
+fn access_log_flush_ms_0_writes_each_access_line_at_once() {
+    let server = Server::start(
+        "workers = 1\nworker_threads = 1\naccess_log_file = access.log\naccess_log_flush_ms = 0",
+    );
+    let access = server.path("access.log");
+    let child = server.children(Some("serving"))[0];
+    let writes = writes_while_serving(&server, child, fd_of_file(child, &access), 20);
+    assert_eq!(writes.len(), 20, "{writes:?}");
+    let lines: Vec<String> = read(&access).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 20);
+    for (size, line) in writes.iter().zip(&lines) {
+        assert_eq!(*size, line.len() + 1, "{line}");
+    }
 }
 
 /// `access_log = false` writes no access line; the main log still has the other records.

@@ -134,6 +134,8 @@ pub struct Config {
     pub access_log_file: Option<PathBuf>,
     /// `access_log_healthcheck`: health checks get access lines too.
     pub access_log_healthcheck: bool,
+    /// `access_log_flush_ms`: longest wait of an access line in its batch; 0 writes each at once.
+    pub access_log_flush_ms: u64,
     /// `use_syslog`: also send records to `/dev/log`.
     pub use_syslog: bool,
     /// `syslog_log_facility`: the canonical name (`LOG_USER`), one of
@@ -1182,6 +1184,7 @@ struct Draft {
     /// Possibly relative until `finish`: it resolves against `log_dir`.
     access_log_file: Option<PathBuf>,
     access_log_healthcheck: bool,
+    access_log_flush_ms: u64,
     use_syslog: bool,
     syslog_log_facility: &'static str,
     public_endpoint: Option<String>,
@@ -1414,6 +1417,7 @@ impl Draft {
             access_log: self.access_log,
             access_log_file,
             access_log_healthcheck: self.access_log_healthcheck,
+            access_log_flush_ms: self.access_log_flush_ms,
             use_syslog: self.use_syslog,
             syslog_log_facility: self.syslog_log_facility,
             public_endpoint: self.public_endpoint,

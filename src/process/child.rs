@@ -247,6 +247,14 @@ pub fn run(start: Start) -> i32 {
     // From here on threads start (the prefetcher, the pool, the acceptor...): they and this one
     // serve at the operator's priority, not the master's (`priority` module doc).
     super::priority::child_serves_at_normal_priority();
+    // Access lines in batches from here on (`logging` module doc); without the thread, each
+    // is written at once, as before.
+    if let Err(error) = logging::start_flusher() {
+        log::warn!(
+            "cannot start the log-flush thread: {error}; access lines are written one at a \
+             time, which costs CPU under load; raise the limit on threads (ulimit -u, TasksMax)"
+        );
+    }
     // With a caching flavor: the cache folder (created and checked by the master before the
     // fork, opened again here) and this child's prefetcher thread.
     let mut prefetcher = None;

@@ -109,6 +109,8 @@ pub fn spawn(
                 child::run(start)
             }))
             .unwrap_or(EXIT_PANIC);
+            // The access lines still in their batch, which `_exit` would lose.
+            crate::logging::flush();
             // SAFETY: _exit(2) ends the process without running the master's destructors or
             // atexit handlers, which is the point (module doc).
             unsafe { libc::_exit(code) }
