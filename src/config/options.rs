@@ -597,7 +597,7 @@ pub static OPTIONS: &[OptionSpec] = &[
         kind: Kind::Integer { min: 0, max: 60_000, zero_means_min: None },
         default: DefaultValue::Text("50"),
         on_reload: RELOAD_LOG,
-        doc: "glint's own: a child writes its access lines in batches of up to 4 KiB (`PIPE_BUF`), each at most this many milliseconds after its first line, and at once when another record follows, the log is reopened (SIGUSR1) or the child exits; 0 writes each line at once. A child killed by SIGKILL loses at most this long's access lines. Test `logs::access_lines_are_written_in_full_batches_and_by_a_draining_child_before_it_exits`.",
+        doc: "glint's own: a child writes its access lines in batches of up to 4 KiB (`PIPE_BUF`), each at most this many milliseconds after its first line, and at once when another record follows in the same log, the log is reopened (SIGUSR1) or the child exits; 0 writes each line at once. A child killed by SIGKILL (the OOM killer; the master's SIGINT stop, or its kill at `graceful_shutdown_timeout`) loses at most this long's access lines. Test `logs::access_lines_are_written_in_full_batches_and_by_a_draining_child_before_it_exits`.",
         apply: |draft, value| {
             if let Some(flush) = value.integer::<u64>() {
                 draft.access_log_flush_ms = flush;
