@@ -588,6 +588,24 @@ fn reload_table(runs: &[Value], record: &Value) -> String {
             "glint's master, from its log (median over the reloads): SIGHUP to the first fork {master} ms."
         );
     }
+    // The last response from the old config, per mode, from glint's own "drained; exiting"
+    // lines (scripts/bench-reload): beside the probe's `old_generation_gone_ms`, which also
+    // waits for the old processes' teardown.
+    let drained: Vec<String> = ["idle", "mixed", "keepalive", "fresh"]
+        .iter()
+        .filter_map(|mode| {
+            let ms = facts[format!("glint_sighup_to_old_generation_drained_ms_median_{mode}")]
+                .as_f64()?;
+            Some(format!("{mode} {ms:.2}"))
+        })
+        .collect();
+    if !drained.is_empty() {
+        let _ = writeln!(
+            out,
+            "glint's old generation, from its log (median over each mode's reloads): SIGHUP to the last child of the old generation drained (no response of the old config after it), ms: {}.",
+            drained.join(", ")
+        );
+    }
     if let (Some(requested), Some(succeeded), Some(failed)) = (
         facts["glint_reloads_requested"].as_u64(),
         facts["glint_reloads_succeeded"].as_u64(),
