@@ -588,22 +588,38 @@ fn reload_table(runs: &[Value], record: &Value) -> String {
             "glint's master, from its log (median over the reloads): SIGHUP to the first fork {master} ms."
         );
     }
-    // The last response from the old config, per mode, from glint's own "drained; exiting"
-    // lines (scripts/bench-reload): beside the probe's `old_generation_gone_ms`, which also
-    // waits for the old processes' teardown.
-    let drained: Vec<String> = ["idle", "mixed", "keepalive", "fresh"]
-        .iter()
-        .filter_map(|mode| {
-            let ms = facts[format!("glint_sighup_to_old_generation_drained_ms_median_{mode}")]
-                .as_f64()?;
-            Some(format!("{mode} {ms:.2}"))
-        })
+    // The last response from the old config, and the old processes' exit, per mode, from
+    // glint's own log (scripts/bench-reload), timed from the master's SIGHUP line.
+    let modes: Vec<&str> = record["settings"]["modes"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
         .collect();
-    if !drained.is_empty() {
+    let per_mode = |what: &str| -> Option<String> {
+        let values: Vec<Option<f64>> = modes
+            .iter()
+            .map(|mode| {
+                facts[format!("glint_sighup_to_old_generation_{what}_ms_median_{mode}")].as_f64()
+            })
+            .collect();
+        values.iter().any(Option::is_some).then(|| {
+            modes
+                .iter()
+                .zip(&values)
+                .map(|(mode, ms)| {
+                    format!(
+                        "{mode} {}",
+                        ms.map_or("-".to_string(), |ms| format!("{ms:.2}"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    if let (Some(drained), Some(exited)) = (per_mode("drained"), per_mode("exited")) {
         let _ = writeln!(
             out,
-            "glint's old generation, from its log (median over each mode's reloads): SIGHUP to the last child of the old generation drained (no response of the old config after it), ms: {}.",
-            drained.join(", ")
+            "glint's old generation, from its log (medians over each mode's successful reloads, from the master's SIGHUP line, which follows the probe's signal): its last child drained, after which no response of the old config comes, ms: {drained}; its last child exited and reaped, ms: {exited}."
         );
     }
     if let (Some(requested), Some(succeeded), Some(failed)) = (

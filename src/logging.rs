@@ -427,11 +427,13 @@ pub fn configure(destination: &Destination, role: &str) -> io::Result<()> {
     let opened = Opened::open(destination)?;
     PID.store(std::process::id(), Ordering::Relaxed);
     let mut sink = lock();
-    // What the old destination was given goes there before it is closed.
+    // What the old destination was given goes there before it is closed, after any batch
+    // another thread is still writing there.
+    let writing_done = writing();
     if let Some(batch) = sink.as_mut().and_then(Sink::take_batch) {
-        let _writing = writing();
         batch.write();
     }
+    drop(writing_done);
     ACCESS_OFF.store(
         matches!(destination.access, AccessLog::Off),
         Ordering::Relaxed,
@@ -451,9 +453,10 @@ pub fn reopen() -> io::Result<()> {
     let Some(sink) = guard.as_mut() else {
         return Ok(());
     };
-    // The batch belongs to the files it was logged for (the rotated ones).
+    // The batch belongs to the files it was logged for (the rotated ones), and so does one
+    // another thread is still writing: both are written before the reopen.
+    let _writing = writing();
     if let Some(batch) = sink.take_batch() {
-        let _writing = writing();
         batch.write();
     }
     sink.opened = Opened::open(&sink.destination)?;
@@ -461,10 +464,16 @@ pub fn reopen() -> io::Result<()> {
 }
 
 /// Writes the pending access lines now: a child calls it before it exits.
+/// Returns once they are written, and so is any batch another thread took before: the
+/// `log-flush` thread may have taken one and not yet written it when the child exits.
 pub fn flush() {
     let mut guard = lock();
     let batch = guard.as_mut().and_then(Sink::take_batch);
-    write_after(guard, batch);
+    let _writing = writing();
+    drop(guard);
+    if let Some(batch) = batch {
+        batch.write();
+    }
 }
 
 /// Starts this process's `log-flush` thread, which writes each batch of access lines at most
@@ -646,15 +655,14 @@ impl log::Log for Logger {
         let line = with_prefix(&sink.role, record.level(), &message);
         // Access lines logged before this record come before it in the main log, batches
         // being written included.
-        if sink.access_in_main_log() {
-            let _writing = writing();
+        let _writing = sink.access_in_main_log().then(|| {
+            let writing = writing();
             if let Some(batch) = sink.take_batch() {
                 batch.write();
             }
-            sink.main_outputs().write(line.as_bytes());
-        } else {
-            sink.main_outputs().write(line.as_bytes());
-        }
+            writing
+        });
+        sink.main_outputs().write(line.as_bytes());
         sink.send_to_syslog(record.level(), &line);
     }
 
